@@ -1,0 +1,117 @@
+"""Settings from the environment and a `.env` file (pydantic-settings), validated once at start-up.
+
+Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`) and `RELAY_*` for the relay's own
+knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module decides
+demo mode and must never do I/O beyond reading the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AvatarChoice = Literal["liveavatar", "heygen", "none"]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the variable(s) to fix and never contains a secret."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      case_sensitive=False)
+
+    # ElevenLabs Conversational AI
+    elevenlabs_agent_id: str | None = None
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+
+    # HeyGen Streaming API v1
+    heygen_api_key: SecretStr | None = None
+    heygen_base_url: str = "https://api.heygen.com"
+    heygen_avatar_id: str | None = None
+    heygen_voice_id: str | None = None
+    heygen_quality: Literal["low", "medium", "high"] = "medium"
+    heygen_mode: Literal["repeat", "realtime"] = "repeat"
+    heygen_idle_timeout: int = Field(default=120, ge=30, le=3600)
+
+    # LiveAvatar (LITE mode)
+    liveavatar_api_key: SecretStr | None = None
+    liveavatar_base_url: str = "https://api.liveavatar.com"
+    liveavatar_avatar_id: str | None = None
+    liveavatar_sandbox: bool = False
+    liveavatar_quality: Literal["very_high", "high", "medium", "low"] = "high"
+    liveavatar_max_session_duration: int = Field(default=600, gt=0)
+
+    # The relay itself
+    relay_avatar: AvatarChoice | None = None
+    relay_host: str = "127.0.0.1"
+    relay_port: int = Field(default=8000, ge=0, le=65535)
+    relay_degrade_to_voice: bool = True
+    relay_setup_timeout: float = Field(default=20.0, gt=0)
+    relay_stop_timeout: float = Field(default=5.0, gt=0)
+    relay_idle_timeout: float = Field(default=60.0, gt=0)
+    relay_max_duration: float = Field(default=1800.0, gt=0)
+    relay_keep_alive_interval: float = Field(default=60.0, gt=0)
+    relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)
+    relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
+    relay_log_format: Literal["text", "json"] = "text"
+    relay_log_level: str = "INFO"
+
+    @property
+    def demo_mode(self) -> bool:
+        """No upstream credentials or agent at all: run on the built-in simulators."""
+        return not (self.elevenlabs_agent_id or self.elevenlabs_api_key or self.heygen_api_key
+                    or self.liveavatar_api_key)
+
+    @property
+    def avatar(self) -> AvatarChoice:
+        """The avatar provider in use: the explicit RELAY_AVATAR, else the one whose key is set, else LiveAvatar
+        (in demo mode, on its simulator)."""
+        if self.relay_avatar is not None:
+            return self.relay_avatar
+        if self.liveavatar_api_key is not None:
+            return "liveavatar"
+        if self.heygen_api_key is not None:
+            return "heygen"
+        return "liveavatar"
+
+    @model_validator(mode="after")
+    def _check_complete(self) -> Settings:
+        if self.demo_mode:
+            return self
+        missing: list[str] = []
+        if not self.elevenlabs_agent_id:
+            missing.append("ELEVENLABS_AGENT_ID")
+        if self.relay_avatar is None and self.heygen_api_key is None and self.liveavatar_api_key is None:
+            missing.append("LIVEAVATAR_API_KEY or HEYGEN_API_KEY (or RELAY_AVATAR=none for voice only)")
+        elif self.avatar == "heygen":
+            if self.heygen_api_key is None:
+                missing.append("HEYGEN_API_KEY")
+            if not self.heygen_avatar_id:
+                missing.append("HEYGEN_AVATAR_ID")
+        elif self.avatar == "liveavatar":
+            if self.liveavatar_api_key is None:
+                missing.append("LIVEAVATAR_API_KEY")
+            if not self.liveavatar_avatar_id and not self.liveavatar_sandbox:
+                missing.append("LIVEAVATAR_AVATAR_ID (or LIVEAVATAR_SANDBOX=true)")
+        if missing:
+            raise ValueError(
+                "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)
+            )
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; raise ConfigError with a message naming each bad variable (no secrets)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = ".".join(str(p) for p in err["loc"]).upper()
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
