@@ -1,0 +1,151 @@
+"""The QuartTrio app: routes (`/ws`, `/`, static files, health) and lifespan (one shared HTTP client; in demo mode the
+simulators, started in `app.nursery`). No conversation logic here: `/ws` hands the socket to
+`relay.nursery.run_conversation`.
+
+`hypercorn -k trio relay.web:app` serves it; the app is built on first access of `relay.web.app`, reading the
+environment and `.env` then, so a configuration error stops the server with a message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+from typing import Any
+
+import httpx2
+from pydantic import SecretStr
+from quart import Response, websocket
+from quart_trio import QuartTrio
+
+from relay import __version__
+from relay.config import ConfigError, Settings, load_settings
+from relay.logs import configure_logging
+from relay.nursery import Upstreams, run_conversation
+from relay.providers import make_provider
+
+log = logging.getLogger("relay.web")
+
+STATIC_DIR = resources.files("relay") / "static"
+
+DEMO_AGENT_ID = "demo-agent"
+DEMO_KEY = "demo-key"
+
+
+class QuartBrowser:
+    """The `BrowserSocket` seam over quart's websocket context."""
+
+    async def receive(self) -> str | bytes | None:
+        return await websocket.receive()  # type: ignore[no-any-return]
+
+    async def send(self, data: str | bytes) -> None:
+        await websocket.send(data)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await websocket.close(code, reason)
+
+
+def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, liveavatar_url: str) -> Settings:
+    """The settings a demo-mode relay uses: every upstream pointed at its in-process simulator."""
+    return settings.model_copy(update={
+        "elevenlabs_base_url": elevenlabs_url,
+        "elevenlabs_agent_id": DEMO_AGENT_ID,
+        "elevenlabs_api_key": SecretStr(DEMO_KEY),
+        "heygen_base_url": heygen_url,
+        "heygen_api_key": SecretStr(DEMO_KEY),
+        "heygen_avatar_id": settings.heygen_avatar_id or "demo-avatar",
+        "liveavatar_base_url": liveavatar_url,
+        "liveavatar_api_key": SecretStr(DEMO_KEY),
+        "liveavatar_avatar_id": settings.liveavatar_avatar_id or "demo-avatar",
+    })
+
+
+def create_app(settings: Settings | None = None) -> QuartTrio:
+    settings = settings or load_settings()
+    configure_logging(settings)
+    app = QuartTrio(__name__, static_folder=None)
+    app.config["RELAY_SETTINGS"] = settings
+    state: dict[str, Any] = {"upstreams": None, "simulators": None}
+
+    @app.before_serving
+    async def start_upstreams() -> None:
+        effective = settings
+        if settings.demo_mode:
+            from relay.sim.runner import serve_simulators
+
+            urls = await app.nursery.start(serve_simulators, "127.0.0.1")
+            state["simulators"] = urls
+            effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
+            log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) "
+                     "elevenlabs=%s heygen=%s liveavatar=%s", effective.avatar, urls.elevenlabs, urls.heygen,
+                     urls.liveavatar)
+        http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
+                                  limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+                                  headers={"user-agent": f"avatar-relay/{__version__}"})
+        state["upstreams"] = Upstreams(settings=effective, http=http, provider=make_provider(effective, http))
+
+    @app.after_serving
+    async def stop_upstreams() -> None:
+        upstreams: Upstreams | None = state["upstreams"]
+        if upstreams is not None:
+            await upstreams.http.aclose()
+
+    @app.websocket("/ws")
+    async def conversation_socket() -> None:
+        await run_conversation(QuartBrowser(), state["upstreams"])
+
+    @app.route("/")
+    async def index() -> Response:
+        return _static_response("index.html")
+
+    @app.route("/static/<path:name>")
+    async def static_file(name: str) -> Response:
+        return _static_response(name)
+
+    @app.route("/client-config.json")
+    async def client_config() -> dict[str, Any]:
+        return {"livekit_client_url": settings.relay_livekit_client_url, "ws_path": "/ws"}
+
+    @app.route("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.route("/_demo/simulators")
+    async def demo_simulators() -> Any:
+        urls = state["simulators"]
+        if urls is None:
+            return {"error": "not in demo mode"}, 404
+        return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar}
+
+    return app
+
+
+_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                  ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                  ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+                  ".json": "application/json"}
+
+
+def _static_response(name: str) -> Response:
+    parts = [p for p in name.split("/") if p]
+    if not parts or any(p in (".", "..") or p.startswith(".") for p in parts):
+        return Response("not found", status=404)
+    target = STATIC_DIR.joinpath(*parts)
+    if not target.is_file():
+        return Response("not found", status=404)
+    suffix = "." + parts[-1].rsplit(".", 1)[-1] if "." in parts[-1] else ""
+    return Response(target.read_bytes(), content_type=_CONTENT_TYPES.get(suffix, "application/octet-stream"),
+                    headers={"cache-control": "no-cache"})
+
+
+def __getattr__(name: str) -> QuartTrio:
+    # `hypercorn relay.web:app` builds the app on first access; a configuration error ends the process cleanly.
+    if name == "app":
+        try:
+            application = create_app()
+        except ConfigError as exc:
+            print(f"avatar-relay: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
