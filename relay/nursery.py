@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -240,6 +240,7 @@ class Upstreams:
     http: httpx2.AsyncClient
     provider: AvatarProvider | None
     on_end: Callable[[ConversationRecord], None] | None = None
+    open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]] = el.open_agent
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams) -> ConversationRecord:
@@ -362,7 +363,7 @@ async def _hold_agent(up: Upstreams, start: bp.Start, *,
     initiation = el.build_initiation(dynamic_variables=start.dynamic_variables or None,
                                      overrides=start.overrides or None, user_id=start.user_id)
     api_key = settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None
-    async with el.open_agent(up.http, base_url=settings.elevenlabs_base_url,
+    async with up.open_agent(up.http, base_url=settings.elevenlabs_base_url,
                              agent_id=settings.elevenlabs_agent_id or "", api_key=api_key,
                              initiation=initiation, connect_timeout=settings.relay_setup_timeout) as agent:
         task_status.started(agent)
