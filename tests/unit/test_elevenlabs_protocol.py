@@ -1,0 +1,341 @@
+"""The ElevenLabs ConvAI protocol without sockets: every server event of the reference, every client message's
+exact JSON, and URL derivation."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx2
+import pytest
+
+from relay import elevenlabs as el
+
+
+def frame(**fields: object) -> str:
+    return json.dumps(fields)
+
+
+# -- server events ------------------------------------------------------------------------------------------------
+
+
+def test_metadata_with_type_last_is_parsed() -> None:
+    raw = (
+        '{"conversation_initiation_metadata_event":{"conversation_id":"conv_1",'
+        '"agent_output_audio_format":"pcm_48000","user_input_audio_format":"ulaw_8000"},'
+        '"type":"conversation_initiation_metadata"}'
+    )
+    assert el.parse_server_event(raw) == el.ConversationMetadata("conv_1", "pcm_48000", "ulaw_8000")
+
+
+def test_metadata_without_formats_means_the_documented_default() -> None:
+    raw = frame(
+        type="conversation_initiation_metadata", conversation_initiation_metadata_event={"conversation_id": "c"}
+    )
+    assert el.parse_server_event(raw) == el.ConversationMetadata("c", "pcm_16000", "pcm_16000")
+
+
+def test_audio_is_base64_decoded_and_bytes_frames_are_accepted() -> None:
+    pcm = bytes(range(256)) * 4
+    raw = frame(
+        type="audio",
+        audio_event={
+            "audio_base_64": base64.b64encode(pcm).decode(),
+            "event_id": 7,
+            "alignment": {"chars": ["H"], "char_start_times_ms": [0], "char_durations_ms": [50]},
+        },
+    )
+    assert el.parse_server_event(raw.encode()) == el.AgentAudio(pcm, 7)
+
+
+def test_audio_with_invalid_base64_is_a_protocol_error() -> None:
+    with pytest.raises(el.AgentProtocolError, match="base64"):
+        el.parse_server_event(frame(type="audio", audio_event={"audio_base_64": "%%%", "event_id": 1}))
+
+
+def test_final_and_tentative_transcripts() -> None:
+    final = frame(type="user_transcript", user_transcription_event={"user_transcript": "hi", "event_id": 6})
+    tentative = frame(
+        type="tentative_user_transcript",
+        tentative_user_transcription_event={"user_transcript": "h", "event_id": 6},
+    )
+    assert el.parse_server_event(final) == el.UserTranscript("hi", 6, final=True)
+    assert el.parse_server_event(tentative) == el.UserTranscript("h", 6, final=False)
+
+
+def test_agent_response_correction_and_interruption() -> None:
+    assert el.parse_server_event(
+        frame(type="agent_response", agent_response_event={"agent_response": "Hello there", "event_id": 7})
+    ) == el.AgentResponse("Hello there", 7)
+    assert el.parse_server_event(
+        frame(
+            type="agent_response_correction",
+            agent_response_correction_event={
+                "original_agent_response": "Hello there",
+                "corrected_agent_response": "Hello",
+                "event_id": 7,
+            },
+        )
+    ) == el.AgentResponseCorrection("Hello there", "Hello", 7)
+    assert el.parse_server_event(frame(type="interruption", interruption_event={"event_id": 8})) == el.Interruption(8)
+
+
+def test_first_ping_has_null_ping_ms_and_later_ones_a_number() -> None:
+    assert el.parse_server_event(frame(type="ping", ping_event={"event_id": 3, "ping_ms": None})) == el.Ping(3, None)
+    assert el.parse_server_event(frame(type="ping", ping_event={"event_id": 4, "ping_ms": 42})) == el.Ping(4, 42.0)
+    assert el.parse_server_event(frame(type="ping", ping_event={"event_id": 5})) == el.Ping(5, None)
+
+
+def test_client_tool_call_with_and_without_event_id() -> None:
+    call = {"tool_name": "get_time", "tool_call_id": "t1", "parameters": {"tz": "UTC"}, "event_id": 9}
+    assert el.parse_server_event(frame(type="client_tool_call", client_tool_call=call)) == el.ClientToolCall(
+        "get_time", "t1", {"tz": "UTC"}, 9
+    )
+    bare = {"tool_name": "x", "tool_call_id": "t2"}
+    assert el.parse_server_event(frame(type="client_tool_call", client_tool_call=bare)) == el.ClientToolCall(
+        "x", "t2", {}, None
+    )
+
+
+def test_error_event_in_schema_form() -> None:
+    raw = frame(
+        type="error",
+        error_event={
+            "code": 1002,
+            "message": "LLM took too long",
+            "error_type": "llm_timeout",
+            "reason": "r",
+            "debug_message": None,
+            "details": None,
+        },
+    )
+    assert el.parse_server_event(raw) == el.AgentErrorEvent(1002, "LLM took too long", "llm_timeout")
+
+
+def test_error_event_in_flat_production_form_reads_the_code_from_the_message() -> None:
+    message = "received 1002 (protocol error) This request exceeds your quota limit.; then sent 1002"
+    assert el.parse_server_event(frame(type="error", message=message)) == el.AgentErrorEvent(1002, message, None)
+    assert el.parse_server_event(frame(type="error", message="boom")) == el.AgentErrorEvent(None, "boom", None)
+
+
+def test_vad_score_and_chat_response_part() -> None:
+    assert el.parse_server_event(frame(type="vad_score", vad_score_event={"vad_score": 0.95})) == el.VadScore(0.95)
+    assert el.parse_server_event(
+        frame(type="agent_chat_response_part", text_response_part={"text": "Hel", "type": "start", "event_id": 7})
+    ) == el.AgentChatResponsePart("Hel", "start", 7)
+    assert el.parse_server_event(
+        frame(type="agent_chat_response_part", text_response_part={"text": "lo"})
+    ) == el.AgentChatResponsePart("lo", "delta", None)
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    ["internal_tentative_agent_response", "agent_tool_response", "mcp_tool_call", "rich_content", "brand_new_type"],
+)
+def test_unknown_event_types_are_returned_not_raised(event_type: str) -> None:
+    assert el.parse_server_event(frame(something={"x": 1}, type=event_type)) == el.UnknownEvent(event_type)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('"audio"', "not a JSON object"),
+        ('{"audio_event": {}}', "no 'type'"),
+        ('{"type": 7}', "no 'type'"),
+    ],
+)
+def test_malformed_frames_are_protocol_errors(raw: str, message: str) -> None:
+    with pytest.raises(el.AgentProtocolError, match=message):
+        el.parse_server_event(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        frame(type="conversation_initiation_metadata"),
+        frame(type="conversation_initiation_metadata", conversation_initiation_metadata_event={}),
+        frame(type="audio", audio_event={"event_id": 1}),
+        frame(type="audio", audio_event={"audio_base_64": ""}),
+        frame(type="audio", audio_event={"audio_base_64": "", "event_id": True}),
+        frame(type="user_transcript", user_transcription_event={"event_id": 1}),
+        frame(type="tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "x"}),
+        frame(type="agent_response", agent_response_event={"agent_response": "x"}),
+        frame(type="agent_response_correction", agent_response_correction_event={"event_id": 1}),
+        frame(type="interruption", interruption_event={}),
+        frame(type="interruption"),
+        frame(type="ping", ping_event={"ping_ms": 3}),
+        frame(type="ping", ping_event={"event_id": 1, "ping_ms": "fast"}),
+        frame(type="client_tool_call", client_tool_call={"tool_name": "x"}),
+        frame(type="client_tool_call", client_tool_call={"tool_name": "x", "tool_call_id": "y", "parameters": 3}),
+        frame(type="vad_score", vad_score_event={}),
+        frame(type="agent_chat_response_part", text_response_part={"type": "start"}),
+    ],
+)
+def test_known_types_with_missing_fields_are_protocol_errors(raw: str) -> None:
+    with pytest.raises(el.AgentProtocolError):
+        el.parse_server_event(raw)
+
+
+# -- client messages ----------------------------------------------------------------------------------------------
+
+
+def test_user_audio_chunk_is_exact_and_has_no_type() -> None:
+    assert el.build_user_audio_chunk(b"\x00\x01\xff") == '{"user_audio_chunk":"AAH/"}'
+    assert json.loads(el.build_user_audio_chunk(bytes(3200))) == {
+        "user_audio_chunk": base64.b64encode(bytes(3200)).decode()
+    }
+
+
+def test_initiation_omits_absent_fields() -> None:
+    assert el.build_initiation() == '{"type":"conversation_initiation_client_data"}'
+
+
+def test_initiation_carries_overrides_variables_user_and_extra_body() -> None:
+    built = el.build_initiation(
+        dynamic_variables={"user_name": "Ana", "visits": 3, "vip": True},
+        overrides={"agent": {"first_message": "Olá", "language": "pt"}},
+        user_id="u1",
+        custom_llm_extra_body={"temperature": 0.2},
+    )
+    assert json.loads(built) == {
+        "type": "conversation_initiation_client_data",
+        "conversation_config_override": {"agent": {"first_message": "Olá", "language": "pt"}},
+        "custom_llm_extra_body": {"temperature": 0.2},
+        "dynamic_variables": {"user_name": "Ana", "visits": 3, "vip": True},
+        "user_id": "u1",
+    }
+
+
+def test_initiation_refuses_dynamic_variables_that_are_not_scalars() -> None:
+    with pytest.raises(ValueError, match="visits"):
+        el.build_initiation(dynamic_variables={"visits": [1, 2]})  # type: ignore[dict-item]
+
+
+def test_small_messages_are_exact() -> None:
+    assert el.build_pong(123) == '{"type":"pong","event_id":123}'
+    assert el.build_user_message('say "hi"') == '{"type":"user_message","text":"say \\"hi\\""}'
+    assert el.build_contextual_update("page=pricing") == '{"type":"contextual_update","text":"page=pricing"}'
+    assert el.build_user_activity() == '{"type":"user_activity"}'
+    assert el.build_client_tool_result("t1", "12:00", False) == (
+        '{"type":"client_tool_result","tool_call_id":"t1","result":"12:00","is_error":false}'
+    )
+    assert el.build_feedback("like", 7) == '{"type":"feedback","score":"like","event_id":7}'
+
+
+def test_feedback_score_must_be_like_or_dislike() -> None:
+    with pytest.raises(ValueError):
+        el.build_feedback("love", 1)
+
+
+# -- URLs ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("https://api.elevenlabs.io", "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag_1"),
+        ("https://api.elevenlabs.io/", "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag_1"),
+        ("https://api.us.elevenlabs.io", "wss://api.us.elevenlabs.io/v1/convai/conversation?agent_id=ag_1"),
+        (
+            "https://api.eu.residency.elevenlabs.io",
+            "wss://api.eu.residency.elevenlabs.io/v1/convai/conversation?agent_id=ag_1",
+        ),
+        ("http://127.0.0.1:8123", "ws://127.0.0.1:8123/v1/convai/conversation?agent_id=ag_1"),
+        ("http://proxy.local/eleven/", "ws://proxy.local/eleven/v1/convai/conversation?agent_id=ag_1"),
+        (
+            "wss://api.in.residency.elevenlabs.io",
+            "wss://api.in.residency.elevenlabs.io/v1/convai/conversation?agent_id=ag_1",
+        ),
+    ],
+)
+def test_conversation_url_from_base_url(base: str, expected: str) -> None:
+    assert el.conversation_ws_url(base, "ag_1") == expected
+
+
+def test_agent_id_is_url_encoded() -> None:
+    assert el.conversation_ws_url("https://h", "a b&c=/d").endswith("?agent_id=a%20b%26c%3D%2Fd")
+
+
+def test_signed_url_and_agent_details_urls() -> None:
+    assert el.signed_url_request("https://api.sg.residency.elevenlabs.io", "ag 1") == (
+        "https://api.sg.residency.elevenlabs.io/v1/convai/conversation/get-signed-url?agent_id=ag%201"
+    )
+    assert el.signed_url_request("http://127.0.0.1:9/p", "x") == (
+        "http://127.0.0.1:9/p/v1/convai/conversation/get-signed-url?agent_id=x"
+    )
+    assert el.agent_details_url("https://api.elevenlabs.io", "ag/1") == (
+        "https://api.elevenlabs.io/v1/convai/agents/ag%2F1"
+    )
+
+
+@pytest.mark.parametrize("base", ["ftp://host", "api.elevenlabs.io", ""])
+def test_bad_base_urls_are_refused(base: str) -> None:
+    with pytest.raises(ValueError):
+        el.conversation_ws_url(base, "a")
+
+
+def test_empty_agent_id_is_refused() -> None:
+    with pytest.raises(ValueError):
+        el.conversation_ws_url("https://h", "")
+
+
+# -- signed URL status mapping (httpx2 MockTransport, no sockets) -------------------------------------------------
+
+SECRET_KEY = "sk_live_do_not_leak_0123456789"
+
+
+def mock_client(status: int, body: object) -> httpx2.AsyncClient:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.headers["xi-api-key"] == SECRET_KEY
+        assert request.url.path == "/v1/convai/conversation/get-signed-url"
+        assert request.url.params["agent_id"] == "ag_1"
+        return httpx2.Response(status, json=body)
+
+    return httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+
+
+async def test_signed_url_is_returned() -> None:
+    signed = "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag_1&conversation_signature=s"
+    async with mock_client(200, {"signed_url": signed}) as http:
+        assert await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1") == signed
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (401, "unauthorized"),
+        (403, "unauthorized"),
+        (404, "not_found"),
+        (422, "rejected"),
+        (429, "rate_limited"),
+        (500, "upstream_error"),
+        (503, "upstream_error"),
+    ],
+)
+async def test_signed_url_errors_map_to_reasons_and_never_show_the_key(status: int, reason: str) -> None:
+    body = {"detail": {"status": "x", "message": f"key {SECRET_KEY} is not valid"}}
+    async with mock_client(status, body) as http:
+        with pytest.raises(el.AgentUnavailable) as caught:
+            await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
+    assert (caught.value.reason, caught.value.status_code) == (reason, status)
+    assert SECRET_KEY not in str(caught.value)
+    assert str(status) in str(caught.value)
+
+
+async def test_signed_url_answer_without_a_socket_url_is_an_upstream_error() -> None:
+    async with mock_client(200, {"signed_url": "https://not-a-socket"}) as http:
+        with pytest.raises(el.AgentUnavailable) as caught:
+            await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
+    assert caught.value.reason == "upstream_error"
+
+
+async def test_signed_url_timeout_maps_to_timeout() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ReadTimeout("slow", request=request)
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as http:
+        with pytest.raises(el.AgentUnavailable) as caught:
+            await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
+    assert caught.value.reason == "timeout"
