@@ -1,0 +1,321 @@
+"""LiveAvatarProvider against the LiveAvatar simulator over real loopback sockets.
+
+Proves: audio arrives at 24 kHz with the right length and no seam between chunks, interruption is clean,
+keep-alives arrive, every way out of a session stops it, refusals map to the right reason and leave nothing
+running, and a server-side close ends the session with AvatarSessionEnded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import httpx2
+import numpy as np
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from pydantic import SecretStr
+
+from relay.audio import AudioFormat, StreamingResampler
+from relay.avatars import AvatarEvent, AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable
+from relay.config import Settings
+from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarProvider, list_active_sessions, stop_session_by_id
+from relay.sim import liveavatar_sim
+
+API_KEY = "la-test-key-0123456789"
+PCM16K = AudioFormat("pcm", 16000)
+ULAW8K = AudioFormat("ulaw", 8000)
+
+
+@pytest.fixture
+async def sim(nursery: trio.Nursery) -> AsyncIterator[str]:
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.test")
+    shutdown = trio.Event()
+    urls = await nursery.start(partial(serve, liveavatar_sim.create_app(), config,
+                                       shutdown_trigger=shutdown.wait))
+    yield urls[0]
+    shutdown.set()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient() as client:
+        yield client
+
+
+def make_settings(base_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "elevenlabs_agent_id": "agent", "liveavatar_api_key": SecretStr(API_KEY), "liveavatar_base_url": base_url,
+        "liveavatar_avatar_id": "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01", "relay_stop_timeout": 3.0,
+        "relay_setup_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def faults(http: httpx2.AsyncClient, base: str, **update: Any) -> None:
+    (await http.post(f"{base}/_sim/faults", json=update)).raise_for_status()
+
+
+async def ledger(http: httpx2.AsyncClient, base: str) -> dict[str, Any]:
+    response = await http.get(f"{base}/_sim/ledger")
+    response.raise_for_status()
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def only_session(http: httpx2.AsyncClient, base: str) -> dict[str, Any]:
+    sessions = (await ledger(http, base))["sessions"]
+    assert len(sessions) == 1
+    return next(iter(sessions.values()))  # type: ignore[no-any-return]
+
+
+def sine(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * freq * t) * 12000).astype("<i2")
+
+
+def chunks_of(data: bytes, sizes: list[int]) -> list[bytes]:
+    out, start, i = [], 0, 0
+    while start < len(data):
+        size = sizes[i % len(sizes)]
+        out.append(data[start:start + size])
+        start += size
+        i += 1
+    return out
+
+
+async def test_a_turn_of_16khz_audio_arrives_as_24khz_with_its_duration_and_no_seams(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, record_audio=True)
+    events: list[AvatarEvent] = []
+    pcm = sine(1.0, 16000).tobytes()
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(events.append) as session:
+            assert session.takes_audio
+            assert session.info.provider == "liveavatar"
+            assert session.info.simulated
+            assert session.info.livekit_url == "wss://livekit.simulated.invalid"
+            for chunk in chunks_of(pcm, [3201, 4800, 999, 6400]):  # odd sizes: a split sample too
+                await session.speak_audio(chunk, PCM16K, 1)
+            await session.end_turn(1)
+            while AvatarStateChanged(speaking=False, turn=1) not in events:
+                await trio.sleep(0.05)
+        record = await only_session(http, sim)
+        received = (await http.get(f"{sim}/_sim/audio/{session.info.session_id}/turn-1")).content
+    assert events[0] == AvatarStateChanged(speaking=True, turn=1)
+    turn = record["lite"]["events"]["turn-1"]
+    assert turn["audio_seconds"] == pytest.approx(1.0, rel=0.05)
+    assert turn["chunks"] >= 4
+    whole = StreamingResampler(PCM16K, 24000)
+    expected = np.frombuffer(whole.process(pcm) + whole.flush(), dtype="<i2")
+    got = np.frombuffer(received, dtype="<i2")
+    assert len(got) == len(expected)
+    # Chunked resampling rounds a little differently; a gap or overlap would shift the sine (errors ~ 10^4).
+    assert np.max(np.abs(got.astype(np.int32) - expected.astype(np.int32))) <= 8
+    assert record["stop_reason"] == "USER_DISCONNECTED"
+
+
+async def test_ulaw_8000_input_arrives_as_24khz_pcm_of_the_same_duration(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    ulaw = bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8))  # 0.5 s
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None) as session:
+            for chunk in chunks_of(ulaw, [800, 333]):
+                await session.speak_audio(chunk, ULAW8K, 4)
+            await session.end_turn(4)
+            await trio.sleep(0.1)
+    turn = (await only_session(http, sim))["lite"]["events"]["turn-4"]
+    assert turn["audio_seconds"] == pytest.approx(0.5, rel=0.05)
+
+
+async def test_no_chunk_of_an_interrupted_turn_is_sent_after_the_interrupt(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    events: list[AvatarEvent] = []
+    pcm = sine(0.1, 16000).tobytes()
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(events.append) as session:
+            async with trio.open_nursery() as nursery:
+
+                async def keep_speaking() -> None:
+                    for _ in range(200):
+                        await session.speak_audio(pcm, PCM16K, 2)
+
+                nursery.start_soon(keep_speaking)
+                await trio.sleep(0.05)
+                await session.interrupt(2)
+            await session.end_turn(2)
+            await session.speak_audio(pcm, PCM16K, 3)
+            await session.end_turn(3)
+            await trio.sleep(0.2)
+    lite = (await only_session(http, sim))["lite"]
+    assert lite["interrupts"] == ["turn-2"]
+    assert lite["chunks_after_interrupt"] == 0
+    assert lite["events"]["turn-2"]["chunks"] >= 1
+    assert lite["events"]["turn-3"]["chunks"] >= 1
+    assert AvatarStateChanged(speaking=False, turn=2) in events
+
+
+async def test_keep_alive_reaches_the_simulator_on_the_socket_and_over_rest(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    settings = make_settings(sim, relay_keep_alive_interval=42.0)
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(settings, http).open_session(lambda e: None) as session:
+            assert session.keep_alive_interval == 42.0
+            await session.keep_alive()
+            await session.keep_alive()
+            await trio.sleep(0.1)
+    record = await only_session(http, sim)
+    assert record["lite"]["keep_alives"] == 2
+    assert record["rest_keep_alives"] == 2
+
+
+async def test_the_session_is_stopped_when_the_body_raises(sim: str, http: httpx2.AsyncClient) -> None:
+    with trio.fail_after(10), pytest.raises(KeyError):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+            raise KeyError("boom")
+    record = await only_session(http, sim)
+    assert record["stopped"] is not None
+    assert record["stop_reason"] == "SERVER_ERROR"
+
+
+async def test_the_session_is_stopped_when_the_caller_is_cancelled(sim: str, http: httpx2.AsyncClient) -> None:
+    with trio.fail_after(10):
+        with trio.move_on_after(0.3):
+            async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+                await trio.sleep_forever()
+    record = await only_session(http, sim)
+    assert record["stopped"] is not None
+    assert record["stop_reason"] == "USER_DISCONNECTED"
+
+
+@pytest.mark.parametrize("slow_endpoint", ["token", "start"])
+async def test_a_session_created_while_the_caller_is_cancelled_is_still_stopped(
+        sim: str, http: httpx2.AsyncClient, slow_endpoint: str) -> None:
+    await faults(http, sim, latency_ms={slow_endpoint: 400})
+    entered = False
+    with trio.fail_after(10):
+        with trio.move_on_after(0.1):
+            async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+                entered = True
+    assert not entered
+    record = await only_session(http, sim)
+    assert record["stopped"] is not None
+    assert (await ledger(http, sim))["active"] == 0
+
+
+async def test_stop_is_retried_after_server_errors(sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, fail={"stop": {"status": 503, "code": 5000, "message": "busy", "times": 2}})
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+            pass
+    state = await ledger(http, sim)
+    assert state["requests"]["stop"] == 3
+    assert state["active"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"invalid_keys": [API_KEY]}, "unauthorized"),
+        ({"no_credits": True}, "no_credits"),
+        ({"fail": {"token": {"status": 503, "code": 5000, "message": "down"}}}, "upstream_error"),
+        ({"fail": {"start": {"status": 500, "code": 4000, "message": "Session start failed"}}}, "upstream_error"),
+        ({"fail": {"token": {"status": 429, "code": 4290, "message": "slow down", "retry_after": 7}}},
+         "rate_limited"),
+        ({"fail": {"token": {"status": 200, "code": 4000, "message": "odd"}}}, "upstream_error"),
+    ],
+)
+async def test_a_refused_session_raises_unavailable_with_its_reason_and_leaves_nothing_running(
+        sim: str, http: httpx2.AsyncClient, fault: dict[str, Any], reason: str) -> None:
+    await faults(http, sim, **fault)
+    with trio.fail_after(10), pytest.raises(AvatarUnavailable) as caught:
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+            pytest.fail("the body must not run")
+    assert caught.value.reason == reason
+    assert API_KEY not in caught.value.message
+    assert (await ledger(http, sim))["active"] == 0
+
+
+async def test_the_concurrency_limit_refuses_the_next_session_with_concurrent_limit(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, concurrency_limit=1)
+    provider = LiveAvatarProvider(make_settings(sim), http)
+    with trio.fail_after(10):
+        async with provider.open_session(lambda e: None):
+            with pytest.raises(AvatarUnavailable) as caught:
+                async with provider.open_session(lambda e: None):
+                    pytest.fail("the body must not run")
+    assert caught.value.reason == "concurrent_limit"
+    assert (await ledger(http, sim))["active"] == 0
+
+
+async def test_a_missing_avatar_in_sandbox_mode_uses_the_sandbox_avatar(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    settings = make_settings(sim, liveavatar_avatar_id=None, liveavatar_sandbox=True)
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(settings, http).open_session(lambda e: None):
+            pass
+    record = await only_session(http, sim)
+    assert record["is_sandbox"] is True
+    assert record["avatar_id"] == SANDBOX_AVATAR_ID
+
+
+async def test_a_socket_closed_by_the_server_ends_the_session_and_stops_it(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, close_ws_after_ms=200)
+    with trio.fail_after(10), pytest.raises(AvatarSessionEnded):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+            await trio.sleep_forever()
+    record = await only_session(http, sim)
+    assert record["stopped"] is not None
+
+
+async def test_an_idle_session_expires_and_surfaces_as_session_ended(sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, idle_timeout_s=0.3)
+    with trio.fail_after(10), pytest.raises(AvatarSessionEnded):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+            await trio.sleep_forever()
+    record = await only_session(http, sim)
+    assert record["end_reason"] == "IDLE_TIMEOUT"
+    assert record["expired"] is not None
+
+
+async def test_a_missing_connected_event_delays_but_does_not_stop_the_session(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, suppress_connected=True)
+    settings = make_settings(sim, relay_setup_timeout=0.3)
+    with trio.fail_after(10):
+        async with LiveAvatarProvider(settings, http).open_session(lambda e: None) as session:
+            await session.speak_audio(sine(0.1, 16000).tobytes(), PCM16K, 1)
+            await session.end_turn(1)
+            await trio.sleep(0.1)
+    assert (await only_session(http, sim))["lite"]["chunks"] >= 1
+
+
+async def test_the_operator_can_list_and_stop_leaked_sessions(sim: str, http: httpx2.AsyncClient) -> None:
+    headers = {"X-API-KEY": API_KEY}
+    body = {"mode": "LITE", "avatar_id": SANDBOX_AVATAR_ID}
+    leaked = [(await http.post(f"{sim}/v1/sessions/token", json=body, headers=headers)).json()["data"]["session_id"]
+              for _ in range(3)]
+    settings = make_settings(sim)
+    with trio.fail_after(10):
+        assert sorted(await list_active_sessions(settings, http)) == sorted(leaked)
+        for session_id in leaked:
+            await stop_session_by_id(settings, http, session_id, "ZOMBIE_SESSION_REAP")
+        assert await list_active_sessions(settings, http) == []
+    sessions = (await ledger(http, sim))["sessions"]
+    assert {s["stop_reason"] for s in sessions.values()} == {"ZOMBIE_SESSION_REAP"}
+
+
+async def test_listing_with_a_bad_key_is_unauthorized(sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, invalid_keys=[API_KEY])
+    with trio.fail_after(10), pytest.raises(AvatarUnavailable) as caught:
+        await list_active_sessions(make_settings(sim), http)
+    assert caught.value.reason == "unauthorized"
