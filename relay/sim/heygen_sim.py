@@ -16,10 +16,10 @@ audio frame, and never keep audio: the ledger holds counts and timestamps (`time
 Control endpoints:
 - `GET /_sim/ledger`: `sessions` (by id: status, timestamps `created_at` / `started_at` / `connected_at` /
   `stopped_at` / `expired_at`, the `streaming.new` parameters, `tasks` [{text, task_type, task_mode,
-  received_at, task_id, duration_ms}], `interrupts` and `keep_alives` {count, at}, `stop_requests`, and
-  `realtime` {connections, audio_chunks, audio_bytes, audio_seconds (at 24 kHz), odd_chunks, speak_ends,
-  interrupts, keep_alives, turns {event_id: {bytes, chunks, ended, interrupted}}}), `totals` {created,
-  started, stopped, expired, open}, `requests` (count per endpoint name).
+  received_at, task_id, duration_ms}], `interrupts` and `keep_alives` {count, at} (REST), `stop_requests`,
+  and `realtime`: the LiveAvatar simulator's `LiteLedger.to_json()` (audio_seconds at 24 kHz, chunks, events
+  by event_id, interrupts, chunks_after_interrupt, keep_alives, speak_ends, errors_sent, ...) plus
+  `connections`), `totals` {created, started, stopped, expired, open}, `requests` (count per endpoint name).
 - `POST /_sim/reset`: forget every session, token, count and fault.
 - `POST /_sim/faults`: JSON merged into the current faults (a dict value is merged one level down; `null`
   deletes a key or an entry). Endpoint names: `streaming.new`, `streaming.start`, `streaming.task`,
@@ -54,13 +54,15 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
+# The LiveAvatar simulator's LITE socket: HeyGen's realtime endpoint speaks the same protocol. Another
+# simulator, not the relay, so the two sides of the protocol stay independent.
+from relay.sim.liveavatar_sim import LiteLedger, LiteSocketSimulator
+
 OPEN_STATES = ("new", "connecting", "connected")
 STATE_CODES = {"new": 10001, "connecting": 10002, "connected": 10003, "closing": 10004, "closed": 10005}
 SIMULATED_LIVEKIT_URL = "wss://livekit.simulated.invalid"
 DEFAULT_IDLE_TIMEOUT = 120
 DEFAULT_CONCURRENCY_LIMIT = 100
-MAX_REALTIME_FRAME = 1_000_000
-LITE_BYTES_PER_SECOND = 24_000 * 2
 AVATARS = (
     {"avatar_id": "Wayne_20240711", "created_at": 1720656000, "default_voice": "en-US-GuyNeural",
      "is_public": True, "normal_preview": "https://example.invalid/wayne.webp", "pose_name": "Wayne",
@@ -70,24 +72,6 @@ AVATARS = (
      "status": "ACTIVE"},
 )
 DEFAULT_AVATAR = AVATARS[0]["avatar_id"]
-
-
-@dataclass(slots=True)
-class _Realtime:
-    connections: int = 0
-    audio_chunks: int = 0
-    audio_bytes: int = 0
-    odd_chunks: int = 0
-    speak_ends: int = 0
-    interrupts: int = 0
-    keep_alives: int = 0
-    turns: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"connections": self.connections, "audio_chunks": self.audio_chunks,
-                "audio_bytes": self.audio_bytes, "audio_seconds": self.audio_bytes / LITE_BYTES_PER_SECOND,
-                "sample_rate": 24_000, "odd_chunks": self.odd_chunks, "speak_ends": self.speak_ends,
-                "interrupts": self.interrupts, "keep_alives": self.keep_alives, "turns": self.turns}
 
 
 @dataclass(slots=True)
@@ -109,7 +93,8 @@ class _Session:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     interrupts: list[float] = field(default_factory=list)
     keep_alives: list[float] = field(default_factory=list)
-    realtime: _Realtime = field(default_factory=_Realtime)
+    realtime: LiteLedger = field(default_factory=LiteLedger)
+    realtime_connections: int = 0
     closed: trio.Event = field(default_factory=trio.Event)
 
     def to_json(self) -> dict[str, Any]:
@@ -120,7 +105,7 @@ class _Session:
             "stopped_at": self.stopped_at, "expired_at": self.expired_at, "stop_requests": self.stop_requests,
             "tasks": self.tasks, "interrupts": {"count": len(self.interrupts), "at": self.interrupts},
             "keep_alives": {"count": len(self.keep_alives), "at": self.keep_alives},
-            "realtime": self.realtime.to_json(),
+            "realtime": {**self.realtime.to_json(), "connections": self.realtime_connections},
         }
 
 
@@ -501,8 +486,29 @@ def create_app() -> QuartTrio:
             abort(409)
         await delay("realtime")
         await websocket.accept()
-        session.realtime.connections += 1
-        await _RealtimeSocket(state, session).run()
+        session.realtime_connections += 1
+        state.touch(session)
+        sock = LiteSocketSimulator(session.realtime, on_activity=lambda: state.touch(session))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_when_session_ends, session, sock)
+            code = await sock.run(websocket.receive, websocket.send)
+            nursery.cancel_scope.cancel()
+        if session.status not in OPEN_STATES:
+            for closing in ("closing", "closed"):
+                await websocket.send(orjson.dumps({"type": "session.state_updated", "state": closing}).decode())
+        await websocket.close(code)
+
+    async def close_when_session_ends(session: _Session, sock: LiteSocketSimulator) -> None:
+        """End the socket when the session is stopped or its idle time runs out."""
+        while session.status in OPEN_STATES and not session.closed.is_set():
+            remaining = state.deadline_of(session) - time.monotonic()
+            if remaining <= 0:
+                state.expire_if_due(session, time.monotonic())
+                break
+            # Re-check at least every second: a fault may shorten the idle timeout meanwhile.
+            with trio.move_on_after(min(remaining, 1.0)):
+                await session.closed.wait()
+        sock.close(1000)
 
     # -- control ------------------------------------------------------------------------------------------
 
@@ -521,134 +527,9 @@ def create_app() -> QuartTrio:
     @app.post("/_sim/reset")
     async def reset() -> Response:
         for session in state.sessions.values():
+            session.status = "closed"
             session.closed.set()
         state.reset()
         return _json(200, {"ok": True})
 
     return app
-
-
-class _RealtimeSocket:
-    """One realtime connection: reads LITE client frames, answers like LiveAvatar, simulates playback time, and
-    closes the socket when the session closes (stop or idle expiry)."""
-
-    def __init__(self, state: _State, session: _Session) -> None:
-        self.state = state
-        self.session = session
-        self.send_lock = trio.Lock()
-        self.talking: str | None = None
-        self.playback: dict[str, trio.CancelScope] = {}
-        self.turn_started: dict[str, float] = {}
-
-    async def send(self, payload: dict[str, Any]) -> None:
-        async with self.send_lock:
-            await websocket.send(orjson.dumps(payload).decode())
-
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.watch_session, nursery.cancel_scope)
-            await self.send({"type": "session.state_updated", "state": "connected"})
-            try:
-                while True:
-                    frame = await websocket.receive()
-                    if isinstance(frame, str) and len(frame) > MAX_REALTIME_FRAME:
-                        await websocket.close(1009, "frame too large")
-                        break
-                    await self.on_frame(frame, nursery)
-            finally:
-                nursery.cancel_scope.cancel()
-
-    async def watch_session(self, scope: trio.CancelScope) -> None:
-        """Close the socket when the session closes or its idle time runs out."""
-        while self.session.status in OPEN_STATES:
-            remaining = self.state.deadline_of(self.session) - time.monotonic()
-            if remaining <= 0:
-                self.state.expire_if_due(self.session, time.monotonic())
-                break
-            # Re-check at least every second: a fault may shorten the idle timeout meanwhile.
-            with trio.move_on_after(min(remaining, 1.0)):
-                await self.session.closed.wait()
-        with trio.move_on_after(1):
-            await self.send({"type": "session.state_updated", "state": "closed"})
-            await websocket.close(1000, "session closed")
-        scope.cancel()
-
-    async def on_frame(self, frame: str | bytes | None, nursery: trio.Nursery) -> None:
-        try:
-            message = orjson.loads(frame) if frame else None
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            await self.send({"type": "error", "error": {"type": "invalid_request", "message": "not a JSON event"}})
-            return
-        kind = message["type"]
-        event_id = str(message.get("event_id") or "")
-        ledger = self.session.realtime
-        self.state.touch(self.session)
-        if kind == "agent.speak":
-            audio = message.get("audio")
-            if not isinstance(audio, str):
-                await self.send({"type": "error", "error": {"type": "invalid_request", "message": "no audio"}})
-                return
-            size = len(audio) * 3 // 4 - audio[-2:].count("=")
-            ledger.audio_chunks += 1
-            ledger.audio_bytes += size
-            if size % 2:
-                ledger.odd_chunks += 1
-            turn = ledger.turns.setdefault(event_id, {"bytes": 0, "chunks": 0, "ended": False,
-                                                      "interrupted": False})
-            turn["bytes"] += size
-            turn["chunks"] += 1
-            if event_id not in self.turn_started:
-                self.turn_started[event_id] = time.monotonic()
-                await self.set_talking(event_id)
-                await self.send({"type": "agent.speak_started", "event_id": event_id,
-                                 "task": {"id": event_id}})
-            await self.send({"type": "agent.audio_buffer_appended", "event_id": event_id})
-        elif kind == "agent.speak_end":
-            ledger.speak_ends += 1
-            turn = ledger.turns.setdefault(event_id, {"bytes": 0, "chunks": 0, "ended": False,
-                                                      "interrupted": False})
-            turn["ended"] = True
-            await self.send({"type": "agent.audio_buffer_committed", "event_id": event_id})
-            started = self.turn_started.get(event_id, time.monotonic())
-            remaining = started + turn["bytes"] / LITE_BYTES_PER_SECOND - time.monotonic()
-            scope = trio.CancelScope()
-            self.playback[event_id] = scope
-            nursery.start_soon(self.finish_playback, event_id, remaining, scope)
-        elif kind == "agent.interrupt":
-            ledger.interrupts += 1
-            for turn_id, turn in ledger.turns.items():
-                if turn_id == event_id or (self.talking == turn_id):
-                    turn["interrupted"] = True
-            for scope in self.playback.values():
-                scope.cancel()
-            self.playback.clear()
-            await self.send({"type": "agent.audio_buffer_cleared", "event_id": event_id})
-            if self.talking is not None:
-                await self.send({"type": "agent.speak_interrupted", "event_id": self.talking,
-                                 "task": {"id": self.talking}})
-                await self.set_talking(None)
-        elif kind == "session.keep_alive":
-            ledger.keep_alives += 1
-            self.session.keep_alives.append(time.monotonic())
-        elif kind in ("agent.start_listening", "agent.stop_listening"):
-            new_state = "listening" if kind == "agent.start_listening" else "idle"
-            await self.send({"type": "agent.state_updated", "previous_state": "idle", "new_state": new_state})
-        else:
-            await self.send({"type": "warning", "warning": {"type": "unknown_event", "message": kind}})
-
-    async def set_talking(self, event_id: str | None) -> None:
-        previous = "talking" if self.talking is not None else "idle"
-        self.talking = event_id
-        new_state = "talking" if event_id is not None else "idle"
-        if previous != new_state:
-            await self.send({"type": "agent.state_updated", "previous_state": previous, "new_state": new_state})
-
-    async def finish_playback(self, event_id: str, remaining: float, scope: trio.CancelScope) -> None:
-        with scope:
-            await trio.sleep(max(0.0, remaining))
-            self.playback.pop(event_id, None)
-            await self.send({"type": "agent.speak_ended", "event_id": event_id, "task": {"id": event_id}})
-            if self.talking == event_id:
-                await self.set_talking(None)

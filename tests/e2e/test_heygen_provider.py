@@ -336,12 +336,12 @@ async def test_realtime_mode_speaks_agent_audio_at_24_khz_through_the_realtime_e
             entry = await sim.only_session()
     realtime = entry["realtime"]
     assert realtime["connections"] == 1
-    assert realtime["odd_chunks"] == 0
+    assert realtime["errors_sent"] == 0
     # 0.5 s of 16 kHz audio arrives as 0.5 s of 24 kHz audio (not 0.33 s: it was resampled).
     assert realtime["audio_seconds"] == pytest.approx(0.5, abs=0.02)
     assert realtime["speak_ends"] == 1
     assert realtime["keep_alives"] == 1
-    assert realtime["turns"]["turn-3"]["ended"] is True
+    assert realtime["events"]["turn-3"]["audio_seconds"] == pytest.approx(0.5, abs=0.02)
     assert AvatarStateChanged(speaking=True, turn=3) in events
     assert AvatarStateChanged(speaking=False, turn=3) in events
     await assert_nothing_left_running(sim)
@@ -418,3 +418,29 @@ async def test_simulator_answers_unknown_sessions_and_wrong_states_with_heygen_c
     assert (unauthorized.status_code, unauthorized.json()["code"]) == (401, 40102)
     token = await sim.http.post(sim.url + "/v1/streaming.create_token", headers=headers, json={})
     assert token.json()["error"] is None and token.json()["data"]["token"]
+
+
+async def test_realtime_interrupt_reaches_the_avatar_and_no_later_chunk_of_that_turn_is_sent(sim: Sim) -> None:
+    events: list[AvatarEvent] = []
+    stopped = trio.Event()
+
+    def on_event(event: AvatarEvent) -> None:
+        events.append(event)
+        if event == AvatarStateChanged(speaking=False, turn=1):
+            stopped.set()
+
+    fmt = AudioFormat("pcm", 16_000)
+    chunk = sine_pcm16(0.1, 16_000)
+    with trio.fail_after(10):
+        async with provider(sim, heygen_mode="realtime").open_session(on_event) as session:
+            await session.speak_audio(chunk, fmt, turn=1)
+            await session.interrupt(1)
+            await session.speak_audio(chunk, fmt, turn=1)
+            await session.end_turn(1)
+            await stopped.wait()
+            entry = await sim.only_session()
+    realtime = entry["realtime"]
+    assert realtime["interrupts"] == ["turn-1"]
+    assert realtime["chunks"] == 1
+    assert realtime["chunks_after_interrupt"] == 0
+    await assert_nothing_left_running(sim)
