@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -614,15 +615,11 @@ class AgentConnection:
             await self._ws.aclose(code, reason or None)
 
 
-async def _receive_metadata(ws: WebSocketConnection, deadline: float) -> ConversationMetadata:
-    frame: str | bytes | None = None
-    with trio.move_on_at(deadline):
-        try:
-            frame = await ws.get_message()
-        except ConnectionClosed as exc:
-            raise _closed_error(exc) from None
-    if frame is None:
-        raise AgentUnavailable("timeout", "the agent did not send its conversation metadata in time")
+async def _receive_metadata(ws: WebSocketConnection) -> ConversationMetadata:
+    try:
+        frame = await ws.get_message()
+    except ConnectionClosed as exc:
+        raise _closed_error(exc) from None
     event = parse_server_event(frame)
     if not isinstance(event, ConversationMetadata):
         kind = event.type if isinstance(event, UnknownEvent) else type(event).__name__
@@ -649,53 +646,57 @@ async def open_agent(
     `conversation_initiation_metadata`.
 
     Raises `AgentUnavailable` (signed URL refused, handshake refused — with its HTTP status —, connection
-    failure, or `connect_timeout` exceeded while connecting or waiting for the metadata), `AgentClosed` (the
-    agent closed before its metadata, e.g. 1008 `override_error`), `AgentProtocolError` (anything else first).
-    Cancelled by the caller's scope at any point. On exit the socket is closed with 1000, shielded and bounded
-    to ~2 s."""
-    if api_key:
-        url = None
-        with trio.move_on_after(connect_timeout):
-            url = await fetch_signed_url(http, base_url, api_key, agent_id)
-        if url is None:
-            raise AgentUnavailable("timeout", "timed out fetching the ElevenLabs signed URL")
-    else:
-        url = conversation_ws_url(base_url, agent_id)
-    deadline = trio.current_time() + connect_timeout
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                open_websocket_url(
-                    url,
-                    message_queue_size=_MESSAGE_QUEUE_SIZE,
-                    max_message_size=max_message_size,
-                    connect_timeout=connect_timeout,
-                    disconnect_timeout=_CLOSE_TIMEOUT,
+    failure, or `connect_timeout` exceeded: it bounds the whole opening, signed URL, handshake and metadata),
+    `AgentClosed` (the agent closed before its metadata, e.g. 1008 `override_error`), `AgentProtocolError`
+    (anything else first). Cancelled by the caller's scope at any point. On exit the socket is closed with
+    1000, shielded and bounded to ~2 s."""
+    step = "fetching the signed URL"
+    # One scope around everything, deadline lifted once open: trio-websocket's own connect timeout cannot
+    # interrupt its reader task, so a server that accepts TCP but never answers the upgrade would hang it.
+    with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as opening:
+        async with AsyncExitStack() as stack:
+            if api_key:
+                url = await fetch_signed_url(http, base_url, api_key, agent_id)
+            else:
+                url = conversation_ws_url(base_url, agent_id)
+            step = "connecting"
+            try:
+                ws = await stack.enter_async_context(
+                    open_websocket_url(
+                        url,
+                        message_queue_size=_MESSAGE_QUEUE_SIZE,
+                        max_message_size=max_message_size,
+                        connect_timeout=connect_timeout + 1.0,  # ours fires first
+                        disconnect_timeout=_CLOSE_TIMEOUT,
+                    )
                 )
-            )
-        except ConnectionRejected as exc:
-            raise AgentUnavailable(
-                _reason_for_status(exc.status_code),
-                f"ElevenLabs refused the conversation socket (HTTP {exc.status_code})",
-                exc.status_code,
-            ) from None
-        except ConnectionTimeout:
-            raise AgentUnavailable("timeout", "timed out connecting to the ElevenLabs agent") from None
-        except HandshakeError as exc:
-            cause = exc.__cause__ or exc
-            raise AgentUnavailable(
-                "upstream_error", f"could not connect to the ElevenLabs agent ({type(cause).__name__})"
-            ) from None
+            except ConnectionRejected as exc:
+                raise AgentUnavailable(
+                    _reason_for_status(exc.status_code),
+                    f"ElevenLabs refused the conversation socket (HTTP {exc.status_code})",
+                    exc.status_code,
+                ) from None
+            except ConnectionTimeout:
+                raise AgentUnavailable("timeout", "timed out connecting to the ElevenLabs agent") from None
+            except HandshakeError as exc:
+                cause = exc.__cause__ or exc
+                raise AgentUnavailable(
+                    "upstream_error", f"could not connect to the ElevenLabs agent ({type(cause).__name__})"
+                ) from None
 
-        async def close_shielded() -> None:
-            # Runs before trio-websocket's own close (LIFO), so that one finds the socket closed already.
-            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                await ws.aclose(1000)
+            async def close_shielded() -> None:
+                # Runs before trio-websocket's own close (LIFO), so that one finds the socket closed already.
+                with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                    await ws.aclose(1000)
 
-        stack.push_async_callback(close_shielded)
-        try:
-            await ws.send_message(initiation)
-        except ConnectionClosed as exc:
-            raise _closed_error(exc) from None
-        metadata = await _receive_metadata(ws, deadline)
-        yield AgentConnection(ws, metadata)
+            stack.push_async_callback(close_shielded)
+            step = "waiting for the conversation metadata"
+            try:
+                await ws.send_message(initiation)
+            except ConnectionClosed as exc:
+                raise _closed_error(exc) from None
+            metadata = await _receive_metadata(ws)
+            opening.deadline = math.inf
+            yield AgentConnection(ws, metadata)
+    if opening.cancelled_caught:
+        raise AgentUnavailable("timeout", f"ElevenLabs agent timed out ({step})")
