@@ -1,0 +1,659 @@
+// The Avatar Relay page: one conversation at a time over the relay's WebSocket (docs/protocol.md).
+//
+// Start (a user gesture, so the browser lets us use the microphone and play sound) opens the socket, sends
+// `start`, and captures the microphone through an AudioWorklet that resamples to the agent's input rate. After
+// `ready` it sends PCM16 frames, shows the avatar (a LiveKit room, or the drawn face in demo mode, or nothing in
+// voice-only mode), plays the agent's audio frames gaplessly, and keeps live captions. Every way a conversation
+// ends leads to `finish()`, which releases the microphone, the audio graph and the room and leaves the page ready
+// to start again. The page never sends audio before `ready` and never shows raw HTML from the network.
+// `window.__relayDebug` exposes what the page is doing, for tests and for curious developers.
+
+import { SimulatedFace } from './face.js';
+import { joinAvatarRoom } from './livekit.js';
+import { PcmPlayer } from './player.js';
+import { Transcript } from './transcript.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  start: $('start'),
+  stop: $('stop'),
+  mute: $('mute'),
+  interrupt: $('interrupt'),
+  status: $('status'),
+  statusText: $('status-text'),
+  notice: $('notice'),
+  enableAudio: $('enable-audio'),
+  form: $('text-form'),
+  input: $('text-input'),
+  send: $('send'),
+  micMeter: $('mic-meter'),
+  outMeter: $('out-meter'),
+  stage: $('stage'),
+  stageLabel: $('stage-label'),
+  face: $('sim-face'),
+  orb: $('voice-orb'),
+  video: $('avatar-video'),
+  audio: $('avatar-audio'),
+  transcript: $('transcript'),
+};
+
+const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws' };
+const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
+const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
+const ACTIVITY_EVERY_MS = 2000;
+const MAX_DEBUG_MESSAGES = 400;
+
+const ENDED_REASONS = {
+  client_stop: 'you stopped it',
+  agent_ended: 'the agent ended the conversation',
+  protocol_error: 'the page and the relay disagreed (protocol error)',
+  unauthorized: 'not authorized',
+  capacity: 'the relay is busy, try again shortly',
+  upstream_unavailable: 'the agent or the avatar service could not be reached',
+  agent_error: 'the agent reported an error',
+  timeout: 'timed out',
+  shutdown: 'the relay is shutting down',
+  internal: 'an internal error in the relay',
+  connection_lost: 'the connection to the relay was lost',
+  page_closed: 'the page was closed',
+};
+
+const debug = {
+  status: 'idle',
+  statusText: ui.statusText.textContent,
+  get wsState() {
+    const ws = current?.ws;
+    return ws ? ['connecting', 'open', 'closing', 'closed'][ws.readyState] : 'none';
+  },
+  conversationId: null,
+  avatarMode: null,
+  micState: 'off',
+  micError: null,
+  muted: false,
+  framesSent: 0,
+  bytesSent: 0,
+  framesDropped: 0,
+  audioFramesReceived: 0,
+  mouthOpen: false,
+  mouthOpenness: 0,
+  lastMouthMoveAt: 0,
+  mouthMoves: 0,
+  outputRms: 0,
+  maxOutputRms: 0,
+  inputRms: 0,
+  received: [],
+  sent: [],
+  endedReason: null,
+  error: null,
+  notice: null,
+  toolResults: [],
+};
+window.__relayDebug = debug;
+
+const transcript = new Transcript(ui.transcript);
+const face = new SimulatedFace(ui.face);
+const configPromise = fetch('client-config.json', { cache: 'no-store' })
+  .then((response) => (response.ok ? response.json() : DEFAULT_CONFIG))
+  .then((config) => ({ ...DEFAULT_CONFIG, ...config }))
+  .catch(() => DEFAULT_CONFIG);
+
+/** @type {Conversation | null} */
+let current = null;
+
+function setStatus(state, text) {
+  if (debug.status === state && debug.statusText === text) return;
+  debug.status = state;
+  debug.statusText = text;
+  ui.status.dataset.state = state;
+  ui.statusText.textContent = text;
+}
+
+function showNotice(text, kind = 'warning') {
+  debug.notice = text;
+  ui.notice.textContent = text;
+  ui.notice.dataset.kind = kind;
+  ui.notice.hidden = false;
+}
+
+function hideNotice() {
+  debug.notice = null;
+  ui.notice.hidden = true;
+  ui.notice.textContent = '';
+}
+
+function setStage(mode, label = '') {
+  ui.stage.dataset.mode = mode;
+  // An <svg> is not an HTMLElement: it has no `hidden` property, only the attribute.
+  ui.face.toggleAttribute('hidden', mode !== 'simulated');
+  ui.video.hidden = mode !== 'video';
+  ui.stageLabel.textContent = label;
+  debug.avatarMode = mode;
+}
+
+function setControls({ running, ready, mic }) {
+  ui.start.disabled = running;
+  ui.stop.disabled = !running;
+  ui.interrupt.disabled = !ready;
+  ui.mute.disabled = !(ready && mic);
+  ui.input.disabled = !ready;
+  ui.send.disabled = !ready;
+}
+
+function record(list, type) {
+  list.push(type);
+  if (list.length > MAX_DEBUG_MESSAGES) list.splice(0, list.length - MAX_DEBUG_MESSAGES);
+}
+
+function micProblem(err) {
+  switch (err?.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return 'Microphone access was refused. Allow the microphone for this site to talk, or type your messages below.';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'No microphone was found. Connect one and start again, or type your messages below.';
+    case 'NotReadableError':
+    case 'AbortError':
+      return 'The microphone could not be opened (another application may be using it). You can type your messages below.';
+    default:
+      return `The microphone could not be opened (${err?.name || 'unknown error'}). You can type your messages below.`;
+  }
+}
+
+function startFrame() {
+  // An embedding page may set window.relayStart = {dynamic_variables, overrides, user_id, token} before Start; a
+  // token may also come in the URL fragment (#token=…), which browsers never send to a server.
+  const options = window.relayStart && typeof window.relayStart === 'object' ? window.relayStart : {};
+  const frame = { type: 'start' };
+  for (const key of ['dynamic_variables', 'overrides', 'user_id', 'token']) {
+    if (options[key] !== undefined && options[key] !== null) frame[key] = options[key];
+  }
+  const fragmentToken = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (fragmentToken && frame.token === undefined) frame.token = fragmentToken;
+  return frame;
+}
+
+function socketUrl(path) {
+  const url = new URL(path || '/ws', location.href);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  return url.href;
+}
+
+class Conversation {
+  constructor() {
+    // Created inside the click handler: the user gesture is what lets the context play sound.
+    this.context = new AudioContext({ latencyHint: 'interactive' });
+    this.context.resume().catch(() => {});
+    this.config = DEFAULT_CONFIG;
+    this.ws = null;
+    this.ready = null;
+    this.player = null;
+    this.capture = null;
+    this.room = null;
+    this.muted = false;
+    this.micAvailable = false;
+    this.stopping = false;
+    this.finished = false;
+    this.errorMessage = null;
+    this.discardAgentAudio = false; // after a local Interrupt, until the next turn starts
+    this.lastAgentEventId = -1;
+    this.stopTimer = 0;
+    this.lastActivityAt = 0;
+  }
+
+  async begin() {
+    setStatus('connecting', 'Connecting…');
+    setStage('idle', 'Connecting to the agent…');
+    setControls({ running: true, ready: false, mic: false });
+    this.openMicrophone();
+    this.config = await configPromise;
+    if (this.finished) return;
+    const ws = new WebSocket(socketUrl(this.config.ws_path));
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    ws.onopen = () => this.sendJson(startFrame());
+    ws.onmessage = (event) => {
+      if (typeof event.data === 'string') this.onText(event.data);
+      else this.onAgentAudio(event.data);
+    };
+    ws.onclose = (event) => this.onClose(event);
+  }
+
+  async openMicrophone() {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      this.microphoneUnavailable('This page cannot use the microphone here (it needs https or localhost). You can type your messages below.', 'Unsupported');
+      return;
+    }
+    debug.micState = 'asking';
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+      });
+    } catch (err) {
+      this.microphoneUnavailable(micProblem(err), err?.name ?? 'Error');
+      return;
+    }
+    if (this.finished) {
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    try {
+      await this.context.audioWorklet.addModule(new URL('./capture-worklet.js', import.meta.url));
+    } catch (err) {
+      for (const track of stream.getTracks()) track.stop();
+      this.microphoneUnavailable(`The audio processor could not be loaded (${err?.message ?? err}). You can type your messages below.`, 'WorkletError');
+      return;
+    }
+    if (this.finished) {
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    const source = this.context.createMediaStreamSource(stream);
+    const node = new AudioWorkletNode(this.context, 'relay-capture', {
+      numberOfInputs: 1,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+    });
+    node.port.onmessage = (event) => this.onCaptureMessage(event.data);
+    source.connect(node);
+    // The processor outputs silence; connecting it keeps every browser pulling audio through it.
+    node.connect(this.context.destination);
+    this.capture = { stream, source, node };
+    this.micAvailable = true;
+    debug.micState = 'on';
+    for (const track of stream.getAudioTracks()) {
+      track.addEventListener('ended', () => {
+        if (this.finished) return;
+        debug.micState = 'lost';
+        this.micAvailable = false;
+        showNotice('The microphone stopped (it was unplugged or disabled). You can type your messages below.');
+        this.refreshControls();
+      });
+    }
+    if (this.ready) this.configureCapture();
+    this.refreshControls();
+  }
+
+  microphoneUnavailable(message, name) {
+    if (this.finished) return;
+    debug.micState = 'unavailable';
+    debug.micError = name;
+    showNotice(message, 'error');
+    this.refreshControls();
+  }
+
+  configureCapture() {
+    this.capture.node.port.postMessage({ type: 'configure', sampleRate: this.ready.input_audio.sample_rate });
+  }
+
+  refreshControls() {
+    if (this.finished) return;
+    setControls({ running: true, ready: Boolean(this.ready) && !this.stopping, mic: this.micAvailable });
+  }
+
+  onCaptureMessage(msg) {
+    if (msg.type === 'level') {
+      debug.inputRms = this.muted ? 0 : msg.rms;
+    } else if (msg.type === 'frame') {
+      this.sendAudio(msg.pcm);
+    }
+  }
+
+  sendAudio(pcm) {
+    const ws = this.ws;
+    if (!this.ready || this.finished || this.stopping || !ws || ws.readyState !== WebSocket.OPEN) return;
+    if (ws.bufferedAmount > SEND_BUFFER_LIMIT) {
+      debug.framesDropped += 1;
+      return;
+    }
+    // Muted still streams (silence), like ElevenLabs' own client: the agent's audio input never stalls.
+    ws.send(this.muted ? new ArrayBuffer(pcm.byteLength) : pcm);
+    debug.framesSent += 1;
+    debug.bytesSent += pcm.byteLength;
+  }
+
+  sendJson(message) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(message));
+    record(debug.sent, message.type);
+    return true;
+  }
+
+  onText(raw) {
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    if (!msg || typeof msg.type !== 'string') return;
+    record(debug.received, msg.type);
+    switch (msg.type) {
+      case 'ready':
+        this.onReady(msg);
+        break;
+      case 'user_transcript': {
+        const final = msg.final !== false;
+        transcript.user(msg.event_id, String(msg.text ?? ''), final);
+        if (final) this.discardAgentAudio = false;
+        break;
+      }
+      case 'agent_response':
+        if (msg.event_id > this.lastAgentEventId) {
+          this.lastAgentEventId = msg.event_id;
+          this.discardAgentAudio = false;
+        }
+        transcript.agent(msg.event_id, String(msg.text ?? ''));
+        break;
+      case 'agent_response_correction':
+        transcript.correction(msg.event_id, String(msg.text ?? ''));
+        break;
+      case 'interruption':
+        this.player?.flush();
+        face.silence();
+        transcript.interruption(msg.event_id);
+        break;
+      case 'tool_call':
+        this.onToolCall(msg);
+        break;
+      case 'avatar_speaking': {
+        const words = String(msg.text ?? '').split(/\s+/).filter(Boolean).length;
+        face.speakFor(typeof msg.duration_ms === 'number' ? msg.duration_ms : words * 380);
+        break;
+      }
+      case 'avatar_state':
+        face.setSpeaking(Boolean(msg.speaking));
+        break;
+      case 'avatar_unavailable':
+        this.onAvatarUnavailable(msg);
+        break;
+      case 'error':
+        this.errorMessage = String(msg.message ?? msg.code ?? 'error');
+        debug.error = { code: msg.code ?? null, message: this.errorMessage };
+        break;
+      case 'ended':
+        this.finish(String(msg.reason ?? 'ended'));
+        break;
+      default:
+        break;
+    }
+  }
+
+  onReady(msg) {
+    if (this.ready || this.finished) return;
+    this.ready = msg;
+    debug.conversationId = msg.conversation_id ?? null;
+    this.player = new PcmPlayer(this.context, msg.output_audio?.sample_rate ?? 16000);
+    if (this.capture) this.configureCapture();
+    this.refreshControls();
+    const avatar = msg.avatar;
+    if (!avatar) {
+      setStage('voice', 'Voice only');
+    } else if (avatar.simulated) {
+      setStage('simulated', 'Simulated avatar');
+    } else {
+      setStage('loading', 'Loading the avatar…');
+      this.joinRoom(avatar);
+    }
+    ui.input.focus({ preventScroll: true });
+  }
+
+  async joinRoom(avatar) {
+    if (!this.config.livekit_client_url) {
+      showNotice('The relay did not say where to load livekit-client from, so the avatar cannot be shown.', 'error');
+      setStage('voice', 'Avatar video unavailable');
+      return;
+    }
+    try {
+      const room = await joinAvatarRoom({
+        moduleUrl: this.config.livekit_client_url,
+        avatar,
+        video: ui.video,
+        audio: ui.audio,
+        onAudioBlocked: (blocked) => {
+          ui.enableAudio.hidden = !blocked || this.finished;
+        },
+        onVideo: () => {
+          if (!this.finished) setStage('video', '');
+        },
+        onDisconnected: (reason) => {
+          if (this.finished) return;
+          setStage('voice', 'Avatar disconnected');
+          showNotice(`The avatar's video connection closed (${reason}).`);
+        },
+      });
+      if (this.finished) {
+        await room.leave();
+        return;
+      }
+      this.room = room;
+    } catch (err) {
+      if (this.finished) return;
+      console.warn('avatar room', err);
+      showNotice(`The avatar video could not be loaded (${err?.message ?? err}).`, 'error');
+      setStage('voice', 'Avatar video unavailable');
+    }
+  }
+
+  onAvatarUnavailable(msg) {
+    const reason = String(msg.reason ?? 'upstream_error');
+    const message = String(msg.message ?? 'The avatar is unavailable.');
+    debug.avatarUnavailable = reason;
+    showNotice(`${message} The conversation continues with voice only.`);
+    transcript.system(`Avatar unavailable (${reason}); continuing with voice only.`);
+    face.silence();
+    setStage('voice', 'Voice only — the avatar is unavailable');
+    const room = this.room;
+    this.room = null;
+    ui.enableAudio.hidden = true;
+    room?.leave().catch(() => {});
+  }
+
+  onAgentAudio(data) {
+    debug.audioFramesReceived += 1;
+    if (!this.player || this.discardAgentAudio || this.finished || this.stopping) return;
+    this.player.enqueue(data);
+  }
+
+  async onToolCall(msg) {
+    const name = String(msg.tool_name ?? '');
+    const parameters = msg.parameters && typeof msg.parameters === 'object' ? msg.parameters : {};
+    transcript.system(`Tool call: ${name}(${JSON.stringify(parameters)})`, 'tool');
+    const tools = window.relayTools && typeof window.relayTools === 'object' ? window.relayTools : {};
+    const handler = Object.prototype.hasOwnProperty.call(tools, name) ? tools[name] : undefined;
+    let result;
+    let isError;
+    if (typeof handler === 'function') {
+      try {
+        result = await handler(parameters, { toolCallId: msg.tool_call_id, toolName: name });
+        if (result === undefined) result = '';
+        isError = false;
+      } catch (err) {
+        result = `The tool ${name} failed: ${err?.message ?? err}`;
+        isError = true;
+      }
+    } else {
+      result = `This page has no client tool named "${name}".`;
+      isError = true;
+    }
+    debug.toolResults.push({ tool_call_id: msg.tool_call_id, tool_name: name, result, is_error: isError });
+    this.sendJson({ type: 'tool_result', tool_call_id: msg.tool_call_id, result, is_error: isError });
+  }
+
+  sendText(text) {
+    if (!this.ready || this.finished) return false;
+    if (!this.sendJson({ type: 'text', text })) return false;
+    transcript.typed(text);
+    return true;
+  }
+
+  noteTyping() {
+    const now = Date.now();
+    if (!this.ready || this.finished || now - this.lastActivityAt < ACTIVITY_EVERY_MS) return;
+    this.lastActivityAt = now;
+    this.sendJson({ type: 'activity' });
+  }
+
+  interrupt() {
+    if (!this.ready || this.finished) return;
+    this.sendJson({ type: 'interrupt' });
+    this.player?.flush();
+    face.silence();
+    // Audio of the interrupted reply may still be in flight from the relay: drop it until the next turn starts.
+    this.discardAgentAudio = true;
+  }
+
+  setMuted(muted) {
+    this.muted = muted;
+    debug.muted = muted;
+    ui.mute.setAttribute('aria-pressed', String(muted));
+    ui.mute.textContent = muted ? 'Unmute' : 'Mute';
+  }
+
+  stop() {
+    if (this.finished || this.stopping) return;
+    this.stopping = true;
+    setStatus('ending', 'Ending the conversation…');
+    this.player?.flush();
+    face.silence();
+    this.refreshControls();
+    ui.stop.disabled = true;
+    if (!this.sendJson({ type: 'stop' })) {
+      this.ws?.close(1000);
+      this.finish('client_stop');
+      return;
+    }
+    // The relay answers with `ended`; if it does not, end here anyway.
+    this.stopTimer = setTimeout(() => {
+      this.ws?.close(1000);
+      this.finish('client_stop');
+    }, STOP_GRACE_MS);
+  }
+
+  /** The tab is going away: tell the relay (best effort) and close. */
+  leavePage() {
+    if (this.finished) return;
+    this.sendJson({ type: 'stop' });
+    this.ws?.close(1000);
+    this.finish('page_closed');
+  }
+
+  onClose(event) {
+    if (this.finished) return;
+    if (this.stopping) {
+      this.finish('client_stop');
+      return;
+    }
+    this.errorMessage ??= event.code === 1006 ? 'The connection to the relay was lost.' : event.reason || null;
+    this.finish('connection_lost');
+  }
+
+  /** The one way out: release everything and leave the page ready for a new conversation. Idempotent. */
+  finish(reason) {
+    if (this.finished) return;
+    this.finished = true;
+    clearTimeout(this.stopTimer);
+    debug.endedReason = reason;
+    const ws = this.ws;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+    this.player?.close();
+    if (this.capture) {
+      this.capture.node.port.postMessage({ type: 'stop' });
+      this.capture.node.port.onmessage = null;
+      this.capture.source.disconnect();
+      this.capture.node.disconnect();
+      for (const track of this.capture.stream.getTracks()) track.stop();
+      this.capture = null;
+    }
+    debug.micState = debug.micState === 'unavailable' ? 'unavailable' : 'off';
+    debug.inputRms = 0;
+    this.room?.leave().catch(() => {});
+    this.room = null;
+    ui.video.srcObject = null;
+    ui.enableAudio.hidden = true;
+    this.context.close().catch(() => {});
+    face.silence();
+    const label = ENDED_REASONS[reason] ?? reason.replaceAll('_', ' ');
+    const failed = this.errorMessage !== null && reason !== 'client_stop' && reason !== 'agent_ended';
+    if (failed) setStatus('error', `Conversation ended: ${label} — ${this.errorMessage}`);
+    else setStatus('ended', `Conversation ended: ${label}.`);
+    setStage('idle', 'Press Start to talk again.');
+    setControls({ running: false, ready: false, mic: false });
+    this.setMuted(false);
+    if (current === this) ui.start.focus({ preventScroll: true });
+  }
+
+  /** Called on every animation frame while this conversation is live. */
+  updateStatus() {
+    if (!this.ready || this.finished || this.stopping) return;
+    const speaking = (this.player?.playing ?? false) || face.speaking;
+    if (speaking) setStatus('speaking', 'Agent speaking…');
+    else if (this.micAvailable) setStatus('listening', this.muted ? 'Muted — the agent cannot hear you.' : 'Listening — speak any time.');
+    else setStatus('listening', 'Connected — type a message to the agent.');
+  }
+}
+
+function startConversation() {
+  if (current && !current.finished) return;
+  hideNotice();
+  transcript.clear();
+  Object.assign(debug, {
+    conversationId: null, avatarMode: null, micState: 'off', micError: null, muted: false, framesSent: 0,
+    bytesSent: 0, framesDropped: 0, audioFramesReceived: 0, maxOutputRms: 0, mouthMoves: 0, received: [], sent: [],
+    endedReason: null, error: null, toolResults: [], avatarUnavailable: null,
+  });
+  let conversation;
+  try {
+    conversation = new Conversation();
+  } catch (err) {
+    setStatus('error', `This browser cannot play or capture audio here (${err?.message ?? err}).`);
+    return;
+  }
+  current = conversation;
+  conversation.setMuted(false);
+  conversation.begin();
+}
+
+function setMeter(meter, level) {
+  const value = Math.min(1, level * 4);
+  meter.firstElementChild.style.transform = `scaleX(${value.toFixed(3)})`;
+  const rounded = String(Math.round(value * 10) * 10);
+  if (meter.getAttribute('aria-valuenow') !== rounded) meter.setAttribute('aria-valuenow', rounded);
+}
+
+function animate(now) {
+  const conversation = current && !current.finished ? current : null;
+  const level = conversation?.player ? conversation.player.level() : 0;
+  debug.outputRms = level;
+  if (level > debug.maxOutputRms) debug.maxOutputRms = level;
+  const wasOpen = debug.mouthOpen;
+  face.tick(now, debug.avatarMode === 'simulated' ? level : 0);
+  debug.mouthOpen = face.mouthOpen;
+  debug.mouthOpenness = face.openness;
+  debug.lastMouthMoveAt = face.lastMouthMoveAt;
+  if (debug.mouthOpen && !wasOpen) debug.mouthMoves += 1;
+  ui.orb.style.setProperty('--level', Math.min(1, level * 5).toFixed(3));
+  setMeter(ui.outMeter, level);
+  setMeter(ui.micMeter, conversation ? debug.inputRms : 0);
+  conversation?.updateStatus();
+  requestAnimationFrame(animate);
+}
+
+ui.start.addEventListener('click', startConversation);
+ui.stop.addEventListener('click', () => current?.stop());
+ui.interrupt.addEventListener('click', () => current?.interrupt());
+ui.mute.addEventListener('click', () => current?.setMuted(!current.muted));
+ui.enableAudio.addEventListener('click', () => current?.room?.startAudio().catch(() => {}));
+ui.form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const text = ui.input.value.trim();
+  if (text && current?.sendText(text)) ui.input.value = '';
+});
+ui.input.addEventListener('input', () => current?.noteTyping());
+// `pagehide` fires on tab close, navigation and bfcache entry on every browser (unlike `unload`).
+window.addEventListener('pagehide', () => current?.leavePage());
+
+setStage('idle', 'The agent will appear here.');
+requestAnimationFrame(animate);

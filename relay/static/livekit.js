@@ -1,0 +1,57 @@
+// Joining the real avatar's LiveKit room (HeyGen v1 or LiveAvatar) and showing its video and audio.
+//
+// livekit-client is loaded on demand from the URL the server configures (`client-config.json`), so the page
+// carries no copy of it and a deployment can self-host it. LiveAvatar's avatar joins as the participant `heygen`;
+// with HeyGen v1 the avatar is the only other participant, so any remote track is the avatar's. This module never
+// sends anything to the relay.
+
+/**
+ * Join the avatar's room.
+ * @param {object} options
+ * @param {string} options.moduleUrl where livekit-client's ES module is (absolute, or relative to the page)
+ * @param {{provider: string, livekit_url: string, access_token: string}} options.avatar `ready.avatar`
+ * @param {HTMLVideoElement} options.video
+ * @param {HTMLAudioElement} options.audio
+ * @param {(blocked: boolean) => void} options.onAudioBlocked the browser refused to play sound without a gesture
+ * @param {() => void} options.onVideo the avatar's video is attached
+ * @param {(reason: string) => void} options.onDisconnected the room went away
+ * @returns {Promise<{leave: () => Promise<void>, startAudio: () => Promise<void>}>}
+ */
+export async function joinAvatarRoom({ moduleUrl, avatar, video, audio, onAudioBlocked, onVideo, onDisconnected }) {
+  const { Room, RoomEvent, Track } = await import(new URL(moduleUrl, document.baseURI).href);
+  const room = new Room({ adaptiveStream: true, dynacast: true });
+  const isAvatar = (participant) => avatar.provider !== 'liveavatar' || participant.identity === 'heygen';
+  let leaving = false;
+
+  room.on(RoomEvent.TrackSubscribed, (track, _publication, participant) => {
+    if (!isAvatar(participant)) return;
+    if (track.kind === Track.Kind.Video) {
+      track.attach(video);
+      onVideo();
+    } else if (track.kind === Track.Kind.Audio) {
+      track.attach(audio);
+    }
+  });
+  room.on(RoomEvent.TrackUnsubscribed, (track) => track.detach());
+  room.on(RoomEvent.AudioPlaybackStatusChanged, () => onAudioBlocked(!room.canPlaybackAudio));
+  room.on(RoomEvent.Disconnected, (reason) => {
+    if (!leaving) onDisconnected(String(reason ?? 'disconnected'));
+  });
+
+  await room.connect(avatar.livekit_url, avatar.access_token, { autoSubscribe: true });
+  if (!room.canPlaybackAudio) onAudioBlocked(true);
+
+  return {
+    async leave() {
+      leaving = true;
+      for (const participant of room.remoteParticipants.values()) {
+        for (const publication of participant.trackPublications.values()) publication.track?.detach();
+      }
+      await room.disconnect();
+    },
+    async startAudio() {
+      await room.startAudio();
+      onAudioBlocked(!room.canPlaybackAudio);
+    },
+  };
+}

@@ -1,0 +1,98 @@
+// Live captions: the user's words, the agent's replies, corrections after an interruption, tool calls and notices.
+//
+// Entries are keyed by the protocol's event_id so a tentative user transcript is replaced by the final one, and an
+// agent reply by its correction. The list is an aria-live region; it scrolls to the newest entry unless the reader
+// has scrolled up to read something older. Text is always set with textContent, never parsed as HTML.
+
+export class Transcript {
+  /** @param {HTMLOListElement} list */
+  constructor(list) {
+    this.list = list;
+    this.entries = new Map();
+  }
+
+  clear() {
+    this.list.replaceChildren();
+    this.entries.clear();
+  }
+
+  /** What the user said; `final: false` is tentative and replaced by the next transcript for that event. */
+  user(eventId, text, final) {
+    const entry = this.entry(`user:${eventId}`, 'user', 'You');
+    entry.text.textContent = text;
+    entry.item.classList.toggle('tentative', !final);
+    this.scroll();
+  }
+
+  /** A message the user typed (it has no event_id of its own). */
+  typed(text) {
+    const entry = this.entry(null, 'user typed', 'You (typed)');
+    entry.text.textContent = text;
+    this.scroll();
+  }
+
+  /** The agent's reply for turn `eventId`. */
+  agent(eventId, text) {
+    const entry = this.entry(`agent:${eventId}`, 'agent', 'Agent');
+    entry.text.textContent = text;
+    this.scroll();
+  }
+
+  /** After an interruption: what the agent actually said of turn `eventId`. */
+  correction(eventId, text) {
+    const entry = this.entry(`agent:${eventId}`, 'agent', 'Agent');
+    entry.text.textContent = text;
+    this.markInterrupted(entry.item);
+    this.scroll();
+  }
+
+  /** The user talked over the agent: replies of turns before `eventId` were cut short. */
+  interruption(eventId) {
+    for (const [key, entry] of this.entries) {
+      if (!key.startsWith('agent:')) continue;
+      const id = Number(key.slice('agent:'.length));
+      if (Number.isFinite(id) && id < eventId && entry.item === this.list.lastElementChild) this.markInterrupted(entry.item);
+    }
+  }
+
+  /** A line from the page itself (a tool call, a notice). */
+  system(text, kind = 'note') {
+    const entry = this.entry(null, `system ${kind}`, kind === 'tool' ? 'Tool' : 'Note');
+    entry.text.textContent = text;
+    this.scroll();
+  }
+
+  markInterrupted(item) {
+    if (item.classList.contains('interrupted')) return;
+    item.classList.add('interrupted');
+    const badge = document.createElement('span');
+    badge.className = 'badge';
+    badge.textContent = 'interrupted';
+    item.querySelector('.who').append(' ', badge);
+  }
+
+  entry(key, kind, label) {
+    const existing = key === null ? undefined : this.entries.get(key);
+    if (existing) return existing;
+    const item = document.createElement('li');
+    item.className = `entry ${kind}`;
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = label;
+    const text = document.createElement('p');
+    text.className = 'text';
+    item.append(who, text);
+    this.list.append(item);
+    const entry = { item, text };
+    if (key !== null) this.entries.set(key, entry);
+    return entry;
+  }
+
+  scroll() {
+    // Follow the conversation only if the reader has not scrolled up to read something older.
+    const last = this.list.lastElementChild;
+    if (!last) return;
+    const el = this.list;
+    if (el.scrollHeight - el.scrollTop - el.clientHeight < 48 + last.offsetHeight * 2) el.scrollTop = el.scrollHeight;
+  }
+}
