@@ -1,0 +1,159 @@
+"""The real relay (hypercorn, trio worker) and the real simulators on loopback, for end-to-end tests.
+
+`running_relay(...)` serves the simulators and a relay app pointed at them (as a user would with `avatar-relay sim`
+and base-URL settings), and hands back a small client: open a browser socket, read or set a simulator's ledger and
+faults. Everything stops when the block exits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from relay.config import Settings
+from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.web import create_app
+
+
+@dataclass
+class Relay:
+    url: str
+    sims: SimulatorURLs
+    http: httpx2.AsyncClient
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    def _sim(self, name: str) -> str:
+        return str(getattr(self.sims, name))
+
+    async def ledger(self, name: str) -> dict[str, Any]:
+        response = await self.http.get(self._sim(name) + "/_sim/ledger")
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    async def faults(self, name: str, **faults: Any) -> None:
+        response = await self.http.post(self._sim(name) + "/_sim/faults", json=faults)
+        response.raise_for_status()
+
+    @asynccontextmanager
+    async def browser(self) -> AsyncIterator[BrowserClient]:
+        async with open_websocket_url(self.ws_url, message_queue_size=1000) as ws:
+            yield BrowserClient(ws)
+
+    async def wait_all_sessions_stopped(self, provider: str, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll a provider simulator's ledger until every created session is stopped; return the ledger."""
+        with trio.move_on_after(timeout):
+            while True:
+                ledger = await self.ledger(provider)
+                created, stopped = session_counts(ledger)
+                if created == stopped:
+                    return ledger
+                await trio.sleep(0.05)
+        ledger = await self.ledger(provider)
+        raise AssertionError(f"sessions left running: {session_counts(ledger)}")
+
+
+def session_counts(ledger: dict[str, Any]) -> tuple[int, int]:
+    """(created, stopped by the relay) from a HeyGen or LiveAvatar simulator ledger."""
+    sessions = ledger["sessions"].values()
+    stopped = sum(1 for s in sessions if (s.get("stopped_at") or s.get("stopped")) is not None)
+    return len(ledger["sessions"]), stopped
+
+
+class BrowserClient:
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.audio_received = 0
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send_message(orjson.dumps(frame).decode())
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        await self.ws.send_message(frame)
+
+    async def next_message(self) -> dict[str, Any]:
+        while True:
+            frame = await self.ws.get_message()
+            if isinstance(frame, bytes):
+                self.audio_received += len(frame)
+                continue
+            return orjson.loads(frame)  # type: ignore[no-any-return]
+
+    async def expect(self, kind: str, *, timeout: float = 10.0, where: Any = None) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                msg = await self.next_message()
+                if msg["type"] == kind and (where is None or where(msg)):
+                    return msg
+
+    async def start(self, **fields: Any) -> dict[str, Any]:
+        await self.send(type="start", **fields)
+        return await self.expect("ready")
+
+    async def stream(self, pcm: bytes, *, chunk_bytes: int = 3200, pause: float = 0.005) -> None:
+        for i in range(0, len(pcm), chunk_bytes):
+            await self.ws.send_message(pcm[i:i + chunk_bytes])
+            await trio.sleep(pause)
+
+
+def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "elevenlabs_base_url": sims.elevenlabs, "elevenlabs_agent_id": "agent_e2e", "elevenlabs_api_key": "xi-test",
+        "heygen_base_url": sims.heygen, "heygen_api_key": "hg-test", "heygen_avatar_id": "Wayne_20240711",
+        "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": "e2e-avatar",
+        "relay_avatar": "heygen", "relay_stop_timeout": 3.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@asynccontextmanager
+async def running_relay(**overrides: Any) -> AsyncIterator[Relay]:
+    async with trio.open_nursery() as nursery:
+        sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
+        config = Config()
+        config.bind = ["127.0.0.1:0"]
+        config.accesslog = None
+        config.graceful_timeout = 5.0
+        app = create_app(relay_settings(sims, **overrides))
+        binds = await nursery.start(serve, app, config)
+        async with httpx2.AsyncClient(timeout=5.0) as http:
+            yield Relay(binds[0], sims, http)
+        nursery.cancel_scope.cancel()
+
+
+_SPEECH_CACHE: dict[int, bytes] = {}
+
+
+def spoken_sentence(rate: int = 16000, text: str = "Hello, what time do you open tomorrow morning?") -> bytes:
+    """A real spoken sentence (espeak-ng, resampled by sox) as PCM16 LE mono at `rate`."""
+    if rate in _SPEECH_CACHE:
+        return _SPEECH_CACHE[rate]
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is needed for the end-to-end tests (scripts/test installs it)")
+    tmp = Path(subprocess.run(["mktemp", "-d"], capture_output=True, text=True, check=True).stdout.strip())
+    wav = tmp / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
+    raw = subprocess.run(["sox", str(wav), "-t", "raw", "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed",
+                          "-L", "-"], check=True, capture_output=True).stdout
+    _SPEECH_CACHE[rate] = raw
+    return raw
+
+
+def silence(seconds: float, rate: int = 16000) -> bytes:
+    return b"\x00\x00" * int(seconds * rate)
