@@ -312,7 +312,8 @@ class LiteSocketSimulator:
 
     async def _end_speech_at(self, event_id: str, ends_at: float, scope: trio.CancelScope) -> None:
         with scope:
-            await trio.sleep_until(ends_at)
+            # Ledger times are time.monotonic(); trio's clock has its own origin, so sleep relative.
+            await trio.sleep(max(0.0, ends_at - time.monotonic()))
             self._ended_timers.pop(event_id, None)
             await self._emit({"type": "agent.speak_ended", "event_id": event_id, "task": {"id": event_id}})
             if not self._ended_timers:
@@ -556,7 +557,7 @@ def create_app() -> QuartTrio:
                 if now >= idle_deadline:
                     session.end("IDLE_TIMEOUT", expired=True)
                     return
-                await trio.sleep_until(min(ends_at, idle_deadline))
+                await trio.sleep(min(ends_at, idle_deadline) - now)
 
     # -- REST ---------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ running, and a server-side close ends the session with AvatarSessionEnded.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator
 from functools import partial
@@ -14,8 +15,10 @@ from typing import Any
 
 import httpx2
 import numpy as np
+import orjson
 import pytest
 import trio
+import trio_websocket
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from pydantic import SecretStr
@@ -95,9 +98,16 @@ async def test_a_turn_of_16khz_audio_arrives_as_24khz_with_its_duration_and_no_s
         sim: str, http: httpx2.AsyncClient) -> None:
     await faults(http, sim, record_audio=True)
     events: list[AvatarEvent] = []
+    turn_played = trio.Event()
+
+    def on_event(event: AvatarEvent) -> None:
+        events.append(event)
+        if event == AvatarStateChanged(speaking=False, turn=1):
+            turn_played.set()
+
     pcm = sine(1.0, 16000).tobytes()
     with trio.fail_after(10):
-        async with LiveAvatarProvider(make_settings(sim), http).open_session(events.append) as session:
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(on_event) as session:
             assert session.takes_audio
             assert session.info.provider == "liveavatar"
             assert session.info.simulated
@@ -105,8 +115,7 @@ async def test_a_turn_of_16khz_audio_arrives_as_24khz_with_its_duration_and_no_s
             for chunk in chunks_of(pcm, [3201, 4800, 999, 6400]):  # odd sizes: a split sample too
                 await session.speak_audio(chunk, PCM16K, 1)
             await session.end_turn(1)
-            while AvatarStateChanged(speaking=False, turn=1) not in events:
-                await trio.sleep(0.05)
+            await turn_played.wait()  # speak_ended comes after the 1 s of audio has "played"
         record = await only_session(http, sim)
         received = (await http.get(f"{sim}/_sim/audio/{session.info.session_id}/turn-1")).content
     assert events[0] == AvatarStateChanged(speaking=True, turn=1)
@@ -319,3 +328,125 @@ async def test_listing_with_a_bad_key_is_unauthorized(sim: str, http: httpx2.Asy
     with trio.fail_after(10), pytest.raises(AvatarUnavailable) as caught:
         await list_active_sessions(make_settings(sim), http)
     assert caught.value.reason == "unauthorized"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The simulator itself (HeyGen's realtime_endpoint reuses its socket), driven with raw requests
+
+
+async def start_raw_session(http: httpx2.AsyncClient, base: str, **token_body: Any) -> dict[str, Any]:
+    body = {"mode": "LITE", "avatar_id": SANDBOX_AVATAR_ID, **token_body}
+    token = (await http.post(f"{base}/v1/sessions/token", json=body, headers={"X-API-KEY": API_KEY})).json()
+    assert token["code"] == 1000
+    started = await http.post(f"{base}/v1/sessions/start",
+                              headers={"Authorization": f"Bearer {token['data']['session_token']}"})
+    assert started.status_code == 201
+    return {**started.json()["data"], "session_token": token["data"]["session_token"]}
+
+
+async def next_of(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        message = orjson.loads(await ws.get_message())
+        if message["type"] == kind:
+            return message  # type: ignore[no-any-return]
+
+
+async def test_the_simulated_socket_speaks_the_lite_event_sequence(sim: str, http: httpx2.AsyncClient) -> None:
+    session = await start_raw_session(http, sim)
+    audio = base64.b64encode(b"\x00\x00" * 2400).decode()  # 0.1 s at 24 kHz
+    with trio.fail_after(5):
+        async with trio_websocket.open_websocket_url(session["ws_url"]) as ws:
+            seen = [orjson.loads(await ws.get_message()) for _ in range(2)]
+            assert [m.get("state") for m in seen] == ["connecting", "connected"]
+            for _ in range(2):
+                await ws.send_message(orjson.dumps({"type": "agent.speak", "event_id": "e1", "audio": audio}).decode())
+            kinds = [orjson.loads(await ws.get_message())["type"] for _ in range(4)]
+            assert kinds == ["agent.audio_buffer_appended", "agent.speak_started", "agent.state_updated",
+                             "agent.audio_buffer_appended"]
+            started = trio.current_time()
+            await ws.send_message('{"type":"agent.speak_end","event_id":"e1"}')
+            ended = await next_of(ws, "agent.speak_ended")
+            assert ended["event_id"] == "e1"
+            assert trio.current_time() - started < 0.5
+            assert (await next_of(ws, "agent.state_updated"))["new_state"] == "idle"
+            await ws.send_message(orjson.dumps({"type": "agent.speak", "event_id": "e2", "audio": audio}).decode())
+            await ws.send_message('{"type":"agent.interrupt","event_id":"e2"}')
+            assert (await next_of(ws, "agent.speak_interrupted"))["event_id"] == "e2"
+            await next_of(ws, "agent.audio_buffer_cleared")
+            await ws.send_message(orjson.dumps({"type": "agent.speak", "event_id": "e2", "audio": audio}).decode())
+            await ws.send_message('{"type":"agent.bogus"}')
+            assert (await next_of(ws, "error"))["error"]["type"] == "unknown_event"
+    lite = (await only_session(http, sim))["lite"]
+    assert lite["chunks_after_interrupt"] == 1
+    assert lite["events"]["e1"]["audio_seconds"] == pytest.approx(0.2)
+    assert lite["speak_ends"] == 1
+
+
+async def test_speak_ended_waits_for_the_audio_to_play(sim: str, http: httpx2.AsyncClient) -> None:
+    session = await start_raw_session(http, sim)
+    audio = base64.b64encode(b"\x00\x00" * 12000).decode()  # 0.5 s
+    with trio.fail_after(5):
+        async with trio_websocket.open_websocket_url(session["ws_url"]) as ws:
+            await next_of(ws, "session.state_updated")
+            await ws.send_message(orjson.dumps({"type": "agent.speak", "event_id": "e", "audio": audio}).decode())
+            await ws.send_message('{"type":"agent.speak_end","event_id":"e"}')
+            started = trio.current_time()
+            await next_of(ws, "agent.audio_buffer_committed")
+            await next_of(ws, "agent.speak_ended")
+            assert trio.current_time() - started >= 0.4
+
+
+async def test_a_closed_socket_leaves_the_session_running_until_stopped(sim: str, http: httpx2.AsyncClient) -> None:
+    session = await start_raw_session(http, sim)
+    with trio.fail_after(5):
+        async with trio_websocket.open_websocket_url(session["ws_url"]) as ws:
+            await next_of(ws, "session.state_updated")
+    assert (await ledger(http, sim))["active"] == 1
+    bearer = {"Authorization": f"Bearer {session['session_token']}"}
+    for _ in range(2):  # stop is idempotent
+        stop = await http.post(f"{sim}/v1/sessions/stop", headers=bearer,
+                               json={"session_id": session["session_id"], "reason": "USER_CLOSED"})
+        assert stop.json()["code"] == 1000
+    record = await only_session(http, sim)
+    assert record["stop_reason"] == "USER_CLOSED"
+    historic = (await http.get(f"{sim}/v1/sessions", params={"type": "historic"},
+                               headers={"X-API-KEY": API_KEY})).json()["data"]
+    assert [r["id"] for r in historic["results"]] == [session["session_id"]]
+    assert historic["results"][0]["end_reason"] == "USER_CLOSED"
+
+
+async def test_a_sandbox_session_ends_as_max_duration_reached(sim: str, http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, sandbox_duration_s=0.3)
+    settings = make_settings(sim, liveavatar_sandbox=True, liveavatar_avatar_id=SANDBOX_AVATAR_ID)
+    with trio.fail_after(5), pytest.raises(AvatarSessionEnded):
+        async with LiveAvatarProvider(settings, http).open_session(lambda e: None) as session:
+            while True:  # activity does not extend a sandbox session
+                await session.keep_alive()
+                await trio.sleep(0.05)
+    assert (await only_session(http, sim))["end_reason"] == "MAX_DURATION_REACHED"
+
+
+async def test_the_socket_refuses_a_wrong_token(sim: str, http: httpx2.AsyncClient) -> None:
+    session = await start_raw_session(http, sim)
+    with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as caught:
+        async with trio_websocket.open_websocket_url(session["ws_url"].split("?")[0] + "?token=nope"):
+            pass
+    assert caught.value.status_code == 401
+
+
+async def test_token_validation_answers_422_with_a_detail_list(sim: str, http: httpx2.AsyncClient) -> None:
+    answer = await http.post(f"{sim}/v1/sessions/token", json={"is_sandbox": "maybe"},
+                             headers={"X-API-KEY": API_KEY})
+    assert answer.status_code == 422
+    fields = {tuple(d["loc"]) for d in answer.json()["detail"]}
+    assert {("body", "mode"), ("body", "avatar_id"), ("body", "is_sandbox")} <= fields
+
+
+async def test_the_avatar_catalogue_includes_the_active_sandbox_avatar(sim: str, http: httpx2.AsyncClient) -> None:
+    headers = {"X-API-KEY": API_KEY}
+    listed = (await http.get(f"{sim}/v1/avatars", headers=headers)).json()["data"]["results"]
+    assert SANDBOX_AVATAR_ID in [a["id"] for a in listed]
+    one = (await http.get(f"{sim}/v1/avatars/{SANDBOX_AVATAR_ID}", headers=headers)).json()
+    assert one["code"] == 1000
+    assert one["data"]["status"] == "ACTIVE"
+    assert (await http.get(f"{sim}/v1/avatars/{SANDBOX_AVATAR_ID}")).status_code == 401
