@@ -66,6 +66,7 @@ const debug = {
     return ws ? ['connecting', 'open', 'closing', 'closed'][ws.readyState] : 'none';
   },
   conversationId: null,
+  avatarSessionId: null,
   avatarMode: null,
   micState: 'off',
   micError: null,
@@ -385,6 +386,7 @@ class Conversation {
     if (this.ready || this.finished) return;
     this.ready = msg;
     debug.conversationId = msg.conversation_id ?? null;
+    debug.avatarSessionId = msg.avatar?.session_id ?? null;
     this.player = new PcmPlayer(this.context, msg.output_audio?.sample_rate ?? 16000);
     if (this.capture) this.configureCapture();
     this.refreshControls();
@@ -600,7 +602,7 @@ function startConversation() {
   hideNotice();
   transcript.clear();
   Object.assign(debug, {
-    conversationId: null, avatarMode: null, micState: 'off', micError: null, muted: false, framesSent: 0,
+    conversationId: null, avatarSessionId: null, avatarMode: null, micState: 'off', micError: null, muted: false, framesSent: 0,
     bytesSent: 0, framesDropped: 0, audioFramesReceived: 0, maxOutputRms: 0, mouthMoves: 0, received: [], sent: [],
     endedReason: null, error: null, toolResults: [], avatarUnavailable: null,
   });

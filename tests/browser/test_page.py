@@ -1,0 +1,222 @@
+"""The page in real headless Chromium against the relay in demo mode (simulated agent and avatars).
+
+Each test drives the page the way a user does — buttons found by their accessible names, a fake microphone
+playing a spoken sentence — and checks what the user sees and hears (captions, status line, the face's mouth, the
+output level) and what the upstream services saw (the simulators' ledgers). Any console error fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.browser.conftest import REPO, wait_until
+
+SCREENSHOT = REPO / "docs" / "screenshot.png"
+
+
+def debug(page: Any) -> dict[str, Any]:
+    return page.evaluate("() => JSON.parse(JSON.stringify(window.__relayDebug))")  # type: ignore[no-any-return]
+
+
+def start(page: Any) -> dict[str, Any]:
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_function("() => window.__relayDebug.conversationId !== null")
+    return debug(page)
+
+
+def send_text(page: Any, text: str) -> None:
+    page.get_by_label("Message to the agent").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def wait_for_agent_speaking(page: Any) -> None:
+    page.wait_for_function("() => window.__relayDebug.status === 'speaking' && window.__relayDebug.mouthOpen")
+
+
+def status_text(page: Any) -> str:
+    return str(page.locator("#status").inner_text())
+
+
+def take_screenshot(page: Any, path: Path) -> None:
+    """Write the page as a user sees it mid-conversation (docs/screenshot.png)."""
+    page.wait_for_function("() => window.__relayDebug.mouthOpenness > 0.45")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+
+
+def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays, open_page) -> None:
+    relay = relays("liveavatar")
+    page = open_page(relay, mic="speech")
+    info = start(page)
+    assert info["avatarMode"] == "simulated"
+    assert page.locator("#sim-face").is_visible()
+
+    # The greeting plays first: the mouth moves with the agent's audio.
+    wait_for_agent_speaking(page)
+    page.locator(".entry.agent").first.wait_for()
+
+    # Then the fake microphone speaks; the simulated agent transcribes "(N s of speech)" and replies.
+    final_user = page.locator(".entry.user:not(.tentative)")
+    final_user.first.wait_for(timeout=20_000)
+    assert re.search(r"\d\.\d s of speech", final_user.first.inner_text())
+    reply = page.locator(".entry.agent", has_text="Turn 1")
+    reply.wait_for(timeout=15_000)
+    take_screenshot(page, SCREENSHOT)
+
+    state = debug(page)
+    assert state["framesSent"] > 20, "the microphone must stream PCM frames to the relay"
+    assert state["mouthMoves"] >= 2 and state["maxOutputRms"] > 0.01
+    assert "user_transcript" in state["received"] and "avatar_state" in state["received"]
+
+
+def test_interrupt_button_silences_the_heygen_avatar_and_reaches_heygen(relays, open_page) -> None:
+    relay = relays("heygen")
+    page = open_page(relay, mic="silence")
+    info = start(page)
+    wait_for_agent_speaking(page)
+
+    page.get_by_role("button", name="Interrupt").click()
+    page.wait_for_function("() => !window.__relayDebug.mouthOpen && window.__relayDebug.outputRms < 0.001",
+                           timeout=1500)
+    assert "interrupt" in debug(page)["sent"]
+
+    def interrupted() -> bool:
+        session = relay.ledger("heygen")["sessions"][info["avatarSessionId"]]
+        return bool(session["interrupts"]["count"] >= 1)
+
+    wait_until(interrupted, 5, "HeyGen's ledger shows no streaming.interrupt for the session")
+    assert relay.ledger("heygen")["requests"].get("streaming.interrupt", 0) >= 1
+
+
+def test_interrupt_button_silences_the_liveavatar_avatar_and_reaches_liveavatar(relays, open_page) -> None:
+    relay = relays("liveavatar")
+    page = open_page(relay, mic="silence")
+    info = start(page)
+    wait_for_agent_speaking(page)
+
+    page.get_by_role("button", name="Interrupt").click()
+    page.wait_for_function("() => !window.__relayDebug.mouthOpen && window.__relayDebug.outputRms < 0.001",
+                           timeout=1500)
+    wait_until(lambda: relay.ledger("liveavatar")["sessions"][info["avatarSessionId"]]["lite"]["interrupts"],
+               5, "LiveAvatar's ledger shows no agent.interrupt for the session")
+
+
+def test_typed_message_is_shown_and_answered(relays, open_page) -> None:
+    page = open_page(relays("liveavatar"), mic="silence")
+    start(page)
+    send_text(page, "What can you do?")
+    page.locator(".entry.typed", has_text="What can you do?").wait_for()
+    page.locator(".entry.agent", has_text="You said").wait_for()
+    assert page.get_by_label("Message to the agent").input_value() == ""
+
+
+def test_tool_call_is_answered_with_an_error_unless_the_page_registers_the_tool(relays, open_page) -> None:
+    page = open_page(relays("liveavatar"), mic="silence")
+    start(page)
+
+    send_text(page, "Which tool tells the time?")
+    page.locator(".entry.system", has_text="Tool call: get_time").first.wait_for()
+    page.wait_for_function("() => window.__relayDebug.toolResults.length === 1")
+    first = debug(page)["toolResults"][0]
+    assert first["is_error"] is True and "no client tool" in first["result"]
+
+    page.evaluate("() => { window.relayTools = { get_time: async () => 'half past nine' }; }")
+    send_text(page, "Use the tool again please")
+    page.locator(".entry.agent", has_text="half past nine").wait_for()
+    second = debug(page)["toolResults"][1]
+    assert second == {**second, "is_error": False, "result": "half past nine"}
+
+
+def test_stop_ends_the_conversation_stops_the_avatar_and_allows_a_fresh_start(relays, open_page) -> None:
+    relay = relays("liveavatar")
+    page = open_page(relay, mic="silence")
+    first = start(page)
+    page.locator(".entry.agent").first.wait_for()
+
+    page.get_by_role("button", name="Stop").click()
+    page.wait_for_function("() => window.__relayDebug.status === 'ended'")
+    assert status_text(page) == "Conversation ended: you stopped it."
+    assert debug(page)["endedReason"] == "client_stop"
+    assert page.get_by_role("button", name="Start").is_enabled()
+    assert page.get_by_role("button", name="Stop").is_disabled()
+    assert page.get_by_label("Message to the agent").is_disabled()
+    wait_until(lambda: relay.ledger("liveavatar")["sessions"][first["avatarSessionId"]]["stopped"],
+               5, "LiveAvatar's ledger shows the session still running after Stop")
+
+    second = start(page)
+    assert second["conversationId"] != first["conversationId"]
+    assert page.locator(".entry").count() <= 1, "a new conversation starts with fresh captions"
+    page.locator(".entry.agent").first.wait_for()
+
+
+def test_closing_the_page_stops_the_avatar_session(relays, open_page) -> None:
+    relay = relays("heygen")
+    page = open_page(relay, mic="silence")
+    info = start(page)
+    page.close()
+
+    def stopped() -> bool:
+        session = relay.ledger("heygen")["sessions"][info["avatarSessionId"]]
+        return session["status"] == "closed" and session["stopped_at"] is not None
+
+    wait_until(stopped, 10, "HeyGen's ledger shows the session still open after the page was closed")
+
+
+def test_refused_microphone_shows_a_clear_message_and_typing_still_works(relays, open_page) -> None:
+    page = open_page(relays("liveavatar"), mic="no-permission", permissions=[])
+    start(page)
+    notice = page.get_by_role("alert")
+    notice.wait_for()
+    assert "Microphone access was refused" in notice.inner_text()
+    assert debug(page)["micError"] == "NotAllowedError"
+    assert page.get_by_role("button", name="Mute").is_disabled()
+
+    send_text(page, "Hello without a microphone")
+    page.locator(".entry.agent", has_text="You said").wait_for()
+    assert debug(page)["framesSent"] == 0
+
+
+def test_voice_only_mode_plays_the_agents_audio(relays, open_page) -> None:
+    page = open_page(relays("none"), mic="silence")
+    info = start(page)
+    assert info["avatarMode"] == "voice"
+    assert not page.locator("#sim-face").is_visible()
+    page.wait_for_function("() => window.__relayDebug.outputRms > 0.01")
+    state = debug(page)
+    assert state["audioFramesReceived"] > 0 and state["status"] == "speaking"
+
+
+def test_agent_error_ends_with_a_clear_message_and_start_is_offered_again(relays, open_page) -> None:
+    relay = relays("none")
+    relay.faults("elevenlabs", {"close_code": 1011, "close_reason": "simulated failure", "close_after_ms": 300})
+    try:
+        page = open_page(relay, mic="silence")
+        start(page)
+    finally:
+        relay.reset("elevenlabs")
+    page.wait_for_function("() => window.__relayDebug.endedReason !== null")
+    state = debug(page)
+    assert state["endedReason"] == "agent_error" and state["error"]["code"] == "agent_error"
+    assert status_text(page).startswith("Conversation ended: the agent reported an error")
+    assert page.get_by_role("button", name="Start").is_enabled()
+
+
+def test_configured_livekit_client_is_importable_by_the_page(relays, open_page) -> None:
+    page = open_page(relays("none"), mic="silence")
+    exports = page.evaluate("""async () => {
+        const config = await (await fetch('client-config.json')).json();
+        const module = await import(config.livekit_client_url);
+        return { room: typeof module.Room, events: typeof module.RoomEvent, track: typeof module.Track };
+    }""")
+    assert exports == {"room": "function", "events": "object", "track": "function"}
+
+
+def test_page_fits_a_phone_screen(relays, open_page) -> None:
+    page = open_page(relays("none"), mic="silence")
+    page.set_viewport_size({"width": 375, "height": 740})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    for name in ("Start", "Mute", "Interrupt", "Stop", "Send"):
+        box = page.get_by_role("button", name=name).bounding_box()
+        assert box is not None and box["height"] >= 44 and box["x"] + box["width"] <= 375
