@@ -30,7 +30,8 @@ Control endpoints:
     `Retry-After` header if `retry_after`; only the next `times` requests if given). For `ws_connect` the
     handshake is refused with `status`.
   - `invalid_keys`: list of API keys answered with 401 `{"error": "bad api key"}` (a missing key always is).
-  - `no_credits`: true -> `sessions/token` answers 403 `{"code": 4033, "message": "Insufficient credits"}`.
+  - `no_credits`: true -> `sessions/token` answers 403 `{"code": 4033, "message": "Insufficient credits"}`
+    (sandbox sessions are free and still succeed).
   - `concurrency_limit`: int or null: `sessions/token` refuses when this many sessions are active.
   - `idle_timeout_s` (default 300): a started session with no activity (websocket command, REST or ws
     keep-alive) for this long expires (`end_reason` IDLE_TIMEOUT) and its socket is closed.
