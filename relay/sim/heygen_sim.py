@@ -310,13 +310,14 @@ def create_app() -> QuartTrio:
         limit = int(state.faults.get("concurrency_limit", DEFAULT_CONCURRENCY_LIMIT))
         if state.open_count(api_key) >= limit:
             raise _error(10007, "concurrent limit reached")
-        voice = body.get("voice") if isinstance(body.get("voice"), dict) else {}
+        voice = body.get("voice")
+        voice_id = voice.get("voice_id") if isinstance(voice, dict) else None
         now = time.monotonic()
         session = _Session(
             session_id=secrets.token_hex(16), api_key=api_key, idle_timeout=float(idle),
             realtime_token=secrets.token_urlsafe(16), created_at=now, last_activity=now,
             params={"avatar_id": avatar, "quality": quality, "video_encoding": encoding,
-                    "version": body["version"], "voice_id": voice.get("voice_id"),
+                    "version": body["version"], "voice_id": voice_id,
                     "sent_avatar_id": "avatar_id" in body, "sent_avatar_name": "avatar_name" in body},
         )
         state.sessions[session.session_id] = session

@@ -444,3 +444,23 @@ async def test_realtime_interrupt_reaches_the_avatar_and_no_later_chunk_of_that_
     assert realtime["chunks"] == 1
     assert realtime["chunks_after_interrupt"] == 0
     await assert_nothing_left_running(sim)
+
+
+async def test_many_sessions_cancelled_mid_creation_are_all_stopped_and_the_client_still_works(sim: Sim) -> None:
+    await sim.faults(latency_ms={"streaming.new": 300})
+
+    async def open_and_hold() -> None:
+        async with provider(sim).open_session(lambda event: None):
+            await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(open_and_hold)
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        await sim.faults(latency_ms={"streaming.new": None})
+        async with provider(sim).open_session(lambda event: None) as session:
+            await session.speak_text("still working", turn=1)
+    ledger = await assert_nothing_left_running(sim)
+    assert ledger["totals"]["created"] == 9
