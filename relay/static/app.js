@@ -92,6 +92,8 @@ const debug = {
 window.__relayDebug = debug;
 
 const transcript = new Transcript(ui.transcript);
+transcript.onFeedback = (eventId, score) =>
+  Boolean(current && current.ready && !current.finished && current.sendJson({ type: 'feedback', score, event_id: eventId }));
 const face = new SimulatedFace(ui.face);
 const configPromise = fetch('client-config.json', { cache: 'no-store' })
   .then((response) => (response.ok ? response.json() : DEFAULT_CONFIG))
@@ -394,7 +396,7 @@ class Conversation {
     if (!avatar) {
       setStage('voice', 'Voice only');
     } else if (avatar.simulated) {
-      setStage('simulated', 'Simulated avatar');
+      setStage('simulated', 'Demo mode · simulated avatar');
     } else {
       setStage('loading', 'Loading the avatar…');
       this.joinRoom(avatar);
@@ -548,7 +550,8 @@ class Conversation {
       this.finish('client_stop');
       return;
     }
-    this.errorMessage ??= event.code === 1006 ? 'The connection to the relay was lost.' : event.reason || null;
+    // 1006: no close frame at all (network gone, relay crashed); the reason label says it already.
+    if (event.code !== 1000 && event.code !== 1006 && event.reason) this.errorMessage ??= event.reason;
     this.finish('connection_lost');
   }
 

@@ -9,6 +9,8 @@ export class Transcript {
   constructor(list) {
     this.list = list;
     this.entries = new Map();
+    /** Set by the page: `(eventId, 'like' | 'dislike') => boolean` (true when the feedback was sent). */
+    this.onFeedback = null;
   }
 
   clear() {
@@ -35,7 +37,31 @@ export class Transcript {
   agent(eventId, text) {
     const entry = this.entry(`agent:${eventId}`, 'agent', 'Agent');
     entry.text.textContent = text;
+    if (!entry.feedback && this.onFeedback && Number.isInteger(eventId)) entry.feedback = this.feedbackButtons(eventId);
+    if (entry.feedback) entry.item.append(entry.feedback);
     this.scroll();
+  }
+
+  feedbackButtons(eventId) {
+    const group = document.createElement('div');
+    group.className = 'feedback';
+    group.setAttribute('role', 'group');
+    group.setAttribute('aria-label', 'Rate this reply');
+    const buttons = [['like', '\u{1F44D}', 'Good reply'], ['dislike', '\u{1F44E}', 'Bad reply']].map(([score, icon, label]) => {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.textContent = icon;
+      button.setAttribute('aria-label', label);
+      button.setAttribute('aria-pressed', 'false');
+      button.addEventListener('click', () => {
+        if (!this.onFeedback?.(eventId, score)) return;
+        button.setAttribute('aria-pressed', 'true');
+        for (const other of buttons) other.disabled = true;
+      });
+      return button;
+    });
+    group.append(...buttons);
+    return group;
   }
 
   /** After an interruption: what the agent actually said of turn `eventId`. */

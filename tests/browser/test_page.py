@@ -60,7 +60,10 @@ def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays,
     # Then the fake microphone speaks; the simulated agent transcribes "(N s of speech)" and replies.
     final_user = page.locator(".entry.user:not(.tentative)")
     final_user.first.wait_for(timeout=20_000)
-    assert re.search(r"\d\.\d s of speech", final_user.first.inner_text())
+    heard = re.search(r"(\d+\.\d) s of speech", final_user.first.inner_text())
+    assert heard, final_user.first.inner_text()
+    # The sentence lasts about 3.5 s: audio sent at any other rate than the announced one would not.
+    assert 2.5 <= float(heard.group(1)) <= 4.5
     reply = page.locator(".entry.agent", has_text="Turn 1")
     reply.wait_for(timeout=15_000)
     take_screenshot(page, SCREENSHOT)
@@ -69,6 +72,7 @@ def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays,
     assert state["framesSent"] > 20, "the microphone must stream PCM frames to the relay"
     assert state["mouthMoves"] >= 2 and state["maxOutputRms"] > 0.01
     assert "user_transcript" in state["received"] and "avatar_state" in state["received"]
+    assert agent_conversation(relay, info["conversationId"])["user_audio_seconds"] > 5
 
 
 def test_interrupt_button_silences_the_heygen_avatar_and_reaches_heygen(relays, open_page) -> None:
@@ -103,13 +107,27 @@ def test_interrupt_button_silences_the_liveavatar_avatar_and_reaches_liveavatar(
                5, "LiveAvatar's ledger shows no agent.interrupt for the session")
 
 
-def test_typed_message_is_shown_and_answered(relays, open_page) -> None:
-    page = open_page(relays("liveavatar"), mic="silence")
-    start(page)
+def agent_conversation(relay: Any, conversation_id: str) -> dict[str, Any]:
+    conversations = relay.ledger("elevenlabs")["conversations"]
+    return next(c for c in conversations if c["id"] == conversation_id)
+
+
+def test_typed_message_is_shown_answered_and_rated(relays, open_page) -> None:
+    relay = relays("liveavatar")
+    page = open_page(relay, mic="silence")
+    info = start(page)
     send_text(page, "What can you do?")
     page.locator(".entry.typed", has_text="What can you do?").wait_for()
-    page.locator(".entry.agent", has_text="You said").wait_for()
+    reply = page.locator(".entry.agent", has_text="You said")
+    reply.wait_for()
     assert page.get_by_label("Message to the agent").input_value() == ""
+    assert agent_conversation(relay, info["conversationId"])["user_messages"] == ["What can you do?"]
+
+    reply.get_by_role("button", name="Good reply").click()
+    assert reply.get_by_role("button", name="Good reply").get_attribute("aria-pressed") == "true"
+    wait_until(lambda: agent_conversation(relay, info["conversationId"])["feedback"], 5,
+               "the agent never received the feedback")
+    assert agent_conversation(relay, info["conversationId"])["feedback"][0]["score"] == "like"
 
 
 def test_tool_call_is_answered_with_an_error_unless_the_page_registers_the_tool(relays, open_page) -> None:
