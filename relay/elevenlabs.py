@@ -18,7 +18,7 @@ import binascii
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -352,7 +352,7 @@ def _parse_chat_response_part(frame: dict[str, Any]) -> AgentChatResponsePart:
     )
 
 
-_PARSERS: Final = {
+_PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerEvent]]] = {
     "conversation_initiation_metadata": _parse_metadata,
     "audio": _parse_audio,
     "user_transcript": _parse_user_transcript,

@@ -197,7 +197,8 @@ def _ulaw_encode(samples: np.ndarray) -> bytes:
     magnitude = np.minimum(np.abs(values), 32635) + 0x84
     exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    codes: np.ndarray = (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    return codes.tobytes()
 
 
 @lru_cache(maxsize=16)
@@ -552,10 +553,12 @@ class _Conversation:
         if self.record["agent_id"] in faults["unknown_agent_ids"]:
             raise _Close(1008, "agent_not_found")
         self.dynamic_variables = variables
-        agent = override.get("agent") if isinstance(override.get("agent"), dict) else {}
-        if "first_message" in agent:
+        agent = override.get("agent")
+        if isinstance(agent, dict) and "first_message" in agent:
             self.first_message = agent["first_message"] or None
-        conversation = override.get("conversation") if isinstance(override.get("conversation"), dict) else {}
+        conversation = override.get("conversation")
+        if not isinstance(conversation, dict):
+            conversation = {}
         self.text_only = bool(conversation.get("text_only") or override.get("text_only"))
 
         if faults["metadata_latency_ms"]:
@@ -977,7 +980,9 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
         conversation_id = "conv_" + secrets.token_hex(12)
         record = _new_record(conversation_id, agent_id, subprotocol, signature is not None, snapshot)
         ledger["conversations"][conversation_id] = record
-        conversation = _Conversation(websocket._get_current_object(), snapshot, record, on_user_audio)
+        # The real object, not the context-local proxy: it is used from the conversation's own tasks.
+        socket = websocket._get_current_object()  # type: ignore[attr-defined]
+        conversation = _Conversation(socket, snapshot, record, on_user_audio)
         try:
             await conversation.run()
         finally:
