@@ -4,6 +4,22 @@
 // agent reply by its correction. The list is an aria-live region; it scrolls to the newest entry unless the reader
 // has scrolled up to read something older. Text is always set with textContent, never parsed as HTML.
 
+// Thumb icons drawn inline (emoji fonts are not everywhere). Paths from Feather icons (MIT).
+const THUMB_UP = 'M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3';
+const THUMB_DOWN = 'M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3zm7-13h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17';
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+function icon(d) {
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  const path = document.createElementNS(SVG_NS, 'path');
+  path.setAttribute('d', d);
+  svg.append(path);
+  return svg;
+}
+
 export class Transcript {
   /** @param {HTMLOListElement} list */
   constructor(list) {
@@ -47,10 +63,10 @@ export class Transcript {
     group.className = 'feedback';
     group.setAttribute('role', 'group');
     group.setAttribute('aria-label', 'Rate this reply');
-    const buttons = [['like', '\u{1F44D}', 'Good reply'], ['dislike', '\u{1F44E}', 'Bad reply']].map(([score, icon, label]) => {
+    const buttons = [['like', THUMB_UP, 'Good reply'], ['dislike', THUMB_DOWN, 'Bad reply']].map(([score, path, label]) => {
       const button = document.createElement('button');
       button.type = 'button';
-      button.textContent = icon;
+      button.append(icon(path));
       button.setAttribute('aria-label', label);
       button.setAttribute('aria-pressed', 'false');
       button.addEventListener('click', () => {
