@@ -251,3 +251,19 @@ def test_a_conversation_works_from_the_keyboard_alone(relays, open_page) -> None
     page.keyboard.type("Typed from the keyboard")
     page.keyboard.press("Enter")
     page.locator(".entry.agent", has_text="You said: Typed from the keyboard").wait_for()
+
+
+def test_unavailable_avatar_is_announced_and_the_agent_is_still_heard(relays, open_page) -> None:
+    relay = relays("liveavatar")
+    relay.faults("liveavatar", {"no_credits": True})
+    try:
+        page = open_page(relay, mic="silence")
+        page.get_by_role("button", name="Start").click()
+        notice = page.get_by_role("alert")
+        notice.wait_for()
+        page.wait_for_function("() => window.__relayDebug.conversationId !== null")
+    finally:
+        relay.faults("liveavatar", {"no_credits": False})
+    assert "voice only" in notice.inner_text()
+    assert debug(page)["avatarMode"] == "voice"
+    page.wait_for_function("() => window.__relayDebug.outputRms > 0.01")
