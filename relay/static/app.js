@@ -208,7 +208,9 @@ class Conversation {
     setStatus('connecting', 'Connecting…');
     setStage('idle', 'Connecting to the agent…');
     setControls({ running: true, ready: false, mic: false });
-    this.openMicrophone();
+    this.openMicrophone().catch((err) => {
+      this.microphoneUnavailable(`The microphone could not be used (${err?.message ?? err}). You can type your messages below.`, err?.name ?? 'Error');
+    });
     this.config = await configPromise;
     if (this.finished) return;
     const ws = new WebSocket(socketUrl(this.config.ws_path));
@@ -618,7 +620,10 @@ function startConversation() {
   }
   current = conversation;
   conversation.setMuted(false);
-  conversation.begin();
+  conversation.begin().catch((err) => {
+    conversation.errorMessage = `Could not connect to the relay (${err?.message ?? err}).`;
+    conversation.finish('connection_lost');
+  });
 }
 
 function setMeter(meter, level) {
