@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
@@ -11,6 +12,8 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from relay.config import ConfigError, load_settings
+
+log = logging.getLogger("relay.cli")
 
 
 async def _wait_for_signal() -> None:
@@ -34,14 +37,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
         return 2
-    from relay.web import create_app
+    from relay.web import create_app, relay_state
 
     host = args.host or settings.relay_host
     port = settings.relay_port if args.port is None else args.port
     app = create_app(settings)
+    registry = relay_state(app).registry
+
+    async def drain_on_signal() -> None:
+        await _wait_for_signal()
+        log.info("shutting down: draining %d open conversation(s)", registry.open_count)
+        left = await registry.drain(settings.relay_drain_timeout)
+        if left:
+            log.warning("shutting down with %d conversation(s) still closing", left)
+
     config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0)
-    trio.run(lambda: hypercorn_serve(app, config, shutdown_trigger=_wait_for_signal))
-    return 0
+    status = 0
+    try:
+        trio.run(lambda: hypercorn_serve(app, config, shutdown_trigger=drain_on_signal))
+    except* OSError as group:
+        print(f"avatar-relay: cannot listen on {host}:{port}: {_first(group).strerror}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _first(group: BaseExceptionGroup[OSError]) -> OSError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, OSError)
+    return exc
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     relay_max_duration: float = Field(default=1800.0, gt=0)
     relay_keep_alive_interval: float = Field(default=60.0, gt=0)
     relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)
+    relay_max_conversations: int = Field(default=500, gt=0)
+    relay_max_conversations_per_client: int = Field(default=20, gt=0)
+    relay_drain_timeout: float = Field(default=10.0, gt=0)
     relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
     relay_log_format: Literal["text", "json"] = "text"
     relay_log_level: str = "INFO"

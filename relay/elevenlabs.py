@@ -19,7 +19,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -512,6 +512,7 @@ def agent_details_url(base_url: str, agent_id: str) -> str:
 
 _STATUS_REASONS: Final = {401: "unauthorized", 403: "unauthorized", 404: "not_found", 429: "rate_limited"}
 _CLOSE_TIMEOUT: Final = 2.0
+_CLOSE_SEND_WAIT: Final = 0.05
 # Small on purpose: a full queue pauses trio-websocket's reader (backpressure); the caller must read promptly
 # or the reader also stops answering WebSocket pings.
 _MESSAGE_QUEUE_SIZE: Final = 8
@@ -615,6 +616,13 @@ class AgentConnection:
             await self._ws.aclose(code, reason or None)
 
 
+async def _drain(ws: WebSocketConnection) -> None:
+    """Discard incoming messages until the socket is closed (cancelled by the closing scope)."""
+    with suppress(ConnectionClosed):
+        while True:
+            await ws.get_message()
+
+
 async def _receive_metadata(ws: WebSocketConnection) -> ConversationMetadata:
     try:
         frame = await ws.get_message()
@@ -686,8 +694,16 @@ async def open_agent(
 
             async def close_shielded() -> None:
                 # Runs before trio-websocket's own close (LIFO), so that one finds the socket closed already.
-                with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                    await ws.aclose(1000)
+                # Messages still arriving are drained meanwhile: with nobody reading, a full message queue
+                # pauses trio-websocket's reader, which then never sees the agent's close frame. When the
+                # conversation was cancelled, that reader task is cancelled too and the agent's answering close
+                # frame can never be read: then only our close frame is sent, with no wait for the answer.
+                cancelled = trio.current_effective_deadline() == -math.inf
+                with trio.move_on_after(_CLOSE_SEND_WAIT if cancelled else _CLOSE_TIMEOUT, shield=True):
+                    async with trio.open_nursery() as closing:
+                        closing.start_soon(_drain, ws)
+                        await ws.aclose(1000)
+                        closing.cancel_scope.cancel()
 
             stack.push_async_callback(close_shielded)
             step = "waiting for the conversation metadata"

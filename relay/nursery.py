@@ -243,22 +243,27 @@ class Upstreams:
     open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]] = el.open_agent
 
 
-async def run_conversation(browser: BrowserSocket, up: Upstreams) -> ConversationRecord:
+async def run_conversation(browser: BrowserSocket, up: Upstreams,
+                           shutdown_scope: trio.CancelScope | None = None) -> ConversationRecord:
     """Hold one conversation from the browser's first frame to the close.
 
-    Cancelled by the web layer when the browser disconnects or the server shuts down; the avatar session is stopped
-    in every case (shielded, bounded by RELAY_STOP_TIMEOUT) and, if the browser is still there, it is told why the
-    conversation ended. Returns the record of what happened.
+    Cancelled by the web layer when the browser disconnects; cancelling `shutdown_scope` (the registry's drain)
+    ends it with `shutdown`. The avatar session is stopped in every case (shielded, bounded by RELAY_STOP_TIMEOUT)
+    and, if the browser is still there, it is told why the conversation ended. Returns the record of what happened.
     """
     record = ConversationRecord(relay_id="r-" + secrets.token_hex(6))
     settings = up.settings
     outcome: ConversationOver
+    shutdown_scope = shutdown_scope or trio.CancelScope()
     try:
-        start = await _receive_start(browser, settings)
-        with trio.move_on_after(settings.relay_max_duration) as duration_scope:
-            await _converse(browser, up, start, record)
-        if duration_scope.cancelled_caught:
-            raise ConversationOver.failed("timeout", "maximum conversation duration reached")
+        with shutdown_scope:
+            start = await _receive_start(browser, settings)
+            with trio.move_on_after(settings.relay_max_duration) as duration_scope:
+                await _converse(browser, up, start, record)
+            if duration_scope.cancelled_caught:
+                raise ConversationOver.failed("timeout", "maximum conversation duration reached")
+        if shutdown_scope.cancelled_caught:
+            raise ConversationOver.failed("shutdown", "the relay is shutting down")
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = _classify(exc, record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -19,10 +20,13 @@ from quart import Response, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
+from relay import browser as bp
 from relay.config import ConfigError, Settings, load_settings
 from relay.logs import configure_logging
 from relay.nursery import Upstreams, run_conversation
 from relay.providers import make_provider
+from relay.registry import AdmissionRefused, Registry
+from relay.sim.runner import SimulatorURLs
 
 log = logging.getLogger("relay.web")
 
@@ -60,12 +64,27 @@ def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, live
     })
 
 
+@dataclass
+class RelayState:
+    """What the app holds while serving; `app.extensions["relay"]`."""
+
+    settings: Settings
+    registry: Registry
+    upstreams: Upstreams | None = None
+    simulators: SimulatorURLs | None = None
+
+
+def relay_state(app: QuartTrio) -> RelayState:
+    return app.extensions["relay"]  # type: ignore[no-any-return]
+
+
 def create_app(settings: Settings | None = None) -> QuartTrio:
     settings = settings or load_settings()
     configure_logging(settings)
     app = QuartTrio(__name__, static_folder=None)
-    app.config["RELAY_SETTINGS"] = settings
-    state: dict[str, Any] = {"upstreams": None, "simulators": None}
+    state = RelayState(settings, Registry(settings.relay_max_conversations,
+                                          settings.relay_max_conversations_per_client))
+    app.extensions["relay"] = state
 
     @app.before_serving
     async def start_upstreams() -> None:
@@ -74,7 +93,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             from relay.sim.runner import serve_simulators
 
             urls = await app.nursery.start(serve_simulators, "127.0.0.1")
-            state["simulators"] = urls
+            state.simulators = urls
             effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
             log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) "
                      "elevenlabs=%s heygen=%s liveavatar=%s", effective.avatar, urls.elevenlabs, urls.heygen,
@@ -82,17 +101,24 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
-        state["upstreams"] = Upstreams(settings=effective, http=http, provider=make_provider(effective, http))
+        state.upstreams = Upstreams(settings=effective, http=http, provider=make_provider(effective, http))
 
     @app.after_serving
     async def stop_upstreams() -> None:
-        upstreams: Upstreams | None = state["upstreams"]
-        if upstreams is not None:
-            await upstreams.http.aclose()
+        if state.upstreams is not None:
+            await state.upstreams.http.aclose()
 
     @app.websocket("/ws")
     async def conversation_socket() -> None:
-        await run_conversation(QuartBrowser(), state["upstreams"])
+        assert state.upstreams is not None
+        browser = QuartBrowser()
+        try:
+            with state.registry.admit(websocket.remote_addr or "unknown") as shutdown_scope:
+                await run_conversation(browser, state.upstreams, shutdown_scope)
+        except AdmissionRefused as exc:
+            await browser.send(bp.error("capacity", str(exc)))
+            await browser.send(bp.ended("capacity"))
+            await browser.close(bp.CLOSE_CODE_FOR_ERROR["capacity"], "capacity")
 
     @app.route("/")
     async def index() -> Response:
@@ -112,7 +138,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.route("/_demo/simulators")
     async def demo_simulators() -> Any:
-        urls = state["simulators"]
+        urls = state.simulators
         if urls is None:
             return {"error": "not in demo mode"}, 404
         return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar}

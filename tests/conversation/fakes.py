@@ -85,12 +85,9 @@ class FakeAgent:
         self._tx, self._rx = trio.open_memory_channel[el.ServerEvent | el.AgentClosed](100)
         self.opened = False
         self.closed = False
-        self.got_message = trio.Event()
 
     async def send(self, text: str) -> None:
         self.sent.append(orjson.loads(text))
-        self.got_message.set()
-        self.got_message = trio.Event()
 
     async def receive(self) -> el.ServerEvent:
         item = await self._rx.receive()

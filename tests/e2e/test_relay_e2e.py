@@ -51,6 +51,21 @@ async def test_a_typed_message_gets_a_spoken_reply() -> None:
         ledger = await relay.wait_all_sessions_stopped("heygen")
         (session,) = ledger["sessions"].values()
         assert session["tasks"][0]["text"] == reply["text"]
+        with trio.fail_after(5):
+            while (await relay.ledger("elevenlabs"))["conversations"][0]["closed_at"] is None:
+                await trio.sleep(0.05)
+        (conversation,) = (await relay.ledger("elevenlabs"))["conversations"]
+        assert conversation["closed_by"] == "client"  # quart-trio never shows the app a client close code
+
+
+async def test_stop_is_answered_with_ended_promptly() -> None:
+    async with running_relay() as relay:
+        async with relay.browser() as browser:
+            await browser.start()
+            await browser.expect("avatar_speaking")
+            await browser.send(type="stop")
+            with trio.fail_after(1.0):  # the avatar stop and the agent close are quick on loopback
+                await browser.expect("ended")
 
 
 async def test_talking_over_the_reply_interrupts_the_avatar() -> None:

@@ -1,0 +1,70 @@
+"""The open conversations of this process: admission (global and per-client caps), readiness, and the drain on
+shutdown. Each admitted conversation gets a cancel scope the registry can cancel; the conversation turns that
+cancellation into a `shutdown` ending for its browser. Plain bookkeeping; no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+
+class AdmissionRefused(Exception):
+    """No room for another conversation; the message is safe to show the client."""
+
+
+@dataclass
+class Registry:
+    max_conversations: int
+    max_per_client: int
+    shutting_down: bool = False
+    _scopes: set[trio.CancelScope] = field(default_factory=set)
+    _per_client: Counter[str] = field(default_factory=Counter)
+    _idle: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._scopes)
+
+    @property
+    def ready(self) -> bool:
+        """True while new conversations are welcome: not shutting down and below the global cap."""
+        return not self.shutting_down and self.open_count < self.max_conversations
+
+    @contextmanager
+    def admit(self, client: str) -> Iterator[trio.CancelScope]:
+        """Reserve a slot for one conversation from `client` (its address); yields the scope a shutdown cancels.
+        Raises AdmissionRefused when shutting down or over a cap."""
+        if self.shutting_down:
+            raise AdmissionRefused("the relay is shutting down; try again shortly")
+        if self.open_count >= self.max_conversations:
+            raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
+        if self._per_client[client] >= self.max_per_client:
+            raise AdmissionRefused("too many conversations from your address; try again later")
+        scope = trio.CancelScope()
+        self._scopes.add(scope)
+        self._per_client[client] += 1
+        try:
+            yield scope
+        finally:
+            self._scopes.discard(scope)
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+            if not self._scopes:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    async def drain(self, grace: float) -> int:
+        """Stop admitting, end every open conversation (each tells its browser `shutdown` and stops its avatar
+        session) and wait up to `grace` seconds for them to finish. Returns how many were still open then."""
+        self.shutting_down = True
+        for scope in list(self._scopes):
+            scope.cancel()
+        with trio.move_on_after(grace):
+            while self._scopes:
+                await self._idle.wait()
+        return self.open_count
