@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+import playwright.sync_api as playwright_sync  # noqa: E402 - a hard dependency of the test extra
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RELAY_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -86,7 +86,7 @@ def wav_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     `silence`: 20 s of silence (typed conversations, no voice activity at all)."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install -y espeak-ng sox)")
+            pytest.fail(f"{tool} is not installed (scripts/test installs it: apt-get install -y espeak-ng sox)")
     folder = tmp_path_factory.mktemp("wav")
     raw = folder / "sentence-raw.wav"
     subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SENTENCE], check=True, capture_output=True)
@@ -125,7 +125,7 @@ def livekit_client_url() -> Iterator[str]:
     if not module.is_file() or json.loads(installed.read_text())["version"] != LIVEKIT_CLIENT_VERSION:
         npm = shutil.which("npm")
         if npm is None:
-            pytest.skip("npm is not installed: cannot fetch livekit-client")
+            pytest.fail("npm is not installed: cannot fetch livekit-client")
         NPM_PREFIX.mkdir(parents=True, exist_ok=True)
         subprocess.run([npm, "install", "--no-audit", "--no-fund", "--no-save", "--prefix", str(NPM_PREFIX),
                         f"livekit-client@{LIVEKIT_CLIENT_VERSION}"], check=True, capture_output=True, timeout=180)
@@ -215,7 +215,7 @@ def relays(tmp_path_factory: pytest.TempPathFactory, livekit_client_url: str) ->
 @pytest.fixture(scope="session")
 def playwright() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        pytest.fail(f"{CHROMIUM} is missing (scripts/test installs it: apt-get install -y chromium)")
     with playwright_sync.sync_playwright() as pw:
         yield pw
 

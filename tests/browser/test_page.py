@@ -7,6 +7,8 @@ output level) and what the upstream services saw (the simulators' ledgers). Any 
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,19 @@ def status_text(page: Any) -> str:
 
 
 def take_screenshot(page: Any, path: Path) -> None:
-    """Write the page as a user sees it mid-conversation (docs/screenshot.png)."""
+    """Write the page as a user sees it mid-conversation to docs/screenshot.png when the page's files changed since
+    the last one (their digest is kept beside it), else to tests/.artifacts/ so a test run leaves the tree clean."""
     page.wait_for_function("() => window.__relayDebug.mouthOpenness > 0.45")
+    static = REPO / "relay" / "static"
+    digest = hashlib.sha256()
+    for file in sorted(static.rglob("*")):
+        if file.is_file():
+            digest.update(file.relative_to(static).as_posix().encode() + b"\0" + file.read_bytes())
+    stamp = path.with_suffix(".sha256")
+    if path.exists() and stamp.exists() and stamp.read_text().strip() == digest.hexdigest():
+        path = REPO / "tests" / ".artifacts" / path.name
+    else:
+        stamp.write_text(digest.hexdigest() + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path))
 
