@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_sync
 import pytest
-
-import playwright.sync_api as playwright_sync  # noqa: E402 - a hard dependency of the test extra
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RELAY_TEST_CHROMIUM", "/usr/bin/chromium")

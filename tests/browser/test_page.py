@@ -8,7 +8,6 @@ output level) and what the upstream services saw (the simulators' ledgers). Any 
 from __future__ import annotations
 
 import hashlib
-
 import re
 from pathlib import Path
 from typing import Any

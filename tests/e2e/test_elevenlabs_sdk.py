@@ -134,7 +134,8 @@ def run_sdk_conversation(url: str, *, requires_auth: bool) -> dict[str, Any]:
         wait_for(lambda: len(responses) >= 2)
         chunks_before_reply = len(audio.output_chunks)
         wait_for(lambda: len(audio.output_chunks) > chunks_before_reply)
-        # A typed turn (over the reply, interrupting it) that needs the client tool, which the SDK runs and answers by itself.
+        # A typed turn (over the reply, interrupting it) that needs the client tool,
+        # which the SDK runs and answers by itself.
         conversation.send_user_message("what time is it? use the tool")
         wait_for(lambda: len(responses) >= 3)
         conversation.send_contextual_update("the user is on the pricing page")

@@ -115,7 +115,7 @@ async def wait_until_closed(sim: Sim) -> dict[str, Any]:
     """The only conversation's ledger record, once the simulator has seen it close (polled: it is another
     server's state)."""
     with trio.fail_after(3):
-        while (record := await sim.only_conversation())["closed_at"] is None:  # noqa: ASYNC110
+        while (record := await sim.only_conversation())["closed_at"] is None:
             await trio.sleep(0.02)
     return record
 
