@@ -2,13 +2,14 @@
 simulators, started in `app.nursery`). No conversation logic here: `/ws` hands the socket to
 `relay.nursery.run_conversation`.
 
-`hypercorn -k trio relay.web:app` serves it; the app is built on first access of `relay.web.app`, reading the
-environment and `.env` then, so a configuration error stops the server with a message instead of a traceback.
+`hypercorn -k trio relay.web:app` serves it; `app` builds the real app on first use, reading the environment and
+`.env` then, so a configuration error stops the server with a message instead of a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +35,8 @@ STATIC_DIR = resources.files("relay") / "static"
 
 DEMO_AGENT_ID = "demo-agent"
 DEMO_KEY = "demo-key"
+DEMO_HEYGEN_AVATAR = "Wayne_20240711"  # listed by the HeyGen simulator's avatar.list
+DEMO_LIVEAVATAR_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"  # listed by the LiveAvatar simulator's /v1/avatars
 
 
 class QuartBrowser:
@@ -57,10 +60,10 @@ def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, live
         "elevenlabs_api_key": SecretStr(DEMO_KEY),
         "heygen_base_url": heygen_url,
         "heygen_api_key": SecretStr(DEMO_KEY),
-        "heygen_avatar_id": settings.heygen_avatar_id or "demo-avatar",
+        "heygen_avatar_id": settings.heygen_avatar_id or DEMO_HEYGEN_AVATAR,
         "liveavatar_base_url": liveavatar_url,
         "liveavatar_api_key": SecretStr(DEMO_KEY),
-        "liveavatar_avatar_id": settings.liveavatar_avatar_id or "demo-avatar",
+        "liveavatar_avatar_id": settings.liveavatar_avatar_id or DEMO_LIVEAVATAR_AVATAR,
     })
 
 
@@ -164,14 +167,25 @@ def _static_response(name: str) -> Response:
                     headers={"cache-control": "no-cache"})
 
 
-def __getattr__(name: str) -> QuartTrio:
-    # `hypercorn relay.web:app` builds the app on first access; a configuration error ends the process cleanly.
-    if name == "app":
-        try:
-            application = create_app()
-        except ConfigError as exc:
-            print(f"avatar-relay: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
-        globals()["app"] = application
-        return application
-    raise AttributeError(name)
+class _AppOnFirstUse:
+    """`relay.web:app` for `hypercorn -k trio relay.web:app`: the app is built, reading the environment and `.env`,
+    when hypercorn first calls it (its lifespan start-up), not when the module is imported, so importing `relay.web`
+    has no side effects. A configuration error prints one line and ends the process with status 2."""
+
+    def __init__(self) -> None:
+        self._app: QuartTrio | None = None
+
+    def _build(self) -> QuartTrio:
+        if self._app is None:
+            try:
+                self._app = create_app()
+            except ConfigError as exc:
+                print(f"avatar-relay: {exc}", file=sys.stderr, flush=True)
+                os._exit(2)  # not SystemExit: hypercorn would report it from inside its task group
+        return self._app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._build()(scope, receive, send)
+
+
+app = _AppOnFirstUse()
