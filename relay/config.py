@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     relay_log_format: Literal["text", "json"] = "text"
     relay_log_level: str = "INFO"
 
+    # Reliability and protection (docs/reliability.md)
+    relay_state_dir: str | None = None  # the session journal's directory; default $XDG_STATE_HOME/avatar-relay
+    relay_journal: bool = True  # journal open avatar sessions and reap a dead process's leftovers at start-up
+    relay_auth: Literal["auto", "token", "off"] = "auto"  # auto: tokens required unless in demo mode
+    relay_auth_secret: SecretStr | None = None  # HMAC key for client tokens (`avatar-relay token`)
+    relay_allowed_origins: str = ""  # comma-separated Origins allowed on /ws besides the relay's own; "*" = any
+    relay_trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (trusted proxy only)
+    relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
+    relay_max_frames_per_second: int = Field(default=200, gt=0)  # client frames per conversation
+    relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
+
     @property
     def demo_mode(self) -> bool:
         """No upstream credentials or agent at all: run on the built-in simulators."""
