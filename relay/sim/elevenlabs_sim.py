@@ -88,7 +88,10 @@ Ledger (`GET /_sim/ledger`): `conversations` (one object per socket: id, agent_i
 opened_at, metadata_at, closed_at, close_code, close_reason, closed_by "agent"|"client", initiation, the
 formats, user_audio_chunks/bytes/seconds, user_messages, contextual_updates, user_activity, feedback,
 tool_calls, tool_results, pings, pongs, last_ping_ms, turns, user_transcripts, replies, agent_audio_seconds,
-interruptions), `totals`, `signed_urls_issued`, `agent_details_requests`. Times are `time.monotonic()`.
+interruptions, reply_times), `totals`, `signed_urls_issued`, `agent_details_requests`. Times are
+`time.monotonic()`. `reply_times` is one `[event_id, agent_response_at, first_audio_at, text]` per reply, taken just
+before the `agent_response` frame and the reply's first audio frame are sent (`first_audio_at` is null for a
+text-only reply); the benchmark (`bench/`) matches them with what the avatar simulators received.
 """
 
 from __future__ import annotations
@@ -761,6 +764,9 @@ class _Conversation:
                         {"tentative_agent_response": reply.text},
                     )
                 )
+            # Benchmark timestamps (time.monotonic(), taken just before each send): see `reply_times`.
+            times: list[Any] = [reply.event_id, time.monotonic(), None, reply.text]
+            self.record["reply_times"].append(times)
             await self.send(
                 _frame(
                     "agent_response",
@@ -773,6 +779,8 @@ class _Conversation:
                 if index:
                     await trio.sleep_until(reply.started_at + index * chunk_seconds)
                 chunk = audio[offset : offset + chunk_bytes]
+                if not index:
+                    times[2] = time.monotonic()
                 await self.send(_audio_frame(chunk, reply.event_id))
                 self.record["agent_audio_seconds"] += len(chunk) / fmt.bytes_per_second
             if faults["send_unknown_events"]:
@@ -856,6 +864,7 @@ def _new_record(
         "agent_audio_seconds": 0.0,
         "interruptions": 0,
         "repeated_initiations": 0,
+        "reply_times": [],
     }
 
 

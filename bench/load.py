@@ -1,0 +1,207 @@
+"""The load generator: N synthetic browsers against a relay, in their own process (asyncio + `websockets`, the
+cheapest client this machine has, so the relay keeps most of the CPU).
+
+Each client connects at its slot of the ramp, sends `start`, waits for `ready` (set-up time), then streams real-time
+PCM16 16 kHz in `chunk_ms` frames on an absolute schedule (late frames are sent at once, never skipped), speaking
+`speech_s` then staying silent `silence_s` so the simulated agent answers each turn; every frame carries its send
+time (`bench.wire.stamp`). At the end it sends `stop` and waits for `ended`. It also samples the relay process's
+CPU time and resident memory (from /proc) at the start and the end of the steady window (every client ready).
+
+`python -m bench.load --url ws://... --clients N --duration S --chunk-ms 100 --relay-pid PID` prints one JSON
+object with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import connect
+
+from bench.wire import speech_cycle, stamp, summary
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` (all its threads) from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
+@dataclass
+class ClientResult:
+    setup: float | None = None
+    conversation_id: str | None = None
+    session_id: str | None = None
+    frames_sent: int = 0
+    late_frames: int = 0
+    audio_bytes_received: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    ended: str | None = None
+
+
+async def run_client(url: str, start_at: float, stop_at: float, frames: list[bytes], chunk_s: float,
+                     phase: float, result: ClientResult, settled: Callable[[], None]) -> None:
+    """One synthetic browser; `settled()` is called once it is ready or has failed before being ready."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(max(0.0, start_at - loop.time()))
+    began = time.monotonic()
+    try:
+        async with connect(url, compression=None, max_size=16 * 2**20, ping_interval=None, open_timeout=30,
+                           close_timeout=5) as ws:
+            await ws.send('{"type":"start"}')
+            while True:
+                message = await asyncio.wait_for(ws.recv(), 30)
+                if isinstance(message, str):
+                    event = orjson.loads(message)
+                    if event["type"] == "ready":
+                        break
+                    if event["type"] in ("error", "ended"):
+                        result.errors.append(f"before ready: {message[:200]}")
+                        settled()
+                        return
+            result.setup = time.monotonic() - began
+            result.conversation_id = event.get("conversation_id")
+            result.session_id = (event.get("avatar") or {}).get("session_id")
+            settled()
+
+            async def read() -> None:
+                async for frame in ws:
+                    if isinstance(frame, bytes):
+                        result.audio_bytes_received += len(frame)
+                        continue
+                    kind = orjson.loads(frame).get("type", "?")
+                    result.messages[kind] = result.messages.get(kind, 0) + 1
+                    if kind == "error":
+                        result.errors.append(frame[:200])
+                    elif kind == "ended":
+                        result.ended = frame
+                        return
+
+            reader = asyncio.create_task(read())
+            next_at = loop.time() + phase
+            index = 0
+            while next_at < stop_at and not reader.done():
+                delay = next_at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -chunk_s:
+                    result.late_frames += 1
+                frame = bytearray(frames[index % len(frames)])
+                stamp(frame, time.monotonic())
+                await ws.send(bytes(frame))
+                result.frames_sent += 1
+                index += 1
+                next_at += chunk_s
+            if not reader.done():
+                await ws.send('{"type":"stop"}')
+            try:
+                await asyncio.wait_for(reader, 10)
+            except TimeoutError:
+                result.errors.append("no 'ended' within 10 s of 'stop'")
+            if result.ended is None:
+                result.errors.append("closed without 'ended'")
+            elif '"client_stop"' not in result.ended:
+                result.errors.append(f"ended early: {result.ended[:200]}")
+    except Exception as exc:  # any failure of one client is a counted error, not a crash of the run
+        result.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        if result.setup is None:
+            settled()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    chunk_s = args.chunk_ms / 1000.0
+    frames = speech_cycle(args.chunk_ms, args.speech_s, args.silence_s)
+    results = [ClientResult() for _ in range(args.clients)]
+    ramp = args.ramp if args.ramp is not None else min(5.0, max(0.5, args.clients / 200.0))
+    t0 = loop.time() + 0.1
+    stop_at = t0 + ramp + args.duration
+    all_ready = asyncio.Event()
+    settled_count = [0]
+
+    def settled() -> None:
+        settled_count[0] += 1
+        if settled_count[0] == args.clients:
+            all_ready.set()
+
+    rss_idle = process_rss_bytes(args.relay_pid)
+    cpu_start_total = process_cpu_seconds(args.relay_pid)
+    tasks = [
+        asyncio.create_task(run_client(args.url, t0 + ramp * i / args.clients, stop_at, frames, chunk_s,
+                                       chunk_s * ((i * 0.618) % 1.0), results[i], settled))
+        for i in range(args.clients)
+    ]
+    window: dict[str, Any] = {}
+
+    async def sample_window() -> None:
+        await all_ready.wait()
+        started, cpu0 = time.monotonic(), process_cpu_seconds(args.relay_pid)
+        remaining = stop_at - loop.time() - 0.5
+        await asyncio.sleep(max(0.5, remaining / 2))
+        window["rss_open"] = process_rss_bytes(args.relay_pid)
+        await asyncio.sleep(max(0.0, stop_at - loop.time() - 0.5))
+        window["seconds"] = time.monotonic() - started
+        window["cpu_seconds"] = process_cpu_seconds(args.relay_pid) - cpu0
+
+    sampler = asyncio.create_task(sample_window())
+    await asyncio.gather(*tasks)
+    sampler.cancel()
+    errors = [e for r in results for e in r.errors]
+    ready = [r for r in results if r.setup is not None]
+    return {
+        "clients": args.clients,
+        "ready": len(ready),
+        "setup": summary([r.setup for r in ready if r.setup is not None]),
+        "pairs": [[r.conversation_id, r.session_id] for r in ready],
+        "frames_sent": sum(r.frames_sent for r in results),
+        "late_frames": sum(r.late_frames for r in results),
+        "audio_bytes_received": sum(r.audio_bytes_received for r in results),
+        "messages": _merge(r.messages for r in results),
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:10],
+        "window": window if "cpu_seconds" in window else None,
+        "rss_idle": rss_idle,
+        "relay_cpu_total": process_cpu_seconds(args.relay_pid) - cpu_start_total,
+    }
+
+
+def _merge(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for key, value in one.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--duration", type=float, required=True, help="seconds of streaming after the ramp")
+    parser.add_argument("--ramp", type=float, default=None, help="seconds over which clients connect")
+    parser.add_argument("--chunk-ms", type=int, default=100)
+    parser.add_argument("--speech-s", type=float, default=1.5)
+    parser.add_argument("--silence-s", type=float, default=3.5)
+    parser.add_argument("--relay-pid", type=int, required=True)
+    args = parser.parse_args()
+    print(orjson.dumps(asyncio.run(run(args))).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""The benchmark: the real relay and the baseline, each under N synthetic browsers, on loopback.
+
+For every N and every implementation (the relay: `avatar-relay serve`, hypercorn trio worker; the baseline:
+`bench/baseline.py`) it starts fresh processes — simulators (`bench/sims.py`), the implementation, the load
+generator (`bench/load.py`) — so one run's memory or leftovers never colour the next, then reads the simulators'
+ledgers and reports set-up time, audio forwarding latency, text-to-avatar (HeyGen) or first-audio-to-avatar
+(LiveAvatar) latency, relay CPU per conversation-second, resident memory per open conversation, errors and leaked
+sessions, with every relay figure also given as a ratio to the baseline.
+
+`python -m bench` (see `docs/performance.md`); `--quick` for a short run. Results: a table on stdout and JSON in
+`bench/results/`. Only loopback addresses; nothing here is imported by the relay or the test suite's timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+
+from bench.wire import first_audio_latencies, summary, text_to_avatar_latencies
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+
+# Injected upstream latencies (ms): the relay opens the agent and the avatar concurrently, so set-up should take
+# the slower path; a sequential relay pays the sum.
+ELEVENLABS_FAULTS = {"handshake_latency_ms": 150, "first_message": "", "max_reply_s": 2.0,
+                     "response_latency_ms": 300, "input_timeout_s": 600}
+HEYGEN_FAULTS = {"latency_ms": {"streaming.new": 300, "streaming.start": 200}, "concurrency_limit": 10**9}
+LIVEAVATAR_FAULTS = {"latency_ms": {"token": 300, "start": 200}}
+UPSTREAM_MS = {"heygen": {"agent": 150, "avatar": 500}, "liveavatar": {"agent": 150, "avatar": 500}}
+
+
+@dataclass(frozen=True)
+class Sims:
+    process: subprocess.Popen[str]
+    urls: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def running_sims(avatar: str) -> Iterator[Sims]:
+    process = subprocess.Popen([PYTHON, "-m", "bench.sims"], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        urls = orjson.loads(process.stdout.readline())
+        with httpx2.Client(timeout=10.0) as http:
+            http.post(urls["elevenlabs"] + "/_sim/faults", json=ELEVENLABS_FAULTS).raise_for_status()
+            http.post(urls["heygen"] + "/_sim/faults", json=HEYGEN_FAULTS).raise_for_status()
+            http.post(urls["liveavatar"] + "/_sim/faults", json=LIVEAVATAR_FAULTS).raise_for_status()
+        yield Sims(process, urls)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path) -> Iterator[tuple[str, int]]:
+    """Start the relay or the baseline; yields (ws URL, pid)."""
+    port = _free_port()
+    log = open(log_path, "w")
+    if impl == "relay":
+        env = {**os.environ,
+               "ELEVENLABS_BASE_URL": sims.urls["elevenlabs"], "ELEVENLABS_AGENT_ID": "bench-agent",
+               "ELEVENLABS_API_KEY": "bench-key", "HEYGEN_BASE_URL": sims.urls["heygen"],
+               "HEYGEN_API_KEY": "bench-key", "HEYGEN_AVATAR_ID": "Wayne_20240711",
+               "LIVEAVATAR_BASE_URL": sims.urls["liveavatar"], "LIVEAVATAR_API_KEY": "bench-key",
+               "LIVEAVATAR_AVATAR_ID": "bench-avatar", "RELAY_AVATAR": avatar,
+               "RELAY_MAX_CONVERSATIONS": "100000", "RELAY_MAX_CONVERSATIONS_PER_CLIENT": "100000",
+               "RELAY_LOG_LEVEL": "WARNING"}
+        # An empty working directory: no stray .env changes what is measured.
+        cwd = tempfile.mkdtemp(prefix="bench-relay-")
+        command = [PYTHON, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        env, cwd = dict(os.environ), str(ROOT)
+        command = [PYTHON, "-m", "bench.baseline", "--port", str(port), "--avatar", avatar,
+                   "--elevenlabs", sims.urls["elevenlabs"], "--heygen", sims.urls["heygen"],
+                   "--liveavatar", sims.urls["liveavatar"]]
+    env["PYTHONPATH"] = str(ROOT)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, process)
+        yield f"ws://127.0.0.1:{port}/ws", process.pid
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _wait_for_no_leaks(http: httpx2.Client, sims: Sims, avatar: str, timeout: float) -> dict[str, Any]:
+    """Poll the simulators until every agent conversation is closed and every avatar session stopped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        el = http.get(sims.urls["elevenlabs"] + "/_sim/ledger").json()
+        av = http.get(sims.urls[avatar] + "/_sim/ledger").json()
+        open_agents = el["totals"]["open"]
+        if avatar == "heygen":
+            open_avatars = av["totals"]["open"]
+        else:
+            open_avatars = sum(1 for s in av["sessions"].values() if s["stopped"] is None and s["expired"] is None)
+        if (open_agents == 0 and open_avatars == 0) or time.monotonic() > deadline:
+            return {"el": el, "avatar": av, "open_agents": open_agents, "open_avatars": open_avatars}
+        time.sleep(0.2)
+
+
+def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    with running_sims(avatar) as sims, running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log") as (
+            url, pid):
+        load = subprocess.run(
+            [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
+             "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid)],
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120)
+        if load.returncode != 0:
+            raise RuntimeError(f"load generator failed: {load.stderr[-2000:]}")
+        result = orjson.loads(load.stdout)
+        with httpx2.Client(timeout=30.0) as http:
+            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=15.0)
+            forwarding = http.get(sims.urls["control"] + "/forwarding").json()
+    log_text = (out_dir / f"{impl}-{clients}.log").read_text(errors="replace")
+    pairs = [(c, s) for c, s in result.pop("pairs") if c and s]
+    if avatar == "heygen":
+        to_avatar = text_to_avatar_latencies(ledgers["el"], ledgers["avatar"], pairs)
+    else:
+        to_avatar = first_audio_latencies(ledgers["el"], ledgers["avatar"], pairs)
+    window = result.pop("window")
+    received = ledgers["el"]["totals"]["user_audio_chunks"]
+    out: dict[str, Any] = {
+        "impl": impl, "avatar": avatar, "clients": clients, "chunk_ms": args.chunk_ms,
+        "setup": result["setup"], "forwarding": summary(forwarding["latencies"]), "to_avatar": summary(to_avatar),
+        "frames_sent": result["frames_sent"], "frames_received": received,
+        "frames_lost": result["frames_sent"] - received, "late_frames": result["late_frames"],
+        "unstamped_frames": forwarding["unstamped"], "replies": sum(len(c["reply_times"])
+                                                                     for c in ledgers["el"]["conversations"]),
+        "errors": result["errors"] + log_text.count("Traceback") + log_text.count(" ERROR "),
+        "error_samples": result["error_samples"],
+        "leaked_agents": ledgers["open_agents"], "leaked_avatar_sessions": ledgers["open_avatars"],
+        "ready": result["ready"], "messages": result["messages"],
+        "cpu_ms_per_conversation_second": None, "rss_mb_per_conversation": None, "window_s": None,
+    }
+    if window is not None and clients:
+        out["window_s"] = round(window["seconds"], 2)
+        out["cpu_ms_per_conversation_second"] = round(window["cpu_seconds"] * 1000 / (clients * window["seconds"]), 3)
+        out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"], 3)
+        out["rss_mb_per_conversation"] = round((window["rss_open"] - result["rss_idle"]) / clients / 2**20, 4)
+    return out
+
+
+def ratios(relay: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b == 0 else round(a / b, 3)
+
+    return {
+        "setup_p50": ratio(relay["setup"]["p50"], baseline["setup"]["p50"]),
+        "forwarding_p50": ratio(relay["forwarding"]["p50"], baseline["forwarding"]["p50"]),
+        "forwarding_p99": ratio(relay["forwarding"]["p99"], baseline["forwarding"]["p99"]),
+        "to_avatar_p50": ratio(relay["to_avatar"]["p50"], baseline["to_avatar"]["p50"]),
+        "to_avatar_p99": ratio(relay["to_avatar"]["p99"], baseline["to_avatar"]["p99"]),
+        "cpu": ratio(relay["cpu_ms_per_conversation_second"], baseline["cpu_ms_per_conversation_second"]),
+        "rss": ratio(relay["rss_mb_per_conversation"], baseline["rss_mb_per_conversation"]),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = ["impl", "N", "setup p50/p99", "fwd p50/p99/max", "to-avatar p50/p99/max", "cpu ms/conv-s",
+              "core", "MB/conv", "errors", "leaks", "lost"]
+    lines = [" | ".join(header), " | ".join("---" for _ in header)]
+    for r in rows:
+        s, f, a = r["setup"], r["forwarding"], r["to_avatar"]
+        lines.append(" | ".join([
+            r["impl"], str(r["clients"]), f"{_fmt(s['p50'])}/{_fmt(s['p99'])}",
+            f"{_fmt(f['p50'])}/{_fmt(f['p99'])}/{_fmt(f['max'])}",
+            f"{_fmt(a['p50'])}/{_fmt(a['p99'])}/{_fmt(a['max'])}",
+            _fmt(r["cpu_ms_per_conversation_second"]), _fmt(r.get("cpu_core_share")),
+            _fmt(r["rss_mb_per_conversation"]), str(r["errors"]),
+            str(r["leaked_agents"] + r["leaked_avatar_sessions"]), str(r["frames_lost"])]))
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": sys.version.split()[0],
+            "platform": sys.platform}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default=None, help="comma-separated N values (default 1,50,200,500,1000)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds of streaming per run (default 20)")
+    parser.add_argument("--chunk-ms", type=int, default=100, help="browser frame duration, 20..250 ms")
+    parser.add_argument("--avatar", choices=("heygen", "liveavatar"), default="heygen")
+    parser.add_argument("--impl", default="relay,baseline", help="relay, baseline or both (default)")
+    parser.add_argument("--quick", action="store_true", help="N=1,20 for 5 s each")
+    parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
+    parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
+    args = parser.parse_args(argv)
+    if not 20 <= args.chunk_ms <= 250:
+        parser.error("--chunk-ms must be between 20 and 250")
+    default_clients, default_duration = ("1,20", 5.0) if args.quick else ("1,50,200,500,1000", 20.0)
+    counts = [int(n) for n in (args.clients or default_clients).split(",")]
+    args.duration = args.duration or default_duration
+    impls = [i.strip() for i in args.impl.split(",")]
+    out_path = Path(args.out) if args.out else RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = out_path.with_suffix("")
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict[str, Any]] = []
+    for clients in counts:
+        for impl in impls:
+            print(f"running {impl} N={clients} ({args.avatar}, {args.chunk_ms} ms chunks, {args.duration:g} s)",
+                  file=sys.stderr, flush=True)
+            rows.append(run_one(impl, args.avatar, clients, args, log_dir))
+    by_key = {(r["impl"], r["clients"]): r for r in rows}
+    for clients in counts:
+        relay, baseline = by_key.get(("relay", clients)), by_key.get(("baseline", clients))
+        if relay is not None and baseline is not None:
+            relay["ratio_to_baseline"] = ratios(relay, baseline)
+    upstream = UPSTREAM_MS[args.avatar]
+    report = {
+        "machine": machine(), "avatar": args.avatar, "chunk_ms": args.chunk_ms, "duration_s": args.duration,
+        "injected_latency_ms": {"elevenlabs_handshake": 150, "heygen_new": 300, "heygen_start": 200,
+                                "liveavatar_token": 300, "liveavatar_start": 200},
+        "setup_reference_ms": {"slower": max(upstream.values()), "sum": sum(upstream.values())},
+        "rows": rows,
+        "max_clients_p99_forwarding_under_50ms": {
+            impl: max((r["clients"] for r in rows if r["impl"] == impl and r["forwarding"]["p99"] is not None
+                       and r["forwarding"]["p99"] < 50 and r["errors"] == 0), default=None) for impl in impls},
+    }
+    out_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(table(rows))
+    print(f"\nset-up reference: slower upstream {report['setup_reference_ms']['slower']} ms, "
+          f"sum {report['setup_reference_ms']['sum']} ms")
+    print(f"largest N with p99 forwarding < 50 ms: {report['max_clients_p99_forwarding_under_50ms']}")
+    print(f"results: {out_path}")
+    if args.plot:
+        from bench.plot import plot
+
+        plot(report, Path(args.plot))
+        print(f"plot: {args.plot}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
