@@ -116,6 +116,7 @@ def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
         "heygen_base_url": sims.heygen, "heygen_api_key": "hg-test", "heygen_avatar_id": "Wayne_20240711",
         "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": "e2e-avatar",
         "relay_avatar": "heygen", "relay_stop_timeout": 3.0,
+        "relay_auth": "off",  # the security tests turn it on
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
