@@ -93,6 +93,14 @@ class BrowserClient:
                 continue
             return orjson.loads(frame)  # type: ignore[no-any-return]
 
+    async def wait_for_audio(self, min_bytes: int = 1, *, timeout: float = 10.0) -> None:
+        """Read frames until at least `min_bytes` of agent audio arrived in all (text frames are skipped)."""
+        with trio.fail_after(timeout):
+            while self.audio_received < min_bytes:
+                frame = await self.ws.get_message()
+                if isinstance(frame, bytes):
+                    self.audio_received += len(frame)
+
     async def expect(self, kind: str, *, timeout: float = 10.0, where: Any = None) -> dict[str, Any]:
         with trio.fail_after(timeout):
             while True:

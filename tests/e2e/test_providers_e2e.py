@@ -76,9 +76,7 @@ async def test_liveavatar_socket_closing_mid_conversation_degrades_to_voice_and_
             assert notice["reason"] == "session_ended"
             await browser.send(type="text", text="are you still there")
             await browser.expect("agent_response")
-            with trio.fail_after(5):
-                while browser.audio_received == 0:
-                    await browser.next_message()
+            await browser.wait_for_audio()
             await browser.send(type="stop")
             await browser.expect("ended")
         await relay.wait_all_sessions_stopped("liveavatar")

@@ -195,9 +195,7 @@ async def test_concurrent_limit_degrades_to_voice_only() -> None:
             assert ready["avatar"] is None
             await browser.send(type="text", text="can you hear me")
             await browser.expect("agent_response")
-            with trio.fail_after(5):
-                while browser.audio_received == 0:
-                    await browser.next_message()
+            await browser.wait_for_audio()
             await browser.send(type="stop")
             await browser.expect("ended")
         ledger = await relay.ledger("heygen")
