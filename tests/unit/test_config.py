@@ -1,0 +1,72 @@
+"""Settings: demo mode is chosen only when nothing upstream is configured; a partial configuration is an error that
+names what is missing and never shows a secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.config import ConfigError, Settings, load_settings
+
+
+def settings(**values: Any) -> Settings:
+    return load_settings(_env_file=None, **values)
+
+
+def test_nothing_set_is_demo_mode_on_liveavatar() -> None:
+    s = settings()
+    assert s.demo_mode and s.avatar == "liveavatar"
+
+
+def test_a_complete_liveavatar_configuration() -> None:
+    s = settings(elevenlabs_agent_id="agent", liveavatar_api_key="la-key", liveavatar_avatar_id="av")
+    assert not s.demo_mode and s.avatar == "liveavatar"
+
+
+def test_a_complete_heygen_configuration_picks_heygen() -> None:
+    s = settings(elevenlabs_agent_id="agent", heygen_api_key="hg-key", heygen_avatar_id="av")
+    assert s.avatar == "heygen"
+
+
+def test_voice_only_needs_just_the_agent() -> None:
+    assert settings(elevenlabs_agent_id="agent", relay_avatar="none").avatar == "none"
+
+
+def test_liveavatar_sandbox_needs_no_avatar_id() -> None:
+    assert settings(elevenlabs_agent_id="a", liveavatar_api_key="k", liveavatar_sandbox=True).avatar == "liveavatar"
+
+
+@pytest.mark.parametrize(("values", "missing"), [
+    ({"elevenlabs_agent_id": "agent"}, "LIVEAVATAR_API_KEY or HEYGEN_API_KEY"),
+    ({"heygen_api_key": "hg-secret-value"}, "ELEVENLABS_AGENT_ID"),
+    ({"elevenlabs_api_key": "xi-secret-value"}, "ELEVENLABS_AGENT_ID"),
+    ({"elevenlabs_agent_id": "a", "heygen_api_key": "hg-secret-value"}, "HEYGEN_AVATAR_ID"),
+    ({"elevenlabs_agent_id": "a", "relay_avatar": "liveavatar"}, "LIVEAVATAR_API_KEY"),
+    ({"elevenlabs_agent_id": "a", "liveavatar_api_key": "la-secret-value"}, "LIVEAVATAR_AVATAR_ID"),
+])
+def test_some_keys_but_not_all_is_an_error_never_demo_mode(values: dict[str, Any], missing: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(**values)
+    message = str(caught.value)
+    assert missing in message and "demo mode is off" in message
+    assert "secret-value" not in message
+
+
+@pytest.mark.parametrize(("values", "variable"), [
+    ({"heygen_quality": "ultra"}, "HEYGEN_QUALITY"),
+    ({"relay_avatar": "puppet"}, "RELAY_AVATAR"),
+    ({"relay_port": 70000}, "RELAY_PORT"),
+    ({"relay_idle_timeout": 0}, "RELAY_IDLE_TIMEOUT"),
+    ({"heygen_idle_timeout": 10}, "HEYGEN_IDLE_TIMEOUT"),
+])
+def test_a_bad_value_names_its_variable(values: dict[str, Any], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(**values)
+    assert variable in str(caught.value)
+
+
+def test_keys_never_show_in_a_repr() -> None:
+    s = settings(elevenlabs_agent_id="a", heygen_api_key="hg-secret-value", heygen_avatar_id="av",
+                 relay_auth="off")
+    assert "hg-secret-value" not in repr(s) and "hg-secret-value" not in str(s.model_dump())
