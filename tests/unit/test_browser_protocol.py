@@ -37,7 +37,8 @@ def test_start_with_no_fields_and_unknown_extra_fields() -> None:
     ({"type": "activity"}, bp.Activity(type="activity")),
     ({"type": "interrupt"}, bp.Interrupt(type="interrupt")),
     ({"type": "stop"}, bp.Stop(type="stop")),
-    ({"type": "feedback", "score": "dislike", "event_id": 4}, bp.Feedback(type="feedback", score="dislike", event_id=4)),
+    ({"type": "feedback", "score": "dislike", "event_id": 4},
+     bp.Feedback(type="feedback", score="dislike", event_id=4)),
     ({"type": "tool_result", "tool_call_id": "c1", "result": {"a": 1}, "is_error": True},
      bp.ToolResult(type="tool_result", tool_call_id="c1", result={"a": 1}, is_error=True)),
 ])
