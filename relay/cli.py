@@ -46,6 +46,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def drain_on_signal() -> None:
         await _wait_for_signal()
+        # Not ready first (/readyz answers 503, new conversations are refused), so a load balancer stops sending
+        # new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are ended.
+        registry.shutting_down = True
+        if settings.relay_predrain_delay > 0:
+            log.info("shutting down: not ready; draining %d open conversation(s) in %.1fs", registry.open_count,
+                     settings.relay_predrain_delay)
+            await trio.sleep(settings.relay_predrain_delay)
         log.info("shutting down: draining %d open conversation(s)", registry.open_count)
         left = await registry.drain(settings.relay_drain_timeout)
         if left:

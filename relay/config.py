@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
     relay_log_format: Literal["text", "json"] = "text"
     relay_log_level: str = "INFO"
+    # Operations (docs/operations.md)
+    relay_transcripts_dir: str | None = None  # write each conversation's turns (JSON Lines, no audio) here
+    relay_predrain_delay: float = Field(default=0.0, ge=0)  # on SIGTERM: seconds not-ready before the drain
 
     # Reliability and protection (docs/reliability.md)
     relay_state_dir: str | None = None  # the session journal's directory; default $XDG_STATE_HOME/avatar-relay

@@ -1,35 +1,100 @@
-"""Logging set-up: plain text by default, JSON lines with RELAY_LOG_FORMAT=json. Never logs payloads or secrets."""
+"""Logging set-up: plain text by default, JSON lines with RELAY_LOG_FORMAT=json. Never logs payloads or secrets.
+
+Every line written while a conversation runs carries its ids — `relay_id` (ours, always known),
+`conversation_id` (the agent's, once it answered) and `avatar_session_id` (once the avatar session exists) — even
+lines from modules that know nothing of conversations (the providers, the agent client). They come from
+`current_conversation`, a context variable the conversation sets once: trio copies the context into every task the
+conversation starts, so its pumps, speaker and avatar session all log under its ids. In text the ids follow the
+message in brackets; in JSON they are fields.
+
+This module must never format audio or secrets into a line; callers pass ids, codes and short messages only.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
+from typing import Protocol
 
 import orjson
 
 from relay.config import Settings
 
 
+class ConversationIds(Protocol):
+    """What a log line needs from a conversation (`relay.nursery.ConversationRecord` is one)."""
+
+    relay_id: str
+    conversation_id: str | None
+    avatar_session_id: str | None
+
+
+current_conversation: ContextVar[ConversationIds | None] = ContextVar("current_conversation", default=None)
+
+ID_FIELDS = ("relay_id", "conversation_id", "avatar_session_id")
+
+
+class ConversationIdsFilter(logging.Filter):
+    """Puts the current conversation's ids on each record (`record.relay_id` ... and `record.conversation_ids`,
+    the text suffix). Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = current_conversation.get()
+        if ids is None:
+            record.relay_id = record.conversation_id = record.avatar_session_id = None
+            record.conversation_ids = ""
+        else:
+            record.relay_id = ids.relay_id
+            record.conversation_id = ids.conversation_id
+            record.avatar_session_id = ids.avatar_session_id
+            record.conversation_ids = (f" [relay_id={ids.relay_id} conversation_id={ids.conversation_id} "
+                                       f"avatar_session_id={ids.avatar_session_id}]")
+        return True
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(conversation_ids)s"
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the conversation ids (null outside one)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
+        entry: dict[str, object] = {"time": self.formatTime(record), "level": record.levelname,
+                                    "logger": record.name, "message": record.getMessage()}
+        for name in ID_FIELDS:
+            entry[name] = getattr(record, name, None)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
 
 
+def make_handler(log_format: str, stream: object = None) -> logging.Handler:
+    """A handler writing `log_format` ("text" or "json") lines, with the conversation ids, to `stream`
+    (default stderr)."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[call-overload]
+    handler.addFilter(ConversationIdsFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
 def configure_logging(settings: Settings) -> None:
-    """Install one stderr handler on the `relay` logger (idempotent)."""
+    """Install one stderr handler on the `relay` logger (idempotent).
+
+    The operator's level (RELAY_LOG_LEVEL) is set on the handler; the logger itself passes WARNING and above
+    whatever that level, so the metrics can see warnings they count (a failed avatar stop) even when the
+    operator only wants errors printed."""
+    level = logging.getLevelName(settings.relay_log_level.upper())
+    if not isinstance(level, int):
+        level = logging.INFO
     logger = logging.getLogger("relay")
-    logger.setLevel(settings.relay_log_level.upper())
-    if any(getattr(h, "_relay", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler._relay = True  # type: ignore[attr-defined]
-    if settings.relay_log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.WARNING))
     logger.propagate = False
+    for existing in logger.handlers:
+        if getattr(existing, "_relay", False):
+            existing.setLevel(level)
+            return
+    handler = make_handler(settings.relay_log_format)
+    handler._relay = True  # type: ignore[attr-defined]
+    handler.setLevel(level)
+    logger.addHandler(handler)

@@ -1,0 +1,441 @@
+"""Prometheus metrics for one relay app: what operators put on a dashboard.
+
+`RelayMetrics` owns a private `CollectorRegistry` (so each app — and each test — has its own numbers) and is fed
+from four places, none of them per audio frame:
+- the conversation's hooks (`Upstreams.on_start` / `on_ready` / `on_end`): counts, setup time, duration, endings;
+- `observe_agent(open_agent)`: wraps the agent connection; sees each agent event (pings, errors, the first audio
+  of each turn) and counts agent audio in the conversation's plain-int `Traffic`;
+- `observe_provider(provider)`: wraps the avatar provider (the providers stay untouched); counts sessions created,
+  stopped, failed to stop, refused, and times how long the agent's words take to reach the avatar;
+- the hot path (`pump_browser_to_agent`) only adds to two ints in `ConversationRecord.traffic`: the byte and frame
+  counters are summed at scrape time from the ended conversations' totals plus the live ones, so they are exact
+  and current without a metrics call per frame.
+
+The wrappers find their conversation through `relay.logs.current_conversation`, set once per conversation. This
+module must never see audio payloads or secrets, never block, and never raise into a conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from relay import __version__
+from relay import elevenlabs as el
+from relay.audio import AudioFormat
+from relay.avatars import (
+    AvatarError,
+    AvatarInfo,
+    AvatarProvider,
+    AvatarSession,
+    AvatarSessionEnded,
+    OnAvatarEvent,
+)
+from relay.logs import current_conversation
+from relay.nursery import ConversationRecord, Traffic
+
+log = logging.getLogger("relay.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+SETUP_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0)
+PING_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+# Turns whose speech has not reached the avatar yet (interrupted turns never do); bounded per conversation.
+_MAX_PENDING_TURNS = 16
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-conversation state the wrappers share
+
+
+@dataclass
+class _Live:
+    """One open conversation, as the metrics see it."""
+
+    record: ConversationRecord
+    text_heard: dict[int, float] = field(default_factory=dict)  # turn -> when the agent's text arrived
+    audio_heard: dict[int, float] = field(default_factory=dict)  # turn -> when its first audio arrived
+    last_audio_turn: int | None = None
+
+    def hear(self, pending: dict[int, float], turn: int) -> None:
+        pending[turn] = time.monotonic()
+        if len(pending) > _MAX_PENDING_TURNS:
+            del pending[min(pending)]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Avatar stop failures: the providers stop their sessions themselves, shielded, and report a failed stop only as a
+# warning naming the session. While the wrapper waits for a provider to stop a session, it watches for such a
+# warning in its own task (a context variable, so concurrent conversations never see each other's).
+
+
+@dataclass
+class _StopWatch:
+    session_id: str
+    failed: bool = False
+
+
+_stopping: ContextVar[_StopWatch | None] = ContextVar("avatar_stopping", default=None)
+
+
+class _StopFailureHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        watch = _stopping.get()
+        if watch is not None and watch.session_id in record.getMessage():
+            watch.failed = True
+
+
+def _install_stop_watch() -> None:
+    logger = logging.getLogger("relay")
+    if not any(isinstance(h, _StopFailureHandler) for h in logger.handlers):
+        logger.addHandler(_StopFailureHandler())
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The metrics
+
+
+class RelayMetrics:
+    """Every metric of one relay app, in its own registry. `render()` is the `/metrics` body."""
+
+    def __init__(self, *, ready: Callable[[], bool] | None = None, avatar: str = "none",
+                 demo_mode: bool = False) -> None:
+        self.registry = CollectorRegistry()
+        self._live: dict[str, _Live] = {}
+        self._ended_traffic = Traffic()
+        r = self.registry
+        info = Gauge("avatar_relay_info", "Constant 1, labelled with the relay's version and configuration.",
+                     ["version", "avatar", "demo_mode"], registry=r)
+        info.labels(__version__, avatar, str(demo_mode).lower()).set(1)
+        ready_gauge = Gauge("avatar_relay_ready", "1 while /readyz says ready, else 0.", registry=r)
+        ready_gauge.set_function(lambda: 1.0 if ready is None or ready() else 0.0)
+        open_gauge = Gauge("avatar_relay_conversations_open", "Conversations open now.", registry=r)
+        open_gauge.set_function(lambda: float(len(self._live)))
+        self.started = Counter("avatar_relay_conversations_started", "Conversations opened (WebSocket accepted "
+                               "and admitted).", registry=r)
+        self.ended = Counter("avatar_relay_conversations_ended", "Conversations ended, by reason (the `ended` "
+                             "reason the browser was sent; client_gone when it left first).", ["reason"], registry=r)
+        self.refused = Counter("avatar_relay_conversations_refused", "Conversations refused before they started, "
+                               "by reason.", ["reason"], registry=r)
+        self.degraded = Counter("avatar_relay_conversations_degraded", "Conversations that went on voice-only "
+                                "because the avatar was unavailable or its session ended.", registry=r)
+        self.setup = Histogram("avatar_relay_setup_seconds", "From the browser's socket opening to `ready` (agent "
+                               "and avatar both up).", buckets=SETUP_BUCKETS, registry=r)
+        self.duration = Histogram("avatar_relay_conversation_duration_seconds", "Conversation lifetime, socket "
+                                  "open to close.", buckets=DURATION_BUCKETS, registry=r)
+        self.text_to_avatar = Histogram("avatar_relay_text_to_avatar_seconds", "Text mode: from the agent's reply "
+                                        "text arriving to the avatar accepting it (speak task answered).",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.audio_to_avatar = Histogram("avatar_relay_audio_to_avatar_seconds", "Audio mode: from a reply's first "
+                                         "audio chunk arriving from the agent to it being handed to the avatar.",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.agent_ping = Histogram("avatar_relay_agent_ping_seconds", "Round trip ElevenLabs reports in its pings "
+                                    "(ping_ms / 1000).", buckets=PING_BUCKETS, registry=r)
+        self.sessions_created = Counter("avatar_relay_avatar_sessions_created", "Avatar sessions opened.",
+                                        ["provider"], registry=r)
+        self.sessions_stopped = Counter("avatar_relay_avatar_sessions_stopped", "Avatar sessions stopped "
+                                        "(confirmed by the provider, or already gone).", ["provider"], registry=r)
+        self.sessions_stop_failed = Counter("avatar_relay_avatar_sessions_stop_failed", "Avatar sessions whose "
+                                            "stop failed or timed out: they may run (and bill) until the "
+                                            "provider's idle timeout.", ["provider"], registry=r)
+        self.upstream_errors = Counter("avatar_relay_upstream_errors", "Errors from ElevenLabs and the avatar "
+                                       "providers, by upstream, kind (reason) and code (HTTP status, close code "
+                                       "or provider code; empty when none).", ["upstream", "kind", "code"],
+                                       registry=r)
+        r.register(_TrafficCollector(self))
+        _install_stop_watch()
+
+    # -- scrape -------------------------------------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (the `/metrics` body)."""
+        return generate_latest(self.registry)
+
+    def traffic_totals(self) -> Traffic:
+        """Audio relayed so far: ended conversations plus the live ones, read now."""
+        total = Traffic(**{name: getattr(self._ended_traffic, name) for name in Traffic.__slots__})
+        for live in self._live.values():
+            _add(total, live.record.traffic)
+        return total
+
+    # -- conversation hooks (`Upstreams.on_start` / `on_ready` / `on_end`) --------------------------------------
+
+    def conversation_started(self, record: ConversationRecord) -> None:
+        self._live[record.relay_id] = _Live(record)
+        self.started.inc()
+
+    def conversation_ready(self, record: ConversationRecord) -> None:
+        if record.ready_at is not None:
+            self.setup.observe(record.ready_at - record.started_at)
+
+    def conversation_ended(self, record: ConversationRecord) -> None:
+        # Moving the traffic from live to ended happens in one step: scrapes never see a counter go down.
+        if self._live.pop(record.relay_id, None) is not None:
+            _add(self._ended_traffic, record.traffic)
+        self.ended.labels(record.reason).inc()
+        self.duration.observe(time.monotonic() - record.started_at)
+        if record.degraded:
+            self.degraded.inc()
+
+    def conversation_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
+
+    def upstream_error(self, upstream: str, kind: str, code: object = None, message: str = "") -> None:
+        """Count one upstream error and log it (with the conversation's ids, from the logging context)."""
+        code_text = "" if code is None else str(code)
+        self.upstream_errors.labels(upstream, kind, code_text).inc()
+        log.warning("upstream error upstream=%s kind=%s code=%s message=%s", upstream, kind, code_text or "-",
+                    message or "-")
+
+    def _current(self) -> _Live:
+        record = current_conversation.get()
+        if isinstance(record, ConversationRecord):
+            live = self._live.get(record.relay_id)
+            if live is not None:
+                return live
+            return _Live(record)
+        return _Live(ConversationRecord(relay_id="-"))
+
+    # -- wrappers -----------------------------------------------------------------------------------------------
+
+    def observe_agent(self, open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]]
+                      ) -> Callable[..., AbstractAsyncContextManager[el.AgentConnection]]:
+        """`open_agent` (same signature) whose failures to open are counted and whose connection is observed."""
+
+        @asynccontextmanager
+        async def observed_open_agent(*args: Any, **kwargs: Any) -> AsyncIterator[el.AgentConnection]:
+            live = self._current()
+            opened = False
+            try:
+                async with open_agent(*args, **kwargs) as agent:
+                    opened = True
+                    yield cast(el.AgentConnection, _ObservedAgent(agent, live, self))
+            except el.AgentUnavailable as exc:
+                if not opened:
+                    self.upstream_error("elevenlabs", exc.reason, exc.status_code, str(exc))
+                raise
+            except el.AgentClosed as exc:
+                if not opened:
+                    self.upstream_error("elevenlabs", "closed", exc.code, exc.reason)
+                raise
+            except el.AgentProtocolError as exc:
+                if not opened:
+                    self.upstream_error("elevenlabs", "protocol", None, str(exc))
+                raise
+
+        return observed_open_agent
+
+    def observe_provider(self, provider: AvatarProvider | None) -> AvatarProvider | None:
+        """`provider` with its sessions counted and timed (None stays None: voice only)."""
+        return None if provider is None else _ObservedProvider(provider, self)
+
+
+def _add(total: Traffic, more: Traffic) -> None:
+    total.audio_in_frames += more.audio_in_frames
+    total.audio_in_bytes += more.audio_in_bytes
+    total.audio_out_frames += more.audio_out_frames
+    total.audio_out_bytes += more.audio_out_bytes
+
+
+class _TrafficCollector:
+    """Audio frame and byte counters, read from the conversations' plain ints at scrape time."""
+
+    def __init__(self, metrics: RelayMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        total = self._metrics.traffic_totals()
+        frames = CounterMetricFamily("avatar_relay_audio_frames", "Audio frames relayed: upstream = browser to "
+                                     "agent, downstream = agent to relay (then browser and/or avatar).",
+                                     labels=["direction"])
+        frames.add_metric(["upstream"], total.audio_in_frames)
+        frames.add_metric(["downstream"], total.audio_out_frames)
+        size = CounterMetricFamily("avatar_relay_audio_bytes", "Audio bytes relayed (raw audio, before any "
+                                   "encoding), by direction as for avatar_relay_audio_frames_total.",
+                                   labels=["direction"])
+        size.add_metric(["upstream"], total.audio_in_bytes)
+        size.add_metric(["downstream"], total.audio_out_bytes)
+        return [frames, size]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The agent, observed
+
+
+class _ObservedAgent:
+    """An `AgentConnection` whose events are observed on the way to the pump. `send` is the connection's own
+    bound method (no extra call on the audio path), unless transcripts are on (typed messages are noted)."""
+
+    def __init__(self, agent: el.AgentConnection, live: _Live, metrics: RelayMetrics) -> None:
+        self._agent = agent
+        self._live = live
+        self._metrics = metrics
+        self._traffic = live.record.traffic
+        self._closed_counted = False
+        self.metadata = agent.metadata
+        self.aclose = agent.aclose
+        self.send: Callable[[str], Any] = agent.send
+        if live.record.transcript is not None:
+            self.send = self._send_noting_typed_text
+
+    async def _send_noting_typed_text(self, text: str) -> None:
+        if text.startswith(_USER_MESSAGE_PREFIX):
+            from relay.transcripts import note
+
+            note(self._live.record, "user", text=orjson.loads(text).get("text", ""), typed=True)
+        await self._agent.send(text)
+
+    async def receive(self) -> el.ServerEvent:
+        """The agent's next event, observed. Same blocking, cancellation and errors as `AgentConnection`."""
+        try:
+            event = await self._agent.receive()
+        except el.AgentClosed as exc:
+            if not self._closed_counted and exc.code != 1000:
+                self._closed_counted = True
+                self._metrics.upstream_error("elevenlabs", "closed", exc.code, exc.reason)
+            raise
+        except el.AgentProtocolError as exc:
+            self._metrics.upstream_error("elevenlabs", "protocol", None, str(exc))
+            raise
+        kind = type(event)
+        live = self._live
+        if kind is el.AgentAudio:
+            audio = cast(el.AgentAudio, event)
+            self._traffic.audio_out_frames += 1
+            self._traffic.audio_out_bytes += len(audio.audio)
+            if audio.event_id != live.last_audio_turn:
+                live.last_audio_turn = audio.event_id
+                live.hear(live.audio_heard, audio.event_id)
+        elif kind is el.Ping:
+            ping_ms = cast(el.Ping, event).ping_ms
+            if ping_ms is not None:
+                self._metrics.agent_ping.observe(ping_ms / 1000.0)
+        elif kind is el.AgentResponse:
+            live.hear(live.text_heard, cast(el.AgentResponse, event).event_id)
+        elif kind is el.AgentErrorEvent:
+            error = cast(el.AgentErrorEvent, event)
+            self._metrics.upstream_error("elevenlabs", "error_event", error.code, error.message)
+        if live.record.transcript is not None:
+            from relay.transcripts import note_agent_event
+
+            note_agent_event(live.record, event)
+        return event
+
+
+_USER_MESSAGE_PREFIX = el.build_user_message("").split('"text"')[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The avatar provider, observed
+
+
+class _ObservedSession:
+    """An `AvatarSession` that times the agent's words reaching the avatar (first chunk of each turn)."""
+
+    def __init__(self, session: AvatarSession, live: _Live, metrics: RelayMetrics) -> None:
+        self._session = session
+        self._live = live
+        self._metrics = metrics
+        self.info: AvatarInfo = session.info
+        self.takes_audio: bool = session.takes_audio
+        self.keep_alive_interval: float = session.keep_alive_interval
+        self.end_turn = session.end_turn
+        self.interrupt = session.interrupt
+        self.keep_alive = session.keep_alive
+
+    async def speak_text(self, text: str, turn: int) -> None:
+        await self._session.speak_text(text, turn)
+        heard = self._live.text_heard.pop(turn, None)
+        if heard is not None:
+            self._metrics.text_to_avatar.observe(time.monotonic() - heard)
+
+    async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
+        await self._session.speak_audio(audio, audio_format, turn)
+        if self._live.audio_heard:
+            heard = self._live.audio_heard.pop(turn, None)
+            if heard is not None:
+                self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
+
+
+class _ObservedProvider:
+    """An `AvatarProvider` whose sessions are counted: created, stopped, failed to stop, refused, ended."""
+
+    def __init__(self, provider: AvatarProvider, metrics: RelayMetrics) -> None:
+        self._provider = provider
+        self._metrics = metrics
+        self.name = provider.name
+
+    def _count_avatar_error(self, exc: BaseException) -> bool:
+        for leaf in _leaves(exc):
+            if isinstance(leaf, AvatarError):
+                kind = "session_ended" if isinstance(leaf, AvatarSessionEnded) else leaf.reason
+                self._metrics.upstream_error(self.name, kind, leaf.upstream_code, leaf.message)
+                return True
+        return False
+
+    @asynccontextmanager
+    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[AvatarSession]:
+        """The provider's `open_session`, observed: same blocking, cancellation, errors and guarantees."""
+        metrics = self._metrics
+        live = metrics._current()
+        manager = self._provider.open_session(on_event)
+        try:
+            session = await manager.__aenter__()
+        except BaseException as exc:
+            self._count_avatar_error(exc)
+            raise
+        metrics.sessions_created.labels(self.name).inc()
+        live.record.avatar_provider = session.info.provider
+        live.record.avatar_session_id = session.info.session_id
+        counted = False
+        raised: BaseException | None = None
+        try:
+            yield cast(AvatarSession, _ObservedSession(session, live, metrics))
+        except BaseException as exc:
+            raised = exc
+            counted = self._count_avatar_error(exc)
+            raise
+        finally:
+            watch = _StopWatch(session.info.session_id or "\x00no session id")
+            token = _stopping.set(watch)
+            try:
+                if raised is None:
+                    await manager.__aexit__(None, None, None)
+                else:
+                    await manager.__aexit__(type(raised), raised, raised.__traceback__)
+            except BaseException as exc:
+                if exc is not raised and not counted:
+                    self._count_avatar_error(exc)
+                raise
+            finally:
+                _stopping.reset(token)
+                if watch.failed:
+                    metrics.sessions_stop_failed.labels(self.name).inc()
+                else:
+                    metrics.sessions_stopped.labels(self.name).inc()

@@ -1,0 +1,109 @@
+"""Conversation transcripts (optional, off unless RELAY_TRANSCRIPTS_DIR is set): each conversation's turns as JSON
+Lines, one file per conversation, written once when it ends.
+
+A file holds a `conversation` line (ids, wall-clock start), then one line per turn in order — `user` (final
+transcript, or typed text), `agent` (reply text), `correction` (what was actually spoken of an interrupted reply),
+`interruption`, `tool_call` — each with `t`, seconds since the conversation opened, and last an `end` line
+(reason, error, message, duration, setup time, degraded). Never audio. The turns are collected in memory as the
+conversation goes (`note`, `note_agent_event`: plain functions, no I/O) and written in a worker thread at the end,
+so the trio loop never waits on the disk.
+
+Transcripts are personal data: files are created 0640 and never overwritten; retention is the operator's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from relay import elevenlabs as el
+from relay.nursery import ConversationRecord
+
+log = logging.getLogger("relay.transcripts")
+
+
+
+
+def note(record: ConversationRecord, kind: str, **fields: Any) -> None:
+    """Append one turn to the record's transcript (a no-op when transcripts are off)."""
+    if record.transcript is not None:
+        record.transcript.append({"type": kind, "t": round(time.monotonic() - record.started_at, 3), **fields})
+
+
+def note_agent_event(record: ConversationRecord, event: el.ServerEvent) -> None:
+    """Note what an agent event says about the conversation's turns (audio, pings and the rest are skipped)."""
+    kind = type(event)
+    if kind is el.UserTranscript and event.final:  # type: ignore[union-attr]
+        note(record, "user", text=event.text, event_id=event.event_id)  # type: ignore[union-attr]
+    elif kind is el.AgentResponse:
+        note(record, "agent", text=event.text, event_id=event.event_id)  # type: ignore[union-attr]
+    elif kind is el.AgentResponseCorrection:
+        note(record, "correction", text=event.corrected, event_id=event.event_id)  # type: ignore[union-attr]
+    elif kind is el.Interruption:
+        note(record, "interruption", event_id=event.event_id)  # type: ignore[union-attr]
+    elif kind is el.ClientToolCall:
+        note(record, "tool_call", tool_name=event.tool_name, tool_call_id=event.tool_call_id,  # type: ignore[union-attr]
+             parameters=event.parameters, event_id=event.event_id)  # type: ignore[union-attr]
+
+
+def render(record: ConversationRecord, started_wall: datetime) -> bytes:
+    """The whole JSON Lines file for a finished conversation."""
+    lines: list[dict[str, Any]] = [{
+        "type": "conversation", "relay_id": record.relay_id, "conversation_id": record.conversation_id,
+        "avatar_provider": record.avatar_provider, "avatar_session_id": record.avatar_session_id,
+        "started": started_wall.isoformat(timespec="milliseconds"),
+    }]
+    lines.extend(record.transcript or [])
+    lines.append({
+        "type": "end", "t": round(time.monotonic() - record.started_at, 3), "reason": record.reason,
+        "error": record.error, "message": record.message, "degraded": record.degraded,
+        "setup_s": None if record.ready_at is None else round(record.ready_at - record.started_at, 3),
+    })
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def file_name(record: ConversationRecord, started_wall: datetime) -> str:
+    return f"{started_wall.strftime('%Y%m%dT%H%M%S')}_{record.relay_id}.jsonl"
+
+
+def _write_new_file(path: Path, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(fd, "wb") as out:
+        out.write(content)
+
+
+class TranscriptWriter:
+    """Collects each conversation's turns and writes them to `directory` when it ends."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self._started: dict[str, datetime] = {}
+
+    async def prepare(self) -> None:
+        """Create the directory if needed (in a worker thread). Raises OSError if it cannot be made."""
+        await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+
+    def start(self, record: ConversationRecord) -> None:
+        """Begin collecting `record`'s turns (an `Upstreams.on_start` hook)."""
+        record.transcript = []
+        self._started[record.relay_id] = datetime.now(UTC)
+
+    async def write(self, record: ConversationRecord) -> Path | None:
+        """Write `record`'s transcript file in a worker thread (not cancellable once started, so a file is never
+        half-written by a shutdown). Returns its path, or None if writing failed (logged, never raised)."""
+        started = self._started.pop(record.relay_id, None) or datetime.now(UTC)
+        content = render(record, started)
+        path = self.directory / file_name(record, started)
+        try:
+            await trio.to_thread.run_sync(_write_new_file, path, content)
+        except OSError as exc:
+            log.error("could not write the transcript %s: %s", path, exc.strerror or exc)
+            return None
+        return path
