@@ -11,6 +11,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from relay.avatars import AvatarError
 from relay.config import ConfigError, load_settings
 
 log = logging.getLogger("relay.cli")
@@ -22,8 +23,11 @@ async def _wait_for_signal() -> None:
             return
 
 
-def _hypercorn_config(host: str, port: int, graceful_timeout: float) -> Config:
-    config = Config()
+def _hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout: float = 10.0) -> Config:
+    from relay.limits import GuardedConfig
+
+    config = GuardedConfig()
+    config.send_timeout = send_timeout  # TCP_USER_TIMEOUT: a browser that stops reading cannot pin a connection
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
@@ -41,24 +45,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host = args.host or settings.relay_host
     port = settings.relay_port if args.port is None else args.port
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"avatar-relay: {exc}", file=sys.stderr)
+        return 2
     registry = relay_state(app).registry
 
     async def drain_on_signal() -> None:
         await _wait_for_signal()
-        # Not ready first (/readyz answers 503, new conversations are refused), so a load balancer stops sending
-        # new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are ended.
-        registry.shutting_down = True
-        if settings.relay_predrain_delay > 0:
-            log.info("shutting down: not ready; draining %d open conversation(s) in %.1fs", registry.open_count,
-                     settings.relay_predrain_delay)
-            await trio.sleep(settings.relay_predrain_delay)
         log.info("shutting down: draining %d open conversation(s)", registry.open_count)
         left = await registry.drain(settings.relay_drain_timeout)
         if left:
             log.warning("shutting down with %d conversation(s) still closing", left)
 
-    config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0)
+    config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
     status = 0
     try:
         trio.run(lambda: hypercorn_serve(app, config, shutdown_trigger=drain_on_signal))
@@ -107,7 +108,77 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--heygen-port", type=int, default=0)
     sim.add_argument("--liveavatar-port", type=int, default=0)
     sim.set_defaults(func=cmd_sim)
+    reap = sub.add_parser("reap", help="list and stop avatar sessions left running by a relay that died")
+    reap.add_argument("--dry-run", action="store_true", help="only list them")
+    reap.add_argument("--journal-only", action="store_true",
+                      help="only the sessions journaled by dead relays here, not every running session on the "
+                           "account (use this when other deployments share the API key)")
+    reap.set_defaults(func=cmd_reap)
+    token = sub.add_parser("token", help="mint a client token signed with RELAY_AUTH_SECRET")
+    token.add_argument("--ttl", type=float, default=300.0, help="seconds of validity (default 300)")
+    token.add_argument("--subject", default="", help="who it is for (A-Z a-z 0-9 _ -, at most 64)")
+    token.set_defaults(func=cmd_token)
     return parser
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    import httpx2
+
+    from relay import journal as jr
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"avatar-relay: {exc}", file=sys.stderr)
+        return 2
+    if settings.demo_mode:
+        print("demo mode: simulated sessions end with the relay; nothing to reap")
+        return 0
+
+    async def main() -> int:
+        journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        try:
+            async with httpx2.AsyncClient(timeout=10.0) as http:
+                orphans = await jr.find_orphans(settings, http, journal, journal_only=args.journal_only)
+                for orphan in orphans:
+                    print(f"{orphan.provider} {orphan.session_id} ({orphan.source})")
+                if not orphans:
+                    print("no orphaned sessions")
+                if args.dry_run or not orphans:
+                    return 0
+                result = await jr.reap(settings, http, journal, orphans)
+                print(f"stopped {len(result.stopped)}, failed {len(result.failed)}"
+                      + (": " + " ".join(result.failed) if result.failed else ""))
+                return 1 if result.failed else 0
+        finally:
+            if journal is not None:
+                journal.close()
+
+    try:
+        return trio.run(main)
+    except AvatarError as exc:
+        print(f"avatar-relay: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from relay.auth import mint_token
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"avatar-relay: {exc}", file=sys.stderr)
+        return 2
+    if settings.relay_auth_secret is None:
+        print("avatar-relay: set RELAY_AUTH_SECRET first (e.g. `python -c 'import secrets; "
+              "print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
+        return 2
+    try:
+        print(mint_token(settings.relay_auth_secret.get_secret_value(), ttl=args.ttl, subject=args.subject))
+    except ValueError as exc:
+        print(f"avatar-relay: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     relay_allowed_origins: str = ""  # comma-separated Origins allowed on /ws besides the relay's own; "*" = any
     relay_trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (trusted proxy only)
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
-    relay_max_frames_per_second: int = Field(default=200, gt=0)  # client frames per conversation
+    relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
 
     @property

@@ -37,7 +37,7 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.config import Settings
-from relay.logs import current_conversation
+from relay.limits import FloodGate
 
 log = logging.getLogger("relay.conversation")
 
@@ -74,17 +74,6 @@ class ConversationOver(Exception):
         return cls(code, error=code, message=message, close_code=bp.CLOSE_CODE_FOR_ERROR[code], extra=extra)
 
 
-@dataclass(slots=True)
-class Traffic:
-    """Audio relayed by one conversation, counted in plain ints on the hot path (the metrics read them at
-    scrape time and at the end; no metrics library call per frame)."""
-
-    audio_in_frames: int = 0  # browser -> agent
-    audio_in_bytes: int = 0
-    audio_out_frames: int = 0  # agent -> relay (then browser and/or avatar)
-    audio_out_bytes: int = 0
-
-
 @dataclass
 class ConversationRecord:
     """What happened, for logs and metrics; filled in as the conversation goes."""
@@ -98,10 +87,6 @@ class ConversationRecord:
     ready_at: float | None = None
     reason: str = "unknown"
     error: str | None = None
-    message: str = ""
-    traffic: Traffic = field(default_factory=Traffic)
-    # Set by the transcript writer when RELAY_TRANSCRIPTS_DIR is on: the turns, in order (never audio).
-    transcript: list[dict[str, Any]] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,6 +98,7 @@ class Outbox:
     def __init__(self, capacity: int = OUTBOX_FRAMES) -> None:
         self._tx, self._rx = trio.open_memory_channel[str | bytes](capacity)
         self.dropped_audio = 0
+        self.sending_since: float | None = None
 
     def send(self, frame: str) -> None:
         """Queue a control frame. A full queue means the browser stopped reading: the conversation ends."""
@@ -129,9 +115,23 @@ class Outbox:
             self.dropped_audio += 1
 
     async def run_sender(self, browser: BrowserSocket) -> None:
-        """Send queued frames in order until cancelled (by the conversation's end)."""
+        """Send queued frames in order until cancelled (by the conversation's end). A send to a browser that stopped
+        reading may not be cancellable (hypercorn writes inside a shielded scope): `watch_sender` ends the
+        conversation around it, and the socket's TCP_USER_TIMEOUT (relay.limits) finally breaks the write."""
         async for frame in self._rx:
+            self.sending_since = trio.current_time()
             await browser.send(frame)
+            self.sending_since = None
+
+    async def watch_sender(self, send_timeout: float) -> None:
+        """End the conversation (`timeout`) when one send has been blocked for `send_timeout` seconds, so the avatar
+        session is stopped promptly even though that send cannot be interrupted. Cancelled by the conversation's
+        end; checks four times per `send_timeout`."""
+        while True:
+            await trio.sleep(send_timeout / 4)
+            since = self.sending_since
+            if since is not None and trio.current_time() - since >= send_timeout:
+                raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,30 +257,28 @@ class Upstreams:
     provider: AvatarProvider | None
     on_end: Callable[[ConversationRecord], None] | None = None
     open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]] = el.open_agent
-    # Called (must not block) when the conversation opens, before its first read, and when it is ready.
-    on_start: Callable[[ConversationRecord], None] | None = None
-    on_ready: Callable[[ConversationRecord], None] | None = None
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
-                           shutdown_scope: trio.CancelScope | None = None) -> ConversationRecord:
+                           shutdown_scope: trio.CancelScope | None = None, *,
+                           authorize: Callable[[str | None], str | None] | None = None) -> ConversationRecord:
     """Hold one conversation from the browser's first frame to the close.
 
     Cancelled by the web layer when the browser disconnects; cancelling `shutdown_scope` (the registry's drain)
     ends it with `shutdown`. The avatar session is stopped in every case (shielded, bounded by RELAY_STOP_TIMEOUT)
     and, if the browser is still there, it is told why the conversation ended. Returns the record of what happened.
+    `authorize`, when given, checks the `start` message's token before anything upstream is called: it returns
+    None to let the conversation in, or the reason it is refused (ended as `unauthorized`).
     """
     record = ConversationRecord(relay_id="r-" + secrets.token_hex(6))
-    current_conversation.set(record)  # every log line from here on (and from the tasks below) carries its ids
-    log.info("conversation opened")
-    if up.on_start is not None:
-        up.on_start(record)
     settings = up.settings
     outcome: ConversationOver
     shutdown_scope = shutdown_scope or trio.CancelScope()
     try:
         with shutdown_scope:
             start = await _receive_start(browser, settings)
+            if authorize is not None and (refusal := authorize(start.token)) is not None:
+                raise ConversationOver.failed("unauthorized", refusal)
             with trio.move_on_after(settings.relay_max_duration) as duration_scope:
                 await _converse(browser, up, start, record)
             if duration_scope.cancelled_caught:
@@ -294,7 +292,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
         record.reason = "client_gone"
         _finish(record, up)
         raise
-    record.reason, record.error, record.message = outcome.reason, outcome.error, outcome.message
+    record.reason, record.error = outcome.reason, outcome.error
     await _tell_browser_and_close(browser, outcome)
     _finish(record, up)
     return record
@@ -302,11 +300,11 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
 
 def _finish(record: ConversationRecord, up: Upstreams) -> None:
     duration = time.monotonic() - record.started_at
-    log.info("conversation ended reason=%s error=%s duration=%.1fs degraded=%s message=%s", record.reason,
-             record.error, duration, record.degraded, record.message or "-")
+    log.info("conversation ended reason=%s error=%s duration=%.1fs conversation_id=%s avatar_session_id=%s "
+             "relay_id=%s", record.reason, record.error, duration, record.conversation_id,
+             record.avatar_session_id, record.relay_id)
     if up.on_end is not None:
         up.on_end(record)
-    current_conversation.set(None)
 
 
 async def _receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
@@ -330,6 +328,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
     outbox = Outbox()
     async with trio.open_nursery() as conversation:
         conversation.start_soon(outbox.run_sender, browser)
+        conversation.start_soon(outbox.watch_sender, settings.relay_send_timeout)
 
         # Set-up: the agent and the avatar concurrently; ready when both are up.
         agent: el.AgentConnection | None = None
@@ -376,12 +375,11 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                              avatar=None if session is None else session.info,
                              input_sample_rate=input_format.sample_rate,
                              output_sample_rate=output_format.sample_rate))
-        log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
-                 record.avatar_provider or "none")
-        if up.on_ready is not None:
-            up.on_ready(record)
+        log.info("conversation ready conversation_id=%s avatar_session_id=%s setup=%.3fs relay_id=%s",
+                 record.conversation_id, record.avatar_session_id, record.ready_at - record.started_at,
+                 record.relay_id)
 
-        conversation.start_soon(pump_browser_to_agent, browser, agent, speaker, settings, record.traffic)
+        conversation.start_soon(pump_browser_to_agent, browser, agent, speaker, settings)
         conversation.start_soon(pump_agent_to_browser, agent, outbox, speaker)
 
 
@@ -423,7 +421,8 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
             exc = exc.exceptions[0]
         assert isinstance(exc, AvatarError)
         reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
-        log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
+        log.warning("avatar unavailable, continuing voice-only reason=%s message=%s relay_id=%s",
+                    reason, exc.message, record.relay_id)
         record.degraded = True
         speaker.attach(None)
         outbox.send(bp.avatar_unavailable(reason, exc.message))
@@ -439,27 +438,28 @@ async def _keep_alive(session: AvatarSession) -> None:
 
 
 async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnection, speaker: Speaker,
-                                settings: Settings, traffic: Traffic | None = None) -> None:
+                                settings: Settings) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
-    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
-    validated first. Cancelled by the conversation's end; blocks on the browser's receive and on the agent's send
-    (backpressure)."""
-    traffic = traffic or Traffic()
+    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing; everything else is validated first. Cancelled by the
+    conversation's end; blocks on the browser's receive and on the agent's send (backpressure)."""
     max_frame = settings.relay_max_frame_bytes
     idle = settings.relay_idle_timeout
     build_audio = el.build_user_audio_chunk
+    flood = FloodGate(settings.relay_max_frames_per_second)
     with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
         while True:
             frame = await browser.receive()
-            idle_scope.deadline = trio.current_time() + idle
+            now = trio.current_time()
+            idle_scope.deadline = now + idle
+            if flood.over(now):
+                raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
+                                              "send audio in chunks of 20 ms or more")
             if type(frame) is bytes:
                 if len(frame) > max_frame:
                     raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
                 if len(frame) & 1:
                     raise ConversationOver.failed("protocol_error", "audio frames must be PCM16: an even number "
                                                   "of bytes")
-                traffic.audio_in_frames += 1
-                traffic.audio_in_bytes += len(frame)
                 await agent.send(build_audio(frame))
                 continue
             if frame is None:

@@ -16,13 +16,16 @@ from importlib import resources
 from typing import Any
 
 import httpx2
+import trio
 from pydantic import SecretStr
-from quart import Response, websocket
+from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
 from relay import browser as bp
+from relay.auth import Gate, auth_problem
 from relay.config import ConfigError, Settings, load_settings
+from relay.journal import Journal, JournaledProvider, open_journal_now, reap_orphans, state_dir
 from relay.logs import configure_logging
 from relay.nursery import Upstreams, run_conversation
 from relay.providers import make_provider
@@ -75,6 +78,8 @@ class RelayState:
     registry: Registry
     upstreams: Upstreams | None = None
     simulators: SimulatorURLs | None = None
+    gate: Gate | None = None
+    journal: Journal | None = None
 
 
 def relay_state(app: QuartTrio) -> RelayState:
@@ -83,10 +88,12 @@ def relay_state(app: QuartTrio) -> RelayState:
 
 def create_app(settings: Settings | None = None) -> QuartTrio:
     settings = settings or load_settings()
+    if (problem := auth_problem(settings)) is not None:
+        raise ConfigError(f"invalid configuration: {problem}")
     configure_logging(settings)
     app = QuartTrio(__name__, static_folder=None)
     state = RelayState(settings, Registry(settings.relay_max_conversations,
-                                          settings.relay_max_conversations_per_client))
+                                          settings.relay_max_conversations_per_client), gate=Gate(settings))
     app.extensions["relay"] = state
 
     @app.before_serving
@@ -104,20 +111,39 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
-        state.upstreams = Upstreams(settings=effective, http=http, provider=make_provider(effective, http))
+        provider = make_provider(effective, http)
+        if provider is not None and settings.relay_journal and not settings.demo_mode:
+            # Demo sessions die with the in-process simulators: nothing to journal or reap.
+            state.journal = await open_journal_now(state_dir(settings))
+            provider = JournaledProvider(provider, state.journal,
+                                         getattr(effective, f"{provider.name}_base_url", ""))
+            app.nursery.start_soon(reap_orphans, effective, http, state.journal)
+        state.upstreams = Upstreams(settings=effective, http=http, provider=provider)
 
     @app.after_serving
     async def stop_upstreams() -> None:
         if state.upstreams is not None:
             await state.upstreams.http.aclose()
+        if state.journal is not None:
+            state.journal.close()
 
     @app.websocket("/ws")
     async def conversation_socket() -> None:
-        assert state.upstreams is not None
+        assert state.upstreams is not None and state.gate is not None
+        headers = websocket.headers
+        decision = state.gate.check_handshake(
+            origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
+            forwarded_for=headers.get("x-forwarded-for"), query_token=websocket.args.get("token"),
+            now=trio.current_time())
+        if decision.refuse_status is not None:
+            log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
+            abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
         browser = QuartBrowser()
         try:
-            with state.registry.admit(websocket.remote_addr or "unknown") as shutdown_scope:
-                await run_conversation(browser, state.upstreams, shutdown_scope)
+            if decision.over_rate:
+                raise AdmissionRefused("too many new conversations from your address; try again in a minute")
+            with state.registry.admit(decision.client) as shutdown_scope:
+                await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize)
         except AdmissionRefused as exc:
             await browser.send(bp.error("capacity", str(exc)))
             await browser.send(bp.ended("capacity"))
