@@ -54,6 +54,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def drain_on_signal() -> None:
         await _wait_for_signal()
+        # Not ready first (/readyz answers 503, new conversations are refused), so a load balancer stops sending
+        # new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are ended.
+        registry.shutting_down = True
+        if settings.relay_predrain_delay > 0:
+            log.info("shutting down: not ready; draining %d open conversation(s) in %.1fs", registry.open_count,
+                     settings.relay_predrain_delay)
+            await trio.sleep(settings.relay_predrain_delay)
         log.info("shutting down: draining %d open conversation(s)", registry.open_count)
         left = await registry.drain(settings.relay_drain_timeout)
         if left:
@@ -75,6 +82,12 @@ def _first(group: BaseExceptionGroup[OSError]) -> OSError:
         exc = exc.exceptions[0]
     assert isinstance(exc, OSError)
     return exc
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from relay.doctor import cmd_doctor as doctor
+
+    return doctor(args)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -108,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--heygen-port", type=int, default=0)
     sim.add_argument("--liveavatar-port", type=int, default=0)
     sim.set_defaults(func=cmd_sim)
+    doctor = sub.add_parser("doctor", help="check the configuration against the real services (in demo mode, "
+                                           "against fresh simulators) and say in plain words what is wrong")
+    doctor.add_argument("--connect", action="store_true",
+                        help="also open one real conversation with the agent and hang up at once")
+    doctor.set_defaults(func=cmd_doctor)
     reap = sub.add_parser("reap", help="list and stop avatar sessions left running by a relay that died")
     reap.add_argument("--dry-run", action="store_true", help="only list them")
     reap.add_argument("--journal-only", action="store_true",

@@ -38,6 +38,7 @@ from relay.avatars import (
 )
 from relay.config import Settings
 from relay.limits import FloodGate
+from relay.logs import current_conversation
 
 log = logging.getLogger("relay.conversation")
 
@@ -74,6 +75,17 @@ class ConversationOver(Exception):
         return cls(code, error=code, message=message, close_code=bp.CLOSE_CODE_FOR_ERROR[code], extra=extra)
 
 
+@dataclass(slots=True)
+class Traffic:
+    """Audio relayed by one conversation, counted in plain ints on the hot path (the metrics read them at
+    scrape time and at the end; no metrics library call per frame)."""
+
+    audio_in_frames: int = 0  # browser -> agent
+    audio_in_bytes: int = 0
+    audio_out_frames: int = 0  # agent -> relay (then browser and/or avatar)
+    audio_out_bytes: int = 0
+
+
 @dataclass
 class ConversationRecord:
     """What happened, for logs and metrics; filled in as the conversation goes."""
@@ -87,6 +99,10 @@ class ConversationRecord:
     ready_at: float | None = None
     reason: str = "unknown"
     error: str | None = None
+    message: str = ""
+    traffic: Traffic = field(default_factory=Traffic)
+    # Set by the transcript writer when RELAY_TRANSCRIPTS_DIR is on: the turns, in order (never audio).
+    transcript: list[dict[str, Any]] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,6 +273,9 @@ class Upstreams:
     provider: AvatarProvider | None
     on_end: Callable[[ConversationRecord], None] | None = None
     open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]] = el.open_agent
+    # Called (must not block) when the conversation opens, before its first read, and when it is ready.
+    on_start: Callable[[ConversationRecord], None] | None = None
+    on_ready: Callable[[ConversationRecord], None] | None = None
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
@@ -271,6 +290,10 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     None to let the conversation in, or the reason it is refused (ended as `unauthorized`).
     """
     record = ConversationRecord(relay_id="r-" + secrets.token_hex(6))
+    current_conversation.set(record)  # every log line from here on (and from the tasks below) carries its ids
+    log.info("conversation opened")
+    if up.on_start is not None:
+        up.on_start(record)
     settings = up.settings
     outcome: ConversationOver
     shutdown_scope = shutdown_scope or trio.CancelScope()
@@ -292,7 +315,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
         record.reason = "client_gone"
         _finish(record, up)
         raise
-    record.reason, record.error = outcome.reason, outcome.error
+    record.reason, record.error, record.message = outcome.reason, outcome.error, outcome.message
     await _tell_browser_and_close(browser, outcome)
     _finish(record, up)
     return record
@@ -300,11 +323,11 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
 
 def _finish(record: ConversationRecord, up: Upstreams) -> None:
     duration = time.monotonic() - record.started_at
-    log.info("conversation ended reason=%s error=%s duration=%.1fs conversation_id=%s avatar_session_id=%s "
-             "relay_id=%s", record.reason, record.error, duration, record.conversation_id,
-             record.avatar_session_id, record.relay_id)
+    log.info("conversation ended reason=%s error=%s duration=%.1fs degraded=%s message=%s", record.reason,
+             record.error, duration, record.degraded, record.message or "-")
     if up.on_end is not None:
         up.on_end(record)
+    current_conversation.set(None)
 
 
 async def _receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
@@ -375,11 +398,12 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                              avatar=None if session is None else session.info,
                              input_sample_rate=input_format.sample_rate,
                              output_sample_rate=output_format.sample_rate))
-        log.info("conversation ready conversation_id=%s avatar_session_id=%s setup=%.3fs relay_id=%s",
-                 record.conversation_id, record.avatar_session_id, record.ready_at - record.started_at,
-                 record.relay_id)
+        log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
+                 record.avatar_provider or "none")
+        if up.on_ready is not None:
+            up.on_ready(record)
 
-        conversation.start_soon(pump_browser_to_agent, browser, agent, speaker, settings)
+        conversation.start_soon(pump_browser_to_agent, browser, agent, speaker, settings, record.traffic)
         conversation.start_soon(pump_agent_to_browser, agent, outbox, speaker)
 
 
@@ -421,8 +445,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
             exc = exc.exceptions[0]
         assert isinstance(exc, AvatarError)
         reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
-        log.warning("avatar unavailable, continuing voice-only reason=%s message=%s relay_id=%s",
-                    reason, exc.message, record.relay_id)
+        log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
         record.degraded = True
         speaker.attach(None)
         outbox.send(bp.avatar_unavailable(reason, exc.message))
@@ -438,10 +461,12 @@ async def _keep_alive(session: AvatarSession) -> None:
 
 
 async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnection, speaker: Speaker,
-                                settings: Settings) -> None:
+                                settings: Settings, traffic: Traffic | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
-    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing; everything else is validated first. Cancelled by the
-    conversation's end; blocks on the browser's receive and on the agent's send (backpressure)."""
+    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
+    validated first. Cancelled by the conversation's end; blocks on the browser's receive and on the agent's send
+    (backpressure)."""
+    traffic = traffic or Traffic()
     max_frame = settings.relay_max_frame_bytes
     idle = settings.relay_idle_timeout
     build_audio = el.build_user_audio_chunk
@@ -460,6 +485,8 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnectio
                 if len(frame) & 1:
                     raise ConversationOver.failed("protocol_error", "audio frames must be PCM16: an even number "
                                                   "of bytes")
+                traffic.audio_in_frames += 1
+                traffic.audio_in_bytes += len(frame)
                 await agent.send(build_audio(frame))
                 continue
             if frame is None:
