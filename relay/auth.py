@@ -178,6 +178,8 @@ class Gate:
         client = client_address(remote_addr, forwarded_for, trust_forwarded_for=self.trust_forwarded_for)
         if not origin_allowed(origin, host, self.origins):
             return HandshakeDecision(client, refuse_status=403)
+        if not self.starts.allow(client, now):  # before the token: guessing tokens costs starts too
+            return HandshakeDecision(client, over_rate=True)
         authorize = None
         if self.secret is not None:
             if query_token is not None:
@@ -185,6 +187,4 @@ class Gate:
                     return HandshakeDecision(client, refuse_status=401)
             else:
                 authorize = self.authorize_start
-        if not self.starts.allow(client, now):
-            return HandshakeDecision(client, over_rate=True)
         return HandshakeDecision(client, authorize=authorize)
