@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
     relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
+    relay_agent_silence_timeout: float = Field(default=60.0, gt=0)  # no frame at all from the agent this long ends it
 
     @property
     def demo_mode(self) -> bool:

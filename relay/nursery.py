@@ -14,6 +14,7 @@ which avatar provider it drives.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -404,7 +405,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             up.on_ready(record)
 
         conversation.start_soon(pump_browser_to_agent, browser, agent, speaker, settings, record.traffic)
-        conversation.start_soon(pump_agent_to_browser, agent, outbox, speaker)
+        conversation.start_soon(pump_agent_to_browser, agent, outbox, speaker, settings.relay_agent_silence_timeout)
 
 
 async def _hold_agent(up: Upstreams, start: bp.Start, *,
@@ -523,13 +524,18 @@ async def _forward_client_event(event: bp.ClientEvent, agent: el.AgentConnection
         raise ConversationOver.failed("protocol_error", "'start' was already received")
 
 
-async def pump_agent_to_browser(agent: el.AgentConnection, outbox: Outbox, speaker: Speaker) -> None:
-    """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed). Pings are answered
+async def pump_agent_to_browser(agent: el.AgentConnection, outbox: Outbox, speaker: Speaker,
+                                silence_timeout: float = math.inf) -> None:
+    """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
+    for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered
     at once. Cancelled by the conversation's end; blocks on the agent's receive."""
     last_error: el.AgentErrorEvent | None = None
     try:
         while True:
-            event = await agent.receive()
+            with trio.move_on_after(silence_timeout) as waiting:
+                event = await agent.receive()
+            if waiting.cancelled_caught:
+                raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
             kind = type(event)
             if kind is el.AgentAudio:
                 speaker.agent_audio(event.audio, event.event_id)  # type: ignore[union-attr]
