@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -23,14 +24,18 @@ from quart_trio import QuartTrio
 
 from relay import __version__
 from relay import browser as bp
+from relay import elevenlabs as el
 from relay.auth import Gate, auth_problem
 from relay.config import ConfigError, Settings, load_settings
 from relay.journal import Journal, JournaledProvider, open_journal_now, reap_orphans, state_dir
 from relay.logs import configure_logging
-from relay.nursery import Upstreams, run_conversation
+from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relay.metrics import RelayMetrics
+from relay.nursery import ConversationRecord, Upstreams, run_conversation
 from relay.providers import make_provider
 from relay.registry import AdmissionRefused, Registry
 from relay.sim.runner import SimulatorURLs
+from relay.transcripts import TranscriptWriter
 
 log = logging.getLogger("relay.web")
 
@@ -43,16 +48,19 @@ DEMO_LIVEAVATAR_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"  # listed by the
 
 
 class QuartBrowser:
-    """The `BrowserSocket` seam over quart's websocket context."""
+    """The `BrowserSocket` seam over quart's websocket. Made inside the `/ws` handler: it holds that connection's
+    own Websocket object and its bound methods, so a frame costs no context-local proxy lookups (the audio hot
+    path; docs/performance.md)."""
 
-    async def receive(self) -> str | bytes | None:
-        return await websocket.receive()  # type: ignore[no-any-return]
+    __slots__ = ("_ws", "receive", "send")
 
-    async def send(self, data: str | bytes) -> None:
-        await websocket.send(data)
+    def __init__(self) -> None:
+        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
+        self.receive: Callable[[], Awaitable[str | bytes | None]] = self._ws.receive
+        self.send: Callable[[str | bytes], Awaitable[None]] = self._ws.send
 
     async def close(self, code: int, reason: str = "") -> None:
-        await websocket.close(code, reason)
+        await self._ws.close(code, reason)
 
 
 def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, liveavatar_url: str) -> Settings:
@@ -80,6 +88,18 @@ class RelayState:
     simulators: SimulatorURLs | None = None
     gate: Gate | None = None
     journal: Journal | None = None
+    metrics: RelayMetrics | None = None
+    transcripts: TranscriptWriter | None = None
+
+    @property
+    def readiness(self) -> dict[str, bool]:
+        """What `/readyz` checks: set up (configuration valid, upstreams ready), not shutting down, under capacity."""
+        return {"started": self.upstreams is not None, "accepting": not self.registry.shutting_down,
+                "under_capacity": self.registry.open_count < self.registry.max_conversations}
+
+    @property
+    def ready(self) -> bool:
+        return all(self.readiness.values())
 
 
 def relay_state(app: QuartTrio) -> RelayState:
@@ -95,6 +115,20 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     state = RelayState(settings, Registry(settings.relay_max_conversations,
                                           settings.relay_max_conversations_per_client), gate=Gate(settings))
     app.extensions["relay"] = state
+    metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=settings.avatar,
+                                           demo_mode=settings.demo_mode)
+    if settings.relay_transcripts_dir:
+        state.transcripts = TranscriptWriter(settings.relay_transcripts_dir)
+
+    def on_start(record: ConversationRecord) -> None:
+        metrics.conversation_started(record)
+        if state.transcripts is not None:
+            state.transcripts.start(record)
+
+    def on_end(record: ConversationRecord) -> None:
+        metrics.conversation_ended(record)
+        if state.transcripts is not None:
+            app.nursery.start_soon(state.transcripts.write, record)
 
     @app.before_serving
     async def start_upstreams() -> None:
@@ -118,7 +152,11 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             provider = JournaledProvider(provider, state.journal,
                                          getattr(effective, f"{provider.name}_base_url", ""))
             app.nursery.start_soon(reap_orphans, effective, http, state.journal)
-        state.upstreams = Upstreams(settings=effective, http=http, provider=provider)
+        if state.transcripts is not None:
+            await state.transcripts.prepare()
+        state.upstreams = Upstreams(settings=effective, http=http, provider=metrics.observe_provider(provider),
+                                    open_agent=metrics.observe_agent(el.open_agent), on_start=on_start,
+                                    on_ready=metrics.conversation_ready, on_end=on_end)
 
     @app.after_serving
     async def stop_upstreams() -> None:
@@ -137,6 +175,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             now=trio.current_time())
         if decision.refuse_status is not None:
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
+            metrics.conversation_refused(f"http_{decision.refuse_status}")
             abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
         browser = QuartBrowser()
         try:
@@ -145,6 +184,8 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             with state.registry.admit(decision.client) as shutdown_scope:
                 await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize)
         except AdmissionRefused as exc:
+            metrics.conversation_refused("capacity")
+            log.info("conversation refused: %s", exc)
             await browser.send(bp.error("capacity", str(exc)))
             await browser.send(bp.ended("capacity"))
             await browser.close(bp.CLOSE_CODE_FOR_ERROR["capacity"], "capacity")
@@ -163,7 +204,21 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.route("/healthz")
     async def healthz() -> dict[str, Any]:
+        """Liveness: the process answers. Never depends on upstreams (a restart would not fix them)."""
         return {"status": "ok", "version": __version__}
+
+    @app.route("/readyz")
+    async def readyz() -> Any:
+        """Readiness: 200 while new conversations are welcome, 503 (with the failing checks) otherwise — from
+        the first moment of a shutdown, so a load balancer stops sending new ones before the drain."""
+        checks = state.readiness
+        body = {"ready": all(checks.values()), "checks": checks, "open_conversations": state.registry.open_count,
+                "max_conversations": state.registry.max_conversations}
+        return body, 200 if body["ready"] else 503
+
+    @app.route("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), content_type=METRICS_CONTENT_TYPE, headers={"cache-control": "no-store"})
 
     @app.route("/_demo/simulators")
     async def demo_simulators() -> Any:

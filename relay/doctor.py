@@ -1,0 +1,396 @@
+"""`avatar-relay doctor`: check a configuration against the real services and say, in plain words, what is wrong.
+
+Checks, in order: ElevenLabs (the API key is accepted, the agent exists, its audio formats are ones the relay can
+use, a signed conversation URL can be had; with `--connect`, a real conversation opens and is hung up at once), then
+the configured avatar provider (the API key is accepted, the avatar exists and is active, how many sessions run on
+the account now). Each check gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note`
+(worth knowing). Any problem makes the exit status 1.
+
+The answers are read by plain functions (`agent_findings`, `heygen_avatar_findings`, ...) with no I/O, tested on
+their own; `run_checks` does the HTTP calls around them. Nothing here changes the account: it only reads, except
+`--connect`, which opens (and at once closes) one agent conversation. It must never print or log an API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx2
+import orjson
+import trio
+
+from relay import __version__
+from relay import elevenlabs as el
+from relay.audio import parse_format
+from relay.config import ConfigError, Settings, load_settings
+from relay.heygen import HeyGenCallError, list_sessions, read_answer
+from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarApiError, parse_envelope
+
+Level = Literal["ok", "problem", "note"]
+CHECK_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: Level
+    service: str  # "configuration", "ElevenLabs", "HeyGen", "LiveAvatar"
+    text: str
+
+
+def ok(service: str, text: str) -> Finding:
+    return Finding("ok", service, text)
+
+
+def problem(service: str, text: str) -> Finding:
+    return Finding("problem", service, text)
+
+
+def note(service: str, text: str) -> Finding:
+    return Finding("note", service, text)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _detail(payload: Any) -> str:
+    """ElevenLabs' error body: `{"detail": {"status", "message"}}` or `{"detail": "..."}`."""
+    detail = payload.get("detail") if isinstance(payload, Mapping) else None
+    if isinstance(detail, Mapping):
+        return str(detail.get("message") or detail.get("status") or "")
+    return detail if isinstance(detail, str) else ""
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the answers (no I/O)
+
+
+def agent_findings(status: int, body: bytes, agent_id: str) -> list[Finding]:
+    """`GET /v1/convai/agents/{id}`: key accepted? agent exists? formats usable?"""
+    service = "ElevenLabs"
+    payload = _json(body)
+    if status in (401, 403):
+        why = _detail(payload)
+        return [problem(service, f"ELEVENLABS_API_KEY was refused (HTTP {status}{': ' + why if why else ''}). "
+                                 "Check the key, and that it has the Conversational AI (agents) permission.")]
+    if status == 404:
+        return [problem(service, f"the agent ELEVENLABS_AGENT_ID={agent_id} does not exist on this account "
+                                 "(check the id in the agent's settings, and the region: ELEVENLABS_BASE_URL).")]
+    if status != 200 or not isinstance(payload, Mapping):
+        return [problem(service, f"reading the agent's configuration failed: HTTP {status}"
+                                 f"{': ' + _detail(payload) if _detail(payload) else ''}.")]
+    found = [ok(service, f"the API key is accepted and the agent {agent_id} exists"
+                         f"{' (' + str(payload['name']) + ')' if payload.get('name') else ''}.")]
+    config = payload.get("conversation_config")
+    input_name = _dig(config, "asr", "user_input_audio_format") or "pcm_16000"
+    output_name = _dig(config, "tts", "agent_output_audio_format") or "pcm_16000"
+    try:
+        input_format = parse_format(str(input_name))
+    except ValueError:
+        found.append(problem(service, f"the agent's user input format {input_name!r} is not one the relay knows."))
+    else:
+        if input_format.encoding != "pcm":
+            found.append(problem(service, f"the agent expects {input_name} input; the relay sends PCM only. Set the "
+                                          "agent's user input audio format to pcm_16000 (Voice / Advanced)."))
+        else:
+            found.append(ok(service, f"user input format {input_name} (the page records at that rate)."))
+    try:
+        parse_format(str(output_name))
+    except ValueError:
+        found.append(problem(service, f"the agent's output format {output_name!r} is not one the relay knows."))
+    else:
+        found.append(ok(service, f"agent output format {output_name}."))
+    if _dig(payload, "platform_settings", "auth", "enable_auth"):
+        found.append(note(service, "the agent is private: every conversation needs a signed URL (the relay gets "
+                                   "one per conversation with the API key)."))
+    return found
+
+
+def signed_url_findings(error: el.AgentUnavailable | None) -> list[Finding]:
+    if error is None:
+        return [ok("ElevenLabs", "a signed conversation URL was issued.")]
+    return [problem("ElevenLabs", f"no signed conversation URL: {error}.")]
+
+
+def heygen_avatar_findings(status: int, body: bytes, avatar_id: str | None) -> list[Finding]:
+    """`GET /v1/streaming/avatar.list`: key accepted? avatar among the account's streaming avatars, active?"""
+    service = "HeyGen"
+    try:
+        data = read_answer(status, body)
+    except HeyGenCallError as exc:
+        failure = exc.failure
+        if failure.status == 401 or failure.code == 40102:
+            return [problem(service, f"HEYGEN_API_KEY was refused (HTTP {failure.status}: {failure.message}).")]
+        return [problem(service, f"listing the streaming avatars failed: HTTP {failure.status}, code "
+                                 f"{failure.code}: {failure.message}.")]
+    avatars = data if isinstance(data, list) else _dig(data, "avatars") or []
+    avatars = [a for a in avatars if isinstance(a, Mapping)]
+    found = [ok(service, f"the API key is accepted ({len(avatars)} streaming avatars available).")]
+    if not avatar_id:
+        return [*found, problem(service, "HEYGEN_AVATAR_ID is not set.")]
+    match = next((a for a in avatars if a.get("avatar_id") == avatar_id), None)
+    if match is None:
+        examples = ", ".join(str(a.get("avatar_id")) for a in avatars[:5])
+        return [*found, problem(service, f"HEYGEN_AVATAR_ID={avatar_id} is not among this account's streaming "
+                                         f"avatars{' (for example: ' + examples + ')' if examples else ''}.")]
+    status_text = str(match.get("status") or "ACTIVE")
+    if status_text.upper() != "ACTIVE":
+        return [*found, problem(service, f"the avatar {avatar_id} exists but its status is {status_text}, not "
+                                         "ACTIVE.")]
+    return [*found, ok(service, f"the avatar {avatar_id} exists and is active.")]
+
+
+def liveavatar_avatar_findings(status: int, body: bytes, avatar_id: str, sandbox: bool) -> list[Finding]:
+    """`GET /v1/avatars/{id}`: key accepted? avatar exists, active? sandbox constraints."""
+    service = "LiveAvatar"
+    found: list[Finding] = []
+    if sandbox and avatar_id != SANDBOX_AVATAR_ID:
+        found.append(problem(service, f"LIVEAVATAR_SANDBOX=true only works with the sandbox avatar "
+                                      f"{SANDBOX_AVATAR_ID}; unset LIVEAVATAR_AVATAR_ID or turn the sandbox off."))
+    try:
+        data = parse_envelope(status, body)
+    except LiveAvatarApiError as exc:
+        if exc.status == 401:
+            return [*found, problem(service, f"LIVEAVATAR_API_KEY was refused (HTTP 401: {exc.message}). A HeyGen "
+                                             "key does not work here: LiveAvatar has its own keys.")]
+        if exc.status == 404:
+            return [*found, problem(service, f"the avatar LIVEAVATAR_AVATAR_ID={avatar_id} does not exist (or is "
+                                             "not visible to this key).")]
+        return [*found, problem(service, f"reading the avatar failed: HTTP {exc.status}, code {exc.code}: "
+                                         f"{exc.message}.")]
+    found.append(ok(service, "the API key is accepted."))
+    state = str(_dig(data, "status") or "ACTIVE")
+    name = _dig(data, "name")
+    if state.upper() != "ACTIVE":
+        found.append(problem(service, f"the avatar {avatar_id} exists but its status is {state} (it must be ACTIVE; "
+                                      "INIT and DEPLOYING avatars are not ready yet)."))
+    else:
+        found.append(ok(service, f"the avatar {avatar_id}{' (' + str(name) + ')' if name else ''} exists and is "
+                                 "active."))
+    if sandbox:
+        found.append(note(service, "sandbox mode: sessions are free but end after about one minute."))
+    return found
+
+
+def liveavatar_sessions_findings(status: int, body: bytes) -> list[Finding]:
+    """`GET /v1/sessions?type=active`: how many sessions run on the account now."""
+    try:
+        data = parse_envelope(status, body)
+    except LiveAvatarApiError as exc:
+        return [problem("LiveAvatar", f"listing the active sessions failed: HTTP {exc.status}: {exc.message}.")]
+    count = _dig(data, "count")
+    if not isinstance(count, int):
+        results = _dig(data, "results")
+        count = len(results) if isinstance(results, list) else 0
+    return [_sessions_note("LiveAvatar", count, "a relay that is not running now should have none; "
+                                                "`avatar-relay reap` stops leftovers")]
+
+
+def _key_refused(found: list[Finding]) -> bool:
+    return any(f.level == "problem" and "_API_KEY was refused" in f.text for f in found)
+
+
+def _sessions_note(service: str, count: int, advice: str) -> Finding:
+    if count == 0:
+        return ok(service, "no sessions are running on the account now.")
+    return note(service, f"{count} session(s) are running on the account now ({advice}).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The calls
+
+
+async def _get(http: httpx2.AsyncClient, url: str, headers: dict[str, str],
+               params: dict[str, Any] | None = None) -> httpx2.Response:
+    return await http.get(url, headers={"accept": "application/json", **headers}, params=params,
+                          timeout=CHECK_TIMEOUT)
+
+
+def _unreachable(service: str, variable: str, exc: httpx2.HTTPError) -> Finding:
+    kind = "timed out" if isinstance(exc, httpx2.TimeoutException) else f"failed ({type(exc).__name__})"
+    return problem(service, f"cannot reach {variable}: the request {kind}. Check the URL and the network.")
+
+
+async def check_elevenlabs(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
+    service = "ElevenLabs"
+    agent_id = settings.elevenlabs_agent_id
+    if not agent_id:
+        return [problem(service, "ELEVENLABS_AGENT_ID is not set.")]
+    key = settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None
+    found: list[Finding] = []
+    if key is None:
+        found.append(note(service, "no ELEVENLABS_API_KEY: the agent must be public, and its configuration cannot "
+                                   "be read here (use --connect to try a real conversation)."))
+    else:
+        try:
+            response = await _get(http, el.agent_details_url(settings.elevenlabs_base_url, agent_id),
+                                  {"xi-api-key": key})
+        except httpx2.HTTPError as exc:
+            return [_unreachable(service, "ELEVENLABS_BASE_URL", exc)]
+        found.extend(agent_findings(response.status_code, response.content, agent_id))
+        if not any(f.level == "ok" for f in found):
+            return found  # the key or the agent is wrong: the signed URL would fail for the same reason
+        error: el.AgentUnavailable | None = None
+        try:
+            with trio.fail_after(CHECK_TIMEOUT):
+                await el.fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id)
+        except el.AgentUnavailable as exc:
+            error = exc
+        except trio.TooSlowError:
+            error = el.AgentUnavailable("timeout", "timed out fetching the signed URL")
+        found.extend(signed_url_findings(error))
+    if connect:
+        found.extend(await _try_conversation(settings, http, key))
+    return found
+
+
+async def _try_conversation(settings: Settings, http: httpx2.AsyncClient, key: str | None) -> list[Finding]:
+    service = "ElevenLabs"
+    try:
+        async with el.open_agent(http, base_url=settings.elevenlabs_base_url, agent_id=settings.elevenlabs_agent_id
+                                 or "", api_key=key, initiation=el.build_initiation(),
+                                 connect_timeout=settings.relay_setup_timeout) as agent:
+            metadata = agent.metadata
+    except el.AgentUnavailable as exc:
+        return [problem(service, f"a conversation could not be opened: {exc}.")]
+    except el.AgentClosed as exc:
+        return [problem(service, f"the agent closed the conversation at once ({exc.code} {exc.reason}); an "
+                                 "'override_error' means the agent does not allow the overrides sent.")]
+    except el.AgentProtocolError as exc:
+        return [problem(service, f"the agent broke the protocol: {exc}.")]
+    return [ok(service, f"a conversation opened ({metadata.conversation_id}; input "
+                        f"{metadata.user_input_audio_format}, output {metadata.agent_output_audio_format}) and was "
+                        "hung up.")]
+
+
+async def check_heygen(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
+    service = "HeyGen"
+    if settings.heygen_api_key is None:
+        return [problem(service, "HEYGEN_API_KEY is not set.")]
+    headers = {"x-api-key": settings.heygen_api_key.get_secret_value()}
+    base = settings.heygen_base_url.rstrip("/")
+    try:
+        response = await _get(http, base + "/v1/streaming/avatar.list", headers)
+    except httpx2.HTTPError as exc:
+        return [_unreachable(service, "HEYGEN_BASE_URL", exc)]
+    found = heygen_avatar_findings(response.status_code, response.content, settings.heygen_avatar_id)
+    if _key_refused(found):
+        return found
+    try:
+        with trio.fail_after(CHECK_TIMEOUT * 2):
+            sessions = await list_sessions(settings, http)
+    except trio.TooSlowError:
+        found.append(problem(service, "listing the running sessions timed out."))
+    except Exception as exc:  # AvatarUnavailable, with a safe message
+        found.append(problem(service, f"listing the running sessions failed: {getattr(exc, 'message', exc)}"))
+    else:
+        found.append(_sessions_note(service, len(sessions), "HeyGen allows 100 at once on an API plan, 3 on a "
+                                                            "trial key; `avatar-relay reap` stops leftovers"))
+    return found
+
+
+async def check_liveavatar(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
+    service = "LiveAvatar"
+    if settings.liveavatar_api_key is None:
+        return [problem(service, "LIVEAVATAR_API_KEY is not set.")]
+    headers = {"X-API-KEY": settings.liveavatar_api_key.get_secret_value()}
+    base = settings.liveavatar_base_url.rstrip("/")
+    avatar_id = settings.liveavatar_avatar_id or SANDBOX_AVATAR_ID
+    try:
+        response = await _get(http, f"{base}/v1/avatars/{avatar_id}", headers)
+    except httpx2.HTTPError as exc:
+        return [_unreachable(service, "LIVEAVATAR_BASE_URL", exc)]
+    found = liveavatar_avatar_findings(response.status_code, response.content, avatar_id,
+                                       settings.liveavatar_sandbox)
+    if _key_refused(found):
+        return found
+    try:
+        response = await _get(http, base + "/v1/sessions", headers, {"type": "active", "page": 1, "page_size": 1})
+    except httpx2.HTTPError as exc:
+        return [*found, _unreachable(service, "LIVEAVATAR_BASE_URL", exc)]
+    found.extend(liveavatar_sessions_findings(response.status_code, response.content))
+    return found
+
+
+async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
+    """Every check for `settings`, ElevenLabs and the avatar provider concurrently. Only reads (see --connect)."""
+    results: dict[str, list[Finding]] = {}
+
+    async def run(name: str, check: Any) -> None:
+        results[name] = await check
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "elevenlabs", check_elevenlabs(settings, http, connect=connect))
+        if settings.avatar == "heygen":
+            nursery.start_soon(run, "avatar", check_heygen(settings, http))
+        elif settings.avatar == "liveavatar":
+            nursery.start_soon(run, "avatar", check_liveavatar(settings, http))
+    found = results["elevenlabs"] + results.get("avatar", [])
+    if settings.avatar == "none":
+        found.append(note("configuration", "RELAY_AVATAR=none: voice only, no avatar is checked."))
+    return found
+
+
+_MARKS = {"ok": "ok     ", "problem": "PROBLEM", "note": "note   "}
+
+
+def format_report(findings: list[Finding]) -> str:
+    lines = [f"{_MARKS[f.level]} {f.service}: {f.text}" for f in findings]
+    problems = sum(1 for f in findings if f.level == "problem")
+    lines.append(f"{problems} problem(s) found." if problems else "No problems found.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command
+
+
+async def diagnose(settings: Settings, *, connect: bool = False) -> tuple[str, list[Finding]]:
+    """Run the checks; in demo mode, against freshly started simulators (said in the header). Returns the header
+    line and the findings."""
+    async with httpx2.AsyncClient(headers={"user-agent": f"avatar-relay-doctor/{__version__}"}) as http:
+        if not settings.demo_mode:
+            header = (f"Checking ElevenLabs ({settings.elevenlabs_base_url}) and the avatar provider "
+                      f"({settings.avatar}).")
+            return header, await run_checks(settings, http, connect=connect)
+        from relay.sim.runner import serve_simulators
+        from relay.web import demo_settings
+
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve_simulators, "127.0.0.1")
+            effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
+            header = ("Demo mode (no API keys set): checking against freshly started simulators, not the real "
+                      "services.")
+            findings = await run_checks(effective, http, connect=connect)
+            nursery.cancel_scope.cancel()
+        return header, findings
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`avatar-relay doctor [--connect]`: 0 when everything checks out, 1 on any problem, 2 for a bad
+    configuration."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"PROBLEM configuration: {exc}", file=sys.stdout)
+        return 2
+    header, findings = trio.run(lambda: diagnose(settings, connect=args.connect))
+    print(header)
+    print(format_report(findings))
+    return 1 if any(f.level == "problem" for f in findings) else 0
+
