@@ -148,16 +148,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.clients)
     ]
     window: dict[str, Any] = {}
+    others = {"simulators": args.sims_pid, "load": os.getpid()} if args.sims_pid else {"load": os.getpid()}
 
     async def sample_window() -> None:
         await all_ready.wait()
         started, cpu0 = time.monotonic(), process_cpu_seconds(args.relay_pid)
+        others0 = {name: process_cpu_seconds(pid) for name, pid in others.items()}
         remaining = stop_at - loop.time() - 0.5
         await asyncio.sleep(max(0.5, remaining / 2))
         window["rss_open"] = process_rss_bytes(args.relay_pid)
         await asyncio.sleep(max(0.0, stop_at - loop.time() - 0.5))
         window["seconds"] = time.monotonic() - started
         window["cpu_seconds"] = process_cpu_seconds(args.relay_pid) - cpu0
+        window["other_core_share"] = {name: round((process_cpu_seconds(pid) - others0[name]) / window["seconds"], 3)
+                                      for name, pid in others.items()}
 
     sampler = asyncio.create_task(sample_window())
     await asyncio.gather(*tasks)
@@ -199,6 +203,7 @@ def main() -> None:
     parser.add_argument("--speech-s", type=float, default=1.5)
     parser.add_argument("--silence-s", type=float, default=3.5)
     parser.add_argument("--relay-pid", type=int, required=True)
+    parser.add_argument("--sims-pid", type=int, default=None, help="also report the simulators' CPU share")
     args = parser.parse_args()
     print(orjson.dumps(asyncio.run(run(args))).decode(), flush=True)
 

@@ -107,9 +107,10 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path) -> Iterator
                "LIVEAVATAR_BASE_URL": sims.urls["liveavatar"], "LIVEAVATAR_API_KEY": "bench-key",
                "LIVEAVATAR_AVATAR_ID": "bench-avatar", "RELAY_AVATAR": avatar,
                "RELAY_MAX_CONVERSATIONS": "100000", "RELAY_MAX_CONVERSATIONS_PER_CLIENT": "100000",
-               "RELAY_LOG_LEVEL": "WARNING"}
-        # An empty working directory: no stray .env changes what is measured.
+               "RELAY_LOG_LEVEL": "WARNING", "RELAY_AUTH": "off", "RELAY_MAX_STARTS_PER_MINUTE": "1000000"}
+        # An empty working directory (also the session journal's): no stray .env changes what is measured.
         cwd = tempfile.mkdtemp(prefix="bench-relay-")
+        env["RELAY_STATE_DIR"] = cwd
         command = [PYTHON, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
     else:
         env, cwd = dict(os.environ), str(ROOT)
@@ -147,7 +148,7 @@ def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_
             url, pid):
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
-             "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid)],
+             "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid)],
             cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120)
         if load.returncode != 0:
             raise RuntimeError(f"load generator failed: {load.stderr[-2000:]}")
@@ -180,6 +181,7 @@ def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_
         out["window_s"] = round(window["seconds"], 2)
         out["cpu_ms_per_conversation_second"] = round(window["cpu_seconds"] * 1000 / (clients * window["seconds"]), 3)
         out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"], 3)
+        out["other_core_share"] = window["other_core_share"]
         out["rss_mb_per_conversation"] = round((window["rss_open"] - result["rss_idle"]) / clients / 2**20, 4)
     return out
 
