@@ -1,0 +1,57 @@
+"""Draw a benchmark report (`bench/results/*.json`) as a PNG: p99 latencies and relay CPU against N, the relay
+next to the baseline. `python -m bench.plot RESULT.json docs/perf.png`. Needs matplotlib (the `bench` extra);
+nothing else in the benchmark does.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def plot(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (latency_ax, cpu_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"relay": ("tab:blue", "o"), "baseline": ("tab:gray", "s")}
+    for impl, (color, marker) in styles.items():
+        rows = sorted((r for r in report["rows"] if r["impl"] == impl), key=lambda r: r["clients"])
+        if not rows:
+            continue
+        n = [r["clients"] for r in rows]
+        latency_ax.plot(n, [r["forwarding"]["p99"] for r in rows], color=color, marker=marker,
+                        label=f"{impl}: audio forwarding p99")
+        latency_ax.plot(n, [r["to_avatar"]["p99"] for r in rows], color=color, marker=marker, linestyle="--",
+                        label=f"{impl}: text-to-avatar p99")
+        cpu_ax.plot(n, [r["cpu_ms_per_conversation_second"] for r in rows], color=color, marker=marker,
+                    label=f"{impl}: CPU ms per conversation-second")
+        cpu_ax.plot(n, [r.get("cpu_core_share") for r in rows], color=color, marker=marker, linestyle=":",
+                    label=f"{impl}: cores used")
+    latency_ax.axhline(50, color="tab:red", linewidth=0.8, label="50 ms")
+    latency_ax.set_xscale("log")
+    latency_ax.set_yscale("log")
+    latency_ax.set_xlabel("concurrent conversations (N)")
+    latency_ax.set_ylabel("ms")
+    latency_ax.set_title("p99 added latency")
+    latency_ax.legend(fontsize=7)
+    cpu_ax.set_xscale("log")
+    cpu_ax.set_xlabel("concurrent conversations (N)")
+    cpu_ax.set_title("relay process CPU")
+    cpu_ax.legend(fontsize=7)
+    machine = report["machine"]
+    fig.suptitle(f"{report['avatar']}, {report['chunk_ms']} ms chunks, {report['duration_s']:g} s per run; "
+                 f"{machine['cpus']} CPUs ({machine['cpu_model']}), shared with the load generator and simulators",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    plot(orjson.loads(Path(sys.argv[1]).read_bytes()), Path(sys.argv[2]))

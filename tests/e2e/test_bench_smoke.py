@@ -1,0 +1,38 @@
+"""A few seconds of the benchmark (N=2, relay and baseline), so its machinery never rots: simulators, the real
+relay under hypercorn, the baseline, the load generator, the ledger matching and the report. The numbers are not
+judged here (the machine is shared), only that every measurement is present and nothing failed or leaked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.run import main
+from bench.wire import read_stamp, speech_cycle, stamp
+
+
+def test_a_frame_stamp_survives_and_keeps_silence_silent() -> None:
+    frames = speech_cycle(100, speech_s=0.5, silence_s=0.5)
+    silent = bytearray(frames[-1])
+    stamp(silent, 12345.678)
+    assert read_stamp(bytes(silent)) == 12345.678
+    samples = memoryview(bytes(silent)).cast("h")
+    assert max(abs(s) for s in samples) <= 255  # far below the simulated agent's VAD threshold
+    assert read_stamp(frames[0]) is None  # loud speech without a stamp is not mistaken for one
+
+
+def test_benchmark_measures_relay_and_baseline_with_no_errors_or_leaks(tmp_path: Path) -> None:
+    report = main(["--clients", "2", "--duration", "4", "--out", str(tmp_path / "smoke.json")])
+    rows = {row["impl"]: row for row in report["rows"]}
+    assert set(rows) == {"relay", "baseline"}
+    for row in rows.values():
+        assert row["ready"] == 2, row
+        assert row["errors"] == 0, row["error_samples"]
+        assert row["leaked_agents"] == 0 and row["leaked_avatar_sessions"] == 0
+        assert row["frames_lost"] == 0 and row["unstamped_frames"] == 0
+        assert row["forwarding"]["count"] == row["frames_sent"] > 0
+        assert row["to_avatar"]["count"] >= 1  # each client's first turn was answered and reached the avatar
+        assert row["cpu_ms_per_conversation_second"] is not None
+    # The relay opens the agent (150 ms) and the avatar (500 ms) concurrently: never faster than the slower one.
+    assert rows["relay"]["setup"]["p50"] >= 500
+    assert rows["relay"]["ratio_to_baseline"]["cpu"] is not None
+    assert (tmp_path / "smoke.json").exists()
