@@ -1,0 +1,227 @@
+"""Metrics, transcripts and doctor findings without sockets: fakes for the agent and the avatar provider."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay import elevenlabs as el
+from relay.audio import AudioFormat
+from relay.avatars import AvatarInfo, AvatarSessionEnded, AvatarUnavailable, OnAvatarEvent
+from relay.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
+from relay.logs import current_conversation
+from relay.metrics import RelayMetrics
+from relay.nursery import ConversationRecord
+from relay.transcripts import note_agent_event, render
+
+
+def sample(metrics: RelayMetrics, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
+def test_each_app_has_its_own_numbers() -> None:
+    first, second = RelayMetrics(), RelayMetrics()
+    first.conversation_started(ConversationRecord("r-1"))
+    assert sample(first, "avatar_relay_conversations_started_total") == 1
+    assert sample(second, "avatar_relay_conversations_started_total") == 0
+
+
+def test_audio_counters_include_live_conversations_and_never_go_down_at_the_end() -> None:
+    metrics = RelayMetrics()
+    record = ConversationRecord("r-1")
+    metrics.conversation_started(record)
+    record.traffic.audio_in_frames, record.traffic.audio_in_bytes = 3, 1920
+    assert sample(metrics, "avatar_relay_audio_bytes_total", direction="upstream") == 1920
+    record.reason = "client_stop"
+    metrics.conversation_ended(record)
+    record.traffic.audio_in_bytes = 10**6  # a late write after the end is not counted twice
+    assert sample(metrics, "avatar_relay_audio_bytes_total", direction="upstream") == 1920
+    assert sample(metrics, "avatar_relay_audio_frames_total", direction="upstream") == 3
+    assert sample(metrics, "avatar_relay_conversations_open") == 0
+    assert sample(metrics, "avatar_relay_conversations_ended_total", reason="client_stop") == 1
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.info = AvatarInfo("fake", "sess-42", "wss://livekit.simulated.invalid", "tok", True)
+        self.takes_audio = True
+        self.keep_alive_interval = 60.0
+        self.spoken: list[int] = []
+
+    async def speak_text(self, text: str, turn: int) -> None:
+        self.spoken.append(turn)
+
+    async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
+        self.spoken.append(turn)
+
+    async def end_turn(self, turn: int) -> None: ...
+
+    async def interrupt(self, turn: int) -> None: ...
+
+    async def keep_alive(self) -> None: ...
+
+
+class FakeProvider:
+    name = "fake"
+
+    def __init__(self, *, refuse: bool = False, stop_fails: bool = False, ends: bool = False) -> None:
+        self.refuse, self.stop_fails, self.ends = refuse, stop_fails, ends
+
+    @asynccontextmanager
+    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[FakeSession]:
+        if self.refuse:
+            raise AvatarUnavailable("concurrent_limit", "at the cap", upstream_code=10007)
+        session = FakeSession()
+        try:
+            yield session
+            if self.ends:
+                raise AvatarSessionEnded("session_ended", "gone", upstream_code=4000)
+        finally:
+            if self.stop_fails:
+                logging.getLogger("relay.fake").warning("fake session %s: stop failed", session.info.session_id)
+
+
+async def test_sessions_are_counted_created_stopped_and_failed_to_stop() -> None:
+    metrics = RelayMetrics()
+    for provider in (FakeProvider(), FakeProvider(stop_fails=True)):
+        observed = metrics.observe_provider(provider)
+        assert observed is not None
+        async with observed.open_session(lambda event: None) as session:
+            assert session.info.session_id == "sess-42"
+    assert sample(metrics, "avatar_relay_avatar_sessions_created_total", provider="fake") == 2
+    assert sample(metrics, "avatar_relay_avatar_sessions_stopped_total", provider="fake") == 1
+    assert sample(metrics, "avatar_relay_avatar_sessions_stop_failed_total", provider="fake") == 1
+
+
+async def test_refusals_and_session_ends_are_upstream_errors_with_their_codes() -> None:
+    metrics = RelayMetrics()
+    refusing = metrics.observe_provider(FakeProvider(refuse=True))
+    assert refusing is not None
+    with pytest.raises(AvatarUnavailable):
+        async with refusing.open_session(lambda event: None):
+            pass
+    ending = metrics.observe_provider(FakeProvider(ends=True))
+    assert ending is not None
+    with pytest.raises(AvatarSessionEnded):
+        async with ending.open_session(lambda event: None):
+            pass
+    assert sample(metrics, "avatar_relay_upstream_errors_total", upstream="fake", kind="concurrent_limit",
+                  code="10007") == 1
+    assert sample(metrics, "avatar_relay_upstream_errors_total", upstream="fake", kind="session_ended",
+                  code="4000") == 1
+    assert sample(metrics, "avatar_relay_avatar_sessions_created_total", provider="fake") == 1
+
+
+class FakeAgent:
+    def __init__(self, events: list[el.ServerEvent]) -> None:
+        self.metadata = el.ConversationMetadata("conv_1", "pcm_16000", "pcm_16000")
+        self._events = events
+        self.sent: list[str] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    async def receive(self) -> el.ServerEvent:
+        if not self._events:
+            raise el.AgentClosed(1011, "server error")
+        return self._events.pop(0)
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_avatar() -> None:
+    metrics = RelayMetrics()
+    record = ConversationRecord("r-1")
+    metrics.conversation_started(record)
+    events: list[el.ServerEvent] = [el.Ping(1, None), el.Ping(2, 40.0), el.AgentResponse("hi", 3),
+                                    el.AgentAudio(b"\x00" * 800, 3), el.AgentAudio(b"\x00" * 800, 3),
+                                    el.AgentErrorEvent(1002, "quota", None)]
+    fake = FakeAgent(events)
+
+    @asynccontextmanager
+    async def open_fake(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        yield fake
+
+    token = current_conversation.set(record)
+    try:
+        async with metrics.observe_agent(open_fake)() as agent:
+            for _ in range(6):
+                await agent.receive()
+            with pytest.raises(el.AgentClosed):
+                await agent.receive()
+            provider = metrics.observe_provider(FakeProvider())
+            assert provider is not None
+            async with provider.open_session(lambda event: None) as session:
+                for _ in range(2):  # only the turn's first chunk is timed
+                    await session.speak_audio(b"\x00" * 800, AudioFormat("pcm", 16000), 3)
+    finally:
+        current_conversation.reset(token)
+    assert record.traffic.audio_out_frames == 2 and record.traffic.audio_out_bytes == 1600
+    assert sample(metrics, "avatar_relay_agent_ping_seconds_count") == 1
+    assert sample(metrics, "avatar_relay_agent_ping_seconds_sum") == pytest.approx(0.04)
+    assert sample(metrics, "avatar_relay_audio_to_avatar_seconds_count") == 1
+    assert sample(metrics, "avatar_relay_upstream_errors_total", upstream="elevenlabs", kind="error_event",
+                  code="1002") == 1
+    assert sample(metrics, "avatar_relay_upstream_errors_total", upstream="elevenlabs", kind="closed",
+                  code="1011") == 1
+    assert record.avatar_session_id == "sess-42"
+
+
+def test_transcripts_keep_final_turns_and_never_audio() -> None:
+    record = ConversationRecord("r-9", conversation_id="conv_9")
+    record.transcript = []
+    for event in (el.UserTranscript("hel", 1, False), el.UserTranscript("hello", 1, True),
+                  el.AgentResponse("Hi there", 2), el.AgentAudio(b"\x01\x02" * 100, 2), el.Interruption(3),
+                  el.AgentResponseCorrection("Hi there", "Hi", 2), el.Ping(4, 20.0)):
+        note_agent_event(record, event)
+    record.reason = "client_stop"
+    lines = [orjson.loads(line) for line in render(record, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)).splitlines()]
+    assert [line["type"] for line in lines] == ["conversation", "user", "agent", "interruption", "correction", "end"]
+    assert lines[0]["started"] == "2026-01-02T03:04:05.000+00:00" and lines[0]["conversation_id"] == "conv_9"
+    assert lines[1]["text"] == "hello" and lines[4]["text"] == "Hi"
+    assert lines[-1]["reason"] == "client_stop" and lines[-1]["setup_s"] is None
+    assert "audio" not in str(lines)
+
+
+def agent_body(input_format: str = "pcm_16000", output_format: str = "pcm_22050") -> bytes:
+    return orjson.dumps({"agent_id": "a1", "name": "Shop", "conversation_config": {
+        "asr": {"user_input_audio_format": input_format}, "tts": {"agent_output_audio_format": output_format}}})
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (401, b'{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}',
+     "ELEVENLABS_API_KEY was refused (HTTP 401: Invalid API key)"),
+    (404, b'{"detail":{"status":"agent_not_found"}}', "ELEVENLABS_AGENT_ID=a1 does not exist"),
+    (500, b"oops", "reading the agent's configuration failed: HTTP 500."),
+    (200, agent_body("ulaw_8000"), "expects ulaw_8000 input"),
+    (200, agent_body(output_format="opus_48000"), "output format 'opus_48000' is not one the relay knows"),
+])
+def test_agent_answers_become_plain_problems(status: int, body: bytes, expected: str) -> None:
+    found = [f.text for f in agent_findings(status, body, "a1") if f.level == "problem"]
+    assert len(found) == 1 and expected in found[0]
+
+
+def test_a_good_agent_reports_its_formats() -> None:
+    findings = agent_findings(200, agent_body(), "a1")
+    assert [f.level for f in findings] == ["ok", "ok", "ok"]
+    assert "(Shop)" in findings[0].text and "pcm_22050" in findings[2].text
+
+
+def test_inactive_avatars_are_problems() -> None:
+    heygen = heygen_avatar_findings(200, orjson.dumps({"code": 100, "data": [
+        {"avatar_id": "Ann", "status": "INACTIVE"}]}), "Ann")
+    assert heygen[-1].level == "problem" and "status is INACTIVE" in heygen[-1].text
+    live = liveavatar_avatar_findings(200, orjson.dumps({"code": 1000, "message": "ok", "data": {
+        "id": "x", "status": "DEPLOYING"}}), "x", False)
+    assert live[-1].level == "problem" and "status is DEPLOYING" in live[-1].text
