@@ -1,0 +1,324 @@
+"""The fault matrix: every way a conversation can end badly, each run next to a healthy conversation on a real relay
+(hypercorn on loopback) and the simulators, then measured from the simulators' ledgers.
+
+A scenario is data (faults to inject, what the faulty browser does, what it should see); `run_scenario` runs one
+and returns a `Measurement`: avatar sessions created and stopped, the longest cleanup (from the moment the faulty
+conversation was ended, by the browser or by the fault, to the session's stop in the ledger: both clocks are this
+process's `time.monotonic()`), and whether the relay was back to its baseline (no conversation open in the
+registry, no extra task in the app's nursery). `tests/faults/test_fault_matrix.py` asserts on it;
+`tests/faults/report.py` runs it N times and prints the table of docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.web import create_app, relay_state
+from tests.e2e.harness import BrowserClient, Relay, relay_settings
+
+FAST = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 2.0, "relay_idle_timeout": 3.0,
+        "relay_agent_silence_timeout": 1.5}
+
+
+@dataclass
+class FaultRelay(Relay):
+    app: QuartTrio | None = None
+
+    @property
+    def open_conversations(self) -> int:
+        assert self.app is not None
+        return relay_state(self.app).registry.open_count
+
+    @property
+    def background_tasks(self) -> int:
+        assert self.app is not None
+        return len(self.app.nursery.child_tasks)
+
+
+@asynccontextmanager
+async def running_fault_relay(**overrides: Any) -> AsyncIterator[FaultRelay]:
+    """`tests.e2e.harness.running_relay` with the app exposed, short timeouts and a private state directory."""
+    with tempfile.TemporaryDirectory(prefix="relay-state-") as state:
+        async with trio.open_nursery() as nursery:
+            sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
+            config = Config()
+            config.bind = ["127.0.0.1:0"]
+            config.accesslog = None
+            config.graceful_timeout = 3.0
+            app = create_app(relay_settings(sims, **{"relay_state_dir": state, **FAST, **overrides}))
+            binds = await nursery.start(serve, app, config)
+            async with httpx2.AsyncClient(timeout=5.0) as http:
+                yield FaultRelay(binds[0], sims, http, app)
+            nursery.cancel_scope.cancel()
+
+
+def stopped_at(session: dict[str, Any]) -> float | None:
+    value = session.get("stopped_at", session.get("stopped"))
+    return float(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios
+
+
+Script = Callable[[BrowserClient, FaultRelay], Awaitable[float]]  # returns the monotonic time the end was caused
+
+
+async def _vanish_before_start(b: BrowserClient, r: FaultRelay) -> float:
+    t = time.monotonic()
+    await b.ws.aclose()
+    return t
+
+
+async def _vanish_after(b: BrowserClient, delay: float) -> float:
+    await b.send(type="start")
+    await trio.sleep(delay)
+    t = time.monotonic()
+    await b.ws.aclose()
+    return t
+
+
+async def _vanish_during_setup(b: BrowserClient, r: FaultRelay) -> float:
+    return await _vanish_after(b, 0.2)
+
+
+async def _vanish_mid_speech(b: BrowserClient, r: FaultRelay) -> float:
+    await b.send(type="start")
+    await b.expect("ready")
+    await b.send(type="text", text="tell me something long about the weather please")
+    await b.expect("agent_response")
+    t = time.monotonic()
+    await b.ws.aclose()
+    return t
+
+
+async def _vanish_after_ready(b: BrowserClient, r: FaultRelay) -> float:
+    await b.start()
+    t = time.monotonic()
+    await b.ws.aclose()
+    return t
+
+
+async def _stop_after_ready(b: BrowserClient, r: FaultRelay) -> float:
+    await b.start()
+    t = time.monotonic()
+    await b.send(type="stop")
+    await b.expect("ended")
+    return t
+
+
+async def _talk_then_stop(b: BrowserClient, r: FaultRelay) -> float:
+    await b.start()
+    await b.send(type="text", text="are you there")
+    await b.expect("agent_response")
+    t = time.monotonic()
+    await b.send(type="stop")
+    await b.expect("ended")
+    return t
+
+
+async def _start_and_wait_for_end(b: BrowserClient, r: FaultRelay) -> float:
+    t = time.monotonic()
+    await b.send(type="start")
+    await b.expect("ended", timeout=8.0)
+    return t
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    script: Script
+    provider: str = "heygen"
+    faults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expect_error: str | None = None  # the `error` code the faulty browser must see (None: not checked)
+    expect_ended: str | None = None
+    expect_created: int | None = None  # sessions created for the faulty conversation
+    expect_requests: dict[str, int] = field(default_factory=dict)  # provider simulator request counts
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+NO_GREETING = {"elevenlabs": {"first_message": ""}}
+
+SCENARIOS: list[Scenario] = [
+    # The browser vanishes at each phase.
+    Scenario("browser gone before start", _vanish_before_start, expect_created=0),
+    Scenario("browser gone during streaming.new", _vanish_during_setup,
+             faults={"heygen": {"latency_ms": {"streaming.new": 500}}}, expect_created=1),
+    Scenario("browser gone during streaming.start", _vanish_during_setup,
+             faults={"heygen": {"latency_ms": {"streaming.start": 500}}}, expect_created=1),
+    Scenario("browser gone mid-speech", _vanish_mid_speech, faults=NO_GREETING, expect_created=1),
+    Scenario("browser gone, slow stop", _vanish_after_ready,
+             faults={"heygen": {"latency_ms": {"streaming.stop": 800}}}, expect_created=1),
+    # ElevenLabs misbehaves.
+    Scenario("agent refuses handshake (403)", _start_and_wait_for_end,
+             faults={"elevenlabs": {"refuse_handshake_status": 403}}, expect_error="upstream_unavailable"),
+    *[Scenario(f"agent closes {code}", _start_and_wait_for_end,
+               faults={"elevenlabs": {"close_code": code, "close_reason": "fault", "close_after_ms": 300}},
+               expect_error="agent_error", expect_created=1) for code in (1002, 1008, 1011)],
+    Scenario("agent sends bad JSON", _start_and_wait_for_end, faults={"elevenlabs": {"send_bad_json": True}},
+             expect_error="agent_error", expect_created=1),
+    Scenario("agent sends unknown events", _talk_then_stop,
+             faults={"elevenlabs": {"send_unknown_events": True, "first_message": ""}}, expect_ended="client_stop",
+             expect_created=1),
+    Scenario("agent stops answering", _start_and_wait_for_end,
+             faults={"elevenlabs": {"stall_after_ms": 200, "ping_interval_s": 0}}, expect_error="agent_error",
+             expect_created=1),
+    # HeyGen misbehaves.
+    Scenario("heygen 10007 concurrent limit", _talk_then_stop,
+             faults={"heygen": {"concurrency_limit": 1}, **NO_GREETING}, expect_created=0,
+             expect_ended="client_stop"),
+    Scenario("heygen 401", _talk_then_stop, faults={"heygen": {"invalid_keys": "*"}, **NO_GREETING},
+             expect_created=0, expect_ended="client_stop"),
+    Scenario("heygen 429 on streaming.new (not retried)", _talk_then_stop,
+             faults={"heygen": {"fail": {"streaming.new": {"status": 429, "retry_after": 1}}}, **NO_GREETING},
+             expect_created=0, expect_ended="client_stop", expect_requests={"streaming.new": 2}),
+    Scenario("heygen 500 on streaming.new (not retried)", _talk_then_stop,
+             faults={"heygen": {"fail": {"streaming.new": {"status": 500}}}, **NO_GREETING},
+             expect_created=0, expect_ended="client_stop", expect_requests={"streaming.new": 2}),
+    Scenario("heygen streaming.new times out", _talk_then_stop,
+             faults={"heygen": {"hang": ["streaming.new"]}, **NO_GREETING}, expect_created=0,
+             expect_ended="client_stop"),
+    Scenario("heygen 429 + Retry-After on stop", _stop_after_ready,
+             faults={"heygen": {"fail": {"streaming.stop": {"status": 429, "retry_after": 0.3, "times": 1}}}},
+             expect_created=1, expect_requests={"streaming.stop": 3}),
+    Scenario("heygen 503 on stop", _stop_after_ready,
+             faults={"heygen": {"fail": {"streaming.stop": {"status": 503, "times": 2}}}}, expect_created=1,
+             expect_requests={"streaming.stop": 4}),
+    Scenario("heygen slow stop", _stop_after_ready, faults={"heygen": {"latency_ms": {"streaming.stop": 800}}},
+             expect_created=1, expect_ended="client_stop"),
+    # LiveAvatar, main exits.
+    Scenario("liveavatar client stop", _stop_after_ready, provider="liveavatar", expect_created=1,
+             expect_ended="client_stop"),
+    Scenario("liveavatar browser gone mid-speech", _vanish_mid_speech, provider="liveavatar", faults=NO_GREETING,
+             expect_created=1),
+    Scenario("liveavatar browser gone during start", _vanish_during_setup, provider="liveavatar",
+             faults={"liveavatar": {"latency_ms": {"start": 500}}}, expect_created=1),
+    Scenario("liveavatar agent closes 1011", _start_and_wait_for_end, provider="liveavatar",
+             faults={"elevenlabs": {"close_code": 1011, "close_reason": "fault", "close_after_ms": 300}},
+             expect_error="agent_error", expect_created=1),
+    Scenario("liveavatar 429 + Retry-After on stop", _stop_after_ready, provider="liveavatar",
+             faults={"liveavatar": {"fail": {"stop": {"status": 429, "retry_after": 0.3, "times": 1}}}},
+             expect_created=1, expect_requests={"stop": 3}),
+]
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    created: int
+    stopped: int
+    cleanup_seconds: float
+    healthy_completed: bool
+    relay_back_to_baseline: bool
+    error: str | None
+    ended: str | None
+    faulty_created: int
+    requests: dict[str, int]
+
+
+async def _healthy(relay: FaultRelay, faulty_done: trio.Event, ready: trio.Event, result: dict[str, Any]) -> None:
+    async with relay.browser() as browser:
+        msg = await browser.start()
+        result["session_id"] = (msg.get("avatar") or {}).get("session_id")
+        ready.set()
+        await faulty_done.wait()
+        await browser.send(type="text", text="healthy conversation check")
+        await browser.expect("agent_response", where=lambda m: "healthy" in m["text"])
+        await browser.send(type="stop")
+        result["ended"] = (await browser.expect("ended"))["reason"]
+
+
+_LIVEAVATAR_DEFAULTS = {"no_credits": False, "invalid_keys": []}
+
+
+def undo_faults(simulator: str, faults: dict[str, Any]) -> dict[str, Any] | None:
+    """The fault update that puts an avatar simulator back to normal (ElevenLabs conversations read their faults
+    once, at connection: nothing to undo for the healthy one)."""
+    if simulator == "elevenlabs":
+        return None
+    undo: dict[str, Any] = {}
+    for key, value in faults.items():
+        if isinstance(value, dict):
+            undo[key] = {inner: 0 if key == "latency_ms" else None for inner in value}
+        else:
+            undo[key] = _LIVEAVATAR_DEFAULTS.get(key) if simulator == "liveavatar" else None
+    return undo
+
+
+async def run_scenario(scenario: Scenario) -> Measurement:
+    """Run one scenario next to a healthy conversation on a fresh relay; measure it from the ledgers."""
+    async with running_fault_relay(relay_avatar=scenario.provider, **scenario.settings) as relay:
+        baseline_tasks = relay.background_tasks
+        healthy: dict[str, Any] = {}
+        faulty: dict[str, Any] = {}
+        ready, faulty_done = trio.Event(), trio.Event()
+        with trio.fail_after(25):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_healthy, relay, faulty_done, ready, healthy)
+                await ready.wait()
+                for name, faults in scenario.faults.items():
+                    await relay.faults(name, **faults)
+                await _faulty_capturing(relay, scenario, faulty)
+                await _wait_faulty_sessions_stopped(relay, scenario.provider, healthy.get("session_id"))
+                for name, faults in scenario.faults.items():  # the healthy conversation finishes unhindered
+                    if (undo := undo_faults(name, faults)) is not None:
+                        await relay.faults(name, **undo)
+                faulty_done.set()
+            ledger = await relay.wait_all_sessions_stopped(scenario.provider, timeout=10.0)
+            while relay.open_conversations or relay.background_tasks > baseline_tasks:
+                await trio.sleep(0.02)
+        back = relay.open_conversations == 0 and relay.background_tasks <= baseline_tasks
+        sessions = ledger["sessions"]
+        faulty_sessions = {k: v for k, v in sessions.items() if k != healthy.get("session_id")}
+        cleanup = max((stopped_at(s) or 0.0) - faulty["t_end"] for s in faulty_sessions.values()) \
+            if faulty_sessions else 0.0
+        return Measurement(
+            scenario=scenario.name, created=len(sessions),
+            stopped=sum(1 for s in sessions.values() if stopped_at(s) is not None),
+            cleanup_seconds=max(0.0, cleanup), healthy_completed=healthy.get("ended") == "client_stop",
+            relay_back_to_baseline=back, error=faulty.get("error"), ended=faulty.get("ended"),
+            faulty_created=len(faulty_sessions), requests=dict(ledger.get("requests", {})))
+
+
+async def _wait_faulty_sessions_stopped(relay: FaultRelay, provider: str, healthy_session: str | None) -> None:
+    """Faults stay in place until the faulty conversation's sessions are stopped (a slow or failing stop must
+    really be slow or failing); gives up after 10 s, and the caller's ledger check then reports the leak."""
+    with trio.move_on_after(10.0):
+        while True:
+            await trio.sleep(0.02)  # the relay's stop request is on its way
+            sessions = (await relay.ledger(provider))["sessions"]
+            if all(stopped_at(s) is not None for k, s in sessions.items() if k != healthy_session):
+                return
+
+
+async def _faulty_capturing(relay: FaultRelay, scenario: Scenario, result: dict[str, Any]) -> None:
+    """The faulty browser; errors and endings it sees are captured even when the script consumed them."""
+    async with relay.browser() as browser:
+        original = browser.next_message
+
+        async def capturing() -> dict[str, Any]:
+            msg = await original()
+            if msg["type"] == "error":
+                result.setdefault("error", msg["code"])
+            elif msg["type"] == "ended":
+                result.setdefault("ended", msg["reason"])
+            return msg
+
+        browser.next_message = capturing  # type: ignore[method-assign]
+        result["t_end"] = await scenario.script(browser, relay)
+        if "ended" not in result and not browser.ws.closed:
+            with trio.move_on_after(0.5):
+                while "ended" not in result:
+                    await browser.next_message()

@@ -1,0 +1,26 @@
+"""Every way a conversation can end badly, on a real relay and the simulators: each avatar session created is
+stopped, the relay is back to its baseline (no open conversation, no leftover task), and a healthy conversation run
+alongside completes. Unsafe calls are never retried (`streaming.new`), safe ones are (stop, with Retry-After)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.matrix import SCENARIOS, Scenario, run_scenario
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+async def test_every_session_is_stopped_and_the_healthy_conversation_completes(scenario: Scenario) -> None:
+    m = await run_scenario(scenario)
+    assert m.created == m.stopped, f"leaked sessions: {m}"
+    assert m.relay_back_to_baseline, m
+    assert m.healthy_completed, m
+    if scenario.expect_created is not None:
+        assert m.faulty_created == scenario.expect_created, m
+    if scenario.expect_error is not None:
+        assert m.error == scenario.expect_error, m
+    if scenario.expect_ended is not None:
+        assert m.ended == scenario.expect_ended, m
+    for endpoint, count in scenario.expect_requests.items():
+        assert m.requests.get(endpoint) == count, (endpoint, m)
+    assert m.cleanup_seconds < 5.0, m
