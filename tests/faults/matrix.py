@@ -29,7 +29,7 @@ from relay.web import create_app, relay_state
 from tests.e2e.harness import BrowserClient, Relay, relay_settings
 
 FAST = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 2.0, "relay_idle_timeout": 3.0,
-        "relay_agent_silence_timeout": 1.5}
+        "relay_agent_silence_timeout": 3.0}  # above the agent simulator's 2 s ping interval
 
 
 @dataclass
@@ -233,7 +233,10 @@ async def _healthy(relay: FaultRelay, faulty_done: trio.Event, ready: trio.Event
         msg = await browser.start()
         result["session_id"] = (msg.get("avatar") or {}).get("session_id")
         ready.set()
-        await faulty_done.wait()
+        while not faulty_done.is_set():  # a live user: keeps the idle timeout away while the faulty one runs
+            await browser.send(type="activity")
+            with trio.move_on_after(0.5):
+                await faulty_done.wait()
         await browser.send(type="text", text="healthy conversation check")
         await browser.expect("agent_response", where=lambda m: "healthy" in m["text"])
         await browser.send(type="stop")
