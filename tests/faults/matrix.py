@@ -136,6 +136,18 @@ async def _start_and_wait_for_end(b: BrowserClient, r: FaultRelay) -> float:
     return t
 
 
+async def _start_active_until_end(b: BrowserClient, r: FaultRelay) -> float:
+    """A live user (activity every 0.5 s, so the browser idle timeout never fires) waiting for the relay to end it."""
+    t = time.monotonic()
+    await b.send(type="start")
+    with trio.fail_after(8.0):
+        while True:
+            with trio.move_on_after(0.5):
+                if (await b.next_message())["type"] == "ended":
+                    return t
+            await b.send(type="activity")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -172,7 +184,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("agent sends unknown events", _talk_then_stop,
              faults={"elevenlabs": {"send_unknown_events": True, "first_message": ""}}, expect_ended="client_stop",
              expect_created=1),
-    Scenario("agent stops answering", _start_and_wait_for_end,
+    Scenario("agent stops answering", _start_active_until_end,
              faults={"elevenlabs": {"stall_after_ms": 200, "ping_interval_s": 0}}, expect_error="agent_error",
              expect_created=1),
     # HeyGen misbehaves.
