@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import orjson
 
@@ -69,10 +69,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def make_handler(log_format: str, stream: object = None) -> logging.Handler:
+def make_handler(log_format: str, stream: TextIO | None = None) -> logging.Handler:
     """A handler writing `log_format` ("text" or "json") lines, with the conversation ids, to `stream`
     (default stderr)."""
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[call-overload]
+    handler: logging.Handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ConversationIdsFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     return handler
