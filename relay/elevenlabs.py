@@ -3,8 +3,8 @@
 The first half is sans-io (no trio, no sockets): `parse_server_event` turns a server frame into a frozen
 dataclass, the `build_*` functions turn what the relay wants to say into the exact JSON text ElevenLabs
 expects, and the `*_url` functions derive endpoints from a configurable base URL (regional hosts exist). The
-second half is the thin I/O around it: `fetch_signed_url` (httpx2) and `open_agent` (trio-websocket), which
-yields an `AgentConnection`.
+second half is the thin I/O around it: `fetch_signed_url` (httpx2) and `open_agent` (`relay.wsclient`, over
+the `websockets` sans-I/O protocol), which yields an `AgentConnection`.
 
 Liberal in what it accepts (real frames put `type` last; unknown event types are returned as `UnknownEvent`,
 never an error; the error event comes in a schema form and a flat form), strict in what it sends. This module
@@ -19,7 +19,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -27,13 +27,13 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx2
 import orjson
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
+
+from relay.wsclient import (
+    ClientWebSocket,
+    WebSocketClosed,
+    WebSocketConnectError,
+    WebSocketRejected,
+    open_websocket,
 )
 
 logger = logging.getLogger(__name__)
@@ -512,10 +512,6 @@ def agent_details_url(base_url: str, agent_id: str) -> str:
 
 _STATUS_REASONS: Final = {401: "unauthorized", 403: "unauthorized", 404: "not_found", 429: "rate_limited"}
 _CLOSE_TIMEOUT: Final = 2.0
-_CLOSE_SEND_WAIT: Final = 0.05
-# Small on purpose: a full queue pauses trio-websocket's reader (backpressure); the caller must read promptly
-# or the reader also stops answering WebSocket pings.
-_MESSAGE_QUEUE_SIZE: Final = 8
 
 
 def _reason_for_status(status: int) -> str:
@@ -572,19 +568,18 @@ async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str
     return signed_url
 
 
-def _closed_error(exc: ConnectionClosed) -> AgentClosed:
-    reason = exc.reason
-    if reason is None:
-        return AgentClosed(None, "")
-    return AgentClosed(reason.code, reason.reason or "")
+def _closed_error(exc: WebSocketClosed) -> AgentClosed:
+    return AgentClosed(exc.code, exc.reason)
 
 
 class AgentConnection:
-    """An open conversation with an agent. One task may `receive()` while others `send()`."""
+    """An open conversation with an agent. One task may `receive()` while others `send()`. There is no reader
+    task: `receive()` reads the socket (and answers WebSocket pings), so keep calling it while the conversation
+    lasts — the relay's downstream pump does."""
 
     __slots__ = ("_ws", "metadata")
 
-    def __init__(self, ws: WebSocketConnection, metadata: ConversationMetadata) -> None:
+    def __init__(self, ws: ClientWebSocket, metadata: ConversationMetadata) -> None:
         self._ws = ws
         self.metadata = metadata
 
@@ -592,8 +587,8 @@ class AgentConnection:
         """Send one message built by a `build_*` function. Blocks while the socket's send buffer is full;
         cancelled by the caller's scope. Raises `AgentClosed` if the socket is closed."""
         try:
-            await self._ws.send_message(text)
-        except ConnectionClosed as exc:
+            await self._ws.send_text(text)
+        except WebSocketClosed as exc:
             raise _closed_error(exc) from None
 
     async def receive(self) -> ServerEvent:
@@ -601,8 +596,8 @@ class AgentConnection:
         closes, the messages already received are returned first, then `AgentClosed` is raised (every call).
         Raises `AgentProtocolError` on a malformed frame (the connection stays usable)."""
         try:
-            frame = await self._ws.get_message()
-        except ConnectionClosed as exc:
+            frame = await self._ws.receive()
+        except WebSocketClosed as exc:
             raise _closed_error(exc) from None
         event = parse_server_event(frame)
         if type(event) is UnknownEvent:
@@ -612,21 +607,13 @@ class AgentConnection:
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close the socket with `code` and `reason`, waiting at most ~2 s for the agent's close frame.
         Idempotent. Cancelled by the caller's scope (the TCP stream is closed anyway)."""
-        with trio.move_on_after(_CLOSE_TIMEOUT):
-            await self._ws.aclose(code, reason or None)
+        await self._ws.aclose(code, reason, _CLOSE_TIMEOUT)
 
 
-async def _drain(ws: WebSocketConnection) -> None:
-    """Discard incoming messages until the socket is closed (cancelled by the closing scope)."""
-    with suppress(ConnectionClosed):
-        while True:
-            await ws.get_message()
-
-
-async def _receive_metadata(ws: WebSocketConnection) -> ConversationMetadata:
+async def _receive_metadata(ws: ClientWebSocket) -> ConversationMetadata:
     try:
-        frame = await ws.get_message()
-    except ConnectionClosed as exc:
+        frame = await ws.receive()
+    except WebSocketClosed as exc:
         raise _closed_error(exc) from None
     event = parse_server_event(frame)
     if not isinstance(event, ConversationMetadata):
@@ -659,8 +646,8 @@ async def open_agent(
     (anything else first). Cancelled by the caller's scope at any point. On exit the socket is closed with
     1000, shielded and bounded to ~2 s."""
     step = "fetching the signed URL"
-    # One scope around everything, deadline lifted once open: trio-websocket's own connect timeout cannot
-    # interrupt its reader task, so a server that accepts TCP but never answers the upgrade would hang it.
+    # One scope around everything, deadline lifted once open: it bounds the signed URL, the TCP connection, the
+    # upgrade and the metadata together.
     with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as opening:
         async with AsyncExitStack() as stack:
             if api_key:
@@ -669,47 +656,22 @@ async def open_agent(
                 url = conversation_ws_url(base_url, agent_id)
             step = "connecting"
             try:
+                # Leaving closes it with 1000, shielded: at most _CLOSE_TIMEOUT waiting for the agent's close
+                # frame, or a moment to send ours when the conversation was cancelled.
                 ws = await stack.enter_async_context(
-                    open_websocket_url(
-                        url,
-                        message_queue_size=_MESSAGE_QUEUE_SIZE,
-                        max_message_size=max_message_size,
-                        connect_timeout=connect_timeout + 1.0,  # ours fires first
-                        disconnect_timeout=_CLOSE_TIMEOUT,
-                    )
-                )
-            except ConnectionRejected as exc:
+                    open_websocket(url, max_message_size=max_message_size, close_timeout=_CLOSE_TIMEOUT))
+            except WebSocketRejected as exc:
                 raise AgentUnavailable(
                     _reason_for_status(exc.status_code),
                     f"ElevenLabs refused the conversation socket (HTTP {exc.status_code})",
                     exc.status_code,
                 ) from None
-            except ConnectionTimeout:
-                raise AgentUnavailable("timeout", "timed out connecting to the ElevenLabs agent") from None
-            except HandshakeError as exc:
-                cause = exc.__cause__ or exc
-                raise AgentUnavailable(
-                    "upstream_error", f"could not connect to the ElevenLabs agent ({type(cause).__name__})"
-                ) from None
-
-            async def close_shielded() -> None:
-                # Runs before trio-websocket's own close (LIFO), so that one finds the socket closed already.
-                # Messages still arriving are drained meanwhile: with nobody reading, a full message queue
-                # pauses trio-websocket's reader, which then never sees the agent's close frame. When the
-                # conversation was cancelled, that reader task is cancelled too and the agent's answering close
-                # frame can never be read: then only our close frame is sent, with no wait for the answer.
-                cancelled = trio.current_effective_deadline() == -math.inf
-                with trio.move_on_after(_CLOSE_SEND_WAIT if cancelled else _CLOSE_TIMEOUT, shield=True):
-                    async with trio.open_nursery() as closing:
-                        closing.start_soon(_drain, ws)
-                        await ws.aclose(1000)
-                        closing.cancel_scope.cancel()
-
-            stack.push_async_callback(close_shielded)
+            except WebSocketConnectError as exc:
+                raise AgentUnavailable("upstream_error", f"could not connect to the ElevenLabs agent: {exc}") from None
             step = "waiting for the conversation metadata"
             try:
-                await ws.send_message(initiation)
-            except ConnectionClosed as exc:
+                await ws.send_text(initiation)
+            except WebSocketClosed as exc:
                 raise _closed_error(exc) from None
             metadata = await _receive_metadata(ws)
             opening.deadline = math.inf
