@@ -461,6 +461,12 @@ async def _keep_alive(session: AvatarSession) -> None:
         await session.keep_alive()
 
 
+def _timer_slack(timeout: float) -> float:
+    """How late an inactivity timeout may fire, so that its deadline is moved at most once per slack instead of
+    on every frame (moving a Trio deadline re-registers it: measurable at ten frames a second per conversation)."""
+    return min(1.0, timeout / 8) if math.isfinite(timeout) else 0.0
+
+
 async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnection, speaker: Speaker,
                                 settings: Settings, traffic: Traffic | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
@@ -472,11 +478,13 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnectio
     idle = settings.relay_idle_timeout
     build_audio = el.build_user_audio_chunk
     flood = FloodGate(settings.relay_max_frames_per_second)
-    with trio.CancelScope(deadline=trio.current_time() + idle) as idle_scope:
+    slack = _timer_slack(idle)
+    with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
         while True:
             frame = await browser.receive()
             now = trio.current_time()
-            idle_scope.deadline = now + idle
+            if idle_scope.deadline - now < idle:  # moved at most once per `slack`, not per frame
+                idle_scope.deadline = now + idle + slack
             if flood.over(now):
                 raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
                                               "send audio in chunks of 20 ms or more")
@@ -530,36 +538,39 @@ async def pump_agent_to_browser(agent: el.AgentConnection, outbox: Outbox, speak
     for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered
     at once. Cancelled by the conversation's end; blocks on the agent's receive."""
     last_error: el.AgentErrorEvent | None = None
+    slack = _timer_slack(silence_timeout)
     try:
-        while True:
-            with trio.move_on_after(silence_timeout) as waiting:
+        with trio.CancelScope(deadline=trio.current_time() + silence_timeout + slack) as silence:
+            while True:
                 event = await agent.receive()
-            if waiting.cancelled_caught:
-                raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
-            kind = type(event)
-            if kind is el.AgentAudio:
-                speaker.agent_audio(event.audio, event.event_id)  # type: ignore[union-attr]
-            elif kind is el.Ping:
-                await agent.send(el.build_pong(event.event_id))  # type: ignore[union-attr]
-            elif kind is el.AgentResponse:
-                outbox.send(bp.agent_response(event.text, event.event_id))  # type: ignore[union-attr]
-                speaker.agent_text(event.text, event.event_id)  # type: ignore[union-attr]
-            elif kind is el.UserTranscript:
-                outbox.send(bp.user_transcript(event.text, event.event_id, event.final))  # type: ignore[union-attr]
-            elif kind is el.Interruption:
-                speaker.interrupt(event.event_id)  # type: ignore[union-attr]
-                outbox.send(bp.interruption(event.event_id))  # type: ignore[union-attr]
-            elif kind is el.AgentResponseCorrection:
-                outbox.send(bp.agent_response_correction(event.corrected, event.original,  # type: ignore[union-attr]
-                                                         event.event_id))  # type: ignore[union-attr]
-            elif kind is el.ClientToolCall:
-                outbox.send(bp.tool_call(event.tool_call_id, event.tool_name,  # type: ignore[union-attr]
-                                         event.parameters))  # type: ignore[union-attr]
-            elif kind is el.AgentErrorEvent:
-                last_error = event  # type: ignore[assignment]
-                log.warning("agent error event code=%s type=%s message=%s", event.code,  # type: ignore[union-attr]
-                            event.error_type, event.message)  # type: ignore[union-attr]
-            # everything else (vad scores, unknown new types, ...) is not for the browser
+                now = trio.current_time()
+                if silence.deadline - now < silence_timeout:  # moved at most once per `slack`, not per event
+                    silence.deadline = now + silence_timeout + slack
+                kind = type(event)
+                if kind is el.AgentAudio:
+                    speaker.agent_audio(event.audio, event.event_id)  # type: ignore[union-attr]
+                elif kind is el.Ping:
+                    await agent.send(el.build_pong(event.event_id))  # type: ignore[union-attr]
+                elif kind is el.AgentResponse:
+                    outbox.send(bp.agent_response(event.text, event.event_id))  # type: ignore[union-attr]
+                    speaker.agent_text(event.text, event.event_id)  # type: ignore[union-attr]
+                elif kind is el.UserTranscript:
+                    outbox.send(bp.user_transcript(event.text, event.event_id, event.final))  # type: ignore[union-attr]
+                elif kind is el.Interruption:
+                    speaker.interrupt(event.event_id)  # type: ignore[union-attr]
+                    outbox.send(bp.interruption(event.event_id))  # type: ignore[union-attr]
+                elif kind is el.AgentResponseCorrection:
+                    outbox.send(bp.agent_response_correction(event.corrected, event.original,  # type: ignore[union-attr]
+                                                             event.event_id))  # type: ignore[union-attr]
+                elif kind is el.ClientToolCall:
+                    outbox.send(bp.tool_call(event.tool_call_id, event.tool_name,  # type: ignore[union-attr]
+                                             event.parameters))  # type: ignore[union-attr]
+                elif kind is el.AgentErrorEvent:
+                    last_error = event  # type: ignore[assignment]
+                    log.warning("agent error event code=%s type=%s message=%s", event.code,  # type: ignore[union-attr]
+                                event.error_type, event.message)  # type: ignore[union-attr]
+                # everything else (vad scores, unknown new types, ...) is not for the browser
+        raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
     except el.AgentClosed as closed:
         if closed.code == 1000 and last_error is None:
             raise ConversationOver("agent_ended") from None
