@@ -4,12 +4,15 @@ the relay's hot path, and what a different WebSocket layer would save.
 `python -m bench.layers [--chunk-ms 100]` prints microseconds per frame for: parsing and unmasking one browser
 frame (wsproto, as hypercorn does), base64 + JSON (`build_user_audio_chunk`), framing and masking it for the agent
 (wsproto, as trio-websocket does; and the `websockets` sans-I/O protocol with its C masking), a trio memory channel
-hop between two tasks, and for comparison the quart/hypercorn/trio-websocket path as the benchmark measures it.
+hop between two tasks; and over a real loopback socket, the whole send of one agent message by trio-websocket
+against `relay.wsclient` (the event loop thread's CPU only: a plain thread drains the socket).
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -95,6 +98,10 @@ def measure(chunk_ms: int, repeat: int = 3000) -> dict[str, float]:
     except ImportError:
         pass
     results["trio memory channel hop (send + receive in another task)"] = _channel_hop(repeat)
+    results["loopback send to the agent: trio-websocket send_message"] = min(
+        _socket_send("trio-websocket", chunk, repeat) for _ in range(3))
+    results["loopback send to the agent: relay.wsclient send_text"] = min(
+        _socket_send("wsclient", chunk, repeat) for _ in range(3))
     return results
 
 
@@ -113,6 +120,63 @@ def _channel_hop(repeat: int) -> float:
                 await tx.send(b"x")
             elapsed = time.process_time() - start
             await tx.aclose()
+        return elapsed / repeat * 1e6
+
+    return trio.run(main)
+
+
+def _sink() -> tuple[int, threading.Thread]:
+    """A WebSocket server in a plain thread: answers one upgrade, then reads and discards every message."""
+    from websockets.http11 import Request as WsRequest
+    from websockets.server import ServerProtocol
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        protocol = ServerProtocol()
+        while not (events := protocol.events_received()):
+            protocol.receive_data(conn.recv(65536))
+        assert isinstance(events[0], WsRequest)
+        protocol.send_response(protocol.accept(events[0]))
+        conn.sendall(b"".join(protocol.data_to_send()))
+        while data := conn.recv(1 << 20):
+            protocol.receive_data(data)  # parsed, so the closing handshake is answered
+            protocol.events_received()
+            if answer := b"".join(protocol.data_to_send()):
+                conn.sendall(answer)
+        conn.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return port, thread
+
+
+def _socket_send(kind: str, text: str, repeat: int) -> float:
+    """Event-loop-thread CPU µs per message sent to the agent over loopback, handshake excluded."""
+
+    async def main() -> float:
+        port, thread = _sink()
+        url = f"ws://127.0.0.1:{port}/"
+        if kind == "trio-websocket":
+            from trio_websocket import open_websocket_url
+
+            async with open_websocket_url(url) as tws:
+                start = time.thread_time()
+                for _ in range(repeat):
+                    await tws.send_message(text)
+                elapsed = time.thread_time() - start
+        else:
+            from relay.wsclient import open_websocket
+
+            async with open_websocket(url) as ws:
+                start = time.thread_time()
+                for _ in range(repeat):
+                    await ws.send_text(text)
+                elapsed = time.thread_time() - start
+        thread.join(5)
         return elapsed / repeat * 1e6
 
     return trio.run(main)
