@@ -11,6 +11,7 @@ registry, no extra task in the app's nursery). `tests/faults/test_fault_matrix.p
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
+from relay.limits import set_send_timeout
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app, relay_state
 from tests.e2e.harness import BrowserClient, Relay, relay_settings
@@ -47,13 +49,35 @@ class FaultRelay(Relay):
         return len(self.app.nursery.child_tasks)
 
 
+class SocketTestConfig(Config):
+    """hypercorn Config whose listening socket (so every accepted socket) gets TCP_USER_TIMEOUT, as `avatar-relay
+    serve` sets it, and/or a small send buffer, so a client that stops reading blocks the relay within a second
+    instead of after megabytes."""
+
+    send_timeout: float | None = None
+    send_buffer: int | None = None
+
+    def create_sockets(self):  # type: ignore[no-untyped-def]
+        sockets = super().create_sockets()
+        for sock in sockets.insecure_sockets:
+            if self.send_timeout is not None:
+                assert set_send_timeout(sock, self.send_timeout)
+            if self.send_buffer is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        return sockets
+
+
 @asynccontextmanager
-async def running_fault_relay(**overrides: Any) -> AsyncIterator[FaultRelay]:
-    """`tests.e2e.harness.running_relay` with the app exposed, short timeouts and a private state directory."""
+async def running_fault_relay(*, tcp_send_timeout: float | None = None, tcp_send_buffer: int | None = None,
+                              **overrides: Any) -> AsyncIterator[FaultRelay]:
+    """`tests.e2e.harness.running_relay` with the app exposed, short timeouts and a private state directory
+    (socket options: see SocketTestConfig)."""
     with tempfile.TemporaryDirectory(prefix="relay-state-") as state:
         async with trio.open_nursery() as nursery:
             sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
-            config = Config()
+            config = SocketTestConfig()
+            config.send_timeout = tcp_send_timeout
+            config.send_buffer = tcp_send_buffer
             config.bind = ["127.0.0.1:0"]
             config.accesslog = None
             config.graceful_timeout = 3.0

@@ -1,0 +1,90 @@
+"""A browser that stops reading (a real TCP client with a tiny receive buffer that never reads again) must not keep
+its avatar session alive nor pin the relay: the send watchdog ends the conversation and stops the session within
+RELAY_SEND_TIMEOUT (plus the stop), and TCP_USER_TIMEOUT breaks the write hypercorn cannot cancel, so the
+conversation's slot is freed too. Memory stays bounded meanwhile: the Outbox is a bounded queue and audio beyond it
+is dropped."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import struct
+import time
+
+import orjson
+import trio
+
+from tests.faults.matrix import running_fault_relay, stopped_at
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked client WebSocket frame (RFC 6455 section 5.2)."""
+    mask = os.urandom(4)
+    length = len(payload)
+    header = bytes([0x80 | opcode])
+    if length < 126:
+        header += bytes([0x80 | length])
+    else:
+        header += bytes([0x80 | 126]) + struct.pack("!H", length)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def stalled_client(host: str, port: int) -> trio.SocketStream:
+    """Connect with a 4 KiB receive buffer, upgrade to a WebSocket, send `start`; the caller never reads again."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect((host, port))
+    stream = trio.SocketStream(sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await stream.receive_some(1)  # byte by byte: read nothing beyond the handshake
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    await stream.send_all(client_frame(b'{"type":"start"}'))
+    return stream
+
+
+async def _stall(*, tcp_send_timeout: float | None, wait_for_free: bool) -> tuple[float, float | None]:
+    """Run a stalled client until its avatar session is stopped and (if it happens within 10 s) its conversation's
+    slot is freed; returns the seconds to each, counted from the first sign of the stall."""
+    async with running_fault_relay(relay_send_timeout=1.0, tcp_send_timeout=tcp_send_timeout,
+                                   tcp_send_buffer=16384, relay_idle_timeout=30.0) as relay:
+        await relay.faults("elevenlabs", max_reply_s=6.0)
+        host, port = relay.url.removeprefix("http://").split(":")
+        stream = await stalled_client(host, int(port))
+        stopped: float | None = None
+        freed: float | None = None
+        with trio.fail_after(20):
+            while not (await relay.ledger("heygen"))["sessions"]:
+                await trio.sleep(0.05)
+            started = time.monotonic()
+            await stream.send_all(client_frame(orjson.dumps({"type": "text", "text": "a long story please " * 8})))
+            while freed is None and (stopped is None or (wait_for_free and time.monotonic() - started < 10.0)):
+                # Still active (so no idle timeout) while the long reply's audio piles up unread.
+                with trio.move_on_after(0.2):
+                    await stream.send_all(client_frame(b'{"type":"activity"}'))
+                await trio.sleep(0.1)
+                sessions = (await relay.ledger("heygen"))["sessions"]
+                if stopped is None and all(stopped_at(s) is not None for s in sessions.values()):
+                    stopped = time.monotonic() - started
+                if relay.open_conversations == 0:
+                    freed = time.monotonic() - started
+        assert stopped is not None
+        await stream.aclose()
+        return stopped, freed
+
+
+async def test_the_send_watchdog_stops_the_session_of_a_browser_that_stopped_reading() -> None:
+    stopped, _ = await _stall(tcp_send_timeout=None, wait_for_free=False)
+    print(f"watchdog only: session stopped after {stopped:.1f} s")
+    assert stopped < 6.0
+
+
+async def test_tcp_user_timeout_also_frees_the_conversation_of_a_browser_that_stopped_reading() -> None:
+    stopped, freed = await _stall(tcp_send_timeout=2.0, wait_for_free=True)
+    print(f"with TCP_USER_TIMEOUT: session stopped after {stopped:.1f} s, slot freed after {freed} s")
+    assert stopped < 6.0
+    assert freed is not None and freed < 8.0
