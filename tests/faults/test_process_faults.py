@@ -106,6 +106,7 @@ async def test_sigterm_ends_every_conversation_with_shutdown_and_stops_every_ses
             assert kinds == [("error", "shutdown"), ("ended", "shutdown")], messages
         created, stopped = session_counts(ledgers[-1])
         assert created == stopped == 3
+        print(f"SIGTERM: exited {exited:.2f} s after the signal")
         assert exited < 8.0  # stop timeout + hypercorn's grace, with room
 
 
