@@ -125,6 +125,7 @@ def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
         "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": "e2e-avatar",
         "relay_avatar": "heygen", "relay_stop_timeout": 3.0,
         "relay_auth": "off",  # the security tests turn it on
+        "relay_journal": False,  # never write to ~/.local/state from a test; tests/faults covers the journal
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -81,7 +81,8 @@ async def running_fault_relay(*, tcp_send_timeout: float | None = None, tcp_send
             config.bind = ["127.0.0.1:0"]
             config.accesslog = None
             config.graceful_timeout = 3.0
-            app = create_app(relay_settings(sims, **{"relay_state_dir": state, **FAST, **overrides}))
+            app = create_app(relay_settings(sims, **{"relay_state_dir": state, "relay_journal": True, **FAST,
+                                                          **overrides}))
             binds = await nursery.start(serve, app, config)
             async with httpx2.AsyncClient(timeout=5.0) as http:
                 yield FaultRelay(binds[0], sims, http, app)
