@@ -19,13 +19,12 @@ from typing import Any
 import httpx2
 import trio
 from pydantic import SecretStr
-from quart import Response
+from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
 from relay import browser as bp
 from relay import elevenlabs as el
-from relay.asgi_ws import ASGIBrowser, Receive, Send, read_handshake, refuse, scope_path
 from relay.auth import Gate, auth_problem
 from relay.config import ConfigError, Settings, load_settings
 from relay.journal import Journal, JournaledProvider, open_journal_now, reap_orphans, state_dir
@@ -48,19 +47,20 @@ DEMO_HEYGEN_AVATAR = "Wayne_20240711"  # listed by the HeyGen simulator's avatar
 DEMO_LIVEAVATAR_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"  # listed by the LiveAvatar simulator's /v1/avatars
 
 
-class RelayApp(QuartTrio):
-    """QuartTrio with the conversation socket `/ws` served straight on the ASGI callables (`relay.asgi_ws`),
-    skipping Quart's per-message reader task and channel hop (docs/performance.md); every other request, and a
-    WebSocket on any other path, goes through Quart as usual."""
+class QuartBrowser:
+    """The `BrowserSocket` seam over quart's websocket. Made inside the `/ws` handler: it holds that connection's
+    own Websocket object and its bound methods, so a frame costs no context-local proxy lookups (the audio hot
+    path; docs/performance.md)."""
 
-    conversation_socket: Callable[[dict[str, Any], Receive, Send], Awaitable[None]] | None = None
+    __slots__ = ("_ws", "receive", "send")
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if (scope["type"] == "websocket" and self.conversation_socket is not None
-                and scope_path(scope) == "/ws"):
-            await self.conversation_socket(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+    def __init__(self) -> None:
+        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
+        self.receive: Callable[[], Awaitable[str | bytes | None]] = self._ws.receive
+        self.send: Callable[[str | bytes], Awaitable[None]] = self._ws.send
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self._ws.close(code, reason)
 
 
 def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, liveavatar_url: str) -> Settings:
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     if (problem := auth_problem(settings)) is not None:
         raise ConfigError(f"invalid configuration: {problem}")
     configure_logging(settings)
-    app = RelayApp(__name__, static_folder=None)
+    app = QuartTrio(__name__, static_folder=None)
     state = RelayState(settings, Registry(settings.relay_max_conversations,
                                           settings.relay_max_conversations_per_client), gate=Gate(settings))
     app.extensions["relay"] = state
@@ -165,39 +165,30 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
         if state.journal is not None:
             state.journal.close()
 
-    async def conversation_socket(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        """`/ws`: refuse the upgrade (403 origin, 401 token) before accepting, else accept and hold one
-        conversation. The client leaving cancels the conversation (through `gone`)."""
-        if (await receive())["type"] != "websocket.connect":
-            return
+    @app.websocket("/ws")
+    async def conversation_socket() -> None:
         assert state.upstreams is not None and state.gate is not None
-        handshake = read_handshake(scope)
-        headers = handshake.headers
+        headers = websocket.headers
         decision = state.gate.check_handshake(
-            origin=headers.get("origin"), host=headers.get("host"), remote_addr=handshake.remote_addr,
-            forwarded_for=headers.get("x-forwarded-for"), query_token=handshake.query.get("token"),
+            origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
+            forwarded_for=headers.get("x-forwarded-for"), query_token=websocket.args.get("token"),
             now=trio.current_time())
         if decision.refuse_status is not None:
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
             metrics.conversation_refused(f"http_{decision.refuse_status}")
-            await refuse(scope, send, decision.refuse_status)  # nothing upstream was called
-            return
-        await send({"type": "websocket.accept"})
-        with trio.CancelScope() as gone:
-            browser = ASGIBrowser(receive, send, gone)
-            try:
-                if decision.over_rate:
-                    raise AdmissionRefused("too many new conversations from your address; try again in a minute")
-                with state.registry.admit(decision.client) as shutdown_scope:
-                    await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize)
-            except AdmissionRefused as exc:
-                metrics.conversation_refused("capacity")
-                log.info("conversation refused: %s", exc)
-                await browser.send(bp.error("capacity", str(exc)))
-                await browser.send(bp.ended("capacity"))
-                await browser.close(bp.CLOSE_CODE_FOR_ERROR["capacity"], "capacity")
-
-    app.conversation_socket = conversation_socket
+            abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
+        browser = QuartBrowser()
+        try:
+            if decision.over_rate:
+                raise AdmissionRefused("too many new conversations from your address; try again in a minute")
+            with state.registry.admit(decision.client) as shutdown_scope:
+                await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize)
+        except AdmissionRefused as exc:
+            metrics.conversation_refused("capacity")
+            log.info("conversation refused: %s", exc)
+            await browser.send(bp.error("capacity", str(exc)))
+            await browser.send(bp.ended("capacity"))
+            await browser.close(bp.CLOSE_CODE_FOR_ERROR["capacity"], "capacity")
 
     @app.route("/")
     async def index() -> Response:
