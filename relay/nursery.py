@@ -312,9 +312,17 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = _classify(exc, record)
-    except BaseException:
+    except BaseException as exc:
         record.reason = "client_gone"
         _finish(record, up)
+        if isinstance(exc, BaseExceptionGroup):
+            # The browser left (we are cancelled); what else failed meanwhile (a send that broke when the socket
+            # died, ...) is a consequence, not a server error: only the cancellation goes on up.
+            cancelled, others = exc.split(trio.Cancelled)
+            if others is not None:
+                log.debug("after the browser left: %r", others)
+            if cancelled is not None:
+                raise cancelled from None
         raise
     record.reason, record.error, record.message = outcome.reason, outcome.error, outcome.message
     await _tell_browser_and_close(browser, outcome)
