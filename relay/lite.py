@@ -7,7 +7,7 @@ the session alive with `session.keep_alive`. The server answers with `agent.spea
 
 The first half of this module is sans-io: frame builders, a parser that turns every server frame into a
 frozen dataclass (unknown types become `None`), and the chunking policy. The second half
-(`open_lite_speaker`, `LiteSpeaker`) is the thin trio-websocket layer around it.
+(`open_lite_speaker`, `LiteSpeaker`) is the thin `relay.wsclient` layer around it.
 
 Chunking policy (`split_speak_audio`): the relay holds nothing back. Each chunk of agent audio is resampled
 to 24 kHz and sent at once as one `agent.speak` packet, so the relay adds no buffering latency: the first
@@ -26,16 +26,16 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import trio
-import trio_websocket
 
 from relay.audio import AudioFormat, StreamingResampler
 from relay.avatars import AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable, OnAvatarEvent
+from relay.wsclient import ClientWebSocket, WebSocketClosed, WebSocketConnectError, WebSocketRejected, open_websocket
 
 logger = logging.getLogger(__name__)
 
@@ -298,10 +298,10 @@ class LiteSpeaker:
     `AvatarSessionEnded` out of `open_lite_speaker`.
     """
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, turn_prefix: str = "turn") -> None:
+    def __init__(self, ws: ClientWebSocket, turn_prefix: str = "turn") -> None:
         self._ws = ws
         self._prefix = turn_prefix
-        # Our own lock, not only trio-websocket's: the "interrupted?" check and the send must be one step,
+        # Our own lock, not only the socket's: the "interrupted?" check and the send must be one step,
         # so a chunk waiting to be sent re-checks after an `agent.interrupt` went out ahead of it.
         self._send_lock = trio.StrictFIFOLock()
         self._resamplers: dict[int, StreamingResampler] = {}
@@ -318,8 +318,8 @@ class LiteSpeaker:
 
     async def _send(self, frame: str) -> bool:
         try:
-            await self._ws.send_message(frame)
-        except trio_websocket.ConnectionClosed:
+            await self._ws.send_text(frame)
+        except WebSocketClosed:
             # The reader task turns the close into AvatarSessionEnded; a caller mid-turn just stops here.
             logger.debug("lite socket closed while sending")
             return False
@@ -407,12 +407,11 @@ class LiteSpeaker:
         AvatarSessionEnded when the socket closes. Cancelled by its nursery."""
         while True:
             try:
-                frame = await self._ws.get_message()
-            except trio_websocket.ConnectionClosed as exc:
-                code = exc.reason.code if exc.reason is not None else None
+                frame = await self._ws.receive()
+            except WebSocketClosed as exc:
                 self.connected.set()
                 raise AvatarSessionEnded(
-                    "session_ended", "The avatar session ended.", upstream_code=code
+                    "session_ended", "The avatar session ended.", upstream_code=exc.code
                 ) from None
             try:
                 event = parse_server_event(frame)
@@ -466,40 +465,33 @@ async def open_lite_speaker(ws_url: str, on_event: OnAvatarEvent, *, connect_tim
     exit the reader is cancelled and the socket closed (close handshake bounded by 2 s). Cancelling
     the caller cancels everything; it does not stop the avatar session itself (the provider does that).
     """
-    opened = False
-    try:
-        async with trio_websocket.open_websocket_url(ws_url, connect_timeout=connect_timeout,
-                                                     disconnect_timeout=2.0, message_queue_size=16) as ws:
-            opened = True
-            speaker = LiteSpeaker(ws, turn_prefix)
+    async with AsyncExitStack() as stack:
+        with trio.move_on_after(connect_timeout) as opening:  # bounds the connection and the upgrade
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(speaker.read_events, on_event)
-                    with trio.move_on_after(connect_timeout) as waited:
-                        await speaker.connected.wait()
-                    if waited.cancelled_caught:
-                        logger.warning("no 'connected' state from the avatar after %.1f s; sending anyway",
-                                       connect_timeout)
-                    try:
-                        yield speaker
-                    finally:
-                        nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                single = _single(group)
-                if single is None:
-                    raise
-                raise single from single.__cause__
-    except trio_websocket.ConnectionTimeout:
-        if opened:
-            raise
-        raise AvatarUnavailable("timeout", "The avatar's audio socket did not answer in time.") from None
-    except trio_websocket.ConnectionRejected as exc:
-        if opened:
-            raise
-        raise AvatarUnavailable("upstream_error", "The avatar refused the audio socket.",
-                                upstream_code=exc.status_code) from None
-    except (trio_websocket.HandshakeError, OSError) as exc:
-        if opened:
-            raise
-        raise AvatarUnavailable("upstream_error",
-                                f"Could not open the avatar's audio socket ({type(exc).__name__}).") from None
+                ws = await stack.enter_async_context(open_websocket(ws_url, close_timeout=2.0))
+            except WebSocketRejected as exc:
+                raise AvatarUnavailable("upstream_error", "The avatar refused the audio socket.",
+                                        upstream_code=exc.status_code) from None
+            except WebSocketConnectError as exc:
+                raise AvatarUnavailable("upstream_error",
+                                        f"Could not open the avatar's audio socket ({exc}).") from None
+        if opening.cancelled_caught:
+            raise AvatarUnavailable("timeout", "The avatar's audio socket did not answer in time.")
+        speaker = LiteSpeaker(ws, turn_prefix)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(speaker.read_events, on_event)
+                with trio.move_on_after(connect_timeout) as waited:
+                    await speaker.connected.wait()
+                if waited.cancelled_caught:
+                    logger.warning("no 'connected' state from the avatar after %.1f s; sending anyway",
+                                   connect_timeout)
+                try:
+                    yield speaker
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            single = _single(group)
+            if single is None:
+                raise
+            raise single from single.__cause__

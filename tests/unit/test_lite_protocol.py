@@ -169,7 +169,7 @@ class FakeSocket:
         self.sent: list[dict[str, object]] = []
         self.gate: trio.Event | None = None
 
-    async def send_message(self, message: str) -> None:
+    async def send_text(self, message: str) -> None:
         if self.gate is not None:
             await self.gate.wait()
         self.sent.append(json.loads(message))
