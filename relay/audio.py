@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
+import soxr  # type: ignore[import-untyped]
 
 ELEVENLABS_FORMATS = (
     "pcm_8000",
@@ -111,11 +111,12 @@ class StreamingResampler:
             return pcm
         if not pcm:
             return b""
-        return self._stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
+        out: bytes = self._stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
+        return out
 
     def flush(self) -> bytes:
         if self._stream is None:
             return b""
-        tail = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).tobytes()
+        tail: bytes = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).tobytes()
         self._stream = soxr.ResampleStream(self.in_format.sample_rate, self.out_rate, 1, dtype="int16", quality="HQ")
         return tail

@@ -243,6 +243,8 @@ class Speaker:
                     open_turn = None
                 if item is None:
                     continue
+            if item is None:
+                continue
             if isinstance(item, _Interrupt):
                 open_turn = None
                 await session.interrupt(item.turn)
@@ -496,7 +498,7 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnectio
             if flood.over(now):
                 raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
                                               "send audio in chunks of 20 ms or more")
-            if type(frame) is bytes:
+            if isinstance(frame, bytes):
                 if len(frame) > max_frame:
                     raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
                 if len(frame) & 1:
@@ -554,29 +556,26 @@ async def pump_agent_to_browser(agent: el.AgentConnection, outbox: Outbox, speak
                 now = trio.current_time()
                 if silence.deadline - now < silence_timeout:  # moved at most once per `slack`, not per event
                     silence.deadline = now + silence_timeout + slack
-                kind = type(event)
-                if kind is el.AgentAudio:
-                    speaker.agent_audio(event.audio, event.event_id)  # type: ignore[union-attr]
-                elif kind is el.Ping:
-                    await agent.send(el.build_pong(event.event_id))  # type: ignore[union-attr]
-                elif kind is el.AgentResponse:
-                    outbox.send(bp.agent_response(event.text, event.event_id))  # type: ignore[union-attr]
-                    speaker.agent_text(event.text, event.event_id)  # type: ignore[union-attr]
-                elif kind is el.UserTranscript:
-                    outbox.send(bp.user_transcript(event.text, event.event_id, event.final))  # type: ignore[union-attr]
-                elif kind is el.Interruption:
-                    speaker.interrupt(event.event_id)  # type: ignore[union-attr]
-                    outbox.send(bp.interruption(event.event_id))  # type: ignore[union-attr]
-                elif kind is el.AgentResponseCorrection:
-                    outbox.send(bp.agent_response_correction(event.corrected, event.original,  # type: ignore[union-attr]
-                                                             event.event_id))  # type: ignore[union-attr]
-                elif kind is el.ClientToolCall:
-                    outbox.send(bp.tool_call(event.tool_call_id, event.tool_name,  # type: ignore[union-attr]
-                                             event.parameters))  # type: ignore[union-attr]
-                elif kind is el.AgentErrorEvent:
-                    last_error = event  # type: ignore[assignment]
-                    log.warning("agent error event code=%s type=%s message=%s", event.code,  # type: ignore[union-attr]
-                                event.error_type, event.message)  # type: ignore[union-attr]
+                if isinstance(event, el.AgentAudio):  # the most frequent first
+                    speaker.agent_audio(event.audio, event.event_id)
+                elif isinstance(event, el.Ping):
+                    await agent.send(el.build_pong(event.event_id))
+                elif isinstance(event, el.AgentResponse):
+                    outbox.send(bp.agent_response(event.text, event.event_id))
+                    speaker.agent_text(event.text, event.event_id)
+                elif isinstance(event, el.UserTranscript):
+                    outbox.send(bp.user_transcript(event.text, event.event_id, event.final))
+                elif isinstance(event, el.Interruption):
+                    speaker.interrupt(event.event_id)
+                    outbox.send(bp.interruption(event.event_id))
+                elif isinstance(event, el.AgentResponseCorrection):
+                    outbox.send(bp.agent_response_correction(event.corrected, event.original, event.event_id))
+                elif isinstance(event, el.ClientToolCall):
+                    outbox.send(bp.tool_call(event.tool_call_id, event.tool_name, event.parameters))
+                elif isinstance(event, el.AgentErrorEvent):
+                    last_error = event
+                    log.warning("agent error event code=%s type=%s message=%s", event.code, event.error_type,
+                                event.message)
                 # everything else (vad scores, unknown new types, ...) is not for the browser
         raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
     except el.AgentClosed as closed:

@@ -39,7 +39,7 @@ def parse_retry_after(value: str | None, *, cap: float = 30.0) -> float | None:
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> float:
     """Exponential backoff: base, 2*base, 4*base, ... capped (attempt counts from 1)."""
-    return min(cap, base * (2 ** (attempt - 1)))
+    return min(cap, base * 2.0 ** (attempt - 1))
 
 
 async def call_with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3, base: float = 0.2,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -56,8 +56,8 @@ class QuartBrowser:
 
     def __init__(self) -> None:
         self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
-        self.receive: Callable[[], Awaitable[str | bytes | None]] = self._ws.receive
-        self.send: Callable[[str | bytes], Awaitable[None]] = self._ws.send
+        self.receive: Callable[[], Coroutine[Any, Any, str | bytes | None]] = self._ws.receive
+        self.send: Callable[[str | bytes], Coroutine[Any, Any, None]] = self._ws.send
 
     async def close(self, code: int, reason: str = "") -> None:
         await self._ws.close(code, reason)
