@@ -25,6 +25,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from relay.config import Settings
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app
+from tests.simcontrol import SimControl
 
 
 @dataclass
@@ -41,13 +42,10 @@ class Relay:
         return str(getattr(self.sims, name))
 
     async def ledger(self, name: str) -> dict[str, Any]:
-        response = await self.http.get(self._sim(name) + "/_sim/ledger")
-        response.raise_for_status()
-        return response.json()  # type: ignore[no-any-return]
+        return await SimControl(self._sim(name), self.http).ledger()
 
     async def faults(self, name: str, **faults: Any) -> None:
-        response = await self.http.post(self._sim(name) + "/_sim/faults", json=faults)
-        response.raise_for_status()
+        await SimControl(self._sim(name), self.http).faults(**faults)
 
     @asynccontextmanager
     async def browser(self) -> AsyncIterator[BrowserClient]:

@@ -24,27 +24,18 @@ from hypercorn.trio import serve
 
 from relay import elevenlabs as el
 from relay.sim import elevenlabs_sim
+from tests.simcontrol import SimControl
 
 AGENT = "agent_sim_1"
 QUIET = {"first_message": None, "response_latency_ms": 0, "ping_interval_s": 0}
 
 
-class Sim:
+class Sim(SimControl):
     """The simulator's base URL, its control endpoints, and the audio its hook saw."""
 
     def __init__(self, url: str, http: httpx2.AsyncClient, heard: list[tuple[str, int, float]]) -> None:
-        self.url = url
-        self.http = http
+        super().__init__(url, http)
         self.heard = heard
-
-    async def ledger(self) -> dict[str, Any]:
-        response = await self.http.get(self.url + "/_sim/ledger")
-        response.raise_for_status()
-        return response.json()
-
-    async def faults(self, **faults: Any) -> None:
-        response = await self.http.post(self.url + "/_sim/faults", json=faults)
-        response.raise_for_status()
 
     async def only_conversation(self) -> dict[str, Any]:
         conversations = (await self.ledger())["conversations"]

@@ -31,25 +31,13 @@ from relay.avatars import (
 from relay.config import Settings
 from relay.heygen import HeyGenProvider, list_sessions, stop_session_by_id
 from relay.sim import heygen_sim
+from tests.simcontrol import SimControl
 
 API_KEY = "hg-test-key-0123456789abcdef"
 
 
-class Sim:
+class Sim(SimControl):
     """The simulator's base URL plus its control endpoints."""
-
-    def __init__(self, url: str, http: httpx2.AsyncClient) -> None:
-        self.url = url
-        self.http = http
-
-    async def ledger(self) -> dict[str, Any]:
-        response = await self.http.get(self.url + "/_sim/ledger")
-        response.raise_for_status()
-        return response.json()
-
-    async def faults(self, **faults: Any) -> None:
-        response = await self.http.post(self.url + "/_sim/faults", json=faults)
-        response.raise_for_status()
 
     async def only_session(self) -> dict[str, Any]:
         sessions = (await self.ledger())["sessions"]
