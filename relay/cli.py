@@ -12,7 +12,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from relay.avatars import AvatarError
-from relay.config import ConfigError, load_settings
+from relay.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("relay.cli")
 
@@ -35,11 +35,18 @@ def _hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeou
     return config
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _settings_or_report() -> Settings | None:
+    """The validated settings, or None after printing the configuration error (the command then exits 2)."""
     try:
-        settings = load_settings()
+        return load_settings()
     except ConfigError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_or_report()
+    if settings is None:
         return 2
     from relay.web import create_app, relay_state
 
@@ -144,10 +151,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
     from relay import journal as jr
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"avatar-relay: {exc}", file=sys.stderr)
+    settings = _settings_or_report()
+    if settings is None:
         return 2
     if settings.demo_mode:
         print("demo mode: simulated sessions end with the relay; nothing to reap")
@@ -182,10 +187,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     from relay.auth import mint_token
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"avatar-relay: {exc}", file=sys.stderr)
+    settings = _settings_or_report()
+    if settings is None:
         return 2
     if settings.relay_auth_secret is None:
         print("avatar-relay: set RELAY_AUTH_SECRET first (e.g. `python -c 'import secrets; "

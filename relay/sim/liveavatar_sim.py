@@ -715,16 +715,9 @@ def create_app() -> QuartTrio:
         return {"count": len(AVATARS), "next": None, "previous": None,
                 "results": [{k: v for k, v in a.items() if k != "is_sandbox"} for a in AVATARS]}
 
-    @app.get("/v1/avatars")
+    @app.get("/v1/avatars", endpoint="list_avatars")
+    @app.get("/v1/avatars/public", endpoint="list_public_avatars")
     async def list_avatars() -> Response:
-        forced = await prelude("avatars")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("avatars")
-        return problem if problem is not None else _envelope(avatar_page())
-
-    @app.get("/v1/avatars/public")
-    async def list_public_avatars() -> Response:
         forced = await prelude("avatars")
         if forced is not None:
             return forced

@@ -87,15 +87,20 @@ def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays,
     assert agent_conversation(relay, info["conversationId"])["user_audio_seconds"] > 5
 
 
+def interrupt_and_wait_for_silence(page: Any) -> None:
+    """Press Interrupt; the face's mouth must close and the agent's voice stop within 1.5 s."""
+    page.get_by_role("button", name="Interrupt").click()
+    page.wait_for_function("() => !window.__relayDebug.mouthOpen && window.__relayDebug.outputRms < 0.001",
+                           timeout=1500)
+
+
 def test_interrupt_button_silences_the_heygen_avatar_and_reaches_heygen(relays, open_page) -> None:
     relay = relays("heygen")
     page = open_page(relay, mic="silence")
     info = start(page)
     wait_for_agent_speaking(page)
 
-    page.get_by_role("button", name="Interrupt").click()
-    page.wait_for_function("() => !window.__relayDebug.mouthOpen && window.__relayDebug.outputRms < 0.001",
-                           timeout=1500)
+    interrupt_and_wait_for_silence(page)
     assert "interrupt" in debug(page)["sent"]
 
     def interrupted() -> bool:
@@ -112,9 +117,7 @@ def test_interrupt_button_silences_the_liveavatar_avatar_and_reaches_liveavatar(
     info = start(page)
     wait_for_agent_speaking(page)
 
-    page.get_by_role("button", name="Interrupt").click()
-    page.wait_for_function("() => !window.__relayDebug.mouthOpen && window.__relayDebug.outputRms < 0.001",
-                           timeout=1500)
+    interrupt_and_wait_for_silence(page)
     wait_until(lambda: relay.ledger("liveavatar")["sessions"][info["avatarSessionId"]]["lite"]["interrupts"],
                5, "LiveAvatar's ledger shows no agent.interrupt for the session")
 
