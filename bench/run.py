@@ -112,6 +112,12 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path) -> Iterator
         cwd = tempfile.mkdtemp(prefix="bench-relay-")
         env["RELAY_STATE_DIR"] = cwd
         command = [PYTHON, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    elif impl in ("naive", "trio_floor"):
+        if avatar != "heygen":
+            raise SystemExit(f"bench/{impl}.py speaks HeyGen text mode only")
+        env, cwd = dict(os.environ), str(ROOT)
+        command = [PYTHON, "-m", f"bench.{impl}", "--port", str(port), "--elevenlabs", sims.urls["elevenlabs"],
+                   "--heygen", sims.urls["heygen"]]
     else:
         env, cwd = dict(os.environ), str(ROOT)
         command = [PYTHON, "-m", "bench.baseline", "--port", str(port), "--avatar", avatar,
@@ -242,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--duration", type=float, default=None, help="seconds of streaming per run (default 20)")
     parser.add_argument("--chunk-ms", type=int, default=100, help="browser frame duration, 20..250 ms")
     parser.add_argument("--avatar", choices=("heygen", "liveavatar"), default="heygen")
-    parser.add_argument("--impl", default="relay,baseline", help="relay, baseline or both (default)")
+    parser.add_argument("--impl", default="relay,baseline",
+                        help="comma-separated: relay, baseline, naive, trio_floor (default relay,baseline)")
     parser.add_argument("--quick", action="store_true", help="N=1,20 for 5 s each")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")

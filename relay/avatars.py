@@ -7,12 +7,16 @@ methods below; it never knows which provider it drives. Each provider lives in i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+import trio
 
 from relay.audio import AudioFormat
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,9 @@ class AvatarStateChanged:
 
 AvatarEvent = AvatarSpeaking | AvatarStateChanged
 OnAvatarEvent = Callable[[AvatarEvent], None]
+# Awaited with the upstream session id as soon as the session exists upstream (billed from then on), while the
+# provider goes on starting it; the journal records the session here so a crash during start-up cannot leak it.
+OnSessionCreated = Callable[[str], Awaitable[None]]
 
 
 class AvatarError(Exception):
@@ -119,11 +126,34 @@ class AvatarProvider(Protocol):
 
     name: str
 
-    def open_session(self, on_event: OnAvatarEvent) -> AbstractAsyncContextManager[AvatarSession]:
+    def open_session(self, on_event: OnAvatarEvent, *,
+                     on_created: OnSessionCreated | None = None) -> AbstractAsyncContextManager[AvatarSession]:
         """Create and start a session; on exit (for any reason, including cancellation) stop it, shielded and
         time-bounded. A session whose creation answer arrives after the caller was cancelled is stopped too.
+        `on_created(session_id)`, if given, runs as soon as the upstream id exists, concurrently with the rest of
+        the start-up (`alongside`); the session is handed over only once it has returned.
 
         Raises AvatarUnavailable if no session could be opened; raises AvatarSessionEnded out of the body if the
         session dies while in use.
         """
         ...
+
+
+async def alongside(on_created: OnSessionCreated | None, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`await call()` while `on_created(session_id)` runs concurrently: a provider's next start-up step does not
+    wait for the caller's bookkeeping. Returns `call()`'s result, or raises its exception unwrapped (not in a
+    group), only once both have finished: a failing `call()` does not cut `on_created` short. Cancelled by the
+    caller's scope (both then stop at their next checkpoint, except what `on_created` shields)."""
+    if on_created is None:
+        return await call()
+    failure: Exception | None = None
+    results: list[T] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(on_created, session_id)
+        try:
+            results.append(await call())
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        raise failure
+    return results[0]

@@ -33,6 +33,8 @@ from relay.avatars import (
     AvatarSpeaking,
     AvatarUnavailable,
     OnAvatarEvent,
+    OnSessionCreated,
+    alongside,
 )
 from relay.config import Settings
 from relay.lite import LiteSpeaker, open_lite_speaker
@@ -610,9 +612,10 @@ class HeyGenProvider:
         self._api = _HeyGenApi(settings, http)
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[AvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *,
+                           on_created: OnSessionCreated | None = None) -> AsyncIterator[AvatarSession]:
         """`streaming.new` then `streaming.start` (then, in realtime mode, the realtime socket); yields the
-        session and stops it on every way out.
+        session and stops it on every way out. `on_created(session_id)` runs alongside `streaming.start`.
 
         `streaming.new` is never retried, and runs shielded (bounded by RELAY_SETUP_TIMEOUT): if the caller is
         cancelled meanwhile, the answer is still awaited so the session it created is known, and the `finally`
@@ -633,8 +636,8 @@ class HeyGenProvider:
                 raise AvatarUnavailable("upstream_error", f"HeyGen's streaming.new answer: {exc}.") from None
             log.info("heygen session %s created", session_id)
             try:
-                await self._api.call("POST", START, session_body(session_id),
-                                     time_limit=settings.relay_setup_timeout)
+                await alongside(on_created, session_id, lambda: self._api.call(
+                    "POST", START, session_body(session_id), time_limit=settings.relay_setup_timeout))
             except HeyGenCallError as exc:
                 raise to_unavailable(exc.failure, "streaming.start") from None
             if settings.heygen_mode == "realtime":

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import httpx2
 import trio
 
-from relay.avatars import AvatarError, AvatarProvider, AvatarSession, OnAvatarEvent
+from relay.avatars import AvatarError, AvatarProvider, AvatarSession, OnAvatarEvent, OnSessionCreated
 from relay.config import Settings
 
 log = logging.getLogger("relay.journal")
@@ -194,15 +194,22 @@ class JournaledProvider:
         self._base_url = base_url
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[AvatarSession]:
-        """The wrapped provider's session, journaled from the moment it is handed over until it has been stopped
-        (the wrapped context's exit). The journal writes are shielded and bounded by WRITE_TIME_LIMIT."""
+    async def open_session(self, on_event: OnAvatarEvent, *,
+                           on_created: OnSessionCreated | None = None) -> AsyncIterator[AvatarSession]:
+        """The wrapped provider's session, journaled from the moment its upstream id exists (written while the
+        provider goes on starting it, so a crash during start-up cannot leak it and `ready` does not wait for
+        the disk) until it has been stopped (the wrapped context's exit). The journal writes are shielded and
+        bounded by WRITE_TIME_LIMIT."""
         row: int | None = None
+
+        async def record(session_id: str) -> None:
+            nonlocal row
+            row = await self._write(lambda: self._journal.opened(self.name, session_id, self._base_url))
+            if on_created is not None:
+                await on_created(session_id)
+
         try:
-            async with self._inner.open_session(on_event) as session:
-                session_id = session.info.session_id
-                if session_id:
-                    row = await self._write(lambda: self._journal.opened(self.name, session_id, self._base_url))
+            async with self._inner.open_session(on_event, on_created=record) as session:
                 yield session
         finally:
             if row is not None:

@@ -24,7 +24,7 @@ import orjson
 import trio
 
 from relay.audio import AudioFormat
-from relay.avatars import AvatarInfo, AvatarUnavailable, OnAvatarEvent
+from relay.avatars import AvatarInfo, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, alongside
 from relay.config import Settings
 from relay.lite import LiteSpeaker, open_lite_speaker
 from relay.retry import Retryable, call_with_retries, parse_retry_after
@@ -417,21 +417,22 @@ class LiveAvatarProvider:
 
         return keep_alive
 
-    async def _create(self, created: list[TokenAnswer]) -> StartAnswer:
+    async def _create(self, created: list[TokenAnswer], on_created: OnSessionCreated | None) -> StartAnswer:
         """token -> start. Appends the token answer to `created` the moment it exists, so the caller can stop
-        the session whatever happens next."""
+        the session whatever happens next; `on_created(session_id)` runs alongside the start call."""
         try:
             token = await self._create_token()
         except (LiveAvatarApiError, httpx2.HTTPError) as exc:
             raise _unavailable(exc) from None
         created.append(token)
         try:
-            return await self._start(token)
+            return await alongside(on_created, token.session_id, lambda: self._start(token))
         except (LiveAvatarApiError, httpx2.HTTPError) as exc:
             raise _unavailable(exc) from None
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[LiveAvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *,
+                           on_created: OnSessionCreated | None = None) -> AsyncIterator[LiveAvatarSession]:
         """Create (token, start) and connect a LITE session; yield it; stop it on every way out.
 
         The create step is shielded from cancellation and bounded by RELAY_SETUP_TIMEOUT: a token answered
@@ -445,7 +446,7 @@ class LiveAvatarProvider:
         try:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._settings.relay_setup_timeout) as setup:
-                    start = await self._create(created)
+                    start = await self._create(created, on_created)
             if setup.cancelled_caught:
                 raise AvatarUnavailable("timeout", "LiveAvatar did not create the session in time.")
             # A cancellation that arrived while shielded is delivered here, and the finally stops the session.

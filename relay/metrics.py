@@ -39,6 +39,7 @@ from relay.avatars import (
     AvatarSession,
     AvatarSessionEnded,
     OnAvatarEvent,
+    OnSessionCreated,
 )
 from relay.logs import current_conversation
 from relay.nursery import ConversationRecord, Traffic
@@ -400,11 +401,12 @@ class _ObservedProvider:
         return False
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[AvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *,
+                           on_created: OnSessionCreated | None = None) -> AsyncIterator[AvatarSession]:
         """The provider's `open_session`, observed: same blocking, cancellation, errors and guarantees."""
         metrics = self._metrics
         live = metrics._current()
-        manager = self._provider.open_session(on_event)
+        manager = self._provider.open_session(on_event, on_created=on_created)
         try:
             session = await manager.__aenter__()
         except BaseException as exc:

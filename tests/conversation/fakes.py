@@ -16,7 +16,7 @@ import trio
 
 from relay import elevenlabs as el
 from relay.audio import AudioFormat
-from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent
+from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated
 
 
 class FakeBrowser:
@@ -171,11 +171,14 @@ class FakeProvider:
         self.kill: trio.CancelScope | None = None
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[FakeSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *,
+                           on_created: OnSessionCreated | None = None) -> AsyncIterator[FakeSession]:
         await trio.sleep(self.open_delay)
         if self.refuse is not None:
             raise self.refuse
         sid = f"s{len(self.sessions) + 1}"
+        if on_created is not None:
+            await on_created(sid)
         session = FakeSession(AvatarInfo("fake", sid, "wss://room.example", "tok", self.simulated),
                               self.takes_audio, self.keep_alive_interval, on_event)
         self.sessions.append(session)

@@ -167,3 +167,32 @@ async def test_reap_lists_with_dry_run_then_stops_the_orphans(tmp_path: Path) ->
         again = await trio.run_process([sys.executable, "-m", "relay", "reap", "--dry-run"], env=env, cwd=tmp_path,
                                        capture_stdout=True)
         assert "no orphaned sessions" in again.stdout.decode()
+
+
+async def test_a_session_killed_while_starting_is_journaled_and_reaped(tmp_path: Path) -> None:
+    """kill -9 after `streaming.new` answered but before `streaming.start` did: the session already bills, so it
+    must already be in the journal, and the next start stops it."""
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        env = base_env(ELEVENLABS_BASE_URL=sims.elevenlabs, ELEVENLABS_AGENT_ID="agent_crash",
+                       ELEVENLABS_API_KEY="xi-crash", HEYGEN_BASE_URL=sims.heygen, HEYGEN_API_KEY="hg-crash",
+                       HEYGEN_AVATAR_ID="Wayne_20240711", RELAY_AVATAR="heygen", RELAY_AUTH="off",
+                       RELAY_STATE_DIR=str(tmp_path / "state"))
+        async with httpx2.AsyncClient(timeout=5.0) as http:
+            await http.post(sims.heygen + "/_sim/faults", json={"latency_ms": {"streaming.start": 20000}})
+            async with relay_process(env, tmp_path) as (process, url):
+                async with open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+                    await ws.send_message('{"type":"start"}')
+                    with trio.fail_after(10):
+                        while session_counts((await http.get(sims.heygen + "/_sim/ledger")).json())[0] == 0:
+                            await trio.sleep(0.02)
+                    await trio.sleep(0.3)  # streaming.start is still in flight (20 s)
+                    process.kill()
+                    await process.wait()
+            assert session_counts((await http.get(sims.heygen + "/_sim/ledger")).json()) == (1, 0)
+            await http.post(sims.heygen + "/_sim/faults", json={})
+            async with relay_process(env, tmp_path):
+                with trio.fail_after(10):
+                    while session_counts((await http.get(sims.heygen + "/_sim/ledger")).json()) != (1, 1):
+                        await trio.sleep(0.05)
+        outer.cancel_scope.cancel()

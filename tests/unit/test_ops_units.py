@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay import elevenlabs as el
 from relay.audio import AudioFormat
-from relay.avatars import AvatarInfo, AvatarSessionEnded, AvatarUnavailable, OnAvatarEvent
+from relay.avatars import AvatarInfo, AvatarSessionEnded, AvatarUnavailable, OnAvatarEvent, OnSessionCreated
 from relay.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
 from relay.logs import current_conversation
 from relay.metrics import RelayMetrics
@@ -79,10 +79,13 @@ class FakeProvider:
         self.refuse, self.stop_fails, self.ends = refuse, stop_fails, ends
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent) -> AsyncIterator[FakeSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *,
+                           on_created: OnSessionCreated | None = None) -> AsyncIterator[FakeSession]:
         if self.refuse:
             raise AvatarUnavailable("concurrent_limit", "at the cap", upstream_code=10007)
         session = FakeSession()
+        if on_created is not None and session.info.session_id:
+            await on_created(session.info.session_id)
         try:
             yield session
             if self.ends:

@@ -1,0 +1,104 @@
+"""The naive Trio relay: the issue's "80-line quart-trio relay", on the relay's own stack, as a second yardstick.
+
+quart-trio served by hypercorn's trio worker, trio-websocket to the agent, httpx2 for HeyGen: `start` -> signed
+URL -> agent socket -> metadata -> `streaming.new` -> `streaming.start` -> `ready` (sequential), then two tasks
+forwarding frames (browser PCM -> `user_audio_chunk`; agent audio -> browser binary frames; `agent_response` ->
+`streaming.task`), pings answered, the session stopped on the way out. No admission, timeouts, validation,
+interruption or degradation. It tells how much of the relay's CPU is the stack itself (this file) and how much is
+the relay's own structure (the difference). HeyGen text mode only.
+
+`python -m bench.naive --port P --elevenlabs URL --heygen URL` (hypercorn on 127.0.0.1:P).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+
+import httpx2
+import orjson
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart import websocket
+from quart_trio import QuartTrio
+from trio_websocket import open_websocket_url
+
+KEY = {"xi-api-key": "bench-key", "x-api-key": "bench-key"}
+
+
+def make_app(elevenlabs: str, heygen: str) -> QuartTrio:
+    app = QuartTrio(__name__)
+    http = httpx2.AsyncClient(timeout=10.0, headers=KEY,
+                              limits=httpx2.Limits(max_connections=2000, max_keepalive_connections=500))
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        if orjson.loads(await websocket.receive()).get("type") != "start":
+            return
+        signed = (await http.get(f"{elevenlabs}/v1/convai/conversation/get-signed-url",
+                                 params={"agent_id": "bench-agent"})).json()["signed_url"]
+        async with open_websocket_url(signed, message_queue_size=64) as agent:
+            await agent.send_message('{"type":"conversation_initiation_client_data"}')
+            metadata = orjson.loads(await agent.get_message())["conversation_initiation_metadata_event"]
+            new = (await http.post(f"{heygen}/v1/streaming.new",
+                                   json={"avatar_id": "Wayne_20240711", "version": "v2"})).json()
+            session = {"session_id": new["data"]["session_id"]}
+            try:
+                await http.post(f"{heygen}/v1/streaming.start", json=session)
+                await websocket.send(orjson.dumps({"type": "ready", "conversation_id": metadata["conversation_id"],
+                                                   "avatar": {**session, "simulated": True}}).decode())
+                async with trio.open_nursery() as nursery:
+
+                    async def up() -> None:
+                        while True:
+                            frame = await websocket.receive()
+                            if isinstance(frame, bytes):
+                                await agent.send_message(
+                                    '{"user_audio_chunk":"' + base64.b64encode(frame).decode() + '"}')
+                            elif orjson.loads(frame).get("type") == "stop":
+                                await websocket.send('{"type":"ended","reason":"client_stop"}')
+                                nursery.cancel_scope.cancel()
+                                return
+
+                    async def speak(text: str) -> None:
+                        await http.post(f"{heygen}/v1/streaming.task",
+                                        json={**session, "text": text, "task_type": "repeat"})
+
+                    async def down() -> None:
+                        while True:
+                            event = orjson.loads(await agent.get_message())
+                            kind = event.get("type")
+                            if kind == "audio":
+                                await websocket.send(base64.b64decode(event["audio_event"]["audio_base_64"]))
+                            elif kind == "ping":
+                                await agent.send_message(orjson.dumps(
+                                    {"type": "pong", "event_id": event["ping_event"]["event_id"]}).decode())
+                            elif kind == "agent_response":
+                                text = event["agent_response_event"]["agent_response"]
+                                await websocket.send(orjson.dumps({"type": "agent_response", "text": text}).decode())
+                                nursery.start_soon(speak, text)
+
+                    nursery.start_soon(up)
+                    nursery.start_soon(down)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await http.post(f"{heygen}/v1/streaming.stop", json=session)
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--elevenlabs", required=True)
+    parser.add_argument("--heygen", required=True)
+    args = parser.parse_args()
+    config = Config()
+    config.bind = [f"127.0.0.1:{args.port}"]
+    config.backlog = 4096
+    trio.run(serve, make_app(args.elevenlabs, args.heygen), config)
+
+
+if __name__ == "__main__":
+    main()

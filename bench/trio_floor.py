@@ -1,0 +1,168 @@
+"""The Trio floor: the same naive relay as `bench/naive.py`, but with no web framework and no hypercorn — the browser
+socket is a `websockets` sans-I/O `ServerProtocol` (C unmasking) on a bare `trio.serve_tcp` stream, the agent socket
+`relay.wsclient`, one task per direction and no channel between them. It is a measurement, not a server: it tells
+what Trio itself costs per conversation-second, i.e. how much of the relay's CPU a different server layer could
+remove (docs/performance.md). HeyGen text mode only; no admission, timeouts, validation or clean handling of bad
+input; a connection's failure is contained to that connection.
+
+`python -m bench.trio_floor --port P --elevenlabs URL --heygen URL`
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+from typing import Any
+
+import httpx2
+import orjson
+import trio
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from relay.wsclient import open_websocket
+
+KEY = {"xi-api-key": "bench-key", "x-api-key": "bench-key"}
+MAX_SIZE = 16 * 2**20
+
+
+class BrowserSocket:
+    """The server side of one browser connection: `receive()` reads and parses, `send()` frames and writes."""
+
+    def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol) -> None:
+        self.stream, self.protocol = stream, protocol
+        self.lock = trio.StrictFIFOLock()
+
+    @classmethod
+    async def accept(cls, stream: trio.SocketStream) -> BrowserSocket:
+        protocol = ServerProtocol(max_size=MAX_SIZE)
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise EOFError
+            protocol.receive_data(data)
+            requests = [e for e in protocol.events_received() if isinstance(e, Request)]
+            if requests:
+                protocol.send_response(protocol.accept(requests[0]))
+                await stream.send_all(b"".join(protocol.data_to_send()))
+                return cls(stream, protocol)
+
+    async def receive(self) -> str | bytes:
+        while True:
+            for frame in self.protocol.events_received():
+                if frame.opcode is Opcode.TEXT:
+                    return frame.data.decode()
+                if frame.opcode is Opcode.BINARY:
+                    return bytes(frame.data)
+                if frame.opcode is Opcode.CLOSE:
+                    raise EOFError
+            pending = self.protocol.data_to_send()  # pongs
+            if pending:
+                await self.send_raw(b"".join(pending))
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError
+            self.protocol.receive_data(data)
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self.protocol.send_text(message.encode())
+        else:
+            self.protocol.send_binary(message)
+        await self.send_raw(b"".join(self.protocol.data_to_send()))
+
+    async def send_raw(self, data: bytes) -> None:
+        async with self.lock:
+            await self.stream.send_all(data)
+
+
+def handler(elevenlabs: str, heygen: str, http: httpx2.AsyncClient) -> Any:
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            browser = await BrowserSocket.accept(stream)
+            await converse(browser)
+            browser.protocol.send_close(1000)
+            await browser.send_raw(b"".join(browser.protocol.data_to_send()))
+        except EOFError:
+            pass  # the browser left (or a port probe connected and closed)
+        except Exception as exc:  # contained: one connection's failure never reaches the others
+            print(f"connection failed: {exc!r}", flush=True)
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+    async def converse(browser: BrowserSocket) -> None:
+        if orjson.loads(await browser.receive()).get("type") != "start":
+            return
+        signed = (await http.get(f"{elevenlabs}/v1/convai/conversation/get-signed-url",
+                                 params={"agent_id": "bench-agent"})).json()["signed_url"]
+        async with open_websocket(signed, max_message_size=MAX_SIZE) as agent:
+            await agent.send_text('{"type":"conversation_initiation_client_data"}')
+            metadata = orjson.loads(await agent.receive())["conversation_initiation_metadata_event"]
+            new = (await http.post(f"{heygen}/v1/streaming.new", json={"avatar_id": "Wayne_20240711",
+                                                                       "version": "v2"})).json()
+            session = {"session_id": new["data"]["session_id"]}
+            try:
+                await http.post(f"{heygen}/v1/streaming.start", json=session)
+                await browser.send(orjson.dumps({"type": "ready", "conversation_id": metadata["conversation_id"],
+                                                 "avatar": {**session, "simulated": True}}).decode())
+                async with trio.open_nursery() as nursery:
+
+                    async def up() -> None:
+                        while True:
+                            frame = await browser.receive()
+                            if isinstance(frame, bytes):
+                                await agent.send_text('{"user_audio_chunk":"' + base64.b64encode(frame).decode()
+                                                      + '"}')
+                            elif orjson.loads(frame).get("type") == "stop":
+                                await browser.send('{"type":"ended","reason":"client_stop"}')
+                                nursery.cancel_scope.cancel()
+                                return
+
+                    async def speak(text: str) -> None:
+                        await http.post(f"{heygen}/v1/streaming.task",
+                                        json={**session, "text": text, "task_type": "repeat"})
+
+                    async def down() -> None:
+                        while True:
+                            event = orjson.loads(await agent.receive())
+                            kind = event.get("type")
+                            if kind == "audio":
+                                await browser.send(base64.b64decode(event["audio_event"]["audio_base_64"]))
+                            elif kind == "ping":
+                                await agent.send_text(orjson.dumps(
+                                    {"type": "pong", "event_id": event["ping_event"]["event_id"]}).decode())
+                            elif kind == "agent_response":
+                                text = event["agent_response_event"]["agent_response"]
+                                await browser.send(orjson.dumps({"type": "agent_response", "text": text}).decode())
+                                nursery.start_soon(speak, text)
+
+                    nursery.start_soon(up)
+                    nursery.start_soon(down)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await http.post(f"{heygen}/v1/streaming.stop", json=session)
+
+    return handle
+
+
+async def serve(port: int, elevenlabs: str, heygen: str) -> None:
+    async with httpx2.AsyncClient(timeout=10.0, headers=KEY, limits=httpx2.Limits(
+            max_connections=2000, max_keepalive_connections=500)) as http:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
+        await trio.serve_listeners(handler(elevenlabs, heygen, http), listeners)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--elevenlabs", required=True)
+    parser.add_argument("--heygen", required=True)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(serve, args.port, args.elevenlabs, args.heygen)
+
+
+if __name__ == "__main__":
+    main()
