@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+from collections import deque
 from typing import Any
 
 import httpx2
@@ -34,6 +35,7 @@ class BrowserSocket:
     def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol) -> None:
         self.stream, self.protocol = stream, protocol
         self.lock = trio.StrictFIFOLock()
+        self.pending: deque[Any] = deque()  # frames parsed from one read, not yet returned
 
     @classmethod
     async def accept(cls, stream: trio.SocketStream) -> BrowserSocket:
@@ -51,7 +53,9 @@ class BrowserSocket:
 
     async def receive(self) -> str | bytes:
         while True:
-            for frame in self.protocol.events_received():
+            self.pending.extend(self.protocol.events_received())
+            while self.pending:
+                frame = self.pending.popleft()
                 if frame.opcode is Opcode.TEXT:
                     return frame.data.decode()
                 if frame.opcode is Opcode.BINARY:

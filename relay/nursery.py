@@ -377,6 +377,8 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
 
         async def start_agent() -> None:
             nonlocal agent
+            # The avatar is the slower path (two calls in a row upstream): its first request goes out first.
+            await trio.lowlevel.checkpoint()
             agent = await conversation.start(_hold_agent, up, start)
 
         async def start_avatar() -> None:
@@ -386,8 +388,8 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
 
         with trio.fail_after(settings.relay_setup_timeout):
             async with trio.open_nursery() as setup:
-                setup.start_soon(start_agent)
                 setup.start_soon(start_avatar)
+                setup.start_soon(start_agent)
         assert agent is not None
         metadata = agent.metadata
         record.conversation_id = metadata.conversation_id
