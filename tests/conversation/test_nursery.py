@@ -381,7 +381,7 @@ async def test_refused_avatar_without_degrading_ends_the_conversation() -> None:
 
     await with_conversation(h, body)
     assert h.browser.closed_with == (1013, "upstream_unavailable")
-    assert h.agent.closed
+    assert h.agent.closed or not h.agent.opened  # never left open (a refusal that fast can beat its opening)
 
 
 async def test_avatar_dying_mid_conversation_degrades_to_voice_only() -> None:
