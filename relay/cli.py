@@ -6,6 +6,8 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 from hypercorn.config import Config
@@ -44,23 +46,72 @@ def _settings_or_report() -> Settings | None:
         return None
 
 
+def _workers_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of processes, or auto") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return count
+
+
+def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
+    """`serve --workers N` with N > 1: check what the workers would refuse, once, then run them (relay.workers)."""
+    from relay.auth import auth_problem
+    from relay.logs import configure_logging
+    from relay.workers import run_supervisor
+
+    if settings.demo_mode:
+        print("avatar-relay: --workers needs real upstream settings: demo mode runs its simulators inside the one "
+              "relay process (run `avatar-relay serve` without --workers, or point it at `avatar-relay sim`)",
+              file=sys.stderr)
+        return 2
+    if (problem := auth_problem(settings)) is not None:
+        print(f"avatar-relay: invalid configuration: {problem}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    return run_supervisor(settings, host, port, workers)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return 2
     from relay.web import create_app, relay_state
+    from relay.workers import role_from_args, wait_for_supervisor_exit
 
     host = args.host or settings.relay_host
     port = settings.relay_port if args.port is None else args.port
+    role = role_from_args(args)
+    if role is None:
+        if args.workers is not None:
+            settings = settings.model_copy(update={"relay_workers": args.workers})
+        if settings.workers > 1:
+            return _supervise(settings, host, port, settings.workers)
     try:
-        app = create_app(settings)
+        app = create_app(settings, worker=role)
     except ConfigError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
         return 2
     registry = relay_state(app).registry
 
+    async def wait_for_shutdown() -> None:
+        if role is None:
+            await _wait_for_signal()
+            return
+        async with trio.open_nursery() as nursery:  # a worker also stops when its supervisor is gone
+            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, _wait_for_signal)
+            nursery.start_soon(first, partial(wait_for_supervisor_exit, role.supervisor_pid))
+
     async def drain_on_signal() -> None:
-        await _wait_for_signal()
+        await wait_for_shutdown()
         # Not ready first (/readyz answers 503, new conversations are refused), so a load balancer stops sending
         # new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are ended.
         registry.shutting_down = True
@@ -74,6 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("shutting down with %d conversation(s) still closing", left)
 
     config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
+    if role is not None:
+        config.bind = [f"fd://{role.listen_fd}"]  # the supervisor's socket, shared by every worker
     status = 0
     try:
         trio.run(lambda: hypercorn_serve(app, config, shutdown_trigger=drain_on_signal))
@@ -121,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the relay (demo mode on the simulators when no API keys are set)")
     serve.add_argument("--host", default=None, help="bind address (default RELAY_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default RELAY_PORT, 8000)")
+    serve.add_argument("--workers", type=_workers_argument, default=None,
+                       help="processes serving the same port, one per core at most (default RELAY_WORKERS, 1; "
+                            "auto: one per CPU)")
+    from relay.workers import add_worker_options
+
+    add_worker_options(serve)
     serve.set_defaults(func=cmd_serve)
     sim = sub.add_parser("sim", help="run the ElevenLabs, HeyGen and LiveAvatar simulators and print their URLs")
     sim.add_argument("--host", default="127.0.0.1")

@@ -7,7 +7,8 @@ demo mode and must never do I/O beyond reading the environment.
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     relay_max_conversations: int = Field(default=500, gt=0)
     relay_max_conversations_per_client: int = Field(default=20, gt=0)
     relay_drain_timeout: float = Field(default=10.0, gt=0)
+    relay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # `serve` processes on one socket (docs/deploy.md)
     relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
     relay_log_format: Literal["text", "json"] = "text"
     relay_log_level: str = "INFO"
@@ -83,6 +85,11 @@ class Settings(BaseSettings):
         """No upstream credentials or agent at all: run on the built-in simulators."""
         return not (self.elevenlabs_agent_id or self.elevenlabs_api_key or self.heygen_api_key
                     or self.liveavatar_api_key)
+
+    @property
+    def workers(self) -> int:
+        """How many worker processes `avatar-relay serve` runs: RELAY_WORKERS, `auto` meaning one per CPU."""
+        return (os.cpu_count() or 1) if self.relay_workers == "auto" else self.relay_workers
 
     @property
     def avatar(self) -> AvatarChoice:

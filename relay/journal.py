@@ -137,6 +137,26 @@ class Journal:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (provider, session_id, base_url, self._pid, self._pid_started, time.time())))
 
+    def _swap_owner(self, row: int, old: tuple[int, str], new: tuple[int, str]) -> bool:
+        with self._db:
+            cursor = self._db.execute("UPDATE sessions SET pid = ?, pid_started = ? WHERE id = ? AND pid = ? AND "
+                                      "pid_started = ?", (*new, row, *old))
+        return cursor.rowcount == 1
+
+    async def claim(self, entry: JournalEntry) -> bool:
+        """Take an orphaned row over for this process before stopping its session: one conditional UPDATE, so of
+        several processes reaping at once (workers starting together, `avatar-relay reap`) exactly one gets each
+        row. False when another process took it first or it is gone. A process that dies holding a claim leaves
+        the row orphaned again, for the next one."""
+        return await self._run(lambda: self._swap_owner(entry.row, (entry.pid, entry.pid_started),
+                                                        (self._pid, self._pid_started)))
+
+    async def release(self, entry: JournalEntry) -> None:
+        """Give a claimed row back to its dead owner (its session could not be stopped): the next start, or
+        `avatar-relay reap`, tries again."""
+        await self._run(lambda: self._swap_owner(entry.row, (self._pid, self._pid_started),
+                                                 (entry.pid, entry.pid_started)))
+
     async def closed(self, row: int) -> None:
         """Forget a session that has been stopped."""
         await self._run(lambda: self._timed_write("DELETE FROM sessions WHERE id = ?", (row,)))
@@ -274,9 +294,18 @@ async def reap_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
         if not entry.orphaned:
             continue
         try:
+            if not await journal.claim(entry):
+                continue  # another process is reaping it
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("cannot claim orphaned %s session %s in the journal (%s)", entry.provider, entry.session_id,
+                        type(exc).__name__)
+            continue
+        try:
             await stop_upstream_session(settings, http, entry.provider, entry.session_id, entry.base_url)
         except (AvatarError, trio.TooSlowError) as exc:
             failed.append(entry.session_id)
+            with suppress(sqlite3.Error, OSError):
+                await journal.release(entry)
             log.warning("could not stop orphaned %s session %s left by process %d: %s", entry.provider,
                         entry.session_id, entry.pid, getattr(exc, "message", type(exc).__name__))
             continue
@@ -301,6 +330,7 @@ class Orphan:
     source: str
     base_url: str | None = None
     row: int | None = None
+    entry: JournalEntry | None = None  # its journal row, claimed before the stop
 
 
 async def list_running_sessions(settings: Settings, http: httpx2.AsyncClient) -> list[str]:
@@ -327,7 +357,7 @@ async def find_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
     if journal is not None:
         for entry in await journal.entries():
             if entry.orphaned:
-                orphans.append(Orphan(entry.provider, entry.session_id, "journal", entry.base_url, entry.row))
+                orphans.append(Orphan(entry.provider, entry.session_id, "journal", entry.base_url, entry.row, entry))
             else:
                 held.add(entry.session_id)
     if not journal_only:
@@ -343,10 +373,15 @@ async def reap(settings: Settings, http: httpx2.AsyncClient, journal: Journal | 
     stopped: list[str] = []
     failed: list[str] = []
     for orphan in orphans:
+        if journal is not None and orphan.entry is not None and not await journal.claim(orphan.entry):
+            continue  # a relay starting now is reaping it
         try:
             await stop_upstream_session(settings, http, orphan.provider, orphan.session_id, orphan.base_url)
         except (AvatarError, trio.TooSlowError):
             failed.append(orphan.session_id)
+            if journal is not None and orphan.entry is not None:
+                with suppress(sqlite3.Error, OSError):
+                    await journal.release(orphan.entry)
             continue
         if journal is not None and orphan.row is not None:
             with suppress(sqlite3.Error, OSError):

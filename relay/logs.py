@@ -7,6 +7,9 @@ lines from modules that know nothing of conversations (the providers, the agent 
 conversation starts, so its pumps, speaker and avatar session all log under its ids. In text the ids follow the
 message in brackets; in JSON they are fields.
 
+Under `avatar-relay serve --workers N` each worker process calls `set_worker(index)` first: every line it writes then
+carries `worker` (a JSON field; `[worker N]` after the logger name in text). A single relay's lines are unchanged.
+
 This module must never format audio or secrets into a line; callers pass ids, codes and short messages only.
 """
 
@@ -34,12 +37,22 @@ current_conversation: ContextVar[ConversationIds | None] = ContextVar("current_c
 
 ID_FIELDS = ("relay_id", "conversation_id", "avatar_session_id")
 
+_worker: int | None = None
+
+
+def set_worker(index: int | None) -> None:
+    """Mark every later line of this process as written by worker `index` (None: a single relay)."""
+    global _worker
+    _worker = index
+
 
 class ConversationIdsFilter(logging.Filter):
     """Puts the current conversation's ids on each record (`record.relay_id` ... and `record.conversation_ids`,
     the text suffix). Never drops a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = _worker
+        record.worker_tag = "" if _worker is None else f" [worker {_worker}]"
         ids = current_conversation.get()
         if ids is None:
             record.relay_id = record.conversation_id = record.avatar_session_id = None
@@ -53,17 +66,21 @@ class ConversationIdsFilter(logging.Filter):
         return True
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(conversation_ids)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(worker_tag)s: %(message)s%(conversation_ids)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the conversation ids (null outside one)."""
+    """One JSON object per line: time, level, logger, message, the conversation ids (null outside one), and
+    `worker` in a worker process."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {"time": self.formatTime(record), "level": record.levelname,
                                     "logger": record.name, "message": record.getMessage()}
         for name in ID_FIELDS:
             entry[name] = getattr(record, name, None)
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            entry["worker"] = worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

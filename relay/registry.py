@@ -1,6 +1,7 @@
 """The open conversations of this process: admission (global and per-client caps), readiness, and the drain on
 shutdown. Each admitted conversation gets a cancel scope the registry can cancel; the conversation turns that
-cancellation into a `shutdown` ending for its browser. Plain bookkeeping; no I/O."""
+cancellation into a `shutdown` ending for its browser. Under `serve --workers N` a `SharedCap` (relay.seats) also
+holds the whole relay's count, so the global cap is machine-wide. Plain bookkeeping; no I/O of its own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -16,11 +18,20 @@ class AdmissionRefused(Exception):
     """No room for another conversation; the message is safe to show the client."""
 
 
+class SharedCap(Protocol):
+    """Seats shared with the other worker processes (`relay.seats.Seats`)."""
+
+    def take(self) -> bool: ...
+    def give_back(self) -> None: ...
+    def taken(self) -> int: ...
+
+
 @dataclass
 class Registry:
     max_conversations: int
     max_per_client: int
     shutting_down: bool = False
+    shared: SharedCap | None = None
     _scopes: set[trio.CancelScope] = field(default_factory=set)
     _per_client: Counter[str] = field(default_factory=Counter)
     _idle: trio.Event = field(default_factory=trio.Event)
@@ -30,9 +41,16 @@ class Registry:
         return len(self._scopes)
 
     @property
+    def under_capacity(self) -> bool:
+        """Below the global cap (the whole relay's, with several workers)."""
+        if self.shared is not None:
+            return self.shared.taken() < self.max_conversations
+        return self.open_count < self.max_conversations
+
+    @property
     def ready(self) -> bool:
         """True while new conversations are welcome: not shutting down and below the global cap."""
-        return not self.shutting_down and self.open_count < self.max_conversations
+        return not self.shutting_down and self.under_capacity
 
     @contextmanager
     def admit(self, client: str) -> Iterator[trio.CancelScope]:
@@ -44,12 +62,16 @@ class Registry:
             raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         if self._per_client[client] >= self.max_per_client:
             raise AdmissionRefused("too many conversations from your address; try again later")
+        if self.shared is not None and not self.shared.take():
+            raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         scope = trio.CancelScope()
         self._scopes.add(scope)
         self._per_client[client] += 1
         try:
             yield scope
         finally:
+            if self.shared is not None:
+                self.shared.give_back()
             self._scopes.discard(scope)
             self._per_client[client] -= 1
             if self._per_client[client] <= 0:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import trio
@@ -28,7 +28,7 @@ from relay import elevenlabs as el
 from relay.auth import Gate, auth_problem
 from relay.config import ConfigError, Settings, load_settings
 from relay.journal import Journal, JournaledProvider, open_journal_now, reap_orphans, state_dir
-from relay.logs import configure_logging
+from relay.logs import configure_logging, set_worker
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import RelayMetrics
 from relay.nursery import ConversationRecord, Upstreams, run_conversation
@@ -36,6 +36,9 @@ from relay.providers import make_provider
 from relay.registry import AdmissionRefused, Registry
 from relay.sim.runner import SimulatorURLs
 from relay.transcripts import TranscriptWriter
+
+if TYPE_CHECKING:
+    from relay.workers import WorkerRole
 
 log = logging.getLogger("relay.web")
 
@@ -90,12 +93,14 @@ class RelayState:
     journal: Journal | None = None
     metrics: RelayMetrics | None = None
     transcripts: TranscriptWriter | None = None
+    worker: WorkerRole | None = None  # under `serve --workers N`
 
     @property
     def readiness(self) -> dict[str, bool]:
-        """What `/readyz` checks: set up (configuration valid, upstreams ready), not shutting down, under capacity."""
+        """What `/readyz` checks: set up (configuration valid, upstreams ready), not shutting down, under capacity
+        (the whole relay's, with several workers)."""
         return {"started": self.upstreams is not None, "accepting": not self.registry.shutting_down,
-                "under_capacity": self.registry.open_count < self.registry.max_conversations}
+                "under_capacity": self.registry.under_capacity}
 
     @property
     def ready(self) -> bool:
@@ -106,14 +111,19 @@ def relay_state(app: QuartTrio) -> RelayState:
     return app.extensions["relay"]  # type: ignore[no-any-return]
 
 
-def create_app(settings: Settings | None = None) -> QuartTrio:
+def create_app(settings: Settings | None = None, worker: WorkerRole | None = None) -> QuartTrio:
+    """The relay app. `worker`: this process is one of `serve --workers N` (shared cap, merged /metrics, the worker
+    index on log lines)."""
     settings = settings or load_settings()
     if (problem := auth_problem(settings)) is not None:
         raise ConfigError(f"invalid configuration: {problem}")
+    if worker is not None:
+        set_worker(worker.index)
     configure_logging(settings)
     app = QuartTrio(__name__, static_folder=None)
-    state = RelayState(settings, Registry(settings.relay_max_conversations,
-                                          settings.relay_max_conversations_per_client), gate=Gate(settings))
+    registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
+                        shared=None if worker is None else worker.seats(settings.relay_max_conversations))
+    state = RelayState(settings, registry, gate=Gate(settings), worker=worker)
     app.extensions["relay"] = state
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=settings.avatar,
                                            demo_mode=settings.demo_mode)
@@ -154,6 +164,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
             app.nursery.start_soon(reap_orphans, effective, http, state.journal)
         if state.transcripts is not None:
             await state.transcripts.prepare()
+        if worker is not None:
+            from relay.worker_metrics import serve_own_metrics
+
+            await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
         state.upstreams = Upstreams(settings=effective, http=http, provider=metrics.observe_provider(provider),
                                     open_agent=metrics.observe_agent(el.open_agent), on_start=on_start,
                                     on_ready=metrics.conversation_ready, on_end=on_end)
@@ -205,7 +219,10 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
     @app.route("/healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness: the process answers. Never depends on upstreams (a restart would not fix them)."""
-        return {"status": "ok", "version": __version__}
+        body: dict[str, Any] = {"status": "ok", "version": __version__}
+        if worker is not None:
+            body["worker"] = worker.index
+        return body
 
     @app.route("/readyz")
     async def readyz() -> Any:
@@ -218,7 +235,14 @@ def create_app(settings: Settings | None = None) -> QuartTrio:
 
     @app.route("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), content_type=METRICS_CONTENT_TYPE, headers={"cache-control": "no-store"})
+        """This relay's metrics; with several workers, all of theirs, each sample labelled with its `worker`."""
+        body = metrics.render()
+        if worker is not None:
+            from relay.worker_metrics import gather_expositions, merge_expositions
+
+            sockets = {index: worker.metrics_socket(index) for index in range(worker.count)}
+            body = merge_expositions(await gather_expositions(sockets, worker.index, body))
+        return Response(body, content_type=METRICS_CONTENT_TYPE, headers={"cache-control": "no-store"})
 
     @app.route("/_demo/simulators")
     async def demo_simulators() -> Any:

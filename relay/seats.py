@@ -1,0 +1,88 @@
+"""The machine-wide conversation cap of `avatar-relay serve --workers N`: one small shared file that every worker
+process maps, holding one counter per worker (its open conversations). A worker takes a seat only if the sum of all
+counters is under RELAY_MAX_CONVERSATIONS, under a POSIX record lock, so the whole relay never admits more than the
+cap, whichever workers the kernel hands the connections to.
+
+Each worker writes only its own counter; when a worker dies, the supervisor zeroes its counter before starting the
+replacement (the dead worker's conversations are gone with it), so a crash never leaks seats. The lock is held for
+a few microseconds, never across an await, and the kernel drops it if its holder dies. The file is unlinked from
+the start (a temporary file passed to the workers by descriptor): nothing is left on disk. This module must never
+block on anything but that lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_SLOT = struct.Struct("<q")
+
+
+def create_seats_file(workers: int) -> int:
+    """A fresh, unlinked, zeroed file with one counter per worker; returns its descriptor (inheritable, for the
+    workers). The caller closes it."""
+    handle = tempfile.TemporaryFile()
+    fd = os.dup(handle.fileno())
+    handle.close()
+    os.ftruncate(fd, _SLOT.size * workers)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+class Seats:
+    """A view of the shared counters: worker `index` of `workers`, at most `limit` seats in all."""
+
+    def __init__(self, fd: int, workers: int, index: int, limit: int) -> None:
+        self._fd = fd
+        self._workers = workers
+        self._index = index
+        self.limit = limit
+        self._map = mmap.mmap(fd, _SLOT.size * workers)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def _get(self, index: int) -> int:
+        return int(_SLOT.unpack_from(self._map, index * _SLOT.size)[0])
+
+    def _set(self, index: int, value: int) -> None:
+        _SLOT.pack_into(self._map, index * _SLOT.size, value)
+
+    def _total(self) -> int:
+        return sum(self._get(i) for i in range(self._workers))
+
+    def take(self) -> bool:
+        """One seat for this worker if the relay as a whole is under its limit; False otherwise."""
+        with self._locked():
+            if self._total() >= self.limit:
+                return False
+            self._set(self._index, self._get(self._index) + 1)
+            return True
+
+    def give_back(self) -> None:
+        """Return one seat this worker took."""
+        with self._locked():
+            self._set(self._index, max(0, self._get(self._index) - 1))
+
+    def taken(self) -> int:
+        """Seats taken by the whole relay now."""
+        with self._locked():
+            return self._total()
+
+    def clear(self, index: int) -> None:
+        """Forget worker `index`'s seats (the supervisor, once that worker has exited)."""
+        with self._locked():
+            self._set(index, 0)
+
+    def close(self) -> None:
+        self._map.close()

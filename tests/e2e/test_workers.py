@@ -1,0 +1,358 @@
+"""`avatar-relay serve --workers 2` as a real supervisor process with real workers on one loopback port, the
+simulators in this process: conversations spread over both workers and /metrics adds them up; SIGTERM drains every
+worker; a worker killed with -9 is replaced and its sessions are stopped exactly once, the other worker's
+conversations going on; the conversation cap holds for the whole relay; configuration and port errors are reported
+once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from relay.sim.runner import SimulatorURLs, serve_simulators
+from tests.e2e.harness import BrowserClient
+from tests.faults.test_process_faults import base_env, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Supervisor:
+    process: trio.Process
+    url: str
+    stderr: Path
+    http: httpx2.AsyncClient
+
+    def log(self) -> str:
+        return self.stderr.read_text()
+
+    async def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        """Every sample of the merged /metrics: name -> {sorted labels: value}."""
+        response = await self.http.get(self.url + "/metrics")
+        assert response.status_code == 200
+        samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+        return samples
+
+    async def per_worker(self, name: str, **labels: str) -> dict[str, float]:
+        """One metric's value per worker (the `worker` label), for the samples matching `labels`."""
+        found: dict[str, float] = {}
+        for key, value in (await self.metrics()).get(name, {}).items():
+            as_dict = dict(key)
+            if all(as_dict.get(k) == v for k, v in labels.items()):
+                found[as_dict["worker"]] = found.get(as_dict["worker"], 0.0) + value
+        return found
+
+
+def worker_pids(supervisor_pid: int) -> dict[int, int]:
+    """The supervisor's live worker processes: index (from `--worker-of I/N`) -> pid."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if int(fields[1]) != supervisor_pid or fields[0] == "Z" or b"--worker-of" not in argv:
+            continue
+        found[int(argv[argv.index(b"--worker-of") + 1].split(b"/")[0])] = int(entry.name)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Is `pid` a live process (not gone, not a zombie)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
+
+
+def relay_env(sims: SimulatorURLs, tmp_path: Path, **values: str) -> dict[str, str]:
+    return base_env(**{"ELEVENLABS_BASE_URL": sims.elevenlabs, "ELEVENLABS_AGENT_ID": "agent_workers",
+                       "ELEVENLABS_API_KEY": "xi-workers", "HEYGEN_BASE_URL": sims.heygen,
+                       "HEYGEN_API_KEY": "hg-workers", "HEYGEN_AVATAR_ID": "Wayne_20240711", "RELAY_AVATAR": "heygen",
+                       "RELAY_AUTH": "off", "RELAY_STATE_DIR": str(tmp_path / "state"), "RELAY_STOP_TIMEOUT": "3",
+                       "RELAY_DRAIN_TIMEOUT": "5", **values})
+
+
+@asynccontextmanager
+async def simulators() -> AsyncIterator[tuple[SimulatorURLs, httpx2.AsyncClient]]:
+    async with trio.open_nursery() as nursery:
+        sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
+        async with httpx2.AsyncClient(timeout=5.0) as http:
+            yield sims, http
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def supervisor(env: dict[str, str], tmp_path: Path, http: httpx2.AsyncClient, workers: int = 2,
+                     ) -> AsyncIterator[Supervisor]:
+    """`python -m relay serve --workers N`, once every worker answers (all of them up in the merged /metrics)."""
+    port = free_port()
+    stderr = tmp_path / f"supervisor-{port}.log"
+    with stderr.open("wb") as sink:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "relay", "serve", "--workers", str(workers), "--port", str(port)], env=env,
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=sink)
+    relay = Supervisor(process, f"http://127.0.0.1:{port}", stderr, http)
+    try:
+        with trio.fail_after(20):
+            while True:
+                assert process.poll() is None, "the supervisor exited at start-up: " + relay.log()
+                try:
+                    up = await relay.per_worker("avatar_relay_worker_up")
+                    if len(up) == workers and all(value == 1.0 for value in up.values()):
+                        break
+                except (httpx2.TransportError, AssertionError):
+                    pass
+                await trio.sleep(0.05)
+        yield relay
+    finally:
+        if process.poll() is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+        for pid in worker_pids(process.pid).values():
+            os.kill(pid, signal.SIGKILL)
+
+
+async def open_until_both_workers_hold_some(relay: Supervisor, stack: AsyncExitStack, *, at_least: int = 2,
+                                            most: int = 24) -> list[BrowserClient]:
+    """Open conversations (each up to `ready`) until each worker holds one and `at_least` are open. The kernel
+    decides which worker accepts a connection, so this opens as many as it takes (at most `most`)."""
+    browsers: list[BrowserClient] = []
+    while len(browsers) < most:
+        ws = await stack.enter_async_context(open_websocket_url(relay.url.replace("http", "ws") + "/ws",
+                                                                message_queue_size=1000))
+        browser = BrowserClient(ws)
+        await browser.start()
+        browsers.append(browser)
+        held = await relay.per_worker("avatar_relay_conversations_open")
+        if len(browsers) >= at_least and len(held) == 2 and all(value >= 1 for value in held.values()):
+            return browsers
+    raise AssertionError(f"{most} conversations never reached both workers")
+
+
+async def still_talking(browser: BrowserClient) -> bool:
+    """Does the conversation still answer a typed message?"""
+    try:
+        await browser.send(type="text", text="are you still there")
+        await browser.expect("agent_response", timeout=5, where=lambda m: "are you still there" in m["text"])
+    except ConnectionClosed:
+        return False
+    return True
+
+
+async def closed(browser: BrowserClient) -> None:
+    try:
+        while True:
+            await browser.ws.get_message()
+    except ConnectionClosed:
+        return
+
+
+async def heygen_sessions(http: httpx2.AsyncClient, sims: SimulatorURLs) -> list[dict[str, Any]]:
+    ledger = (await http.get(sims.heygen + "/_sim/ledger")).json()
+    return list(ledger["sessions"].values())
+
+
+async def wait_for_stops(http: httpx2.AsyncClient, sims: SimulatorURLs, stopped: int) -> list[dict[str, Any]]:
+    with trio.fail_after(15):
+        while True:
+            sessions = await heygen_sessions(http, sims)
+            if sum(1 for s in sessions if s["stopped_at"] is not None) >= stopped:
+                await trio.sleep(0.3)  # a second stop of the same session would show by now
+                return await heygen_sessions(http, sims)
+            await trio.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_conversations_spread_over_both_workers_and_metrics_add_them_up(tmp_path: Path) -> None:
+    async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
+        async with AsyncExitStack() as stack:
+            browsers = await open_until_both_workers_hold_some(relay, stack, at_least=4)
+            samples = await relay.metrics()
+            open_now = {dict(k)["worker"]: v for k, v in samples["avatar_relay_conversations_open"].items()}
+            started = {dict(k)["worker"]: v for k, v in samples["avatar_relay_conversations_started_total"].items()}
+            assert set(open_now) == set(started) == {"0", "1"}
+            assert sum(open_now.values()) == sum(started.values()) == len(browsers)
+            assert all(all(dict(key).get("worker") in ("0", "1") for key in values) for values in samples.values())
+            text = (await http.get(relay.url + "/metrics")).text
+            assert text.count("# TYPE avatar_relay_conversations_open gauge") == 1
+            assert "# HELP avatar_relay_conversations_open Conversations open now." in text
+            for browser in browsers:
+                assert await still_talking(browser)
+        health = {(await http.get(relay.url + "/healthz")).json()["worker"] for _ in range(20)}
+        assert health <= {0, 1}
+
+
+async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path: Path) -> None:
+    async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
+        async with AsyncExitStack() as stack:
+            browsers = await open_until_both_workers_hold_some(relay, stack)
+            pids = worker_pids(relay.process.pid)
+            signalled = time.monotonic()
+            relay.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                for browser in browsers:
+                    error = await browser.expect("error")
+                    ended = await browser.expect("ended")
+                    assert (error["code"], ended["reason"]) == ("shutdown", "shutdown")
+                    await closed(browser)  # as a browser does: answer the close
+                assert await relay.process.wait() == 0
+            exited = time.monotonic() - signalled
+        sessions = await heygen_sessions(http, sims)
+        assert len(sessions) == len(browsers)
+        assert all(s["stopped_at"] is not None and s["stop_requests"] == 1 for s in sessions), sessions
+        assert not any(running(pid) for pid in pids.values())
+        assert "ERROR" not in relay.log(), relay.log()
+        print(f"SIGTERM with {len(browsers)} conversations on 2 workers: supervisor exited {exited:.2f} s later")
+        assert exited < 8.0
+
+
+async def test_a_killed_worker_is_replaced_and_its_sessions_stopped_once_while_the_other_goes_on(
+        tmp_path: Path) -> None:
+    async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
+        async with AsyncExitStack() as stack:
+            browsers = await open_until_both_workers_hold_some(relay, stack, at_least=3)
+            held = await relay.per_worker("avatar_relay_conversations_open")
+            pids = worker_pids(relay.process.pid)
+            os.kill(pids[0], signal.SIGKILL)
+            alive = [browser for browser in browsers if await still_talking(browser)]
+            assert len(alive) == held["1"] and len(browsers) - len(alive) == held["0"]
+            with trio.fail_after(15):  # the replacement starts and reaps what worker 0 left running
+                while worker_pids(relay.process.pid).get(0, pids[0]) == pids[0]:
+                    await trio.sleep(0.05)
+            sessions = await wait_for_stops(http, sims, int(held["0"]))
+            assert sum(1 for s in sessions if s["stopped_at"] is not None) == held["0"]
+            assert all(s["stop_requests"] == (1 if s["stopped_at"] is not None else 0) for s in sessions), sessions
+            assert worker_pids(relay.process.pid)[1] == pids[1]
+            for browser in alive:
+                assert await still_talking(browser)
+                await browser.send(type="stop")
+                await browser.expect("ended")
+        sessions = await wait_for_stops(http, sims, len(browsers))
+        assert all(s["stop_requests"] == 1 for s in sessions), sessions
+        assert f"worker 0 (pid {pids[0]}) exited unexpectedly with signal SIGKILL" in relay.log()
+        with trio.fail_after(10):
+            while (await relay.per_worker("avatar_relay_worker_up")) != {"0": 1.0, "1": 1.0}:
+                await trio.sleep(0.05)
+
+
+async def test_the_conversation_cap_holds_for_the_whole_relay(tmp_path: Path) -> None:
+    async with simulators() as (sims, http):
+        env = relay_env(sims, tmp_path, RELAY_MAX_CONVERSATIONS="2", RELAY_MAX_STARTS_PER_MINUTE="1000")
+        async with supervisor(env, tmp_path, http) as relay, AsyncExitStack() as stack:
+            ws_url = relay.url.replace("http", "ws") + "/ws"
+            admitted = []
+            for _ in range(2):
+                browser = BrowserClient(await stack.enter_async_context(open_websocket_url(ws_url)))
+                await browser.start()
+                admitted.append(browser)
+            refusals = 0
+            with trio.fail_after(20):
+                while True:  # until both workers have refused some: the cap is not per worker
+                    async with open_websocket_url(ws_url) as ws:
+                        refused = BrowserClient(ws)
+                        await refused.send(type="start")
+                        assert (await refused.expect("error"))["code"] == "capacity"
+                        refusals += 1
+                    per_worker = await relay.per_worker("avatar_relay_conversations_refused_total",
+                                                        reason="capacity")
+                    if len(per_worker) == 2 and all(value >= 1 for value in per_worker.values()):
+                        break
+            assert sum((await relay.per_worker("avatar_relay_conversations_open")).values()) == 2
+            ready = (await http.get(relay.url + "/readyz")).json()
+            assert ready["checks"]["under_capacity"] is False
+            await admitted[0].send(type="stop")
+            await admitted[0].expect("ended")
+            with trio.fail_after(5):  # its seat is free again, whichever worker the next one reaches
+                while sum((await relay.per_worker("avatar_relay_conversations_open")).values()) != 1:
+                    await trio.sleep(0.05)
+            async with open_websocket_url(ws_url) as ws:
+                await BrowserClient(ws).start()
+        print(f"cap 2 on 2 workers: {refusals} refusals until both workers had refused")
+
+
+async def test_bad_configuration_and_a_busy_port_are_reported_once(tmp_path: Path) -> None:
+    async with simulators() as (sims, _http):
+        command = [sys.executable, "-m", "relay", "serve", "--workers", "2"]
+        bad = await trio.run_process([*command, "--port", str(free_port())], cwd=tmp_path, check=False,
+                                     env=relay_env(sims, tmp_path, RELAY_STOP_TIMEOUT="-1"), capture_stderr=True)
+        assert bad.returncode == 2
+        assert bad.stderr.decode().strip().splitlines() == [
+            "avatar-relay: invalid configuration: RELAY_STOP_TIMEOUT: Input should be greater than 0"]
+        zero = await trio.run_process([*command[:-2], "--port", str(free_port())], cwd=tmp_path, check=False,
+                                      env=relay_env(sims, tmp_path, RELAY_WORKERS="0"), capture_stderr=True)
+        assert zero.returncode == 2 and "RELAY_WORKERS" in zero.stderr.decode()
+        demo = await trio.run_process([*command, "--port", str(free_port())], cwd=tmp_path, check=False,
+                                      env=base_env(), capture_stderr=True)
+        assert demo.returncode == 2 and "--workers needs real upstream settings" in demo.stderr.decode()
+        with trio.socket.socket() as taken:
+            await taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            busy = await trio.run_process([*command, "--port", str(port)], cwd=tmp_path, check=False,
+                                          env=relay_env(sims, tmp_path), capture_stderr=True)
+        assert busy.returncode == 1
+        assert busy.stderr.decode().strip().splitlines() == [
+            f"avatar-relay: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+async def test_after_the_whole_relay_is_killed_the_next_start_stops_each_session_exactly_once(
+        tmp_path: Path) -> None:
+    """Both workers of the next start reap at once: each orphaned session must be stopped by exactly one, and the
+    two share the work."""
+    async with simulators() as (sims, http):
+        env = relay_env(sims, tmp_path)
+        async with supervisor(env, tmp_path, http) as relay, AsyncExitStack() as stack:
+            browsers = await open_until_both_workers_hold_some(relay, stack, at_least=4)
+            relay.process.send_signal(signal.SIGSTOP)  # no restarts, no drain: a machine-wide crash
+            for pid in worker_pids(relay.process.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            relay.process.kill()
+            await relay.process.wait()
+        assert all(s["stopped_at"] is None for s in await heygen_sessions(http, sims))
+        # Slow stops: each worker is still stopping its first orphan while the other reads the journal.
+        await http.post(sims.heygen + "/_sim/faults", json={"latency_ms": {"streaming.stop": 500}})
+        async with supervisor(env, tmp_path, http):
+            sessions = await wait_for_stops(http, sims, len(browsers))
+        assert len(sessions) == len(browsers)
+        assert all(s["stop_requests"] == 1 for s in sessions), sessions
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    async with simulators() as (sims, http):
+        async with supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay, AsyncExitStack() as stack:
+            browsers = await open_until_both_workers_hold_some(relay, stack)
+            pids = worker_pids(relay.process.pid)
+            relay.process.kill()
+            await relay.process.wait()
+            with trio.fail_after(15):
+                for browser in browsers:
+                    assert (await browser.expect("ended"))["reason"] == "shutdown"
+                while any(running(pid) for pid in pids.values()):
+                    await trio.sleep(0.05)
+        sessions = await heygen_sessions(http, sims)
+        assert all(s["stop_requests"] == 1 for s in sessions), sessions
