@@ -1,6 +1,6 @@
-"""Draw a benchmark report (`bench/results/*.json`) as a PNG: p99 latencies and relay CPU against N, the relay
-next to the baseline. `python -m bench.plot RESULT.json docs/perf.png`. Needs matplotlib (the `bench` extra);
-nothing else in the benchmark does.
+"""Draw a benchmark report (`bench/results/*.json`) as a PNG: p99 latencies and CPU against N, the relay next to
+the baseline and the Trio yardsticks. `python -m bench.plot RESULT.json docs/perf.png`. Needs matplotlib (the
+`bench` extra); nothing else in the benchmark does.
 """
 
 from __future__ import annotations
@@ -19,20 +19,26 @@ def plot(report: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (latency_ax, cpu_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"relay": ("tab:blue", "o"), "baseline": ("tab:gray", "s")}
-    for impl, (color, marker) in styles.items():
+    # The relay and the asyncio baseline in full; the two Trio yardsticks (bench/naive.py, bench/trio_floor.py)
+    # only where they make the point: forwarding p99 and CPU.
+    styles = {"relay": ("tab:blue", "o", True), "baseline": ("tab:gray", "s", True),
+              "naive": ("tab:orange", "^", False), "trio_floor": ("tab:green", "D", False)}
+    for impl, (color, marker, full) in styles.items():
         rows = sorted((r for r in report["rows"] if r["impl"] == impl), key=lambda r: r["clients"])
         if not rows:
             continue
         n = [r["clients"] for r in rows]
         latency_ax.plot(n, [r["forwarding"]["p99"] for r in rows], color=color, marker=marker,
                         label=f"{impl}: audio forwarding p99")
-        latency_ax.plot(n, [r["to_avatar"]["p99"] for r in rows], color=color, marker=marker, linestyle="--",
-                        label=f"{impl}: text-to-avatar p99")
         cpu_ax.plot(n, [r["cpu_ms_per_conversation_second"] for r in rows], color=color, marker=marker,
                     label=f"{impl}: CPU ms per conversation-second")
+        if not full:
+            continue
+        latency_ax.plot(n, [r["to_avatar"]["p99"] for r in rows], color=color, marker=marker, linestyle="--",
+                        label=f"{impl}: text-to-avatar p99")
         cpu_ax.plot(n, [r.get("cpu_core_share") for r in rows], color=color, marker=marker, linestyle=":",
                     label=f"{impl}: cores used")
+    cpu_ax.axhline(1.0, color="tab:red", linewidth=0.8, label="goal: 1 ms per conversation-second")
     latency_ax.axhline(50, color="tab:red", linewidth=0.8, label="50 ms")
     latency_ax.set_xscale("log")
     latency_ax.set_yscale("log")
@@ -42,7 +48,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
     latency_ax.legend(fontsize=7)
     cpu_ax.set_xscale("log")
     cpu_ax.set_xlabel("concurrent conversations (N)")
-    cpu_ax.set_title("relay process CPU")
+    cpu_ax.set_title("CPU of the process under test")
     cpu_ax.legend(fontsize=7)
     machine = report["machine"]
     fig.suptitle(f"{report['avatar']}, {report['chunk_ms']} ms chunks, {report['duration_s']:g} s per run; "

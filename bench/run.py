@@ -191,7 +191,7 @@ def _wait_for_no_leaks(http: httpx2.Client, sims: Sims, avatar: str, timeout: fl
 
 def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     with running_sims(avatar) as sims:
-        direct_ms = direct_avatar_setup_ms(avatar, sims)
+        direct_ms = direct_avatar_setup_ms(avatar, sims, args.upstream_tries)
         out = _run_on(sims, direct_ms, impl, avatar, clients, args, out_dir)
     return out
 
@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--impl", default="relay,baseline",
                         help="comma-separated: relay, baseline, naive, trio_floor (default relay,baseline)")
     parser.add_argument("--quick", action="store_true", help="N=1,20 for 5 s each")
+    parser.add_argument("--upstream-tries", type=int, default=5,
+                        help="direct measurements of the avatar's start-up per run (median; default 5)")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)

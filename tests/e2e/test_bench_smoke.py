@@ -1,5 +1,6 @@
-"""A few seconds of the benchmark (N=2, relay and baseline), so its machinery never rots: simulators, the real
-relay under hypercorn, the baseline, the load generator, the ledger matching and the report. The numbers are not
+"""A few seconds of the benchmark (N=2: the relay, the baseline and the two Trio yardsticks), so its machinery never
+rots: simulators, the real relay under hypercorn, the baseline, the naive quart-trio relay, the bare Trio floor, the
+load generator, the ledger matching and the report. The numbers are not
 judged here (the machine is shared), only that every measurement is present and nothing failed or leaked."""
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ def test_a_frame_stamp_survives_and_keeps_silence_silent() -> None:
     assert read_stamp(frames[0]) is None  # loud speech without a stamp is not mistaken for one
 
 
-def test_benchmark_measures_relay_and_baseline_with_no_errors_or_leaks(tmp_path: Path) -> None:
-    report = main(["--clients", "2", "--duration", "4", "--out", str(tmp_path / "smoke.json")])
+def test_benchmark_measures_every_implementation_with_no_errors_or_leaks(tmp_path: Path) -> None:
+    report = main(["--clients", "2", "--duration", "3", "--impl", "relay,baseline,naive,trio_floor",
+                   "--upstream-tries", "1", "--out", str(tmp_path / "smoke.json")])
     rows = {row["impl"]: row for row in report["rows"]}
-    assert set(rows) == {"relay", "baseline"}
+    assert set(rows) == {"relay", "baseline", "naive", "trio_floor"}
     for row in rows.values():
         assert row["ready"] == 2, row
         assert row["errors"] == 0, row["error_samples"]
@@ -32,6 +34,7 @@ def test_benchmark_measures_relay_and_baseline_with_no_errors_or_leaks(tmp_path:
         assert row["forwarding"]["count"] == row["frames_sent"] > 0
         assert row["to_avatar"]["count"] >= 1  # each client's first turn was answered and reached the avatar
         assert row["cpu_ms_per_conversation_second"] is not None
+        assert 500 <= row["upstream_direct_ms"] < 1000  # the avatar's start-up measured against the simulators
     # The relay opens the agent (150 ms) and the avatar (500 ms) concurrently: never faster than the slower one.
     assert rows["relay"]["setup"]["p50"] >= 500
     assert rows["relay"]["ratio_to_baseline"]["cpu"] is not None
