@@ -127,6 +127,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
     if role is not None:
         config.bind = [f"fd://{role.listen_fd}"]  # the supervisor's socket, shared by every worker
+        # Only the first signal counts (it starts the drain): systemd's default KillMode signals every process of
+        # the service, the supervisor forwards it too, and a second SIGTERM must not kill a worker mid-drain. The
+        # signal receiver restores these "ignore" handlers once it has seen the first one.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     status = 0
     try:
         trio.run(lambda: hypercorn_serve(app, config, shutdown_trigger=drain_on_signal))

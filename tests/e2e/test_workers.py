@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
@@ -207,12 +208,20 @@ async def test_conversations_spread_over_both_workers_and_metrics_add_them_up(tm
         assert health <= {0, 1}
 
 
-async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path: Path) -> None:
-    async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
-        async with AsyncExitStack() as stack:
+@pytest.mark.parametrize("everyone", [False, True], ids=["supervisor", "every-process"])
+async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path: Path, everyone: bool) -> None:
+    """SIGTERM to the supervisor, or (systemd's default KillMode=control-group) to every process of the relay: each
+    worker then gets it twice, the second time from the supervisor while it is draining, and must still drain."""
+    async with simulators() as (sims, http):
+        env = relay_env(sims, tmp_path, RELAY_PREDRAIN_DELAY="1" if everyone else "0")
+        async with supervisor(env, tmp_path, http) as relay, AsyncExitStack() as stack:
             browsers = await open_until_both_workers_hold_some(relay, stack)
             pids = worker_pids(relay.process.pid)
             signalled = time.monotonic()
+            if everyone:
+                for pid in pids.values():
+                    os.kill(pid, signal.SIGTERM)
+                await trio.sleep(0.3)
             relay.process.send_signal(signal.SIGTERM)
             with trio.fail_after(15):
                 for browser in browsers:
