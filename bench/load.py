@@ -30,16 +30,51 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` (all its threads) from /proc/<pid>/stat."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its live descendants (a relay run with `--workers` is a supervisor and its workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue  # exited meanwhile
+    return pids
+
+
+def _stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` (all its threads) and its live descendants, plus what its waited-for dead
+    children used (a restarted worker's time is not lost), from /proc."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = _stat_fields(member)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        if member == pid:
+            total += int(fields[13]) + int(fields[14])
+    return total / CLOCK_TICKS
 
 
 def process_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE_SIZE
+    """Resident memory of `pid` and its live descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_SIZE
+        except OSError:
+            continue
+    return total
 
 
 @dataclass

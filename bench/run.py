@@ -68,6 +68,25 @@ def _wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 2
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+def _wait_for_workers(port: int, workers: int, timeout: float = 30.0) -> None:
+    """Until the relay is ready and, with several workers, every one of them answers in the merged /metrics
+    (`avatar_relay_worker_up`), so no client waits in the listen queue for a worker still starting."""
+    deadline = time.monotonic() + timeout
+    with httpx2.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx2.HTTPError):
+                if http.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    if workers == 1:
+                        return
+                    metrics = http.get(f"http://127.0.0.1:{port}/metrics").text
+                    up = [line for line in metrics.splitlines()
+                          if line.startswith("avatar_relay_worker_up{") and line.endswith(" 1.0")]
+                    if len(up) >= workers:
+                        return
+            time.sleep(0.1)
+    raise RuntimeError(f"the relay on {port} did not get {workers} worker(s) ready in {timeout} s")
+
+
 @contextlib.contextmanager
 def running_sims(avatar: str) -> Iterator[Sims]:
     process = subprocess.Popen([PYTHON, "-m", "bench.sims"], cwd=ROOT, stdin=subprocess.PIPE,
@@ -95,8 +114,8 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 @contextlib.contextmanager
-def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path) -> Iterator[tuple[str, int]]:
-    """Start the relay or the baseline; yields (ws URL, pid)."""
+def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: int = 1) -> Iterator[tuple[str, int]]:
+    """Start the relay (with `workers` processes) or a yardstick; yields (ws URL, pid of the process started)."""
     port = _free_port()
     log = open(log_path, "w")
     if impl == "relay":
@@ -111,6 +130,7 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path) -> Iterator
         # An empty working directory (also the session journal's): no stray .env changes what is measured.
         cwd = tempfile.mkdtemp(prefix="bench-relay-")
         env["RELAY_STATE_DIR"] = cwd
+        env["RELAY_WORKERS"] = str(workers)
         command = [PYTHON, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
     elif impl in ("naive", "trio_floor"):
         if avatar != "heygen":
@@ -127,6 +147,8 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path) -> Iterator
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, process)
+        if impl == "relay":
+            _wait_for_workers(port, workers)
         yield f"ws://127.0.0.1:{port}/ws", process.pid
     finally:
         _stop(process)
@@ -198,7 +220,8 @@ def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_
 
 def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, args: argparse.Namespace,
             out_dir: Path) -> dict[str, Any]:
-    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log") as (url, pid):
+    workers = args.relay_workers if impl == "relay" else 1
+    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers) as (url, pid):
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
              "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid)],
@@ -218,7 +241,7 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
     window = result.pop("window")
     received = ledgers["el"]["totals"]["user_audio_chunks"]
     out: dict[str, Any] = {
-        "impl": impl, "avatar": avatar, "clients": clients, "chunk_ms": args.chunk_ms,
+        "impl": impl, "workers": workers, "avatar": avatar, "clients": clients, "chunk_ms": args.chunk_ms,
         "setup": result["setup"], "upstream_direct_ms": direct_ms,
         "setup_over_upstream_p50": None if result["setup"]["p50"] is None
         else round(result["setup"]["p50"] - direct_ms, 1),
@@ -272,7 +295,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         s, f, a = r["setup"], r["forwarding"], r["to_avatar"]
         lines.append(" | ".join([
-            r["impl"], str(r["clients"]), f"{_fmt(s['p50'])}/{_fmt(s['p99'])} ({_fmt(r['setup_over_upstream_p50'])})",
+            r["impl"] + (f" x{r['workers']}" if r.get("workers", 1) > 1 else ""), str(r["clients"]),
+            f"{_fmt(s['p50'])}/{_fmt(s['p99'])} ({_fmt(r['setup_over_upstream_p50'])})",
             f"{_fmt(f['p50'])}/{_fmt(f['p99'])}/{_fmt(f['max'])}",
             f"{_fmt(a['p50'])}/{_fmt(a['p99'])}/{_fmt(a['max'])}",
             _fmt(r["cpu_ms_per_conversation_second"]), _fmt(r.get("cpu_core_share")),
@@ -301,6 +325,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--impl", default="relay,baseline",
                         help="comma-separated: relay, baseline, naive, trio_floor (default relay,baseline)")
     parser.add_argument("--quick", action="store_true", help="N=1,20 for 5 s each")
+    parser.add_argument("--relay-workers", type=int, default=1,
+                        help="processes of the relay (`avatar-relay serve --workers`; default 1)")
     parser.add_argument("--upstream-tries", type=int, default=5,
                         help="direct measurements of the avatar's start-up per run (median; default 5)")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
