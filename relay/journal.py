@@ -11,6 +11,10 @@ row names its owner process by pid and kernel start time, so a row is an orphan 
 untouched. Writes run on a worker thread (`trio.to_thread.run_sync`, one at a time) so the Trio loop never waits on
 the disk; they are shielded and bounded, and a failing journal is logged and never ends a conversation.
 
+Before stopping an orphan's session, a reaper claims its row (one conditional UPDATE makes it the owner), so
+processes reaping at once — the workers of `serve --workers N` starting together, `avatar-relay reap` — never stop
+the same session twice; a failed stop gives the row back to its dead owner.
+
 The window it cannot cover: a process killed between an upstream creating a session and the provider handing it
 over (HeyGen `streaming.start`, LiveAvatar `sessions/start` and the LITE socket: about a second). `avatar-relay
 reap` finds those through the providers' list APIs. This module must never store a secret: rows hold provider
