@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import trio
@@ -98,20 +98,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     registry = relay_state(app).registry
 
-    async def wait_for_shutdown() -> None:
-        if role is None:
+    async def wait_for_shutdown(signals: AsyncIterator[int] | None) -> None:
+        if signals is None or role is None:
             await _wait_for_signal()
             return
         async with trio.open_nursery() as nursery:  # a worker also stops when its supervisor is gone
-            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+            async def first(wait: Callable[[], Awaitable[object]]) -> None:
                 await wait()
                 nursery.cancel_scope.cancel()
 
-            nursery.start_soon(first, _wait_for_signal)
+            nursery.start_soon(first, signals.__anext__)
             nursery.start_soon(first, partial(wait_for_supervisor_exit, role.supervisor_pid))
 
-    async def drain_on_signal() -> None:
-        await wait_for_shutdown()
+    async def drain_on_signal(signals: AsyncIterator[int] | None = None) -> None:
+        await wait_for_shutdown(signals)
         # Not ready first (/readyz answers 503, new conversations are refused), so a load balancer stops sending
         # new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are ended.
         registry.shutting_down = True
@@ -127,14 +127,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
     if role is not None:
         config.bind = [f"fd://{role.listen_fd}"]  # the supervisor's socket, shared by every worker
-        # Only the first signal counts (it starts the drain): systemd's default KillMode signals every process of
-        # the service, the supervisor forwards it too, and a second SIGTERM must not kill a worker mid-drain. The
-        # signal receiver restores these "ignore" handlers once it has seen the first one.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    async def serve() -> None:
+        if role is None:
+            await hypercorn_serve(app, config, shutdown_trigger=drain_on_signal)
+            return
+        # A worker listens for SIGTERM/SIGINT for as long as it runs: the first starts the drain, later ones are
+        # ignored (systemd's default KillMode signals every process of the service and the supervisor forwards
+        # too; a second signal must not kill a worker mid-drain).
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await hypercorn_serve(app, config, shutdown_trigger=partial(drain_on_signal, signals))
+
     status = 0
     try:
-        trio.run(lambda: hypercorn_serve(app, config, shutdown_trigger=drain_on_signal))
+        trio.run(serve)
     except* OSError as group:
         print(f"avatar-relay: cannot listen on {host}:{port}: {_first(group).strerror}", file=sys.stderr)
         status = 1

@@ -269,6 +269,19 @@ async def test_a_killed_worker_is_replaced_and_its_sessions_stopped_once_while_t
                 await trio.sleep(0.05)
 
 
+async def test_sigterm_while_a_replacement_worker_is_starting_still_drains_it(tmp_path: Path) -> None:
+    async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
+        first = worker_pids(relay.process.pid)[0]
+        os.kill(first, signal.SIGKILL)
+        with trio.fail_after(5):
+            while worker_pids(relay.process.pid).get(0, first) == first:
+                await trio.sleep(0.01)
+        await trio.sleep(0.6)
+        relay.process.send_signal(signal.SIGTERM)  # the replacement is still importing, not yet listening
+        with trio.fail_after(10):
+            assert await relay.process.wait() == 0
+
+
 async def test_the_conversation_cap_holds_for_the_whole_relay(tmp_path: Path) -> None:
     async with simulators() as (sims, http):
         env = relay_env(sims, tmp_path, RELAY_MAX_CONVERSATIONS="2", RELAY_MAX_STARTS_PER_MINUTE="1000")
