@@ -207,7 +207,8 @@ def _wait_for_no_leaks(http: httpx2.Client, sims: Sims, avatar: str, timeout: fl
         else:
             open_avatars = sum(1 for s in av["sessions"].values() if s["stopped"] is None and s["expired"] is None)
         if (open_agents == 0 and open_avatars == 0) or time.monotonic() > deadline:
-            return {"el": el, "avatar": av, "open_agents": open_agents, "open_avatars": open_avatars}
+            return {"el": el, "avatar": av, "open_agents": open_agents, "open_avatars": open_avatars,
+                    "waited_s": round(time.monotonic() - deadline + timeout, 1)}
         time.sleep(0.2)
 
 
@@ -230,7 +231,7 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
             raise RuntimeError(f"load generator failed: {load.stderr[-2000:]}")
         result = orjson.loads(load.stdout)
         with httpx2.Client(timeout=30.0) as http:
-            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=15.0)
+            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=args.leak_wait)
             forwarding = http.get(sims.urls["control"] + "/forwarding").json()
     log_text = (out_dir / f"{impl}-{clients}.log").read_text(errors="replace")
     pairs = [(c, s) for c, s in result.pop("pairs") if c and s]
@@ -252,6 +253,7 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
                                                                      for c in ledgers["el"]["conversations"]),
         "errors": result["errors"] + log_text.count("Traceback") + log_text.count(" ERROR "),
         "error_samples": result["error_samples"],
+        "closed_after_s": ledgers["waited_s"],
         "leaked_agents": ledgers["open_agents"], "leaked_avatar_sessions": ledgers["open_avatars"],
         "ready": result["ready"], "messages": result["messages"],
         "cpu_ms_per_conversation_second": None, "rss_mb_per_conversation": None, "window_s": None,
@@ -327,6 +329,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="N=1,20 for 5 s each")
     parser.add_argument("--relay-workers", type=int, default=1,
                         help="processes of the relay (`avatar-relay serve --workers`; default 1)")
+    parser.add_argument("--leak-wait", type=float, default=15.0,
+                        help="seconds to wait, after the last client left, for every upstream session to close before "
+                             "counting what is still open as leaked (default 15)")
     parser.add_argument("--upstream-tries", type=int, default=5,
                         help="direct measurements of the avatar's start-up per run (median; default 5)")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     relay_drain_timeout: float = Field(default=10.0, gt=0)
     relay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # `serve` processes on one socket (docs/deploy.md)
     relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
+    # Length of the microphone frames the page sends. The relay's CPU is per frame (docs/performance.md): longer
+    # frames cost less and add their length to the capture latency.
+    relay_client_frame_ms: int = Field(default=60, ge=20, le=250)
     relay_log_format: Literal["text", "json"] = "text"
     relay_log_level: str = "INFO"
     # Operations (docs/operations.md)

@@ -37,7 +37,7 @@ const ui = {
   transcript: $('transcript'),
 };
 
-const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws' };
+const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60 };
 const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
 const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
 const ACTIVITY_EVERY_MS = 2000;
@@ -289,7 +289,9 @@ class Conversation {
   }
 
   configureCapture() {
-    this.capture.node.port.postMessage({ type: 'configure', sampleRate: this.ready.input_audio.sample_rate });
+    this.capture.node.port.postMessage({
+      type: 'configure', sampleRate: this.ready.input_audio.sample_rate, frameMs: this.config.frame_ms,
+    });
   }
 
   refreshControls() {

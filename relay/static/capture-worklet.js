@@ -2,12 +2,12 @@
 //
 // It mixes the input down to mono, reports the input level about twenty times a second, and — once the page has
 // told it the agent's input rate (after `ready`) — resamples with a streaming windowed-sinc filter and posts PCM16
-// frames of FRAME_MS milliseconds to the page, transferring each buffer rather than copying it. Before it is
-// configured it sends no audio at all: nothing may reach the relay before `ready`. It must never touch the DOM.
+// frames of the length the page asks for (RELAY_CLIENT_FRAME_MS, from client-config.json; FRAME_MS if none) to the
+// page, transferring each buffer rather than copying it. Before it is configured it sends no audio at all: nothing may reach the relay before `ready`. It must never touch the DOM.
 
 import { StreamingResampler } from './resampler.js';
 
-const FRAME_MS = 60;
+const FRAME_MS = 60; // the default frame length, when the page does not say
 const LEVEL_EVERY_SECONDS = 0.05;
 
 class RelayCaptureProcessor extends AudioWorkletProcessor {
@@ -27,7 +27,8 @@ class RelayCaptureProcessor extends AudioWorkletProcessor {
       const msg = event.data;
       if (msg.type === 'configure') {
         this.resampler = new StreamingResampler(sampleRate, msg.sampleRate);
-        this.frameLength = Math.round((msg.sampleRate * FRAME_MS) / 1000);
+        const frameMs = Number.isFinite(msg.frameMs) ? Math.min(250, Math.max(20, msg.frameMs)) : FRAME_MS;
+        this.frameLength = Math.round((msg.sampleRate * frameMs) / 1000);
         this.frame = new Int16Array(this.frameLength);
         this.filled = 0;
       } else if (msg.type === 'stop') {

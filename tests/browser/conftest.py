@@ -160,11 +160,11 @@ class Relay:
         post_json(self.simulators[name] + "/_sim/reset", {})
 
 
-def _start_relay(avatar: str, livekit_url: str, log: Path) -> Relay:
+def _start_relay(avatar: str, livekit_url: str, log: Path, settings: dict[str, str]) -> Relay:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(_UPSTREAM_ENV_PREFIXES)}
     env.update({"RELAY_AVATAR": avatar, "RELAY_LIVEKIT_CLIENT_URL": livekit_url,
-                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")})
+                "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")}, **settings)
     log_file = log.open("wb")
     # The working directory is the log's folder so a developer's .env cannot switch demo mode off.
     process = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--port", str(port)], cwd=log.parent,
@@ -187,15 +187,18 @@ def _start_relay(avatar: str, livekit_url: str, log: Path) -> Relay:
 
 
 @pytest.fixture(scope="session")
-def relays(tmp_path_factory: pytest.TempPathFactory, livekit_client_url: str) -> Iterator[Callable[[str], Relay]]:
-    """`relays(avatar)`: the demo-mode relay for RELAY_AVATAR=avatar (started on first use, shared after)."""
-    started: dict[str, Relay] = {}
+def relays(tmp_path_factory: pytest.TempPathFactory, livekit_client_url: str) -> Iterator[Callable[..., Relay]]:
+    """`relays(avatar, **settings)`: the demo-mode relay for RELAY_AVATAR=avatar and these extra environment
+    settings (started on first use, shared after)."""
+    started: dict[tuple[str, tuple[tuple[str, str], ...]], Relay] = {}
     folder = tmp_path_factory.mktemp("relay")
 
-    def get(avatar: str) -> Relay:
-        if avatar not in started:
-            started[avatar] = _start_relay(avatar, livekit_client_url, folder / f"relay-{avatar}.log")
-        return started[avatar]
+    def get(avatar: str, **settings: str) -> Relay:
+        key = (avatar, tuple(sorted(settings.items())))
+        if key not in started:
+            name = "-".join([avatar, *(f"{k}={v}" for k, v in key[1])])
+            started[key] = _start_relay(avatar, livekit_client_url, folder / f"relay-{name}.log", settings)
+        return started[key]
 
     yield get
     for relay in started.values():

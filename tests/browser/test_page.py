@@ -84,7 +84,23 @@ def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays,
     assert state["framesSent"] > 20, "the microphone must stream PCM frames to the relay"
     assert state["mouthMoves"] >= 2 and state["maxOutputRms"] > 0.01
     assert "user_transcript" in state["received"] and "avatar_state" in state["received"]
-    assert agent_conversation(relay, info["conversationId"])["user_audio_seconds"] > 5
+    heard_by_agent = agent_conversation(relay, info["conversationId"])
+    assert heard_by_agent["user_audio_seconds"] > 5
+    # Default RELAY_CLIENT_FRAME_MS: 60 ms frames of 16 kHz PCM16, 1,920 bytes each.
+    assert heard_by_agent["user_audio_bytes"] == 1920 * heard_by_agent["user_audio_chunks"]
+
+
+def test_the_microphone_frame_length_follows_the_relays_setting(relays, open_page) -> None:
+    relay = relays("none", RELAY_CLIENT_FRAME_MS="200")
+    page = open_page(relay, mic="speech")
+    info = start(page)
+
+    def chunks() -> dict[str, Any] | None:
+        record = agent_conversation(relay, info["conversationId"])
+        return record if record["user_audio_chunks"] >= 10 else None
+
+    record = wait_until(chunks, 20, "ten microphone frames reach the agent")
+    assert record["user_audio_bytes"] == 6400 * record["user_audio_chunks"]  # 200 ms of 16 kHz PCM16 each
 
 
 def interrupt_and_wait_for_silence(page: Any) -> None:
