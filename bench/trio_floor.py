@@ -5,24 +5,27 @@ what Trio itself costs per conversation-second, i.e. how much of the relay's CPU
 remove (docs/performance.md). HeyGen text mode only; no admission, timeouts, validation or clean handling of bad
 input; a connection's failure is contained to that connection.
 
+The conversation itself is `bench.naive.converse`, the same code as the naive relay's: only the sockets differ.
+
 `python -m bench.trio_floor --port P --elevenlabs URL --heygen URL`
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
-import orjson
 import trio
 from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from bench.naive import Pipe, converse
 from relay.wsclient import open_websocket
 
 KEY = {"xi-api-key": "bench-key", "x-api-key": "bench-key"}
@@ -82,11 +85,21 @@ class BrowserSocket:
             await self.stream.send_all(data)
 
 
+@asynccontextmanager
+async def open_agent(url: str) -> AsyncIterator[Pipe]:
+    async with open_websocket(url, max_message_size=MAX_SIZE) as connection:
+
+        async def send(message: str | bytes) -> None:
+            await connection.send_text(message if isinstance(message, str) else message.decode())
+
+        yield Pipe(connection.receive, send)
+
+
 def handler(elevenlabs: str, heygen: str, http: httpx2.AsyncClient) -> Any:
     async def handle(stream: trio.SocketStream) -> None:
         try:
             browser = await BrowserSocket.accept(stream)
-            await converse(browser)
+            await converse(Pipe(browser.receive, browser.send), open_agent, http, elevenlabs, heygen)
             browser.protocol.send_close(1000)
             await browser.send_raw(b"".join(browser.protocol.data_to_send()))
         except EOFError:
@@ -95,58 +108,6 @@ def handler(elevenlabs: str, heygen: str, http: httpx2.AsyncClient) -> Any:
             print(f"connection failed: {exc!r}", flush=True)
         with contextlib.suppress(Exception):
             await stream.aclose()
-
-    async def converse(browser: BrowserSocket) -> None:
-        if orjson.loads(await browser.receive()).get("type") != "start":
-            return
-        signed = (await http.get(f"{elevenlabs}/v1/convai/conversation/get-signed-url",
-                                 params={"agent_id": "bench-agent"})).json()["signed_url"]
-        async with open_websocket(signed, max_message_size=MAX_SIZE) as agent:
-            await agent.send_text('{"type":"conversation_initiation_client_data"}')
-            metadata = orjson.loads(await agent.receive())["conversation_initiation_metadata_event"]
-            new = (await http.post(f"{heygen}/v1/streaming.new", json={"avatar_id": "Wayne_20240711",
-                                                                       "version": "v2"})).json()
-            session = {"session_id": new["data"]["session_id"]}
-            try:
-                await http.post(f"{heygen}/v1/streaming.start", json=session)
-                await browser.send(orjson.dumps({"type": "ready", "conversation_id": metadata["conversation_id"],
-                                                 "avatar": {**session, "simulated": True}}).decode())
-                async with trio.open_nursery() as nursery:
-
-                    async def up() -> None:
-                        while True:
-                            frame = await browser.receive()
-                            if isinstance(frame, bytes):
-                                await agent.send_text('{"user_audio_chunk":"' + base64.b64encode(frame).decode()
-                                                      + '"}')
-                            elif orjson.loads(frame).get("type") == "stop":
-                                await browser.send('{"type":"ended","reason":"client_stop"}')
-                                nursery.cancel_scope.cancel()
-                                return
-
-                    async def speak(text: str) -> None:
-                        await http.post(f"{heygen}/v1/streaming.task",
-                                        json={**session, "text": text, "task_type": "repeat"})
-
-                    async def down() -> None:
-                        while True:
-                            event = orjson.loads(await agent.receive())
-                            kind = event.get("type")
-                            if kind == "audio":
-                                await browser.send(base64.b64decode(event["audio_event"]["audio_base_64"]))
-                            elif kind == "ping":
-                                await agent.send_text(orjson.dumps(
-                                    {"type": "pong", "event_id": event["ping_event"]["event_id"]}).decode())
-                            elif kind == "agent_response":
-                                text = event["agent_response_event"]["agent_response"]
-                                await browser.send(orjson.dumps({"type": "agent_response", "text": text}).decode())
-                                nursery.start_soon(speak, text)
-
-                    nursery.start_soon(up)
-                    nursery.start_soon(down)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await http.post(f"{heygen}/v1/streaming.stop", json=session)
 
     return handle
 

@@ -115,15 +115,20 @@ async def _open_conversations(url: str, count: int, nursery: trio.Nursery) -> No
         await nursery.start(hold_conversation, url, [])
 
 
+def heygen_relay_env(sims: SimulatorURLs, tmp_path: Path) -> dict[str, str]:
+    """A relay on the simulators in this process, HeyGen avatar, journal in `tmp_path`/state."""
+    return base_env(ELEVENLABS_BASE_URL=sims.elevenlabs, ELEVENLABS_AGENT_ID="agent_crash",
+                    ELEVENLABS_API_KEY="xi-crash", HEYGEN_BASE_URL=sims.heygen, HEYGEN_API_KEY="hg-crash",
+                    HEYGEN_AVATAR_ID="Wayne_20240711", RELAY_AVATAR="heygen", RELAY_AUTH="off",
+                    RELAY_STATE_DIR=str(tmp_path / "state"))
+
+
 @asynccontextmanager
 async def crashed_relay(tmp_path: Path) -> AsyncIterator[tuple[SimulatorURLs, dict[str, str], httpx2.AsyncClient]]:
     """Simulators in this process, a relay process on them with two conversations open, then kill -9."""
     async with trio.open_nursery() as outer:
         sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
-        env = base_env(ELEVENLABS_BASE_URL=sims.elevenlabs, ELEVENLABS_AGENT_ID="agent_crash",
-                       ELEVENLABS_API_KEY="xi-crash", HEYGEN_BASE_URL=sims.heygen, HEYGEN_API_KEY="hg-crash",
-                       HEYGEN_AVATAR_ID="Wayne_20240711", RELAY_AVATAR="heygen", RELAY_AUTH="off",
-                       RELAY_STATE_DIR=str(tmp_path / "state"))
+        env = heygen_relay_env(sims, tmp_path)
         async with httpx2.AsyncClient(timeout=5.0) as http:
             async with relay_process(env, tmp_path) as (process, url):
                 with trio.fail_after(10):
@@ -174,10 +179,7 @@ async def test_a_session_killed_while_starting_is_journaled_and_reaped(tmp_path:
     must already be in the journal, and the next start stops it."""
     async with trio.open_nursery() as outer:
         sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
-        env = base_env(ELEVENLABS_BASE_URL=sims.elevenlabs, ELEVENLABS_AGENT_ID="agent_crash",
-                       ELEVENLABS_API_KEY="xi-crash", HEYGEN_BASE_URL=sims.heygen, HEYGEN_API_KEY="hg-crash",
-                       HEYGEN_AVATAR_ID="Wayne_20240711", RELAY_AVATAR="heygen", RELAY_AUTH="off",
-                       RELAY_STATE_DIR=str(tmp_path / "state"))
+        env = heygen_relay_env(sims, tmp_path)
         async with httpx2.AsyncClient(timeout=5.0) as http:
             await http.post(sims.heygen + "/_sim/faults", json={"latency_ms": {"streaming.start": 20000}})
             async with relay_process(env, tmp_path) as (process, url):
