@@ -57,6 +57,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# `--pin`: the implementation under test on CPU 0, the simulators and the load generator on the others, so the
+# relay has a core of its own (as in production) and runs vary less. Empty: no pinning.
+PINNING: dict[str, set[int]] = {}
+
+
+def _pinned(role: str) -> Any:
+    """A `preexec_fn` that pins the child to its role's CPUs under `--pin` (None otherwise)."""
+    cpus = PINNING.get(role)
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def _wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,6 +103,7 @@ def _wait_for_workers(port: int, workers: int, timeout: float = 30.0) -> None:
 @contextlib.contextmanager
 def running_sims(avatar: str) -> Iterator[Sims]:
     process = subprocess.Popen([PYTHON, "-m", "bench.sims"], cwd=ROOT, stdin=subprocess.PIPE,
+                               preexec_fn=_pinned("rig"),
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -144,7 +158,8 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
                    "--elevenlabs", sims.urls["elevenlabs"], "--heygen", sims.urls["heygen"],
                    "--liveavatar", sims.urls["liveavatar"]]
     env["PYTHONPATH"] = str(ROOT)
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=_pinned("impl"))
     try:
         _wait_for_port(port, process)
         if impl == "relay":
@@ -226,7 +241,8 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
              "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid)],
-            cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120)
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120,
+            preexec_fn=_pinned("rig"))
         if load.returncode != 0:
             raise RuntimeError(f"load generator failed: {load.stderr[-2000:]}")
         result = orjson.loads(load.stdout)
@@ -332,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--leak-wait", type=float, default=15.0,
                         help="seconds to wait, after the last client left, for every upstream session to close before "
                              "counting what is still open as leaked (default 15)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the implementation to CPU 0 and the simulators and load generator to the others")
     parser.add_argument("--upstream-tries", type=int, default=5,
                         help="direct measurements of the avatar's start-up per run (median; default 5)")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
@@ -342,6 +360,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     default_clients, default_duration = ("1,20", 5.0) if args.quick else ("1,50,200,500,1000", 20.0)
     counts = [int(n) for n in (args.clients or default_clients).split(",")]
     args.duration = args.duration or default_duration
+    PINNING.clear()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least two CPUs")
+        PINNING.update({"impl": {cpus[0]}, "rig": set(cpus[1:])})
     impls = [i.strip() for i in args.impl.split(",")]
     out_path = Path(args.out) if args.out else RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -361,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             relay["ratio_to_baseline"] = ratios(relay, baseline)
     upstream = UPSTREAM_MS[args.avatar]
     report = {
-        "machine": machine(), "avatar": args.avatar, "chunk_ms": args.chunk_ms, "duration_s": args.duration,
+        "machine": machine(), "pinned": bool(args.pin), "avatar": args.avatar, "chunk_ms": args.chunk_ms,
+        "duration_s": args.duration,
         "injected_latency_ms": {"elevenlabs_handshake": 150, "heygen_new": 300, "heygen_start": 200,
                                 "liveavatar_token": 300, "liveavatar_start": 200},
         "setup_reference_ms": {"slower": max(upstream.values()), "sum": sum(upstream.values())},
