@@ -28,6 +28,7 @@ from relay import elevenlabs as el
 from relay.auth import Gate, auth_problem
 from relay.config import ConfigError, Settings, load_settings
 from relay.journal import Journal, JournaledProvider, open_journal_now, reap_orphans, state_dir
+from relay.keepalive import KeepAliveGuard
 from relay.logs import configure_logging, set_worker
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import RelayMetrics
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         set_worker(worker.index)
     configure_logging(settings)
     app = QuartTrio(__name__, static_folder=None)
+    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
                         shared=None if worker is None else worker.seats(settings.relay_max_conversations))
     state = RelayState(settings, registry, gate=Gate(settings), worker=worker)

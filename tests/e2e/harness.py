@@ -130,13 +130,15 @@ def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_relay(**overrides: Any) -> AsyncIterator[Relay]:
+async def running_relay(*, keep_alive_timeout: float | None = None, **overrides: Any) -> AsyncIterator[Relay]:
     async with trio.open_nursery() as nursery:
         sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
         config = Config()
         config.bind = ["127.0.0.1:0"]
         config.accesslog = None
         config.graceful_timeout = 5.0
+        if keep_alive_timeout is not None:
+            config.keep_alive_timeout = keep_alive_timeout
         app = create_app(relay_settings(sims, **overrides))
         binds = await nursery.start(serve, app, config)
         async with httpx2.AsyncClient(timeout=5.0) as http:

@@ -74,3 +74,47 @@ async def test_sigterm_makes_the_relay_not_ready_before_it_drains_open_conversat
             while proc.poll() is None:
                 await trio.sleep(0.05)
     assert proc.returncode == 0
+
+
+async def get_keeping_alive(stream: trio.SocketStream, path: str) -> bytes:
+    """One HTTP/1.1 request on a connection the client keeps open; returns the whole response."""
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    data = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
+            b"content-length:"))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+    return head + b"\r\n\r\n" + body
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    async with running_relay(keep_alive_timeout=1.0) as relay:
+        host, port = relay.url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        assert (await get_keeping_alive(stream, "/healthz")).startswith(b"HTTP/1.1 200")
+        assert (await get_keeping_alive(stream, "/readyz")).startswith(b"HTTP/1.1 200")  # still usable meanwhile
+        with trio.fail_after(4):
+            assert await stream.receive_some(1024) == b""  # closed by the server once idle for 1 s
+        await stream.aclose()
+
+
+async def test_sigterm_is_not_held_up_by_an_idle_keep_alive_connection(tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running([sys.executable, "-m", "relay", "serve"], tmp_path, clean_env(RELAY_PORT=str(port))) as proc:
+        await wait_until_serving(base, proc)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)  # a proxy's or a scraper's kept-alive connection
+        assert (await get_keeping_alive(stream, "/healthz")).startswith(b"HTTP/1.1 200")
+        signalled = trio.current_time()
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            while proc.poll() is None:
+                await trio.sleep(0.02)
+        exited = trio.current_time() - signalled
+        await stream.aclose()
+    assert proc.returncode == 0
+    assert exited < 3.0, f"exit took {exited:.1f} s (hypercorn's grace period is 7 s)"
