@@ -15,10 +15,10 @@ Before stopping an orphan's session, a reaper claims its row (one conditional UP
 processes reaping at once — the workers of `serve --workers N` starting together, `avatar-relay reap` — never stop
 the same session twice; a failed stop gives the row back to its dead owner.
 
-The window it cannot cover: a process killed between an upstream creating a session and the provider handing it
-over (HeyGen `streaming.start`, LiveAvatar `sessions/start` and the LITE socket: about a second). `avatar-relay
-reap` finds those through the providers' list APIs. This module must never store a secret: rows hold provider
-names, session ids and base URLs only.
+Rows are written as soon as the upstream id exists (the providers' `on_created`, alongside `streaming.start` /
+`sessions/start`). The window it cannot cover: a process killed between the upstream answering the creation call
+and that write landing (a few milliseconds). `avatar-relay reap` finds those through the providers' list APIs.
+This module must never store a secret: rows hold provider names, session ids and base URLs only.
 """
 
 from __future__ import annotations
