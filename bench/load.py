@@ -27,6 +27,9 @@ from websockets.asyncio.client import connect
 from bench.wire import speech_cycle, stamp, summary
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# "deflate" with --deflate: offer permessage-deflate as browsers do (Chromium, Firefox and Safari all offer it, and
+# the server decides); None: plain frames.
+COMPRESSION: str | None = None
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -97,7 +100,7 @@ async def run_client(url: str, start_at: float, stop_at: float, frames: list[byt
     await asyncio.sleep(max(0.0, start_at - loop.time()))
     began = time.monotonic()
     try:
-        async with connect(url, compression=None, max_size=16 * 2**20, ping_interval=None, open_timeout=30,
+        async with connect(url, compression=COMPRESSION, max_size=16 * 2**20, ping_interval=None, open_timeout=30,
                            close_timeout=5) as ws:
             await ws.send('{"type":"start"}')
             while True:
@@ -238,8 +241,11 @@ def main() -> None:
     parser.add_argument("--speech-s", type=float, default=1.5)
     parser.add_argument("--silence-s", type=float, default=3.5)
     parser.add_argument("--relay-pid", type=int, required=True)
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
     parser.add_argument("--sims-pid", type=int, default=None, help="also report the simulators' CPU share")
     args = parser.parse_args()
+    global COMPRESSION
+    COMPRESSION = "deflate" if args.deflate else None
     print(orjson.dumps(asyncio.run(run(args))).decode(), flush=True)
 
 

@@ -240,7 +240,8 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
     with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers) as (url, pid):
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
-             "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid)],
+             "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid),
+             *(["--deflate"] if args.browser_deflate else [])],
             cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120,
             preexec_fn=_pinned("rig"))
         if load.returncode != 0:
@@ -348,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--leak-wait", type=float, default=15.0,
                         help="seconds to wait, after the last client left, for every upstream session to close before "
                              "counting what is still open as leaked (default 15)")
+    parser.add_argument("--browser-deflate", action="store_true",
+                        help="synthetic browsers offer permessage-deflate, as real browsers do")
     parser.add_argument("--pin", action="store_true",
                         help="pin the implementation to CPU 0 and the simulators and load generator to the others")
     parser.add_argument("--upstream-tries", type=int, default=5,
@@ -385,7 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             relay["ratio_to_baseline"] = ratios(relay, baseline)
     upstream = UPSTREAM_MS[args.avatar]
     report = {
-        "machine": machine(), "pinned": bool(args.pin), "avatar": args.avatar, "chunk_ms": args.chunk_ms,
+        "machine": machine(), "pinned": bool(args.pin), "browser_deflate": bool(args.browser_deflate),
+        "avatar": args.avatar, "chunk_ms": args.chunk_ms,
         "duration_s": args.duration,
         "injected_latency_ms": {"elevenlabs_handshake": 150, "heygen_new": 300, "heygen_start": 200,
                                 "liveavatar_token": 300, "liveavatar_start": 200},
