@@ -116,12 +116,17 @@ def make_app(elevenlabs: str, heygen: str) -> QuartTrio:
     return app
 
 
-def main() -> None:
+def yardstick_args() -> argparse.Namespace:
+    """The command line of both yardsticks (this file and bench/trio_floor.py): --port, --elevenlabs, --heygen."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--elevenlabs", required=True)
     parser.add_argument("--heygen", required=True)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = yardstick_args()
     config = Config()
     config.bind = [f"127.0.0.1:{args.port}"]
     config.backlog = 4096

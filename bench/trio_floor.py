@@ -12,7 +12,6 @@ The conversation itself is `bench.naive.converse`, the same code as the naive re
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -25,7 +24,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from bench.naive import Pipe, converse
+from bench.naive import Pipe, converse, yardstick_args
 from relay.wsclient import open_websocket
 
 KEY = {"xi-api-key": "bench-key", "x-api-key": "bench-key"}
@@ -120,11 +119,7 @@ async def serve(port: int, elevenlabs: str, heygen: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--elevenlabs", required=True)
-    parser.add_argument("--heygen", required=True)
-    args = parser.parse_args()
+    args = yardstick_args()
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve, args.port, args.elevenlabs, args.heygen)
 
