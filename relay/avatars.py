@@ -54,6 +54,9 @@ OnAvatarEvent = Callable[[AvatarEvent], None]
 # Awaited with the upstream session id as soon as the session exists upstream (billed from then on), while the
 # provider goes on starting it; the journal records the session here so a crash during start-up cannot leak it.
 OnSessionCreated = Callable[[str], Awaitable[None]]
+# Awaited (shielded, by the provider) with the session id when the provider's last attempt to stop the session
+# failed: it may still run, and bill, upstream. The journal keeps it for a later sweep.
+OnStopFailed = Callable[[str], Awaitable[None]]
 
 
 class AvatarError(Exception):
@@ -126,12 +129,13 @@ class AvatarProvider(Protocol):
 
     name: str
 
-    def open_session(self, on_event: OnAvatarEvent, *,
-                     on_created: OnSessionCreated | None = None) -> AbstractAsyncContextManager[AvatarSession]:
+    def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                     on_stop_failed: OnStopFailed | None = None) -> AbstractAsyncContextManager[AvatarSession]:
         """Create and start a session; on exit (for any reason, including cancellation) stop it, shielded and
         time-bounded. A session whose creation answer arrives after the caller was cancelled is stopped too.
         `on_created(session_id)`, if given, runs as soon as the upstream id exists, concurrently with the rest of
-        the start-up (`alongside`); the session is handed over only once it has returned.
+        the start-up (`alongside`); the session is handed over only once it has returned. `on_stop_failed(session_id)`
+        runs when the final stop gave up.
 
         Raises AvatarUnavailable if no session could be opened; raises AvatarSessionEnded out of the body if the
         session dies while in use.

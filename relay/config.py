@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     # Reliability and protection (docs/reliability.md)
     relay_state_dir: str | None = None  # the session journal's directory; default $XDG_STATE_HOME/avatar-relay
+    # Seconds between sweeps of the journal (sessions left by dead processes, sessions whose stop failed); 0: only
+    # at start-up.
+    relay_reap_interval: float = Field(default=60.0, ge=0)
     relay_journal: bool = True  # journal open avatar sessions and reap a dead process's leftovers at start-up
     relay_auth: Literal["auto", "token", "off"] = "auto"  # auto: tokens required unless in demo mode
     relay_auth_secret: SecretStr | None = None  # HMAC key for client tokens (`avatar-relay token`)

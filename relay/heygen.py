@@ -34,6 +34,7 @@ from relay.avatars import (
     AvatarUnavailable,
     OnAvatarEvent,
     OnSessionCreated,
+    OnStopFailed,
     alongside,
 )
 from relay.config import Settings
@@ -612,8 +613,8 @@ class HeyGenProvider:
         self._api = _HeyGenApi(settings, http)
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *,
-                           on_created: OnSessionCreated | None = None) -> AsyncIterator[AvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[AvatarSession]:
         """`streaming.new` then `streaming.start` (then, in realtime mode, the realtime socket); yields the
         session and stops it on every way out. `on_created(session_id)` runs alongside `streaming.start`.
 
@@ -647,7 +648,10 @@ class HeyGenProvider:
                 yield _TextSession(self._api, new, settings, on_event)
         finally:
             if session_id is not None:
-                await _stop(self._api, session_id, settings.relay_stop_timeout)
+                stopped = await _stop(self._api, session_id, settings.relay_stop_timeout)
+                if not stopped and on_stop_failed is not None:
+                    with trio.CancelScope(shield=True):
+                        await on_stop_failed(session_id)
 
     async def _create(self) -> Any:
         """`streaming.new`, once, shielded and bounded by RELAY_SETUP_TIMEOUT. Returns its data.

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import httpx2
 import trio
 
-from relay.avatars import AvatarError, AvatarProvider, AvatarSession, OnAvatarEvent, OnSessionCreated
+from relay.avatars import AvatarError, AvatarProvider, AvatarSession, OnAvatarEvent, OnSessionCreated, OnStopFailed
 from relay.config import Settings
 
 log = logging.getLogger("relay.journal")
@@ -161,6 +161,11 @@ class Journal:
         await self._run(lambda: self._swap_owner(entry.row, (self._pid, self._pid_started),
                                                  (entry.pid, entry.pid_started)))
 
+    async def abandon(self, row: int) -> None:
+        """Give up this process's row for a session it could not stop: the row's owner becomes nobody (pid 0), so
+        the next sweep of any process (`reap_periodically`, a start-up, `avatar-relay reap`) tries again."""
+        await self._run(lambda: self._swap_owner(row, (self._pid, self._pid_started), (0, "")))
+
     async def closed(self, row: int) -> None:
         """Forget a session that has been stopped."""
         await self._run(lambda: self._timed_write("DELETE FROM sessions WHERE id = ?", (row,)))
@@ -218,13 +223,15 @@ class JournaledProvider:
         self._base_url = base_url
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *,
-                           on_created: OnSessionCreated | None = None) -> AsyncIterator[AvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[AvatarSession]:
         """The wrapped provider's session, journaled from the moment its upstream id exists (written while the
         provider goes on starting it, so a crash during start-up cannot leak it and `ready` does not wait for
-        the disk) until it has been stopped (the wrapped context's exit). The journal writes are shielded and
-        bounded by WRITE_TIME_LIMIT."""
+        the disk) until it has been stopped (the wrapped context's exit). A session the provider could not stop
+        stays in the journal, abandoned to the next sweep. The journal writes are shielded and bounded by
+        WRITE_TIME_LIMIT."""
         row: int | None = None
+        stop_failed = False
 
         async def record(session_id: str) -> None:
             nonlocal row
@@ -232,12 +239,19 @@ class JournaledProvider:
             if on_created is not None:
                 await on_created(session_id)
 
+        async def keep(session_id: str) -> None:
+            nonlocal stop_failed
+            stop_failed = True
+            if on_stop_failed is not None:
+                await on_stop_failed(session_id)
+
         try:
-            async with self._inner.open_session(on_event, on_created=record) as session:
+            async with self._inner.open_session(on_event, on_created=record, on_stop_failed=keep) as session:
                 yield session
         finally:
             if row is not None:
-                await self._write(lambda: self._journal.closed(row))
+                done = row
+                await self._write(lambda: self._journal.abandon(done) if stop_failed else self._journal.closed(done))
 
     async def _write(self, call: Callable[[], Any]) -> Any:
         with trio.move_on_after(WRITE_TIME_LIMIT, shield=True):
@@ -310,14 +324,29 @@ async def reap_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
             failed.append(entry.session_id)
             with suppress(sqlite3.Error, OSError):
                 await journal.release(entry)
-            log.warning("could not stop orphaned %s session %s left by process %d: %s", entry.provider,
-                        entry.session_id, entry.pid, getattr(exc, "message", type(exc).__name__))
+            log.warning("could not stop orphaned %s session %s (%s): %s", entry.provider, entry.session_id,
+                        _left_by(entry), getattr(exc, "message", type(exc).__name__))
             continue
         with suppress(sqlite3.Error, OSError):
             await journal.closed(entry.row)
         stopped.append(entry.session_id)
-        log.info("stopped orphaned %s session %s left by process %d", entry.provider, entry.session_id, entry.pid)
+        log.info("stopped orphaned %s session %s (%s)", entry.provider, entry.session_id, _left_by(entry))
     return ReapResult(stopped, failed)
+
+
+def _left_by(entry: JournalEntry) -> str:
+    return "its earlier stop had failed" if entry.pid == 0 else f"left by process {entry.pid}"
+
+
+async def reap_periodically(settings: Settings, http: httpx2.AsyncClient, journal: Journal) -> None:
+    """`reap_orphans` at once, then every RELAY_REAP_INTERVAL seconds (only once if it is 0): sessions left by dead
+    processes and sessions whose stop failed are retried while this process serves. Runs until cancelled (by the
+    app's shutdown); never raises."""
+    while True:
+        await reap_orphans(settings, http, journal)
+        if settings.relay_reap_interval <= 0:
+            return
+        await trio.sleep(settings.relay_reap_interval)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,14 @@ import orjson
 import trio
 
 from relay.audio import AudioFormat
-from relay.avatars import AvatarInfo, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, alongside
+from relay.avatars import (
+    AvatarInfo,
+    AvatarUnavailable,
+    OnAvatarEvent,
+    OnSessionCreated,
+    OnStopFailed,
+    alongside,
+)
 from relay.config import Settings
 from relay.lite import LiteSpeaker, open_lite_speaker
 from relay.retry import Retryable, call_with_retries, parse_retry_after
@@ -388,9 +395,9 @@ class LiveAvatarProvider:
                               body={"session_id": token.session_id}, success_statuses=(200, 201))
         return parse_start_answer(data, token.session_id)
 
-    async def _stop(self, token: TokenAnswer, reason: str) -> None:
+    async def _stop(self, token: TokenAnswer, reason: str) -> bool:
         """Stop the session: shielded from the caller's cancellation, bounded by RELAY_STOP_TIMEOUT, retried
-        on 429/5xx/network errors. Never raises; a failure is logged (the reaper command finds leftovers)."""
+        on 429/5xx/network errors. Never raises; a failure is logged and returns False."""
         body = stop_request_body(token.session_id, reason)
         headers = {"Authorization": f"Bearer {token.session_token}"}
         with trio.move_on_after(self._settings.relay_stop_timeout, shield=True) as scope:
@@ -398,12 +405,15 @@ class LiveAvatarProvider:
                 await _retrying(lambda: _request(self._http, "POST", _url(self._settings, "/v1/sessions/stop"),
                                                  headers=headers, body=body))
                 logger.info("liveavatar session %s stopped (%s)", token.session_id, reason)
+                return True
             except (LiveAvatarApiError, Retryable, httpx2.HTTPError) as exc:
                 logger.warning("liveavatar session %s may still be running: stop failed (%s)",
                                token.session_id, _unavailable(exc).message)
+                return False
         if scope.cancelled_caught:
             logger.warning("liveavatar session %s may still be running: stop timed out after %.1f s",
                            token.session_id, self._settings.relay_stop_timeout)
+        return False
 
     def _rest_keep_alive(self, token: TokenAnswer) -> Callable[[], Awaitable[None]]:
         async def keep_alive() -> None:
@@ -431,8 +441,8 @@ class LiveAvatarProvider:
             raise _unavailable(exc) from None
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *,
-                           on_created: OnSessionCreated | None = None) -> AsyncIterator[LiveAvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[LiveAvatarSession]:
         """Create (token, start) and connect a LITE session; yield it; stop it on every way out.
 
         The create step is shielded from cancellation and bounded by RELAY_SETUP_TIMEOUT: a token answered
@@ -468,5 +478,6 @@ class LiveAvatarProvider:
                 reason = "USER_DISCONNECTED"
             raise
         finally:
-            if created:
-                await self._stop(created[0], reason)
+            if created and not await self._stop(created[0], reason) and on_stop_failed is not None:
+                with trio.CancelScope(shield=True):
+                    await on_stop_failed(created[0].session_id)

@@ -40,6 +40,7 @@ from relay.avatars import (
     AvatarSessionEnded,
     OnAvatarEvent,
     OnSessionCreated,
+    OnStopFailed,
 )
 from relay.logs import current_conversation
 from relay.nursery import ConversationRecord, Traffic
@@ -401,12 +402,12 @@ class _ObservedProvider:
         return False
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *,
-                           on_created: OnSessionCreated | None = None) -> AsyncIterator[AvatarSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[AvatarSession]:
         """The provider's `open_session`, observed: same blocking, cancellation, errors and guarantees."""
         metrics = self._metrics
         live = metrics._current()
-        manager = self._provider.open_session(on_event, on_created=on_created)
+        manager = self._provider.open_session(on_event, on_created=on_created, on_stop_failed=on_stop_failed)
         try:
             session = await manager.__aenter__()
         except BaseException as exc:

@@ -27,7 +27,7 @@ from relay import browser as bp
 from relay import elevenlabs as el
 from relay.auth import Gate, auth_problem
 from relay.config import ConfigError, Settings, load_settings
-from relay.journal import Journal, JournaledProvider, open_journal_now, reap_orphans, state_dir
+from relay.journal import Journal, JournaledProvider, open_journal_now, reap_periodically, state_dir
 from relay.keepalive import KeepAliveGuard
 from relay.logs import configure_logging, set_worker
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             state.journal = await open_journal_now(state_dir(settings))
             provider = JournaledProvider(provider, state.journal,
                                          getattr(effective, f"{provider.name}_base_url", ""))
-            app.nursery.start_soon(reap_orphans, effective, http, state.journal)
+            app.nursery.start_soon(reap_periodically, effective, http, state.journal)
         if state.transcripts is not None:
             await state.transcripts.prepare()
         if worker is not None:

@@ -16,7 +16,7 @@ import trio
 
 from relay import elevenlabs as el
 from relay.audio import AudioFormat
-from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated
+from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed
 
 
 class FakeBrowser:
@@ -171,8 +171,8 @@ class FakeProvider:
         self.kill: trio.CancelScope | None = None
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *,
-                           on_created: OnSessionCreated | None = None) -> AsyncIterator[FakeSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[FakeSession]:
         await trio.sleep(self.open_delay)
         if self.refuse is not None:
             raise self.refuse

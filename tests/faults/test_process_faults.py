@@ -198,3 +198,30 @@ async def test_a_session_killed_while_starting_is_journaled_and_reaped(tmp_path:
                     while session_counts((await http.get(sims.heygen + "/_sim/ledger")).json()) != (1, 1):
                         await trio.sleep(0.05)
         outer.cancel_scope.cancel()
+
+
+async def test_a_session_whose_stop_failed_stays_journaled_and_is_stopped_by_the_next_sweep(tmp_path: Path) -> None:
+    """HeyGen refuses every stop (500) while a conversation ends: the session may still bill, so the journal keeps
+    it; once HeyGen answers again, the running relay's periodic sweep stops it."""
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        env = heygen_relay_env(sims, tmp_path)
+        env.update(RELAY_STOP_TIMEOUT="1", RELAY_REAP_INTERVAL="0.5")
+        async with httpx2.AsyncClient(timeout=5.0) as http:
+            await http.post(sims.heygen + "/_sim/faults", json={"fail": {"streaming.stop": {"status": 500}}})
+            async with relay_process(env, tmp_path) as (_, url):
+                with trio.fail_after(15):
+                    async with open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+                        await BrowserClient(ws).start()
+                        await ws.send_message('{"type":"stop"}')
+                        while '"ended"' not in str(await ws.get_message()):
+                            pass
+                ledger = (await http.get(sims.heygen + "/_sim/ledger")).json()
+                assert session_counts(ledger) == (1, 0), "HeyGen refused every stop: the session still runs"
+                assert ledger["requests"]["streaming.stop"] >= 1
+                await trio.sleep(1.5)  # sweeps meanwhile fail too, and keep the row
+                await http.post(sims.heygen + "/_sim/faults", json={"fail": {"streaming.stop": None}})
+                with trio.fail_after(10):
+                    while session_counts((await http.get(sims.heygen + "/_sim/ledger")).json())[1] < 1:
+                        await trio.sleep(0.1)
+        outer.cancel_scope.cancel()

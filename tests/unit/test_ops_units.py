@@ -14,7 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay import elevenlabs as el
 from relay.audio import AudioFormat
-from relay.avatars import AvatarInfo, AvatarSessionEnded, AvatarUnavailable, OnAvatarEvent, OnSessionCreated
+from relay.avatars import (
+    AvatarInfo,
+    AvatarSessionEnded,
+    AvatarUnavailable,
+    OnAvatarEvent,
+    OnSessionCreated,
+    OnStopFailed,
+)
 from relay.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
 from relay.logs import current_conversation
 from relay.metrics import RelayMetrics
@@ -79,8 +86,8 @@ class FakeProvider:
         self.refuse, self.stop_fails, self.ends = refuse, stop_fails, ends
 
     @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *,
-                           on_created: OnSessionCreated | None = None) -> AsyncIterator[FakeSession]:
+    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[FakeSession]:
         if self.refuse:
             raise AvatarUnavailable("concurrent_limit", "at the cap", upstream_code=10007)
         session = FakeSession()
@@ -93,6 +100,8 @@ class FakeProvider:
         finally:
             if self.stop_fails:
                 logging.getLogger("relay.fake").warning("fake session %s: stop failed", session.info.session_id)
+                if on_stop_failed is not None and session.info.session_id:
+                    await on_stop_failed(session.info.session_id)
 
 
 async def test_sessions_are_counted_created_stopped_and_failed_to_stop() -> None:
