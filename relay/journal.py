@@ -68,14 +68,17 @@ def state_dir(settings: Settings) -> Path:
 
 
 def process_start_marker(pid: int) -> str:
-    """The kernel's start time of `pid` (Linux: field 22 of /proc/<pid>/stat), "" where unknown or gone. Together
-    with the pid it names one process, even after the pid is reused."""
+    """The kernel's start time of `pid` (Linux: field 22 of /proc/<pid>/stat), "" where unknown or gone — a zombie
+    (killed, not yet reaped by its parent: field 3 "Z" or "X") counts as gone, since it holds nothing any more.
+    Together with the pid it names one live process, even after the pid is reused."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
     # The command name (field 2) is parenthesised and may hold spaces: count from the last ")".
     fields = stat[stat.rfind(")") + 2:].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return ""
     return fields[19] if len(fields) > 19 else ""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,24 @@ async def test_rows_of_a_dead_process_are_orphans_and_ours_are_not(tmp_path: Pat
     assert entries["theirs"].orphaned
     assert not process_alive(os.getpid(), "not-my-start-time")  # a reused pid is another process
     assert process_alive(os.getpid(), process_start_marker(os.getpid()))
+
+
+def test_a_killed_process_not_yet_reaped_by_its_parent_is_dead() -> None:
+    """A zombie (killed; its parent has not waited for it yet, e.g. a supervisor killed with it) still has a /proc
+    entry with its start time: it must count as gone, or its sessions are never reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        marker = process_start_marker(child.pid)
+        assert process_alive(child.pid, marker)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.01)
+        assert not process_alive(child.pid, marker)  # a zombie, not yet waited for
+    finally:
+        child.kill()
+        child.wait()
 
 
 async def test_a_reopened_journal_keeps_its_rows_and_forgets_closed_ones(tmp_path: Path) -> None:
