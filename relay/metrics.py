@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -84,39 +83,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Avatar stop failures: the providers stop their sessions themselves, shielded, and report a failed stop only as a
-# warning naming the session. While the wrapper waits for a provider to stop a session, it watches for such a
-# warning in its own task (a context variable, so concurrent conversations never see each other's).
-
-
-@dataclass
-class _StopWatch:
-    session_id: str
-    failed: bool = False
-
-
-_stopping: ContextVar[_StopWatch | None] = ContextVar("avatar_stopping", default=None)
-
-
-class _StopFailureHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        watch = _stopping.get()
-        if watch is not None and watch.session_id in record.getMessage():
-            watch.failed = True
-
-
-def _install_stop_watch() -> None:
-    logger = logging.getLogger("relay")
-    if not any(isinstance(h, _StopFailureHandler) for h in logger.handlers):
-        logger.addHandler(_StopFailureHandler())
-    if logger.getEffectiveLevel() > logging.WARNING:
-        logger.setLevel(logging.WARNING)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The metrics
 
 
@@ -168,7 +134,6 @@ class RelayMetrics:
                                        "or provider code; empty when none).", ["upstream", "kind", "code"],
                                        registry=r)
         r.register(_TrafficCollector(self))
-        _install_stop_watch()
 
     # -- scrape -------------------------------------------------------------------------------------------------
 
@@ -407,7 +372,15 @@ class _ObservedProvider:
         """The provider's `open_session`, observed: same blocking, cancellation, errors and guarantees."""
         metrics = self._metrics
         live = metrics._current()
-        manager = self._provider.open_session(on_event, on_created=on_created, on_stop_failed=on_stop_failed)
+        stop_failed = False
+
+        async def count_stop_failure(session_id: str) -> None:
+            nonlocal stop_failed
+            stop_failed = True
+            if on_stop_failed is not None:
+                await on_stop_failed(session_id)
+
+        manager = self._provider.open_session(on_event, on_created=on_created, on_stop_failed=count_stop_failure)
         try:
             session = await manager.__aenter__()
         except BaseException as exc:
@@ -425,8 +398,6 @@ class _ObservedProvider:
             counted = self._count_avatar_error(exc)
             raise
         finally:
-            watch = _StopWatch(session.info.session_id or "\x00no session id")
-            token = _stopping.set(watch)
             try:
                 if raised is None:
                     await manager.__aexit__(None, None, None)
@@ -437,8 +408,7 @@ class _ObservedProvider:
                     self._count_avatar_error(exc)
                 raise
             finally:
-                _stopping.reset(token)
-                if watch.failed:
+                if stop_failed:  # the provider reported its last stop attempt as failed (on_stop_failed)
                     metrics.sessions_stop_failed.labels(self.name).inc()
                 else:
                     metrics.sessions_stopped.labels(self.name).inc()
