@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from tests.e2e.harness import Relay, running_relay
+from tests.wsframes import client_frame
 
 MASS = 48  # plus 2 bystanders: 50 conversations open at once
 KINDS = ("stop_read", "stop_abort", "stop_close_frame", "close_frame_mid_audio", "abort_mid_audio", "close_frame_abort")
@@ -32,19 +33,6 @@ SETTINGS = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 5.0, "relay_idle_t
             "relay_max_conversations_per_client": 500, "relay_max_starts_per_minute": 10_000}
 # 20 ms agent audio frames (50 binary frames a second per conversation towards the browser) and a long greeting.
 AGENT_FAULTS = {"chunk_duration_ms": 20, "response_latency_ms": 50, "max_reply_s": 8.0}
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One masked client WebSocket frame (RFC 6455 section 5.2)."""
-    mask = os.urandom(4)
-    length = len(payload)
-    header = bytes([0x80 | opcode])
-    if length < 126:
-        header += bytes([0x80 | length])
-    else:
-        header += bytes([0x80 | 126]) + struct.pack("!H", length)
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (length // 4 + 1))[:length], "big"))
-    return header + mask + (masked.to_bytes(length, "big") if length else b"")
 
 
 STOP = orjson.dumps({"type": "stop"})

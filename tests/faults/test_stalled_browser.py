@@ -9,25 +9,13 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import struct
 import time
 
 import orjson
 import trio
 
 from tests.faults.matrix import running_fault_relay, stopped_at
-
-
-def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One masked client WebSocket frame (RFC 6455 section 5.2)."""
-    mask = os.urandom(4)
-    length = len(payload)
-    header = bytes([0x80 | opcode])
-    if length < 126:
-        header += bytes([0x80 | length])
-    else:
-        header += bytes([0x80 | 126]) + struct.pack("!H", length)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+from tests.wsframes import client_frame
 
 
 async def stalled_client(host: str, port: int) -> trio.SocketStream:
