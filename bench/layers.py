@@ -5,7 +5,7 @@ the relay's hot path, and what a different WebSocket layer would save.
 frame (wsproto, as hypercorn does), base64 + JSON (`build_user_audio_chunk`), framing and masking it for the agent
 (wsproto, as trio-websocket does; and the `websockets` sans-I/O protocol with its C masking), a trio memory channel
 hop between two tasks; and over a real loopback socket, the whole send of one agent message by trio-websocket
-against `relay.wsclient` (the event loop thread's CPU only: a plain thread drains the socket).
+against `relay.net.wsclient` (the event loop thread's CPU only: a plain thread drains the socket).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def _socket_send(kind: str, text: str, repeat: int) -> float:
                     await tws.send_message(text)
                 elapsed = time.thread_time() - start
         else:
-            from relay.wsclient import open_websocket
+            from relay.net.wsclient import open_websocket
 
             async with open_websocket(url) as ws:
                 start = time.thread_time()

@@ -177,7 +177,7 @@ def direct_avatar_setup_ms(avatar: str, sims: Sims, repeat: int = 5) -> float:
     set-up exceeds this by is the relay's own share; the simulators' own HTTP handling counts as upstream time."""
     import trio
 
-    from relay.wsclient import open_websocket
+    from relay.net.wsclient import open_websocket
 
     async def measure() -> float:
         times: list[float] = []

@@ -25,7 +25,7 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from bench.naive import Pipe, converse, yardstick_args
-from relay.wsclient import open_websocket
+from relay.net.wsclient import open_websocket
 
 KEY = {"xi-api-key": "bench-key", "x-api-key": "bench-key"}
 MAX_SIZE = 16 * 2**20

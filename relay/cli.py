@@ -26,7 +26,7 @@ async def _wait_for_signal() -> None:
 
 
 def _hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout: float = 10.0) -> Config:
-    from relay.limits import GuardedConfig
+    from relay.server.limits import GuardedConfig
 
     config = GuardedConfig()
     config.send_timeout = send_timeout  # TCP_USER_TIMEOUT: a browser that stops reading cannot pin a connection
@@ -60,9 +60,9 @@ def _workers_argument(value: str) -> int | str:
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     """`serve --workers N` with N > 1: check what the workers would refuse, once, then run them (relay.workers)."""
-    from relay.auth import auth_problem
-    from relay.logs import configure_logging
-    from relay.workers import run_supervisor
+    from relay.ops.logs import configure_logging
+    from relay.server.auth import auth_problem
+    from relay.server.workers import run_supervisor
 
     if settings.demo_mode:
         print("avatar-relay: --workers needs real upstream settings: demo mode runs its simulators inside the one "
@@ -80,8 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return 2
+    from relay.server.workers import role_from_args, wait_for_supervisor_exit
     from relay.web import create_app, relay_state
-    from relay.workers import role_from_args, wait_for_supervisor_exit
 
     host = args.host or settings.relay_host
     port = settings.relay_port if args.port is None else args.port
@@ -155,7 +155,7 @@ def _first(group: BaseExceptionGroup[OSError]) -> OSError:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from relay.doctor import cmd_doctor as doctor
+    from relay.ops.doctor import cmd_doctor as doctor
 
     return doctor(args)
 
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=_workers_argument, default=None,
                        help="processes serving the same port, one per core at most (default RELAY_WORKERS, 1; "
                             "auto: one per CPU)")
-    from relay.workers import add_worker_options
+    from relay.server.workers import add_worker_options
 
     add_worker_options(serve)
     serve.set_defaults(func=cmd_serve)
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_reap(args: argparse.Namespace) -> int:
     import httpx2
 
-    from relay import journal as jr
+    from relay.ops import journal as jr
 
     settings = _settings_or_report()
     if settings is None:
@@ -254,7 +254,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from relay.auth import mint_token
+    from relay.server.auth import mint_token
 
     settings = _settings_or_report()
     if settings is None:

@@ -3,7 +3,7 @@
 The first half is sans-io (no trio, no sockets): `parse_server_event` turns a server frame into a frozen
 dataclass, the `build_*` functions turn what the relay wants to say into the exact JSON text ElevenLabs
 expects, and the `*_url` functions derive endpoints from a configurable base URL (regional hosts exist). The
-second half is the thin I/O around it: `fetch_signed_url` (httpx2) and `open_agent` (`relay.wsclient`, over
+second half is the thin I/O around it: `fetch_signed_url` (httpx2) and `open_agent` (`relay.net.wsclient`, over
 the `websockets` sans-I/O protocol), which yields an `AgentConnection`.
 
 Liberal in what it accepts (real frames put `type` last; unknown event types are returned as `UnknownEvent`,
@@ -28,7 +28,7 @@ import httpx2
 import orjson
 import trio
 
-from relay.wsclient import (
+from relay.net.wsclient import (
     ClientWebSocket,
     WebSocketClosed,
     WebSocketConnectError,

@@ -4,7 +4,7 @@ Two layers in one module. The first is sans-io: request bodies, the answer envel
 status + HeyGen error codes to the relay's typed failures (`AvatarUnavailable` reasons, "session gone"); plain
 functions and frozen dataclasses, unit-tested without sockets. The second is thin I/O around it: one HTTP seam
 (`_HeyGenApi.call`), `HeyGenProvider.open_session` (which always stops what it created), the two session kinds
-(text: `streaming.task` repeat; realtime: audio over `realtime_endpoint` via `relay.lite`), and two operator
+(text: `streaming.task` repeat; realtime: audio over `realtime_endpoint` via `relay.avatars.lite`), and two operator
 calls (`list_sessions`, `stop_session_by_id`) for reaping orphans.
 
 This module must never retry `streaming.new` (a retry after a lost answer creates a second billed session),
@@ -25,7 +25,6 @@ import httpx2
 import orjson
 import trio
 
-from relay.audio import AudioFormat
 from relay.avatars import (
     AvatarInfo,
     AvatarSession,
@@ -37,9 +36,10 @@ from relay.avatars import (
     OnStopFailed,
     alongside,
 )
+from relay.avatars.lite import LiteSpeaker, open_lite_speaker
 from relay.config import Settings
-from relay.lite import LiteSpeaker, open_lite_speaker
-from relay.retry import Retryable, call_with_retries, parse_retry_after
+from relay.net.retry import Retryable, call_with_retries, parse_retry_after
+from relay.protocol.audio import AudioFormat
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """LiveAvatar (LITE mode): the REST calls that create, start and stop a session, and the provider the
 conversation drives (`LiveAvatarProvider`), which speaks the agent's audio over the LITE `ws_url` socket
-(`relay.lite`).
+(`relay.avatars.lite`).
 
 Sans-io first: request bodies, the `{code, data, message}` envelope check and the mapping of every refusal to
 an `AvatarUnavailable` reason are plain functions. The I/O below them is thin and leak-proof: once
@@ -23,7 +23,6 @@ import httpx2
 import orjson
 import trio
 
-from relay.audio import AudioFormat
 from relay.avatars import (
     AvatarInfo,
     AvatarUnavailable,
@@ -32,9 +31,10 @@ from relay.avatars import (
     OnStopFailed,
     alongside,
 )
+from relay.avatars.lite import LiteSpeaker, open_lite_speaker
 from relay.config import Settings
-from relay.lite import LiteSpeaker, open_lite_speaker
-from relay.retry import Retryable, call_with_retries, parse_retry_after
+from relay.net.retry import Retryable, call_with_retries, parse_retry_after
+from relay.protocol.audio import AudioFormat
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,7 @@ from typing import Any, Protocol
 import httpx2
 import trio
 
-from relay import browser as bp
 from relay import elevenlabs as el
-from relay.audio import AudioFormat, parse_format, to_pcm16
 from relay.avatars import (
     AvatarError,
     AvatarEvent,
@@ -38,8 +36,10 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.config import Settings
-from relay.limits import FloodGate
-from relay.logs import current_conversation
+from relay.ops.logs import current_conversation
+from relay.protocol import browser as bp
+from relay.protocol.audio import AudioFormat, parse_format, to_pcm16
+from relay.server.limits import FloodGate
 
 log = logging.getLogger("relay.conversation")
 
@@ -134,7 +134,7 @@ class Outbox:
     async def run_sender(self, browser: BrowserSocket) -> None:
         """Send queued frames in order until cancelled (by the conversation's end). A send to a browser that stopped
         reading may not be cancellable (hypercorn writes inside a shielded scope): `watch_sender` ends the
-        conversation around it, and the socket's TCP_USER_TIMEOUT (relay.limits) finally breaks the write."""
+        conversation around it, and the socket's TCP_USER_TIMEOUT (relay.server.limits) finally breaks the write."""
         async for frame in self._rx:
             self.sending_since = trio.current_time()
             await browser.send(frame)

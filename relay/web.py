@@ -23,23 +23,23 @@ from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
-from relay import browser as bp
 from relay import elevenlabs as el
-from relay.auth import Gate, auth_problem
+from relay.avatars.registry import make_provider
 from relay.config import ConfigError, Settings, load_settings
-from relay.journal import Journal, JournaledProvider, open_journal_now, reap_periodically, state_dir
-from relay.keepalive import KeepAliveGuard
-from relay.logs import configure_logging, set_worker
-from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relay.metrics import RelayMetrics
 from relay.nursery import ConversationRecord, Upstreams, run_conversation
-from relay.providers import make_provider
-from relay.registry import AdmissionRefused, Registry
+from relay.ops.journal import Journal, JournaledProvider, open_journal_now, reap_periodically, state_dir
+from relay.ops.logs import configure_logging, set_worker
+from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relay.ops.metrics import RelayMetrics
+from relay.ops.transcripts import TranscriptWriter
+from relay.protocol import browser as bp
+from relay.server.admission import AdmissionRefused, Registry
+from relay.server.auth import Gate, auth_problem
+from relay.server.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
-from relay.transcripts import TranscriptWriter
 
 if TYPE_CHECKING:
-    from relay.workers import WorkerRole
+    from relay.server.workers import WorkerRole
 
 log = logging.getLogger("relay.web")
 
@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         if state.transcripts is not None:
             await state.transcripts.prepare()
         if worker is not None:
-            from relay.worker_metrics import serve_own_metrics
+            from relay.server.worker_metrics import serve_own_metrics
 
             await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
         state.upstreams = Upstreams(settings=effective, http=http, provider=metrics.observe_provider(provider),
@@ -241,7 +241,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         """This relay's metrics; with several workers, all of theirs, each sample labelled with its `worker`."""
         body = metrics.render()
         if worker is not None:
-            from relay.worker_metrics import gather_expositions, merge_expositions
+            from relay.server.worker_metrics import gather_expositions, merge_expositions
 
             sockets = {index: worker.metrics_socket(index) for index in range(worker.count)}
             body = merge_expositions(await gather_expositions(sockets, worker.index, body))

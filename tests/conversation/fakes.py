@@ -15,8 +15,8 @@ import orjson
 import trio
 
 from relay import elevenlabs as el
-from relay.audio import AudioFormat
 from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed
+from relay.protocol.audio import AudioFormat
 
 
 class FakeBrowser:

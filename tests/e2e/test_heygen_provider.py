@@ -20,7 +20,6 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from pydantic import SecretStr
 
-from relay.audio import AudioFormat
 from relay.avatars import (
     AvatarEvent,
     AvatarSessionEnded,
@@ -30,6 +29,7 @@ from relay.avatars import (
 )
 from relay.config import Settings
 from relay.heygen import HeyGenProvider, list_sessions, stop_session_by_id
+from relay.protocol.audio import AudioFormat
 from relay.sim import heygen_sim
 from tests.simcontrol import SimControl
 

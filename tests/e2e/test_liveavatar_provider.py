@@ -23,10 +23,10 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from pydantic import SecretStr
 
-from relay.audio import AudioFormat, StreamingResampler
 from relay.avatars import AvatarEvent, AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable
 from relay.config import Settings
 from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarProvider, list_active_sessions, stop_session_by_id
+from relay.protocol.audio import AudioFormat, StreamingResampler
 from relay.sim import liveavatar_sim
 
 API_KEY = "la-test-key-0123456789"

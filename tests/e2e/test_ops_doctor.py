@@ -12,7 +12,7 @@ import httpx2
 import pytest
 import trio
 
-from relay.doctor import Finding, format_report, run_checks
+from relay.ops.doctor import Finding, format_report, run_checks
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.e2e.harness import relay_settings
 from tests.e2e.test_cli import clean_env, free_port

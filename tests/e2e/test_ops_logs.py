@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from relay.logs import make_handler
+from relay.ops.logs import make_handler
 from tests.e2e.harness import running_relay, silence, spoken_sentence
 
 EL_KEY, HG_KEY, LA_KEY = "xi-SECRET-el-4f1b9c", "hg-SECRET-hg-77aa01", "la-SECRET-la-c0ffee"

@@ -1,4 +1,4 @@
-"""`relay.wsclient` against a scripted WebSocket server on loopback (the `websockets` sans-I/O `ServerProtocol`
+"""`relay.net.wsclient` against a scripted WebSocket server on loopback (the `websockets` sans-I/O `ServerProtocol`
 over a Trio TCP listener), so each test controls exactly which frames the client sees."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from relay.wsclient import WebSocketClosed, WebSocketRejected, open_websocket
+from relay.net.wsclient import WebSocketClosed, WebSocketRejected, open_websocket
 
 
 class Peer:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from relay.journal import open_journal, process_alive, process_start_marker
+from relay.ops.journal import open_journal, process_alive, process_start_marker
 
 
 async def test_rows_of_a_dead_process_are_orphans_and_ours_are_not(tmp_path: Path) -> None:

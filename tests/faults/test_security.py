@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from relay.auth import mint_token
+from relay.server.auth import mint_token
 from tests.e2e.harness import BrowserClient
 from tests.faults.matrix import FaultRelay, running_fault_relay
 

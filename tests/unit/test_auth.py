@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.auth import (
+from relay.config import Settings
+from relay.server.auth import (
     Gate,
     TokenError,
     allowed_origins,
@@ -22,8 +23,7 @@ from relay.auth import (
     origin_allowed,
     verify_token,
 )
-from relay.config import Settings
-from relay.limits import MAX_TRACKED_CLIENTS, FloodGate, StartRateLimiter
+from relay.server.limits import MAX_TRACKED_CLIENTS, FloodGate, StartRateLimiter
 
 SECRET = "s3cret-for-tests"
 NOW = 1_800_000_000.0

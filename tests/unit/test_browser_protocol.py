@@ -8,8 +8,8 @@ import base64
 import orjson
 import pytest
 
-from relay import browser as bp
 from relay.avatars import AvatarInfo
+from relay.protocol import browser as bp
 
 
 def parse(frame: object) -> bp.ClientEvent:

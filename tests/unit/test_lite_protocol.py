@@ -9,9 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from relay.audio import AudioFormat
 from relay.avatars import AvatarStateChanged
-from relay.lite import (
+from relay.avatars.lite import (
     MAX_FRAME_BYTES,
     MAX_SPEAK_PCM_BYTES,
     AgentStateUpdated,
@@ -38,6 +37,7 @@ from relay.lite import (
     turn_event_id,
     turn_from_event_id,
 )
+from relay.protocol.audio import AudioFormat
 
 
 def test_speak_frame_carries_base64_pcm_and_event_id() -> None:

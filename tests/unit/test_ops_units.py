@@ -13,7 +13,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import elevenlabs as el
-from relay.audio import AudioFormat
 from relay.avatars import (
     AvatarInfo,
     AvatarSessionEnded,
@@ -22,11 +21,12 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
-from relay.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
-from relay.logs import current_conversation
-from relay.metrics import RelayMetrics
 from relay.nursery import ConversationRecord
-from relay.transcripts import note_agent_event, render
+from relay.ops.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
+from relay.ops.logs import current_conversation
+from relay.ops.metrics import RelayMetrics
+from relay.ops.transcripts import note_agent_event, render
+from relay.protocol.audio import AudioFormat
 
 
 def sample(metrics: RelayMetrics, name: str, **labels: str) -> float:

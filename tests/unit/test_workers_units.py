@@ -12,13 +12,13 @@ import orjson
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.journal import open_journal
-from relay.logs import make_handler, set_worker
-from relay.metrics import RelayMetrics
-from relay.registry import AdmissionRefused, Registry
-from relay.seats import Seats, create_seats_file
-from relay.worker_metrics import merge_expositions
-from relay.workers import RestartPolicy, describe_exit, restart_delay
+from relay.ops.journal import open_journal
+from relay.ops.logs import make_handler, set_worker
+from relay.ops.metrics import RelayMetrics
+from relay.server.admission import AdmissionRefused, Registry
+from relay.server.seats import Seats, create_seats_file
+from relay.server.worker_metrics import merge_expositions
+from relay.server.workers import RestartPolicy, describe_exit, restart_delay
 
 
 def test_a_dead_worker_is_restarted_at_once_then_with_growing_delays_then_given_up() -> None:

@@ -4,10 +4,10 @@ relay, `avatar-relay serve` with the hidden worker options below), forwards SIGT
 single relay does, and restarts a worker that dies, backing off when one keeps dying.
 
 What the workers share: the listening socket (inherited descriptor, served by hypercorn as `fd://N`), the
-conversation cap (`relay.seats`), a private directory holding each worker's metrics socket
-(`relay.worker_metrics`), and the session journal (its rows are claimed one process at a time). The supervisor runs
-no app, opens no upstream connection and never reads a key; it must never block on a worker for longer than the
-drain bound.
+conversation cap (`relay.server.seats`), a private directory holding each worker's metrics socket
+(`relay.server.worker_metrics`), and the session journal (its rows are claimed one process at a time). The
+supervisor runs no app, opens no upstream connection and never reads a key; it must never block on a worker for
+longer than the drain bound.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import trio
 
 from relay.config import Settings
-from relay.seats import Seats, create_seats_file
+from relay.server.seats import Seats, create_seats_file
 
 log = logging.getLogger("relay.workers")
 

@@ -7,7 +7,7 @@ the session alive with `session.keep_alive`. The server answers with `agent.spea
 
 The first half of this module is sans-io: frame builders, a parser that turns every server frame into a
 frozen dataclass (unknown types become `None`), and the chunking policy. The second half
-(`open_lite_speaker`, `LiteSpeaker`) is the thin `relay.wsclient` layer around it.
+(`open_lite_speaker`, `LiteSpeaker`) is the thin `relay.net.wsclient` layer around it.
 
 Chunking policy (`split_speak_audio`): the relay holds nothing back. Each chunk of agent audio is resampled
 to 24 kHz and sent at once as one `agent.speak` packet, so the relay adds no buffering latency: the first
@@ -33,11 +33,17 @@ from typing import Any
 import orjson
 import trio
 
-from relay.audio import AudioFormat, StreamingResampler
 from relay.avatars import AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable, OnAvatarEvent
-from relay.wsclient import ClientWebSocket, WebSocketClosed, WebSocketConnectError, WebSocketRejected, open_websocket
+from relay.net.wsclient import (
+    ClientWebSocket,
+    WebSocketClosed,
+    WebSocketConnectError,
+    WebSocketRejected,
+    open_websocket,
+)
+from relay.protocol.audio import AudioFormat, StreamingResampler
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger("relay.lite")
 
 LITE_SAMPLE_RATE = 24_000
 LITE_BYTES_PER_SECOND = LITE_SAMPLE_RATE * 2
@@ -321,7 +327,7 @@ class LiteSpeaker:
             await self._ws.send_text(frame)
         except WebSocketClosed:
             # The reader task turns the close into AvatarSessionEnded; a caller mid-turn just stops here.
-            logger.debug("lite socket closed while sending")
+            log.debug("lite socket closed while sending")
             return False
         return True
 
@@ -416,7 +422,7 @@ class LiteSpeaker:
             try:
                 event = parse_server_event(frame)
             except LiteProtocolError as exc:
-                logger.warning("ignoring a malformed frame from the avatar: %s", exc)
+                log.warning("ignoring a malformed frame from the avatar: %s", exc)
                 continue
             if event is None:
                 continue
@@ -425,17 +431,17 @@ class LiteSpeaker:
                     self.connected.set()
                 continue
             if isinstance(event, ServerError):
-                logger.warning("avatar error: %s: %s", event.error_type, event.message)
+                log.warning("avatar error: %s: %s", event.error_type, event.message)
                 continue
             if isinstance(event, ServerWarning):
-                logger.warning("avatar warning: %s: %s", event.warning_type, event.message)
+                log.warning("avatar warning: %s: %s", event.warning_type, event.message)
                 continue
             avatar_event = avatar_event_for(event, self._prefix)
             if avatar_event is not None:
                 try:
                     on_event(avatar_event)
                 except Exception:
-                    logger.exception("avatar event callback failed")
+                    log.exception("avatar event callback failed")
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -484,7 +490,7 @@ async def open_lite_speaker(ws_url: str, on_event: OnAvatarEvent, *, connect_tim
                 with trio.move_on_after(connect_timeout) as waited:
                     await speaker.connected.wait()
                 if waited.cancelled_caught:
-                    logger.warning("no 'connected' state from the avatar after %.1f s; sending anyway",
+                    log.warning("no 'connected' state from the avatar after %.1f s; sending anyway",
                                    connect_timeout)
                 try:
                     yield speaker

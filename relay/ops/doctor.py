@@ -25,10 +25,10 @@ import trio
 
 from relay import __version__
 from relay import elevenlabs as el
-from relay.audio import parse_format
 from relay.config import ConfigError, Settings, load_settings
 from relay.heygen import HeyGenCallError, list_sessions, read_answer
 from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarApiError, parse_envelope
+from relay.protocol.audio import parse_format
 
 Level = Literal["ok", "problem", "note"]
 CHECK_TIMEOUT = 10.0

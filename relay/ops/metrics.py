@@ -30,7 +30,6 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from relay import __version__
 from relay import elevenlabs as el
-from relay.audio import AudioFormat
 from relay.avatars import (
     AvatarError,
     AvatarInfo,
@@ -41,8 +40,9 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
-from relay.logs import current_conversation
 from relay.nursery import ConversationRecord, Traffic
+from relay.ops.logs import current_conversation
+from relay.protocol.audio import AudioFormat
 
 log = logging.getLogger("relay.metrics")
 
@@ -273,7 +273,7 @@ class _ObservedAgent:
 
     async def _send_noting_typed_text(self, text: str) -> None:
         if text.startswith(_USER_MESSAGE_PREFIX):
-            from relay.transcripts import note
+            from relay.ops.transcripts import note
 
             note(self._live.record, "user", text=orjson.loads(text).get("text", ""), typed=True)
         await self._agent.send(text)
@@ -309,7 +309,7 @@ class _ObservedAgent:
             error = cast(el.AgentErrorEvent, event)
             self._metrics.upstream_error("elevenlabs", "error_event", error.code, error.message)
         if live.record.transcript is not None:
-            from relay.transcripts import note_agent_event
+            from relay.ops.transcripts import note_agent_event
 
             note_agent_event(live.record, event)
         return event

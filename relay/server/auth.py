@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from relay.config import Settings
-from relay.limits import StartRateLimiter
+from relay.server.limits import StartRateLimiter
 
 VERSION = "v1"
 MAX_TOKEN_CHARS = 256

@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from relay.audio import AudioFormat
+from relay.protocol.audio import AudioFormat
 
 T = TypeVar("T")
 

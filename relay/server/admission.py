@@ -1,6 +1,6 @@
 """The open conversations of this process: admission (global and per-client caps), readiness, and the drain on
 shutdown. Each admitted conversation gets a cancel scope the registry can cancel; the conversation turns that
-cancellation into a `shutdown` ending for its browser. Under `serve --workers N` a `SharedCap` (relay.seats) also
+cancellation into a `shutdown` ending for its browser. Under `serve --workers N` a `SharedCap` (relay.server.seats) also
 holds the whole relay's count, so the global cap is machine-wide. Plain bookkeeping; no I/O of its own."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class AdmissionRefused(Exception):
 
 
 class SharedCap(Protocol):
-    """Seats shared with the other worker processes (`relay.seats.Seats`)."""
+    """Seats shared with the other worker processes (`relay.server.seats.Seats`)."""
 
     def take(self) -> bool: ...
     def give_back(self) -> None: ...
