@@ -21,7 +21,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from bench.wire import speech_cycle
-from relay.elevenlabs import build_user_audio_chunk
+from relay.protocol.elevenlabs import build_user_audio_chunk
 
 
 def per_call(fn: Callable[[], object], repeat: int) -> float:

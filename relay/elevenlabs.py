@@ -1,31 +1,19 @@
-"""ElevenLabs Conversational AI: the agent's WebSocket protocol, and the connection to an agent.
+"""ElevenLabs Conversational AI: the connection to an agent (I/O).
 
-The first half is sans-io (no trio, no sockets): `parse_server_event` turns a server frame into a frozen
-dataclass, the `build_*` functions turn what the relay wants to say into the exact JSON text ElevenLabs
-expects, and the `*_url` functions derive endpoints from a configurable base URL (regional hosts exist). The
-second half is the thin I/O around it: `fetch_signed_url` (httpx2) and `open_agent` (`relay.net.wsclient`, over
-the `websockets` sans-I/O protocol), which yields an `AgentConnection`.
-
-Liberal in what it accepts (real frames put `type` last; unknown event types are returned as `UnknownEvent`,
-never an error; the error event comes in a schema form and a flat form), strict in what it sends. This module
-must never put an API key in an exception message or a log line, and must never log per audio frame.
+`fetch_signed_url` (httpx2) and `open_agent` (`relay.net.wsclient`, over the `websockets` sans-I/O protocol), which
+yields an `AgentConnection`. Every frame is parsed and built by `relay.protocol.elevenlabs`; this module only moves
+them. It must never put an API key in an exception message or a log line, and must never log per audio frame.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import math
-import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Final
 
 import httpx2
-import orjson
 import trio
 
 from relay.net.wsclient import (
@@ -35,514 +23,30 @@ from relay.net.wsclient import (
     WebSocketRejected,
     open_websocket,
 )
-
-logger = logging.getLogger(__name__)
-
-# ------------------------------------------------------------------------------------------------------------
-# Errors
-# ------------------------------------------------------------------------------------------------------------
-
-
-class AgentProtocolError(Exception):
-    """The agent sent something this module cannot understand (bad JSON, a non-object, a known event type with
-    missing or mistyped fields, or a first message that is not `conversation_initiation_metadata`)."""
-
-
-class AgentUnavailable(Exception):
-    """No conversation could be started. `reason` is one of "unauthorized", "not_found", "rate_limited",
-    "upstream_error", "timeout", "rejected"; `status_code` is the HTTP status when there was one."""
-
-    def __init__(self, reason: str, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.status_code = status_code
-
-
-class AgentClosed(Exception):
-    """The agent's socket is closed. `code` and `reason` are ElevenLabs' close frame (1000 agent ended or
-    `max_duration_exceeded`; 1002 operational, e.g. `transport_receive_timeout`; 1008 contract, e.g.
-    `override_error`, `invalid_message`; 1011 server error). `code` is 1006 when the connection was lost
-    without a close frame, None when unknown."""
-
-    def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(f"agent connection closed (code {code}{', ' + reason if reason else ''})")
-        self.code = code
-        self.reason = reason
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Server events
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationMetadata:
-    """`conversation_initiation_metadata`: always the first server message. The formats are the agent's own
-    configuration and cannot be overridden: read them every time."""
-
-    conversation_id: str
-    agent_output_audio_format: str
-    user_input_audio_format: str
-
-
-@dataclass(frozen=True, slots=True)
-class AgentAudio:
-    """One chunk of the agent's voice, already base64-decoded, in `agent_output_audio_format`. `event_id` is
-    the reply's turn id: drop chunks whose `event_id` is lower than the last `Interruption.event_id`."""
-
-    audio: bytes
-    event_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class UserTranscript:
-    """What the agent heard. `final` is False for `tentative_user_transcript` (updates while the user
-    speaks)."""
-
-    text: str
-    event_id: int
-    final: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AgentResponse:
-    """The full text of a reply; arrives together with the reply's first audio chunk."""
-
-    text: str
-    event_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class AgentResponseCorrection:
-    """After an interruption: the text of reply `event_id` that was actually spoken (`corrected`)."""
-
-    original: str
-    corrected: str
-    event_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Interruption:
-    """The user talked over the agent: audio with an `event_id` lower than this one is stale."""
-
-    event_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """Answer at once with `build_pong(event_id)`. `ping_ms` is the agent's round-trip estimate (None at
-    first)."""
-
-    event_id: int
-    ping_ms: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClientToolCall:
-    """The agent asks the client to run a tool; answer with `build_client_tool_result(tool_call_id, ...)`."""
-
-    tool_name: str
-    tool_call_id: str
-    parameters: dict[str, Any]
-    event_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentErrorEvent:
-    """An `error` event, from either the schema form (`error_event: {code, message, error_type, ...}`) or the
-    flat form seen in production (`{"type": "error", "message": "received 1002 (protocol error) ..."}`; the
-    code is then read from the "received NNNN" prefix when present)."""
-
-    code: int | None
-    message: str
-    error_type: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class VadScore:
-    """Probability that the user is speaking, 0..1."""
-
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class AgentChatResponsePart:
-    """A streamed piece of reply text; `part_type` is "start", "delta" or "stop" (unknown values kept as
-    sent)."""
-
-    text: str
-    part_type: str
-    event_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class UnknownEvent:
-    """Any other event type (there are many, and new ones appear often). Never an error: ignore it."""
-
-    type: str
-
-
-ServerEvent = (
-    ConversationMetadata
-    | AgentAudio
-    | UserTranscript
-    | AgentResponse
-    | AgentResponseCorrection
-    | Interruption
-    | Ping
-    | ClientToolCall
-    | AgentErrorEvent
-    | VadScore
-    | AgentChatResponsePart
-    | UnknownEvent
+from relay.protocol.elevenlabs import (
+    AgentClosed,
+    AgentProtocolError,
+    AgentUnavailable,
+    ConversationMetadata,
+    ServerEvent,
+    UnknownEvent,
+    conversation_ws_url,
+    parse_server_event,
+    read_signed_url_answer,
+    reason_for_status,
+    signed_url_request,
 )
 
+log = logging.getLogger("relay.elevenlabs")
 
-def _object(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise AgentProtocolError(f"{where}: expected an object")
-    return value
-
-
-def _int(event: dict[str, Any], key: str, where: str) -> int:
-    value = event.get(key)
-    # bool is an int subclass; a boolean event id is a malformed frame, not 0/1.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise AgentProtocolError(f"{where}: missing or invalid '{key}'")
-
-
-def _optional_int(event: dict[str, Any], key: str, where: str) -> int | None:
-    return None if event.get(key) is None else _int(event, key, where)
-
-
-def _str(event: dict[str, Any], key: str, where: str) -> str:
-    value = event.get(key)
-    if not isinstance(value, str):
-        raise AgentProtocolError(f"{where}: missing or invalid '{key}'")
-    return value
-
-
-def _parse_metadata(frame: dict[str, Any]) -> ConversationMetadata:
-    where = "conversation_initiation_metadata"
-    event = _object(frame.get("conversation_initiation_metadata_event"), where)
-    return ConversationMetadata(
-        conversation_id=_str(event, "conversation_id", where),
-        # Absent formats mean the documented default; present ones are taken as sent (never assumed).
-        agent_output_audio_format=str(event.get("agent_output_audio_format") or "pcm_16000"),
-        user_input_audio_format=str(event.get("user_input_audio_format") or "pcm_16000"),
-    )
-
-
-def _parse_audio(frame: dict[str, Any]) -> AgentAudio:
-    event = _object(frame.get("audio_event"), "audio")
-    encoded = _str(event, "audio_base_64", "audio")
-    try:
-        audio = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise AgentProtocolError("audio: 'audio_base_64' is not valid base64") from None
-    return AgentAudio(audio=audio, event_id=_int(event, "event_id", "audio"))
-
-
-def _parse_user_transcript(frame: dict[str, Any]) -> UserTranscript:
-    event = _object(frame.get("user_transcription_event"), "user_transcript")
-    return UserTranscript(
-        text=_str(event, "user_transcript", "user_transcript"),
-        event_id=_int(event, "event_id", "user_transcript"),
-        final=True,
-    )
-
-
-def _parse_tentative_transcript(frame: dict[str, Any]) -> UserTranscript:
-    where = "tentative_user_transcript"
-    event = _object(frame.get("tentative_user_transcription_event"), where)
-    return UserTranscript(
-        text=_str(event, "user_transcript", where), event_id=_int(event, "event_id", where), final=False
-    )
-
-
-def _parse_agent_response(frame: dict[str, Any]) -> AgentResponse:
-    event = _object(frame.get("agent_response_event"), "agent_response")
-    return AgentResponse(
-        text=_str(event, "agent_response", "agent_response"),
-        event_id=_int(event, "event_id", "agent_response"),
-    )
-
-
-def _parse_correction(frame: dict[str, Any]) -> AgentResponseCorrection:
-    where = "agent_response_correction"
-    event = _object(frame.get("agent_response_correction_event"), where)
-    return AgentResponseCorrection(
-        original=_str(event, "original_agent_response", where),
-        corrected=_str(event, "corrected_agent_response", where),
-        event_id=_int(event, "event_id", where),
-    )
-
-
-def _parse_interruption(frame: dict[str, Any]) -> Interruption:
-    event = _object(frame.get("interruption_event"), "interruption")
-    return Interruption(event_id=_int(event, "event_id", "interruption"))
-
-
-def _parse_ping(frame: dict[str, Any]) -> Ping:
-    event = _object(frame.get("ping_event"), "ping")
-    ping_ms = event.get("ping_ms")
-    if ping_ms is not None and (isinstance(ping_ms, bool) or not isinstance(ping_ms, int | float)):
-        raise AgentProtocolError("ping: invalid 'ping_ms'")
-    return Ping(event_id=_int(event, "event_id", "ping"), ping_ms=None if ping_ms is None else float(ping_ms))
-
-
-def _parse_client_tool_call(frame: dict[str, Any]) -> ClientToolCall:
-    event = _object(frame.get("client_tool_call"), "client_tool_call")
-    parameters = event.get("parameters")
-    if parameters is None:
-        parameters = {}
-    return ClientToolCall(
-        tool_name=_str(event, "tool_name", "client_tool_call"),
-        tool_call_id=_str(event, "tool_call_id", "client_tool_call"),
-        parameters=_object(parameters, "client_tool_call.parameters"),
-        event_id=_optional_int(event, "event_id", "client_tool_call"),
-    )
-
-
-_FLAT_ERROR_CODE = re.compile(r"received (\d{4})\b")
-
-
-def _parse_error(frame: dict[str, Any]) -> AgentErrorEvent:
-    event = frame.get("error_event")
-    if isinstance(event, dict):
-        message = event.get("message") or event.get("reason") or event.get("debug_message") or ""
-        code = event.get("code")
-        error_type = event.get("error_type")
-    else:
-        message = frame.get("message") or frame.get("error") or ""
-        code = frame.get("code")
-        error_type = frame.get("error_type")
-        if not isinstance(code, int) and isinstance(message, str):
-            found = _FLAT_ERROR_CODE.search(message)
-            code = int(found.group(1)) if found else None
-    return AgentErrorEvent(
-        code=code if isinstance(code, int) and not isinstance(code, bool) else None,
-        message=message if isinstance(message, str) else str(message),
-        error_type=error_type if isinstance(error_type, str) else None,
-    )
-
-
-def _parse_vad_score(frame: dict[str, Any]) -> VadScore:
-    event = _object(frame.get("vad_score_event"), "vad_score")
-    score = event.get("vad_score")
-    if isinstance(score, bool) or not isinstance(score, int | float):
-        raise AgentProtocolError("vad_score: missing or invalid 'vad_score'")
-    return VadScore(score=float(score))
-
-
-def _parse_chat_response_part(frame: dict[str, Any]) -> AgentChatResponsePart:
-    where = "agent_chat_response_part"
-    event = _object(frame.get("text_response_part"), where)
-    part_type = event.get("type")
-    return AgentChatResponsePart(
-        text=_str(event, "text", where),
-        part_type=part_type if isinstance(part_type, str) else "delta",
-        event_id=_optional_int(event, "event_id", where),
-    )
-
-
-_PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerEvent]]] = {
-    "conversation_initiation_metadata": _parse_metadata,
-    "audio": _parse_audio,
-    "user_transcript": _parse_user_transcript,
-    "tentative_user_transcript": _parse_tentative_transcript,
-    "agent_response": _parse_agent_response,
-    "agent_response_correction": _parse_correction,
-    "interruption": _parse_interruption,
-    "ping": _parse_ping,
-    "client_tool_call": _parse_client_tool_call,
-    "error": _parse_error,
-    "vad_score": _parse_vad_score,
-    "agent_chat_response_part": _parse_chat_response_part,
-}
-
-
-def parse_server_event(frame: str | bytes) -> ServerEvent:
-    """Parse one server frame. Unknown types become `UnknownEvent`; raises `AgentProtocolError` on bad JSON, a
-    non-object, a missing `type`, or a known type whose required fields are missing or mistyped."""
-    try:
-        data = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise AgentProtocolError("frame is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise AgentProtocolError("frame is not a JSON object")
-    event_type = data.get("type")
-    if not isinstance(event_type, str):
-        raise AgentProtocolError("frame has no 'type'")
-    parser = _PARSERS.get(event_type)
-    if parser is None:
-        return UnknownEvent(type=event_type)
-    return parser(data)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Client messages
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _dumps(obj: dict[str, Any]) -> str:
-    return orjson.dumps(obj).decode()
-
-
-def build_initiation(
-    *,
-    dynamic_variables: dict[str, str | int | float | bool] | None = None,
-    overrides: dict[str, Any] | None = None,
-    user_id: str | None = None,
-    custom_llm_extra_body: dict[str, Any] | None = None,
-) -> str:
-    """`conversation_initiation_client_data`, the first message on the socket. `overrides` becomes
-    `conversation_config_override` (the agent must allow overrides, or it closes with 1008 `override_error`).
-    Absent fields are omitted."""
-    message: dict[str, Any] = {"type": "conversation_initiation_client_data"}
-    if overrides is not None:
-        message["conversation_config_override"] = overrides
-    if custom_llm_extra_body is not None:
-        message["custom_llm_extra_body"] = custom_llm_extra_body
-    if dynamic_variables is not None:
-        for name, value in dynamic_variables.items():
-            if not isinstance(value, str | int | float | bool):
-                raise ValueError(f"dynamic variable {name!r} must be a string, number or boolean")
-        message["dynamic_variables"] = dynamic_variables
-    if user_id is not None:
-        message["user_id"] = user_id
-    return _dumps(message)
-
-
-def build_user_audio_chunk(pcm: bytes) -> str:
-    """`{"user_audio_chunk": "<base64>"}` (no `type` field) for audio already in `user_input_audio_format`.
-    Called for every audio frame: string concatenation only (base64 never needs JSON escaping)."""
-    return '{"user_audio_chunk":"' + base64.b64encode(pcm).decode("ascii") + '"}'
-
-
-def build_pong(event_id: int) -> str:
-    """The answer to `Ping(event_id)`; send it at once."""
-    return '{"type":"pong","event_id":' + str(int(event_id)) + "}"
-
-
-def build_user_message(text: str) -> str:
-    """A typed user message; the agent answers it like speech."""
-    return _dumps({"type": "user_message", "text": text})
-
-
-def build_contextual_update(text: str) -> str:
-    """Silent context for the agent (it does not answer it)."""
-    return _dumps({"type": "contextual_update", "text": text})
-
-
-def build_user_activity() -> str:
-    """Tells the agent the user is still there (resets its turn timeout)."""
-    return '{"type":"user_activity"}'
-
-
-def build_client_tool_result(tool_call_id: str, result: str, is_error: bool) -> str:
-    """The answer to a `ClientToolCall`."""
-    return _dumps(
-        {
-            "type": "client_tool_result",
-            "tool_call_id": tool_call_id,
-            "result": result,
-            "is_error": bool(is_error),
-        }
-    )
-
-
-def build_feedback(score: str, event_id: int) -> str:
-    """Feedback on reply `event_id`; `score` is "like" or "dislike"."""
-    if score not in ("like", "dislike"):
-        raise ValueError("feedback score must be 'like' or 'dislike'")
-    return _dumps({"type": "feedback", "score": score, "event_id": int(event_id)})
-
-
-# ------------------------------------------------------------------------------------------------------------
-# URLs
-# ------------------------------------------------------------------------------------------------------------
-
-_HTTP_SCHEMES: Final = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
-_WS_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-
-
-def _join(base_url: str, schemes: dict[str, str], path: str, query: str) -> str:
-    parts = urlsplit(base_url.strip())
-    scheme = schemes.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"base URL must be http(s):// or ws(s)://host, got {base_url!r}")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
-
-
-def _agent_query(agent_id: str) -> str:
-    if not agent_id:
-        raise ValueError("agent_id is empty")
-    return "agent_id=" + quote(agent_id, safe="")
-
-
-def conversation_ws_url(base_url: str, agent_id: str) -> str:
-    """The public agent socket: `https://api.eu.residency.elevenlabs.io` ->
-    `wss://api.eu.residency.elevenlabs.io/v1/convai/conversation?agent_id=...` (a path prefix is kept)."""
-    return _join(base_url, _WS_SCHEMES, "/v1/convai/conversation", _agent_query(agent_id))
-
-
-def signed_url_request(base_url: str, agent_id: str) -> str:
-    """Where to GET a signed socket URL for a private agent (with the `xi-api-key` header)."""
-    return _join(base_url, _HTTP_SCHEMES, "/v1/convai/conversation/get-signed-url", _agent_query(agent_id))
-
-
-def agent_details_url(base_url: str, agent_id: str) -> str:
-    """`GET /v1/convai/agents/{agent_id}` (with `xi-api-key`): the agent's configuration, incl. audio
-    formats."""
-    if not agent_id:
-        raise ValueError("agent_id is empty")
-    return _join(base_url, _HTTP_SCHEMES, "/v1/convai/agents/" + quote(agent_id, safe=""), "")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# I/O: signed URL and the agent socket
-# ------------------------------------------------------------------------------------------------------------
-
-_STATUS_REASONS: Final = {401: "unauthorized", 403: "unauthorized", 404: "not_found", 429: "rate_limited"}
 _CLOSE_TIMEOUT: Final = 2.0
-
-
-def _reason_for_status(status: int) -> str:
-    if status in _STATUS_REASONS:
-        return _STATUS_REASONS[status]
-    return "upstream_error" if status >= 500 else "rejected"
-
-
-def _upstream_detail(response: httpx2.Response, api_key: str) -> str:
-    """A short, key-free description of an error body (ElevenLabs answers `{"detail": {...}}` or `{"detail":
-    "..."}`)."""
-    try:
-        detail: Any = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = None
-    if isinstance(detail, dict):
-        detail = detail.get("message") or detail.get("status")
-    elif isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        detail = detail[0].get("msg")
-    text = detail if isinstance(detail, str) else ""
-    if api_key:
-        text = text.replace(api_key, "***")
-    return text[:200]
 
 
 async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str, agent_id: str) -> str:
     """Get a short-lived signed socket URL for a private agent (fetch a fresh one per conversation).
 
-    Raises `AgentUnavailable` (401/403 unauthorized, 404 not_found, 422 rejected, 429 rate_limited, 5xx and
-    network errors upstream_error, timeouts timeout). Cancelled by the caller's scope; bounded by `http`'s
-    timeouts."""
+    Raises `AgentUnavailable` (see `read_signed_url_answer`; network errors upstream_error, timeouts timeout).
+    Cancelled by the caller's scope; bounded by `http`'s timeouts."""
     try:
         response = await http.get(signed_url_request(base_url, agent_id), headers={"xi-api-key": api_key})
     except httpx2.TimeoutException:
@@ -551,21 +55,7 @@ async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str
         raise AgentUnavailable(
             "upstream_error", f"could not reach ElevenLabs for a signed URL ({type(exc).__name__})"
         ) from None
-    if response.status_code != 200:
-        detail = _upstream_detail(response, api_key)
-        raise AgentUnavailable(
-            _reason_for_status(response.status_code),
-            f"ElevenLabs refused the signed URL request (HTTP {response.status_code}"
-            + (f": {detail})" if detail else ")"),
-            response.status_code,
-        )
-    try:
-        signed_url = response.json().get("signed_url")
-    except (ValueError, AttributeError):
-        signed_url = None
-    if not isinstance(signed_url, str) or not signed_url.startswith(("wss://", "ws://")):
-        raise AgentUnavailable("upstream_error", "ElevenLabs answered the signed URL request without a ws(s) URL", 200)
-    return signed_url
+    return read_signed_url_answer(response.status_code, response.content, api_key)
 
 
 def _closed_error(exc: WebSocketClosed) -> AgentClosed:
@@ -601,7 +91,7 @@ class AgentConnection:
             raise _closed_error(exc) from None
         event = parse_server_event(frame)
         if type(event) is UnknownEvent:
-            logger.debug("ignoring agent event type %r", event.type)
+            log.debug("ignoring agent event type %r", event.type)
         return event
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
@@ -662,7 +152,7 @@ async def open_agent(
                     open_websocket(url, max_message_size=max_message_size, close_timeout=_CLOSE_TIMEOUT))
             except WebSocketRejected as exc:
                 raise AgentUnavailable(
-                    _reason_for_status(exc.status_code),
+                    reason_for_status(exc.status_code),
                     f"ElevenLabs refused the conversation socket (HTTP {exc.status_code})",
                     exc.status_code,
                 ) from None

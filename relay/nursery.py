@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import httpx2
 import trio
 
-from relay import elevenlabs as el
+from relay import elevenlabs
 from relay.avatars import (
     AvatarError,
     AvatarEvent,
@@ -36,8 +36,10 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.config import Settings
+from relay.elevenlabs import AgentConnection
 from relay.ops.logs import current_conversation
 from relay.protocol import browser as bp
+from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat, parse_format, to_pcm16
 from relay.server.limits import FloodGate
 
@@ -275,7 +277,7 @@ class Upstreams:
     http: httpx2.AsyncClient
     provider: AvatarProvider | None
     on_end: Callable[[ConversationRecord], None] | None = None
-    open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]] = el.open_agent
+    open_agent: Callable[..., AbstractAsyncContextManager[AgentConnection]] = elevenlabs.open_agent
     # Called (must not block) when the conversation opens, before its first read, and when it is ready.
     on_start: Callable[[ConversationRecord], None] | None = None
     on_ready: Callable[[ConversationRecord], None] | None = None
@@ -365,7 +367,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         conversation.start_soon(outbox.watch_sender, settings.relay_send_timeout)
 
         # Set-up: the agent and the avatar concurrently; ready when both are up.
-        agent: el.AgentConnection | None = None
+        agent: AgentConnection | None = None
         session: AvatarSession | None = None
         speaker = Speaker(outbox)
 
@@ -421,7 +423,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
 
 
 async def _hold_agent(up: Upstreams, start: bp.Start, *,
-                      task_status: trio.TaskStatus[el.AgentConnection] = trio.TASK_STATUS_IGNORED) -> None:
+                      task_status: trio.TaskStatus[AgentConnection] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the agent connection and keep it open until the conversation's scope is cancelled (which closes it)."""
     settings = up.settings
     initiation = el.build_initiation(dynamic_variables=start.dynamic_variables or None,
@@ -479,7 +481,7 @@ def _timer_slack(timeout: float) -> float:
     return min(1.0, timeout / 8) if math.isfinite(timeout) else 0.0
 
 
-async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnection, speaker: Speaker,
+async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speaker: Speaker,
                                 settings: Settings, traffic: Traffic | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
     RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
@@ -522,7 +524,7 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: el.AgentConnectio
     raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
 
 
-async def _forward_client_event(event: bp.ClientEvent, agent: el.AgentConnection, speaker: Speaker) -> None:
+async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speaker: Speaker) -> None:
     if isinstance(event, bp.Audio):
         await agent.send(el.build_user_audio_chunk(event.pcm))
     elif isinstance(event, bp.Text):
@@ -544,7 +546,7 @@ async def _forward_client_event(event: bp.ClientEvent, agent: el.AgentConnection
         raise ConversationOver.failed("protocol_error", "'start' was already received")
 
 
-async def pump_agent_to_browser(agent: el.AgentConnection, outbox: Outbox, speaker: Speaker,
+async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker: Speaker,
                                 silence_timeout: float = math.inf) -> None:
     """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
     for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered

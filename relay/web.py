@@ -23,9 +23,9 @@ from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
-from relay import elevenlabs as el
 from relay.avatars.registry import make_provider
 from relay.config import ConfigError, Settings, load_settings
+from relay.elevenlabs import open_agent
 from relay.nursery import ConversationRecord, Upstreams, run_conversation
 from relay.ops.journal import Journal, JournaledProvider, open_journal_now, reap_periodically, state_dir
 from relay.ops.logs import configure_logging, set_worker
@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
             await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
         state.upstreams = Upstreams(settings=effective, http=http, provider=metrics.observe_provider(provider),
-                                    open_agent=metrics.observe_agent(el.open_agent), on_start=on_start,
+                                    open_agent=metrics.observe_agent(open_agent), on_start=on_start,
                                     on_ready=metrics.conversation_ready, on_end=on_end)
 
     @app.after_serving

@@ -24,10 +24,11 @@ import orjson
 import trio
 
 from relay import __version__
-from relay import elevenlabs as el
 from relay.config import ConfigError, Settings, load_settings
+from relay.elevenlabs import fetch_signed_url, open_agent
 from relay.heygen import HeyGenCallError, list_sessions, read_answer
 from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarApiError, parse_envelope
+from relay.protocol import elevenlabs as el
 from relay.protocol.audio import parse_format
 
 Level = Literal["ok", "problem", "note"]
@@ -248,7 +249,7 @@ async def check_elevenlabs(settings: Settings, http: httpx2.AsyncClient, *, conn
         error: el.AgentUnavailable | None = None
         try:
             with trio.fail_after(CHECK_TIMEOUT):
-                await el.fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id)
+                await fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id)
         except el.AgentUnavailable as exc:
             error = exc
         except trio.TooSlowError:
@@ -262,7 +263,7 @@ async def check_elevenlabs(settings: Settings, http: httpx2.AsyncClient, *, conn
 async def _try_conversation(settings: Settings, http: httpx2.AsyncClient, key: str | None) -> list[Finding]:
     service = "ElevenLabs"
     try:
-        async with el.open_agent(http, base_url=settings.elevenlabs_base_url, agent_id=settings.elevenlabs_agent_id
+        async with open_agent(http, base_url=settings.elevenlabs_base_url, agent_id=settings.elevenlabs_agent_id
                                  or "", api_key=key, initiation=el.build_initiation(),
                                  connect_timeout=settings.relay_setup_timeout) as agent:
             metadata = agent.metadata

@@ -29,7 +29,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from relay import __version__
-from relay import elevenlabs as el
 from relay.avatars import (
     AvatarError,
     AvatarInfo,
@@ -40,8 +39,10 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
+from relay.elevenlabs import AgentConnection
 from relay.nursery import ConversationRecord, Traffic
 from relay.ops.logs import current_conversation
+from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
 log = logging.getLogger("relay.metrics")
@@ -188,18 +189,18 @@ class RelayMetrics:
 
     # -- wrappers -----------------------------------------------------------------------------------------------
 
-    def observe_agent(self, open_agent: Callable[..., AbstractAsyncContextManager[el.AgentConnection]]
-                      ) -> Callable[..., AbstractAsyncContextManager[el.AgentConnection]]:
+    def observe_agent(self, open_agent: Callable[..., AbstractAsyncContextManager[AgentConnection]]
+                      ) -> Callable[..., AbstractAsyncContextManager[AgentConnection]]:
         """`open_agent` (same signature) whose failures to open are counted and whose connection is observed."""
 
         @asynccontextmanager
-        async def observed_open_agent(*args: Any, **kwargs: Any) -> AsyncIterator[el.AgentConnection]:
+        async def observed_open_agent(*args: Any, **kwargs: Any) -> AsyncIterator[AgentConnection]:
             live = self._current()
             opened = False
             try:
                 async with open_agent(*args, **kwargs) as agent:
                     opened = True
-                    yield cast(el.AgentConnection, _ObservedAgent(agent, live, self))
+                    yield cast(AgentConnection, _ObservedAgent(agent, live, self))
             except el.AgentUnavailable as exc:
                 if not opened:
                     self.upstream_error("elevenlabs", exc.reason, exc.status_code, str(exc))
@@ -259,7 +260,7 @@ class _ObservedAgent:
     """An `AgentConnection` whose events are observed on the way to the pump. `send` is the connection's own
     bound method (no extra call on the audio path), unless transcripts are on (typed messages are noted)."""
 
-    def __init__(self, agent: el.AgentConnection, live: _Live, metrics: RelayMetrics) -> None:
+    def __init__(self, agent: AgentConnection, live: _Live, metrics: RelayMetrics) -> None:
         self._agent = agent
         self._live = live
         self._metrics = metrics

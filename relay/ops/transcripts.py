@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 import trio
 
-from relay import elevenlabs as el
 from relay.nursery import ConversationRecord
+from relay.protocol import elevenlabs as el
 
 log = logging.getLogger("relay.transcripts")
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import trio
 
-from relay import elevenlabs as el
 from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed
+from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
 

@@ -10,10 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from relay import elevenlabs as el
 from relay.avatars import AvatarSessionEnded, AvatarUnavailable
 from relay.config import Settings
 from relay.nursery import ConversationRecord, Upstreams, run_conversation
+from relay.protocol import elevenlabs as el
 from tests.conversation.fakes import FakeAgent, FakeBrowser, FakeProvider
 
 

@@ -22,7 +22,8 @@ import trio_websocket
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from relay import elevenlabs as el
+from relay.elevenlabs import AgentConnection, open_agent
+from relay.protocol import elevenlabs as el
 from relay.sim import elevenlabs_sim
 from tests.simcontrol import SimControl
 
@@ -43,7 +44,7 @@ class Sim(SimControl):
         return conversations[0]
 
     def open(self, *, api_key: str | None = None, initiation: str | None = None, **kwargs: Any) -> Any:
-        return el.open_agent(
+        return open_agent(
             self.http,
             base_url=self.url,
             agent_id=AGENT,
@@ -82,13 +83,13 @@ def rms(pcm: bytes) -> float:
     return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
 
 
-async def send_audio(conn: el.AgentConnection, pcm: bytes, chunk_bytes: int = 3200) -> None:
+async def send_audio(conn: AgentConnection, pcm: bytes, chunk_bytes: int = 3200) -> None:
     for offset in range(0, len(pcm), chunk_bytes):
         await conn.send(el.build_user_audio_chunk(pcm[offset : offset + chunk_bytes]))
 
 
 async def collect(
-    conn: el.AgentConnection, until: Callable[[el.ServerEvent], bool], within: float = 5.0
+    conn: AgentConnection, until: Callable[[el.ServerEvent], bool], within: float = 5.0
 ) -> list[el.ServerEvent]:
     """Events up to and including the first one `until` accepts; pings are answered on the way."""
     seen: list[el.ServerEvent] = []

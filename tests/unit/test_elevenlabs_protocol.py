@@ -9,7 +9,8 @@ import json
 import httpx2
 import pytest
 
-from relay import elevenlabs as el
+from relay.elevenlabs import fetch_signed_url
+from relay.protocol import elevenlabs as el
 
 
 def frame(**fields: object) -> str:
@@ -299,7 +300,7 @@ def mock_client(status: int, body: object) -> httpx2.AsyncClient:
 async def test_signed_url_is_returned() -> None:
     signed = "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag_1&conversation_signature=s"
     async with mock_client(200, {"signed_url": signed}) as http:
-        assert await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1") == signed
+        assert await fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1") == signed
 
 
 @pytest.mark.parametrize(
@@ -318,7 +319,7 @@ async def test_signed_url_errors_map_to_reasons_and_never_show_the_key(status: i
     body = {"detail": {"status": "x", "message": f"key {SECRET_KEY} is not valid"}}
     async with mock_client(status, body) as http:
         with pytest.raises(el.AgentUnavailable) as caught:
-            await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
+            await fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
     assert (caught.value.reason, caught.value.status_code) == (reason, status)
     assert SECRET_KEY not in str(caught.value)
     assert str(status) in str(caught.value)
@@ -327,7 +328,7 @@ async def test_signed_url_errors_map_to_reasons_and_never_show_the_key(status: i
 async def test_signed_url_answer_without_a_socket_url_is_an_upstream_error() -> None:
     async with mock_client(200, {"signed_url": "https://not-a-socket"}) as http:
         with pytest.raises(el.AgentUnavailable) as caught:
-            await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
+            await fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
     assert caught.value.reason == "upstream_error"
 
 
@@ -337,5 +338,5 @@ async def test_signed_url_timeout_maps_to_timeout() -> None:
 
     async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler)) as http:
         with pytest.raises(el.AgentUnavailable) as caught:
-            await el.fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
+            await fetch_signed_url(http, "https://api.elevenlabs.io", SECRET_KEY, "ag_1")
     assert caught.value.reason == "timeout"

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import elevenlabs as el
 from relay.avatars import (
     AvatarInfo,
     AvatarSessionEnded,
@@ -26,6 +25,7 @@ from relay.ops.doctor import agent_findings, heygen_avatar_findings, liveavatar_
 from relay.ops.logs import current_conversation
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import note_agent_event, render
+from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
 
