@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from relay._util import leaves
 from relay.avatars import AvatarError
 from relay.config import ConfigError, Settings, load_settings
 
@@ -141,17 +142,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(serve)
     except* OSError as group:
-        print(f"avatar-relay: cannot listen on {host}:{port}: {_first(group).strerror}", file=sys.stderr)
+        print(f"avatar-relay: cannot listen on {host}:{port}: {_first_os_error(group).strerror}", file=sys.stderr)
         status = 1
     return status
 
 
-def _first(group: BaseExceptionGroup[OSError]) -> OSError:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    assert isinstance(exc, OSError)
-    return exc
+def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
+    first = leaves(group)[0]
+    assert isinstance(first, OSError)
+    return first
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

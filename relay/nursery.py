@@ -7,25 +7,24 @@ timeout, a server shutdown — leaves the nursery, and leaving it stops the avat
 provider's `open_session` context, shielded and time-bounded. Nothing here is a hand-made flag: endings are
 exceptions (`ConversationOver` and the upstream errors) and cancellation comes from scopes.
 
-This module must never parse or build wire formats itself (that is `browser.py` and `elevenlabs.py`), and never know
-which avatar provider it drives.
+The parts it composes are in `relay.conversation` (record, endings, outbox, speech router, pumps). This module must
+never parse or build wire formats itself (that is `relay.protocol`), and never know which avatar provider it drives.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, suppress
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 import httpx2
 import trio
 
 from relay import elevenlabs
+from relay._util import leaves
 from relay.avatars import (
     AvatarError,
     AvatarEvent,
@@ -36,237 +35,17 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.config import Settings
+from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
+from relay.conversation.outbox import Outbox
+from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
+from relay.conversation.record import ConversationRecord, current_conversation
+from relay.conversation.speech import SpeechRouter
 from relay.elevenlabs import AgentConnection
-from relay.ops.logs import current_conversation
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
-from relay.protocol.audio import AudioFormat, parse_format, to_pcm16
-from relay.server.limits import FloodGate
+from relay.protocol.audio import parse_format
 
 log = logging.getLogger("relay.conversation")
-
-# Seconds without agent audio after which an audio-driven avatar is told the turn's audio is complete.
-TURN_AUDIO_GAP = 0.35
-OUTBOX_FRAMES = 512
-SPEECH_QUEUE_ITEMS = 2048
-
-
-class BrowserSocket(Protocol):
-    """The seam to the browser's WebSocket (quart's `websocket` in production, fakes in tests)."""
-
-    async def receive(self) -> str | bytes | None: ...
-
-    async def send(self, data: str | bytes) -> None: ...
-
-    async def close(self, code: int, reason: str = "") -> None: ...
-
-
-class ConversationOver(Exception):
-    """Raised by any task to end the conversation. `error` is None for a normal end."""
-
-    def __init__(self, reason: str, *, error: str | None = None, message: str = "", close_code: int = 1000,
-                 extra: dict[str, Any] | None = None) -> None:
-        super().__init__(message or reason)
-        self.reason = reason
-        self.error = error
-        self.message = message
-        self.close_code = close_code
-        self.extra = extra or {}
-
-    @classmethod
-    def failed(cls, code: str, message: str, **extra: Any) -> ConversationOver:
-        return cls(code, error=code, message=message, close_code=bp.CLOSE_CODE_FOR_ERROR[code], extra=extra)
-
-
-@dataclass(slots=True)
-class Traffic:
-    """Audio relayed by one conversation, counted in plain ints on the hot path (the metrics read them at
-    scrape time and at the end; no metrics library call per frame)."""
-
-    audio_in_frames: int = 0  # browser -> agent
-    audio_in_bytes: int = 0
-    audio_out_frames: int = 0  # agent -> relay (then browser and/or avatar)
-    audio_out_bytes: int = 0
-
-
-@dataclass
-class ConversationRecord:
-    """What happened, for logs and metrics; filled in as the conversation goes."""
-
-    relay_id: str
-    started_at: float = field(default_factory=time.monotonic)
-    conversation_id: str | None = None
-    avatar_provider: str | None = None
-    avatar_session_id: str | None = None
-    degraded: bool = False
-    ready_at: float | None = None
-    reason: str = "unknown"
-    error: str | None = None
-    message: str = ""
-    traffic: Traffic = field(default_factory=Traffic)
-    # Set by the transcript writer when RELAY_TRANSCRIPTS_DIR is on: the turns, in order (never audio).
-    transcript: list[dict[str, Any]] | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Outbox: everything the relay sends to the browser goes through one bounded queue and one sender task, so a slow
-# browser never blocks the agent pump (which must keep answering pings).
-
-
-class Outbox:
-    def __init__(self, capacity: int = OUTBOX_FRAMES) -> None:
-        self._tx, self._rx = trio.open_memory_channel[str | bytes](capacity)
-        self.dropped_audio = 0
-        self.sending_since: float | None = None
-
-    def send(self, frame: str) -> None:
-        """Queue a control frame. A full queue means the browser stopped reading: the conversation ends."""
-        try:
-            self._tx.send_nowait(frame)
-        except trio.WouldBlock:
-            raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended") from None
-
-    def send_audio(self, pcm: bytes) -> None:
-        """Queue agent audio for the browser; dropped (and counted) when the browser is behind."""
-        try:
-            self._tx.send_nowait(pcm)
-        except trio.WouldBlock:
-            self.dropped_audio += 1
-
-    async def run_sender(self, browser: BrowserSocket) -> None:
-        """Send queued frames in order until cancelled (by the conversation's end). A send to a browser that stopped
-        reading may not be cancellable (hypercorn writes inside a shielded scope): `watch_sender` ends the
-        conversation around it, and the socket's TCP_USER_TIMEOUT (relay.server.limits) finally breaks the write."""
-        async for frame in self._rx:
-            self.sending_since = trio.current_time()
-            await browser.send(frame)
-            self.sending_since = None
-
-    async def watch_sender(self, send_timeout: float) -> None:
-        """End the conversation (`timeout`) when one send has been blocked for `send_timeout` seconds, so the avatar
-        session is stopped promptly even though that send cannot be interrupted. Cancelled by the conversation's
-        end; checks four times per `send_timeout`."""
-        while True:
-            await trio.sleep(send_timeout / 4)
-            since = self.sending_since
-            if since is not None and trio.current_time() - since >= send_timeout:
-                raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Speaker: the single caller of the avatar session, so speech, interruptions and turn ends reach it in order.
-
-
-@dataclass(frozen=True, slots=True)
-class _SpeakText:
-    text: str
-    turn: int
-
-
-@dataclass(frozen=True, slots=True)
-class _SpeakAudio:
-    audio: bytes
-    turn: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Interrupt:
-    turn: int
-
-
-_SpeechItem = _SpeakText | _SpeakAudio | _Interrupt
-
-
-class Speaker:
-    """Routes the agent's speech to the avatar (text or audio, as the session wants) or to the browser.
-
-    Interruption: turns below the `watermark` are dropped wherever they are (queued here, or in flight: the current
-    avatar call is cancelled through its own scope), then the avatar is told to stop.
-    """
-
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
-        self.agent_format = AudioFormat("pcm", 16000)  # replaced by the agent's announced format before ready
-        self._tx, self._rx = trio.open_memory_channel[_SpeechItem](SPEECH_QUEUE_ITEMS)
-        self.session: AvatarSession | None = None
-        self.voice_to_browser = True
-        self.watermark = 0
-        self._last_turn = 0
-        self._in_flight: tuple[int, trio.CancelScope] | None = None
-        self.dropped = 0
-
-    def attach(self, session: AvatarSession | None) -> None:
-        self.session = session
-        self.voice_to_browser = session is None or session.info.simulated
-
-    def _queue(self, item: _SpeechItem) -> None:
-        try:
-            self._tx.send_nowait(item)
-        except trio.WouldBlock:
-            self.dropped += 1
-
-    def agent_text(self, text: str, turn: int) -> None:
-        self._last_turn = max(self._last_turn, turn)
-        if self.session is not None and not self.session.takes_audio and turn >= self.watermark:
-            self._queue(_SpeakText(text, turn))
-
-    def agent_audio(self, audio: bytes, turn: int) -> None:
-        if turn < self.watermark:
-            return
-        self._last_turn = max(self._last_turn, turn)
-        if self.voice_to_browser:
-            self._outbox.send_audio(to_pcm16(audio, self.agent_format))
-        if self.session is not None and self.session.takes_audio:
-            self._queue(_SpeakAudio(audio, turn))
-
-    def interrupt(self, new_turn: int | None = None) -> None:
-        """Drop every turn before `new_turn` (default: everything said so far) and stop the avatar."""
-        interrupted = self._last_turn
-        self.watermark = max(self.watermark, new_turn if new_turn is not None else self._last_turn + 1)
-        if self._in_flight is not None and self._in_flight[0] < self.watermark:
-            self._in_flight[1].cancel()
-        if self.session is not None:
-            self._queue(_Interrupt(interrupted))
-
-    async def run(self, session: AvatarSession) -> None:
-        """Feed `session` in order until cancelled. Blocks on the avatar's network calls; a call for a turn that
-        gets interrupted is cancelled through its own scope. Ends the audio turn after TURN_AUDIO_GAP of silence."""
-        open_turn: int | None = None
-        while True:
-            if open_turn is None:
-                item = await self._rx.receive()
-            else:
-                item = None
-                with trio.move_on_after(TURN_AUDIO_GAP):
-                    item = await self._rx.receive()
-                if item is None or (isinstance(item, _SpeakAudio) and item.turn != open_turn):
-                    if open_turn >= self.watermark:
-                        await session.end_turn(open_turn)
-                    open_turn = None
-                if item is None:
-                    continue
-            if item is None:
-                continue
-            if isinstance(item, _Interrupt):
-                open_turn = None
-                await session.interrupt(item.turn)
-                continue
-            if item.turn < self.watermark:
-                continue
-            with trio.CancelScope() as scope:
-                self._in_flight = (item.turn, scope)
-                try:
-                    if isinstance(item, _SpeakText):
-                        await session.speak_text(item.text, item.turn)
-                    else:
-                        await session.speak_audio(item.audio, self.agent_format, item.turn)
-                        open_turn = item.turn
-                finally:
-                    self._in_flight = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The conversation.
 
 
 @dataclass(frozen=True)
@@ -315,7 +94,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             raise ConversationOver.failed("shutdown", "the relay is shutting down")
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
-        outcome = _classify(exc, record)
+        outcome = classify(exc, record)
     except BaseException as exc:
         record.reason = "client_gone"
         _finish(record, up)
@@ -329,7 +108,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
                 raise cancelled from None
         raise
     record.reason, record.error, record.message = outcome.reason, outcome.error, outcome.message
-    await _tell_browser_and_close(browser, outcome)
+    await tell_browser_and_close(browser, outcome)
     _finish(record, up)
     return record
 
@@ -369,7 +148,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         # Set-up: the agent and the avatar concurrently; ready when both are up.
         agent: AgentConnection | None = None
         session: AvatarSession | None = None
-        speaker = Speaker(outbox)
+        speaker = SpeechRouter(outbox)
 
         def on_avatar_event(event: AvatarEvent) -> None:
             if isinstance(event, AvatarSpeaking):
@@ -436,7 +215,7 @@ async def _hold_agent(up: Upstreams, start: bp.Start, *,
         await trio.sleep_forever()
 
 
-async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], outbox: Outbox, speaker: Speaker,
+async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], outbox: Outbox, speaker: SpeechRouter,
                        record: ConversationRecord, *,
                        task_status: trio.TaskStatus[AvatarSession | None] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the avatar session, feed it from the speaker and keep it alive until the conversation's scope is
@@ -455,9 +234,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
     except* AvatarError as group:
         if not up.settings.relay_degrade_to_voice:
             raise
-        exc = group.exceptions[0]
-        while isinstance(exc, BaseExceptionGroup):
-            exc = exc.exceptions[0]
+        exc = leaves(group)[0]
         assert isinstance(exc, AvatarError)
         reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
         log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
@@ -473,167 +250,3 @@ async def _keep_alive(session: AvatarSession) -> None:
     while True:
         await trio.sleep(session.keep_alive_interval)
         await session.keep_alive()
-
-
-def _timer_slack(timeout: float) -> float:
-    """How late an inactivity timeout may fire, so that its deadline is moved at most once per slack instead of
-    on every frame (moving a Trio deadline re-registers it: measurable at ten frames a second per conversation)."""
-    return min(1.0, timeout / 8) if math.isfinite(timeout) else 0.0
-
-
-async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speaker: Speaker,
-                                settings: Settings, traffic: Traffic | None = None) -> None:
-    """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
-    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
-    validated first. Cancelled by the conversation's end; blocks on the browser's receive and on the agent's send
-    (backpressure)."""
-    traffic = traffic or Traffic()
-    max_frame = settings.relay_max_frame_bytes
-    idle = settings.relay_idle_timeout
-    build_audio = el.build_user_audio_chunk
-    flood = FloodGate(settings.relay_max_frames_per_second)
-    slack = _timer_slack(idle)
-    with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
-        while True:
-            frame = await browser.receive()
-            now = trio.current_time()
-            if idle_scope.deadline - now < idle:  # moved at most once per `slack`, not per frame
-                idle_scope.deadline = now + idle + slack
-            if flood.over(now):
-                raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
-                                              "send audio in chunks of 20 ms or more")
-            if isinstance(frame, bytes):
-                if len(frame) > max_frame:
-                    raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
-                if len(frame) & 1:
-                    raise ConversationOver.failed("protocol_error", "audio frames must be PCM16: an even number "
-                                                  "of bytes")
-                traffic.audio_in_frames += 1
-                traffic.audio_in_bytes += len(frame)
-                await agent.send(build_audio(frame))
-                continue
-            if frame is None:
-                continue  # an empty binary frame
-            if len(frame) > max_frame:
-                raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
-            try:
-                event = bp.parse_text_frame(frame)
-            except bp.ProtocolError as exc:
-                raise ConversationOver.failed("protocol_error", str(exc)) from None
-            await _forward_client_event(event, agent, speaker)
-    raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
-
-
-async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speaker: Speaker) -> None:
-    if isinstance(event, bp.Audio):
-        await agent.send(el.build_user_audio_chunk(event.pcm))
-    elif isinstance(event, bp.Text):
-        await agent.send(el.build_user_message(event.text))
-    elif isinstance(event, bp.Context):
-        await agent.send(el.build_contextual_update(event.text))
-    elif isinstance(event, bp.Activity):
-        await agent.send(el.build_user_activity())
-    elif isinstance(event, bp.Interrupt):
-        speaker.interrupt()
-    elif isinstance(event, bp.ToolResult):
-        await agent.send(el.build_client_tool_result(event.tool_call_id, bp.tool_result_text(event.result),
-                                                     event.is_error))
-    elif isinstance(event, bp.Feedback):
-        await agent.send(el.build_feedback(event.score, event.event_id))
-    elif isinstance(event, bp.Stop):
-        raise ConversationOver("client_stop")
-    elif isinstance(event, bp.Start):
-        raise ConversationOver.failed("protocol_error", "'start' was already received")
-
-
-async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker: Speaker,
-                                silence_timeout: float = math.inf) -> None:
-    """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
-    for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered
-    at once. Cancelled by the conversation's end; blocks on the agent's receive."""
-    last_error: el.AgentErrorEvent | None = None
-    slack = _timer_slack(silence_timeout)
-    try:
-        with trio.CancelScope(deadline=trio.current_time() + silence_timeout + slack) as silence:
-            while True:
-                event = await agent.receive()
-                now = trio.current_time()
-                if silence.deadline - now < silence_timeout:  # moved at most once per `slack`, not per event
-                    silence.deadline = now + silence_timeout + slack
-                if isinstance(event, el.AgentAudio):  # the most frequent first
-                    speaker.agent_audio(event.audio, event.event_id)
-                elif isinstance(event, el.Ping):
-                    await agent.send(el.build_pong(event.event_id))
-                elif isinstance(event, el.AgentResponse):
-                    outbox.send(bp.agent_response(event.text, event.event_id))
-                    speaker.agent_text(event.text, event.event_id)
-                elif isinstance(event, el.UserTranscript):
-                    outbox.send(bp.user_transcript(event.text, event.event_id, event.final))
-                elif isinstance(event, el.Interruption):
-                    speaker.interrupt(event.event_id)
-                    outbox.send(bp.interruption(event.event_id))
-                elif isinstance(event, el.AgentResponseCorrection):
-                    outbox.send(bp.agent_response_correction(event.corrected, event.original, event.event_id))
-                elif isinstance(event, el.ClientToolCall):
-                    outbox.send(bp.tool_call(event.tool_call_id, event.tool_name, event.parameters))
-                elif isinstance(event, el.AgentErrorEvent):
-                    last_error = event
-                    log.warning("agent error event code=%s type=%s message=%s", event.code, event.error_type,
-                                event.message)
-                # everything else (vad scores, unknown new types, ...) is not for the browser
-        raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
-    except el.AgentClosed as closed:
-        if closed.code == 1000 and last_error is None:
-            raise ConversationOver("agent_ended") from None
-        message = f"the agent closed the conversation ({closed.code} {closed.reason})".strip()
-        if last_error is not None:
-            message += f": {last_error.message}"
-        raise ConversationOver.failed("agent_error", message, agent_close_code=closed.code,
-                                      agent_close_reason=closed.reason) from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Endings
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        out: list[BaseException] = []
-        for inner in exc.exceptions:
-            out.extend(_leaves(inner))
-        return out
-    return [exc]
-
-
-def _classify(exc: Exception, record: ConversationRecord) -> ConversationOver:
-    """Many tasks may fail at once; pick the one outcome that explains the end best."""
-    leaves = [e for e in _leaves(exc) if not isinstance(e, trio.Cancelled)]
-    for leaf in leaves:
-        if isinstance(leaf, ConversationOver):
-            return leaf
-    for leaf in leaves:
-        if isinstance(leaf, el.AgentUnavailable):
-            return ConversationOver.failed("upstream_unavailable", f"the voice agent is unavailable: {leaf}")
-        if isinstance(leaf, el.AgentClosed):
-            return ConversationOver.failed("agent_error", f"the agent closed during set-up ({leaf.code} "
-                                           f"{leaf.reason})", agent_close_code=leaf.code,
-                                           agent_close_reason=leaf.reason)
-        if isinstance(leaf, el.AgentProtocolError):
-            return ConversationOver.failed("agent_error", f"the agent broke the protocol: {leaf}")
-        if isinstance(leaf, AvatarError):
-            return ConversationOver.failed("upstream_unavailable", f"the avatar is unavailable: {leaf.message}",
-                                           avatar_reason=leaf.reason)
-        if isinstance(leaf, trio.TooSlowError):
-            return ConversationOver.failed("upstream_unavailable", "the upstream services took too long to set up")
-    log.error("internal error in conversation relay_id=%s", record.relay_id, exc_info=exc)
-    return ConversationOver.failed("internal", "internal error")
-
-
-async def _tell_browser_and_close(browser: BrowserSocket, outcome: ConversationOver) -> None:
-    """Send `error` (if any) and `ended`, then close. Shielded and bounded: the browser may be gone or stalled."""
-    with trio.move_on_after(1.0, shield=True):
-        with suppress(Exception):
-            if outcome.error is not None:
-                await browser.send(bp.error(outcome.error, outcome.message, **outcome.extra))
-            await browser.send(bp.ended(outcome.reason))
-            await browser.close(outcome.close_code, outcome.reason)

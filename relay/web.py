@@ -23,16 +23,17 @@ from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
-from relay.avatars.registry import make_provider
+from relay.avatars import registry as avatar_registry
 from relay.config import ConfigError, Settings, load_settings
+from relay.conversation.endings import ConversationOver, tell_browser_and_close
+from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
-from relay.nursery import ConversationRecord, Upstreams, run_conversation
+from relay.nursery import Upstreams, run_conversation
 from relay.ops.journal import Journal, JournaledProvider, open_journal_now, reap_periodically, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
-from relay.protocol import browser as bp
 from relay.server.admission import AdmissionRefused, Registry
 from relay.server.auth import Gate, auth_problem
 from relay.server.http_keepalive import KeepAliveGuard
@@ -157,12 +158,11 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
-        provider = make_provider(effective, http)
+        provider = avatar_registry.make_provider(effective, http)
         if provider is not None and settings.relay_journal and not settings.demo_mode:
             # Demo sessions die with the in-process simulators: nothing to journal or reap.
             state.journal = await open_journal_now(state_dir(settings))
-            provider = JournaledProvider(provider, state.journal,
-                                         getattr(effective, f"{provider.name}_base_url", ""))
+            provider = JournaledProvider(provider, state.journal, avatar_registry.base_url(effective, provider.name))
             app.nursery.start_soon(reap_periodically, effective, http, state.journal)
         if state.transcripts is not None:
             await state.transcripts.prepare()
@@ -202,9 +202,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         except AdmissionRefused as exc:
             metrics.conversation_refused("capacity")
             log.info("conversation refused: %s", exc)
-            await browser.send(bp.error("capacity", str(exc)))
-            await browser.send(bp.ended("capacity"))
-            await browser.close(bp.CLOSE_CODE_FOR_ERROR["capacity"], "capacity")
+            await tell_browser_and_close(browser, ConversationOver.failed("capacity", str(exc)))
 
     @app.route("/")
     async def index() -> Response:

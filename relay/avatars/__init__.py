@@ -1,8 +1,11 @@
-"""The avatar provider interface, and the choice of provider by configuration.
+"""The avatar provider interface: `AvatarProvider`, `AvatarSession`, `AvatarInfo`, the events, the errors and
+their `Literal` reasons.
 
 The conversation nursery drives an avatar only through `AvatarProvider.open_session` and the `AvatarSession`
-methods below; it never knows which provider it drives. Each provider lives in its own module (`heygen.py`,
-`liveavatar.py`); "none" (voice only) is simply no provider. This module must never do I/O itself.
+methods below; it never knows which provider it drives. Each provider lives in its own module (`relay.heygen`,
+`relay.liveavatar`), listed once in `relay.avatars.registry`; "none" (voice only) is simply no provider. Alongside:
+`common` (what both providers share), `hooks` (`SessionHooks`), `lite` (the LITE audio socket). This module must
+never do I/O, and imports no trio.
 """
 
 from __future__ import annotations
@@ -10,25 +13,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
-
-import trio
+from typing import Protocol
 
 from relay.protocol.audio import AudioFormat
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class AvatarInfo:
-    """What the browser needs to show the avatar; sent as `ready.avatar`. Never holds a server-side secret."""
-
-    provider: str
-    session_id: str | None
-    livekit_url: str | None
-    access_token: str | None
-    simulated: bool
-
+from relay.protocol.browser import AvatarInfo
+from relay.protocol.vocab import SessionEndedReason, UnavailableReason
 
 # Events a session reports while it runs (delivered through the `on_event` callback; must not block).
 
@@ -62,8 +51,10 @@ OnStopFailed = Callable[[str], Awaitable[None]]
 class AvatarError(Exception):
     """Base of avatar failures. `reason` is a short machine word, `message` a sentence safe to show a user."""
 
-    def __init__(self, reason: str, message: str, *, upstream_code: int | str | None = None,
-                 retry_after: float | None = None) -> None:
+    reason: UnavailableReason | SessionEndedReason
+
+    def __init__(self, reason: UnavailableReason | SessionEndedReason, message: str, *,
+                 upstream_code: int | str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -72,11 +63,13 @@ class AvatarError(Exception):
 
 
 class AvatarUnavailable(AvatarError):
-    """The provider refused or failed to open a session (concurrent limit, bad key, no credits, outage, timeout).
+    """The provider refused or failed to open a session (concurrent limit, bad key, no credits, outage, timeout)."""
 
-    reason is one of: "concurrent_limit", "unauthorized", "no_credits", "rate_limited", "upstream_error",
-    "timeout", "bad_config".
-    """
+    reason: UnavailableReason
+
+    def __init__(self, reason: UnavailableReason, message: str, *, upstream_code: int | str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(reason, message, upstream_code=upstream_code, retry_after=retry_after)
 
 
 class AvatarSessionEnded(AvatarError):
@@ -84,6 +77,11 @@ class AvatarSessionEnded(AvatarError):
 
     Raised out of the `open_session` context; the session is already stopped (or stopping it was attempted).
     """
+
+    reason: SessionEndedReason
+
+    def __init__(self, reason: SessionEndedReason, message: str, *, upstream_code: int | str | None = None) -> None:
+        super().__init__(reason, message, upstream_code=upstream_code)
 
 
 class AvatarSession(Protocol):
@@ -143,21 +141,19 @@ class AvatarProvider(Protocol):
         ...
 
 
-async def alongside(on_created: OnSessionCreated | None, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
-    """`await call()` while `on_created(session_id)` runs concurrently: a provider's next start-up step does not
-    wait for the caller's bookkeeping. Returns `call()`'s result, or raises its exception unwrapped (not in a
-    group), only once both have finished: a failing `call()` does not cut `on_created` short. Cancelled by the
-    caller's scope (both then stop at their next checkpoint, except what `on_created` shields)."""
-    if on_created is None:
-        return await call()
-    failure: Exception | None = None
-    results: list[T] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(on_created, session_id)
-        try:
-            results.append(await call())
-        except Exception as exc:
-            failure = exc
-    if failure is not None:
-        raise failure
-    return results[0]
+__all__ = [
+    "AvatarError",
+    "AvatarEvent",
+    "AvatarInfo",
+    "AvatarProvider",
+    "AvatarSession",
+    "AvatarSessionEnded",
+    "AvatarSpeaking",
+    "AvatarStateChanged",
+    "AvatarUnavailable",
+    "OnAvatarEvent",
+    "OnSessionCreated",
+    "OnStopFailed",
+    "SessionEndedReason",
+    "UnavailableReason",
+]

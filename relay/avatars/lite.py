@@ -1,38 +1,20 @@
-"""The LITE-mode audio websocket (`ws_url`): LiveAvatar LITE and HeyGen v1's `realtime_endpoint` speak it.
+"""The LITE-mode audio socket client (`ws_url`): `open_lite_audio_stream` yields a `LiteAudioStream` that sends one
+session's agent audio, used by LiveAvatar LITE sessions and HeyGen's realtime sessions.
 
-The relay sends the agent's speech as base64 PCM16 LE mono 24 kHz in `agent.speak` frames (one `event_id`
-per agent turn, `turn-7`), ends a turn with `agent.speak_end`, barges in with `agent.interrupt`, and keeps
-the session alive with `session.keep_alive`. The server answers with `agent.speak_started` /
-`agent.speak_ended` and a handful of bookkeeping events (reference: `liveavatar.md`, "The ws_url websocket").
-
-The first half of this module is sans-io: frame builders, a parser that turns every server frame into a
-frozen dataclass (unknown types become `None`), and the chunking policy. The second half
-(`open_lite_speaker`, `LiteSpeaker`) is the thin `relay.net.wsclient` layer around it.
-
-Chunking policy (`split_speak_audio`): the relay holds nothing back. Each chunk of agent audio is resampled
-to 24 kHz and sent at once as one `agent.speak` packet, so the relay adds no buffering latency: the first
-packet of a turn leaves as soon as the first agent chunk arrives. (pipecat holds 400 ms, livekit 600 ms, the
-web SDK sends ~15 ms pieces, so the server takes small packets; the docs' "about 1 s per packet" is advice,
-1 MB the hard limit.) A chunk longer than `MAX_SPEAK_PCM_BYTES` (1 s of audio, ~64 KB of base64) is split
-into 1 s packets, so no frame comes near the 1 MB limit and an `agent.interrupt` never waits behind a huge
-frame.
-
-This module must never log or put into an exception the `ws_url` (its query string carries the session's
-token), never send two frames interleaved, and never send a chunk of an interrupted turn after its
-`agent.interrupt`."""
+A thin `relay.net.wsclient` layer around the sans-I/O `relay.protocol.lite` (frames, events, chunking policy).
+This module must never log or put into an exception the `ws_url` (its query string carries the session's token),
+never send two frames interleaved, and never send a chunk of an interrupted turn after its `agent.interrupt`.
+"""
 
 from __future__ import annotations
 
-import base64
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
-import orjson
 import trio
 
+from relay._util import single
 from relay.avatars import AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable, OnAvatarEvent
 from relay.net.wsclient import (
     ClientWebSocket,
@@ -42,225 +24,29 @@ from relay.net.wsclient import (
     open_websocket,
 )
 from relay.protocol.audio import AudioFormat, StreamingResampler
-
-log = logging.getLogger("relay.lite")
-
-LITE_SAMPLE_RATE = 24_000
-LITE_BYTES_PER_SECOND = LITE_SAMPLE_RATE * 2
-# The server may close the connection on a frame over 1 MB; base64 grows data by 4/3.
-MAX_FRAME_BYTES = 1_000_000
-MAX_SPEAK_PCM_BYTES = LITE_BYTES_PER_SECOND  # 1 s per packet at most (~64 KB of base64)
-
-
-class LiteProtocolError(Exception):
-    """A frame from the server that is not a JSON object with a string `type`."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Client -> server frames
-
-
-def _frame(payload: dict[str, Any]) -> str:
-    return orjson.dumps(payload).decode()
-
-
-def build_speak(event_id: str, pcm24k: bytes | memoryview) -> str:
-    """`agent.speak`: one packet of PCM16 LE mono 24 kHz audio for the utterance `event_id`."""
-    if len(pcm24k) % 2:
-        raise ValueError("PCM16 audio must have an even number of bytes")
-    audio = base64.b64encode(pcm24k).decode("ascii")
-    return _frame({"type": "agent.speak", "event_id": event_id, "audio": audio})
-
-
-def build_speak_end(event_id: str) -> str:
-    """`agent.speak_end`: the utterance `event_id` has no more audio; the server commits its buffer."""
-    return _frame({"type": "agent.speak_end", "event_id": event_id})
-
-
-def build_interrupt(event_id: str) -> str:
-    """`agent.interrupt`: stop speaking now and clear the audio buffer."""
-    return _frame({"type": "agent.interrupt", "event_id": event_id})
-
-
-def build_start_listening(event_id: str) -> str:
-    """`agent.start_listening`: show the listening pose."""
-    return _frame({"type": "agent.start_listening", "event_id": event_id})
-
-
-def build_stop_listening(event_id: str) -> str:
-    """`agent.stop_listening`: leave the listening pose."""
-    return _frame({"type": "agent.stop_listening", "event_id": event_id})
-
-
-def build_keep_alive(event_id: str) -> str:
-    """`session.keep_alive`: reset the server's idle timer (5 minutes)."""
-    return _frame({"type": "session.keep_alive", "event_id": event_id})
-
-
-def turn_event_id(turn: int, prefix: str = "turn") -> str:
-    """The `event_id` shared by every frame of agent turn `turn`: `turn-7`."""
-    return f"{prefix}-{turn}"
-
-
-def turn_from_event_id(event_id: str | None, prefix: str = "turn") -> int | None:
-    """Inverse of `turn_event_id`; None for an event id the relay did not make."""
-    if event_id is None:
-        return None
-    head, sep, tail = event_id.rpartition("-")
-    if not sep or head != prefix or not tail.isdigit():
-        return None
-    return int(tail)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Server -> client events
-
-
-@dataclass(frozen=True, slots=True)
-class SessionStateUpdated:
-    """`session.state_updated`: connecting | connected | closing | closed."""
-
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class SpeakStarted:
-    """`agent.speak_started`: the avatar began speaking utterance `event_id`."""
-
-    event_id: str | None
-    task_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SpeakEnded:
-    """`agent.speak_ended`: the avatar finished speaking utterance `event_id`."""
-
-    event_id: str | None
-    task_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SpeakInterrupted:
-    """`agent.speak_interrupted`: the utterance `event_id` was cut off by `agent.interrupt`."""
-
-    event_id: str | None
-    task_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AudioBufferAppended:
-    """`agent.audio_buffer_appended`: a packet was taken (about one per `agent.speak`)."""
-
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AudioBufferCommitted:
-    """`agent.audio_buffer_committed`: the server acknowledged `agent.speak_end`."""
-
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AudioBufferCleared:
-    """`agent.audio_buffer_cleared`: the server acknowledged `agent.interrupt`."""
-
-    event_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentStateUpdated:
-    """`agent.state_updated`: idle | listening | talking."""
-
-    previous_state: str | None
-    new_state: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerError:
-    """`error`: `{"error": {"type", "message"}}`."""
-
-    error_type: str | None
-    message: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ServerWarning:
-    """`warning`: same shape as `error` (a bare `message` is accepted too)."""
-
-    warning_type: str | None
-    message: str | None
-
-
-LiteEvent = (
-    SessionStateUpdated
-    | SpeakStarted
-    | SpeakEnded
-    | SpeakInterrupted
-    | AudioBufferAppended
-    | AudioBufferCommitted
-    | AudioBufferCleared
-    | AgentStateUpdated
-    | ServerError
-    | ServerWarning
+from relay.protocol.lite import (
+    LITE_SAMPLE_RATE,
+    LiteEvent,
+    LiteProtocolError,
+    ServerError,
+    ServerWarning,
+    SessionStateUpdated,
+    SpeakEnded,
+    SpeakInterrupted,
+    SpeakStarted,
+    build_interrupt,
+    build_keep_alive,
+    build_speak,
+    build_speak_end,
+    build_start_listening,
+    build_stop_listening,
+    parse_server_event,
+    split_speak_audio,
+    turn_event_id,
+    turn_from_event_id,
 )
 
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _task_id(message: dict[str, Any]) -> str | None:
-    task = message.get("task")
-    return _str_or_none(task.get("id")) if isinstance(task, dict) else None
-
-
-def _problem(message: dict[str, Any], key: str) -> tuple[str | None, str | None]:
-    # `{"error": {"type", "message"}}` per the reference; tolerate a bare string or top-level `message`.
-    body = message.get(key)
-    if isinstance(body, dict):
-        return _str_or_none(body.get("type")), _str_or_none(body.get("message"))
-    if isinstance(body, str):
-        return None, body
-    return None, _str_or_none(message.get("message"))
-
-
-def parse_server_event(frame: str | bytes) -> LiteEvent | None:
-    """One server frame -> its event; None for a type this module does not know (forward compatibility).
-
-    Raises LiteProtocolError if the frame is not a JSON object with a string `type`.
-    """
-    try:
-        message = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise LiteProtocolError("frame is not JSON") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise LiteProtocolError("frame is not a JSON object with a string 'type'")
-    kind: str = message["type"]
-    event_id = _str_or_none(message.get("event_id"))
-    match kind:
-        case "session.state_updated":
-            return SessionStateUpdated(state=_str_or_none(message.get("state")) or "")
-        case "agent.speak_started":
-            return SpeakStarted(event_id, _task_id(message))
-        case "agent.speak_ended":
-            return SpeakEnded(event_id, _task_id(message))
-        case "agent.speak_interrupted":
-            return SpeakInterrupted(event_id, _task_id(message))
-        case "agent.audio_buffer_appended":
-            return AudioBufferAppended(event_id)
-        case "agent.audio_buffer_committed":
-            return AudioBufferCommitted(event_id)
-        case "agent.audio_buffer_cleared":
-            return AudioBufferCleared(event_id)
-        case "agent.state_updated":
-            return AgentStateUpdated(_str_or_none(message.get("previous_state")),
-                                     _str_or_none(message.get("new_state")))
-        case "error":
-            return ServerError(*_problem(message, "error"))
-        case "warning":
-            return ServerWarning(*_problem(message, "warning"))
-    return None
+log = logging.getLogger("relay.lite")
 
 
 def avatar_event_for(event: LiteEvent, prefix: str = "turn") -> AvatarStateChanged | None:
@@ -276,32 +62,12 @@ def avatar_event_for(event: LiteEvent, prefix: str = "turn") -> AvatarStateChang
     return None
 
 
-# ----------------------------------------------------------------------------------------------------
-# Chunking policy
-
-
-def split_speak_audio(pcm24k: bytes, max_bytes: int = MAX_SPEAK_PCM_BYTES) -> Iterator[memoryview]:
-    """Slice resampled audio into `agent.speak` packets: the whole chunk at once if it fits in `max_bytes`,
-    else `max_bytes` pieces (rounded down to whole samples). Empty input gives no packet. See the module
-    docstring for why nothing is held back."""
-    if max_bytes < 2:
-        raise ValueError("max_bytes must hold at least one sample")
-    step = max_bytes - (max_bytes % 2)
-    view = memoryview(pcm24k)
-    for start in range(0, len(view), step):
-        yield view[start:start + step]
-
-
-# ----------------------------------------------------------------------------------------------------
-# I/O
-
-
-class LiteSpeaker:
-    """Sends one session's agent audio over an open `ws_url` socket. Made by `open_lite_speaker`.
+class LiteAudioStream:
+    """Sends one session's agent audio over an open `ws_url` socket. Made by `open_lite_audio_stream`.
 
     Every method may block on the socket (the upstream not reading); cancelling the calling scope cancels it.
     A socket that closes makes the methods return quietly: the reader task notices the close and raises
-    `AvatarSessionEnded` out of `open_lite_speaker`.
+    `AvatarSessionEnded` out of `open_lite_audio_stream`.
     """
 
     def __init__(self, ws: ClientWebSocket, turn_prefix: str = "turn") -> None:
@@ -444,26 +210,11 @@ class LiteSpeaker:
                     log.exception("avatar event callback failed")
 
 
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    # Strict exception groups wrap even one failure; the caller should see the failure itself.
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 @asynccontextmanager
-async def open_lite_speaker(ws_url: str, on_event: OnAvatarEvent, *, connect_timeout: float = 10.0,
-                            turn_prefix: str = "turn") -> AsyncIterator[LiteSpeaker]:
+async def open_lite_audio_stream(ws_url: str, on_event: OnAvatarEvent, *, connect_timeout: float = 10.0,
+                            turn_prefix: str = "turn") -> AsyncIterator[LiteAudioStream]:
     """Open the `ws_url` socket, wait for `session.state_updated: connected` (at most `connect_timeout`; the
-    event is unreliable, so on timeout log a warning and go on), and yield a LiteSpeaker while a reader task
+    event is unreliable, so on timeout log a warning and go on), and yield a LiteAudioStream while a reader task
     delivers events to `on_event` (called inline: it must not block).
 
     Raises AvatarUnavailable ("timeout" or "upstream_error") if the socket cannot be opened, and
@@ -483,21 +234,22 @@ async def open_lite_speaker(ws_url: str, on_event: OnAvatarEvent, *, connect_tim
                                         f"Could not open the avatar's audio socket ({exc}).") from None
         if opening.cancelled_caught:
             raise AvatarUnavailable("timeout", "The avatar's audio socket did not answer in time.")
-        speaker = LiteSpeaker(ws, turn_prefix)
+        stream = LiteAudioStream(ws, turn_prefix)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(speaker.read_events, on_event)
+                nursery.start_soon(stream.read_events, on_event)
                 with trio.move_on_after(connect_timeout) as waited:
-                    await speaker.connected.wait()
+                    await stream.connected.wait()
                 if waited.cancelled_caught:
                     log.warning("no 'connected' state from the avatar after %.1f s; sending anyway",
                                    connect_timeout)
                 try:
-                    yield speaker
+                    yield stream
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            single = _single(group)
-            if single is None:
+            # Strict exception groups wrap even one failure; the caller should see the failure itself.
+            only = single(group)
+            if only is None:
                 raise
-            raise single from single.__cause__
+            raise only from only.__cause__

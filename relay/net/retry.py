@@ -2,7 +2,7 @@
 
 Never wrap a call that creates something billable (HeyGen `streaming.new`, LiveAvatar `sessions/token`): a retry
 after a lost answer can create two sessions. Pure policy plus one small async loop; cancelling the caller cancels
-the loop, including its sleeps.
+the loop, including its sleeps. (The `Retry-After` header itself is read by `relay.protocol.http`.)
 """
 
 from __future__ import annotations
@@ -22,19 +22,6 @@ class Retryable(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None, *, cap: float = 30.0) -> float | None:
-    """Seconds from an HTTP `Retry-After` header (delta-seconds form only; dates are ignored), capped."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if seconds < 0:
-        return None
-    return min(seconds, cap)
 
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 5.0) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,12 +24,15 @@ import orjson
 import trio
 
 from relay import __version__
+from relay.avatars import registry
 from relay.config import ConfigError, Settings, load_settings
 from relay.elevenlabs import fetch_signed_url, open_agent
-from relay.heygen import HeyGenCallError, list_sessions, read_answer
-from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarApiError, parse_envelope
+from relay.heygen import list_sessions
 from relay.protocol import elevenlabs as el
+from relay.protocol import heygen as heygen_protocol
+from relay.protocol import liveavatar as liveavatar_protocol
 from relay.protocol.audio import parse_format
+from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
 
 Level = Literal["ok", "problem", "note"]
 CHECK_TIMEOUT = 10.0
@@ -132,8 +135,8 @@ def heygen_avatar_findings(status: int, body: bytes, avatar_id: str | None) -> l
     """`GET /v1/streaming/avatar.list`: key accepted? avatar among the account's streaming avatars, active?"""
     service = "HeyGen"
     try:
-        data = read_answer(status, body)
-    except HeyGenCallError as exc:
+        data = heygen_protocol.read_answer(status, body)
+    except heygen_protocol.ApiError as exc:
         failure = exc.failure
         if failure.status == 401 or failure.code == 40102:
             return [problem(service, f"HEYGEN_API_KEY was refused (HTTP {failure.status}: {failure.message}).")]
@@ -164,8 +167,8 @@ def liveavatar_avatar_findings(status: int, body: bytes, avatar_id: str, sandbox
         found.append(problem(service, f"LIVEAVATAR_SANDBOX=true only works with the sandbox avatar "
                                       f"{SANDBOX_AVATAR_ID}; unset LIVEAVATAR_AVATAR_ID or turn the sandbox off."))
     try:
-        data = parse_envelope(status, body)
-    except LiveAvatarApiError as exc:
+        data = liveavatar_protocol.read_answer(status, body)
+    except liveavatar_protocol.ApiError as exc:
         if exc.status == 401:
             return [*found, problem(service, f"LIVEAVATAR_API_KEY was refused (HTTP 401: {exc.message}). A HeyGen "
                                              "key does not work here: LiveAvatar has its own keys.")]
@@ -191,8 +194,8 @@ def liveavatar_avatar_findings(status: int, body: bytes, avatar_id: str, sandbox
 def liveavatar_sessions_findings(status: int, body: bytes) -> list[Finding]:
     """`GET /v1/sessions?type=active`: how many sessions run on the account now."""
     try:
-        data = parse_envelope(status, body)
-    except LiveAvatarApiError as exc:
+        data = liveavatar_protocol.read_answer(status, body)
+    except liveavatar_protocol.ApiError as exc:
         return [problem("LiveAvatar", f"listing the active sessions failed: HTTP {exc.status}: {exc.message}.")]
     count = _dig(data, "count")
     if not isinstance(count, int):
@@ -328,6 +331,14 @@ async def check_liveavatar(settings: Settings, http: httpx2.AsyncClient) -> list
     return found
 
 
+# The avatar checks, by the provider table's names (relay.avatars.registry): they speak the doctor's language
+# (findings), so they live here rather than in the table.
+AVATAR_CHECKS: dict[str, Callable[[Settings, httpx2.AsyncClient], Awaitable[list[Finding]]]] = {
+    "heygen": check_heygen,
+    "liveavatar": check_liveavatar,
+}
+
+
 async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
     """Every check for `settings`, ElevenLabs and the avatar provider concurrently. Only reads (see --connect)."""
     results: dict[str, list[Finding]] = {}
@@ -337,10 +348,8 @@ async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: b
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run, "elevenlabs", check_elevenlabs(settings, http, connect=connect))
-        if settings.avatar == "heygen":
-            nursery.start_soon(run, "avatar", check_heygen(settings, http))
-        elif settings.avatar == "liveavatar":
-            nursery.start_soon(run, "avatar", check_liveavatar(settings, http))
+        if settings.avatar != "none":
+            nursery.start_soon(run, "avatar", AVATAR_CHECKS[registry.entry_for(settings.avatar).name](settings, http))
     found = results["elevenlabs"] + results.get("avatar", [])
     if settings.avatar == "none":
         found.append(note("configuration", "RELAY_AVATAR=none: voice only, no avatar is checked."))

@@ -36,7 +36,15 @@ from typing import Any, TypeVar
 import httpx2
 import trio
 
-from relay.avatars import AvatarError, AvatarProvider, AvatarSession, OnAvatarEvent, OnSessionCreated, OnStopFailed
+from relay.avatars import (
+    AvatarError,
+    AvatarProvider,
+    AvatarSession,
+    OnAvatarEvent,
+    OnSessionCreated,
+    OnStopFailed,
+    registry,
+)
 from relay.config import Settings
 
 log = logging.getLogger("relay.journal")
@@ -270,29 +278,6 @@ class JournaledProvider:
 # Reaping
 
 
-def base_url_setting(provider: str) -> str:
-    return {"heygen": "heygen_base_url", "liveavatar": "liveavatar_base_url"}[provider]
-
-
-async def stop_upstream_session(settings: Settings, http: httpx2.AsyncClient, provider: str, session_id: str,
-                                base_url: str | None = None) -> None:
-    """Stop one session by id with the configured API key (at `base_url` if given: where it was opened). Retried
-    and bounded by the providers' own stop calls; raises AvatarError if it could not be stopped."""
-    if base_url:
-        settings = settings.model_copy(update={base_url_setting(provider): base_url})
-    if provider == "heygen":
-        from relay import heygen
-
-        await heygen.stop_session_by_id(settings, http, session_id)
-    elif provider == "liveavatar":
-        from relay import liveavatar
-
-        with trio.fail_after(settings.relay_stop_timeout * 2):
-            await liveavatar.stop_session_by_id(settings, http, session_id, "ZOMBIE_SESSION_REAP")
-    else:
-        raise AvatarError("bad_config", f"unknown avatar provider {provider!r} in the journal")
-
-
 @dataclass(frozen=True)
 class ReapResult:
     stopped: list[str]
@@ -322,7 +307,7 @@ async def reap_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
                         type(exc).__name__)
             continue
         try:
-            await stop_upstream_session(settings, http, entry.provider, entry.session_id, entry.base_url)
+            await registry.stop_by_id(settings, http, entry.provider, entry.session_id, entry.base_url)
         except (AvatarError, trio.TooSlowError) as exc:
             failed.append(entry.session_id)
             with suppress(sqlite3.Error, OSError):
@@ -369,20 +354,6 @@ class Orphan:
     entry: JournalEntry | None = None  # its journal row, claimed before the stop
 
 
-async def list_running_sessions(settings: Settings, http: httpx2.AsyncClient) -> list[str]:
-    """Ids of the sessions the configured provider's account has running (its list API, retried). Raises
-    AvatarError when the list cannot be read."""
-    if settings.avatar == "heygen":
-        from relay import heygen
-
-        return [str(s["session_id"]) for s in await heygen.list_sessions(settings, http) if s.get("session_id")]
-    if settings.avatar == "liveavatar":
-        from relay import liveavatar
-
-        return await liveavatar.list_active_sessions(settings, http)
-    return []
-
-
 async def find_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Journal | None, *,
                        journal_only: bool = False) -> list[Orphan]:
     """The journal's rows left by dead processes, then (unless `journal_only`) every session the account has
@@ -399,7 +370,7 @@ async def find_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
     if not journal_only:
         known = {o.session_id for o in orphans} | held
         orphans.extend(Orphan(settings.avatar, session_id, "list")
-                       for session_id in await list_running_sessions(settings, http) if session_id not in known)
+                       for session_id in await registry.list_running_ids(settings, http) if session_id not in known)
     return orphans
 
 
@@ -412,7 +383,7 @@ async def reap(settings: Settings, http: httpx2.AsyncClient, journal: Journal | 
         if journal is not None and orphan.entry is not None and not await journal.claim(orphan.entry):
             continue  # a relay starting now is reaping it
         try:
-            await stop_upstream_session(settings, http, orphan.provider, orphan.session_id, orphan.base_url)
+            await registry.stop_by_id(settings, http, orphan.provider, orphan.session_id, orphan.base_url)
         except (AvatarError, trio.TooSlowError):
             failed.append(orphan.session_id)
             if journal is not None and orphan.entry is not None:

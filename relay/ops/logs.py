@@ -3,9 +3,9 @@
 Every line written while a conversation runs carries its ids — `relay_id` (ours, always known),
 `conversation_id` (the agent's, once it answered) and `avatar_session_id` (once the avatar session exists) — even
 lines from modules that know nothing of conversations (the providers, the agent client). They come from
-`current_conversation`, a context variable the conversation sets once: trio copies the context into every task the
-conversation starts, so its pumps, speaker and avatar session all log under its ids. In text the ids follow the
-message in brackets; in JSON they are fields.
+`relay.conversation.record.current_conversation`, a context variable the conversation sets once: trio copies the
+context into every task the conversation starts, so its pumps, speech router and avatar session all log under its
+ids. In text the ids follow the message in brackets; in JSON they are fields.
 
 Under `avatar-relay serve --workers N` each worker process calls `set_worker(index)` first: every line it writes then
 carries `worker` (a JSON field; `[worker N]` after the logger name in text). A single relay's lines are unchanged.
@@ -17,23 +17,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextvars import ContextVar
-from typing import Protocol, TextIO
+from typing import TextIO
 
 import orjson
 
 from relay.config import Settings
-
-
-class ConversationIds(Protocol):
-    """What a log line needs from a conversation (`relay.nursery.ConversationRecord` is one)."""
-
-    relay_id: str
-    conversation_id: str | None
-    avatar_session_id: str | None
-
-
-current_conversation: ContextVar[ConversationIds | None] = ContextVar("current_conversation", default=None)
+from relay.conversation.record import current_conversation
 
 ID_FIELDS = ("relay_id", "conversation_id", "avatar_session_id")
 

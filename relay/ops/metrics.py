@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from relay import __version__
+from relay._util import leaves
 from relay.avatars import (
     AvatarError,
     AvatarInfo,
@@ -39,9 +40,8 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
+from relay.conversation.record import ConversationRecord, Traffic, current_conversation
 from relay.elevenlabs import AgentConnection
-from relay.nursery import ConversationRecord, Traffic
-from relay.ops.logs import current_conversation
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
@@ -75,12 +75,6 @@ class _Live:
         pending[turn] = time.monotonic()
         if len(pending) > _MAX_PENDING_TURNS:
             del pending[min(pending)]
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,7 +354,7 @@ class _ObservedProvider:
         self.name = provider.name
 
     def _count_avatar_error(self, exc: BaseException) -> bool:
-        for leaf in _leaves(exc):
+        for leaf in leaves(exc):
             if isinstance(leaf, AvatarError):
                 kind = "session_ended" if isinstance(leaf, AvatarSessionEnded) else leaf.reason
                 self._metrics.upstream_error(self.name, kind, leaf.upstream_code, leaf.message)

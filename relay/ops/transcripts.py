@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import trio
 
-from relay.nursery import ConversationRecord
+from relay.conversation.record import ConversationRecord
 from relay.protocol import elevenlabs as el
 
 log = logging.getLogger("relay.transcripts")

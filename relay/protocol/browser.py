@@ -1,8 +1,9 @@
 """Our browser protocol, sans-io: client frame -> typed event (or a clear ProtocolError), typed event -> server frame.
 
 The wire format is documented in docs/protocol.md; this module is its single implementation on the relay side. It
-must never do I/O, import trio, or echo a secret. Binary client frames are audio and are not parsed at all (the hot
-path); text frames are validated with pydantic so every bad frame gets a precise message.
+must never do I/O, import trio (or a relay module above `relay.protocol`), or echo a secret. Binary client frames
+are audio and are not parsed at all (the hot path); text frames are validated with pydantic so every bad frame gets
+a precise message.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import orjson
 from pydantic import (
@@ -24,7 +25,8 @@ from pydantic import (
     ValidationError,
 )
 
-from relay.avatars import AvatarInfo
+from relay._util import dumps as _dump
+from relay.protocol.vocab import AvatarUnavailableReason, EndReason, ErrorCode
 
 # ---------------------------------------------------------------------------------------------------------------
 # Client -> relay
@@ -155,11 +157,10 @@ def tool_result_text(result: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Relay -> client. Each builder returns the text frame to send.
 
-ERROR_CODES = ("protocol_error", "unauthorized", "capacity", "upstream_unavailable", "agent_error", "timeout",
-               "shutdown", "internal")
+ERROR_CODES: Final[tuple[ErrorCode, ...]] = get_args(ErrorCode)
 
 # Close code that follows an error with that code (docs/protocol.md, "Ending").
-CLOSE_CODE_FOR_ERROR = {
+CLOSE_CODE_FOR_ERROR: Final[dict[ErrorCode, int]] = {
     "protocol_error": 1008,
     "unauthorized": 1008,
     "capacity": 1013,
@@ -171,8 +172,16 @@ CLOSE_CODE_FOR_ERROR = {
 }
 
 
-def _dump(obj: dict[str, Any]) -> str:
-    return orjson.dumps(obj).decode()
+@dataclass(frozen=True, slots=True)
+class AvatarInfo:
+    """What the browser needs to show the avatar; sent as `ready.avatar`. Never holds a server-side secret.
+    (Defined with the frame it fills; `relay.avatars` re-exports it as part of the provider interface.)"""
+
+    provider: str
+    session_id: str | None
+    livekit_url: str | None
+    access_token: str | None
+    simulated: bool
 
 
 def ready(*, conversation_id: str, avatar: AvatarInfo | None, input_sample_rate: int,
@@ -221,13 +230,13 @@ def avatar_state(speaking: bool) -> str:
     return _dump({"type": "avatar_state", "speaking": speaking})
 
 
-def avatar_unavailable(reason: str, message: str) -> str:
+def avatar_unavailable(reason: AvatarUnavailableReason, message: str) -> str:
     return _dump({"type": "avatar_unavailable", "reason": reason, "message": message})
 
 
-def error(code: str, message: str, **extra: Any) -> str:
+def error(code: ErrorCode, message: str, **extra: Any) -> str:
     return _dump({"type": "error", "code": code, "message": message, **extra})
 
 
-def ended(reason: str) -> str:
+def ended(reason: EndReason) -> str:
     return _dump({"type": "ended", "reason": reason})

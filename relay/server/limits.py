@@ -51,28 +51,6 @@ class StartRateLimiter:
         return len(self._buckets)
 
 
-class FloodGate:
-    """Counts a conversation's client frames in one-second windows; `over(now)` is True once a window holds more
-    than `per_second` frames. A fixed window keeps the per-frame cost to one comparison and one addition (this
-    runs on the audio hot path); the bound it gives, at most 2 x per_second in any second, is enough to stop a
-    flood, and a well-behaved client (50 audio frames a second) is far below it."""
-
-    __slots__ = ("_count", "_window_end", "per_second")
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._window_end = 0.0
-        self._count = 0
-
-    def over(self, now: float) -> bool:
-        if now >= self._window_end:
-            self._window_end = now + 1.0
-            self._count = 1
-            return False
-        self._count += 1
-        return self._count > self.per_second
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The kernel-level send timeout.
 #

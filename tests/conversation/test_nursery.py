@@ -12,7 +12,8 @@ import trio.testing
 
 from relay.avatars import AvatarSessionEnded, AvatarUnavailable
 from relay.config import Settings
-from relay.nursery import ConversationRecord, Upstreams, run_conversation
+from relay.conversation.record import ConversationRecord
+from relay.nursery import Upstreams, run_conversation
 from relay.protocol import elevenlabs as el
 from tests.conversation.fakes import FakeAgent, FakeBrowser, FakeProvider
 

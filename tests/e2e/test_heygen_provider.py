@@ -28,7 +28,7 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.config import Settings
-from relay.heygen import HeyGenProvider, list_sessions, stop_session_by_id
+from relay.heygen import HeyGenProvider, list_sessions, stop_by_id
 from relay.protocol.audio import AudioFormat
 from relay.sim import heygen_sim
 from tests.simcontrol import SimControl
@@ -355,11 +355,11 @@ async def test_operator_can_list_all_running_sessions_across_pages_and_stop_one_
             listed = await list_sessions(settings, sim.http, page_size=2)
             assert {s["session_id"] for s in listed} == {a.info.session_id, b.info.session_id, c.info.session_id}
             assert (await sim.ledger())["requests"]["v2/streaming.list"] == 2
-            await stop_session_by_id(settings, sim.http, b.info.session_id)
+            await stop_by_id(settings, sim.http, b.info.session_id)
             listed = await list_sessions(settings, sim.http, page_size=2)
             assert {s["session_id"] for s in listed} == {a.info.session_id, c.info.session_id}
             # Stopping a session that is already stopped is not an error.
-            await stop_session_by_id(settings, sim.http, b.info.session_id)
+            await stop_by_id(settings, sim.http, b.info.session_id)
     await assert_nothing_left_running(sim)
 
 

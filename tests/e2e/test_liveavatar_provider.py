@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from relay.avatars import AvatarEvent, AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable
 from relay.config import Settings
-from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarProvider, list_active_sessions, stop_session_by_id
+from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarProvider, list_running_ids, stop_by_id
 from relay.protocol.audio import AudioFormat, StreamingResampler
 from relay.sim import liveavatar_sim
 
@@ -315,10 +315,10 @@ async def test_the_operator_can_list_and_stop_leaked_sessions(sim: str, http: ht
               for _ in range(3)]
     settings = make_settings(sim)
     with trio.fail_after(10):
-        assert sorted(await list_active_sessions(settings, http)) == sorted(leaked)
+        assert sorted(await list_running_ids(settings, http)) == sorted(leaked)
         for session_id in leaked:
-            await stop_session_by_id(settings, http, session_id, "ZOMBIE_SESSION_REAP")
-        assert await list_active_sessions(settings, http) == []
+            await stop_by_id(settings, http, session_id, "ZOMBIE_SESSION_REAP")
+        assert await list_running_ids(settings, http) == []
     sessions = (await ledger(http, sim))["sessions"]
     assert {s["stop_reason"] for s in sessions.values()} == {"ZOMBIE_SESSION_REAP"}
 
@@ -326,7 +326,7 @@ async def test_the_operator_can_list_and_stop_leaked_sessions(sim: str, http: ht
 async def test_listing_with_a_bad_key_is_unauthorized(sim: str, http: httpx2.AsyncClient) -> None:
     await faults(http, sim, invalid_keys=[API_KEY])
     with trio.fail_after(10), pytest.raises(AvatarUnavailable) as caught:
-        await list_active_sessions(make_settings(sim), http)
+        await list_running_ids(make_settings(sim), http)
     assert caught.value.reason == "unauthorized"
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.config import Settings
+from relay.conversation.pumps import FloodGate
 from relay.server.auth import (
     Gate,
     TokenError,
@@ -23,7 +24,7 @@ from relay.server.auth import (
     origin_allowed,
     verify_token,
 )
-from relay.server.limits import MAX_TRACKED_CLIENTS, FloodGate, StartRateLimiter
+from relay.server.limits import MAX_TRACKED_CLIENTS, StartRateLimiter
 
 SECRET = "s3cret-for-tests"
 NOW = 1_800_000_000.0

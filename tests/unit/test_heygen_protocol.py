@@ -14,17 +14,21 @@ import pytest
 from pydantic import SecretStr
 
 from relay.avatars import AvatarSessionEnded, AvatarUnavailable
+from relay.avatars.common import is_simulated
 from relay.config import Settings
 from relay.heygen import (
-    HeyGenCallError,
-    HeyGenFailure,
     HeyGenProvider,
+    keep_alive_interval,
+    new_session_body,
+    to_session_ended,
+    to_unavailable,
+)
+from relay.protocol.heygen import (
+    ApiError,
+    HeyGenFailure,
     is_retryable,
     is_session_gone,
-    is_simulated,
-    keep_alive_interval,
     list_params,
-    new_session_body,
     parse_new_session,
     parse_task,
     read_answer,
@@ -32,8 +36,6 @@ from relay.heygen import (
     session_body,
     session_id_of,
     task_body,
-    to_session_ended,
-    to_unavailable,
     unavailable_reason,
 )
 
@@ -52,7 +54,7 @@ def body(payload: Any) -> bytes:
 
 
 def failure_of(status: int, payload: Any, retry_after: str | None = None) -> HeyGenFailure:
-    with pytest.raises(HeyGenCallError) as raised:
+    with pytest.raises(ApiError) as raised:
         read_answer(status, body(payload) if payload is not None else b"", retry_after)
     return raised.value.failure
 
@@ -132,7 +134,7 @@ def test_a_2xx_with_an_error_object_is_an_error() -> None:
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]"])
 def test_a_2xx_that_is_not_a_json_object_is_an_error(raw: bytes) -> None:
-    with pytest.raises(HeyGenCallError) as raised:
+    with pytest.raises(ApiError) as raised:
         read_answer(200, raw)
     assert raised.value.failure.status == 200
 
@@ -321,7 +323,7 @@ def test_redact_removes_the_key_from_any_text() -> None:
 
 def test_error_messages_built_from_a_failure_never_hold_the_key() -> None:
     failure = HeyGenFailure(401, 40102, "Unauthorized")
-    for error in (to_unavailable(failure, "streaming.new"), HeyGenCallError(failure)):
+    for error in (to_unavailable(failure, "streaming.new"), ApiError(failure)):
         assert KEY not in str(error)
 
 

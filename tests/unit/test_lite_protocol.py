@@ -11,6 +11,11 @@ import trio.testing
 
 from relay.avatars import AvatarStateChanged
 from relay.avatars.lite import (
+    LiteAudioStream,
+    avatar_event_for,
+)
+from relay.protocol.audio import AudioFormat
+from relay.protocol.lite import (
     MAX_FRAME_BYTES,
     MAX_SPEAK_PCM_BYTES,
     AgentStateUpdated,
@@ -18,14 +23,12 @@ from relay.avatars.lite import (
     AudioBufferCleared,
     AudioBufferCommitted,
     LiteProtocolError,
-    LiteSpeaker,
     ServerError,
     ServerWarning,
     SessionStateUpdated,
     SpeakEnded,
     SpeakInterrupted,
     SpeakStarted,
-    avatar_event_for,
     build_interrupt,
     build_keep_alive,
     build_speak,
@@ -37,7 +40,6 @@ from relay.avatars.lite import (
     turn_event_id,
     turn_from_event_id,
 )
-from relay.protocol.audio import AudioFormat
 
 
 def test_speak_frame_carries_base64_pcm_and_event_id() -> None:
@@ -159,7 +161,7 @@ def test_the_largest_packet_stays_far_below_the_one_megabyte_frame_limit() -> No
 
 
 # ---------------------------------------------------------------------------------------------------------
-# LiteSpeaker ordering, with a fake socket (no network)
+# LiteAudioStream ordering, with a fake socket (no network)
 
 
 class FakeSocket:
@@ -175,9 +177,9 @@ class FakeSocket:
         self.sent.append(json.loads(message))
 
 
-def make_speaker() -> tuple[LiteSpeaker, FakeSocket]:
+def make_speaker() -> tuple[LiteAudioStream, FakeSocket]:
     sock = FakeSocket()
-    return LiteSpeaker(sock, "turn"), sock  # type: ignore[arg-type]
+    return LiteAudioStream(sock, "turn"), sock  # type: ignore[arg-type]
 
 
 PCM24K = AudioFormat("pcm", 24000)

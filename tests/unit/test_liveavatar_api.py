@@ -8,19 +8,21 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from relay.avatars.common import is_simulated
 from relay.config import Settings
 from relay.liveavatar import (
-    SANDBOX_AVATAR_ID,
-    LiveAvatarApiError,
-    active_session_ids,
     avatar_info,
-    is_simulated_livekit,
-    parse_envelope,
+    to_unavailable,
+    token_request_body,
+)
+from relay.protocol.liveavatar import (
+    SANDBOX_AVATAR_ID,
+    ApiError,
+    active_session_ids,
     parse_start_answer,
     parse_token_answer,
+    read_answer,
     stop_request_body,
-    token_request_body,
-    unavailable_from,
 )
 
 SECRET = "la-secret-key-do-not-leak"
@@ -37,9 +39,9 @@ def body(payload: object) -> bytes:
     return orjson.dumps(payload)
 
 
-def refusal(status: int, payload: object, retry_after: str | None = None) -> LiveAvatarApiError:
-    with pytest.raises(LiveAvatarApiError) as caught:
-        parse_envelope(status, body(payload), retry_after=retry_after)
+def refusal(status: int, payload: object, retry_after: str | None = None) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        read_answer(status, body(payload), retry_after=retry_after)
     return caught.value
 
 
@@ -76,30 +78,30 @@ def test_stop_body_carries_the_reason_and_refuses_unknown_reasons() -> None:
 
 
 def test_success_is_code_1000_and_gives_data() -> None:
-    assert parse_envelope(200, body({"code": 1000, "data": {"a": 1}, "message": "ok"})) == {"a": 1}
+    assert read_answer(200, body({"code": 1000, "data": {"a": 1}, "message": "ok"})) == {"a": 1}
 
 
 def test_start_succeeds_with_201() -> None:
     answer = body({"code": 1000, "data": {"x": 1}, "message": "ok"})
-    assert parse_envelope(201, answer, success_statuses=(200, 201)) == {"x": 1}
+    assert read_answer(201, answer, success_statuses=(200, 201)) == {"x": 1}
 
 
 def test_http_200_with_another_code_is_a_failure() -> None:
     # openapi's default of 100 is wrong; the web SDK rejects anything but 1000 even on 2xx.
     error = refusal(200, {"code": 100, "data": None, "message": "Success"})
     assert error.code == 100
-    assert unavailable_from(error).reason == "upstream_error"
+    assert to_unavailable(error).reason == "upstream_error"
 
 
 def test_an_unexpected_success_status_is_a_failure() -> None:
-    with pytest.raises(LiveAvatarApiError):
-        parse_envelope(202, body({"code": 1000, "data": None}))
+    with pytest.raises(ApiError):
+        read_answer(202, body({"code": 1000, "data": None}))
 
 
 def test_a_422_detail_list_becomes_a_bad_config_naming_the_fields() -> None:
     error = refusal(422, {"detail": [{"loc": ["body", "avatar_id"], "msg": "Field required", "type": "missing"},
                                      {"loc": ["body", "mode"], "msg": "Input should be 'LITE'", "type": "enum"}]})
-    unavailable = unavailable_from(error)
+    unavailable = to_unavailable(error)
     assert unavailable.reason == "bad_config"
     assert "avatar_id: Field required" in unavailable.message
     assert "mode" in unavailable.message
@@ -108,7 +110,7 @@ def test_a_422_detail_list_becomes_a_bad_config_naming_the_fields() -> None:
 def test_401_error_object_means_unauthorized() -> None:
     error = refusal(401, {"error": "bad api key"})
     assert error.message == "bad api key"
-    unavailable = unavailable_from(error)
+    unavailable = to_unavailable(error)
     assert unavailable.reason == "unauthorized"
     assert SECRET not in unavailable.message
 
@@ -119,13 +121,13 @@ def test_401_error_object_means_unauthorized() -> None:
     (403, {"message": "Forbidden"}),
 ])
 def test_no_credits_is_recognised_by_code_4033_or_http_403(status: int, payload: object) -> None:
-    assert unavailable_from(refusal(status, payload)).reason == "no_credits"
+    assert to_unavailable(refusal(status, payload)).reason == "no_credits"
 
 
 def test_429_with_retry_after_is_rate_limited_and_retryable() -> None:
     error = refusal(429, {"code": 4290, "data": None, "message": "Too many requests"}, retry_after="7")
     assert error.retryable
-    unavailable = unavailable_from(error)
+    unavailable = to_unavailable(error)
     assert unavailable.reason == "rate_limited"
     assert unavailable.retry_after == 7.0
 
@@ -137,33 +139,33 @@ def test_429_with_retry_after_is_rate_limited_and_retryable() -> None:
 def test_a_concurrency_refusal_is_concurrent_limit_and_not_retried(payload: object) -> None:
     error = refusal(429, payload)
     assert not error.retryable
-    assert unavailable_from(error).reason == "concurrent_limit"
+    assert to_unavailable(error).reason == "concurrent_limit"
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_5xx_is_an_upstream_error_and_retryable(status: int) -> None:
     error = refusal(status, {"code": 4000, "message": "Session start failed"})
     assert error.retryable
-    unavailable = unavailable_from(error)
+    unavailable = to_unavailable(error)
     assert unavailable.reason == "upstream_error"
     assert unavailable.upstream_code == 4000
 
 
 def test_504_is_a_timeout() -> None:
-    assert unavailable_from(refusal(504, {"message": "gateway timeout"})).reason == "timeout"
+    assert to_unavailable(refusal(504, {"message": "gateway timeout"})).reason == "timeout"
 
 
 def test_other_4xx_are_configuration_problems_and_not_retried() -> None:
     error = refusal(404, {"code": 4004, "data": None, "message": "Avatar not found"})
     assert not error.retryable
-    assert unavailable_from(error).reason == "bad_config"
+    assert to_unavailable(error).reason == "bad_config"
 
 
 @pytest.mark.parametrize("raw", [b"", b"<html>502</html>", b"[1,2]"])
 def test_non_json_or_non_object_answers_are_failures(raw: bytes) -> None:
-    with pytest.raises(LiveAvatarApiError) as caught:
-        parse_envelope(502, raw)
-    assert unavailable_from(caught.value).reason == "upstream_error"
+    with pytest.raises(ApiError) as caught:
+        read_answer(502, raw)
+    assert to_unavailable(caught.value).reason == "upstream_error"
 
 
 def test_long_upstream_messages_are_shortened() -> None:
@@ -177,9 +179,9 @@ def test_long_upstream_messages_are_shortened() -> None:
 def test_token_answer_needs_an_id_and_a_token() -> None:
     answer = parse_token_answer({"session_id": "s1", "session_token": "tok"})
     assert (answer.session_id, answer.session_token) == ("s1", "tok")
-    with pytest.raises(LiveAvatarApiError):
+    with pytest.raises(ApiError):
         parse_token_answer({"session_id": "s1"})
-    with pytest.raises(LiveAvatarApiError):
+    with pytest.raises(ApiError):
         parse_token_answer(None)
 
 
@@ -198,15 +200,15 @@ def test_start_answer_gives_the_browser_the_client_token_and_never_the_agent_tok
 
 
 def test_start_answer_without_ws_url_is_refused() -> None:
-    with pytest.raises(LiveAvatarApiError):
+    with pytest.raises(ApiError):
         parse_start_answer({**START, "ws_url": None}, "s1")
 
 
 def test_simulated_only_when_the_livekit_host_is_on_the_invalid_tld() -> None:
-    assert is_simulated_livekit("wss://livekit.simulated.invalid")
-    assert is_simulated_livekit("wss://livekit.simulated.invalid:443/x")
-    assert not is_simulated_livekit("wss://invalid.livekit.cloud")
-    assert not is_simulated_livekit("not a url")
+    assert is_simulated("wss://livekit.simulated.invalid")
+    assert is_simulated("wss://livekit.simulated.invalid:443/x")
+    assert not is_simulated("wss://invalid.livekit.cloud")
+    assert not is_simulated("not a url")
 
 
 def test_session_listing_reads_ids_and_whether_more_pages_follow() -> None:

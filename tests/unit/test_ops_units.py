@@ -20,9 +20,8 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
-from relay.nursery import ConversationRecord
+from relay.conversation.record import ConversationRecord, current_conversation
 from relay.ops.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
-from relay.ops.logs import current_conversation
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import note_agent_event, render
 from relay.protocol import elevenlabs as el

@@ -1,0 +1,54 @@
+"""The outbox: everything the relay sends to the browser goes through one bounded queue and one sender task, so a
+slow browser never blocks the agent pump (which must keep answering pings).
+
+A full queue drops agent audio (counted) and ends the conversation for control frames ("the browser stopped
+reading"); a send blocked for RELAY_SEND_TIMEOUT ends it too (`watch_sender`).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from relay.conversation.endings import BrowserSocket, ConversationOver
+
+OUTBOX_FRAMES = 512
+
+
+class Outbox:
+    def __init__(self, capacity: int = OUTBOX_FRAMES) -> None:
+        self._tx, self._rx = trio.open_memory_channel[str | bytes](capacity)
+        self.dropped_audio = 0
+        self.sending_since: float | None = None
+
+    def send(self, frame: str) -> None:
+        """Queue a control frame. A full queue means the browser stopped reading: the conversation ends."""
+        try:
+            self._tx.send_nowait(frame)
+        except trio.WouldBlock:
+            raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended") from None
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Queue agent audio for the browser; dropped (and counted) when the browser is behind."""
+        try:
+            self._tx.send_nowait(pcm)
+        except trio.WouldBlock:
+            self.dropped_audio += 1
+
+    async def run_sender(self, browser: BrowserSocket) -> None:
+        """Send queued frames in order until cancelled (by the conversation's end). A send to a browser that stopped
+        reading may not be cancellable (hypercorn writes inside a shielded scope): `watch_sender` ends the
+        conversation around it, and the socket's TCP_USER_TIMEOUT (relay.server.limits) finally breaks the write."""
+        async for frame in self._rx:
+            self.sending_since = trio.current_time()
+            await browser.send(frame)
+            self.sending_since = None
+
+    async def watch_sender(self, send_timeout: float) -> None:
+        """End the conversation (`timeout`) when one send has been blocked for `send_timeout` seconds, so the avatar
+        session is stopped promptly even though that send cannot be interrupted. Cancelled by the conversation's
+        end; checks four times per `send_timeout`."""
+        while True:
+            await trio.sleep(send_timeout / 4)
+            since = self.sending_since
+            if since is not None and trio.current_time() - since >= send_timeout:
+                raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended")

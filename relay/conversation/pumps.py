@@ -1,0 +1,168 @@
+"""The two pumps of a conversation: browser -> agent (validated, flood-limited, idle-timed) and agent -> browser and
+avatar (pings answered at once, silence-timed). Each runs until something ends the conversation, which it says by
+raising `ConversationOver` (or an upstream error).
+
+This module must never parse or build a wire format itself (`relay.protocol.browser`, `relay.protocol.elevenlabs`),
+and never make a metrics or logging call per audio frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from relay.config import Settings
+from relay.conversation.endings import BrowserSocket, ConversationOver
+from relay.conversation.outbox import Outbox
+from relay.conversation.record import Traffic
+from relay.conversation.speech import SpeechRouter
+from relay.elevenlabs import AgentConnection
+from relay.protocol import browser as bp
+from relay.protocol import elevenlabs as el
+
+log = logging.getLogger("relay.conversation")
+
+
+class FloodGate:
+    """Counts a conversation's client frames in one-second windows; `over(now)` is True once a window holds more
+    than `per_second` frames. A fixed window keeps the per-frame cost to one comparison and one addition (this
+    runs on the audio hot path); the bound it gives, at most 2 x per_second in any second, is enough to stop a
+    flood, and a well-behaved client (50 audio frames a second) is far below it."""
+
+    __slots__ = ("_count", "_window_end", "per_second")
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._window_end = 0.0
+        self._count = 0
+
+    def over(self, now: float) -> bool:
+        if now >= self._window_end:
+            self._window_end = now + 1.0
+            self._count = 1
+            return False
+        self._count += 1
+        return self._count > self.per_second
+
+
+def timer_slack(timeout: float) -> float:
+    """How late an inactivity timeout may fire, so that its deadline is moved at most once per slack instead of
+    on every frame (moving a Trio deadline re-registers it: measurable at ten frames a second per conversation)."""
+    return min(1.0, timeout / 8) if math.isfinite(timeout) else 0.0
+
+
+def push_deadline(scope: trio.CancelScope, now: float, timeout: float, slack: float) -> None:
+    """An inactivity timeout's step on activity at `now`: move `scope`'s deadline to `now + timeout + slack`, but
+    only when it has come within `timeout` of now, so it moves at most once per `slack`, not per frame."""
+    if scope.deadline - now < timeout:
+        scope.deadline = now + timeout + slack
+
+
+async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speaker: SpeechRouter,
+                                settings: Settings, traffic: Traffic | None = None) -> None:
+    """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
+    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
+    validated first. Cancelled by the conversation's end; blocks on the browser's receive and on the agent's send
+    (backpressure)."""
+    traffic = traffic or Traffic()
+    max_frame = settings.relay_max_frame_bytes
+    idle = settings.relay_idle_timeout
+    build_audio = el.build_user_audio_chunk
+    flood = FloodGate(settings.relay_max_frames_per_second)
+    slack = timer_slack(idle)
+    with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
+        while True:
+            frame = await browser.receive()
+            now = trio.current_time()
+            push_deadline(idle_scope, now, idle, slack)
+            if flood.over(now):
+                raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
+                                              "send audio in chunks of 20 ms or more")
+            if isinstance(frame, bytes):
+                if len(frame) > max_frame:
+                    raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
+                if len(frame) & 1:
+                    raise ConversationOver.failed("protocol_error", "audio frames must be PCM16: an even number "
+                                                  "of bytes")
+                traffic.audio_in_frames += 1
+                traffic.audio_in_bytes += len(frame)
+                await agent.send(build_audio(frame))
+                continue
+            if frame is None:
+                continue  # an empty binary frame
+            if len(frame) > max_frame:
+                raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
+            try:
+                event = bp.parse_text_frame(frame)
+            except bp.ProtocolError as exc:
+                raise ConversationOver.failed("protocol_error", str(exc)) from None
+            await _forward_client_event(event, agent, speaker)
+    raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
+
+
+async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speaker: SpeechRouter) -> None:
+    if isinstance(event, bp.Audio):
+        await agent.send(el.build_user_audio_chunk(event.pcm))
+    elif isinstance(event, bp.Text):
+        await agent.send(el.build_user_message(event.text))
+    elif isinstance(event, bp.Context):
+        await agent.send(el.build_contextual_update(event.text))
+    elif isinstance(event, bp.Activity):
+        await agent.send(el.build_user_activity())
+    elif isinstance(event, bp.Interrupt):
+        speaker.interrupt()
+    elif isinstance(event, bp.ToolResult):
+        await agent.send(el.build_client_tool_result(event.tool_call_id, bp.tool_result_text(event.result),
+                                                     event.is_error))
+    elif isinstance(event, bp.Feedback):
+        await agent.send(el.build_feedback(event.score, event.event_id))
+    elif isinstance(event, bp.Stop):
+        raise ConversationOver("client_stop")
+    elif isinstance(event, bp.Start):
+        raise ConversationOver.failed("protocol_error", "'start' was already received")
+
+
+async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker: SpeechRouter,
+                                silence_timeout: float = math.inf) -> None:
+    """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
+    for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered
+    at once. Cancelled by the conversation's end; blocks on the agent's receive."""
+    last_error: el.AgentErrorEvent | None = None
+    slack = timer_slack(silence_timeout)
+    try:
+        with trio.CancelScope(deadline=trio.current_time() + silence_timeout + slack) as silence:
+            while True:
+                event = await agent.receive()
+                push_deadline(silence, trio.current_time(), silence_timeout, slack)
+                if isinstance(event, el.AgentAudio):  # the most frequent first
+                    speaker.agent_audio(event.audio, event.event_id)
+                elif isinstance(event, el.Ping):
+                    await agent.send(el.build_pong(event.event_id))
+                elif isinstance(event, el.AgentResponse):
+                    outbox.send(bp.agent_response(event.text, event.event_id))
+                    speaker.agent_text(event.text, event.event_id)
+                elif isinstance(event, el.UserTranscript):
+                    outbox.send(bp.user_transcript(event.text, event.event_id, event.final))
+                elif isinstance(event, el.Interruption):
+                    speaker.interrupt(event.event_id)
+                    outbox.send(bp.interruption(event.event_id))
+                elif isinstance(event, el.AgentResponseCorrection):
+                    outbox.send(bp.agent_response_correction(event.corrected, event.original, event.event_id))
+                elif isinstance(event, el.ClientToolCall):
+                    outbox.send(bp.tool_call(event.tool_call_id, event.tool_name, event.parameters))
+                elif isinstance(event, el.AgentErrorEvent):
+                    last_error = event
+                    log.warning("agent error event code=%s type=%s message=%s", event.code, event.error_type,
+                                event.message)
+                # everything else (vad scores, unknown new types, ...) is not for the browser
+        raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
+    except el.AgentClosed as closed:
+        if closed.code == 1000 and last_error is None:
+            raise ConversationOver("agent_ended") from None
+        message = f"the agent closed the conversation ({closed.code} {closed.reason})".strip()
+        if last_error is not None:
+            message += f": {last_error.message}"
+        raise ConversationOver.failed("agent_error", message, agent_close_code=closed.code,
+                                      agent_close_reason=closed.reason) from None
