@@ -1,42 +1,21 @@
-"""`avatar-relay serve | sim`: the command line. `python -m relay` is the same."""
+"""`avatar-relay serve | sim | doctor | reap | token`: the command line (argparse only; the work is done by the
+modules it imports). `python -m relay` is the same. Nothing imports this module."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from relay._util import leaves
 from relay.avatars import AvatarError
 from relay.config import ConfigError, Settings, load_settings
 
-log = logging.getLogger("relay.cli")
-
-
-async def _wait_for_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return
-
-
-def _hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout: float = 10.0) -> Config:
-    from relay.server.limits import GuardedConfig
-
-    config = GuardedConfig()
-    config.send_timeout = send_timeout  # TCP_USER_TIMEOUT: a browser that stops reading cannot pin a connection
-    config.bind = [f"{host}:{port}"]
-    config.graceful_timeout = graceful_timeout
-    config.accesslog = None
-    config.websocket_max_message_size = 16 * 2**20
-    return config
-
+if TYPE_CHECKING:
+    from relay.ops.doctor import Finding
 
 def _settings_or_report() -> Settings | None:
     """The validated settings, or None after printing the configuration error (the command then exits 2)."""
@@ -60,7 +39,8 @@ def _workers_argument(value: str) -> int | str:
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
-    """`serve --workers N` with N > 1: check what the workers would refuse, once, then run them (relay.workers)."""
+    """`serve --workers N` with N > 1: check what the workers would refuse, once, then run them
+    (relay.server.workers)."""
     from relay.ops.logs import configure_logging
     from relay.server.auth import auth_problem
     from relay.server.workers import run_supervisor
@@ -81,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None:
         return 2
+    from relay.server.serving import hypercorn_config, serve_app
     from relay.server.workers import role_from_args, wait_for_supervisor_exit
     from relay.web import create_app, relay_state
 
@@ -97,46 +78,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
         return 2
-    registry = relay_state(app).registry
-
-    async def wait_for_shutdown(signals: AsyncIterator[int] | None) -> None:
-        if signals is None or role is None:
-            await _wait_for_signal()
-            return
-        async with trio.open_nursery() as nursery:  # a worker also stops when its supervisor is gone
-            async def first(wait: Callable[[], Awaitable[object]]) -> None:
-                await wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(first, signals.__anext__)
-            nursery.start_soon(first, partial(wait_for_supervisor_exit, role.supervisor_pid))
-
-    async def drain_on_signal(signals: AsyncIterator[int] | None = None) -> None:
-        await wait_for_shutdown(signals)
-        # Not ready first (/readyz answers 503, new conversations are refused), so a load balancer stops sending
-        # new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are ended.
-        registry.shutting_down = True
-        if settings.relay_predrain_delay > 0:
-            log.info("shutting down: not ready; draining %d open conversation(s) in %.1fs", registry.open_count,
-                     settings.relay_predrain_delay)
-            await trio.sleep(settings.relay_predrain_delay)
-        log.info("shutting down: draining %d open conversation(s)", registry.open_count)
-        left = await registry.drain(settings.relay_drain_timeout)
-        if left:
-            log.warning("shutting down with %d conversation(s) still closing", left)
-
-    config = _hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
+    config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
+    stop_when = None
     if role is not None:
         config.bind = [f"fd://{role.listen_fd}"]  # the supervisor's socket, shared by every worker
+        stop_when = partial(wait_for_supervisor_exit, role.supervisor_pid)  # a worker also stops with its supervisor
+
     async def serve() -> None:
-        if role is None:
-            await hypercorn_serve(app, config, shutdown_trigger=drain_on_signal)
-            return
-        # A worker listens for SIGTERM/SIGINT for as long as it runs: the first starts the drain, later ones are
-        # ignored (systemd's default KillMode signals every process of the service and the supervisor forwards
-        # too; a second signal must not kill a worker mid-drain).
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await hypercorn_serve(app, config, shutdown_trigger=partial(drain_on_signal, signals))
+        await serve_app(app, config, relay_state(app).registry, settings, also_stop_when=stop_when)
 
     status = 0
     try:
@@ -154,12 +103,31 @@ def _first_os_error(group: BaseExceptionGroup[OSError]) -> OSError:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from relay.ops.doctor import cmd_doctor as doctor
+    """`avatar-relay doctor [--connect]`: 0 when everything checks out, 1 on any problem, 2 for a bad
+    configuration. In demo mode the checks run against freshly started simulators."""
+    from relay.ops.doctor import diagnose, format_report
+    from relay.server.demo import on_simulators
 
-    return doctor(args)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"PROBLEM configuration: {exc}", file=sys.stdout)
+        return 2
+
+    async def run() -> tuple[str, list[Finding]]:
+        if not settings.demo_mode:
+            return await diagnose(settings, connect=args.connect)
+        async with on_simulators(settings) as effective:
+            return await diagnose(effective, connect=args.connect, demo=True)
+
+    header, findings = trio.run(run)
+    print(header)
+    print(format_report(findings))
+    return 1 if any(f.level == "problem" for f in findings) else 0
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from relay.server.serving import wait_for_signal
     from relay.sim.runner import serve_simulators
 
     async def main() -> None:
@@ -170,7 +138,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             print(f"ELEVENLABS_BASE_URL={urls.elevenlabs}", flush=True)
             print(f"HEYGEN_BASE_URL={urls.heygen}", flush=True)
             print(f"LIVEAVATAR_BASE_URL={urls.liveavatar}", flush=True)
-            await _wait_for_signal()
+            await wait_for_signal()
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import trio
-from pydantic import SecretStr
 from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
@@ -36,6 +35,7 @@ from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
 from relay.server.admission import AdmissionRefused, Registry
 from relay.server.auth import Gate, auth_problem
+from relay.server.demo import demo_settings
 from relay.server.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
@@ -45,12 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.web")
 
 STATIC_DIR = resources.files("relay") / "static"
-
-DEMO_AGENT_ID = "demo-agent"
-DEMO_KEY = "demo-key"
-DEMO_HEYGEN_AVATAR = "Wayne_20240711"  # listed by the HeyGen simulator's avatar.list
-DEMO_LIVEAVATAR_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"  # listed by the LiveAvatar simulator's /v1/avatars
-
 
 class QuartBrowser:
     """The `BrowserSocket` seam over quart's websocket. Made inside the `/ws` handler: it holds that connection's
@@ -66,21 +60,6 @@ class QuartBrowser:
 
     async def close(self, code: int, reason: str = "") -> None:
         await self._ws.close(code, reason)
-
-
-def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, liveavatar_url: str) -> Settings:
-    """The settings a demo-mode relay uses: every upstream pointed at its in-process simulator."""
-    return settings.model_copy(update={
-        "elevenlabs_base_url": elevenlabs_url,
-        "elevenlabs_agent_id": DEMO_AGENT_ID,
-        "elevenlabs_api_key": SecretStr(DEMO_KEY),
-        "heygen_base_url": heygen_url,
-        "heygen_api_key": SecretStr(DEMO_KEY),
-        "heygen_avatar_id": settings.heygen_avatar_id or DEMO_HEYGEN_AVATAR,
-        "liveavatar_base_url": liveavatar_url,
-        "liveavatar_api_key": SecretStr(DEMO_KEY),
-        "liveavatar_avatar_id": settings.liveavatar_avatar_id or DEMO_LIVEAVATAR_AVATAR,
-    })
 
 
 @dataclass

@@ -13,8 +13,6 @@ their own; `run_checks` does the HTTP calls around them. Nothing here changes th
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,7 +23,7 @@ import trio
 
 from relay import __version__
 from relay.avatars import registry
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import Settings
 from relay.elevenlabs import fetch_signed_url, open_agent
 from relay.heygen import list_sessions
 from relay.protocol import elevenlabs as el
@@ -370,37 +368,14 @@ def format_report(findings: list[Finding]) -> str:
 # The command
 
 
-async def diagnose(settings: Settings, *, connect: bool = False) -> tuple[str, list[Finding]]:
-    """Run the checks; in demo mode, against freshly started simulators (said in the header). Returns the header
-    line and the findings."""
+async def diagnose(settings: Settings, *, connect: bool = False, demo: bool = False) -> tuple[str, list[Finding]]:
+    """Run the checks; `demo`: `settings` point at freshly started simulators (said in the header). Returns the
+    header line and the findings."""
     async with httpx2.AsyncClient(headers={"user-agent": f"avatar-relay-doctor/{__version__}"}) as http:
-        if not settings.demo_mode:
-            header = (f"Checking ElevenLabs ({settings.elevenlabs_base_url}) and the avatar provider "
-                      f"({settings.avatar}).")
-            return header, await run_checks(settings, http, connect=connect)
-        from relay.sim.runner import serve_simulators
-        from relay.web import demo_settings
-
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve_simulators, "127.0.0.1")
-            effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
+        if demo:
             header = ("Demo mode (no API keys set): checking against freshly started simulators, not the real "
                       "services.")
-            findings = await run_checks(effective, http, connect=connect)
-            nursery.cancel_scope.cancel()
-        return header, findings
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    """`avatar-relay doctor [--connect]`: 0 when everything checks out, 1 on any problem, 2 for a bad
-    configuration."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"PROBLEM configuration: {exc}", file=sys.stdout)
-        return 2
-    header, findings = trio.run(lambda: diagnose(settings, connect=args.connect))
-    print(header)
-    print(format_report(findings))
-    return 1 if any(f.level == "problem" for f in findings) else 0
-
+        else:
+            header = (f"Checking ElevenLabs ({settings.elevenlabs_base_url}) and the avatar provider "
+                      f"({settings.avatar}).")
+        return header, await run_checks(settings, http, connect=connect)

@@ -1,5 +1,6 @@
-"""Rate limits that protect the relay and its owner's accounts: conversation starts per client address, client
-frames per second per conversation, and a kernel-level send timeout for browsers that stop reading.
+"""Rate limits that protect the relay and its owner's accounts: conversation starts per client address. (Client
+frames per second per conversation are the pump's `FloodGate`, relay.conversation.pumps; the kernel-level send
+timeout for browsers that stop reading is relay.server.serving.)
 
 The limiters are plain objects that take the time as an argument (no trio, no clock of their own), so tests drive
 them exactly. They must never block, and their memory must stay bounded whatever the clients do.
@@ -7,10 +8,7 @@ them exactly. They must never block, and their memory must stay bounded whatever
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
-
-from hypercorn.config import Config
 
 MAX_TRACKED_CLIENTS = 100_000
 
@@ -49,37 +47,3 @@ class StartRateLimiter:
     @property
     def tracked(self) -> int:
         return len(self._buckets)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The kernel-level send timeout.
-#
-# hypercorn's trio server writes to the socket inside a shielded cancel scope, so a browser that stops reading can
-# block a send forever (a peer that keeps answering zero-window probes is never timed out by TCP). The conversation
-# itself ends promptly (the Outbox's watchdog), but that one write would hold the connection's task and its socket
-# until the process ends. TCP_USER_TIMEOUT makes Linux abort a connection whose sent data stays unacknowledged that
-# long, zero-window probes included; accepted sockets inherit it from the listening socket.
-
-
-class GuardedConfig(Config):
-    """hypercorn Config whose listening TCP sockets carry TCP_USER_TIMEOUT = `send_timeout` (where supported)."""
-
-    send_timeout: float = 10.0
-
-    def create_sockets(self):  # type: ignore[no-untyped-def]
-        sockets = super().create_sockets()
-        for sock in (*sockets.insecure_sockets, *sockets.secure_sockets):
-            set_send_timeout(sock, self.send_timeout)
-        return sockets
-
-
-def set_send_timeout(sock: socket.socket, seconds: float) -> bool:
-    """Set TCP_USER_TIMEOUT on a TCP socket; False where the platform or the socket family has none."""
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
-    except OSError:
-        return False
-    return True

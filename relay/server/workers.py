@@ -28,6 +28,7 @@ import trio
 
 from relay.config import Settings
 from relay.server.seats import Seats, create_seats_file
+from relay.server.serving import hypercorn_config
 
 log = logging.getLogger("relay.workers")
 
@@ -133,9 +134,7 @@ def shutdown_bound(settings: Settings) -> float:
 def bind_listener(host: str, port: int, send_timeout: float) -> socket.socket:
     """The listening socket every worker accepts on, made as a single relay makes it (hypercorn's options plus
     TCP_USER_TIMEOUT). Raises OSError when the address cannot be used."""
-    from relay.cli import _hypercorn_config
-
-    config = _hypercorn_config(host, port, 0.0, send_timeout)
+    config = hypercorn_config(host, port, 0.0, send_timeout)
     sock = config.create_sockets().insecure_sockets[0]
     try:
         sock.listen(config.backlog)

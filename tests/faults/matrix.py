@@ -25,7 +25,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from relay.server.limits import set_send_timeout
+from relay.server.serving import set_send_timeout
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app, relay_state
 from tests.e2e.harness import BrowserClient, Relay, relay_settings
