@@ -25,8 +25,9 @@ from pydantic import SecretStr
 
 from relay.avatars import AvatarEvent, AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable
 from relay.config import Settings
-from relay.liveavatar import SANDBOX_AVATAR_ID, LiveAvatarProvider, list_running_ids, stop_by_id
+from relay.liveavatar import LiveAvatarProvider, list_running_ids, stop_by_id
 from relay.protocol.audio import AudioFormat, StreamingResampler
+from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
 from relay.sim import liveavatar_sim
 
 API_KEY = "la-test-key-0123456789"
