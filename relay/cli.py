@@ -186,6 +186,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
     import httpx2
 
     from relay.ops import journal as jr
+    from relay.ops import reaper
 
     settings = _settings_or_report()
     if settings is None:
@@ -198,14 +199,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
         journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
         try:
             async with httpx2.AsyncClient(timeout=10.0) as http:
-                orphans = await jr.find_orphans(settings, http, journal, journal_only=args.journal_only)
+                orphans = await reaper.find_orphans(settings, http, journal, journal_only=args.journal_only)
                 for orphan in orphans:
                     print(f"{orphan.provider} {orphan.session_id} ({orphan.source})")
                 if not orphans:
                     print("no orphaned sessions")
                 if args.dry_run or not orphans:
                     return 0
-                result = await jr.reap(settings, http, journal, orphans)
+                result = await reaper.reap(settings, http, journal, orphans)
                 print(f"stopped {len(result.stopped)}, failed {len(result.failed)}"
                       + (": " + " ".join(result.failed) if result.failed else ""))
                 return 1 if result.failed else 0

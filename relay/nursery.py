@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from functools import partial
 
 import httpx2
 import trio
@@ -49,17 +50,27 @@ log = logging.getLogger("relay.conversation")
 
 
 @dataclass(frozen=True)
+class ConversationHooks:
+    """What the process wants to know as a conversation goes (metrics, transcripts). Each is called inline and must
+    not block; none is called per audio frame."""
+
+    on_start: Callable[[ConversationRecord], None] | None = None  # opened, before its first read
+    on_ready: Callable[[ConversationRecord], None] | None = None  # `ready` sent
+    on_end: Callable[[ConversationRecord], None] | None = None  # ended, for whatever reason
+    on_agent_event: Callable[[ConversationRecord, el.ServerEvent], None] | None = None  # every agent event but audio
+    on_user_text: Callable[[ConversationRecord, str], None] | None = None  # a typed user message, as sent
+
+
+@dataclass(frozen=True)
 class Upstreams:
-    """Everything a conversation needs from the process: settings, the shared HTTP client, the avatar provider."""
+    """Everything a conversation needs from the process: settings, the shared HTTP client, the avatar provider, the
+    agent connection's opener, and the hooks."""
 
     settings: Settings
     http: httpx2.AsyncClient
     provider: AvatarProvider | None
-    on_end: Callable[[ConversationRecord], None] | None = None
     open_agent: Callable[..., AbstractAsyncContextManager[AgentConnection]] = elevenlabs.open_agent
-    # Called (must not block) when the conversation opens, before its first read, and when it is ready.
-    on_start: Callable[[ConversationRecord], None] | None = None
-    on_ready: Callable[[ConversationRecord], None] | None = None
+    hooks: ConversationHooks = ConversationHooks()
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
@@ -76,8 +87,8 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     record = ConversationRecord(relay_id="r-" + secrets.token_hex(6))
     current_conversation.set(record)  # every log line from here on (and from the tasks below) carries its ids
     log.info("conversation opened")
-    if up.on_start is not None:
-        up.on_start(record)
+    if up.hooks.on_start is not None:
+        up.hooks.on_start(record)
     settings = up.settings
     outcome: ConversationOver
     shutdown_scope = shutdown_scope or trio.CancelScope()
@@ -117,8 +128,8 @@ def _finish(record: ConversationRecord, up: Upstreams) -> None:
     duration = time.monotonic() - record.started_at
     log.info("conversation ended reason=%s error=%s duration=%.1fs degraded=%s message=%s", record.reason,
              record.error, duration, record.degraded, record.message or "-")
-    if up.on_end is not None:
-        up.on_end(record)
+    if up.hooks.on_end is not None:
+        up.hooks.on_end(record)
     current_conversation.set(None)
 
 
@@ -194,11 +205,16 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                              output_sample_rate=output_format.sample_rate))
         log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
                  record.avatar_provider or "none")
-        if up.on_ready is not None:
-            up.on_ready(record)
+        if up.hooks.on_ready is not None:
+            up.hooks.on_ready(record)
 
-        conversation.start_soon(pump_browser_to_agent, browser, agent, speaker, settings, record.traffic)
-        conversation.start_soon(pump_agent_to_browser, agent, outbox, speaker, settings.relay_agent_silence_timeout)
+        on_agent_event, on_user_text = up.hooks.on_agent_event, up.hooks.on_user_text
+        conversation.start_soon(partial(
+            pump_browser_to_agent, browser, agent, speaker, settings, record.traffic,
+            on_user_text=None if on_user_text is None else partial(on_user_text, record)))
+        conversation.start_soon(partial(
+            pump_agent_to_browser, agent, outbox, speaker, settings.relay_agent_silence_timeout,
+            on_event=None if on_agent_event is None else partial(on_agent_event, record)))
 
 
 async def _hold_agent(up: Upstreams, start: bp.Start, *,

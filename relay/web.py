@@ -23,15 +23,17 @@ from quart_trio import QuartTrio
 
 from relay import __version__
 from relay.avatars import registry as avatar_registry
+from relay.avatars.hooks import HookedProvider, MakeHooks
 from relay.config import ConfigError, Settings, load_settings
 from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
-from relay.nursery import Upstreams, run_conversation
-from relay.ops.journal import Journal, JournaledProvider, open_journal_now, reap_periodically, state_dir
+from relay.nursery import ConversationHooks, Upstreams, run_conversation
+from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.ops.metrics import RelayMetrics
+from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
 from relay.server.admission import AdmissionRefused, Registry
 from relay.server.auth import Gate, auth_problem
@@ -122,6 +124,12 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         if state.transcripts is not None:
             app.nursery.start_soon(state.transcripts.write, record)
 
+    transcripts = state.transcripts
+    hooks = ConversationHooks(
+        on_start=on_start, on_ready=metrics.conversation_ready, on_end=on_end,
+        on_agent_event=None if transcripts is None else transcripts.agent_event,
+        on_user_text=None if transcripts is None else transcripts.user_text)
+
     @app.before_serving
     async def start_upstreams() -> None:
         effective = settings
@@ -138,20 +146,22 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
         provider = avatar_registry.make_provider(effective, http)
+        session_hooks: list[MakeHooks] = []
         if provider is not None and settings.relay_journal and not settings.demo_mode:
             # Demo sessions die with the in-process simulators: nothing to journal or reap.
             state.journal = await open_journal_now(state_dir(settings))
-            provider = JournaledProvider(provider, state.journal, avatar_registry.base_url(effective, provider.name))
+            session_hooks.append(journal_hooks(state.journal, avatar_registry.base_url(effective, provider.name)))
             app.nursery.start_soon(reap_periodically, effective, http, state.journal)
+        session_hooks.append(metrics.session_hooks)
         if state.transcripts is not None:
             await state.transcripts.prepare()
         if worker is not None:
             from relay.server.worker_metrics import serve_own_metrics
 
             await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
-        state.upstreams = Upstreams(settings=effective, http=http, provider=metrics.observe_provider(provider),
-                                    open_agent=metrics.observe_agent(open_agent), on_start=on_start,
-                                    on_ready=metrics.conversation_ready, on_end=on_end)
+        state.upstreams = Upstreams(settings=effective, http=http,
+                                    provider=None if provider is None else HookedProvider(provider, session_hooks),
+                                    open_agent=metrics.observe_agent(open_agent), hooks=hooks)
 
     @app.after_serving
     async def stop_upstreams() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -61,10 +62,12 @@ def push_deadline(scope: trio.CancelScope, now: float, timeout: float, slack: fl
 
 
 async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speaker: SpeechRouter,
-                                settings: Settings, traffic: Traffic | None = None) -> None:
+                                settings: Settings, traffic: Traffic | None = None, *,
+                                on_user_text: Callable[[str], None] | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
     RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
-    validated first. Cancelled by the conversation's end; blocks on the browser's receive and on the agent's send
+    validated first; `on_user_text` (must not block) sees each typed user message. Cancelled by the conversation's
+    end; blocks on the browser's receive and on the agent's send
     (backpressure)."""
     traffic = traffic or Traffic()
     max_frame = settings.relay_max_frame_bytes
@@ -98,14 +101,17 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
                 event = bp.parse_text_frame(frame)
             except bp.ProtocolError as exc:
                 raise ConversationOver.failed("protocol_error", str(exc)) from None
-            await _forward_client_event(event, agent, speaker)
+            await _forward_client_event(event, agent, speaker, on_user_text)
     raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
 
 
-async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speaker: SpeechRouter) -> None:
+async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speaker: SpeechRouter,
+                                on_user_text: Callable[[str], None] | None) -> None:
     if isinstance(event, bp.Audio):
         await agent.send(el.build_user_audio_chunk(event.pcm))
     elif isinstance(event, bp.Text):
+        if on_user_text is not None:
+            on_user_text(event.text)
         await agent.send(el.build_user_message(event.text))
     elif isinstance(event, bp.Context):
         await agent.send(el.build_contextual_update(event.text))
@@ -125,10 +131,12 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
 
 
 async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker: SpeechRouter,
-                                silence_timeout: float = math.inf) -> None:
+                                silence_timeout: float = math.inf, *,
+                                on_event: Callable[[el.ServerEvent], None] | None = None) -> None:
     """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
     for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered
-    at once. Cancelled by the conversation's end; blocks on the agent's receive."""
+    at once; `on_event` (must not block) sees every event but audio. Cancelled by the conversation's end; blocks on
+    the agent's receive."""
     last_error: el.AgentErrorEvent | None = None
     slack = timer_slack(silence_timeout)
     try:
@@ -138,7 +146,10 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker:
                 push_deadline(silence, trio.current_time(), silence_timeout, slack)
                 if isinstance(event, el.AgentAudio):  # the most frequent first
                     speaker.agent_audio(event.audio, event.event_id)
-                elif isinstance(event, el.Ping):
+                    continue
+                if on_event is not None:
+                    on_event(event)
+                if isinstance(event, el.Ping):
                     await agent.send(el.build_pong(event.event_id))
                 elif isinstance(event, el.AgentResponse):
                     outbox.send(bp.agent_response(event.text, event.event_id))

@@ -7,13 +7,13 @@ opened and deleted when it has been stopped, so the table only ever holds sessio
 row names its owner process by pid and kernel start time, so a row is an orphan exactly when its owner is gone
 (a reused pid does not fool it). One state directory per machine: liveness is checked on this machine only.
 
-`JournaledProvider` wraps any `AvatarProvider` and records around its `open_session`, leaving the providers
-untouched. Writes run on a worker thread (`trio.to_thread.run_sync`, one at a time) so the Trio loop never waits on
-the disk; they are shielded and bounded, and a failing journal is logged and never ends a conversation.
+`journal_hooks` records each session through the providers' `SessionHooks` (relay.avatars.hooks), leaving the
+providers untouched. Writes run on a worker thread (`trio.to_thread.run_sync`, one at a time) so the Trio loop never
+waits on the disk; they are shielded and bounded, and a failing journal is logged and never ends a conversation.
 
-Before stopping an orphan's session, a reaper claims its row (one conditional UPDATE makes it the owner), so
-processes reaping at once — the workers of `serve --workers N` starting together, `avatar-relay reap` — never stop
-the same session twice; a failed stop gives the row back to its dead owner.
+Before stopping an orphan's session, a reaper (relay.ops.reaper) claims its row (one conditional UPDATE makes it the
+owner), so processes reaping at once — the workers of `serve --workers N` starting together, `avatar-relay reap` —
+never stop the same session twice; a failed stop gives the row back to its dead owner.
 
 Rows are written as soon as the upstream id exists (the providers' `on_created`, alongside `streaming.start` /
 `sessions/start`). The window it cannot cover: a process killed between the upstream answering the creation call
@@ -28,23 +28,14 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx2
 import trio
 
-from relay.avatars import (
-    AvatarError,
-    AvatarProvider,
-    AvatarSession,
-    OnAvatarEvent,
-    OnSessionCreated,
-    OnStopFailed,
-    registry,
-)
+from relay.avatars.hooks import MakeHooks, SessionHooks, SessionOutcome
 from relay.config import Settings
 
 log = logging.getLogger("relay.journal")
@@ -221,177 +212,37 @@ async def open_journal(directory: Path) -> AsyncIterator[Journal]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The provider wrapper
+# The session hooks
 
 
-class JournaledProvider:
-    """An `AvatarProvider` that records each session of the wrapped provider in the journal while it is open."""
+def journal_hooks(journal: Journal, base_url: str) -> MakeHooks:
+    """Hooks that journal each session (of the provider reached at `base_url`) from the moment its upstream id exists
+    (written while the provider goes on starting it, so a crash during start-up cannot leak it and `ready` does not
+    wait for the disk) until it has been stopped. A session the provider could not stop stays in the journal,
+    abandoned to the next sweep. The writes are shielded and bounded by WRITE_TIME_LIMIT."""
 
-    def __init__(self, inner: AvatarProvider, journal: Journal, base_url: str) -> None:
-        self.name = inner.name
-        self._inner = inner
-        self._journal = journal
-        self._base_url = base_url
-
-    @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
-                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[AvatarSession]:
-        """The wrapped provider's session, journaled from the moment its upstream id exists (written while the
-        provider goes on starting it, so a crash during start-up cannot leak it and `ready` does not wait for
-        the disk) until it has been stopped (the wrapped context's exit). A session the provider could not stop
-        stays in the journal, abandoned to the next sweep. The journal writes are shielded and bounded by
-        WRITE_TIME_LIMIT."""
+    def make(provider: str) -> SessionHooks:
         row: int | None = None
-        stop_failed = False
 
         async def record(session_id: str) -> None:
             nonlocal row
-            row = await self._write(lambda: self._journal.opened(self.name, session_id, self._base_url))
-            if on_created is not None:
-                await on_created(session_id)
+            row = await _write(lambda: journal.opened(provider, session_id, base_url))
 
-        async def keep(session_id: str) -> None:
-            nonlocal stop_failed
-            stop_failed = True
-            if on_stop_failed is not None:
-                await on_stop_failed(session_id)
-
-        try:
-            async with self._inner.open_session(on_event, on_created=record, on_stop_failed=keep) as session:
-                yield session
-        finally:
+        async def forget(outcome: SessionOutcome) -> None:
             if row is not None:
                 done = row
-                await self._write(lambda: self._journal.abandon(done) if stop_failed else self._journal.closed(done))
+                await _write(lambda: journal.abandon(done) if outcome.stop_failed else journal.closed(done))
 
-    async def _write(self, call: Callable[[], Any]) -> Any:
-        with trio.move_on_after(WRITE_TIME_LIMIT, shield=True):
-            try:
-                return await call()
-            except (sqlite3.Error, OSError) as exc:
-                log.warning("session journal write failed (%s); a crash now could leave this session running "
-                            "until `avatar-relay reap`", type(exc).__name__)
-        return None
+        return SessionHooks(on_created=record, on_closed=forget)
+
+    return make
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reaping
-
-
-@dataclass(frozen=True)
-class ReapResult:
-    stopped: list[str]
-    failed: list[str]
-
-
-async def reap_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Journal) -> ReapResult:
-    """Stop every journaled session whose owner process is gone, and forget it; a session that cannot be stopped
-    now stays in the journal for the next start (or `avatar-relay reap`). Never raises (it runs in the background
-    at start-up): a journal that cannot be read is logged. Cancelled by the caller's scope."""
-    stopped: list[str] = []
-    failed: list[str] = []
-    try:
-        entries = await journal.entries()
-    except (sqlite3.Error, OSError) as exc:
-        log.error("cannot read the session journal %s (%s); run `avatar-relay reap`", journal.path,
-                  type(exc).__name__)
-        return ReapResult(stopped, failed)
-    for entry in entries:
-        if not entry.orphaned:
-            continue
+async def _write(call: Callable[[], Any]) -> Any:
+    with trio.move_on_after(WRITE_TIME_LIMIT, shield=True):
         try:
-            if not await journal.claim(entry):
-                continue  # another process is reaping it
+            return await call()
         except (sqlite3.Error, OSError) as exc:
-            log.warning("cannot claim orphaned %s session %s in the journal (%s)", entry.provider, entry.session_id,
-                        type(exc).__name__)
-            continue
-        try:
-            await registry.stop_by_id(settings, http, entry.provider, entry.session_id, entry.base_url)
-        except (AvatarError, trio.TooSlowError) as exc:
-            failed.append(entry.session_id)
-            with suppress(sqlite3.Error, OSError):
-                await journal.release(entry)
-            log.warning("could not stop orphaned %s session %s (%s): %s", entry.provider, entry.session_id,
-                        _left_by(entry), getattr(exc, "message", type(exc).__name__))
-            continue
-        with suppress(sqlite3.Error, OSError):
-            await journal.closed(entry.row)
-        stopped.append(entry.session_id)
-        log.info("stopped orphaned %s session %s (%s)", entry.provider, entry.session_id, _left_by(entry))
-    return ReapResult(stopped, failed)
-
-
-def _left_by(entry: JournalEntry) -> str:
-    return "its earlier stop had failed" if entry.pid == 0 else f"left by process {entry.pid}"
-
-
-async def reap_periodically(settings: Settings, http: httpx2.AsyncClient, journal: Journal) -> None:
-    """`reap_orphans` at once, then every RELAY_REAP_INTERVAL seconds (only once if it is 0): sessions left by dead
-    processes and sessions whose stop failed are retried while this process serves. Runs until cancelled (by the
-    app's shutdown); never raises."""
-    while True:
-        await reap_orphans(settings, http, journal)
-        if settings.relay_reap_interval <= 0:
-            return
-        await trio.sleep(settings.relay_reap_interval)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `avatar-relay reap`: the operator's sweep, through the journal and the providers' list APIs
-
-
-@dataclass(frozen=True, slots=True)
-class Orphan:
-    """A session believed to run without a relay holding it. `source` is "journal" (left by a dead process on this
-    machine) or "list" (running on the account, held by no live relay of this state directory)."""
-
-    provider: str
-    session_id: str
-    source: str
-    base_url: str | None = None
-    row: int | None = None
-    entry: JournalEntry | None = None  # its journal row, claimed before the stop
-
-
-async def find_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Journal | None, *,
-                       journal_only: bool = False) -> list[Orphan]:
-    """The journal's rows left by dead processes, then (unless `journal_only`) every session the account has
-    running that no live relay of this state directory holds. The second kind includes sessions of any other
-    deployment sharing the API key: say `journal_only` there."""
-    orphans: list[Orphan] = []
-    held: set[str] = set()
-    if journal is not None:
-        for entry in await journal.entries():
-            if entry.orphaned:
-                orphans.append(Orphan(entry.provider, entry.session_id, "journal", entry.base_url, entry.row, entry))
-            else:
-                held.add(entry.session_id)
-    if not journal_only:
-        known = {o.session_id for o in orphans} | held
-        orphans.extend(Orphan(settings.avatar, session_id, "list")
-                       for session_id in await registry.list_running_ids(settings, http) if session_id not in known)
-    return orphans
-
-
-async def reap(settings: Settings, http: httpx2.AsyncClient, journal: Journal | None, orphans: list[Orphan],
-               ) -> ReapResult:
-    """Stop each orphan (forgetting journaled ones once stopped). Never raises for one failed stop."""
-    stopped: list[str] = []
-    failed: list[str] = []
-    for orphan in orphans:
-        if journal is not None and orphan.entry is not None and not await journal.claim(orphan.entry):
-            continue  # a relay starting now is reaping it
-        try:
-            await registry.stop_by_id(settings, http, orphan.provider, orphan.session_id, orphan.base_url)
-        except (AvatarError, trio.TooSlowError):
-            failed.append(orphan.session_id)
-            if journal is not None and orphan.entry is not None:
-                with suppress(sqlite3.Error, OSError):
-                    await journal.release(orphan.entry)
-            continue
-        if journal is not None and orphan.row is not None:
-            with suppress(sqlite3.Error, OSError):
-                await journal.closed(orphan.row)
-        stopped.append(orphan.session_id)
-    return ReapResult(stopped, failed)
+            log.warning("session journal write failed (%s); a crash now could leave this session running until "
+                        "`avatar-relay reap`", type(exc).__name__)
+    return None

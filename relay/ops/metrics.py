@@ -2,17 +2,19 @@
 
 `RelayMetrics` owns a private `CollectorRegistry` (so each app — and each test — has its own numbers) and is fed
 from four places, none of them per audio frame:
-- the conversation's hooks (`Upstreams.on_start` / `on_ready` / `on_end`): counts, setup time, duration, endings;
+- the conversation's hooks (`ConversationHooks.on_start` / `on_ready` / `on_end`): counts, setup time, duration,
+  endings;
 - `observe_agent(open_agent)`: wraps the agent connection; sees each agent event (pings, errors, the first audio
   of each turn) and counts agent audio in the conversation's plain-int `Traffic`;
-- `observe_provider(provider)`: wraps the avatar provider (the providers stay untouched); counts sessions created,
-  stopped, failed to stop, refused, and times how long the agent's words take to reach the avatar;
+- `session_hooks` (relay.avatars.hooks, run by the one `HookedProvider`; the providers stay untouched): counts
+  sessions created, stopped, failed to stop, refused, and times how long the agent's words take to reach the avatar;
 - the hot path (`pump_browser_to_agent`) only adds to two ints in `ConversationRecord.traffic`: the byte and frame
   counters are summed at scrape time from the ended conversations' totals plus the live ones, so they are exact
   and current without a metrics call per frame.
 
-The wrappers find their conversation through `relay.logs.current_conversation`, set once per conversation. This
-module must never see audio payloads or secrets, never block, and never raise into a conversation.
+The wrappers and hooks find their conversation through `relay.conversation.record.current_conversation`, set once
+per conversation. This module must never see audio payloads or secrets, never block, and never raise into a
+conversation.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 
@@ -36,10 +37,8 @@ from relay.avatars import (
     AvatarProvider,
     AvatarSession,
     AvatarSessionEnded,
-    OnAvatarEvent,
-    OnSessionCreated,
-    OnStopFailed,
 )
+from relay.avatars.hooks import HookedProvider, SessionHooks, SessionOutcome
 from relay.conversation.record import ConversationRecord, Traffic, current_conversation
 from relay.elevenlabs import AgentConnection
 from relay.protocol import elevenlabs as el
@@ -212,7 +211,34 @@ class RelayMetrics:
 
     def observe_provider(self, provider: AvatarProvider | None) -> AvatarProvider | None:
         """`provider` with its sessions counted and timed (None stays None: voice only)."""
-        return None if provider is None else _ObservedProvider(provider, self)
+        return None if provider is None else HookedProvider(provider, [self.session_hooks])
+
+    def session_hooks(self, provider: str) -> SessionHooks:
+        """Hooks for one avatar session: counted created, stopped, failed to stop, refused and ended (with their
+        upstream codes), and observed (`_ObservedSession`) to time the agent's words reaching the avatar."""
+        live = self._current()
+
+        def opened(session: AvatarSession) -> AvatarSession:
+            self.sessions_created.labels(provider).inc()
+            live.record.avatar_provider = session.info.provider
+            live.record.avatar_session_id = session.info.session_id
+            return cast(AvatarSession, _ObservedSession(session, live, self))
+
+        async def closed(outcome: SessionOutcome) -> None:
+            if outcome.error is not None:
+                for leaf in leaves(outcome.error):
+                    if isinstance(leaf, AvatarError):
+                        kind = "session_ended" if isinstance(leaf, AvatarSessionEnded) else leaf.reason
+                        self.upstream_error(provider, kind, leaf.upstream_code, leaf.message)
+                        break
+            if not outcome.opened:
+                return
+            if outcome.stop_failed:  # the provider reported its last stop attempt as failed (on_stop_failed)
+                self.sessions_stop_failed.labels(provider).inc()
+            else:
+                self.sessions_stopped.labels(provider).inc()
+
+        return SessionHooks(on_opened=opened, on_closed=closed)
 
 
 def _add(total: Traffic, more: Traffic) -> None:
@@ -252,7 +278,7 @@ class _TrafficCollector:
 
 class _ObservedAgent:
     """An `AgentConnection` whose events are observed on the way to the pump. `send` is the connection's own
-    bound method (no extra call on the audio path), unless transcripts are on (typed messages are noted)."""
+    bound method (no extra call on the audio path)."""
 
     def __init__(self, agent: AgentConnection, live: _Live, metrics: RelayMetrics) -> None:
         self._agent = agent
@@ -263,15 +289,6 @@ class _ObservedAgent:
         self.metadata = agent.metadata
         self.aclose = agent.aclose
         self.send: Callable[[str], Any] = agent.send
-        if live.record.transcript is not None:
-            self.send = self._send_noting_typed_text
-
-    async def _send_noting_typed_text(self, text: str) -> None:
-        if text.startswith(_USER_MESSAGE_PREFIX):
-            from relay.ops.transcripts import note
-
-            note(self._live.record, "user", text=orjson.loads(text).get("text", ""), typed=True)
-        await self._agent.send(text)
 
     async def receive(self) -> el.ServerEvent:
         """The agent's next event, observed. Same blocking, cancellation and errors as `AgentConnection`."""
@@ -303,14 +320,7 @@ class _ObservedAgent:
         elif kind is el.AgentErrorEvent:
             error = cast(el.AgentErrorEvent, event)
             self._metrics.upstream_error("elevenlabs", "error_event", error.code, error.message)
-        if live.record.transcript is not None:
-            from relay.ops.transcripts import note_agent_event
-
-            note_agent_event(live.record, event)
         return event
-
-
-_USER_MESSAGE_PREFIX = el.build_user_message("").split('"text"')[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -343,67 +353,3 @@ class _ObservedSession:
             heard = self._live.audio_heard.pop(turn, None)
             if heard is not None:
                 self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
-
-
-class _ObservedProvider:
-    """An `AvatarProvider` whose sessions are counted: created, stopped, failed to stop, refused, ended."""
-
-    def __init__(self, provider: AvatarProvider, metrics: RelayMetrics) -> None:
-        self._provider = provider
-        self._metrics = metrics
-        self.name = provider.name
-
-    def _count_avatar_error(self, exc: BaseException) -> bool:
-        for leaf in leaves(exc):
-            if isinstance(leaf, AvatarError):
-                kind = "session_ended" if isinstance(leaf, AvatarSessionEnded) else leaf.reason
-                self._metrics.upstream_error(self.name, kind, leaf.upstream_code, leaf.message)
-                return True
-        return False
-
-    @asynccontextmanager
-    async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
-                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[AvatarSession]:
-        """The provider's `open_session`, observed: same blocking, cancellation, errors and guarantees."""
-        metrics = self._metrics
-        live = metrics._current()
-        stop_failed = False
-
-        async def count_stop_failure(session_id: str) -> None:
-            nonlocal stop_failed
-            stop_failed = True
-            if on_stop_failed is not None:
-                await on_stop_failed(session_id)
-
-        manager = self._provider.open_session(on_event, on_created=on_created, on_stop_failed=count_stop_failure)
-        try:
-            session = await manager.__aenter__()
-        except BaseException as exc:
-            self._count_avatar_error(exc)
-            raise
-        metrics.sessions_created.labels(self.name).inc()
-        live.record.avatar_provider = session.info.provider
-        live.record.avatar_session_id = session.info.session_id
-        counted = False
-        raised: BaseException | None = None
-        try:
-            yield cast(AvatarSession, _ObservedSession(session, live, metrics))
-        except BaseException as exc:
-            raised = exc
-            counted = self._count_avatar_error(exc)
-            raise
-        finally:
-            try:
-                if raised is None:
-                    await manager.__aexit__(None, None, None)
-                else:
-                    await manager.__aexit__(type(raised), raised, raised.__traceback__)
-            except BaseException as exc:
-                if exc is not raised and not counted:
-                    self._count_avatar_error(exc)
-                raise
-            finally:
-                if stop_failed:  # the provider reported its last stop attempt as failed (on_stop_failed)
-                    metrics.sessions_stop_failed.labels(self.name).inc()
-                else:
-                    metrics.sessions_stopped.labels(self.name).inc()

@@ -29,8 +29,6 @@ from relay.protocol import elevenlabs as el
 log = logging.getLogger("relay.transcripts")
 
 
-
-
 def note(record: ConversationRecord, kind: str, **fields: Any) -> None:
     """Append one turn to the record's transcript (a no-op when transcripts are off)."""
     if record.transcript is not None:
@@ -91,9 +89,17 @@ class TranscriptWriter:
         await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
 
     def start(self, record: ConversationRecord) -> None:
-        """Begin collecting `record`'s turns (an `Upstreams.on_start` hook)."""
+        """Begin collecting `record`'s turns (a `ConversationHooks.on_start` hook)."""
         record.transcript = []
         self._started[record.relay_id] = datetime.now(UTC)
+
+    def agent_event(self, record: ConversationRecord, event: el.ServerEvent) -> None:
+        """Note an agent event's turn (the `ConversationHooks.on_agent_event` hook)."""
+        note_agent_event(record, event)
+
+    def user_text(self, record: ConversationRecord, text: str) -> None:
+        """Note a typed user message (the `ConversationHooks.on_user_text` hook)."""
+        note(record, "user", text=text, typed=True)
 
     async def write(self, record: ConversationRecord) -> Path | None:
         """Write `record`'s transcript file in a worker thread (not cancellable once started, so a file is never
