@@ -76,7 +76,8 @@ class ClientWebSocket:
         self._read_ended = trio.lowlevel.ParkingLot()  # `aclose` waits here while another task is reading
         self.subprotocol = subprotocol
 
-    # -- sending ---------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Sending
 
     async def send_text(self, text: str) -> None:
         """Send one text message. Blocks while the socket's send buffer is full (backpressure); cancelled by the
@@ -102,7 +103,8 @@ class ClientWebSocket:
                 self._lost()
                 raise self._closed_error() from None
 
-    # -- receiving -------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Receiving
 
     async def receive(self) -> str | bytes:
         """The next message: `str` for a text message, `bytes` for a binary one. Blocks until one arrives;
@@ -180,7 +182,8 @@ class ClientWebSocket:
         sent: Close | None = self._protocol.close_sent
         return WebSocketClosed(sent.code if sent is not None else _ABNORMAL_CLOSURE, sent.reason if sent else "")
 
-    # -- closing ---------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Closing
 
     async def aclose(self, code: int = 1000, reason: str = "", wait: float = 2.0) -> None:
         """Send a close frame (if none was sent yet) and wait at most `wait` seconds for the peer's, reading

@@ -57,7 +57,7 @@ DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 _MAX_PENDING_TURNS = 16
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Per-conversation state the wrappers share
 
 
@@ -76,7 +76,7 @@ class _Live:
             del pending[min(pending)]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # The metrics
 
 
@@ -129,7 +129,8 @@ class RelayMetrics:
                                        registry=r)
         r.register(_TrafficCollector(self))
 
-    # -- scrape -------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Scrape
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (the `/metrics` body)."""
@@ -142,7 +143,8 @@ class RelayMetrics:
             _add(total, live.record.traffic)
         return total
 
-    # -- conversation hooks (`Upstreams.on_start` / `on_ready` / `on_end`) --------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Conversation hooks (`ConversationHooks.on_start` / `on_ready` / `on_end`)
 
     def conversation_started(self, record: ConversationRecord) -> None:
         self._live[record.relay_id] = _Live(record)
@@ -180,7 +182,8 @@ class RelayMetrics:
             return _Live(record)
         return _Live(ConversationRecord(relay_id="-"))
 
-    # -- wrappers -----------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # The agent wrapper and the avatar session hooks
 
     def observe_agent(self, open_agent: Callable[..., AbstractAsyncContextManager[AgentConnection]]
                       ) -> Callable[..., AbstractAsyncContextManager[AgentConnection]]:
@@ -272,7 +275,7 @@ class _TrafficCollector:
         return [frames, size]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # The agent, observed
 
 
@@ -323,8 +326,8 @@ class _ObservedAgent:
         return event
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The avatar provider, observed
+# ----------------------------------------------------------------------------------------------------------------------
+# The avatar session, observed
 
 
 class _ObservedSession:

@@ -28,7 +28,7 @@ from pydantic import (
 from relay._util import dumps as _dump
 from relay.protocol.vocab import AvatarUnavailableReason, EndReason, ErrorCode
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Client -> relay
 
 
@@ -154,7 +154,7 @@ def tool_result_text(result: Any) -> str:
     return result if isinstance(result, str) else orjson.dumps(result).decode()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Relay -> client. Each builder returns the text frame to send.
 
 ERROR_CODES: Final[tuple[ErrorCode, ...]] = get_args(ErrorCode)

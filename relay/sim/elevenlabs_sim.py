@@ -10,50 +10,41 @@ real close codes. It must never import the relay (a protocol bug must not hide i
 cheap per audio frame: hundreds of conversations run through it at once.
 
 Endpoints
-- `GET /v1/convai/conversation/get-signed-url?agent_id=` (header `xi-api-key`) -> `{"signed_url": ...}` with
-an
-  HMAC `conversation_signature` valid `signature_ttl_s`; 422 without agent_id, 401 without a key or with an
-  invalid one, 404 for an unknown agent. The socket also accepts the older `token=` form.
-- `GET /v1/convai/agents/{agent_id}` (header `xi-api-key`) -> the agent's configuration, including its
-formats.
-- WebSocket `/v1/convai/conversation?agent_id=...` (subprotocol `convai` echoed when asked for, none
-otherwise).
+- `GET /v1/convai/conversation/get-signed-url?agent_id=` (header `xi-api-key`) -> `{"signed_url": ...}` with an HMAC
+  `conversation_signature` valid `signature_ttl_s`; 422 without agent_id, 401 without a key or with an invalid one,
+  404 for an unknown agent. The socket also accepts the older `token=` form.
+- `GET /v1/convai/agents/{agent_id}` (header `xi-api-key`) -> the agent's configuration, including its formats.
+- WebSocket `/v1/convai/conversation?agent_id=...` (subprotocol `convai` echoed when asked for, none otherwise).
 - `GET /_sim/ledger`, `POST /_sim/faults` (JSON object merged into the faults; unknown keys -> 400),
   `POST /_sim/reset` (clears the ledger and restores the default faults).
 
 The agent's behaviour
-- Speech: 20 ms frames whose RMS exceeds `vad_rms_threshold` for `vad_speech_start_ms` start a user turn (a
-new
-  event id); `tentative_user_transcript` every `tentative_interval_ms` of speech; `vad_silence_end_ms` of
-  silence ends it with `user_transcript` "(1.8 s of speech)". VAD time is audio time (samples received), so
-  audio sent faster than real time works too. After `response_latency_ms` the agent replies: `agent_response`
-  with the first audio chunk, then the rest (same event id) paced in real time, `chunk_duration_ms` each.
-  Reply audio is a synthetic voice (harmonics and a syllable envelope), `ms_per_char` per character capped at
-  `max_reply_s`.
-- Typed `user_message` (or `multimodal_message` with text) -> "You said: ...". If it contains the word "tool",
-the
+- Speech: 20 ms frames whose RMS exceeds `vad_rms_threshold` for `vad_speech_start_ms` start a user turn (a new
+  event id); `tentative_user_transcript` every `tentative_interval_ms` of speech; `vad_silence_end_ms` of silence
+  ends it with `user_transcript` "(1.8 s of speech)". VAD time is audio time (samples received), so audio sent
+  faster than real time works too. After `response_latency_ms` the agent replies: `agent_response` with the first
+  audio chunk, then the rest (same event id) paced in real time, `chunk_duration_ms` each. Reply audio is a
+  synthetic voice (harmonics and a syllable envelope), `ms_per_char` per character capped at `max_reply_s`.
+- Typed `user_message` (or `multimodal_message` with text) -> "You said: ...". If it contains the word "tool", the
   agent first sends `client_tool_call` (`get_time`) and waits up to `tool_result_timeout_s` for the
   `client_tool_result`, then quotes the result.
-- Talking (or typing) over a reply that is still being spoken -> the old reply's audio stops, `interruption`
-with
-  the new turn's event id, then `agent_response_correction` (old event id) with the text spoken so far. A
-  reply not yet started is dropped silently.
+- Talking (or typing) over a reply that is still being spoken -> the old reply's audio stops, `interruption` with
+  the new turn's event id, then `agent_response_correction` (old event id) with the text spoken so far. A reply not
+  yet started is dropped silently.
 - `conversation_config_override.agent.first_message` replaces the greeting ("" disables it);
   `{{variable}}` in it is filled from `dynamic_variables`. `conversation.text_only` (or the Python SDK's
   top-level `text_only`) sends replies without audio.
-- Closes: bad JSON, a non-object, an unknown type or bad base64 -> 1008 `invalid_message`; a known type
-missing a
-  field -> 1008 `missing_fields`; overrides when not allowed -> 1008 `override_error`; a missing required
-  dynamic variable -> 1008 `missing_dynamic_variable`; no client message except pongs for `input_timeout_s` ->
-  1002 `transport_receive_timeout`; `max_duration_s` -> 1000 `max_duration_exceeded`.
+- Closes: bad JSON, a non-object, an unknown type or bad base64 -> 1008 `invalid_message`; a known type missing a
+  field -> 1008 `missing_fields`; overrides when not allowed -> 1008 `override_error`; a missing required dynamic
+  variable -> 1008 `missing_dynamic_variable`; no client message except pongs for `input_timeout_s` -> 1002
+  `transport_receive_timeout`; `max_duration_s` -> 1000 `max_duration_exceeded`.
 
 Faults (`POST /_sim/faults`; a conversation reads them once, when its socket opens)
 - `handshake_latency_ms` (0): delay before accepting the socket.
 - `refuse_handshake_status` (null): refuse the socket upgrade with this HTTP status.
 - `require_signed_url` (false): refuse (403) sockets without a valid signature (a private agent).
 - `metadata_latency_ms` (0): delay between the client's initiation and the metadata.
-- `signed_url_latency_ms` (0), `signed_url_status` (null): delay / forced error status for the signed URL
-endpoint.
+- `signed_url_latency_ms` (0), `signed_url_status` (null): delay / forced error status for the signed URL endpoint.
 - `agent_details_status` (null): forced error status for the agent details endpoint.
 - `invalid_api_keys` ([]): keys answered with 401. Any other non-empty key is valid.
 - `unknown_agent_ids` ([]): agents that do not exist (404 on REST; the socket closes 1008 `agent_not_found`).
@@ -63,24 +54,21 @@ endpoint.
 - `overrides_allowed` (true): false closes 1008 `override_error` when the initiation carries a non-empty
   override. (Real agents default to false; the simulator defaults to true so demo mode works with overrides.)
 - `required_dynamic_variables` ([]): names the client must send.
-- `first_message` ("Hello! I'm the simulated agent. How can I help you today?"): the greeting; null or ""
-disables.
+- `first_message` ("Hello! I'm the simulated agent. How can I help you today?"): the greeting; null or "" disables.
 - `ping_interval_s` (2.0): seconds between pings; 0 disables them.
 - `vad_rms_threshold` (500, PCM16 units), `vad_speech_start_ms` (100), `vad_silence_end_ms` (600),
   `tentative_interval_ms` (500).
 - `chunk_duration_ms` (250), `response_latency_ms` (300), `ms_per_char` (60), `max_reply_s` (6.0),
   `tool_result_timeout_s` (15).
 - `input_timeout_s` (60), `max_duration_s` (600).
-- `close_code` (null), `close_reason` (""), `close_after_ms` (null), `close_on_first_user_audio` (false):
-close
-  with `close_code`/`close_reason` that many ms after the metadata, and/or on the first user audio chunk.
+- `close_code` (null), `close_reason` (""), `close_after_ms` (null), `close_on_first_user_audio` (false): close with
+  `close_code`/`close_reason` that many ms after the metadata, and/or on the first user audio chunk.
 - `send_bad_json` (false): send one malformed frame right after the metadata.
 - `send_unknown_events` (false): send event types clients do not know (`agent_response_metadata`,
   `internal_tentative_agent_response`, `mcp_connection_status`) after the metadata and around each reply.
-- `stall_before_metadata` (false), `stall_after_ms` (null): stop answering entirely (no metadata / nothing
-after
-  that many ms past the metadata): the socket stays open, nothing is sent, and what arrives is drained and
-  ignored (draining is what lets the simulator notice the client leaving), until `max_duration_s`.
+- `stall_before_metadata` (false), `stall_after_ms` (null): stop answering entirely (no metadata / nothing after
+  that many ms past the metadata): the socket stays open, nothing is sent, and what arrives is drained and ignored
+  (draining is what lets the simulator notice the client leaving), until `max_duration_s`.
 - `error_event` (null): `{"form": "schema"|"flat", "after_ms": 0, "code": 1002, "message": "...",
   "error_type": "..."}` sends one `error` event that long after the metadata.
 
@@ -161,9 +149,8 @@ _VAD_FRAME_MS = 20
 _CLOSE_TIMEOUT = 2.0
 
 
-# ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Audio: format details, mu-law, the synthetic voice
-# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +215,8 @@ def _reply_audio(fmt: _Format, seconds: float, cap_seconds: float) -> bytes:
     return _ulaw_encode(samples) if fmt.ulaw else samples.tobytes()
 
 
-# ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Energy VAD (audio time, not wall time)
-# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -294,9 +280,8 @@ class _Vad:
         return events
 
 
-# ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Frames (type last, like the real service)
-# ------------------------------------------------------------------------------------------------------------
 
 
 def _frame(event_type: str, key: str, body: dict[str, Any]) -> str:
@@ -344,9 +329,8 @@ class _Close(Exception):
         self.reason = reason
 
 
-# ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # One conversation
-# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -403,7 +387,7 @@ class _Conversation:
         self.nursery: trio.Nursery | None = None
 
     # -- plumbing
-    # ---------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
 
     async def send(self, text: str) -> None:
         async with self.send_lock:
@@ -420,7 +404,7 @@ class _Conversation:
         return self.last_event_id
 
     # -- lifecycle
-    # --------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Runs until the agent closes (then `self.close` is set) or the client leaves (the handler is
@@ -452,7 +436,7 @@ class _Conversation:
             await trio.sleep_until(deadline)
 
     # -- receiving
-    # --------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
 
     async def receive_loop(self) -> None:
         while True:
@@ -603,7 +587,7 @@ class _Conversation:
             nursery.start_soon(self.send_error_event, dict(faults["error_event"]))
 
     # -- background
-    # -------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
 
     async def ping_loop(self, interval: float) -> None:
         while True:
@@ -650,7 +634,7 @@ class _Conversation:
         await self.send(_frame("mcp_connection_status", "mcp_connection_status", {"integrations": []}))
 
     # -- user input
-    # -------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
 
     async def handle_audio(self, encoded: Any) -> None:
         if not isinstance(encoded, str):
@@ -730,7 +714,7 @@ class _Conversation:
         )
 
     # -- agent replies
-    # ----------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
 
     def start_reply(self, text: str, *, tool: bool = False, latency: float | None = None) -> None:
         assert self.nursery is not None
@@ -824,9 +808,8 @@ class _Conversation:
         return f"The get_time tool returned: {result['result']}"
 
 
-# ------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # The app
-# ------------------------------------------------------------------------------------------------------------
 
 
 def _new_record(

@@ -56,6 +56,7 @@ from quart_trio import QuartTrio
 
 # The LiveAvatar simulator's LITE socket: HeyGen's realtime endpoint speaks the same protocol. Another
 # simulator, not the relay, so the two sides of the protocol stay independent.
+from relay.sim.faults import take_forced_failure
 from relay.sim.liveavatar_sim import LiteLedger, LiteSocketSimulator
 
 OPEN_STATES = ("new", "connecting", "connected")
@@ -145,7 +146,8 @@ class _State:
         self.faults: dict[str, Any] = {}
         self.totals = {"created": 0, "started": 0, "stopped": 0, "expired": 0}
 
-    # -- faults ---------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Faults
 
     def merge_faults(self, update: dict[str, Any]) -> None:
         for key, value in update.items():
@@ -166,21 +168,17 @@ class _State:
         return float(self.faults.get("latency_ms", {}).get(endpoint, 0)) / 1000
 
     def forced_failure(self, endpoint: str) -> _Answer | None:
-        fail = self.faults.get("fail", {}).get(endpoint)
-        if not fail:
+        fail = take_forced_failure(self.faults.get("fail", {}), endpoint)
+        if fail is None:
             return None
-        times = fail.get("times")
-        if times is not None:
-            if times <= 0:
-                return None
-            fail["times"] = times - 1
         headers = {}
         if fail.get("retry_after") is not None:
             headers["Retry-After"] = str(fail["retry_after"])
         payload = {"code": fail.get("code", 500), "message": fail.get("message", "internal error")}
         return _Answer(int(fail.get("status", 500)), payload, headers)
 
-    # -- sessions -------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Sessions
 
     def idle_timeout_of(self, session: _Session) -> float:
         override = self.faults.get("idle_timeout_s")
@@ -290,7 +288,8 @@ def create_app() -> QuartTrio:
         if seconds > 0:
             await trio.sleep(seconds)
 
-    # -- streaming endpoints --------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Streaming endpoints
 
     async def new(api_key: str, body: dict[str, Any]) -> dict[str, Any]:
         quality = body.get("quality", "medium")
@@ -474,7 +473,8 @@ def create_app() -> QuartTrio:
     async def get_avatar_list() -> Response:
         return await handle("avatar.list", avatar_list, post=False)
 
-    # -- the realtime socket (LITE protocol) ----------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # The realtime socket (LITE protocol)
 
     @app.websocket("/v1/realtime/<session_id>")
     async def realtime(session_id: str) -> None:
@@ -511,7 +511,8 @@ def create_app() -> QuartTrio:
                 await session.closed.wait()
         sock.close(1000)
 
-    # -- control ------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Control
 
     @app.get("/_sim/ledger")
     async def ledger() -> Response:

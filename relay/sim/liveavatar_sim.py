@@ -60,6 +60,8 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
+from relay.sim.faults import take_forced_failure
+
 SANDBOX_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"
 SIMULATED_LIVEKIT_URL = "wss://livekit.simulated.invalid"
 LITE_BYTES_PER_SECOND = 48_000  # PCM16 mono 24 kHz
@@ -100,7 +102,7 @@ def _fresh_faults() -> dict[str, Any]:
             for key, value in DEFAULT_FAULTS.items()}
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # The LITE websocket, reusable by any simulator that speaks it
 
 
@@ -333,7 +335,7 @@ class LiteSocketSimulator:
         await self._set_state("idle")
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
 # Sessions
 
 
@@ -470,14 +472,9 @@ def create_app() -> QuartTrio:
         latency = state.faults["latency_ms"].get(endpoint)
         if latency:
             await trio.sleep(latency / 1000)
-        fail = state.faults["fail"].get(endpoint)
-        if not fail:
+        fail = take_forced_failure(state.faults["fail"], endpoint)
+        if fail is None:
             return None
-        times = fail.get("times")
-        if times is not None:
-            if times <= 0:
-                return None
-            fail["times"] = times - 1
         status = int(fail.get("status", 500))
         state.refusals.append({"endpoint": endpoint, "status": status, "code": fail.get("code"),
                                "at": time.monotonic()})
@@ -560,7 +557,8 @@ def create_app() -> QuartTrio:
                     return
                 await trio.sleep(min(ends_at, idle_deadline) - now)
 
-    # -- REST ---------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # REST
 
     @app.post("/v1/sessions/token")
     async def create_token() -> Response:
@@ -737,7 +735,8 @@ def create_app() -> QuartTrio:
                 return _envelope({k: v for k, v in avatar.items() if k != "is_sandbox"})
         return _failure(404, 4004, "Avatar not found")
 
-    # -- the LITE websocket ---------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # The LITE websocket
 
     @app.websocket("/v1/ws/<session_id>")
     async def lite_socket(session_id: str) -> None:
@@ -783,7 +782,8 @@ def create_app() -> QuartTrio:
         await trio.sleep(delay)
         sock.close(1000)
 
-    # -- control ---------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------------------------
+    # Control
 
     @app.get("/_sim/ledger")
     async def ledger() -> Response:
