@@ -273,9 +273,9 @@ class _RealtimeSession(_SessionBase):
     protocol)."""
 
     def __init__(self, api: _HeyGenApi, new: NewSession, settings: Settings, on_event: OnAvatarEvent,
-                 speaker: LiteAudioStream) -> None:
+                 stream: LiteAudioStream) -> None:
         super().__init__(api, new, settings, on_event)
-        self._speaker = speaker
+        self._stream = stream
 
     @property
     def takes_audio(self) -> bool:
@@ -285,19 +285,19 @@ class _RealtimeSession(_SessionBase):
         """Not used in audio mode (`takes_audio` is True): HeyGen's TTS would talk over the agent's voice."""
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
-        await self._speaker.speak_audio(audio, audio_format, turn)
+        await self._stream.speak_audio(audio, audio_format, turn)
 
     async def end_turn(self, turn: int) -> None:
-        await self._speaker.end_turn(turn)
+        await self._stream.end_turn(turn)
 
     async def interrupt(self, turn: int) -> None:
         """`agent.interrupt` on the socket: the avatar drops the turn's buffered audio and no later chunk of
         that turn is sent (HeyGen's TTS is not speaking, so there is nothing to interrupt over REST)."""
-        await self._speaker.interrupt(turn)
+        await self._stream.interrupt(turn)
 
     async def keep_alive(self) -> None:
         """Keep both the socket and the REST session alive."""
-        await self._speaker.keep_alive()
+        await self._stream.keep_alive()
         await self._rest_keep_alive()
 
 
@@ -385,8 +385,8 @@ class HeyGenProvider:
             raise AvatarUnavailable("bad_config", "HeyGen gave this session no realtime endpoint; set "
                                                   "HEYGEN_MODE=repeat.")
         async with open_lite_audio_stream(new.realtime_endpoint, on_event,
-                                     connect_timeout=self._settings.relay_setup_timeout) as speaker:
-            yield _RealtimeSession(self._api, new, self._settings, on_event, speaker)
+                                     connect_timeout=self._settings.relay_setup_timeout) as stream:
+            yield _RealtimeSession(self._api, new, self._settings, on_event, stream)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -171,10 +171,10 @@ class LiveAvatarSession:
     """One running LITE session (an `AvatarSession`): audio goes to the LITE socket, keep-alives to both the
     socket and the REST API."""
 
-    def __init__(self, info: AvatarInfo, speaker: LiteAudioStream, keep_alive_interval: float,
+    def __init__(self, info: AvatarInfo, stream: LiteAudioStream, keep_alive_interval: float,
                  rest_keep_alive: Callable[[], Awaitable[None]]) -> None:
         self._info = info
-        self._speaker = speaker
+        self._stream = stream
         self._keep_alive_interval = keep_alive_interval
         self._rest_keep_alive = rest_keep_alive
         self._warned_text = False
@@ -198,18 +198,18 @@ class LiveAvatarSession:
             log.warning("liveavatar LITE sessions take audio, not text; ignoring speak_text")
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
-        await self._speaker.speak_audio(audio, audio_format, turn)
+        await self._stream.speak_audio(audio, audio_format, turn)
 
     async def end_turn(self, turn: int) -> None:
-        await self._speaker.end_turn(turn)
+        await self._stream.end_turn(turn)
 
     async def interrupt(self, turn: int) -> None:
-        await self._speaker.interrupt(turn)
+        await self._stream.interrupt(turn)
 
     async def keep_alive(self) -> None:
         """`session.keep_alive` on the socket, then the REST keep-alive (clients disagree on which one the
         server counts; both are cheap at one per interval). Failures are logged, never raised."""
-        await self._speaker.keep_alive()
+        await self._stream.keep_alive()
         await self._rest_keep_alive()
 
 
@@ -300,8 +300,8 @@ class LiveAvatarProvider:
             log.info("liveavatar session %s started (sandbox=%s, simulated=%s)", info.session_id,
                         self._settings.liveavatar_sandbox, info.simulated)
             async with open_lite_audio_stream(start.ws_url, on_event,
-                                         connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as speaker:
-                yield LiveAvatarSession(info, speaker, self._settings.relay_keep_alive_interval,
+                                         connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as stream:
+                yield LiveAvatarSession(info, stream, self._settings.relay_keep_alive_interval,
                                         self._rest_keep_alive(token))
             reason = "USER_DISCONNECTED"
         except trio.Cancelled:

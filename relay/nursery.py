@@ -1,4 +1,4 @@
-"""One conversation: the Trio nursery that holds the avatar session, the two pumps and the speaker.
+"""One conversation: the Trio nursery that holds the avatar session, the two pumps and the speech router.
 
 `run_conversation` reads top to bottom: wait for `start`; open the agent and the avatar concurrently; send `ready`;
 pump browser -> agent and agent -> browser (and avatar) until something ends the conversation; tell the browser why.
@@ -159,7 +159,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         # Set-up: the agent and the avatar concurrently; ready when both are up.
         agent: AgentConnection | None = None
         session: AvatarSession | None = None
-        speaker = SpeechRouter(outbox)
+        speech = SpeechRouter(outbox)
 
         def on_avatar_event(event: AvatarEvent) -> None:
             if isinstance(event, AvatarSpeaking):
@@ -176,7 +176,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         async def start_avatar() -> None:
             nonlocal session
             if up.provider is not None:
-                session = await conversation.start(_hold_avatar, up, on_avatar_event, outbox, speaker, record)
+                session = await conversation.start(_hold_avatar, up, on_avatar_event, outbox, speech, record)
 
         with trio.fail_after(settings.relay_setup_timeout):
             async with trio.open_nursery() as setup:
@@ -194,7 +194,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             raise ConversationOver.failed(
                 "agent_error", f"the agent expects {input_format.name} input; only PCM input is supported")
 
-        speaker.agent_format = output_format
+        speech.agent_format = output_format
         if session is not None:
             record.avatar_provider = session.info.provider
             record.avatar_session_id = session.info.session_id
@@ -210,10 +210,10 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
 
         on_agent_event, on_user_text = up.hooks.on_agent_event, up.hooks.on_user_text
         conversation.start_soon(partial(
-            pump_browser_to_agent, browser, agent, speaker, settings, record.traffic,
+            pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
             on_user_text=None if on_user_text is None else partial(on_user_text, record)))
         conversation.start_soon(partial(
-            pump_agent_to_browser, agent, outbox, speaker, settings.relay_agent_silence_timeout,
+            pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record)))
 
 
@@ -231,21 +231,21 @@ async def _hold_agent(up: Upstreams, start: bp.Start, *,
         await trio.sleep_forever()
 
 
-async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], outbox: Outbox, speaker: SpeechRouter,
+async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], outbox: Outbox, speech: SpeechRouter,
                        record: ConversationRecord, *,
                        task_status: trio.TaskStatus[AvatarSession | None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Open the avatar session, feed it from the speaker and keep it alive until the conversation's scope is
+    """Open the avatar session, feed it from the speech router and keep it alive until the conversation's scope is
     cancelled; leaving the `open_session` context stops the session. If the provider refuses a session or the
     session dies, the conversation goes on voice-only (unless RELAY_DEGRADE_TO_VOICE is off)."""
     assert up.provider is not None
     started = False
     try:
         async with up.provider.open_session(on_event) as session:
-            speaker.attach(session)
+            speech.attach(session)
             task_status.started(session)
             started = True
             async with trio.open_nursery() as avatar_tasks:
-                avatar_tasks.start_soon(speaker.run, session)
+                avatar_tasks.start_soon(speech.run, session)
                 avatar_tasks.start_soon(_keep_alive, session)
     except* AvatarError as group:
         if not up.settings.relay_degrade_to_voice:
@@ -255,7 +255,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
         reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
         log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
         record.degraded = True
-        speaker.attach(None)
+        speech.attach(None)
         outbox.send(bp.avatar_unavailable(reason, exc.message))
     if not started:
         task_status.started(None)

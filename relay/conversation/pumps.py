@@ -61,7 +61,7 @@ def push_deadline(scope: trio.CancelScope, now: float, timeout: float, slack: fl
         scope.deadline = now + timeout + slack
 
 
-async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speaker: SpeechRouter,
+async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speech: SpeechRouter,
                                 settings: Settings, traffic: Traffic | None = None, *,
                                 on_user_text: Callable[[str], None] | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
@@ -101,11 +101,11 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
                 event = bp.parse_text_frame(frame)
             except bp.ProtocolError as exc:
                 raise ConversationOver.failed("protocol_error", str(exc)) from None
-            await _forward_client_event(event, agent, speaker, on_user_text)
+            await _forward_client_event(event, agent, speech, on_user_text)
     raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
 
 
-async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speaker: SpeechRouter,
+async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speech: SpeechRouter,
                                 on_user_text: Callable[[str], None] | None) -> None:
     if isinstance(event, bp.Audio):
         await agent.send(el.build_user_audio_chunk(event.pcm))
@@ -118,7 +118,7 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
     elif isinstance(event, bp.Activity):
         await agent.send(el.build_user_activity())
     elif isinstance(event, bp.Interrupt):
-        speaker.interrupt()
+        speech.interrupt()
     elif isinstance(event, bp.ToolResult):
         await agent.send(el.build_client_tool_result(event.tool_call_id, bp.tool_result_text(event.result),
                                                      event.is_error))
@@ -130,7 +130,7 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
         raise ConversationOver.failed("protocol_error", "'start' was already received")
 
 
-async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker: SpeechRouter,
+async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: SpeechRouter,
                                 silence_timeout: float = math.inf, *,
                                 on_event: Callable[[el.ServerEvent], None] | None = None) -> None:
     """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
@@ -145,7 +145,7 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker:
                 event = await agent.receive()
                 push_deadline(silence, trio.current_time(), silence_timeout, slack)
                 if isinstance(event, el.AgentAudio):  # the most frequent first
-                    speaker.agent_audio(event.audio, event.event_id)
+                    speech.agent_audio(event.audio, event.event_id)
                     continue
                 if on_event is not None:
                     on_event(event)
@@ -153,11 +153,11 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speaker:
                     await agent.send(el.build_pong(event.event_id))
                 elif isinstance(event, el.AgentResponse):
                     outbox.send(bp.agent_response(event.text, event.event_id))
-                    speaker.agent_text(event.text, event.event_id)
+                    speech.agent_text(event.text, event.event_id)
                 elif isinstance(event, el.UserTranscript):
                     outbox.send(bp.user_transcript(event.text, event.event_id, event.final))
                 elif isinstance(event, el.Interruption):
-                    speaker.interrupt(event.event_id)
+                    speech.interrupt(event.event_id)
                     outbox.send(bp.interruption(event.event_id))
                 elif isinstance(event, el.AgentResponseCorrection):
                     outbox.send(bp.agent_response_correction(event.corrected, event.original, event.event_id))
