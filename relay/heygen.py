@@ -134,7 +134,7 @@ class _HeyGenApi:
                                                 params=params, timeout=httpx2.Timeout(time_limit))
         except httpx2.TimeoutException as exc:
             raise ApiError(HeyGenFailure(None, None, self._safe(f"{path}: {type(exc).__name__}"),
-                                                timed_out=True)) from None
+                                         timed_out=True)) from None
         except httpx2.HTTPError as exc:
             message = self._safe(f"{path}: {type(exc).__name__}: {exc}")
             raise ApiError(HeyGenFailure(None, None, message)) from None
@@ -143,7 +143,7 @@ class _HeyGenApi:
         except ApiError as exc:
             failure = exc.failure
             raise ApiError(HeyGenFailure(failure.status, failure.code, self._safe(failure.message),
-                                                failure.retry_after, failure.timed_out)) from None
+                                         failure.retry_after, failure.timed_out)) from None
 
     async def call_with_retries(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
                                 params: Mapping[str, str | int] | None = None, attempts: int = 3,

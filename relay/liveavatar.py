@@ -73,6 +73,10 @@ def avatar_info(start: StartAnswer) -> AvatarInfo:
                       access_token=start.livekit_client_token, simulated=is_simulated(start.livekit_url))
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# The HTTP seam
+
+
 def _api_key(settings: Settings) -> str:
     key = settings.liveavatar_api_key
     return key.get_secret_value() if key is not None else PLACEHOLDER_API_KEY
@@ -123,6 +127,10 @@ def _unavailable(exc: BaseException) -> AvatarUnavailable:
     return AvatarUnavailable("upstream_error", f"Could not reach LiveAvatar ({type(exc).__name__}).")
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Operator calls: find and stop orphaned sessions
+
+
 async def list_running_ids(settings: Settings, http: httpx2.AsyncClient) -> list[str]:
     """The ids of every active session on the account (`GET /v1/sessions?type=active`, all pages), for an
     operator reaping leaked sessions. Retries 429/5xx; raises AvatarUnavailable when the API refuses."""
@@ -165,6 +173,10 @@ async def stop_by_id(settings: Settings, http: httpx2.AsyncClient, session_id: s
                                   settings.relay_stop_timeout)
     if problem is not None:
         raise problem
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sessions and the provider
 
 
 class LiveAvatarSession:

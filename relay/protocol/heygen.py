@@ -152,8 +152,7 @@ def read_answer(status: int, body: bytes, retry_after: str | None = None) -> Any
         if isinstance(payload, Mapping):
             message = _message_of(payload)
             code = _code_of(payload)
-        raise ApiError(HeyGenFailure(status, code, message or f"HTTP {status}",
-                                            parse_retry_after(retry_after)))
+        raise ApiError(HeyGenFailure(status, code, message or f"HTTP {status}", parse_retry_after(retry_after)))
     if not isinstance(payload, Mapping):
         raise ApiError(HeyGenFailure(status, None, "the answer was not a JSON object"))
     if "code" in payload and not is_success_code(payload["code"]):

@@ -105,7 +105,7 @@ def _validation_message(detail: object) -> str:
 
 
 def read_answer(status: int, body: bytes, *, retry_after: str | None = None,
-                   success_statuses: tuple[int, ...] = (200,)) -> Any:
+                success_statuses: tuple[int, ...] = (200,)) -> Any:
     """The `data` of a successful answer. Success is an expected HTTP status AND envelope code 1000 (the web
     SDK rejects anything else even on 2xx). Raises ApiError for every other form: 422 `detail`
     lists, 401 `{"error": ...}`, envelopes with another code, non-JSON bodies."""
