@@ -11,6 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import Relay, running_relay, silence
 
+pytestmark = pytest.mark.timeout(60)
+
 FRAME = 640  # 20 ms of PCM16 at 16 kHz
 
 
