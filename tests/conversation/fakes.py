@@ -260,7 +260,7 @@ class Harness:
             self.ended = record
 
         return Upstreams(settings=self.settings, http=None, provider=self.provider,  # type: ignore[arg-type]
-                         open_agent=self.agent.open, on_end=on_end)
+                         open_agent=self.agent.open, on_end=on_end)  # type: ignore[arg-type]
 
     async def run(self) -> None:
         with self.cancel_scope:

@@ -375,7 +375,7 @@ async def test_avatar_dying_mid_conversation_degrades_to_voice_only() -> None:
 
     async def body(h: Harness) -> None:
         await start_and_ready(h)
-        provider.sessions[0].speak_text = die  # type: ignore[method-assign]
+        provider.sessions[0].speak_text = die  # type: ignore[method-assign, assignment]
         await h.agent.emit(el.AgentResponse("hello", 3))
         notice = await h.browser.expect("avatar_unavailable")
         assert notice["reason"] == "session_ended"
