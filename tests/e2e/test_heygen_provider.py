@@ -175,11 +175,20 @@ async def test_session_created_while_the_caller_is_cancelled_is_stopped_once_its
 
 async def test_session_is_stopped_when_the_caller_is_cancelled_during_start(sim: Sim) -> None:
     await sim.faults(latency_ms={"streaming.start": 2000})
+    entered = False
+
+    async def open_it() -> None:
+        nonlocal entered
+        async with provider(sim).open_session(lambda event: None):
+            entered = True
+
     with trio.fail_after(10):
-        with trio.move_on_after(0.3) as cancelled:
-            async with provider(sim).open_session(lambda event: None):
-                pytest.fail("the body must not run")
-    assert cancelled.cancelled_caught
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_it)
+            # Cancelled once streaming.start is in flight (the simulator marks the session started, then waits).
+            await poll_ledger(sim.ledger, lambda ledger: ledger["totals"]["started"] == 1, "streaming.start")
+            nursery.cancel_scope.cancel()
+    assert not entered
     ledger = await assert_nothing_left_running(sim)
     assert ledger["totals"]["created"] == 1
     assert ledger["requests"]["streaming.start"] == 1
@@ -344,10 +353,9 @@ async def test_realtime_mode_speaks_agent_audio_at_24_khz_through_the_realtime_e
 
 async def test_realtime_socket_closing_ends_the_session_and_it_is_still_stopped(sim: Sim) -> None:
     with trio.fail_after(10), pytest.raises(AvatarSessionEnded):
-        async with provider(sim, heygen_mode="realtime").open_session(lambda event: None) as session:
+        async with provider(sim, heygen_mode="realtime").open_session(lambda event: None):
             await sim.faults(idle_timeout_s=0.2)
-            await trio.sleep(5)
-            pytest.fail(f"the body of {session.info.session_id} should have been cancelled")
+            await trio.sleep_forever()  # until the provider cancels it (the fail_after above guards a hang)
     entry = await sim.only_session()
     assert entry["status"] == "expired"
     assert entry["stop_requests"] == 1

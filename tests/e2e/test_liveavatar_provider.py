@@ -224,8 +224,9 @@ async def test_the_session_is_stopped_when_the_body_raises(sim: str, http: httpx
 
 async def test_the_session_is_stopped_when_the_caller_is_cancelled(sim: str, http: httpx2.AsyncClient) -> None:
     with trio.fail_after(10):
-        with trio.move_on_after(0.3):
+        with trio.CancelScope() as scope:
             async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+                scope.cancel()  # the caller is cancelled while the session is open
                 await trio.sleep_forever()
     record = await only_session(http, sim)
     assert record["stopped"] is not None
@@ -235,12 +236,21 @@ async def test_the_session_is_stopped_when_the_caller_is_cancelled(sim: str, htt
 @pytest.mark.parametrize("slow_endpoint", ["token", "start"])
 async def test_a_session_created_while_the_caller_is_cancelled_is_still_stopped(
         sim: str, http: httpx2.AsyncClient, slow_endpoint: str) -> None:
-    await faults(http, sim, latency_ms={slow_endpoint: 400})
+    await faults(http, sim, latency_ms={slow_endpoint: 1000})
     entered = False
+
+    async def open_it() -> None:
+        nonlocal entered
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
+            entered = True
+
     with trio.fail_after(10):
-        with trio.move_on_after(0.1):
-            async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
-                entered = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_it)
+            # Cancelled while the slow call is in flight (the simulator counts it, then waits before answering).
+            await poll_ledger(lambda: ledger(http, sim), lambda state: state["requests"].get(slow_endpoint) == 1,
+                              f"the {slow_endpoint} request")
+            nursery.cancel_scope.cancel()
     assert not entered
     record = await only_session(http, sim)
     assert record["stopped"] is not None
