@@ -335,6 +335,21 @@ async def test_browser_vanishing_at_any_phase_leaves_the_avatar_session_and_lets
     assert h.ended is not None and h.ended.reason == "client_gone"
 
 
+async def test_the_fake_provider_loses_a_stop_it_does_not_shield(autojump_clock: trio.testing.MockClock) -> None:
+    """Keeps the checks above honest: the fake's stop is a real awaited step, so a provider that did not shield it
+    would be seen losing it when the browser leaves (an unawaited record in a `finally` could never be lost)."""
+    provider = FakeProvider(shield_stop=False)
+    h = Harness(provider=provider)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        h.cancel_scope.cancel()
+
+    await with_conversation(h, body)
+    assert len(provider.sessions) == 1
+    assert provider.stopped == []
+
+
 async def test_refused_avatar_degrades_to_voice_only() -> None:
     provider = FakeProvider(refuse=AvatarUnavailable("concurrent_limit", "HeyGen: concurrent limit reached"))
     h = Harness(provider=provider)
