@@ -236,6 +236,14 @@ async def wait_for_stops(http: httpx2.AsyncClient, sims: SimulatorURLs, state: P
                          f"received, sessions {list(ledger.get('sessions', {}).values())}")
 
 
+async def wait_until_journaled(http: httpx2.AsyncClient, sims: SimulatorURLs, state: Path) -> None:
+    """Until the journal holds a row for every session HeyGen has: the precondition of a kill -9 scenario. `ready`
+    alone does not prove it, since a conversation gives up waiting for a journal write after WRITE_TIME_LIMIT."""
+    with trio.fail_after(15):
+        while {s["session_id"] for s in await heygen_sessions(http, sims)} - await journaled_session_ids(state):
+            await trio.sleep(0.05)
+
+
 async def wait_for_log(relay: Supervisor, line: str, count: int = 1) -> None:
     """Until `line` appears `count` times in the stderr of the supervisor and its workers."""
     with trio.fail_after(15):
@@ -322,6 +330,7 @@ async def test_a_killed_worker_is_replaced_and_its_sessions_stopped_once_while_t
             browsers = await open_until_both_workers_hold_some(relay, stack, at_least=3)
             held = await relay.per_worker("avatar_relay_conversations_open")
             pids = worker_pids(relay.process.pid)
+            await wait_until_journaled(http, sims, tmp_path / "state")
             os.kill(pids[0], signal.SIGKILL)
             alive = [browser for browser in browsers if await still_talking(browser)]
             assert len(alive) == held["1"] and len(browsers) - len(alive) == held["0"]
@@ -450,6 +459,7 @@ async def test_after_the_whole_relay_is_killed_the_next_start_stops_each_session
         env = relay_env(sims, tmp_path)
         async with supervisor(env, tmp_path, http) as relay, AsyncExitStack() as stack:
             browsers = await open_until_both_workers_hold_some(relay, stack, at_least=4)
+            await wait_until_journaled(http, sims, tmp_path / "state")
             relay.process.send_signal(signal.SIGSTOP)  # no restarts, no drain: a machine-wide crash
             for pid in worker_pids(relay.process.pid).values():
                 os.kill(pid, signal.SIGKILL)
