@@ -212,6 +212,7 @@ async def run_storm(relay: Relay, kinds: tuple[str, ...]) -> None:
             await bystanders_ready.acquire()
             await bystanders_ready.acquire()
             everyone_armed = trio.Event()
+            armed_count = 0
 
             def armed() -> None:
                 nonlocal armed_count
@@ -219,7 +220,6 @@ async def run_storm(relay: Relay, kinds: tuple[str, ...]) -> None:
                 if armed_count == len(clients):
                     everyone_armed.set()
 
-            armed_count = 0
             async with trio.open_nursery() as ending:
                 for kind, client in clients:
                     ending.start_soon(end_one, kind, client, armed, go)
