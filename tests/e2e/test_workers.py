@@ -289,9 +289,10 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path: 
     worker then gets it twice, the second time from the supervisor while it is draining, and must still drain.
 
     In the every-process case the supervisor is signalled only once both workers have logged that their drain began
-    (`shutting down: not ready`), and it logs that it forwarded the signal to 2 workers; the workers cannot have
-    finished draining before the 1 s pre-drain delay is over, which is what keeps the forwarded signal inside the
-    drain (no log line marks the moment it lands)."""
+    (`shutting down: not ready`, then a 1 s pre-drain delay), and it logs that it forwards the signal to 2 workers
+    it has not seen exit. No log line marks the moment a forwarded signal lands; a worker that had finished its drain
+    before it would show as an unexpected exit (an ERROR line) unless its exit and the supervisor's signal were
+    handled in the same instant."""
     async with simulators() as (sims, http):
         env = relay_env(sims, tmp_path, RELAY_PREDRAIN_DELAY="1" if everyone else "0", RELAY_LOG_LEVEL="INFO")
         async with supervisor(env, tmp_path, http) as relay, AsyncExitStack() as stack:
