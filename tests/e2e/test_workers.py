@@ -139,7 +139,7 @@ async def supervisor(env: dict[str, str], tmp_path: Path, http: httpx2.AsyncClie
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=sink)
     relay = Supervisor(process, f"http://127.0.0.1:{port}", stderr, http)
     try:
-        with trio.fail_after(20):
+        with trio.fail_after(60):  # a hang guard: N Python processes importing on a busy machine
             while True:
                 assert process.poll() is None, "the supervisor exited at start-up: " + relay.log()
                 try:
@@ -262,7 +262,7 @@ def unix_socket_listening(path: str) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_conversations_spread_over_both_workers_and_metrics_add_them_up(tmp_path: Path) -> None:
     async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
         async with AsyncExitStack() as stack:
@@ -282,7 +282,7 @@ async def test_conversations_spread_over_both_workers_and_metrics_add_them_up(tm
         assert health <= {0, 1}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("everyone", [False, True], ids=["supervisor", "every-process"])
 async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path: Path, everyone: bool) -> None:
     """SIGTERM to the supervisor, or (systemd's default KillMode=control-group) to every process of the relay: each
@@ -323,7 +323,7 @@ async def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path: 
         print(f"SIGTERM with {len(browsers)} conversations on 2 workers: supervisor exited {exited:.2f} s later")
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 async def test_a_killed_worker_is_replaced_and_its_sessions_stopped_once_while_the_other_goes_on(
         tmp_path: Path) -> None:
     async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
@@ -355,7 +355,7 @@ async def test_a_killed_worker_is_replaced_and_its_sessions_stopped_once_while_t
                 await trio.sleep(0.05)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_sigterm_while_a_replacement_worker_is_starting_still_drains_it(tmp_path: Path) -> None:
     """The replacement of a killed worker is frozen (SIGSTOP) as soon as its process exists, and shown to be still
     starting: it has no SIGTERM handler yet (the kernel's SigCgt) and its metrics socket, bound before hypercorn
@@ -389,7 +389,7 @@ async def test_sigterm_while_a_replacement_worker_is_starting_still_drains_it(tm
         assert len(errors) == 1 and f"worker 0 (pid {first}) exited unexpectedly with signal SIGKILL" in errors[0], log
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_the_conversation_cap_holds_for_the_whole_relay(tmp_path: Path) -> None:
     async with simulators() as (sims, http):
         env = relay_env(sims, tmp_path, RELAY_MAX_CONVERSATIONS="2", RELAY_MAX_STARTS_PER_MINUTE="1000")
@@ -425,7 +425,7 @@ async def test_the_conversation_cap_holds_for_the_whole_relay(tmp_path: Path) ->
         print(f"cap 2 on 2 workers: {refusals} refusals until both workers had refused")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_bad_configuration_and_a_busy_port_are_reported_once(tmp_path: Path) -> None:
     async with simulators() as (sims, _http):
         command = [sys.executable, "-m", "relay", "serve", "--workers", "2"]
@@ -451,7 +451,7 @@ async def test_bad_configuration_and_a_busy_port_are_reported_once(tmp_path: Pat
             f"avatar-relay: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 async def test_after_the_whole_relay_is_killed_the_next_start_stops_each_session_exactly_once(
         tmp_path: Path) -> None:
     """Both workers of the next start reap at once: each orphaned session must be stopped by exactly one, and the
@@ -475,7 +475,7 @@ async def test_after_the_whole_relay_is_killed_the_next_start_stops_each_session
         assert all(s["stop_requests"] == 1 for s in sessions), sessions
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     async with simulators() as (sims, http):
         async with supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay, AsyncExitStack() as stack:
