@@ -81,7 +81,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> An
 
 @pytest.fixture(scope="session")
 def wav_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`speech`: 4 s of silence (the agent's greeting plays), the sentence once, then 8 s of silence.
+    """`speech`: 4.2 s of silence (time to press Start), the sentence once, then 8 s of silence (the test that
+    plays it turns the greeting off, so nothing of the agent's can overlap it).
     `silence`: 20 s of silence (typed conversations, no voice activity at all)."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:

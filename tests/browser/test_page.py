@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.browser.conftest import REPO, wait_until
+import pytest
+
+from relay.sim.elevenlabs_sim import DEFAULT_FAULTS as AGENT_DEFAULT_FAULTS
+from tests.browser.conftest import REPO, Relay, wait_until
+
+pytestmark = pytest.mark.timeout(120)  # the first test also starts Chromium and may fetch livekit-client
 
 SCREENSHOT = REPO / "docs" / "screenshot.png"
 
@@ -40,6 +47,28 @@ def status_text(page: Any) -> str:
     return str(page.locator("#status").inner_text())
 
 
+@contextmanager
+def agent_faults(relay: Relay, **faults: Any) -> Iterator[None]:
+    """Set faults on the (shared) relay's ElevenLabs simulator for one test; put back its defaults afterwards."""
+    relay.faults("elevenlabs", faults)
+    try:
+        yield
+    finally:
+        relay.faults("elevenlabs", {key: AGENT_DEFAULT_FAULTS[key] for key in faults})
+
+
+@contextmanager
+def slow_speech(relay: Relay) -> Iterator[None]:
+    """The agent (and HeyGen's own voice) speak at 300 ms a character: the greeting lasts about 17 s, so the page
+    falling silent well before that can only be the work of an interrupt."""
+    relay.faults("heygen", {"ms_per_char": 300})
+    try:
+        with agent_faults(relay, ms_per_char=300, max_reply_s=30):
+            yield
+    finally:
+        relay.faults("heygen", {"ms_per_char": None})
+
+
 def take_screenshot(page: Any, path: Path) -> None:
     """Write the page as a user sees it mid-conversation to docs/screenshot.png when the page's files changed since
     the last one (their digest is kept beside it), else to tests/.artifacts/ so a test run leaves the tree clean."""
@@ -60,16 +89,15 @@ def take_screenshot(page: Any, path: Path) -> None:
 
 def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays, open_page) -> None:
     relay = relays("liveavatar")
-    page = open_page(relay, mic="speech")
-    info = start(page)
+    # No greeting: the fake microphone plays its file from the moment the page opens it, so a greeting could still
+    # be playing when the sentence starts, however long the silence before it (the sentence would interrupt it).
+    with agent_faults(relay, first_message=""):
+        page = open_page(relay, mic="speech")
+        info = start(page)
     assert info["avatarMode"] == "simulated"
     assert page.locator("#sim-face").is_visible()
 
-    # The greeting plays first: the mouth moves with the agent's audio.
-    wait_for_agent_speaking(page)
-    page.locator(".entry.agent").first.wait_for()
-
-    # Then the fake microphone speaks; the simulated agent transcribes "(N s of speech)" and replies.
+    # The fake microphone speaks; the simulated agent transcribes "(N s of speech)" and replies.
     final_user = page.locator(".entry.user:not(.tentative)")
     final_user.first.wait_for(timeout=20_000)
     heard = re.search(r"(\d+\.\d) s of speech", final_user.first.inner_text())
@@ -78,11 +106,14 @@ def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays,
     assert 2.5 <= float(heard.group(1)) <= 4.5
     reply = page.locator(".entry.agent", has_text="Turn 1")
     reply.wait_for(timeout=15_000)
+    # The reply plays: the mouth moves with the agent's audio.
+    wait_for_agent_speaking(page)
     take_screenshot(page, SCREENSHOT)
+    assert page.locator(".entry.agent").count() == 1  # the reply only: there was no greeting to interrupt
 
     state = debug(page)
     assert state["framesSent"] > 20, "the microphone must stream PCM frames to the relay"
-    assert state["mouthMoves"] >= 2 and state["maxOutputRms"] > 0.01
+    assert state["mouthMoves"] >= 1 and state["maxOutputRms"] > 0.01  # the mouth opened with the reply
     assert "user_transcript" in state["received"] and "avatar_state" in state["received"]
     heard_by_agent = agent_conversation(relay, info["conversationId"])
     assert heard_by_agent["user_audio_seconds"] > 5
@@ -104,19 +135,20 @@ def test_the_microphone_frame_length_follows_the_relays_setting(relays, open_pag
 
 
 def interrupt_and_wait_for_silence(page: Any) -> None:
-    """Press Interrupt; the face's mouth must close and the agent's voice stop within 1.5 s."""
+    """Press Interrupt; the face's mouth must close and the agent's voice stop. The greeting is slow (see
+    slow_speech): silence within the generous 10 s bound comes from the interrupt, not from the greeting's end."""
     page.get_by_role("button", name="Interrupt").click()
     page.wait_for_function("() => !window.__relayDebug.mouthOpen && window.__relayDebug.outputRms < 0.001",
-                           timeout=1500)
+                           timeout=10_000)
 
 
 def test_interrupt_button_silences_the_heygen_avatar_and_reaches_heygen(relays, open_page) -> None:
     relay = relays("heygen")
-    page = open_page(relay, mic="silence")
-    info = start(page)
-    wait_for_agent_speaking(page)
-
-    interrupt_and_wait_for_silence(page)
+    with slow_speech(relay):
+        page = open_page(relay, mic="silence")
+        info = start(page)
+        wait_for_agent_speaking(page)
+        interrupt_and_wait_for_silence(page)
     assert "interrupt" in debug(page)["sent"]
 
     def interrupted() -> bool:
@@ -129,11 +161,11 @@ def test_interrupt_button_silences_the_heygen_avatar_and_reaches_heygen(relays, 
 
 def test_interrupt_button_silences_the_liveavatar_avatar_and_reaches_liveavatar(relays, open_page) -> None:
     relay = relays("liveavatar")
-    page = open_page(relay, mic="silence")
-    info = start(page)
-    wait_for_agent_speaking(page)
-
-    interrupt_and_wait_for_silence(page)
+    with slow_speech(relay):
+        page = open_page(relay, mic="silence")
+        info = start(page)
+        wait_for_agent_speaking(page)
+        interrupt_and_wait_for_silence(page)
     wait_until(lambda: relay.ledger("liveavatar")["sessions"][info["avatarSessionId"]]["lite"]["interrupts"],
                5, "LiveAvatar's ledger shows no agent.interrupt for the session")
 

@@ -1,4 +1,5 @@
-"""In-memory stand-ins for the browser socket, the agent connection and an avatar provider.
+"""In-memory stand-ins for the browser socket, the agent connection and an avatar provider, and the harness that
+runs one conversation between them.
 
 They let the conversation nursery run in tests with no sockets at all. Each fake records what the relay did to it.
 """
@@ -6,7 +7,7 @@ They let the conversation nursery run in tests with no sockets at all. Each fake
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,9 @@ import orjson
 import trio
 
 from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed
+from relay.config import Settings
+from relay.conversation.record import ConversationRecord
+from relay.nursery import ConversationHooks, Upstreams, run_conversation
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
@@ -26,6 +30,9 @@ class FakeBrowser:
         self._to_relay_tx, self._to_relay_rx = trio.open_memory_channel[str | bytes | None](100)
         self._from_relay_tx, self._from_relay_rx = trio.open_memory_channel[str | bytes](1000)
         self.closed_with: tuple[int, str] | None = None
+        self.stalled = False  # set by `stall()`: every send blocks from then on
+        self.send_blocked = trio.Event()  # set when a stalled send starts blocking
+        self.breaks_when_cancelled = False  # a blocked send that is cancelled fails as a dead socket's would
 
     # relay-facing
     async def receive(self) -> str | bytes | None:
@@ -34,12 +41,24 @@ class FakeBrowser:
     async def send(self, data: str | bytes) -> None:
         if self.closed_with is not None:
             raise RuntimeError("send after close")
+        if self.stalled:
+            self.send_blocked.set()
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                if self.breaks_when_cancelled:
+                    raise ConnectionResetError("the browser's socket is gone") from None
+                raise
         await self._from_relay_tx.send(data)
 
     async def close(self, code: int, reason: str = "") -> None:
         self.closed_with = (code, reason)
 
     # test-facing
+    def stall(self) -> None:
+        """The browser stops reading: from now on every send by the relay blocks (until cancelled)."""
+        self.stalled = True
+
     async def send_json(self, **frame: Any) -> None:
         await self._to_relay_tx.send(orjson.dumps(frame).decode())
 
@@ -83,6 +102,7 @@ class FakeAgent:
         self.sent: list[dict[str, Any]] = []
         self.initiation: dict[str, Any] | None = None
         self._tx, self._rx = trio.open_memory_channel[el.ServerEvent | el.AgentClosed](100)
+        self.open_calls = 0
         self.opened = False
         self.closed = False
 
@@ -111,6 +131,7 @@ class FakeAgent:
 
     @asynccontextmanager
     async def open(self, http: Any, *, initiation: str, **_: Any) -> AsyncIterator[FakeAgent]:
+        self.open_calls += 1
         await trio.sleep(self.connect_delay)
         if self.refuse is not None:
             raise self.refuse
@@ -134,13 +155,16 @@ class FakeSession:
     interrupts: list[int] = field(default_factory=list)
     keep_alives: int = 0
     speak_delay: float = 0.0
+    speech_started: trio.Event = field(default_factory=trio.Event)  # set when the first speak_* call begins
 
     async def speak_text(self, text: str, turn: int) -> None:
+        self.speech_started.set()
         await trio.sleep(self.speak_delay)
         self.spoken.append((text, turn))
         self.on_event(AvatarSpeaking(text, 50 * len(text)))
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
+        self.speech_started.set()
         await trio.sleep(self.speak_delay)
         self.audio.append((audio, turn))
 
@@ -155,17 +179,27 @@ class FakeSession:
 
 
 class FakeProvider:
-    """Opens FakeSessions and keeps a ledger: every session opened must end up stopped."""
+    """Opens FakeSessions and keeps a ledger: every session opened must end up stopped.
+
+    Stopping is a real awaited step (a checkpoint, and `stop_delay` seconds), recorded in `stopped` only once
+    it has finished; like the real providers, the fake shields it from cancellation (`shield_stop`). With the shield
+    off, a stop that runs in a cancelled scope (the browser left) is lost and never recorded. That the *real*
+    providers shield their stop is for their own tests (tests/e2e/test_*_provider.py): here the conversation can
+    only show that it leaves the session's context on every path and lets the stop finish."""
 
     name = "fake"
 
     def __init__(self, *, takes_audio: bool = False, open_delay: float = 0.0, refuse: AvatarUnavailable | None = None,
-                 simulated: bool = False, keep_alive_interval: float = 60.0) -> None:
+                 simulated: bool = False, keep_alive_interval: float = 60.0, stop_delay: float = 0.0,
+                 shield_stop: bool = True) -> None:
         self.takes_audio = takes_audio
         self.open_delay = open_delay
         self.refuse = refuse
         self.simulated = simulated
         self.keep_alive_interval = keep_alive_interval
+        self.stop_delay = stop_delay
+        self.shield_stop = shield_stop
+        self.open_calls = 0
         self.sessions: list[FakeSession] = []
         self.stopped: list[str] = []
         self.kill: trio.CancelScope | None = None
@@ -173,6 +207,7 @@ class FakeProvider:
     @asynccontextmanager
     async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
                            on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[FakeSession]:
+        self.open_calls += 1
         await trio.sleep(self.open_delay)
         if self.refuse is not None:
             raise self.refuse
@@ -185,4 +220,71 @@ class FakeProvider:
         try:
             yield session
         finally:
-            self.stopped.append(sid)
+            with trio.CancelScope(shield=self.shield_stop):
+                await trio.sleep(self.stop_delay)
+                self.stopped.append(sid)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The harness: one conversation between the fakes.
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings from the defaults and `overrides` only (no environment file)."""
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def metadata(input_format: str = "pcm_16000", output_format: str = "pcm_16000") -> el.ConversationMetadata:
+    """The agent's `conversation_initiation_metadata` with the given audio formats."""
+    return el.ConversationMetadata("conv_test", output_format, input_format)
+
+
+class Harness:
+    """One conversation between a FakeBrowser, a FakeAgent and a FakeProvider. `cancel_scope` is what quart-trio
+    cancels when the browser disconnects, `shutdown_scope` the registry's drain; `ended` is the record `on_end`
+    got (also set when the browser left and `run_conversation` returned nothing)."""
+
+    def __init__(self, *, provider: FakeProvider | None = None, agent: FakeAgent | None = None,
+                 authorize: Callable[[str | None], str | None] | None = None, **settings: Any) -> None:
+        self.browser = FakeBrowser()
+        self.agent = agent or FakeAgent(metadata())
+        self.provider = provider if provider is not None else FakeProvider()
+        self.settings = make_settings(**settings)
+        self.authorize = authorize
+        self.record: ConversationRecord | None = None
+        self.ended: ConversationRecord | None = None
+        self.cancel_scope = trio.CancelScope()
+        self.shutdown_scope = trio.CancelScope()
+
+    def upstreams(self) -> Upstreams:
+        def on_end(record: ConversationRecord) -> None:
+            self.ended = record
+
+        return Upstreams(settings=self.settings, http=None, provider=self.provider,  # type: ignore[arg-type]
+                         open_agent=self.agent.open,  # type: ignore[arg-type]
+                         hooks=ConversationHooks(on_end=on_end))
+
+    async def run(self) -> None:
+        with self.cancel_scope:
+            self.record = await run_conversation(self.browser, self.upstreams(), self.shutdown_scope,
+                                                 authorize=self.authorize)
+
+
+async def with_conversation(h: Harness, body: Callable[[Harness], Awaitable[None]], *, limit: float = 5) -> None:
+    """Run the conversation and `body` (the browser's and the agent's side) together, within `limit` seconds."""
+    with trio.fail_after(limit):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.run)
+            await body(h)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds (bounded by the caller's `fail_after`; cheap on the autojump clock)."""
+    while not condition():
+        await trio.sleep(0.001)
+
+
+async def start_and_ready(h: Harness, **start: Any) -> dict[str, Any]:
+    """Send `start` and return the `ready` message."""
+    await h.browser.send_json(type="start", **start)
+    return await h.browser.expect("ready")

@@ -1,9 +1,10 @@
 """The conversation nursery with fake sockets: what the browser sees, what the agent and the avatar get, and that
-every avatar session opened is stopped whatever ends the conversation."""
+the conversation leaves every avatar session it opened (its context exited, the fake's awaited stop finished)
+whatever ends the conversation. That the real providers shield their stop from cancellation is tested with the
+providers (tests/e2e/test_heygen_provider.py, test_liveavatar_provider.py), not here."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -11,50 +12,17 @@ import trio
 import trio.testing
 
 from relay.avatars import AvatarSessionEnded, AvatarUnavailable
-from relay.config import Settings
-from relay.conversation.record import ConversationRecord
-from relay.nursery import Upstreams, run_conversation
+from relay.conversation.speech import TURN_AUDIO_GAP
 from relay.protocol import elevenlabs as el
-from tests.conversation.fakes import FakeAgent, FakeBrowser, FakeProvider
-
-
-def make_settings(**overrides: Any) -> Settings:
-    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
-
-
-def metadata(input_format: str = "pcm_16000", output_format: str = "pcm_16000") -> el.ConversationMetadata:
-    return el.ConversationMetadata("conv_test", output_format, input_format)
-
-
-class Harness:
-    def __init__(self, *, provider: FakeProvider | None = None, agent: FakeAgent | None = None,
-                 **settings: Any) -> None:
-        self.browser = FakeBrowser()
-        self.agent = agent or FakeAgent(metadata())
-        self.provider = provider if provider is not None else FakeProvider()
-        self.settings = make_settings(**settings)
-        self.record: ConversationRecord | None = None
-        self.cancel_scope = trio.CancelScope()
-
-    def upstreams(self) -> Upstreams:
-        return Upstreams(settings=self.settings, http=None, provider=self.provider,  # type: ignore[arg-type]
-                         open_agent=self.agent.open)
-
-    async def run(self) -> None:
-        with self.cancel_scope:
-            self.record = await run_conversation(self.browser, self.upstreams())
-
-
-async def with_conversation(h: Harness, body: Callable[[Harness], Awaitable[None]], *, limit: float = 5) -> None:
-    with trio.fail_after(limit):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(h.run)
-            await body(h)
-
-
-async def start_and_ready(h: Harness, **start: Any) -> dict[str, Any]:
-    await h.browser.send_json(type="start", **start)
-    return await h.browser.expect("ready")
+from tests.conversation.fakes import (
+    FakeAgent,
+    FakeProvider,
+    Harness,
+    metadata,
+    start_and_ready,
+    wait_until,
+    with_conversation,
+)
 
 
 async def test_ready_announces_the_agents_input_rate_and_the_avatar() -> None:
@@ -147,16 +115,18 @@ async def test_pings_are_answered_with_pongs_at_once() -> None:
     await with_conversation(h, body)
 
 
-async def test_interruption_drops_queued_speech_and_interrupts_the_avatar() -> None:
+async def test_interruption_drops_queued_speech_and_interrupts_the_avatar(
+        autojump_clock: trio.testing.MockClock) -> None:
     provider = FakeProvider()
     h = Harness(provider=provider)
 
     async def body(h: Harness) -> None:
         await start_and_ready(h)
-        provider.sessions[0].speak_delay = 0.2
+        session = provider.sessions[0]
+        session.speak_delay = 20
         await h.agent.emit(el.AgentResponse("first reply, long", 3))
         await h.agent.emit(el.AgentResponse("second reply", 4))
-        await trio.sleep(0.05)  # the first is in flight, the second queued
+        await session.speech_started.wait()  # the first is in flight (for 20 s), the second queued
         await h.agent.emit(el.Interruption(5))
         assert await h.browser.expect("interruption") == {"type": "interruption", "event_id": 5}
         await h.agent.emit(el.AgentResponseCorrection("first reply, long", "first", 3))
@@ -167,7 +137,7 @@ async def test_interruption_drops_queued_speech_and_interrupts_the_avatar() -> N
         await h.browser.expect("avatar_speaking")
         await h.browser.send_json(type="stop")
 
-    await with_conversation(h, body)
+    await with_conversation(h, body, limit=60)
     session = provider.sessions[0]
     assert session.spoken == [("after the interruption", 5)]
     assert session.interrupts == [4]
@@ -188,27 +158,31 @@ async def test_client_interrupt_stops_the_avatar() -> None:
     assert provider.sessions[0].interrupts == [3]
 
 
-async def test_audio_driven_avatar_gets_the_agents_audio_and_turn_ends() -> None:
+async def test_audio_driven_avatar_gets_the_agents_audio_and_turn_ends(autojump_clock: trio.testing.MockClock) -> None:
     provider = FakeProvider(takes_audio=True)
     h = Harness(provider=provider)
 
     async def body(h: Harness) -> None:
         await start_and_ready(h)
+        session = provider.sessions[0]
         await h.agent.emit(el.AgentResponse("hi", 3))
         await h.agent.emit(el.AgentAudio(b"\x00\x01" * 10, 3))
         await h.agent.emit(el.AgentAudio(b"\x00\x02" * 10, 3))
-        await trio.sleep(0.5)  # silence after the turn's audio ends it
+        await trio.sleep(2 * TURN_AUDIO_GAP)  # the agent's silence after the turn's audio ends the turn
+        assert session.turn_ends == [3]
         await h.agent.emit(el.AgentAudio(b"\x00\x03" * 10, 4))
-        await trio.sleep(0.05)
+        await wait_until(lambda: len(session.audio) == 3)
         await h.agent.emit(el.Interruption(5))
+        await h.browser.expect("interruption")
         await h.agent.emit(el.AgentAudio(b"\x00\x04" * 10, 4))  # stale: must not reach the avatar
-        await trio.sleep(0.1)
+        await h.agent.emit(el.AgentAudio(b"\x00\x05" * 10, 5))  # comes after the stale chunk, in order
+        await wait_until(lambda: len(session.audio) == 4)
         await h.browser.send_json(type="stop")
 
     await with_conversation(h, body)
     session = provider.sessions[0]
-    assert [turn for _, turn in session.audio] == [3, 3, 4]
-    assert session.turn_ends == [3]
+    assert [turn for _, turn in session.audio] == [3, 3, 4, 5]
+    assert session.turn_ends == [3]  # turn 4 was interrupted, not ended; turn 5 was cut by the stop
     assert session.interrupts == [4]
     assert provider.stopped == ["s1"]
 
@@ -259,7 +233,7 @@ async def test_anything_but_start_first_is_a_protocol_error(first: str | bytes) 
 
 @pytest.mark.parametrize("frame", ['{"type":"text"}', "[1,2]", '{"type":"feedback","score":"meh","event_id":1}',
                                    b"\x00\x00\x00", '{"type":"start"}'])
-async def test_a_bad_frame_mid_conversation_ends_it_with_1008_and_stops_the_avatar(frame: str | bytes) -> None:
+async def test_a_bad_frame_mid_conversation_ends_it_with_1008_and_leaves_the_avatar_session(frame: str | bytes) -> None:
     h = Harness()
 
     async def body(h: Harness) -> None:
@@ -316,9 +290,11 @@ async def test_agent_ending_normally_ends_the_conversation_normally() -> None:
     assert h.provider.stopped == ["s1"]
 
 
-async def test_agent_refusing_the_conversation_is_upstream_unavailable_and_stops_the_avatar() -> None:
-    h = Harness(agent=FakeAgent(metadata(), connect_delay=0.05,
-                                refuse=el.AgentUnavailable("unauthorized", "ElevenLabs refused (HTTP 401)", 401)))
+async def test_agent_refusing_the_conversation_is_upstream_unavailable_and_leaves_the_avatar_session(
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(agent=FakeAgent(metadata(), connect_delay=0.5,
+                                refuse=el.AgentUnavailable("unauthorized", "ElevenLabs refused (HTTP 401)", 401)),
+                provider=FakeProvider(open_delay=0.1))
 
     async def body(h: Harness) -> None:
         await h.browser.send_json(type="start")
@@ -327,31 +303,51 @@ async def test_agent_refusing_the_conversation_is_upstream_unavailable_and_stops
 
     await with_conversation(h, body)
     assert h.browser.closed_with == (1013, "upstream_unavailable")
-    assert len(h.provider.sessions) == len(h.provider.stopped)
+    assert h.provider.stopped == ["s1"]  # opened at 0.1 s, before the refusal at 0.5 s
 
 
 @pytest.mark.parametrize("phase", ["before_start", "during_setup", "mid_conversation", "mid_speech"])
-async def test_browser_vanishing_at_any_phase_stops_the_avatar(phase: str) -> None:
-    provider = FakeProvider(open_delay=0.1)
-    h = Harness(provider=provider)
+async def test_browser_vanishing_at_any_phase_leaves_the_avatar_session_and_lets_its_stop_finish(
+        phase: str, autojump_clock: trio.testing.MockClock) -> None:
+    provider = FakeProvider(open_delay=0.1, stop_delay=0.5)
+    h = Harness(provider=provider, agent=FakeAgent(metadata(), connect_delay=0.2))
 
     async def body(h: Harness) -> None:
         if phase != "before_start":
             await h.browser.send_json(type="start")
         if phase == "during_setup":
-            await trio.sleep(0.15)  # the session exists, the agent is not up yet
-            h.agent.connect_delay = 10
+            await wait_until(lambda: bool(provider.sessions))
+            assert not h.agent.opened  # the session exists, the agent is not up yet
         if phase in ("mid_conversation", "mid_speech"):
             await h.browser.expect("ready")
         if phase == "mid_speech":
             provider.sessions[0].speak_delay = 10
             await h.agent.emit(el.AgentResponse("a long reply", 3))
-            await trio.sleep(0.05)
+            await provider.sessions[0].speech_started.wait()
         h.cancel_scope.cancel()  # what quart-trio does when the client disconnects
 
-    h.agent.connect_delay = 0.2
     await with_conversation(h, body)
-    assert len(provider.stopped) == len(provider.sessions)
+    if phase == "before_start":
+        assert provider.open_calls == 0 and provider.sessions == [] and h.agent.open_calls == 0
+    else:
+        assert [s.info.session_id for s in provider.sessions] == ["s1"]
+        assert provider.stopped == ["s1"]
+    assert h.ended is not None and h.ended.reason == "client_gone"
+
+
+async def test_the_fake_provider_loses_a_stop_it_does_not_shield(autojump_clock: trio.testing.MockClock) -> None:
+    """Keeps the checks above honest: the fake's stop is a real awaited step, so a provider that did not shield it
+    would be seen losing it when the browser leaves (an unawaited record in a `finally` could never be lost)."""
+    provider = FakeProvider(shield_stop=False)
+    h = Harness(provider=provider)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        h.cancel_scope.cancel()
+
+    await with_conversation(h, body)
+    assert len(provider.sessions) == 1
+    assert provider.stopped == []
 
 
 async def test_refused_avatar_degrades_to_voice_only() -> None:
@@ -394,7 +390,7 @@ async def test_avatar_dying_mid_conversation_degrades_to_voice_only() -> None:
 
     async def body(h: Harness) -> None:
         await start_and_ready(h)
-        provider.sessions[0].speak_text = die  # type: ignore[method-assign]
+        provider.sessions[0].speak_text = die  # type: ignore[method-assign, assignment]
         await h.agent.emit(el.AgentResponse("hello", 3))
         notice = await h.browser.expect("avatar_unavailable")
         assert notice["reason"] == "session_ended"

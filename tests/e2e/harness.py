@@ -8,10 +8,12 @@ faults. Everything stops when the block exits.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import orjson
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from relay.journal import JOURNAL_FILE
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from relay.config import Settings
@@ -33,6 +36,7 @@ class Relay:
     url: str
     sims: SimulatorURLs
     http: httpx2.AsyncClient
+    settings: Settings | None = field(default=None, kw_only=True)  # keyword-only: subclasses add positional fields
 
     @property
     def ws_url(self) -> str:
@@ -52,6 +56,19 @@ class Relay:
         async with open_websocket_url(self.ws_url, message_queue_size=1000) as ws:
             yield BrowserClient(ws)
 
+    def journal_rows(self) -> list[tuple[str, str]]:
+        """(provider, session id) of every row in this relay's session journal (sessions believed running)."""
+        assert self.settings is not None and self.settings.relay_journal and self.settings.relay_state_dir, \
+            "this relay runs without a journal"
+        path = Path(self.settings.relay_state_dir) / JOURNAL_FILE
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return [(str(p), str(s)) for p, s in db.execute("SELECT provider, session_id FROM sessions")]
+
+    async def wait_for_ledger(self, name: str, condition: Callable[[dict[str, Any]], bool], what: str, *,
+                              timeout: float = 10.0) -> dict[str, Any]:
+        """Poll a simulator's ledger until `condition(ledger)` holds and return it; fail naming `what` otherwise."""
+        return await poll_ledger(lambda: self.ledger(name), condition, what, timeout=timeout)
+
     async def wait_all_sessions_stopped(self, provider: str, *, timeout: float = 10.0) -> dict[str, Any]:
         """Poll a provider simulator's ledger until every created session is stopped; return the ledger."""
         with trio.move_on_after(timeout):
@@ -63,6 +80,20 @@ class Relay:
                 await trio.sleep(0.05)
         ledger = await self.ledger(provider)
         raise AssertionError(f"sessions left running: {session_counts(ledger)}")
+
+
+async def poll_ledger(read: Callable[[], Awaitable[dict[str, Any]]], condition: Callable[[dict[str, Any]], bool],
+                      what: str, *, timeout: float = 10.0) -> dict[str, Any]:
+    """Read a ledger until `condition(ledger)` holds and return that ledger; after `timeout` seconds fail with
+    `what` and the last ledger read (a generous bound: it only turns a hang into a readable failure)."""
+    ledger: dict[str, Any] = {}
+    with trio.move_on_after(timeout):
+        while True:
+            ledger = await read()
+            if condition(ledger):
+                return ledger
+            await trio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last ledger: {ledger}")
 
 
 def session_counts(ledger: dict[str, Any]) -> tuple[int, int]:
@@ -117,13 +148,16 @@ class BrowserClient:
 
 
 def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
+    """Settings for a relay pointed at the simulators, with the production defaults (the session journal on).
+
+    A relay served with the journal on needs its own `relay_state_dir` (`running_relay` makes one), so that no test
+    writes to ~/.local/state or shares a journal with another relay."""
     values: dict[str, Any] = {
         "elevenlabs_base_url": sims.elevenlabs, "elevenlabs_agent_id": "agent_e2e", "elevenlabs_api_key": "xi-test",
         "heygen_base_url": sims.heygen, "heygen_api_key": "hg-test", "heygen_avatar_id": "Wayne_20240711",
         "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": "e2e-avatar",
         "relay_avatar": "heygen", "relay_stop_timeout": 3.0,
         "relay_auth": "off",  # the security tests turn it on
-        "relay_journal": False,  # never write to ~/.local/state from a test; tests/faults covers the journal
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -131,6 +165,16 @@ def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
 
 @asynccontextmanager
 async def running_relay(*, keep_alive_timeout: float | None = None, **overrides: Any) -> AsyncIterator[Relay]:
+    """Serve the simulators and a relay pointed at them; the relay journals its sessions, as in production, in a
+    state directory of its own that is removed afterwards (pass `relay_journal=False` to turn it off)."""
+    with tempfile.TemporaryDirectory(prefix="relay-e2e-state-") as state_dir:
+        async with _serving(keep_alive_timeout, {"relay_state_dir": state_dir, **overrides}) as relay:
+            yield relay
+
+
+@asynccontextmanager
+async def _serving(keep_alive_timeout: float | None, overrides: dict[str, Any]) -> AsyncIterator[Relay]:
+    """The simulators and the relay in one nursery, cancelled when the block exits."""
     async with trio.open_nursery() as nursery:
         sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
         config = Config()
@@ -139,10 +183,10 @@ async def running_relay(*, keep_alive_timeout: float | None = None, **overrides:
         config.graceful_timeout = 5.0
         if keep_alive_timeout is not None:
             config.keep_alive_timeout = keep_alive_timeout
-        app = create_app(relay_settings(sims, **overrides))
-        binds = await nursery.start(serve, app, config)
+        settings = relay_settings(sims, **overrides)
+        binds = await nursery.start(serve, create_app(settings), config)
         async with httpx2.AsyncClient(timeout=5.0) as http:
-            yield Relay(binds[0], sims, http)
+            yield Relay(binds[0], sims, http, settings=settings)
         nursery.cancel_scope.cancel()
 
 

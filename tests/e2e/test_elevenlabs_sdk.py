@@ -30,7 +30,12 @@ from hypercorn.trio import serve
 
 from relay.sim import elevenlabs_sim
 
+pytestmark = pytest.mark.timeout(60)
+
 AGENT = "agent_sdk_1"
+# The agent speaks slowly (the greeting lasts about 17 s, the first reply about as long), so that talking or typing
+# over it right after its first audio chunk is certain to interrupt it, however slow the machine.
+SLOW_SPEECH = {"ms_per_char": 300, "max_reply_s": 30}
 
 
 class MemoryAudio(AudioInterface):
@@ -71,12 +76,12 @@ def voice(seconds: float, silence: float = 0.9, rate: int = 16000) -> bytes:
     return samples.tobytes() + bytes(int(rate * silence) * 2)
 
 
-def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Blocking wait (this runs in the SDK's thread, not in trio)."""
+def wait_for(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Blocking wait (this runs in the SDK's thread, not in trio); `within` is a generous hang guard."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         time.sleep(0.01)
 
 
@@ -126,20 +131,20 @@ def run_sdk_conversation(url: str, *, requires_auth: bool) -> dict[str, Any]:
     conversation.start_session()
     try:
         # The greeting: a response callback and audio played through the interface.
-        wait_for(lambda: bool(responses) and bool(audio.output_chunks))
+        wait_for(lambda: bool(responses) and bool(audio.output_chunks), "the greeting's text and first audio")
         greeting_audio = b"".join(audio.output_chunks)
-        # Talk over the greeting: the SDK must be told to interrupt, then hear our turn and the reply.
-        time.sleep(0.5)
+        # Talk over the greeting (it lasts about 17 s: see SLOW_SPEECH): the SDK must be told to interrupt, then
+        # hear our turn and the reply.
         audio.speak(voice(1.2))
-        wait_for(lambda: len(responses) >= 2)
+        wait_for(lambda: len(responses) >= 2, "the reply to the spoken turn")
         chunks_before_reply = len(audio.output_chunks)
-        wait_for(lambda: len(audio.output_chunks) > chunks_before_reply)
-        # A typed turn (over the reply, interrupting it) that needs the client tool,
+        wait_for(lambda: len(audio.output_chunks) > chunks_before_reply, "the reply's first audio")
+        # A typed turn (over the reply, which is still playing: it interrupts it) that needs the client tool,
         # which the SDK runs and answers by itself.
         conversation.send_user_message("what time is it? use the tool")
-        wait_for(lambda: len(responses) >= 3)
+        wait_for(lambda: len(responses) >= 3, "the tool's reply")
         conversation.send_contextual_update("the user is on the pricing page")
-        wait_for(lambda: bool(latencies))
+        wait_for(lambda: bool(latencies), "a latency measurement")
     finally:
         conversation.end_session()
     conversation_id = conversation.wait_for_session_end()
@@ -158,8 +163,8 @@ def run_sdk_conversation(url: str, *, requires_auth: bool) -> dict[str, Any]:
 
 @pytest.mark.parametrize("requires_auth", [True, False], ids=["signed-url", "public"])
 async def test_official_sdk_completes_a_conversation_with_the_simulator(sim_url: str, requires_auth: bool) -> None:
-    await sim_faults(sim_url, response_latency_ms=50, ping_interval_s=0.2)
-    with trio.fail_after(20):
+    await sim_faults(sim_url, response_latency_ms=50, ping_interval_s=0.2, **SLOW_SPEECH)
+    with trio.fail_after(45):
         result = await trio.to_thread.run_sync(partial(run_sdk_conversation, sim_url, requires_auth=requires_auth))
 
     assert result["conversation_id"].startswith("conv_")

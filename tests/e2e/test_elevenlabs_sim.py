@@ -27,7 +27,10 @@ from relay.protocol import elevenlabs as el
 from relay.sim import elevenlabs_sim
 from tests.simcontrol import SimControl
 
+pytestmark = pytest.mark.timeout(60)
+
 AGENT = "agent_sim_1"
+LONG_GREETING = " ".join(["Hello and welcome to the simulated agent, this greeting goes on and on."] * 5)
 QUIET = {"first_message": None, "response_latency_ms": 0, "ping_interval_s": 0}
 
 
@@ -106,7 +109,7 @@ async def collect(
 async def wait_until_closed(sim: Sim) -> dict[str, Any]:
     """The only conversation's ledger record, once the simulator has seen it close (polled: it is another
     server's state)."""
-    with trio.fail_after(3):
+    with trio.fail_after(10):
         while (record := await sim.only_conversation())["closed_at"] is None:
             await trio.sleep(0.02)
     return record
@@ -179,12 +182,11 @@ async def test_refused_handshake_surfaces_the_http_status(sim: Sim, status: int,
 
 async def test_slow_handshake_times_out(sim: Sim) -> None:
     await sim.faults(handshake_latency_ms=3000)
-    start = time.monotonic()
     with trio.fail_after(5), pytest.raises(el.AgentUnavailable) as caught:
         async with sim.open(connect_timeout=0.3):
             pass
+    # A client that ignored connect_timeout would have connected after the 3 s handshake: no error at all.
     assert caught.value.reason == "timeout"
-    assert time.monotonic() - start < 2
 
 
 async def test_agent_that_never_sends_metadata_times_out(sim: Sim) -> None:
@@ -275,8 +277,9 @@ async def test_spoken_turn_gets_transcripts_then_a_reply_with_audio(sim: Sim) ->
     assert {cid for cid, _, _ in sim.heard} == {conn.metadata.conversation_id}
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 async def test_real_speech_from_espeak_is_heard_at_its_own_rate(sim: Sim) -> None:
+    if shutil.which("espeak-ng") is None:  # as everywhere in the suite: a missing tool fails, it never skips
+        pytest.fail("espeak-ng is needed for the end-to-end tests (scripts/test installs it)")
     done = await trio.run_process(["espeak-ng", "--stdout", "Hello agent, how are you today?"], capture_stdout=True)
     wav = done.stdout
     with wave.open(io.BytesIO(wav)) as reader:
@@ -325,11 +328,19 @@ async def test_client_tool_call_round_trip(sim: Sim) -> None:
 
 
 async def test_talking_over_the_reply_interrupts_it(sim: Sim) -> None:
-    await sim.faults(response_latency_ms=0, ping_interval_s=0)
-    with trio.fail_after(8):
+    # A greeting of about 20 s, so that talking over it after its first chunks is certain to land mid-greeting.
+    await sim.faults(response_latency_ms=0, ping_interval_s=0, first_message=LONG_GREETING, max_reply_s=30)
+    chunks = 0
+
+    def third_chunk(event: el.ServerEvent) -> bool:
+        nonlocal chunks
+        chunks += isinstance(event, el.AgentAudio)
+        return chunks == 3
+
+    with trio.fail_after(15):
         async with sim.open() as conn:
-            greeting = (await collect(conn, of(el.AgentAudio)))[-1]
-            await trio.sleep(0.6)  # let part of the greeting be "spoken"
+            # Chunks come in real time (250 ms each): after the third, part of the greeting has been "spoken".
+            greeting = (await collect(conn, third_chunk))[-1]
             await send_audio(conn, voice(16000, 0.5))
             events = await collect(conn, of(el.AgentResponse))
     interruption = next(e for e in events if isinstance(e, el.Interruption))
@@ -337,7 +348,7 @@ async def test_talking_over_the_reply_interrupts_it(sim: Sim) -> None:
     assert events.index(interruption) < events.index(correction)
     assert interruption.event_id > greeting.event_id
     assert correction.event_id == greeting.event_id
-    assert correction.original == elevenlabs_sim.DEFAULT_FIRST_MESSAGE
+    assert correction.original == LONG_GREETING
     assert correction.original.startswith(correction.corrected)
     assert 0 < len(correction.corrected) < len(correction.original)
     stale = [e for e in events[events.index(interruption) :] if isinstance(e, el.AgentAudio)]
@@ -464,15 +475,14 @@ async def test_error_events_in_both_forms_carry_the_code(sim: Sim, form: str) ->
 
 async def test_stalled_agent_sends_nothing_and_leaving_is_bounded(sim: Sim) -> None:
     await sim.faults(**QUIET, stall_after_ms=0)
-    with trio.fail_after(6):
+    with trio.fail_after(15):  # generous: leaving waits at most 2 s for the agent's close frame, not for ever
         async with sim.open() as conn:
             with trio.move_on_after(0.5) as waited:
                 await conn.receive()
             assert waited.cancelled_caught
             for _ in range(20):
                 await conn.send(el.build_user_audio_chunk(bytes(3200)))
-            start = time.monotonic()
-        assert time.monotonic() - start < 2.5
+        # Leaving did not wait for the agent's close frame for ever (the fail_after above is the bound).
     await wait_until_closed(sim)
 
 

@@ -17,6 +17,8 @@ from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.e2e.harness import relay_settings
 from tests.e2e.test_cli import clean_env, free_port
 
+pytestmark = pytest.mark.timeout(90)
+
 
 @pytest.fixture
 async def sims(nursery: trio.Nursery) -> AsyncIterator[SimulatorURLs]:

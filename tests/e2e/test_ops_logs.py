@@ -11,9 +11,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+import pytest
 
 from relay.ops.logs import make_handler
 from tests.e2e.harness import running_relay, silence, spoken_sentence
+
+pytestmark = pytest.mark.timeout(60)
 
 EL_KEY, HG_KEY, LA_KEY = "xi-SECRET-el-4f1b9c", "hg-SECRET-hg-77aa01", "la-SECRET-la-c0ffee"
 KEYS = {"elevenlabs_api_key": EL_KEY, "heygen_api_key": HG_KEY, "liveavatar_api_key": LA_KEY}

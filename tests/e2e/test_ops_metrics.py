@@ -11,6 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import Relay, running_relay, silence
 
+pytestmark = pytest.mark.timeout(60)
+
 FRAME = 640  # 20 ms of PCM16 at 16 kHz
 
 
@@ -32,8 +34,8 @@ def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
 
 async def wait_for(relay: Relay, name: str, expected: float, **labels: str) -> dict[Any, float]:
     """Scrape until `name{labels}` reaches `expected` (the end of a conversation is counted a moment after the
-    browser is told `ended`)."""
-    with trio.move_on_after(5):
+    browser is told `ended`); the last scrape after a generous 10 s (the caller's assertions then fail)."""
+    with trio.move_on_after(10):
         while True:
             samples = await scrape(relay)
             if value(samples, name, **labels) >= expected:
@@ -55,8 +57,8 @@ async def test_metrics_count_a_text_mode_conversation_exactly() -> None:
             await browser.expect("agent_response", where=lambda m: "opening hours" in m["text"])
             await browser.expect("avatar_speaking")
             await browser.stream(silence(0.5), chunk_bytes=FRAME, pause=0.002)
-            await trio.sleep(0.35)  # a few pings with ping_ms
-            live = await scrape(relay)
+            await wait_for(relay, "avatar_relay_agent_ping_seconds_count", 2)  # a few pings with ping_ms
+            live = await wait_for(relay, "avatar_relay_audio_frames_total", 25, direction="upstream")
             # Counted while the conversation runs, not only at its end.
             assert value(live, "avatar_relay_audio_frames_total", direction="upstream") == 25
             assert value(live, "avatar_relay_audio_bytes_total", direction="upstream") == 25 * FRAME
@@ -80,15 +82,19 @@ async def test_metrics_count_a_text_mode_conversation_exactly() -> None:
     assert value(samples, "avatar_relay_avatar_sessions_created_total", provider="heygen") == 1
     assert value(samples, "avatar_relay_avatar_sessions_stopped_total", provider="heygen") == 1
     assert value(samples, "avatar_relay_avatar_sessions_stop_failed_total", provider="heygen") == 0
-    assert value(samples, "avatar_relay_setup_seconds_count") == 1
-    assert 0 < value(samples, "avatar_relay_setup_seconds_sum") < 5
+    # Times are checked for their structure, not their size (the machine may be slow): each is a part of the
+    # conversation's lifetime.
+    lifetime = value(samples, "avatar_relay_conversation_duration_seconds_sum")
     assert value(samples, "avatar_relay_conversation_duration_seconds_count") == 1
+    assert value(samples, "avatar_relay_setup_seconds_count") == 1
+    assert 0 < value(samples, "avatar_relay_setup_seconds_sum") < lifetime
     # The greeting and the reply each reached the avatar as a speak task.
     assert value(samples, "avatar_relay_text_to_avatar_seconds_count") == 2
-    assert 0 < value(samples, "avatar_relay_text_to_avatar_seconds_sum") < 2
+    assert 0 < value(samples, "avatar_relay_text_to_avatar_seconds_sum") < lifetime
     assert value(samples, "avatar_relay_audio_to_avatar_seconds_count") == 0
-    assert value(samples, "avatar_relay_agent_ping_seconds_count") >= 2
-    assert value(samples, "avatar_relay_agent_ping_seconds_sum") < 1
+    # Every ping the agent sent with a measured round trip, and no other.
+    assert 2 <= value(samples, "avatar_relay_agent_ping_seconds_count") <= agent["pings"]
+    assert value(samples, "avatar_relay_agent_ping_seconds_sum") < lifetime
     assert value(samples, "avatar_relay_conversations_degraded_total") == 0
     assert value(samples, "avatar_relay_ready") == 1
     assert value(samples, "avatar_relay_info", version="0.1.0", avatar="heygen", demo_mode="false") == 1
@@ -104,7 +110,8 @@ async def test_audio_mode_times_the_first_chunk_of_each_reply_reaching_the_avata
         samples = await wait_for(relay, "avatar_relay_conversations_ended_total", 1, reason="client_stop")
         await relay.wait_all_sessions_stopped("liveavatar")
     assert value(samples, "avatar_relay_audio_to_avatar_seconds_count") == 1  # the greeting
-    assert 0 <= value(samples, "avatar_relay_audio_to_avatar_seconds_sum") < 1
+    assert 0 <= value(samples, "avatar_relay_audio_to_avatar_seconds_sum") < \
+        value(samples, "avatar_relay_conversation_duration_seconds_sum")
     assert value(samples, "avatar_relay_text_to_avatar_seconds_count") == 0
     assert value(samples, "avatar_relay_avatar_sessions_created_total", provider="liveavatar") == 1
     assert value(samples, "avatar_relay_avatar_sessions_stopped_total", provider="liveavatar") == 1

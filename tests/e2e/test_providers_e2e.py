@@ -3,10 +3,20 @@ and voice only. The simulators' ledgers are the proof: durations, interruptions,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
 from tests.e2e.harness import running_relay, silence, spoken_sentence
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def only_session(ledger: dict[str, Any]) -> dict[str, Any]:
+    """The one session of an avatar simulator's ledger (fails if there is none yet, or more than one)."""
+    (session,) = ledger["sessions"].values()
+    return session  # type: ignore[no-any-return]
 
 
 async def agent_audio_seconds(relay, conversation: int = 0) -> float:  # type: ignore[no-untyped-def]
@@ -45,7 +55,11 @@ async def test_liveavatar_interruption_sends_nothing_of_the_interrupted_turn_aft
             await browser.stream(spoken_sentence(rate) + silence(1.0, rate))
             await browser.expect("interruption")
             await browser.expect("agent_response_correction")
-            await trio.sleep(0.5)
+            # The reply to the interrupting turn reaches the avatar after anything still queued of the interrupted
+            # one (one socket, in order): once it is there, a stale chunk would have been counted.
+            await relay.wait_for_ledger(
+                "liveavatar", lambda ledger: len(only_session(ledger)["lite"]["events"]) >= 2,
+                "the reply to the interrupting turn to reach the avatar", timeout=20)
             await browser.send(type="stop")
             await browser.expect("ended")
         ledger = await relay.wait_all_sessions_stopped("liveavatar")
@@ -58,12 +72,14 @@ async def test_liveavatar_is_kept_alive() -> None:
     async with running_relay(relay_avatar="liveavatar", relay_keep_alive_interval=0.2) as relay:
         async with relay.browser() as browser:
             await browser.start()
-            await trio.sleep(0.9)
+            await relay.wait_for_ledger("liveavatar", lambda ledger: only_session(ledger)["lite"]["keep_alives"] >= 3,
+                                        "three keep-alives on the LiveAvatar socket")
             await browser.send(type="stop")
             await browser.expect("ended")
         ledger = await relay.wait_all_sessions_stopped("liveavatar")
         (session,) = ledger["sessions"].values()
         assert session["lite"]["keep_alives"] >= 3
+        assert session["rest_keep_alives"] >= 3  # and over REST
 
 
 async def test_liveavatar_socket_closing_mid_conversation_degrades_to_voice_and_stops_the_session() -> None:

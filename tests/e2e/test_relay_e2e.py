@@ -1,14 +1,25 @@
 """The relay end to end: real hypercorn server, real simulators, real sockets on loopback.
 
-Every test ends by checking the avatar simulator's ledger: every session the relay created was stopped.
+Every test ends by checking the avatar simulator's ledger: every session the relay created was stopped. The relay
+runs with its production defaults, the session journal included.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import trio
 
 from tests.e2e.harness import running_relay, silence, spoken_sentence
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def only_session(ledger: dict[str, Any]) -> dict[str, Any]:
+    """The one session of a HeyGen simulator ledger (fails if there is not exactly one)."""
+    (session,) = ledger["sessions"].values()
+    return session  # type: ignore[no-any-return]
 
 
 async def test_a_spoken_turn_reaches_the_agent_and_the_avatar_speaks_the_reply() -> None:
@@ -58,14 +69,15 @@ async def test_a_typed_message_gets_a_spoken_reply() -> None:
         assert conversation["closed_by"] == "client"  # quart-trio never shows the app a client close code
 
 
-async def test_stop_is_answered_with_ended_promptly() -> None:
+async def test_stop_mid_greeting_is_answered_with_ended_and_stops_the_session() -> None:
     async with running_relay() as relay:
         async with relay.browser() as browser:
             await browser.start()
             await browser.expect("avatar_speaking")
             await browser.send(type="stop")
-            with trio.fail_after(1.0):  # the avatar stop and the agent close are quick on loopback
-                await browser.expect("ended")
+            assert await browser.expect("ended") == {"type": "ended", "reason": "client_stop"}
+        ledger = await relay.wait_all_sessions_stopped("heygen")
+        assert only_session(ledger)["stop_requests"] == 1
 
 
 async def test_talking_over_the_reply_interrupts_the_avatar() -> None:
@@ -94,7 +106,8 @@ async def test_the_browser_interrupt_button_reaches_the_avatar() -> None:
             await browser.start()
             await browser.expect("avatar_speaking")  # the greeting
             await browser.send(type="interrupt")
-            await trio.sleep(0.3)
+            await relay.wait_for_ledger("heygen", lambda ledger: only_session(ledger)["interrupts"]["count"] >= 1,
+                                        "the interrupt to reach the HeyGen simulator")
             await browser.send(type="stop")
             await browser.expect("ended")
         ledger = await relay.wait_all_sessions_stopped("heygen")
@@ -140,24 +153,39 @@ async def test_liveavatar_gets_the_agents_own_audio_at_24khz() -> None:
 @pytest.mark.parametrize("phase", ["before_start", "during_new", "during_start", "after_ready", "mid_speech"])
 async def test_browser_vanishing_at_each_phase_leaves_no_session_running(phase: str) -> None:
     async with running_relay() as relay:
+        # The slow answers hold the conversation in its phase while the browser leaves; the waits below make sure
+        # the phase was reached, and the ledger checks at the end that it was not passed.
         if phase == "during_new":
-            await relay.faults("heygen", latency_ms={"streaming.new": 400})
+            await relay.faults("heygen", latency_ms={"streaming.new": 1500})
         if phase == "during_start":
-            await relay.faults("heygen", latency_ms={"streaming.start": 400})
+            await relay.faults("heygen", latency_ms={"streaming.start": 1500})
         async with relay.browser() as browser:
             if phase != "before_start":
                 await browser.send(type="start")
-            if phase in ("during_new", "during_start"):
-                await trio.sleep(0.2)
+            if phase == "during_new":  # the simulator creates the session, then delays the answer
+                await relay.wait_for_ledger("heygen", lambda ledger: ledger["totals"]["created"] == 1,
+                                            "streaming.new in flight")
+            if phase == "during_start":
+                await relay.wait_for_ledger("heygen", lambda ledger: ledger["totals"]["started"] == 1,
+                                            "streaming.start in flight")
             if phase in ("after_ready", "mid_speech"):
                 await browser.expect("ready")
             if phase == "mid_speech":
                 await browser.expect("avatar_speaking")
             await browser.ws.aclose()
-        await trio.sleep(0.5)  # a session whose `streaming.new` answer arrives late is stopped too
+        # A session whose `streaming.new` answer arrives after the browser left is stopped too.
         ledger = await relay.wait_all_sessions_stopped("heygen")
-        if phase != "before_start":
-            assert ledger["totals"]["created"] == 1
+        if phase == "before_start":
+            assert ledger["totals"]["created"] == 0
+            assert (await relay.ledger("elevenlabs"))["conversations"] == []
+            return
+        session = only_session(ledger)
+        if phase == "during_new":
+            assert session["started_at"] is None  # nothing more was asked of a session nobody waits for
+        if phase in ("during_new", "during_start"):
+            assert session["tasks"] == []  # the browser left before the greeting could be spoken
+        if phase == "mid_speech":
+            assert len(session["tasks"]) >= 1
 
 
 @pytest.mark.parametrize("code", [1002, 1008, 1011])
@@ -218,7 +246,8 @@ async def test_heygen_dying_mid_conversation_degrades_to_voice() -> None:
         async with relay.browser() as browser:
             await browser.start()
             await relay.faults("heygen", idle_timeout_s=0.2)
-            await trio.sleep(0.5)  # the simulator expires the session
+            await relay.wait_for_ledger("heygen", lambda ledger: ledger["totals"]["expired"] == 1,
+                                        "the simulator to expire the idle session")
             await browser.send(type="text", text="are you still there")
             notice = await browser.expect("avatar_unavailable")
             assert notice["reason"] == "session_ended"
@@ -243,3 +272,39 @@ async def test_many_conversations_at_once_all_end_with_their_sessions_stopped() 
                 nursery.start_soon(one, i)
         ledger = await relay.wait_all_sessions_stopped("heygen")
         assert ledger["totals"]["created"] == 20
+
+
+async def test_the_journal_holds_a_running_session_and_forgets_it_once_stopped() -> None:
+    async with running_relay() as relay:
+        async with relay.browser() as browser:
+            await browser.start()
+            ledger = await relay.ledger("heygen")
+            (session_id,) = ledger["sessions"]
+            with trio.fail_after(10):  # the row is written on a worker thread, alongside streaming.start
+                while relay.journal_rows() != [("heygen", session_id)]:
+                    await trio.sleep(0.02)
+            await browser.send(type="stop")
+            await browser.expect("ended")
+        await relay.wait_all_sessions_stopped("heygen")
+        with trio.fail_after(10):
+            while relay.journal_rows():
+                await trio.sleep(0.02)
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journaled", "unjournaled"])
+async def test_a_failing_streaming_start_degrades_to_voice_and_stops_the_created_session(journal: bool) -> None:
+    async with running_relay(relay_journal=journal) as relay:
+        await relay.faults("heygen", fail={"streaming.start": {"status": 500, "code": 500, "message": "down"}})
+        await relay.faults("elevenlabs", first_message="")
+        async with relay.browser() as browser:
+            await browser.send(type="start")
+            notice = await browser.expect("avatar_unavailable")
+            assert notice["reason"] == "upstream_error"
+            assert (await browser.expect("ready"))["avatar"] is None
+            await browser.send(type="text", text="can you hear me")
+            await browser.expect("agent_response")
+            await browser.wait_for_audio()
+            await browser.send(type="stop")
+            assert await browser.expect("ended") == {"type": "ended", "reason": "client_stop"}
+        ledger = await relay.wait_all_sessions_stopped("heygen")
+        assert ledger["totals"]["created"] == 1

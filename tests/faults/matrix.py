@@ -24,8 +24,10 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
+from trio_websocket import ConnectionClosed
 
-from relay.server.serving import set_send_timeout
+from relay.config import Settings
+from relay.server.serving import hypercorn_config
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app, relay_state
 from tests.e2e.harness import BrowserClient, Relay, relay_settings
@@ -49,43 +51,41 @@ class FaultRelay(Relay):
         return len(self.app.nursery.child_tasks)
 
 
-class SocketTestConfig(Config):
-    """hypercorn Config whose listening socket (so every accepted socket) gets TCP_USER_TIMEOUT, as `avatar-relay
-    serve` sets it, and/or a small send buffer, so a client that stops reading blocks the relay within a second
-    instead of after megabytes."""
+def production_config(settings: Settings, *, tcp_send_timeout: float | None = None,
+                      tcp_send_buffer: int | None = None) -> Config:
+    """The hypercorn Config `avatar-relay serve` builds (`relay.server.serving.hypercorn_config`: TCP_USER_TIMEOUT =
+    RELAY_SEND_TIMEOUT, or `tcp_send_timeout`, on the listening socket, so on every accepted one) on loopback, any
+    free port. `tcp_send_buffer` also shrinks the listening socket's send buffer, so a client that stops reading
+    blocks the relay within a second instead of after megabytes."""
+    send_timeout = settings.relay_send_timeout if tcp_send_timeout is None else tcp_send_timeout
+    config = hypercorn_config("127.0.0.1", 0, 3.0, send_timeout)
+    if tcp_send_buffer is not None:
+        create_sockets = config.create_sockets
 
-    send_timeout: float | None = None
-    send_buffer: int | None = None
+        def with_small_send_buffer():  # type: ignore[no-untyped-def]
+            sockets = create_sockets()
+            for sock in sockets.insecure_sockets:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, tcp_send_buffer)
+            return sockets
 
-    def create_sockets(self):  # type: ignore[no-untyped-def]
-        sockets = super().create_sockets()
-        for sock in sockets.insecure_sockets:
-            if self.send_timeout is not None:
-                assert set_send_timeout(sock, self.send_timeout)
-            if self.send_buffer is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-        return sockets
+        config.create_sockets = with_small_send_buffer  # type: ignore[method-assign]
+    return config
 
 
 @asynccontextmanager
 async def running_fault_relay(*, tcp_send_timeout: float | None = None, tcp_send_buffer: int | None = None,
                               **overrides: Any) -> AsyncIterator[FaultRelay]:
-    """`tests.e2e.harness.running_relay` with the app exposed, short timeouts and a private state directory
-    (socket options: see SocketTestConfig)."""
+    """`tests.e2e.harness.running_relay` with the app exposed, short timeouts, the session journal on (as in
+    production) in a private state directory, and the production socket options (see `production_config`)."""
     with tempfile.TemporaryDirectory(prefix="relay-state-") as state:
         async with trio.open_nursery() as nursery:
             sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
-            config = SocketTestConfig()
-            config.send_timeout = tcp_send_timeout
-            config.send_buffer = tcp_send_buffer
-            config.bind = ["127.0.0.1:0"]
-            config.accesslog = None
-            config.graceful_timeout = 3.0
-            app = create_app(relay_settings(sims, **{"relay_state_dir": state, "relay_journal": True, **FAST,
-                                                          **overrides}))
+            settings = relay_settings(sims, **{"relay_state_dir": state, "relay_journal": True, **FAST, **overrides})
+            config = production_config(settings, tcp_send_timeout=tcp_send_timeout, tcp_send_buffer=tcp_send_buffer)
+            app = create_app(settings)
             binds = await nursery.start(serve, app, config)
             async with httpx2.AsyncClient(timeout=5.0) as http:
-                yield FaultRelay(binds[0], sims, http, app)
+                yield FaultRelay(binds[0], sims, http, app, settings=settings)
             nursery.cancel_scope.cancel()
 
 
@@ -181,6 +181,7 @@ class Scenario:
     faults: dict[str, dict[str, Any]] = field(default_factory=dict)
     expect_error: str | None = None  # the `error` code the faulty browser must see (None: not checked)
     expect_ended: str | None = None
+    expect_degraded: bool = False  # the faulty browser is told `avatar_unavailable` and the conversation goes on
     expect_created: int | None = None  # sessions created for the faulty conversation
     expect_requests: dict[str, int] = field(default_factory=dict)  # provider simulator request counts
     settings: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +225,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("heygen 500 on streaming.new (not retried)", _talk_then_stop,
              faults={"heygen": {"fail": {"streaming.new": {"status": 500}}}, **NO_GREETING},
              expect_created=0, expect_ended="client_stop", expect_requests={"streaming.new": 2}),
+    Scenario("heygen 500 on streaming.start (journaled)", _talk_then_stop,
+             faults={"heygen": {"fail": {"streaming.start": {"status": 500}}}, **NO_GREETING}, expect_created=1,
+             expect_degraded=True, expect_ended="client_stop"),
     Scenario("heygen streaming.new times out", _talk_then_stop,
              faults={"heygen": {"hang": ["streaming.new"]}, **NO_GREETING}, expect_created=0,
              expect_ended="client_stop"),
@@ -245,6 +249,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("liveavatar agent closes 1011", _start_and_wait_for_end, provider="liveavatar",
              faults={"elevenlabs": {"close_code": 1011, "close_reason": "fault", "close_after_ms": 300}},
              expect_error="agent_error", expect_created=1),
+    Scenario("liveavatar 500 on start (journaled)", _talk_then_stop, provider="liveavatar",
+             faults={"liveavatar": {"fail": {"start": {"status": 500}}}, **NO_GREETING}, expect_created=1,
+             expect_degraded=True, expect_ended="client_stop"),
     Scenario("liveavatar 429 + Retry-After on stop", _stop_after_ready, provider="liveavatar",
              faults={"liveavatar": {"fail": {"stop": {"status": 429, "retry_after": 0.3, "times": 1}}}},
              expect_created=1, expect_requests={"stop": 3}),
@@ -261,6 +268,7 @@ class Measurement:
     relay_back_to_baseline: bool
     error: str | None
     ended: str | None
+    avatar_unavailable: str | None  # the reason the faulty browser was given, if it was told
     faulty_created: int
     requests: dict[str, int]
 
@@ -317,9 +325,10 @@ async def run_scenario(scenario: Scenario) -> Measurement:
                         await relay.faults(name, **undo)
                 faulty_done.set()
             ledger = await relay.wait_all_sessions_stopped(scenario.provider, timeout=10.0)
-            while relay.open_conversations or relay.background_tasks > baseline_tasks:
+        with trio.move_on_after(10.0):  # a leaked conversation or task never goes away: then `back` is False
+            while not _at_baseline(relay, baseline_tasks):
                 await trio.sleep(0.02)
-        back = relay.open_conversations == 0 and relay.background_tasks <= baseline_tasks
+        back = _at_baseline(relay, baseline_tasks)
         sessions = ledger["sessions"]
         faulty_sessions = {k: v for k, v in sessions.items() if k != healthy.get("session_id")}
         cleanup = max((stopped_at(s) or 0.0) - faulty["t_end"] for s in faulty_sessions.values()) \
@@ -329,7 +338,13 @@ async def run_scenario(scenario: Scenario) -> Measurement:
             stopped=sum(1 for s in sessions.values() if stopped_at(s) is not None),
             cleanup_seconds=max(0.0, cleanup), healthy_completed=healthy.get("ended") == "client_stop",
             relay_back_to_baseline=back, error=faulty.get("error"), ended=faulty.get("ended"),
-            faulty_created=len(faulty_sessions), requests=dict(ledger.get("requests", {})))
+            avatar_unavailable=faulty.get("avatar_unavailable"), faulty_created=len(faulty_sessions),
+            requests=dict(ledger.get("requests", {})))
+
+
+def _at_baseline(relay: FaultRelay, baseline_tasks: int) -> bool:
+    """No conversation open in the registry and no task beyond the baseline in the app's nursery."""
+    return relay.open_conversations == 0 and relay.background_tasks <= baseline_tasks
 
 
 async def _wait_faulty_sessions_stopped(relay: FaultRelay, provider: str, healthy_session: str | None) -> None:
@@ -354,10 +369,16 @@ async def _faulty_capturing(relay: FaultRelay, scenario: Scenario, result: dict[
                 result.setdefault("error", msg["code"])
             elif msg["type"] == "ended":
                 result.setdefault("ended", msg["reason"])
+            elif msg["type"] == "avatar_unavailable":
+                result.setdefault("avatar_unavailable", msg["reason"])
             return msg
 
         browser.next_message = capturing  # type: ignore[method-assign]
-        result["t_end"] = await scenario.script(browser, relay)
+        try:
+            result["t_end"] = await scenario.script(browser, relay)
+        except ConnectionClosed as closed:
+            raise AssertionError(f"{scenario.name}: the relay closed the faulty browser's socket before the script "
+                                 f"was done ({closed.reason}); the browser saw {result}") from None
         if "ended" not in result and not browser.ws.closed:
             with trio.move_on_after(0.5):
                 while "ended" not in result:

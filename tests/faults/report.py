@@ -27,7 +27,8 @@ async def main(runs: int) -> int:
         created = sum(m.created for m in results)
         stopped = sum(m.stopped for m in results)
         leaks += created - stopped
-        seen = sorted({f"{m.error or '-'} / {m.ended or '(closed)'}" for m in results})
+        seen = sorted({("avatar_unavailable, " if m.avatar_unavailable else "")
+                       + f"{m.error or '-'} / {m.ended or '(closed)'}" for m in results})
         print(f"| {scenario.name} | {runs} | {created} | {stopped} | "
               f"{max(m.cleanup_seconds for m in results):.3f} | "
               f"{sum(m.healthy_completed for m in results)}/{runs} | "

@@ -1,6 +1,8 @@
 """Property-based fuzzing of client frames: thousands at the sans-io parser, hundreds through a whole conversation
 (the nursery with fake upstreams). Whatever a client sends, the relay answers with a parsed event or a clear
-protocol error, never crashes, and stops every avatar session it opened.
+protocol error, never crashes, tells the browser how it ended, and has stopped every avatar session it opened by the
+time the conversation returns (the fake provider's stop is an awaited step, so a stop that is cut short or left to
+run after the conversation is seen).
 
 Each test counts the examples it really ran and prints the count (pytest -s shows it; docs/reliability.md quotes
 it)."""
@@ -65,17 +67,22 @@ def test_the_parser_answers_every_text_frame_with_an_event_or_a_protocol_error()
     assert tried >= PARSER_EXAMPLES * PARSER_BATCH * 0.9
 
 
-async def _converse_with(frames: list[str | bytes]) -> tuple[list[dict[str, Any]], FakeProvider, Any]:
+async def _converse_with(frames: list[str | bytes]) -> tuple[list[dict[str, Any]], FakeProvider, Any, list[str],
+                                                             FakeBrowser]:
+    """Run one conversation that receives `frames` after `ready`, then `stop`. Returns the browser's text messages,
+    the provider, the conversation's record, the sessions stopped when `run_conversation` returned, the browser."""
     browser = FakeBrowser()
     provider = FakeProvider()
     agent = FakeAgent(el.ConversationMetadata("conv_fuzz", "pcm_16000", "pcm_16000"))
     up = Upstreams(settings=Settings(_env_file=None, relay_idle_timeout=5.0),  # type: ignore[call-arg]
                    http=None, provider=provider, open_agent=agent.open)  # type: ignore[arg-type]
     record: Any = None
+    stopped_on_return: list[str] = []
 
     async def run() -> None:
         nonlocal record
         record = await run_conversation(browser, up)
+        stopped_on_return.extend(provider.stopped)
 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -86,7 +93,7 @@ async def _converse_with(frames: list[str | bytes]) -> tuple[list[dict[str, Any]
                 await browser.send_raw(frame)
             await browser.send_json(type="stop")
     messages = [orjson.loads(f) for f in browser.drain() if isinstance(f, str)]
-    return messages, provider, record
+    return messages, provider, record, stopped_on_return, browser
 
 
 def test_any_frames_mid_conversation_end_it_cleanly_or_not_at_all() -> None:
@@ -97,11 +104,15 @@ def test_any_frames_mid_conversation_end_it_cleanly_or_not_at_all() -> None:
     def converse(frames: list[str | bytes]) -> None:
         nonlocal tried
         tried += 1
-        messages, provider, record = trio.run(_converse_with, frames)
+        messages, provider, record, stopped_on_return, browser = trio.run(_converse_with, frames)
         assert record.reason in ("client_stop", "protocol_error"), (record.reason, messages)
         errors = [m for m in messages if m["type"] == "error"]
         assert all(e["code"] == "protocol_error" and e["message"] for e in errors)
-        assert [s.info.session_id for s in provider.sessions] == provider.stopped  # every session stopped
+        assert messages[-1] == {"type": "ended", "reason": record.reason}
+        assert browser.closed_with == ((1000, "client_stop") if record.reason == "client_stop"
+                                       else (1008, "protocol_error"))
+        assert len(provider.sessions) == 1
+        assert stopped_on_return == ["s1"]  # its stop had finished, not cut short, when the conversation returned
 
     converse()
     print(f"conversation: {tried} frame sequences tried")

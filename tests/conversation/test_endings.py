@@ -1,0 +1,331 @@
+"""The ways a conversation ends that the happy-path tests do not reach: formats the relay cannot relay, a browser
+that never starts or stops reading, an agent that goes silent or breaks the protocol, a refused token, a shutdown,
+a browser that leaves while a send is failing. Each test asserts what the browser is told (error, ended, close code)
+and what reached the upstreams. Timeouts run on the autojump clock."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from relay.conversation.outbox import OUTBOX_FRAMES
+from relay.protocol import elevenlabs as el
+from tests.conversation.fakes import (
+    FakeAgent,
+    FakeProvider,
+    Harness,
+    metadata,
+    start_and_ready,
+    wait_until,
+    with_conversation,
+)
+
+
+async def expect_ending(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `error` and `ended` messages that end the conversation (nothing else is skipped but audio)."""
+    error = await h.browser.next_message()
+    assert isinstance(error, dict) and error["type"] == "error", error
+    ended = await h.browser.next_message()
+    assert isinstance(ended, dict)
+    return error, ended
+
+
+# ---- formats the relay cannot relay (z1) ---------------------------------------------------------------------------
+
+
+async def test_an_agent_that_wants_mu_law_input_is_refused_before_ready() -> None:
+    h = Harness(agent=FakeAgent(metadata(input_format="ulaw_8000")))
+
+    async def body(h: Harness) -> None:
+        await h.browser.send_json(type="start")
+        error, ended = await expect_ending(h)  # no `ready` before them
+        assert error == {"type": "error", "code": "agent_error",
+                         "message": "the agent expects ulaw_8000 input; only PCM input is supported"}
+        assert ended == {"type": "ended", "reason": "agent_error"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1011, "agent_error")
+    assert h.provider.stopped == ["s1"]
+    assert h.agent.closed
+
+
+@pytest.mark.parametrize(("input_format", "output_format", "bad"), [
+    ("pcm_16000", "mp3_44100", "mp3_44100"), ("pcm_16000", "ulaw_16000", "ulaw_16000"), ("opus_48000", "pcm_16000",
+                                                                                          "opus_48000")])
+async def test_an_agent_announcing_an_unknown_format_is_refused_before_ready(
+        input_format: str, output_format: str, bad: str) -> None:
+    h = Harness(agent=FakeAgent(metadata(input_format=input_format, output_format=output_format)))
+
+    async def body(h: Harness) -> None:
+        await h.browser.send_json(type="start")
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": "agent_error",
+                         "message": f"the agent announced an unsupported format: unknown audio format '{bad}'"}
+        assert ended == {"type": "ended", "reason": "agent_error"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1011, "agent_error")
+    assert h.provider.stopped == ["s1"]
+
+
+# ---- a browser that connects and never sends `start` (z2) ---------------------------------------------------------
+
+
+async def test_a_browser_that_never_sends_start_is_ended_after_the_idle_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(relay_idle_timeout=20)
+    t0 = trio.current_time()
+
+    async def body(h: Harness) -> None:
+        error, ended = await expect_ending(h)
+        assert trio.current_time() - t0 == pytest.approx(20)
+        assert error == {"type": "error", "code": "timeout", "message": "no 'start' message received"}
+        assert ended == {"type": "ended", "reason": "timeout"}
+
+    await with_conversation(h, body, limit=100)
+    assert h.browser.closed_with == (1000, "timeout")
+    assert h.provider.open_calls == 0 and h.agent.open_calls == 0
+    assert h.ended is not None and h.ended.reason == "timeout"
+
+
+# ---- a browser that stops reading (z4) -----------------------------------------------------------------------------
+
+
+async def test_a_full_outbox_ends_the_conversation_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    # The send watchdog would end it only after relay_send_timeout (1000 s): the full queue must end it first.
+    h = Harness(relay_send_timeout=1000, relay_idle_timeout=5000)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        h.browser.stall()
+        t0 = trio.current_time()
+        for n in range(OUTBOX_FRAMES + 2):  # one is blocked in the socket's send, OUTBOX_FRAMES wait in the queue
+            await h.agent.emit(el.UserTranscript(f"words {n}", n, final=True))
+        await wait_until(lambda: h.ended is not None)
+        assert trio.current_time() - t0 == pytest.approx(1.0)  # at once, then 1 s trying to tell the browser
+
+    await with_conversation(h, body, limit=100)
+    assert h.ended is not None
+    assert (h.ended.reason, h.ended.error) == ("timeout", "timeout")
+    assert h.ended.message == "the browser stopped reading; conversation ended"
+    assert h.provider.stopped == ["s1"]
+
+
+async def test_a_browser_behind_on_audio_loses_audio_not_the_conversation(
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(relay_send_timeout=1000, relay_idle_timeout=5000)
+    h.provider = None  # type: ignore[assignment]
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        h.browser.stall()
+        for _ in range(OUTBOX_FRAMES + 50):  # more audio than the outbox holds
+            await h.agent.emit(el.AgentAudio(b"\x01\x00" * 160, 3))
+        await h.agent.emit(el.Ping(9, None))
+        await wait_until(lambda: bool(h.agent.sent_of("pong")))  # the agent pump is still going
+        assert h.ended is None
+        h.browser.stalled = False  # it reads again (the send blocked meanwhile is not resumed)
+        await h.browser.send_json(type="stop")
+        assert await h.browser.expect("ended") == {"type": "ended", "reason": "client_stop"}
+
+    await with_conversation(h, body, limit=100)
+    assert h.record is not None and h.record.reason == "client_stop"
+
+
+# ---- the agent's side ----------------------------------------------------------------------------------------------
+
+
+async def test_an_agent_that_goes_silent_ends_as_agent_error(autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(relay_agent_silence_timeout=30, relay_idle_timeout=1000)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        t0 = trio.current_time()
+        error, ended = await expect_ending(h)
+        assert trio.current_time() - t0 == pytest.approx(30, abs=5)  # the deadline moves lazily, by up to 1/8
+        assert error == {"type": "error", "code": "agent_error", "message": "the agent sent nothing for 30 s"}
+        assert ended == {"type": "ended", "reason": "agent_error"}
+
+    await with_conversation(h, body, limit=200)
+    assert h.browser.closed_with == (1011, "agent_error")
+    assert h.provider.stopped == ["s1"]
+
+
+async def test_the_agents_error_message_is_carried_to_the_browser() -> None:
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.emit(el.AgentErrorEvent(1002, "received 1002 (protocol error) LLM quota exceeded", None))
+        await h.agent.close_with(1000, "")  # even a normal close is an error after an error event
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": "agent_error",
+                         "message": "the agent closed the conversation (1000 ): "
+                                    "received 1002 (protocol error) LLM quota exceeded",
+                         "agent_close_code": 1000, "agent_close_reason": ""}
+        assert ended == {"type": "ended", "reason": "agent_error"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1011, "agent_error")
+
+
+@pytest.mark.parametrize(("refusal", "code", "message", "extra"), [
+    (el.AgentClosed(1008, "override_error"), "agent_error", "the agent closed during set-up (1008 override_error)",
+     {"agent_close_code": 1008, "agent_close_reason": "override_error"}),
+    (el.AgentProtocolError("first message was not conversation_initiation_metadata"), "agent_error",
+     "the agent broke the protocol: first message was not conversation_initiation_metadata", {}),
+    (el.AgentUnavailable("rate_limited", "ElevenLabs refused (HTTP 429)", 429), "upstream_unavailable",
+     "the voice agent is unavailable: ElevenLabs refused (HTTP 429)", {}),
+])
+async def test_an_agent_failing_during_set_up_is_explained_to_the_browser(
+        refusal: Exception, code: str, message: str, extra: dict[str, Any],
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(agent=FakeAgent(metadata(), connect_delay=1, refuse=refusal))
+
+    async def body(h: Harness) -> None:
+        await h.browser.send_json(type="start")
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": code, "message": message, **extra}
+        assert ended == {"type": "ended", "reason": code}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == ((1011, code) if code == "agent_error" else (1013, code))
+    assert h.provider.stopped == ["s1"]
+
+
+async def test_a_set_up_slower_than_the_setup_timeout_is_upstream_unavailable(
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(agent=FakeAgent(metadata(), connect_delay=60), relay_setup_timeout=10)
+    t0 = trio.current_time()
+
+    async def body(h: Harness) -> None:
+        await h.browser.send_json(type="start")
+        error, ended = await expect_ending(h)
+        assert trio.current_time() - t0 == pytest.approx(10)
+        assert error == {"type": "error", "code": "upstream_unavailable",
+                         "message": "the upstream services took too long to set up"}
+        assert ended == {"type": "ended", "reason": "upstream_unavailable"}
+
+    await with_conversation(h, body, limit=100)
+    assert h.browser.closed_with == (1013, "upstream_unavailable")
+    assert h.provider.stopped == ["s1"]
+    assert not h.agent.opened
+
+
+async def test_an_unexpected_failure_is_an_internal_error_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(agent=FakeAgent(metadata(), refuse=KeyError("bug")))
+
+    async def body(h: Harness) -> None:
+        await h.browser.send_json(type="start")
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": "internal", "message": "internal error"}  # no detail leaks
+        assert ended == {"type": "ended", "reason": "internal"}
+
+    with caplog.at_level(logging.ERROR, logger="relay.conversation"):
+        await with_conversation(h, body)
+    assert h.browser.closed_with == (1011, "internal")
+    assert [r.getMessage().startswith("internal error in conversation") for r in caplog.records] == [True]
+
+
+# ---- refused token (m4) --------------------------------------------------------------------------------------------
+
+
+def only_token_good(token: str | None) -> str | None:
+    """An `authorize` that lets in the token "good" only."""
+    return None if token == "good" else "invalid or expired token"
+
+
+async def test_a_refused_token_ends_the_conversation_before_anything_upstream_is_called() -> None:
+    h = Harness(authorize=only_token_good)
+
+    async def body(h: Harness) -> None:
+        await h.browser.send_json(type="start", token="forged")
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": "unauthorized", "message": "invalid or expired token"}
+        assert ended == {"type": "ended", "reason": "unauthorized"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1008, "unauthorized")
+    assert h.agent.open_calls == 0
+    assert h.provider.open_calls == 0
+
+
+async def test_an_accepted_token_lets_the_conversation_in() -> None:
+    h = Harness(authorize=only_token_good)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h, token="good")
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1000, "client_stop")
+    assert h.agent.open_calls == 1 and h.provider.open_calls == 1
+
+
+# ---- stale audio after an interruption (m3c) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("avatar", ["voice_only", "simulated_text_avatar", "simulated_audio_avatar"])
+async def test_stale_audio_of_an_interrupted_turn_is_not_sent_to_the_browser(avatar: str) -> None:
+    provider = None if avatar == "voice_only" else FakeProvider(simulated=True,
+                                                                takes_audio=avatar == "simulated_audio_avatar")
+    h = Harness(provider=provider)
+    h.provider = provider  # type: ignore[assignment]
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.emit(el.AgentAudio(b"\x03\x00" * 8, 3))
+        await h.agent.emit(el.Interruption(4))
+        await h.agent.emit(el.AgentAudio(b"\x33\x00" * 8, 3))  # stale: turn 3 was interrupted
+        await h.agent.emit(el.AgentAudio(b"\x04\x00" * 8, 4))
+        received: list[Any] = []
+        while b"\x04\x00" * 8 not in received:
+            received.append(await h.browser.next_message(skip_binary=False))
+        assert received == [b"\x03\x00" * 8, {"type": "interruption", "event_id": 4}, b"\x04\x00" * 8]
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body)
+
+
+# ---- the relay shutting down, the browser leaving --------------------------------------------------------------
+
+
+async def test_a_shutdown_ends_the_conversation_with_shutdown_and_1001() -> None:
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        h.shutdown_scope.cancel()  # what the registry's drain does
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": "shutdown", "message": "the relay is shutting down"}
+        assert ended == {"type": "ended", "reason": "shutdown"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1001, "shutdown")
+    assert h.provider.stopped == ["s1"]
+    assert h.record is not None and h.record.reason == "shutdown"
+
+
+async def test_a_browser_leaving_while_a_send_fails_ends_quietly_as_client_gone(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        h.browser.stall()
+        h.browser.breaks_when_cancelled = True  # the blocked send fails as the socket dies
+        await h.agent.emit(el.AgentResponse("a reply the browser never reads", 3))
+        await h.browser.send_blocked.wait()
+        h.cancel_scope.cancel()  # the browser left
+
+    with caplog.at_level(logging.ERROR, logger="relay.conversation"):
+        await with_conversation(h, body)  # neither the send's failure nor a group of it escapes
+    assert h.cancel_scope.cancelled_caught
+    assert h.record is None  # nothing returned: the cancellation went on up
+    assert h.ended is not None and h.ended.reason == "client_gone"
+    assert h.provider.stopped == ["s1"]
+    assert caplog.records == []  # not logged as a server error
