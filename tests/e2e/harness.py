@@ -22,10 +22,10 @@ import orjson
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from relay.journal import JOURNAL_FILE
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from relay.config import Settings
+from relay.ops.journal import JOURNAL_FILE
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app
 from tests.simcontrol import SimControl

@@ -21,9 +21,9 @@ import httpx2
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from relay.journal import open_journal
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from relay.ops.journal import open_journal
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.e2e.harness import BrowserClient
 from tests.faults.test_process_faults import base_env, free_port

@@ -19,9 +19,9 @@ import httpx2
 import pytest
 import trio
 from hypercorn.trio import serve
-from relay.journal import JOURNAL_FILE
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from relay.ops.journal import JOURNAL_FILE
 from relay.sim import runner
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.e2e.harness import BrowserClient, session_counts

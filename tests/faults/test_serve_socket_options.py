@@ -1,7 +1,8 @@
 """`avatar-relay serve` sets TCP_USER_TIMEOUT = RELAY_SEND_TIMEOUT on the sockets it accepts, so a browser that stops
-reading cannot pin a connection for good (hypercorn's writes cannot be cancelled; see relay/limits.py). Checked on a
-socket accepted through the config builder `serve` uses, and on a socket accepted by a real `avatar-relay serve`
-process: the test borrows the process's socket with pidfd_getfd(2) (Linux 5.6+) and reads the option."""
+reading cannot pin a connection for good (hypercorn's writes cannot be cancelled; see relay/server/serving.py).
+Checked on a socket accepted through the config builder `serve` uses, and on a socket accepted by a real
+`avatar-relay serve` process: the test borrows the process's socket with pidfd_getfd(2) (Linux 5.6+)
+and reads the option."""
 
 from __future__ import annotations
 
