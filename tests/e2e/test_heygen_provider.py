@@ -31,8 +31,8 @@ from relay.config import Settings
 from relay.heygen import HeyGenProvider, list_sessions, stop_by_id
 from relay.protocol.audio import AudioFormat
 from relay.sim import heygen_sim
-from tests.e2e.harness import poll_ledger
-from tests.simcontrol import SimControl
+from tests.support.harness import poll_ledger
+from tests.support.simcontrol import SimControl
 
 pytestmark = pytest.mark.timeout(60)
 

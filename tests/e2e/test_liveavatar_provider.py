@@ -30,7 +30,7 @@ from relay.liveavatar import LiveAvatarProvider, list_running_ids, stop_by_id
 from relay.protocol.audio import AudioFormat
 from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
 from relay.sim import liveavatar_sim
-from tests.e2e.harness import poll_ledger
+from tests.support.harness import poll_ledger
 
 pytestmark = pytest.mark.timeout(60)
 
