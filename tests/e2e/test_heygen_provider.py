@@ -49,12 +49,6 @@ class Sim(SimControl):
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
-
-
-@pytest.fixture
 async def sim(nursery: trio.Nursery, http: httpx2.AsyncClient) -> AsyncIterator[Sim]:
     config = Config()
     config.bind = ["127.0.0.1:0"]

@@ -52,12 +52,6 @@ async def sim(nursery: trio.Nursery) -> AsyncIterator[str]:
     shutdown.set()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
-
-
 def make_settings(base_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "elevenlabs_agent_id": "agent", "liveavatar_api_key": SecretStr(API_KEY), "liveavatar_base_url": base_url,
