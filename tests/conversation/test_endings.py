@@ -14,7 +14,7 @@ import trio.testing
 
 from relay.conversation.outbox import OUTBOX_FRAMES
 from relay.protocol import elevenlabs as el
-from tests.conversation.fakes import (
+from tests.support.fakes import (
     FakeAgent,
     FakeProvider,
     Harness,

@@ -14,7 +14,7 @@ import trio.testing
 from relay.avatars import AvatarSessionEnded, AvatarUnavailable
 from relay.conversation.speech import TURN_AUDIO_GAP
 from relay.protocol import elevenlabs as el
-from tests.conversation.fakes import (
+from tests.support.fakes import (
     FakeAgent,
     FakeProvider,
     Harness,

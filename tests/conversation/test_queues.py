@@ -11,7 +11,7 @@ import trio.testing
 from relay.avatars import AvatarInfo
 from relay.conversation import ConversationOver, Outbox, SpeechRouter, speech
 from relay.protocol.audio import AudioFormat
-from tests.conversation.fakes import FakeBrowser, FakeSession, wait_until
+from tests.support.fakes import FakeBrowser, FakeSession, wait_until
 
 
 def test_a_control_frame_that_does_not_fit_ends_the_conversation_with_timeout() -> None:

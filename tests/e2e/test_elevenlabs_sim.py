@@ -25,7 +25,7 @@ from hypercorn.trio import serve
 from relay.elevenlabs import AgentConnection, open_agent
 from relay.protocol import elevenlabs as el
 from relay.sim import elevenlabs_sim
-from tests.simcontrol import SimControl
+from tests.support.simcontrol import SimControl
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,8 +31,8 @@ from relay.config import Settings
 from relay.heygen import HeyGenProvider, list_sessions, stop_by_id
 from relay.protocol.audio import AudioFormat
 from relay.sim import heygen_sim
-from tests.e2e.harness import poll_ledger
-from tests.simcontrol import SimControl
+from tests.support.harness import poll_ledger
+from tests.support.simcontrol import SimControl
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,12 +46,6 @@ class Sim(SimControl):
         sessions = (await self.ledger())["sessions"]
         assert len(sessions) == 1, sessions
         return next(iter(sessions.values()))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from relay.liveavatar import LiveAvatarProvider, list_running_ids, stop_by_id
 from relay.protocol.audio import AudioFormat
 from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
 from relay.sim import liveavatar_sim
-from tests.e2e.harness import poll_ledger
+from tests.support.harness import poll_ledger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,12 +50,6 @@ async def sim(nursery: trio.Nursery) -> AsyncIterator[str]:
                                        shutdown_trigger=shutdown.wait))
     yield urls[0]
     shutdown.set()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
 
 
 def make_settings(base_url: str, **overrides: Any) -> Settings:

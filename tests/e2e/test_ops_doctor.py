@@ -14,8 +14,8 @@ import trio
 
 from relay.ops.doctor import Finding, format_report, run_checks
 from relay.sim.runner import SimulatorURLs, serve_simulators
-from tests.e2e.harness import relay_settings
 from tests.e2e.test_cli import clean_env, free_port
+from tests.support.harness import relay_settings
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -13,8 +13,8 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from tests.e2e.harness import running_relay
 from tests.e2e.test_cli import clean_env, free_port, running, wait_until_serving
+from tests.support.harness import running_relay
 
 
 async def test_transcripts_hold_the_turns_ids_timings_and_outcome_but_no_audio(tmp_path: Path) -> None:

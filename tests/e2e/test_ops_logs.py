@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from relay.ops.logs import make_handler
-from tests.e2e.harness import running_relay, silence, spoken_sentence
+from tests.support.harness import running_relay, silence, spoken_sentence
 
 pytestmark = pytest.mark.timeout(60)
 

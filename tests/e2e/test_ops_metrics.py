@@ -9,7 +9,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import Relay, running_relay, silence
+from tests.support.harness import Relay, running_relay, silence
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.e2e.harness import running_relay, silence, spoken_sentence
+from tests.support.harness import running_relay, silence, spoken_sentence
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,8 +25,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from relay.ops.journal import open_journal
 from relay.sim.runner import SimulatorURLs, serve_simulators
-from tests.e2e.harness import BrowserClient
 from tests.faults.test_process_faults import base_env, free_port
+from tests.support.harness import BrowserClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

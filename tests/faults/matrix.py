@@ -30,7 +30,7 @@ from relay.config import Settings
 from relay.server.serving import hypercorn_config
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app, relay_state
-from tests.e2e.harness import BrowserClient, Relay, relay_settings
+from tests.support.harness import BrowserClient, Relay, relay_settings
 
 FAST = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 2.0, "relay_idle_timeout": 3.0,
         "relay_agent_silence_timeout": 3.0}  # above the agent simulator's 2 s ping interval
@@ -75,7 +75,7 @@ def production_config(settings: Settings, *, tcp_send_timeout: float | None = No
 @asynccontextmanager
 async def running_fault_relay(*, tcp_send_timeout: float | None = None, tcp_send_buffer: int | None = None,
                               **overrides: Any) -> AsyncIterator[FaultRelay]:
-    """`tests.e2e.harness.running_relay` with the app exposed, short timeouts, the session journal on (as in
+    """`tests.support.harness.running_relay` with the app exposed, short timeouts, the session journal on (as in
     production) in a private state directory, and the production socket options (see `production_config`)."""
     with tempfile.TemporaryDirectory(prefix="relay-state-") as state:
         async with trio.open_nursery() as nursery:

@@ -24,8 +24,8 @@ import orjson
 import pytest
 import trio
 
-from tests.e2e.harness import Relay, running_relay
-from tests.wsframes import client_frame
+from tests.support.harness import Relay, running_relay
+from tests.support.wsframes import client_frame
 
 MASS = 48  # plus 2 bystanders: 50 conversations open at once
 KINDS = ("stop_read", "stop_abort", "stop_close_frame", "close_frame_mid_audio", "abort_mid_audio", "close_frame_abort")

@@ -24,7 +24,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from relay.ops.journal import JOURNAL_FILE
 from relay.sim import runner
 from relay.sim.runner import SimulatorURLs, serve_simulators
-from tests.e2e.harness import BrowserClient, session_counts
+from tests.support.harness import BrowserClient, session_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 

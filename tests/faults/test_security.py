@@ -14,8 +14,8 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from relay.server.auth import mint_token
-from tests.e2e.harness import BrowserClient
 from tests.faults.matrix import FaultRelay, running_fault_relay
+from tests.support.harness import BrowserClient
 
 KEYS = {"elevenlabs_api_key": "xi-LEAKCHECK-0123456789abcdef", "heygen_api_key": "hg-LEAKCHECK-0123456789abcdef",
         "liveavatar_api_key": "la-LEAKCHECK-0123456789abcdef", "relay_auth_secret": "auth-LEAKCHECK-0123456789"}

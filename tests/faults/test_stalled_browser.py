@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.faults.matrix import running_fault_relay, stopped_at
-from tests.wsframes import client_frame
+from tests.support.wsframes import client_frame
 
 
 async def stalled_client(host: str, port: int) -> trio.SocketStream:

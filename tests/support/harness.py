@@ -28,7 +28,7 @@ from relay.config import Settings
 from relay.ops.journal import JOURNAL_FILE
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app
-from tests.simcontrol import SimControl
+from tests.support.simcontrol import SimControl
 
 
 @dataclass

@@ -1,14 +1,12 @@
-"""Metrics, transcripts and doctor findings without sockets: fakes for the agent and the avatar provider."""
+"""Metrics without sockets: fakes for the agent and the avatar provider."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,9 +19,7 @@ from relay.avatars import (
     OnStopFailed,
 )
 from relay.conversation.record import ConversationRecord, current_conversation
-from relay.ops.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
 from relay.ops.metrics import RelayMetrics
-from relay.ops.transcripts import note_agent_event, render
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
@@ -187,52 +183,3 @@ async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_
     assert sample(metrics, "avatar_relay_upstream_errors_total", upstream="elevenlabs", kind="closed",
                   code="1011") == 1
     assert record.avatar_session_id == "sess-42"
-
-
-def test_transcripts_keep_final_turns_and_never_audio() -> None:
-    record = ConversationRecord("r-9", conversation_id="conv_9")
-    record.transcript = []
-    for event in (el.UserTranscript("hel", 1, False), el.UserTranscript("hello", 1, True),
-                  el.AgentResponse("Hi there", 2), el.AgentAudio(b"\x01\x02" * 100, 2), el.Interruption(3),
-                  el.AgentResponseCorrection("Hi there", "Hi", 2), el.Ping(4, 20.0)):
-        note_agent_event(record, event)
-    record.reason = "client_stop"
-    lines = [orjson.loads(line) for line in render(record, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)).splitlines()]
-    assert [line["type"] for line in lines] == ["conversation", "user", "agent", "interruption", "correction", "end"]
-    assert lines[0]["started"] == "2026-01-02T03:04:05.000+00:00" and lines[0]["conversation_id"] == "conv_9"
-    assert lines[1]["text"] == "hello" and lines[4]["text"] == "Hi"
-    assert lines[-1]["reason"] == "client_stop" and lines[-1]["setup_s"] is None
-    assert "audio" not in str(lines)
-
-
-def agent_body(input_format: str = "pcm_16000", output_format: str = "pcm_22050") -> bytes:
-    return orjson.dumps({"agent_id": "a1", "name": "Shop", "conversation_config": {
-        "asr": {"user_input_audio_format": input_format}, "tts": {"agent_output_audio_format": output_format}}})
-
-
-@pytest.mark.parametrize(("status", "body", "expected"), [
-    (401, b'{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}',
-     "ELEVENLABS_API_KEY was refused (HTTP 401: Invalid API key)"),
-    (404, b'{"detail":{"status":"agent_not_found"}}', "ELEVENLABS_AGENT_ID=a1 does not exist"),
-    (500, b"oops", "reading the agent's configuration failed: HTTP 500."),
-    (200, agent_body("ulaw_8000"), "expects ulaw_8000 input"),
-    (200, agent_body(output_format="opus_48000"), "output format 'opus_48000' is not one the relay knows"),
-])
-def test_agent_answers_become_plain_problems(status: int, body: bytes, expected: str) -> None:
-    found = [f.text for f in agent_findings(status, body, "a1") if f.level == "problem"]
-    assert len(found) == 1 and expected in found[0]
-
-
-def test_a_good_agent_reports_its_formats() -> None:
-    findings = agent_findings(200, agent_body(), "a1")
-    assert [f.level for f in findings] == ["ok", "ok", "ok"]
-    assert "(Shop)" in findings[0].text and "pcm_22050" in findings[2].text
-
-
-def test_inactive_avatars_are_problems() -> None:
-    heygen = heygen_avatar_findings(200, orjson.dumps({"code": 100, "data": [
-        {"avatar_id": "Ann", "status": "INACTIVE"}]}), "Ann")
-    assert heygen[-1].level == "problem" and "status is INACTIVE" in heygen[-1].text
-    live = liveavatar_avatar_findings(200, orjson.dumps({"code": 1000, "message": "ok", "data": {
-        "id": "x", "status": "DEPLOYING"}}), "x", False)
-    assert live[-1].level == "problem" and "status is DEPLOYING" in live[-1].text

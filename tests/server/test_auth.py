@@ -1,4 +1,4 @@
-"""Client tokens, the Origin allow-list, the client address behind a proxy and the rate limiters, with no sockets."""
+"""Client tokens, the Origin allow-list, the client address behind a proxy and the handshake gate, with no sockets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.config import Settings
-from relay.conversation.pumps import FloodGate
 from relay.server.auth import (
     Gate,
     TokenError,
@@ -24,7 +23,6 @@ from relay.server.auth import (
     origin_allowed,
     verify_token,
 )
-from relay.server.limits import MAX_TRACKED_CLIENTS, StartRateLimiter
 
 SECRET = "s3cret-for-tests"
 NOW = 1_800_000_000.0
@@ -116,28 +114,6 @@ def test_forwarded_for_is_used_only_behind_a_trusted_proxy() -> None:
     assert client_address("10.0.0.2", header, trust_forwarded_for=True) == "203.0.113.7"
     assert client_address("10.0.0.2", None, trust_forwarded_for=True) == "10.0.0.2"
     assert client_address(None, None, trust_forwarded_for=False) == "unknown"
-
-
-def test_start_rate_is_limited_per_address_and_refills() -> None:
-    limiter = StartRateLimiter(per_minute=3)
-    assert [limiter.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
-    assert limiter.allow("b", 0.0)
-    assert not limiter.allow("a", 10.0)
-    assert limiter.allow("a", 20.0)  # one start refills every 20 s
-
-
-def test_start_rate_memory_stays_bounded() -> None:
-    limiter = StartRateLimiter(per_minute=1)
-    for i in range(MAX_TRACKED_CLIENTS + 50):
-        limiter.allow(f"10.{i}", float(i) * 1e-6)
-    assert limiter.tracked <= MAX_TRACKED_CLIENTS
-
-
-def test_flood_gate_counts_frames_per_second() -> None:
-    gate = FloodGate(per_second=10)
-    assert not any(gate.over(0.01 * i) for i in range(10))
-    assert gate.over(0.5)
-    assert not gate.over(1.0)  # a new window
 
 
 def test_gate_refuses_bad_origin_then_bad_handshake_token_and_defers_to_start() -> None:

@@ -1,19 +1,13 @@
-"""The pieces of `serve --workers N` that need no process: the restart policy, the merged /metrics exposition,
-the shared conversation cap, journal claims and the worker index on log lines."""
+"""The pieces of `serve --workers N` that need no process: the restart policy, the merged /metrics exposition and
+the shared conversation cap (journal claims: tests/ops/test_journal.py; the worker index on log lines:
+tests/ops/test_logs.py)."""
 
 from __future__ import annotations
 
-import io
-import logging
 import os
-from pathlib import Path
 
-import orjson
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.ops.journal import open_journal
-from relay.ops.logs import make_handler, set_worker
 from relay.ops.metrics import RelayMetrics
 from relay.server.admission import AdmissionRefused, Registry
 from relay.server.seats import Seats, create_seats_file
@@ -95,46 +89,3 @@ async def test_a_registry_with_shared_seats_refuses_when_the_relay_is_full() -> 
         assert registry.under_capacity and other.taken() == 1
     finally:
         os.close(fd)
-
-
-async def test_of_two_processes_reaping_at_once_exactly_one_claims_each_row(tmp_path: Path) -> None:
-    async with open_journal(tmp_path) as writer:
-        writer._pid, writer._pid_started = 999_999, "gone"
-        await writer.opened("heygen", "s-1", "http://h")
-    async with open_journal(tmp_path) as a, open_journal(tmp_path) as b:
-        (entry,) = await a.entries()
-        assert entry.orphaned
-        b._pid, b._pid_started = os.getpid() + 1, "another process"  # as if b were another worker
-        wins: list[bool] = []
-        async with trio.open_nursery() as nursery:
-            for journal in (a, b):
-                nursery.start_soon(lambda j=journal: _claim(j, entry, wins))
-        assert sorted(wins) == [False, True]
-        winner = a if (await a.entries())[0].pid == os.getpid() else b
-        await winner.release(entry)  # could not stop it: back to its dead owner
-        (again,) = await a.entries()
-        assert (again.pid, again.pid_started) == (999_999, "gone") and again.orphaned
-
-
-async def _claim(journal: object, entry: object, wins: list[bool]) -> None:
-    wins.append(await journal.claim(entry))  # type: ignore[attr-defined]
-
-
-def test_a_workers_log_lines_carry_its_index() -> None:
-    json_out, text_out = io.StringIO(), io.StringIO()
-    logger = logging.getLogger("relay.test_workers_units")
-    handlers = [make_handler("json", json_out), make_handler("text", text_out)]
-    for handler in handlers:
-        logger.addHandler(handler)
-    try:
-        logger.warning("single")
-        set_worker(3)
-        logger.warning("from a worker")
-    finally:
-        set_worker(None)
-        for handler in handlers:
-            logger.removeHandler(handler)
-    single, worker = (orjson.loads(line) for line in json_out.getvalue().splitlines())
-    assert "worker" not in single and worker["worker"] == 3
-    lines = text_out.getvalue().splitlines()
-    assert "[worker" not in lines[0] and "relay.test_workers_units [worker 3]: from a worker" in lines[1]

@@ -20,7 +20,7 @@ from relay.config import Settings
 from relay.nursery import Upstreams, run_conversation
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
-from tests.conversation.fakes import FakeAgent, FakeBrowser, FakeProvider
+from tests.support.fakes import FakeAgent, FakeBrowser, FakeProvider
 
 PARSER_EXAMPLES = 300  # batches of PARSER_BATCH frames: hypothesis costs per example, not per frame
 PARSER_BATCH = 10

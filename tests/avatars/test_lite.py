@@ -1,0 +1,127 @@
+"""relay/avatars/lite.py without sockets: LITE events become avatar events, and LiteAudioStream's ordering with a
+fake socket."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import trio
+import trio.testing
+
+from relay.avatars import AvatarStateChanged
+from relay.avatars.lite import (
+    LiteAudioStream,
+    avatar_event_for,
+)
+from relay.protocol.audio import AudioFormat
+from relay.protocol.lite import (
+    MAX_SPEAK_PCM_BYTES,
+    AgentStateUpdated,
+    AudioBufferAppended,
+    SpeakEnded,
+    SpeakInterrupted,
+    SpeakStarted,
+)
+
+
+def test_speak_started_and_ended_become_avatar_state_changes() -> None:
+    assert avatar_event_for(SpeakStarted("turn-3", None)) == AvatarStateChanged(speaking=True, turn=3)
+    assert avatar_event_for(SpeakEnded("turn-3", None)) == AvatarStateChanged(speaking=False, turn=3)
+    assert avatar_event_for(SpeakInterrupted("turn-3", None)) == AvatarStateChanged(speaking=False, turn=3)
+    assert avatar_event_for(SpeakStarted("other", None)) == AvatarStateChanged(speaking=True, turn=None)
+    assert avatar_event_for(AudioBufferAppended("turn-3")) is None
+    assert avatar_event_for(AgentStateUpdated("idle", "talking")) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LiteAudioStream ordering, with a fake socket (no network)
+
+
+class FakeSocket:
+    """Records sent frames; `gate` (when set) holds every send until opened, like a peer that reads slowly."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+        self.gate: trio.Event | None = None
+
+    async def send_text(self, message: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append(json.loads(message))
+
+
+def make_speaker() -> tuple[LiteAudioStream, FakeSocket]:
+    sock = FakeSocket()
+    return LiteAudioStream(sock, "turn"), sock  # type: ignore[arg-type]
+
+
+PCM24K = AudioFormat("pcm", 24000)
+
+
+async def test_a_chunk_queued_behind_an_interrupt_is_never_sent() -> None:
+    speaker, sock = make_speaker()
+    sock.gate = trio.Event()
+    three_packets = b"\x01\x00" * (MAX_SPEAK_PCM_BYTES * 3 // 2)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(speaker.speak_audio, three_packets, PCM24K, 1)
+            await trio.testing.wait_all_tasks_blocked()  # the first packet is stuck in send
+            nursery.start_soon(speaker.interrupt, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            sock.gate.set()
+    assert [(f["type"], f["event_id"]) for f in sock.sent] == [("agent.speak", "turn-1"),
+                                                               ("agent.interrupt", "turn-1")]
+
+
+async def test_after_an_interrupt_older_turns_are_dropped_and_newer_ones_flow() -> None:
+    speaker, sock = make_speaker()
+    chunk = b"\x00\x01" * 2400
+    await speaker.speak_audio(chunk, PCM24K, 5)
+    await speaker.interrupt(5)
+    await speaker.speak_audio(chunk, PCM24K, 5)
+    await speaker.speak_audio(chunk, PCM24K, 4)
+    await speaker.end_turn(5)
+    await speaker.speak_audio(chunk, PCM24K, 6)
+    await speaker.end_turn(6)
+    assert [(f["type"], f["event_id"]) for f in sock.sent] == [
+        ("agent.speak", "turn-5"), ("agent.interrupt", "turn-5"),
+        ("agent.speak", "turn-6"), ("agent.speak_end", "turn-6"),
+    ]
+
+
+async def test_end_turn_flushes_the_resampler_tail_before_speak_end() -> None:
+    speaker, sock = make_speaker()
+    pcm = b"\x10\x00" * 1600
+    await speaker.speak_audio(pcm, AudioFormat("pcm", 16000), 2)
+    await speaker.end_turn(2)
+    speaks = [f for f in sock.sent if f["type"] == "agent.speak"]
+    total = sum(len(base64.b64decode(str(f["audio"]))) for f in speaks)
+    assert sock.sent[-1] == {"type": "agent.speak_end", "event_id": "turn-2"}
+    assert len(speaks) == 2  # the chunk itself, then the filter's tail
+    assert total == 2400 * 2  # 0.1 s at 24 kHz, no more, no less
+
+
+async def test_a_turn_without_audio_sends_no_speak_end() -> None:
+    speaker, sock = make_speaker()
+    await speaker.end_turn(9)
+    assert sock.sent == []
+
+
+async def test_keep_alive_and_listening_frames_have_distinct_event_ids() -> None:
+    speaker, sock = make_speaker()
+    await speaker.keep_alive()
+    await speaker.keep_alive()
+    await speaker.start_listening()
+    await speaker.stop_listening()
+    assert [f["type"] for f in sock.sent] == ["session.keep_alive", "session.keep_alive",
+                                              "agent.start_listening", "agent.stop_listening"]
+    assert len({f["event_id"] for f in sock.sent}) == 4
+
+
+async def test_each_agent_chunk_goes_out_immediately_as_one_packet() -> None:
+    speaker, sock = make_speaker()
+    await speaker.speak_audio(b"\x00\x01" * 2400, PCM24K, 1)
+    assert len(sock.sent) == 1
+    await speaker.speak_audio(b"\x00\x01" * 240, PCM24K, 1)
+    assert len(sock.sent) == 2
