@@ -29,9 +29,10 @@ from tests.wsframes import client_frame
 
 MASS = 48  # plus 2 bystanders: 50 conversations open at once
 KINDS = ("stop_read", "stop_abort", "stop_close_frame", "close_frame_mid_audio", "abort_mid_audio", "close_frame_abort")
-# The set-up bound is generous: 50 conversations set up at once on a busy 2-core machine must not end as
-# `upstream_unavailable` before the storm (seen with a 5 s bound).
-SETTINGS = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 30.0, "relay_idle_timeout": 60.0,
+# The set-up and stop bounds are generous: 50 conversations set up (or their avatars stopped) at once on a busy
+# 2-core machine must not end as `upstream_unavailable` before the storm (seen with a 5 s bound), nor leave sessions
+# running because a stop took longer than its bound (seen with 2 s).
+SETTINGS = {"relay_stop_timeout": 20.0, "relay_setup_timeout": 30.0, "relay_idle_timeout": 60.0,
             "relay_max_conversations_per_client": 500, "relay_max_starts_per_minute": 10_000}
 REPLY_WAIT = 30.0  # seconds a bystander waits for `ready`, a reply or `ended`: a hang guard
 # 20 ms agent audio frames (50 binary frames a second per conversation towards the browser) and a long greeting.
@@ -244,7 +245,7 @@ async def fresh_conversation(relay: Relay) -> None:
         await browser.expect("ended", timeout=REPLY_WAIT)
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("avatar", ["heygen", "none"])
 async def test_mass_simultaneous_endings_harm_no_other_conversation(avatar: str) -> None:
     with captured_errors() as errors:
@@ -252,6 +253,6 @@ async def test_mass_simultaneous_endings_harm_no_other_conversation(avatar: str)
             await relay.faults("elevenlabs", **AGENT_FAULTS)
             await run_storm(relay, KINDS)
             if avatar != "none":
-                await relay.wait_all_sessions_stopped(avatar, timeout=20.0)
+                await relay.wait_all_sessions_stopped(avatar, timeout=60.0)
     assert [r.getMessage() for r in errors] == []
 
