@@ -29,9 +29,12 @@ from tests.support.wsframes import client_frame
 
 MASS = 48  # plus 2 bystanders: 50 conversations open at once
 KINDS = ("stop_read", "stop_abort", "stop_close_frame", "close_frame_mid_audio", "abort_mid_audio", "close_frame_abort")
-# The set-up bound is generous: 50 conversations set up at once on a busy 2-core machine is not what this tests.
-SETTINGS = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 30.0, "relay_idle_timeout": 10.0,
+# The set-up and stop bounds are generous: 50 conversations set up (or their avatars stopped) at once on a busy
+# 2-core machine must not end as `upstream_unavailable` before the storm (seen with a 5 s bound), nor leave sessions
+# running because a stop took longer than its bound (seen with 2 s).
+SETTINGS = {"relay_stop_timeout": 20.0, "relay_setup_timeout": 30.0, "relay_idle_timeout": 60.0,
             "relay_max_conversations_per_client": 500, "relay_max_starts_per_minute": 10_000}
+REPLY_WAIT = 30.0  # seconds a bystander waits for `ready`, a reply or `ended`: a hang guard
 # 20 ms agent audio frames (50 binary frames a second per conversation towards the browser) and a long greeting.
 AGENT_FAULTS = {"chunk_duration_ms": 20, "response_latency_ms": 50, "max_reply_s": 8.0}
 
@@ -157,15 +160,15 @@ async def bystander(relay: Relay, ready: Callable[[], None], mass_done: trio.Eve
     """A conversation that keeps going through the mass ending: a reply before, a reply after, then its own stop."""
     async with relay.browser() as browser:
         await browser.send(type="start")
-        await browser.expect("ready", timeout=40)  # set up alongside the 48 others
+        await browser.expect("ready", timeout=REPLY_WAIT)
         await browser.send(type="text", text="hello before the storm")
-        await browser.expect("agent_response", where=lambda m: "before" in m["text"], timeout=30)
+        await browser.expect("agent_response", timeout=REPLY_WAIT, where=lambda m: "before" in m["text"])
         ready()
         await mass_done.wait()
         await browser.send(type="text", text="hello after the storm")
-        await browser.expect("agent_response", where=lambda m: "after" in m["text"])
+        await browser.expect("agent_response", timeout=REPLY_WAIT, where=lambda m: "after" in m["text"])
         await browser.send(type="stop")
-        assert await browser.expect("ended") == {"type": "ended", "reason": "client_stop"}
+        assert await browser.expect("ended", timeout=REPLY_WAIT) == {"type": "ended", "reason": "client_stop"}
 
 
 @contextmanager
@@ -204,7 +207,7 @@ async def run_storm(relay: Relay, kinds: tuple[str, ...]) -> None:
         await client.expect("ready")
         clients.append((kind, client))
 
-    with trio.fail_after(90):  # a hang guard: 50 conversations on a busy 2-core machine
+    with trio.fail_after(120):  # a hang guard: 50 conversations on a busy 2-core machine
         async with trio.open_nursery() as outer:
             outer.start_soon(bystander, relay, bystanders_ready.release, mass_done)
             outer.start_soon(bystander, relay, bystanders_ready.release, mass_done)
@@ -236,12 +239,13 @@ async def run_storm(relay: Relay, kinds: tuple[str, ...]) -> None:
 
 async def fresh_conversation(relay: Relay) -> None:
     async with relay.browser() as browser:
-        await browser.start()
+        await browser.send(type="start")
+        await browser.expect("ready", timeout=REPLY_WAIT)
         await browser.send(type="stop")
-        await browser.expect("ended")
+        await browser.expect("ended", timeout=REPLY_WAIT)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("avatar", ["heygen", "none"])
 async def test_mass_simultaneous_endings_harm_no_other_conversation(avatar: str) -> None:
     with captured_errors() as errors:
@@ -249,6 +253,6 @@ async def test_mass_simultaneous_endings_harm_no_other_conversation(avatar: str)
             await relay.faults("elevenlabs", **AGENT_FAULTS)
             await run_storm(relay, KINDS)
             if avatar != "none":
-                await relay.wait_all_sessions_stopped(avatar, timeout=20.0)
+                await relay.wait_all_sessions_stopped(avatar, timeout=60.0)
     assert [r.getMessage() for r in errors] == []
 
