@@ -51,17 +51,49 @@ STATIC_DIR = resources.files("relay") / "static"
 class QuartBrowser:
     """The `BrowserSocket` seam over quart's websocket. Made inside the `/ws` handler: it holds that connection's
     own Websocket object and its bound methods, so a frame costs no context-local proxy lookups (the audio hot
-    path; docs/performance.md)."""
+    path; docs/performance.md).
 
-    __slots__ = ("_ws", "receive", "send")
+    With permessage-deflate, which every browser offers and hypercorn 0.18 always accepts, every send runs to its
+    end once started (`send_whole`): wsproto compresses a frame into the connection's shared LZ77 window inside
+    hypercorn's `send`, *before* hypercorn takes the socket's send lock and writes it. A send cancelled in between
+    (the conversation ending while its outbox sends, the lock held by hypercorn's own pong or close reply) leaves a
+    frame compressed but never written, and the browser fails to decompress every later frame (`ended` first): it
+    closes with 1002/1007 instead of reading why the conversation ended (docs/reliability.md). Without the
+    extension a cancelled send writes nothing at all, so `send` is quart's own (no cancel scope per frame)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_raw_send", "_send_timeout", "_ws", "receive", "send")
+
+    def __init__(self, send_timeout: float) -> None:
         self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
         self.receive: Callable[[], Coroutine[Any, Any, str | bytes | None]] = self._ws.receive
-        self.send: Callable[[str | bytes], Coroutine[Any, Any, None]] = self._ws.send
+        self._raw_send: Callable[[str | bytes], Coroutine[Any, Any, None]] = self._ws.send
+        self._send_timeout = send_timeout
+        offers = ",".join(self._ws.headers.getlist("Sec-WebSocket-Extensions")).lower()
+        self.send: Callable[[str | bytes], Coroutine[Any, Any, None]] = (
+            self.send_whole if "permessage-deflate" in offers else self._raw_send)
+
+    async def send_whole(self, data: str | bytes) -> None:
+        """Send one frame whole: shielded from the caller's cancellation (which takes effect at the caller's next
+        checkpoint, after the frame is written) and bounded by RELAY_SEND_TIMEOUT. A send still waiting for the
+        socket after that long may have been compressed already, so nothing more can be sent on this socket but
+        its close: the conversation ends (`timeout`, as with the send watchdog). A write that has begun cannot be
+        interrupted anyway (hypercorn shields it; TCP_USER_TIMEOUT breaks a stalled one)."""
+        with trio.CancelScope(deadline=trio.current_time() + self._send_timeout, shield=True) as scope:
+            await self._raw_send(data)
+        if scope.cancelled_caught:
+            self.send = self._raw_send = _refuse_after_abandoned_send
+            raise _abandoned_send()
 
     async def close(self, code: int, reason: str = "") -> None:
         await self._ws.close(code, reason)
+
+
+def _abandoned_send() -> ConversationOver:
+    return ConversationOver.failed("timeout", "the browser stopped reading; conversation ended")
+
+
+async def _refuse_after_abandoned_send(data: str | bytes) -> None:
+    raise _abandoned_send()
 
 
 @dataclass
@@ -182,7 +214,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
             metrics.conversation_refused(f"http_{decision.refuse_status}")
             abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
-        browser = QuartBrowser()
+        browser = QuartBrowser(settings.relay_send_timeout)
         try:
             if decision.over_rate:
                 raise AdmissionRefused("too many new conversations from your address; try again in a minute")
