@@ -112,14 +112,14 @@ def endings(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("graceful_timeout", [None, "60"])
+@pytest.mark.parametrize("options", [(), ("--graceful-timeout", "60"), ("-w", "2")],
+                         ids=["defaults", "graceful-timeout-60", "two-workers"])
 async def test_sigterm_to_hypercorn_tells_every_browser_and_stops_every_session(
-        graceful_timeout: str | None, tmp_path: Path) -> None:
+        options: tuple[str, ...], tmp_path: Path) -> None:
     """Four conversations open, SIGTERM to the hypercorn process: every browser gets `error` `shutdown`,
     `ended` `shutdown` and close 1001, hypercorn exits 0, and every avatar session is stopped (the ledger). With
     `--graceful-timeout 60` the exit comes well before the grace period's end (hang guard 30 s): the app drains
-    itself as soon as hypercorn's shutdown begins."""
-    options = () if graceful_timeout is None else ("--graceful-timeout", graceful_timeout)
+    itself as soon as hypercorn's shutdown begins. With `-w 2` each worker drains its own."""
     async with trio.open_nursery() as outer:
         sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
         env = relay_env(sims, tmp_path, "heygen")
