@@ -3,7 +3,9 @@ simulators, started in `app.nursery`). No conversation logic here: `/ws` hands t
 `relay.nursery.run_conversation`.
 
 `hypercorn -k trio relay.web:app` serves it; `app` builds the real app on first use, reading the environment and
-`.env` then, so a configuration error stops the server with a message instead of a traceback.
+`.env` then, so a configuration error stops the server with a message instead of a traceback. That app also watches
+for hypercorn's shutdown and its parent's death itself and drains (`relay.server.hosted`), as `avatar-relay serve`
+drains the app it serves.
 """
 
 from __future__ import annotations

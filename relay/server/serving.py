@@ -88,9 +88,7 @@ async def drain(registry: Registry, settings: Settings, *, predrain: bool = True
         log.info("shutting down: not ready; draining %d open conversation(s) in %.1fs", registry.open_count,
                  settings.relay_predrain_delay)
         with trio.move_on_after(settings.relay_predrain_delay):
-            if cut_short is None:
-                await trio.sleep_forever()
-            await cut_short()
+            await (cut_short or trio.sleep_forever)()
     log.info("shutting down: draining %d open conversation(s)", registry.open_count)
     left = await registry.drain(settings.relay_drain_timeout)
     if left:
