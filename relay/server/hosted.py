@@ -145,7 +145,9 @@ async def watch_host(registry: Registry, settings: Settings, links: HostLinks, *
         await drain(registry, settings, predrain=cause == "signal",
                     cut_short=links.wait_hypercorn_shutting_down if links.shutdown_event is not None else None)
         if links.hypercorn_shutting_down() and not links.parent_gone():
-            return  # hypercorn ends the process once the last handler returns
+            # hypercorn ends the process once the last handler returns; until then a signal (hypercorn's parent
+            # sends SIGTERM to its other workers when one exits) must not kill it: wait here, still receiving.
+            await trio.sleep_forever()
         log.info("shutting down: exiting (hypercorn will not stop this worker itself)")
         logging.shutdown()
         end_process(0)

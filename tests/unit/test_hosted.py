@@ -72,25 +72,23 @@ async def test_the_parent_dying_drains_then_ends_the_process() -> None:
     assert ended == ["shutdown"] and exits == [0] and registry.shutting_down
 
 
-async def test_hypercorns_shutdown_drains_at_once_and_leaves_the_exit_to_hypercorn() -> None:
-    """No pre-drain delay (hypercorn has stopped accepting) and no exit of our own."""
+async def test_hypercorns_shutdown_drains_at_once_and_leaves_the_exit_to_hypercorn(autojump_clock: object) -> None:
+    """No pre-drain delay (hypercorn has stopped accepting) and no exit of our own (virtual clock)."""
     registry = Registry(10, 10)
     exits: list[int] = []
     ended: list[str] = []
     event = FakeEvent()
-    with parent_pipe() as (sentinel, _), trio.fail_after(5):
+    with parent_pipe() as (sentinel, _), trio.fail_after(700):
         async with trio.open_nursery() as nursery:
             await nursery.start(hold_one, registry, ended)
-            returned = trio.Event()
-
-            async def watch() -> None:
-                await watch_host(registry, settings(relay_predrain_delay=60.0), HostLinks(event, sentinel),
-                                 end_process=exits.append)
-                returned.set()
-
-            nursery.start_soon(watch)
+            nursery.start_soon(lambda: watch_host(registry, settings(relay_predrain_delay=60.0),
+                                                  HostLinks(event, sentinel), end_process=exits.append))
             event.set_ = True
-            await returned.wait()  # within the hang guard, far below the 60 s pre-drain delay
+            while not ended:
+                await trio.sleep(0.01)
+            assert trio.current_time() < 1  # drained at once, not after the 60 s pre-drain delay
+            await trio.sleep(600)  # virtual time: the watcher is done with the drain and waits for hypercorn
+            nursery.cancel_scope.cancel()
     assert ended == ["shutdown"] and exits == []
     try:
         with registry.admit("late"):
