@@ -75,7 +75,8 @@ class Upstreams:
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
                            shutdown_scope: trio.CancelScope | None = None, *,
-                           authorize: Callable[[str | None], str | None] | None = None) -> ConversationRecord:
+                           authorize: Callable[[str | None], str | None] | None = None,
+                           browser_left: Callable[[], bool] | None = None) -> ConversationRecord:
     """Hold one conversation from the browser's first frame to the close.
 
     Cancelled by the web layer when the browser disconnects; cancelling `shutdown_scope` (the registry's drain)
@@ -83,6 +84,10 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     and, if the browser is still there, it is told why the conversation ended. Returns the record of what happened.
     `authorize`, when given, checks the `start` message's token before anything upstream is called: it returns
     None to let the conversation in, or the reason it is refused (ended as `unauthorized`).
+
+    A cancellation from outside is the browser leaving when `browser_left()` says so (or when it is not given);
+    otherwise the server cut the conversation (hypercorn's grace period ended, ...): the browser is told `shutdown`
+    before the cancellation goes on up.
     """
     record = ConversationRecord(relay_id="r-" + secrets.token_hex(6))
     current_conversation.set(record)  # every log line from here on (and from the tasks below) carries its ids
@@ -107,7 +112,12 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     except Exception as exc:
         outcome = classify(exc, record)
     except BaseException as exc:
-        record.reason = "client_gone"
+        if browser_left is None or browser_left() or not _cancelled(exc):
+            record.reason = "client_gone"
+        else:
+            cut = ConversationOver.failed("shutdown", "the relay is shutting down")
+            record.reason, record.error, record.message = cut.reason, cut.error, cut.message
+            await tell_browser_and_close(browser, cut)  # shielded and bounded: the cancellation stands
         _finish(record, up)
         if isinstance(exc, BaseExceptionGroup):
             # The browser left (we are cancelled); what else failed meanwhile (a send that broke when the socket
@@ -122,6 +132,13 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     await tell_browser_and_close(browser, outcome)
     _finish(record, up)
     return record
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """True when `exc` is a cancellation (alone or with what failed as it arrived), not KeyboardInterrupt & co."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(trio.Cancelled) is not None
+    return isinstance(exc, trio.Cancelled)
 
 
 def _finish(record: ConversationRecord, up: Upstreams) -> None:

@@ -3,7 +3,9 @@ simulators, started in `app.nursery`). No conversation logic here: `/ws` hands t
 `relay.nursery.run_conversation`.
 
 `hypercorn -k trio relay.web:app` serves it; `app` builds the real app on first use, reading the environment and
-`.env` then, so a configuration error stops the server with a message instead of a traceback.
+`.env` then, so a configuration error stops the server with a message instead of a traceback. That app also watches
+for hypercorn's shutdown and its parent's death itself and drains (`relay.server.hosted`), as `avatar-relay serve`
+drains the app it serves.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from relay.ops.transcripts import TranscriptWriter
 from relay.server.admission import AdmissionRefused, Registry
 from relay.server.auth import Gate, auth_problem
 from relay.server.demo import demo_settings
+from relay.server.departures import NoteDepartures, browser_left
 from relay.server.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
@@ -126,9 +129,11 @@ def relay_state(app: QuartTrio) -> RelayState:
     return app.extensions["relay"]  # type: ignore[no-any-return]
 
 
-def create_app(settings: Settings | None = None, worker: WorkerRole | None = None) -> QuartTrio:
+def create_app(settings: Settings | None = None, worker: WorkerRole | None = None, *,
+               own_shutdown: bool = False) -> QuartTrio:
     """The relay app. `worker`: this process is one of `serve --workers N` (shared cap, merged /metrics, the worker
-    index on log lines)."""
+    index on log lines). `own_shutdown`: served by hypercorn's command line, the app watches for the shutdown
+    itself and drains (`relay.server.hosted`); `avatar-relay serve` drains it from outside instead."""
     settings = settings or load_settings()
     if (problem := auth_problem(settings)) is not None:
         raise ConfigError(f"invalid configuration: {problem}")
@@ -136,7 +141,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         set_worker(worker.index)
     configure_logging(settings)
     app = QuartTrio(__name__, static_folder=None)
-    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
                         shared=None if worker is None else worker.seats(settings.relay_max_conversations))
     state = RelayState(settings, registry, gate=Gate(settings), worker=worker)
@@ -194,6 +199,10 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         state.upstreams = Upstreams(settings=effective, http=http,
                                     provider=None if provider is None else HookedProvider(provider, session_hooks),
                                     open_agent=metrics.observe_agent(open_agent), hooks=hooks)
+        if own_shutdown:
+            from relay.server.hosted import host_links, watch_host
+
+            app.nursery.start_soon(watch_host, registry, settings, host_links())
 
     @app.after_serving
     async def stop_upstreams() -> None:
@@ -219,11 +228,12 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             if decision.over_rate:
                 raise AdmissionRefused("too many new conversations from your address; try again in a minute")
             with state.registry.admit(decision.client) as shutdown_scope:
-                await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize)
+                await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize,
+                                       browser_left=browser_left(websocket.scope))
         except AdmissionRefused as exc:
-            metrics.conversation_refused("capacity")
+            metrics.conversation_refused(exc.code)
             log.info("conversation refused: %s", exc)
-            await tell_browser_and_close(browser, ConversationOver.failed("capacity", str(exc)))
+            await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
 
     @app.route("/")
     async def index() -> Response:
@@ -305,7 +315,7 @@ class _AppOnFirstUse:
     def _build(self) -> QuartTrio:
         if self._app is None:
             try:
-                self._app = create_app()
+                self._app = create_app(own_shutdown=True)
             except ConfigError as exc:
                 print(f"avatar-relay: {exc}", file=sys.stderr, flush=True)
                 os._exit(2)  # not SystemExit: hypercorn would report it from inside its task group

@@ -9,13 +9,18 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
 
 class AdmissionRefused(Exception):
-    """No room for another conversation; the message is safe to show the client."""
+    """No room for another conversation; the message is safe to show the client. `code`: the browser's `error`
+    code, `capacity` (a cap) or `shutdown` (the relay is shutting down)."""
+
+    def __init__(self, message: str, code: Literal["capacity", "shutdown"] = "capacity") -> None:
+        super().__init__(message)
+        self.code: Literal["capacity", "shutdown"] = code
 
 
 class SharedCap(Protocol):
@@ -57,7 +62,7 @@ class Registry:
         """Reserve a slot for one conversation from `client` (its address); yields the scope a shutdown cancels.
         Raises AdmissionRefused when shutting down or over a cap."""
         if self.shutting_down:
-            raise AdmissionRefused("the relay is shutting down; try again shortly")
+            raise AdmissionRefused("the relay is shutting down; try again shortly", "shutdown")
         if self.open_count >= self.max_conversations:
             raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         if self._per_client[client] >= self.max_per_client:

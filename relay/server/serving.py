@@ -77,15 +77,18 @@ async def wait_for_signal() -> None:
             return
 
 
-async def drain(registry: Registry, settings: Settings) -> None:
+async def drain(registry: Registry, settings: Settings, *, predrain: bool = True,
+                cut_short: Callable[[], Awaitable[object]] | None = None) -> None:
     """Shut down politely: not ready first (/readyz answers 503, new conversations are refused), so a load balancer
     stops sending new ones; then, after RELAY_PREDRAIN_DELAY (for its health checks to notice), the open ones are
-    ended (each tells its browser `shutdown`), bounded by RELAY_DRAIN_TIMEOUT."""
+    ended (each tells its browser `shutdown`), bounded by RELAY_DRAIN_TIMEOUT. `predrain=False` skips the delay
+    (nobody can see the 503 any more); the delay also ends early when `cut_short()` returns."""
     registry.shutting_down = True
-    if settings.relay_predrain_delay > 0:
+    if predrain and settings.relay_predrain_delay > 0:
         log.info("shutting down: not ready; draining %d open conversation(s) in %.1fs", registry.open_count,
                  settings.relay_predrain_delay)
-        await trio.sleep(settings.relay_predrain_delay)
+        with trio.move_on_after(settings.relay_predrain_delay):
+            await (cut_short or trio.sleep_forever)()
     log.info("shutting down: draining %d open conversation(s)", registry.open_count)
     left = await registry.drain(settings.relay_drain_timeout)
     if left:

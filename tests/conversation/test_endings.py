@@ -310,6 +310,50 @@ async def test_a_shutdown_ends_the_conversation_with_shutdown_and_1001() -> None
     assert h.record is not None and h.record.reason == "shutdown"
 
 
+@pytest.mark.parametrize("phase", ["before_start", "ready"])
+async def test_a_conversation_cancelled_by_the_server_tells_its_browser_shutdown_before_the_cancellation_goes_on(
+        phase: str) -> None:
+    """The server cancels the handler (hypercorn at the end of its grace period) while the browser is still there:
+    it gets `error` `shutdown`, `ended` `shutdown` and close 1001, the avatar session is stopped, and the
+    cancellation still goes on up (the handler does not return as if nothing happened)."""
+    h = Harness()
+    h.browser_left = lambda: False
+
+    async def body(h: Harness) -> None:
+        if phase == "ready":
+            await start_and_ready(h)
+        h.cancel_scope.cancel()  # the server's scope, not the browser leaving
+        error, ended = await expect_ending(h)
+        assert error == {"type": "error", "code": "shutdown", "message": "the relay is shutting down"}
+        assert ended == {"type": "ended", "reason": "shutdown"}
+
+    await with_conversation(h, body)
+    assert h.cancel_scope.cancelled_caught
+    assert h.record is None
+    assert h.browser.closed_with == (1001, "shutdown")
+    assert h.ended is not None and h.ended.reason == "shutdown"
+    assert h.provider.stopped == (["s1"] if phase == "ready" else [])
+
+
+async def test_a_cancellation_after_the_browser_left_sends_nothing() -> None:
+    """The same cancellation once the browser is known to be gone: no send is attempted on its socket."""
+    h = Harness()
+    left = False
+    h.browser_left = lambda: left
+
+    async def body(h: Harness) -> None:
+        nonlocal left
+        await start_and_ready(h)
+        left = True
+        h.cancel_scope.cancel()
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with is None
+    assert h.browser.drain() == []
+    assert h.ended is not None and h.ended.reason == "client_gone"
+    assert h.provider.stopped == ["s1"]
+
+
 async def test_a_browser_leaving_while_a_send_fails_ends_quietly_as_client_gone(
         caplog: pytest.LogCaptureFixture) -> None:
     h = Harness()

@@ -255,6 +255,7 @@ class Harness:
         self.ended: ConversationRecord | None = None
         self.cancel_scope = trio.CancelScope()
         self.shutdown_scope = trio.CancelScope()
+        self.browser_left: Callable[[], bool] | None = None  # as the web layer passes it (None: not known)
 
     def upstreams(self) -> Upstreams:
         def on_end(record: ConversationRecord) -> None:
@@ -267,7 +268,7 @@ class Harness:
     async def run(self) -> None:
         with self.cancel_scope:
             self.record = await run_conversation(self.browser, self.upstreams(), self.shutdown_scope,
-                                                 authorize=self.authorize)
+                                                 authorize=self.authorize, browser_left=self.browser_left)
 
 
 async def with_conversation(h: Harness, body: Callable[[Harness], Awaitable[None]], *, limit: float = 5) -> None:

@@ -1,0 +1,52 @@
+"""An ASGI middleware that notes, for each WebSocket connection, when the browser's disconnect arrives.
+
+quart-trio cancels a `/ws` handler both when the browser leaves (its reader task gets `websocket.disconnect`) and
+when the server cancels it (hypercorn at the end of its grace period): the handler sees the same `trio.Cancelled`.
+The conversation must tell a browser that is still there why it ends, and must not write to a socket known gone, so
+it asks `browser_left(websocket.scope)`: true once the server has delivered `websocket.disconnect` for that
+connection. The disconnect reaches this wrapper before quart-trio cancels the handler for it. HTTP and lifespan
+scopes pass straight through. Install it as Quart's `app.asgi_app` wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[Any, Receive, Send], Awaitable[None]]
+
+_KEY = "relay.browser_left"
+
+
+class NoteDepartures:
+    """Wraps an ASGI app; see the module docstring. Adds no task and no await of its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        left = scope[_KEY] = trio.Event()
+
+        async def receive_noting_departure() -> Any:
+            message = await receive()
+            if message.get("type") == "websocket.disconnect":
+                left.set()
+            return message
+
+        await self.app(scope, receive_noting_departure, send)
+
+
+def browser_left(scope: Any) -> Callable[[], bool]:
+    """For a WebSocket scope served through `NoteDepartures`: a check, true once the browser has disconnected.
+    A scope that did not pass through it counts as left (nothing is sent on a socket not known to be there)."""
+    left = scope.get(_KEY)
+    if not isinstance(left, trio.Event):
+        return lambda: True
+    return left.is_set
