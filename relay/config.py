@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     relay_port: int = Field(default=8000, ge=0, le=65535)
     relay_degrade_to_voice: bool = True
     relay_setup_timeout: float = Field(default=20.0, gt=0)
+    # Seconds after `ready` (the browser joins the avatar's room then) for the avatar to say `connected`; without
+    # it the conversation goes on voice-only (docs/reliability.md).
+    relay_avatar_connect_timeout: float = Field(default=20.0, gt=0)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
     relay_max_duration: float = Field(default=1800.0, gt=0)

@@ -218,6 +218,12 @@ class LiveAvatarSession:
     async def interrupt(self, turn: int) -> None:
         await self._stream.interrupt(turn)
 
+    async def wait_connected(self) -> None:
+        await self._stream.wait_connected()
+
+    async def set_listening(self, listening: bool) -> None:
+        await self._stream.set_listening(listening)
+
     async def keep_alive(self) -> None:
         """`session.keep_alive` on the socket, then the REST keep-alive (clients disagree on which one the
         server counts; both are cheap at one per interval). Failures are logged, never raised."""
@@ -311,6 +317,7 @@ class LiveAvatarProvider:
             token = created[0]
             log.info("liveavatar session %s started (sandbox=%s, simulated=%s)", info.session_id,
                         self._settings.liveavatar_sandbox, info.simulated)
+            # Not waiting for `connected` here: the stream holds speech until then, the conversation bounds it.
             async with open_lite_audio_stream(start.ws_url, on_event,
                                          connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as stream:
                 yield LiveAvatarSession(info, stream, self._settings.relay_keep_alive_interval,

@@ -18,9 +18,12 @@ Control endpoints:
   `created`, `started`, `stopped`, `expired` (time.monotonic() or null), `stop_reason`, `end_reason`,
   `is_sandbox`, `avatar_id`, `max_session_duration`, `rest_keep_alives`, `ws_connects`, and `lite` (see
   `LiteLedger.to_json`: `audio_seconds`, `chunks`, per event_id `{chunks, audio_seconds, first_chunk_at}`,
-  `interrupts` (event ids), `chunks_after_interrupt`, `keep_alives`, `speak_ends`, `dropped_before_connected`).
+  `interrupts` (event ids), `chunks_after_interrupt`, `keep_alives`, `speak_ends`, `dropped_before_connected`,
+  `listening`: "start"/"stop" for each `agent.start_listening`/`agent.stop_listening`, in order).
 - `GET /_sim/audio/<session_id>/<event_id>`: the raw PCM16 24 kHz received for that event id (only when the
   `record_audio` fault is on).
+- `POST /_sim/connect`: send the withheld `session.state_updated: connected` on every open socket (the
+  `withhold_connected` fault); answers `{"released": n}`.
 - `POST /_sim/reset`: end every socket, clear ledger and faults.
 - `POST /_sim/faults` (JSON, merged into the current faults; nested dicts `latency_ms` and `fail` merge by key):
   - `latency_ms`: `{endpoint: ms}` added before answering. Endpoints: `token`, `start`, `stop`, `keep_alive`,
@@ -39,6 +42,8 @@ Control endpoints:
   - `close_ws_after_ms`: close every new websocket this long after it connects (the session stays active).
   - `suppress_connected`: true -> never send `session.state_updated: connected`.
   - `connected_delay_ms`: send `connected` this late; commands before it are dropped silently (counted).
+  - `withhold_connected`: true -> new sockets stay `connecting` (commands dropped and counted, as above) until
+    `POST /_sim/connect`; never asking is an avatar that never connects.
   - `record_audio`: true -> keep the received audio for `/_sim/audio/...` (tests only; costs memory).
 """
 
@@ -93,6 +98,7 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "close_ws_after_ms": None,
     "suppress_connected": False,
     "connected_delay_ms": 0,
+    "withhold_connected": False,
     "record_audio": False,
 }
 
@@ -130,6 +136,7 @@ class LiteLedger:
     speak_ends: int = 0
     dropped_before_connected: int = 0
     errors_sent: int = 0
+    listening: list[str] = field(default_factory=list)  # "start" / "stop", in the order received
     record_audio: bool = False
     audio: dict[str, bytearray] = field(default_factory=dict)
 
@@ -143,6 +150,7 @@ class LiteLedger:
             "keep_alives": self.keep_alives,
             "speak_ends": self.speak_ends,
             "dropped_before_connected": self.dropped_before_connected,
+            "listening": list(self.listening),
             "errors_sent": self.errors_sent,
         }
 
@@ -162,12 +170,16 @@ class LiteSocketSimulator:
     """
 
     def __init__(self, ledger: LiteLedger, *, on_activity: Callable[[], None] = lambda: None,
-                 suppress_connected: bool = False, connected_delay: float = 0.0) -> None:
+                 suppress_connected: bool = False, connected_delay: float = 0.0,
+                 withhold_connected: bool = False) -> None:
         self.ledger = ledger
         self._on_activity = on_activity
         self._suppress_connected = suppress_connected
         self._connected_delay = connected_delay
         self._connected = False
+        self._released = trio.Event()  # `release()`: a withheld `connected` may go out now
+        if not withhold_connected:
+            self._released.set()
         self._send: Callable[[str], Awaitable[None]] | None = None
         self._send_lock = trio.Lock()
         self._closed = trio.Event()
@@ -177,6 +189,10 @@ class LiteSocketSimulator:
         self._started: dict[str, float] = {}  # event_id -> monotonic time of agent.speak_started
         self._ended_timers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+
+    def release(self) -> None:
+        """Send the withheld `connected` now (the `withhold_connected` fault; `POST /_sim/connect`)."""
+        self._released.set()
 
     def close(self, code: int = 1000) -> None:
         """End the connection (from outside: the session ended). Safe to call more than once."""
@@ -211,6 +227,7 @@ class LiteSocketSimulator:
         await self._emit({"type": "session.state_updated", "state": "connecting"})
         if self._connected_delay:
             await trio.sleep(self._connected_delay)
+        await self._released.wait()
         self._connected = True
         if not self._suppress_connected:
             await self._emit({"type": "session.state_updated", "state": "connected"})
@@ -257,9 +274,11 @@ class LiteSocketSimulator:
         elif kind == "session.keep_alive":
             self.ledger.keep_alives += 1
         elif kind == "agent.start_listening":
+            self.ledger.listening.append("start")
             if self._agent_state != "talking":
                 await self._set_state("listening")
         elif kind == "agent.stop_listening":
+            self.ledger.listening.append("stop")
             if self._agent_state == "listening":
                 await self._set_state("idle")
         else:
@@ -762,6 +781,7 @@ def create_app() -> QuartTrio:
             session.lite, on_activity=session.touch,
             suppress_connected=bool(state.faults["suppress_connected"]),
             connected_delay=float(state.faults["connected_delay_ms"] or 0) / 1000,
+            withhold_connected=bool(state.faults["withhold_connected"]),
         )
         session.sockets.add(sock)
         close_after = state.faults["close_ws_after_ms"]
@@ -809,6 +829,15 @@ def create_app() -> QuartTrio:
             return _json({"error": "faults must be a JSON object"}, 400)
         state.merge_faults(update)
         return _json(state.faults, 200)
+
+    @app.post("/_sim/connect")
+    async def release_connected() -> Response:
+        released = 0
+        for session in state.sessions.values():
+            for sock in session.sockets:
+                sock.release()
+                released += 1
+        return _json({"released": released}, 200)
 
     @app.post("/_sim/reset")
     async def reset() -> Response:
