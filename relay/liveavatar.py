@@ -57,7 +57,7 @@ def token_request_body(settings: Settings) -> dict[str, Any]:
     """The `POST /v1/sessions/token` body for these settings (see `relay.protocol.liveavatar.token_request_body`)."""
     return _token_request_body(avatar_id=settings.liveavatar_avatar_id, sandbox=settings.liveavatar_sandbox,
                                quality=settings.liveavatar_quality,
-                               max_session_duration=settings.liveavatar_max_session_duration)
+                               max_session_duration=settings.liveavatar_session_duration)
 
 
 def to_unavailable(error: ApiError) -> AvatarUnavailable:

@@ -9,9 +9,10 @@ received) are reusable: HeyGen's simulated `realtime_endpoint` speaks the same p
 
 Undocumented upstream behaviour, chosen here: the concurrency limit answers HTTP 429 with code 4029 and
 "Concurrent session limit reached"; a sandbox session with another avatar answers 400 / 4000; stopping a
-session that already ended answers 200 (stop is idempotent); any well-formed avatar id is accepted by
-`sessions/token`, even one that is not a UUID (demo mode uses "demo-avatar"; only `GET /v1/avatars/{id}` knows
-the catalogue).
+session that already ended answers 200 (stop is idempotent); any UUID is accepted as an avatar id by
+`sessions/token` (only `GET /v1/avatars/{id}` knows the catalogue), anything else answers 422 as the real schema
+(`format: uuid`) does; a `max_session_duration` above the tier's limit answers 422 naming the limit (the real
+answer is not documented).
 
 Control endpoints:
 - `GET /_sim/ledger`: `{"sessions": {id: {...}}, "requests": {endpoint: n}, "refusals": [...]}`. Per session:
@@ -44,6 +45,8 @@ Control endpoints:
   - `connected_delay_ms`: send `connected` this late; commands before it are dropped silently (counted).
   - `withhold_connected`: true -> new sockets stay `connecting` (commands dropped and counted, as above) until
     `POST /_sim/connect`; never asking is an avatar that never connects.
+  - `tier_max_session_duration_s` (default 7200): the subscription tier's longest session; `sessions/token`
+    refuses a longer `max_session_duration` with 422.
   - `record_audio`: true -> keep the received audio for `/_sim/audio/...` (tests only; costs memory).
 """
 
@@ -99,8 +102,17 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "suppress_connected": False,
     "connected_delay_ms": 0,
     "withhold_connected": False,
+    "tier_max_session_duration_s": 7200,
     "record_audio": False,
 }
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _fresh_faults() -> dict[str, Any]:
@@ -601,6 +613,8 @@ def create_app() -> QuartTrio:
             problems.append((["body", "avatar_id"], "Field required", "missing"))
         elif not isinstance(avatar_id, str) or not avatar_id:
             problems.append((["body", "avatar_id"], "Input should be a valid string", "string_type"))
+        elif not _is_uuid(avatar_id):
+            problems.append((["body", "avatar_id"], "Input should be a valid UUID", "uuid_parsing"))
         is_sandbox = body.get("is_sandbox", False)
         if not isinstance(is_sandbox, bool):
             problems.append((["body", "is_sandbox"], "Input should be a valid boolean", "bool_type"))
@@ -617,6 +631,10 @@ def create_app() -> QuartTrio:
         duration = body.get("max_session_duration", 600)
         if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
             problems.append((["body", "max_session_duration"], "Input should be a positive integer", "int_type"))
+        tier_limit = int(state.faults["tier_max_session_duration_s"])
+        if not problems and duration > tier_limit:
+            problems.append((["body", "max_session_duration"], f"max_session_duration {duration} exceeds the "
+                             f"maximum allowed by your subscription tier ({tier_limit} s)", "less_than_equal"))
         if problems:
             return refuse("token", _validation_error(problems), 422)
         if is_sandbox and avatar_id != SANDBOX_AVATAR_ID:

@@ -14,7 +14,7 @@ import trio
 
 from relay.ops.doctor import Finding, format_report, run_checks
 from relay.sim.runner import SimulatorURLs, serve_simulators
-from tests.e2e.harness import relay_settings
+from tests.e2e.harness import E2E_AVATAR, relay_settings
 from tests.e2e.test_cli import clean_env, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -112,8 +112,8 @@ async def test_an_invalid_liveavatar_key_is_named(sims: SimulatorURLs, http: htt
 
 
 async def test_an_unknown_liveavatar_avatar_is_named(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:
-    (only,) = problems(await check(sims, http, relay_avatar="liveavatar", liveavatar_avatar_id="e2e-avatar"))
-    assert "LIVEAVATAR_AVATAR_ID=e2e-avatar does not exist" in only
+    (only,) = problems(await check(sims, http, relay_avatar="liveavatar", liveavatar_avatar_id=E2E_AVATAR))
+    assert f"LIVEAVATAR_AVATAR_ID={E2E_AVATAR} does not exist" in only
 
 
 async def test_sandbox_with_another_avatar_is_a_problem(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:
