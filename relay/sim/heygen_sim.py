@@ -40,7 +40,8 @@ Control endpoints:
   - `unknown_session_code` 400004 (default, "Session does not exist. SessionID: <id>") or 10006.
   - `unknown_avatars` [avatar_id, ...]: `streaming.new` answers 10012 "avatar not found" for those.
   - `ms_per_char` int (default 65): how `duration_ms` of a task is estimated from its text.
-  - `retired` true (404) or a status (404, 410): every `streaming.*` call answers that status, as an API that
+  - `retired` true (404) or a status (404, 410): every `streaming.*` call (and `streaming/avatar.list`) answers
+    that status, as an API that
     HeyGen has switched off would (Streaming v1 was retired on 2026-03-31; what it answers now is unverified).
   - `not_streaming_enabled` true: `streaming.new` answers HTTP 401 with code 400112 (the avatar or voice is not
     enabled for streaming; HeyGen-Official/StreamingAvatarSDK#3).
@@ -281,7 +282,7 @@ def create_app() -> QuartTrio:
         """What a retired API or an account without streaming answers (the `retired`, `no_api_access` and
         `not_streaming_enabled` faults)."""
         retired = state.faults.get("retired")
-        if retired and endpoint.startswith(("streaming.", "v2/streaming.")):
+        if retired and endpoint.startswith(("streaming.", "v2/streaming.", "avatar.list")):
             status = int(retired) if not isinstance(retired, bool) else 404
             return _Answer(status, {"code": status, "message": "Not Found" if status == 404 else "Gone"})
         if state.faults.get("no_api_access"):
