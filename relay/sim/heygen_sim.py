@@ -247,10 +247,13 @@ class _State:
                 "tokens_issued": len(self.tokens)}
 
 
-def create_app() -> QuartTrio:
-    """A fresh simulator (its own sessions, ledger and faults)."""
+def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
+    """A fresh simulator (its own sessions, ledger and faults); `start_faults` are merged in at start (`avatar-relay sim
+    --faults heygen=JSON`; `/_sim/reset` forgets them)."""
     app = QuartTrio(__name__)
     state = _State()
+    if start_faults:
+        state.merge_faults(start_faults)
 
     def authenticate() -> str:
         key = request.headers.get("x-api-key")

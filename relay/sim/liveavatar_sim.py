@@ -492,10 +492,13 @@ def _validation_error(problems: list[tuple[list[Any], str, str]]) -> Response:
     return _json({"detail": [{"loc": loc, "msg": msg, "type": kind} for loc, msg, kind in problems]}, 422)
 
 
-def create_app() -> QuartTrio:
-    """The LiveAvatar simulator as an ASGI app (see the module docstring for endpoints and faults)."""
+def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
+    """The LiveAvatar simulator as an ASGI app (see the module docstring for endpoints and faults); `start_faults` are
+    merged into the defaults at start (`avatar-relay sim --faults liveavatar=JSON`; `/_sim/reset` forgets them)."""
     app = QuartTrio(__name__)
     state = SimState()
+    if start_faults:
+        state.merge_faults(start_faults)
 
     async def prelude(endpoint: str) -> Response | None:
         """Count the request, apply injected latency and forced failures."""
