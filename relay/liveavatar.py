@@ -317,6 +317,11 @@ class LiveAvatarProvider:
             token = created[0]
             log.info("liveavatar session %s started (sandbox=%s, simulated=%s)", info.session_id,
                         self._settings.liveavatar_sandbox, info.simulated)
+            granted = start.max_session_duration
+            if granted is not None and granted < self._settings.relay_max_duration:
+                log.warning("liveavatar granted a %d s session, shorter than RELAY_MAX_DURATION (%g s): the avatar "
+                            "may end before the conversation (the plan's limit?)", granted,
+                            self._settings.relay_max_duration)
             # Not waiting for `connected` here: the stream holds speech until then, the conversation bounds it.
             async with open_lite_audio_stream(start.ws_url, on_event,
                                          connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as stream:
