@@ -236,7 +236,8 @@ class _SessionBase:
         """Repeat mode has no `connected` event: the session is ready once `streaming.start` answered."""
 
     async def set_listening(self, listening: bool) -> None:
-        """HeyGen's Streaming API v1 has no listening pose: nothing to send."""
+        """Nothing to send: HeyGen v1's `streaming.start_listening` is not a pose but its voice chat (the avatar's
+        own LLM takes the user's microphone from the LiveKit room), which must stay off while our agent talks."""
 
     async def _rest_keep_alive(self) -> None:
         await self._session_call(KEEP_ALIVE, what="keep-alive", retries=True)
