@@ -73,7 +73,7 @@ class Baseline:
                           metadata: dict[str, Any]) -> None:
         base = self.args.liveavatar
         token = (await self.http.post(f"{base}/v1/sessions/token", headers={"X-API-KEY": KEY}, json={
-            "mode": "LITE", "avatar_id": "bench-avatar", "is_sandbox": False})).json()["data"]
+            "mode": "LITE", "avatar_id": "00000000-0000-4000-8000-0000000000e2", "is_sandbox": False})).json()["data"]
         auth = {"Authorization": f"Bearer {token['session_token']}"}
         try:
             started = (await self.http.post(f"{base}/v1/sessions/start", headers=auth,

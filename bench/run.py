@@ -35,6 +35,7 @@ from bench.wire import first_audio_latencies, summary, text_to_avatar_latencies
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
+BENCH_AVATAR = "00000000-0000-4000-8000-0000000000e2"  # LiveAvatar avatar ids are UUIDs
 
 # Injected upstream latencies (ms): the relay opens the agent and the avatar concurrently, so set-up should take
 # the slower path; a sequential relay pays the sum.
@@ -138,7 +139,7 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
                "ELEVENLABS_API_KEY": "bench-key", "HEYGEN_BASE_URL": sims.urls["heygen"],
                "HEYGEN_API_KEY": "bench-key", "HEYGEN_AVATAR_ID": "Wayne_20240711",
                "LIVEAVATAR_BASE_URL": sims.urls["liveavatar"], "LIVEAVATAR_API_KEY": "bench-key",
-               "LIVEAVATAR_AVATAR_ID": "bench-avatar", "RELAY_AVATAR": avatar,
+               "LIVEAVATAR_AVATAR_ID": BENCH_AVATAR, "RELAY_AVATAR": avatar,
                "RELAY_MAX_CONVERSATIONS": "100000", "RELAY_MAX_CONVERSATIONS_PER_CLIENT": "100000",
                "RELAY_LOG_LEVEL": "WARNING", "RELAY_AUTH": "off", "RELAY_MAX_STARTS_PER_MINUTE": "1000000"}
         # An empty working directory (also the session journal's): no stray .env changes what is measured.
@@ -195,7 +196,7 @@ def direct_avatar_setup_ms(avatar: str, sims: Sims, repeat: int = 5) -> float:
                 else:
                     base = sims.urls["liveavatar"]
                     token = (await http.post(f"{base}/v1/sessions/token", headers={"X-API-KEY": "bench-key"},
-                                             json={"mode": "LITE", "avatar_id": "bench-avatar"})).json()["data"]
+                                             json={"mode": "LITE", "avatar_id": BENCH_AVATAR})).json()["data"]
                     auth = {"Authorization": f"Bearer {token['session_token']}"}
                     body = {"session_id": token["session_id"]}
                     started = (await http.post(f"{base}/v1/sessions/start", headers=auth, json=body)).json()

@@ -4,6 +4,7 @@ modules it imports). `python -m relay` is the same. Nothing imports this module.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from functools import partial
 from typing import TYPE_CHECKING
@@ -128,13 +129,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from relay.server.serving import wait_for_signal
-    from relay.sim.runner import serve_simulators
+    from relay.sim.runner import STARTUP_FAULTS, serve_simulators
+
+    faults: dict[str, dict[str, object]] = {}
+    for spec in args.faults:
+        name, sep, text = spec.partition("=")
+        try:
+            value = json.loads(text) if sep else None
+        except ValueError:
+            value = None
+        if name not in STARTUP_FAULTS or not isinstance(value, dict):
+            print(f"avatar-relay: --faults takes NAME=JSON-object with NAME one of {', '.join(sorted(STARTUP_FAULTS))}"
+                  f", e.g. liveavatar='{{\"withhold_connected\": true}}' (got {spec!r})", file=sys.stderr)
+            return 2
+        faults.setdefault(name, {}).update(value)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve_simulators, args.host, {
+            urls = await nursery.start(partial(serve_simulators, args.host, {
                 "elevenlabs": args.elevenlabs_port, "heygen": args.heygen_port,
-                "liveavatar": args.liveavatar_port})
+                "liveavatar": args.liveavatar_port}, faults=faults))
             print(f"ELEVENLABS_BASE_URL={urls.elevenlabs}", flush=True)
             print(f"HEYGEN_BASE_URL={urls.heygen}", flush=True)
             print(f"LIVEAVATAR_BASE_URL={urls.liveavatar}", flush=True)
@@ -163,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--elevenlabs-port", type=int, default=0)
     sim.add_argument("--heygen-port", type=int, default=0)
     sim.add_argument("--liveavatar-port", type=int, default=0)
+    sim.add_argument("--faults", action="append", default=[], metavar="NAME=JSON",
+                     help="faults in force from the start, e.g. liveavatar='{\"withhold_connected\": true}' or "
+                          "heygen='{\"retired\": 410}' (repeatable; docs/reliability.md lists them)")
     sim.set_defaults(func=cmd_sim)
     doctor = sub.add_parser("doctor", help="check the configuration against the real services (in demo mode, "
                                            "against fresh simulators) and say in plain words what is wrong")

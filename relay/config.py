@@ -7,10 +7,12 @@ demo mode and must never do I/O beyond reading the environment.
 
 from __future__ import annotations
 
+import math
 import os
+import uuid
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AvatarChoice = Literal["liveavatar", "heygen", "none"]
@@ -44,7 +46,8 @@ class Settings(BaseSettings):
     liveavatar_avatar_id: str | None = None
     liveavatar_sandbox: bool = False
     liveavatar_quality: Literal["very_high", "high", "medium", "low"] = "high"
-    liveavatar_max_session_duration: int = Field(default=600, gt=0)
+    # Seconds LiveAvatar keeps the session at most; default: RELAY_MAX_DURATION plus a minute (see the property).
+    liveavatar_max_session_duration: int | None = Field(default=None, gt=0)
 
     # The relay itself
     relay_avatar: AvatarChoice | None = None
@@ -52,6 +55,9 @@ class Settings(BaseSettings):
     relay_port: int = Field(default=8000, ge=0, le=65535)
     relay_degrade_to_voice: bool = True
     relay_setup_timeout: float = Field(default=20.0, gt=0)
+    # Seconds after `ready` (the browser joins the avatar's room then) for the avatar to say `connected`; without
+    # it the conversation goes on voice-only (docs/reliability.md).
+    relay_avatar_connect_timeout: float = Field(default=20.0, gt=0)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
     relay_max_duration: float = Field(default=1800.0, gt=0)
@@ -86,6 +92,27 @@ class Settings(BaseSettings):
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
     relay_agent_silence_timeout: float = Field(default=60.0, gt=0)  # no frame at all from the agent this long ends it
 
+    @field_validator("liveavatar_avatar_id")
+    @classmethod
+    def _avatar_id_is_a_uuid(cls, value: str | None) -> str | None:
+        # The real API's schema says `format: uuid` and answers 422 otherwise (docs/deploy.md).
+        if value:
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                raise ValueError(f"LiveAvatar avatar ids are UUIDs (like 6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01), "
+                                 f"not {value[:64]!r}; copy the id from app.liveavatar.com (a HeyGen avatar name "
+                                 "does not work on LiveAvatar)") from None
+        return value
+
+    @property
+    def liveavatar_session_duration(self) -> int:
+        """The `max_session_duration` asked of LiveAvatar: LIVEAVATAR_MAX_SESSION_DURATION, else RELAY_MAX_DURATION
+        plus a minute (set-up comes before the conversation's clock), so the avatar never ends first."""
+        if self.liveavatar_max_session_duration is not None:
+            return self.liveavatar_max_session_duration
+        return math.ceil(self.relay_max_duration) + 60
+
     @property
     def demo_mode(self) -> bool:
         """No upstream credentials or agent at all: run on the built-in simulators."""
@@ -111,6 +138,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_complete(self) -> Settings:
+        if self.liveavatar_max_session_duration is not None and \
+                self.liveavatar_max_session_duration < self.relay_max_duration:
+            raise ValueError(f"LIVEAVATAR_MAX_SESSION_DURATION ({self.liveavatar_max_session_duration} s) is shorter "
+                             f"than RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before "
+                             "the conversation; raise it (within your LiveAvatar plan's limit), lower "
+                             "RELAY_MAX_DURATION, or unset it to follow RELAY_MAX_DURATION")
         if self.demo_mode:
             return self
         missing: list[str] = []

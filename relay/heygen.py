@@ -232,6 +232,13 @@ class _SessionBase:
         """`streaming.interrupt`: stop the current speech and HeyGen's queued tasks."""
         await self._session_call(INTERRUPT, what=f"interrupt of turn {turn}")
 
+    async def wait_connected(self) -> None:
+        """Repeat mode has no `connected` event: the session is ready once `streaming.start` answered."""
+
+    async def set_listening(self, listening: bool) -> None:
+        """Nothing to send: HeyGen v1's `streaming.start_listening` is not a pose but its voice chat (the avatar's
+        own LLM takes the user's microphone from the LiveKit room), which must stay off while our agent talks."""
+
     async def _rest_keep_alive(self) -> None:
         await self._session_call(KEEP_ALIVE, what="keep-alive", retries=True)
 
@@ -294,6 +301,9 @@ class _RealtimeSession(_SessionBase):
         """`agent.interrupt` on the socket: the avatar drops the turn's buffered audio and no later chunk of
         that turn is sent (HeyGen's TTS is not speaking, so there is nothing to interrupt over REST)."""
         await self._stream.interrupt(turn)
+
+    async def wait_connected(self) -> None:
+        await self._stream.wait_connected()
 
     async def keep_alive(self) -> None:
         """Keep both the socket and the REST session alive."""
@@ -379,8 +389,8 @@ class HeyGenProvider:
 
     @asynccontextmanager
     async def _open_realtime(self, new: NewSession, on_event: OnAvatarEvent) -> AsyncIterator[AvatarSession]:
-        """The realtime socket (bounded by RELAY_SETUP_TIMEOUT to connect); AvatarSessionEnded leaves the body
-        when HeyGen closes it."""
+        """The realtime socket (bounded by RELAY_SETUP_TIMEOUT to connect; `connected` is not awaited here, the
+        stream holds speech until it comes); AvatarSessionEnded leaves the body when HeyGen closes it."""
         if new.realtime_endpoint is None:
             raise AvatarUnavailable("bad_config", "HeyGen gave this session no realtime endpoint; set "
                                                   "HEYGEN_MODE=repeat.")

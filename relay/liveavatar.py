@@ -57,7 +57,7 @@ def token_request_body(settings: Settings) -> dict[str, Any]:
     """The `POST /v1/sessions/token` body for these settings (see `relay.protocol.liveavatar.token_request_body`)."""
     return _token_request_body(avatar_id=settings.liveavatar_avatar_id, sandbox=settings.liveavatar_sandbox,
                                quality=settings.liveavatar_quality,
-                               max_session_duration=settings.liveavatar_max_session_duration)
+                               max_session_duration=settings.liveavatar_session_duration)
 
 
 def to_unavailable(error: ApiError) -> AvatarUnavailable:
@@ -218,6 +218,12 @@ class LiveAvatarSession:
     async def interrupt(self, turn: int) -> None:
         await self._stream.interrupt(turn)
 
+    async def wait_connected(self) -> None:
+        await self._stream.wait_connected()
+
+    async def set_listening(self, listening: bool) -> None:
+        await self._stream.set_listening(listening)
+
     async def keep_alive(self) -> None:
         """`session.keep_alive` on the socket, then the REST keep-alive (clients disagree on which one the
         server counts; both are cheap at one per interval). Failures are logged, never raised."""
@@ -311,6 +317,12 @@ class LiveAvatarProvider:
             token = created[0]
             log.info("liveavatar session %s started (sandbox=%s, simulated=%s)", info.session_id,
                         self._settings.liveavatar_sandbox, info.simulated)
+            granted = start.max_session_duration
+            if granted is not None and granted < self._settings.relay_max_duration:
+                log.warning("liveavatar granted a %d s session, shorter than RELAY_MAX_DURATION (%g s): the avatar "
+                            "may end before the conversation (the plan's limit?)", granted,
+                            self._settings.relay_max_duration)
+            # Not waiting for `connected` here: the stream holds speech until then, the conversation bounds it.
             async with open_lite_audio_stream(start.ws_url, on_event,
                                          connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as stream:
                 yield LiveAvatarSession(info, stream, self._settings.relay_keep_alive_interval,

@@ -177,6 +177,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         agent: AgentConnection | None = None
         session: AvatarSession | None = None
         speech = SpeechRouter(outbox)
+        ready_sent = trio.Event()  # the avatar's `connected` is awaited from here on, bounded
 
         def on_avatar_event(event: AvatarEvent) -> None:
             if isinstance(event, AvatarSpeaking):
@@ -193,7 +194,8 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         async def start_avatar() -> None:
             nonlocal session
             if up.provider is not None:
-                session = await conversation.start(_hold_avatar, up, on_avatar_event, outbox, speech, record)
+                session = await conversation.start(_hold_avatar, up, on_avatar_event, outbox, speech, record,
+                                                   ready_sent)
 
         with trio.fail_after(settings.relay_setup_timeout):
             async with trio.open_nursery() as setup:
@@ -220,6 +222,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                              avatar=None if session is None else session.info,
                              input_sample_rate=input_format.sample_rate,
                              output_sample_rate=output_format.sample_rate))
+        ready_sent.set()
         log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
                  record.avatar_provider or "none")
         if up.hooks.on_ready is not None:
@@ -249,11 +252,13 @@ async def _hold_agent(up: Upstreams, start: bp.Start, *,
 
 
 async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], outbox: Outbox, speech: SpeechRouter,
-                       record: ConversationRecord, *,
+                       record: ConversationRecord, ready_sent: trio.Event, *,
                        task_status: trio.TaskStatus[AvatarSession | None] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the avatar session, feed it from the speech router and keep it alive until the conversation's scope is
-    cancelled; leaving the `open_session` context stops the session. If the provider refuses a session or the
-    session dies, the conversation goes on voice-only (unless RELAY_DEGRADE_TO_VOICE is off)."""
+    cancelled; leaving the `open_session` context stops the session. The session is handed over as soon as it is
+    started, not once the avatar says `connected` (speech is held until then); if that does not come within
+    RELAY_AVATAR_CONNECT_TIMEOUT after `ready`, or the provider refuses a session, or the session dies, the
+    conversation goes on voice-only (unless RELAY_DEGRADE_TO_VOICE is off)."""
     assert up.provider is not None
     started = False
     try:
@@ -264,6 +269,8 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
             async with trio.open_nursery() as avatar_tasks:
                 avatar_tasks.start_soon(speech.run, session)
                 avatar_tasks.start_soon(_keep_alive, session)
+                avatar_tasks.start_soon(_await_connected, session, ready_sent,
+                                        up.settings.relay_avatar_connect_timeout)
     except* AvatarError as group:
         if not up.settings.relay_degrade_to_voice:
             raise
@@ -276,6 +283,19 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
         outbox.send(bp.avatar_unavailable(reason, exc.message))
     if not started:
         task_status.started(None)
+
+
+async def _await_connected(session: AvatarSession, ready_sent: trio.Event, bound: float) -> None:
+    """Raise AvatarUnavailable("timeout") unless the avatar says `connected` within `bound` seconds of `ready`
+    (the browser joins the avatar's room after `ready`: a service that waits for a viewer announces it then)."""
+    await ready_sent.wait()
+    try:
+        with trio.fail_after(bound):
+            await session.wait_connected()
+    except trio.TooSlowError:
+        raise AvatarUnavailable("timeout", f"The avatar did not report that it was connected within {bound:g} s."
+                                ) from None
+    log.info("avatar connected")
 
 
 async def _keep_alive(session: AvatarSession) -> None:

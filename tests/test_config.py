@@ -9,6 +9,8 @@ import pytest
 
 from relay.config import ConfigError, Settings, load_settings
 
+SIM_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"
+
 
 def settings(**values: Any) -> Settings:
     return load_settings(_env_file=None, **values)
@@ -20,7 +22,7 @@ def test_nothing_set_is_demo_mode_on_liveavatar() -> None:
 
 
 def test_a_complete_liveavatar_configuration() -> None:
-    s = settings(elevenlabs_agent_id="agent", liveavatar_api_key="la-key", liveavatar_avatar_id="av")
+    s = settings(elevenlabs_agent_id="agent", liveavatar_api_key="la-key", liveavatar_avatar_id=SIM_AVATAR)
     assert not s.demo_mode and s.avatar == "liveavatar"
 
 
@@ -70,3 +72,29 @@ def test_keys_never_show_in_a_repr() -> None:
     s = settings(elevenlabs_agent_id="a", heygen_api_key="hg-secret-value", heygen_avatar_id="av",
                  relay_auth="off")
     assert "hg-secret-value" not in repr(s) and "hg-secret-value" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize("avatar_id", ["Wayne_20240711", "e2e-avatar", "6f1c1a52-9f0e-4d0c-8a51"])
+def test_a_liveavatar_avatar_id_that_is_not_a_uuid_is_a_start_up_error_naming_the_variable(avatar_id: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(elevenlabs_agent_id="a", liveavatar_api_key="la-secret-value", liveavatar_avatar_id=avatar_id)
+    assert "LIVEAVATAR_AVATAR_ID" in str(caught.value) and "UUID" in str(caught.value)
+    assert "la-secret-value" not in str(caught.value)
+
+
+def test_the_liveavatar_session_outlasts_the_longest_conversation_by_default() -> None:
+    assert settings().liveavatar_session_duration >= settings().relay_max_duration
+    assert settings(relay_max_duration=3600).liveavatar_session_duration >= 3600
+    assert settings(liveavatar_max_session_duration=2000).liveavatar_session_duration == 2000
+
+
+def test_a_liveavatar_session_shorter_than_the_conversation_is_a_start_up_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings(liveavatar_max_session_duration=600, relay_max_duration=1800)
+    assert "LIVEAVATAR_MAX_SESSION_DURATION" in str(caught.value) and "RELAY_MAX_DURATION" in str(caught.value)
+
+
+def test_liveavatar_is_the_default_whenever_its_key_is_set() -> None:
+    s = settings(elevenlabs_agent_id="a", liveavatar_api_key="k", liveavatar_avatar_id=SIM_AVATAR,
+                 heygen_api_key="h", heygen_avatar_id="Wayne_20240711")
+    assert s.avatar == "liveavatar"

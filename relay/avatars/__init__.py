@@ -121,6 +121,17 @@ class AvatarSession(Protocol):
         """Reset the provider's idle timer."""
         ...
 
+    async def wait_connected(self) -> None:
+        """Return once the avatar says it is ready to take speech (LITE `session.state_updated: connected`), at
+        once for a session that has no such event. Speech given before then is held, in order, not lost. The
+        conversation bounds the wait (RELAY_AVATAR_CONNECT_TIMEOUT)."""
+        ...
+
+    async def set_listening(self, listening: bool) -> None:
+        """Show (True) or leave (False) the avatar's listening pose while the user speaks; a no-op for a provider
+        without one."""
+        ...
+
 
 class AvatarProvider(Protocol):
     """Opens avatar sessions. Constructed once per process with the settings and the shared HTTP client."""

@@ -88,7 +88,16 @@ class LiteAudioStream:
     def _is_interrupted(self, turn: int) -> bool:
         return turn <= self._interrupted_through
 
+    async def wait_connected(self) -> None:
+        """Return once the server announced `session.state_updated: connected` (or the socket closed: the reader
+        then raises AvatarSessionEnded). Cancelled by the caller's scope."""
+        await self.connected.wait()
+
     async def _send(self, frame: str) -> bool:
+        # LiveAvatar's docs say to wait for `connected` before sending any command (livekit-agents' plugin holds
+        # its audio until then; the web SDK does not wait). Held here, in order: nothing said before `connected`
+        # is lost, and the conversation bounds the wait (RELAY_AVATAR_CONNECT_TIMEOUT).
+        await self.connected.wait()
         try:
             await self._ws.send_text(frame)
         except WebSocketClosed:
@@ -162,15 +171,10 @@ class LiteAudioStream:
         async with self._send_lock:
             await self._send(frame)
 
-    async def start_listening(self) -> None:
-        """`agent.start_listening`: the avatar shows its listening pose."""
-        frame = build_start_listening(self._control_id("listen"))
-        async with self._send_lock:
-            await self._send(frame)
-
-    async def stop_listening(self) -> None:
-        """`agent.stop_listening`: the avatar leaves its listening pose."""
-        frame = build_stop_listening(self._control_id("listen"))
+    async def set_listening(self, listening: bool) -> None:
+        """`agent.start_listening` (True: the avatar shows its listening pose) or `agent.stop_listening`."""
+        build = build_start_listening if listening else build_stop_listening
+        frame = build(self._control_id("listen"))
         async with self._send_lock:
             await self._send(frame)
 
@@ -213,14 +217,14 @@ class LiteAudioStream:
 @asynccontextmanager
 async def open_lite_audio_stream(ws_url: str, on_event: OnAvatarEvent, *, connect_timeout: float = 10.0,
                             turn_prefix: str = "turn") -> AsyncIterator[LiteAudioStream]:
-    """Open the `ws_url` socket, wait for `session.state_updated: connected` (at most `connect_timeout`; the
-    event is unreliable, so on timeout log a warning and go on), and yield a LiteAudioStream while a reader task
-    delivers events to `on_event` (called inline: it must not block).
+    """Open the `ws_url` socket and yield a LiteAudioStream at once, while a reader task delivers events to
+    `on_event` (called inline: it must not block). The stream holds every frame until the server announces
+    `session.state_updated: connected`; how long that may take is the caller's business (`wait_connected`).
 
-    Raises AvatarUnavailable ("timeout" or "upstream_error") if the socket cannot be opened, and
-    AvatarSessionEnded out of the body when the server closes the socket (the body is cancelled first). On
-    exit the reader is cancelled and the socket closed (close handshake bounded by 2 s). Cancelling
-    the caller cancels everything; it does not stop the avatar session itself (the provider does that).
+    Raises AvatarUnavailable ("timeout" or "upstream_error") if the socket cannot be opened within
+    `connect_timeout`, and AvatarSessionEnded out of the body when the server closes the socket (the body is
+    cancelled first). On exit the reader is cancelled and the socket closed (close handshake bounded by 2 s).
+    Cancelling the caller cancels everything; it does not stop the avatar session itself (the provider does that).
     """
     async with AsyncExitStack() as stack:
         with trio.move_on_after(connect_timeout) as opening:  # bounds the connection and the upgrade
@@ -238,11 +242,6 @@ async def open_lite_audio_stream(ws_url: str, on_event: OnAvatarEvent, *, connec
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.read_events, on_event)
-                with trio.move_on_after(connect_timeout) as waited:
-                    await stream.connected.wait()
-                if waited.cancelled_caught:
-                    log.warning("no 'connected' state from the avatar after %.1f s; sending anyway",
-                                   connect_timeout)
                 try:
                     yield stream
                 finally:

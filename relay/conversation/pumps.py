@@ -156,6 +156,10 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: 
                     speech.agent_text(event.text, event.event_id)
                 elif isinstance(event, el.UserTranscript):
                     outbox.send(bp.user_transcript(event.text, event.event_id, event.final))
+                    if not event.final:
+                        speech.user_speaking()
+                elif isinstance(event, el.VadScore):
+                    speech.vad_score(event.score)
                 elif isinstance(event, el.Interruption):
                     speech.interrupt(event.event_id)
                     outbox.send(bp.interruption(event.event_id))

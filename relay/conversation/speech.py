@@ -4,6 +4,10 @@ order; or, without a (real) avatar, the agent's voice goes to the browser.
 An interruption raises a watermark: queued items of older turns are skipped, the call in flight for an older turn is
 cancelled through its own scope, then `interrupt` is sent. Audio-driven avatars get `end_turn` after TURN_AUDIO_GAP
 without audio for the turn (pipecat uses the same gap), or when the next turn's audio starts.
+
+Listening pose: the avatar is told the user is speaking (`set_listening(True)`) when the agent hears them (a
+tentative transcript, or a VAD score of at least VAD_SPEAKING), and to leave the pose (`False`) just before the
+agent's next turn reaches it, in the same queue, so the pose never lands in the middle of a reply.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from relay.protocol.audio import AudioFormat, to_pcm16
 # Seconds without agent audio after which an audio-driven avatar is told the turn's audio is complete.
 TURN_AUDIO_GAP = 0.35
 SPEECH_QUEUE_ITEMS = 2048
+# The agent's `vad_score` from which the user counts as speaking (the listening pose).
+VAD_SPEAKING = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,12 @@ class _Interrupt:
     turn: int
 
 
-_SpeechItem = _SpeakText | _SpeakAudio | _Interrupt
+@dataclass(frozen=True, slots=True)
+class _Listen:
+    listening: bool
+
+
+_SpeechItem = _SpeakText | _SpeakAudio | _Interrupt | _Listen
 
 
 class SpeechRouter:
@@ -58,6 +69,7 @@ class SpeechRouter:
         self._last_turn = 0
         self._in_flight: tuple[int, trio.CancelScope] | None = None
         self.dropped = 0
+        self._listening = False
 
     def attach(self, session: AvatarSession | None) -> None:
         self.session = session
@@ -69,9 +81,25 @@ class SpeechRouter:
         except trio.WouldBlock:
             self.dropped += 1
 
+    def user_speaking(self) -> None:
+        """The agent hears the user (tentative transcript, VAD): the avatar takes its listening pose."""
+        if self.session is not None and not self._listening:
+            self._listening = True
+            self._queue(_Listen(True))
+
+    def vad_score(self, score: float) -> None:
+        if score >= VAD_SPEAKING:
+            self.user_speaking()
+
+    def _agent_turn_starts(self) -> None:
+        if self._listening:
+            self._listening = False
+            self._queue(_Listen(False))
+
     def agent_text(self, text: str, turn: int) -> None:
         self._last_turn = max(self._last_turn, turn)
         if self.session is not None and not self.session.takes_audio and turn >= self.watermark:
+            self._agent_turn_starts()
             self._queue(_SpeakText(text, turn))
 
     def agent_audio(self, audio: bytes, turn: int) -> None:
@@ -81,6 +109,7 @@ class SpeechRouter:
         if self.voice_to_browser:
             self._outbox.send_audio(to_pcm16(audio, self.agent_format))
         if self.session is not None and self.session.takes_audio:
+            self._agent_turn_starts()
             self._queue(_SpeakAudio(audio, turn))
 
     def interrupt(self, new_turn: int | None = None) -> None:
@@ -114,6 +143,9 @@ class SpeechRouter:
             if isinstance(item, _Interrupt):
                 open_turn = None
                 await session.interrupt(item.turn)
+                continue
+            if isinstance(item, _Listen):
+                await session.set_listening(item.listening)
                 continue
             if item.turn < self.watermark:
                 continue

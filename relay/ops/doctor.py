@@ -136,6 +136,10 @@ def heygen_avatar_findings(status: int, body: bytes, avatar_id: str | None) -> l
         data = heygen_protocol.read_answer(status, body)
     except heygen_protocol.ApiError as exc:
         failure = exc.failure
+        if (failure.code in heygen_protocol.NOT_STREAMING_ENABLED_CODES | heygen_protocol.NO_API_ACCESS_CODES
+                or heygen_protocol.looks_retired(failure)):
+            return [problem(service, f"{heygen_protocol.plain_words(failure)} (HTTP {failure.status}: "
+                                     f"{failure.message}).")]
         if failure.status == 401 or failure.code == 40102:
             return [problem(service, f"HEYGEN_API_KEY was refused (HTTP {failure.status}: {failure.message}).")]
         return [problem(service, f"listing the streaming avatars failed: HTTP {failure.status}, code "
@@ -286,12 +290,15 @@ async def check_heygen(settings: Settings, http: httpx2.AsyncClient) -> list[Fin
         return [problem(service, "HEYGEN_API_KEY is not set.")]
     headers = {"x-api-key": settings.heygen_api_key.get_secret_value()}
     base = settings.heygen_base_url.rstrip("/")
+    retired = note(service, "HeyGen retired its Streaming API v1 on 2026-03-31 (public migration notes; HeyGen's "
+                            "own docs call it legacy) and LiveAvatar is its successor: plan the move (LiveAvatar has "
+                            "its own keys: LIVEAVATAR_API_KEY, LIVEAVATAR_AVATAR_ID; docs/deploy.md).")
     try:
         response = await _get(http, base + "/v1/streaming/avatar.list", headers)
     except httpx2.HTTPError as exc:
-        return [_unreachable(service, "HEYGEN_BASE_URL", exc)]
-    found = heygen_avatar_findings(response.status_code, response.content, settings.heygen_avatar_id)
-    if _key_refused(found):
+        return [retired, _unreachable(service, "HEYGEN_BASE_URL", exc)]
+    found = [retired, *heygen_avatar_findings(response.status_code, response.content, settings.heygen_avatar_id)]
+    if not any(f.level == "ok" for f in found):  # not even the key was accepted: listing would fail the same way
         return found
     try:
         with trio.fail_after(CHECK_TIMEOUT * 2):

@@ -343,6 +343,8 @@ class _ObservedSession:
         self.end_turn = session.end_turn
         self.interrupt = session.interrupt
         self.keep_alive = session.keep_alive
+        self.wait_connected = session.wait_connected
+        self.set_listening = session.set_listening
 
     async def speak_text(self, text: str, turn: int) -> None:
         await self._session.speak_text(text, turn)

@@ -241,6 +241,21 @@ UNAUTHORIZED_CODES = frozenset({40102})
 RATE_LIMIT_CODES = frozenset({400123})
 NO_CREDITS_CODES = frozenset({10015})
 BAD_AVATAR_CODES = frozenset({10012, 10013, 400014})
+# HTTP 401 with 400112: the key is fine, the avatar or voice is not enabled for streaming
+# (HeyGen-Official/StreamingAvatarSDK#3).
+NOT_STREAMING_ENABLED_CODES = frozenset({400112})
+# "Your account doesn't have API access": the plan has no API (or no longer has the Streaming API).
+NO_API_ACCESS_CODES = frozenset({400599})
+# What a switched-off endpoint answers: HeyGen retired Streaming API v1 on 2026-03-31 (docs/deploy.md).
+RETIRED_STATUSES = frozenset({404, 410})
+RETIRED_MESSAGE = ("HeyGen's Streaming API v1 answers as if it were switched off: HeyGen retired it on 2026-03-31 "
+                   "and LiveAvatar is its successor; set LIVEAVATAR_API_KEY and LIVEAVATAR_AVATAR_ID (LiveAvatar "
+                   "has its own keys) or RELAY_AVATAR=none")
+NOT_STREAMING_ENABLED_MESSAGE = ("HeyGen accepted the key but this avatar or voice is not enabled for streaming "
+                                 "(code 400112): pick a streaming (Interactive) avatar for HEYGEN_AVATAR_ID and a "
+                                 "voice it allows (HEYGEN_VOICE_ID), or move to LiveAvatar")
+NO_API_ACCESS_MESSAGE = ("this HeyGen account has no API access (code 400599): its plan does not include the "
+                         "API; upgrade it, or move to LiveAvatar (HeyGen's successor to Streaming v1)")
 # 10001-10005 "session state wrong: new / connecting / connected / closing / closed"; only the last two (and
 # the not-found codes) mean the session is gone. 10003 is also used for "avatar version is deprecated".
 STATE_CODES = {10001: "new", 10002: "connecting", 10003: "connected", 10004: "closing", 10005: "closed"}
@@ -262,6 +277,11 @@ def _is_deprecated_avatar(failure: HeyGenFailure) -> bool:
     return failure.code in (10003, 400014) and "deprecat" in failure.message.lower()
 
 
+def looks_retired(failure: HeyGenFailure) -> bool:
+    """A 404/410 with no HeyGen error code of its own (or its status as code): the endpoint is not there any more."""
+    return failure.status in RETIRED_STATUSES and failure.code in (None, failure.status)
+
+
 def unavailable_reason(failure: HeyGenFailure) -> UnavailableReason:
     """The `AvatarUnavailable.reason` for a failure while opening a session."""
     code, status = failure.code, failure.status
@@ -269,6 +289,10 @@ def unavailable_reason(failure: HeyGenFailure) -> UnavailableReason:
         return "timeout"
     if code in CONCURRENT_LIMIT_CODES:
         return "concurrent_limit"
+    if code in NOT_STREAMING_ENABLED_CODES or looks_retired(failure):
+        return "bad_config"
+    if code in NO_API_ACCESS_CODES:
+        return "unauthorized"
     if status in (401, 403) or code in UNAUTHORIZED_CODES:
         return "unauthorized"
     if status == 429 or code in RATE_LIMIT_CODES:
@@ -277,7 +301,7 @@ def unavailable_reason(failure: HeyGenFailure) -> UnavailableReason:
         return "no_credits"
     if code in BAD_AVATAR_CODES or _is_deprecated_avatar(failure):
         return "bad_config"
-    if status in (404, 405) and code is None:
+    if status == 405 and code is None:
         return "bad_config"
     return "upstream_error"
 
@@ -320,7 +344,18 @@ def describe_failure(failure: HeyGenFailure) -> str:
 
 def unavailable_message(failure: HeyGenFailure, action: str) -> str:
     """A user-safe sentence for a failure of `action` ("streaming.new", ...)."""
-    return f"{_REASON_MESSAGES[unavailable_reason(failure)]} ({action}: {describe_failure(failure)})"
+    return f"{plain_words(failure)} ({action}: {describe_failure(failure)})"
+
+
+def plain_words(failure: HeyGenFailure) -> str:
+    """What the failure means and what to do, in plain words (also the doctor's)."""
+    if failure.code in NOT_STREAMING_ENABLED_CODES:
+        return NOT_STREAMING_ENABLED_MESSAGE + "."
+    if failure.code in NO_API_ACCESS_CODES:
+        return NO_API_ACCESS_MESSAGE[0].upper() + NO_API_ACCESS_MESSAGE[1:] + "."
+    if looks_retired(failure):
+        return RETIRED_MESSAGE + "."
+    return _REASON_MESSAGES[unavailable_reason(failure)]
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -40,6 +40,16 @@ Control endpoints:
   - `unknown_session_code` 400004 (default, "Session does not exist. SessionID: <id>") or 10006.
   - `unknown_avatars` [avatar_id, ...]: `streaming.new` answers 10012 "avatar not found" for those.
   - `ms_per_char` int (default 65): how `duration_ms` of a task is estimated from its text.
+  - `retired` true (404) or a status (404, 410): every `streaming.*` call (and `streaming/avatar.list`) answers
+    that status, as an API that
+    HeyGen has switched off would (Streaming v1 was retired on 2026-03-31; what it answers now is unverified).
+  - `not_streaming_enabled` true: `streaming.new` answers HTTP 401 with code 400112 (the avatar or voice is not
+    enabled for streaming; HeyGen-Official/StreamingAvatarSDK#3).
+  - `no_api_access` true: every call answers code 400599 "Your account doesn't have API access" (HTTP 403 here;
+    the real status is unverified).
+  - `withhold_connected` true: new realtime sockets stay `connecting` (commands dropped and counted) until
+    `POST /_sim/connect`; never asking is a socket that never connects.
+- `POST /_sim/connect`: send the withheld `session.state_updated: connected` on every open realtime socket.
 """
 
 from __future__ import annotations
@@ -145,6 +155,7 @@ class _State:
         self.requests: dict[str, int] = {}
         self.faults: dict[str, Any] = {}
         self.totals = {"created": 0, "started": 0, "stopped": 0, "expired": 0}
+        self.sockets: set[LiteSocketSimulator] = set()  # open realtime sockets
 
     # ------------------------------------------------------------------------------------------------------------------
     # Faults
@@ -236,10 +247,13 @@ class _State:
                 "tokens_issued": len(self.tokens)}
 
 
-def create_app() -> QuartTrio:
-    """A fresh simulator (its own sessions, ledger and faults)."""
+def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
+    """A fresh simulator (its own sessions, ledger and faults); `start_faults` are merged in at start (`avatar-relay sim
+    --faults heygen=JSON`; `/_sim/reset` forgets them)."""
     app = QuartTrio(__name__)
     state = _State()
+    if start_faults:
+        state.merge_faults(start_faults)
 
     def authenticate() -> str:
         key = request.headers.get("x-api-key")
@@ -267,6 +281,19 @@ def create_app() -> QuartTrio:
             raise _error(400, "the body must be a JSON object")
         return body
 
+    def account_refusal(endpoint: str) -> _Answer | None:
+        """What a retired API or an account without streaming answers (the `retired`, `no_api_access` and
+        `not_streaming_enabled` faults)."""
+        retired = state.faults.get("retired")
+        if retired and endpoint.startswith(("streaming.", "v2/streaming.", "avatar.list")):
+            status = int(retired) if not isinstance(retired, bool) else 404
+            return _Answer(status, {"code": status, "message": "Not Found" if status == 404 else "Gone"})
+        if state.faults.get("no_api_access"):
+            return _error(400599, "Your account doesn't have API access", 403)
+        if state.faults.get("not_streaming_enabled") and endpoint == "streaming.new":
+            return _error(400112, "This avatar or voice is not allowed for streaming", 401)
+        return None
+
     async def handle(endpoint: str, effect: Any, *, post: bool = True) -> Response:
         """The common path: count, hang, forced failure, auth, body, latency, effect."""
         state.requests[endpoint] = state.requests.get(endpoint, 0) + 1
@@ -276,6 +303,9 @@ def create_app() -> QuartTrio:
             forced = state.forced_failure(endpoint)
             if forced is not None:
                 raise forced
+            account = account_refusal(endpoint)
+            if account is not None:
+                raise account
             api_key = authenticate()
             body = await json_body() if post else {}
             payload = await effect(api_key, body)
@@ -489,11 +519,16 @@ def create_app() -> QuartTrio:
         await websocket.accept()
         session.realtime_connections += 1
         state.touch(session)
-        sock = LiteSocketSimulator(session.realtime, on_activity=lambda: state.touch(session))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(close_when_session_ends, session, sock)
-            code = await sock.run(websocket.receive, websocket.send)
-            nursery.cancel_scope.cancel()
+        sock = LiteSocketSimulator(session.realtime, on_activity=lambda: state.touch(session),
+                                   withhold_connected=bool(state.faults.get("withhold_connected")))
+        state.sockets.add(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(close_when_session_ends, session, sock)
+                code = await sock.run(websocket.receive, websocket.send)
+                nursery.cancel_scope.cancel()
+        finally:
+            state.sockets.discard(sock)
         if session.status not in OPEN_STATES:
             for closing in ("closing", "closed"):
                 await websocket.send(orjson.dumps({"type": "session.state_updated", "state": closing}).decode())
@@ -525,6 +560,12 @@ def create_app() -> QuartTrio:
             return _json(400, {"error": "faults must be a JSON object"})
         state.merge_faults(update)
         return _json(200, state.faults)
+
+    @app.post("/_sim/connect")
+    async def release_connected() -> Response:
+        for sock in state.sockets:
+            sock.release()
+        return _json(200, {"released": len(state.sockets)})
 
     @app.post("/_sim/reset")
     async def reset() -> Response:

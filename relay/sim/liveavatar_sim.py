@@ -9,18 +9,22 @@ received) are reusable: HeyGen's simulated `realtime_endpoint` speaks the same p
 
 Undocumented upstream behaviour, chosen here: the concurrency limit answers HTTP 429 with code 4029 and
 "Concurrent session limit reached"; a sandbox session with another avatar answers 400 / 4000; stopping a
-session that already ended answers 200 (stop is idempotent); any well-formed avatar id is accepted by
-`sessions/token`, even one that is not a UUID (demo mode uses "demo-avatar"; only `GET /v1/avatars/{id}` knows
-the catalogue).
+session that already ended answers 200 (stop is idempotent); any UUID is accepted as an avatar id by
+`sessions/token` (only `GET /v1/avatars/{id}` knows the catalogue), anything else answers 422 as the real schema
+(`format: uuid`) does; a `max_session_duration` above the tier's limit answers 422 naming the limit (the real
+answer is not documented).
 
 Control endpoints:
 - `GET /_sim/ledger`: `{"sessions": {id: {...}}, "requests": {endpoint: n}, "refusals": [...]}`. Per session:
   `created`, `started`, `stopped`, `expired` (time.monotonic() or null), `stop_reason`, `end_reason`,
   `is_sandbox`, `avatar_id`, `max_session_duration`, `rest_keep_alives`, `ws_connects`, and `lite` (see
   `LiteLedger.to_json`: `audio_seconds`, `chunks`, per event_id `{chunks, audio_seconds, first_chunk_at}`,
-  `interrupts` (event ids), `chunks_after_interrupt`, `keep_alives`, `speak_ends`, `dropped_before_connected`).
+  `interrupts` (event ids), `chunks_after_interrupt`, `keep_alives`, `speak_ends`, `dropped_before_connected`,
+  `listening`: "start"/"stop" for each `agent.start_listening`/`agent.stop_listening`, in order).
 - `GET /_sim/audio/<session_id>/<event_id>`: the raw PCM16 24 kHz received for that event id (only when the
   `record_audio` fault is on).
+- `POST /_sim/connect`: send the withheld `session.state_updated: connected` on every open socket (the
+  `withhold_connected` fault); answers `{"released": n}`.
 - `POST /_sim/reset`: end every socket, clear ledger and faults.
 - `POST /_sim/faults` (JSON, merged into the current faults; nested dicts `latency_ms` and `fail` merge by key):
   - `latency_ms`: `{endpoint: ms}` added before answering. Endpoints: `token`, `start`, `stop`, `keep_alive`,
@@ -39,6 +43,10 @@ Control endpoints:
   - `close_ws_after_ms`: close every new websocket this long after it connects (the session stays active).
   - `suppress_connected`: true -> never send `session.state_updated: connected`.
   - `connected_delay_ms`: send `connected` this late; commands before it are dropped silently (counted).
+  - `withhold_connected`: true -> new sockets stay `connecting` (commands dropped and counted, as above) until
+    `POST /_sim/connect`; never asking is an avatar that never connects.
+  - `tier_max_session_duration_s` (default 7200): the subscription tier's longest session; `sessions/token`
+    refuses a longer `max_session_duration` with 422.
   - `record_audio`: true -> keep the received audio for `/_sim/audio/...` (tests only; costs memory).
 """
 
@@ -93,8 +101,18 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "close_ws_after_ms": None,
     "suppress_connected": False,
     "connected_delay_ms": 0,
+    "withhold_connected": False,
+    "tier_max_session_duration_s": 7200,
     "record_audio": False,
 }
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _fresh_faults() -> dict[str, Any]:
@@ -130,6 +148,7 @@ class LiteLedger:
     speak_ends: int = 0
     dropped_before_connected: int = 0
     errors_sent: int = 0
+    listening: list[str] = field(default_factory=list)  # "start" / "stop", in the order received
     record_audio: bool = False
     audio: dict[str, bytearray] = field(default_factory=dict)
 
@@ -143,6 +162,7 @@ class LiteLedger:
             "keep_alives": self.keep_alives,
             "speak_ends": self.speak_ends,
             "dropped_before_connected": self.dropped_before_connected,
+            "listening": list(self.listening),
             "errors_sent": self.errors_sent,
         }
 
@@ -162,12 +182,16 @@ class LiteSocketSimulator:
     """
 
     def __init__(self, ledger: LiteLedger, *, on_activity: Callable[[], None] = lambda: None,
-                 suppress_connected: bool = False, connected_delay: float = 0.0) -> None:
+                 suppress_connected: bool = False, connected_delay: float = 0.0,
+                 withhold_connected: bool = False) -> None:
         self.ledger = ledger
         self._on_activity = on_activity
         self._suppress_connected = suppress_connected
         self._connected_delay = connected_delay
         self._connected = False
+        self._released = trio.Event()  # `release()`: a withheld `connected` may go out now
+        if not withhold_connected:
+            self._released.set()
         self._send: Callable[[str], Awaitable[None]] | None = None
         self._send_lock = trio.Lock()
         self._closed = trio.Event()
@@ -177,6 +201,10 @@ class LiteSocketSimulator:
         self._started: dict[str, float] = {}  # event_id -> monotonic time of agent.speak_started
         self._ended_timers: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+
+    def release(self) -> None:
+        """Send the withheld `connected` now (the `withhold_connected` fault; `POST /_sim/connect`)."""
+        self._released.set()
 
     def close(self, code: int = 1000) -> None:
         """End the connection (from outside: the session ended). Safe to call more than once."""
@@ -211,6 +239,7 @@ class LiteSocketSimulator:
         await self._emit({"type": "session.state_updated", "state": "connecting"})
         if self._connected_delay:
             await trio.sleep(self._connected_delay)
+        await self._released.wait()
         self._connected = True
         if not self._suppress_connected:
             await self._emit({"type": "session.state_updated", "state": "connected"})
@@ -257,9 +286,11 @@ class LiteSocketSimulator:
         elif kind == "session.keep_alive":
             self.ledger.keep_alives += 1
         elif kind == "agent.start_listening":
+            self.ledger.listening.append("start")
             if self._agent_state != "talking":
                 await self._set_state("listening")
         elif kind == "agent.stop_listening":
+            self.ledger.listening.append("stop")
             if self._agent_state == "listening":
                 await self._set_state("idle")
         else:
@@ -461,10 +492,13 @@ def _validation_error(problems: list[tuple[list[Any], str, str]]) -> Response:
     return _json({"detail": [{"loc": loc, "msg": msg, "type": kind} for loc, msg, kind in problems]}, 422)
 
 
-def create_app() -> QuartTrio:
-    """The LiveAvatar simulator as an ASGI app (see the module docstring for endpoints and faults)."""
+def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
+    """The LiveAvatar simulator as an ASGI app (see the module docstring for endpoints and faults); `start_faults` are
+    merged into the defaults at start (`avatar-relay sim --faults liveavatar=JSON`; `/_sim/reset` forgets them)."""
     app = QuartTrio(__name__)
     state = SimState()
+    if start_faults:
+        state.merge_faults(start_faults)
 
     async def prelude(endpoint: str) -> Response | None:
         """Count the request, apply injected latency and forced failures."""
@@ -582,6 +616,8 @@ def create_app() -> QuartTrio:
             problems.append((["body", "avatar_id"], "Field required", "missing"))
         elif not isinstance(avatar_id, str) or not avatar_id:
             problems.append((["body", "avatar_id"], "Input should be a valid string", "string_type"))
+        elif not _is_uuid(avatar_id):
+            problems.append((["body", "avatar_id"], "Input should be a valid UUID", "uuid_parsing"))
         is_sandbox = body.get("is_sandbox", False)
         if not isinstance(is_sandbox, bool):
             problems.append((["body", "is_sandbox"], "Input should be a valid boolean", "bool_type"))
@@ -598,6 +634,10 @@ def create_app() -> QuartTrio:
         duration = body.get("max_session_duration", 600)
         if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
             problems.append((["body", "max_session_duration"], "Input should be a positive integer", "int_type"))
+        tier_limit = int(state.faults["tier_max_session_duration_s"])
+        if not problems and duration > tier_limit:
+            problems.append((["body", "max_session_duration"], f"max_session_duration {duration} exceeds the "
+                             f"maximum allowed by your subscription tier ({tier_limit} s)", "less_than_equal"))
         if problems:
             return refuse("token", _validation_error(problems), 422)
         if is_sandbox and avatar_id != SANDBOX_AVATAR_ID:
@@ -762,6 +802,7 @@ def create_app() -> QuartTrio:
             session.lite, on_activity=session.touch,
             suppress_connected=bool(state.faults["suppress_connected"]),
             connected_delay=float(state.faults["connected_delay_ms"] or 0) / 1000,
+            withhold_connected=bool(state.faults["withhold_connected"]),
         )
         session.sockets.add(sock)
         close_after = state.faults["close_ws_after_ms"]
@@ -809,6 +850,15 @@ def create_app() -> QuartTrio:
             return _json({"error": "faults must be a JSON object"}, 400)
         state.merge_faults(update)
         return _json(state.faults, 200)
+
+    @app.post("/_sim/connect")
+    async def release_connected() -> Response:
+        released = 0
+        for session in state.sessions.values():
+            for sock in session.sockets:
+                sock.release()
+                released += 1
+        return _json({"released": released}, 200)
 
     @app.post("/_sim/reset")
     async def reset() -> Response:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -11,11 +13,14 @@ from hypercorn.trio import serve
 
 from relay.sim import elevenlabs_sim, heygen_sim, liveavatar_sim
 
-SIMULATORS = {
+SIMULATORS: dict[str, Callable[..., Any]] = {
     "elevenlabs": elevenlabs_sim.create_app,
     "heygen": heygen_sim.create_app,
     "liveavatar": liveavatar_sim.create_app,
 }
+# The simulators whose faults can be set at start (`avatar-relay sim --faults NAME=JSON`); every simulator also takes
+# them at any time through `POST /_sim/faults`.
+STARTUP_FAULTS = frozenset({"heygen", "liveavatar"})
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,20 @@ def _config(host: str, port: int) -> Config:
 
 
 async def serve_simulators(host: str = "127.0.0.1", ports: dict[str, int] | None = None, *,
+                           faults: dict[str, dict[str, Any]] | None = None,
                            task_status: trio.TaskStatus[SimulatorURLs] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve every simulator (port 0 = any free port) until cancelled; reports their base URLs once listening."""
+    """Serve every simulator (port 0 = any free port) until cancelled; reports their base URLs once listening.
+    `faults` (by simulator name, only those in STARTUP_FAULTS) are in force from the first request."""
     ports = ports or {}
+    faults = faults or {}
+    unknown = set(faults) - STARTUP_FAULTS
+    if unknown:
+        raise ValueError(f"start-up faults are for {', '.join(sorted(STARTUP_FAULTS))}, not "
+                         f"{', '.join(sorted(unknown))} (use its POST /_sim/faults)")
     urls: dict[str, str] = {}
     async with trio.open_nursery() as nursery:
         for name, create_app in SIMULATORS.items():
-            binds = await nursery.start(serve, create_app(), _config(host, ports.get(name, 0)))
+            app = create_app(start_faults=faults[name]) if name in faults else create_app()
+            binds = await nursery.start(serve, app, _config(host, ports.get(name, 0)))
             urls[name] = binds[0]
         task_status.started(SimulatorURLs(**urls))

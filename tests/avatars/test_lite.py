@@ -51,9 +51,12 @@ class FakeSocket:
         self.sent.append(json.loads(message))
 
 
-def make_speaker() -> tuple[LiteAudioStream, FakeSocket]:
+def make_speaker(*, connected: bool = True) -> tuple[LiteAudioStream, FakeSocket]:
     sock = FakeSocket()
-    return LiteAudioStream(sock, "turn"), sock  # type: ignore[arg-type]
+    speaker = LiteAudioStream(sock, "turn")  # type: ignore[arg-type]
+    if connected:
+        speaker.connected.set()
+    return speaker, sock
 
 
 PCM24K = AudioFormat("pcm", 24000)
@@ -112,8 +115,8 @@ async def test_keep_alive_and_listening_frames_have_distinct_event_ids() -> None
     speaker, sock = make_speaker()
     await speaker.keep_alive()
     await speaker.keep_alive()
-    await speaker.start_listening()
-    await speaker.stop_listening()
+    await speaker.set_listening(True)
+    await speaker.set_listening(False)
     assert [f["type"] for f in sock.sent] == ["session.keep_alive", "session.keep_alive",
                                               "agent.start_listening", "agent.stop_listening"]
     assert len({f["event_id"] for f in sock.sent}) == 4
@@ -125,3 +128,21 @@ async def test_each_agent_chunk_goes_out_immediately_as_one_packet() -> None:
     assert len(sock.sent) == 1
     await speaker.speak_audio(b"\x00\x01" * 240, PCM24K, 1)
     assert len(sock.sent) == 2
+
+
+async def test_frames_before_connected_are_held_in_order_and_sent_once_it_comes() -> None:
+    speaker, sock = make_speaker(connected=False)
+    chunk = b"\x00\x01" * 2400
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            async def speak_turn() -> None:
+                await speaker.set_listening(False)
+                await speaker.speak_audio(chunk, PCM24K, 1)
+                await speaker.end_turn(1)
+
+            nursery.start_soon(speak_turn)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sock.sent == []  # LiveAvatar: "wait for connected before sending any command"
+            speaker.connected.set()
+    assert [(f["type"], f.get("event_id")) for f in sock.sent] == [
+        ("agent.stop_listening", "listen-1"), ("agent.speak", "turn-1"), ("agent.speak_end", "turn-1")]

@@ -176,3 +176,23 @@ def test_sim_command_prints_the_simulator_urls(tmp_path: Path) -> None:
         assert set(urls) == {"ELEVENLABS_BASE_URL", "HEYGEN_BASE_URL", "LIVEAVATAR_BASE_URL"}
         for url in urls.values():
             assert httpx2.get(url + "/_sim/ledger").status_code == 200
+
+
+def test_sim_command_takes_start_up_faults(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "relay", "sim", "--faults", 'liveavatar={"withhold_connected": true}',
+               "--faults", 'heygen={"retired": 410}']
+    with running(command, tmp_path, clean_env()) as proc:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip() for _ in range(3)]
+        urls = dict(line.split("=", 1) for line in lines)
+        answer = httpx2.post(urls["LIVEAVATAR_BASE_URL"] + "/_sim/faults", json={})
+        assert answer.json()["withhold_connected"] is True
+        retired = httpx2.post(urls["HEYGEN_BASE_URL"] + "/v1/streaming.new", json={}, headers={"x-api-key": "k"})
+        assert retired.status_code == 410
+
+
+def test_sim_command_refuses_faults_it_cannot_read(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "relay", "sim", "--faults", "liveavatar=nope"], cwd=tmp_path,
+                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--faults takes NAME=JSON-object" in result.stderr and "Traceback" not in result.stderr

@@ -463,3 +463,21 @@ async def test_many_sessions_cancelled_mid_creation_are_all_stopped_and_the_clie
     ledger = await assert_nothing_left_running(sim)
     assert ledger["totals"]["created"] == 9
     assert ledger["totals"]["started"] == 1  # only the last: the eight were cancelled before streaming.start
+
+
+@pytest.mark.parametrize(("faults", "reason", "words"), [
+    ({"not_streaming_enabled": True}, "bad_config", "not enabled for streaming"),
+    ({"no_api_access": True}, "unauthorized", "no API access"),
+    ({"retired": 404}, "bad_config", "retired"),
+    ({"retired": 410}, "bad_config", "retired"),
+])
+async def test_an_unentitled_or_retired_account_is_named_as_such_not_as_a_bad_key(
+        sim: Sim, faults: dict[str, Any], reason: str, words: str) -> None:
+    await sim.faults(**faults)
+    with trio.fail_after(10), pytest.raises(AvatarUnavailable) as raised:
+        async with provider(sim).open_session(lambda event: None):
+            pytest.fail("the body must not run")
+    assert raised.value.reason == reason
+    assert words in raised.value.message
+    assert "rejected the API key" not in raised.value.message
+    assert (await sim.ledger())["totals"]["created"] == 0

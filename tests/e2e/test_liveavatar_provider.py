@@ -329,14 +329,23 @@ async def test_an_idle_session_expires_and_surfaces_as_session_ended(sim: str, h
     assert record["expired"] is not None
 
 
-async def test_a_missing_connected_event_delays_but_does_not_stop_the_session(
+async def test_the_session_is_handed_over_before_connected_and_holds_speech_until_it_comes(
         sim: str, http: httpx2.AsyncClient) -> None:
-    await faults(http, sim, suppress_connected=True)
-    settings = make_settings(sim, relay_setup_timeout=0.3)
-    with trio.fail_after(10):
-        async with LiveAvatarProvider(settings, http).open_session(lambda e: None) as session:
-            await session.speak_audio(sine(0.1, 16000).tobytes(), PCM16K, 1)
-            await session.end_turn(1)
+    """No wait in the provider (the conversation bounds it): speech given before `connected` is held, not sent
+    (the simulator drops commands sent before it, as LiveAvatar's docs warn), and all of it goes out once
+    `connected` comes."""
+    await faults(http, sim, withhold_connected=True)
+    with trio.fail_after(20):
+        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None) as session:
+            async with trio.open_nursery() as nursery:
+                async def speak() -> None:
+                    await session.speak_audio(sine(0.1, 16000).tobytes(), PCM16K, 1)
+                    await session.end_turn(1)
+
+                nursery.start_soon(speak)
+                await wait_for_lite(http, sim, lambda lite: lite["chunks"] == 0, "the socket open")
+                (await http.post(f"{sim}/_sim/connect")).raise_for_status()
+                await session.wait_connected()
             await wait_for_lite(http, sim, lambda lite: lite["speak_ends"] == 1, "the turn's speak_end")
     lite = (await only_session(http, sim))["lite"]
     assert lite["chunks"] >= 1
@@ -486,3 +495,30 @@ async def test_the_avatar_catalogue_includes_the_active_sandbox_avatar(sim: str,
     assert one["code"] == 1000
     assert one["data"]["status"] == "ACTIVE"
     assert (await http.get(f"{sim}/v1/avatars/{SANDBOX_AVATAR_ID}")).status_code == 401
+
+
+async def test_token_refuses_an_avatar_id_that_is_not_a_uuid_with_422(sim: str, http: httpx2.AsyncClient) -> None:
+    answer = await http.post(f"{sim}/v1/sessions/token", json={"mode": "LITE", "avatar_id": "Wayne_20240711"},
+                             headers={"X-API-KEY": API_KEY})
+    assert answer.status_code == 422
+    (detail,) = answer.json()["detail"]
+    assert detail["loc"] == ["body", "avatar_id"] and "UUID" in detail["msg"]
+
+
+async def test_a_session_longer_than_the_tier_allows_is_refused_and_named(sim: str,
+                                                                          http: httpx2.AsyncClient) -> None:
+    await faults(http, sim, tier_max_session_duration_s=1200)
+    provider = LiveAvatarProvider(make_settings(sim, relay_max_duration=1800), http)
+    with pytest.raises(AvatarUnavailable) as caught:
+        async with provider.open_session(lambda event: None):
+            pass
+    assert caught.value.reason == "bad_config"
+    assert "subscription tier" in caught.value.message
+    assert (await ledger(http, sim))["sessions"] == {}
+
+
+async def test_the_default_session_outlasts_the_conversation(sim: str, http: httpx2.AsyncClient) -> None:
+    provider = LiveAvatarProvider(make_settings(sim, relay_max_duration=1800), http)
+    async with provider.open_session(lambda event: None) as session:
+        record = (await ledger(http, sim))["sessions"][session.info.session_id]
+        assert record["max_session_duration"] >= 1800

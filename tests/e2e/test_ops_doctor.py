@@ -15,7 +15,7 @@ import trio
 from relay.ops.doctor import Finding, format_report, run_checks
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.e2e.test_cli import clean_env, free_port
-from tests.support.harness import relay_settings
+from tests.support.harness import E2E_AVATAR, relay_settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,6 +90,30 @@ async def test_an_invalid_heygen_key_is_named(sims: SimulatorURLs, http: httpx2.
     assert only.startswith("HeyGen: HEYGEN_API_KEY was refused (HTTP 401")
 
 
+async def test_every_heygen_check_says_that_streaming_v1_is_retired(sims: SimulatorURLs,
+                                                                     http: httpx2.AsyncClient) -> None:
+    findings = await check(sims, http, relay_avatar="heygen")
+    notes = [f.text for f in findings if f.service == "HeyGen" and f.level == "note"]
+    assert any("retired" in text and "2026-03-31" in text and "LiveAvatar" in text for text in notes)
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_a_retired_heygen_api_is_recognised_and_explained(sims: SimulatorURLs, http: httpx2.AsyncClient,
+                                                                status: int) -> None:
+    await fault(http, sims.heygen, retired=status)
+    (only,) = problems(await check(sims, http, relay_avatar="heygen"))
+    assert only.startswith("HeyGen: ") and "retired" in only and "LIVEAVATAR_API_KEY" in only
+    assert "HEYGEN_API_KEY was refused" not in only
+
+
+async def test_an_account_without_api_access_is_recognised_and_explained(sims: SimulatorURLs,
+                                                                         http: httpx2.AsyncClient) -> None:
+    await fault(http, sims.heygen, no_api_access=True)
+    (only,) = problems(await check(sims, http, relay_avatar="heygen"))
+    assert "no API access" in only and "400599" in only
+    assert "HEYGEN_API_KEY was refused" not in only
+
+
 async def test_an_unknown_heygen_avatar_is_named_with_examples(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:
     (only,) = problems(await check(sims, http, relay_avatar="heygen", heygen_avatar_id="Nobody_2020"))
     assert "HEYGEN_AVATAR_ID=Nobody_2020 is not among this account's streaming avatars" in only
@@ -112,8 +136,8 @@ async def test_an_invalid_liveavatar_key_is_named(sims: SimulatorURLs, http: htt
 
 
 async def test_an_unknown_liveavatar_avatar_is_named(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:
-    (only,) = problems(await check(sims, http, relay_avatar="liveavatar", liveavatar_avatar_id="e2e-avatar"))
-    assert "LIVEAVATAR_AVATAR_ID=e2e-avatar does not exist" in only
+    (only,) = problems(await check(sims, http, relay_avatar="liveavatar", liveavatar_avatar_id=E2E_AVATAR))
+    assert f"LIVEAVATAR_AVATAR_ID={E2E_AVATAR} does not exist" in only
 
 
 async def test_sandbox_with_another_avatar_is_a_problem(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:

@@ -91,7 +91,7 @@ def relay_env(sims: SimulatorURLs, tmp_path: Path, provider: str) -> dict[str, s
         env.update(HEYGEN_BASE_URL=sims.heygen, HEYGEN_API_KEY="hg-crash", HEYGEN_AVATAR_ID="Wayne_20240711")
     else:
         env.update(LIVEAVATAR_BASE_URL=sims.liveavatar, LIVEAVATAR_API_KEY="la-crash",
-                   LIVEAVATAR_AVATAR_ID="crash-avatar")
+                   LIVEAVATAR_AVATAR_ID="00000000-0000-4000-8000-0000000000e2")
     return env
 
 

@@ -39,3 +39,11 @@ def test_inactive_avatars_are_problems() -> None:
     live = liveavatar_avatar_findings(200, orjson.dumps({"code": 1000, "message": "ok", "data": {
         "id": "x", "status": "DEPLOYING"}}), "x", False)
     assert live[-1].level == "problem" and "status is DEPLOYING" in live[-1].text
+
+
+def test_the_doctor_reads_400112_as_an_avatar_not_enabled_for_streaming_not_a_bad_key() -> None:
+    (finding,) = heygen_avatar_findings(401, orjson.dumps({"code": 400112, "message": "not allowed for streaming"}),
+                                        "Wayne_20240711")
+    assert finding.level == "problem"
+    assert "not enabled for streaming" in finding.text and "HEYGEN_AVATAR_ID" in finding.text
+    assert "refused" not in finding.text

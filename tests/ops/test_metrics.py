@@ -73,6 +73,10 @@ class FakeSession:
 
     async def keep_alive(self) -> None: ...
 
+    async def wait_connected(self) -> None: ...
+
+    async def set_listening(self, listening: bool) -> None: ...
+
 
 class FakeProvider:
     name = "fake"

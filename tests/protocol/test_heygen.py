@@ -34,6 +34,7 @@ from relay.protocol.heygen import (
     session_body,
     session_id_of,
     task_body,
+    unavailable_message,
     unavailable_reason,
 )
 
@@ -237,6 +238,11 @@ REASONS = [
     (HeyGenFailure(400, 400014, "avatar version is deprecated, please update to v3+"), "bad_config"),
     (HeyGenFailure(400, 10003, "avatar version is deprecated, please update to v3+"), "bad_config"),
     (HeyGenFailure(404, None, "Not Found"), "bad_config"),
+    (HeyGenFailure(410, None, "Gone"), "bad_config"),
+    (HeyGenFailure(404, 404, "Not Found"), "bad_config"),
+    (HeyGenFailure(401, 400112, "This avatar or voice is not allowed for streaming"), "bad_config"),
+    (HeyGenFailure(403, 400599, "Your account doesn't have API access"), "unauthorized"),
+    (HeyGenFailure(400, 400599, "Your account doesn't have API access"), "unauthorized"),
     (HeyGenFailure(400, 10003, "session state wrong: connected"), "upstream_error"),
     (HeyGenFailure(400, 10001, "session state wrong: new"), "upstream_error"),
     (HeyGenFailure(400, 400004, "Session does not exist. SessionID: x"), "upstream_error"),
@@ -323,3 +329,17 @@ def test_error_messages_built_from_a_failure_never_hold_the_key() -> None:
     failure = HeyGenFailure(401, 40102, "Unauthorized")
     for error in (to_unavailable(failure, "streaming.new"), ApiError(failure)):
         assert KEY not in str(error)
+
+
+@pytest.mark.parametrize(("failure", "words"), [
+    (HeyGenFailure(401, 400112, "not allowed for streaming"), ["not enabled for streaming", "HEYGEN_AVATAR_ID"]),
+    (HeyGenFailure(403, 400599, "Your account doesn't have API access"), ["no API access", "LiveAvatar"]),
+    (HeyGenFailure(404, None, "Not Found"), ["retired", "2026-03-31", "LiveAvatar"]),
+    (HeyGenFailure(410, None, "Gone"), ["retired", "LiveAvatar"]),
+])
+def test_an_unentitled_or_retired_account_is_told_what_it_means_not_that_the_key_is_bad(
+        failure: HeyGenFailure, words: list[str]) -> None:
+    message = unavailable_message(failure, "streaming.new")
+    for word in words:
+        assert word in message
+    assert "rejected the API key" not in message

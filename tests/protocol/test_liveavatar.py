@@ -49,7 +49,8 @@ def refusal(status: int, payload: object, retry_after: str | None = None) -> Api
 
 
 def test_token_body_asks_for_a_lite_session_with_the_configured_avatar_and_video() -> None:
-    assert token_request_body(settings(liveavatar_quality="medium", liveavatar_max_session_duration=300)) == {
+    assert token_request_body(settings(liveavatar_quality="medium", liveavatar_max_session_duration=300,
+                                       relay_max_duration=300)) == {
         "mode": "LITE",
         "avatar_id": "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01",
         "is_sandbox": False,

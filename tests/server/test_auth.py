@@ -34,7 +34,7 @@ def settings(**values: Any) -> Settings:
 
 def real_keys(**values: Any) -> Settings:
     return settings(elevenlabs_agent_id="a", elevenlabs_api_key="xi", liveavatar_api_key="la",
-                    liveavatar_avatar_id="av", **values)
+                    liveavatar_avatar_id="00000000-0000-4000-8000-0000000000e2", **values)
 
 
 def test_a_minted_token_verifies_until_it_expires() -> None:

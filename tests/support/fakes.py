@@ -156,6 +156,8 @@ class FakeSession:
     keep_alives: int = 0
     speak_delay: float = 0.0
     speech_started: trio.Event = field(default_factory=trio.Event)  # set when the first speak_* call begins
+    connected: trio.Event = field(default_factory=trio.Event)  # the avatar's `connected`; set at once unless withheld
+    listening: list[bool] = field(default_factory=list)  # set_listening calls, in order
 
     async def speak_text(self, text: str, turn: int) -> None:
         self.speech_started.set()
@@ -177,6 +179,12 @@ class FakeSession:
     async def keep_alive(self) -> None:
         self.keep_alives += 1
 
+    async def wait_connected(self) -> None:
+        await self.connected.wait()
+
+    async def set_listening(self, listening: bool) -> None:
+        self.listening.append(listening)
+
 
 class FakeProvider:
     """Opens FakeSessions and keeps a ledger: every session opened must end up stopped.
@@ -191,8 +199,9 @@ class FakeProvider:
 
     def __init__(self, *, takes_audio: bool = False, open_delay: float = 0.0, refuse: AvatarUnavailable | None = None,
                  simulated: bool = False, keep_alive_interval: float = 60.0, stop_delay: float = 0.0,
-                 shield_stop: bool = True) -> None:
+                 shield_stop: bool = True, withhold_connected: bool = False) -> None:
         self.takes_audio = takes_audio
+        self.withhold_connected = withhold_connected
         self.open_delay = open_delay
         self.refuse = refuse
         self.simulated = simulated
@@ -216,6 +225,8 @@ class FakeProvider:
             await on_created(sid)
         session = FakeSession(AvatarInfo("fake", sid, "wss://room.example", "tok", self.simulated),
                               self.takes_audio, self.keep_alive_interval, on_event)
+        if not self.withhold_connected:
+            session.connected.set()
         self.sessions.append(session)
         try:
             yield session

@@ -147,6 +147,10 @@ class BrowserClient:
             await trio.sleep(pause)
 
 
+# A LiveAvatar avatar id (a UUID, as the real API requires) the simulator does not list: sessions open with it.
+E2E_AVATAR = "00000000-0000-4000-8000-0000000000e2"
+
+
 def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
     """Settings for a relay pointed at the simulators, with the production defaults (the session journal on).
 
@@ -155,7 +159,7 @@ def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "elevenlabs_base_url": sims.elevenlabs, "elevenlabs_agent_id": "agent_e2e", "elevenlabs_api_key": "xi-test",
         "heygen_base_url": sims.heygen, "heygen_api_key": "hg-test", "heygen_avatar_id": "Wayne_20240711",
-        "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": "e2e-avatar",
+        "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": E2E_AVATAR,
         "relay_avatar": "heygen", "relay_stop_timeout": 3.0,
         "relay_auth": "off",  # the security tests turn it on
     }
