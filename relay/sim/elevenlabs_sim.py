@@ -4,7 +4,7 @@ Faithful to `/work/shared/reference/elevenlabs-convai.md` (frames are sent with 
 ones): the handshake (`conversation_initiation_client_data` -> `conversation_initiation_metadata`), pings
 answered by pongs (`ping_ms` is the measured round trip), an energy VAD on the user's audio producing
 `tentative_user_transcript` / `user_transcript`, then `agent_response` with the first chunk of a synthetic
-voice reply paced in real time, interruptions (`interruption` with the new turn's id, then
+voice reply streamed ahead of real time, interruptions (`interruption` with the new turn's id, then
 `agent_response_correction` with the words actually spoken), typed messages, a client tool round trip, and the
 real close codes. It must never import the relay (a protocol bug must not hide in both sides), and must stay
 cheap per audio frame: hundreds of conversations run through it at once.
@@ -23,7 +23,8 @@ The agent's behaviour
   event id); `tentative_user_transcript` every `tentative_interval_ms` of speech; `vad_silence_end_ms` of silence
   ends it with `user_transcript` "(1.8 s of speech)". VAD time is audio time (samples received), so audio sent
   faster than real time works too. After `response_latency_ms` the agent replies: `agent_response` with the first
-  audio chunk, then the rest (same event id) paced in real time, `chunk_duration_ms` each. Reply audio is a
+  audio chunk, then the rest (same event id) at once, ahead of real time like the real service (`reply_pacing`),
+  `chunk_duration_ms` each. Reply audio is a
   synthetic voice (harmonics and a syllable envelope), `ms_per_char` per character capped at `max_reply_s`.
 - Typed `user_message` (or `multimodal_message` with text) -> "You said: ...". If it contains the word "tool", the
   agent first sends `client_tool_call` (`get_time`) and waits up to `tool_result_timeout_s` for the
@@ -37,7 +38,8 @@ The agent's behaviour
 - Closes: bad JSON, a non-object, an unknown type or bad base64 -> 1008 `invalid_message`; a known type missing a
   field -> 1008 `missing_fields`; overrides when not allowed -> 1008 `override_error`; a missing required dynamic
   variable -> 1008 `missing_dynamic_variable`; no client message except pongs for `input_timeout_s` -> 1002
-  `transport_receive_timeout`; `max_duration_s` -> 1000 `max_duration_exceeded`.
+  `transport_receive_timeout`; `max_duration_s` -> an `error` event (max_duration_exceeded, code 1000), then 1000
+  `max_duration_exceeded`.
 
 Faults (`POST /_sim/faults`; a conversation reads them once, when its socket opens)
 - `handshake_latency_ms` (0): delay before accepting the socket.
@@ -51,9 +53,21 @@ Faults (`POST /_sim/faults`; a conversation reads them once, when its socket ope
 - `signature_ttl_s` (900): lifetime of a signed URL.
 - `agent_output_audio_format`, `user_input_audio_format` ("pcm_16000"): any of pcm_8000, pcm_16000, pcm_22050,
   pcm_24000, pcm_44100, pcm_48000, ulaw_8000 (mu-law is encoded and decoded here).
-- `overrides_allowed` (true): false closes 1008 `override_error` when the initiation carries a non-empty
-  override. (Real agents default to false; the simulator defaults to true so demo mode works with overrides.)
-- `required_dynamic_variables` ([]): names the client must send.
+- `overrides_allowed` (false, like real agents): an initiation carrying a non-empty override gets an `error`
+  event (`override_error`, naming the fields) and close 1008 `override_error`. The demo agent allows them (`agents`).
+- `agents` (null = `DEFAULT_AGENTS`: `demo-agent` allows overrides and enables every client event): per agent id,
+  fault overrides for that agent.
+- `client_events` (null = `DEFAULT_CLIENT_EVENTS`, the real default list): the events the agent may send;
+  `agent_response_correction`, `client_tool_call`, `agent_chat_response_part`, `vad_score` and `agent_tool_response`
+  are opt-in (a disabled client tool is answered "not enabled for this client" by the agent itself).
+- `reply_pacing` ("burst", like the real service: a reply's audio is sent at once; "realtime": paced).
+- `end_call_after_reply` (false): the reply to the user is a goodbye, then `agent_tool_response` end_call (if
+  enabled) and close 1000 right after the last chunk.
+- `send_alignment` (true): per-character `alignment` on each audio chunk.
+- `queue_wait_ms` (0), `queue_times_out` (false): `queue_status` waiting → admitted, or timed_out and close 3008.
+- `odd_fields` (false): known events with missing, extra or oddly typed fields, and one non-JSON frame.
+- `required_dynamic_variables` ([]): names the client must send (else an `error` event `missing_dynamic_variable`
+  naming them, then close 1008).
 - `first_message` ("Hello! I'm the simulated agent. How can I help you today?"): the greeting; null or "" disables.
 - `ping_interval_s` (2.0): seconds between pings; 0 disables them.
 - `vad_rms_threshold` (500, PCM16 units), `vad_speech_start_ms` (100), `vad_silence_end_ms` (600),
