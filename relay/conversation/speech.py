@@ -71,6 +71,14 @@ class SpeechRouter:
     def attach(self, session: AvatarSession | None) -> None:
         self.session = session
         self.voice_to_browser = session is None or session.info.simulated
+        if session is None:  # no avatar (any more): nothing it was given will be played, nothing to wait for
+            while True:
+                try:
+                    self._rx.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            self._pending, self._open_turn, self._play_until = 0, None, 0.0
+            self._notify()
 
     def _queue(self, item: _SpeechItem) -> None:
         try:

@@ -115,3 +115,20 @@ async def test_a_failure_close_stops_everything_at_once(autojump_clock: trio.tes
 
     await with_conversation(h, body, limit=60)
     assert h.browser.closed_with == (1011, "agent_error")
+
+
+async def test_nothing_is_waited_for_once_the_avatar_is_gone() -> None:
+    """An avatar that died (the conversation went on voice-only) has nothing left to say: an ending does not wait
+    for the speech it was given and will never play."""
+    from relay.conversation.outbox import Outbox
+    from relay.conversation.speech import SpeechRouter
+    from relay.protocol.browser import AvatarInfo
+    from tests.conversation.fakes import FakeSession
+
+    speech = SpeechRouter(Outbox())
+    speech.attach(FakeSession(AvatarInfo("fake", "s1", "wss://room.example", "tok", False), True, 60.0,
+                              lambda event: None))
+    speech.agent_audio(bytes(32000), 1)  # queued; `run` never takes it (the session died)
+    speech.attach(None)
+    with trio.fail_after(0.1):
+        await speech.wait_played_out()
