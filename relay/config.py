@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
     relay_agent_silence_timeout: float = Field(default=60.0, gt=0)  # no frame at all from the agent this long ends it
+    relay_finish_speaking_timeout: float = Field(default=15.0, ge=0)  # agent ended: let the last words play this long
 
     @field_validator("liveavatar_avatar_id")
     @classmethod

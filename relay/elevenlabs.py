@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
@@ -25,11 +26,15 @@ from relay.net.wsclient import (
 )
 from relay.protocol.elevenlabs import (
     AgentClosed,
+    AgentErrorEvent,
     AgentProtocolError,
+    AgentRefused,
     AgentUnavailable,
     ConversationMetadata,
+    MalformedEvent,
     ServerEvent,
     UnknownEvent,
+    classify_close,
     conversation_ws_url,
     parse_server_event,
     read_signed_url_answer,
@@ -40,6 +45,31 @@ from relay.protocol.elevenlabs import (
 log = logging.getLogger("relay.elevenlabs")
 
 _CLOSE_TIMEOUT: Final = 2.0
+_MALFORMED_LOG_BURST: Final = 5  # malformed frames logged per connection before rate limiting
+_MALFORMED_LOG_INTERVAL: Final = 10.0  # then at most one line per this many seconds (with the count skipped)
+
+
+class MalformedLog:
+    """Logs skipped malformed agent frames: the first few, then one line per interval saying how many were
+    skipped meanwhile (a service that changed a field must not flood the log)."""
+
+    __slots__ = ("_logged", "_next_at", "_skipped")
+
+    def __init__(self) -> None:
+        self._logged = 0
+        self._skipped = 0
+        self._next_at = 0.0
+
+    def note(self, event: MalformedEvent, now: float) -> None:
+        if self._logged < _MALFORMED_LOG_BURST or now >= self._next_at:
+            self._logged += 1
+            if self._logged >= _MALFORMED_LOG_BURST:
+                self._next_at = now + _MALFORMED_LOG_INTERVAL
+            log.warning("skipping a malformed agent event type=%s problem=%s (skipped since last line: %d)",
+                        event.type or "-", event.problem, self._skipped)
+            self._skipped = 0
+        else:
+            self._skipped += 1
 
 
 async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str, agent_id: str) -> str:
@@ -67,11 +97,12 @@ class AgentConnection:
     task: `receive()` reads the socket (and answers WebSocket pings), so keep calling it while the conversation
     lasts — the relay's downstream pump does."""
 
-    __slots__ = ("_ws", "metadata")
+    __slots__ = ("_malformed", "_ws", "metadata")
 
     def __init__(self, ws: ClientWebSocket, metadata: ConversationMetadata) -> None:
         self._ws = ws
         self.metadata = metadata
+        self._malformed = MalformedLog()
 
     async def send(self, text: str) -> None:
         """Send one message built by a `build_*` function. Blocks while the socket's send buffer is full;
@@ -84,14 +115,17 @@ class AgentConnection:
     async def receive(self) -> ServerEvent:
         """The next server event. Blocks until one arrives; cancelled by the caller's scope. After the socket
         closes, the messages already received are returned first, then `AgentClosed` is raised (every call).
-        Raises `AgentProtocolError` on a malformed frame (the connection stays usable)."""
+        A malformed frame is returned as `MalformedEvent` (logged here, rate-limited): skip it."""
         try:
             frame = await self._ws.receive()
         except WebSocketClosed as exc:
             raise _closed_error(exc) from None
         event = parse_server_event(frame)
-        if type(event) is UnknownEvent:
-            log.debug("ignoring agent event type %r", event.type)
+        kind = type(event)
+        if kind is UnknownEvent:
+            log.debug("ignoring agent event type %r", event.type)  # type: ignore[union-attr]
+        elif kind is MalformedEvent:
+            self._malformed.note(event, time.monotonic())  # type: ignore[arg-type]
         return event
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
@@ -101,13 +135,30 @@ class AgentConnection:
 
 
 async def _receive_metadata(ws: ClientWebSocket) -> ConversationMetadata:
+    """The first message. An `error` event first is a refusal (`override_error`, `missing_dynamic_variable`...):
+    the close that follows is read (bounded) and `AgentRefused` raised with the service's words; a close with a
+    set-up refusal's reason (1008 `override_error`) or a queue time-out (3008) is a refusal too."""
     try:
         frame = await ws.receive()
     except WebSocketClosed as exc:
+        ending = classify_close(exc.code, exc.reason, during_setup=True)
+        if ending.kind in ("agent_refused", "agent_busy"):
+            raise AgentRefused(ending, close_code=exc.code, close_reason=exc.reason) from None
         raise _closed_error(exc) from None
     event = parse_server_event(frame)
+    if isinstance(event, AgentErrorEvent):
+        close_code, close_reason = None, ""
+        with trio.move_on_after(_CLOSE_TIMEOUT):
+            try:
+                while True:  # the close follows the error event; what comes between is of no use now
+                    await ws.receive()
+            except WebSocketClosed as exc:
+                close_code, close_reason = exc.code, exc.reason
+        ending = classify_close(close_code, close_reason, event, during_setup=True)
+        raise AgentRefused(ending, error_type=event.error_type, code=event.code, close_code=close_code,
+                           close_reason=close_reason)
     if not isinstance(event, ConversationMetadata):
-        kind = event.type if isinstance(event, UnknownEvent) else type(event).__name__
+        kind = event.type if isinstance(event, UnknownEvent | MalformedEvent) else type(event).__name__
         raise AgentProtocolError(f"expected conversation_initiation_metadata first, got {kind}")
     return event
 
@@ -132,9 +183,10 @@ async def open_agent(
 
     Raises `AgentUnavailable` (signed URL refused, handshake refused — with its HTTP status —, connection
     failure, or `connect_timeout` exceeded: it bounds the whole opening, signed URL, handshake and metadata),
-    `AgentClosed` (the agent closed before its metadata, e.g. 1008 `override_error`), `AgentProtocolError`
-    (anything else first). Cancelled by the caller's scope at any point. On exit the socket is closed with
-    1000, shielded and bounded to ~2 s."""
+    `AgentRefused` (an `error` event or a refusal's close before the metadata: 1008 `override_error`,
+    `missing_dynamic_variable`, 3008 queue time-out), `AgentClosed` (any other close before the metadata),
+    `AgentProtocolError` (anything else first). Cancelled by the caller's scope at any point. On exit the socket
+    is closed with 1000, shielded and bounded to ~2 s."""
     step = "fetching the signed URL"
     # One scope around everything, deadline lifted once open: it bounds the signed URL, the TCP connection, the
     # upgrade and the metadata together.

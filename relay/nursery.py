@@ -181,6 +181,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
 
         def on_avatar_event(event: AvatarEvent) -> None:
             if isinstance(event, AvatarSpeaking):
+                speech.avatar_speaking(event.duration_ms)
                 outbox.send(bp.avatar_speaking(event.text, event.duration_ms))
             elif isinstance(event, AvatarStateChanged):
                 outbox.send(bp.avatar_state(event.speaking))
@@ -209,9 +210,6 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             output_format = parse_format(metadata.agent_output_audio_format)
         except ValueError as exc:
             raise ConversationOver.failed("agent_error", f"the agent announced an unsupported format: {exc}") from None
-        if input_format.encoding != "pcm":
-            raise ConversationOver.failed(
-                "agent_error", f"the agent expects {input_format.name} input; only PCM input is supported")
 
         speech.agent_format = output_format
         if session is not None:
@@ -231,10 +229,11 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         on_agent_event, on_user_text = up.hooks.on_agent_event, up.hooks.on_user_text
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
-            on_user_text=None if on_user_text is None else partial(on_user_text, record)))
+            on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
-            on_event=None if on_agent_event is None else partial(on_agent_event, record)))
+            on_event=None if on_agent_event is None else partial(on_agent_event, record),
+            finish_timeout=settings.relay_finish_speaking_timeout))
 
 
 async def _hold_agent(up: Upstreams, start: bp.Start, *,

@@ -61,6 +61,7 @@ def test_some_keys_but_not_all_is_an_error_never_demo_mode(values: dict[str, Any
     ({"relay_port": 70000}, "RELAY_PORT"),
     ({"relay_idle_timeout": 0}, "RELAY_IDLE_TIMEOUT"),
     ({"heygen_idle_timeout": 10}, "HEYGEN_IDLE_TIMEOUT"),
+    ({"relay_finish_speaking_timeout": -1}, "RELAY_FINISH_SPEAKING_TIMEOUT"),
 ])
 def test_a_bad_value_names_its_variable(values: dict[str, Any], variable: str) -> None:
     with pytest.raises(ConfigError) as caught:

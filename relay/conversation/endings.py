@@ -60,9 +60,19 @@ def classify(exc: Exception, record: ConversationRecord) -> ConversationOver:
     for leaf in found:
         if isinstance(leaf, el.AgentUnavailable):
             return ConversationOver.failed("upstream_unavailable", f"the voice agent is unavailable: {leaf}")
+        if isinstance(leaf, el.AgentRefused):
+            ending = leaf.ending
+            code: ErrorCode = "agent_error" if ending.normal else ending.kind  # type: ignore[assignment]
+            extra = {key: value for key, value in (("agent_error_type", leaf.error_type),
+                                                   ("agent_close_code", leaf.close_code),
+                                                   ("agent_close_reason", leaf.close_reason)) if value}
+            return ConversationOver.failed(code, ending.message, **extra)
         if isinstance(leaf, el.AgentClosed):
-            return ConversationOver.failed("agent_error", f"the agent closed during set-up ({leaf.code} "
-                                           f"{leaf.reason})", agent_close_code=leaf.code,
+            ending = el.classify_close(leaf.code, leaf.reason, during_setup=True)
+            kind: ErrorCode = "agent_error" if ending.normal else ending.kind  # type: ignore[assignment]
+            message = ending.message if kind != "agent_error" else f"the agent closed during set-up ({leaf.code} " \
+                f"{leaf.reason})"
+            return ConversationOver.failed(kind, message, agent_close_code=leaf.code,
                                            agent_close_reason=leaf.reason)
         if isinstance(leaf, el.AgentProtocolError):
             return ConversationOver.failed("agent_error", f"the agent broke the protocol: {leaf}")

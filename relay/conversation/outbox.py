@@ -19,6 +19,8 @@ class Outbox:
         self._tx, self._rx = trio.open_memory_channel[str | bytes](capacity)
         self.dropped_audio = 0
         self.sending_since: float | None = None
+        self._unsent = 0  # queued or being sent
+        self._all_sent = trio.Event()
 
     def send(self, frame: str) -> None:
         """Queue a control frame. A full queue means the browser stopped reading: the conversation ends."""
@@ -26,6 +28,7 @@ class Outbox:
             self._tx.send_nowait(frame)
         except trio.WouldBlock:
             raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended") from None
+        self._unsent += 1
 
     def send_audio(self, pcm: bytes) -> None:
         """Queue agent audio for the browser; dropped (and counted) when the browser is behind."""
@@ -33,6 +36,13 @@ class Outbox:
             self._tx.send_nowait(pcm)
         except trio.WouldBlock:
             self.dropped_audio += 1
+            return
+        self._unsent += 1
+
+    async def wait_sent(self) -> None:
+        """Until everything queued so far has been written to the browser (cancelled by the caller's scope)."""
+        while self._unsent:
+            await self._all_sent.wait()
 
     async def run_sender(self, browser: BrowserSocket) -> None:
         """Send queued frames in order until cancelled (by the conversation's end). A send to a browser that stopped
@@ -42,6 +52,10 @@ class Outbox:
             self.sending_since = trio.current_time()
             await browser.send(frame)
             self.sending_since = None
+            self._unsent -= 1
+            if not self._unsent:
+                self._all_sent.set()
+                self._all_sent = trio.Event()
 
     async def watch_sender(self, send_timeout: float) -> None:
         """End the conversation (`timeout`) when one send has been blocked for `send_timeout` seconds, so the avatar

@@ -8,6 +8,7 @@ and never make a metrics or logging call per audio frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from relay.conversation.speech import SpeechRouter
 from relay.elevenlabs import AgentConnection
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
+from relay.protocol.audio import AudioFormat, pcm16_to_ulaw
 
 log = logging.getLogger("relay.conversation")
 
@@ -48,6 +50,15 @@ class FloodGate:
         return self._count > self.per_second
 
 
+def user_audio_builder(input_format: AudioFormat | None) -> Callable[[bytes], str]:
+    """How one browser audio frame (PCM16 LE at the agent's input rate) becomes a `user_audio_chunk`: as is for a
+    PCM agent, μ-law encoded for a `ulaw_8000` agent."""
+    build = el.build_user_audio_chunk
+    if input_format is None or input_format.encoding == "pcm":
+        return build
+    return lambda pcm: build(pcm16_to_ulaw(pcm))
+
+
 def timer_slack(timeout: float) -> float:
     """How late an inactivity timeout may fire, so that its deadline is moved at most once per slack instead of
     on every frame (moving a Trio deadline re-registers it: measurable at ten frames a second per conversation)."""
@@ -63,52 +74,73 @@ def push_deadline(scope: trio.CancelScope, now: float, timeout: float, slack: fl
 
 async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, speech: SpeechRouter,
                                 settings: Settings, traffic: Traffic | None = None, *,
-                                on_user_text: Callable[[str], None] | None = None) -> None:
+                                on_user_text: Callable[[str], None] | None = None,
+                                input_format: AudioFormat | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
-    RELAY_IDLE_TIMEOUT. Audio is forwarded without parsing (and counted in `traffic`); everything else is
+    RELAY_IDLE_TIMEOUT. Audio (PCM16 at the agent's input rate) is forwarded without parsing, μ-law encoded first
+    for a `ulaw_8000` agent (`input_format`), and counted in `traffic`; everything else is
     validated first; `on_user_text` (must not block) sees each typed user message. Cancelled by the conversation's
     end; blocks on the browser's receive and on the agent's send
     (backpressure)."""
     traffic = traffic or Traffic()
     max_frame = settings.relay_max_frame_bytes
     idle = settings.relay_idle_timeout
-    build_audio = el.build_user_audio_chunk
     flood = FloodGate(settings.relay_max_frames_per_second)
     slack = timer_slack(idle)
     with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
-        while True:
-            frame = await browser.receive()
-            now = trio.current_time()
-            push_deadline(idle_scope, now, idle, slack)
-            if flood.over(now):
-                raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
-                                              "send audio in chunks of 20 ms or more")
-            if isinstance(frame, bytes):
-                if len(frame) > max_frame:
-                    raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
-                if len(frame) & 1:
-                    raise ConversationOver.failed("protocol_error", "audio frames must be PCM16: an even number "
-                                                  "of bytes")
-                traffic.audio_in_frames += 1
-                traffic.audio_in_bytes += len(frame)
-                await agent.send(build_audio(frame))
-                continue
-            if frame is None:
-                continue  # an empty binary frame
-            if len(frame) > max_frame:
-                raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
-            try:
-                event = bp.parse_text_frame(frame)
-            except bp.ProtocolError as exc:
-                raise ConversationOver.failed("protocol_error", str(exc)) from None
-            await _forward_client_event(event, agent, speech, on_user_text)
+        try:
+            await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
+                               idle_scope, user_audio_builder(input_format))
+        except el.AgentClosed:
+            # The agent's socket is closed: the other pump reads why and ends the conversation (after the agent's
+            # last words on a normal end). Meanwhile only `stop` still matters.
+            while True:
+                frame = await browser.receive()
+                push_deadline(idle_scope, trio.current_time(), idle, slack)
+                if isinstance(frame, str) and len(frame) <= max_frame:
+                    with contextlib.suppress(bp.ProtocolError):
+                        if isinstance(bp.parse_text_frame(frame), bp.Stop):
+                            raise ConversationOver("client_stop") from None
     raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
 
 
+async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: SpeechRouter, traffic: Traffic,
+                       on_user_text: Callable[[str], None] | None, max_frame: int, idle: float, flood: FloodGate,
+                       slack: float, idle_scope: trio.CancelScope,
+                       build_audio: Callable[[bytes], str]) -> None:
+    while True:
+        frame = await browser.receive()
+        now = trio.current_time()
+        push_deadline(idle_scope, now, idle, slack)
+        if flood.over(now):
+            raise ConversationOver.failed("protocol_error", f"more than {flood.per_second} frames a second; "
+                                          "send audio in chunks of 20 ms or more")
+        if isinstance(frame, bytes):
+            if len(frame) > max_frame:
+                raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
+            if len(frame) & 1:
+                raise ConversationOver.failed("protocol_error", "audio frames must be PCM16: an even number "
+                                              "of bytes")
+            traffic.audio_in_frames += 1
+            traffic.audio_in_bytes += len(frame)
+            await agent.send(build_audio(frame))
+            continue
+        if frame is None:
+            continue  # an empty binary frame
+        if len(frame) > max_frame:
+            raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
+        try:
+            event = bp.parse_text_frame(frame)
+        except bp.ProtocolError as exc:
+            raise ConversationOver.failed("protocol_error", str(exc)) from None
+        await _forward_client_event(event, agent, speech, on_user_text, build_audio)
+
+
 async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speech: SpeechRouter,
-                                on_user_text: Callable[[str], None] | None) -> None:
+                                on_user_text: Callable[[str], None] | None,
+                                build_audio: Callable[[bytes], str]) -> None:
     if isinstance(event, bp.Audio):
-        await agent.send(el.build_user_audio_chunk(event.pcm))
+        await agent.send(build_audio(event.pcm))
     elif isinstance(event, bp.Text):
         if on_user_text is not None:
             on_user_text(event.text)
@@ -132,21 +164,29 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
 
 async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: SpeechRouter,
                                 silence_timeout: float = math.inf, *,
-                                on_event: Callable[[el.ServerEvent], None] | None = None) -> None:
+                                on_event: Callable[[el.ServerEvent], None] | None = None,
+                                finish_timeout: float = 0.0) -> None:
     """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
-    for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings are answered
-    at once; `on_event` (must not block) sees every event but audio. Cancelled by the conversation's end; blocks on
-    the agent's receive."""
+    parseable for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings
+    are answered at once; malformed frames are skipped (logged by the connection); `on_event` (must not block)
+    sees every event but audio. When the agent ends the conversation normally (close 1000: end_call, max
+    duration), the speech it already sent is played out first — the avatar's queued and in-flight speech and the
+    browser's queued frames — for at most `finish_timeout` seconds (the rest of the conversation goes on meanwhile:
+    `stop` or the browser leaving still end it at once). Cancelled by the conversation's end; blocks on the
+    agent's receive."""
     last_error: el.AgentErrorEvent | None = None
     slack = timer_slack(silence_timeout)
     try:
         with trio.CancelScope(deadline=trio.current_time() + silence_timeout + slack) as silence:
             while True:
                 event = await agent.receive()
-                push_deadline(silence, trio.current_time(), silence_timeout, slack)
                 if isinstance(event, el.AgentAudio):  # the most frequent first
+                    push_deadline(silence, trio.current_time(), silence_timeout, slack)
                     speech.agent_audio(event.audio, event.event_id)
                     continue
+                if isinstance(event, el.MalformedEvent):
+                    continue  # not "parseable": does not count as a sign of life
+                push_deadline(silence, trio.current_time(), silence_timeout, slack)
                 if on_event is not None:
                     on_event(event)
                 if isinstance(event, el.Ping):
@@ -169,15 +209,20 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: 
                     outbox.send(bp.tool_call(event.tool_call_id, event.tool_name, event.parameters))
                 elif isinstance(event, el.AgentErrorEvent):
                     last_error = event
-                    log.warning("agent error event code=%s type=%s message=%s", event.code, event.error_type,
-                                event.message)
+                    level = logging.INFO if el.is_normal_end(event) else logging.WARNING
+                    log.log(level, "agent error event code=%s type=%s message=%s", event.code, event.error_type,
+                            event.message)
                 # everything else (vad scores, unknown new types, ...) is not for the browser
         raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
     except el.AgentClosed as closed:
-        if closed.code == 1000 and last_error is None:
-            raise ConversationOver("agent_ended") from None
-        message = f"the agent closed the conversation ({closed.code} {closed.reason})".strip()
-        if last_error is not None:
-            message += f": {last_error.message}"
-        raise ConversationOver.failed("agent_error", message, agent_close_code=closed.code,
-                                      agent_close_reason=closed.reason) from None
+        ending = el.classify_close(closed.code, closed.reason, last_error)
+        close_code, close_reason = closed.code, closed.reason
+    if ending.normal:
+        with trio.move_on_after(finish_timeout) as finishing:
+            await speech.wait_played_out()
+            await outbox.wait_sent()
+        if finishing.cancelled_caught:
+            log.info("the agent's last words were cut after RELAY_FINISH_SPEAKING_TIMEOUT=%gs", finish_timeout)
+        raise ConversationOver(ending.kind)
+    raise ConversationOver.failed(ending.kind, ending.message,  # type: ignore[arg-type]
+                                  agent_close_code=close_code, agent_close_reason=close_reason)

@@ -5,6 +5,11 @@ An interruption raises a watermark: queued items of older turns are skipped, the
 cancelled through its own scope, then `interrupt` is sent. Audio-driven avatars get `end_turn` after TURN_AUDIO_GAP
 without audio for the turn (pipecat uses the same gap), or when the next turn's audio starts.
 
+`wait_played_out` is how an ending lets the avatar finish: it returns once every queued item has been given to
+the avatar, the open audio turn has been ended, and the speech given has had time to play — audio: its duration
+from the bytes sent and the rate, played back to back from when it was sent; text: the `duration_ms` the avatar
+announced (`avatar_speaking`). An interruption stops the avatar, so what was playing no longer counts.
+
 Listening pose: the avatar is told the user is speaking (`set_listening(True)`) when the agent hears them (a
 tentative transcript, or a VAD score of at least VAD_SPEAKING), and to leave the pose (`False`) just before the
 agent's next turn reaches it, in the same queue, so the pose never lands in the middle of a reply.
@@ -18,13 +23,13 @@ import trio
 
 from relay.avatars import AvatarSession
 from relay.conversation.outbox import Outbox
-from relay.protocol.audio import AudioFormat, to_pcm16
+from relay.protocol.audio import AudioFormat, duration_seconds, to_pcm16
 
 # Seconds without agent audio after which an audio-driven avatar is told the turn's audio is complete.
 TURN_AUDIO_GAP = 0.35
-SPEECH_QUEUE_ITEMS = 2048
 # The agent's `vad_score` from which the user counts as speaking (the listening pose).
 VAD_SPEAKING = 0.5
+SPEECH_QUEUE_ITEMS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +75,52 @@ class SpeechRouter:
         self._in_flight: tuple[int, trio.CancelScope] | None = None
         self.dropped = 0
         self._listening = False
+        self._pending = 0  # items queued and not yet handled by `run`
+        self._open_turn: int | None = None  # the audio turn `run` has not ended yet
+        self._play_until = 0.0  # trio time at which the speech given so far has played out
+        self._progress = trio.Event()  # set (and replaced) whenever `run` gets nearer to idle
 
     def attach(self, session: AvatarSession | None) -> None:
         self.session = session
         self.voice_to_browser = session is None or session.info.simulated
+        if session is None:  # no avatar (any more): nothing it was given will be played, nothing to wait for
+            while True:
+                try:
+                    self._rx.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            self._pending, self._open_turn, self._play_until = 0, None, 0.0
+            self._notify()
 
     def _queue(self, item: _SpeechItem) -> None:
         try:
             self._tx.send_nowait(item)
         except trio.WouldBlock:
             self.dropped += 1
+            return
+        self._pending += 1
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _played(self, seconds: float) -> None:
+        self._play_until = max(self._play_until, trio.current_time()) + seconds
+
+    def avatar_speaking(self, duration_ms: int | None) -> None:
+        """The avatar accepted a text task that lasts `duration_ms` (HeyGen's streaming.task answer)."""
+        if duration_ms:
+            self._played(duration_ms / 1000.0)
+
+    async def wait_played_out(self) -> None:
+        """Until the speech given so far (queued, in flight, and being played) has played out. Cancelled by the
+        caller's scope: bound it (RELAY_FINISH_SPEAKING_TIMEOUT)."""
+        while True:
+            while self._pending or self._open_turn is not None:
+                await self._progress.wait()
+            if self._play_until <= trio.current_time():
+                return
+            await trio.sleep_until(self._play_until)
 
     def user_speaking(self) -> None:
         """The agent hears the user (tentative transcript, VAD): the avatar takes its listening pose."""
@@ -118,14 +159,16 @@ class SpeechRouter:
         self.watermark = max(self.watermark, new_turn if new_turn is not None else self._last_turn + 1)
         if self._in_flight is not None and self._in_flight[0] < self.watermark:
             self._in_flight[1].cancel()
+        self._play_until = 0.0  # the avatar is told to stop: what it was playing no longer counts
         if self.session is not None:
             self._queue(_Interrupt(interrupted))
 
     async def run(self, session: AvatarSession) -> None:
         """Feed `session` in order until cancelled. Blocks on the avatar's network calls; a call for a turn that
         gets interrupted is cancelled through its own scope. Ends the audio turn after TURN_AUDIO_GAP of silence."""
-        open_turn: int | None = None
         while True:
+            open_turn = self._open_turn
+            item: _SpeechItem | None
             if open_turn is None:
                 item = await self._rx.receive()
             else:
@@ -133,29 +176,40 @@ class SpeechRouter:
                 with trio.move_on_after(TURN_AUDIO_GAP):
                     item = await self._rx.receive()
                 if item is None or (isinstance(item, _SpeakAudio) and item.turn != open_turn):
-                    if open_turn >= self.watermark:
-                        await session.end_turn(open_turn)
-                    open_turn = None
+                    try:
+                        if open_turn >= self.watermark:
+                            await session.end_turn(open_turn)
+                    finally:
+                        self._open_turn = None
+                        if item is None:
+                            self._notify()
                 if item is None:
                     continue
-            if item is None:
-                continue
-            if isinstance(item, _Interrupt):
-                open_turn = None
-                await session.interrupt(item.turn)
-                continue
-            if isinstance(item, _Listen):
-                await session.set_listening(item.listening)
-                continue
-            if item.turn < self.watermark:
-                continue
-            with trio.CancelScope() as scope:
-                self._in_flight = (item.turn, scope)
-                try:
-                    if isinstance(item, _SpeakText):
-                        await session.speak_text(item.text, item.turn)
-                    else:
-                        await session.speak_audio(item.audio, self.agent_format, item.turn)
-                        open_turn = item.turn
-                finally:
-                    self._in_flight = None
+            assert item is not None
+            try:
+                await self._handle(session, item)
+            finally:
+                self._pending -= 1
+                self._notify()
+
+    async def _handle(self, session: AvatarSession, item: _SpeechItem) -> None:
+        if isinstance(item, _Interrupt):
+            self._open_turn = None
+            await session.interrupt(item.turn)
+            return
+        if isinstance(item, _Listen):
+            await session.set_listening(item.listening)
+            return
+        if item.turn < self.watermark:
+            return
+        with trio.CancelScope() as scope:
+            self._in_flight = (item.turn, scope)
+            try:
+                if isinstance(item, _SpeakText):
+                    await session.speak_text(item.text, item.turn)
+                else:
+                    await session.speak_audio(item.audio, self.agent_format, item.turn)
+                    self._open_turn = item.turn
+                    self._played(duration_seconds(item.audio, self.agent_format))
+            finally:
+                self._in_flight = None

@@ -274,6 +274,9 @@ async def _try_conversation(settings: Settings, http: httpx2.AsyncClient, key: s
             metadata = agent.metadata
     except el.AgentUnavailable as exc:
         return [problem(service, f"a conversation could not be opened: {exc}.")]
+    except el.AgentRefused as exc:
+        return [problem(service, f"the agent refused a plain conversation: {exc.message} (close "
+                                 f"{exc.close_code} {exc.close_reason}).".replace(" )", ")"))]
     except el.AgentClosed as exc:
         return [problem(service, f"the agent closed the conversation at once ({exc.code} {exc.reason}); an "
                                  "'override_error' means the agent does not allow the overrides sent.")]

@@ -201,6 +201,10 @@ class RelayMetrics:
                 if not opened:
                     self.upstream_error("elevenlabs", exc.reason, exc.status_code, str(exc))
                 raise
+            except el.AgentRefused as exc:
+                if not opened:
+                    self.upstream_error("elevenlabs", exc.ending.kind, exc.close_code, exc.message)
+                raise
             except el.AgentClosed as exc:
                 if not opened:
                     self.upstream_error("elevenlabs", "closed", exc.code, exc.reason)
@@ -322,7 +326,8 @@ class _ObservedAgent:
             live.hear(live.text_heard, cast(el.AgentResponse, event).event_id)
         elif kind is el.AgentErrorEvent:
             error = cast(el.AgentErrorEvent, event)
-            self._metrics.upstream_error("elevenlabs", "error_event", error.code, error.message)
+            if not el.is_normal_end(error):  # max duration is a normal end, not an upstream error
+                self._metrics.upstream_error("elevenlabs", "error_event", error.code, error.message)
         return event
 
 

@@ -71,6 +71,27 @@ def ulaw_to_pcm16(data: bytes) -> bytes:
     return _ULAW_TO_PCM16[np.frombuffer(data, dtype=np.uint8)].tobytes()
 
 
+def _ulaw_encode_table() -> np.ndarray:
+    # ITU-T G.711 mu-law encoding of every PCM16 value, on the 14-bit magnitude as the reference g711.c
+    # `linear2ulaw` and audioop.lin2ulaw do: sample >> 2, sign, clip 8159, bias 0x21, segment, 4 mantissa bits,
+    # everything inverted.
+    value = np.arange(-32768, 32768, dtype=np.int32) >> 2
+    mask = np.where(value < 0, 0x7F, 0xFF)
+    magnitude = np.minimum(np.abs(value), 8159) + 0x21
+    segment = np.maximum(np.floor(np.log2(magnitude)).astype(np.int32) - 5, 0)
+    code = np.where(segment > 7, 0x7F, (segment << 4) | ((magnitude >> (segment + 1)) & 0x0F))  # out of range
+    return (code ^ mask).astype(np.uint8)
+
+
+_PCM16_TO_ULAW = _ulaw_encode_table()
+
+
+def pcm16_to_ulaw(data: bytes) -> bytes:
+    """Encode PCM16 LE to G.711 mu-law (one byte per sample; a trailing odd byte is ignored)."""
+    samples = np.frombuffer(data[: len(data) & ~1], dtype="<i2").astype(np.int32) + 32768
+    return _PCM16_TO_ULAW[samples].tobytes()
+
+
 def to_pcm16(data: bytes, fmt: AudioFormat) -> bytes:
     """Any ElevenLabs format -> PCM16 LE at the same sample rate."""
     return ulaw_to_pcm16(data) if fmt.encoding == "ulaw" else data

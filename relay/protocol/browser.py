@@ -166,6 +166,8 @@ CLOSE_CODE_FOR_ERROR: Final[dict[ErrorCode, int]] = {
     "capacity": 1013,
     "upstream_unavailable": 1013,
     "agent_error": 1011,
+    "agent_refused": 1008,  # the agent's configuration refuses this start (overrides, dynamic variables)
+    "agent_busy": 1013,  # the agent's queue timed out (ElevenLabs close 3008): try again later
     "timeout": 1000,
     "shutdown": 1001,
     "internal": 1011,

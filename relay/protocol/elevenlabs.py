@@ -6,7 +6,10 @@ URL (regional hosts exist), and `read_signed_url_answer` reads the signed-URL an
 URL request and the agent socket) is `relay.elevenlabs`.
 
 Liberal in what it accepts (real frames put `type` last; unknown event types are returned as `UnknownEvent`, never an
-error; the error event comes in a schema form and a flat form), strict in what it sends. This module must never do
+error; the error event comes in a schema form and a flat form; a known event with a missing or oddly typed field is
+defaulted like the official clients do, or returned as `MalformedEvent` to be logged and skipped — never an
+exception), strict in what it sends. `classify_close` says what an agent's close means (a normal end, max duration,
+a set-up refusal, a busy agent, or a failure). This module must never do
 I/O or import trio, httpx2 or websockets, and must never put an API key in an exception message.
 """
 
@@ -17,7 +20,7 @@ import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
@@ -30,8 +33,25 @@ from relay.protocol.vocab import AgentUnavailableReason
 
 
 class AgentProtocolError(Exception):
-    """The agent sent something this module cannot understand (bad JSON, a non-object, a known event type with
-    missing or mistyped fields, or a first message that is not `conversation_initiation_metadata`)."""
+    """The agent's first message is not a usable `conversation_initiation_metadata` (nothing else is fatal: a
+    malformed later frame is a `MalformedEvent`)."""
+
+
+class AgentRefused(Exception):
+    """The agent refused the conversation at set-up: an `error` event (and/or a close) before its metadata, e.g.
+    `override_error` or `missing_dynamic_variable` (close 1008), or a queue time-out (close 3008). `message` is the
+    service's own words; `ending` says what it means (`classify_close`: "agent_refused", "agent_busy" or
+    "agent_error"); `error_type`, `code` (the error event's) and `close_code`/`close_reason` as received."""
+
+    def __init__(self, ending: Ending, *, error_type: str | None = None, code: int | None = None,
+                 close_code: int | None = None, close_reason: str = "") -> None:
+        super().__init__(ending.message)
+        self.ending = ending
+        self.message = ending.message
+        self.error_type = error_type
+        self.code = code
+        self.close_code = close_code
+        self.close_reason = close_reason
 
 
 class AgentUnavailable(Exception):
@@ -74,7 +94,8 @@ class ConversationMetadata:
 @dataclass(frozen=True, slots=True)
 class AgentAudio:
     """One chunk of the agent's voice, already base64-decoded, in `agent_output_audio_format`. `event_id` is
-    the reply's turn id: drop chunks whose `event_id` is lower than the last `Interruption.event_id`."""
+    the reply's turn id: drop chunks whose `event_id` is lower than the last `Interruption.event_id`. (The optional
+    `alignment` — per-character timings — is accepted and not kept: nothing downstream uses it yet.)"""
 
     audio: bytes
     event_id: int
@@ -168,6 +189,16 @@ class UnknownEvent:
     type: str
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedEvent:
+    """A frame that could not be used: not JSON, not an object, no `type`, or a known type whose field the event
+    cannot do without (an audio chunk without a turn id, a ping without an id, ...). `type` is the frame's type when
+    it had one. Never fatal: log it (rate-limited) and skip it, as the official clients do."""
+
+    type: str | None
+    problem: str
+
+
 ServerEvent = (
     ConversationMetadata
     | AgentAudio
@@ -181,12 +212,17 @@ ServerEvent = (
     | VadScore
     | AgentChatResponsePart
     | UnknownEvent
+    | MalformedEvent
 )
+
+
+class _Malformed(Exception):
+    """A known event without a field it cannot do without (turned into `MalformedEvent` by `parse_server_event`)."""
 
 
 def _object(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise AgentProtocolError(f"{where}: expected an object")
+        raise _Malformed(f"{where}: expected an object")
     return value
 
 
@@ -199,7 +235,14 @@ def _int(event: dict[str, Any], key: str, where: str) -> int:
         return int(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise AgentProtocolError(f"{where}: missing or invalid '{key}'")
+    raise _Malformed(f"{where}: missing or invalid '{key}'")
+
+
+def _is_int_like(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) or (isinstance(value, str) and value.isdigit())
+            or (isinstance(value, float) and value.is_integer()))
 
 
 def _optional_int(event: dict[str, Any], key: str, where: str) -> int | None:
@@ -209,7 +252,7 @@ def _optional_int(event: dict[str, Any], key: str, where: str) -> int | None:
 def _str(event: dict[str, Any], key: str, where: str) -> str:
     value = event.get(key)
     if not isinstance(value, str):
-        raise AgentProtocolError(f"{where}: missing or invalid '{key}'")
+        raise _Malformed(f"{where}: missing or invalid '{key}'")
     return value
 
 
@@ -230,7 +273,7 @@ def _parse_audio(frame: dict[str, Any]) -> AgentAudio:
     try:
         audio = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise AgentProtocolError("audio: 'audio_base_64' is not valid base64") from None
+        raise _Malformed("audio: 'audio_base_64' is not valid base64") from None
     return AgentAudio(audio=audio, event_id=_int(event, "event_id", "audio"))
 
 
@@ -238,7 +281,7 @@ def _parse_user_transcript(frame: dict[str, Any]) -> UserTranscript:
     event = _object(frame.get("user_transcription_event"), "user_transcript")
     return UserTranscript(
         text=_str(event, "user_transcript", "user_transcript"),
-        event_id=_int(event, "event_id", "user_transcript"),
+        event_id=_int(event, "event_id", "user_transcript") if _is_int_like(event.get("event_id")) else 0,
         final=True,
     )
 
@@ -246,9 +289,8 @@ def _parse_user_transcript(frame: dict[str, Any]) -> UserTranscript:
 def _parse_tentative_transcript(frame: dict[str, Any]) -> UserTranscript:
     where = "tentative_user_transcript"
     event = _object(frame.get("tentative_user_transcription_event"), where)
-    return UserTranscript(
-        text=_str(event, "user_transcript", where), event_id=_int(event, "event_id", where), final=False
-    )
+    event_id = _int(event, "event_id", where) if _is_int_like(event.get("event_id")) else 0
+    return UserTranscript(text=_str(event, "user_transcript", where), event_id=event_id, final=False)
 
 
 def _parse_agent_response(frame: dict[str, Any]) -> AgentResponse:
@@ -277,21 +319,22 @@ def _parse_interruption(frame: dict[str, Any]) -> Interruption:
 def _parse_ping(frame: dict[str, Any]) -> Ping:
     event = _object(frame.get("ping_event"), "ping")
     ping_ms = event.get("ping_ms")
-    if ping_ms is not None and (isinstance(ping_ms, bool) or not isinstance(ping_ms, int | float)):
-        raise AgentProtocolError("ping: invalid 'ping_ms'")
+    if isinstance(ping_ms, bool) or not isinstance(ping_ms, int | float):
+        ping_ms = None  # odd or absent: no estimate (the Python SDK only reads a truthy ping_ms)
     return Ping(event_id=_int(event, "event_id", "ping"), ping_ms=None if ping_ms is None else float(ping_ms))
 
 
 def _parse_client_tool_call(frame: dict[str, Any]) -> ClientToolCall:
     event = _object(frame.get("client_tool_call"), "client_tool_call")
     parameters = event.get("parameters")
-    if parameters is None:
-        parameters = {}
+    if not isinstance(parameters, dict):
+        parameters = {}  # absent or odd: no parameters (the Python SDK defaults to {})
+    event_id = event.get("event_id")
     return ClientToolCall(
         tool_name=_str(event, "tool_name", "client_tool_call"),
         tool_call_id=_str(event, "tool_call_id", "client_tool_call"),
-        parameters=_object(parameters, "client_tool_call.parameters"),
-        event_id=_optional_int(event, "event_id", "client_tool_call"),
+        parameters=parameters,
+        event_id=_optional_int(event, "event_id", "client_tool_call") if _is_int_like(event_id) else None,
     )
 
 
@@ -322,18 +365,21 @@ def _parse_vad_score(frame: dict[str, Any]) -> VadScore:
     event = _object(frame.get("vad_score_event"), "vad_score")
     score = event.get("vad_score")
     if isinstance(score, bool) or not isinstance(score, int | float):
-        raise AgentProtocolError("vad_score: missing or invalid 'vad_score'")
+        raise _Malformed("vad_score: missing or invalid 'vad_score'")
     return VadScore(score=float(score))
 
 
 def _parse_chat_response_part(frame: dict[str, Any]) -> AgentChatResponsePart:
     where = "agent_chat_response_part"
-    event = _object(frame.get("text_response_part"), where)
-    part_type = event.get("type")
+    event = frame.get("text_response_part")
+    if not isinstance(event, dict):
+        event = {}
+    # As the Python SDK: `text` defaults to "" (start/stop parts carry none) and `type` to "delta".
+    text, part_type, event_id = event.get("text"), event.get("type"), event.get("event_id")
     return AgentChatResponsePart(
-        text=_str(event, "text", where),
+        text=text if isinstance(text, str) else "",
         part_type=part_type if isinstance(part_type, str) else "delta",
-        event_id=_optional_int(event, "event_id", where),
+        event_id=_optional_int(event, "event_id", where) if _is_int_like(event_id) else None,
     )
 
 
@@ -354,21 +400,94 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerEvent]]] = {
 
 
 def parse_server_event(frame: str | bytes) -> ServerEvent:
-    """Parse one server frame. Unknown types become `UnknownEvent`; raises `AgentProtocolError` on bad JSON, a
-    non-object, a missing `type`, or a known type whose required fields are missing or mistyped."""
+    """Parse one server frame; never raises. Unknown types become `UnknownEvent`; bad JSON, a non-object, a
+    missing `type`, or a known type without a field it cannot do without become `MalformedEvent` (log and skip it).
+    Extra fields are ignored; odd optional fields are defaulted as the official clients do (`ping_ms` None,
+    `parameters` {}, a chat part's `text` "" and `type` "delta", a transcript's missing `event_id` 0)."""
     try:
         data = orjson.loads(frame)
     except orjson.JSONDecodeError:
-        raise AgentProtocolError("frame is not valid JSON") from None
+        return MalformedEvent(None, "frame is not valid JSON")
     if not isinstance(data, dict):
-        raise AgentProtocolError("frame is not a JSON object")
+        return MalformedEvent(None, "frame is not a JSON object")
     event_type = data.get("type")
     if not isinstance(event_type, str):
-        raise AgentProtocolError("frame has no 'type'")
+        return MalformedEvent(None, "frame has no 'type'")
     parser = _PARSERS.get(event_type)
     if parser is None:
         return UnknownEvent(type=event_type)
-    return parser(data)
+    try:
+        return parser(data)
+    except _Malformed as exc:
+        return MalformedEvent(event_type, str(exc))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What an ending means
+
+# Close codes ElevenLabs documents (asyncapi `ErrorType` codes; convai-widget-core's queue mock for 3008).
+CLOSE_NORMAL: Final = 1000  # the agent ended the call (end_call), or max duration
+CLOSE_QUEUE_TIMEOUT: Final = 3008  # waited too long in the agent's concurrency queue
+_SETUP_REFUSALS: Final = {"override_error", "missing_dynamic_variable", "invalid_dynamic_variable"}
+MAX_DURATION: Final = "max_duration_exceeded"
+
+EndingKind = Literal["agent_ended", "max_duration", "agent_refused", "agent_busy", "agent_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """What an agent's close means: `kind` "agent_ended"/"max_duration" are normal ends; "agent_refused" (a set-up
+    contract error: overrides not allowed, a missing dynamic variable), "agent_busy" (queue time-out) and
+    "agent_error" are failures, with a `message` for the user."""
+
+    kind: EndingKind
+    message: str
+
+    @property
+    def normal(self) -> bool:
+        return self.kind in ("agent_ended", "max_duration")
+
+
+def is_normal_end(event: AgentErrorEvent) -> bool:
+    """An `error` event that announces a normal end (max duration: `error_type` max_duration_exceeded, code 1000;
+    the JS client ends the session normally on it, elevenlabs/packages d35faae2)."""
+    return event.error_type == MAX_DURATION or event.code == CLOSE_NORMAL
+
+
+def _refusal_message(error_type: str | None, detail: str) -> str:
+    if error_type == "override_error":
+        text = "the agent does not allow the overrides this page sent (enable them in the agent's security settings)"
+    elif error_type in ("missing_dynamic_variable", "invalid_dynamic_variable"):
+        text = "the agent needs a dynamic variable the page did not send (or sent with the wrong type)"
+    else:
+        text = "the agent refused the conversation's set-up"
+    return f"{text}: {detail}" if detail and detail != error_type else text
+
+
+def classify_close(code: int | None, reason: str, error: AgentErrorEvent | None = None, *,
+                   during_setup: bool = False) -> Ending:
+    """What the agent's close (`code`, `reason`), after the last `error` event it sent (if any), means.
+
+    1000 is always a normal end (an earlier non-fatal error event does not taint it), `max_duration` when the
+    error event or the reason says max_duration_exceeded; 3008 is a busy agent (queue time-out); during set-up a
+    1008 (or an error event) for overrides / dynamic variables is a refusal with the service's words; anything
+    else (1002 operational, 1008 contract, 1011 internal, 3000, a lost connection) is a failure."""
+    error_type = error.error_type if error is not None else None
+    detail = (error.message if error is not None and error.message else "") or reason
+    if code == CLOSE_NORMAL:
+        if reason == MAX_DURATION or error_type == MAX_DURATION:
+            return Ending("max_duration", "the agent's maximum conversation duration was reached")
+        return Ending("agent_ended", "the agent ended the conversation")
+    if code == CLOSE_QUEUE_TIMEOUT:
+        return Ending("agent_busy", "the agent is busy: too many conversations at once, and the wait in its "
+                                    "queue timed out; try again shortly")
+    refusal_type = error_type if error_type in _SETUP_REFUSALS else (reason if reason in _SETUP_REFUSALS else None)
+    if during_setup and (refusal_type is not None or code == 1008):
+        return Ending("agent_refused", _refusal_message(refusal_type or error_type, detail))
+    message = f"the agent closed the conversation ({code} {reason})".replace(" )", ")")
+    if error is not None and error.message:
+        message += f": {error.message}"
+    return Ending("agent_error", message)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from typing import Literal
 
 # `error.code` for the browser; `CLOSE_CODE_FOR_ERROR` (relay.protocol.browser) maps each to its close code.
 ErrorCode = Literal["protocol_error", "unauthorized", "capacity", "upstream_unavailable", "agent_error", "timeout",
-                    "shutdown", "internal"]
+                    "shutdown", "internal", "agent_refused", "agent_busy"]
 
 # `ended.reason`: an error code when the conversation failed, or one of the normal endings.
-EndReason = ErrorCode | Literal["client_stop", "agent_ended"]
+EndReason = ErrorCode | Literal["client_stop", "agent_ended", "max_duration"]
 
 # `AvatarUnavailable.reason`: why no avatar session could be opened.
 UnavailableReason = Literal["concurrent_limit", "unauthorized", "no_credits", "rate_limited", "upstream_error",

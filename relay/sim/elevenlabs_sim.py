@@ -4,7 +4,7 @@ Faithful to `/work/shared/reference/elevenlabs-convai.md` (frames are sent with 
 ones): the handshake (`conversation_initiation_client_data` -> `conversation_initiation_metadata`), pings
 answered by pongs (`ping_ms` is the measured round trip), an energy VAD on the user's audio producing
 `tentative_user_transcript` / `user_transcript`, then `agent_response` with the first chunk of a synthetic
-voice reply paced in real time, interruptions (`interruption` with the new turn's id, then
+voice reply streamed ahead of real time, interruptions (`interruption` with the new turn's id, then
 `agent_response_correction` with the words actually spoken), typed messages, a client tool round trip, and the
 real close codes. It must never import the relay (a protocol bug must not hide in both sides), and must stay
 cheap per audio frame: hundreds of conversations run through it at once.
@@ -23,7 +23,8 @@ The agent's behaviour
   event id); `tentative_user_transcript` every `tentative_interval_ms` of speech; `vad_silence_end_ms` of silence
   ends it with `user_transcript` "(1.8 s of speech)". VAD time is audio time (samples received), so audio sent
   faster than real time works too. After `response_latency_ms` the agent replies: `agent_response` with the first
-  audio chunk, then the rest (same event id) paced in real time, `chunk_duration_ms` each. Reply audio is a
+  audio chunk, then the rest (same event id) at once, ahead of real time like the real service (`reply_pacing`),
+  `chunk_duration_ms` each. Reply audio is a
   synthetic voice (harmonics and a syllable envelope), `ms_per_char` per character capped at `max_reply_s`.
 - Typed `user_message` (or `multimodal_message` with text) -> "You said: ...". If it contains the word "tool", the
   agent first sends `client_tool_call` (`get_time`) and waits up to `tool_result_timeout_s` for the
@@ -37,7 +38,8 @@ The agent's behaviour
 - Closes: bad JSON, a non-object, an unknown type or bad base64 -> 1008 `invalid_message`; a known type missing a
   field -> 1008 `missing_fields`; overrides when not allowed -> 1008 `override_error`; a missing required dynamic
   variable -> 1008 `missing_dynamic_variable`; no client message except pongs for `input_timeout_s` -> 1002
-  `transport_receive_timeout`; `max_duration_s` -> 1000 `max_duration_exceeded`.
+  `transport_receive_timeout`; `max_duration_s` -> an `error` event (max_duration_exceeded, code 1000), then 1000
+  `max_duration_exceeded`.
 
 Faults (`POST /_sim/faults`; a conversation reads them once, when its socket opens)
 - `handshake_latency_ms` (0): delay before accepting the socket.
@@ -51,9 +53,21 @@ Faults (`POST /_sim/faults`; a conversation reads them once, when its socket ope
 - `signature_ttl_s` (900): lifetime of a signed URL.
 - `agent_output_audio_format`, `user_input_audio_format` ("pcm_16000"): any of pcm_8000, pcm_16000, pcm_22050,
   pcm_24000, pcm_44100, pcm_48000, ulaw_8000 (mu-law is encoded and decoded here).
-- `overrides_allowed` (true): false closes 1008 `override_error` when the initiation carries a non-empty
-  override. (Real agents default to false; the simulator defaults to true so demo mode works with overrides.)
-- `required_dynamic_variables` ([]): names the client must send.
+- `overrides_allowed` (false, like real agents): an initiation carrying a non-empty override gets an `error`
+  event (`override_error`, naming the fields) and close 1008 `override_error`. The demo agent allows them (`agents`).
+- `agents` (null = `DEFAULT_AGENTS`: `demo-agent` allows overrides and enables every client event): per agent id,
+  fault overrides for that agent.
+- `client_events` (null = `DEFAULT_CLIENT_EVENTS`, the real default list): the events the agent may send;
+  `agent_response_correction`, `client_tool_call`, `agent_chat_response_part`, `vad_score` and `agent_tool_response`
+  are opt-in (a disabled client tool is answered "not enabled for this client" by the agent itself).
+- `reply_pacing` ("burst", like the real service: a reply's audio is sent at once; "realtime": paced).
+- `end_call_after_reply` (false): the reply to the user is a goodbye, then `agent_tool_response` end_call (if
+  enabled) and close 1000 right after the last chunk.
+- `send_alignment` (true): per-character `alignment` on each audio chunk.
+- `queue_wait_ms` (0), `queue_times_out` (false): `queue_status` waiting → admitted, or timed_out and close 3008.
+- `odd_fields` (false): known events with missing, extra or oddly typed fields, and one non-JSON frame.
+- `required_dynamic_variables` ([]): names the client must send (else an `error` event `missing_dynamic_variable`
+  naming them, then close 1008).
 - `first_message` ("Hello! I'm the simulated agent. How can I help you today?"): the greeting; null or "" disables.
 - `ping_interval_s` (2.0): seconds between pings; 0 disables them.
 - `vad_rms_threshold` (500, PCM16 units), `vad_speech_start_ms` (100), `vad_silence_end_ms` (600),
@@ -118,7 +132,7 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "signature_ttl_s": 900,
     "agent_output_audio_format": "pcm_16000",
     "user_input_audio_format": "pcm_16000",
-    "overrides_allowed": True,
+    "overrides_allowed": False,
     "required_dynamic_variables": [],
     "first_message": DEFAULT_FIRST_MESSAGE,
     "ping_interval_s": 2.0,
@@ -142,11 +156,46 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "stall_before_metadata": False,
     "stall_after_ms": None,
     "error_event": None,
+    "reply_pacing": "burst",
+    "end_call_after_reply": False,
+    "client_events": None,
+    "send_alignment": True,
+    "queue_wait_ms": 0,
+    "queue_times_out": False,
+    "odd_fields": False,
+    "agents": None,
+}
+
+# The agent's `client_events` when its configuration does not list them: the real default list (ElevenLabs agent
+# settings → Advanced → client events; the asyncapi notes the others are opt-in). Anything else — corrections, client
+# tool calls, streamed text parts, VAD scores, tool responses — is only sent when the agent enables it.
+DEFAULT_CLIENT_EVENTS = (
+    "audio",
+    "interruption",
+    "agent_response",
+    "user_transcript",
+    "tentative_user_transcript",
+    "conversation_initiation_metadata",
+    "ping",
+)
+ALL_CLIENT_EVENTS = (
+    *DEFAULT_CLIENT_EVENTS,
+    "agent_response_correction",
+    "client_tool_call",
+    "agent_chat_response_part",
+    "vad_score",
+    "agent_tool_response",
+)
+# Per-agent configuration overriding the faults for that agent id (a fault `agents` replaces it). The demo agent is
+# configured like a real agent would be for the demo page: overrides allowed, every client event the page shows.
+DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
+    "demo-agent": {"overrides_allowed": True, "client_events": list(ALL_CLIENT_EVENTS)},
 }
 
 FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
 _VAD_FRAME_MS = 20
 _CLOSE_TIMEOUT = 2.0
+_SEND_TIMEOUT = 10.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -288,14 +337,26 @@ def _frame(event_type: str, key: str, body: dict[str, Any]) -> str:
     return orjson.dumps({key: body, "type": event_type}).decode()
 
 
-def _audio_frame(audio: bytes, event_id: int) -> str:
+def _audio_frame(audio: bytes, event_id: int, alignment: str = "") -> str:
     return (
         '{"audio_event":{"audio_base_64":"'
         + base64.b64encode(audio).decode("ascii")
         + '","event_id":'
         + str(event_id)
+        + alignment
         + '},"type":"audio"}'
     )
+
+
+def _alignment(text: str, seconds: float) -> str:
+    """`,"alignment":{...}` for the audio frame carrying `text` spoken over `seconds` (per-character timings)."""
+    chars = list(text) or [" "]
+    step = max(1, int(seconds * 1000 / len(chars)))
+    return ',"alignment":' + orjson.dumps({
+        "chars": chars,
+        "char_start_times_ms": [i * step for i in range(len(chars))],
+        "char_durations_ms": [step] * len(chars),
+    }).decode()
 
 
 _WORD = re.compile(r"\btool\b", re.IGNORECASE)
@@ -316,6 +377,12 @@ def _truncate_spoken(text: str, fraction: float) -> str:
     return head[:space] if space > 0 else head
 
 
+def _override_fields(value: Any, prefix: str = "") -> list[str]:
+    if not isinstance(value, dict):
+        return [prefix.rstrip(".")] if _has_override(value) else []
+    return [name for key, inner in value.items() for name in _override_fields(inner, f"{prefix}{key}.")]
+
+
 def _has_override(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_override(v) for v in value.values())
@@ -323,10 +390,19 @@ def _has_override(value: Any) -> bool:
 
 
 class _Close(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    """Close the socket with `code`/`reason`; `message`, when given, is sent first as an `error` event (the real
+    service announces contract errors and max duration that way)."""
+
+    def __init__(self, code: int, reason: str, message: str | None = None) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
+        self.message = message
+
+
+def _error_frame(code: int, error_type: str, message: str) -> str:
+    return _frame("error", "error_event", {"code": code, "message": message, "error_type": error_type,
+                                           "reason": message, "debug_message": None, "details": None})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -337,6 +413,7 @@ class _Close(Exception):
 class _Reply:
     event_id: int
     text: str
+    to_user: bool = True  # False for the greeting
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     started_at: float | None = None
     duration: float = 0.0
@@ -385,13 +462,24 @@ class _Conversation:
         self.last_ping_ms: float | None = None
         self.tool_waiters: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
         self.nursery: trio.Nursery | None = None
+        events = faults["client_events"]
+        self.client_events = frozenset(DEFAULT_CLIENT_EVENTS if events is None else events)
+        self.replies_to_user = 0
+
+    def enabled(self, event_type: str) -> bool:
+        """Whether the agent's `client_events` lets it send `event_type` (metadata and errors are always sent)."""
+        return event_type in self.client_events
 
     # -- plumbing
     # ------------------------------------------------------------------------------------------------------------------
 
     async def send(self, text: str) -> None:
+        # A frame is written whole or not started: a send cancelled while it waits (an interrupted reply's burst)
+        # would leave a permessage-deflate context ahead of the client's and corrupt every later frame. Bounded,
+        # so a client that stopped reading cannot hold the conversation forever.
         async with self.send_lock:
-            await self.ws.send(text)
+            with trio.move_on_after(_SEND_TIMEOUT, shield=True):
+                await self.ws.send(text)
 
     def close_with(self, code: int, reason: str) -> None:
         if self.close is None:
@@ -419,7 +507,11 @@ class _Conversation:
                 while True:  # drained and ignored: see `stall_*` in the module docstring
                     await self.ws.receive()
         if lifetime.cancelled_caught and self.close is None:
+            # Like the real service: the error event (code 1000, max_duration_exceeded), then close 1000.
             self.close = (1000, "max_duration_exceeded")
+            with trio.move_on_after(_CLOSE_TIMEOUT):
+                await self.send(_error_frame(1000, "max_duration_exceeded",
+                                             "Conversation ended: maximum duration exceeded"))
 
     def stall(self) -> None:
         self.stalled = True
@@ -452,6 +544,8 @@ class _Conversation:
                     await self.initiate({})
                 await self.handle(message)
             except _Close as close:
+                if close.message is not None:
+                    await self.send(_error_frame(close.code, close.reason, close.message))
                 self.close_with(close.code, close.reason)
                 return
 
@@ -533,10 +627,12 @@ class _Conversation:
             "custom_llm_extra_body": message.get("custom_llm_extra_body"),
         }
         if _has_override(override) and not faults["overrides_allowed"]:
-            raise _Close(1008, "override_error")
+            raise _Close(1008, "override_error", "Override for field(s) "
+                         f"{sorted(_override_fields(override))} is not allowed by the agent's configuration.")
         missing = [name for name in faults["required_dynamic_variables"] if name not in variables]
         if missing:
-            raise _Close(1008, "missing_dynamic_variable")
+            raise _Close(1008, "missing_dynamic_variable",
+                         f"Missing required dynamic variables in first message: {set(missing)}")
         if self.record["agent_id"] in faults["unknown_agent_ids"]:
             raise _Close(1008, "agent_not_found")
         self.dynamic_variables = variables
@@ -565,6 +661,8 @@ class _Conversation:
             )
         )
         self.record["metadata_at"] = time.monotonic()
+        if faults["queue_wait_ms"] or faults["queue_times_out"]:
+            await self.wait_in_queue(float(faults["queue_wait_ms"]) / 1000.0, bool(faults["queue_times_out"]))
         self.start_background()
 
     def start_background(self) -> None:
@@ -575,10 +673,12 @@ class _Conversation:
             nursery.start_soon(self.send, '{"type":"audio","audio_event":{"audio_base_64":')
         if faults["send_unknown_events"]:
             nursery.start_soon(self.send_unknown_events)
+        if faults["odd_fields"]:
+            nursery.start_soon(self.send_odd_events)
         if faults["ping_interval_s"]:
             nursery.start_soon(self.ping_loop, float(faults["ping_interval_s"]))
         if self.first_message:
-            self.start_reply(_substitute(self.first_message, self.dynamic_variables), latency=0.0)
+            self.start_reply(_substitute(self.first_message, self.dynamic_variables), latency=0.0, to_user=False)
         if faults["close_code"] is not None and faults["close_after_ms"] is not None:
             nursery.start_soon(self.close_later, faults["close_after_ms"] / 1000.0)
         if faults["stall_after_ms"] is not None:
@@ -630,6 +730,35 @@ class _Conversation:
             )
         await self.send(frame)
 
+    async def wait_in_queue(self, seconds: float, times_out: bool) -> None:
+        """The agent's concurrency queue (convai-widget-core's mock): `queue_status` waiting, then admitted after
+        `seconds`, or timed out and closed 3008."""
+        await self.send(orjson.dumps({"type": "queue_status", "queue_status_event": {"status": "waiting"}}).decode())
+        await trio.sleep(seconds)
+        if times_out:
+            await self.send(orjson.dumps({"type": "queue_status",
+                                          "queue_status_event": {"status": "timed_out"}}).decode())
+            raise _Close(3008, "too many concurrent connections")
+        await self.send(orjson.dumps({"type": "queue_status", "queue_status_event": {"status": "admitted"}}).decode())
+
+    async def send_odd_events(self) -> None:
+        """Known events with missing, extra or oddly typed fields (what a changed service might send)."""
+        odd = [
+            {"type": "ping", "ping_event": {"event_id": "x", "ping_ms": "n/a"}},
+            {"type": "ping", "ping_event": {"ping_ms": 12}},
+            {"type": "agent_chat_response_part", "text_response_part": {"type": "start"}},
+            {"type": "audio", "audio_event": {"audio_base_64": "AAAA"}},
+            {"type": "audio", "audio_event": {"audio_base_64": "%%%", "event_id": 1}},
+            {"type": "vad_score", "vad_score_event": {"vad_score": "high"}},
+            {"type": "user_transcript", "user_transcription_event": {"event_id": 1}},
+            {"type": "interruption", "interruption_event": {}},
+            {"type": "client_tool_call", "client_tool_call": {"tool_name": "get_time"}},
+            {"type": "agent_response", "agent_response_event": {"agent_response": 42, "event_id": 1, "new": 1}},
+        ]
+        for event in odd:
+            await self.send(orjson.dumps(event).decode())
+        await self.send("{not json")
+
     async def send_unknown_events(self) -> None:
         await self.send(_frame("mcp_connection_status", "mcp_connection_status", {"integrations": []}))
 
@@ -653,7 +782,11 @@ class _Conversation:
             self.on_user_audio(self.id, chunk, now)
         if self.faults["close_on_first_user_audio"] and self.faults["close_code"] is not None:
             raise _Close(int(self.faults["close_code"]), str(self.faults["close_reason"] or ""))
-        for kind, ms in self.vad.feed(chunk):
+        events = self.vad.feed(chunk)
+        if self.enabled("vad_score"):
+            score = 1.0 if self.vad.speaking else 0.0
+            await self.send(_frame("vad_score", "vad_score_event", {"vad_score": score}))
+        for kind, ms in events:
             if kind == "start":
                 self.user_turn_id = self.next_event_id()
                 await self.interrupt_reply(self.user_turn_id)
@@ -674,6 +807,8 @@ class _Conversation:
     async def send_transcript(self, event_type: str, text: str) -> None:
         key = "user_transcription_event" if event_type == "user_transcript" else "tentative_user_transcription_event"
         event_id = self.user_turn_id if self.user_turn_id is not None else self.last_event_id
+        if not self.enabled(event_type):
+            return
         await self.send(_frame(event_type, key, {"user_transcript": text, "event_id": event_id}))
 
     async def user_said_typed(self, text: str) -> None:
@@ -701,6 +836,8 @@ class _Conversation:
         spoken = _truncate_spoken(reply.text, (now - reply.started_at) / reply.duration)
         self.record["interruptions"] += 1
         await self.send(_frame("interruption", "interruption_event", {"event_id": new_event_id}))
+        if not self.enabled("agent_response_correction"):
+            return
         await self.send(
             _frame(
                 "agent_response_correction",
@@ -716,11 +853,12 @@ class _Conversation:
     # -- agent replies
     # ------------------------------------------------------------------------------------------------------------------
 
-    def start_reply(self, text: str, *, tool: bool = False, latency: float | None = None) -> None:
+    def start_reply(self, text: str, *, tool: bool = False, latency: float | None = None,
+                    to_user: bool = True) -> None:
         assert self.nursery is not None
         if self.reply is not None:
             self.reply.scope.cancel()  # a reply never overlaps the next one
-        reply = _Reply(event_id=self.next_event_id(), text=text)
+        reply = _Reply(event_id=self.next_event_id(), text=text, to_user=to_user)
         self.reply = reply
         delay = float(self.faults["response_latency_ms"]) / 1000.0 if latency is None else latency
         self.nursery.start_soon(self.play_reply, reply, delay, tool)
@@ -732,6 +870,10 @@ class _Conversation:
             if tool:
                 reply.text = await self.call_tool(reply.event_id)
             faults = self.faults
+            is_goodbye = bool(faults["end_call_after_reply"]) and reply.to_user
+            if is_goodbye:
+                reply.text = ("Thank you so much for calling today. " + reply.text
+                              + " Goodbye, and have a wonderful day!")
             fmt = self.output_format
             per_char = float(faults["ms_per_char"]) / 1000.0
             seconds = min(len(reply.text) * per_char, float(faults["max_reply_s"]))
@@ -751,26 +893,50 @@ class _Conversation:
             # Benchmark timestamps (time.monotonic(), taken just before each send): see `reply_times`.
             times: list[Any] = [reply.event_id, time.monotonic(), None, reply.text]
             self.record["reply_times"].append(times)
-            await self.send(
-                _frame(
-                    "agent_response",
-                    "agent_response_event",
-                    {"agent_response": reply.text, "event_id": reply.event_id},
+            if self.enabled("agent_chat_response_part"):
+                for part_type, text in (("start", ""), ("delta", reply.text), ("stop", "")):
+                    await self.send(_frame("agent_chat_response_part", "text_response_part",
+                                           {"text": text, "type": part_type, "event_id": reply.event_id}))
+            if self.enabled("agent_response"):
+                await self.send(
+                    _frame(
+                        "agent_response",
+                        "agent_response_event",
+                        {"agent_response": reply.text, "event_id": reply.event_id},
+                    )
                 )
-            )
             self.record["replies"] += 1
-            for index, offset in enumerate(range(0, len(audio), chunk_bytes)):
-                if index:
+            realtime = faults["reply_pacing"] == "realtime"
+            chunks = range(0, len(audio), chunk_bytes)
+            words = reply.text.split(" ")
+            per_chunk = max(1, -(-len(words) // max(1, len(chunks))))
+            for index, offset in enumerate(chunks):
+                if index and realtime:
                     await trio.sleep_until(reply.started_at + index * chunk_seconds)
                 chunk = audio[offset : offset + chunk_bytes]
                 if not index:
                     times[2] = time.monotonic()
-                await self.send(_audio_frame(chunk, reply.event_id))
+                alignment = ""
+                if faults["send_alignment"]:
+                    said = " ".join(words[index * per_chunk : (index + 1) * per_chunk])
+                    alignment = _alignment(said, len(chunk) / fmt.bytes_per_second)
+                if self.enabled("audio"):
+                    await self.send(_audio_frame(chunk, reply.event_id, alignment))
                 self.record["agent_audio_seconds"] += len(chunk) / fmt.bytes_per_second
             if faults["send_unknown_events"]:
                 await self.send(
                     _frame("agent_response_metadata", "agent_response_metadata_event", {"event_id": reply.event_id})
                 )
+            if is_goodbye:
+                # The agent calls its end_call system tool: the call ends right after the last chunk is sent, not
+                # once it has been heard (elevenlabs-python#457: end_call closes 1000; packages#419: the client
+                # still holds the goodbye's audio when the close arrives).
+                if self.enabled("agent_tool_response"):
+                    await self.send(_frame("agent_tool_response", "agent_tool_response", {
+                        "tool_name": "end_call", "tool_call_id": "end_call_" + secrets.token_hex(4),
+                        "tool_type": "system", "is_error": False, "event_id": reply.event_id}))
+                self.close_with(1000, "")
+                return
             # Still "speaking" until the last chunk has had time to play: talking over it interrupts it.
             await trio.sleep_until(reply.started_at + reply.duration)
         reply.done = True
@@ -784,6 +950,8 @@ class _Conversation:
         self.tool_waiters[call_id] = (event, results)
         self.record["tool_calls"].append({"tool_call_id": call_id, "tool_name": "get_time"})
         try:
+            if not self.enabled("client_tool_call"):
+                return "The get_time tool is not enabled for this client."
             await self.send(
                 _frame(
                     "client_tool_call",
@@ -922,6 +1090,7 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
             return _error(status, {"status": "simulated_failure", "message": f"Simulated HTTP {status}"})
         if agent_id in faults["unknown_agent_ids"]:
             return _error(404, {"status": "agent_not_found", "message": "Agent not found"})
+        agent = agent_faults(agent_id)
         return _json(
             {
                 "agent_id": agent_id,
@@ -932,30 +1101,33 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
                     "agent": {"first_message": faults["first_message"] or "", "language": "en"},
                     "conversation": {
                         "max_duration_seconds": faults["max_duration_s"],
-                        "client_events": [
-                            "audio",
-                            "interruption",
-                            "agent_response",
-                            "user_transcript",
-                            "tentative_user_transcript",
-                            "agent_response_correction",
-                            "client_tool_call",
-                            "conversation_initiation_metadata",
-                            "ping",
-                        ],
+                        "client_events": list(agent["client_events"] or DEFAULT_CLIENT_EVENTS),
                     },
                 },
                 "platform_settings": {
                     "auth": {"enable_auth": bool(faults["require_signed_url"])},
-                    "overrides": {"enable_conversation_initiation_client_data_from_webhook": False},
+                    "overrides": {
+                        "enable_conversation_initiation_client_data_from_webhook": False,
+                        "conversation_config_override": {
+                            "agent": {"first_message": bool(agent["overrides_allowed"]),
+                                      "language": bool(agent["overrides_allowed"]),
+                                      "prompt": {"prompt": bool(agent["overrides_allowed"])}},
+                            "tts": {"voice_id": bool(agent["overrides_allowed"])},
+                        },
+                    },
                 },
             }
         )
 
+    def agent_faults(agent_id: str) -> dict[str, Any]:
+        """The faults as this agent sees them: the global ones, then its own configuration (`agents`)."""
+        agents = DEFAULT_AGENTS if faults["agents"] is None else faults["agents"]
+        return {**faults, **agents.get(agent_id, {})}
+
     @app.websocket("/v1/convai/conversation")
     async def conversation_socket() -> None:
-        snapshot = dict(faults)
         agent_id = websocket.args.get("agent_id", "")
+        snapshot = agent_faults(agent_id)
         signature = websocket.args.get("conversation_signature") or websocket.args.get("token")
         if signature is not None and not signature_valid(signature, agent_id):
             abort(403)
@@ -1024,6 +1196,10 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
         for key in ("agent_output_audio_format", "user_input_audio_format"):
             if key in body and body[key] not in FORMATS:
                 return _json({"error": f"{key} must be one of {list(FORMATS)}"}, 400)
+        if body.get("reply_pacing", "burst") not in ("burst", "realtime"):
+            return _json({"error": "reply_pacing must be 'burst' or 'realtime'"}, 400)
+        if body.get("agents") is not None and not isinstance(body["agents"], dict):
+            return _json({"error": "agents must be an object: agent id -> its fault overrides"}, 400)
         faults.update(body)
         return _json(faults)
 

@@ -40,12 +40,20 @@ const ui = {
 const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60 };
 const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
 const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
+// Normal ends by the agent: the page plays out the agent's audio it already has before it tears down (voice-only and
+// demo mode; an avatar's own speech is finished by the relay before it sends `ended`). Bounded like the relay's
+// RELAY_FINISH_SPEAKING_TIMEOUT default.
+const PLAY_OUT_REASONS = new Set(['agent_ended', 'max_duration']);
+const PLAY_OUT_LIMIT_S = 15;
 const ACTIVITY_EVERY_MS = 2000;
 const MAX_DEBUG_MESSAGES = 400;
 
 const ENDED_REASONS = {
   client_stop: 'you stopped it',
   agent_ended: 'the agent ended the conversation',
+  max_duration: 'the agent\'s maximum conversation duration was reached',
+  agent_refused: 'the agent refused this conversation\'s settings',
+  agent_busy: 'the agent is busy (too many conversations at once), try again shortly',
   protocol_error: 'the page and the relay disagreed (protocol error)',
   unauthorized: 'not authorized',
   capacity: 'the relay is busy, try again shortly',
@@ -85,6 +93,7 @@ const debug = {
   received: [],
   sent: [],
   endedReason: null,
+  playingOut: null, // seconds of agent audio being played out after a normal `ended`, while it lasts
   error: null,
   notice: null,
   toolResults: [],
@@ -201,6 +210,8 @@ class Conversation {
     this.discardAgentAudio = false; // after a local Interrupt, until the next turn starts
     this.lastAgentEventId = -1;
     this.stopTimer = 0;
+    this.playOutTimer = 0;
+    this.playOutReason = null; // set while the agent's last words play out after a normal `ended`
     this.lastActivityAt = 0;
   }
 
@@ -381,7 +392,7 @@ class Conversation {
         debug.error = { code: msg.code ?? null, message: this.errorMessage };
         break;
       case 'ended':
-        this.finish(String(msg.reason ?? 'ended'));
+        this.ended(String(msg.reason ?? 'ended'));
         break;
       default:
         break;
@@ -549,7 +560,7 @@ class Conversation {
   }
 
   onClose(event) {
-    if (this.finished) return;
+    if (this.finished || this.playOutReason) return; // the relay closes right after `ended`: the play-out goes on
     if (this.stopping) {
       this.finish('client_stop');
       return;
@@ -559,23 +570,43 @@ class Conversation {
     this.finish('connection_lost');
   }
 
+  /** `ended` from the relay. When the agent ended normally, the agent's audio already buffered here is played out
+   * first (the microphone is closed at once); Stop or leaving the page still ends everything at once. */
+  ended(reason) {
+    const left = PLAY_OUT_REASONS.has(reason) && !this.stopping ? Math.min(this.player?.buffered ?? 0, PLAY_OUT_LIMIT_S) : 0;
+    if (left <= 0.05) {
+      this.finish(reason);
+      return;
+    }
+    this.playOutReason = reason;
+    debug.playingOut = left;
+    this.stopCapture();
+    setStatus('ending', 'The agent is finishing…');
+    this.playOutTimer = setTimeout(() => this.finish(reason), left * 1000 + 100);
+  }
+
+  stopCapture() {
+    if (!this.capture) return;
+    this.capture.node.port.postMessage({ type: 'stop' });
+    this.capture.node.port.onmessage = null;
+    this.capture.source.disconnect();
+    this.capture.node.disconnect();
+    for (const track of this.capture.stream.getTracks()) track.stop();
+    this.capture = null;
+  }
+
   /** The one way out: release everything and leave the page ready for a new conversation. Idempotent. */
   finish(reason) {
     if (this.finished) return;
     this.finished = true;
     clearTimeout(this.stopTimer);
+    clearTimeout(this.playOutTimer);
+    debug.playingOut = null;
     debug.endedReason = reason;
     const ws = this.ws;
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     this.player?.close();
-    if (this.capture) {
-      this.capture.node.port.postMessage({ type: 'stop' });
-      this.capture.node.port.onmessage = null;
-      this.capture.source.disconnect();
-      this.capture.node.disconnect();
-      for (const track of this.capture.stream.getTracks()) track.stop();
-      this.capture = null;
-    }
+    this.stopCapture();
     debug.micState = debug.micState === 'unavailable' ? 'unavailable' : 'off';
     debug.inputRms = 0;
     this.room?.leave().catch(() => {});
@@ -585,7 +616,7 @@ class Conversation {
     this.context.close().catch(() => {});
     face.silence();
     const label = ENDED_REASONS[reason] ?? reason.replaceAll('_', ' ');
-    const failed = this.errorMessage !== null && reason !== 'client_stop' && reason !== 'agent_ended';
+    const failed = this.errorMessage !== null && reason !== 'client_stop' && !PLAY_OUT_REASONS.has(reason);
     if (failed) setStatus('error', `Conversation ended: ${label} — ${this.errorMessage}`);
     else setStatus('ended', `Conversation ended: ${label}.`);
     setStage('idle', 'Press Start to talk again.');

@@ -269,6 +269,24 @@ def test_voice_only_mode_plays_the_agents_audio(relays, open_page) -> None:
     assert state["audioFramesReceived"] > 0 and state["status"] == "speaking"
 
 
+def test_voice_only_page_plays_out_the_agents_goodbye_before_it_tears_down(relays, open_page) -> None:
+    """The agent hangs up (close 1000) right after streaming its goodbye, faster than real time: the page plays
+    the goodbye it already has before it closes its audio (it used to cut it off on `ended`)."""
+    relay = relays("none")
+    with agent_faults(relay, first_message="", end_call_after_reply=True):
+        page = open_page(relay, mic="silence")
+        start(page)
+        send_text(page, "that is all, thanks")
+        page.wait_for_function("() => window.__relayDebug.playingOut !== null")
+        state = debug(page)
+        assert state["endedReason"] is None and state["playingOut"] > 1.0  # `ended` came, the goodbye plays on
+        page.wait_for_function("() => window.__relayDebug.outputRms > 0.01")
+        page.wait_for_function("() => window.__relayDebug.endedReason !== null", timeout=20000)
+    state = debug(page)
+    assert state["endedReason"] == "agent_ended" and state["playingOut"] is None
+    assert status_text(page) == "Conversation ended: the agent ended the conversation."
+
+
 def test_agent_error_ends_with_a_clear_message_and_start_is_offered_again(relays, open_page) -> None:
     relay = relays("none")
     relay.faults("elevenlabs", {"close_code": 1011, "close_reason": "simulated failure", "close_after_ms": 300})

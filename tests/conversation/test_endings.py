@@ -37,20 +37,24 @@ async def expect_ending(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
 # ---- formats the relay cannot relay (z1) ---------------------------------------------------------------------------
 
 
-async def test_an_agent_that_wants_mu_law_input_is_refused_before_ready() -> None:
-    h = Harness(agent=FakeAgent(metadata(input_format="ulaw_8000")))
+async def test_a_mu_law_agent_gets_the_browsers_pcm_mu_law_encoded() -> None:
+    """Telephony agents announce `ulaw_8000` input: the browser is told to send PCM16 at 8 kHz and the relay encodes
+    it to G.711 μ-law (one byte per sample). (This used to be refused as "only PCM input is supported".)"""
+    h = Harness(agent=FakeAgent(metadata(input_format="ulaw_8000", output_format="ulaw_8000")))
 
     async def body(h: Harness) -> None:
-        await h.browser.send_json(type="start")
-        error, ended = await expect_ending(h)  # no `ready` before them
-        assert error == {"type": "error", "code": "agent_error",
-                         "message": "the agent expects ulaw_8000 input; only PCM input is supported"}
-        assert ended == {"type": "ended", "reason": "agent_error"}
+        ready = await start_and_ready(h)
+        assert ready["input_audio"]["sample_rate"] == 8000
+        pcm = (0).to_bytes(2, "little", signed=True) + (-1000).to_bytes(2, "little", signed=True) \
+            + (32767).to_bytes(2, "little", signed=True) + (100).to_bytes(2, "little", signed=True)
+        await h.browser.send_raw(pcm)
+        await wait_until(lambda: len(h.agent.audio_sent()) == 4)
+        assert h.agent.audio_sent() == bytes([0xFF, 0x4E, 0x80, 0xF2])
+        await h.browser.send_json(type="stop")
+        await h.browser.expect("ended")
 
     await with_conversation(h, body)
-    assert h.browser.closed_with == (1011, "agent_error")
-    assert h.provider.stopped == ["s1"]
-    assert h.agent.closed
+    assert h.browser.closed_with == (1000, "client_stop")
 
 
 @pytest.mark.parametrize(("input_format", "output_format", "bad"), [
@@ -160,22 +164,118 @@ async def test_the_agents_error_message_is_carried_to_the_browser() -> None:
 
     async def body(h: Harness) -> None:
         await start_and_ready(h)
-        await h.agent.emit(el.AgentErrorEvent(1002, "received 1002 (protocol error) LLM quota exceeded", None))
-        await h.agent.close_with(1000, "")  # even a normal close is an error after an error event
+        await h.agent.emit(el.AgentErrorEvent(1011, "internal error in the LLM", "internal"))
+        await h.agent.close_with(1011, "internal_error")
         error, ended = await expect_ending(h)
         assert error == {"type": "error", "code": "agent_error",
-                         "message": "the agent closed the conversation (1000 ): "
-                                    "received 1002 (protocol error) LLM quota exceeded",
-                         "agent_close_code": 1000, "agent_close_reason": ""}
+                         "message": "the agent closed the conversation (1011 internal_error): "
+                                    "internal error in the LLM",
+                         "agent_close_code": 1011, "agent_close_reason": "internal_error"}
         assert ended == {"type": "ended", "reason": "agent_error"}
 
     await with_conversation(h, body)
     assert h.browser.closed_with == (1011, "agent_error")
 
 
+async def test_a_normal_close_after_an_earlier_error_event_is_still_a_normal_end() -> None:
+    """An earlier, non-fatal error event does not taint the agent's later close 1000 (it used to become
+    `agent_error`, close 1011)."""
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.emit(el.AgentErrorEvent(1002, "received 1002 (protocol error) a hiccup", None))
+        await h.agent.close_with(1000, "")
+        assert await h.browser.next_message() == {"type": "ended", "reason": "agent_ended"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1000, "agent_ended")
+
+
+async def test_max_duration_ends_as_a_normal_end_with_its_own_reason() -> None:
+    """ElevenLabs sends `error` (max_duration_exceeded, code 1000) then closes 1000: a normal end (it used to be
+    `error agent_error` and close 1011)."""
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.emit(el.AgentErrorEvent(1000, "Max duration exceeded", "max_duration_exceeded"))
+        await h.agent.close_with(1000, "max_duration_exceeded")
+        assert await h.browser.next_message() == {"type": "ended", "reason": "max_duration"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1000, "max_duration")
+    assert h.ended is not None and h.ended.error is None
+
+
+async def test_a_queue_timeout_says_the_agent_is_busy() -> None:
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.close_with(3008, "too many concurrent connections")
+        error, ended = await expect_ending(h)
+        assert error["code"] == "agent_busy" and "busy" in error["message"]
+        assert ended == {"type": "ended", "reason": "agent_busy"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1013, "agent_busy")
+
+
+async def test_malformed_known_events_are_skipped_and_the_conversation_goes_on() -> None:
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.emit(el.MalformedEvent("audio", "audio: missing or invalid 'event_id'"))
+        await h.agent.emit(el.MalformedEvent(None, "frame is not valid JSON"))
+        await h.agent.emit(el.AgentResponse("still here", 3))
+        assert await h.browser.expect("agent_response") == {"type": "agent_response", "text": "still here",
+                                                            "event_id": 3}
+        await h.browser.send_json(type="stop")
+        await h.browser.expect("ended")
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1000, "client_stop")
+
+
+async def test_malformed_frames_alone_do_not_keep_a_silent_agent_alive(
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(relay_agent_silence_timeout=30, relay_idle_timeout=1000)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+
+        async def garbage() -> None:
+            while True:
+                await trio.sleep(1)
+                await h.agent.emit(el.MalformedEvent(None, "frame is not valid JSON"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(garbage)
+            error, _ended = await expect_ending(h)
+            nursery.cancel_scope.cancel()
+        assert error["message"] == "the agent sent nothing for 30 s"
+
+    await with_conversation(h, body, limit=200)
+
+
 @pytest.mark.parametrize(("refusal", "code", "message", "extra"), [
-    (el.AgentClosed(1008, "override_error"), "agent_error", "the agent closed during set-up (1008 override_error)",
+    (el.AgentClosed(1008, "override_error"), "agent_refused",
+     "the agent does not allow the overrides this page sent (enable them in the agent's security settings)",
      {"agent_close_code": 1008, "agent_close_reason": "override_error"}),
+    (el.AgentRefused(el.classify_close(1008, "missing_dynamic_variable", el.AgentErrorEvent(
+        1008, "Missing required dynamic variables in first message: {'name'}", "missing_dynamic_variable"),
+        during_setup=True), error_type="missing_dynamic_variable", code=1008, close_code=1008,
+        close_reason="missing_dynamic_variable"), "agent_refused",
+     "the agent needs a dynamic variable the page did not send (or sent with the wrong type): "
+     "Missing required dynamic variables in first message: {'name'}",
+     {"agent_error_type": "missing_dynamic_variable", "agent_close_code": 1008,
+      "agent_close_reason": "missing_dynamic_variable"}),
+    (el.AgentRefused(el.classify_close(3008, "queue timeout", during_setup=True), close_code=3008,
+                     close_reason="queue timeout"), "agent_busy",
+     "the agent is busy: too many conversations at once, and the wait in its queue timed out; try again shortly",
+     {"agent_close_code": 3008, "agent_close_reason": "queue timeout"}),
     (el.AgentProtocolError("first message was not conversation_initiation_metadata"), "agent_error",
      "the agent broke the protocol: first message was not conversation_initiation_metadata", {}),
     (el.AgentUnavailable("rate_limited", "ElevenLabs refused (HTTP 429)", 429), "upstream_unavailable",
@@ -193,7 +293,7 @@ async def test_an_agent_failing_during_set_up_is_explained_to_the_browser(
         assert ended == {"type": "ended", "reason": code}
 
     await with_conversation(h, body)
-    assert h.browser.closed_with == ((1011, code) if code == "agent_error" else (1013, code))
+    assert h.browser.closed_with == ({"agent_error": 1011, "agent_refused": 1008}.get(code, 1013), code)
     assert h.provider.stopped == ["s1"]
 
 

@@ -163,7 +163,10 @@ def run_sdk_conversation(url: str, *, requires_auth: bool) -> dict[str, Any]:
 
 @pytest.mark.parametrize("requires_auth", [True, False], ids=["signed-url", "public"])
 async def test_official_sdk_completes_a_conversation_with_the_simulator(sim_url: str, requires_auth: bool) -> None:
-    await sim_faults(sim_url, response_latency_ms=50, ping_interval_s=0.2, **SLOW_SPEECH)
+    # Corrections and client tool calls are opt-in on a real agent (`client_events`): this agent enables them.
+    await sim_faults(sim_url, response_latency_ms=50, ping_interval_s=0.2, **SLOW_SPEECH,
+                     client_events=[*elevenlabs_sim.DEFAULT_CLIENT_EVENTS, "agent_response_correction",
+                                    "client_tool_call"])
     with trio.fail_after(45):
         result = await trio.to_thread.run_sync(partial(run_sdk_conversation, sim_url, requires_auth=requires_auth))
 

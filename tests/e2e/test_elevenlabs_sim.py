@@ -7,6 +7,7 @@ what the client saw and what the simulator's ledger recorded.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 import wave
@@ -25,6 +26,7 @@ from hypercorn.trio import serve
 from relay.elevenlabs import AgentConnection, open_agent
 from relay.protocol import elevenlabs as el
 from relay.sim import elevenlabs_sim
+from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS, DEFAULT_CLIENT_EVENTS
 from tests.support.simcontrol import SimControl
 
 pytestmark = pytest.mark.timeout(60)
@@ -197,24 +199,29 @@ async def test_agent_that_never_sends_metadata_times_out(sim: Sim) -> None:
     assert caught.value.reason == "timeout"
 
 
-async def test_overrides_not_allowed_close_with_override_error(sim: Sim) -> None:
-    await sim.faults(overrides_allowed=False)
+async def test_overrides_are_refused_by_default_with_an_error_event_then_1008(sim: Sim) -> None:
+    """Real agents refuse overrides unless their configuration enables them: an `error` event (override_error)
+    then close 1008 (the simulator used to allow them by default, and closed without the event)."""
     initiation = el.build_initiation(overrides={"agent": {"first_message": "Hi"}})
-    with trio.fail_after(5), pytest.raises(el.AgentClosed) as caught:
+    with trio.fail_after(5), pytest.raises(el.AgentRefused) as caught:
         async with sim.open(initiation=initiation):
             pass
-    assert (caught.value.code, caught.value.reason) == (1008, "override_error")
+    assert (caught.value.close_code, caught.value.close_reason) == (1008, "override_error")
+    assert caught.value.error_type == "override_error" and caught.value.ending.kind == "agent_refused"
+    assert "['agent.first_message'] is not allowed" in caught.value.message
 
 
-async def test_missing_dynamic_variable_closes_with_1008(sim: Sim) -> None:
+async def test_missing_dynamic_variable_is_an_error_event_then_1008(sim: Sim) -> None:
     await sim.faults(required_dynamic_variables=["user_name"])
-    with trio.fail_after(5), pytest.raises(el.AgentClosed) as caught:
+    with trio.fail_after(5), pytest.raises(el.AgentRefused) as caught:
         async with sim.open():
             pass
-    assert (caught.value.code, caught.value.reason) == (1008, "missing_dynamic_variable")
+    assert (caught.value.close_code, caught.value.close_reason) == (1008, "missing_dynamic_variable")
+    assert "Missing required dynamic variables in first message: {'user_name'}" in caught.value.message
 
 
 async def test_first_message_override_and_dynamic_variables_are_used(sim: Sim) -> None:
+    await sim.faults(overrides_allowed=True)  # the agent's security settings allow it
     initiation = el.build_initiation(
         overrides={"agent": {"first_message": "Welcome back, {{user_name}}!"}},
         dynamic_variables={"user_name": "Ana"},
@@ -314,7 +321,7 @@ async def test_typed_message_gets_an_answer_quoting_it(sim: Sim) -> None:
 
 
 async def test_client_tool_call_round_trip(sim: Sim) -> None:
-    await sim.faults(**QUIET)
+    await sim.faults(**QUIET, client_events=[*DEFAULT_CLIENT_EVENTS, "client_tool_call"])
     with trio.fail_after(5):
         async with sim.open() as conn:
             await conn.send(el.build_user_message("please use the tool"))
@@ -329,7 +336,8 @@ async def test_client_tool_call_round_trip(sim: Sim) -> None:
 
 async def test_talking_over_the_reply_interrupts_it(sim: Sim) -> None:
     # A greeting of about 20 s, so that talking over it after its first chunks is certain to land mid-greeting.
-    await sim.faults(response_latency_ms=0, ping_interval_s=0, first_message=LONG_GREETING, max_reply_s=30)
+    await sim.faults(response_latency_ms=0, ping_interval_s=0, first_message=LONG_GREETING, max_reply_s=30,
+                     reply_pacing="realtime", client_events=[*DEFAULT_CLIENT_EVENTS, "agent_response_correction"])
     chunks = 0
 
     def third_chunk(event: el.ServerEvent) -> bool:
@@ -434,21 +442,120 @@ async def test_silence_from_the_client_closes_with_transport_receive_timeout(sim
     assert (caught.value.code, caught.value.reason) == (1002, "transport_receive_timeout")
 
 
-async def test_max_duration_closes_with_1000(sim: Sim) -> None:
+async def test_max_duration_is_an_error_event_then_close_1000(sim: Sim) -> None:
+    """Like the real service (asyncapi ErrorType max_duration_exceeded, code 1000): the error event first (the
+    simulator used to close without it)."""
     await sim.faults(**QUIET, max_duration_s=0.3)
+    seen: list[el.ServerEvent] = []
+    with trio.fail_after(5):
+        async with sim.open() as conn:
+            with pytest.raises(el.AgentClosed) as caught:
+                await collect(conn, lambda e: seen.append(e) and False)  # type: ignore[func-returns-value]
+    assert (caught.value.code, caught.value.reason) == (1000, "max_duration_exceeded")
+    errors = [e for e in seen if isinstance(e, el.AgentErrorEvent)]
+    assert len(errors) == 1 and errors[0].code == 1000 and errors[0].error_type == "max_duration_exceeded"
+
+
+async def test_reply_audio_bursts_ahead_of_real_time_by_default(sim: Sim) -> None:
+    """The real agent streams a reply faster than it plays: 6 s of greeting arrive well before 6 s have passed."""
+    await sim.faults(ping_interval_s=0, max_reply_s=6.0, first_message=LONG_GREETING)
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            started = trio.current_time()
+            audio = 0
+            while audio < 6.0 * 32000 - 3200:
+                event = await conn.receive()
+                if isinstance(event, el.AgentAudio):
+                    audio += len(event.audio)
+            assert trio.current_time() - started < 3.0  # a generous guard: in real time this takes 6 s
+
+
+async def test_an_agent_that_hangs_up_right_after_its_reply(sim: Sim) -> None:
+    """`end_call_after_reply`: the reply to the user is a goodbye, then `agent_tool_response` (end_call) when
+    enabled, then close 1000 right after the last audio chunk, long before the goodbye has been heard."""
+    await sim.faults(**QUIET, end_call_after_reply=True, client_events=[*DEFAULT_CLIENT_EVENTS,
+                                                                        "agent_tool_response"])
+    seen: list[el.ServerEvent] = []
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            await conn.send(el.build_user_message("bye"))
+            started = trio.current_time()
+            with pytest.raises(el.AgentClosed) as caught:
+                await collect(conn, lambda e: seen.append(e) and False)  # type: ignore[func-returns-value]
+            closed_after = trio.current_time() - started
+    assert (caught.value.code, caught.value.reason) == (1000, "")
+    audio = sum(len(e.audio) for e in seen if isinstance(e, el.AgentAudio)) / 32000
+    assert audio >= 5.0 and closed_after < audio
+    assert [e.type for e in seen if isinstance(e, el.UnknownEvent)] == ["agent_tool_response"]
+    response = next(e for e in seen if isinstance(e, el.AgentResponse))
+    assert "Goodbye" in response.text
+
+
+async def test_only_the_agents_client_events_are_sent(sim: Sim) -> None:
+    """The real default `client_events` has no corrections, client tool calls, text parts or VAD scores; an
+    agent that enables them gets them (the simulator used to send corrections and tool calls regardless)."""
+    await sim.faults(**QUIET)
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            await conn.send(el.build_user_message("use the tool"))
+            events = await collect(conn, of(el.AgentResponse), within=8)
+    assert not any(isinstance(e, el.ClientToolCall | el.AgentChatResponsePart | el.VadScore) for e in events)
+    assert events[-1].text == "The get_time tool is not enabled for this client."  # type: ignore[union-attr]
+
+    await sim.faults(**QUIET, client_events=list(ALL_CLIENT_EVENTS))
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            await send_audio(conn, voice(16000, 0.5))
+            events = await collect(conn, of(el.AgentAudio), within=8)
+    parts = [e for e in events if isinstance(e, el.AgentChatResponsePart)]
+    assert [p.part_type for p in parts] == ["start", "delta", "stop"] and parts[1].text.startswith("Turn 1:")
+    assert any(isinstance(e, el.VadScore) for e in events)
+
+
+async def test_audio_carries_alignment(sim: Sim) -> None:
+    await sim.faults(ping_interval_s=0)
+    with trio.fail_after(5):
+        async with sim.open() as conn:
+            raw = await conn._ws.receive()  # the greeting's agent_response, then its first audio frame
+            while '"type":"audio"' not in str(raw):
+                raw = await conn._ws.receive()
+    alignment = json.loads(raw)["audio_event"]["alignment"]
+    assert alignment["chars"] and len(alignment["chars"]) == len(alignment["char_start_times_ms"])
+
+
+async def test_known_events_with_odd_fields_do_not_end_the_conversation(sim: Sim) -> None:
+    await sim.faults(**QUIET, odd_fields=True)
+    with trio.fail_after(5):
+        async with sim.open() as conn:
+            odd = await collect(conn, lambda e: isinstance(e, el.MalformedEvent) and e.type is None)
+            await conn.send(el.build_user_message("still there?"))
+            response = (await collect(conn, of(el.AgentResponse)))[-1]
+    assert response.text == "You said: still there?"
+    assert {e.type for e in odd if isinstance(e, el.MalformedEvent)} >= {"audio", "ping", "interruption"}
+    assert any(isinstance(e, el.AgentChatResponsePart) for e in odd)
+
+
+async def test_queue_status_then_admitted_or_timed_out_3008(sim: Sim) -> None:
+    await sim.faults(**QUIET, queue_wait_ms=100)
+    with trio.fail_after(5):
+        async with sim.open() as conn:
+            await conn.send(el.build_user_message("hi"))
+            events = await collect(conn, of(el.AgentResponse))
+    assert [e.type for e in events if isinstance(e, el.UnknownEvent)][:2] == ["queue_status", "queue_status"]
+
+    await sim.faults(queue_times_out=True)
     with trio.fail_after(5):
         async with sim.open() as conn:
             with pytest.raises(el.AgentClosed) as caught:
                 await collect(conn, lambda e: False)
-    assert (caught.value.code, caught.value.reason) == (1000, "max_duration_exceeded")
+    assert caught.value.code == 3008
 
 
-async def test_bad_json_from_the_agent_is_a_protocol_error_and_the_connection_survives(sim: Sim) -> None:
+async def test_bad_json_from_the_agent_is_skipped_and_the_connection_survives(sim: Sim) -> None:
     await sim.faults(**QUIET, send_bad_json=True)
     with trio.fail_after(5):
         async with sim.open() as conn:
-            with pytest.raises(el.AgentProtocolError):
-                await conn.receive()
+            assert isinstance(await conn.receive(), el.MalformedEvent)
             await conn.send(el.build_user_message("still there?"))
             response = (await collect(conn, of(el.AgentResponse)))[-1]
     assert response.text == "You said: still there?"

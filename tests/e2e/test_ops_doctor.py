@@ -155,6 +155,16 @@ async def test_an_unreachable_service_is_named(sims: SimulatorURLs, http: httpx2
                              "Check the URL and the network."]
 
 
+async def test_a_refusing_agent_is_explained_in_the_services_words(sims: SimulatorURLs,
+                                                                    http: httpx2.AsyncClient) -> None:
+    await fault(http, sims.elevenlabs, required_dynamic_variables=["customer_name"])
+    with trio.fail_after(10):
+        found = problems(await run_checks(relay_settings(sims, relay_avatar="none"), http, connect=True))
+    (only,) = found
+    assert only.startswith("ElevenLabs: the agent refused a plain conversation: the agent needs a dynamic variable")
+    assert "{'customer_name'}" in only and "(close 1008 missing_dynamic_variable)" in only
+
+
 async def run_doctor(env: dict[str, str], *args: str) -> tuple[int, str]:
     with trio.fail_after(30):
         result = await trio.run_process([sys.executable, "-m", "relay", "doctor", *args], env=env,

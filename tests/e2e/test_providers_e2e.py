@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 
+from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS
 from tests.support.harness import running_relay, silence, spoken_sentence
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,7 +47,8 @@ async def test_liveavatar_lip_syncs_the_whole_reply_resampled_to_24khz(agent_for
 
 async def test_liveavatar_interruption_sends_nothing_of_the_interrupted_turn_after_it() -> None:
     async with running_relay(relay_avatar="liveavatar") as relay:
-        await relay.faults("elevenlabs", first_message="", max_reply_s=6.0, chunk_duration_ms=100)
+        await relay.faults("elevenlabs", first_message="", max_reply_s=6.0, chunk_duration_ms=100,
+                           client_events=list(ALL_CLIENT_EVENTS))  # corrections are opt-in on a real agent
         async with relay.browser() as browser:
             ready = await browser.start()
             rate = ready["input_audio"]["sample_rate"]

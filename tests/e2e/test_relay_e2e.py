@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS
 from tests.support.harness import running_relay, silence, spoken_sentence
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,7 +83,8 @@ async def test_stop_mid_greeting_is_answered_with_ended_and_stops_the_session() 
 
 async def test_talking_over_the_reply_interrupts_the_avatar() -> None:
     async with running_relay() as relay:
-        await relay.faults("elevenlabs", first_message="", max_reply_s=6.0)
+        await relay.faults("elevenlabs", first_message="", max_reply_s=6.0,
+                           client_events=list(ALL_CLIENT_EVENTS))  # corrections are opt-in on a real agent
         async with relay.browser() as browser:
             ready = await browser.start()
             rate = ready["input_audio"]["sample_rate"]
@@ -117,7 +119,8 @@ async def test_the_browser_interrupt_button_reaches_the_avatar() -> None:
 
 async def test_a_client_tool_call_round_trip() -> None:
     async with running_relay() as relay:
-        await relay.faults("elevenlabs", first_message="")
+        await relay.faults("elevenlabs", first_message="",
+                           client_events=list(ALL_CLIENT_EVENTS))  # client tool calls are opt-in on a real agent
         async with relay.browser() as browser:
             await browser.start()
             await browser.send(type="text", text="use the tool to get the time")

@@ -14,6 +14,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from relay.server.auth import mint_token
+from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS
 from tests.faults.matrix import FaultRelay, running_fault_relay
 from tests.support.harness import BrowserClient
 
@@ -54,7 +55,8 @@ async def test_api_keys_never_reach_a_browser_a_page_or_the_logs(provider: str,
         logging.getLogger("relay").addHandler(capture)
         logging.getLogger().addHandler(capture)
         token = mint_token(KEYS["relay_auth_secret"])
-        await relay.faults("elevenlabs", first_message="")
+        # client tool calls are opt-in on a real agent (`client_events`)
+        await relay.faults("elevenlabs", first_message="", client_events=list(ALL_CLIENT_EVENTS))
         async with relay.browser() as browser:  # a full conversation
             await browser.send(type="start", token=token)
             await browser.send(type="text", text="please use a tool now")

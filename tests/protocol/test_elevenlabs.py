@@ -47,9 +47,10 @@ def test_audio_is_base64_decoded_and_bytes_frames_are_accepted() -> None:
     assert el.parse_server_event(raw.encode()) == el.AgentAudio(pcm, 7)
 
 
-def test_audio_with_invalid_base64_is_a_protocol_error() -> None:
-    with pytest.raises(el.AgentProtocolError, match="base64"):
-        el.parse_server_event(frame(type="audio", audio_event={"audio_base_64": "%%%", "event_id": 1}))
+def test_audio_with_invalid_base64_is_skipped_not_raised() -> None:
+    event = el.parse_server_event(frame(type="audio", audio_event={"audio_base_64": "%%%", "event_id": 1}))
+    assert isinstance(event, el.MalformedEvent)
+    assert event.type == "audio" and "base64" in event.problem
 
 
 def test_final_and_tentative_transcripts() -> None:
@@ -145,9 +146,10 @@ def test_unknown_event_types_are_returned_not_raised(event_type: str) -> None:
         ('{"type": 7}', "no 'type'"),
     ],
 )
-def test_malformed_frames_are_protocol_errors(raw: str, message: str) -> None:
-    with pytest.raises(el.AgentProtocolError, match=message):
-        el.parse_server_event(raw)
+def test_malformed_frames_are_returned_to_skip_not_raised(raw: str, message: str) -> None:
+    event = el.parse_server_event(raw)
+    assert isinstance(event, el.MalformedEvent)
+    assert event.type is None and message in event.problem
 
 
 @pytest.mark.parametrize(
@@ -159,22 +161,104 @@ def test_malformed_frames_are_protocol_errors(raw: str, message: str) -> None:
         frame(type="audio", audio_event={"audio_base_64": ""}),
         frame(type="audio", audio_event={"audio_base_64": "", "event_id": True}),
         frame(type="user_transcript", user_transcription_event={"event_id": 1}),
-        frame(type="tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "x"}),
         frame(type="agent_response", agent_response_event={"agent_response": "x"}),
         frame(type="agent_response_correction", agent_response_correction_event={"event_id": 1}),
         frame(type="interruption", interruption_event={}),
         frame(type="interruption"),
         frame(type="ping", ping_event={"ping_ms": 3}),
-        frame(type="ping", ping_event={"event_id": 1, "ping_ms": "fast"}),
         frame(type="client_tool_call", client_tool_call={"tool_name": "x"}),
-        frame(type="client_tool_call", client_tool_call={"tool_name": "x", "tool_call_id": "y", "parameters": 3}),
         frame(type="vad_score", vad_score_event={}),
-        frame(type="agent_chat_response_part", text_response_part={"type": "start"}),
+        frame(type="vad_score", vad_score_event={"vad_score": "high"}),
     ],
 )
-def test_known_types_with_missing_fields_are_protocol_errors(raw: str) -> None:
-    with pytest.raises(el.AgentProtocolError):
-        el.parse_server_event(raw)
+def test_known_types_without_a_field_they_need_are_skipped_not_raised(raw: str) -> None:
+    """A known event without what it cannot do without (an audio chunk without its turn id, a ping without the id to
+    answer, a tool call without the id to answer) is returned as `MalformedEvent` (logged and skipped by the
+    connection), never raised: one odd frame must not end a conversation."""
+    event = el.parse_server_event(raw)
+    assert isinstance(event, el.MalformedEvent)
+    assert event.type == json.loads(raw)["type"]
+    assert event.problem
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # As the Python SDK: a chat part's text defaults to "" and its type to "delta"; odd event ids are dropped.
+        (frame(type="agent_chat_response_part", text_response_part={"type": "start"}),
+         el.AgentChatResponsePart("", "start", None)),
+        (frame(type="agent_chat_response_part"), el.AgentChatResponsePart("", "delta", None)),
+        (frame(type="agent_chat_response_part", text_response_part={"text": 5, "type": 1, "event_id": "x"}),
+         el.AgentChatResponsePart("", "delta", None)),
+        # An odd ping_ms is no estimate; the ping is still answered.
+        (frame(type="ping", ping_event={"event_id": 1, "ping_ms": "fast"}), el.Ping(1, None)),
+        (frame(type="ping", ping_event={"event_id": 2, "ping_ms": True}), el.Ping(2, None)),
+        # Tool parameters that are not an object: none (the Python SDK defaults to {}).
+        (frame(type="client_tool_call", client_tool_call={"tool_name": "x", "tool_call_id": "y", "parameters": 3}),
+         el.ClientToolCall("x", "y", {}, None)),
+        # A transcript's event id is not needed to show it (the Python SDK never reads it).
+        (frame(type="tentative_user_transcript", tentative_user_transcription_event={"user_transcript": "x"}),
+         el.UserTranscript("x", 0, False)),
+        # Extra fields are ignored.
+        (frame(type="interruption", interruption_event={"event_id": 4, "reason": "user", "extra": [1]}, more=1),
+         el.Interruption(4)),
+    ],
+)
+def test_known_types_with_odd_optional_fields_are_defaulted(raw: str, expected: el.ServerEvent) -> None:
+    assert el.parse_server_event(raw) == expected
+
+
+# -- endings ------------------------------------------------------------------------------------------------------
+
+
+def _error(error_type: str | None, code: int | None, message: str = "") -> el.AgentErrorEvent:
+    return el.AgentErrorEvent(code=code, message=message, error_type=error_type)
+
+
+def test_a_1000_close_is_a_normal_end_even_after_an_earlier_error_event() -> None:
+    assert el.classify_close(1000, "", None) == el.Ending("agent_ended", "the agent ended the conversation")
+    ending = el.classify_close(1000, "", _error("transient", 1002, "a hiccup"))
+    assert ending.kind == "agent_ended" and ending.normal
+
+
+def test_max_duration_is_its_own_normal_end() -> None:
+    event = el.parse_server_event(frame(type="error", error_event={
+        "code": 1000, "message": "Max duration exceeded", "error_type": "max_duration_exceeded"}))
+    assert isinstance(event, el.AgentErrorEvent) and el.is_normal_end(event)
+    assert el.classify_close(1000, "max_duration_exceeded", event).kind == "max_duration"
+    assert el.classify_close(1000, "", event).kind == "max_duration"
+    assert el.classify_close(1000, "max_duration_exceeded").kind == "max_duration"
+    assert el.classify_close(1000, "max_duration_exceeded").normal
+
+
+def test_a_queue_timeout_says_the_agent_is_busy() -> None:
+    ending = el.classify_close(3008, "too many concurrent connections")
+    assert ending.kind == "agent_busy" and not ending.normal
+    assert "busy" in ending.message
+
+
+@pytest.mark.parametrize(
+    ("error_type", "reason", "words"),
+    [
+        ("override_error", "override_error", "does not allow the overrides"),
+        ("missing_dynamic_variable", "missing_dynamic_variable", "dynamic variable"),
+        (None, "override_error", "does not allow the overrides"),
+    ],
+)
+def test_set_up_refusals_keep_the_services_words(error_type: str | None, reason: str, words: str) -> None:
+    error = None if error_type is None else _error(error_type, 1008, "Missing required dynamic variable 'name'")
+    ending = el.classify_close(1008, reason, error, during_setup=True)
+    assert ending.kind == "agent_refused" and not ending.normal
+    assert words in ending.message
+    if error is not None:
+        assert "Missing required dynamic variable 'name'" in ending.message
+
+
+@pytest.mark.parametrize("code", [1002, 1008, 1011, 3000, 1006, None])
+def test_other_closes_are_failures_with_the_code(code: int | None) -> None:
+    ending = el.classify_close(code, "boom", _error("internal", code, "server said no"))
+    assert ending.kind == "agent_error" and not ending.normal
+    assert f"({code} boom)" in ending.message and "server said no" in ending.message
 
 
 # -- client messages ----------------------------------------------------------------------------------------------
