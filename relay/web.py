@@ -41,7 +41,7 @@ from relay.server.admission import AdmissionRefused, Registry
 from relay.server.auth import Gate, auth_problem
 from relay.server.demo import demo_settings
 from relay.server.departures import NoteDepartures, browser_left
-from relay.server.http_keepalive import KeepAliveGuard
+from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
 if TYPE_CHECKING:

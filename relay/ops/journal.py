@@ -185,12 +185,33 @@ class Journal:
         self._db.close()
 
 
+# Switching a database to WAL can fail at once with "database is locked" when another process does the same at the
+# same moment (the workers of `serve --workers N` opening a fresh journal together): SQLite refuses one of two lock
+# escalations instead of calling its busy handler, so the 5 s busy timeout does not cover it. Seen once in the workers
+# tests (a worker died at start-up and was restarted). The pragma is retried, briefly and boundedly.
+WAL_SWITCH_ATTEMPTS = 20
+WAL_SWITCH_PAUSE = 0.05  # seconds, times the attempt number
+
+
 def _connect(path: Path) -> sqlite3.Connection:
+    """Open the journal file in WAL mode with its table. Blocks (run it on a worker thread); raises sqlite3.Error
+    if the file cannot be used, or if it is still locked after WAL_SWITCH_ATTEMPTS tries."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, cheap to commit
-    db.execute(_SCHEMA)
+    try:
+        for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
+                    raise
+                time.sleep(WAL_SWITCH_PAUSE * attempt)
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, cheap to commit
+        db.execute(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -117,6 +117,8 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
+from relay.sim.http_keepalive import KeepAliveGuard
+
 DEFAULT_FIRST_MESSAGE = "Hello! I'm the simulated agent. How can I help you today?"
 
 DEFAULT_FAULTS: dict[str, Any] = {
@@ -1031,6 +1033,7 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
     """The simulator as an ASGI app. `on_user_audio(conversation_id, audio, time.monotonic())` is called for
     every user audio chunk as it arrives (base64-decoded, still in the input format); it must not block."""
     app = QuartTrio(__name__)
+    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]  # never lose a kept-alive request
     secret = secrets.token_bytes(32)
     faults: dict[str, Any] = dict(DEFAULT_FAULTS)
     ledger: dict[str, Any] = {"conversations": {}, "signed_urls_issued": 0, "agent_details_requests": 0}

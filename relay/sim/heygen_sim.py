@@ -67,6 +67,7 @@ from quart_trio import QuartTrio
 # The LiveAvatar simulator's LITE socket: HeyGen's realtime endpoint speaks the same protocol. Another
 # simulator, not the relay, so the two sides of the protocol stay independent.
 from relay.sim.faults import take_forced_failure
+from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.liveavatar_sim import LiteLedger, LiteSocketSimulator
 
 OPEN_STATES = ("new", "connecting", "connected")
@@ -251,6 +252,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     """A fresh simulator (its own sessions, ledger and faults); `start_faults` are merged in at start (`avatar-relay sim
     --faults heygen=JSON`; `/_sim/reset` forgets them)."""
     app = QuartTrio(__name__)
+    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]  # never lose a kept-alive request
     state = _State()
     if start_faults:
         state.merge_faults(start_faults)

@@ -69,6 +69,7 @@ from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
 from relay.sim.faults import take_forced_failure
+from relay.sim.http_keepalive import KeepAliveGuard
 
 SANDBOX_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"
 SIMULATED_LIVEKIT_URL = "wss://livekit.simulated.invalid"
@@ -496,6 +497,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     """The LiveAvatar simulator as an ASGI app (see the module docstring for endpoints and faults); `start_faults` are
     merged into the defaults at start (`avatar-relay sim --faults liveavatar=JSON`; `/_sim/reset` forgets them)."""
     app = QuartTrio(__name__)
+    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]  # never lose a kept-alive request
     state = SimState()
     if start_faults:
         state.merge_faults(start_faults)

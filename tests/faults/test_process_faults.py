@@ -18,11 +18,9 @@ from typing import Any
 import httpx2
 import pytest
 import trio
-from hypercorn.trio import serve
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from relay.ops.journal import JOURNAL_FILE
-from relay.sim import runner
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.support.harness import BrowserClient, session_counts
 
@@ -106,21 +104,6 @@ async def ledger_of(http: httpx2.AsyncClient, sims: SimulatorURLs, provider: str
     return ledger
 
 
-async def serve_simulators_one_request_per_connection(
-        *, task_status: trio.TaskStatus[SimulatorURLs] = trio.TASK_STATUS_IGNORED) -> None:
-    """`serve_simulators` on loopback, but every HTTP connection closes after one request. With the simulators in
-    this process and the relay in another, hypercorn's trio worker sometimes leaves a request that arrives on a
-    kept-alive connection unanswered (received, never dispatched: the LiveAvatar simulator never counted it and
-    the relay's start-up timed out after 10 s, about one run in three; never with one request per connection)."""
-    async with trio.open_nursery() as nursery:
-        urls: dict[str, str] = {}
-        for name, create_app in runner.SIMULATORS.items():
-            config = runner._config("127.0.0.1", 0)
-            config.keep_alive_max_requests = 1
-            urls[name] = (await nursery.start(serve, create_app(), config))[0]
-        task_status.started(SimulatorURLs(**urls))
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("provider", ["heygen", "liveavatar"])
 async def test_sigterm_ends_every_conversation_with_shutdown_and_stops_every_session(provider: str,
@@ -129,7 +112,7 @@ async def test_sigterm_ends_every_conversation_with_shutdown_and_stops_every_ses
     process exits 0, and every avatar session was stopped (read from the simulator's ledger after the exit: the
     simulators run in this process, so the relay's exit cannot hide what it left running)."""
     async with trio.open_nursery() as outer:
-        sims: SimulatorURLs = await outer.start(serve_simulators_one_request_per_connection)
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
         env = relay_env(sims, tmp_path, provider)
         env.update(RELAY_STOP_TIMEOUT="3", RELAY_DRAIN_TIMEOUT="5", RELAY_PREDRAIN_DELAY="0")
         seen: list[list[dict[str, Any]]] = [[] for _ in range(3)]

@@ -1,15 +1,23 @@
-"""An ASGI middleware that keeps hypercorn's keep-alive timer working under quart-trio.
+"""An ASGI middleware that keeps hypercorn's keep-alive connections working under quart-trio.
 
-With quart-trio 0.12 on hypercorn 0.18's trio worker, an HTTP/1.1 connection that stays open after a request is
-never timed out (`keep_alive_timeout` is not enforced) and holds the server's shutdown for its whole grace period.
-The cause: when the response's last body message is sent, hypercorn recycles the connection inside that very `send`
-— it tells the app `http.disconnect` and then starts the connection's idle timer. quart-trio's reader task sees the
-disconnect and cancels the request's nursery, so the task still inside `send` is cancelled while hypercorn is
-starting the timer, and the timer never starts. Measured: an idle keep-alive connection stayed open > 8 s with a
-5 s keep-alive timeout, and a SIGTERM took 7.35 s instead of 0.2 s (docs/reliability.md).
+It lives in `relay.sim` so that the relay's app (`relay.web`) and every simulator app install one copy: the
+simulators may import nothing from the relay, while the relay may import `relay.sim` (tests/test_layering.py).
+
+With quart-trio 0.12 on hypercorn 0.18's trio worker, when the response's last body message is sent, hypercorn
+finishes the HTTP/1.1 cycle inside that very `send`: it tells the app `http.disconnect`, then either recycles the
+connection (and starts its idle timer) or, when the request's body has not all arrived yet, closes it. quart-trio's
+reader task sees the disconnect and cancels the request's nursery, so the task still inside `send` is cancelled
+half-way. Two effects, both measured (docs/reliability.md "HTTP keep-alive"):
+
+- recycled: the idle timer never starts, so `keep_alive_timeout` is not enforced and an idle connection holds the
+  server's shutdown for its whole grace period (open > 8 s with a 5 s timeout; a SIGTERM took 7.35 s, not 0.2 s);
+- to be closed (the app answered before the body arrived: a 404/405, a handler that ignores the body): the close is
+  cancelled, so the connection stays open although it can never be recycled; the late body is swallowed and the
+  client's next request on it is parked forever, unanswered (a relay process's LiveAvatar start-up timed out in 9
+  of 15 process-test runs against unguarded simulators).
 
 `KeepAliveGuard` withholds an `http.disconnect` that arrives after the app has sent its last body message (the app
-is finishing anyway; the request's nursery ends it), so the recycling `send` completes. Every other message, and a
+is finishing anyway; the request's nursery ends it), so hypercorn's `send` completes. Every other message, and a
 disconnect that arrives while the response is still under way, reach the app unchanged. WebSocket and lifespan
 scopes pass straight through. Install it as Quart's `app.asgi_app` wrapper.
 """
