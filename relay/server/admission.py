@@ -23,6 +23,12 @@ class AdmissionRefused(Exception):
         self.code: Literal["capacity", "shutdown"] = code
 
 
+def _over_cap(client: str) -> str:
+    """Why a client over its cap is refused: a client is a token's `sub` ("sub:…") or an address."""
+    who = "for this user" if client.startswith("sub:") else "from your address"
+    return f"too many conversations {who}; try again later"
+
+
 class SharedCap(Protocol):
     """Seats shared with the other worker processes (`relay.server.seats.Seats`)."""
 
@@ -67,7 +73,7 @@ class Registry:
         if self.open_count >= self.max_conversations:
             raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         if self._per_client[client] >= self.max_per_client:
-            raise AdmissionRefused("too many conversations from your address; try again later")
+            raise AdmissionRefused(_over_cap(client))
         if self.shared is not None and not self.shared.take():
             raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         scope = trio.CancelScope()
@@ -95,7 +101,7 @@ class Registry:
         if before == client:
             return
         if self._per_client[client] >= self.max_per_client:
-            raise AdmissionRefused("too many conversations for this user; try again later")
+            raise AdmissionRefused(_over_cap(client))
         self._per_client[client] += 1
         self._client_of[scope] = client
         self._per_client[before] -= 1

@@ -200,6 +200,36 @@ async def test_intruders_never_cause_an_upstream_call() -> None:
                                              algorithm="HS256"))
 
 
+@pytest.mark.timeout(90)
+async def test_sub_is_the_client_for_the_per_client_cap_and_claims_limit_the_conversation() -> None:
+    provider = Provider()
+    provider.add_key("k1", ec.generate_private_key(ec.SECP256R1()))
+    with serving(provider) as url, trio.fail_after(60):
+        async with running_fault_relay(**jwks_settings(url, relay_max_conversations_per_client=1)) as relay:
+            alice = provider.token("k1", sub="alice")
+            async with open_websocket_url(relay.ws_url + "?token=" + alice) as first:
+                assert (await BrowserClient(first).start())["type"] == "ready"
+                # same address, another user: a conversation of its own (in `start`, moved to its sub)
+                async with relay.browser() as bob:
+                    assert (await bob.start(token=provider.token("k1", sub="bob")))["type"] == "ready"
+                    # the same user again, from the handshake and from `start`: over its cap of one
+                    async with open_websocket_url(relay.ws_url + "?token=" + alice) as again:
+                        client = BrowserClient(again)
+                        await client.send(type="start")
+                        error = await client.expect("error")
+                        assert error["code"] == "capacity" and "for this user" in error["message"]
+                    async with relay.browser() as again:
+                        await again.send(type="start", token=alice)
+                        error = await again.expect("error")
+                        assert error == {"type": "error", "code": "capacity",
+                                         "message": "too many conversations for this user; try again later"}
+                        assert await close_code(again) == 1013
+            async with relay.browser() as short:
+                await short.start(token=provider.token("k1", sub="carol", relay_max_duration=0.5))
+                error = await short.expect("error")
+                assert error["code"] == "timeout" and "maximum conversation duration" in error["message"]
+
+
 @pytest.mark.timeout(60)
 async def test_every_page_and_static_file_carries_the_security_headers() -> None:
     async with running_fault_relay(relay_frame_ancestors="'self' https://shop.example") as relay:
