@@ -142,6 +142,9 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     if worker is not None:
         set_worker(worker.index)
     configure_logging(settings)
+    if (secret := settings.relay_auth_secret) is not None and len(secret.get_secret_value().encode()) < 32:
+        log.warning("RELAY_AUTH_SECRET is shorter than 32 bytes, below what HS256 calls for (RFC 7518 3.2): "
+                    "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,

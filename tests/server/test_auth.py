@@ -127,10 +127,14 @@ async def test_gate_refuses_bad_origin_then_bad_handshake_token_and_defers_to_st
     with pytest.raises(TokenError, match="a client token is required"):
         await gate.verify(None)
     assert (await gate.verify(mint_token(SECRET))).subject == ""  # the deprecated format, still accepted
-    assert (await gate.verify(mint_jwt(SECRET, subject="u1"))).subject == "u1"
-    accepted = await gate.check_handshake(origin=None, query_token=mint_jwt(SECRET, subject="u1"), **common)
+    long_secret = SECRET * 3  # HS256 keys are at least 32 bytes (PyJWT warns otherwise)
+    gate = Gate(real_keys(relay_auth_secret=long_secret, relay_max_starts_per_minute=3))
+    assert (await gate.verify(mint_jwt(long_secret, subject="u1"))).subject == "u1"
+    accepted = await gate.check_handshake(origin=None, query_token=mint_jwt(long_secret, subject="u1"), **common)
     assert accepted.client == "sub:u1" and accepted.claims is not None and not accepted.check_start
-    over = await gate.check_handshake(origin=None, query_token=mint_token(SECRET), **common)
+    await gate.check_handshake(origin=None, query_token=None, **common)
+    await gate.check_handshake(origin=None, query_token=None, **common)
+    over = await gate.check_handshake(origin=None, query_token=mint_token(long_secret), **common)
     assert over.over_rate and over.claims is None
 
 
