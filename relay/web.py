@@ -232,6 +232,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
             metrics.conversation_refused(f"http_{decision.refuse_status}")
             abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
+        if decision.claims is not None:
+            log.info("client token accepted client=%s", decision.client)
         browser = QuartBrowser(settings.relay_send_timeout)
         try:
             if decision.over_rate:

@@ -2,10 +2,10 @@
 by `kid`. Thin I/O around `relay.server.auth.jwks_keys`.
 
 A token whose `kid` is unknown refreshes the set, but at most one fetch is in flight (the others wait for it, each
-at most RELAY_SETUP-independent `fetch_timeout`) and at most one starts per `min_interval`: a flood of forged `kid`s
-makes one JWKS request per interval, and a token with a known `kid` never waits at all. Each fetch replaces the set,
-so a key the provider withdraws stops verifying (providers publish the old key beside the new while they rotate).
-A failed fetch keeps the keys already known.
+at most `fetch_timeout`) and at most one starts per `min_interval` (RELAY_AUTH_JWKS_MIN_INTERVAL): a flood of forged
+`kid`s makes one JWKS request per interval, and a token with a known `kid` never waits at all. Each fetch replaces
+the set, so a key the provider withdraws stops verifying (providers publish the old key beside the new while they
+rotate). A failed fetch keeps the keys already known.
 """
 
 from __future__ import annotations
