@@ -156,7 +156,7 @@ async def test_a_flood_of_forged_kids_makes_a_bounded_number_of_jwks_requests_an
                     nursery.start_soon(forged, i)
                 await converse(relay, provider.token("k1"))  # during the flood
             assert statuses == [401] * 60
-            assert provider.requests <= 2
+            assert provider.requests == 1  # the first token's fetch; the flood is within the interval
 
 
 @pytest.mark.timeout(90)
