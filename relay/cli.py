@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only the sessions journaled by dead relays here, not every running session on the "
                            "account (use this when other deployments share the API key)")
     reap.set_defaults(func=cmd_reap)
-    token = sub.add_parser("token", help="mint a client token signed with RELAY_AUTH_SECRET")
+    token = sub.add_parser("token", help="mint a client token (an HS256 JWT) signed with RELAY_AUTH_SECRET")
     token.add_argument("--ttl", type=float, default=300.0, help="seconds of validity (default 300)")
-    token.add_argument("--subject", default="", help="who it is for (A-Z a-z 0-9 _ -, at most 64)")
+    token.add_argument("--subject", default="", help="who it is for, the `sub` claim (A-Z a-z 0-9 _ . @ | : + = -, "
+                       "at most 128)")
     token.set_defaults(func=cmd_token)
     return parser
 
@@ -239,7 +240,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from relay.server.auth import mint_token
+    from relay.server.auth import mint_jwt
 
     settings = _settings_or_report()
     if settings is None:
@@ -249,7 +250,7 @@ def cmd_token(args: argparse.Namespace) -> int:
               "print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
         return 2
     try:
-        print(mint_token(settings.relay_auth_secret.get_secret_value(), ttl=args.ttl, subject=args.subject))
+        print(mint_jwt(settings.relay_auth_secret.get_secret_value(), ttl=args.ttl, subject=args.subject))
     except ValueError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
         return 2

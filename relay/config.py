@@ -84,7 +84,18 @@ class Settings(BaseSettings):
     relay_reap_interval: float = Field(default=60.0, ge=0)
     relay_journal: bool = True  # journal open avatar sessions and reap a dead process's leftovers at start-up
     relay_auth: Literal["auto", "token", "off"] = "auto"  # auto: tokens required unless in demo mode
-    relay_auth_secret: SecretStr | None = None  # HMAC key for client tokens (`avatar-relay token`)
+    relay_auth_secret: SecretStr | None = None  # HS256 key for client JWTs (`avatar-relay token`)
+    relay_auth_jwks_url: str | None = None  # the identity provider's JWKS: RS256/ES256/EdDSA client tokens
+    relay_auth_public_key: str | None = None  # a PEM public key for RS256/ES256/EdDSA client tokens
+    relay_auth_issuer: str | None = None  # the `iss` client tokens must carry, when set
+    relay_auth_audience: str | None = None  # the `aud` client tokens must carry, when set
+    relay_auth_leeway: float = Field(default=30.0, ge=0, le=300)  # seconds of clock skew allowed on exp/nbf/iat
+    relay_auth_v1: bool = True  # also accept the deprecated v1.<expires>.<subject>.<signature> tokens
+    # Least seconds between two JWKS fetches for an unknown `kid` (a flood of forged kids fetches once per interval)
+    relay_auth_jwks_min_interval: float = Field(default=30.0, ge=1)
+    relay_frame_ancestors: str = "'self'"  # CSP frame-ancestors: who may embed the page (space-separated sources)
+    # The page's media hosts (CSP connect-src besides its own origin): LiveKit's signalling and region lookup.
+    relay_page_connect_src: str = "wss://*.livekit.cloud https://*.livekit.cloud"
     relay_allowed_origins: str = ""  # comma-separated Origins allowed on /ws besides the relay's own; "*" = any
     relay_trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (trusted proxy only)
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address

@@ -14,9 +14,10 @@ never parse or build wire formats itself (that is `relay.protocol`), and never k
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -73,9 +74,19 @@ class Upstreams:
     hooks: ConversationHooks = ConversationHooks()
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What the client's token allows: `max_duration` (seconds) caps the conversation below RELAY_MAX_DURATION;
+    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`)."""
+
+    max_duration: float | None = None
+    overrides: bool = True
+
+
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
                            shutdown_scope: trio.CancelScope | None = None, *,
-                           authorize: Callable[[str | None], str | None] | None = None,
+                           authorize: Callable[[str | None], Awaitable[Grant]] | None = None,
+                           grant: Grant | None = None,
                            browser_left: Callable[[], bool] | None = None) -> ConversationRecord:
     """Hold one conversation from the browser's first frame to the close.
 
@@ -83,7 +94,8 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     ends it with `shutdown`. The avatar session is stopped in every case (shielded, bounded by RELAY_STOP_TIMEOUT)
     and, if the browser is still there, it is told why the conversation ended. Returns the record of what happened.
     `authorize`, when given, checks the `start` message's token before anything upstream is called: it returns
-    None to let the conversation in, or the reason it is refused (ended as `unauthorized`).
+    what the token allows, or raises ConversationOver (`unauthorized`, `capacity`) to refuse it. `grant`: what the
+    token checked at the handshake allows.
 
     A cancellation from outside is the browser leaving when `browser_left()` says so (or when it is not given);
     otherwise the server cut the conversation (hypercorn's grace period ended, ...): the browser is told `shutdown`
@@ -100,9 +112,13 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     try:
         with shutdown_scope:
             start = await _receive_start(browser, settings)
-            if authorize is not None and (refusal := authorize(start.token)) is not None:
-                raise ConversationOver.failed("unauthorized", refusal)
-            with trio.move_on_after(settings.relay_max_duration) as duration_scope:
+            if authorize is not None:
+                grant = await authorize(start.token)
+            grant = grant or Grant()
+            if start.overrides and not grant.overrides:
+                raise ConversationOver.failed("unauthorized", "this client token does not allow agent overrides")
+            with trio.move_on_after(min(settings.relay_max_duration, grant.max_duration or math.inf)) \
+                    as duration_scope:
                 await _converse(browser, up, start, record)
             if duration_scope.cancelled_caught:
                 raise ConversationOver.failed("timeout", "maximum conversation duration reached")

@@ -30,7 +30,7 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
-from relay.nursery import ConversationHooks, Upstreams, run_conversation
+from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -38,9 +38,11 @@ from relay.ops.metrics import RelayMetrics
 from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
 from relay.server.admission import AdmissionRefused, Registry
-from relay.server.auth import Gate, auth_problem
+from relay.server.auth import Gate, TokenClaims, TokenError, auth_problem, identity
 from relay.server.demo import demo_settings
 from relay.server.departures import NoteDepartures, browser_left
+from relay.server.jwks import JwksCache, http_fetcher
+from relay.server.page_headers import page_headers
 from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
@@ -140,6 +142,9 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     if worker is not None:
         set_worker(worker.index)
     configure_logging(settings)
+    if (secret := settings.relay_auth_secret) is not None and len(secret.get_secret_value().encode()) < 32:
+        log.warning("RELAY_AUTH_SECRET is shorter than 32 bytes, below what HS256 calls for (RFC 7518 3.2): "
+                    "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
@@ -182,6 +187,9 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
+        if settings.relay_auth_jwks_url and state.gate is not None:
+            state.gate.jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
+                                        min_interval=settings.relay_auth_jwks_min_interval)
         provider = avatar_registry.make_provider(effective, http)
         session_hooks: list[MakeHooks] = []
         if provider is not None and settings.relay_journal and not settings.demo_mode:
@@ -215,7 +223,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     async def conversation_socket() -> None:
         assert state.upstreams is not None and state.gate is not None
         headers = websocket.headers
-        decision = state.gate.check_handshake(
+        gate = state.gate
+        decision = await gate.check_handshake(
             origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
             forwarded_for=headers.get("x-forwarded-for"), query_token=websocket.args.get("token"),
             now=trio.current_time())
@@ -223,17 +232,42 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
             metrics.conversation_refused(f"http_{decision.refuse_status}")
             abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
+        if decision.claims is not None:
+            log.info("client token accepted client=%s", decision.client)
         browser = QuartBrowser(settings.relay_send_timeout)
         try:
             if decision.over_rate:
                 raise AdmissionRefused("too many new conversations from your address; try again in a minute")
             with state.registry.admit(decision.client) as shutdown_scope:
-                await run_conversation(browser, state.upstreams, shutdown_scope, authorize=decision.authorize,
+                async def authorize(token: str | None) -> Grant:
+                    try:
+                        claims = await gate.verify(token)
+                    except TokenError as exc:
+                        raise ConversationOver.failed("unauthorized", str(exc)) from None
+                    try:
+                        state.registry.reassign(shutdown_scope, identity(claims, decision.client))
+                    except AdmissionRefused as exc:
+                        raise ConversationOver.failed("capacity", str(exc)) from None
+                    log.info("client token accepted client=%s", identity(claims, decision.client))
+                    return _grant(claims)
+
+                await run_conversation(browser, state.upstreams, shutdown_scope,
+                                       authorize=authorize if decision.check_start else None,
+                                       grant=None if decision.claims is None else _grant(decision.claims),
                                        browser_left=browser_left(websocket.scope))
         except AdmissionRefused as exc:
             metrics.conversation_refused(exc.code)
             log.info("conversation refused: %s", exc)
             await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
+
+    security_headers = page_headers(settings)
+
+    @app.after_request
+    async def add_security_headers(response: Response) -> Response:
+        """The page's own defences on every HTTP answer (the page, its static files, the JSON endpoints)."""
+        for name, value in security_headers.items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.route("/")
     async def index() -> Response:
@@ -284,6 +318,10 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar}
 
     return app
+
+
+def _grant(claims: TokenClaims) -> Grant:
+    return Grant(max_duration=claims.max_duration, overrides=claims.overrides)
 
 
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

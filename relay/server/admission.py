@@ -23,6 +23,12 @@ class AdmissionRefused(Exception):
         self.code: Literal["capacity", "shutdown"] = code
 
 
+def _over_cap(client: str) -> str:
+    """Why a client over its cap is refused: a client is a token's `sub` ("sub:…") or an address."""
+    who = "for this user" if client.startswith("sub:") else "from your address"
+    return f"too many conversations {who}; try again later"
+
+
 class SharedCap(Protocol):
     """Seats shared with the other worker processes (`relay.server.seats.Seats`)."""
 
@@ -39,6 +45,7 @@ class Registry:
     shared: SharedCap | None = None
     _scopes: set[trio.CancelScope] = field(default_factory=set)
     _per_client: Counter[str] = field(default_factory=Counter)
+    _client_of: dict[trio.CancelScope, str] = field(default_factory=dict)
     _idle: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -66,24 +73,40 @@ class Registry:
         if self.open_count >= self.max_conversations:
             raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         if self._per_client[client] >= self.max_per_client:
-            raise AdmissionRefused("too many conversations from your address; try again later")
+            raise AdmissionRefused(_over_cap(client))
         if self.shared is not None and not self.shared.take():
             raise AdmissionRefused("the relay is at its maximum number of conversations; try again later")
         scope = trio.CancelScope()
         self._scopes.add(scope)
         self._per_client[client] += 1
+        self._client_of[scope] = client
         try:
             yield scope
         finally:
             if self.shared is not None:
                 self.shared.give_back()
             self._scopes.discard(scope)
+            client = self._client_of.pop(scope)
             self._per_client[client] -= 1
             if self._per_client[client] <= 0:
                 del self._per_client[client]
             if not self._scopes:
                 self._idle.set()
                 self._idle = trio.Event()
+
+    def reassign(self, scope: trio.CancelScope, client: str) -> None:
+        """Count the conversation admitted with `scope` against `client` from now on (its token's `sub`, known only
+        once its `start` arrived). Raises AdmissionRefused when that client is at its cap."""
+        before = self._client_of[scope]
+        if before == client:
+            return
+        if self._per_client[client] >= self.max_per_client:
+            raise AdmissionRefused(_over_cap(client))
+        self._per_client[client] += 1
+        self._client_of[scope] = client
+        self._per_client[before] -= 1
+        if self._per_client[before] <= 0:
+            del self._per_client[before]
 
     async def drain(self, grace: float) -> int:
         """Stop admitting, end every open conversation (each tells its browser `shutdown` and stops its avatar

@@ -12,7 +12,9 @@ import pytest
 import trio
 import trio.testing
 
+from relay.conversation.endings import ConversationOver
 from relay.conversation.outbox import OUTBOX_FRAMES
+from relay.nursery import Grant
 from relay.protocol import elevenlabs as el
 from tests.support.fakes import (
     FakeAgent,
@@ -334,9 +336,11 @@ async def test_an_unexpected_failure_is_an_internal_error_and_logged(caplog: pyt
 # ---- refused token (m4) --------------------------------------------------------------------------------------------
 
 
-def only_token_good(token: str | None) -> str | None:
+async def only_token_good(token: str | None) -> Grant:
     """An `authorize` that lets in the token "good" only."""
-    return None if token == "good" else "invalid or expired token"
+    if token != "good":
+        raise ConversationOver.failed("unauthorized", "invalid or expired token")
+    return Grant()
 
 
 async def test_a_refused_token_ends_the_conversation_before_anything_upstream_is_called() -> None:

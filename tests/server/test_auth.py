@@ -19,6 +19,7 @@ from relay.server.auth import (
     auth_problem,
     auth_required,
     client_address,
+    mint_jwt,
     mint_token,
     origin_allowed,
     verify_token,
@@ -116,20 +117,34 @@ def test_forwarded_for_is_used_only_behind_a_trusted_proxy() -> None:
     assert client_address(None, None, trust_forwarded_for=False) == "unknown"
 
 
-def test_gate_refuses_bad_origin_then_bad_handshake_token_and_defers_to_start() -> None:
-    gate = Gate(real_keys(relay_auth_secret=SECRET, relay_max_starts_per_minute=2))
+async def test_gate_refuses_bad_origin_then_bad_handshake_token_and_defers_to_start() -> None:
+    gate = Gate(real_keys(relay_auth_secret=SECRET, relay_max_starts_per_minute=3))
     common: dict[str, Any] = {"host": "relay.example", "remote_addr": "1.2.3.4", "forwarded_for": None, "now": 0.0}
-    assert gate.check_handshake(origin="https://evil.example", query_token=None, **common).refuse_status == 403
-    assert gate.check_handshake(origin=None, query_token="v1.1.x.y", **common).refuse_status == 401
-    deferred = gate.check_handshake(origin=None, query_token=None, **common)
-    assert deferred.refuse_status is None and deferred.authorize is not None
-    assert deferred.authorize(None) == "a client token is required"
-    assert deferred.authorize(mint_token(SECRET)) is None
-    over = gate.check_handshake(origin=None, query_token=mint_token(SECRET), **common)
-    assert over.over_rate and over.authorize is None
+    assert (await gate.check_handshake(origin="https://evil.example", query_token=None, **common)).refuse_status == 403
+    assert (await gate.check_handshake(origin=None, query_token="v1.1.x.y", **common)).refuse_status == 401
+    deferred = await gate.check_handshake(origin=None, query_token=None, **common)
+    assert deferred.refuse_status is None and deferred.check_start
+    with pytest.raises(TokenError, match="a client token is required"):
+        await gate.verify(None)
+    assert (await gate.verify(mint_token(SECRET))).subject == ""  # the deprecated format, still accepted
+    long_secret = SECRET * 3  # HS256 keys are at least 32 bytes (PyJWT warns otherwise)
+    gate = Gate(real_keys(relay_auth_secret=long_secret, relay_max_starts_per_minute=3))
+    assert (await gate.verify(mint_jwt(long_secret, subject="u1"))).subject == "u1"
+    accepted = await gate.check_handshake(origin=None, query_token=mint_jwt(long_secret, subject="u1"), **common)
+    assert accepted.client == "sub:u1" and accepted.claims is not None and not accepted.check_start
+    await gate.check_handshake(origin=None, query_token=None, **common)
+    await gate.check_handshake(origin=None, query_token=None, **common)
+    over = await gate.check_handshake(origin=None, query_token=mint_token(long_secret), **common)
+    assert over.over_rate and over.claims is None
 
 
-def test_gate_in_demo_mode_checks_no_token() -> None:
-    decision = Gate(settings()).check_handshake(origin=None, host="h", remote_addr="1.2.3.4", forwarded_for=None,
-                                                query_token="garbage", now=0.0)
-    assert decision.refuse_status is None and decision.authorize is None
+async def test_the_deprecated_format_can_be_switched_off() -> None:
+    gate = Gate(real_keys(relay_auth_secret=SECRET, relay_auth_v1=False))
+    with pytest.raises(TokenError, match="not valid"):
+        await gate.verify(mint_token(SECRET))
+
+
+async def test_gate_in_demo_mode_checks_no_token() -> None:
+    decision = await Gate(settings()).check_handshake(origin=None, host="h", remote_addr="1.2.3.4",
+                                                      forwarded_for=None, query_token="garbage", now=0.0)
+    assert decision.refuse_status is None and not decision.check_start and decision.claims is None

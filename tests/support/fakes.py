@@ -18,7 +18,7 @@ import trio
 from relay.avatars import AvatarInfo, AvatarSpeaking, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed
 from relay.config import Settings
 from relay.conversation.record import ConversationRecord
-from relay.nursery import ConversationHooks, Upstreams, run_conversation
+from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
@@ -256,7 +256,7 @@ class Harness:
     got (also set when the browser left and `run_conversation` returned nothing)."""
 
     def __init__(self, *, provider: FakeProvider | None = None, agent: FakeAgent | None = None,
-                 authorize: Callable[[str | None], str | None] | None = None, **settings: Any) -> None:
+                 authorize: Callable[[str | None], Awaitable[Grant]] | None = None, **settings: Any) -> None:
         self.browser = FakeBrowser()
         self.agent = agent or FakeAgent(metadata())
         self.provider = provider if provider is not None else FakeProvider()
