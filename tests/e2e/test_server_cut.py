@@ -8,32 +8,15 @@ import tempfile
 from typing import Any
 
 import httpx2
-import orjson
 import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from trio_websocket import ConnectionClosed, open_websocket_url
 
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from relay.web import create_app
-from tests.support.harness import BrowserClient, poll_ledger, relay_settings, session_counts
+from tests.support.harness import hold_and_record, poll_ledger, relay_settings, session_counts
 from tests.support.simcontrol import SimControl
-
-
-async def hold(url: str, seen: list[dict[str, Any]], closes: list[int | None], *,
-               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """One browser: start, report ready, then record every text message and the close code."""
-    async with open_websocket_url(url, message_queue_size=1000) as ws:
-        await BrowserClient(ws).start()
-        task_status.started()
-        try:
-            while True:
-                frame = await ws.get_message()
-                if isinstance(frame, str):
-                    seen.append(orjson.loads(frame))
-        except ConnectionClosed as exc:
-            closes.append(exc.reason.code)
 
 
 @pytest.mark.timeout(60)
@@ -67,7 +50,7 @@ async def test_conversations_cut_at_the_end_of_hypercorns_grace_period_are_told_
                 with trio.fail_after(30):  # hang guard
                     async with trio.open_nursery() as browsers:
                         for messages in seen:
-                            await browsers.start(hold, ws_url, messages, closes)
+                            await browsers.start(hold_and_record, ws_url, messages, closes)
                         assert session_counts(await heygen.ledger()) == (3, 0)
                         stop.set()
                     await server_done.wait()

@@ -23,7 +23,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.faults.test_process_faults import free_port, ledger_of, relay_env
-from tests.support.harness import BrowserClient, poll_ledger, session_counts
+from tests.support.harness import hold_and_record, poll_ledger, session_counts
 
 HYPERCORN = str(Path(sys.executable).parent / "hypercorn")
 
@@ -92,19 +92,6 @@ async def hypercorn(env: dict[str, str], cwd: Path, port: int, *options: str) ->
             await process.wait()
 
 
-async def hold(url: str, seen: list[dict[str, Any]], closes: list[int | None], *,
-               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """One browser: start, report ready, then record every text message and, at the end, the close code."""
-    async with open_websocket_url(url.replace("http", "ws") + "/ws", message_queue_size=1000) as ws:
-        await BrowserClient(ws).start()
-        task_status.started()
-        try:
-            while True:
-                frame = await ws.get_message()
-                if isinstance(frame, str):
-                    seen.append(orjson.loads(frame))
-        except ConnectionClosed as exc:
-            closes.append(exc.reason.code)
 
 
 def endings(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -133,7 +120,7 @@ async def test_sigterm_to_hypercorn_tells_every_browser_and_stops_every_session(
                 with trio.fail_after(30):  # hang guard, below the 60 s grace period
                     async with trio.open_nursery() as browsers:
                         for messages in seen:
-                            await browsers.start(hold, url, messages, closes)
+                            await browsers.start(hold_and_record, url.replace("http", "ws") + "/ws", messages, closes)
                         assert session_counts(await ledger_of(http, sims, "heygen")) == (4, 0)
                         process.send_signal(signal.SIGTERM)
                     assert await process.wait() == 0
@@ -166,7 +153,7 @@ async def test_a_worker_signalled_itself_is_not_ready_and_refuses_new_conversati
                 (worker,) = workers(process.pid)
                 with trio.fail_after(40):  # hang guard
                     async with trio.open_nursery() as browsers:
-                        await browsers.start(hold, url, seen, closes)
+                        await browsers.start(hold_and_record, url.replace("http", "ws") + "/ws", seen, closes)
                         os.kill(worker, signal.SIGTERM)
                         while (answer := await http.get(url + "/readyz")).status_code != 503:
                             await trio.sleep(0.02)
@@ -216,7 +203,7 @@ async def test_after_kill_9_of_hypercorn_its_worker_drains_and_exits_and_a_resta
                 with trio.fail_after(20):  # hang guard: "within a few seconds"
                     async with trio.open_nursery() as browsers:
                         for messages in seen:
-                            await browsers.start(hold, url, messages, closes)
+                            await browsers.start(hold_and_record, url.replace("http", "ws") + "/ws", messages, closes)
                         assert session_counts(await ledger_of(http, sims, "heygen")) == (2, 0)
                         process.kill()
                         await process.wait()

@@ -22,7 +22,7 @@ import orjson
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from relay.config import Settings
 from relay.ops.journal import JOURNAL_FILE
@@ -215,3 +215,19 @@ def spoken_sentence(rate: int = 16000, text: str = "Hello, what time do you open
 
 def silence(seconds: float, rate: int = 16000) -> bytes:
     return b"\x00\x00" * int(seconds * rate)
+
+
+async def hold_and_record(ws_url: str, seen: list[dict[str, Any]], closes: list[int | None], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """One browser at `ws_url` (ws://host:port/ws): start, report ready (`nursery.start`), then record every text
+    message in `seen` and, when the relay closes, the close code in `closes`."""
+    async with open_websocket_url(ws_url, message_queue_size=1000) as ws:
+        await BrowserClient(ws).start()
+        task_status.started()
+        try:
+            while True:
+                frame = await ws.get_message()
+                if isinstance(frame, str):
+                    seen.append(orjson.loads(frame))
+        except ConnectionClosed as exc:
+            closes.append(exc.reason.code)
