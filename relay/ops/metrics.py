@@ -34,11 +34,10 @@ from relay._util import leaves
 from relay.avatars import (
     AvatarError,
     AvatarInfo,
-    AvatarProvider,
     AvatarSession,
     AvatarSessionEnded,
 )
-from relay.avatars.hooks import HookedProvider, SessionHooks, SessionOutcome
+from relay.avatars.hooks import SessionHooks, SessionOutcome
 from relay.conversation.record import ConversationRecord, Traffic, current_conversation
 from relay.elevenlabs import AgentConnection
 from relay.protocol import elevenlabs as el
@@ -215,10 +214,6 @@ class RelayMetrics:
                 raise
 
         return observed_open_agent
-
-    def observe_provider(self, provider: AvatarProvider | None) -> AvatarProvider | None:
-        """`provider` with its sessions counted and timed (None stays None: voice only)."""
-        return None if provider is None else HookedProvider(provider, [self.session_hooks])
 
     def session_hooks(self, provider: str) -> SessionHooks:
         """Hooks for one avatar session: counted created, stopped, failed to stop, refused and ended (with their

@@ -18,6 +18,7 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
+from relay.avatars.hooks import HookedProvider
 from relay.conversation.record import ConversationRecord, current_conversation
 from relay.ops.metrics import RelayMetrics
 from relay.protocol import elevenlabs as el
@@ -106,7 +107,7 @@ class FakeProvider:
 async def test_sessions_are_counted_created_stopped_and_failed_to_stop() -> None:
     metrics = RelayMetrics()
     for provider in (FakeProvider(), FakeProvider(stop_fails=True)):
-        observed = metrics.observe_provider(provider)
+        observed = HookedProvider(provider, [metrics.session_hooks])
         assert observed is not None
         async with observed.open_session(lambda event: None) as session:
             assert session.info.session_id == "sess-42"
@@ -117,12 +118,12 @@ async def test_sessions_are_counted_created_stopped_and_failed_to_stop() -> None
 
 async def test_refusals_and_session_ends_are_upstream_errors_with_their_codes() -> None:
     metrics = RelayMetrics()
-    refusing = metrics.observe_provider(FakeProvider(refuse=True))
+    refusing = HookedProvider(FakeProvider(refuse=True), [metrics.session_hooks])
     assert refusing is not None
     with pytest.raises(AvatarUnavailable):
         async with refusing.open_session(lambda event: None):
             pass
-    ending = metrics.observe_provider(FakeProvider(ends=True))
+    ending = HookedProvider(FakeProvider(ends=True), [metrics.session_hooks])
     assert ending is not None
     with pytest.raises(AvatarSessionEnded):
         async with ending.open_session(lambda event: None):
@@ -171,7 +172,7 @@ async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_
                 await agent.receive()
             with pytest.raises(el.AgentClosed):
                 await agent.receive()
-            provider = metrics.observe_provider(FakeProvider())
+            provider = HookedProvider(FakeProvider(), [metrics.session_hooks])
             assert provider is not None
             async with provider.open_session(lambda event: None) as session:
                 for _ in range(2):  # only the turn's first chunk is timed
