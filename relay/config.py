@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     relay_agent_silence_timeout: float = Field(default=60.0, gt=0)  # no frame at all from the agent this long ends it
     relay_finish_speaking_timeout: float = Field(default=15.0, ge=0)  # agent ended: let the last words play this long
 
+    # A fleet of relays sharing one state in Redis (docs/deploy.md, "A fleet on Redis"); unset: this machine only.
+    # redis://, rediss://, unix://, redis+sentinel://host:port[,host:port]/service[/db], redis+cluster://host:port
+    relay_redis_url: SecretStr | None = None  # a secret: the URL may carry a password
+    relay_redis_prefix: str = Field(default="avatar-relay", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Seconds a relay's lease lives without a heartbeat: a dead relay's seats free and its sessions are taken over
+    # by another relay within this long (heartbeats every third of it).
+    relay_fleet_lease: float = Field(default=15.0, ge=1, le=300)
+
     @field_validator("liveavatar_avatar_id")
     @classmethod
     def _avatar_id_is_a_uuid(cls, value: str | None) -> str | None:
