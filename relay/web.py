@@ -31,6 +31,7 @@ from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
 from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
+from relay.ops.fleet import Fleet
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -114,13 +115,17 @@ class RelayState:
     metrics: RelayMetrics | None = None
     transcripts: TranscriptWriter | None = None
     worker: WorkerRole | None = None  # under `serve --workers N`
+    fleet: Fleet | None = None  # with RELAY_REDIS_URL: this relay's membership of the fleet
 
     @property
     def readiness(self) -> dict[str, bool]:
         """What `/readyz` checks: set up (configuration valid, upstreams ready), not shutting down, under capacity
         (the whole relay's, with several workers)."""
-        return {"started": self.upstreams is not None, "accepting": not self.registry.shutting_down,
-                "under_capacity": self.registry.under_capacity}
+        checks = {"started": self.upstreams is not None, "accepting": not self.registry.shutting_down,
+                  "under_capacity": self.registry.under_capacity}
+        if self.fleet is not None:
+            checks["redis"] = self.fleet.healthy
+        return checks
 
     @property
     def ready(self) -> bool:
@@ -149,7 +154,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
                         shared=None if worker is None else worker.seats(settings.relay_max_conversations))
-    state = RelayState(settings, registry, gate=Gate(settings), worker=worker)
+    state = RelayState(settings, registry, gate=Gate(settings), worker=worker, fleet=Fleet.from_settings(settings))
     app.extensions["relay"] = state
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=settings.avatar,
                                            demo_mode=settings.demo_mode)
@@ -174,6 +179,9 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     @app.before_serving
     async def start_upstreams() -> None:
+        if state.fleet is not None:
+            # Joins the fleet (or stops the start-up with a clear error) before anything is admitted.
+            await app.nursery.start(state.fleet.serve)
         effective = settings
         if settings.demo_mode:
             from relay.sim.runner import serve_simulators

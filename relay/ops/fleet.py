@@ -30,7 +30,7 @@ import orjson
 import trio
 
 from relay._util import single
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 
 log = logging.getLogger("relay.fleet")
 
@@ -151,8 +151,11 @@ class Fleet:
         """The fleet RELAY_REDIS_URL asks for, or None without it."""
         if settings.relay_redis_url is None:
             return None
-        return cls(parse_redis_url(settings.relay_redis_url.get_secret_value()), settings.relay_redis_prefix,
-                   settings.relay_fleet_lease)
+        try:
+            target = parse_redis_url(settings.relay_redis_url.get_secret_value())
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: {exc}") from None
+        return cls(target, settings.relay_redis_prefix, settings.relay_fleet_lease)
 
     def key(self, *parts: str) -> str:
         """A key of this fleet: `{prefix}:part:part` (one hash tag: one Cluster slot)."""
