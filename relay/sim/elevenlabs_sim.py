@@ -1365,6 +1365,7 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
                 "conversations": conversations,
                 "totals": totals,
                 "signed_urls_issued": ledger["signed_urls_issued"],
+                "signed_url_queries": ledger["signed_url_queries"],
                 "agent_details_requests": ledger["agent_details_requests"],
             }
         )
