@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     elevenlabs_agent_id: str | None = None
     elevenlabs_api_key: SecretStr | None = None
     elevenlabs_base_url: str = "https://api.elevenlabs.io"
+    # The agent's branch and environment (environment variables of the agent), on the socket URL and the signed-URL
+    # request as the SDKs send them; unset: the agent's defaults (main branch, "production").
+    elevenlabs_branch_id: str | None = None
+    elevenlabs_environment: str | None = None
 
     # HeyGen Streaming API v1
     heygen_api_key: SecretStr | None = None
@@ -103,6 +107,10 @@ class Settings(BaseSettings):
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
     relay_agent_silence_timeout: float = Field(default=60.0, gt=0)  # no frame at all from the agent this long ends it
     relay_finish_speaking_timeout: float = Field(default=15.0, ge=0)  # agent ended: let the last words play this long
+    # What a browser's `start` may change in the agent (docs/protocol.md "Overrides"): comma-separated dotted paths
+    # of `overrides` (`agent.language,tts.voice_id`; a parent allows its children; "*" any); empty: none.
+    relay_client_overrides: str = ""
+    relay_client_extra_body: bool = False  # whether a `start` may send `custom_llm_extra_body` to the agent's LLM
 
     @field_validator("liveavatar_avatar_id")
     @classmethod

@@ -40,6 +40,7 @@ from relay.protocol.elevenlabs import (
     read_signed_url_answer,
     reason_for_status,
     signed_url_request,
+    with_source,
 )
 
 log = logging.getLogger("relay.elevenlabs")
@@ -72,13 +73,16 @@ class MalformedLog:
             self._skipped += 1
 
 
-async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str, agent_id: str) -> str:
-    """Get a short-lived signed socket URL for a private agent (fetch a fresh one per conversation).
+async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str, agent_id: str, *,
+                           branch_id: str | None = None, environment: str | None = None) -> str:
+    """Get a short-lived signed socket URL for a private agent (fetch a fresh one per conversation), for the
+    agent's `branch_id` / `environment` when given.
 
     Raises `AgentUnavailable` (see `read_signed_url_answer`; network errors upstream_error, timeouts timeout).
     Cancelled by the caller's scope; bounded by `http`'s timeouts."""
     try:
-        response = await http.get(signed_url_request(base_url, agent_id), headers={"xi-api-key": api_key})
+        response = await http.get(signed_url_request(base_url, agent_id, branch_id=branch_id,
+                                                     environment=environment), headers={"xi-api-key": api_key})
     except httpx2.TimeoutException:
         raise AgentUnavailable("timeout", "timed out fetching the ElevenLabs signed URL") from None
     except httpx2.TransportError as exc:
@@ -173,11 +177,16 @@ async def open_agent(
     initiation: str,
     connect_timeout: float = 10.0,
     max_message_size: int = 16 * 2**20,
+    branch_id: str | None = None,
+    environment: str | None = None,
+    version: str | None = None,
 ) -> AsyncIterator[AgentConnection]:
     """Start a conversation and yield it once the agent has sent its metadata.
 
     With `api_key`, a signed URL is fetched first (the key never goes over the socket); without, the public
-    URL is used. No WebSocket subprotocol is requested, like the official Python SDK (`convai` is only needed
+    URL is used. `branch_id` / `environment` select the agent's branch and environment (signed-URL request and
+    socket URL); with `version`, `source=avatar-relay&version=...` is added to the socket URL as the SDKs do. No
+    WebSocket subprotocol is requested, like the official Python SDK (`convai` is only needed
     by browsers). `initiation` (see `build_initiation`) is sent immediately, then the first message must be
     `conversation_initiation_metadata`.
 
@@ -193,9 +202,13 @@ async def open_agent(
     with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as opening:
         async with AsyncExitStack() as stack:
             if api_key:
-                url = await fetch_signed_url(http, base_url, api_key, agent_id)
+                url = await fetch_signed_url(http, base_url, api_key, agent_id, branch_id=branch_id,
+                                             environment=environment)
+                if version:
+                    url = with_source(url, version, environment)
             else:
-                url = conversation_ws_url(base_url, agent_id)
+                url = conversation_ws_url(base_url, agent_id, branch_id=branch_id, environment=environment,
+                                          version=version)
             step = "connecting"
             try:
                 # Leaving closes it with 1000, shielded: at most _CLOSE_TIMEOUT waiting for the agent's close

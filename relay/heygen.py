@@ -261,7 +261,7 @@ class _TextSession(_SessionBase):
         if data is None:
             return
         accepted = parse_task(data)
-        self._on_event(AvatarSpeaking(text=text, duration_ms=accepted.duration_ms))
+        self._on_event(AvatarSpeaking(text=text, duration_ms=accepted.duration_ms, turn=turn))
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         """Not used in text mode (`takes_audio` is False): the audio is dropped."""

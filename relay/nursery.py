@@ -25,7 +25,7 @@ from functools import partial
 import httpx2
 import trio
 
-from relay import elevenlabs
+from relay import __version__, elevenlabs
 from relay._util import leaves
 from relay.avatars import (
     AvatarError,
@@ -39,7 +39,7 @@ from relay.avatars import (
 from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
 from relay.conversation.outbox import Outbox
-from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
+from relay.conversation.pumps import McpApprovals, pump_agent_to_browser, pump_browser_to_agent
 from relay.conversation.record import ConversationRecord, current_conversation
 from relay.conversation.speech import SpeechRouter
 from relay.elevenlabs import AgentConnection
@@ -115,8 +115,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if authorize is not None:
                 grant = await authorize(start.token)
             grant = grant or Grant()
-            if start.overrides and not grant.overrides:
-                raise ConversationOver.failed("unauthorized", "this client token does not allow agent overrides")
+            _check_overrides(start, grant, settings)
             with trio.move_on_after(min(settings.relay_max_duration, grant.max_duration or math.inf)) \
                     as duration_scope:
                 await _converse(browser, up, start, record)
@@ -148,6 +147,22 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     await tell_browser_and_close(browser, outcome)
     _finish(record, up)
     return record
+
+
+def _check_overrides(start: bp.Start, grant: Grant, settings: Settings) -> None:
+    """A `start` may only change what the operator allows (RELAY_CLIENT_OVERRIDES, RELAY_CLIENT_EXTRA_BODY) and
+    what its token allows (`relay_overrides`): anything more is refused (`unauthorized`, naming what)."""
+    if start.overrides or start.custom_llm_extra_body is not None:
+        if not grant.overrides:
+            raise ConversationOver.failed("unauthorized", "this client token does not allow agent overrides")
+    if start.overrides:
+        refused = bp.refused_override(start.overrides, bp.parse_allowed_paths(settings.relay_client_overrides))
+        if refused is not None:
+            raise ConversationOver.failed("unauthorized", f"the relay does not allow overriding {refused[:100]!r} "
+                                          "(RELAY_CLIENT_OVERRIDES)")
+    if start.custom_llm_extra_body is not None and not settings.relay_client_extra_body:
+        raise ConversationOver.failed("unauthorized", "the relay does not allow custom_llm_extra_body "
+                                      "(RELAY_CLIENT_EXTRA_BODY)")
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -198,27 +213,36 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         def on_avatar_event(event: AvatarEvent) -> None:
             if isinstance(event, AvatarSpeaking):
                 speech.avatar_speaking(event.duration_ms)
-                outbox.send(bp.avatar_speaking(event.text, event.duration_ms))
+                outbox.send(bp.avatar_speaking(event.text, event.duration_ms, event.turn))
             elif isinstance(event, AvatarStateChanged):
-                outbox.send(bp.avatar_state(event.speaking))
+                outbox.send(bp.avatar_state(event.speaking, event.turn))
+
+        admission = _Admission(outbox)
+        avatar_set_up = trio.CancelScope()  # what watches the agent's queue meanwhile is cancelled with it
 
         async def start_agent() -> None:
             nonlocal agent
             # The avatar is the slower path (two calls in a row upstream): its first request goes out first.
             await trio.lowlevel.checkpoint()
             agent = await conversation.start(_hold_agent, up, start)
+            with avatar_set_up:
+                await admission.watch(agent)
 
         async def start_avatar() -> None:
             nonlocal session
-            if up.provider is not None:
-                session = await conversation.start(_hold_avatar, up, on_avatar_event, outbox, speech, record,
-                                                   ready_sent)
+            try:
+                if up.provider is not None:
+                    session = await conversation.start(_hold_avatar, up, on_avatar_event, outbox, speech, record,
+                                                       ready_sent)
+            finally:
+                avatar_set_up.cancel()
 
         with trio.fail_after(settings.relay_setup_timeout):
             async with trio.open_nursery() as setup:
                 setup.start_soon(start_avatar)
                 setup.start_soon(start_agent)
         assert agent is not None
+        held = await admission.settle(agent, settings.relay_agent_silence_timeout)
         metadata = agent.metadata
         record.conversation_id = metadata.conversation_id
         try:
@@ -228,6 +252,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             raise ConversationOver.failed("agent_error", f"the agent announced an unsupported format: {exc}") from None
 
         speech.agent_format = output_format
+        approvals = McpApprovals()
         if session is not None:
             record.avatar_provider = session.info.provider
             record.avatar_session_id = session.info.session_id
@@ -245,11 +270,71 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         on_agent_event, on_user_text = up.hooks.on_agent_event, up.hooks.on_user_text
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
-            on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format))
+            on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format,
+            approvals=approvals))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),
-            finish_timeout=settings.relay_finish_speaking_timeout))
+            finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, held=held))
+
+
+class _Admission:
+    """Before `ready`: the agent's concurrency queue (docs/decisions.md "Queue and billing"). While the avatar sets
+    up, `watch` reads the agent's first events: `queue_status` goes to the browser at once (before `ready`), pings
+    are answered, and any other event is held for the agent pump. Without a queue, watching ends at the agent's
+    first other event or when the avatar is set up, whichever comes first (no added latency); after "waiting",
+    `settle` keeps `ready` back until "admitted" — the agent's own queue time-out closes 3008 (`agent_busy`)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self.held: list[el.ServerEvent] = []
+        self.queued = False
+        self.done = False
+
+    async def _handle(self, agent: AgentConnection, event: el.ServerEvent) -> None:
+        if isinstance(event, el.MalformedEvent):
+            return
+        if isinstance(event, el.Ping):
+            with trio.CancelScope(shield=True):  # a frame is sent whole, even when the avatar's set-up ends now
+                await agent.send(el.build_pong(event.event_id))
+            return
+        if isinstance(event, el.QueueStatus):
+            self._outbox.send(bp.queue_status(event.status))
+            if event.status == "waiting" and not self.queued:
+                self.queued = True
+                log.info("waiting in the agent's queue")
+            elif event.status == "admitted":
+                if self.queued:
+                    log.info("admitted from the agent's queue")
+                self.done = True
+            return  # "timed_out": the close (3008) follows
+        self.held.append(event)
+        if not self.queued or len(self.held) > 512:  # an agent that talks while queued: stop holding, go on
+            self.done = True
+
+    async def watch(self, agent: AgentConnection) -> None:
+        """Read until the queue question is settled; cancelled when the avatar is set up."""
+        while not self.done:
+            await self._handle(agent, await agent.receive())
+
+    async def settle(self, agent: AgentConnection, silence_timeout: float) -> list[el.ServerEvent]:
+        """After the set-up: what has already arrived is read without waiting; when queued, wait for admission
+        (at most `silence_timeout` between two events). Returns the events held for the agent pump."""
+        while not self.done:
+            if self.queued:
+                with trio.move_on_after(silence_timeout) as window:
+                    event = await agent.receive()
+                if window.cancelled_caught:
+                    raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s "
+                                                  "while the conversation waited in its queue")
+            else:
+                with trio.CancelScope() as nothing_waiting:
+                    nothing_waiting.cancel()  # only what is already received: `receive` returns it at once
+                    event = await agent.receive()
+                if nothing_waiting.cancelled_caught:
+                    break
+            await self._handle(agent, event)
+        return self.held
 
 
 async def _hold_agent(up: Upstreams, start: bp.Start, *,
@@ -257,11 +342,14 @@ async def _hold_agent(up: Upstreams, start: bp.Start, *,
     """Open the agent connection and keep it open until the conversation's scope is cancelled (which closes it)."""
     settings = up.settings
     initiation = el.build_initiation(dynamic_variables=start.dynamic_variables or None,
-                                     overrides=start.overrides or None, user_id=start.user_id)
+                                     overrides=start.overrides or None, user_id=start.user_id,
+                                     custom_llm_extra_body=start.custom_llm_extra_body, source_version=__version__)
     api_key = settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None
     async with up.open_agent(up.http, base_url=settings.elevenlabs_base_url,
                              agent_id=settings.elevenlabs_agent_id or "", api_key=api_key,
-                             initiation=initiation, connect_timeout=settings.relay_setup_timeout) as agent:
+                             initiation=initiation, connect_timeout=settings.relay_setup_timeout,
+                             branch_id=settings.elevenlabs_branch_id, environment=settings.elevenlabs_environment,
+                             version=__version__) as agent:
         task_status.started(agent)
         await trio.sleep_forever()
 

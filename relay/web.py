@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -178,7 +179,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         if settings.demo_mode:
             from relay.sim.runner import serve_simulators
 
-            urls = await app.nursery.start(serve_simulators, "127.0.0.1")
+            urls = await app.nursery.start(partial(serve_simulators, "127.0.0.1", demo=True))
             state.simulators = urls
             effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
             log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) "

@@ -28,6 +28,7 @@ class AvatarSpeaking:
 
     text: str | None
     duration_ms: int | None
+    turn: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

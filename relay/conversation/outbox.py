@@ -30,6 +30,16 @@ class Outbox:
             raise ConversationOver.failed("timeout", "the browser stopped reading; conversation ended") from None
         self._unsent += 1
 
+    def send_lossy(self, frame: str) -> None:
+        """Queue a control frame that may be lost when the browser is behind, like the audio it goes with
+        (caption timings, VAD scores): dropped and counted with the audio, never an end."""
+        try:
+            self._tx.send_nowait(frame)
+        except trio.WouldBlock:
+            self.dropped_audio += 1
+            return
+        self._unsent += 1
+
     def send_audio(self, pcm: bytes) -> None:
         """Queue agent audio for the browser; dropped (and counted) when the browser is behind."""
         try:

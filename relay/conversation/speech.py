@@ -23,7 +23,9 @@ import trio
 
 from relay.avatars import AvatarSession
 from relay.conversation.outbox import Outbox
+from relay.protocol import browser as bp
 from relay.protocol.audio import AudioFormat, duration_seconds, to_pcm16
+from relay.protocol.elevenlabs import Alignment
 
 # Seconds without agent audio after which an audio-driven avatar is told the turn's audio is complete.
 TURN_AUDIO_GAP = 0.35
@@ -79,6 +81,7 @@ class SpeechRouter:
         self._open_turn: int | None = None  # the audio turn `run` has not ended yet
         self._play_until = 0.0  # trio time at which the speech given so far has played out
         self._progress = trio.Event()  # set (and replaced) whenever `run` gets nearer to idle
+        self._captions = bp.CaptionAligner()
 
     def attach(self, session: AvatarSession | None) -> None:
         self.session = session
@@ -143,10 +146,20 @@ class SpeechRouter:
             self._agent_turn_starts()
             self._queue(_SpeakText(text, turn))
 
-    def agent_audio(self, audio: bytes, turn: int) -> None:
+    def agent_audio(self, audio: bytes, turn: int, alignment: Alignment | None = None) -> None:
+        """A chunk of turn `turn`'s voice: its caption timing (`agent_alignment`, when the agent sent an alignment)
+        goes to the browser just before it, whoever plays it; then the audio to the browser and/or the avatar."""
         if turn < self.watermark:
             return
         self._last_turn = max(self._last_turn, turn)
+        if alignment is None:
+            timed = self._captions.chunk(turn, None, None, None, duration_seconds(audio, self.agent_format) * 1000)
+        else:
+            timed = self._captions.chunk(turn, alignment.chars, alignment.char_start_times_ms,
+                                         alignment.char_durations_ms,
+                                         duration_seconds(audio, self.agent_format) * 1000)
+        if timed is not None:
+            self._outbox.send_lossy(bp.agent_alignment(turn, timed[0], timed[1]))
         if self.voice_to_browser:
             self._outbox.send_audio(to_pcm16(audio, self.agent_format))
         if self.session is not None and self.session.takes_audio:

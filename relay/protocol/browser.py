@@ -47,6 +47,7 @@ class Start(_Frame):
     type: Literal["start"]
     dynamic_variables: dict[str, DynamicValue] = Field(default_factory=dict)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    custom_llm_extra_body: dict[str, Any] | None = None
     user_id: StrictStr | None = None
     token: StrictStr | None = None
 
@@ -56,14 +57,30 @@ class AudioText(_Frame):
     audio: StrictStr
 
 
+_Id = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+
+
 class Text(_Frame):
     type: Literal["text"]
     text: Annotated[StrictStr, Field(min_length=1)]
+    rich_content_id: _Id | None = None
 
 
 class Context(_Frame):
     type: Literal["context"]
     text: Annotated[StrictStr, Field(min_length=1)]
+    context_id: _Id | None = None
+
+
+class Multimodal(_Frame):
+    type: Literal["multimodal"]
+    text: Annotated[StrictStr, Field(min_length=1)]
+
+
+class McpApproval(_Frame):
+    type: Literal["mcp_approval"]
+    tool_call_id: _Id
+    approved: StrictBool
 
 
 class Activity(_Frame):
@@ -83,7 +100,7 @@ class ToolResult(_Frame):
 
 class Feedback(_Frame):
     type: Literal["feedback"]
-    score: Literal["like", "dislike"]
+    score: Literal["like", "dislike"] | None  # null clears the rating (required: a missing score is an error)
     event_id: StrictInt
 
 
@@ -98,14 +115,17 @@ class Audio:
     pcm: bytes
 
 
-ClientEvent = Start | Audio | Text | Context | Activity | Interrupt | ToolResult | Feedback | Stop
+ClientEvent = (Start | Audio | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult | Feedback
+               | Stop)
 
 _TextFrame = Annotated[
-    Start | AudioText | Text | Context | Activity | Interrupt | ToolResult | Feedback | Stop,
+    Start | AudioText | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult | Feedback
+    | Stop,
     Field(discriminator="type"),
 ]
 _text_frame_adapter: TypeAdapter[Any] = TypeAdapter(_TextFrame)
-_KNOWN_TYPES = ("start", "audio", "text", "context", "activity", "interrupt", "tool_result", "feedback", "stop")
+_KNOWN_TYPES = ("start", "audio", "text", "context", "multimodal", "mcp_approval", "activity", "interrupt",
+                "tool_result", "feedback", "stop")
 
 
 def _describe(exc: ValidationError) -> str:
@@ -147,6 +167,36 @@ def check_audio(pcm: bytes) -> Audio:
     if len(pcm) % 2:
         raise ProtocolError("audio frames must be PCM16: an even number of bytes")
     return Audio(pcm)
+
+
+def parse_allowed_paths(setting: str) -> frozenset[str]:
+    """RELAY_CLIENT_OVERRIDES -> the dotted paths a client may override ("*" = any; empty = none)."""
+    return frozenset(part.strip() for part in setting.split(",") if part.strip())
+
+
+def override_paths(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths of the leaves of `overrides` (`{"agent": {"prompt": {"prompt": "x"}}}` ->
+    `["agent.prompt.prompt"]`); an empty object is a leaf too (it still reaches the agent)."""
+    paths: list[str] = []
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            paths.extend(override_paths(value, path + "."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def refused_override(overrides: dict[str, Any], allowed: frozenset[str]) -> str | None:
+    """The first override path of `overrides` the operator does not allow, or None. A path is allowed when it, or
+    one of its parents, is in `allowed` (`agent` allows `agent.prompt.prompt`), or `allowed` holds "*"."""
+    if "*" in allowed:
+        return None
+    for path in override_paths(overrides):
+        parts = path.split(".")
+        if not any(".".join(parts[:n]) in allowed for n in range(1, len(parts) + 1)):
+            return path
+    return None
 
 
 def tool_result_text(result: Any) -> str:
@@ -224,12 +274,134 @@ def tool_call(tool_call_id: str, tool_name: str, parameters: dict[str, Any]) -> 
                   "parameters": parameters})
 
 
-def avatar_speaking(text: str | None, duration_ms: int | None) -> str:
-    return _dump({"type": "avatar_speaking", "text": text, "duration_ms": duration_ms})
+def avatar_speaking(text: str | None, duration_ms: int | None, event_id: int | None = None) -> str:
+    return _dump({"type": "avatar_speaking", "text": text, "duration_ms": duration_ms, "event_id": event_id})
 
 
-def avatar_state(speaking: bool) -> str:
-    return _dump({"type": "avatar_state", "speaking": speaking})
+def avatar_state(speaking: bool, event_id: int | None = None) -> str:
+    return _dump({"type": "avatar_state", "speaking": speaking, "event_id": event_id})
+
+
+def agent_response_part(part: str, text: str, event_id: int | None) -> str:
+    """A streamed piece of reply `event_id` ("start", "delta", "stop"; text "" on start/stop)."""
+    return _dump({"type": "agent_response_part", "event_id": event_id, "part": part, "text": text})
+
+
+def tool_status(tool_call_id: str, tool_name: str, tool_type: str | None, state: str) -> str:
+    """A server-side tool of the agent: "running", "done" or "failed"."""
+    return _dump({"type": "tool_status", "tool_call_id": tool_call_id, "tool_name": tool_name,
+                  "tool_type": tool_type, "state": state})
+
+
+def mcp_tool_call(*, tool_call_id: str, service_id: str, tool_name: str, tool_description: str | None,
+                  parameters: dict[str, Any], state: str, approval_timeout_secs: int | None,
+                  error_message: str | None) -> str:
+    return _dump({"type": "mcp_tool_call", "tool_call_id": tool_call_id, "service_id": service_id,
+                  "tool_name": tool_name, "tool_description": tool_description, "parameters": parameters,
+                  "state": state, "approval_timeout_secs": approval_timeout_secs, "error_message": error_message})
+
+
+def mcp_connection_status(integrations: list[dict[str, Any]]) -> str:
+    return _dump({"type": "mcp_connection_status", "integrations": integrations})
+
+
+def queue_status(status: str) -> str:
+    return _dump({"type": "queue_status", "status": status})
+
+
+def human_agent(connected: bool) -> str:
+    return _dump({"type": "human_agent", "connected": connected})
+
+
+def agent_typing(typing: bool) -> str:
+    return _dump({"type": "agent_typing", "typing": typing})
+
+
+def vad_score(score: float) -> str:
+    return _dump({"type": "vad_score", "score": min(1.0, max(0.0, score))})
+
+
+def context_usage(fields: dict[str, Any]) -> str:
+    """The agent's `context_usage` fields (only the documented ones: relay.protocol.elevenlabs keeps no other)."""
+    return _dump({**fields, "type": "context_usage"})
+
+
+def rich_content(fields: dict[str, Any]) -> str:
+    """The agent's `rich_content` fields (only the documented ones), as the agent sent them."""
+    return _dump({**fields, "type": "rich_content"})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Captions: the agent's per-character alignment -> words with turn-relative times
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionWord:
+    """A word of a chunk: `start_ms`/`end_ms` from the start of its turn's speech; `continues` when it is the rest
+    of the previous chunk's last word (cut by the chunk boundary)."""
+
+    text: str
+    start_ms: int
+    end_ms: int
+    continues: bool
+
+
+CAPTION_TURNS_KEPT: Final = 8  # turns whose offset is remembered (older ones are forgotten)
+
+
+class CaptionAligner:
+    """Turns each agent audio chunk's alignment (chars + start times + durations, relative to the chunk) into
+    words timed from the start of the turn's speech, sans-I/O. Feed it every chunk of every turn in order,
+    with or without an alignment (`chunk`): the offset of turn N is the duration of N's audio already fed."""
+
+    def __init__(self) -> None:
+        self._offset_ms: dict[int, float] = {}
+        self._mid_word: dict[int, bool] = {}  # the turn's last chunk ended inside a word
+
+    def chunk(self, event_id: int, chars: tuple[str, ...] | None, starts: tuple[int, ...] | None,
+              durations: tuple[int, ...] | None, audio_ms: float) -> tuple[int, list[CaptionWord]] | None:
+        """Account for one chunk of turn `event_id` lasting `audio_ms`; returns (offset_ms, words) when it had an
+        alignment, else None."""
+        offset = self._offset_ms.get(event_id)
+        if offset is None:
+            offset = 0.0
+            self._offset_ms[event_id] = offset
+            if len(self._offset_ms) > CAPTION_TURNS_KEPT:
+                oldest = min(self._offset_ms)
+                del self._offset_ms[oldest]
+                self._mid_word.pop(oldest, None)
+        self._offset_ms[event_id] = offset + max(0.0, audio_ms)
+        if not chars or starts is None or durations is None:
+            self._mid_word[event_id] = False
+            return None
+        words: list[CaptionWord] = []
+        text, start, end = "", 0.0, 0.0
+        first = True
+        continues = False
+        for char, char_start, char_duration in zip(chars, starts, durations, strict=False):
+            if char.isspace():
+                if text:
+                    words.append(CaptionWord(text, round(offset + start), round(offset + end), continues))
+                    text, continues = "", False
+                first = False
+                continue
+            if not text:
+                start = char_start
+                continues = first and self._mid_word.get(event_id, False)
+            text += char
+            end = char_start + char_duration
+            first = False
+        if text:
+            words.append(CaptionWord(text, round(offset + start), round(offset + end), continues))
+        self._mid_word[event_id] = bool(chars) and not chars[-1].isspace()
+        return round(offset), words
+
+
+def agent_alignment(event_id: int, offset_ms: int, words: list[CaptionWord]) -> str:
+    """The caption timing of the agent audio chunk sent right after it."""
+    return _dump({"type": "agent_alignment", "event_id": event_id, "offset_ms": offset_ms,
+                  "words": [{"text": w.text, "start_ms": w.start_ms, "end_ms": w.end_ms, "continues": w.continues}
+                            for w in words]})
 
 
 def avatar_unavailable(reason: AvatarUnavailableReason, message: str) -> str:

@@ -92,13 +92,25 @@ class ConversationMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class Alignment:
+    """An audio chunk's per-character timings (asyncapi `AudioAlignmentData`): `chars[i]` starts
+    `char_start_times_ms[i]` ms after the chunk's start and lasts `char_durations_ms[i]` ms. The three tuples have
+    the same length (a ragged alignment is cut to the shortest; an unusable one is dropped, never an error)."""
+
+    chars: tuple[str, ...]
+    char_start_times_ms: tuple[int, ...]
+    char_durations_ms: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AgentAudio:
     """One chunk of the agent's voice, already base64-decoded, in `agent_output_audio_format`. `event_id` is
-    the reply's turn id: drop chunks whose `event_id` is lower than the last `Interruption.event_id`. (The optional
-    `alignment` — per-character timings — is accepted and not kept: nothing downstream uses it yet.)"""
+    the reply's turn id: drop chunks whose `event_id` is lower than the last `Interruption.event_id`. `alignment`
+    is the chunk's per-character timing when the agent sent a usable one (captions), else None."""
 
     audio: bytes
     event_id: int
+    alignment: Alignment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +195,93 @@ class AgentChatResponsePart:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentToolRequest:
+    """`agent_tool_request`: the agent started a tool (server/webhook, system such as `end_call`, mcp, client).
+    `tool_type` and `event_id` are None when absent."""
+
+    tool_name: str
+    tool_call_id: str
+    tool_type: str | None
+    event_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentToolResponse:
+    """`agent_tool_response`: a tool finished (`is_error` when it failed)."""
+
+    tool_name: str
+    tool_call_id: str
+    tool_type: str | None
+    is_error: bool
+    event_id: int | None
+
+
+MCP_STATES: Final = ("loading", "awaiting_approval", "success", "failure")
+
+
+@dataclass(frozen=True, slots=True)
+class McpToolCall:
+    """`mcp_tool_call` in one of its states ("loading", "awaiting_approval", "success", "failure"; an unknown state
+    is kept as sent). `approval_timeout_secs` only for awaiting_approval (asyncapi default 300), `error_message` only
+    for failure."""
+
+    tool_call_id: str
+    service_id: str
+    tool_name: str
+    tool_description: str | None
+    parameters: dict[str, Any]
+    state: str
+    approval_timeout_secs: int | None
+    error_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class McpConnectionStatus:
+    """`mcp_connection_status`: the agent's MCP integrations (each an object, passed on as sent)."""
+
+    integrations: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """`queue_status` (the agent's concurrency queue, after the metadata): "waiting", "admitted" or "timed_out"
+    (a close 3008 follows). Not in the asyncapi yet: convai-widget-core mocks/browser.ts, contexts/conversation.tsx."""
+
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAgent:
+    """`external_agent_connected` (True) / `external_agent_disconnected` (False): a human took over / left."""
+
+    connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTyping:
+    """`agent_typing`: a (human) agent is typing; `duration_ms` (optional) clears it automatically."""
+
+    typing: bool
+    duration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextUsage:
+    """`context_usage`: the turn's LLM context size (`event_id`, `model`, `context_tokens`, `context_limit_tokens`);
+    `fields` holds those that were present and well typed."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RichContent:
+    """`rich_content`: a component for the page to show (`rich_content_id`, `component`, `props`, `event_id`);
+    `fields` holds those that were present and well typed, as the agent sent them."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     """Any other event type (there are many, and new ones appear often). Never an error: ignore it."""
 
@@ -211,6 +310,15 @@ ServerEvent = (
     | AgentErrorEvent
     | VadScore
     | AgentChatResponsePart
+    | AgentToolRequest
+    | AgentToolResponse
+    | McpToolCall
+    | McpConnectionStatus
+    | QueueStatus
+    | ExternalAgent
+    | AgentTyping
+    | ContextUsage
+    | RichContent
     | UnknownEvent
     | MalformedEvent
 )
@@ -274,7 +382,27 @@ def _parse_audio(frame: dict[str, Any]) -> AgentAudio:
         audio = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise _Malformed("audio: 'audio_base_64' is not valid base64") from None
-    return AgentAudio(audio=audio, event_id=_int(event, "event_id", "audio"))
+    return AgentAudio(audio=audio, event_id=_int(event, "event_id", "audio"),
+                      alignment=_parse_alignment(event.get("alignment")))
+
+
+def _parse_alignment(value: object) -> Alignment | None:
+    """A usable alignment or None (absent, odd, or empty: the audio is still played, only the captions lose it)."""
+    if not isinstance(value, dict):
+        return None
+    chars, starts, durations = (value.get(k) for k in ("chars", "char_start_times_ms", "char_durations_ms"))
+    if not (isinstance(chars, list) and isinstance(starts, list) and isinstance(durations, list)):
+        return None
+    size = min(len(chars), len(starts), len(durations))
+    if not size:
+        return None
+    if not all(isinstance(c, str) for c in chars[:size]):
+        return None
+    numbers = starts[:size] + durations[:size]
+    if not all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return None
+    return Alignment(tuple(chars[:size]), tuple(round(n) for n in starts[:size]),
+                     tuple(round(n) for n in durations[:size]))
 
 
 def _parse_user_transcript(frame: dict[str, Any]) -> UserTranscript:
@@ -383,6 +511,94 @@ def _parse_chat_response_part(frame: dict[str, Any]) -> AgentChatResponsePart:
     )
 
 
+def _optional_str(event: dict[str, Any], key: str) -> str | None:
+    value = event.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _loose_int(event: dict[str, Any], key: str, where: str) -> int | None:
+    return _int(event, key, where) if _is_int_like(event.get(key)) else None
+
+
+def _parse_tool_request(frame: dict[str, Any]) -> AgentToolRequest:
+    where = "agent_tool_request"
+    event = _object(frame.get("agent_tool_request"), where)
+    return AgentToolRequest(tool_name=_str(event, "tool_name", where), tool_call_id=_str(event, "tool_call_id", where),
+                            tool_type=_optional_str(event, "tool_type"), event_id=_loose_int(event, "event_id", where))
+
+
+def _parse_tool_response(frame: dict[str, Any]) -> AgentToolResponse:
+    where = "agent_tool_response"
+    event = _object(frame.get("agent_tool_response"), where)
+    return AgentToolResponse(tool_name=_str(event, "tool_name", where),
+                             tool_call_id=_str(event, "tool_call_id", where),
+                             tool_type=_optional_str(event, "tool_type"), is_error=event.get("is_error") is True,
+                             event_id=_loose_int(event, "event_id", where))
+
+
+def _parse_mcp_tool_call(frame: dict[str, Any]) -> McpToolCall:
+    where = "mcp_tool_call"
+    event = _object(frame.get("mcp_tool_call"), where)
+    parameters = event.get("parameters")
+    state = _str(event, "state", where)
+    timeout = _loose_int(event, "approval_timeout_secs", where)
+    if state == "awaiting_approval" and timeout is None:
+        timeout = 300  # the asyncapi default
+    return McpToolCall(tool_call_id=_str(event, "tool_call_id", where),
+                       service_id=_optional_str(event, "service_id") or "",
+                       tool_name=_optional_str(event, "tool_name") or "",
+                       tool_description=_optional_str(event, "tool_description"),
+                       parameters=parameters if isinstance(parameters, dict) else {}, state=state,
+                       approval_timeout_secs=timeout if state == "awaiting_approval" else None,
+                       error_message=_optional_str(event, "error_message"))
+
+
+def _parse_mcp_connection_status(frame: dict[str, Any]) -> McpConnectionStatus:
+    event = frame.get("mcp_connection_status")
+    integrations = event.get("integrations") if isinstance(event, dict) else None
+    if not isinstance(integrations, list):
+        integrations = []
+    return McpConnectionStatus(tuple(i for i in integrations if isinstance(i, dict)))
+
+
+def _parse_queue_status(frame: dict[str, Any]) -> QueueStatus:
+    event = _object(frame.get("queue_status_event"), "queue_status")
+    return QueueStatus(_str(event, "status", "queue_status"))
+
+
+def _parse_agent_typing(frame: dict[str, Any]) -> AgentTyping:
+    where = "agent_typing"
+    event = _object(frame.get("agent_typing_event"), where)
+    typing = event.get("is_typing")
+    if not isinstance(typing, bool):
+        raise _Malformed(f"{where}: missing or invalid 'is_typing'")
+    return AgentTyping(typing, _loose_int(event, "duration_ms", where))
+
+
+_CONTEXT_USAGE_FIELDS: Final = {"event_id": int, "model": str, "context_tokens": int, "context_limit_tokens": int}
+_RICH_CONTENT_FIELDS: Final = {"rich_content_id": str, "component": str, "props": dict, "event_id": int}
+
+
+def _typed_fields(event: dict[str, Any], fields: dict[str, type]) -> dict[str, Any]:
+    """The listed fields of `event` that are present with the right type (bools are not ints): no other key is
+    passed on."""
+    return {key: event[key] for key, kind in fields.items()
+            if isinstance(event.get(key), kind) and not (kind is int and isinstance(event[key], bool))}
+
+
+def _parse_context_usage(frame: dict[str, Any]) -> ContextUsage:
+    return ContextUsage(_typed_fields(_object(frame.get("context_usage_event"), "context_usage"),
+                                      _CONTEXT_USAGE_FIELDS))
+
+
+def _parse_rich_content(frame: dict[str, Any]) -> RichContent:
+    event = _object(frame.get("rich_content"), "rich_content")
+    fields = _typed_fields(event, _RICH_CONTENT_FIELDS)
+    if "rich_content_id" not in fields:
+        raise _Malformed("rich_content: missing or invalid 'rich_content_id'")
+    return RichContent(fields)
+
+
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerEvent]]] = {
     "conversation_initiation_metadata": _parse_metadata,
     "audio": _parse_audio,
@@ -396,6 +612,16 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerEvent]]] = {
     "error": _parse_error,
     "vad_score": _parse_vad_score,
     "agent_chat_response_part": _parse_chat_response_part,
+    "agent_tool_request": _parse_tool_request,
+    "agent_tool_response": _parse_tool_response,
+    "mcp_tool_call": _parse_mcp_tool_call,
+    "mcp_connection_status": _parse_mcp_connection_status,
+    "queue_status": _parse_queue_status,
+    "external_agent_connected": lambda _frame: ExternalAgent(True),
+    "external_agent_disconnected": lambda _frame: ExternalAgent(False),
+    "agent_typing": _parse_agent_typing,
+    "context_usage": _parse_context_usage,
+    "rich_content": _parse_rich_content,
 }
 
 
@@ -494,16 +720,21 @@ def classify_close(code: int | None, reason: str, error: AgentErrorEvent | None 
 # Client messages
 
 
+SOURCE: Final = "avatar-relay"  # `source_info.source` and the `source` query, as the SDKs name themselves
+
+
 def build_initiation(
     *,
     dynamic_variables: dict[str, str | int | float | bool] | None = None,
     overrides: dict[str, Any] | None = None,
     user_id: str | None = None,
     custom_llm_extra_body: dict[str, Any] | None = None,
+    source_version: str | None = None,
 ) -> str:
     """`conversation_initiation_client_data`, the first message on the socket. `overrides` becomes
     `conversation_config_override` (the agent must allow overrides, or it closes with 1008 `override_error`).
-    Absent fields are omitted."""
+    With `source_version`, `source_info` `{source: "avatar-relay", version}` is sent (both SDKs always send theirs:
+    elevenlabs-python conversation.py `_create_initiation_message`). Absent fields are omitted."""
     message: dict[str, Any] = {"type": "conversation_initiation_client_data"}
     if overrides is not None:
         message["conversation_config_override"] = overrides
@@ -516,6 +747,8 @@ def build_initiation(
         message["dynamic_variables"] = dynamic_variables
     if user_id is not None:
         message["user_id"] = user_id
+    if source_version is not None:
+        message["source_info"] = {"source": SOURCE, "version": source_version}
     return _dumps(message)
 
 
@@ -530,14 +763,33 @@ def build_pong(event_id: int) -> str:
     return '{"type":"pong","event_id":' + str(int(event_id)) + "}"
 
 
-def build_user_message(text: str) -> str:
-    """A typed user message; the agent answers it like speech."""
-    return _dumps({"type": "user_message", "text": text})
+def build_user_message(text: str, rich_content_id: str | None = None) -> str:
+    """A typed user message; the agent answers it like speech. `rich_content_id`: the rich-content row whose button
+    the user tapped (asyncapi `UserMessagePayload`)."""
+    message: dict[str, Any] = {"type": "user_message", "text": text}
+    if rich_content_id is not None:
+        message["rich_content_id"] = rich_content_id
+    return _dumps(message)
 
 
-def build_contextual_update(text: str) -> str:
-    """Silent context for the agent (it does not answer it)."""
-    return _dumps({"type": "contextual_update", "text": text})
+def build_multimodal_message(text: str) -> str:
+    """`multimodal_message` with its text part, `{text: {type: "user_message", text}}` (asyncapi
+    `MultimodalMessagePayload`; the file part needs an uploaded file id and is not built)."""
+    return _dumps({"type": "multimodal_message", "text": {"type": "user_message", "text": text}})
+
+
+def build_contextual_update(text: str, context_id: str | None = None) -> str:
+    """Silent context for the agent (it does not answer it). With `context_id`, only the latest update with that id
+    stays in the agent's context (asyncapi `ContextualUpdatePayload`)."""
+    message: dict[str, Any] = {"type": "contextual_update", "text": text}
+    if context_id is not None:
+        message["context_id"] = context_id
+    return _dumps(message)
+
+
+def build_mcp_tool_approval_result(tool_call_id: str, approved: bool) -> str:
+    """The answer to an `McpToolCall` awaiting approval (asyncapi `MCPToolApprovalResultPayload`)."""
+    return _dumps({"type": "mcp_tool_approval_result", "tool_call_id": tool_call_id, "is_approved": bool(approved)})
 
 
 def build_user_activity() -> str:
@@ -557,10 +809,10 @@ def build_client_tool_result(tool_call_id: str, result: str, is_error: bool) -> 
     )
 
 
-def build_feedback(score: str, event_id: int) -> str:
-    """Feedback on reply `event_id`; `score` is "like" or "dislike"."""
-    if score not in ("like", "dislike"):
-        raise ValueError("feedback score must be 'like' or 'dislike'")
+def build_feedback(score: str | None, event_id: int) -> str:
+    """Feedback on reply `event_id`; `score` is "like", "dislike", or None to clear it (asyncapi `FeedbackScore`)."""
+    if score not in ("like", "dislike", None):
+        raise ValueError("feedback score must be 'like', 'dislike' or None")
     return _dumps({"type": "feedback", "score": score, "event_id": int(event_id)})
 
 
@@ -579,21 +831,39 @@ def _join(base_url: str, schemes: dict[str, str], path: str, query: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, query, ""))
 
 
-def _agent_query(agent_id: str) -> str:
+def _agent_query(agent_id: str, **extra: str | None) -> str:
     if not agent_id:
         raise ValueError("agent_id is empty")
-    return "agent_id=" + quote(agent_id, safe="")
+    return "&".join(["agent_id=" + quote(agent_id, safe="")]
+                    + [f"{key}={quote(value, safe='')}" for key, value in extra.items() if value])
 
 
-def conversation_ws_url(base_url: str, agent_id: str) -> str:
+def conversation_ws_url(base_url: str, agent_id: str, *, branch_id: str | None = None,
+                        environment: str | None = None, version: str | None = None) -> str:
     """The public agent socket: `https://api.eu.residency.elevenlabs.io` ->
-    `wss://api.eu.residency.elevenlabs.io/v1/convai/conversation?agent_id=...` (a path prefix is kept)."""
-    return _join(base_url, _WS_SCHEMES, "/v1/convai/conversation", _agent_query(agent_id))
+    `wss://api.eu.residency.elevenlabs.io/v1/convai/conversation?agent_id=...` (a path prefix is kept), with
+    `branch_id` and `environment` when set, and `source=avatar-relay&version=...` when `version` is given (the SDKs
+    add source and version: elevenlabs-python `_get_wss_url`, packages WebSocketConnection.ts)."""
+    return _join(base_url, _WS_SCHEMES, "/v1/convai/conversation",
+                 _agent_query(agent_id, branch_id=branch_id, environment=environment,
+                              source=SOURCE if version else None, version=version))
 
 
-def signed_url_request(base_url: str, agent_id: str) -> str:
-    """Where to GET a signed socket URL for a private agent (with the `xi-api-key` header)."""
-    return _join(base_url, _HTTP_SCHEMES, "/v1/convai/conversation/get-signed-url", _agent_query(agent_id))
+def signed_url_request(base_url: str, agent_id: str, *, branch_id: str | None = None,
+                       environment: str | None = None) -> str:
+    """Where to GET a signed socket URL for a private agent (with the `xi-api-key` header); `branch_id` and
+    `environment` as the SDKs send them (elevenlabs-python raw_client.py `get_signed_url`)."""
+    return _join(base_url, _HTTP_SCHEMES, "/v1/convai/conversation/get-signed-url",
+                 _agent_query(agent_id, branch_id=branch_id, environment=environment))
+
+
+def with_source(signed_url: str, version: str, environment: str | None = None) -> str:
+    """A signed URL with `source=avatar-relay&version=...` (and `environment`) appended, as the SDKs do before
+    opening it (elevenlabs-python `_get_signed_url`; packages WebSocketConnection.ts)."""
+    extra = f"source={SOURCE}&version={quote(version, safe='')}"
+    if environment:
+        extra += f"&environment={quote(environment, safe='')}"
+    return signed_url + ("&" if "?" in signed_url else "?") + extra
 
 
 def agent_details_url(base_url: str, agent_id: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 from pydantic import SecretStr
@@ -42,6 +43,6 @@ async def on_simulators(settings: Settings) -> AsyncIterator[Settings]:
     from relay.sim.runner import serve_simulators
 
     async with trio.open_nursery() as nursery:
-        urls = await nursery.start(serve_simulators, "127.0.0.1")
+        urls = await nursery.start(partial(serve_simulators, "127.0.0.1", demo=True))
         yield demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
         nursery.cancel_scope.cancel()

@@ -105,9 +105,9 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import quote
 
@@ -166,7 +166,14 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "queue_times_out": False,
     "odd_fields": False,
     "agents": None,
+    "server_tool_delay_ms": 600,
+    "mcp_approval_timeout_s": 30,
+    "human_typing_ms": 800,
 }
+
+# `avatar-relay serve` in demo mode (`relay.sim.runner.serve_simulators(demo=True)`): each conversation waits briefly
+# in the agent's queue, so the page shows the queue state without an account.
+DEMO_FAULTS: dict[str, Any] = {"queue_wait_ms": 1200}
 
 # The agent's `client_events` when its configuration does not list them: the real default list (ElevenLabs agent
 # settings → Advanced → client events; the asyncapi notes the others are opt-in). Anything else — corrections, client
@@ -187,6 +194,14 @@ ALL_CLIENT_EVENTS = (
     "agent_chat_response_part",
     "vad_score",
     "agent_tool_response",
+    "agent_tool_request",
+    "mcp_tool_call",
+    "mcp_connection_status",
+    "agent_typing",
+    "external_agent_connected",
+    "external_agent_disconnected",
+    "context_usage",
+    "rich_content",
 )
 # Per-agent configuration overriding the faults for that agent id (a fault `agents` replaces it). The demo agent is
 # configured like a real agent would be for the demo page: overrides allowed, every client event the page shows.
@@ -243,27 +258,41 @@ def _ulaw_encode(samples: np.ndarray) -> bytes:
 
 
 @lru_cache(maxsize=16)
-def _voice(rate: int, seconds: float) -> np.ndarray:
-    """A voice-like int16 signal: a gliding ~140 Hz fundamental with decaying harmonics, shaped into syllables
-    (~4.5 per second) with a pause every few words. Cached: every reply is a prefix of it."""
+def _tone(rate: int, seconds: float) -> np.ndarray:
+    """The voice's carrier without its syllable envelope: a gliding ~140 Hz fundamental with decaying harmonics
+    (float, peak ~1). Cached: every reply uses a prefix of it."""
     t = np.arange(int(rate * seconds)) / rate
-    syllable = np.floor(t * 4.5)
-    # Each syllable gets its own pitch, like intonation; the vibrato keeps it from sounding like a pure tone.
-    pitch = 140.0 * (1.0 + 0.12 * np.sin(syllable * 1.7)) * (1.0 + 0.01 * np.sin(2 * np.pi * 5.0 * t))
+    pitch = 140.0 * (1.0 + 0.12 * np.sin(np.floor(t * 4.5) * 1.7)) * (1.0 + 0.01 * np.sin(2 * np.pi * 5.0 * t))
     phase = 2 * np.pi * np.cumsum(pitch) / rate
-    signal = sum(np.sin(k * phase) / k for k in range(1, 7))
-    envelope = np.sin(np.pi * ((t * 4.5) % 1.0)) ** 0.7
-    envelope *= (syllable % 6 != 5).astype(np.float64)  # a short pause between "words"
-    signal = signal * envelope * (9000.0 / 1.6)
-    return np.clip(signal, -32767, 32767).astype(np.int16)
+    signal: np.ndarray = sum(np.sin(k * phase) / k for k in range(1, 7)) / 1.6  # type: ignore[assignment]
+    return signal
 
 
-def _reply_audio(fmt: _Format, seconds: float, cap_seconds: float) -> bytes:
-    voice = _voice(fmt.rate, max(cap_seconds, 0.5))
-    samples = voice[: max(1, int(fmt.rate * seconds))].copy()
-    fade = min(len(samples), fmt.rate // 50)
-    samples[-fade:] = (samples[-fade:] * np.linspace(1.0, 0.0, fade)).astype(np.int16)
-    return _ulaw_encode(samples) if fmt.ulaw else samples.tobytes()
+@dataclass(frozen=True, slots=True)
+class _Speech:
+    """A reply's synthetic speech: the PCM16 samples, and each character's start and duration (ms): every word
+    (a run of non-space characters) is one voiced burst over exactly its characters' time, every space is
+    silence — so the alignment sent with the audio says precisely when each word sounds."""
+
+    samples: np.ndarray
+    char_ms: float
+    rate: int
+
+    def boundary(self, char_index: int) -> int:
+        return round(self.rate * char_index * self.char_ms / 1000)
+
+
+def _speech(rate: int, text: str, char_ms: float) -> _Speech:
+    total = _Speech(np.zeros(0, dtype=np.int16), char_ms, rate).boundary(len(text))
+    tone = _tone(rate, max(0.5, total / rate + 0.1))
+    samples = np.zeros(total, dtype=np.float64)
+    speech = _Speech(samples, char_ms, rate)
+    for word in re.finditer(r"\S+", text):
+        start, end = speech.boundary(word.start()), speech.boundary(word.end())
+        if end > start:
+            x = (np.arange(end - start) + 0.5) / (end - start)
+            samples[start:end] = tone[start:end] * np.sin(np.pi * x) ** 0.5 * 9000.0
+    return _Speech(np.clip(samples, -32767, 32767).astype(np.int16), char_ms, rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -350,18 +379,22 @@ def _audio_frame(audio: bytes, event_id: int, alignment: str = "") -> str:
     )
 
 
-def _alignment(text: str, seconds: float) -> str:
-    """`,"alignment":{...}` for the audio frame carrying `text` spoken over `seconds` (per-character timings)."""
-    chars = list(text) or [" "]
-    step = max(1, int(seconds * 1000 / len(chars)))
+def _alignment(chars: str, char_ms: float, first_start_ms: float) -> str:
+    """`,"alignment":{...}` for an audio frame in which `chars` start, the first `first_start_ms` after the chunk's
+    start: per-character timings relative to the chunk, exactly as its audio says them (`_speech`)."""
     return ',"alignment":' + orjson.dumps({
-        "chars": chars,
-        "char_start_times_ms": [i * step for i in range(len(chars))],
-        "char_durations_ms": [step] * len(chars),
+        "chars": list(chars),
+        "char_start_times_ms": [round(first_start_ms + i * char_ms) for i in range(len(chars))],
+        "char_durations_ms": [round(first_start_ms + (i + 1) * char_ms) - round(first_start_ms + i * char_ms)
+                              for i in range(len(chars))],
     }).decode()
 
 
 _WORD = re.compile(r"\btool\b", re.IGNORECASE)
+_ORDER = re.compile(r"\border", re.IGNORECASE)
+_WEATHER = re.compile(r"weather", re.IGNORECASE)
+_HUMAN = re.compile(r"\bhuman", re.IGNORECASE)
+_CITY = re.compile(r"\bin ([A-Z][A-Za-z-]+)")
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 
 
@@ -463,6 +496,7 @@ class _Conversation:
         self.pings_in_flight: dict[int, float] = {}
         self.last_ping_ms: float | None = None
         self.tool_waiters: dict[str, tuple[trio.Event, list[dict[str, Any]]]] = {}
+        self.approval_waiters: dict[str, tuple[trio.Event, list[bool]]] = {}  # MCP calls awaiting approval
         self.nursery: trio.Nursery | None = None
         events = faults["client_events"]
         self.client_events = frozenset(DEFAULT_CLIENT_EVENTS if events is None else events)
@@ -576,21 +610,49 @@ class _Conversation:
             record["pongs"] += 1
             return
         self.last_input = trio.current_time()
-        if message_type in ("user_message", "multimodal_message"):
-            text = message.get("text")
-            if message_type == "user_message":
-                text = self.required(message, "text", str)
+        if message_type == "user_message":
+            text = self.required(message, "text", str)
+            rich_content_id = message.get("rich_content_id")
+            if rich_content_id is not None:
+                record["rich_content_ids"].append(self.required(message, "rich_content_id", str))
+            if text:
+                record["user_messages"].append(text)
+                await self.user_said_typed(text)
+        elif message_type == "multimodal_message":
+            # asyncapi MultimodalMessagePayload: text is a UserMessagePayload object (or null), file a file_input.
+            part = message.get("text")
+            file = message.get("file")
+            if part is not None and not (isinstance(part, dict) and part.get("type") == "user_message"
+                                         and isinstance(part.get("text"), str | None)):
+                raise _Close(1008, "invalid_message")
+            if file is not None and not (isinstance(file, dict) and file.get("type") == "file_input"
+                                         and isinstance(file.get("file_id"), str)):
+                raise _Close(1008, "invalid_message")
+            record["multimodal_messages"].append(message)
+            text = part.get("text") if isinstance(part, dict) else None
             if isinstance(text, str) and text:
                 record["user_messages"].append(text)
                 await self.user_said_typed(text)
         elif message_type == "contextual_update":
             record["contextual_updates"].append(self.required(message, "text", str))
+            if message.get("context_id") is not None:
+                record["context_ids"].append(self.required(message, "context_id", str))
         elif message_type == "user_activity":
             record["user_activity"] += 1
         elif message_type == "feedback":
-            record["feedback"].append(
-                {"score": self.required(message, "score", str), "event_id": message.get("event_id")}
-            )
+            score = message.get("score", "missing")
+            if score not in ("like", "dislike", None):  # asyncapi FeedbackScore: null clears the rating
+                raise _Close(1008, "missing_fields")
+            record["feedback"].append({"score": score, "event_id": self.required(message, "event_id", int)})
+        elif message_type == "mcp_tool_approval_result":
+            call_id = self.required(message, "tool_call_id", str)
+            approved = self.required(message, "is_approved", bool)
+            approval = self.approval_waiters.get(call_id)
+            record["mcp_approvals"].append({"tool_call_id": call_id, "is_approved": approved,
+                                            "awaited": approval is not None and not approval[0].is_set()})
+            if approval is not None and not approval[0].is_set():
+                approval[1].append(approved)
+                approval[0].set()
         elif message_type == "client_tool_result":
             call_id = self.required(message, "tool_call_id", str)
             result = {
@@ -627,6 +689,7 @@ class _Conversation:
             "dynamic_variables": variables,
             "user_id": message.get("user_id"),
             "custom_llm_extra_body": message.get("custom_llm_extra_body"),
+            "source_info": message.get("source_info"),
         }
         if _has_override(override) and not faults["overrides_allowed"]:
             raise _Close(1008, "override_error", "Override for field(s) "
@@ -665,6 +728,10 @@ class _Conversation:
         self.record["metadata_at"] = time.monotonic()
         if faults["queue_wait_ms"] or faults["queue_times_out"]:
             await self.wait_in_queue(float(faults["queue_wait_ms"]) / 1000.0, bool(faults["queue_times_out"]))
+        if self.enabled("mcp_connection_status"):
+            await self.send(_frame("mcp_connection_status", "mcp_connection_status", {"integrations": [
+                {"integration_id": "sim-weather", "integration_type": "mcp_server", "is_connected": True,
+                 "tool_count": 1}]}))
         self.start_background()
 
     def start_background(self) -> None:
@@ -818,8 +885,16 @@ class _Conversation:
         await self.interrupt_reply(turn_id)
         self.turns += 1
         self.record["turns"] = self.turns
-        if _WORD.search(text):
-            self.start_reply("", tool=True)
+        if _WEATHER.search(text):
+            city = _CITY.search(text)
+            self.start_reply("", prepare=partial(self.mcp_weather, city.group(1) if city else "Paris"))
+        elif _ORDER.search(text):
+            number = re.search(r"\d{3,}", text)
+            self.start_reply("", prepare=partial(self.server_tool, number.group(0) if number else "1234"))
+        elif _HUMAN.search(text):
+            self.start_reply("", prepare=self.hand_off, after=self.hand_back)
+        elif _WORD.search(text):
+            self.start_reply("", prepare=self.call_tool)
         else:
             self.start_reply(f"You said: {text}")
 
@@ -855,34 +930,38 @@ class _Conversation:
     # -- agent replies
     # ------------------------------------------------------------------------------------------------------------------
 
-    def start_reply(self, text: str, *, tool: bool = False, latency: float | None = None,
+    def start_reply(self, text: str, *, prepare: Callable[[int], Awaitable[str]] | None = None,
+                    after: Callable[[int], Awaitable[None]] | None = None, latency: float | None = None,
                     to_user: bool = True) -> None:
+        """Reply `text`, or what `prepare(event_id)` (a tool round trip) returns; `after(event_id)` runs once its
+        audio is sent."""
         assert self.nursery is not None
         if self.reply is not None:
             self.reply.scope.cancel()  # a reply never overlaps the next one
         reply = _Reply(event_id=self.next_event_id(), text=text, to_user=to_user)
         self.reply = reply
         delay = float(self.faults["response_latency_ms"]) / 1000.0 if latency is None else latency
-        self.nursery.start_soon(self.play_reply, reply, delay, tool)
+        self.nursery.start_soon(self.play_reply, reply, delay, prepare, after)
 
-    async def play_reply(self, reply: _Reply, delay: float, tool: bool) -> None:
+    async def play_reply(self, reply: _Reply, delay: float, prepare: Callable[[int], Awaitable[str]] | None,
+                         after: Callable[[int], Awaitable[None]] | None) -> None:
         with reply.scope:
             if delay:
                 await trio.sleep(delay)
-            if tool:
-                reply.text = await self.call_tool(reply.event_id)
+            if prepare is not None:
+                reply.text = await prepare(reply.event_id)
             faults = self.faults
             is_goodbye = bool(faults["end_call_after_reply"]) and reply.to_user
             if is_goodbye:
                 reply.text = ("Thank you so much for calling today. " + reply.text
                               + " Goodbye, and have a wonderful day!")
             fmt = self.output_format
-            per_char = float(faults["ms_per_char"]) / 1000.0
-            seconds = min(len(reply.text) * per_char, float(faults["max_reply_s"]))
+            # Every character lasts `ms_per_char` (faster for a reply that would exceed `max_reply_s`).
+            char_ms = min(float(faults["ms_per_char"]), float(faults["max_reply_s"]) * 1000 / max(1, len(reply.text)))
             chunk_seconds = float(faults["chunk_duration_ms"]) / 1000.0
-            chunk_bytes = max(2, int(fmt.bytes_per_second * chunk_seconds) & ~1)
-            audio = b"" if self.text_only else _reply_audio(fmt, seconds, float(faults["max_reply_s"]))
-            reply.duration = max(seconds, 1e-3)
+            chunk_samples = max(1, int(fmt.rate * chunk_seconds))
+            speech = None if self.text_only else _speech(fmt.rate, reply.text, char_ms)
+            reply.duration = max(len(reply.text) * char_ms / 1000.0, 1e-3)
             reply.started_at = trio.current_time()
             if faults["send_unknown_events"]:
                 await self.send(
@@ -896,7 +975,9 @@ class _Conversation:
             times: list[Any] = [reply.event_id, time.monotonic(), None, reply.text]
             self.record["reply_times"].append(times)
             if self.enabled("agent_chat_response_part"):
-                for part_type, text in (("start", ""), ("delta", reply.text), ("stop", "")):
+                # Streamed like an LLM's tokens: a start, one delta per word (with its space), a stop.
+                deltas = re.findall(r"\S+\s*|\s+", reply.text)
+                for part_type, text in (("start", ""), *(("delta", d) for d in deltas), ("stop", "")):
                     await self.send(_frame("agent_chat_response_part", "text_response_part",
                                            {"text": text, "type": part_type, "event_id": reply.event_id}))
             if self.enabled("agent_response"):
@@ -909,22 +990,35 @@ class _Conversation:
                 )
             self.record["replies"] += 1
             realtime = faults["reply_pacing"] == "realtime"
-            chunks = range(0, len(audio), chunk_bytes)
-            words = reply.text.split(" ")
-            per_chunk = max(1, -(-len(words) // max(1, len(chunks))))
-            for index, offset in enumerate(chunks):
+            chunks = range(0, len(speech.samples), chunk_samples) if speech is not None else range(0)
+            first = 0  # the first character that starts in this chunk
+            for index, start in enumerate(chunks):
                 if index and realtime:
                     await trio.sleep_until(reply.started_at + index * chunk_seconds)
-                chunk = audio[offset : offset + chunk_bytes]
+                assert speech is not None
+                samples = speech.samples[start:start + chunk_samples]
+                chunk = _ulaw_encode(samples) if fmt.ulaw else samples.tobytes()
                 if not index:
                     times[2] = time.monotonic()
+                # The characters that start in this chunk, timed from its start (a character may run on into the
+                # next chunk, as a word cut by the chunk boundary does).
+                last = first
+                while last < len(reply.text) and speech.boundary(last) < start + len(samples):
+                    last += 1
                 alignment = ""
-                if faults["send_alignment"]:
-                    said = " ".join(words[index * per_chunk : (index + 1) * per_chunk])
-                    alignment = _alignment(said, len(chunk) / fmt.bytes_per_second)
+                if faults["send_alignment"] and last > first:
+                    alignment = _alignment(reply.text[first:last], char_ms,
+                                           first * char_ms - start * 1000.0 / fmt.rate)
+                first = last
                 if self.enabled("audio"):
                     await self.send(_audio_frame(chunk, reply.event_id, alignment))
                 self.record["agent_audio_seconds"] += len(chunk) / fmt.bytes_per_second
+            if self.enabled("context_usage"):
+                await self.send(_frame("context_usage", "context_usage_event", {
+                    "event_id": reply.event_id, "model": "sim-llm", "context_tokens": 400 + 40 * reply.event_id,
+                    "context_limit_tokens": 128000}))
+            if after is not None:
+                await after(reply.event_id)
             if faults["send_unknown_events"]:
                 await self.send(
                     _frame("agent_response_metadata", "agent_response_metadata_event", {"event_id": reply.event_id})
@@ -944,6 +1038,78 @@ class _Conversation:
         reply.done = True
         if self.reply is reply:
             self.reply = None
+
+    async def server_tool(self, number: str, event_id: int) -> str:
+        """The agent runs its `lookup_order` webhook tool (server side): request, a short delay, response."""
+        call_id = "toolu_" + secrets.token_hex(8)
+        self.record["server_tool_calls"].append({"tool_call_id": call_id, "tool_name": "lookup_order"})
+        if self.enabled("agent_tool_request"):
+            await self.send(_frame("agent_tool_request", "agent_tool_request", {
+                "tool_name": "lookup_order", "tool_call_id": call_id, "tool_type": "webhook", "event_id": event_id}))
+        await trio.sleep(float(self.faults["server_tool_delay_ms"]) / 1000.0)
+        if self.enabled("agent_tool_response"):
+            await self.send(_frame("agent_tool_response", "agent_tool_response", {
+                "tool_name": "lookup_order", "tool_call_id": call_id, "tool_type": "webhook", "is_error": False,
+                "is_called": True, "event_id": event_id}))
+        if self.enabled("rich_content"):
+            await self.send(_frame("rich_content", "rich_content", {
+                "rich_content_id": "rc_" + call_id[6:], "component": "buttons", "event_id": event_id,
+                "props": {"buttons": [{"type": "message", "label": "Track it", "message": "Where is my order?"}]}}))
+        return f"Your order {number} has shipped and arrives on Friday."
+
+    async def mcp_weather(self, city: str, event_id: int) -> str:
+        """The agent calls the `get_weather` tool of an MCP server that requires approval: loading, then
+        awaiting_approval for `mcp_approval_timeout_s`; approved -> success, denied or no answer -> failure."""
+        call_id = "mcp_" + secrets.token_hex(8)
+        timeout = int(self.faults["mcp_approval_timeout_s"])
+        base = {"service_id": "sim-weather", "tool_call_id": call_id, "tool_name": "get_weather",
+                "tool_description": "Current weather for a city", "parameters": {"city": city}}
+        call = {"tool_call_id": call_id, "tool_name": "get_weather", "parameters": {"city": city}, "outcome": None}
+        self.record["mcp_tool_calls"].append(call)
+
+        async def state(name: str, **extra: Any) -> None:
+            if self.enabled("mcp_tool_call"):
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                await self.send(_frame("mcp_tool_call", "mcp_tool_call",
+                                       {**base, "timestamp": stamp, "state": name, **extra}))
+
+        await state("loading")
+        answered = trio.Event()
+        answers: list[bool] = []
+        self.approval_waiters[call_id] = (answered, answers)
+        try:
+            await state("awaiting_approval", approval_timeout_secs=timeout)
+            with trio.move_on_after(timeout):
+                await answered.wait()
+            answered.set()  # from now on an answer is late
+        finally:
+            self.approval_waiters.pop(call_id, None)
+        if answers and answers[0]:
+            call["outcome"] = "approved"
+            await state("success", result=[{"type": "text", "text": f"{city}: sunny, 21 °C"}])
+            return f"The weather in {city} is sunny, 21 degrees."
+        call["outcome"] = "denied" if answers else "timed_out"
+        await state("failure", error_message="The user denied the tool call" if answers
+                    else "Approval timed out")
+        if answers:
+            return f"All right, I won't look up the weather in {city}."
+        return "I did not get your approval in time, so I did not look up the weather."
+
+    async def hand_off(self, event_id: int) -> str:
+        """A human takes over: external_agent_connected, agent_typing, then the human's reply."""
+        self.record["hand_offs"] += 1
+        if self.enabled("external_agent_connected"):
+            await self.send(_frame("external_agent_connected", "external_agent_connected_event", {}))
+        if self.enabled("agent_typing"):
+            await self.send(_frame("agent_typing", "agent_typing_event", {"is_typing": True, "duration_ms": None}))
+        await trio.sleep(float(self.faults["human_typing_ms"]) / 1000.0)
+        return "Hi, this is Sam, a human colleague. I can take it from here."
+
+    async def hand_back(self, event_id: int) -> None:
+        if self.enabled("agent_typing"):
+            await self.send(_frame("agent_typing", "agent_typing_event", {"is_typing": False, "duration_ms": None}))
+        if self.enabled("external_agent_disconnected"):
+            await self.send(_frame("external_agent_disconnected", "external_agent_disconnected_event", {}))
 
     async def call_tool(self, event_id: int) -> str:
         call_id = "call_" + secrets.token_hex(8)
@@ -1018,6 +1184,14 @@ def _new_record(
         "interruptions": 0,
         "repeated_initiations": 0,
         "reply_times": [],
+        "query": {},
+        "rich_content_ids": [],
+        "context_ids": [],
+        "multimodal_messages": [],
+        "mcp_approvals": [],
+        "mcp_tool_calls": [],
+        "server_tool_calls": [],
+        "hand_offs": 0,
     }
 
 
@@ -1029,14 +1203,18 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, content_type="application/json")
 
 
-def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = None) -> QuartTrio:
+def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = None,
+               start_faults: dict[str, Any] | None = None) -> QuartTrio:
     """The simulator as an ASGI app. `on_user_audio(conversation_id, audio, time.monotonic())` is called for
-    every user audio chunk as it arrives (base64-decoded, still in the input format); it must not block."""
+    every user audio chunk as it arrives (base64-decoded, still in the input format); it must not block.
+    `start_faults` are merged into the defaults (demo mode: `DEMO_FAULTS`); `/_sim/reset` restores them."""
     app = QuartTrio(__name__)
     app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]  # never lose a kept-alive request
     secret = secrets.token_bytes(32)
-    faults: dict[str, Any] = dict(DEFAULT_FAULTS)
-    ledger: dict[str, Any] = {"conversations": {}, "signed_urls_issued": 0, "agent_details_requests": 0}
+    initial_faults: dict[str, Any] = {**DEFAULT_FAULTS, **(start_faults or {})}
+    faults: dict[str, Any] = dict(initial_faults)
+    ledger: dict[str, Any] = {"conversations": {}, "signed_urls_issued": 0, "agent_details_requests": 0,
+                              "signed_url_queries": []}
 
     def sign(agent_id: str, expires: int) -> str:
         mac = hmac.new(secret, f"{agent_id}:{expires}".encode(), hashlib.sha256).hexdigest()[:40]
@@ -1076,6 +1254,7 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
         scheme = "wss" if request.scheme in ("https", "wss") else "ws"
         expires = int(time.time()) + int(faults["signature_ttl_s"])
         ledger["signed_urls_issued"] += 1
+        ledger["signed_url_queries"].append(dict(request.args))
         url = (
             f"{scheme}://{request.host}/v1/convai/conversation?agent_id={quote(agent_id, safe='')}"
             f"&conversation_signature={sign(agent_id, expires)}"
@@ -1146,6 +1325,8 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
         await websocket.accept(subprotocol=subprotocol)
         conversation_id = "conv_" + secrets.token_hex(12)
         record = _new_record(conversation_id, agent_id, subprotocol, signature is not None, snapshot)
+        record["query"] = {key: websocket.args.get(key) for key in ("source", "version", "branch_id", "environment")
+                           if key in websocket.args}
         ledger["conversations"][conversation_id] = record
         # The real object, not the context-local proxy: it is used from the conversation's own tasks.
         socket = websocket._get_current_object()  # type: ignore[attr-defined]
@@ -1209,8 +1390,9 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
     @app.post("/_sim/reset")
     async def reset() -> Response:
         faults.clear()
-        faults.update(DEFAULT_FAULTS)
+        faults.update(initial_faults)
         ledger["conversations"] = {}
+        ledger["signed_url_queries"] = []
         ledger["signed_urls_issued"] = 0
         ledger["agent_details_requests"] = 0
         return _json({"ok": True})

@@ -41,10 +41,11 @@ def _config(host: str, port: int) -> Config:
 
 
 async def serve_simulators(host: str = "127.0.0.1", ports: dict[str, int] | None = None, *,
-                           faults: dict[str, dict[str, Any]] | None = None,
+                           faults: dict[str, dict[str, Any]] | None = None, demo: bool = False,
                            task_status: trio.TaskStatus[SimulatorURLs] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve every simulator (port 0 = any free port) until cancelled; reports their base URLs once listening.
-    `faults` (by simulator name, only those in STARTUP_FAULTS) are in force from the first request."""
+    `faults` (by simulator name, only those in STARTUP_FAULTS) are in force from the first request. `demo`: the
+    demo page's agent (`elevenlabs_sim.DEMO_FAULTS`: a brief wait in the agent's queue)."""
     ports = ports or {}
     faults = faults or {}
     unknown = set(faults) - STARTUP_FAULTS
@@ -52,6 +53,8 @@ async def serve_simulators(host: str = "127.0.0.1", ports: dict[str, int] | None
         raise ValueError(f"start-up faults are for {', '.join(sorted(STARTUP_FAULTS))}, not "
                          f"{', '.join(sorted(unknown))} (use its POST /_sim/faults)")
     urls: dict[str, str] = {}
+    if demo:
+        faults = {**faults, "elevenlabs": {**elevenlabs_sim.DEMO_FAULTS, **faults.get("elevenlabs", {})}}
     async with trio.open_nursery() as nursery:
         for name, create_app in SIMULATORS.items():
             app = create_app(start_faults=faults[name]) if name in faults else create_app()

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from relay import __version__
 from relay.avatars import AvatarSessionEnded, AvatarUnavailable
 from relay.conversation.speech import TURN_AUDIO_GAP
 from relay.protocol import elevenlabs as el
@@ -36,7 +37,8 @@ async def test_ready_announces_the_agents_input_rate_and_the_avatar() -> None:
         assert ready["avatar"] == {"provider": "fake", "session_id": "s1", "livekit_url": "wss://room.example",
                                    "access_token": "tok", "simulated": False}
         assert h.agent.initiation == {"type": "conversation_initiation_client_data",
-                                      "dynamic_variables": {"user_name": "Ana"}, "user_id": "u1"}
+                                      "dynamic_variables": {"user_name": "Ana"}, "user_id": "u1",
+                                      "source_info": {"source": "avatar-relay", "version": __version__}}
         await h.browser.send_json(type="stop")
 
     await with_conversation(h, body)
@@ -93,7 +95,7 @@ async def test_agent_events_reach_the_browser_and_replies_reach_the_avatar() -> 
         assert await h.browser.expect("agent_response") == {"type": "agent_response", "text": "Hi! How can I help?",
                                                              "event_id": 3}
         rest = [await h.browser.next_message(), await h.browser.next_message()]
-        assert {"type": "avatar_speaking", "text": "Hi! How can I help?", "duration_ms": 950} in rest
+        assert {"type": "avatar_speaking", "text": "Hi! How can I help?", "duration_ms": 950, "event_id": 3} in rest
         assert {"type": "tool_call", "tool_call_id": "t9", "tool_name": "get_time", "parameters": {"tz": "UTC"}} in rest
         await h.browser.send_json(type="stop")
 

@@ -44,7 +44,7 @@ def test_audio_is_base64_decoded_and_bytes_frames_are_accepted() -> None:
             "alignment": {"chars": ["H"], "char_start_times_ms": [0], "char_durations_ms": [50]},
         },
     )
-    assert el.parse_server_event(raw.encode()) == el.AgentAudio(pcm, 7)
+    assert el.parse_server_event(raw.encode()) == el.AgentAudio(pcm, 7, el.Alignment(("H",), (0,), (50,)))
 
 
 def test_audio_with_invalid_base64_is_skipped_not_raised() -> None:
@@ -130,7 +130,7 @@ def test_vad_score_and_chat_response_part() -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    ["internal_tentative_agent_response", "agent_tool_response", "mcp_tool_call", "rich_content", "brand_new_type"],
+    ["internal_tentative_agent_response", "agent_reasoning_response_part", "guardrail_triggered", "brand_new_type"],
 )
 def test_unknown_event_types_are_returned_not_raised(event_type: str) -> None:
     assert el.parse_server_event(frame(something={"x": 1}, type=event_type)) == el.UnknownEvent(event_type)

@@ -163,7 +163,7 @@ class FakeSession:
         self.speech_started.set()
         await trio.sleep(self.speak_delay)
         self.spoken.append((text, turn))
-        self.on_event(AvatarSpeaking(text, 50 * len(text)))
+        self.on_event(AvatarSpeaking(text, 50 * len(text), turn))
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         self.speech_started.set()
