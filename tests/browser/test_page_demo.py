@@ -41,7 +41,10 @@ VOICE_PROBE = """() => {
       const t = end - (buffer.length - i) / rate;
       if (t <= lastSeen) continue;
       if (Math.abs(buffer[i]) > 0.02) {
-        if (lastVoiced < 0 || t - lastVoiced > 0.04) window.__onsets.push({ t, heardAt: player.heardAt(t) });
+        if (lastVoiced < 0 || t - lastVoiced > 0.04) {
+          // renderedAt: when the audio graph rendered it (no output latency); heardAt: when it is heard.
+          window.__onsets.push({ t, heardAt: player.heardAt(t), renderedAt: performance.now() - (end - t) * 1000 });
+        }
         lastVoiced = t;
       }
     }
@@ -85,13 +88,14 @@ def test_a_typed_message_gets_a_reply_that_grows_as_it_streams(relays, open_page
     assert "agent_response_part" in debug(page)["received"]
 
 
-def measure(page: Any, event_id: int, text: str) -> list[float]:
-    """Caption reveal time minus heard voice onset (ms) for each word of turn `event_id`."""
+def measure(page: Any, event_id: int, text: str, clock: str = "heardAt") -> list[float]:
+    """Caption reveal time minus the voice onset (ms, `clock`: heardAt or renderedAt) for each word of turn
+    `event_id`."""
     state = debug(page)
     log = [w for w in state["captionLog"] if w["eventId"] == event_id]
     assert [w["why"] for w in log] == ["speech"] * len(words_of(text)), "every word revealed by the speech clock"
     first = min(c["heardAt"] for c in state["audioChunks"] if c["eventId"] == event_id)
-    onsets = [o["heardAt"] for o in page.evaluate("() => window.__onsets") if o["heardAt"] >= first - 5]
+    onsets = [o[clock] for o in page.evaluate("() => window.__onsets") if o["heardAt"] >= first - 5]
     assert len(onsets) >= len(log), f"{len(onsets)} voice onsets for {len(log)} words"
     return [w["revealedAt"] - onset for w, onset in zip(log, onsets, strict=False)]
 
@@ -104,6 +108,7 @@ def test_captions_are_revealed_in_step_with_the_simulated_voice(relays, open_pag
         start(page)
     page.evaluate(VOICE_PROBE)
     offsets: list[float] = []
+    rendered: list[float] = []
     sentences = ["one two three four five six seven eight nine ten",
                  "captions follow the voice of the simulated agent word by word"]
     for sentence in sentences:
@@ -121,13 +126,17 @@ def test_captions_are_revealed_in_step_with_the_simulated_voice(relays, open_pag
                                ".dataset.caption === 'spoken'", arg=event_id, timeout=20_000)
         page.wait_for_function("() => window.__relayDebug.outputRms < 0.001")
         offsets += measure(page, event_id, text)
+        rendered += measure(page, event_id, text, "renderedAt")
     page.evaluate("() => clearInterval(window.__probe)")
 
     ordered = sorted(offsets)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     figures = {"avatar": avatar, "words": len(offsets), "median_ms": round(statistics.median(offsets), 1),
                "p95_abs_ms": round(sorted(abs(o) for o in offsets)[round(0.95 * (len(offsets) - 1))], 1),
-               "p95_ms": round(p95, 1), "min_ms": round(ordered[0], 1), "max_ms": round(ordered[-1], 1)}
+               "p95_ms": round(p95, 1), "min_ms": round(ordered[0], 1), "max_ms": round(ordered[-1], 1),
+               "vs_rendered_median_ms": round(statistics.median(rendered), 1),
+               "output_latency_ms": page.evaluate("() => { const c = window.__relayDebug.audio?.context;"
+                                                  " return c ? Math.round(1000 * (c.outputLatency || 0)) : null; }")}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"caption-offset-{avatar}.json").write_text(json.dumps(figures, indent=2) + "\n")
     print("caption - voice offset:", figures)
