@@ -49,6 +49,12 @@ from relay.protocol.audio import parse_format
 
 log = logging.getLogger("relay.conversation")
 
+# Seconds after the agent's metadata within which a `queue_status` "waiting" is expected (it comes right after the
+# metadata: convai-widget-core's mock). `ready` waits for the agent's first event at most this long from the
+# metadata; the avatar's set-up (seconds, for a real one) overlaps it, so it only delays a conversation whose avatar
+# was ready sooner and whose agent says nothing at first.
+QUEUE_NOTICE = 0.05
+
 
 @dataclass(frozen=True)
 class ConversationHooks:
@@ -225,6 +231,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             # The avatar is the slower path (two calls in a row upstream): its first request goes out first.
             await trio.lowlevel.checkpoint()
             agent = await conversation.start(_hold_agent, up, start)
+            admission.notice_until = trio.current_time() + QUEUE_NOTICE
             with avatar_set_up:
                 await admission.watch(agent)
 
@@ -283,13 +290,15 @@ class _Admission:
     up, `watch` reads the agent's first events: `queue_status` goes to the browser at once (before `ready`), pings
     are answered, and any other event is held for the agent pump. Without a queue, watching ends at the agent's
     first other event or when the avatar is set up, whichever comes first (no added latency); after "waiting",
-    `settle` keeps `ready` back until "admitted" — the agent's own queue time-out closes 3008 (`agent_busy`)."""
+    `settle` keeps `ready` back until "admitted" — the agent's own queue time-out closes 3008 (`agent_busy`).
+    When the avatar was ready within QUEUE_NOTICE of the metadata, `settle` waits for the rest of it."""
 
     def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
         self.held: list[el.ServerEvent] = []
         self.queued = False
         self.done = False
+        self.notice_until = -math.inf  # until when a queue notice is awaited (set when the metadata arrives)
 
     async def _handle(self, agent: AgentConnection, event: el.ServerEvent) -> None:
         if isinstance(event, el.MalformedEvent):
@@ -318,8 +327,9 @@ class _Admission:
             await self._handle(agent, await agent.receive())
 
     async def settle(self, agent: AgentConnection, silence_timeout: float) -> list[el.ServerEvent]:
-        """After the set-up: what has already arrived is read without waiting; when queued, wait for admission
-        (at most `silence_timeout` between two events). Returns the events held for the agent pump."""
+        """After the set-up: the agent's first event is awaited until QUEUE_NOTICE after the metadata (what has
+        already arrived is read at once); when queued, wait for admission (at most `silence_timeout` between two
+        events). Returns the events held for the agent pump."""
         while not self.done:
             if self.queued:
                 with trio.move_on_after(silence_timeout) as window:
@@ -328,9 +338,8 @@ class _Admission:
                     raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s "
                                                   "while the conversation waited in its queue")
             else:
-                with trio.CancelScope() as nothing_waiting:
-                    nothing_waiting.cancel()  # only what is already received: `receive` returns it at once
-                    event = await agent.receive()
+                with trio.move_on_at(self.notice_until) as nothing_waiting:
+                    event = await agent.receive()  # what was already received is returned at once
                 if nothing_waiting.cancelled_caught:
                     break
             await self._handle(agent, event)

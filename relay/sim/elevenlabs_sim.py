@@ -26,9 +26,15 @@ The agent's behaviour
   audio chunk, then the rest (same event id) at once, ahead of real time like the real service (`reply_pacing`),
   `chunk_duration_ms` each. Reply audio is a
   synthetic voice (harmonics and a syllable envelope), `ms_per_char` per character capped at `max_reply_s`.
-- Typed `user_message` (or `multimodal_message` with text) -> "You said: ...". If it contains the word "tool", the
-  agent first sends `client_tool_call` (`get_time`) and waits up to `tool_result_timeout_s` for the
-  `client_tool_result`, then quotes the result.
+- Typed `user_message` (or `multimodal_message` with `text: {type: "user_message", text}`) -> "You said: ...". If it
+  contains the word "tool", the agent first sends `client_tool_call` (`get_time`) and waits up to
+  `tool_result_timeout_s` for the `client_tool_result`, then quotes the result. The demo features (docs/simulators.md):
+  "order" -> `agent_tool_request` / `agent_tool_response` (`lookup_order`, webhook) after `server_tool_delay_ms`;
+  "weather" -> `mcp_tool_call` loading, awaiting_approval (`mcp_approval_timeout_s`), then success or failure as the
+  client's `mcp_tool_approval_result` says (or failure at the time-out); "human" -> `external_agent_connected`,
+  `agent_typing`, the human's reply after `human_typing_ms`, `agent_typing` false, `external_agent_disconnected`.
+- The voice: each character lasts `ms_per_char`; each word is one voiced burst, each space silence, and every audio
+  chunk's `alignment` lists the characters starting in it, timed from the chunk's start, exactly as the audio says.
 - Talking (or typing) over a reply that is still being spoken -> the old reply's audio stops, `interruption` with
   the new turn's event id, then `agent_response_correction` (old event id) with the text spoken so far. A reply not
   yet started is dropped silently.
@@ -64,7 +70,9 @@ Faults (`POST /_sim/faults`; a conversation reads them once, when its socket ope
 - `end_call_after_reply` (false): the reply to the user is a goodbye, then `agent_tool_response` end_call (if
   enabled) and close 1000 right after the last chunk.
 - `send_alignment` (true): per-character `alignment` on each audio chunk.
-- `queue_wait_ms` (0), `queue_times_out` (false): `queue_status` waiting → admitted, or timed_out and close 3008.
+- `queue_wait_ms` (0; `DEMO_FAULTS` 1200 in demo mode), `queue_times_out` (false): `queue_status` waiting →
+  admitted, or timed_out and close 3008.
+- `server_tool_delay_ms` (600), `mcp_approval_timeout_s` (30), `human_typing_ms` (800): the demo features' timings.
 - `odd_fields` (false): known events with missing, extra or oddly typed fields, and one non-JSON frame.
 - `required_dynamic_variables` ([]): names the client must send (else an `error` event `missing_dynamic_variable`
   naming them, then close 1008).
@@ -90,7 +98,8 @@ Ledger (`GET /_sim/ledger`): `conversations` (one object per socket: id, agent_i
 opened_at, metadata_at, closed_at, close_code, close_reason, closed_by "agent"|"client", initiation, the
 formats, user_audio_chunks/bytes/seconds, user_messages, contextual_updates, user_activity, feedback,
 tool_calls, tool_results, pings, pongs, last_ping_ms, turns, user_transcripts, replies, agent_audio_seconds,
-interruptions, reply_times), `totals`, `signed_urls_issued`, `agent_details_requests`. Times are
+interruptions, reply_times, query, rich_content_ids, context_ids, multimodal_messages, mcp_approvals, mcp_tool_calls,
+server_tool_calls, hand_offs), `totals`, `signed_urls_issued`, `signed_url_queries`, `agent_details_requests`. Times are
 `time.monotonic()`. `reply_times` is one `[event_id, agent_response_at, first_audio_at, text]` per reply, taken just
 before the `agent_response` frame and the reply's first audio frame are sent (`first_audio_at` is null for a
 text-only reply); the benchmark (`bench/`) matches them with what the avatar simulators received.
@@ -1365,6 +1374,7 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
                 "conversations": conversations,
                 "totals": totals,
                 "signed_urls_issued": ledger["signed_urls_issued"],
+                "signed_url_queries": ledger["signed_url_queries"],
                 "agent_details_requests": ledger["agent_details_requests"],
             }
         )

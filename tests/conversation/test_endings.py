@@ -112,7 +112,8 @@ async def test_a_full_outbox_ends_the_conversation_at_once(autojump_clock: trio.
         for n in range(OUTBOX_FRAMES + 2):  # one is blocked in the socket's send, OUTBOX_FRAMES wait in the queue
             await h.agent.emit(el.UserTranscript(f"words {n}", n, final=True))
         await wait_until(lambda: h.ended is not None)
-        assert trio.current_time() - t0 == pytest.approx(1.0)  # at once, then 1 s trying to tell the browser
+        # at once, then 1 s trying to tell the browser (give or take one poll step)
+        assert trio.current_time() - t0 == pytest.approx(1.0, abs=0.002)
 
     await with_conversation(h, body, limit=100)
     assert h.ended is not None

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay.nursery import Grant
+from relay.nursery import QUEUE_NOTICE, Grant
 from relay.protocol import elevenlabs as el
 from tests.support.fakes import FakeProvider, Harness, start_and_ready, with_conversation
 
@@ -231,16 +231,28 @@ async def test_queue_time_out_ends_with_agent_busy_and_stops_the_avatar(
     assert h.provider.stopped == ["s1"]
 
 
-async def test_without_a_queue_ready_does_not_wait_for_the_agent(autojump_clock: trio.testing.MockClock) -> None:
+async def test_without_a_queue_ready_waits_at_most_the_queue_notice(autojump_clock: trio.testing.MockClock) -> None:
     h = voice_only()
 
     async def body(h: Harness) -> None:
         t0 = trio.current_time()
-        await start_and_ready(h)
-        assert trio.current_time() == t0
+        await start_and_ready(h)  # a silent agent: the queue notice's time
+        assert trio.current_time() == t0 + QUEUE_NOTICE
         await h.browser.send_json(type="stop")
 
     await with_conversation(h, body)
+
+    h = voice_only()
+
+    async def greeting_first(h: Harness) -> None:
+        await h.agent.emit(el.AgentResponse("Hello", 1))
+        t0 = trio.current_time()
+        await start_and_ready(h)  # the agent's first event ends the wait at once
+        assert trio.current_time() == t0
+        assert (await h.browser.next_message())["type"] == "agent_response"
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, greeting_first)
 
 
 # -- overrides --------------------------------------------------------------------------------------------------------

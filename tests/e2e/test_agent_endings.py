@@ -78,7 +78,8 @@ async def test_max_duration_ends_as_a_normal_end() -> None:
 ])
 async def test_a_set_up_refusal_reaches_the_browser_with_the_services_reason(
         faults: dict[str, Any], start: dict[str, Any], words: str) -> None:
-    async with running_relay(relay_avatar="none") as relay:
+    # the relay lets the page override the greeting; the agent does not
+    async with running_relay(relay_avatar="none", relay_client_overrides="agent.first_message") as relay:
         await relay.faults("elevenlabs", **faults)
         async with relay.browser() as browser:
             await browser.send(type="start", **start)
