@@ -15,6 +15,7 @@
 // Not-yet-spoken words are shown dimmed, the spoken ones plainly, and the stage's subtitle shows the words just said.
 
 const NO_ALIGNMENT_MS = 1500; // a turn with text but neither alignment nor audio after this long shows in full
+const NO_ANCHOR_MS = 10000; // aligned words nothing said were started (no avatar_state, no audio) show after this
 const SUBTITLE_WORDS = 14; // the stage's subtitle shows at most this many of the latest spoken words
 const SUBTITLE_LINGER_MS = 2500; // how long the subtitle stays after its turn's last word
 const MAX_LOG = 2000;
@@ -44,7 +45,10 @@ export class Captions {
   }
 
   clear() {
-    for (const turn of this.turns.values()) clearTimeout(turn.fallback);
+    for (const turn of this.turns.values()) {
+      clearTimeout(turn.fallback);
+      clearTimeout(turn.anchorTimer);
+    }
     this.turns.clear();
     clearTimeout(this.timer);
     clearTimeout(this.subtitleTimer);
@@ -58,7 +62,7 @@ export class Captions {
     if (!turn) {
       turn = {
         id: eventId, text: '', final: false, words: [], revealed: 0, mode: 'pending', cut: false, corrected: false,
-        fallback: 0, anchor: undefined, label: this.label,
+        fallback: 0, anchorTimer: 0, anchor: undefined, label: this.label,
       };
       this.turns.set(eventId, turn);
     }
@@ -129,6 +133,11 @@ export class Captions {
       }
       turn.words.push({ text, startMs: start, endMs: end, due: turn.anchor === undefined ? null : turn.anchor + start });
     }
+    // Never wait forever for a start that does not come (an avatar that never says it started): show the text.
+    clearTimeout(turn.anchorTimer);
+    turn.anchorTimer = setTimeout(() => {
+      if (!turn.cut && turn.mode === 'aligned' && turn.words.some((w) => w.due === null)) this.showAll(turn, 'no_anchor');
+    }, NO_ANCHOR_MS);
     this.render(turn);
     this.schedule();
   }
@@ -221,6 +230,7 @@ export class Captions {
   finishAll() {
     for (const turn of this.turns.values()) {
       clearTimeout(turn.fallback);
+      clearTimeout(turn.anchorTimer);
       if (!turn.cut) this.showAll(turn, 'end');
     }
     clearTimeout(this.timer);
@@ -231,6 +241,7 @@ export class Captions {
 
   showAll(turn, why) {
     clearTimeout(turn.fallback);
+    clearTimeout(turn.anchorTimer);
     if (turn.mode === 'pending') turn.mode = 'plain';
     this.reveal(turn, Math.max(runs(turn.text).length, turn.words.length), why);
     this.render(turn);

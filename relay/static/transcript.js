@@ -1,7 +1,8 @@
 // Live captions: the user's words, the agent's replies, corrections after an interruption, tool calls and notices.
 //
 // Entries are keyed by the protocol's event_id so a tentative user transcript is replaced by the final one, and an
-// agent reply by its correction. The list is an aria-live region; it scrolls to the newest entry unless the reader
+// agent reply by its streamed parts, its final text and its correction (captions.js decides which of its words have
+// been said: those are plain, the rest dimmed). The list is an aria-live region; it scrolls to the newest entry unless the reader
 // has scrolled up to read something older. Text is always set with textContent, never parsed as HTML.
 
 // Thumb icons drawn inline (emoji fonts are not everywhere). Paths from Feather icons (MIT).

@@ -23,27 +23,35 @@ pytestmark = pytest.mark.timeout(120)
 
 ARTIFACTS = REPO / "tests" / ".artifacts"
 
-# Records the voice's onsets as the page's player plays them: the player's AnalyserNode is read every few ms; a
-# sample above the threshold after at least 40 ms of silence is the start of a word (the demo voice is silent at
-# every space, 60 ms a character). Each onset is mapped to when it is heard with the player's own clock mapping
+# Records the voice's onsets as the page's player plays them: a probe AnalyserNode of 32768 samples (0.68 s at
+# 48 kHz, so a poll delayed by a busy machine misses nothing) listens to the player's output and is read every few
+# ms; a sample above the threshold after at least 40 ms of silence is the start of a word (the demo voice is silent
+# at every space, 60 ms a character). Each onset is mapped to when it is heard with the player's own clock mapping
 # (`heardAt`, which the captions use too), so the figure compares caption times with sound times on one clock.
 VOICE_PROBE = """() => {
   window.__onsets = [];
-  let lastVoiced = -1, lastSeen = -1, buffer = null;
+  let lastVoiced = -1, lastSeen = -1, buffer = null, probe = null;
   const poll = () => {
     const audio = window.__relayDebug.audio;
     if (!audio) return;
-    const { context, analyser, player } = audio;
-    if (!buffer || buffer.length !== analyser.fftSize) buffer = new Float32Array(analyser.fftSize);
-    analyser.getFloatTimeDomainData(buffer);
-    const end = context.currentTime, rate = context.sampleRate;
+    const { context, player } = audio;
+    if (!probe) {
+      probe = context.createAnalyser();
+      probe.fftSize = 32768;
+      player.output.connect(probe);
+      buffer = new Float32Array(probe.fftSize);
+      lastSeen = context.currentTime;
+      return;
+    }
+    probe.getFloatTimeDomainData(buffer);
+    const end = context.currentTime, rate = context.sampleRate, now = performance.now();
     for (let i = 0; i < buffer.length; i++) {
       const t = end - (buffer.length - i) / rate;
       if (t <= lastSeen) continue;
       if (Math.abs(buffer[i]) > 0.02) {
         if (lastVoiced < 0 || t - lastVoiced > 0.04) {
           // renderedAt: when the audio graph rendered it (no output latency); heardAt: when it is heard.
-          window.__onsets.push({ t, heardAt: player.heardAt(t), renderedAt: performance.now() - (end - t) * 1000 });
+          window.__onsets.push({ t, heardAt: player.heardAt(t), renderedAt: now - (end - t) * 1000 });
         }
         lastVoiced = t;
       }
@@ -96,7 +104,7 @@ def measure(page: Any, event_id: int, text: str, clock: str = "heardAt") -> list
     assert [w["why"] for w in log] == ["speech"] * len(words_of(text)), "every word revealed by the speech clock"
     first = min(c["heardAt"] for c in state["audioChunks"] if c["eventId"] == event_id)
     onsets = [o[clock] for o in page.evaluate("() => window.__onsets") if o["heardAt"] >= first - 5]
-    assert len(onsets) >= len(log), f"{len(onsets)} voice onsets for {len(log)} words"
+    assert len(onsets) == len(log), f"{len(onsets)} voice onsets for {len(log)} words"
     return [w["revealedAt"] - onset for w, onset in zip(log, onsets, strict=False)]
 
 
@@ -140,10 +148,11 @@ def test_captions_are_revealed_in_step_with_the_simulated_voice(relays, open_pag
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"caption-offset-{avatar}.json").write_text(json.dumps(figures, indent=2) + "\n")
     print("caption - voice offset:", figures)
-    # A word slot of the demo voice is at least 120 ms (a character and a space): a caption closer to its word's
-    # sound than that is on the right word. (The measured figures are in docs/browser-client.md.)
+    # A word slot of the demo voice is at least 120 ms (a character and a space): a median closer than half of that
+    # is on the right word. A caption may come late on a starved machine (a timer fires late) but never ahead of
+    # its sound. (The measured figures are in docs/browser-client.md.)
     assert abs(figures["median_ms"]) < 60, figures
-    assert all(-60 < o < 250 for o in offsets), figures
+    assert all(-30 < o < 1000 for o in offsets), figures
 
 
 def test_an_mcp_approval_answered_in_the_page_reaches_the_agent(relays, open_page) -> None:

@@ -326,6 +326,18 @@ def test_with_a_real_avatar_the_captions_start_when_it_starts_speaking(fake_page
         assert entry["revealedAt"] - start == pytest.approx(word.start_ms, abs=MS_PER_CHAR)
 
 
+def test_with_a_real_avatar_that_never_says_it_started_the_text_still_shows(fake_page) -> None:
+    fake = FakeRelay(ready=dict(REAL_AVATAR))
+    page = fake_page(fake, before_start=stub_livekit)
+    text = "Nobody said when this started"
+    fake.send(type="agent_response", event_id=8, text=text)
+    for alignment, _audio in chunks(text):
+        fake.send(type="agent_alignment", event_id=8, **alignment)
+    wait_caption(page, 8, "b.dataset.caption === 'spoken'", timeout=20_000)
+    assert {w["why"] for w in words_revealed(page, 8)} == {"no_anchor"}
+    assert caption(page, 8).locator(".spoken").inner_text() == text
+
+
 def test_heygen_text_mode_spreads_the_words_over_the_announced_duration(fake_page) -> None:
     fake = FakeRelay(ready={**REAL_AVATAR, "avatar": {**REAL_AVATAR["avatar"], "provider": "heygen"}})
     page = fake_page(fake, before_start=stub_livekit)
