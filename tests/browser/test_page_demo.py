@@ -204,8 +204,9 @@ def test_a_server_tool_shows_its_status(relays, open_page) -> None:
     assert page.locator(".entry.system.tool", has_text="lookup_order").count() == 1
 
 
-def test_the_queue_and_a_human_taking_over_are_shown(relays, open_page) -> None:
-    relay = relays("liveavatar")
+@pytest.mark.parametrize("avatar", ["liveavatar", "none"])
+def test_the_queue_and_a_human_taking_over_are_shown(relays, open_page, avatar: str) -> None:
+    relay = relays(avatar)
     with agent_faults(relay, first_message=""):
         page = open_page(relay, mic="silence")
         page.evaluate("""() => {
