@@ -509,6 +509,10 @@ def test_every_feature_fits_a_phone_screen_and_the_keyboard(fake_page) -> None:
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    # Screen readers: captions and activity are polite live regions; the stage's subtitle repeats the captions.
+    assert page.locator("#transcript").get_attribute("aria-live") == "polite"
+    assert page.locator("#activity").get_attribute("aria-live") == "polite"
+    assert page.locator("#subtitle").get_attribute("aria-hidden") == "true"
     for name in ("Stop", "Send"):
         box = page.get_by_role("button", name=name).bounding_box()
         assert box is not None and box["x"] + box["width"] <= 390
