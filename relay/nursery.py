@@ -224,7 +224,10 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                 outbox.send(bp.avatar_state(event.speaking, event.turn))
 
         admission = _Admission(outbox)
-        avatar_set_up = trio.CancelScope()  # what watches the agent's queue meanwhile is cancelled with it
+        # What watches the agent's queue while the avatar sets up ends exactly when the avatar's set-up does (its
+        # `finally` cancels it, whatever ended it): shielded, so the set-up time-out alone never cuts it — an avatar
+        # that degrades to voice right at RELAY_SETUP_TIMEOUT must not fail the conversation because of it.
+        avatar_set_up = trio.CancelScope(shield=True)
 
         async def start_agent() -> None:
             nonlocal agent

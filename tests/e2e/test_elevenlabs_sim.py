@@ -648,3 +648,27 @@ async def test_the_audio_hook_sees_each_chunk_as_sent(sim: Sim) -> None:
     assert [(cid, size) for cid, size, _ in sim.heard] == [(conn.metadata.conversation_id, len(pcm))]
     assert sim.heard[0][2] >= before
     assert (await sim.only_conversation())["user_audio_bytes"] == len(pcm)
+
+
+async def test_multimodal_message_takes_the_asyncapi_shape_only(sim: Sim) -> None:
+    """`text` is a `user_message` object; the plain string the simulator used to accept is refused (1008)."""
+    await sim.faults(**QUIET)
+    with trio.fail_after(5):
+        async with sim.open() as conn:
+            await conn.send(el.build_multimodal_message("look"))
+            assert (await collect(conn, of(el.AgentResponse)))[-1].text == "You said: look"  # type: ignore[union-attr]
+            await conn.send(json.dumps({"type": "multimodal_message", "text": "look"}))
+            with pytest.raises(el.AgentClosed) as caught:
+                await collect(conn, lambda e: False)
+    assert (caught.value.code, caught.value.reason) == (1008, "invalid_message")
+
+
+async def test_an_approval_for_no_awaited_call_is_recorded_and_ignored(sim: Sim) -> None:
+    await sim.faults(**QUIET, client_events=list(ALL_CLIENT_EVENTS))
+    with trio.fail_after(5):
+        async with sim.open() as conn:
+            await conn.send(el.build_mcp_tool_approval_result("mcp_nobody", True))
+            await conn.send(el.build_user_message("still there?"))
+            assert (await collect(conn, of(el.AgentResponse)))[-1].text == "You said: still there?"  # type: ignore[union-attr]
+    assert (await sim.only_conversation())["mcp_approvals"] == [{"tool_call_id": "mcp_nobody", "is_approved": True,
+                                                                 "awaited": False}]

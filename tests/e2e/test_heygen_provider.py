@@ -125,7 +125,8 @@ async def test_speak_text_queues_a_repeat_task_and_reports_its_duration(sim: Sim
     assert [(t["text"], t["task_type"], t["task_mode"]) for t in tasks] == [
         ("Hello there, how can I help?", "repeat", "async")
     ]
-    assert events == [AvatarSpeaking(text="Hello there, how can I help?", duration_ms=tasks[0]["duration_ms"])]
+    assert events == [AvatarSpeaking(text="Hello there, how can I help?", duration_ms=tasks[0]["duration_ms"],
+                                     turn=1)]
     assert tasks[0]["duration_ms"] > 0
     await assert_nothing_left_running(sim)
 

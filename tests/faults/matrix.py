@@ -122,7 +122,7 @@ async def _vanish_during_setup(b: BrowserClient, r: FaultRelay) -> float:
 async def _vanish_mid_speech(b: BrowserClient, r: FaultRelay) -> float:
     await b.send(type="start")
     await b.expect("ready")
-    await b.send(type="text", text="tell me something long about the weather please")
+    await b.send(type="text", text="tell me something long about the sea please")
     await b.expect("agent_response")
     t = time.monotonic()
     await b.ws.aclose()
