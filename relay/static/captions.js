@@ -303,7 +303,8 @@ export class Captions {
     else if (turn.revealed > 0 && split >= text.length) state = 'spoken';
     else if (turn.revealed > 0) state = 'speaking';
     this.transcript.agentCaption(turn.id, text, split, {
-      label: turn.label, state, revealed: shown, words: wordRuns.length, final: turn.final, interrupted: turn.cut,
+      label: turn.label, state, revealed: shown, words: wordRuns.length, final: turn.final,
+      interrupted: turn.corrected || (turn.cut && shown < wordRuns.length),
     });
     if (this.subtitleTurn !== turn) return;
     const said = wordRuns.slice(Math.max(0, shown - SUBTITLE_WORDS), shown).map((w) => w.text).join(' ');

@@ -72,7 +72,7 @@ export class Transcript {
     if (entry.unspoken.textContent !== rest) entry.unspoken.textContent = rest;
     Object.assign(entry.item.dataset, { caption: state, revealed: String(revealed), words: String(words), final: String(final) });
     entry.item.classList.toggle('streaming', !final);
-    if (interrupted && revealed < words) this.markInterrupted(entry.item);
+    if (interrupted) this.markInterrupted(entry.item);
     if (final && !entry.feedback && this.onFeedback && Number.isInteger(eventId)) {
       entry.feedback = this.feedbackButtons(eventId);
       entry.item.append(entry.feedback);

@@ -269,6 +269,12 @@ def test_interruption_stops_the_reveal_where_speech_was_cut_and_the_correction_r
     fake.send(type="agent_response_correction", event_id=2, original=text, text="One two three")
     wait_caption(page, 2, "b.querySelector('.text').textContent === 'One two three'")
     assert caption(page, 2).locator(".unspoken").inner_text() == ""
+    assert caption(page, 2).locator(".badge").inner_text() == "interrupted"
+    # A correction alone (no interruption seen for it) marks its reply interrupted too.
+    fake.send(type="agent_response", event_id=3, text="Another reply that was cut")
+    fake.send(type="agent_response_correction", event_id=3, original="Another reply that was cut", text="Another")
+    wait_caption(page, 3, "b.querySelector('.text').textContent === 'Another'")
+    assert caption(page, 3).locator(".badge").inner_text() == "interrupted"
 
 
 def test_without_alignment_the_text_shows_at_once_when_its_audio_plays(fake_page) -> None:
