@@ -8,6 +8,8 @@
 // to start again. The page never sends audio before `ready` and never shows raw HTML from the network.
 // `window.__relayDebug` exposes what the page is doing, for tests and for curious developers.
 
+import { Activity, ApprovalDialog } from './activity.js';
+import { Captions } from './captions.js';
 import { SimulatedFace } from './face.js';
 import { joinAvatarRoom } from './livekit.js';
 import { PcmPlayer } from './player.js';
@@ -35,6 +37,9 @@ const ui = {
   video: $('avatar-video'),
   audio: $('avatar-audio'),
   transcript: $('transcript'),
+  subtitle: $('subtitle'),
+  activity: $('activity'),
+  approval: $('approval'),
 };
 
 const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60 };
@@ -65,6 +70,14 @@ const ENDED_REASONS = {
   connection_lost: 'the connection to the relay was lost',
   page_closed: 'the page was closed',
 };
+
+const QUEUE_WORDS = {
+  waiting: 'Waiting in line — the agent is busy with other conversations…',
+  admitted: 'Your turn — the agent is joining…',
+  timed_out: 'The agent stayed busy too long and the wait timed out. Try again shortly.',
+};
+// Frames that are not kept in `received` one by one (they come up to ten times a second).
+const NOISY = new Set(['vad_score']);
 
 const debug = {
   status: 'idle',
@@ -97,13 +110,36 @@ const debug = {
   error: null,
   notice: null,
   toolResults: [],
+  captionLog: [], // every agent word revealed: {eventId, index, text, due, revealedAt, why} (performance.now() ms)
+  audioChunks: [], // every aligned agent audio chunk scheduled: {eventId, offsetMs, start, duration, heardAt}
+  queueStatus: null,
+  humanAgent: false,
+  agentTyping: false,
+  vadScore: null,
+  contextUsage: null,
+  mcpIntegrations: null,
+  approvals: [], // answers to MCP approval requests: {tool_call_id, approved, how, sent}
 };
+// The audio graph for measurements (not enumerable: JSON snapshots of the debug object leave it out).
+Object.defineProperty(debug, 'audio', {
+  enumerable: false,
+  get: () => (current?.player ? { context: current.context, analyser: current.player.analyser, player: current.player } : null),
+});
 window.__relayDebug = debug;
 
 const transcript = new Transcript(ui.transcript);
 transcript.onFeedback = (eventId, score) =>
   Boolean(current && current.ready && !current.finished && current.sendJson({ type: 'feedback', score, event_id: eventId }));
 const face = new SimulatedFace(ui.face);
+const captions = new Captions(transcript, ui.subtitle, debug);
+const activity = new Activity(ui.activity, transcript);
+const approval = new ApprovalDialog(ui.approval, (toolCallId, approved, how) => {
+  const sent = approved !== null && Boolean(current && current.ready && !current.finished
+    && current.sendJson({ type: 'mcp_approval', tool_call_id: toolCallId, approved }));
+  debug.approvals.push({ tool_call_id: toolCallId, approved, how, sent });
+  if (approved !== null) transcript.system(`You ${approved ? 'approved' : 'denied'} the tool call.`, 'tool');
+  return sent;
+});
 const configPromise = fetch('client-config.json', { cache: 'no-store' })
   .then((response) => (response.ok ? response.json() : DEFAULT_CONFIG))
   .then((config) => ({ ...DEFAULT_CONFIG, ...config }))
@@ -209,6 +245,8 @@ class Conversation {
     this.errorMessage = null;
     this.discardAgentAudio = false; // after a local Interrupt, until the next turn starts
     this.lastAgentEventId = -1;
+    this.pagePlaysAudio = true; // voice only or the simulated avatar: captions follow the page's own player
+    this.pendingAlignment = null; // the `agent_alignment` of the binary audio chunk that comes next
     this.stopTimer = 0;
     this.playOutTimer = 0;
     this.playOutReason = null; // set while the agent's last words play out after a normal `ended`
@@ -347,7 +385,7 @@ class Conversation {
       return;
     }
     if (!msg || typeof msg.type !== 'string') return;
-    record(debug.received, msg.type);
+    if (!NOISY.has(msg.type)) record(debug.received, msg.type);
     switch (msg.type) {
       case 'ready':
         this.onReady(msg);
@@ -358,45 +396,126 @@ class Conversation {
         if (final) this.discardAgentAudio = false;
         break;
       }
+      case 'agent_response_part':
+        this.agentTurn(msg.event_id);
+        captions.part(msg.event_id, String(msg.part ?? 'delta'), String(msg.text ?? ''));
+        break;
       case 'agent_response':
-        if (msg.event_id > this.lastAgentEventId) {
-          this.lastAgentEventId = msg.event_id;
-          this.discardAgentAudio = false;
-        }
-        transcript.agent(msg.event_id, String(msg.text ?? ''));
+        this.agentTurn(msg.event_id);
+        captions.response(msg.event_id, String(msg.text ?? ''));
+        break;
+      case 'agent_alignment':
+        this.agentTurn(msg.event_id);
+        captions.alignment(msg);
+        if (this.pagePlaysAudio) this.pendingAlignment = msg;
         break;
       case 'agent_response_correction':
-        transcript.correction(msg.event_id, String(msg.text ?? ''));
+        captions.correction(msg.event_id, String(msg.text ?? ''));
         break;
       case 'interruption':
         this.player?.flush();
+        this.pendingAlignment = null;
         face.silence();
-        transcript.interruption(msg.event_id);
+        captions.interruption(msg.event_id);
+        break;
+      case 'tool_status':
+        activity.toolStatus(msg);
+        break;
+      case 'mcp_tool_call':
+        activity.mcpToolCall(msg);
+        approval.update(msg);
+        break;
+      case 'mcp_connection_status':
+        debug.mcpIntegrations = Array.isArray(msg.integrations) ? msg.integrations : null;
+        break;
+      case 'queue_status':
+        this.onQueueStatus(String(msg.status ?? ''));
+        break;
+      case 'human_agent':
+        this.onHumanAgent(Boolean(msg.connected));
+        break;
+      case 'agent_typing':
+        debug.agentTyping = Boolean(msg.typing);
+        activity.typing(debug.agentTyping);
+        break;
+      case 'vad_score':
+        debug.vadScore = typeof msg.score === 'number' ? msg.score : null;
+        break;
+      case 'context_usage':
+        debug.contextUsage = msg;
         break;
       case 'tool_call':
         this.onToolCall(msg);
         break;
       case 'avatar_speaking': {
-        const words = String(msg.text ?? '').split(/\s+/).filter(Boolean).length;
-        face.speakFor(typeof msg.duration_ms === 'number' ? msg.duration_ms : words * 380);
+        const text = String(msg.text ?? '');
+        const words = text.split(/\s+/).filter(Boolean).length;
+        const duration = typeof msg.duration_ms === 'number' ? msg.duration_ms : words * 380;
+        face.speakFor(duration);
+        // The avatar speaks in its own voice: time the captions by it unless the page plays the agent's audio.
+        if (!this.pagePlaysAudio) captions.avatarSpeaking(msg.event_id ?? null, text, duration);
         break;
       }
       case 'avatar_state':
         face.setSpeaking(Boolean(msg.speaking));
+        if (msg.speaking && !this.pagePlaysAudio) captions.avatarStarted(msg.event_id ?? null);
         break;
       case 'avatar_unavailable':
         this.onAvatarUnavailable(msg);
         break;
-      case 'error':
+      case 'error': {
         this.errorMessage = String(msg.message ?? msg.code ?? 'error');
         debug.error = { code: msg.code ?? null, message: this.errorMessage };
+        const words = ENDED_REASONS[msg.code] ?? 'something went wrong';
+        showNotice(`Problem: ${words}${this.errorMessage && this.errorMessage !== msg.code ? ` — ${this.errorMessage}` : ''}.`, 'error');
         break;
+      }
       case 'ended':
         this.ended(String(msg.reason ?? 'ended'));
         break;
       default:
         break;
     }
+    // Embedding pages can follow everything the relay says (vad_score, context_usage, rich_content, …):
+    // window.addEventListener('relay:vad_score', (e) => e.detail.score).
+    window.dispatchEvent(new CustomEvent(`relay:${msg.type}`, { detail: msg }));
+  }
+
+  /** A frame of agent turn `eventId` arrived: a newer turn lets its audio through again after an Interrupt. */
+  agentTurn(eventId) {
+    if (typeof eventId === 'number' && eventId > this.lastAgentEventId) {
+      this.lastAgentEventId = eventId;
+      this.discardAgentAudio = false;
+    }
+  }
+
+  onQueueStatus(status) {
+    debug.queueStatus = status;
+    if (status === 'waiting') {
+      activity.chip('queue', 'Waiting in line for the agent…', 'queue', 'waiting');
+      if (!this.ready) {
+        setStatus('queued', QUEUE_WORDS.waiting);
+        setStage('idle', 'Waiting in line…');
+      }
+    } else if (status === 'admitted') {
+      activity.chip('queue', 'Your turn — the agent is joining', 'queue', 'admitted', 3000);
+      if (!this.ready) {
+        setStatus('connecting', QUEUE_WORDS.admitted);
+        setStage('idle', 'Connecting to the agent…');
+      }
+    } else if (status === 'timed_out') {
+      activity.remove('queue');
+      showNotice(QUEUE_WORDS.timed_out, 'error');
+    }
+  }
+
+  onHumanAgent(connected) {
+    if (debug.humanAgent === connected) return;
+    debug.humanAgent = connected;
+    captions.label = connected ? 'Human agent' : 'Agent';
+    activity.human(connected);
+    if (!connected) debug.agentTyping = false;
+    transcript.system(connected ? 'A person has taken over the conversation.' : 'The person has left; the agent is back.', 'human');
   }
 
   onReady(msg) {
@@ -413,6 +532,8 @@ class Conversation {
     } else if (avatar.simulated) {
       setStage('simulated', 'Demo mode · simulated avatar');
     } else {
+      // The avatar plays the agent's voice: captions follow its avatar_state / avatar_speaking.
+      this.pagePlaysAudio = false;
       setStage('loading', 'Loading the avatar…');
       this.joinRoom(avatar);
     }
@@ -463,6 +584,7 @@ class Conversation {
     showNotice(`${message} The conversation continues with voice only.`);
     transcript.system(`Avatar unavailable (${reason}); continuing with voice only.`);
     face.silence();
+    this.pagePlaysAudio = true;
     setStage('voice', 'Voice only — the avatar is unavailable');
     const room = this.room;
     this.room = null;
@@ -472,8 +594,21 @@ class Conversation {
 
   onAgentAudio(data) {
     debug.audioFramesReceived += 1;
+    const alignment = this.pendingAlignment;
+    this.pendingAlignment = null;
     if (!this.player || this.discardAgentAudio || this.finished || this.stopping) return;
-    this.player.enqueue(data);
+    const scheduled = this.player.enqueue(data);
+    if (!scheduled) return;
+    if (alignment) {
+      captions.chunkScheduled(alignment, scheduled.heardAt);
+      debug.audioChunks.push({
+        eventId: alignment.event_id, offsetMs: Number(alignment.offset_ms) || 0, start: scheduled.start,
+        duration: scheduled.duration, heardAt: scheduled.heardAt,
+      });
+      if (debug.audioChunks.length > MAX_DEBUG_MESSAGES) debug.audioChunks.splice(0, debug.audioChunks.length - MAX_DEBUG_MESSAGES);
+    } else {
+      captions.unaligned(this.lastAgentEventId);
+    }
   }
 
   async onToolCall(msg) {
@@ -519,6 +654,8 @@ class Conversation {
     if (!this.ready || this.finished) return;
     this.sendJson({ type: 'interrupt' });
     this.player?.flush();
+    this.pendingAlignment = null;
+    captions.cutAll();
     face.silence();
     // Audio of the interrupted reply may still be in flight from the relay: drop it until the next turn starts.
     this.discardAgentAudio = true;
@@ -615,6 +752,9 @@ class Conversation {
     ui.enableAudio.hidden = true;
     this.context.close().catch(() => {});
     face.silence();
+    captions.finishAll();
+    approval.reset();
+    activity.clear();
     const label = ENDED_REASONS[reason] ?? reason.replaceAll('_', ' ');
     const failed = this.errorMessage !== null && reason !== 'client_stop' && !PLAY_OUT_REASONS.has(reason);
     if (failed) setStatus('error', `Conversation ended: ${label} — ${this.errorMessage}`);
@@ -639,10 +779,15 @@ function startConversation() {
   if (current && !current.finished) return;
   hideNotice();
   transcript.clear();
+  captions.clear();
+  activity.clear();
+  captions.label = 'Agent';
   Object.assign(debug, {
     conversationId: null, avatarSessionId: null, avatarMode: null, micState: 'off', micError: null, muted: false, framesSent: 0,
     bytesSent: 0, framesDropped: 0, audioFramesReceived: 0, maxOutputRms: 0, mouthMoves: 0, received: [], sent: [],
-    endedReason: null, error: null, toolResults: [], avatarUnavailable: null,
+    endedReason: null, error: null, toolResults: [], avatarUnavailable: null, captionLog: [], audioChunks: [],
+    queueStatus: null, humanAgent: false, agentTyping: false, vadScore: null, contextUsage: null, mcpIntegrations: null,
+    approvals: [],
   });
   let conversation;
   try {
@@ -681,6 +826,7 @@ function animate(now) {
   setMeter(ui.outMeter, level);
   setMeter(ui.micMeter, conversation ? debug.inputRms : 0);
   conversation?.updateStatus();
+  captions.tick();
   requestAnimationFrame(animate);
 }
 

@@ -31,9 +31,11 @@ export class PcmPlayer {
     this.underruns = 0;
   }
 
-  /** Queue one binary frame (an ArrayBuffer of PCM16 little-endian mono). */
+  /** Queue one binary frame (an ArrayBuffer of PCM16 little-endian mono). Returns when it will play, on the context
+   * clock (`start`, seconds) and as heard (`heardAt`, performance.now() ms), and for how long (`duration`, seconds);
+   * null if nothing was scheduled. */
   enqueue(arrayBuffer) {
-    if (this.context.state === 'closed') return;
+    if (this.context.state === 'closed') return null;
     let bytes = new Uint8Array(arrayBuffer);
     if (this.carry !== null) {
       const joined = new Uint8Array(bytes.length + 1);
@@ -46,12 +48,12 @@ export class PcmPlayer {
       this.carry = bytes[bytes.length - 1];
       bytes = bytes.subarray(0, bytes.length - 1);
     }
-    if (bytes.length === 0) return;
+    if (bytes.length === 0) return null;
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
     const samples = new Float32Array(bytes.length / 2);
     for (let i = 0; i < samples.length; i++) samples[i] = view.getInt16(i * 2, true) / 0x8000;
     const resampled = this.resampler.process(samples);
-    if (resampled.length === 0) return;
+    if (resampled.length === 0) return null;
 
     const buffer = this.context.createBuffer(1, resampled.length, this.context.sampleRate);
     buffer.copyToChannel(resampled, 0);
@@ -63,7 +65,8 @@ export class PcmPlayer {
       if (this.sources.size > 0) this.underruns += 1;
       this.nextStart = now + JITTER_SECONDS;
     }
-    source.start(this.nextStart);
+    const start = this.nextStart;
+    source.start(start);
     this.nextStart += buffer.duration;
     this.sources.add(source);
     source.onended = () => {
@@ -71,6 +74,19 @@ export class PcmPlayer {
       source.disconnect();
     };
     this.framesPlayed += 1;
+    return { start, duration: buffer.duration, heardAt: this.heardAt(start) };
+  }
+
+  /** When a sample scheduled at context time `contextTime` reaches the listener, in performance.now() ms: through
+   * the output timestamp (which includes the device's latency) when the browser gives one, else the current time
+   * plus the announced output latency. */
+  heardAt(contextTime) {
+    const stamp = typeof this.context.getOutputTimestamp === 'function' ? this.context.getOutputTimestamp() : null;
+    if (stamp && stamp.performanceTime > 0 && stamp.contextTime > 0) {
+      return stamp.performanceTime + (contextTime - stamp.contextTime) * 1000;
+    }
+    const latency = (this.context.outputLatency || 0) + (this.context.baseLatency || 0);
+    return performance.now() + (contextTime - this.context.currentTime + latency) * 1000;
   }
 
   /** Stop at once and drop everything queued (an interruption, or the end of the conversation). */

@@ -1,7 +1,8 @@
 // Live captions: the user's words, the agent's replies, corrections after an interruption, tool calls and notices.
 //
 // Entries are keyed by the protocol's event_id so a tentative user transcript is replaced by the final one, and an
-// agent reply by its correction. The list is an aria-live region; it scrolls to the newest entry unless the reader
+// agent reply by its streamed parts, its final text and its correction (captions.js decides which of its words have
+// been said: those are plain, the rest dimmed). The list is an aria-live region; it scrolls to the newest entry unless the reader
 // has scrolled up to read something older. Text is always set with textContent, never parsed as HTML.
 
 // Thumb icons drawn inline (emoji fonts are not everywhere). Paths from Feather icons (MIT).
@@ -49,12 +50,41 @@ export class Transcript {
     this.scroll();
   }
 
-  /** The agent's reply for turn `eventId`. */
-  agent(eventId, text) {
-    const entry = this.entry(`agent:${eventId}`, 'agent', 'Agent');
+  /**
+   * The agent's reply for turn `eventId`, drawn by the captions: `text[0:split]` has been said (shown plainly), the
+   * rest is still to come (dimmed). The bubble carries what tests and styles need as data attributes.
+   */
+  agentCaption(eventId, text, split, { label = 'Agent', state = 'spoken', revealed = 0, words = 0, final = true, interrupted = false } = {}) {
+    const key = `agent:${eventId}`;
+    const isNew = !this.entries.has(key);
+    const entry = this.entry(key, 'agent', label);
+    if (isNew) {
+      entry.spoken = document.createElement('span');
+      entry.spoken.className = 'spoken';
+      entry.unspoken = document.createElement('span');
+      entry.unspoken.className = 'unspoken';
+      entry.text.replaceChildren(entry.spoken, entry.unspoken);
+      if (Number.isInteger(eventId)) entry.item.dataset.eventId = String(eventId);
+    }
+    const said = text.slice(0, split);
+    const rest = text.slice(split);
+    if (entry.spoken.textContent !== said) entry.spoken.textContent = said;
+    if (entry.unspoken.textContent !== rest) entry.unspoken.textContent = rest;
+    Object.assign(entry.item.dataset, { caption: state, revealed: String(revealed), words: String(words), final: String(final) });
+    entry.item.classList.toggle('streaming', !final);
+    if (interrupted) this.markInterrupted(entry.item);
+    if (final && !entry.feedback && this.onFeedback && Number.isInteger(eventId)) {
+      entry.feedback = this.feedbackButtons(eventId);
+      entry.item.append(entry.feedback);
+    }
+    if (isNew || final) this.scroll();
+  }
+
+  /** A server tool's or MCP tool's progress, one line per call that changes with its state. */
+  tool(callId, text, state) {
+    const entry = this.entry(`tool:${callId}`, 'system tool', 'Tool');
     entry.text.textContent = text;
-    if (!entry.feedback && this.onFeedback && Number.isInteger(eventId)) entry.feedback = this.feedbackButtons(eventId);
-    if (entry.feedback) entry.item.append(entry.feedback);
+    entry.item.dataset.state = state;
     this.scroll();
   }
 
@@ -78,23 +108,6 @@ export class Transcript {
     });
     group.append(...buttons);
     return group;
-  }
-
-  /** After an interruption: what the agent actually said of turn `eventId`. */
-  correction(eventId, text) {
-    const entry = this.entry(`agent:${eventId}`, 'agent', 'Agent');
-    entry.text.textContent = text;
-    this.markInterrupted(entry.item);
-    this.scroll();
-  }
-
-  /** The user talked over the agent: replies of turns before `eventId` were cut short. */
-  interruption(eventId) {
-    for (const [key, entry] of this.entries) {
-      if (!key.startsWith('agent:')) continue;
-      const id = Number(key.slice('agent:'.length));
-      if (Number.isFinite(id) && id < eventId && entry.item === this.list.lastElementChild) this.markInterrupted(entry.item);
-    }
   }
 
   /** A line from the page itself (a tool call, a notice). */

@@ -21,7 +21,7 @@ from tests.browser.conftest import REPO, Relay, wait_until
 
 pytestmark = pytest.mark.timeout(120)  # the first test also starts Chromium and may fetch livekit-client
 
-SCREENSHOT = REPO / "docs" / "screenshot.png"
+ARTIFACTS = REPO / "tests" / ".artifacts"
 
 
 def debug(page: Any) -> dict[str, Any]:
@@ -69,10 +69,11 @@ def slow_speech(relay: Relay) -> Iterator[None]:
         relay.faults("heygen", {"ms_per_char": None})
 
 
-def take_screenshot(page: Any, path: Path) -> None:
-    """Write the page as a user sees it mid-conversation to docs/screenshot.png when the page's files changed since
+def take_screenshot(page: Any, path: Path, mouth_open: bool = True) -> None:
+    """Write the page as a user sees it mid-conversation to `path` in docs/ when the page's files changed since
     the last one (their digest is kept beside it), else to tests/.artifacts/ so a test run leaves the tree clean."""
-    page.wait_for_function("() => window.__relayDebug.mouthOpenness > 0.45")
+    if mouth_open:
+        page.wait_for_function("() => window.__relayDebug.mouthOpenness > 0.45")
     static = REPO / "relay" / "static"
     digest = hashlib.sha256()
     for file in sorted(static.rglob("*")):
@@ -108,7 +109,7 @@ def test_spoken_sentence_is_captioned_and_answered_while_the_face_speaks(relays,
     reply.wait_for(timeout=15_000)
     # The reply plays: the mouth moves with the agent's audio.
     wait_for_agent_speaking(page)
-    take_screenshot(page, SCREENSHOT)
+    take_screenshot(page, ARTIFACTS / "screenshot-spoken.png")  # docs/ has the demo ones (test_page_demo.py)
     assert page.locator(".entry.agent").count() == 1  # the reply only: there was no greeting to interrupt
 
     state = debug(page)
