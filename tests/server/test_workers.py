@@ -79,10 +79,10 @@ async def test_a_registry_with_shared_seats_refuses_when_the_relay_is_full() -> 
         other = Seats(fd, 2, 1, 2)
         registry = Registry(2, 10, shared=Seats(fd, 2, 0, 2))
         assert other.take()
-        with registry.admit("a"):
+        async with registry.admit("a"):
             assert not registry.under_capacity and not registry.ready
             try:
-                with registry.admit("b"):
+                async with registry.admit("b"):
                     raise AssertionError("admitted over the relay's cap")
             except AdmissionRefused as exc:
                 assert "maximum number of conversations" in str(exc)
