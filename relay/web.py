@@ -33,7 +33,7 @@ from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
 from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
-from relay.ops.fleet import Fleet
+from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -202,7 +202,13 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     async def start_upstreams() -> None:
         if state.fleet is not None:
             # Joins the fleet (or stops the start-up with a clear error) before anything is admitted.
-            await app.nursery.start(state.fleet.serve)
+            try:
+                await app.nursery.start(state.fleet.serve)
+            except FleetUnavailable as exc:
+                # One clear line and a non-zero exit under every entry point (`serve`, its workers, hypercorn's
+                # command line), instead of quart's and hypercorn's tracebacks; nothing is open yet.
+                print(f"avatar-relay: {exc}", file=sys.stderr, flush=True)
+                os._exit(1)
             if isinstance(keeper, FleetSeats):
                 await app.nursery.start(keeper.serve)
         effective = settings
