@@ -229,7 +229,8 @@ class FleetSeats:
                 await self._script("release", [self.fleet.key("seats"), self._client_key(client)],
                                    [self._member(seat)])
             except FleetUnavailable:
-                pass
+                return
+            self.fleet_taken = max(0, self.fleet_taken - 1)  # readiness sees the free seat before the heartbeat
 
     async def allow_start(self, client: str, now: float) -> bool:
         if self.fleet.healthy:
@@ -283,7 +284,8 @@ class FleetSeats:
             try:
                 await self._script("release", [self.fleet.key("avatars")], [self._member(seat)])
             except FleetUnavailable:
-                pass
+                return
+            self.fleet_avatars = max(0, self.fleet_avatars - 1)
 
     # -- leases ----------------------------------------------------------------------------------------------------
 
