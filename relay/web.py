@@ -47,6 +47,7 @@ from relay.server.departures import NoteDepartures, browser_left
 from relay.server.fleet_admission import FleetSeats, seat_keeper
 from relay.server.jwks import JwksCache, http_fetcher
 from relay.server.page_headers import page_headers
+from relay.server.seats import SharedAvatarBudget
 from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
@@ -165,9 +166,10 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     gate = Gate(settings)
     gate.allow_start = keeper.allow_start
     state = RelayState(settings, registry, gate=gate, worker=worker, fleet=fleet)
-    if settings.relay_max_avatar_sessions is not None:
+    if (budget_size := settings.relay_max_avatar_sessions) is not None:
+        # The fleet's budget in Redis, else the machine's (shared by the workers), else this process's.
         state.avatar_budget = keeper if isinstance(keeper, FleetSeats) else \
-            LocalAvatarBudget(settings.relay_max_avatar_sessions)
+            LocalAvatarBudget(budget_size) if worker is None else SharedAvatarBudget(worker.avatar_seats(budget_size))
     app.extensions["relay"] = state
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=settings.avatar,
                                            demo_mode=settings.demo_mode)
@@ -176,7 +178,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         metrics.watch_fleet(healthy=lambda: fleet_seats.fleet.healthy, seats=lambda: fleet_seats.fleet_taken,
                             seats_held=lambda: len(fleet_seats.held), avatars=lambda: fleet_seats.fleet_avatars,
                             avatars_held=lambda: len(fleet_seats.avatars))
-    elif isinstance(budget := state.avatar_budget, LocalAvatarBudget):
+    elif isinstance(budget := state.avatar_budget, (LocalAvatarBudget, SharedAvatarBudget)):
         local_budget = budget
         metrics.watch_fleet(avatars_held=lambda: len(local_budget.held))
     if settings.relay_transcripts_dir:
