@@ -54,6 +54,12 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     if (problem := auth_problem(settings)) is not None:
         print(f"avatar-relay: invalid configuration: {problem}", file=sys.stderr)
         return 2
+    if settings.relay_redis_url is not None:
+        from relay.ops.fleet_probe import startup_problem
+
+        if (redis_problem := trio.run(startup_problem, settings)) is not None:
+            print(f"avatar-relay: {redis_problem}", file=sys.stderr)  # before any worker starts
+            return 1
     configure_logging(settings)
     return run_supervisor(settings, host, port, workers)
 

@@ -119,6 +119,14 @@ class Settings(BaseSettings):
     # Seconds a relay's lease lives without a heartbeat: a dead relay's seats free and its sessions are taken over
     # by another relay within this long (heartbeats every third of it).
     relay_fleet_lease: float = Field(default=15.0, ge=1, le=300)
+    # While Redis is unreachable: "refuse" new conversations (upstream_unavailable), or admit them under this relay's
+    # own caps ("local"); open conversations go on either way (docs/deploy.md).
+    relay_fleet_outage: Literal["refuse", "local"] = "refuse"
+    # The avatar account's concurrent-session budget (the plan's limit), shared by the fleet with Redis, per process
+    # without; over it a conversation goes voice-only (avatar_unavailable `capacity`) after waiting up to
+    # RELAY_AVATAR_SEAT_WAIT seconds for a seat. Unset: no budget (the provider's own refusal still degrades).
+    relay_max_avatar_sessions: int | None = Field(default=None, gt=0)
+    relay_avatar_seat_wait: float = Field(default=0.0, ge=0, le=60)
 
     @field_validator("liveavatar_avatar_id")
     @classmethod

@@ -25,26 +25,30 @@ from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
+from relay.avatars import AvatarProvider
 from relay.avatars import registry as avatar_registry
+from relay.avatars.budget import AvatarBudget, BudgetedProvider, LocalAvatarBudget
 from relay.avatars.hooks import HookedProvider, MakeHooks
 from relay.config import ConfigError, Settings, load_settings
 from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
 from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
-from relay.ops.fleet import Fleet
+from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.ops.metrics import RelayMetrics
 from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
-from relay.server.admission import AdmissionRefused, Registry
+from relay.server.admission import OVER_RATE, AdmissionRefused, Registry
 from relay.server.auth import Gate, TokenClaims, TokenError, auth_problem, identity
 from relay.server.demo import demo_settings
 from relay.server.departures import NoteDepartures, browser_left
+from relay.server.fleet_admission import FleetSeats, seat_keeper
 from relay.server.jwks import JwksCache, http_fetcher
 from relay.server.page_headers import page_headers
+from relay.server.seats import SharedAvatarBudget
 from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
@@ -117,6 +121,7 @@ class RelayState:
     transcripts: TranscriptWriter | None = None
     worker: WorkerRole | None = None  # under `serve --workers N`
     fleet: Fleet | None = None  # with RELAY_REDIS_URL: this relay's membership of the fleet
+    avatar_budget: AvatarBudget | None = None  # with RELAY_MAX_AVATAR_SESSIONS
 
     @property
     def readiness(self) -> dict[str, bool]:
@@ -125,7 +130,8 @@ class RelayState:
         checks = {"started": self.upstreams is not None, "accepting": not self.registry.shutting_down,
                   "under_capacity": self.registry.under_capacity}
         if self.fleet is not None:
-            checks["redis"] = self.fleet.healthy
+            # Under the `local` outage policy the relay still admits while Redis is away: ready, not degraded.
+            checks["redis"] = self.fleet.healthy or self.settings.relay_fleet_outage == "local"
         return checks
 
     @property
@@ -153,12 +159,29 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
-    registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
-                        shared=None if worker is None else worker.seats(settings.relay_max_conversations))
-    state = RelayState(settings, registry, gate=Gate(settings), worker=worker, fleet=Fleet.from_settings(settings))
+    fleet = Fleet.from_settings(settings)
+    # The one place where admission is chosen: the fleet's seats in Redis, or this process's (and its workers').
+    keeper = seat_keeper(settings, fleet, None if fleet is not None or worker is None
+                         else worker.seats(settings.relay_max_conversations))
+    registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client, keeper=keeper)
+    gate = Gate(settings)
+    gate.allow_start = keeper.allow_start
+    state = RelayState(settings, registry, gate=gate, worker=worker, fleet=fleet)
+    if (budget_size := settings.relay_max_avatar_sessions) is not None:
+        # The fleet's budget in Redis, else the machine's (shared by the workers), else this process's.
+        state.avatar_budget = keeper if isinstance(keeper, FleetSeats) else \
+            LocalAvatarBudget(budget_size) if worker is None else SharedAvatarBudget(worker.avatar_seats(budget_size))
     app.extensions["relay"] = state
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=settings.avatar,
                                            demo_mode=settings.demo_mode)
+    if isinstance(keeper, FleetSeats):
+        fleet_seats = keeper
+        metrics.watch_fleet(healthy=lambda: fleet_seats.fleet.healthy, seats=lambda: fleet_seats.fleet_taken,
+                            seats_held=lambda: len(fleet_seats.held), avatars=lambda: fleet_seats.fleet_avatars,
+                            avatars_held=lambda: len(fleet_seats.avatars))
+    elif isinstance(budget := state.avatar_budget, (LocalAvatarBudget, SharedAvatarBudget)):
+        local_budget = budget
+        metrics.watch_fleet(avatars_held=lambda: len(local_budget.held))
     if settings.relay_transcripts_dir:
         state.transcripts = TranscriptWriter(settings.relay_transcripts_dir)
 
@@ -182,7 +205,15 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     async def start_upstreams() -> None:
         if state.fleet is not None:
             # Joins the fleet (or stops the start-up with a clear error) before anything is admitted.
-            await app.nursery.start(state.fleet.serve)
+            try:
+                await app.nursery.start(state.fleet.serve)
+            except FleetUnavailable as exc:
+                # One clear line and a non-zero exit under every entry point (`serve`, its workers, hypercorn's
+                # command line), instead of quart's and hypercorn's tracebacks; nothing is open yet.
+                print(f"avatar-relay: {exc}", file=sys.stderr, flush=True)
+                os._exit(1)
+            if isinstance(keeper, FleetSeats):
+                await app.nursery.start(keeper.serve)
         effective = settings
         if settings.demo_mode:
             from relay.sim.runner import serve_simulators
@@ -213,8 +244,12 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             from relay.server.worker_metrics import serve_own_metrics
 
             await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
-        state.upstreams = Upstreams(settings=effective, http=http,
-                                    provider=None if provider is None else HookedProvider(provider, session_hooks),
+        hooked: AvatarProvider | None = None if provider is None else HookedProvider(provider, session_hooks)
+        if hooked is not None and state.avatar_budget is not None:
+            # Outside the hooks: a session refused for want of a seat was never asked of the provider.
+            hooked = BudgetedProvider(hooked, state.avatar_budget, settings.relay_avatar_seat_wait,
+                                      on_refused=lambda: metrics.admission_refused("avatar_budget"))
+        state.upstreams = Upstreams(settings=effective, http=http, provider=hooked,
                                     open_agent=metrics.observe_agent(open_agent), hooks=hooks)
         if own_shutdown:
             from relay.server.hosted import host_links, watch_host
@@ -246,17 +281,18 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         browser = QuartBrowser(settings.relay_send_timeout)
         try:
             if decision.over_rate:
-                raise AdmissionRefused("too many new conversations from your address; try again in a minute")
-            with state.registry.admit(decision.client) as shutdown_scope:
+                raise AdmissionRefused(OVER_RATE, why="start_rate")
+            async with state.registry.admit(decision.client) as shutdown_scope:
                 async def authorize(token: str | None) -> Grant:
                     try:
                         claims = await gate.verify(token)
                     except TokenError as exc:
                         raise ConversationOver.failed("unauthorized", str(exc)) from None
                     try:
-                        state.registry.reassign(shutdown_scope, identity(claims, decision.client))
+                        await state.registry.reassign(shutdown_scope, identity(claims, decision.client))
                     except AdmissionRefused as exc:
-                        raise ConversationOver.failed("capacity", str(exc)) from None
+                        metrics.admission_refused(exc.why)
+                        raise ConversationOver.failed(exc.code, str(exc)) from None
                     log.info("client token accepted client=%s", identity(claims, decision.client))
                     return _grant(claims)
 
@@ -266,6 +302,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                                        browser_left=browser_left(websocket.scope))
         except AdmissionRefused as exc:
             metrics.conversation_refused(exc.code)
+            metrics.admission_refused(exc.why)
             log.info("conversation refused: %s", exc)
             await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
 

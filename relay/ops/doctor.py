@@ -3,7 +3,8 @@
 Checks, in order: ElevenLabs (the API key is accepted, the agent exists, its audio formats are ones the relay can
 use, a signed conversation URL can be had; with `--connect`, a real conversation opens and is hung up at once), then
 the configured avatar provider (the API key is accepted, the avatar exists and is active, how many sessions run on
-the account now). Each check gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note`
+the account now), and with RELAY_REDIS_URL the fleet's Redis (reachable, version, round trip, the lease key
+writable). Each check gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note`
 (worth knowing). Any problem makes the exit status 1.
 
 The answers are read by plain functions (`agent_findings`, `heygen_avatar_findings`, ...) with no I/O, tested on
@@ -39,7 +40,7 @@ CHECK_TIMEOUT = 10.0
 @dataclass(frozen=True, slots=True)
 class Finding:
     level: Level
-    service: str  # "configuration", "ElevenLabs", "HeyGen", "LiveAvatar"
+    service: str  # "configuration", "ElevenLabs", "HeyGen", "LiveAvatar", "Redis"
     text: str
 
 
@@ -347,6 +348,33 @@ AVATAR_CHECKS: dict[str, Callable[[Settings, httpx2.AsyncClient], Awaitable[list
 }
 
 
+async def check_redis(settings: Settings) -> list[Finding]:
+    """The fleet's Redis (RELAY_REDIS_URL): reachable, its version, the round trip, the lease key writable."""
+    from relay.ops.fleet import FleetUnavailable
+    from relay.ops.fleet_probe import MIN_MAJOR_VERSION, probe
+
+    try:
+        found = await probe(settings)
+    except FleetUnavailable as exc:
+        return [problem("Redis", f"unreachable: {exc}. The relay will not start until it answers "
+                                 "(RELAY_REDIS_URL).")]
+    result = [ok("Redis", f"reachable at {found.where}, round trip {found.round_trip_ms:.2f} ms.")]
+    if found.version_ok:
+        result.append(ok("Redis", f"version {found.version}."))
+    else:
+        result.append(problem("Redis", f"version {found.version}: the fleet's admission scripts need Redis "
+                                       f"{MIN_MAJOR_VERSION} or later."))
+    if found.write_problem is None:
+        result.append(ok("Redis", "this relay's lease key can be written."))
+    else:
+        result.append(problem("Redis", f"the lease key cannot be written ({found.write_problem}): check the "
+                                       "user's permissions (ACL) and that this is not a read-only replica."))
+    if found.round_trip_ms > 20:
+        result.append(note("Redis", "the round trip is over 20 ms: every conversation's admission waits for a few "
+                                    "of them; put Redis near the relays."))
+    return result
+
+
 async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
     """Every check for `settings`, ElevenLabs and the avatar provider concurrently. Only reads (see --connect)."""
     results: dict[str, list[Finding]] = {}
@@ -358,7 +386,9 @@ async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: b
         nursery.start_soon(run, "elevenlabs", check_elevenlabs(settings, http, connect=connect))
         if settings.avatar != "none":
             nursery.start_soon(run, "avatar", AVATAR_CHECKS[registry.entry_for(settings.avatar).name](settings, http))
-    found = results["elevenlabs"] + results.get("avatar", [])
+        if settings.relay_redis_url is not None:
+            nursery.start_soon(run, "redis", check_redis(settings))
+    found = results["elevenlabs"] + results.get("avatar", []) + results.get("redis", [])
     if settings.avatar == "none":
         found.append(note("configuration", "RELAY_AVATAR=none: voice only, no avatar is checked."))
     return found

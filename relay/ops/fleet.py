@@ -253,5 +253,5 @@ class Fleet:
             try:
                 async with connect(self.target) as client:
                     await client.delete([self.relay_key])
-            except _REDIS_TROUBLE:
+            except* _REDIS_TROUBLE:  # the client's task group wraps what fails to connect
                 log.info("fleet: could not delete this relay's lease; it expires within %g s", self.lease)

@@ -126,6 +126,11 @@ class RelayMetrics:
                                        "providers, by upstream, kind (reason) and code (HTTP status, close code "
                                        "or provider code; empty when none).", ["upstream", "kind", "code"],
                                        registry=r)
+        self.admission_refusals = Counter("avatar_relay_admission_refusals", "Conversations refused, and avatar "
+                                          "sessions not asked for, by the limit that said no: max_conversations, "
+                                          "per_client, start_rate, shutdown, redis_unavailable (the fleet's outage "
+                                          "policy), avatar_budget (RELAY_MAX_AVATAR_SESSIONS: voice-only).",
+                                          ["reason"], registry=r)
         r.register(_TrafficCollector(self))
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -164,6 +169,28 @@ class RelayMetrics:
 
     def conversation_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()
+
+    def admission_refused(self, reason: str) -> None:
+        self.admission_refusals.labels(reason).inc()
+
+    def watch_fleet(self, *, healthy: Callable[[], bool] | None = None, seats: Callable[[], float] | None = None,
+                    seats_held: Callable[[], float] | None = None, avatars: Callable[[], float] | None = None,
+                    avatars_held: Callable[[], float] | None = None) -> None:
+        """Gauges of the fleet's shared state (read at scrape time, never I/O): Redis healthy, the fleet's seats
+        and avatar seats as Redis last said, and those this relay holds. Only those given are exposed."""
+        r = self.registry
+        for name, doc, read in (
+                ("avatar_relay_fleet_redis_healthy", "1 while the fleet's Redis answers, else 0.",
+                 None if healthy is None else (lambda: 1.0 if healthy() else 0.0)),
+                ("avatar_relay_fleet_seats_taken", "Conversations open in the whole fleet (as Redis last said).",
+                 seats),
+                ("avatar_relay_fleet_seats_held", "Conversation seats this relay holds in the fleet.", seats_held),
+                ("avatar_relay_fleet_avatar_sessions", "Avatar-budget seats taken in the whole fleet (as Redis "
+                 "last said).", avatars),
+                ("avatar_relay_avatar_sessions_held", "Avatar-budget seats (RELAY_MAX_AVATAR_SESSIONS) this relay "
+                 "holds: its avatar sessions being created, running or stopping.", avatars_held)):
+            if read is not None:
+                Gauge(name, doc, registry=r).set_function(read)
 
     def upstream_error(self, upstream: str, kind: str, code: object = None, message: str = "") -> None:
         """Count one upstream error and log it (with the conversation's ids, from the logging context)."""

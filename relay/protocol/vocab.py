@@ -16,8 +16,9 @@ ErrorCode = Literal["protocol_error", "unauthorized", "capacity", "upstream_unav
 EndReason = ErrorCode | Literal["client_stop", "agent_ended", "max_duration"]
 
 # `AvatarUnavailable.reason`: why no avatar session could be opened.
-UnavailableReason = Literal["concurrent_limit", "unauthorized", "no_credits", "rate_limited", "upstream_error",
-                            "timeout", "bad_config"]
+# `capacity`: the relay's own budget of avatar sessions (RELAY_MAX_AVATAR_SESSIONS) is used up; no call was made.
+UnavailableReason = Literal["concurrent_limit", "capacity", "unauthorized", "no_credits", "rate_limited",
+                            "upstream_error", "timeout", "bad_config"]
 
 # `AvatarSessionEnded.reason`: a running session ended on the provider's side (gone by its answer, or its socket
 # closed).

@@ -414,6 +414,12 @@ class Gate:
         self.origins = allowed_origins(settings)
         self.trust_forwarded_for = settings.relay_trust_forwarded_for
         self.starts = StartRateLimiter(settings.relay_max_starts_per_minute)
+        # Takes one conversation start for a client address; the app points it at its seat keeper (the fleet's
+        # shared rate with Redis).
+        self.allow_start: Callable[[str, float], Awaitable[bool]] = self._allow_start_here
+
+    async def _allow_start_here(self, client: str, now: float) -> bool:
+        return self.starts.allow(client, now)
 
     async def verify(self, token: str | None) -> TokenClaims:
         """A client token (a JWT, or the deprecated v1 format): its claims, or TokenError saying why not (safe to
@@ -434,7 +440,7 @@ class Gate:
         client = client_address(remote_addr, forwarded_for, trust_forwarded_for=self.trust_forwarded_for)
         if not origin_allowed(origin, host, self.origins):
             return HandshakeDecision(client, refuse_status=403)
-        if not self.starts.allow(client, now):  # before the token: guessing tokens costs starts too
+        if not await self.allow_start(client, now):  # before the token: guessing tokens costs starts too
             return HandshakeDecision(client, over_rate=True)
         if not self.required:
             return HandshakeDecision(client)

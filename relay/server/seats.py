@@ -6,8 +6,9 @@ cap, whichever workers the kernel hands the connections to.
 Each worker writes only its own counter; when a worker dies, the supervisor zeroes its counter before starting the
 replacement (the dead worker's conversations are gone with it), so a crash never leaks seats. The lock is held for
 a few microseconds, never across an await, and the kernel drops it if its holder dies. The file is unlinked from
-the start (a temporary file passed to the workers by descriptor): nothing is left on disk. This module must never
-block on anything but that lock.
+the start (a temporary file passed to the workers by descriptor): nothing is left on disk. A second set of counters
+holds the machine's avatar sessions against RELAY_MAX_AVATAR_SESSIONS (without Redis), the same way. This module
+must never block on anything but that lock.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _SLOT = struct.Struct("<q")
+# Counter sets in the file, each one counter per worker: 0 the conversations (RELAY_MAX_CONVERSATIONS), 1 the avatar
+# sessions (RELAY_MAX_AVATAR_SESSIONS, counted for the machine when there is no Redis).
+CONVERSATIONS, AVATARS = 0, 1
+_REGIONS = 2
 
 
 def create_seats_file(workers: int) -> int:
@@ -29,20 +34,22 @@ def create_seats_file(workers: int) -> int:
     handle = tempfile.TemporaryFile()
     fd = os.dup(handle.fileno())
     handle.close()
-    os.ftruncate(fd, _SLOT.size * workers)
+    os.ftruncate(fd, _SLOT.size * workers * _REGIONS)
     os.set_inheritable(fd, True)
     return fd
 
 
 class Seats:
-    """A view of the shared counters: worker `index` of `workers`, at most `limit` seats in all."""
+    """A view of one set of shared counters (`region`: CONVERSATIONS or AVATARS): worker `index` of `workers`, at
+    most `limit` seats in all."""
 
-    def __init__(self, fd: int, workers: int, index: int, limit: int) -> None:
+    def __init__(self, fd: int, workers: int, index: int, limit: int, region: int = CONVERSATIONS) -> None:
         self._fd = fd
         self._workers = workers
         self._index = index
+        self._base = region * workers
         self.limit = limit
-        self._map = mmap.mmap(fd, _SLOT.size * workers)
+        self._map = mmap.mmap(fd, _SLOT.size * workers * _REGIONS)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -53,10 +60,10 @@ class Seats:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def _get(self, index: int) -> int:
-        return int(_SLOT.unpack_from(self._map, index * _SLOT.size)[0])
+        return int(_SLOT.unpack_from(self._map, (self._base + index) * _SLOT.size)[0])
 
     def _set(self, index: int, value: int) -> None:
-        _SLOT.pack_into(self._map, index * _SLOT.size, value)
+        _SLOT.pack_into(self._map, (self._base + index) * _SLOT.size, value)
 
     def _total(self) -> int:
         return sum(self._get(i) for i in range(self._workers))
@@ -80,9 +87,30 @@ class Seats:
             return self._total()
 
     def clear(self, index: int) -> None:
-        """Forget worker `index`'s seats (the supervisor, once that worker has exited)."""
+        """Forget worker `index`'s seats of every kind (the supervisor, once that worker has exited)."""
         with self._locked():
-            self._set(index, 0)
+            for region in range(_REGIONS):
+                _SLOT.pack_into(self._map, (region * self._workers + index) * _SLOT.size, 0)
 
     def close(self) -> None:
         self._map.close()
+
+
+class SharedAvatarBudget:
+    """RELAY_MAX_AVATAR_SESSIONS for the whole machine under `serve --workers N` (an `AvatarBudget`,
+    relay.avatars.budget): a seat of the AVATARS counters per session this worker holds."""
+
+    def __init__(self, seats: Seats) -> None:
+        self.seats = seats
+        self.held: set[str] = set()
+
+    async def take_avatar(self, seat: str) -> bool:
+        if not self.seats.take():
+            return False
+        self.held.add(seat)
+        return True
+
+    async def give_back_avatar(self, seat: str) -> None:
+        if seat in self.held:
+            self.held.discard(seat)
+            self.seats.give_back()

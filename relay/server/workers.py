@@ -27,7 +27,7 @@ from pathlib import Path
 import trio
 
 from relay.config import Settings
-from relay.server.seats import Seats, create_seats_file
+from relay.server.seats import AVATARS, Seats, create_seats_file
 from relay.server.serving import hypercorn_config
 
 log = logging.getLogger("relay.workers")
@@ -59,6 +59,10 @@ class WorkerRole:
 
     def seats(self, limit: int) -> Seats:
         return Seats(self.seats_fd, self.count, self.index, limit)
+
+    def avatar_seats(self, limit: int) -> Seats:
+        """The machine's avatar-session counters (RELAY_MAX_AVATAR_SESSIONS without Redis)."""
+        return Seats(self.seats_fd, self.count, self.index, limit, AVATARS)
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:

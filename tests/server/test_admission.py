@@ -7,18 +7,20 @@ import pytest
 from relay.server.admission import AdmissionRefused, Registry
 
 
-def test_a_conversation_moves_from_its_address_to_its_tokens_sub() -> None:
+async def test_a_conversation_moves_from_its_address_to_its_tokens_sub() -> None:
     registry = Registry(10, 1)
-    with registry.admit("1.2.3.4") as first, registry.admit("5.6.7.8") as second:
-        registry.reassign(first, "sub:alice")
-        with registry.admit("1.2.3.4"):  # the address is free again
+    async with registry.admit("1.2.3.4") as first, registry.admit("5.6.7.8") as second:
+        await registry.reassign(first, "sub:alice")
+        async with registry.admit("1.2.3.4"):  # the address is free again
             pass
         with pytest.raises(AdmissionRefused, match="for this user"):
-            registry.reassign(second, "sub:alice")
-        with pytest.raises(AdmissionRefused, match="for this user"), registry.admit("sub:alice"):
-            pass
-        with pytest.raises(AdmissionRefused, match="from your address"), registry.admit("5.6.7.8"):
-            pass
+            await registry.reassign(second, "sub:alice")
+        with pytest.raises(AdmissionRefused, match="for this user"):
+            async with registry.admit("sub:alice"):
+                pass
+        with pytest.raises(AdmissionRefused, match="from your address"):
+            async with registry.admit("5.6.7.8"):
+                pass
     assert registry.open_count == 0
-    with registry.admit("sub:alice"):
+    async with registry.admit("sub:alice"):
         pass

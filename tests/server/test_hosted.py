@@ -42,7 +42,7 @@ def settings(**values: object) -> Settings:
 
 async def hold_one(registry: Registry, ended: list[str], *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    with registry.admit("client") as scope:
+    async with registry.admit("client") as scope:
         with scope:
             task_status.started()
             await trio.sleep_forever()
@@ -91,7 +91,7 @@ async def test_hypercorns_shutdown_drains_at_once_and_leaves_the_exit_to_hyperco
             nursery.cancel_scope.cancel()
     assert ended == ["shutdown"] and exits == []
     try:
-        with registry.admit("late"):
+        async with registry.admit("late"):
             raise AssertionError("admitted while shutting down")
     except AdmissionRefused as exc:
         assert exc.code == "shutdown"
