@@ -225,7 +225,7 @@ class FleetSessions:
     takeover_grace: float | None = None  # seconds of health before taking over (None: one lease)
     _open: dict[str, SessionEntry] = field(default_factory=dict)  # held by this relay's conversations now
     _orphans: dict[str, SessionEntry] = field(default_factory=dict)  # failed stops Redis has not heard of yet
-    _stopped: dict[str, SessionEntry] = field(default_factory=dict)  # stopped while Redis was unreachable
+    _stopped: set[str] = field(default_factory=set)  # stopped while Redis was unreachable
     _healthy_since: float | None = None
     _scripts: dict[str, Any] = field(default_factory=dict)
 
@@ -300,10 +300,7 @@ class FleetSessions:
                     return
             self._orphans[entry.member] = orphan
         else:
-            with trio.move_on_after(OP_TIMEOUT + 0.5, shield=True):
-                if await self._quietly(self._finish(entry.member), "forget"):
-                    return
-            self._stopped[entry.member] = entry
+            await self.finish(entry.provider, entry.session_id)
 
     async def _quietly(self, write: Awaitable[Any], what: str) -> bool:
         """Await one registry write; False (logged once) if Redis is unreachable: `rebuild` writes it later."""
@@ -339,7 +336,7 @@ class FleetSessions:
         self._healthy_since = trio.current_time()
         for member in list(self._stopped):
             await self._finish(member)
-            self._stopped.pop(member, None)
+            self._stopped.discard(member)
         for member, entry in list(self._orphans.items()):
             await self._register(entry)
             self._orphans.pop(member, None)
@@ -361,12 +358,23 @@ class FleetSessions:
         return str(answer)  # type: ignore[return-value]
 
     async def finish(self, provider: str, session_id: str) -> None:
-        """The claimed session has been stopped: forget it, for good. Raises FleetUnavailable."""
-        await self._finish(member_of(provider, session_id))
+        """The claimed session has been stopped: forget it, for good (its tombstone keeps it from being stopped
+        again). Never raises: while Redis is unreachable it is kept in memory and written once Redis is back."""
+        member = member_of(provider, session_id)
+        with trio.move_on_after(OP_TIMEOUT + 0.5, shield=True):
+            if await self._quietly(self._finish(member), "forget"):
+                return
+        self._stopped.add(member)
 
-    async def release(self, provider: str, session_id: str) -> None:
-        """The claimed session could not be stopped: this relay's sweep retries it. Raises FleetUnavailable."""
-        await self._script("release", _RELEASE, [member_of(provider, session_id), self.fleet.relay_id])
+    async def release(self, provider: str, session_id: str, base_url: str) -> None:
+        """The claimed session could not be stopped: it goes back to `orphan`, this relay's, and its sweep retries
+        it. Never raises: while Redis is unreachable it is kept in memory and written once Redis is back."""
+        member = member_of(provider, session_id)
+        with trio.move_on_after(OP_TIMEOUT + 0.5, shield=True):
+            if await self._quietly(self._script("release", _RELEASE, [member, self.fleet.relay_id]), "release"):
+                return
+        self._orphans[member] = SessionEntry(provider, session_id, base_url, self.fleet.relay_id, time.time(),
+                                             "orphan")
 
     async def listing(self) -> list[FleetSession]:
         """Every registered session with whether its owner is alive. Raises FleetUnavailable."""
@@ -415,29 +423,15 @@ class FleetSessions:
                 return
             try:
                 await self.stop(entry)
-            except Exception as exc:  # the provider's errors, timeouts: retried by the next sweep
+            except Exception as exc:  # the provider's errors and timeouts: retried by the next sweep
                 self.stats.takeover_failed += 1
                 log.warning("fleet: could not stop orphaned %s session %s (%s); retrying at the next sweep",
                             entry.provider, entry.session_id, getattr(exc, "message", type(exc).__name__))
-                with trio.move_on_after(OP_TIMEOUT + 0.5, shield=True):
-                    try:
-                        await self.release(entry.provider, entry.session_id)
-                        return
-                    except FleetUnavailable:
-                        pass
-                orphan = SessionEntry(entry.provider, entry.session_id, entry.base_url, self.fleet.relay_id,
-                                      entry.opened_at, "orphan")
-                self._orphans[entry.member] = orphan  # written back as `orphan` when Redis answers again
+                await self.release(entry.provider, entry.session_id, entry.base_url)
                 return
             self.stats.takeover_stopped += 1
             log.info("fleet: stopped orphaned %s session %s", entry.provider, entry.session_id)
-            with trio.move_on_after(OP_TIMEOUT + 0.5, shield=True):
-                try:
-                    await self.finish(entry.provider, entry.session_id)
-                    return
-                except FleetUnavailable:
-                    pass
-            self._stopped[entry.member] = entry
+            await self.finish(entry.provider, entry.session_id)
 
     async def serve(self) -> None:
         """`sweep` every `sweep_interval` seconds until cancelled. Never raises."""

@@ -133,7 +133,7 @@ async def test_one_gate_for_every_stopper(redis_server: RedisServer) -> None:
             for _ in range(20):
                 nursery.start_soon(claim)
         assert Counter(verdicts) == {"claimed": 1, "busy": 19}
-        await other.release("heygen", "unknown")
+        await other.release("heygen", "unknown", BASE)
         assert await other.claim("heygen", "unknown", BASE) == "claimed", "a released claim can be made again"
         await other.finish("heygen", "unknown")
         assert await owner.claim("heygen", "unknown", BASE) == "done"

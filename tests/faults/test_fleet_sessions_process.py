@@ -1,0 +1,240 @@
+"""A fleet of real relay processes (`avatar-relay serve`, the real hypercorn) sharing a real redis-server, against
+simulators running in this test process (a relay killed with -9 cannot take them, or their ledgers, along); each
+relay has its own state directory, non-demo settings with fake keys:
+
+- kill -9 one relay's whole process group with sessions open: another relay stops them within the lease plus one
+  sweep, each exactly once; the dead relay's own journal, read by its next start, stops nothing twice;
+- Redis killed and restarted empty in the middle of conversations: they go on (replies keep coming), a session opened
+  during the outage is registered once Redis is back, new conversations are admitted again, and at the end every
+  session was stopped exactly once and the registry is empty."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from relay.sim.runner import SimulatorURLs, serve_simulators
+from tests.faults.test_process_faults import base_env, free_port, journal_rows
+from tests.support.harness import E2E_AVATAR, BrowserClient
+from tests.support.redis import RedisServer
+
+LEASE = 2.0  # RELAY_FLEET_LEASE in these tests (seconds): sweeps every third of it
+
+
+def fleet_env(sims: SimulatorURLs, redis: RedisServer, state: Path, provider: str) -> dict[str, str]:
+    env = base_env(ELEVENLABS_BASE_URL=sims.elevenlabs, ELEVENLABS_AGENT_ID="agent_fleet",
+                   ELEVENLABS_API_KEY="xi-fleet", RELAY_AVATAR=provider, RELAY_AUTH="off",
+                   RELAY_STATE_DIR=str(state), RELAY_REDIS_URL=redis.url, RELAY_FLEET_LEASE=str(LEASE),
+                   RELAY_STOP_TIMEOUT="3")
+    if provider == "heygen":
+        env.update(HEYGEN_BASE_URL=sims.heygen, HEYGEN_API_KEY="hg-fleet", HEYGEN_AVATAR_ID="Wayne_20240711")
+    else:
+        env.update(LIVEAVATAR_BASE_URL=sims.liveavatar, LIVEAVATAR_API_KEY="la-fleet",
+                   LIVEAVATAR_AVATAR_ID=E2E_AVATAR)
+    return env
+
+
+@asynccontextmanager
+async def fleet_relay(env: dict[str, str], cwd: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+    """One relay process (its own process group, so the whole group can be killed) serving on a free port."""
+    port = free_port()
+    process = await trio.lowlevel.open_process([sys.executable, "-m", "relay", "serve", "--port", str(port)],
+                                               env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx2.AsyncClient(timeout=1.0) as http:
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        if (await http.get(url + "/readyz")).status_code == 200:
+                            break
+                    except httpx2.TransportError:
+                        pass
+                    assert process.poll() is None, "the relay exited at start-up"
+                    await trio.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+async def ledger(http: httpx2.AsyncClient, sims: SimulatorURLs, provider: str) -> dict[str, Any]:
+    answer: dict[str, Any] = (await http.get(str(getattr(sims, provider)) + "/_sim/ledger")).json()
+    return answer
+
+
+def stopped(session: dict[str, Any]) -> bool:
+    return (session.get("stopped_at") or session.get("stopped")) is not None
+
+
+def stop_calls(session: dict[str, Any]) -> int:
+    """Stop requests the simulator received for one session (HeyGen `stop_requests`, LiveAvatar `stop_calls`)."""
+    return int(session.get("stop_requests", session.get("stop_calls", 0)))
+
+
+def registry(redis: RedisServer) -> dict[str, dict[str, Any]]:
+    lines = redis.command("HGETALL", "{avatar-relay}:sessions").splitlines()
+    return {lines[i]: orjson.loads(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
+
+
+async def wait_until(check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Poll `check()` (sync or async) until it returns something true; a hang guard names `what`."""
+    last: Any = None
+    with trio.move_on_after(timeout):
+        while True:
+            last = check()
+            if hasattr(last, "__await__"):
+                last = await last
+            if last:
+                return last
+            await trio.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@asynccontextmanager
+async def conversation(url: str) -> AsyncIterator[BrowserClient]:
+    async with open_websocket_url(url.replace("http", "ws") + "/ws", message_queue_size=1000) as ws:
+        browser = BrowserClient(ws)
+        await browser.start()
+        yield browser
+
+
+async def talk(browser: BrowserClient, text: str) -> None:
+    """A typed message gets the agent's reply (the conversation is alive end to end)."""
+    await browser.send(type="text", text=text)
+    await browser.expect("agent_response", timeout=15, where=lambda reply: text in reply["text"])
+
+
+async def hang_up(browser: BrowserClient) -> None:
+    await browser.send(type="stop")
+    await browser.expect("ended", timeout=15)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("provider", ["heygen", "liveavatar"])
+async def test_kill_9_one_relay_and_another_stops_its_sessions_each_once(provider: str, tmp_path: Path,
+                                                                       redis_server: RedisServer) -> None:
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        env_a = fleet_env(sims, redis_server, tmp_path / "state-a", provider)
+        env_b = fleet_env(sims, redis_server, tmp_path / "state-b", provider)
+        async with httpx2.AsyncClient(timeout=5.0) as http, AsyncExitStack() as stack:
+            process_a, url_a = await stack.enter_async_context(fleet_relay(env_a, tmp_path))
+            _, url_b = await stack.enter_async_context(fleet_relay(env_b, tmp_path))
+            await stack.enter_async_context(conversation(url_a))
+            await stack.enter_async_context(conversation(url_a))
+            survivor = await stack.enter_async_context(conversation(url_b))
+            entries = await wait_until(lambda: len(registry(redis_server)) == 3 and registry(redis_server),
+                                       "all three sessions registered")
+            assert len({entry["owner"] for entry in entries.values()}) == 2
+            dead = {entry["session_id"] for entry in entries.values()
+                    if entry["owner"].split(":")[1] == str(process_a.pid)}  # relay id: host:pid:random
+            assert len(dead) == 2
+            os.killpg(process_a.pid, signal.SIGKILL)  # the whole process group, no cleanup at all
+            killed_at = trio.current_time()
+            await process_a.wait()
+
+            async def dead_ones_stopped() -> bool:
+                sessions = (await ledger(http, sims, provider))["sessions"]
+                return all(stopped(sessions[s]) for s in dead)
+
+            await wait_until(dead_ones_stopped, "the dead relay's sessions stopped by the other relay")
+            took = trio.current_time() - killed_at
+            print(f"\n{provider}: the dead relay's sessions were stopped {took:.2f} s after kill -9 "
+                  f"(lease {LEASE} s, sweep every {LEASE / 3:.2f} s)")
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert {s: stop_calls(sessions[s]) for s in dead} == {s: 1 for s in dead}
+            assert sum(1 for s in sessions.values() if not stopped(s)) == 1, "the live relay's session runs on"
+            await talk(survivor, "are you still there?")
+            assert set(registry(redis_server)) == {f"{provider}:{s}" for s in sessions if s not in dead}
+
+            # The dead relay starts again on its state directory: its journal still lists the two sessions, and
+            # its reaper asks the registry's gate, which says they are stopped already: no second stop.
+            assert {sid for sid, _ in journal_rows(tmp_path / "state-a")} == dead
+            await stack.enter_async_context(fleet_relay(env_a, tmp_path))
+            await wait_until(lambda: not journal_rows(tmp_path / "state-a"), "the restarted relay's journal empty")
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert {s: stop_calls(sessions[s]) for s in dead} == {s: 1 for s in dead}
+            await hang_up(survivor)
+
+            async def all_stopped_once() -> bool:
+                sessions = (await ledger(http, sims, provider))["sessions"]
+                return all(stopped(s) for s in sessions.values())
+
+            await wait_until(all_stopped_once, "every session stopped")
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert [stop_calls(s) for s in sessions.values()] == [1, 1, 1]
+            await wait_until(lambda: registry(redis_server) == {}, "the registry empty")
+        outer.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(150)
+async def test_redis_killed_and_restarted_mid_conversation(tmp_path: Path, redis_server: RedisServer) -> None:
+    provider = "heygen"
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        async with httpx2.AsyncClient(timeout=5.0) as http, AsyncExitStack() as stack:
+            _, url_a = await stack.enter_async_context(
+                fleet_relay(fleet_env(sims, redis_server, tmp_path / "state-a", provider), tmp_path))
+            _, url_b = await stack.enter_async_context(
+                fleet_relay(fleet_env(sims, redis_server, tmp_path / "state-b", provider), tmp_path))
+            first = await stack.enter_async_context(conversation(url_a))
+            second = await stack.enter_async_context(conversation(url_b))
+            await wait_until(lambda: len(registry(redis_server)) == 2, "both sessions registered")
+
+            redis_server.stop()
+
+            async def redis_seen_down(url: str) -> bool:
+                body = (await http.get(url + "/readyz")).json()
+                return body["checks"]["redis"] is False
+
+            for url in (url_a, url_b):
+                await wait_until(lambda url=url: redis_seen_down(url), "the relay noticing the outage")
+            await talk(first, "hello during the outage")
+            await talk(second, "and hello from the other relay")
+            during = await stack.enter_async_context(conversation(url_a))  # opened while Redis is down
+            await talk(during, "a new conversation in the outage")
+            assert session_count(await ledger(http, sims, provider)) == 3
+
+            redis_server.start()  # empty: no persistence, every relay writes what it holds again
+
+            async def both_ready() -> bool:
+                return [(await http.get(url + "/readyz")).status_code for url in (url_a, url_b)] == [200, 200]
+
+            await wait_until(both_ready, "both relays ready again")
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            await wait_until(lambda: set(registry(redis_server)) == {f"{provider}:{s}" for s in sessions},
+                             "every open session (the one opened during the outage too) registered again")
+            after = await stack.enter_async_context(conversation(url_b))  # admission works again
+            await talk(after, "after the outage")
+            await talk(first, "still the first conversation")
+            for browser in (first, second, during, after):
+                await hang_up(browser)
+
+            async def all_stopped() -> bool:
+                return all(stopped(s) for s in (await ledger(http, sims, provider))["sessions"].values())
+
+            await wait_until(all_stopped, "every session stopped")
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert len(sessions) == 4 and [stop_calls(s) for s in sessions.values()] == [1, 1, 1, 1]
+            await wait_until(lambda: registry(redis_server) == {}, "the registry empty")
+        outer.cancel_scope.cancel()
+
+
+def session_count(ledger: dict[str, Any]) -> int:
+    return len(ledger["sessions"])
