@@ -238,3 +238,53 @@ async def test_redis_killed_and_restarted_mid_conversation(tmp_path: Path, redis
 
 def session_count(ledger: dict[str, Any]) -> int:
     return len(ledger["sessions"])
+
+
+@pytest.mark.timeout(150)
+async def test_reap_stops_only_sessions_no_live_relay_of_the_fleet_holds(tmp_path: Path,
+                                                                         redis_server: RedisServer) -> None:
+    """Relay A (killed -9) leaves two registered sessions; relay B, alive, holds one (its long lease keeps it from
+    taking A's over during the test); one more session runs on the account that no relay ever registered.
+    `avatar-relay reap`, run on another machine (its own empty state directory), lists A's two (fleet) and the
+    stray one (list), never B's, and stops exactly those three, once each."""
+    provider = "heygen"
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        env_a = fleet_env(sims, redis_server, tmp_path / "state-a", provider)
+        env_b = fleet_env(sims, redis_server, tmp_path / "state-b", provider)
+        env_b["RELAY_FLEET_LEASE"] = "120"
+        env_reap = fleet_env(sims, redis_server, tmp_path / "state-reap", provider)
+        async with httpx2.AsyncClient(timeout=5.0) as http, AsyncExitStack() as stack:
+            process_a, url_a = await stack.enter_async_context(fleet_relay(env_a, tmp_path))
+            _, url_b = await stack.enter_async_context(fleet_relay(env_b, tmp_path))
+            await stack.enter_async_context(conversation(url_a))
+            await stack.enter_async_context(conversation(url_a))
+            live = await stack.enter_async_context(conversation(url_b))
+            stray = (await http.post(sims.heygen + "/v1/streaming.new", headers={"x-api-key": "hg-fleet"},
+                                     json={"version": "v2"})).json()["data"]["session_id"]
+            entries = await wait_until(lambda: len(registry(redis_server)) == 3 and registry(redis_server),
+                                       "the relays' three sessions registered")
+            dead = {e["session_id"] for e in entries.values() if e["owner"].split(":")[1] == str(process_a.pid)}
+            (held,) = {e["session_id"] for e in entries.values()} - dead
+            os.killpg(process_a.pid, signal.SIGKILL)
+            await process_a.wait()
+            await wait_until(lambda: redis_server.command("KEYS", "{avatar-relay}:relay:*").count(
+                "relay:") == 1, "the dead relay's lease expired")
+
+            dry = await trio.run_process([sys.executable, "-m", "relay", "reap", "--dry-run"], env=env_reap,
+                                         cwd=tmp_path, capture_stdout=True)
+            listed = set(dry.stdout.decode().splitlines())
+            assert listed == {f"heygen {s} (fleet)" for s in dead} | {f"heygen {stray} (list)"}, listed
+            done = await trio.run_process([sys.executable, "-m", "relay", "reap"], env=env_reap, cwd=tmp_path,
+                                          capture_stdout=True)
+            assert "stopped 3, failed 0" in done.stdout.decode()
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert {s: stop_calls(sessions[s]) for s in (*dead, stray)} == {s: 1 for s in (*dead, stray)}
+            assert not stopped(sessions[held]), "the live relay's session is not an orphan"
+            assert set(registry(redis_server)) == {f"heygen:{held}"}
+            await talk(live, "still here after the reap?")
+            await hang_up(live)
+            await wait_until(lambda: registry(redis_server) == {}, "the registry empty")
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert stop_calls(sessions[held]) == 1
+        outer.cancel_scope.cancel()
