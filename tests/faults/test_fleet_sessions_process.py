@@ -160,6 +160,13 @@ async def test_kill_9_one_relay_and_another_stops_its_sessions_each_once(provide
             sessions = (await ledger(http, sims, provider))["sessions"]
             assert {s: stop_calls(sessions[s]) for s in dead} == {s: 1 for s in dead}
             assert sum(1 for s in sessions.values() if not stopped(s)) == 1, "the live relay's session runs on"
+            scrape = (await http.get(url_b + "/metrics")).text
+            for sample in ("avatar_relay_fleet_lease_expiries_total 1.0",
+                           "avatar_relay_fleet_sessions_taken_over_total 2.0",
+                           'avatar_relay_fleet_orphan_stops_total{result="stopped"} 2.0',
+                           'avatar_relay_fleet_orphan_stops_total{result="failed"} 0.0',
+                           "avatar_relay_fleet_sessions_held 1.0"):
+                assert sample in scrape.splitlines(), (sample, scrape)
             await talk(survivor, "are you still there?")
             assert set(registry(redis_server)) == {f"{provider}:{s}" for s in sessions if s not in dead}
 
