@@ -226,6 +226,7 @@ class FleetSessions:
     _open: dict[str, SessionEntry] = field(default_factory=dict)  # held by this relay's conversations now
     _orphans: dict[str, SessionEntry] = field(default_factory=dict)  # failed stops Redis has not heard of yet
     _stopped: set[str] = field(default_factory=set)  # stopped while Redis was unreachable
+    _unregistered: set[str] = field(default_factory=set)  # open sessions Redis has not heard of yet
     _healthy_since: float | None = None
     _scripts: dict[str, Any] = field(default_factory=dict)
 
@@ -240,6 +241,12 @@ class FleetSessions:
     def held(self) -> int:
         """Sessions this relay's conversations hold now (the registry's entries it owns as `open`)."""
         return len(self._open)
+
+    @property
+    def unsynced(self) -> int:
+        """Changes Redis has not heard of yet (kept in memory while it is unreachable, written when it is back):
+        sessions opened, stopped, or failed to stop meanwhile."""
+        return len(self._unregistered) + len(self._orphans) + len(self._stopped)
 
     @property
     def _sessions_key(self) -> str:
@@ -288,10 +295,14 @@ class FleetSessions:
     async def opened(self, entry: SessionEntry) -> None:
         self._open[entry.member] = entry
         with trio.move_on_after(OP_TIMEOUT + 0.5, shield=True):
-            await self._quietly(self._register(entry), "register")
+            if await self._quietly(self._register(entry), "register"):
+                return
+        if entry.member in self._open:
+            self._unregistered.add(entry.member)
 
     async def closed(self, entry: SessionEntry, *, stop_failed: bool) -> None:
         self._open.pop(entry.member, None)
+        self._unregistered.discard(entry.member)
         if stop_failed:
             orphan = SessionEntry(entry.provider, entry.session_id, entry.base_url, entry.owner, entry.opened_at,
                                   "orphan")
@@ -342,6 +353,7 @@ class FleetSessions:
             self._orphans.pop(member, None)
         for entry in list(self._open.values()):
             await self._register(entry)
+            self._unregistered.discard(entry.member)
         log.info("fleet: session registry rebuilt (%d open sessions held by this relay)", len(self._open))
 
     # ------------------------------------------------------------------------------------------------------------------

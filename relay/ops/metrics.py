@@ -304,7 +304,10 @@ class _FleetSessionsCollector:
         stops.add_metric(["failed"], stats.takeover_failed)
         held = GaugeMetricFamily("avatar_relay_fleet_sessions_held", "Avatar sessions this relay's conversations "
                                  "hold in the fleet registry now.", value=self._sessions.held)
-        return [expiries, taken, stops, held]
+        unsynced = GaugeMetricFamily("avatar_relay_fleet_sessions_unsynced", "Session changes (opened, stopped, "
+                                     "failed to stop) this relay keeps in memory because Redis was unreachable; "
+                                     "written when it is back.", value=self._sessions.unsynced)
+        return [expiries, taken, stops, held, unsynced]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -192,45 +192,48 @@ async def test_kill_9_one_relay_and_another_stops_its_sessions_each_once(provide
 
 @pytest.mark.timeout(150)
 async def test_redis_killed_and_restarted_mid_conversation(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Admission during the outage follows RELAY_FLEET_OUTAGE (engineer C's setting, docs/deploy.md): `local` here,
+    so that sessions can be opened while Redis is down; under the default `refuse` none would be."""
     provider = "heygen"
     async with trio.open_nursery() as outer:
         sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        urls: list[str] = []
         async with httpx2.AsyncClient(timeout=5.0) as http, AsyncExitStack() as stack:
-            _, url_a = await stack.enter_async_context(
-                fleet_relay(fleet_env(sims, redis_server, tmp_path / "state-a", provider), tmp_path))
-            _, url_b = await stack.enter_async_context(
-                fleet_relay(fleet_env(sims, redis_server, tmp_path / "state-b", provider), tmp_path))
-            first = await stack.enter_async_context(conversation(url_a))
-            second = await stack.enter_async_context(conversation(url_b))
+            for name in ("a", "b"):
+                env = fleet_env(sims, redis_server, tmp_path / f"state-{name}", provider)
+                env["RELAY_FLEET_OUTAGE"] = "local"
+                urls.append((await stack.enter_async_context(fleet_relay(env, tmp_path)))[1])
+            across = [await stack.enter_async_context(conversation(url)) for url in urls]
             await wait_until(lambda: len(registry(redis_server)) == 2, "both sessions registered")
 
             redis_server.stop()
+            for n, browser in enumerate(across):
+                await talk(browser, f"hello {n} during the outage")  # open conversations go on
+            during = [await stack.enter_async_context(conversation(url)) for url in urls]  # opened in the outage
+            for n, browser in enumerate(during):
+                await talk(browser, f"new conversation {n} in the outage")
 
-            async def redis_seen_down(url: str) -> bool:
-                body = (await http.get(url + "/readyz")).json()
-                return body["checks"]["redis"] is False
+            async def unsynced(url: str) -> float:
+                for line in (await http.get(url + "/metrics")).text.splitlines():
+                    if line.startswith("avatar_relay_fleet_sessions_unsynced "):
+                        return float(line.split()[1])
+                raise AssertionError("no avatar_relay_fleet_sessions_unsynced in /metrics")
 
-            for url in (url_a, url_b):
-                await wait_until(lambda url=url: redis_seen_down(url), "the relay noticing the outage")
-            await talk(first, "hello during the outage")
-            await talk(second, "and hello from the other relay")
-            during = await stack.enter_async_context(conversation(url_a))  # opened while Redis is down
-            await talk(during, "a new conversation in the outage")
-            assert session_count(await ledger(http, sims, provider)) == 3
+            for url in urls:  # each relay keeps the session it opened in the outage, to write it later
+                await wait_until(lambda url=url: unsynced(url), "the new session kept in memory")
+            assert len((await ledger(http, sims, provider))["sessions"]) == 4
 
             redis_server.start()  # empty: no persistence, every relay writes what it holds again
-
-            async def both_ready() -> bool:
-                return [(await http.get(url + "/readyz")).status_code for url in (url_a, url_b)] == [200, 200]
-
-            await wait_until(both_ready, "both relays ready again")
             sessions = (await ledger(http, sims, provider))["sessions"]
             await wait_until(lambda: set(registry(redis_server)) == {f"{provider}:{s}" for s in sessions},
-                             "every open session (the one opened during the outage too) registered again")
-            after = await stack.enter_async_context(conversation(url_b))  # admission works again
+                             "every open session (those opened in the outage too) registered again")
+            for url in urls:
+                assert await unsynced(url) == 0
+            after = await stack.enter_async_context(conversation(urls[1]))  # admission works again
             await talk(after, "after the outage")
-            await talk(first, "still the first conversation")
-            for browser in (first, second, during, after):
+            await wait_until(lambda: len(registry(redis_server)) == 5, "the new session registered")
+            for browser in (*across, *during, after):
+                await talk(browser, "still there?")
                 await hang_up(browser)
 
             async def all_stopped() -> bool:
@@ -238,13 +241,11 @@ async def test_redis_killed_and_restarted_mid_conversation(tmp_path: Path, redis
 
             await wait_until(all_stopped, "every session stopped")
             sessions = (await ledger(http, sims, provider))["sessions"]
-            assert len(sessions) == 4 and [stop_calls(s) for s in sessions.values()] == [1, 1, 1, 1]
+            assert len(sessions) == 5 and [stop_calls(s) for s in sessions.values()] == [1] * 5
             await wait_until(lambda: registry(redis_server) == {}, "the registry empty")
         outer.cancel_scope.cancel()
 
 
-def session_count(ledger: dict[str, Any]) -> int:
-    return len(ledger["sessions"])
 
 
 @pytest.mark.timeout(150)

@@ -201,16 +201,21 @@ async def test_sessions_opened_and_stopped_during_an_outage_are_reconciled(redis
                     await trio.sleep(0.05)
             during = trio.Event()
             nursery.start_soon(open_and_close, sessions, "during", False, during)  # opened in the outage
+            with trio.fail_after(10):
+                while sessions.held != 2:
+                    await trio.sleep(0.02)
             await open_and_close(sessions, "brief")  # opened and stopped in the outage
             await open_and_close(sessions, "failed", stop_failed=True)  # its stop failed in the outage
             before.set()  # stopped in the outage
             with trio.fail_after(10):
                 while sessions.held != 1:
                     await trio.sleep(0.02)
+            assert sessions.unsynced == 4, "opened: during; stopped: before, brief; failed to stop: failed"
             redis_server.start()  # an empty Redis: everything this relay holds must be written again
             with trio.fail_after(20):
                 while set(registry(redis_server)) != {"heygen:during", "heygen:failed"}:
                     await trio.sleep(0.05)
+            assert sessions.unsynced == 0
             entries = registry(redis_server)
             assert entries["heygen:during"]["state"] == "open" and entries["heygen:failed"]["state"] == "orphan"
             await sessions.sweep()
