@@ -296,3 +296,27 @@ async def test_reap_stops_only_sessions_no_live_relay_of_the_fleet_holds(tmp_pat
             sessions = (await ledger(http, sims, provider))["sessions"]
             assert stop_calls(sessions[held]) == 1
         outer.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_forgets_the_relays_sessions_before_it_leaves(tmp_path: Path,
+                                                                    redis_server: RedisServer) -> None:
+    """A relay stopped with SIGTERM stops its sessions and forgets them in the registry before its lease goes:
+    nothing is left for another relay to take over (and stop a second time)."""
+    provider = "heygen"
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        env = fleet_env(sims, redis_server, tmp_path / "state-a", provider)
+        env.update(RELAY_DRAIN_TIMEOUT="5", RELAY_PREDRAIN_DELAY="0")
+        async with httpx2.AsyncClient(timeout=5.0) as http, AsyncExitStack() as stack:
+            process, url = await stack.enter_async_context(fleet_relay(env, tmp_path))
+            for _ in range(2):
+                await stack.enter_async_context(conversation(url))
+            await wait_until(lambda: len(registry(redis_server)) == 2, "both sessions registered")
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
+            assert registry(redis_server) == {}, "the relay forgot its stopped sessions before leaving"
+            sessions = (await ledger(http, sims, provider))["sessions"]
+            assert [stop_calls(s) for s in sessions.values()] == [1, 1]
+        outer.cancel_scope.cancel()
