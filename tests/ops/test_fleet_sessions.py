@@ -213,9 +213,8 @@ async def test_sessions_opened_and_stopped_during_an_outage_are_reconciled(redis
             assert sessions.unsynced == 4, "opened: during; stopped: before, brief; failed to stop: failed"
             redis_server.start()  # an empty Redis: everything this relay holds must be written again
             with trio.fail_after(20):
-                while set(registry(redis_server)) != {"heygen:during", "heygen:failed"}:
+                while set(registry(redis_server)) != {"heygen:during", "heygen:failed"} or sessions.unsynced:
                     await trio.sleep(0.05)
-            assert sessions.unsynced == 0
             entries = registry(redis_server)
             assert entries["heygen:during"]["state"] == "open" and entries["heygen:failed"]["state"] == "orphan"
             await sessions.sweep()
