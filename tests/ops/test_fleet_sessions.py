@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx2
 import orjson
 import pytest
 import trio
@@ -221,3 +223,53 @@ async def test_sessions_opened_and_stopped_during_an_outage_are_reconciled(redis
             assert stops == ["failed"]
             during.set()
         assert registry(redis_server) == {}
+
+
+@pytest.mark.timeout(60)
+async def test_the_journals_reaper_stops_nothing_the_registry_does_not_grant(redis_server: RedisServer,
+                                                                             tmp_path: Path) -> None:
+    """Orphaned journal rows (their process is gone): one the fleet stopped already is forgotten, one a live relay
+    holds is kept for later, and with Redis unreachable none is stopped (nor forgotten); no provider is called."""
+    from relay.ops.journal import open_journal
+    from relay.ops.reaper import reap_orphans
+
+    async with open_journal(tmp_path) as writer:
+        writer._pid, writer._pid_started = 999_999, "gone"
+        for session_id in ("stopped-by-fleet", "held-by-a-live-relay"):
+            await writer.opened("heygen", session_id, BASE)
+    unreachable = FleetSessions(Fleet.from_settings(load_settings(  # type: ignore[arg-type]
+        relay_redis_url=redis_server.url)), _never_stop)  # never served: Redis unreachable for it
+    async with joined(redis_server, []) as live, open_journal(tmp_path) as journal, \
+            httpx2.AsyncClient(base_url="http://127.0.0.1:9") as http:
+        await open_and_close(live, "stopped-by-fleet")
+        await live.hooks(BASE)("heygen").on_created("held-by-a-live-relay")  # type: ignore[misc]
+        result = await reap_orphans(load_settings(), http, journal, unreachable)
+        assert (result.stopped, result.failed) == ([], [])
+        assert {e.session_id for e in await journal.entries() if e.orphaned} == {"stopped-by-fleet",
+                                                                                  "held-by-a-live-relay"}
+        result = await reap_orphans(load_settings(), http, journal, live)
+        assert (result.stopped, result.failed) == ([], [])
+        (kept,) = await journal.entries()
+        assert kept.session_id == "held-by-a-live-relay" and (kept.pid, kept.pid_started) == (999_999, "gone")
+
+
+async def _never_stop(entry: SessionEntry) -> None:
+    raise AssertionError(f"stopped {entry}")
+
+
+def test_the_registrys_numbers_are_in_metrics() -> None:
+    from relay.ops.metrics import RelayMetrics
+
+    fleet = Fleet.from_settings(load_settings(relay_redis_url="redis://127.0.0.1:9/0"))
+    assert fleet is not None
+    sessions = FleetSessions(fleet, _never_stop)
+    sessions.stats.lease_expiries, sessions.stats.taken_over = 1, 3
+    sessions.stats.takeover_stopped, sessions.stats.takeover_failed = 2, 1
+    metrics = RelayMetrics()
+    metrics.observe_fleet_sessions(sessions)
+    lines = metrics.render().decode().splitlines()
+    for sample in ("avatar_relay_fleet_lease_expiries_total 1.0", "avatar_relay_fleet_sessions_taken_over_total 3.0",
+                   'avatar_relay_fleet_orphan_stops_total{result="stopped"} 2.0',
+                   'avatar_relay_fleet_orphan_stops_total{result="failed"} 1.0',
+                   "avatar_relay_fleet_sessions_held 0.0", "avatar_relay_fleet_sessions_unsynced 0.0"):
+        assert sample in lines, sample
