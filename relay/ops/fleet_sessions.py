@@ -447,6 +447,8 @@ class FleetSessions:
 
     async def serve(self) -> None:
         """`sweep` every `sweep_interval` seconds until cancelled. Never raises."""
+        if self.fleet.healthy and self._healthy_since is None:
+            self._healthy_since = trio.current_time()  # the grace runs from the start, not from the first sweep
         while True:
             await trio.sleep(self.sweep_interval)
             await self.sweep()
