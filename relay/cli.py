@@ -209,8 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_reap(args: argparse.Namespace) -> int:
     import httpx2
 
+    from relay.avatars import registry
     from relay.ops import journal as jr
     from relay.ops import reaper
+    from relay.ops.fleet import Fleet, FleetUnavailable
+    from relay.ops.fleet_sessions import FleetSessions, SessionEntry
 
     settings = _settings_or_report()
     if settings is None:
@@ -223,26 +226,48 @@ def cmd_reap(args: argparse.Namespace) -> int:
         journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
         try:
             async with httpx2.AsyncClient(timeout=10.0) as http:
-                orphans = await reaper.find_orphans(settings, http, journal, journal_only=args.journal_only)
-                for orphan in orphans:
-                    print(f"{orphan.provider} {orphan.session_id} ({orphan.source})")
-                if not orphans:
-                    print("no orphaned sessions")
-                if args.dry_run or not orphans:
-                    return 0
-                result = await reaper.reap(settings, http, journal, orphans)
-                print(f"stopped {len(result.stopped)}, failed {len(result.failed)}"
-                      + (": " + " ".join(result.failed) if result.failed else ""))
-                return 1 if result.failed else 0
+                fleet = Fleet.from_settings(settings)
+                if fleet is None:
+                    return await sweep(http, journal, None)
+                # With a fleet: join it (a lease of its own, so a claim this command holds is taken over if it
+                # dies) and ask its registry which sessions live relays hold.
+                status = 1
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(fleet.serve)
+
+                        async def stop(entry: SessionEntry) -> None:
+                            await registry.stop_by_id(settings, http, entry.provider, entry.session_id,
+                                                      entry.base_url)
+
+                        status = await sweep(http, journal, FleetSessions(fleet, stop))
+                        nursery.cancel_scope.cancel()
+                except* FleetUnavailable as group:
+                    print(f"avatar-relay: {leaves(group)[0]}", file=sys.stderr)
+                return status
         finally:
             if journal is not None:
                 journal.close()
 
-    try:
-        return trio.run(main)
-    except AvatarError as exc:
-        print(f"avatar-relay: {exc.message}", file=sys.stderr)
-        return 1
+    async def sweep(http: httpx2.AsyncClient, journal: jr.Journal | None, fleet: FleetSessions | None) -> int:
+        try:
+            orphans = await reaper.find_orphans(settings, http, journal, journal_only=args.journal_only,
+                                                fleet=fleet)
+        except (AvatarError, FleetUnavailable) as exc:
+            print(f"avatar-relay: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 1
+        for orphan in orphans:
+            print(f"{orphan.provider} {orphan.session_id} ({orphan.source})")
+        if not orphans:
+            print("no orphaned sessions")
+        if args.dry_run or not orphans:
+            return 0
+        result = await reaper.reap(settings, http, journal, orphans, fleet)
+        print(f"stopped {len(result.stopped)}, failed {len(result.failed)}"
+              + (": " + " ".join(result.failed) if result.failed else ""))
+        return 1 if result.failed else 0
+
+    return trio.run(main)
 
 
 def cmd_token(args: argparse.Namespace) -> int:

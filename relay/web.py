@@ -35,6 +35,7 @@ from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
 from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
 from relay.ops.fleet import Fleet, FleetUnavailable
+from relay.ops.fleet_sessions import FleetSessions, SessionEntry
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -122,6 +123,7 @@ class RelayState:
     worker: WorkerRole | None = None  # under `serve --workers N`
     fleet: Fleet | None = None  # with RELAY_REDIS_URL: this relay's membership of the fleet
     avatar_budget: AvatarBudget | None = None  # with RELAY_MAX_AVATAR_SESSIONS
+    fleet_sessions: FleetSessions | None = None  # with a fleet and an avatar: the fleet's session registry
 
     @property
     def readiness(self) -> dict[str, bool]:
@@ -232,11 +234,21 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                                         min_interval=settings.relay_auth_jwks_min_interval)
         provider = avatar_registry.make_provider(effective, http)
         session_hooks: list[MakeHooks] = []
+        if provider is not None and state.fleet is not None and not settings.demo_mode:
+            async def stop_session(entry: SessionEntry) -> None:
+                await avatar_registry.stop_by_id(effective, http, entry.provider, entry.session_id, entry.base_url)
+
+            state.fleet_sessions = FleetSessions(state.fleet, stop_session)
+            metrics.observe_fleet_sessions(state.fleet_sessions)
         if provider is not None and settings.relay_journal and not settings.demo_mode:
             # Demo sessions die with the in-process simulators: nothing to journal or reap.
             state.journal = await open_journal_now(state_dir(settings))
             session_hooks.append(journal_hooks(state.journal, avatar_registry.base_url(effective, provider.name)))
-            app.nursery.start_soon(reap_periodically, effective, http, state.journal)
+            app.nursery.start_soon(reap_periodically, effective, http, state.journal, state.fleet_sessions)
+        if provider is not None and state.fleet_sessions is not None:
+            # Registered alongside the creation call, right after the journal's row.
+            session_hooks.append(state.fleet_sessions.hooks(avatar_registry.base_url(effective, provider.name)))
+            app.nursery.start_soon(state.fleet_sessions.serve)
         session_hooks.append(metrics.session_hooks)
         if state.transcripts is not None:
             await state.transcripts.prepare()

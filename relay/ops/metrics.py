@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from relay import __version__
 from relay._util import leaves
@@ -40,6 +40,7 @@ from relay.avatars import (
 from relay.avatars.hooks import SessionHooks, SessionOutcome
 from relay.conversation.record import ConversationRecord, Traffic, current_conversation
 from relay.elevenlabs import AgentConnection
+from relay.ops.fleet_sessions import FleetSessions
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
@@ -166,6 +167,11 @@ class RelayMetrics:
         self.duration.observe(time.monotonic() - record.started_at)
         if record.degraded:
             self.degraded.inc()
+
+    def observe_fleet_sessions(self, sessions: FleetSessions) -> None:
+        """Show the fleet session registry's counters (lease expiries, takeovers, their stops) and what this relay
+        holds in it, read at scrape time."""
+        self.registry.register(_FleetSessionsCollector(sessions))
 
     def conversation_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()
@@ -299,6 +305,36 @@ class _TrafficCollector:
         size.add_metric(["upstream"], total.audio_in_bytes)
         size.add_metric(["downstream"], total.audio_out_bytes)
         return [frames, size]
+
+
+class _FleetSessionsCollector:
+    """The fleet session registry's numbers (relay.ops.fleet_sessions), read at scrape time."""
+
+    def __init__(self, sessions: FleetSessions) -> None:
+        self._sessions = sessions
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._sessions.stats
+        expiries = CounterMetricFamily("avatar_relay_fleet_lease_expiries", "Relays of the fleet found dead (lease "
+                                       "expired with avatar sessions registered) by this relay, which took their "
+                                       "sessions over; each dead relay is counted by one relay only.",
+                                       value=stats.lease_expiries)
+        taken = CounterMetricFamily("avatar_relay_fleet_sessions_taken_over", "Avatar sessions this relay took over "
+                                    "from dead relays of the fleet.", value=stats.taken_over)
+        stops = CounterMetricFamily("avatar_relay_fleet_orphan_stops", "Stops of orphaned fleet sessions (taken "
+                                    "over, or this relay's own failed stops) by this relay's sweep, by result; a "
+                                    "failed one is retried at the next sweep.", labels=["result"])
+        stops.add_metric(["stopped"], stats.takeover_stopped)
+        stops.add_metric(["failed"], stats.takeover_failed)
+        held = GaugeMetricFamily("avatar_relay_fleet_sessions_held", "Avatar sessions this relay's conversations "
+                                 "hold in the fleet registry now.", value=self._sessions.held)
+        unsynced = GaugeMetricFamily("avatar_relay_fleet_sessions_unsynced", "Session changes (opened, stopped, "
+                                     "failed to stop) this relay keeps in memory because Redis was unreachable; "
+                                     "written when it is back.", value=self._sessions.unsynced)
+        return [expiries, taken, stops, held, unsynced]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

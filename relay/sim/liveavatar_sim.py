@@ -17,7 +17,8 @@ answer is not documented).
 Control endpoints:
 - `GET /_sim/ledger`: `{"sessions": {id: {...}}, "requests": {endpoint: n}, "refusals": [...]}`. Per session:
   `created`, `started`, `stopped`, `expired` (time.monotonic() or null), `stop_reason`, `end_reason`,
-  `is_sandbox`, `avatar_id`, `max_session_duration`, `rest_keep_alives`, `ws_connects`, and `lite` (see
+  `is_sandbox`, `avatar_id`, `max_session_duration`, `rest_keep_alives`, `ws_connects`, `stop_calls` (stop requests
+  answered for it), and `lite` (see
   `LiteLedger.to_json`: `audio_seconds`, `chunks`, per event_id `{chunks, audio_seconds, first_chunk_at}`,
   `interrupts` (event ids), `chunks_after_interrupt`, `keep_alives`, `speak_ends`, `dropped_before_connected`,
   `listening`: "start"/"stop" for each `agent.start_listening`/`agent.stop_listening`, in order).
@@ -391,6 +392,7 @@ class SimSession:
     last_activity: float = 0.0
     rest_keep_alives: int = 0
     ws_connects: int = 0
+    stop_calls: int = 0
     lite: LiteLedger = field(default_factory=LiteLedger)
     sockets: set[LiteSocketSimulator] = field(default_factory=set)
     watchdog: trio.CancelScope | None = None
@@ -421,7 +423,7 @@ class SimSession:
             "stop_reason": self.stop_reason, "end_reason": self.end_reason, "is_sandbox": self.is_sandbox,
             "avatar_id": self.avatar_id, "mode": self.mode, "max_session_duration": self.max_session_duration,
             "rest_keep_alives": self.rest_keep_alives, "ws_connects": self.ws_connects,
-            "open_sockets": len(self.sockets), "lite": self.lite.to_json(),
+            "stop_calls": self.stop_calls, "open_sockets": len(self.sockets), "lite": self.lite.to_json(),
         }
 
     def credits_consumed(self, end: datetime) -> float:
@@ -700,6 +702,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         found = session_for_key_or_bearer("stop", body)
         if isinstance(found, Response):
             return found
+        found.stop_calls += 1
         if found.stop_reason is None:
             found.stop_reason = reason
         if found.active:
