@@ -249,6 +249,37 @@ async def test_sigterm_on_one_relay_releases_its_seats_at_once(redis_server: Red
 
 
 @pytest.mark.timeout(150)
+async def test_a_killed_relays_seats_expire_with_its_lease(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The fleet's cap 1, held by relay A; kill -9 A (no drain, no release): B refuses until A's seat has expired
+    (RELAY_FLEET_LEASE=3), then admits — no seat is held forever by a dead process."""
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        envs = [fleet_env(sims, tmp_path, redis_server, name, RELAY_AVATAR="none", RELAY_MAX_CONVERSATIONS="1",
+                          RELAY_FLEET_LEASE="3") for name in "ab"]
+        async with fleet(envs, tmp_path) as ((a_process, a_url), (_, b_url)):
+            with trio.fail_after(60):
+                async with trio.open_nursery() as held:
+                    on_a: list[dict[str, Any]] = []
+                    await held.start(open_one, a_url, on_a)
+                    assert verdict(on_a) == "ready"
+                    refused: list[dict[str, Any]] = []
+                    await held.start(open_one, b_url, refused)
+                    assert verdict(refused) == "capacity"
+                    a_process.kill()
+                    await a_process.wait()
+                    assert redis_server.command("ZCARD", "{avatar-relay}:seats").strip() == "1"  # not released
+
+                    async def admitted_on_b() -> bool:
+                        outcome: list[dict[str, Any]] = []
+                        await held.start(open_one, b_url, outcome)
+                        return verdict(outcome) == "ready"
+
+                    await wait_for(admitted_on_b, "B admits once the dead relay's seat expired", guard=30)
+                    held.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+
+
+@pytest.mark.timeout(150)
 async def test_redis_outage_refuses_new_conversations_or_admits_them_locally(redis_server: RedisServer,
                                                                               tmp_path: Path) -> None:
     """Redis stops with a conversation open. Under the default policy (`refuse`) /readyz turns 503 and a new
