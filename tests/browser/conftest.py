@@ -15,7 +15,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,8 @@ from typing import Any
 
 import playwright.sync_api as playwright_sync
 import pytest
+
+from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RELAY_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -44,11 +45,6 @@ CHROMIUM_ARGS = [
 
 _UPSTREAM_ENV_PREFIXES = ("ELEVENLABS_", "HEYGEN_", "LIVEAVATAR_", "RELAY_")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:

@@ -19,6 +19,8 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from tests.support.processes import free_port
+
 VENV_BIN = Path(sys.executable).parent
 UPSTREAM_PREFIXES = ("ELEVENLABS_", "HEYGEN_", "LIVEAVATAR_", "RELAY_")
 
@@ -28,11 +30,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(extra)
     return env
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

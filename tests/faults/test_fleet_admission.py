@@ -7,10 +7,9 @@ error when Redis cannot be reached at start-up."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from relay.server.auth import mint_jwt
 from relay.sim.runner import SimulatorURLs, serve_simulators
-from tests.faults.test_process_faults import base_env, free_port, relay_env, relay_process
+from tests.faults.test_process_faults import base_env, relay_env
 from tests.support.harness import BrowserClient, session_counts
+from tests.support.processes import free_port, hypercorn_command, relay_process
 from tests.support.redis import RedisServer
 
 SECRET = "fleet-test-secret-0123456789-abcdefghijklmnop"
@@ -37,33 +37,9 @@ def fleet_env(sims: SimulatorURLs, tmp_path: Path, redis: RedisServer, name: str
     return env
 
 
-@asynccontextmanager
-async def hypercorn_relay(env: dict[str, str], cwd: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+def hypercorn_relay(env: dict[str, str], cwd: Path) -> AbstractAsyncContextManager[tuple[trio.Process, str]]:
     """The relay under hypercorn's own command line."""
-    port = free_port()
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", "relay.web:app"], env=env,
-        cwd=cwd, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx2.AsyncClient(timeout=1.0) as http:
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        if (await http.get(url + "/healthz")).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        pass
-                    assert process.poll() is None, "hypercorn exited at start-up"
-                    await trio.sleep(0.05)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.poll() is None:
-            process.kill()
+    return relay_process(env, cwd, command=hypercorn_command, start_timeout=20, end="term")
 
 
 @asynccontextmanager

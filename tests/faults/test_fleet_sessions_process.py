@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,9 @@ import trio
 from trio_websocket import open_websocket_url
 
 from relay.sim.runner import SimulatorURLs, serve_simulators
-from tests.faults.test_process_faults import base_env, free_port, journal_rows
+from tests.faults.test_process_faults import base_env, journal_rows
 from tests.support.harness import E2E_AVATAR, BrowserClient
+from tests.support.processes import relay_process
 from tests.support.redis import RedisServer
 
 LEASE = 2.0  # RELAY_FLEET_LEASE in these tests (seconds): sweeps every third of it
@@ -46,31 +46,9 @@ def fleet_env(sims: SimulatorURLs, redis: RedisServer, state: Path, provider: st
     return env
 
 
-@asynccontextmanager
-async def fleet_relay(env: dict[str, str], cwd: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+def fleet_relay(env: dict[str, str], cwd: Path) -> AbstractAsyncContextManager[tuple[trio.Process, str]]:
     """One relay process (its own process group, so the whole group can be killed) serving on a free port."""
-    port = free_port()
-    process = await trio.lowlevel.open_process([sys.executable, "-m", "relay", "serve", "--port", str(port)],
-                                               env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx2.AsyncClient(timeout=1.0) as http:
-            with trio.fail_after(30):
-                while True:
-                    try:
-                        if (await http.get(url + "/readyz")).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        pass
-                    assert process.poll() is None, "the relay exited at start-up"
-                    await trio.sleep(0.05)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        with trio.move_on_after(5):
-            await process.wait()
+    return relay_process(env, cwd, up_path="/readyz", own_group=True)
 
 
 async def ledger(http: httpx2.AsyncClient, sims: SimulatorURLs, provider: str) -> dict[str, Any]:

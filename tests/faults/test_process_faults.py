@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,14 +21,10 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from relay.ops.journal import JOURNAL_FILE
 from relay.sim.runner import SimulatorURLs, serve_simulators
 from tests.support.harness import BrowserClient, session_counts
+from tests.support.processes import relay_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_env(**values: str) -> dict[str, str]:
@@ -38,31 +32,6 @@ def base_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "TMPDIR")}
     env.update({"RELAY_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}, **values)
     return env
-
-
-@asynccontextmanager
-async def relay_process(env: dict[str, str], cwd: Path) -> AsyncIterator[tuple[trio.Process, str]]:
-    port = free_port()
-    process = await trio.lowlevel.open_process([sys.executable, "-m", "relay", "serve", "--port", str(port)],
-                                               env=env, cwd=cwd, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx2.AsyncClient(timeout=1.0) as http:
-            with trio.fail_after(15):
-                while True:
-                    try:
-                        if (await http.get(url + "/healthz")).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        pass
-                    assert process.poll() is None, "the relay exited at start-up"
-                    await trio.sleep(0.05)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
 
 
 async def hold_conversation(url: str, seen: list[dict[str, Any]], *,

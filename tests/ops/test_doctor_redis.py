@@ -7,7 +7,8 @@ import pytest
 
 from relay.config import load_settings
 from relay.ops.doctor import check_redis
-from tests.support.redis import RedisServer, free_port
+from tests.support.processes import free_port
+from tests.support.redis import RedisServer
 
 
 @pytest.mark.timeout(60)

@@ -63,7 +63,7 @@ async def test_lease_outage_and_rebuild(redis_server: RedisServer) -> None:
 
 @pytest.mark.timeout(60)
 async def test_unreachable_at_start_up_is_a_clear_error() -> None:
-    from tests.support.redis import free_port
+    from tests.support.processes import free_port
 
     fleet = Fleet.from_settings(load_settings(relay_redis_url=f"redis://:pw@127.0.0.1:{free_port()}/0"))
     assert fleet is not None

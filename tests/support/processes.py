@@ -1,0 +1,76 @@
+"""Real relay processes for the process tests: a free loopback port, and a relay started as a separate process
+(`avatar-relay serve`, or hypercorn's own command line) that the test can kill, signal or let drain.
+
+One helper for every way the tests start and end a relay, so each test says only what differs: which command, which
+endpoint says it is up, whether it gets its own process group (to kill the whole group, workers and all), and how it
+is ended if the test has not ended it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import httpx2
+import trio
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_command(port: int) -> list[str]:
+    """`avatar-relay serve` on `port`."""
+    return [sys.executable, "-m", "relay", "serve", "--port", str(port)]
+
+
+def hypercorn_command(port: int) -> list[str]:
+    """The relay under hypercorn's own command line on `port`."""
+    return [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", "relay.web:app"]
+
+
+@asynccontextmanager
+async def relay_process(env: dict[str, str], cwd: Path, *, command: Callable[[int], list[str]] = serve_command,
+                        up_path: str = "/healthz", start_timeout: float = 30.0, own_group: bool = False,
+                        end: Literal["kill", "term"] = "kill") -> AsyncIterator[tuple[trio.Process, str]]:
+    """Start `command(port)` and wait (at most `start_timeout` s) until `up_path` answers 200; yields the process and
+    its base URL. `own_group`: a new session, so the test can kill the whole group. On the way out, a process still
+    running is killed (`end="kill"`: SIGKILL, to the group with `own_group`) or asked to drain (`"term"`: SIGTERM,
+    10 s, then SIGKILL)."""
+    port = free_port()
+    process = await trio.lowlevel.open_process(command(port), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                               start_new_session=own_group)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx2.AsyncClient(timeout=1.0) as http:
+            with trio.fail_after(start_timeout):
+                while True:
+                    try:
+                        if (await http.get(url + up_path)).status_code == 200:
+                            break
+                    except httpx2.TransportError:
+                        pass
+                    assert process.poll() is None, "the relay exited at start-up"
+                    await trio.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None and end == "term":
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                await process.wait()
+        if process.poll() is None:
+            if own_group:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
