@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +30,7 @@ import coredis
 import coredis.exceptions
 import orjson
 import trio
+from coredis.connection import TCPLocation
 
 from relay._util import single
 from relay.config import ConfigError, Settings
@@ -110,20 +113,31 @@ def parse_redis_url(url: str) -> RedisTarget:
                      "redis+cluster)")
 
 
-def connect(target: RedisTarget) -> Any:
-    """A coredis client for `target` (not yet connected: enter it with `async with`). Responses are decoded str."""
+def connect(target: RedisTarget) -> AbstractAsyncContextManager[Any]:
+    """A coredis client for `target`, connected while its `async with` lasts. Responses are decoded str. Through
+    Sentinel, the sentinels are asked for the primary (and again after a failover, by coredis's sentinel pool)."""
     if target.kind == "cluster":
         return coredis.RedisCluster.from_url(target.url, decode_responses=True)
     if target.kind == "sentinel":
-        extra: dict[str, Any] = {}
-        if target.password is not None:
-            extra["password"] = target.password
-        if target.username is not None:
-            extra["username"] = target.username
-        sentinel = coredis.Sentinel(list(target.sentinels), decode_responses=True, sentinel_kwargs=dict(extra),
-                                    ssl=target.tls or None, **extra)
-        return sentinel.primary_for(target.service, db=target.db)
+        return _sentinel_primary(target)
     return coredis.Redis.from_url(target.url, decode_responses=True)
+
+
+@asynccontextmanager
+async def _sentinel_primary(target: RedisTarget) -> AsyncIterator[Any]:
+    """The primary Sentinel names for `target.service`: the sentinels' own clients and the primary's each need
+    their connection pool entered (coredis), the sentinels' first."""
+    credentials: dict[str, Any] = {}
+    if target.password is not None:
+        credentials["password"] = target.password
+    if target.username is not None:
+        credentials["username"] = target.username
+    if target.tls:  # rediss+sentinel: TLS to the sentinels and to the primary, certificates checked
+        credentials["ssl_context"] = ssl.create_default_context()
+    sentinel = coredis.Sentinel([TCPLocation(host, port) for host, port in target.sentinels],
+                                decode_responses=True, sentinel_kwargs=dict(credentials), **credentials)
+    async with sentinel, sentinel.primary_for(target.service, db=target.db) as primary:
+        yield primary
 
 
 def new_relay_id() -> str:

@@ -16,7 +16,7 @@ from tests.support.processes import free_port
 class RedisServer:
     """One redis-server process on 127.0.0.1:`port`, no persistence, its files in a temporary directory."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run scripts/test (it installs Debian's redis-server)")
@@ -24,6 +24,7 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="relay-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra = extra  # more redis-server arguments (cluster mode)
 
     @property
     def url(self) -> str:
@@ -34,12 +35,15 @@ class RedisServer:
         assert self.process is None, "already running"
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--protected-mode", "no", "--loglevel", "warning"],
+             "--dir", str(self.dir), "--protected-mode", "no", "--loglevel", "warning",
+             "--logfile", str(self.dir / "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with status {self.process.returncode}")
+                log = (self.dir / "redis.log").read_text(errors="replace")[-500:] \
+                    if (self.dir / "redis.log").exists() else ""
+                raise RuntimeError(f"redis-server exited with status {self.process.returncode}: {log}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
             time.sleep(0.02)
