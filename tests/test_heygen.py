@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx2
 import pytest
-from pydantic import SecretStr
 
 from relay.avatars import AvatarUnavailable
-from relay.config import Settings
 from relay.heygen import HeyGenProvider
-
-KEY = "hg-secret-key-abcdef0123456789"
-
-
-def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"elevenlabs_agent_id": "agent", "relay_avatar": "heygen",
-                              "heygen_api_key": SecretStr(KEY), "heygen_avatar_id": "Wayne_20240711"}
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+from tests.protocol.test_heygen import KEY, settings
 
 
 async def test_a_transport_error_quoting_the_key_is_redacted_before_it_reaches_the_caller() -> None:

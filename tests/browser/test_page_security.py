@@ -3,14 +3,14 @@ violation event and console message is recorded), and a page on another origin c
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
 from tests.browser.conftest import wait_until
+from tests.support.httpserver import answering
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,31 +52,13 @@ def test_a_whole_conversation_runs_under_the_pages_own_csp(relays, browsers) -> 
 @pytest.fixture
 def foreign_page() -> Iterator[Any]:
     """`foreign_page(html)`: serve `html` on another origin (another loopback port); its URL."""
-    servers: list[ThreadingHTTPServer] = []
+    with ExitStack() as servers:
+        def serve(html: str) -> str:
+            body = html.encode()
+            port = servers.enter_context(answering(lambda: ("text/html; charset=utf-8", body)))
+            return f"http://localhost:{port}/"
 
-    def serve(html: str) -> str:
-        body = html.encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("content-type", "text/html; charset=utf-8")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://localhost:{server.server_address[1]}/"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield serve
 
 
 def test_a_page_on_another_origin_cannot_frame_it(relays, browsers, foreign_page) -> None:

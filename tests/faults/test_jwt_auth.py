@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -22,6 +21,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from tests.faults.matrix import FaultRelay, running_fault_relay
 from tests.faults.test_security import close_code
 from tests.support.harness import BrowserClient
+from tests.support.httpserver import answering
 
 ISSUER = "https://id.example/"
 AUDIENCE = "avatar-relay"
@@ -59,28 +59,14 @@ class Provider:
 
 @contextmanager
 def serving(provider: Provider) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            with provider.lock:
-                provider.requests += 1
-                body = provider.document()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    """`provider`'s JWKS document at an HTTP URL on loopback, each request counted."""
+    def answer() -> tuple[str, bytes]:
+        with provider.lock:
+            provider.requests += 1
+            return "application/json", provider.document()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering(answer) as port:
+        yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
 
 
 def jwks_settings(url: str, **extra: Any) -> dict[str, Any]:
