@@ -196,18 +196,18 @@ class Fleet:
             with trio.fail_after(limit):
                 return await call(self.client)
         except trio.TooSlowError:
-            self._lost(f"Redis at {self.target.redacted} did not answer within {limit:g} s")
+            raise self._lost(f"Redis at {self.target.redacted} did not answer within {limit:g} s") from None
         except _REDIS_TROUBLE as exc:
-            self._lost(f"Redis at {self.target.redacted}: {type(exc).__name__}: {str(exc)[:200]}")
-        raise AssertionError("unreachable")  # _lost raises
+            raise self._lost(f"Redis at {self.target.redacted}: {type(exc).__name__}: {str(exc)[:200]}") from None
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str) -> FleetUnavailable:
+        """Mark the fleet unhealthy (logging the first loss) and return the error to raise."""
         if self.healthy:
             log.warning("fleet: lost Redis (%s); open conversations go on, their sessions are stopped locally",
                         why)
         self.healthy = False
         self.last_error = why
-        raise FleetUnavailable(why)
+        return FleetUnavailable(why)
 
     async def _renew(self) -> None:
         value = orjson.dumps({"host": socket.gethostname()[:64], "pid": os.getpid()}).decode()
