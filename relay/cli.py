@@ -43,8 +43,7 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     """`serve --workers N` with N > 1: check what the workers would refuse, once (one line for a mistake, not one
     per worker), then run them (relay.server.workers)."""
     from relay.ops.logs import configure_logging
-    from relay.server.auth import auth_problem
-    from relay.server.startup import STARTUP_FAILED, StartupFailure, check_before_workers, print_failure
+    from relay.server.startup import STARTUP_FAILED, StartupFailure, check_configuration, print_failure
     from relay.server.workers import run_supervisor
 
     if settings.demo_mode:
@@ -52,12 +51,9 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
                       "the one relay process (run `avatar-relay serve` without --workers, or point it at "
                       "`avatar-relay sim`)")
         return STARTUP_FAILED
-    if (problem := auth_problem(settings)) is not None:
-        print_failure(f"invalid configuration: {problem}")
-        return STARTUP_FAILED
     configure_logging(settings)  # before the checks: moving a damaged journal aside is logged
     try:
-        trio.run(check_before_workers, settings)
+        trio.run(check_configuration, settings)
     except StartupFailure as exc:
         print_failure(str(exc), exc, settings)
         return STARTUP_FAILED

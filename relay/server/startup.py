@@ -142,3 +142,23 @@ async def check_before_workers(settings: Settings) -> None:
             await TranscriptWriter(settings.relay_transcripts_dir).prepare()
     except (JournalUnusable, TranscriptsDirUnusable) as exc:
         raise StartupFailure(str(exc)) from None
+
+
+async def check_configuration(settings: Settings | None = None) -> Settings:
+    """Everything that can be checked about a configuration without an upstream call, in the order the relay meets
+    it: the settings' own validation, the authentication settings and key material, the Redis URL's form, then
+    `check_before_workers` (Redis answering, the journal, the transcripts directory). The settings, or
+    StartupFailure with the line `avatar-relay serve` prints. `serve --workers N` runs it before any worker."""
+    from relay.config import load_settings
+    from relay.ops.fleet import Fleet
+    from relay.server.auth import auth_problem
+
+    try:
+        settings = settings or load_settings()
+        Fleet.from_settings(settings)
+    except ConfigError as exc:
+        raise StartupFailure(str(exc)) from None
+    if (problem := auth_problem(settings)) is not None:
+        raise StartupFailure(f"invalid configuration: {problem}")
+    await check_before_workers(settings)
+    return settings

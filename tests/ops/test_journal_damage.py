@@ -126,3 +126,12 @@ async def test_a_directory_where_the_journal_file_goes_is_one_line(tmp_path: Pat
         async with open_journal(tmp_path):
             pass
     assert str(tmp_path / JOURNAL_FILE) in str(caught.value) and "not a file" in str(caught.value)
+
+
+@pytest.mark.parametrize("sibling", ["-wal", "-shm"])
+async def test_a_damaged_wal_or_index_beside_a_healthy_journal_keeps_its_rows(sibling: str, tmp_path: Path) -> None:
+    """Every state file with damaged content: SQLite ignores a -wal whose checksums fail and rebuilds the -shm."""
+    await write_rows(tmp_path, 3)
+    (tmp_path / (JOURNAL_FILE + sibling)).write_bytes(b"\xde\xad" * 20_000)
+    async with open_journal(tmp_path) as journal:
+        assert journal.moved_aside is None and len(await journal.entries()) == 3
