@@ -133,6 +133,8 @@ class RelayState:
         if self.fleet is not None:
             # Under the `local` outage policy the relay still admits while Redis is away: ready, not degraded.
             checks["redis"] = self.fleet.healthy or self.settings.relay_fleet_outage == "local"
+        if self.gate is not None and self.gate.required and isinstance(self.gate.jwks, JwksCache):
+            checks["jwks"] = self.gate.jwks.ever_fetched  # RELAY_AUTH_JWKS_URL fetched once (relay.server.jwks)
         return checks
 
     @property
@@ -226,8 +228,11 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
         if settings.relay_auth_jwks_url and state.gate is not None:
-            state.gate.jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
-                                        min_interval=settings.relay_auth_jwks_min_interval)
+            state.gate.jwks = jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
+                                               min_interval=settings.relay_auth_jwks_min_interval,
+                                               url=settings.relay_auth_jwks_url)
+            if state.gate.required:
+                app.nursery.start_soon(jwks.fetch_at_startup)
         provider = avatar_registry.make_provider(effective, http)
         session_hooks: list[MakeHooks] = []
         if provider is not None and state.fleet is not None and not settings.demo_mode:
@@ -354,8 +359,11 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         """Readiness: 200 while new conversations are welcome, 503 (with the failing checks) otherwise — from
         the first moment of a shutdown, so a load balancer stops sending new ones before the drain."""
         checks = state.readiness
-        body = {"ready": all(checks.values()), "checks": checks, "open_conversations": state.registry.open_count,
-                "max_conversations": state.registry.max_conversations}
+        body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks,
+                                "open_conversations": state.registry.open_count,
+                                "max_conversations": state.registry.max_conversations}
+        if not checks.get("jwks", True) and state.gate is not None and isinstance(state.gate.jwks, JwksCache):
+            body["why"] = {"jwks": state.gate.jwks.not_ready_because}
         return body, 200 if body["ready"] else 503
 
     @app.route("/metrics")
