@@ -8,6 +8,7 @@ in-process by tests/test_settings_walk.py."""
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -169,3 +170,30 @@ async def test_a_damaged_journal_is_moved_aside_and_the_relay_starts(launcher: s
     lines = [line for line in stderr.read_text().splitlines() if "moved aside" in line]
     assert len(lines) == 1 and "ERROR" in lines[0] and moved[0] in lines[0] and "avatar-relay reap" in lines[0]
     await trio.lowlevel.checkpoint()
+
+
+def documented_start_check(port: int) -> list[str]:
+    """docs/deploy.md's `ExecStartPost=` readiness check (the supervisor setting for hypercorn's worker process), as
+    written there, on `port`."""
+    deploy = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    match = re.search(r"^ExecStartPost=(.+)$", deploy, re.M)
+    assert match is not None, "docs/deploy.md lost its ExecStartPost= line"
+    return shlex.split(match.group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+
+
+@pytest.mark.timeout(90)
+async def test_the_documented_start_check_fails_a_relay_that_could_not_start_and_passes_one_that_serves(
+        tmp_path: Path) -> None:
+    port = free_port()
+    failed = await trio.run_process(LAUNCHERS["hypercorn"](port), cwd=tmp_path, check=False, capture_stderr=True,
+                                    env=real_env(tmp_path, **unusable_state_dir(tmp_path)))
+    assert b"RELAY_STATE_DIR" in failed.stderr  # hypercorn's own status is 0 here
+    check = await trio.run_process(documented_start_check(port), check=False, capture_stdout=True,
+                                   capture_stderr=True)
+    assert check.returncode != 0
+    from tests.support.processes import relay_process
+
+    async with relay_process(real_env(tmp_path / "good"), tmp_path, command=LAUNCHERS["hypercorn"],
+                             own_group=True) as (_, url):
+        check = await trio.run_process(documented_start_check(int(url.rsplit(":", 1)[1])), check=False)
+        assert check.returncode == 0
