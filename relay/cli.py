@@ -229,7 +229,11 @@ def cmd_reap(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> int:
-        journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        try:
+            journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        except jr.JournalUnusable as exc:
+            print(f"avatar-relay: {exc}", file=sys.stderr)
+            return 1
         try:
             async with httpx2.AsyncClient(timeout=10.0) as http:
                 fleet = Fleet.from_settings(settings)

@@ -197,3 +197,30 @@ async def test_the_documented_start_check_fails_a_relay_that_could_not_start_and
                              own_group=True) as (_, url):
         check = await trio.run_process(documented_start_check(int(url.rsplit(":", 1)[1])), check=False)
         assert check.returncode == 0
+
+
+@pytest.mark.timeout(60)
+async def test_reap_with_a_damaged_journal_lists_the_sessions_read_back_and_a_bad_state_dir_is_one_line(
+        tmp_path: Path) -> None:
+    from relay.ops.journal import JOURNAL_FILE, open_journal
+
+    state = tmp_path / "state"
+    async with open_journal(state) as journal:
+        journal._pid, journal._pid_started = 999_999, "gone"  # a relay that died
+        for number in range(300):
+            await journal.opened("heygen", f"left-{number:03d}-" + "x" * 40, "http://127.0.0.1:9")
+        journal._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = (state / JOURNAL_FILE).read_bytes()
+    (state / JOURNAL_FILE).write_bytes(data[: len(data) // 2])  # a backup copied halfway
+    command = [sys.executable, "-m", "relay", "reap", "--dry-run", "--journal-only"]
+    listed = await trio.run_process(command, cwd=tmp_path, env=real_env(tmp_path), check=False, capture_stdout=True,
+                                    capture_stderr=True)
+    assert listed.returncode == 0, listed.stderr
+    orphans = [line for line in listed.stdout.decode().splitlines() if line.endswith("(journal)")]
+    assert 0 < len(orphans) < 300 and all(line.startswith("heygen left-") for line in orphans)
+    assert "moved aside" in listed.stderr.decode()
+    bad = await trio.run_process(command, cwd=tmp_path, env=real_env(tmp_path, **unusable_state_dir(tmp_path)),
+                                 check=False, capture_stderr=True)
+    assert bad.returncode == 1
+    (line,) = bad.stderr.decode().strip().splitlines()
+    assert line.startswith("avatar-relay: ") and "RELAY_STATE_DIR" in line
