@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("relay", "relay._util", "relay.config", "relay.sim")),
     ("protocol", ("relay.protocol",)),
     ("net", ("relay.net",)),
-    ("avatars", ("relay.avatars", "relay.elevenlabs", "relay.heygen", "relay.liveavatar")),
+    ("avatars", ("relay.avatars", "relay.elevenlabs", "relay.heygen", "relay.liveavatar", "relay.simli")),
     ("conversation", ("relay.conversation", "relay.nursery")),
     ("ops", ("relay.ops",)),
     ("server", ("relay.server", "relay.web")),
