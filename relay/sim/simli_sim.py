@@ -21,8 +21,11 @@ running, and billed, until `maxIdleTime` passes** (the worst case the sources al
 `SPEAK`).
 
 Control endpoints:
-- `GET /_sim/ledger`: `{"sessions": {id: {...}}, "requests": {endpoint: n}, "refusals": [...], "active": n,
-  "billed_seconds": s}`. `active` counts sessions being billed (socket opened, not ended). Per session: `face_id`,
+- `GET /_sim/ledger`: `{"sessions": {id: {...}}, "tokens": n, "requests": {endpoint: n}, "refusals": [...], "active":
+  n, "billed_seconds": s}`. `sessions` holds the sessions that were billed (a socket opened and was admitted; a token
+  alone, or a socket refused, is no session: `tokens` counts every token, `refusals` lists the refused). `active`
+  counts those billed now. Per session: `stopped` (ended by the client's `DONE`, as the other simulators' ledgers say
+  it: the time, else null), `face_id`,
   `max_session_length`, `max_idle_time`, `handle_silence`, `audio_input_format`, `created`, `started` (socket
   opened), `joined`, `ended`, `socket_closed` (the socket went away while the session went on, time), `end_reason`
   (DONE, IDLE_TIMEOUT, MAX_SESSION_LENGTH, JOIN_TIMEOUT, RATE_LIMITED, TERMINATED, AUDIO_CHUNK_TOO_LARGE),
@@ -179,7 +182,8 @@ class SimSession:
 
     def to_ledger(self, now: float) -> dict[str, Any]:
         return {
-            "face_id": self.face_id, "max_session_length": self.max_session_length,
+            "stopped": self.ended if self.end_reason == "DONE" else None, "face_id": self.face_id,
+            "max_session_length": self.max_session_length,
             "max_idle_time": self.max_idle_time, "handle_silence": self.handle_silence,
             "audio_input_format": self.audio_input_format, "created": self.created, "started": self.started,
             "joined": self.joined, "ended": self.ended, "socket_closed": self.socket_closed,
@@ -201,6 +205,7 @@ class SimliSocket:
     time: `SPEAK` when non-silent audio starts, `SILENT` when the buffer runs dry or is cleared."""
 
     def __init__(self, session: SimSession, faults: dict[str, Any]) -> None:
+        # Faults are read live (a test may change them mid-session); an unset numeric one has its default.
         self.session = session
         self._faults = faults
         self._send: Callable[[str], Awaitable[None]] | None = None
@@ -260,7 +265,7 @@ class SimliSocket:
                                        "livekit_token": f"sim-viewer.{secrets.token_urlsafe(16)}"}).decode())
         if not self._faults["withhold_join"]:
             session.join_released.set()
-        with trio.move_on_after(float(self._faults["join_deadline_s"])):
+        with trio.move_on_after(float(self._faults["join_deadline_s"] or DEFAULT_FAULTS["join_deadline_s"])):
             await session.join_released.wait()
         if not session.join_released.is_set():
             session.end("JOIN_TIMEOUT", "ERROR: LIVEKIT_JOIN_TIMEOUT")
@@ -320,7 +325,7 @@ class SimliSocket:
         if frame.startswith(b"PLAY_IMMEDIATE"):
             frame = frame[len(b"PLAY_IMMEDIATE"):]
             self._queued_until = time.monotonic()
-        if len(frame) > int(self._faults["max_frame_bytes"]):
+        if len(frame) > int(self._faults["max_frame_bytes"] or DEFAULT_FAULTS["max_frame_bytes"]):
             session.end("AUDIO_CHUNK_TOO_LARGE", "ERROR: AUDIO_CHUNK_TOO_LARGE", code=1009)
             return
         if self._done:
@@ -388,6 +393,11 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     if start_faults:
         state.merge_faults(start_faults)
 
+    def fault(name: str) -> float:
+        """A numeric fault, its default when unset (null)."""
+        value = state.faults.get(name)
+        return float(DEFAULT_FAULTS[name] if value is None else value)
+
     def refuse(endpoint: str, response: Response, detail: str | None) -> Response:
         state.refusals.append({"endpoint": endpoint, "status": response.status_code, "detail": detail,
                                "at": time.monotonic()})
@@ -411,7 +421,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
 
     def api_key_problem(endpoint: str) -> Response | None:
         key = request.headers.get("x-simli-api-key")
-        if not key or key in state.faults["invalid_keys"]:
+        if not key or key in (state.faults["invalid_keys"] or ()):
             return refuse(endpoint, _refusal_body(401, "INVALID_API_KEY"), "INVALID_API_KEY")
         return None
 
@@ -532,12 +542,16 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         token = websocket.args.get("session_token") or ""
         session = state.sessions.get(state.by_token.get(token, ""))
         if session is None or session.ws_connects or session.ended is not None:
+            state.refusals.append({"endpoint": "ws_connect", "status": None, "detail": "INVALID_SESSION_TOKEN",
+                                   "at": time.monotonic()})
             await websocket.send("ERROR: INVALID_SESSION_TOKEN")
             await websocket.close(1008)
             return
         session.ws_connects += 1
-        if time.monotonic() - session.created > float(state.faults["token_ttl_s"]):
+        if time.monotonic() - session.created > fault("token_ttl_s"):
             session.end("TOKEN_EXPIRED")
+            state.refusals.append({"endpoint": "ws_connect", "status": None, "detail": "SESSION_TOKEN_EXPIRED",
+                                   "at": time.monotonic()})
             await websocket.send("ERROR: SESSION_TOKEN_EXPIRED")
             await websocket.close(1008)
             return
@@ -568,7 +582,8 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     async def ledger() -> Response:
         now = time.monotonic()
         return _json({
-            "sessions": {sid: s.to_ledger(now) for sid, s in state.sessions.items()},
+            "sessions": {sid: s.to_ledger(now) for sid, s in state.sessions.items() if s.started is not None},
+            "tokens": len(state.sessions),
             "requests": dict(state.requests),
             "refusals": list(state.refusals),
             "active": state.billed_count(),

@@ -376,7 +376,9 @@ async def test_the_concurrency_limit_refuses_the_next_session_on_its_socket(
     assert caught.value.upstream_code == "RATE"
     state = await ledger(http, sim)
     assert state["active"] == 0
-    assert sorted(s["end_reason"] for s in state["sessions"].values()) == ["DONE", "RATE_LIMITED"]
+    assert state["tokens"] == 2
+    assert [s["end_reason"] for s in state["sessions"].values()] == ["DONE"]  # the refused socket billed nothing
+    assert [r["detail"] for r in state["refusals"]] == ["RATE"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
