@@ -35,7 +35,7 @@ Control endpoints:
 - `GET /_sim/audio/<session_id>/<segment>`: the raw PCM16 16 kHz received in that segment (`record_audio` only).
 - `POST /_sim/join`: join every room that waits (`withhold_join`); answers `{"joined": n}`.
 - `POST /_sim/reset`: end every session, clear ledger and faults.
-- `POST /_sim/faults` (JSON, merged; `latency_ms` and `fail` merge by key):
+- `POST /_sim/faults` (JSON, merged; `latency_ms` and `fail` merge by key; an unknown key -> 400 and the known ones):
   - `latency_ms`: `{endpoint: ms}` before answering; endpoints `token`, `ws_connect`, `sessions`, `faces`.
   - `fail`: `{endpoint: {"status", "detail", "retry_after", "times", "body"}}`: answer that instead (body
     `{"session_token": "FAIL_TOKEN", "detail"}` unless `body`); for `ws_connect` the handshake is refused.
@@ -602,6 +602,9 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         update = await body_json()
         if update is None:
             return _json({"error": "faults must be a JSON object"}, 400)
+        unknown = sorted(set(update) - set(DEFAULT_FAULTS))
+        if unknown:
+            return _json({"error": f"unknown fault keys {unknown}", "known": sorted(DEFAULT_FAULTS)}, 400)
         state.merge_faults(update)
         return _json(state.faults, 200)
 

@@ -571,3 +571,9 @@ async def test_token_refusals_have_simlis_shapes(sim: str, http: httpx2.AsyncCli
                                    json={"faceId": FACE, "audioInputFormat": "mp3"})
     assert wrong_format.status_code == 422
     assert (await http.get(f"{sim}/faces", headers=headers)).json()[0]["id"] == simli_sim.ACCOUNT_FACES[0]
+
+
+async def test_an_unknown_fault_is_refused_with_the_known_ones(sim: str, http: httpx2.AsyncClient) -> None:
+    answer = await http.post(f"{sim}/_sim/faults", json={"withold_join": True})
+    assert answer.status_code == 400
+    assert "withhold_join" in answer.json()["known"]
