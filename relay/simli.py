@@ -36,7 +36,7 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
-from relay.avatars.common import PLACEHOLDER_API_KEY, is_simulated
+from relay.avatars.common import PLACEHOLDER_API_KEY, is_simulated, setup_deadline
 from relay.config import Settings
 from relay.net.wsclient import (
     ClientWebSocket,
@@ -414,17 +414,19 @@ class SimliProvider:
                            on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[SimliSession]:
         """Create a token, open the socket, read the room; yield the session; end it on every way out.
 
-        The start-up is shielded from cancellation and bounded by RELAY_SETUP_TIMEOUT: a socket opened after the
-        caller was cancelled is still ended (otherwise it would bill until `maxIdleTime`). `on_created(session_id)`
-        runs once the room is known. Raises AvatarUnavailable if no session could be opened (timeout included),
-        AvatarSessionEnded out of the body when the server ends the session or its socket closes.
+        The start-up is shielded from cancellation and bounded by RELAY_SETUP_TIMEOUT (or the caller's deadline, if
+        sooner: `setup_deadline`): a socket opened after the caller was cancelled is still ended (otherwise it would
+        bill until `maxIdleTime`). `on_created(session_id)` runs once the room is known. Raises AvatarUnavailable if
+        no session could be opened (timeout included), AvatarSessionEnded out of the body when the server ends the
+        session or its socket closes.
         """
         settings = self._settings
         opened: list[_Opened] = []
+        deadline = setup_deadline(settings.relay_setup_timeout)
         async with AsyncExitStack() as stack:
             try:
                 with trio.CancelScope(shield=True):
-                    with trio.move_on_after(settings.relay_setup_timeout) as setup:
+                    with trio.move_on_at(deadline) as setup:
                         stream, join = await self._connect(stack, opened)
                     if not setup.cancelled_caught and on_created is not None:
                         opened[0].created_announced = True
