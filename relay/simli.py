@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import orjson
@@ -61,6 +62,7 @@ from relay.protocol.simli import (
     TokenAnswer,
     Unknown,
     audio_frames,
+    connect_src_allows,
     parse_server_message,
     read_session_count,
     read_token_answer,
@@ -437,7 +439,12 @@ class SimliProvider:
                 await trio.lowlevel.checkpoint()
                 info = AvatarInfo(provider="simli", session_id=stream.session_id, livekit_url=join.livekit_url,
                                   access_token=join.livekit_token, simulated=is_simulated(join.livekit_url))
-                log.info("simli session %s started (simulated=%s)", info.session_id, info.simulated)
+                room_host = urlsplit(join.livekit_url).hostname
+                log.info("simli session %s started (simulated=%s, room on %s)", info.session_id, info.simulated,
+                         room_host)
+                if not info.simulated and not connect_src_allows(settings.relay_page_connect_src, join.livekit_url):
+                    log.warning("Simli's room is on %s, which RELAY_PAGE_CONNECT_SRC does not allow: the page cannot "
+                                "show the avatar; add wss://%s and https://%s to it", room_host, room_host, room_host)
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(stream.read_events, on_event)

@@ -193,6 +193,25 @@ def socket_url(base_url: str, session_token: str) -> str:
                        ""))
 
 
+def connect_src_allows(sources: str, url: str) -> bool:
+    """Whether a CSP `connect-src` source list (RELAY_PAGE_CONNECT_SRC) lets the page open `url`: a source with the
+    same scheme and host, or `*.` a parent domain of the host (CSP host wildcards; paths and ports are not
+    checked). Simli's rooms are on a host no source names, so the operator may have to add it."""
+    target = urlsplit(url)
+    host = (target.hostname or "").lower()
+    for source in sources.split():
+        parts = urlsplit(source if "://" in source else f"{target.scheme}://{source}")
+        if parts.scheme != target.scheme:
+            continue
+        pattern = (parts.hostname or "").lower()
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]):
+                return True
+        elif pattern == host:
+            return True
+    return False
+
+
 def audio_frames(pcm16k: bytes, frame_bytes: int = AUDIO_FRAME_BYTES) -> Iterator[memoryview]:
     """Slice 16 kHz PCM16 into binary frames of at most `frame_bytes` (whole samples). Nothing is held back: a
     chunk goes out at once, in pieces only where it is longer than a frame. Empty input gives no frame."""

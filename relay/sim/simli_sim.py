@@ -49,6 +49,7 @@ Control endpoints:
     no message, mid-reply; the session goes on, billed, until `maxIdleTime`.
   - `max_frame_bytes` (65536): a longer audio frame gets `ERROR: AUDIO_CHUNK_TOO_LARGE` and close 1009.
   - `record_audio`: keep the received audio for `/_sim/audio/...` (tests only; costs memory).
+  - `livekit_url` (`wss://livekit.simulated.invalid`, a room nothing joins): the join info's room URL.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "drop_ws_after_audio_bytes": None,
     "max_frame_bytes": 65_536,
     "record_audio": False,
+    "livekit_url": SIMULATED_LIVEKIT_URL,
 }
 
 
@@ -261,7 +263,7 @@ class SimliSocket:
         session = self.session
         await self._emit(orjson.dumps({"destination": "c2ltdWxhdGVk", "session_id": session.session_id}).decode())
         await self._emit('{"video_metadata": {"fps": 30, "width": 512, "height": 512}}')
-        await self._emit(orjson.dumps({"livekit_url": SIMULATED_LIVEKIT_URL,
+        await self._emit(orjson.dumps({"livekit_url": str(self._faults["livekit_url"] or SIMULATED_LIVEKIT_URL),
                                        "livekit_token": f"sim-viewer.{secrets.token_urlsafe(16)}"}).decode())
         if not self._faults["withhold_join"]:
             session.join_released.set()

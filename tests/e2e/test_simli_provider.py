@@ -577,3 +577,17 @@ async def test_an_unknown_fault_is_refused_with_the_known_ones(sim: str, http: h
     answer = await http.post(f"{sim}/_sim/faults", json={"withold_join": True})
     assert answer.status_code == 400
     assert "withhold_join" in answer.json()["known"]
+
+
+async def test_a_room_the_pages_csp_does_not_allow_is_named_in_the_log(
+        sim: str, http: httpx2.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    await faults(http, sim, livekit_url="wss://rooms.simli.example")
+    with trio.fail_after(10):
+        async with SimliProvider(make_settings(sim), http).open_session(lambda e: None) as session:
+            assert not session.info.simulated
+    assert "Simli's room is on rooms.simli.example, which RELAY_PAGE_CONNECT_SRC does not allow" in caplog.text
+    caplog.clear()
+    allowed = make_settings(sim, relay_page_connect_src="wss://*.simli.example https://*.simli.example")
+    async with SimliProvider(allowed, http).open_session(lambda e: None):
+        pass
+    assert "RELAY_PAGE_CONNECT_SRC" not in caplog.text

@@ -21,6 +21,7 @@ from relay.protocol.simli import (
     Unknown,
     VideoMetadata,
     audio_frames,
+    connect_src_allows,
     parse_server_message,
     read_session_count,
     read_token_answer,
@@ -219,3 +220,19 @@ def test_a_termination_before_the_session_is_handed_over_is_a_refusal(message: s
 def test_a_termination_of_a_running_session_says_why() -> None:
     assert session_end_text(Terminated("CLOSING", "IDLE_TIMEOUT")) == "The Simli session ended (CLOSING IDLE_TIMEOUT)."
     assert session_end_text(Terminated("STOP", "")) == "The Simli session ended (STOP)."
+
+
+@pytest.mark.parametrize(
+    ("sources", "url", "allowed"),
+    [
+        ("wss://*.livekit.cloud https://*.livekit.cloud", "wss://simli-abc.livekit.cloud", True),
+        ("wss://*.livekit.cloud", "wss://livekit.cloud", False),  # `*.` needs a subdomain
+        ("wss://*.livekit.cloud", "wss://rooms.simli.ai", False),
+        ("wss://rooms.simli.ai", "wss://rooms.simli.ai/rtc", True),
+        ("https://rooms.simli.ai", "wss://rooms.simli.ai", False),  # the scheme must match
+        ("*.simli.ai", "wss://lk.eu.simli.ai", True),  # no scheme: the page's own
+        ("", "wss://rooms.simli.ai", False),
+    ],
+)
+def test_the_pages_connect_src_is_checked_against_the_room(sources: str, url: str, allowed: bool) -> None:
+    assert connect_src_allows(sources, url) is allowed
