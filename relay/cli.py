@@ -160,10 +160,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(partial(serve_simulators, args.host, {
                 "elevenlabs": args.elevenlabs_port, "heygen": args.heygen_port,
-                "liveavatar": args.liveavatar_port}, faults=faults))
+                "liveavatar": args.liveavatar_port, "simli": args.simli_port}, faults=faults))
             print(f"ELEVENLABS_BASE_URL={urls.elevenlabs}", flush=True)
             print(f"HEYGEN_BASE_URL={urls.heygen}", flush=True)
             print(f"LIVEAVATAR_BASE_URL={urls.liveavatar}", flush=True)
+            print(f"SIMLI_BASE_URL={urls.simli}", flush=True)
             await wait_for_signal()
             nursery.cancel_scope.cancel()
 
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--elevenlabs-port", type=int, default=0)
     sim.add_argument("--heygen-port", type=int, default=0)
     sim.add_argument("--liveavatar-port", type=int, default=0)
+    sim.add_argument("--simli-port", type=int, default=0)
     sim.add_argument("--faults", action="append", default=[], metavar="NAME=JSON",
                      help="faults in force from the start, e.g. liveavatar='{\"withhold_connected\": true}' or "
                           "heygen='{\"retired\": 410}' (repeatable; docs/reliability.md lists them)")

@@ -1,8 +1,8 @@
 """Settings from the environment and a `.env` file (pydantic-settings), validated once at start-up.
 
-Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`) and `RELAY_*` for the relay's own
-knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module decides
-demo mode and must never do I/O beyond reading the environment.
+Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`, `SIMLI_*`) and `RELAY_*` for the
+relay's own knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module
+decides demo mode and must never do I/O beyond reading the environment.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-AvatarChoice = Literal["liveavatar", "heygen", "none"]
+AvatarChoice = Literal["liveavatar", "heygen", "simli", "none"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     liveavatar_quality: Literal["very_high", "high", "medium", "low"] = "high"
     # Seconds LiveAvatar keeps the session at most; default: RELAY_MAX_DURATION plus a minute (see the property).
     liveavatar_max_session_duration: int | None = Field(default=None, gt=0)
+
+    # Simli (docs/protocol.md "Simli")
+    simli_api_key: SecretStr | None = None
+    simli_base_url: str = "https://api.simli.ai"
+    simli_face_id: str | None = None  # a preset or own face id; "faceId/emotionId" for a Trinity face's emotion
+    # `maxSessionLength` asked of Simli; default: RELAY_MAX_DURATION plus a minute (see the property).
+    simli_max_session_length: int | None = Field(default=None, gt=0)
+    # `maxIdleTime`: Simli ends a session this long without audio. The relay feeds a quiet session silence three
+    # times per period; a crashed relay's sessions end within it (docs/deploy.md).
+    simli_max_idle_time: int = Field(default=120, ge=10, le=3600)
 
     # The relay itself
     relay_avatar: AvatarChoice | None = None
@@ -216,10 +226,18 @@ class Settings(BaseSettings):
         return math.ceil(self.relay_max_duration) + 60
 
     @property
+    def simli_session_length(self) -> int:
+        """The `maxSessionLength` asked of Simli: SIMLI_MAX_SESSION_LENGTH, else RELAY_MAX_DURATION plus a minute
+        (set-up comes before the conversation's clock), so the avatar never ends first."""
+        if self.simli_max_session_length is not None:
+            return self.simli_max_session_length
+        return math.ceil(self.relay_max_duration) + 60
+
+    @property
     def demo_mode(self) -> bool:
         """No upstream credentials or agent at all: run on the built-in simulators."""
         return not (self.elevenlabs_agent_id or self.elevenlabs_api_key or self.heygen_api_key
-                    or self.liveavatar_api_key)
+                    or self.liveavatar_api_key or self.simli_api_key)
 
     @property
     def workers(self) -> int:
@@ -236,6 +254,8 @@ class Settings(BaseSettings):
             return "liveavatar"
         if self.heygen_api_key is not None:
             return "heygen"
+        if self.simli_api_key is not None:
+            return "simli"
         return "liveavatar"
 
     @model_validator(mode="after")
@@ -246,13 +266,20 @@ class Settings(BaseSettings):
                              f"than RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before "
                              "the conversation; raise it (within your LiveAvatar plan's limit), lower "
                              "RELAY_MAX_DURATION, or unset it to follow RELAY_MAX_DURATION")
+        if self.simli_max_session_length is not None and self.simli_max_session_length < self.relay_max_duration:
+            raise ValueError(f"SIMLI_MAX_SESSION_LENGTH ({self.simli_max_session_length} s) is shorter than "
+                             f"RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before the "
+                             "conversation; raise it, lower RELAY_MAX_DURATION, or unset it to follow "
+                             "RELAY_MAX_DURATION")
         if self.demo_mode:
             return self
         missing: list[str] = []
         if not self.elevenlabs_agent_id:
             missing.append("ELEVENLABS_AGENT_ID")
-        if self.relay_avatar is None and self.heygen_api_key is None and self.liveavatar_api_key is None:
-            missing.append("LIVEAVATAR_API_KEY or HEYGEN_API_KEY (or RELAY_AVATAR=none for voice only)")
+        if self.relay_avatar is None and self.heygen_api_key is None and self.liveavatar_api_key is None \
+                and self.simli_api_key is None:
+            missing.append("LIVEAVATAR_API_KEY or HEYGEN_API_KEY or SIMLI_API_KEY (or RELAY_AVATAR=none for voice "
+                           "only)")
         elif self.avatar == "heygen":
             if self.heygen_api_key is None:
                 missing.append("HEYGEN_API_KEY")
@@ -263,6 +290,11 @@ class Settings(BaseSettings):
                 missing.append("LIVEAVATAR_API_KEY")
             if not self.liveavatar_avatar_id and not self.liveavatar_sandbox:
                 missing.append("LIVEAVATAR_AVATAR_ID (or LIVEAVATAR_SANDBOX=true)")
+        elif self.avatar == "simli":
+            if self.simli_api_key is None:
+                missing.append("SIMLI_API_KEY")
+            if not self.simli_face_id:
+                missing.append("SIMLI_FACE_ID")
         if missing:
             raise ValueError(
                 "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)

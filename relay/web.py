@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
             urls = await app.nursery.start(partial(serve_simulators, "127.0.0.1", demo=True))
             state.simulators = urls
-            effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
+            effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar, urls.simli)
             log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) "
                      "elevenlabs=%s heygen=%s liveavatar=%s", effective.avatar, urls.elevenlabs, urls.heygen,
                      urls.liveavatar)
@@ -382,7 +382,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         urls = state.simulators
         if urls is None:
             return {"error": "not in demo mode"}, 404
-        return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar}
+        return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar,
+                "simli": urls.simli}
 
     return app
 

@@ -13,7 +13,7 @@ from typing import Final
 
 import httpx2
 
-from relay import heygen, liveavatar
+from relay import heygen, liveavatar, simli
 from relay.avatars import AvatarProvider, AvatarUnavailable
 from relay.config import Settings
 
@@ -35,6 +35,8 @@ PROVIDERS: Final[dict[str, ProviderEntry]] = {
                       heygen.stop_by_id),
         ProviderEntry("liveavatar", "liveavatar_base_url", liveavatar.LiveAvatarProvider,
                       liveavatar.list_running_ids, liveavatar.stop_by_id),
+        # No list, no stop by id (relay.simli): `list_running_ids` is [] and `stop_by_id` only logs the bound.
+        ProviderEntry("simli", "simli_base_url", simli.SimliProvider, simli.list_running_ids, simli.stop_by_id),
     )
 }
 

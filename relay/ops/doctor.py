@@ -25,7 +25,7 @@ import orjson
 import trio
 
 from relay import __version__
-from relay.avatars import registry
+from relay.avatars import AvatarUnavailable, registry
 from relay.config import Settings
 from relay.elevenlabs import fetch_signed_url, open_agent
 from relay.heygen import list_sessions
@@ -34,6 +34,7 @@ from relay.protocol import heygen as heygen_protocol
 from relay.protocol import liveavatar as liveavatar_protocol
 from relay.protocol.audio import parse_format
 from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
+from relay.simli import active_session_count, create_token
 
 Level = Literal["ok", "problem", "note"]
 CHECK_TIMEOUT = 10.0
@@ -342,11 +343,50 @@ async def check_liveavatar(settings: Settings, http: httpx2.AsyncClient) -> list
     return found
 
 
+async def check_simli(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
+    """The key (Simli's running-session count), then the face and both limits: a session token is asked with the
+    very body the relay sends (`compose/token` checks the key, face, emotion and billing) and never used — a
+    session, and its billing, starts only with the socket (docs/protocol.md), which the doctor never opens."""
+    service = "Simli"
+    if settings.simli_api_key is None:
+        return [problem(service, "SIMLI_API_KEY is not set.")]
+    if not settings.simli_face_id:
+        return [problem(service, "SIMLI_FACE_ID is not set (a preset face such as "
+                                 "cace3ef7-a4c4-425d-a8cf-a5358eb0c427, or one of your own from app.simli.com).")]
+    found: list[Finding] = []
+    try:
+        with trio.fail_after(CHECK_TIMEOUT):
+            count = await active_session_count(settings, http)
+    except trio.TooSlowError:
+        return [problem(service, "counting the running sessions timed out: check SIMLI_BASE_URL.")]
+    except AvatarUnavailable as exc:
+        if exc.reason == "unauthorized":
+            return [problem(service, "SIMLI_API_KEY was refused (app.simli.com: API key).")]
+        found.append(problem(service, f"counting the running sessions failed: {exc.message}"))
+    else:
+        found.append(_sessions_note(service, count, "Simli cannot stop a leftover by id: a crashed relay's "
+                                                    "sessions end within SIMLI_MAX_IDLE_TIME"))
+    face, length, idle = settings.simli_face_id, settings.simli_session_length, settings.simli_max_idle_time
+    try:
+        with trio.fail_after(CHECK_TIMEOUT):
+            await create_token(settings, http)
+    except trio.TooSlowError:
+        found.append(problem(service, "asking for a session token timed out."))
+    except AvatarUnavailable as exc:
+        found.append(problem(service, f"a session with face {face} (maxSessionLength {length} s, maxIdleTime "
+                                      f"{idle} s) is refused: {exc.message}"))
+    else:
+        found.append(ok(service, f"face {face} with maxSessionLength {length} s and maxIdleTime {idle} s is accepted "
+                                 "(a session token was issued and left unused: no session was opened)."))
+    return found
+
+
 # The avatar checks, by the provider table's names (relay.avatars.registry): they speak the doctor's language
 # (findings), so they live here rather than in the table.
 AVATAR_CHECKS: dict[str, Callable[[Settings, httpx2.AsyncClient], Awaitable[list[Finding]]]] = {
     "heygen": check_heygen,
     "liveavatar": check_liveavatar,
+    "simli": check_simli,
 }
 
 

@@ -19,11 +19,18 @@ from relay.config import Settings
 DEMO_AGENT_ID = "demo-agent"
 DEMO_HEYGEN_AVATAR = "Wayne_20240711"  # listed by the HeyGen simulator's avatar.list
 DEMO_LIVEAVATAR_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"  # listed by the LiveAvatar simulator's /v1/avatars
+DEMO_SIMLI_FACE = "cace3ef7-a4c4-425d-a8cf-a5358eb0c427"  # a Simli preset face, known to the Simli simulator
 
 
-def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, liveavatar_url: str) -> Settings:
+def demo_settings(settings: Settings, elevenlabs_url: str, heygen_url: str, liveavatar_url: str,
+                  simli_url: str | None = None) -> Settings:
     """The settings a demo-mode relay uses: every upstream pointed at its in-process simulator."""
-    return settings.model_copy(update={
+    simli: dict[str, object] = {} if simli_url is None else {
+        "simli_base_url": simli_url,
+        "simli_api_key": SecretStr(PLACEHOLDER_API_KEY),
+        "simli_face_id": settings.simli_face_id or DEMO_SIMLI_FACE,
+    }
+    return settings.model_copy(update={**simli,
         "elevenlabs_base_url": elevenlabs_url,
         "elevenlabs_agent_id": DEMO_AGENT_ID,
         "elevenlabs_api_key": SecretStr(PLACEHOLDER_API_KEY),
@@ -44,5 +51,5 @@ async def on_simulators(settings: Settings) -> AsyncIterator[Settings]:
 
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(partial(serve_simulators, "127.0.0.1", demo=True))
-        yield demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
+        yield demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar, urls.simli)
         nursery.cancel_scope.cancel()

@@ -11,16 +11,17 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from relay.sim import elevenlabs_sim, heygen_sim, liveavatar_sim
+from relay.sim import elevenlabs_sim, heygen_sim, liveavatar_sim, simli_sim
 
 SIMULATORS: dict[str, Callable[..., Any]] = {
     "elevenlabs": elevenlabs_sim.create_app,
     "heygen": heygen_sim.create_app,
     "liveavatar": liveavatar_sim.create_app,
+    "simli": simli_sim.create_app,
 }
 # The simulators whose faults can be set at start (`avatar-relay sim --faults NAME=JSON`); every simulator also takes
 # them at any time through `POST /_sim/faults`.
-STARTUP_FAULTS = frozenset({"heygen", "liveavatar"})
+STARTUP_FAULTS = frozenset({"heygen", "liveavatar", "simli"})
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SimulatorURLs:
     elevenlabs: str
     heygen: str
     liveavatar: str
+    simli: str
 
 
 def _config(host: str, port: int) -> Config:

@@ -1,9 +1,13 @@
-// Joining the real avatar's LiveKit room (HeyGen v1 or LiveAvatar) and showing its video and audio.
+// Joining the real avatar's LiveKit room (HeyGen v1, LiveAvatar or Simli) and showing its video and audio.
 //
 // livekit-client is loaded on demand from the URL the server configures (`client-config.json`), so the page
 // carries no copy of it and a deployment can self-host it. LiveAvatar's avatar joins as the participant `heygen`;
-// with HeyGen v1 the avatar is the only other participant, so any remote track is the avatar's. This module never
+// HeyGen v1's and Simli's rooms hold only the avatar and this viewer (Simli's own client, simli-client's
+// LivekitTransport, attaches every remote track), so there any remote track is the avatar's. This module never
 // sends anything to the relay.
+
+// The avatar's identity in its room, by `ready.avatar.provider`; a provider not listed: any remote participant.
+const AVATAR_IDENTITY = { liveavatar: 'heygen' };
 
 /**
  * Join the avatar's room.
@@ -20,7 +24,8 @@
 export async function joinAvatarRoom({ moduleUrl, avatar, video, audio, onAudioBlocked, onVideo, onDisconnected }) {
   const { Room, RoomEvent, Track } = await import(new URL(moduleUrl, document.baseURI).href);
   const room = new Room({ adaptiveStream: true, dynacast: true });
-  const isAvatar = (participant) => avatar.provider !== 'liveavatar' || participant.identity === 'heygen';
+  const identity = Object.hasOwn(AVATAR_IDENTITY, avatar.provider) ? AVATAR_IDENTITY[avatar.provider] : undefined;
+  const isAvatar = (participant) => identity === undefined || participant.identity === identity;
   let leaving = false;
 
   room.on(RoomEvent.TrackSubscribed, (track, _publication, participant) => {
