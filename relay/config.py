@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     # Settings whose mistakes would otherwise surface only at the first conversation (or never): refused at start-up
     # with one line naming them (docs/operations.md, "When it will not start").
 
-    @field_validator("elevenlabs_base_url", "heygen_base_url", "liveavatar_base_url", "simli_base_url", "relay_livekit_client_url")
+    @field_validator("elevenlabs_base_url", "heygen_base_url", "liveavatar_base_url", "simli_base_url",
+                     "relay_livekit_client_url")
     @classmethod
     def _is_a_web_url(cls, value: str) -> str:
         parts = urlsplit(value)
