@@ -135,3 +135,13 @@ async def test_a_damaged_wal_or_index_beside_a_healthy_journal_keeps_its_rows(si
     (tmp_path / (JOURNAL_FILE + sibling)).write_bytes(b"\xde\xad" * 20_000)
     async with open_journal(tmp_path) as journal:
         assert journal.moved_aside is None and len(await journal.entries()) == 3
+
+
+async def test_the_count_of_moved_aside_journals_follows_the_directory(tmp_path: Path) -> None:
+    """What /metrics shows: counted at open, counted again at each sweep (after the operator deleted the file)."""
+    (tmp_path / JOURNAL_FILE).write_bytes(b"not a database" * 10)
+    async with open_journal(tmp_path) as journal:
+        assert journal.moved_aside_count == 1
+        for moved in damaged_journals(tmp_path):
+            os.unlink(moved)
+        assert await journal.count_moved_aside() == 0 and journal.moved_aside_count == 0
