@@ -9,6 +9,7 @@ the app's start-up makes (tests/faults/test_startup_failures.py runs real proces
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from pathlib import Path
@@ -134,7 +135,7 @@ GOOD = {"ELEVENLABS_AGENT_ID": "agent_walk", "ELEVENLABS_API_KEY": "xi-walk", "R
 
 @pytest.fixture
 def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.upper() in {field.upper() for field in Settings.model_fields}:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no .env file
