@@ -33,6 +33,7 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
+from relay.net.http_keepalive import KeepAliveGuard
 from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
 from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.ops.fleet_sessions import FleetSessions, SessionEntry
@@ -50,7 +51,6 @@ from relay.server.fleet_admission import FleetSeats, seat_keeper
 from relay.server.jwks import JwksCache, http_fetcher
 from relay.server.page_headers import page_headers
 from relay.server.seats import SharedAvatarBudget
-from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
+from relay.net.http_keepalive import KeepAliveGuard
 from relay.sim.elevenlabs_sim.conversation import CLOSE_TIMEOUT, Conversation
 from relay.sim.elevenlabs_sim.defaults import DEFAULT_AGENTS, DEFAULT_CLIENT_EVENTS, DEFAULT_FAULTS, FORMATS
-from relay.sim.http_keepalive import KeepAliveGuard
 
 
 def new_record(
