@@ -17,8 +17,14 @@ relay).
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+
+import pytest
 
 RELAY = Path(__file__).resolve().parents[1] / "relay"
 
@@ -55,7 +61,9 @@ def _owner(name: str) -> str | None:
 
 @cache
 def imports(module: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(relay modules, top-level third-party packages) that `module` imports, wherever the import statement is."""
+    """(relay modules, top-level third-party packages) that `module` imports, wherever the import statement is, with
+    the package `__init__`s Python runs on the way (those of the targets' packages that are not `module`'s own):
+    every rule below holds for what is loaded, not only for what is named."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     ours: set[str] = set()
@@ -77,9 +85,11 @@ def imports(module: str) -> tuple[frozenset[str], frozenset[str]]:
                 owner = _owner(target)
                 if owner is not None and owner != module:
                     ours.add(owner)
+                    # Python runs the target's package `__init__`s first: what they import is loaded too.
+                    ours.update(p for p in _parents(owner) if p in MODULES and p not in _parents(module))
             else:
                 theirs.add(target.split(".")[0])
-    return frozenset(ours), frozenset(theirs)
+    return frozenset(ours - {module}), frozenset(theirs)
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -185,7 +195,8 @@ def test_nothing_imports_the_command_line() -> None:
         "need into the layer that owns it (e.g. relay.server.serving)"
 
 
-SHARED_WITH_THE_SIMULATORS = frozenset({"relay.net.http_keepalive"})
+# The guard, and the package `__init__` Python runs to reach it: both must import nothing from the relay.
+SHARED_WITH_THE_SIMULATORS = frozenset({"relay.net.http_keepalive", "relay.net"})
 
 
 def test_simulators_import_nothing_from_the_relay() -> None:
@@ -194,3 +205,38 @@ def test_simulators_import_nothing_from_the_relay() -> None:
     assert not problems, "the simulators must import nothing from the relay: " + "; ".join(problems)
     shared = [f"{m} imports {t}" for m in SHARED_WITH_THE_SIMULATORS for t in sorted(imports(m)[0])]
     assert not shared, "what the simulators share with the relay must import nothing from it: " + "; ".join(shared)
+
+
+# What importing one module loads at run time, package `__init__`s and all (a re-exporting `__init__` once made
+# `relay.conversation.record` load the pumps, the avatars and soxr, and `relay.protocol.browser` the ElevenLabs and
+# HeyGen wire modules): module -> (what it may load from the relay, libraries it must not load).
+PROVIDER_WIRE_MODULES = ("relay.protocol.elevenlabs", "relay.protocol.heygen", "relay.protocol.liveavatar",
+                         "relay.protocol.lite")
+LOADS: dict[str, tuple[Callable[[str], bool], frozenset[str]]] = {
+    # Our protocol: no provider's wire module, nothing above the protocol layer, no I/O library.
+    "relay.protocol.browser": (
+        lambda m: layer_of(m)[1] in ("base", "protocol") and not m.startswith(PROVIDER_WIRE_MODULES),
+        IO_LIBRARIES),
+    # Plain data that the ops read: nothing of the engine, no avatar, no wire format, no trio, no audio library.
+    "relay.conversation.record": (
+        lambda m: m in ("relay", "relay._util", "relay.conversation", "relay.conversation.record"),
+        IO_LIBRARIES | {"soxr", "numpy"}),
+    # The ops take records, not the engine: no conversation module but the record, no nursery, nothing served.
+    "relay.ops.metrics": (
+        lambda m: (not m.startswith("relay.conversation.") or m == "relay.conversation.record")
+        and layer_of(m)[1] not in ("server", "cli") and m != "relay.nursery",
+        frozenset({"quart", "quart_trio", "hypercorn"})),
+}
+
+
+@pytest.mark.parametrize("module", sorted(LOADS))
+def test_importing_a_module_loads_only_what_its_layer_rules_allow(module: str) -> None:
+    allowed, libraries = LOADS[module]
+    script = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                       cwd=RELAY.parent).stdout)
+    ours = [m for m in loaded if m == "relay" or m.startswith("relay.")]
+    assert module in ours
+    wrong = [m for m in ours if not allowed(m)] + sorted(set(loaded) & libraries)
+    assert not wrong, f"import {module} loads {', '.join(wrong)}: a package `__init__` re-exporting its modules, " \
+        "or an import the layer rules forbid at run time"
