@@ -42,37 +42,40 @@ def _workers_argument(value: str) -> int | str:
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
-    """`serve --workers N` with N > 1: check what the workers would refuse, once, then run them
-    (relay.server.workers)."""
+    """`serve --workers N` with N > 1: check what the workers would refuse, once (one line for a mistake, not one
+    per worker), then run them (relay.server.workers)."""
     from relay.ops.logs import configure_logging
-    from relay.server.auth import auth_problem
+    from relay.server.startup import STARTUP_FAILED, StartupFailure, check_configuration, print_failure
     from relay.server.workers import run_supervisor
 
     if settings.demo_mode:
-        print("avatar-relay: --workers needs real upstream settings: demo mode runs its simulators inside the one "
-              "relay process (run `avatar-relay serve` without --workers, or point it at `avatar-relay sim`)",
-              file=sys.stderr)
-        return 2
-    if (problem := auth_problem(settings)) is not None:
-        print(f"avatar-relay: invalid configuration: {problem}", file=sys.stderr)
-        return 2
-    if settings.relay_redis_url is not None:
-        from relay.ops.fleet_probe import startup_problem
-
-        if (redis_problem := trio.run(startup_problem, settings)) is not None:
-            print(f"avatar-relay: {redis_problem}", file=sys.stderr)  # before any worker starts
-            return 1
-    configure_logging(settings)
+        print_failure("RELAY_WORKERS / --workers needs real upstream settings: demo mode runs its simulators inside "
+                      "the one relay process (run `avatar-relay serve` without --workers, or point it at "
+                      "`avatar-relay sim`)")
+        return STARTUP_FAILED
+    configure_logging(settings)  # before the checks: moving a damaged journal aside is logged
+    try:
+        trio.run(check_configuration, settings)
+    except StartupFailure as exc:
+        print_failure(str(exc), exc, settings)
+        return STARTUP_FAILED
     return run_supervisor(settings, host, port, workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings_or_report()
-    if settings is None:
-        return 2
+    from relay.providers.table import load_settings
+    from relay.server.startup import STARTUP_FAILED, WORKER_STARTUP_FAILED, print_failure
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print_failure(str(exc))
+        return STARTUP_FAILED
+    from hypercorn.utils import LifespanFailureError
+
     from relay.server.serving import hypercorn_config, serve_app
     from relay.server.workers import role_from_args, wait_for_supervisor_exit
-    from relay.web import create_app, relay_state
+    from relay.web import create_app, relay_state, startup_guard
 
     host = args.host or settings.relay_host
     port = settings.relay_port if args.port is None else args.port
@@ -85,8 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings, worker=role)
     except ConfigError as exc:
-        print(f"avatar-relay: {exc}", file=sys.stderr)
-        return 2
+        print_failure(str(exc))
+        return STARTUP_FAILED if role is None else WORKER_STARTUP_FAILED
+    startup_guard(app).quiet_hypercorn()
     config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
     stop_when = None
     if role is not None:
@@ -100,8 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(serve)
     except* OSError as group:
-        print(f"avatar-relay: cannot listen on {host}:{port}: {_first_os_error(group).strerror}", file=sys.stderr)
-        status = 1
+        print_failure(f"cannot listen on {host}:{port}: {_first_os_error(group).strerror}: choose another "
+                      "--port / RELAY_PORT (or stop what listens there)", group)
+        status = STARTUP_FAILED
+    except* LifespanFailureError:  # the start-up guard printed its line (relay.server.startup)
+        status = STARTUP_FAILED if role is None else WORKER_STARTUP_FAILED
     return status
 
 
@@ -229,7 +236,11 @@ def cmd_reap(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> int:
-        journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        try:
+            journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        except jr.JournalUnusable as exc:
+            print(f"avatar-relay: {exc}", file=sys.stderr)
+            return 1
         try:
             async with httpx2.AsyncClient(timeout=10.0) as http:
                 fleet = Fleet.from_settings(settings)

@@ -9,13 +9,21 @@ which one the settings choose and whether they are complete for it is `relay.pro
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import uuid
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+_OVERRIDE_PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 
 
 class ConfigError(Exception):
@@ -139,6 +147,65 @@ class Settings(BaseSettings):
                 raise ValueError(f"LiveAvatar avatar ids are UUIDs (like 6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01), "
                                  f"not {value[:64]!r}; copy the id from app.liveavatar.com (a HeyGen avatar name "
                                  "does not work on LiveAvatar)") from None
+        return value
+
+    # Settings whose mistakes would otherwise surface only at the first conversation (or never): refused at start-up
+    # with one line naming them (docs/operations.md, "When it will not start").
+
+    @field_validator("elevenlabs_base_url", "heygen_base_url", "liveavatar_base_url", "relay_livekit_client_url")
+    @classmethod
+    def _is_a_web_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"an http(s):// URL is needed, like https://example.com, not {value[:80]!r}")
+        return value
+
+    @field_validator("relay_host")
+    @classmethod
+    def _is_a_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError(f"an IP address or a host name to listen on (like 127.0.0.1, 0.0.0.0 or ::), not "
+                                 f"{value[:80]!r}; the port is RELAY_PORT") from None
+        return value
+
+    @field_validator("relay_log_level")
+    @classmethod
+    def _is_a_log_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"one of {', '.join(LOG_LEVELS)}, not {value[:40]!r}")
+        return value
+
+    @field_validator("relay_frame_ancestors", "relay_page_connect_src")
+    @classmethod
+    def _is_a_source_list(cls, value: str) -> str:
+        # A Content-Security-Policy source list, space-separated: a ";" or "," would end the directive and start
+        # another in the page's policy.
+        if any(c in value for c in ";,\"\r\n"):
+            raise ValueError(f"space-separated CSP sources (like 'self' https://shop.example), without ; , or "
+                             f"quotes other than the keywords', not {value[:80]!r}")
+        return value
+
+    @field_validator("relay_allowed_origins")
+    @classmethod
+    def _are_origins(cls, value: str) -> str:
+        for origin in (part.strip() for part in value.split(",") if part.strip()):
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
+                                  or parts.path not in ("", "/") or parts.query or parts.fragment):
+                raise ValueError(f"comma-separated origins like https://shop.example (a scheme and a host, no path), "
+                                 f"or *, not {origin[:80]!r}")
+        return value
+
+    @field_validator("relay_client_overrides")
+    @classmethod
+    def _are_override_paths(cls, value: str) -> str:
+        for path in (part.strip() for part in value.split(",") if part.strip()):
+            if path != "*" and not _OVERRIDE_PATH.fullmatch(path):
+                raise ValueError(f"comma-separated dotted paths of `overrides` like agent.language,tts.voice_id "
+                                 f"(or *), not {path[:80]!r}")
         return value
 
     @property

@@ -11,8 +11,6 @@ drains the app it serves.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
@@ -34,7 +32,7 @@ from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
 from relay.net.http_keepalive import KeepAliveGuard
 from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
-from relay.ops.fleet import Fleet, FleetUnavailable
+from relay.ops.fleet import Fleet
 from relay.ops.fleet_sessions import FleetSessions, SessionEntry
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
 from relay.ops.logs import configure_logging, set_worker
@@ -51,6 +49,7 @@ from relay.server.fleet_admission import FleetSeats, seat_keeper
 from relay.server.jwks import JwksCache, http_fetcher
 from relay.server.page_headers import page_headers
 from relay.server.seats import SharedAvatarBudget
+from relay.server.startup import StartupGuard, end_process
 from relay.sim.runner import SimulatorURLs
 
 if TYPE_CHECKING:
@@ -134,6 +133,8 @@ class RelayState:
         if self.fleet is not None:
             # Under the `local` outage policy the relay still admits while Redis is away: ready, not degraded.
             checks["redis"] = self.fleet.healthy or self.settings.relay_fleet_outage == "local"
+        if self.gate is not None and self.gate.required and isinstance(self.gate.jwks, JwksCache):
+            checks["jwks"] = self.gate.jwks.ever_fetched  # RELAY_AUTH_JWKS_URL fetched once (relay.server.jwks)
         return checks
 
     @property
@@ -143,6 +144,10 @@ class RelayState:
 
 def relay_state(app: QuartTrio) -> RelayState:
     return app.extensions["relay"]  # type: ignore[no-any-return]
+
+
+def startup_guard(app: QuartTrio) -> StartupGuard:
+    return app.extensions["relay_startup"]  # type: ignore[no-any-return]
 
 
 def create_app(settings: Settings | None = None, worker: WorkerRole | None = None, *,
@@ -203,17 +208,10 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         on_agent_event=None if transcripts is None else transcripts.agent_event,
         on_user_text=None if transcripts is None else transcripts.user_text)
 
-    @app.before_serving
     async def start_upstreams() -> None:
         if state.fleet is not None:
             # Joins the fleet (or stops the start-up with a clear error) before anything is admitted.
-            try:
-                await app.nursery.start(state.fleet.serve)
-            except FleetUnavailable as exc:
-                # One clear line and a non-zero exit under every entry point (`serve`, its workers, hypercorn's
-                # command line), instead of quart's and hypercorn's tracebacks; nothing is open yet.
-                print(f"avatar-relay: {exc}", file=sys.stderr, flush=True)
-                os._exit(1)
+            await app.nursery.start(state.fleet.serve)
             if isinstance(keeper, FleetSeats):
                 await app.nursery.start(keeper.serve)
         effective = settings
@@ -227,8 +225,11 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
         if settings.relay_auth_jwks_url and state.gate is not None:
-            state.gate.jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
-                                        min_interval=settings.relay_auth_jwks_min_interval)
+            state.gate.jwks = jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
+                                               min_interval=settings.relay_auth_jwks_min_interval,
+                                               url=settings.relay_auth_jwks_url)
+            if state.gate.required:
+                app.nursery.start_soon(jwks.fetch_at_startup)
         provider = providers.make_provider(effective, http)
         session_hooks: list[MakeHooks] = []
         if provider is not None and state.fleet is not None and not settings.demo_mode:
@@ -240,6 +241,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         if provider is not None and settings.relay_journal and not settings.demo_mode:
             # Demo sessions die with the in-process simulators: nothing to journal or reap.
             state.journal = await open_journal_now(state_dir(settings))
+            metrics.watch_journal(state.journal)
             session_hooks.append(journal_hooks(state.journal, providers.base_url(effective, provider.name)))
             app.nursery.start_soon(reap_periodically, effective, http, state.journal, state.fleet_sessions)
         if provider is not None and state.fleet_sessions is not None:
@@ -264,6 +266,10 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             from relay.server.hosted import host_links, watch_host
 
             app.nursery.start_soon(watch_host, registry, settings, host_links())
+
+    # A start-up failure is one line and exit status 1 under every entry point (relay.server.startup).
+    guard = app.extensions["relay_startup"] = StartupGuard(settings, end_process_on_failure=own_shutdown)
+    guard.install(app, start_upstreams)
 
     @app.after_serving
     async def stop_upstreams() -> None:
@@ -350,8 +356,11 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         """Readiness: 200 while new conversations are welcome, 503 (with the failing checks) otherwise — from
         the first moment of a shutdown, so a load balancer stops sending new ones before the drain."""
         checks = state.readiness
-        body = {"ready": all(checks.values()), "checks": checks, "open_conversations": state.registry.open_count,
-                "max_conversations": state.registry.max_conversations}
+        body: dict[str, Any] = {"ready": all(checks.values()), "checks": checks,
+                                "open_conversations": state.registry.open_count,
+                                "max_conversations": state.registry.max_conversations}
+        if not checks.get("jwks", True) and state.gate is not None and isinstance(state.gate.jwks, JwksCache):
+            body["why"] = {"jwks": state.gate.jwks.not_ready_because}
         return body, 200 if body["ready"] else 503
 
     @app.route("/metrics")
@@ -400,7 +409,7 @@ def _static_response(name: str) -> Response:
 class _AppOnFirstUse:
     """`relay.web:app` for `hypercorn -k trio relay.web:app`: the app is built, reading the environment and `.env`,
     when hypercorn first calls it (its lifespan start-up), not when the module is imported, so importing `relay.web`
-    has no side effects. A configuration error prints one line and ends the process with status 2."""
+    has no side effects. A configuration error prints one line and ends the process with status 1."""
 
     def __init__(self) -> None:
         self._app: QuartTrio | None = None
@@ -410,8 +419,7 @@ class _AppOnFirstUse:
             try:
                 self._app = create_app(own_shutdown=True)
             except ConfigError as exc:
-                print(f"avatar-relay: {exc}", file=sys.stderr, flush=True)
-                os._exit(2)  # not SystemExit: hypercorn would report it from inside its task group
+                end_process(str(exc), exc)  # not SystemExit: hypercorn would report it from inside its task group
         return self._app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -3,9 +3,10 @@
 Checks, in order: ElevenLabs (the API key is accepted, the agent exists, its audio formats are ones the relay can
 use, a signed conversation URL can be had; with `--connect`, a real conversation opens and is hung up at once), then
 the configured avatar provider (the API key is accepted, the avatar exists and is active, how many sessions run on
-the account now), and with RELAY_REDIS_URL the fleet's Redis (reachable, version, round trip, the lease key
-writable). Each check gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note`
-(worth knowing). Any problem makes the exit status 1.
+the account now), with RELAY_REDIS_URL the fleet's Redis (reachable, version, round trip, the lease key
+writable), and the session journal's state directory (usable; any damaged journal moved aside there). Each check
+gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note` (worth knowing). Any problem
+makes the exit status 1.
 
 The answers are read by plain functions (`agent_findings` here, each provider's in its declaration,
 `relay.providers.<name>`) with no I/O, tested on their own; `run_checks` does the HTTP calls around them, the avatar
@@ -16,6 +17,7 @@ or log an API key.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,10 +32,11 @@ from relay.protocol import elevenlabs as el
 from relay.protocol.audio import parse_format
 from relay.providers.entry import Provider
 from relay.providers.findings import CHECK_TIMEOUT, Finding, Level, dig, note, ok, problem
+from relay.providers.table import chosen, chosen_name
 
 __all__ = ["CHECK_TIMEOUT", "Finding", "Level", "agent_findings", "check_avatar", "check_elevenlabs", "check_redis",
-           "diagnose", "format_report", "note", "ok", "problem", "run_checks", "signed_url_findings"]
-from relay.providers.table import chosen, chosen_name
+           "diagnose", "format_report", "journal_findings", "note", "ok", "problem", "run_checks",
+           "signed_url_findings"]
 
 
 def _json(body: bytes) -> Any:
@@ -220,6 +223,28 @@ async def check_redis(settings: Settings) -> list[Finding]:
     return result
 
 
+def journal_findings(settings: Settings) -> list[Finding]:
+    """The session journal's state directory (local, no I/O beyond listing it): damaged journals moved aside at a
+    start-up (each a problem until the operator has reaped and deleted it), a directory this user cannot write."""
+    from relay.ops.journal import damaged_journals, state_dir
+
+    if not settings.relay_journal or chosen(settings) is None or settings.demo_mode:
+        return []
+    directory = state_dir(settings)
+    found = [problem("journal", f"a damaged session journal was moved aside to {moved} at a start-up: avatar "
+                                "sessions it listed may still be running (and billing). Run `avatar-relay reap` "
+                                f"(it also asks the provider's own list), then delete {moved.name}.")
+             for moved in damaged_journals(directory)]
+    existing = next((d for d in (directory, *directory.parents) if d.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        found.append(problem("journal", f"the state directory {directory} (RELAY_STATE_DIR) cannot be created or "
+                                        "written by this user: the relay will not start."))
+    elif not found:
+        found.append(ok("journal", f"the session journal's directory {directory} is usable; no damaged journal "
+                                   "lies there."))
+    return found
+
+
 async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
     """Every check for `settings`, ElevenLabs and the avatar provider concurrently. Only reads (see --connect)."""
     results: dict[str, list[Finding]] = {}
@@ -234,7 +259,7 @@ async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: b
             nursery.start_soon(run, "avatar", check_avatar(settings, http, provider))
         if settings.relay_redis_url is not None:
             nursery.start_soon(run, "redis", check_redis(settings))
-    found = results["elevenlabs"] + results.get("avatar", []) + results.get("redis", [])
+    found = results["elevenlabs"] + results.get("avatar", []) + results.get("redis", []) + journal_findings(settings)
     if provider is None:
         found.append(note("configuration", "RELAY_AVATAR=none: voice only, no avatar is checked."))
     return found

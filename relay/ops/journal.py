@@ -18,6 +18,13 @@ never stop the same session twice; a failed stop gives the row back to its dead 
 Rows are written as soon as the upstream id exists (the providers' `on_created`, alongside `streaming.start` /
 `sessions/start`). The window it cannot cover: a process killed between the upstream answering the creation call
 and that write landing (a few milliseconds). `avatar-relay reap` finds those through the providers' list APIs.
+A journal that is damaged (SQLite: corrupt, or not a database, or a `sessions` table that is not ours) never keeps
+the relay down: it is renamed beside itself (`sessions.sqlite3.damaged-<UTC time>`), the rows SQLite can still read
+from it are copied into a fresh journal (so the reaper stops those whose process is gone), and one ERROR line says
+what was moved where and that `avatar-relay reap` finds the rest. A journal that cannot be used for a reason the
+operator must fix (a directory that cannot be created or written) raises JournalUnusable, whose message is the one
+line the relay prints before it exits.
+
 This module must never store a secret: rows hold provider names, session ids and base URLs only.
 """
 
@@ -25,10 +32,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,6 +130,8 @@ class Journal:
     _pid: int = field(default_factory=os.getpid)
     _pid_started: str = ""
     write_seconds_max: float = 0.0
+    moved_aside: MovedAside | None = None  # this open moved a damaged journal aside
+    moved_aside_count: int = 0  # damaged journals lying in the state directory (`damaged_journals`)
 
     def __post_init__(self) -> None:
         self._pid_started = process_start_marker(self._pid)
@@ -181,6 +191,11 @@ class Journal:
         """Every row: sessions believed running, this process's and others'."""
         return await self._run(self._entries)
 
+    async def count_moved_aside(self) -> int:
+        """Count again the damaged journals lying beside this one (the operator deletes them once reaped)."""
+        self.moved_aside_count = len(await trio.to_thread.run_sync(damaged_journals, self.path.parent))
+        return self.moved_aside_count
+
     def close(self) -> None:
         self._db.close()
 
@@ -192,34 +207,275 @@ class Journal:
 WAL_SWITCH_ATTEMPTS = 20
 WAL_SWITCH_PAUSE = 0.05  # seconds, times the attempt number
 
+# SQLite's result codes for a file that is not a usable database: damaged pages, or not a database at all.
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+DAMAGED_SUFFIX = ".damaged-"  # sessions.sqlite3.damaged-20260102T030405Z: a journal moved aside
+SALVAGE_QUERY_BUDGET = 4096  # range reads tried on a damaged file before giving up on the rest
+_COLUMNS = "id, provider, session_id, base_url, pid, pid_started, opened_at"
+
+
+class JournalUnusable(Exception):
+    """The journal cannot be used for a reason the operator must fix (its directory cannot be created or written,
+    its file cannot be opened): the message is one line naming the file and what to do. A damaged file is not this:
+    it is moved aside (`open_journal_now`)."""
+
+
+class JournalDamaged(Exception):
+    """The file is not a usable journal (SQLite says it is corrupt or not a database, or its table is not ours)."""
+
+
+@dataclass(frozen=True)
+class MovedAside:
+    """A damaged journal that was moved aside at start-up: where it went, why, and how many of its rows were read
+    back (copied into the fresh journal, so the reaper stops those whose process is gone)."""
+
+    original: Path
+    moved_to: Path
+    reason: str
+    salvaged: int
+
+    def describe(self) -> str:
+        """The one ERROR line an operator reads."""
+        read = (f"{self.salvaged} session(s) read back from it are in the fresh journal and will be stopped if "
+                "their relay is gone" if self.salvaged else "no session could be read back from it")
+        return (f"the session journal {self.original} was damaged ({self.reason}) and has been moved aside to "
+                f"{self.moved_to}; the relay goes on with a fresh journal. {read}; avatar sessions it listed that "
+                "could not be read cannot be stopped automatically: run `avatar-relay reap` (it also asks the "
+                "provider's own list of running sessions), then delete the moved file")
+
+
+def damaged_journals(directory: Path) -> list[Path]:
+    """The journals moved aside in `directory` (oldest first); [] when there are none or it cannot be listed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(directory / name for name in names
+                  if name.startswith(JOURNAL_FILE + DAMAGED_SUFFIX) and not name.endswith(("-wal", "-shm")))
+
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open the journal file in WAL mode with its table. Blocks (run it on a worker thread); raises sqlite3.Error
-    if the file cannot be used, or if it is still locked after WAL_SWITCH_ATTEMPTS tries."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open the journal file in WAL mode with its table, checked (`PRAGMA quick_check`, our columns). Blocks (run it
+    on a worker thread). Raises JournalDamaged for a file that is not a usable journal, sqlite3.Error if the file
+    cannot be used otherwise, or if it is still locked after WAL_SWITCH_ATTEMPTS tries."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
     try:
-        for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
-                    raise
-                time.sleep(WAL_SWITCH_PAUSE * attempt)
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, cheap to commit
-        db.execute(_SCHEMA)
+        try:
+            for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
+                        raise
+                    time.sleep(WAL_SWITCH_PAUSE * attempt)
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, cheap to commit
+            db.execute(_SCHEMA)
+            verdict = db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                raise JournalDamaged(str(exc)) from exc
+            raise
+        if not verdict or verdict[0] != "ok":
+            raise JournalDamaged(f"integrity check: {str(verdict[0] if verdict else 'no answer')[:120]}")
+        try:
+            db.execute(f"SELECT {_COLUMNS} FROM sessions LIMIT 0")
+        except sqlite3.OperationalError as exc:  # a `sessions` table that is not ours: another program's file
+            raise JournalDamaged(f"not a session journal: {exc}") from exc
     except BaseException:
         db.close()
         raise
     return db
 
 
+def _check_header(path: Path) -> None:
+    """JournalDamaged when the file is there but does not start as an SQLite database does. Checked before SQLite
+    opens it: closing a connection to such a file would delete its -wal, which may hold the latest rows."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # SQLite says why it cannot open it
+    if header and (len(header) < 100 or not header.startswith(b"SQLite format 3\x00")):
+        raise JournalDamaged("file is not a database")
+
+
+def _where(path: Path) -> str:
+    return f"the session journal's directory {path.parent} (RELAY_STATE_DIR)"
+
+
+_FIX = ("point RELAY_STATE_DIR at a directory this user can write (or set RELAY_JOURNAL=false to run without the "
+        "journal: a crash then leaves avatar sessions running until `avatar-relay reap`)")
+
+
+def _prepare_directory(path: Path) -> None:
+    """Create the journal's directory; JournalUnusable (one line) when it cannot be created or written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalUnusable(f"{_where(path)} cannot be created ({exc.strerror or type(exc).__name__}): "
+                              f"{_FIX}") from None
+    if not path.parent.is_dir():
+        raise JournalUnusable(f"{_where(path)} is not a directory: {_FIX}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise JournalUnusable(f"{_where(path)} is not writable by this user: {_FIX}")
+    if path.exists() and not path.is_file():
+        raise JournalUnusable(f"the session journal {path} is not a file: move it away (the relay creates the "
+                              "journal there)")
+
+
+def _open_or_recover(path: Path) -> tuple[sqlite3.Connection, MovedAside | None]:
+    """Open the journal at `path`; a damaged one is moved aside, what can be read of it is copied into a fresh one.
+    Blocks (worker thread). Raises JournalUnusable."""
+    _prepare_directory(path)
+    moved: MovedAside | None = None
+    for _ in range(3):  # another process may be moving the same damaged file aside right now
+        try:
+            _check_header(path)
+            db = _connect(path)
+        except JournalDamaged as exc:
+            moved = _move_aside(path, str(exc))
+            if moved is None:
+                continue  # someone else moved it first: open what is there now
+            db = _connect(path)
+            rows = _salvage(moved.moved_to)
+            with db:
+                db.executemany(f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            return db, MovedAside(moved.original, moved.moved_to, moved.reason, len(rows))
+        except sqlite3.Error as exc:
+            raise JournalUnusable(f"the session journal {path} cannot be opened ({exc}): check the permissions of "
+                                  f"the file and of {path.parent}, or {_FIX}") from None
+        return db, moved
+    raise JournalUnusable(f"the session journal {path} kept changing while being opened: is another program "
+                          "replacing it?")
+
+
+def _move_aside(path: Path, reason: str) -> MovedAside | None:
+    """Rename the damaged journal (and its -wal, which holds its latest rows) beside itself with a UTC timestamp;
+    its -shm (an index, rebuilt from the others) is removed. None when the file is gone already."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{stamp}")
+    serial = 1
+    while target.exists():
+        serial += 1
+        target = path.with_name(f"{path.name}{DAMAGED_SUFFIX}{stamp}-{serial}")
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise JournalUnusable(f"the session journal {path} is damaged ({reason}) and cannot be moved aside "
+                              f"({exc.strerror}): move or delete it by hand, then run `avatar-relay reap`") from None
+    for suffix in ("-wal", "-shm"):
+        sibling = path.with_name(path.name + suffix)
+        try:
+            if suffix == "-wal":
+                os.rename(sibling, target.with_name(target.name + suffix))
+            else:
+                sibling.unlink()
+        except OSError:
+            pass  # absent (a clean shutdown checkpoints and removes them)
+    return MovedAside(path, target, reason[:160], 0)
+
+
+def _salvage(damaged: Path) -> list[tuple[Any, ...]]:
+    """The rows that can still be read from a damaged journal. Read from a scratch copy (the moved file stays as it
+    was, for whoever investigates), with its -wal, so the latest committed rows count: the whole table if SQLite can
+    read it, else range by range of row ids, halving a range that fails (damaged pages are skipped, the rows on
+    intact pages are read), within SALVAGE_QUERY_BUDGET reads. A file that is not a database at all yields [].
+    Rows whose columns do not have the journal's types are dropped."""
+    scratch = damaged.with_name(damaged.name + ".salvage")
+    rows: list[tuple[Any, ...]] = []
+    try:
+        shutil.copyfile(damaged, scratch)
+        wal = damaged.with_name(damaged.name + "-wal")
+        if wal.exists():
+            shutil.copyfile(wal, scratch.with_name(scratch.name + "-wal"))
+        _fit_header_to_length(scratch)
+        db = sqlite3.connect(scratch, isolation_level=None, timeout=0)
+        try:
+            rows = _read_rows(db)
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        for leftover in (scratch, scratch.with_name(scratch.name + "-wal"), scratch.with_name(scratch.name + "-shm")):
+            with suppress(OSError):
+                leftover.unlink()
+    return [row for row in rows if _is_row(row)]
+
+
+def _fit_header_to_length(copy: Path) -> None:
+    """A truncated database (a backup copied halfway, a disk that lost its tail) says in its header that it has more
+    pages than the file holds, and SQLite then refuses to read any of it. Make the copy's header say what is there
+    (whole pages only), so the rows on the pages that survived can be read."""
+    with copy.open("r+b") as file:
+        header = file.read(100)
+        if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+            return
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size < 512:
+            return
+        length = file.seek(0, os.SEEK_END)
+        pages = length // page_size
+        if pages and int.from_bytes(header[28:32], "big") > pages:
+            file.truncate(pages * page_size)
+            file.seek(28)
+            file.write(pages.to_bytes(4, "big"))
+
+
+def _read_rows(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    query = f"SELECT {_COLUMNS} FROM sessions WHERE id BETWEEN ? AND ? ORDER BY id"
+    try:
+        return db.execute(f"SELECT {_COLUMNS} FROM sessions ORDER BY id").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != SQLITE_CORRUPT:
+            return []  # not a database, or no table of ours: nothing to read row by row
+    highest = 2**31
+    for probe in ("SELECT max(id) FROM sessions", "SELECT seq FROM sqlite_sequence WHERE name = 'sessions'"):
+        try:
+            found = db.execute(probe).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if found and isinstance(found[0], int):
+            highest = found[0]
+            break
+    rows: list[tuple[Any, ...]] = []
+    ranges = [(1, highest)]
+    budget = SALVAGE_QUERY_BUDGET
+    while ranges and budget > 0:
+        low, high = ranges.pop()
+        budget -= 1
+        try:
+            rows.extend(db.execute(query, (low, high)).fetchall())
+        except sqlite3.DatabaseError:
+            if low < high:
+                middle = (low + high) // 2
+                ranges += [(middle + 1, high), (low, middle)]
+    return sorted(rows, key=lambda row: row[0] if isinstance(row[0], int) else 0)
+
+
+def _is_row(row: tuple[Any, ...]) -> bool:
+    types: tuple[type | tuple[type, ...], ...] = (int, str, str, str, int, str, (int, float))
+    return len(row) == len(types) and all(isinstance(value, kind) for value, kind in zip(row, types, strict=True))
+
+
 async def open_journal_now(directory: Path) -> Journal:
-    """Open (creating if needed) the journal in `directory` for the caller to `close()`. Raises OSError or
-    sqlite3.Error if the directory or file cannot be used."""
-    db = await trio.to_thread.run_sync(_connect, directory / JOURNAL_FILE)
-    return Journal(directory / JOURNAL_FILE, db)
+    """Open (creating if needed) the journal in `directory` for the caller to `close()`. A damaged journal is moved
+    aside and replaced (the caller logs `journal.moved_aside.describe()`); raises JournalUnusable (one line naming
+    the directory or file and what to do) when the journal cannot be used at all."""
+    path = directory / JOURNAL_FILE
+    db, moved = await trio.to_thread.run_sync(_open_or_recover, path)
+    journal = Journal(path, db, moved_aside=moved)
+    if moved is not None:
+        log.error("%s", moved.describe())
+    journal.moved_aside_count = len(await trio.to_thread.run_sync(damaged_journals, directory))
+    return journal
 
 
 @asynccontextmanager

@@ -120,6 +120,8 @@ async def reap_periodically(settings: Settings, http: httpx2.AsyncClient, journa
     app's shutdown); never raises."""
     while True:
         await reap_orphans(settings, http, journal, fleet)
+        with suppress(OSError):
+            await journal.count_moved_aside()  # for /metrics: the operator deletes them once reaped
         if settings.relay_reap_interval <= 0:
             return
         await trio.sleep(settings.relay_reap_interval)

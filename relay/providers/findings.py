@@ -13,7 +13,7 @@ Level = Literal["ok", "problem", "note"]
 @dataclass(frozen=True, slots=True)
 class Finding:
     level: Level
-    service: str  # "configuration", "ElevenLabs", "HeyGen", "LiveAvatar", "Redis"
+    service: str  # "configuration", "ElevenLabs", a provider's title, "Redis", "journal"
     text: str
 
 

@@ -109,3 +109,26 @@ async def test_a_bounded_wait_takes_a_seat_that_frees_in_time(autojump_clock: tr
             async with provider.open_session(lambda event: None):
                 pass
         assert trio.current_time() - began >= 5.0  # gave up after the wait
+
+
+class AwaitingBudget(LocalAvatarBudget):
+    """A budget whose give-back awaits before it frees the seat, like the fleet's (a lock, then a Redis call)."""
+
+    async def give_back_avatar(self, seat: str) -> None:
+        await trio.sleep(0.01)
+        await super().give_back_avatar(seat)
+
+
+async def test_a_cancelled_conversation_gives_its_seat_back_even_when_the_give_back_awaits(
+        autojump_clock: trio.testing.MockClock) -> None:
+    budget = AwaitingBudget(1)
+    inner = FakeProvider()
+    provider = BudgetedProvider(inner, budget)
+    with trio.move_on_after(5.0):  # the browser leaves mid-conversation: the whole conversation is cancelled
+        async with provider.open_session(lambda event: None):
+            assert budget.held
+            await trio.sleep_forever()
+    assert inner.stopped == 1
+    assert not budget.held, "the seat leaked: a cancelled give-back never freed it"
+    async with provider.open_session(lambda event: None):  # the next conversation gets the seat
+        pass

@@ -467,3 +467,32 @@ async def test_voice_only_without_a_provider() -> None:
         await h.browser.send_json(type="stop")
 
     await with_conversation(h, body)
+
+
+async def test_the_interrupt_button_drops_the_rest_of_the_current_turn() -> None:
+    """The user presses Interrupt while turn 3's audio is still streaming from the agent: the chunks of turn 3 that
+    come after it reach neither the avatar nor the browser; turn 4 is played as usual."""
+    provider = FakeProvider(takes_audio=True, simulated=True)  # the avatar speaks the audio, the page plays it too
+    h = Harness(provider=provider)
+    first, late, later, next_turn = (bytes([n, 0]) * 400 for n in (1, 2, 3, 4))
+    browser_audio: list[bytes] = []
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        session = provider.sessions[0]
+        await h.agent.emit(el.AgentAudio(first, 3))
+        await wait_until(lambda: len(session.audio) == 1)
+        await h.browser.send_json(type="interrupt")
+        await wait_until(lambda: session.interrupts == [3])
+        await h.agent.emit(el.AgentAudio(late, 3))
+        await h.agent.emit(el.AgentAudio(later, 3))
+        await h.agent.emit(el.AgentAudio(next_turn, 4))
+        await wait_until(lambda: any(turn == 4 for _, turn in session.audio))
+        browser_audio.extend(f for f in h.browser.drain() if isinstance(f, bytes))
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body)
+    assert provider.sessions[0].audio == [(first, 3), (next_turn, 4)]
+    heard = b"".join(browser_audio)
+    assert first in heard and next_turn in heard
+    assert late not in heard and later not in heard

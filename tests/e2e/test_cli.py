@@ -131,7 +131,7 @@ def test_a_dot_env_file_is_read(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "relay", "serve", "--port", str(free_port())], cwd=tmp_path,
                             env=clean_env(), capture_output=True, text=True, timeout=30)
     # an agent id alone is not a complete configuration: the .env file was read, and demo mode was not chosen
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "LIVEAVATAR_API_KEY or HEYGEN_API_KEY" in result.stderr
 
 
@@ -147,7 +147,7 @@ def test_a_bad_configuration_is_refused_with_a_message_naming_the_variable(
         env: dict[str, str], named: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "relay", "serve"], cwd=tmp_path, env=clean_env(**env),
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert named in result.stderr
     assert "Traceback" not in result.stderr
     assert "hg-secret-1234567890" not in result.stderr

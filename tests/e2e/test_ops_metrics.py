@@ -206,3 +206,15 @@ async def test_concurrent_conversations_add_up(count: int) -> None:
     assert value(samples, "avatar_relay_conversations_started_total") == count
     assert value(samples, "avatar_relay_audio_frames_total", direction="upstream") == 10 * count
     assert value(samples, "avatar_relay_conversations_open") == 0
+
+
+async def test_a_browser_that_leaves_is_counted_as_gone_not_as_a_shutdown() -> None:
+    async with running_relay(relay_auth="off") as relay:
+        async with relay.browser() as browser:
+            await browser.start()
+            await browser.expect("avatar_speaking")
+        # The browser closed its socket mid-conversation, without `stop`.
+        samples = await wait_for(relay, "avatar_relay_conversations_ended_total", 1, reason="client_gone")
+        await relay.wait_all_sessions_stopped("heygen")
+    assert value(samples, "avatar_relay_conversations_ended_total", reason="client_gone") == 1
+    assert value(samples, "avatar_relay_conversations_ended_total", reason="shutdown") == 0

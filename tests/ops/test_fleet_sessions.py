@@ -273,3 +273,48 @@ def test_the_registrys_numbers_are_in_metrics() -> None:
                    'avatar_relay_fleet_orphan_stops_total{result="failed"} 1.0',
                    "avatar_relay_fleet_sessions_held 0.0", "avatar_relay_fleet_sessions_unsynced 0.0"):
         assert sample in lines, sample
+
+
+def pttl(redis_server: RedisServer, key: str) -> int:
+    return int(redis_server.command("PTTL", key).strip())
+
+
+@pytest.mark.timeout(60)
+async def test_a_live_relays_lease_never_lapses_and_its_sessions_are_never_taken_over(
+        redis_server: RedisServer) -> None:
+    """A running relay renews its lease every third of it: sampled for three leases, the lease key never expires, and
+    a peer sweeping all the while (no grace) takes none of its sessions over."""
+    stops: list[str] = []
+    async with joined(redis_server, [], lease=1.2) as live, joined(redis_server, stops, lease=1.2) as peer:
+        await live.hooks(BASE)("heygen").on_created("s-live")  # type: ignore[misc]
+        lowest = 1200
+        with trio.move_on_after(3 * 1.2):
+            while True:
+                lowest = min(lowest, await trio.to_thread.run_sync(pttl, redis_server, live.fleet.relay_key))
+                await peer.sweep()
+                await trio.sleep(0.05)
+        assert lowest > 0, f"the live relay's lease lapsed (PTTL {lowest})"
+        assert stops == [] and peer.stats.taken_over == 0
+        assert registry(redis_server)[next(iter(registry(redis_server)))]["owner"] == live.fleet.relay_id
+
+
+@pytest.mark.timeout(60)
+async def test_a_dead_relays_sessions_are_stopped_within_its_lease_plus_one_sweep(redis_server: RedisServer) -> None:
+    """A relay dies right after renewing its lease (its key holds 0.3 s more); the survivor, sweeping every third of
+    its 1.5 s lease, stops the dead relay's session at its first sweep after the lease is gone: within the dead
+    lease plus one sweep interval (a second of slack for a busy machine; one sweep later would be a whole 0.5 s)."""
+    stops: list[str] = []
+    async with joined(redis_server, []) as dying:
+        await dying.hooks(BASE)("heygen").on_created("s-dead")  # type: ignore[misc]
+        dead_key = dying.fleet.relay_key
+    async with joined(redis_server, stops) as survivor, trio.open_nursery() as nursery:
+        redis_server.command("SET", dead_key, "{}", "PX", "300")  # as if killed 0.3 s before its lease ran out
+        died = trio.current_time()
+        nursery.start_soon(survivor.serve)
+        with trio.fail_after(20):
+            while not stops:
+                await trio.sleep(0.02)
+        took = trio.current_time() - died
+        nursery.cancel_scope.cancel()
+    assert stops == ["s-dead"]
+    assert took < 0.3 + 1.5 / 3 + 1.0, f"stopped {took:.2f} s after the relay died"

@@ -13,6 +13,7 @@ from relay.protocol.audio import (
     StreamingResampler,
     duration_seconds,
     parse_format,
+    pcm16_to_ulaw,
     to_pcm16,
     ulaw_to_pcm16,
 )
@@ -73,6 +74,39 @@ def test_mu_law_known_values() -> None:
     # 0xFF and 0x7F are the two zeros; 0x80 / 0x00 the loudest positive / negative; 0xFE / 0x7E the smallest steps.
     decoded = samples(ulaw_to_pcm16(bytes([0xFF, 0x7F, 0x80, 0x00, 0xFE, 0x7E, 0xEF, 0xDF])))
     assert decoded == [0, 0, 32124, -32124, 8, -8, 132, 396]
+
+
+def g711_linear2ulaw(sample: int) -> int:
+    """The reference encoder, as g711.c's `linear2ulaw` (and Python's old audioop.lin2ulaw) computes it: the 14-bit
+    magnitude (sample >> 2), the sign, clipped at 8159, biased by 0x21, the segment is the position of its top bit
+    above bit 5, then 4 step bits; the byte is sent inverted (so +0 is 0xFF and -0, i.e. -1 >> 2, is 0x7F)."""
+    value = sample >> 2
+    mask = 0x7F if value < 0 else 0xFF
+    magnitude = min(abs(value), 8159) + 0x21
+    segment = magnitude.bit_length() - 6
+    if segment > 7:  # only 8159 + 0x21 = 8192 itself: the top code
+        return 0x7F ^ mask
+    return ((segment << 4) | ((magnitude >> (segment + 1)) & 0x0F)) ^ mask
+
+
+def test_mu_law_encoder_known_answers() -> None:
+    # Silence is 0xFF (not the other zero, 0x7F); the loudest samples the top codes; small steps near zero (-1 is
+    # already the first negative step, 0x7E, as in g711.c and audioop.lin2ulaw).
+    codes = pcm16_to_ulaw(pcm(0, 3, -1, 32767, -32768, 8, -8, 132, 396))
+    assert list(codes) == [0xFF, 0xFF, 0x7E, 0x80, 0x00, 0xFE, 0x7E, 0xEF, 0xDF]
+
+
+def test_mu_law_encodes_every_pcm16_value_as_g711_says() -> None:
+    every = np.arange(-32768, 32768, dtype="<i2").tobytes()
+    assert list(pcm16_to_ulaw(every)) == [g711_linear2ulaw(v) for v in range(-32768, 32768)]
+
+
+def test_mu_law_encoding_then_decoding_keeps_each_sample_within_its_step() -> None:
+    values = [0, 1, -1, 100, -100, 1000, -1000, 10000, -10000, 32000, -32000]
+    decoded = samples(ulaw_to_pcm16(pcm16_to_ulaw(pcm(*values))))
+    for value, back in zip(values, decoded, strict=True):
+        assert abs(back - value) <= max(8, abs(value) // 16), (value, back)
+    assert pcm16_to_ulaw(pcm(5)[:1]) == b""  # a trailing odd byte is no sample
 
 
 def test_mu_law_decodes_all_256_codes_as_g711_says() -> None:

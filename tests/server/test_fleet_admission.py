@@ -50,6 +50,11 @@ def redis_ms(redis: RedisServer) -> float:
     return int(seconds) * 1000 + int(micros) / 1000
 
 
+def live_seats(redis: RedisServer) -> int:
+    """Seats whose lease has not expired at Redis's own now."""
+    return int(redis.command("ZCOUNT", "{avatar-relay}:seats", f"({redis_ms(redis):.0f}", "+inf").strip())
+
+
 async def wait_until(condition: Callable[[], bool], guard: float = 20.0) -> None:
     with trio.fail_after(guard):
         while not condition():
@@ -167,9 +172,10 @@ async def test_a_dead_relays_seats_expire_with_its_lease_and_live_ones_are_heart
                 await survivor.take("s2", "2.2.2.3")
             first_expiry = float(redis_server.command("ZRANGE", "{avatar-relay}:seats", "-1", "-1",
                                                       "WITHSCORES").split()[1])
-            # Past the first lease both seats are still there: the heartbeats renewed them.
+            # Past the first lease both seats are still live (ZCOUNT from Redis's now: ZCARD would also count
+            # expired members, which only the scripts remove): the heartbeats renewed them.
             await wait_until(lambda: redis_ms(redis_server) > first_expiry + 200, guard=LEASE * 4)
-            assert zcard(redis_server, "seats") == 2
+            assert live_seats(redis_server) == 2
         # `doomed` stopped without releasing (a killed relay): its seats go within the lease.
         await wait_until(lambda: zcard(redis_server, "seats") == 1, guard=LEASE * 4)
         await survivor.take("s2", "2.2.2.3")
@@ -214,3 +220,42 @@ async def test_the_local_outage_policy_admits_under_this_relays_own_caps(redis_s
         assert await one.allow_start("1.1.1.9", 0.0)
         assert await one.take_avatar("v1")
         assert not await one.take_avatar("v2")
+
+
+async def wait_for_redis_clock(redis: RedisServer, past_ms: float) -> None:
+    """Wait (polling Redis's own clock, the one its scripts use) until Redis's now is past `past_ms`."""
+    await wait_until(lambda: redis_ms(redis) > past_ms)
+
+
+@pytest.mark.timeout(60)
+async def test_the_start_rate_refills_per_minute_not_per_second(redis_server: RedisServer) -> None:
+    """30 starts a minute: the bucket, once empty, gains half a start a second. One second later a start is still
+    refused; a little over two seconds later exactly one more is allowed."""
+    lim = limits(starts_per_minute=30)
+    async with keeper(redis_server, lim) as one, keeper(redis_server, lim) as two:
+        allowed = [await (one, two)[i % 2].allow_start("9.9.9.9", 0.0) for i in range(31)]
+        assert allowed == [True] * 30 + [False]
+        emptied = redis_ms(redis_server)
+        await wait_for_redis_clock(redis_server, emptied + 1000)
+        assert not await two.allow_start("9.9.9.9", 0.0), "refilled faster than 30 a minute"
+        await wait_for_redis_clock(redis_server, emptied + 2200)
+        assert await one.allow_start("9.9.9.9", 0.0), "not refilled at 30 a minute"
+        assert not await two.allow_start("9.9.9.9", 0.0)
+
+
+@pytest.mark.timeout(60)
+async def test_seats_stay_live_across_many_leases_while_their_relay_runs(redis_server: RedisServer) -> None:
+    """A running relay's seats are renewed every third of the lease, so for three leases and more they stay live
+    and keep counting against the cap: another relay is still refused at the cap, and no seat ever expires."""
+    lim = limits(max_conversations=2)
+    async with keeper(redis_server, lim) as holder, keeper(redis_server, lim) as other:
+        await holder.take("h1", "1.1.1.1")
+        await holder.take("h2", "1.1.1.2")
+        until = redis_ms(redis_server) + 3 * LEASE * 1000
+        lowest = 2
+        while redis_ms(redis_server) < until:
+            lowest = min(lowest, await trio.to_thread.run_sync(live_seats, redis_server))
+            await trio.sleep(0.05)
+        assert lowest == 2, "a running relay's seat expired between its renewals"
+        with pytest.raises(AdmissionRefused, match="maximum number"):
+            await other.take("o1", "3.3.3.3")

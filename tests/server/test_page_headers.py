@@ -36,3 +36,17 @@ def test_framers_come_from_the_setting_and_may_use_the_microphone() -> None:
 def test_the_other_headers() -> None:
     got = headers()
     assert got["X-Content-Type-Options"] == "nosniff" and got["Referrer-Policy"] == "no-referrer"
+
+
+def test_an_empty_frame_ancestors_setting_forbids_every_framer() -> None:
+    got = headers(relay_frame_ancestors="")
+    assert directives(got["Content-Security-Policy"])["frame-ancestors"] == ["'none'"]
+    assert headers(relay_frame_ancestors="   ")["Content-Security-Policy"].endswith("frame-ancestors 'none'")
+
+
+def test_a_wildcard_framer_may_frame_the_page_but_gets_no_microphone() -> None:
+    got = headers(relay_frame_ancestors="'self' https://*.shop.example")
+    assert directives(got["Content-Security-Policy"])["frame-ancestors"] == ["'self'", "https://*.shop.example"]
+    assert got["Permissions-Policy"].startswith("microphone=(self),")
+    mixed = headers(relay_frame_ancestors="https://*.shop.example https://shop.example")
+    assert mixed["Permissions-Policy"].startswith('microphone=(self "https://shop.example"),')
