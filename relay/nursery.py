@@ -47,7 +47,7 @@ from relay.conversation.speech import SpeechRouter
 from relay.elevenlabs import AgentConnection
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
-from relay.protocol.audio import parse_format
+from relay.protocol.audio import AudioFormat, parse_format
 
 log = logging.getLogger("relay.conversation")
 
@@ -256,29 +256,12 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                 setup.start_soon(start_agent)
         assert agent is not None
         held = await _settle_queue(queue, agent, outbox, notice_until, settings.relay_agent_silence_timeout)
-        metadata = agent.metadata
-        record.conversation_id = metadata.conversation_id
-        try:
-            input_format = parse_format(metadata.user_input_audio_format)
-            output_format = parse_format(metadata.agent_output_audio_format)
-        except ValueError as exc:
-            raise ConversationOver.failed("agent_error", f"the agent announced an unsupported format: {exc}") from None
-
+        record.conversation_id = agent.metadata.conversation_id
+        input_format, output_format = _formats(agent.metadata)
         speech.agent_format = output_format
         approvals = McpApprovals()
-        if session is not None:
-            record.avatar_provider = session.info.provider
-            record.avatar_session_id = session.info.session_id
-        record.ready_at = time.monotonic()
-        outbox.send(bp.ready(conversation_id=metadata.conversation_id,
-                             avatar=None if session is None else session.info,
-                             input_sample_rate=input_format.sample_rate,
-                             output_sample_rate=output_format.sample_rate))
+        _announce_ready(up, record, outbox, agent.metadata, session, input_format, output_format)
         ready_sent.set()
-        log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
-                 record.avatar_provider or "none")
-        if up.hooks.on_ready is not None:
-            up.hooks.on_ready(record)
 
         on_agent_event, on_user_text = up.hooks.on_agent_event, up.hooks.on_user_text
         conversation.start_soon(partial(
@@ -289,6 +272,29 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),
             finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, held=held))
+
+
+def _formats(metadata: el.ConversationMetadata) -> tuple[AudioFormat, AudioFormat]:
+    """The agent's (input, output) audio formats; an unsupported one ends the conversation (`agent_error`)."""
+    try:
+        return parse_format(metadata.user_input_audio_format), parse_format(metadata.agent_output_audio_format)
+    except ValueError as exc:
+        raise ConversationOver.failed("agent_error", f"the agent announced an unsupported format: {exc}") from None
+
+
+def _announce_ready(up: Upstreams, record: ConversationRecord, outbox: Outbox, metadata: el.ConversationMetadata,
+                    session: AvatarSession | None, input_format: AudioFormat, output_format: AudioFormat) -> None:
+    """Record the set-up's outcome and send `ready` (the avatar's info, the audio rates both ways)."""
+    if session is not None:
+        record.avatar_provider = session.info.provider
+        record.avatar_session_id = session.info.session_id
+    record.ready_at = time.monotonic()
+    outbox.send(bp.ready(conversation_id=metadata.conversation_id, avatar=None if session is None else session.info,
+                         input_sample_rate=input_format.sample_rate, output_sample_rate=output_format.sample_rate))
+    log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
+             record.avatar_provider or "none")
+    if up.hooks.on_ready is not None:
+        up.hooks.on_ready(record)
 
 
 async def _watch_queue(queue: AgentQueue, agent: AgentConnection, outbox: Outbox) -> None:
