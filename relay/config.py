@@ -1,9 +1,9 @@
 """Settings from the environment and a `.env` file (pydantic-settings), validated once at start-up.
 
-Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`) and `RELAY_*` for the relay's own
-knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module decides
-demo mode and must never do I/O beyond reading the environment. It holds the fields and knows no avatar provider:
-which one the settings choose and whether they are complete for it is `relay.providers.table` (`chosen`,
+Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`, `SIMLI_*`) and `RELAY_*` for the
+relay's own knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module
+decides demo mode and must never do I/O beyond reading the environment. It holds the fields and knows no avatar
+provider: which one the settings choose and whether they are complete for it is `relay.providers.table` (`chosen`,
 `load_settings`); each provider's settings are named `<provider>_...`, its key `<provider>_api_key`.
 """
 
@@ -14,10 +14,10 @@ import math
 import os
 import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     liveavatar_quality: Literal["very_high", "high", "medium", "low"] = "high"
     # Seconds LiveAvatar keeps the session at most; default: RELAY_MAX_DURATION plus a minute (see the property).
     liveavatar_max_session_duration: int | None = Field(default=None, gt=0)
+
+    # Simli (docs/protocol.md "Simli")
+    simli_api_key: SecretStr | None = None
+    simli_base_url: str = "https://api.simli.ai"
+    simli_face_id: str | None = None  # a preset or own face id; "faceId/emotionId" for a Trinity face's emotion
+    # `maxSessionLength` asked of Simli; default: RELAY_MAX_DURATION plus a minute (see the property).
+    simli_max_session_length: int | None = Field(default=None, gt=0)
+    # `maxIdleTime`: Simli ends a session this long without audio. The relay feeds a quiet session silence three
+    # times per period; a crashed relay's sessions end within it (docs/deploy.md).
+    simli_max_idle_time: int = Field(default=120, ge=10, le=3600)
 
     # The relay itself
     relay_avatar: str | None = None  # a provider of relay.providers.table, or "none" (checked there)
@@ -152,9 +162,12 @@ class Settings(BaseSettings):
     # Settings whose mistakes would otherwise surface only at the first conversation (or never): refused at start-up
     # with one line naming them (docs/operations.md, "When it will not start").
 
-    @field_validator("elevenlabs_base_url", "heygen_base_url", "liveavatar_base_url", "relay_livekit_client_url")
+    @field_validator("*")
     @classmethod
-    def _is_a_web_url(cls, value: str) -> str:
+    def _is_a_web_url(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every upstream's `*_base_url` (a provider's too, by its name) and the page's livekit-client URL.
+        if not (info.field_name or "").endswith("_base_url") and info.field_name != "relay_livekit_client_url":
+            return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http(s):// URL is needed, like https://example.com, not {value[:80]!r}")
@@ -214,6 +227,14 @@ class Settings(BaseSettings):
         plus a minute (set-up comes before the conversation's clock), so the avatar never ends first."""
         if self.liveavatar_max_session_duration is not None:
             return self.liveavatar_max_session_duration
+        return math.ceil(self.relay_max_duration) + 60
+
+    @property
+    def simli_session_length(self) -> int:
+        """The `maxSessionLength` asked of Simli: SIMLI_MAX_SESSION_LENGTH, else RELAY_MAX_DURATION plus a minute
+        (set-up comes before the conversation's clock), so the avatar never ends first."""
+        if self.simli_max_session_length is not None:
+            return self.simli_max_session_length
         return math.ceil(self.relay_max_duration) + 60
 
     @property

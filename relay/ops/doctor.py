@@ -176,23 +176,20 @@ async def _try_conversation(settings: Settings, http: httpx2.AsyncClient, key: s
 
 
 async def check_avatar(settings: Settings, http: httpx2.AsyncClient, provider: Provider) -> list[Finding]:
-    """The one skeleton of every provider's account check (its `doctor` declaration fills it in): the key is set;
-    the provider's notes; the avatar is read (key accepted? avatar exists, active?); unless that says stop, the
-    sessions running on the account now. Only reads."""
+    """The one skeleton of every provider's account check, filled in by its declaration (`AccountCheck`): the key
+    is set; the provider's notes; its steps in order, until one says stop or the base URL cannot be reached. Only
+    reads."""
     service, check, names = provider.title, provider.doctor, provider.settings
-    key = getattr(settings, names.api_key)
-    if key is None:
+    if getattr(settings, names.api_key) is None:
         return [problem(service, f"{names.key_variable} is not set.")]
-    headers = {check.key_header: key.get_secret_value()}
-    base = str(getattr(settings, names.base_url)).rstrip("/")
     found = list(check.notes)
-    try:
-        response = await _get(http, base + check.avatar_path(settings), headers)
-    except httpx2.HTTPError as exc:
-        return [*found, _unreachable(service, names.base_url_variable, exc)]
-    found.extend(check.read_avatar(settings, response.status_code, response.content))
-    if check.go_on(found):
-        found.extend(await check.sessions(settings, http, headers))
+    for step in check.steps:
+        try:
+            found.extend(await step(settings, http))
+        except httpx2.HTTPError as exc:
+            return [*found, _unreachable(service, names.base_url_variable, exc)]
+        if not check.go_on(found):
+            break
     return found
 
 

@@ -56,18 +56,19 @@ class ProviderSettings:
         return self.base_url.upper()
 
 
+Step = Callable[[Settings, httpx2.AsyncClient], Awaitable[list[Finding]]]
+
+
 @dataclass(frozen=True, slots=True)
 class AccountCheck:
-    """The doctor's check of the provider's account, run by the one skeleton (`relay.ops.doctor.check_avatar`):
-    `notes` first; then GET `avatar_path(settings)` (relative to the base URL, the key in header `key_header`) read
-    by `read_avatar(settings, status, body)`; if `go_on(findings so far)`, the running sessions
-    (`sessions(settings, http, headers)`)."""
+    """The doctor's check of the provider's account, run by the one skeleton (`relay.ops.doctor.check_avatar`): with
+    the API key set, `notes` first, then each of `steps` in order (each reads one thing of the account and says what
+    it found; a network failure it lets through is reported as the base URL being unreachable, and ends the check);
+    after each step, `go_on(the findings so far)` False ends the check (e.g. the key was refused: nothing else can be
+    read with it)."""
 
-    key_header: str
-    avatar_path: Callable[[Settings], str]
-    read_avatar: Callable[[Settings, int, bytes], list[Finding]]
+    steps: tuple[Step, ...]
     go_on: Callable[[list[Finding]], bool]
-    sessions: Callable[[Settings, httpx2.AsyncClient, dict[str, str]], Awaitable[list[Finding]]]
     notes: tuple[Finding, ...] = ()
 
 

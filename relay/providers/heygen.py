@@ -51,7 +51,16 @@ def avatar_findings(status: int, body: bytes, avatar_id: str | None) -> list[Fin
     return [*found, ok(service, f"the avatar {avatar_id} exists and is active.")]
 
 
-async def running_sessions(settings: Settings, http: httpx2.AsyncClient, headers: dict[str, str]) -> list[Finding]:
+async def avatar_step(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
+    """`GET /v1/streaming/avatar.list`: the key, and the avatar among the account's streaming avatars."""
+    assert settings.heygen_api_key is not None
+    response = await http.get(settings.heygen_base_url.rstrip("/") + "/v1/streaming/avatar.list", timeout=CHECK_TIMEOUT,
+                              headers={"accept": "application/json",
+                                       "x-api-key": settings.heygen_api_key.get_secret_value()})
+    return avatar_findings(response.status_code, response.content, settings.heygen_avatar_id)
+
+
+async def running_sessions(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
     """How many sessions run on the account now (the client's paginated list, bounded)."""
     try:
         with trio.fail_after(CHECK_TIMEOUT * 2):
@@ -78,11 +87,8 @@ PROVIDER = Provider(
     list_running_ids=heygen.list_running_ids,
     stop_by_id=heygen.stop_by_id,
     doctor=AccountCheck(
-        key_header="x-api-key",
-        avatar_path=lambda settings: "/v1/streaming/avatar.list",
-        read_avatar=lambda settings, status, body: avatar_findings(status, body, settings.heygen_avatar_id),
+        steps=(avatar_step, running_sessions),
         go_on=any_ok,  # not even the key was accepted: listing would fail the same way
-        sessions=running_sessions,
         notes=(RETIRED,),
     ),
     simulator=heygen_sim.create_app,

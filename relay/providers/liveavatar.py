@@ -3,6 +3,8 @@ simulator and page transport."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 
 from relay import liveavatar
@@ -19,7 +21,6 @@ from relay.providers.findings import (
     ok,
     problem,
     sessions_note,
-    unreachable,
 )
 from relay.sim import liveavatar_sim
 
@@ -73,19 +74,28 @@ def sessions_findings(status: int, body: bytes) -> list[Finding]:
                                                 "`avatar-relay reap` stops leftovers")]
 
 
-async def running_sessions(settings: Settings, http: httpx2.AsyncClient, headers: dict[str, str]) -> list[Finding]:
-    """`GET /v1/sessions?type=active`: how many sessions run on the account now."""
-    try:
-        response = await http.get(settings.liveavatar_base_url.rstrip("/") + "/v1/sessions",
-                                  headers={"accept": "application/json", **headers},
-                                  params={"type": "active", "page": 1, "page_size": 1}, timeout=CHECK_TIMEOUT)
-    except httpx2.HTTPError as exc:
-        return [unreachable(SERVICE, "LIVEAVATAR_BASE_URL", exc)]
-    return sessions_findings(response.status_code, response.content)
-
-
 def _avatar_id(settings: Settings) -> str:
     return settings.liveavatar_avatar_id or SANDBOX_AVATAR_ID
+
+
+async def _get(settings: Settings, http: httpx2.AsyncClient, path: str,
+               params: dict[str, Any] | None = None) -> httpx2.Response:
+    assert settings.liveavatar_api_key is not None
+    return await http.get(settings.liveavatar_base_url.rstrip("/") + path, params=params, timeout=CHECK_TIMEOUT,
+                          headers={"accept": "application/json",
+                                   "X-API-KEY": settings.liveavatar_api_key.get_secret_value()})
+
+
+async def avatar_step(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
+    """`GET /v1/avatars/{id}`: the key, and the avatar (or the sandbox's)."""
+    response = await _get(settings, http, f"/v1/avatars/{_avatar_id(settings)}")
+    return avatar_findings(response.status_code, response.content, _avatar_id(settings), settings.liveavatar_sandbox)
+
+
+async def running_sessions(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
+    """`GET /v1/sessions?type=active`: how many sessions run on the account now."""
+    response = await _get(settings, http, "/v1/sessions", {"type": "active", "page": 1, "page_size": 1})
+    return sessions_findings(response.status_code, response.content)
 
 
 PROVIDER = Provider(
@@ -100,14 +110,7 @@ PROVIDER = Provider(
     make=liveavatar.LiveAvatarProvider,
     list_running_ids=liveavatar.list_running_ids,
     stop_by_id=liveavatar.stop_by_id,
-    doctor=AccountCheck(
-        key_header="X-API-KEY",
-        avatar_path=lambda settings: f"/v1/avatars/{_avatar_id(settings)}",
-        read_avatar=lambda settings, status, body: avatar_findings(status, body, _avatar_id(settings),
-                                                                   settings.liveavatar_sandbox),
-        go_on=lambda found: not key_refused(found),
-        sessions=running_sessions,
-    ),
+    doctor=AccountCheck(steps=(avatar_step, running_sessions), go_on=lambda found: not key_refused(found)),
     simulator=liveavatar_sim.create_app,
     page=PageTransport("livekit", participant=AVATAR_PARTICIPANT),
 )

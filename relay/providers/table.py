@@ -22,7 +22,7 @@ import trio
 from relay.avatars import AvatarProvider, AvatarUnavailable
 from relay.config import ConfigError, Settings
 from relay.config import load_settings as load_fields
-from relay.providers import heygen, liveavatar
+from relay.providers import heygen, liveavatar, simli
 from relay.providers.entry import Provider
 from relay.sim import elevenlabs_sim, runner
 from relay.sim.runner import SimulatorURLs
@@ -31,6 +31,7 @@ from relay.sim.runner import SimulatorURLs
 PROVIDERS: Final[dict[str, Provider]] = {p.name: p for p in (
     liveavatar.PROVIDER,
     heygen.PROVIDER,
+    simli.PROVIDER,
 )}
 
 VOICE_ONLY: Final = "none"  # RELAY_AVATAR=none: no avatar

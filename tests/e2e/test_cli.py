@@ -168,9 +168,9 @@ def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
 def test_sim_command_prints_the_simulator_urls(tmp_path: Path) -> None:
     with running([sys.executable, "-m", "relay", "sim"], tmp_path, clean_env()) as proc:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline().strip() for _ in range(3)]
+        lines = [proc.stdout.readline().strip() for _ in range(4)]
         urls = dict(line.split("=", 1) for line in lines)
-        assert set(urls) == {"ELEVENLABS_BASE_URL", "HEYGEN_BASE_URL", "LIVEAVATAR_BASE_URL"}
+        assert set(urls) == {"ELEVENLABS_BASE_URL", "HEYGEN_BASE_URL", "LIVEAVATAR_BASE_URL", "SIMLI_BASE_URL"}
         for url in urls.values():
             assert httpx2.get(url + "/_sim/ledger").status_code == 200
 
