@@ -2,7 +2,9 @@
 
 Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`, `SIMLI_*`) and `RELAY_*` for the
 relay's own knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module
-decides demo mode and must never do I/O beyond reading the environment.
+decides demo mode and must never do I/O beyond reading the environment. It holds the fields and knows no avatar
+provider: which one the settings choose and whether they are complete for it is `relay.providers.table` (`chosen`,
+`load_settings`); each provider's settings are named `<provider>_...`, its key `<provider>_api_key`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import math
 import os
 import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-AvatarChoice = Literal["liveavatar", "heygen", "simli", "none"]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -71,7 +72,7 @@ class Settings(BaseSettings):
     simli_max_idle_time: int = Field(default=120, ge=10, le=3600)
 
     # The relay itself
-    relay_avatar: AvatarChoice | None = None
+    relay_avatar: str | None = None  # a provider of relay.providers.table, or "none" (checked there)
     relay_host: str = "127.0.0.1"
     relay_port: int = Field(default=8000, ge=0, le=65535)
     relay_degrade_to_voice: bool = True
@@ -161,10 +162,12 @@ class Settings(BaseSettings):
     # Settings whose mistakes would otherwise surface only at the first conversation (or never): refused at start-up
     # with one line naming them (docs/operations.md, "When it will not start").
 
-    @field_validator("elevenlabs_base_url", "heygen_base_url", "liveavatar_base_url", "simli_base_url",
-                     "relay_livekit_client_url")
+    @field_validator("*")
     @classmethod
-    def _is_a_web_url(cls, value: str) -> str:
+    def _is_a_web_url(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every upstream's `*_base_url` (a provider's too, by its name) and the page's livekit-client URL.
+        if not (info.field_name or "").endswith("_base_url") and info.field_name != "relay_livekit_client_url":
+            return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http(s):// URL is needed, like https://example.com, not {value[:80]!r}")
@@ -236,75 +239,20 @@ class Settings(BaseSettings):
 
     @property
     def demo_mode(self) -> bool:
-        """No upstream credentials or agent at all: run on the built-in simulators."""
-        return not (self.elevenlabs_agent_id or self.elevenlabs_api_key or self.heygen_api_key
-                    or self.liveavatar_api_key or self.simli_api_key)
+        """No upstream credentials or agent at all (no ELEVENLABS_AGENT_ID, no `*_API_KEY` of any upstream): run on
+        the built-in simulators."""
+        return not (self.elevenlabs_agent_id or any(getattr(self, name)
+                                                    for name in type(self).model_fields if name.endswith("_api_key")))
 
     @property
     def workers(self) -> int:
         """How many worker processes `avatar-relay serve` runs: RELAY_WORKERS, `auto` meaning one per CPU."""
         return (os.cpu_count() or 1) if self.relay_workers == "auto" else self.relay_workers
 
-    @property
-    def avatar(self) -> AvatarChoice:
-        """The avatar provider in use: the explicit RELAY_AVATAR, else the one whose key is set, else LiveAvatar
-        (in demo mode, on its simulator)."""
-        if self.relay_avatar is not None:
-            return self.relay_avatar
-        if self.liveavatar_api_key is not None:
-            return "liveavatar"
-        if self.heygen_api_key is not None:
-            return "heygen"
-        if self.simli_api_key is not None:
-            return "simli"
-        return "liveavatar"
-
-    @model_validator(mode="after")
-    def _check_complete(self) -> Settings:
-        if self.liveavatar_max_session_duration is not None and \
-                self.liveavatar_max_session_duration < self.relay_max_duration:
-            raise ValueError(f"LIVEAVATAR_MAX_SESSION_DURATION ({self.liveavatar_max_session_duration} s) is shorter "
-                             f"than RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before "
-                             "the conversation; raise it (within your LiveAvatar plan's limit), lower "
-                             "RELAY_MAX_DURATION, or unset it to follow RELAY_MAX_DURATION")
-        if self.simli_max_session_length is not None and self.simli_max_session_length < self.relay_max_duration:
-            raise ValueError(f"SIMLI_MAX_SESSION_LENGTH ({self.simli_max_session_length} s) is shorter than "
-                             f"RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before the "
-                             "conversation; raise it, lower RELAY_MAX_DURATION, or unset it to follow "
-                             "RELAY_MAX_DURATION")
-        if self.demo_mode:
-            return self
-        missing: list[str] = []
-        if not self.elevenlabs_agent_id:
-            missing.append("ELEVENLABS_AGENT_ID")
-        if self.relay_avatar is None and self.heygen_api_key is None and self.liveavatar_api_key is None \
-                and self.simli_api_key is None:
-            missing.append("LIVEAVATAR_API_KEY or HEYGEN_API_KEY or SIMLI_API_KEY (or RELAY_AVATAR=none for voice "
-                           "only)")
-        elif self.avatar == "heygen":
-            if self.heygen_api_key is None:
-                missing.append("HEYGEN_API_KEY")
-            if not self.heygen_avatar_id:
-                missing.append("HEYGEN_AVATAR_ID")
-        elif self.avatar == "liveavatar":
-            if self.liveavatar_api_key is None:
-                missing.append("LIVEAVATAR_API_KEY")
-            if not self.liveavatar_avatar_id and not self.liveavatar_sandbox:
-                missing.append("LIVEAVATAR_AVATAR_ID (or LIVEAVATAR_SANDBOX=true)")
-        elif self.avatar == "simli":
-            if self.simli_api_key is None:
-                missing.append("SIMLI_API_KEY")
-            if not self.simli_face_id:
-                missing.append("SIMLI_FACE_ID")
-        if missing:
-            raise ValueError(
-                "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)
-            )
-        return self
-
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate settings; raise ConfigError with a message naming each bad variable (no secrets)."""
+    """Read and validate the settings' fields; raise ConfigError with a message naming each bad variable (no
+    secrets). Whether they are complete for the chosen provider is `relay.providers.table.load_settings`."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, Settings
+from relay.providers.table import chosen_name, load_settings
 
 
 def settings(**values: Any) -> Settings:
@@ -16,7 +17,7 @@ def settings(**values: Any) -> Settings:
 
 def test_a_simli_key_alone_chooses_simli_and_ends_demo_mode() -> None:
     chosen = settings(elevenlabs_agent_id="agent", simli_api_key=SecretStr("k"), simli_face_id="face")
-    assert chosen.avatar == "simli"
+    assert chosen_name(chosen) == "simli"
     assert not chosen.demo_mode
     assert chosen.simli_base_url == "https://api.simli.ai"
 
@@ -29,7 +30,7 @@ def test_simli_without_a_face_names_the_missing_setting() -> None:
 
 def test_demo_mode_runs_simli_when_asked() -> None:
     demo = settings(relay_avatar="simli")
-    assert demo.demo_mode and demo.avatar == "simli"
+    assert demo.demo_mode and chosen_name(demo) == "simli"
 
 
 def test_the_session_length_follows_relay_max_duration_with_a_minute_to_spare() -> None:

@@ -29,6 +29,7 @@ from relay.config import ConfigError, Settings
 from relay.ops.fleet import FleetUnavailable
 from relay.ops.journal import JournalUnusable
 from relay.ops.transcripts import TranscriptsDirUnusable
+from relay.providers.table import chosen
 
 STARTUP_FAILED = 1
 WORKER_STARTUP_FAILED = 3  # a worker of `serve --workers N` that could not start: not restarted
@@ -139,7 +140,7 @@ async def check_before_workers(settings: Settings) -> None:
         if (redis_problem := await startup_problem(settings)) is not None:
             raise StartupFailure(redis_problem + REDIS_ADVICE)
     try:
-        if settings.relay_journal and settings.avatar != "none":
+        if settings.relay_journal and chosen(settings) is not None:
             (await jr.open_journal_now(jr.state_dir(settings))).close()
         if settings.relay_transcripts_dir:
             await TranscriptWriter(settings.relay_transcripts_dir).prepare()
@@ -152,8 +153,8 @@ async def check_configuration(settings: Settings | None = None) -> Settings:
     it: the settings' own validation, the authentication settings and key material, the Redis URL's form, then
     `check_before_workers` (Redis answering, the journal, the transcripts directory). The settings, or
     StartupFailure with the line `avatar-relay serve` prints. `serve --workers N` runs it before any worker."""
-    from relay.config import load_settings
     from relay.ops.fleet import Fleet
+    from relay.providers.table import load_settings
     from relay.server.auth import auth_problem
 
     try:

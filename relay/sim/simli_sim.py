@@ -68,8 +68,8 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
+from relay.net.http_keepalive import KeepAliveGuard
 from relay.sim.faults import take_forced_failure
-from relay.sim.http_keepalive import KeepAliveGuard
 
 SIMULATED_LIVEKIT_URL = "wss://livekit.simulated.invalid"
 BYTES_PER_SECOND = 32_000  # PCM16 mono 16 kHz

@@ -12,7 +12,8 @@ import trio
 import trio_websocket
 
 from relay.ops.doctor import Finding, format_report, run_checks
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.support.harness import relay_settings
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,8 @@ import httpx2
 import pytest
 import trio
 
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env, hold_conversation, journal_rows
 from tests.support.processes import relay_process
 

@@ -11,10 +11,10 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 
-from relay.avatars import registry
 from relay.config import Settings
 from relay.ops.journal import open_journal
 from relay.ops.reaper import reap_orphans
+from relay.providers import table as registry
 
 
 def simli_settings() -> Settings:
