@@ -209,7 +209,8 @@ class Journal:
 
     async def count_moved_aside(self) -> int:
         """Count again the damaged journals lying beside this one (the operator deletes them once reaped)."""
-        self.moved_aside_count = len(await trio.to_thread.run_sync(damaged_journals, self.path.parent))
+        directory = self.path.parent
+        self.moved_aside_count = len(await self._run(lambda: damaged_journals(directory)))
         return self.moved_aside_count
 
     def close(self) -> None:
