@@ -140,11 +140,30 @@ class Settings(BaseSettings):
     # While Redis is unreachable: "refuse" new conversations (upstream_unavailable), or admit them under this relay's
     # own caps ("local"); open conversations go on either way (docs/deploy.md).
     relay_fleet_outage: Literal["refuse", "local"] = "refuse"
-    # The avatar account's concurrent-session budget (the plan's limit), shared by the fleet with Redis, per process
-    # without; over it a conversation goes voice-only (avatar_unavailable `capacity`) after waiting up to
-    # RELAY_AVATAR_SEAT_WAIT seconds for a seat. Unset: no budget (the provider's own refusal still degrades).
-    relay_max_avatar_sessions: int | None = Field(default=None, gt=0)
+    # The avatar accounts' concurrent-session budgets (the plans' limits), shared by the fleet with Redis, by the
+    # machine's workers without: `liveavatar=20,simli=10` per provider, or a bare number for each listed provider.
+    # Over it the next listed provider is tried, after the last a conversation goes voice-only (avatar_unavailable
+    # `capacity`), after waiting up to RELAY_AVATAR_SEAT_WAIT seconds for a seat. Unset: no budget (the providers'
+    # own refusals still move on). Kept normalized ("20" or "liveavatar=20,simli=10"); read with
+    # `relay.providers.table.avatar_budgets`.
+    relay_max_avatar_sessions: str | None = None
     relay_avatar_seat_wait: float = Field(default=0.0, ge=0, le=60)
+
+    @field_validator("relay_max_avatar_sessions", mode="before")
+    @classmethod
+    def _budgets_are_numbers(cls, value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            value = str(value)
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        budgets = parse_avatar_budgets(value)
+        if isinstance(budgets, int):
+            return str(budgets)
+        return ",".join(f"{name}={size}" for name, size in budgets.items())
 
     @field_validator("liveavatar_avatar_id")
     @classmethod
@@ -248,6 +267,32 @@ class Settings(BaseSettings):
     def workers(self) -> int:
         """How many worker processes `avatar-relay serve` runs: RELAY_WORKERS, `auto` meaning one per CPU."""
         return (os.cpu_count() or 1) if self.relay_workers == "auto" else self.relay_workers
+
+
+_BUDGET = re.compile(r"([a-z][a-z0-9_-]*)=([0-9]+)")
+
+
+def parse_avatar_budgets(value: str) -> int | dict[str, int]:
+    """RELAY_MAX_AVATAR_SESSIONS read: a bare number (for each listed provider) or `name=number` pairs separated by
+    commas. Raises ValueError saying what is wrong; which names are providers is `relay.providers.table`'s."""
+    text = value.strip()
+    if text.isdigit():
+        if int(text) <= 0:
+            raise ValueError(f"a budget must be a positive number of sessions, not {text[:40]!r}")
+        return int(text)
+    budgets: dict[str, int] = {}
+    for part in text.split(","):
+        match = _BUDGET.fullmatch(part.strip().lower())
+        if match is None:
+            raise ValueError(f"a number of sessions (20) or provider=number pairs (liveavatar=20,simli=10) are "
+                             f"needed, not {part.strip()[:40]!r}")
+        name, size = match.group(1), int(match.group(2))
+        if size <= 0:
+            raise ValueError(f"a budget must be a positive number of sessions ({name}={size})")
+        if name in budgets:
+            raise ValueError(f"{name} is given a budget twice")
+        budgets[name] = size
+    return budgets
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     gate = Gate(settings)
     gate.allow_start = seating.keeper.allow_start
     state = app.extensions["relay"] = RelayState(settings, seating.registry, gate=gate, worker=worker, fleet=fleet,
-                                                 avatar_budget=seating.avatar_budget)
+                                                 avatar_budgets=seating.avatar_budgets)
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
                                            demo_mode=settings.demo_mode)
     watch_seating(metrics, seating)

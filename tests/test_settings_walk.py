@@ -44,6 +44,7 @@ INVALID: dict[str, str] = {
     "relay_client_overrides": "agent language",
     "relay_redis_url": "localhost:6379",
     "relay_avatar": "puppet",  # not a provider of relay.providers.table, nor "none"
+    "relay_max_avatar_sessions": "liveavatar=lots",  # a number, or provider=number pairs
 }
 # ... or why any value is acceptable when the relay starts.
 ANY_VALUE: dict[str, str] = {

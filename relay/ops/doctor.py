@@ -32,7 +32,7 @@ from relay.protocol import elevenlabs as el
 from relay.protocol.audio import parse_format
 from relay.providers.entry import Provider
 from relay.providers.findings import CHECK_TIMEOUT, Finding, Level, dig, note, ok, problem
-from relay.providers.table import chosen, chosen_name
+from relay.providers.table import chosen, chosen_name, listed
 
 __all__ = ["CHECK_TIMEOUT", "Finding", "Level", "agent_findings", "check_avatar", "check_elevenlabs", "check_redis",
            "diagnose", "format_report", "journal_findings", "note", "ok", "problem", "run_checks",
@@ -245,19 +245,22 @@ def journal_findings(settings: Settings) -> list[Finding]:
 async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
     """Every check for `settings`, ElevenLabs and the avatar provider concurrently. Only reads (see --connect)."""
     results: dict[str, list[Finding]] = {}
-    provider = chosen(settings)
+    providers = listed(settings)
 
     async def run(name: str, check: Any) -> None:
         results[name] = await check
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run, "elevenlabs", check_elevenlabs(settings, http, connect=connect))
-        if provider is not None:
-            nursery.start_soon(run, "avatar", check_avatar(settings, http, provider))
+        for provider in providers:  # every provider of RELAY_AVATAR's list, each with its own key and account
+            nursery.start_soon(run, "avatar:" + provider.name, check_avatar(settings, http, provider))
         if settings.relay_redis_url is not None:
             nursery.start_soon(run, "redis", check_redis(settings))
-    found = results["elevenlabs"] + results.get("avatar", []) + results.get("redis", []) + journal_findings(settings)
-    if provider is None:
+    found = list(results["elevenlabs"])
+    for provider in providers:
+        found += results["avatar:" + provider.name]
+    found += results.get("redis", []) + journal_findings(settings)
+    if not providers:
         found.append(note("configuration", "RELAY_AVATAR=none: voice only, no avatar is checked."))
     return found
 

@@ -133,6 +133,11 @@ class RelayMetrics:
                                           "per_client, start_rate, shutdown, redis_unavailable (the fleet's outage "
                                           "policy), avatar_budget (RELAY_MAX_AVATAR_SESSIONS: voice-only).",
                                           ["reason"], registry=r)
+        self.failovers = Counter("avatar_relay_avatar_failovers", "Avatar set-ups moved on to the next provider of "
+                                 "RELAY_AVATAR's list, by the provider that refused and why (capacity: the relay's "
+                                 "own budget, RELAY_MAX_AVATAR_SESSIONS; concurrent_limit, no_credits, rate_limited, "
+                                 "upstream_error, timeout; unauthorized and bad_config: its configuration).",
+                                 ["provider", "reason"], registry=r)
         r.register(_TrafficCollector(self))
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -176,6 +181,10 @@ class RelayMetrics:
 
     def conversation_refused(self, reason: str) -> None:
         self.refused.labels(reason).inc()
+
+    def avatar_failover(self, provider: str, reason: str) -> None:
+        """`provider` refused an avatar session for `reason` and the next of the list is tried."""
+        self.failovers.labels(provider, reason).inc()
 
     def admission_refused(self, reason: str) -> None:
         self.admission_refusals.labels(reason).inc()

@@ -166,8 +166,8 @@ async def find_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
             orphans.append(Orphan(session.entry.provider, session.entry.session_id, "fleet", session.entry.base_url))
             known.add(session.entry.session_id)
     if not journal_only:
-        orphans.extend(Orphan(providers.chosen_name(settings), session_id, "list")
-                       for session_id in await providers.list_running_ids(settings, http) if session_id not in known)
+        orphans.extend(Orphan(name, session_id, "list")
+                       for name, session_id in await providers.list_running(settings, http) if session_id not in known)
     return orphans
 
 

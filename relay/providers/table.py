@@ -20,7 +20,7 @@ import httpx2
 import trio
 
 from relay.avatars import AvatarProvider, AvatarUnavailable
-from relay.config import ConfigError, Settings
+from relay.config import ConfigError, Settings, parse_avatar_budgets
 from relay.config import load_settings as load_fields
 from relay.providers import heygen, liveavatar, simli
 from relay.providers.entry import Provider
@@ -50,32 +50,79 @@ def entry_for(name: str) -> Provider:
 # Settings
 
 
+def _listed_names(value: str) -> list[str]:
+    return [name.strip().lower() for name in value.split(",")]
+
+
+def listed(settings: Settings) -> list[Provider]:
+    """The providers the settings list, in order (RELAY_AVATAR=liveavatar,simli: a conversation's avatar comes from
+    the first that starts): RELAY_AVATAR, else the first (in table order) whose API key is set, else the first (in
+    demo mode, on its simulator); [] for voice only. RELAY_AVATAR is valid (`settings_problem`)."""
+    if settings.relay_avatar is None:
+        for entry in PROVIDERS.values():
+            if getattr(settings, entry.settings.api_key) is not None:
+                return [entry]
+        return [next(iter(PROVIDERS.values()))]
+    names = _listed_names(settings.relay_avatar)
+    if names == [VOICE_ONLY]:
+        return []
+    return [entry_for(name) for name in names]
+
+
 def chosen(settings: Settings) -> Provider | None:
-    """The provider the settings choose: RELAY_AVATAR, else the first (in table order) whose API key is set, else
-    the first (in demo mode, on its simulator); None for voice only. RELAY_AVATAR is known (`settings_problem`)."""
-    if settings.relay_avatar == VOICE_ONLY:
-        return None
-    if settings.relay_avatar is not None:
-        return entry_for(settings.relay_avatar)
-    for entry in PROVIDERS.values():
-        if getattr(settings, entry.settings.api_key) is not None:
-            return entry
-    return next(iter(PROVIDERS.values()))
+    """The first provider the settings list (`listed`); None for voice only."""
+    entries = listed(settings)
+    return entries[0] if entries else None
 
 
 def chosen_name(settings: Settings) -> str:
-    """The chosen provider's name, "none" for voice only."""
-    entry = chosen(settings)
-    return VOICE_ONLY if entry is None else entry.name
+    """The listed providers' names, comma-separated in order ("liveavatar,simli"); "none" for voice only."""
+    return ",".join(entry.name for entry in listed(settings)) or VOICE_ONLY
+
+
+def _list_problem(value: str) -> str | None:
+    """What is wrong with RELAY_AVATAR's list, or None."""
+    names = _listed_names(value)
+    if names == [VOICE_ONLY]:
+        return None
+    must = f"a provider ({', '.join(PROVIDERS)}), a comma-separated list of them in the order to try, or {VOICE_ONLY}"
+    for name in names:
+        if not name:
+            return f"RELAY_AVATAR: an empty name in the list {value!r}; {must}"
+        if name == VOICE_ONLY:
+            return f"RELAY_AVATAR: {VOICE_ONLY} cannot be part of a list (got {value!r}): voice only is the last " \
+                   "resort of every list anyway"
+        if name not in PROVIDERS:
+            return f"RELAY_AVATAR: must be {must} (got {name!r})"
+        if names.count(name) > 1:
+            return f"RELAY_AVATAR: {name} is listed twice (got {value!r})"
+    return None
+
+
+def avatar_budgets(settings: Settings) -> dict[str, int]:
+    """RELAY_MAX_AVATAR_SESSIONS for the listed providers, by name (a bare number is each one's budget); a listed
+    provider without a budget is not in it. The setting is valid (`settings_problem`)."""
+    if settings.relay_max_avatar_sessions is None:
+        return {}
+    budgets = parse_avatar_budgets(settings.relay_max_avatar_sessions)
+    names = [entry.name for entry in listed(settings)]
+    if isinstance(budgets, int):
+        return dict.fromkeys(names, budgets)
+    return {name: budgets[name] for name in names if name in budgets}
 
 
 def settings_problem(settings: Settings) -> str | None:
-    """What makes `settings` unusable for the providers, in words naming the variables, or None: an unknown
-    RELAY_AVATAR, a provider session limit shorter than RELAY_MAX_DURATION, and (outside demo mode) the settings the
-    chosen provider cannot do without."""
-    if settings.relay_avatar is not None and settings.relay_avatar != VOICE_ONLY \
-            and settings.relay_avatar not in PROVIDERS:
-        return f"RELAY_AVATAR: must be one of {', '.join([*PROVIDERS, VOICE_ONLY])} (got {settings.relay_avatar!r})"
+    """What makes `settings` unusable for the providers, in words naming the variables, or None: an unknown or
+    malformed RELAY_AVATAR, a budget for a provider the table does not know, a provider session limit shorter than
+    RELAY_MAX_DURATION, and (outside demo mode) the settings a listed provider cannot do without."""
+    if settings.relay_avatar is not None and (problem := _list_problem(settings.relay_avatar)) is not None:
+        return problem
+    if settings.relay_max_avatar_sessions is not None:
+        budgets = parse_avatar_budgets(settings.relay_max_avatar_sessions)
+        unknown = [] if isinstance(budgets, int) else [name for name in budgets if name not in PROVIDERS]
+        if unknown:
+            return (f"RELAY_MAX_AVATAR_SESSIONS: {', '.join(unknown)} is not an avatar provider (one of "
+                    f"{', '.join(PROVIDERS)})")
     for entry in PROVIDERS.values():
         limit = entry.settings.session_limit
         value = None if limit is None else getattr(settings, limit.setting)
@@ -91,11 +138,13 @@ def settings_problem(settings: Settings) -> str | None:
     keys = [entry.settings.api_key for entry in PROVIDERS.values()]
     if settings.relay_avatar is None and all(getattr(settings, key) is None for key in keys):
         missing.append(" or ".join(key.upper() for key in keys) + " (or RELAY_AVATAR=none for voice only)")
-    elif (provider := chosen(settings)) is not None:
-        if getattr(settings, provider.settings.api_key) is None:
-            missing.append(provider.settings.key_variable)
-        missing.extend(need.says for need in provider.settings.required
-                       if not getattr(settings, need.setting) and not (need.unless and getattr(settings, need.unless)))
+    else:
+        for provider in listed(settings):
+            if getattr(settings, provider.settings.api_key) is None:
+                missing.append(provider.settings.key_variable)
+            missing.extend(need.says for need in provider.settings.required
+                           if not getattr(settings, need.setting)
+                           and not (need.unless and getattr(settings, need.unless)))
     if missing:
         return "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)
     return None
@@ -116,9 +165,14 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def make_provider(settings: Settings, http: httpx2.AsyncClient) -> AvatarProvider | None:
-    """The chosen provider, or None for voice only."""
+    """The first listed provider, or None for voice only."""
     entry = chosen(settings)
     return None if entry is None else entry.make(settings, http)
+
+
+def make_providers(settings: Settings, http: httpx2.AsyncClient) -> list[AvatarProvider]:
+    """Every listed provider, in order; [] for voice only."""
+    return [entry.make(settings, http) for entry in listed(settings)]
 
 
 def base_url(settings: Settings, name: str) -> str:
@@ -135,10 +189,19 @@ def at_base_url(settings: Settings, name: str, url: str | None) -> Settings:
 
 
 async def list_running_ids(settings: Settings, http: httpx2.AsyncClient) -> list[str]:
-    """Ids of the sessions the chosen provider's account has running (its list API, retried); [] for voice only.
-    Raises AvatarUnavailable when the list cannot be read."""
+    """Ids of the sessions the first listed provider's account has running (its list API, retried); [] for voice
+    only. Raises AvatarUnavailable when the list cannot be read."""
     entry = chosen(settings)
     return [] if entry is None else await entry.list_running_ids(settings, http)
+
+
+async def list_running(settings: Settings, http: httpx2.AsyncClient) -> list[tuple[str, str]]:
+    """(provider, session id) of the sessions every listed provider's account has running (each one's list API,
+    retried, one after the other); [] for voice only. Raises AvatarUnavailable when a list cannot be read."""
+    running: list[tuple[str, str]] = []
+    for entry in listed(settings):
+        running.extend((entry.name, session_id) for session_id in await entry.list_running_ids(settings, http))
+    return running
 
 
 async def stop_by_id(settings: Settings, http: httpx2.AsyncClient, name: str, session_id: str,
@@ -170,6 +233,7 @@ def page_config() -> dict[str, dict[str, Any]]:
             for entry in PROVIDERS.values()}
 
 
-__all__ = ["PROVIDERS", "SIMULATOR_APPS", "VOICE_ONLY", "at_base_url", "base_url", "chosen", "chosen_name",
-           "entry_for", "list_running_ids", "load_settings", "make_provider", "page_config",
+__all__ = ["PROVIDERS", "SIMULATOR_APPS", "VOICE_ONLY", "at_base_url", "avatar_budgets", "base_url", "chosen",
+           "chosen_name", "entry_for", "list_running", "list_running_ids", "listed", "load_settings",
+           "make_provider", "make_providers", "page_config",
            "serve_simulators", "settings_problem", "stop_by_id"]

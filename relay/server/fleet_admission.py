@@ -4,10 +4,10 @@ rate and the avatar-account budget, each checked and taken in one Lua script (at
 `choose_seating`, which also chooses the avatar budget.
 
 Seats live in sorted sets scored by their expiry (Redis's own clock, `TIME`): `{prefix}:seats` (every open
-conversation of the fleet), `{prefix}:client:<client>` (one client's), `{prefix}:avatars` (the avatar sessions
-held against RELAY_MAX_AVATAR_SESSIONS). A member is `<relay id>|<seat>`. Each script first drops the expired
-members, so a relay that dies (kill -9, a lost host) frees its seats within RELAY_FLEET_LEASE without anyone
-cleaning up; a live relay renews all its members every third of the lease (`FleetSeats.serve`) and registers them
+conversation of the fleet), `{prefix}:client:<client>` (one client's), `{prefix}:avatars:<provider>` (one
+provider's avatar sessions held against its RELAY_MAX_AVATAR_SESSIONS budget). A member is `<relay id>|<seat>`.
+Each script first drops the expired members, so a relay that dies (kill -9, a lost host) frees its seats within
+RELAY_FLEET_LEASE without anyone cleaning up; a live relay renews all its members every third of the lease (`FleetSeats.serve`) and registers them
 again when Redis comes back after an outage (`Fleet.on_reconnect`: a restarted Redis without persistence is
 empty). A seat is removed at once when its conversation ends (also on SIGTERM's drain), an avatar seat when its
 session has been stopped. The start rate is a token bucket per client address in a hash (`{prefix}:starts:<client>`).
@@ -30,6 +30,7 @@ from relay.avatars.budget import AvatarBudget, LocalAvatarBudget
 from relay.config import Settings
 from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.ops.metrics import RelayMetrics
+from relay.providers import table as providers
 from relay.server.admission import AdmissionRefused, LocalSeats, Registry, SeatKeeper, SharedCap, full, over_cap
 from relay.server.seats import SharedAvatarBudget
 
@@ -99,20 +100,28 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return {1, taken + 1}
 """
 
-# KEYS: seats, avatars, then one client key per seat. ARGV: lease ms, n seats, the n seat members, the avatar members.
-# Renews (or registers again, after Redis lost them) everything this relay holds. Returns {seats, avatar seats}.
+# KEYS: seats, one client key per seat (n), then one avatar key per budgeted provider (m). ARGV: lease ms, n, m,
+# the n seat members, then (avatar key number 1..m, avatar member) pairs. Renews (or registers again, after Redis
+# lost them) everything this relay holds. Returns {seats, avatar seats of every budgeted provider}.
 _RENEW = _NOW_MS + """
 local expiry = now + tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local m = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for j = 1, m do redis.call('ZREMRANGEBYSCORE', KEYS[1 + n + j], '-inf', now) end
 for i = 1, n do
-  redis.call('ZADD', KEYS[1], expiry, ARGV[2 + i])
-  redis.call('ZADD', KEYS[2 + i], expiry, ARGV[2 + i])
-  redis.call('PEXPIRE', KEYS[2 + i], ARGV[1])
+  redis.call('ZADD', KEYS[1], expiry, ARGV[3 + i])
+  redis.call('ZADD', KEYS[1 + i], expiry, ARGV[3 + i])
+  redis.call('PEXPIRE', KEYS[1 + i], ARGV[1])
 end
-for i = 3 + n, #ARGV do redis.call('ZADD', KEYS[2], expiry, ARGV[i]) end
-return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+local i = 4 + n
+while i < #ARGV do
+  redis.call('ZADD', KEYS[1 + n + tonumber(ARGV[i])], expiry, ARGV[i + 1])
+  i = i + 2
+end
+local avatars = 0
+for j = 1, m do avatars = avatars + redis.call('ZCARD', KEYS[1 + n + j]) end
+return {redis.call('ZCARD', KEYS[1]), avatars}
 """
 
 
@@ -123,12 +132,12 @@ class Limits:
     max_conversations: int
     max_per_client: int
     starts_per_minute: int
-    avatar_sessions: int | None  # RELAY_MAX_AVATAR_SESSIONS; None: no budget
+    avatar_sessions: dict[str, int]  # RELAY_MAX_AVATAR_SESSIONS by provider; a provider not in it has no budget
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(settings.relay_max_conversations, settings.relay_max_conversations_per_client,
-                   settings.relay_max_starts_per_minute, settings.relay_max_avatar_sessions)
+                   settings.relay_max_starts_per_minute, providers.avatar_budgets(settings))
 
 
 def _refused_by_outage() -> AdmissionRefused:
@@ -145,9 +154,9 @@ class FleetSeats:
     limits: Limits
     outage: OutagePolicy = "refuse"
     local: LocalSeats = field(init=False)
-    avatars: set[str] = field(default_factory=set)  # avatar seats this relay holds
+    avatars: dict[str, str] = field(default_factory=dict)  # avatar seats this relay holds -> their provider
     fleet_taken: int = 0  # the fleet's seats, as Redis last said
-    fleet_avatars: int = 0  # the fleet's avatar seats, as Redis last said
+    fleet_avatars: int = 0  # the fleet's avatar seats (every provider's), as Redis last said
     _sync: trio.Lock = field(default_factory=trio.Lock)  # a renewal never re-adds a seat released meanwhile
     _scripts: dict[str, Any] = field(default_factory=dict)
 
@@ -259,37 +268,39 @@ class FleetSeats:
 
     # -- the avatar budget -----------------------------------------------------------------------------------------
 
-    async def take_avatar(self, seat: str) -> bool:
-        """One seat of the avatar-account budget for a session about to be created; False when it is used up (or
-        cannot be counted while Redis is away under the `refuse` policy)."""
-        budget = self.limits.avatar_sessions
+    def avatar_budget(self, provider: str) -> AvatarBudget:
+        """Provider `provider`'s budget of the fleet (an `AvatarBudget`)."""
+        return _FleetAvatarBudget(self, provider)
+
+    async def take_avatar(self, seat: str, provider: str) -> bool:
+        """One seat of `provider`'s avatar-account budget for a session about to be created; False when it is used
+        up (or cannot be counted while Redis is away under the `refuse` policy)."""
+        budget = self.limits.avatar_sessions.get(provider)
         if budget is None:
             return True
         if self.fleet.healthy:
             try:
-                got, taken = await self._shielded("avatar", [self.fleet.key("avatars")],
-                                                  [self._member(seat), self.fleet.lease_ms, budget])
+                got, _ = await self._shielded("avatar", [self.fleet.key("avatars", provider)],
+                                              [self._member(seat), self.fleet.lease_ms, budget])
             except FleetUnavailable:
                 pass
             else:
-                self.fleet_avatars = int(taken)
                 if got:
-                    self.avatars.add(seat)
+                    self.avatars[seat] = provider
+                    self.fleet_avatars += 1
                 return bool(got)
-        if self.outage == "refuse" or len(self.avatars) >= budget:
+        if self.outage == "refuse" or sum(1 for p in self.avatars.values() if p == provider) >= budget:
             return False
-        self.avatars.add(seat)
+        self.avatars[seat] = provider
         return True
 
     async def give_back_avatar(self, seat: str) -> None:
         async with self._sync:
-            if seat not in self.avatars:
-                return
-            self.avatars.discard(seat)
-            if not self.fleet.healthy:
+            provider = self.avatars.pop(seat, None)
+            if provider is None or not self.fleet.healthy:
                 return
             try:
-                await self._script("release", [self.fleet.key("avatars")], [self._member(seat)])
+                await self._script("release", [self.fleet.key("avatars", provider)], [self._member(seat)])
             except FleetUnavailable:
                 return
             self.fleet_avatars = max(0, self.fleet_avatars - 1)
@@ -300,11 +311,13 @@ class FleetSeats:
         """Renew every seat this relay holds (registering again those Redis lost). Raises FleetUnavailable."""
         async with self._sync:
             seats = list(self.local.held.items())
-            keys = [self.fleet.key("seats"), self.fleet.key("avatars")]
-            keys += [self._client_key(client) for _, client in seats]
-            args: list[str | int] = [self.fleet.lease_ms, len(seats)]
+            budgeted = sorted(self.limits.avatar_sessions)
+            keys = [self.fleet.key("seats"), *(self._client_key(client) for _, client in seats)]
+            keys += [self.fleet.key("avatars", provider) for provider in budgeted]
+            args: list[str | int] = [self.fleet.lease_ms, len(seats), len(budgeted)]
             args += [self._member(seat) for seat, _ in seats]
-            args += [self._member(seat) for seat in self.avatars]
+            for seat, provider in self.avatars.items():
+                args += [budgeted.index(provider) + 1, self._member(seat)]
             taken, avatars = await self._script("renew", keys, args)
         self.fleet_taken, self.fleet_avatars = int(taken), int(avatars)
 
@@ -320,6 +333,20 @@ class FleetSeats:
                     await self.renew()
                 except FleetUnavailable:
                     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _FleetAvatarBudget:
+    """One provider's avatar budget of the fleet's seats (an `AvatarBudget`)."""
+
+    seats: FleetSeats
+    provider: str
+
+    async def take_avatar(self, seat: str) -> bool:
+        return await self.seats.take_avatar(seat, self.provider)
+
+    async def give_back_avatar(self, seat: str) -> None:
+        await self.seats.give_back_avatar(seat)
 
 
 def seat_keeper(settings: Settings, fleet: Fleet | None, shared: SharedCap | None = None
@@ -339,7 +366,7 @@ class Seating:
 
     keeper: LocalSeats | FleetSeats
     registry: Registry
-    avatar_budget: AvatarBudget | None
+    avatar_budgets: dict[str, AvatarBudget]  # by provider; a provider without a budget is not in it
 
 
 def choose_seating(settings: Settings, fleet: Fleet | None, worker: WorkerRole | None) -> Seating:
@@ -348,24 +375,24 @@ def choose_seating(settings: Settings, fleet: Fleet | None, worker: WorkerRole |
     keeper = seat_keeper(settings, fleet, None if fleet is not None or worker is None
                          else worker.seats(settings.relay_max_conversations))
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client, keeper=keeper)
-    budget: AvatarBudget | None = None
-    if (size := settings.relay_max_avatar_sessions) is not None:
-        budget = keeper if isinstance(keeper, FleetSeats) else \
-            LocalAvatarBudget(size) if worker is None else SharedAvatarBudget(worker.avatar_seats(size))
-    return Seating(keeper, registry, budget)
+    budgets: dict[str, AvatarBudget] = {}
+    for slot, (provider, size) in enumerate(providers.avatar_budgets(settings).items()):
+        budgets[provider] = keeper.avatar_budget(provider) if isinstance(keeper, FleetSeats) else \
+            LocalAvatarBudget(size) if worker is None else SharedAvatarBudget(worker.avatar_seats(size, slot))
+    return Seating(keeper, registry, budgets)
 
 
 def watch_seating(metrics: RelayMetrics, seating: Seating) -> None:
     """Gauges of the seats and the avatar budget (read at scrape time): the fleet's, or this relay's budget."""
-    keeper, budget = seating.keeper, seating.avatar_budget
+    keeper, budgets = seating.keeper, list(seating.avatar_budgets.values())
     if isinstance(keeper, FleetSeats):
         fleet_seats = keeper
         metrics.watch_fleet(healthy=lambda: fleet_seats.fleet.healthy, seats=lambda: fleet_seats.fleet_taken,
                             seats_held=lambda: len(fleet_seats.held), avatars=lambda: fleet_seats.fleet_avatars,
                             avatars_held=lambda: len(fleet_seats.avatars))
-    elif isinstance(budget, LocalAvatarBudget | SharedAvatarBudget):
-        local_budget = budget
-        metrics.watch_fleet(avatars_held=lambda: len(local_budget.held))
+    elif budgets:
+        local = [budget for budget in budgets if isinstance(budget, LocalAvatarBudget | SharedAvatarBudget)]
+        metrics.watch_fleet(avatars_held=lambda: sum(len(budget.held) for budget in local))
 
 
 __all__ = ["FleetSeats", "Limits", "OutagePolicy", "SeatKeeper", "Seating", "choose_seating", "seat_keeper",

@@ -22,10 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _SLOT = struct.Struct("<q")
-# Counter sets in the file, each one counter per worker: 0 the conversations (RELAY_MAX_CONVERSATIONS), 1 the avatar
-# sessions (RELAY_MAX_AVATAR_SESSIONS, counted for the machine when there is no Redis).
+# Counter sets in the file, each one counter per worker: 0 the conversations (RELAY_MAX_CONVERSATIONS), then one set
+# per budgeted avatar provider (RELAY_MAX_AVATAR_SESSIONS, counted for the machine when there is no Redis): AVATARS +
+# the provider's slot, at most AVATAR_SLOTS of them.
 CONVERSATIONS, AVATARS = 0, 1
-_REGIONS = 2
+AVATAR_SLOTS = 8
+_REGIONS = 1 + AVATAR_SLOTS
 
 
 def create_seats_file(workers: int) -> int:

@@ -3,7 +3,7 @@ and two properties: no I/O."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from quart_trio import QuartTrio
@@ -39,7 +39,7 @@ class RelayState:
     transcripts: TranscriptWriter | None = None
     worker: WorkerRole | None = None  # under `serve --workers N`
     fleet: Fleet | None = None  # with RELAY_REDIS_URL: this relay's membership of the fleet
-    avatar_budget: AvatarBudget | None = None  # with RELAY_MAX_AVATAR_SESSIONS
+    avatar_budgets: dict[str, AvatarBudget] = field(default_factory=dict)  # RELAY_MAX_AVATAR_SESSIONS, by provider
     fleet_sessions: FleetSessions | None = None  # with a fleet and an avatar: the fleet's session registry
 
     @property

@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from relay import __version__
 from relay.avatars import AvatarProvider
 from relay.avatars.budget import BudgetedProvider
+from relay.avatars.failover import FailoverProvider
 from relay.avatars.hooks import HookedProvider, MakeHooks
 from relay.config import Settings
 from relay.conversation.record import ConversationRecord
@@ -106,14 +107,14 @@ async def _effective_settings(app: QuartTrio, state: RelayState) -> Settings:
 
 async def _hooked_provider(app: QuartTrio, state: RelayState, effective: Settings, http: httpx2.AsyncClient,
                            metrics: RelayMetrics) -> AvatarProvider | None:
-    """The chosen avatar provider with its session hooks (the journal's row and its reaper, the fleet's sessions,
-    the metrics) and, outside them, the avatar budget; None for voice only. Demo sessions die with the in-process
-    simulators: nothing is journaled, reaped or shared with a fleet."""
+    """The listed avatar providers, each with its own session hooks (the journal's row and the fleet's sessions
+    with that provider's base URL, the metrics) and, outside them, its own budget; more than one are handed, in
+    order, to a `FailoverProvider` (the conversation's avatar from the first that starts). None for voice only.
+    Demo sessions die with the in-process simulators: nothing is journaled, reaped or shared with a fleet."""
     settings = state.settings
-    provider = providers.make_provider(effective, http)
-    if provider is None:
+    made = providers.make_providers(effective, http)
+    if not made:
         return None
-    session_hooks: list[MakeHooks] = []
     if state.fleet is not None and not settings.demo_mode:
         async def stop_session(entry: SessionEntry) -> None:
             await providers.stop_by_id(effective, http, entry.provider, entry.session_id, entry.base_url)
@@ -123,17 +124,31 @@ async def _hooked_provider(app: QuartTrio, state: RelayState, effective: Setting
     if settings.relay_journal and not settings.demo_mode:
         state.journal = await open_journal_now(state_dir(settings))
         metrics.watch_journal(state.journal)
-        session_hooks.append(journal_hooks(state.journal, providers.base_url(effective, provider.name)))
         app.nursery.start_soon(reap_periodically, effective, http, state.journal, state.fleet_sessions)
     if state.fleet_sessions is not None:
-        # Registered alongside the creation call, right after the journal's row.
-        session_hooks.append(state.fleet_sessions.hooks(providers.base_url(effective, provider.name)))
         app.nursery.start_soon(state.fleet_sessions.serve)
+    chains = [_chain(provider, state, effective, metrics) for provider in made]
+    if len(chains) == 1:
+        return chains[0]
+    return FailoverProvider(chains, settings.relay_setup_timeout, on_moved_on=metrics.avatar_failover)
+
+
+def _chain(provider: AvatarProvider, state: RelayState, effective: Settings, metrics: RelayMetrics
+           ) -> AvatarProvider:
+    """One provider with its hooks (the journal's row, then the fleet's, both with its own base URL, then the
+    metrics) and, outside them, its budget (a session refused for want of a seat was never asked of it)."""
+    url = providers.base_url(effective, provider.name)
+    session_hooks: list[MakeHooks] = []
+    if state.journal is not None:
+        session_hooks.append(journal_hooks(state.journal, url))
+    if state.fleet_sessions is not None:
+        # Registered alongside the creation call, right after the journal's row.
+        session_hooks.append(state.fleet_sessions.hooks(url))
     session_hooks.append(metrics.session_hooks)
     hooked: AvatarProvider = HookedProvider(provider, session_hooks)
-    if state.avatar_budget is not None:
-        # Outside the hooks: a session refused for want of a seat was never asked of the provider.
-        hooked = BudgetedProvider(hooked, state.avatar_budget, settings.relay_avatar_seat_wait,
+    budget = state.avatar_budgets.get(provider.name)
+    if budget is not None:
+        hooked = BudgetedProvider(hooked, budget, state.settings.relay_avatar_seat_wait,
                                   on_refused=lambda: metrics.admission_refused("avatar_budget"))
     return hooked
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import trio
 
 from relay.config import Settings
-from relay.server.seats import AVATARS, Seats, create_seats_file
+from relay.server.seats import AVATAR_SLOTS, AVATARS, Seats, create_seats_file
 from relay.server.serving import hypercorn_config
 from relay.server.startup import STARTUP_FAILED, WORKER_STARTUP_FAILED, print_failure
 
@@ -63,9 +63,12 @@ class WorkerRole:
     def seats(self, limit: int) -> Seats:
         return Seats(self.seats_fd, self.count, self.index, limit)
 
-    def avatar_seats(self, limit: int) -> Seats:
-        """The machine's avatar-session counters (RELAY_MAX_AVATAR_SESSIONS without Redis)."""
-        return Seats(self.seats_fd, self.count, self.index, limit, AVATARS)
+    def avatar_seats(self, limit: int, slot: int = 0) -> Seats:
+        """The machine's avatar-session counters of one budgeted provider (`slot`: its place among them;
+        RELAY_MAX_AVATAR_SESSIONS without Redis)."""
+        if not 0 <= slot < AVATAR_SLOTS:
+            raise ValueError(f"at most {AVATAR_SLOTS} avatar providers can have a budget")
+        return Seats(self.seats_fd, self.count, self.index, limit, AVATARS + slot)
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:

@@ -20,10 +20,13 @@ from tests.support.redis import RedisServer
 LEASE = 1.5
 
 
-def limits(**values: int | None) -> Limits:
-    base: dict[str, int | None] = {"max_conversations": 7, "max_per_client": 100, "starts_per_minute": 1000,
-                                   "avatar_sessions": None}
+def limits(**values: int | dict[str, int] | None) -> Limits:
+    """Limits with these values; an `avatar_sessions` number is LiveAvatar's budget."""
+    base: dict[str, int | dict[str, int] | None] = {"max_conversations": 7, "max_per_client": 100,
+                                                    "starts_per_minute": 1000, "avatar_sessions": {}}
     base.update(values)
+    if isinstance(base["avatar_sessions"], int):
+        base["avatar_sessions"] = {"liveavatar": base["avatar_sessions"]}
     return Limits(**base)  # type: ignore[arg-type]
 
 
@@ -146,17 +149,17 @@ async def test_the_avatar_budget_admits_exactly_its_size(redis_server: RedisServ
         got: list[str] = []
 
         async def try_one(index: int) -> None:
-            if await (one, two)[index % 2].take_avatar(f"v{index}"):
+            if await (one, two)[index % 2].take_avatar(f"v{index}", "liveavatar"):
                 got.append(f"v{index}")
 
         async with trio.open_nursery() as nursery:
             for index in range(40):
                 nursery.start_soon(try_one, index)
-        assert len(got) == 3 and zcard(redis_server, "avatars") == 3
+        assert len(got) == 3 and zcard(redis_server, "avatars:liveavatar") == 3
         owner = one if got[0] in one.avatars else two
         await owner.give_back_avatar(got[0])
-        assert await two.take_avatar("again")
-        assert not await one.take_avatar("over")
+        assert await two.take_avatar("again", "liveavatar")
+        assert not await one.take_avatar("over", "liveavatar")
 
 
 @pytest.mark.timeout(60)
@@ -167,7 +170,7 @@ async def test_a_dead_relays_seats_expire_with_its_lease_and_live_ones_are_heart
         async with keeper(redis_server, lim) as doomed:
             await doomed.take("d1", "1.1.1.1")
             await survivor.take("s1", "2.2.2.2")
-            assert await doomed.take_avatar("dv")
+            assert await doomed.take_avatar("dv", "liveavatar")
             with pytest.raises(AdmissionRefused):
                 await survivor.take("s2", "2.2.2.3")
             first_expiry = float(redis_server.command("ZRANGE", "{avatar-relay}:seats", "-1", "-1",
@@ -179,7 +182,7 @@ async def test_a_dead_relays_seats_expire_with_its_lease_and_live_ones_are_heart
         # `doomed` stopped without releasing (a killed relay): its seats go within the lease.
         await wait_until(lambda: zcard(redis_server, "seats") == 1, guard=LEASE * 4)
         await survivor.take("s2", "2.2.2.3")
-        assert await survivor.take_avatar("sv")
+        assert await survivor.take_avatar("sv", "liveavatar")
         assert zcard(redis_server, "seats") == 2
 
 
@@ -189,7 +192,7 @@ async def test_seats_are_registered_again_when_redis_comes_back_empty(redis_serv
     async with keeper(redis_server, lim) as one:
         await one.take("a", "1.1.1.1")
         await one.take("b", "1.1.1.2")
-        assert await one.take_avatar("av")
+        assert await one.take_avatar("av", "liveavatar")
         redis_server.stop()
         await wait_until(lambda: not one.fleet.healthy)
         with pytest.raises(AdmissionRefused) as refused:
@@ -197,7 +200,7 @@ async def test_seats_are_registered_again_when_redis_comes_back_empty(redis_serv
         assert refused.value.code == "upstream_unavailable"
         redis_server.start()  # empty: no persistence
         # A pooled connection from before the restart may fail one call (unhealthy until the next heartbeat).
-        await wait_until(lambda: zcard(redis_server, "seats") == 2 and zcard(redis_server, "avatars") == 1
+        await wait_until(lambda: zcard(redis_server, "seats") == 2 and zcard(redis_server, "avatars:liveavatar") == 1
                          and one.fleet.healthy)
         await one.take("c", "1.1.1.3")
         with pytest.raises(AdmissionRefused, match="maximum number"):
@@ -218,8 +221,8 @@ async def test_the_local_outage_policy_admits_under_this_relays_own_caps(redis_s
         with pytest.raises(AdmissionRefused, match="from your address"):
             await one.take("c", "1.1.1.1")
         assert await one.allow_start("1.1.1.9", 0.0)
-        assert await one.take_avatar("v1")
-        assert not await one.take_avatar("v2")
+        assert await one.take_avatar("v1", "liveavatar")
+        assert not await one.take_avatar("v2", "liveavatar")
 
 
 async def wait_for_redis_clock(redis: RedisServer, past_ms: float) -> None:
@@ -259,3 +262,38 @@ async def test_seats_stay_live_across_many_leases_while_their_relay_runs(redis_s
         assert lowest == 2, "a running relay's seat expired between its renewals"
         with pytest.raises(AdmissionRefused, match="maximum number"):
             await other.take("o1", "3.3.3.3")
+
+
+@pytest.mark.timeout(60)
+async def test_each_provider_has_its_own_budget_in_the_fleet(redis_server: RedisServer) -> None:
+    """RELAY_MAX_AVATAR_SESSIONS=liveavatar=1,simli=2 across two relays: LiveAvatar's seat used up does not touch
+    Simli's, and each provider's seats are in its own set."""
+    lim = limits(avatar_sessions={"liveavatar": 1, "simli": 2})
+    async with keeper(redis_server, lim) as one, keeper(redis_server, lim) as two:
+        assert await one.avatar_budget("liveavatar").take_avatar("la1")
+        assert not await two.avatar_budget("liveavatar").take_avatar("la2")
+        assert await two.avatar_budget("simli").take_avatar("sm1")
+        assert await one.avatar_budget("simli").take_avatar("sm2")
+        assert not await two.avatar_budget("simli").take_avatar("sm3")
+        assert await one.avatar_budget("heygen").take_avatar("hg1")  # no budget: never refused
+        assert (zcard(redis_server, "avatars:liveavatar"), zcard(redis_server, "avatars:simli")) == (1, 2)
+        await one.avatar_budget("simli").give_back_avatar("sm2")
+        assert await two.avatar_budget("simli").take_avatar("sm3")
+        assert not await one.avatar_budget("liveavatar").take_avatar("la3")
+
+
+@pytest.mark.timeout(90)
+async def test_every_providers_seats_are_registered_again_when_redis_comes_back_empty(
+        redis_server: RedisServer) -> None:
+    lim = limits(avatar_sessions={"liveavatar": 2, "simli": 2})
+    async with keeper(redis_server, lim) as one:
+        assert await one.avatar_budget("liveavatar").take_avatar("la")
+        assert await one.avatar_budget("simli").take_avatar("sm1")
+        assert await one.avatar_budget("simli").take_avatar("sm2")
+        redis_server.stop()
+        await wait_until(lambda: not one.fleet.healthy)
+        redis_server.start()  # empty: no persistence
+        await wait_until(lambda: zcard(redis_server, "avatars:liveavatar") == 1
+                         and zcard(redis_server, "avatars:simli") == 2 and one.fleet.healthy)
+        assert one.fleet_avatars == 3
+        assert not await one.avatar_budget("simli").take_avatar("sm3")

@@ -86,7 +86,7 @@ def cluster_of_three() -> Iterator[list[RedisServer]]:
 @asynccontextmanager
 async def relays(url: str) -> AsyncIterator[tuple[Fleet, FleetSeats, FleetSeats]]:
     """Two relays' fleet memberships and seat keepers on `url`."""
-    limits = Limits(max_conversations=CAP, max_per_client=100, starts_per_minute=1000, avatar_sessions=None)
+    limits = Limits(max_conversations=CAP, max_per_client=100, starts_per_minute=1000, avatar_sessions={})
     fleets = [Fleet.from_settings(load_settings(relay_redis_url=url, relay_fleet_lease=5)) for _ in range(2)]
     async with trio.open_nursery() as nursery:
         keepers = []

@@ -61,3 +61,18 @@ async def test_the_avatar_budget_is_the_machines_and_a_dead_workers_seats_are_cl
         assert await mine.take_avatar("g") and conversations.taken() == 1
     finally:
         os.close(fd)
+
+
+async def test_each_providers_avatar_budget_is_counted_apart_on_the_machine() -> None:
+    """`serve --workers 2` with RELAY_MAX_AVATAR_SESSIONS=liveavatar=1,simli=2: each provider's counters are its own
+    set; a dead worker's seats of every provider are cleared."""
+    fd = create_seats_file(2)
+    try:
+        la = [SharedAvatarBudget(Seats(fd, 2, i, 1, AVATARS)) for i in range(2)]
+        sm = [SharedAvatarBudget(Seats(fd, 2, i, 2, AVATARS + 1)) for i in range(2)]
+        assert await la[0].take_avatar("a") and not await la[1].take_avatar("b")
+        assert await sm[1].take_avatar("c") and await sm[0].take_avatar("d") and not await sm[1].take_avatar("e")
+        Seats(fd, 2, 0, 0).clear(1)  # worker 1 died: its Simli seat goes
+        assert await sm[0].take_avatar("f") and not await la[1].take_avatar("g")
+    finally:
+        os.close(fd)
