@@ -7,14 +7,15 @@ Seats live in sorted sets scored by their expiry (Redis's own clock, `TIME`): `{
 conversation of the fleet), `{prefix}:client:<client>` (one client's), `{prefix}:avatars:<provider>` (one
 provider's avatar sessions held against its RELAY_MAX_AVATAR_SESSIONS budget). A member is `<relay id>|<seat>`.
 Each script first drops the expired members, so a relay that dies (kill -9, a lost host) frees its seats within
-RELAY_FLEET_LEASE without anyone cleaning up; a live relay renews all its members every third of the lease (`FleetSeats.serve`) and registers them
-again when Redis comes back after an outage (`Fleet.on_reconnect`: a restarted Redis without persistence is
-empty). A seat is removed at once when its conversation ends (also on SIGTERM's drain), an avatar seat when its
-session has been stopped. The start rate is a token bucket per client address in a hash (`{prefix}:starts:<client>`).
+RELAY_FLEET_LEASE without anyone cleaning up; a live relay renews all its members every third of the lease
+(`FleetSeats.serve`) and registers them again when Redis comes back after an outage (`Fleet.on_reconnect`: a restarted
+Redis without persistence is empty). A seat is removed at once when its conversation ends (also on SIGTERM's drain), an
+avatar seat when its session has been stopped. The start rate is a token bucket per client address in a hash
+(`{prefix}:starts:<client>`).
 
 While Redis is unreachable (`RELAY_FLEET_OUTAGE`): `refuse` (the default) refuses new conversations with
-`upstream_unavailable` and gives new avatar sessions no seat (voice-only, `capacity`); `local` admits under this
-relay's own caps, as a relay without Redis would. Open conversations are never touched by an outage.
+`upstream_unavailable` and gives new avatar sessions no seat (voice-only, `capacity`); `local` admits under this relay's
+own caps, as a relay without Redis would. Open conversations are never touched by an outage.
 """
 
 from __future__ import annotations
