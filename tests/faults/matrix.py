@@ -261,6 +261,25 @@ SCENARIOS: list[Scenario] = [
     Scenario("liveavatar 429 + Retry-After on stop", _stop_after_ready, provider="liveavatar",
              faults={"liveavatar": {"fail": {"stop": {"status": 429, "retry_after": 0.3, "times": 1}}}},
              expect_created=1, expect_requests={"stop": 3}),
+    # An ordered list (RELAY_AVATAR=liveavatar,simli, the healthy conversation on LiveAvatar): each refusal moves on
+    # to Simli, and every session of either provider is stopped on every way out.
+    Scenario("list: liveavatar at its limit, simli takes over, client stop", _talk_then_stop,
+             provider="liveavatar,simli", faults={"liveavatar": {"concurrency_limit": 1}, **NO_GREETING},
+             expect_created=1, expect_ended="client_stop"),
+    Scenario("list: liveavatar 500 on start (journaled), simli takes over", _talk_then_stop,
+             provider="liveavatar,simli", faults={"liveavatar": {"fail": {"start": {"status": 500}}}, **NO_GREETING},
+             expect_created=2, expect_ended="client_stop"),
+    Scenario("list: browser gone while simli's socket opens after liveavatar refused", _vanish_during_setup,
+             provider="liveavatar,simli",
+             faults={"liveavatar": {"concurrency_limit": 1}, "simli": {"latency_ms": {"ws_connect": 500}}},
+             expect_created=1),
+    Scenario("list: agent closes 1011 with simli's avatar", _start_and_wait_for_end, provider="liveavatar,simli",
+             faults={"liveavatar": {"concurrency_limit": 1},
+                     "elevenlabs": {"close_code": 1011, "close_reason": "fault", "close_after_ms": 300}},
+             expect_error="agent_error", expect_created=1),
+    Scenario("list: every provider refuses, voice only", _talk_then_stop, provider="liveavatar,simli",
+             faults={"liveavatar": {"concurrency_limit": 1}, "simli": {"no_credits": True}, **NO_GREETING},
+             expect_created=0, expect_degraded=True, expect_ended="client_stop"),
     # Simli: every way out ends the session with SKIP + DONE ("stopped" in its ledger); refusals degrade to voice.
     Scenario("simli client stop", _stop_after_ready, provider="simli", expect_created=1, expect_ended="client_stop"),
     Scenario("simli browser gone mid-speech", _vanish_mid_speech, provider="simli", faults=NO_GREETING,
@@ -339,12 +358,15 @@ async def run_scenario(scenario: Scenario) -> Measurement:
                 for name, faults in scenario.faults.items():
                     await relay.faults(name, **faults)
                 await _faulty_capturing(relay, scenario, faulty)
-                await _wait_faulty_sessions_stopped(relay, scenario.provider, healthy.get("session_id"))
+                for provider in scenario.provider.split(","):
+                    await _wait_faulty_sessions_stopped(relay, provider, healthy.get("session_id"))
                 for name, faults in scenario.faults.items():  # the healthy conversation finishes unhindered
                     if (undo := undo_faults(name, faults)) is not None:
                         await relay.faults(name, **undo)
                 faulty_done.set()
-            ledger = await relay.wait_all_sessions_stopped(scenario.provider, timeout=10.0)
+            ledgers = [await relay.wait_all_sessions_stopped(provider, timeout=10.0)
+                       for provider in scenario.provider.split(",")]
+            ledger = {**ledgers[0], "sessions": {k: v for one in ledgers for k, v in one["sessions"].items()}}
         with trio.move_on_after(10.0):  # a leaked conversation or task never goes away: then `back` is False
             while not _at_baseline(relay, baseline_tasks):
                 await trio.sleep(0.02)
