@@ -403,6 +403,7 @@ class Conversation {
       case 'agent_response':
         this.agentTurn(msg.event_id);
         captions.response(msg.event_id, String(msg.text ?? ''));
+        activity.agentAnswered();
         break;
       case 'agent_alignment':
         this.agentTurn(msg.event_id);

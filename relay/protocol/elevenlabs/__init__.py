@@ -68,6 +68,7 @@ from relay.protocol.elevenlabs.parse import (
 from relay.protocol.elevenlabs.urls import (
     agent_details_url,
     conversation_ws_url,
+    mcp_server_url,
     read_signed_url_answer,
     reason_for_status,
     signed_url_request,
@@ -125,6 +126,7 @@ __all__ = [
     "classify_close",
     "conversation_ws_url",
     "is_normal_end",
+    "mcp_server_url",
     "parse_server_event",
     "read_signed_url_answer",
     "reason_for_status",

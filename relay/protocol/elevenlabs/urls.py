@@ -70,6 +70,14 @@ def agent_details_url(base_url: str, agent_id: str) -> str:
         raise ValueError("agent_id is empty")
     return _join(base_url, _HTTP_SCHEMES, "/v1/convai/agents/" + quote(agent_id, safe=""), "")
 
+def mcp_server_url(base_url: str, server_id: str) -> str:
+    """`GET /v1/convai/mcp-servers/{id}` (with `xi-api-key`): an MCP server's configuration, incl. its
+    `approval_policy` (elevenlabs-python `conversational_ai/mcp_servers/raw_client.py`)."""
+    if not server_id:
+        raise ValueError("server_id is empty")
+    return _join(base_url, _HTTP_SCHEMES, "/v1/convai/mcp-servers/" + quote(server_id, safe=""), "")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Signed-URL answers
 
