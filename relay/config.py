@@ -162,14 +162,11 @@ class Settings(BaseSettings):
 
     @property
     def avatar(self) -> AvatarChoice:
-        """The avatar provider in use: the explicit RELAY_AVATAR, else the one whose key is set, else LiveAvatar
-        (in demo mode, on its simulator)."""
+        """The avatar provider in use: the explicit RELAY_AVATAR, else LiveAvatar (in demo mode, on its simulator).
+        HeyGen's retired Streaming API v1 is used only when chosen by name (RELAY_AVATAR=heygen): a HEYGEN_API_KEY
+        alone is a start-up error that says how to move (`_check_complete`)."""
         if self.relay_avatar is not None:
             return self.relay_avatar
-        if self.liveavatar_api_key is not None:
-            return "liveavatar"
-        if self.heygen_api_key is not None:
-            return "heygen"
         return "liveavatar"
 
     @model_validator(mode="after")
@@ -180,13 +177,22 @@ class Settings(BaseSettings):
                              f"than RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before "
                              "the conversation; raise it (within your LiveAvatar plan's limit), lower "
                              "RELAY_MAX_DURATION, or unset it to follow RELAY_MAX_DURATION")
+        if self.elevenlabs_branch_id and self.elevenlabs_api_key is None:
+            raise ValueError("ELEVENLABS_BRANCH_ID needs ELEVENLABS_API_KEY: a branch is chosen on the signed-URL "
+                             "request (the official SDKs never put it on the public socket URL, where it might be "
+                             "ignored and the main branch run instead)")
         if self.demo_mode:
             return self
         missing: list[str] = []
         if not self.elevenlabs_agent_id:
             missing.append("ELEVENLABS_AGENT_ID")
-        if self.relay_avatar is None and self.heygen_api_key is None and self.liveavatar_api_key is None:
-            missing.append("LIVEAVATAR_API_KEY or HEYGEN_API_KEY (or RELAY_AVATAR=none for voice only)")
+        if self.relay_avatar is None and self.heygen_api_key is not None and self.liveavatar_api_key is None:
+            if missing:
+                missing.append(HEYGEN_RETIRED)
+            else:
+                raise ValueError(HEYGEN_RETIRED)
+        elif self.relay_avatar is None and self.liveavatar_api_key is None:
+            missing.append("LIVEAVATAR_API_KEY (or RELAY_AVATAR=none for voice only)")
         elif self.avatar == "heygen":
             if self.heygen_api_key is None:
                 missing.append("HEYGEN_API_KEY")
@@ -202,6 +208,14 @@ class Settings(BaseSettings):
                 "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)
             )
         return self
+
+
+# The one line a HEYGEN_API_KEY-only deployment gets at start-up (docs/deploy.md "Choosing and checking the avatar
+# provider"; the retirement's sources are there).
+HEYGEN_RETIRED = ("HEYGEN_API_KEY is set but HeyGen retired its Streaming API v1 on 2026-03-31: move to LiveAvatar "
+                  "(set LIVEAVATAR_API_KEY and LIVEAVATAR_AVATAR_ID; HeyGen keys do not work there), or set "
+                  "RELAY_AVATAR=heygen to keep using the old API while your account still answers, or "
+                  "RELAY_AVATAR=none for voice only")
 
 
 def load_settings(**overrides: object) -> Settings:

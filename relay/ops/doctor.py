@@ -360,7 +360,9 @@ async def check_elevenlabs(settings: Settings, http: httpx2.AsyncClient, *, conn
         error: el.AgentUnavailable | None = None
         try:
             with trio.fail_after(CHECK_TIMEOUT):
-                await fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id)
+                await fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id,
+                                       branch_id=settings.elevenlabs_branch_id,
+                                       environment=settings.elevenlabs_environment)
         except el.AgentUnavailable as exc:
             error = exc
         except trio.TooSlowError:
