@@ -187,8 +187,8 @@ async def open_agent(
     URL is used. `branch_id` (signed-URL request only, so it needs `api_key`: ValueError otherwise) /
     `environment` (signed-URL request and socket URL) select the agent's branch and environment; with `version`,
     `source=avatar-relay&version=...` is added to the socket URL as the SDKs do. No WebSocket subprotocol is
-    requested, like the official Python SDK (`convai` is only needed by browsers). `initiation` (see `build_initiation`) is sent immediately, then the first message must be
-    `conversation_initiation_metadata`.
+    requested, like the official Python SDK (`convai` is only needed by browsers). `initiation` (see
+    `build_initiation`) is sent immediately, then the first message must be `conversation_initiation_metadata`.
 
     Raises `AgentUnavailable` (signed URL refused, handshake refused — with its HTTP status —, connection
     failure, or `connect_timeout` exceeded: it bounds the whole opening, signed URL, handshake and metadata),
