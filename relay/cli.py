@@ -13,13 +13,15 @@ import trio
 
 from relay._util import leaves
 from relay.avatars import AvatarError
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from relay.ops.doctor import Finding
 
 def _settings_or_report() -> Settings | None:
     """The validated settings, or None after printing the configuration error (the command then exits 2)."""
+    from relay.providers.table import load_settings
+
     try:
         return load_settings()
     except ConfigError as exc:
@@ -113,6 +115,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """`avatar-relay doctor [--connect]`: 0 when everything checks out, 1 on any problem, 2 for a bad
     configuration. In demo mode the checks run against freshly started simulators."""
     from relay.ops.doctor import diagnose, format_report
+    from relay.providers.table import load_settings
     from relay.server.demo import on_simulators
 
     try:
@@ -134,8 +137,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from relay.providers.table import PROVIDERS, SIMULATOR_APPS, serve_simulators
     from relay.server.serving import wait_for_signal
-    from relay.sim.runner import STARTUP_FAULTS, serve_simulators
+
+    startup_faults = sorted(PROVIDERS)  # the avatar simulators; the agent's takes its faults by POST /_sim/faults
 
     faults: dict[str, dict[str, object]] = {}
     for spec in args.faults:
@@ -144,8 +149,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             value = json.loads(text) if sep else None
         except ValueError:
             value = None
-        if name not in STARTUP_FAULTS or not isinstance(value, dict):
-            print(f"avatar-relay: --faults takes NAME=JSON-object with NAME one of {', '.join(sorted(STARTUP_FAULTS))}"
+        if name not in startup_faults or not isinstance(value, dict):
+            print(f"avatar-relay: --faults takes NAME=JSON-object with NAME one of {', '.join(startup_faults)}"
                   f", e.g. liveavatar='{{\"withhold_connected\": true}}' (got {spec!r})", file=sys.stderr)
             return 2
         faults.setdefault(name, {}).update(value)
@@ -153,11 +158,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(partial(serve_simulators, args.host, {
-                "elevenlabs": args.elevenlabs_port, "heygen": args.heygen_port,
-                "liveavatar": args.liveavatar_port}, faults=faults))
-            print(f"ELEVENLABS_BASE_URL={urls.elevenlabs}", flush=True)
-            print(f"HEYGEN_BASE_URL={urls.heygen}", flush=True)
-            print(f"LIVEAVATAR_BASE_URL={urls.liveavatar}", flush=True)
+                name: getattr(args, f"{name}_port") for name in SIMULATOR_APPS}, faults=faults))
+            for name, url in urls.items():
+                variable = PROVIDERS[name].settings.base_url_variable if name in PROVIDERS else "ELEVENLABS_BASE_URL"
+                print(f"{variable}={url}", flush=True)
             await wait_for_signal()
             nursery.cancel_scope.cancel()
 
@@ -178,11 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_options(serve)
     serve.set_defaults(func=cmd_serve)
-    sim = sub.add_parser("sim", help="run the ElevenLabs, HeyGen and LiveAvatar simulators and print their URLs")
+    from relay.providers.table import PROVIDERS, SIMULATOR_APPS
+
+    titles = ", ".join(["ElevenLabs", *(entry.title for entry in PROVIDERS.values())])
+    sim = sub.add_parser("sim", help=f"run the simulators ({titles}) and print their URLs")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--elevenlabs-port", type=int, default=0)
-    sim.add_argument("--heygen-port", type=int, default=0)
-    sim.add_argument("--liveavatar-port", type=int, default=0)
+    for name in SIMULATOR_APPS:
+        sim.add_argument(f"--{name}-port", type=int, default=0)
     sim.add_argument("--faults", action="append", default=[], metavar="NAME=JSON",
                      help="faults in force from the start, e.g. liveavatar='{\"withhold_connected\": true}' or "
                           "heygen='{\"retired\": 410}' (repeatable; docs/reliability.md lists them)")
@@ -209,11 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_reap(args: argparse.Namespace) -> int:
     import httpx2
 
-    from relay.avatars import registry
     from relay.ops import journal as jr
     from relay.ops import reaper
     from relay.ops.fleet import Fleet, FleetUnavailable
     from relay.ops.fleet_sessions import FleetSessions, SessionEntry
+    from relay.providers import table as providers
 
     settings = _settings_or_report()
     if settings is None:
@@ -237,8 +243,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
                         await nursery.start(fleet.serve)
 
                         async def stop(entry: SessionEntry) -> None:
-                            await registry.stop_by_id(settings, http, entry.provider, entry.session_id,
-                                                      entry.base_url)
+                            await providers.stop_by_id(settings, http, entry.provider, entry.session_id,
+                                                       entry.base_url)
 
                         status = await sweep(http, journal, FleetSessions(fleet, stop))
                         nursery.cancel_scope.cancel()

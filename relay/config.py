@@ -2,7 +2,9 @@
 
 Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`) and `RELAY_*` for the relay's own
 knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module decides
-demo mode and must never do I/O beyond reading the environment.
+demo mode and must never do I/O beyond reading the environment. It holds the fields and knows no avatar provider:
+which one the settings choose and whether they are complete for it is `relay.providers.table` (`chosen`,
+`load_settings`); each provider's settings are named `<provider>_...`, its key `<provider>_api_key`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-AvatarChoice = Literal["liveavatar", "heygen", "none"]
 
 
 class ConfigError(Exception):
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     liveavatar_max_session_duration: int | None = Field(default=None, gt=0)
 
     # The relay itself
-    relay_avatar: AvatarChoice | None = None
+    relay_avatar: str | None = None  # a provider of relay.providers.table, or "none" (checked there)
     relay_host: str = "127.0.0.1"
     relay_port: int = Field(default=8000, ge=0, le=65535)
     relay_degrade_to_voice: bool = True
@@ -151,75 +151,29 @@ class Settings(BaseSettings):
 
     @property
     def demo_mode(self) -> bool:
-        """No upstream credentials or agent at all: run on the built-in simulators."""
-        return not (self.elevenlabs_agent_id or self.elevenlabs_api_key or self.heygen_api_key
-                    or self.liveavatar_api_key)
+        """No upstream credentials or agent at all (no ELEVENLABS_AGENT_ID, no `*_API_KEY` of any upstream): run on
+        the built-in simulators."""
+        return not (self.elevenlabs_agent_id or any(getattr(self, name)
+                                                    for name in type(self).model_fields if name.endswith("_api_key")))
 
     @property
     def workers(self) -> int:
         """How many worker processes `avatar-relay serve` runs: RELAY_WORKERS, `auto` meaning one per CPU."""
         return (os.cpu_count() or 1) if self.relay_workers == "auto" else self.relay_workers
 
-    @property
-    def avatar(self) -> AvatarChoice:
-        """The avatar provider in use: the explicit RELAY_AVATAR, else LiveAvatar (in demo mode, on its simulator).
-        HeyGen's retired Streaming API v1 is used only when chosen by name (RELAY_AVATAR=heygen): a HEYGEN_API_KEY
-        alone is a start-up error that says how to move (`_check_complete`)."""
-        if self.relay_avatar is not None:
-            return self.relay_avatar
-        return "liveavatar"
-
     @model_validator(mode="after")
-    def _check_complete(self) -> Settings:
-        if self.liveavatar_max_session_duration is not None and \
-                self.liveavatar_max_session_duration < self.relay_max_duration:
-            raise ValueError(f"LIVEAVATAR_MAX_SESSION_DURATION ({self.liveavatar_max_session_duration} s) is shorter "
-                             f"than RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before "
-                             "the conversation; raise it (within your LiveAvatar plan's limit), lower "
-                             "RELAY_MAX_DURATION, or unset it to follow RELAY_MAX_DURATION")
+    def _branch_needs_a_signed_url(self) -> Settings:
+        # A branch is selected on the signed-URL request only (docs/protocol.md "What the relay tells ElevenLabs").
         if self.elevenlabs_branch_id and self.elevenlabs_api_key is None:
             raise ValueError("ELEVENLABS_BRANCH_ID needs ELEVENLABS_API_KEY: a branch is chosen on the signed-URL "
                              "request (the official SDKs never put it on the public socket URL, where it might be "
                              "ignored and the main branch run instead)")
-        if self.demo_mode:
-            return self
-        missing: list[str] = []
-        if not self.elevenlabs_agent_id:
-            missing.append("ELEVENLABS_AGENT_ID")
-        if self.relay_avatar is None and self.heygen_api_key is not None and self.liveavatar_api_key is None:
-            if missing:
-                missing.append(HEYGEN_RETIRED)
-            else:
-                raise ValueError(HEYGEN_RETIRED)
-        elif self.relay_avatar is None and self.liveavatar_api_key is None:
-            missing.append("LIVEAVATAR_API_KEY (or RELAY_AVATAR=none for voice only)")
-        elif self.avatar == "heygen":
-            if self.heygen_api_key is None:
-                missing.append("HEYGEN_API_KEY")
-            if not self.heygen_avatar_id:
-                missing.append("HEYGEN_AVATAR_ID")
-        elif self.avatar == "liveavatar":
-            if self.liveavatar_api_key is None:
-                missing.append("LIVEAVATAR_API_KEY")
-            if not self.liveavatar_avatar_id and not self.liveavatar_sandbox:
-                missing.append("LIVEAVATAR_AVATAR_ID (or LIVEAVATAR_SANDBOX=true)")
-        if missing:
-            raise ValueError(
-                "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)
-            )
         return self
 
 
-# The one line a HEYGEN_API_KEY-only deployment gets at start-up (docs/deploy.md "Choosing and checking the avatar
-# provider"; the retirement's sources are there).
-HEYGEN_RETIRED = ("HEYGEN_API_KEY is set but HeyGen retired its Streaming API v1 on 2026-03-31: move to LiveAvatar "
-                  "(set LIVEAVATAR_API_KEY and LIVEAVATAR_AVATAR_ID; HeyGen keys do not work there), or set "
-                  "RELAY_AVATAR=heygen to keep using the old API while your account still answers, or "
-                  "RELAY_AVATAR=none for voice only")
-
-
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate settings; raise ConfigError with a message naming each bad variable (no secrets)."""
+    """Read and validate the settings' fields; raise ConfigError with a message naming each bad variable (no
+    secrets). Whether they are complete for the chosen provider is `relay.providers.table.load_settings`."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

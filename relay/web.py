@@ -26,10 +26,9 @@ from quart_trio import QuartTrio
 
 from relay import __version__
 from relay.avatars import AvatarProvider
-from relay.avatars import registry as avatar_registry
 from relay.avatars.budget import AvatarBudget, BudgetedProvider, LocalAvatarBudget
 from relay.avatars.hooks import HookedProvider, MakeHooks
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, Settings
 from relay.conversation.endings import ConversationOver, tell_browser_and_close
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
@@ -43,6 +42,7 @@ from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.ops.metrics import RelayMetrics
 from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
+from relay.providers import table as providers
 from relay.server.admission import OVER_RATE, AdmissionRefused, Registry
 from relay.server.auth import Gate, TokenClaims, TokenError, auth_problem, identity
 from relay.server.demo import demo_settings
@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     """The relay app. `worker`: this process is one of `serve --workers N` (shared cap, merged /metrics, the worker
     index on log lines). `own_shutdown`: served by hypercorn's command line, the app watches for the shutdown
     itself and drains (`relay.server.hosted`); `avatar-relay serve` drains it from outside instead."""
-    settings = settings or load_settings()
+    settings = settings or providers.load_settings()
     if (problem := auth_problem(settings)) is not None:
         raise ConfigError(f"invalid configuration: {problem}")
     if worker is not None:
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         state.avatar_budget = keeper if isinstance(keeper, FleetSeats) else \
             LocalAvatarBudget(budget_size) if worker is None else SharedAvatarBudget(worker.avatar_seats(budget_size))
     app.extensions["relay"] = state
-    metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=settings.avatar,
+    metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
                                            demo_mode=settings.demo_mode)
     if isinstance(keeper, FleetSeats):
         fleet_seats = keeper
@@ -218,36 +218,33 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                 await app.nursery.start(keeper.serve)
         effective = settings
         if settings.demo_mode:
-            from relay.sim.runner import serve_simulators
-
-            urls = await app.nursery.start(partial(serve_simulators, "127.0.0.1", demo=True))
+            urls = await app.nursery.start(partial(providers.serve_simulators, "127.0.0.1", demo=True))
             state.simulators = urls
-            effective = demo_settings(settings, urls.elevenlabs, urls.heygen, urls.liveavatar)
-            log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) "
-                     "elevenlabs=%s heygen=%s liveavatar=%s", effective.avatar, urls.elevenlabs, urls.heygen,
-                     urls.liveavatar)
+            effective = demo_settings(settings, urls)
+            log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) %s",
+                     providers.chosen_name(effective), " ".join(f"{name}={url}" for name, url in urls.items()))
         http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
                                   limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
                                   headers={"user-agent": f"avatar-relay/{__version__}"})
         if settings.relay_auth_jwks_url and state.gate is not None:
             state.gate.jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
                                         min_interval=settings.relay_auth_jwks_min_interval)
-        provider = avatar_registry.make_provider(effective, http)
+        provider = providers.make_provider(effective, http)
         session_hooks: list[MakeHooks] = []
         if provider is not None and state.fleet is not None and not settings.demo_mode:
             async def stop_session(entry: SessionEntry) -> None:
-                await avatar_registry.stop_by_id(effective, http, entry.provider, entry.session_id, entry.base_url)
+                await providers.stop_by_id(effective, http, entry.provider, entry.session_id, entry.base_url)
 
             state.fleet_sessions = FleetSessions(state.fleet, stop_session)
             metrics.observe_fleet_sessions(state.fleet_sessions)
         if provider is not None and settings.relay_journal and not settings.demo_mode:
             # Demo sessions die with the in-process simulators: nothing to journal or reap.
             state.journal = await open_journal_now(state_dir(settings))
-            session_hooks.append(journal_hooks(state.journal, avatar_registry.base_url(effective, provider.name)))
+            session_hooks.append(journal_hooks(state.journal, providers.base_url(effective, provider.name)))
             app.nursery.start_soon(reap_periodically, effective, http, state.journal, state.fleet_sessions)
         if provider is not None and state.fleet_sessions is not None:
             # Registered alongside the creation call, right after the journal's row.
-            session_hooks.append(state.fleet_sessions.hooks(avatar_registry.base_url(effective, provider.name)))
+            session_hooks.append(state.fleet_sessions.hooks(providers.base_url(effective, provider.name)))
             app.nursery.start_soon(state.fleet_sessions.serve)
         session_hooks.append(metrics.session_hooks)
         if state.transcripts is not None:
@@ -338,7 +335,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     @app.route("/client-config.json")
     async def client_config() -> dict[str, Any]:
         return {"livekit_client_url": settings.relay_livekit_client_url, "ws_path": "/ws",
-                "frame_ms": settings.relay_client_frame_ms}
+                "frame_ms": settings.relay_client_frame_ms, "avatars": providers.page_config()}
 
     @app.route("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -373,7 +370,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         urls = state.simulators
         if urls is None:
             return {"error": "not in demo mode"}, 404
-        return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar}
+        return dict(urls)
 
     return app
 

@@ -3,7 +3,8 @@ functions, and under `if TYPE_CHECKING:` — a type-only import is still a depen
 follows it too) and checked against the layer order in README.md "Layout":
 
     base (relay, relay._util, relay.config)  ->  protocol  ->  net  ->  sim
-      ->  avatars (+ relay.elevenlabs, relay.heygen, relay.liveavatar)  ->  conversation (+ relay.nursery)
+      ->  avatars (+ relay.elevenlabs, relay.heygen, relay.liveavatar)  ->  providers (the provider table)
+      ->  conversation (+ relay.nursery)
       ->  ops  ->  server (+ relay.web)  ->  cli (+ relay.__main__)
 
 A module may import its own layer and the layers before it, never a later one. Besides: relay.protocol stays
@@ -34,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("net", ("relay.net",)),
     ("sim", ("relay.sim",)),
     ("avatars", ("relay.avatars", "relay.elevenlabs", "relay.heygen", "relay.liveavatar")),
+    ("providers", ("relay.providers",)),
     ("conversation", ("relay.conversation", "relay.nursery")),
     ("ops", ("relay.ops",)),
     ("server", ("relay.server", "relay.web")),

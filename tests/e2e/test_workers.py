@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, connect_websocket_url, open_websocket_url
 
 from relay.ops.journal import open_journal
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
 from tests.support.processes import free_port

@@ -27,8 +27,9 @@ from quart_trio import QuartTrio
 from trio_websocket import ConnectionClosed
 
 from relay.config import Settings
+from relay.providers.table import serve_simulators
 from relay.server.serving import hypercorn_config
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.sim.runner import SimulatorURLs
 from relay.web import create_app, relay_state
 from tests.support.harness import BrowserClient, Relay, relay_settings
 

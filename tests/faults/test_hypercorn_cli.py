@@ -21,7 +21,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import ledger_of, relay_env
 from tests.support.harness import hold_and_record, poll_ledger, session_counts
 from tests.support.processes import free_port

@@ -26,7 +26,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from relay.config import Settings
 from relay.ops.journal import JOURNAL_FILE
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from relay.web import create_app
 from tests.support.simcontrol import SimControl
 
