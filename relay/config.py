@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Seconds after `ready` (the browser joins the avatar's room then) for the avatar to say `connected`; without
     # it the conversation goes on voice-only (docs/reliability.md).
     relay_avatar_connect_timeout: float = Field(default=20.0, gt=0)
+    # Seconds the agent's speech may wait for an avatar that has not said `connected` yet; then the browser plays
+    # it as voice (usually the greeting) and the avatar takes over from the next turn (docs/protocol.md).
+    relay_avatar_speech_hold: float = Field(default=3.0, ge=0)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
     relay_max_duration: float = Field(default=1800.0, gt=0)

@@ -223,6 +223,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                 speech.avatar_speaking(event.duration_ms)
                 outbox.send(bp.avatar_speaking(event.text, event.duration_ms, event.turn))
             elif isinstance(event, AvatarStateChanged):
+                speech.avatar_state(event.speaking, event.turn)
                 outbox.send(bp.avatar_state(event.speaking, event.turn))
 
         queue = AgentQueue()
@@ -355,9 +356,10 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                        task_status: trio.TaskStatus[AvatarSession | None] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the avatar session, feed it from the speech router and keep it alive until the conversation's scope is
     cancelled; leaving the `open_session` context stops the session. The session is handed over as soon as it is
-    started, not once the avatar says `connected` (speech is held until then); if that does not come within
-    RELAY_AVATAR_CONNECT_TIMEOUT after `ready`, or the provider refuses a session, or the session dies, the
-    conversation goes on voice-only (unless RELAY_DEGRADE_TO_VOICE is off)."""
+    started, not once the avatar says `connected` (speech is held until then, at most RELAY_AVATAR_SPEECH_HOLD
+    seconds: then the browser says it); if that does not come within RELAY_AVATAR_CONNECT_TIMEOUT after `ready`,
+    or the provider refuses a session, or the session dies, the conversation goes on voice-only (unless
+    RELAY_DEGRADE_TO_VOICE is off), and what was held for the avatar goes to the browser first."""
     assert up.provider is not None
     started = False
     try:
@@ -367,8 +369,9 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
             started = True
             async with trio.open_nursery() as avatar_tasks:
                 avatar_tasks.start_soon(speech.run, session)
+                avatar_tasks.start_soon(speech.hold_for_avatar, up.settings.relay_avatar_speech_hold)
                 avatar_tasks.start_soon(_keep_alive, session)
-                avatar_tasks.start_soon(_await_connected, session, ready_sent,
+                avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
                                         up.settings.relay_avatar_connect_timeout)
     except* AvatarError as group:
         if not up.settings.relay_degrade_to_voice:
@@ -378,15 +381,17 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
         reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
         log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
         record.degraded = True
-        speech.attach(None)
         outbox.send(bp.avatar_unavailable(reason, exc.message))
+        speech.attach(None)  # what was held for the avatar follows as voice, before newer speech
     if not started:
         task_status.started(None)
 
 
-async def _await_connected(session: AvatarSession, ready_sent: trio.Event, bound: float) -> None:
+async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,
+                           bound: float) -> None:
     """Raise AvatarUnavailable("timeout") unless the avatar says `connected` within `bound` seconds of `ready`
-    (the browser joins the avatar's room after `ready`: a service that waits for a viewer announces it then)."""
+    (the browser joins the avatar's room after `ready`: a service that waits for a viewer announces it then); once
+    it has, the speech router stops holding speech for it."""
     await ready_sent.wait()
     try:
         with trio.fail_after(bound):
@@ -394,6 +399,7 @@ async def _await_connected(session: AvatarSession, ready_sent: trio.Event, bound
     except trio.TooSlowError:
         raise AvatarUnavailable("timeout", f"The avatar did not report that it was connected within {bound:g} s."
                                 ) from None
+    speech.avatar_connected()
     log.info("avatar connected")
 
 

@@ -149,8 +149,11 @@ def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, speech: SpeechRo
         outbox.send(frame)
     if isinstance(event, el.AgentResponse):
         speech.agent_text(event.text, event.event_id)
-    elif isinstance(event, el.UserTranscript) and not event.final:
-        speech.user_speaking()
+    elif isinstance(event, el.UserTranscript):
+        if event.final:
+            speech.user_stopped()
+        else:
+            speech.user_speaking()
 
 
 async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: SpeechRouter,
