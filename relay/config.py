@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # Seconds the agent's speech may wait for an avatar that has not said `connected` yet; then the browser plays
     # it as voice (usually the greeting) and the avatar takes over from the next turn (docs/protocol.md).
     relay_avatar_speech_hold: float = Field(default=3.0, ge=0)
+    # The LITE packet cadence's first packet of a turn, in ms of audio (the guide: ~600 ms, then ~1 s packets, so
+    # the avatar can buffer); 0 sends every chunk of the agent's audio as it comes (docs/performance.md).
+    relay_lite_first_packet_ms: int = Field(default=600, ge=0, le=1000)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
     relay_max_duration: float = Field(default=1800.0, gt=0)

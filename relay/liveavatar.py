@@ -323,8 +323,9 @@ class LiveAvatarProvider:
                             "may end before the conversation (the plan's limit?)", granted,
                             self._settings.relay_max_duration)
             # Not waiting for `connected` here: the stream holds speech until then, the conversation bounds it.
-            async with open_lite_audio_stream(start.ws_url, on_event,
-                                         connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as stream:
+            async with open_lite_audio_stream(
+                    start.ws_url, on_event, connect_timeout=min(10.0, self._settings.relay_setup_timeout),
+                    first_packet_seconds=self._settings.relay_lite_first_packet_ms / 1000) as stream:
                 yield LiveAvatarSession(info, stream, self._settings.relay_keep_alive_interval,
                                         self._rest_keep_alive(token))
             reason = "USER_DISCONNECTED"

@@ -1,13 +1,14 @@
 """A simulated ElevenLabs Conversational AI agent: signed URLs, agent details, and the conversation socket.
 
-Faithful to `/work/shared/reference/elevenlabs-convai.md` (frames are sent with `type` last, like the real
-ones): the handshake (`conversation_initiation_client_data` -> `conversation_initiation_metadata`), pings
-answered by pongs (`ping_ms` is the measured round trip), an energy VAD on the user's audio producing
-`tentative_user_transcript` / `user_transcript`, then `agent_response` with the first chunk of a synthetic
-voice reply streamed ahead of real time, interruptions (`interruption` with the new turn's id, then
-`agent_response_correction` with the words actually spoken), typed messages, a client tool round trip, and the
-real close codes. It must never import the relay (a protocol bug must not hide in both sides), and must stay
-cheap per audio frame: hundreds of conversations run through it at once.
+Faithful to the public ElevenLabs sources (elevenlabs/packages `packages/types/schemas/agent.asyncapi.yaml` and the
+JS client `packages/client`; elevenlabs/elevenlabs-python `conversational_ai/conversation.py`; frames are sent with
+`type` last, like the real ones): the handshake (`conversation_initiation_client_data` ->
+`conversation_initiation_metadata`), pings answered by pongs (`ping_ms` is the measured round trip), an energy VAD
+on the user's audio producing `tentative_user_transcript` / `user_transcript`, then `agent_response` with the first
+chunk of a synthetic voice reply streamed ahead of real time, interruptions (`interruption` with the new turn's id,
+then `agent_response_correction` with the words actually spoken), typed messages, a client tool round trip, and the
+real close codes. It must never import the relay (a protocol bug must not hide in both sides), and must stay cheap
+per audio frame: hundreds of conversations run through it at once.
 
 Endpoints
 - `GET /v1/convai/conversation/get-signed-url?agent_id=` (header `xi-api-key`) -> `{"signed_url": ...}` with an HMAC
