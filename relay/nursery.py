@@ -39,7 +39,7 @@ from relay.avatars import (
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
-from relay.conversation.gates import McpApprovals
+from relay.conversation.gates import McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
 from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
 from relay.conversation.record import ConversationRecord, current_conversation
@@ -267,6 +267,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
 
         speech.agent_format = output_format
         approvals = McpApprovals()
+        queue_gate = QueueGate()  # the agent may still queue the conversation after `ready`
         if session is not None:
             record.avatar_provider = session.info.provider
             record.avatar_session_id = session.info.session_id
@@ -285,11 +286,12 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
             on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format,
-            approvals=approvals))
+            approvals=approvals, queue=queue_gate))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),
-            finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, held=held))
+            finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, queue=queue_gate,
+            held=held))
 
 
 async def _watch_queue(queue: AgentQueue, agent: AgentConnection, outbox: Outbox) -> None:

@@ -309,6 +309,11 @@ def queue_status(status: str) -> str:
     return _dump({"type": "queue_status", "status": status})
 
 
+def guardrail_triggered() -> str:
+    """One of the agent's guardrails fired (ElevenLabs `guardrail_triggered`)."""
+    return _dump({"type": "guardrail_triggered"})
+
+
 def human_agent(connected: bool) -> str:
     return _dump({"type": "human_agent", "connected": connected})
 

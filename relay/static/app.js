@@ -432,6 +432,10 @@ class Conversation {
       case 'queue_status':
         this.onQueueStatus(String(msg.status ?? ''));
         break;
+      case 'guardrail_triggered':
+        debug.guardrails = (debug.guardrails ?? 0) + 1;
+        transcript.system('The agent stopped itself: one of its guardrails was triggered.');
+        break;
       case 'human_agent':
         this.onHumanAgent(Boolean(msg.connected));
         break;

@@ -144,7 +144,7 @@ def test_vad_score_and_chat_response_part() -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    ["internal_tentative_agent_response", "agent_reasoning_response_part", "guardrail_triggered", "brand_new_type"],
+    ["internal_tentative_agent_response", "agent_reasoning_response_part", "asr_initiation_metadata", "brand_new_type"],
 )
 def test_unknown_event_types_are_returned_not_raised(event_type: str) -> None:
     assert el.parse_server_event(frame(something={"x": 1}, type=event_type)) == el.UnknownEvent(event_type)
