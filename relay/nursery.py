@@ -36,6 +36,7 @@ from relay.avatars import (
     AvatarStateChanged,
     AvatarUnavailable,
 )
+from relay.avatars import ending as avatar_ending
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
@@ -208,6 +209,7 @@ async def _receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start
 async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, record: ConversationRecord) -> None:
     settings = up.settings
     outbox = Outbox()
+    avatar_ending.begin()  # the agent pump marks it when the agent hangs up; the avatar's stop call reads it
     async with trio.open_nursery() as conversation:
         conversation.start_soon(outbox.run_sender, browser)
         conversation.start_soon(outbox.watch_sender, settings.relay_send_timeout)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
+from relay.avatars import ending as avatar_ending
 from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver
 from relay.conversation.gates import VAD_INTERVAL, FloodGate, Interval, McpApprovals, QueueGate
@@ -215,6 +216,7 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: 
         ending = el.classify_close(closed.code, closed.reason, last_error)
         close_code, close_reason = closed.code, closed.reason
     if ending.normal:
+        avatar_ending.mark_agent_hung_up()
         with trio.move_on_after(finish_timeout) as finishing:
             await speech.wait_played_out()
             await outbox.wait_sent()

@@ -182,3 +182,4 @@ async def test_the_avatar_is_stopped_only_after_it_said_the_agents_goodbye() -> 
         (goodbye,) = session["lite"]["events"].values()
         assert goodbye["ended_at"] is not None, "the avatar was stopped before it finished the goodbye"
         assert session["stopped"] >= goodbye["ended_at"]
+        assert session["stop_reason"] == "AGENT_HANG_UP"  # L9: LiveAvatar is told who ended it (was USER_DISCONNECTED)
