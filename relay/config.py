@@ -17,7 +17,7 @@ import uuid
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # Seconds after `ready` (the browser joins the avatar's room then) for the avatar to say `connected`; without
     # it the conversation goes on voice-only (docs/reliability.md).
     relay_avatar_connect_timeout: float = Field(default=20.0, gt=0)
+    # Seconds the agent's speech may wait for an avatar that has not said `connected` yet; then the browser plays
+    # it as voice (usually the greeting) and the avatar takes over from the next turn (docs/protocol.md).
+    relay_avatar_speech_hold: float = Field(default=3.0, ge=0)
+    # The LITE packet cadence's first packet of a turn, in ms of audio (the guide: ~600 ms, then ~1 s packets, so
+    # the avatar can buffer); 0 sends every chunk of the agent's audio as it comes (docs/performance.md).
+    relay_lite_first_packet_ms: int = Field(default=600, ge=0, le=1000)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
     relay_max_duration: float = Field(default=1800.0, gt=0)
@@ -267,6 +273,15 @@ class Settings(BaseSettings):
     def workers(self) -> int:
         """How many worker processes `avatar-relay serve` runs: RELAY_WORKERS, `auto` meaning one per CPU."""
         return (os.cpu_count() or 1) if self.relay_workers == "auto" else self.relay_workers
+
+    @model_validator(mode="after")
+    def _branch_needs_a_signed_url(self) -> Settings:
+        # A branch is selected on the signed-URL request only (docs/protocol.md "What the relay tells ElevenLabs").
+        if self.elevenlabs_branch_id and self.elevenlabs_api_key is None:
+            raise ValueError("ELEVENLABS_BRANCH_ID needs ELEVENLABS_API_KEY: a branch is chosen on the signed-URL "
+                             "request (the official SDKs never put it on the public socket URL, where it might be "
+                             "ignored and the main branch run instead)")
+        return self
 
 
 _BUDGET = re.compile(r"([a-z][a-z0-9_-]*)=([0-9]+)")

@@ -184,11 +184,11 @@ async def open_agent(
     """Start a conversation and yield it once the agent has sent its metadata.
 
     With `api_key`, a signed URL is fetched first (the key never goes over the socket); without, the public
-    URL is used. `branch_id` / `environment` select the agent's branch and environment (signed-URL request and
-    socket URL); with `version`, `source=avatar-relay&version=...` is added to the socket URL as the SDKs do. No
-    WebSocket subprotocol is requested, like the official Python SDK (`convai` is only needed
-    by browsers). `initiation` (see `build_initiation`) is sent immediately, then the first message must be
-    `conversation_initiation_metadata`.
+    URL is used. `branch_id` (signed-URL request only, so it needs `api_key`: ValueError otherwise) /
+    `environment` (signed-URL request and socket URL) select the agent's branch and environment; with `version`,
+    `source=avatar-relay&version=...` is added to the socket URL as the SDKs do. No WebSocket subprotocol is
+    requested, like the official Python SDK (`convai` is only needed by browsers). `initiation` (see
+    `build_initiation`) is sent immediately, then the first message must be `conversation_initiation_metadata`.
 
     Raises `AgentUnavailable` (signed URL refused, handshake refused — with its HTTP status —, connection
     failure, or `connect_timeout` exceeded: it bounds the whole opening, signed URL, handshake and metadata),
@@ -207,8 +207,9 @@ async def open_agent(
                 if version:
                     url = with_source(url, version, environment)
             else:
-                url = conversation_ws_url(base_url, agent_id, branch_id=branch_id, environment=environment,
-                                          version=version)
+                if branch_id:
+                    raise ValueError("a branch is selected through a signed URL: branch_id needs an api_key")
+                url = conversation_ws_url(base_url, agent_id, environment=environment, version=version)
             step = "connecting"
             try:
                 # Leaving closes it with 1000, shielded: at most _CLOSE_TIMEOUT waiting for the agent's close

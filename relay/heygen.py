@@ -395,7 +395,9 @@ class HeyGenProvider:
             raise AvatarUnavailable("bad_config", "HeyGen gave this session no realtime endpoint; set "
                                                   "HEYGEN_MODE=repeat.")
         async with open_lite_audio_stream(new.realtime_endpoint, on_event,
-                                     connect_timeout=self._settings.relay_setup_timeout) as stream:
+                                          connect_timeout=self._settings.relay_setup_timeout,
+                                          first_packet_seconds=self._settings.relay_lite_first_packet_ms / 1000
+                                          ) as stream:
             yield _RealtimeSession(self._api, new, self._settings, on_event, stream)
 
 

@@ -29,6 +29,7 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
+from relay.avatars import ending as avatar_ending
 from relay.avatars.common import PLACEHOLDER_API_KEY, alongside, is_simulated, setup_deadline, stop_shielded
 from relay.avatars.lite import LiteAudioStream, open_lite_audio_stream
 from relay.config import Settings
@@ -239,11 +240,27 @@ class LiveAvatarProvider:
     def __init__(self, settings: Settings, http: httpx2.AsyncClient) -> None:
         self._settings = settings
         self._http = http
+        self._duration_refused = False  # the plan refused our max_session_duration: ask without it from now on
 
     async def _create_token(self) -> TokenAnswer:
-        data = await _request(self._http, "POST", _url(self._settings, "/v1/sessions/token"),
-                              headers={"X-API-KEY": _api_key(self._settings)},
-                              body=token_request_body(self._settings))
+        """`sessions/token`. The per-plan session limits are not published: when the API refuses the
+        max_session_duration asked (422 naming the field), the request is made again without it, so the plan's own
+        limit applies (`open_session` compares what `start` grants with RELAY_MAX_DURATION), instead of every
+        session going voice-only; later sessions ask without it at once."""
+        body = token_request_body(self._settings)
+        if self._duration_refused:
+            body.pop("max_session_duration")
+        try:
+            data = await _request(self._http, "POST", _url(self._settings, "/v1/sessions/token"),
+                                  headers={"X-API-KEY": _api_key(self._settings)}, body=body)
+        except ApiError as exc:
+            if exc.status != 422 or "max_session_duration" not in exc.message or self._duration_refused:
+                raise
+            self._duration_refused = True
+            log.warning("LiveAvatar refused max_session_duration=%d s (%s): asking without it, so the plan's limit "
+                        "applies; lower RELAY_MAX_DURATION (or LIVEAVATAR_MAX_SESSION_DURATION) to what the plan "
+                        "allows", body["max_session_duration"], exc.message)
+            return await self._create_token()
         return parse_token_answer(data)
 
     async def _start(self, token: TokenAnswer) -> StartAnswer:
@@ -301,7 +318,8 @@ class LiveAvatarProvider:
         after the caller was cancelled still gives us the id to stop (otherwise a session would run, billed,
         until its idle timeout). Raises AvatarUnavailable if no session could be opened (timeout included),
         AvatarSessionEnded out of the body if the server closes the LITE socket. The stop is sent with reason
-        USER_DISCONNECTED on a normal exit or cancellation, SERVER_ERROR on a failure.
+        AGENT_HANG_UP when the agent ended the conversation (`relay.avatars.ending`), USER_DISCONNECTED on another
+        normal exit or cancellation, SERVER_ERROR on a failure.
         """
         created: list[TokenAnswer] = []
         reason = "SERVER_ERROR"
@@ -324,8 +342,9 @@ class LiveAvatarProvider:
                             "may end before the conversation (the plan's limit?)", granted,
                             self._settings.relay_max_duration)
             # Not waiting for `connected` here: the stream holds speech until then, the conversation bounds it.
-            async with open_lite_audio_stream(start.ws_url, on_event,
-                                         connect_timeout=min(10.0, self._settings.relay_setup_timeout)) as stream:
+            async with open_lite_audio_stream(
+                    start.ws_url, on_event, connect_timeout=min(10.0, self._settings.relay_setup_timeout),
+                    first_packet_seconds=self._settings.relay_lite_first_packet_ms / 1000) as stream:
                 yield LiveAvatarSession(info, stream, self._settings.relay_keep_alive_interval,
                                         self._rest_keep_alive(token))
             reason = "USER_DISCONNECTED"
@@ -337,6 +356,8 @@ class LiveAvatarProvider:
                 reason = "USER_DISCONNECTED"
             raise
         finally:
+            if reason == "USER_DISCONNECTED" and avatar_ending.agent_hung_up():
+                reason = "AGENT_HANG_UP"
             if created and not await self._stop(created[0], reason) and on_stop_failed is not None:
                 with trio.CancelScope(shield=True):
                     await on_stop_failed(created[0].session_id)

@@ -36,10 +36,11 @@ from relay.avatars import (
     AvatarStateChanged,
     AvatarUnavailable,
 )
+from relay.avatars import ending as avatar_ending
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
-from relay.conversation.gates import McpApprovals
+from relay.conversation.gates import McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
 from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
 from relay.conversation.record import ConversationRecord, current_conversation
@@ -208,6 +209,7 @@ async def _receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start
 async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, record: ConversationRecord) -> None:
     settings = up.settings
     outbox = Outbox()
+    avatar_ending.begin()  # the agent pump marks it when the agent hangs up; the avatar's stop call reads it
     async with trio.open_nursery() as conversation:
         conversation.start_soon(outbox.run_sender, browser)
         conversation.start_soon(outbox.watch_sender, settings.relay_send_timeout)
@@ -223,6 +225,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                 speech.avatar_speaking(event.duration_ms)
                 outbox.send(bp.avatar_speaking(event.text, event.duration_ms, event.turn))
             elif isinstance(event, AvatarStateChanged):
+                speech.avatar_state(event.speaking, event.turn)
                 outbox.send(bp.avatar_state(event.speaking, event.turn))
 
         queue = AgentQueue()
@@ -260,6 +263,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         input_format, output_format = _formats(agent.metadata)
         speech.agent_format = output_format
         approvals = McpApprovals()
+        queue_gate = QueueGate()  # the agent may still queue the conversation after `ready`
         _announce_ready(up, record, outbox, agent.metadata, session, input_format, output_format)
         ready_sent.set()
 
@@ -267,11 +271,12 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
             on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format,
-            approvals=approvals))
+            approvals=approvals, queue=queue_gate))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),
-            finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, held=held))
+            finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, queue=queue_gate,
+            held=held))
 
 
 def _formats(metadata: el.ConversationMetadata) -> tuple[AudioFormat, AudioFormat]:
@@ -361,9 +366,10 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                        task_status: trio.TaskStatus[AvatarSession | None] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the avatar session, feed it from the speech router and keep it alive until the conversation's scope is
     cancelled; leaving the `open_session` context stops the session. The session is handed over as soon as it is
-    started, not once the avatar says `connected` (speech is held until then); if that does not come within
-    RELAY_AVATAR_CONNECT_TIMEOUT after `ready`, or the provider refuses a session, or the session dies, the
-    conversation goes on voice-only (unless RELAY_DEGRADE_TO_VOICE is off)."""
+    started, not once the avatar says `connected` (speech is held until then, at most RELAY_AVATAR_SPEECH_HOLD
+    seconds: then the browser says it); if that does not come within RELAY_AVATAR_CONNECT_TIMEOUT after `ready`,
+    or the provider refuses a session, or the session dies, the conversation goes on voice-only (unless
+    RELAY_DEGRADE_TO_VOICE is off), and what was held for the avatar goes to the browser first."""
     assert up.provider is not None
     started = False
     try:
@@ -373,8 +379,9 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
             started = True
             async with trio.open_nursery() as avatar_tasks:
                 avatar_tasks.start_soon(speech.run, session)
+                avatar_tasks.start_soon(speech.hold_for_avatar, up.settings.relay_avatar_speech_hold)
                 avatar_tasks.start_soon(_keep_alive, session)
-                avatar_tasks.start_soon(_await_connected, session, ready_sent,
+                avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
                                         up.settings.relay_avatar_connect_timeout)
     except* AvatarError as group:
         if not up.settings.relay_degrade_to_voice:
@@ -384,15 +391,17 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
         reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
         log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
         record.degraded = True
-        speech.attach(None)
         outbox.send(bp.avatar_unavailable(reason, exc.message))
+        speech.attach(None)  # what was held for the avatar follows as voice, before newer speech
     if not started:
         task_status.started(None)
 
 
-async def _await_connected(session: AvatarSession, ready_sent: trio.Event, bound: float) -> None:
+async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,
+                           bound: float) -> None:
     """Raise AvatarUnavailable("timeout") unless the avatar says `connected` within `bound` seconds of `ready`
-    (the browser joins the avatar's room after `ready`: a service that waits for a viewer announces it then)."""
+    (the browser joins the avatar's room after `ready`: a service that waits for a viewer announces it then); once
+    it has, the speech router stops holding speech for it."""
     await ready_sent.wait()
     try:
         with trio.fail_after(bound):
@@ -400,6 +409,7 @@ async def _await_connected(session: AvatarSession, ready_sent: trio.Event, bound
     except trio.TooSlowError:
         raise AvatarUnavailable("timeout", f"The avatar did not report that it was connected within {bound:g} s."
                                 ) from None
+    speech.avatar_connected()
     log.info("avatar connected")
 
 

@@ -28,9 +28,23 @@ def test_a_complete_liveavatar_configuration() -> None:
     assert not s.demo_mode and chosen_name(s) == "liveavatar"
 
 
-def test_a_complete_heygen_configuration_picks_heygen() -> None:
-    s = settings(elevenlabs_agent_id="agent", heygen_api_key="hg-key", heygen_avatar_id="av")
+def test_heygen_is_used_only_when_chosen_by_name() -> None:
+    s = settings(elevenlabs_agent_id="agent", heygen_api_key="hg-key", heygen_avatar_id="av", relay_avatar="heygen")
     assert chosen_name(s) == "heygen"
+
+
+def test_a_heygen_key_alone_is_told_in_one_line_that_the_api_is_retired_and_how_to_move() -> None:
+    """HeyGen Streaming v1 is retired: a deployment still keyed for it (it used to pick HeyGen silently and run
+    voice-only) gets one start-up line naming the retirement and the settings that move it."""
+    with pytest.raises(ConfigError) as caught:
+        settings(elevenlabs_agent_id="agent", heygen_api_key="hg-secret-value", heygen_avatar_id="av")
+    message = str(caught.value)
+    assert "\n" not in message and "hg-secret-value" not in message
+    assert "retired its Streaming API v1" in message
+    assert "LIVEAVATAR_API_KEY and LIVEAVATAR_AVATAR_ID" in message and "RELAY_AVATAR=heygen" in message
+    both = settings(elevenlabs_agent_id="agent", heygen_api_key="hg-key", liveavatar_api_key="la-key",
+                    liveavatar_sandbox=True)
+    assert chosen_name(both) == "liveavatar"
 
 
 def test_voice_only_needs_just_the_agent() -> None:
@@ -43,10 +57,11 @@ def test_liveavatar_sandbox_needs_no_avatar_id() -> None:
 
 
 @pytest.mark.parametrize(("values", "missing"), [
-    ({"elevenlabs_agent_id": "agent"}, "LIVEAVATAR_API_KEY or HEYGEN_API_KEY"),
+    ({"elevenlabs_agent_id": "agent"}, "LIVEAVATAR_API_KEY or SIMLI_API_KEY (or RELAY_AVATAR=none"),
     ({"heygen_api_key": "hg-secret-value"}, "ELEVENLABS_AGENT_ID"),
     ({"elevenlabs_api_key": "xi-secret-value"}, "ELEVENLABS_AGENT_ID"),
-    ({"elevenlabs_agent_id": "a", "heygen_api_key": "hg-secret-value"}, "HEYGEN_AVATAR_ID"),
+    ({"elevenlabs_agent_id": "a", "heygen_api_key": "hg-secret-value", "relay_avatar": "heygen"},
+     "HEYGEN_AVATAR_ID"),
     ({"elevenlabs_agent_id": "a", "relay_avatar": "liveavatar"}, "LIVEAVATAR_API_KEY"),
     ({"elevenlabs_agent_id": "a", "liveavatar_api_key": "la-secret-value"}, "LIVEAVATAR_AVATAR_ID"),
 ])
@@ -74,7 +89,7 @@ def test_a_bad_value_names_its_variable(values: dict[str, Any], variable: str) -
 
 def test_keys_never_show_in_a_repr() -> None:
     s = settings(elevenlabs_agent_id="a", heygen_api_key="hg-secret-value", heygen_avatar_id="av",
-                 relay_auth="off")
+                 relay_avatar="heygen", relay_auth="off")
     assert "hg-secret-value" not in repr(s) and "hg-secret-value" not in str(s.model_dump())
 
 
@@ -102,3 +117,13 @@ def test_liveavatar_is_the_default_whenever_its_key_is_set() -> None:
     s = settings(elevenlabs_agent_id="a", liveavatar_api_key="k", liveavatar_avatar_id=SIM_AVATAR,
                  heygen_api_key="h", heygen_avatar_id="Wayne_20240711")
     assert chosen_name(s) == "liveavatar"
+
+
+def test_a_branch_without_an_api_key_is_a_start_up_error() -> None:
+    """A branch is selected on the signed-URL request; on a public socket URL it might be ignored (neither SDK sends
+    it there) and the main branch run silently, so the relay refuses the combination."""
+    with pytest.raises(ConfigError) as caught:
+        settings(elevenlabs_agent_id="a", relay_avatar="none", elevenlabs_branch_id="agtbrch_1")
+    assert "ELEVENLABS_BRANCH_ID needs ELEVENLABS_API_KEY" in str(caught.value)
+    assert settings(elevenlabs_agent_id="a", relay_avatar="none", elevenlabs_branch_id="agtbrch_1",
+                    elevenlabs_api_key="xi").elevenlabs_branch_id == "agtbrch_1"

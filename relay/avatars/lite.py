@@ -25,6 +25,7 @@ from relay.net.wsclient import (
 )
 from relay.protocol.audio import AudioFormat, StreamingResampler
 from relay.protocol.lite import (
+    FIRST_PACKET_SECONDS,
     LITE_SAMPLE_RATE,
     LiteEvent,
     LiteProtocolError,
@@ -33,6 +34,7 @@ from relay.protocol.lite import (
     SessionStateUpdated,
     SpeakEnded,
     SpeakInterrupted,
+    SpeakPacer,
     SpeakStarted,
     build_interrupt,
     build_keep_alive,
@@ -41,7 +43,6 @@ from relay.protocol.lite import (
     build_start_listening,
     build_stop_listening,
     parse_server_event,
-    split_speak_audio,
     turn_event_id,
     turn_from_event_id,
 )
@@ -70,9 +71,14 @@ class LiteAudioStream:
     `AvatarSessionEnded` out of `open_lite_audio_stream`.
     """
 
-    def __init__(self, ws: ClientWebSocket, turn_prefix: str = "turn") -> None:
+    def __init__(self, ws: ClientWebSocket, turn_prefix: str = "turn",
+                 first_packet_seconds: float = FIRST_PACKET_SECONDS) -> None:
         self._ws = ws
         self._prefix = turn_prefix
+        self._first_packet_bytes = SpeakPacer.first_bytes_for(first_packet_seconds)
+        self._pacers: dict[int, SpeakPacer] = {}
+        self._segments: dict[int, int] = {}  # a turn's current utterance (0, then 1, 2... after each speak_end)
+        self._committed: set[int] = set()  # turns whose current utterance was ended: more audio starts the next
         # Our own lock, not only the socket's: the "interrupted?" check and the send must be one step,
         # so a chunk waiting to be sent re-checks after an `agent.interrupt` went out ahead of it.
         self._send_lock = trio.StrictFIFOLock()
@@ -83,7 +89,8 @@ class LiteAudioStream:
         self.connected = trio.Event()
 
     def event_id(self, turn: int) -> str:
-        return turn_event_id(turn, self._prefix)
+        """The event id of turn `turn`'s current (or last) utterance."""
+        return turn_event_id(turn, self._prefix, self._segments.get(turn, 0))
 
     def _is_interrupted(self, turn: int) -> bool:
         return turn <= self._interrupted_through
@@ -117,29 +124,42 @@ class LiteAudioStream:
                 self._spoken_turns.add(turn)
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
-        """Resample one chunk of turn `turn` to 24 kHz and send it at once (see the chunking policy).
-        Chunks of a turn that was interrupted are dropped."""
+        """Resample one chunk of turn `turn` to 24 kHz and send what the packet cadence says is due (see
+        `relay.protocol.lite`). Chunks of a turn that was interrupted are dropped; audio of a turn whose utterance
+        was ended starts its next utterance (a new event id)."""
         if self._is_interrupted(turn):
             return
+        if turn in self._committed:
+            self._committed.discard(turn)
+            self._segments[turn] = self._segments.get(turn, 0) + 1
+        pacer = self._pacers.get(turn)
+        if pacer is None:
+            pacer = self._pacers[turn] = SpeakPacer(self._first_packet_bytes)
         resampler = self._resamplers.get(turn)
+        now = trio.current_time()
         if resampler is None or resampler.in_format != audio_format:
             if resampler is not None:
                 # A format change mid-turn: finish the old stream so its tail is not lost.
-                for packet in split_speak_audio(resampler.flush()):
+                for packet in pacer.add(resampler.flush(), now):
                     await self._send_speak(turn, packet)
             resampler = self._resamplers[turn] = StreamingResampler(audio_format, LITE_SAMPLE_RATE)
-        for packet in split_speak_audio(resampler.process(audio)):
+        for packet in pacer.add(resampler.process(audio), now):
             await self._send_speak(turn, packet)
 
     async def end_turn(self, turn: int) -> None:
-        """Send the resampler's tail, then `agent.speak_end`. Nothing is sent for a turn that was interrupted
-        or never had audio."""
+        """Send what is left of the utterance (the resampler's tail, the packet held back), then its one
+        `agent.speak_end`. Nothing is sent for a turn that was interrupted or never had audio."""
         resampler = self._resamplers.pop(turn, None)
+        pacer = self._pacers.pop(turn, None)
         if self._is_interrupted(turn):
             return
-        if resampler is not None:
-            for packet in split_speak_audio(resampler.flush()):
-                await self._send_speak(turn, packet)
+        packets: list[memoryview] = []
+        if pacer is not None:
+            if resampler is not None:
+                packets += pacer.add(resampler.flush(), trio.current_time())
+            packets += pacer.flush()
+        for packet in packets:
+            await self._send_speak(turn, packet)
         if turn not in self._spoken_turns:
             return
         frame = build_speak_end(self.event_id(turn))
@@ -147,6 +167,7 @@ class LiteAudioStream:
             if self._is_interrupted(turn):
                 return
             self._spoken_turns.discard(turn)
+            self._committed.add(turn)
             await self._send(frame)
 
     async def interrupt(self, turn: int) -> None:
@@ -156,6 +177,8 @@ class LiteAudioStream:
         self._interrupted_through = max(self._interrupted_through, turn)
         for old in [t for t in self._resamplers if t <= turn]:
             del self._resamplers[old]
+        for old in [t for t in self._pacers if t <= turn]:
+            del self._pacers[old]
         self._spoken_turns = {t for t in self._spoken_turns if t > turn}
         frame = build_interrupt(self.event_id(turn))
         async with self._send_lock:
@@ -216,12 +239,14 @@ class LiteAudioStream:
 
 @asynccontextmanager
 async def open_lite_audio_stream(ws_url: str, on_event: OnAvatarEvent, *, connect_timeout: float = 10.0,
-                            turn_prefix: str = "turn") -> AsyncIterator[LiteAudioStream]:
+                                 turn_prefix: str = "turn", first_packet_seconds: float = FIRST_PACKET_SECONDS
+                                 ) -> AsyncIterator[LiteAudioStream]:
     """Open the `ws_url` socket and yield a LiteAudioStream at once, while a reader task delivers events to
     `on_event` (called inline: it must not block). The stream holds every frame until the server announces
     `session.state_updated: connected`; how long that may take is the caller's business (`wait_connected`).
 
-    Raises AvatarUnavailable ("timeout" or "upstream_error") if the socket cannot be opened within
+    `first_packet_seconds`: the packet cadence's first packet (RELAY_LITE_FIRST_PACKET_MS; 0: send every chunk as
+    it comes). Raises AvatarUnavailable ("timeout" or "upstream_error") if the socket cannot be opened within
     `connect_timeout`, and AvatarSessionEnded out of the body when the server closes the socket (the body is
     cancelled first). On exit the reader is cancelled and the socket closed (close handshake bounded by 2 s).
     Cancelling the caller cancels everything; it does not stop the avatar session itself (the provider does that).
@@ -238,7 +263,7 @@ async def open_lite_audio_stream(ws_url: str, on_event: OnAvatarEvent, *, connec
                                         f"Could not open the avatar's audio socket ({exc}).") from None
         if opening.cancelled_caught:
             raise AvatarUnavailable("timeout", "The avatar's audio socket did not answer in time.")
-        stream = LiteAudioStream(ws, turn_prefix)
+        stream = LiteAudioStream(ws, turn_prefix, first_packet_seconds)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.read_events, on_event)

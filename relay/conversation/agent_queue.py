@@ -4,7 +4,8 @@ ElevenLabs may put a conversation in its queue right after the metadata (`queue_
 or "timed_out" and a close 3008). Until that is settled, the agent's first events are read by the conversation's
 set-up, not by the agent pump: `AgentQueue.receive(event)` says what to do with each one — answer a ping
 (`AnswerPing`), show the browser the queue's state (`ShowQueueStatus`), or nothing (the event is held for the agent
-pump, or malformed). `settled` says when reading may stop. No trio, no sockets, no clock: the I/O around it is
+pump, or malformed). `settled` says when reading may stop (the set-up bounds how long it reads; a queue notice that
+comes after `ready` is the pumps' `QueueGate`). No trio, no sockets, no clock: the I/O around it is
 `relay.nursery` (`_watch_queue`, `_settle_queue`).
 """
 
@@ -38,7 +39,7 @@ QueueStep = AnswerPing | ShowQueueStatus | None
 
 class AgentQueue:
     """Where the conversation stands in the agent's queue: `queued` once it said "waiting", `settled` once there is
-    nothing more to wait for (admitted, or the agent sent another event while not queued, or held MAX_HELD events),
+    nothing more to wait for (admitted, or the agent's first audio while not queued, or held MAX_HELD events),
     `held` the events the agent pump must handle first."""
 
     def __init__(self) -> None:
@@ -62,6 +63,9 @@ class AgentQueue:
                 self.settled = True
             return ShowQueueStatus(event.status, change)  # "timed_out": the close (3008) follows
         self.held.append(event)
-        if not self.queued or len(self.held) > MAX_HELD:  # an agent that talks while queued: stop holding, go on
+        # The queue notice may come after the greeting's text and a transcript (convai-widget-core's mock sends
+        # metadata, agent_response, user_transcript, then queue_status): only the agent's first audio, a real
+        # reply, says there is no queue. An agent that talks this much while queued: stop holding, go on.
+        if (not self.queued and isinstance(event, el.AgentAudio)) or len(self.held) > MAX_HELD:
             self.settled = True
         return None

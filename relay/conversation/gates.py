@@ -1,6 +1,7 @@
 """The gates a conversation's frames pass, sans-I/O (each takes `now` from its caller; no trio, no sockets): the
-browser's flood limit (`FloodGate`), a rate limit for a frequent, replaceable frame (`Interval`), and the MCP tool
-calls awaiting the user's approval (`McpApprovals`). They run on the audio hot path: a few comparisons per frame.
+browser's flood limit (`FloodGate`), a rate limit for a frequent, replaceable frame (`Interval`), the MCP tool
+calls awaiting the user's approval (`McpApprovals`), and the agent's queue after `ready` (`QueueGate`). They run on
+the audio hot path: a few comparisons per frame.
 """
 
 from __future__ import annotations
@@ -36,25 +37,51 @@ class McpApprovals:
     """The agent's MCP tool calls awaiting the user's approval, shared by the two pumps: a call is noted when the
     agent says `awaiting_approval` (with its `approval_timeout_secs`) and forgotten when it succeeds, fails, is
     answered or times out. Only an answer to a call awaiting approval is sent to the agent; anything else (a late
-    click, an unknown id) is dropped with a log line. Bounded: at most MAX_AWAITING at once."""
+    click, an unknown id) is dropped with a log line. A repeated `awaiting_approval` for a call already awaiting or
+    answered is refused, as the JS client does (`BaseConversation.ts` `handleMCPToolCall`): it neither re-arms the
+    call (a second, contradictory answer could go out) nor asks the user again. Bounded: at most MAX_AWAITING calls
+    awaiting and MAX_REMEMBERED answered ids."""
 
     MAX_AWAITING = 32
+    MAX_REMEMBERED = 256
 
     def __init__(self) -> None:
         self._deadlines: dict[str, float] = {}
+        self._seen: dict[str, None] = {}  # ids that asked for approval (insertion-ordered, bounded)
 
-    def note(self, call: el.McpToolCall, now: float) -> None:
+    def note(self, call: el.McpToolCall, now: float) -> bool:
+        """Take the call's new state; False for a repeated `awaiting_approval` (refused: not shown again)."""
         if call.state == "awaiting_approval":
+            if call.tool_call_id in self._seen:
+                return False
+            self._seen[call.tool_call_id] = None
+            if len(self._seen) > self.MAX_REMEMBERED:
+                del self._seen[next(iter(self._seen))]
             if len(self._deadlines) >= self.MAX_AWAITING:
                 del self._deadlines[next(iter(self._deadlines))]
             self._deadlines[call.tool_call_id] = now + float(call.approval_timeout_secs or 300)
         else:
             self._deadlines.pop(call.tool_call_id, None)
+        return True
 
     def take(self, tool_call_id: str, now: float) -> bool:
         """Whether an answer for `tool_call_id` may go to the agent now (then it is no longer awaited)."""
         deadline = self._deadlines.pop(tool_call_id, None)
         return deadline is not None and now <= deadline
+
+
+class QueueGate:
+    """Whether the agent holds the conversation in its queue after `ready` (`queue_status` "waiting" until
+    "admitted"/"timed_out"): the browser's audio is not forwarded meanwhile, as the widget blocks sending ("the
+    orchestrator discards messages sent while held in the queue", elevenlabs/packages d4313cce)."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = False
+
+    def note(self, status: str) -> None:
+        self.queued = status == "waiting"
 
 
 VAD_INTERVAL = 0.1  # seconds between two `vad_score` frames to the browser (at most ~10 a second)

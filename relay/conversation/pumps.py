@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 
 import trio
 
+from relay.avatars import ending as avatar_ending
 from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver
-from relay.conversation.gates import VAD_INTERVAL, FloodGate, Interval, McpApprovals
+from relay.conversation.gates import VAD_INTERVAL, FloodGate, Interval, McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
 from relay.conversation.record import Traffic
 from relay.conversation.speech import SpeechRouter
@@ -58,15 +59,17 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
                                 settings: Settings, traffic: Traffic | None = None, *,
                                 on_user_text: Callable[[str], None] | None = None,
                                 input_format: AudioFormat | None = None,
-                                approvals: McpApprovals | None = None) -> None:
+                                approvals: McpApprovals | None = None, queue: QueueGate | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
     RELAY_IDLE_TIMEOUT. Audio (PCM16 at the agent's input rate) is forwarded without parsing, μ-law encoded first
     for a `ulaw_8000` agent (`input_format`), and counted in `traffic`; everything else is
     validated first; `on_user_text` (must not block) sees each typed user message. Cancelled by the conversation's
     end; blocks on the browser's receive and on the agent's send
-    (backpressure). `mcp_approval` answers go to the agent only for calls `approvals` has awaiting approval."""
+    (backpressure). `mcp_approval` answers go to the agent only for calls `approvals` has awaiting approval; audio is
+    not forwarded while `queue` says the agent holds the conversation in its queue."""
     traffic = traffic or Traffic()
     approvals = approvals or McpApprovals()
+    queue = queue or QueueGate()
     max_frame = settings.relay_max_frame_bytes
     idle = settings.relay_idle_timeout
     flood = FloodGate(settings.relay_max_frames_per_second)
@@ -74,7 +77,7 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
     with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
         try:
             await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
-                               idle_scope, user_audio_builder(input_format), approvals)
+                               idle_scope, user_audio_builder(input_format), approvals, queue)
         except el.AgentClosed:
             # The agent's socket is closed: the other pump reads why and ends the conversation (after the agent's
             # last words on a normal end). Meanwhile only `stop` still matters.
@@ -91,7 +94,7 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
 async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: SpeechRouter, traffic: Traffic,
                        on_user_text: Callable[[str], None] | None, max_frame: int, idle: float, flood: FloodGate,
                        slack: float, idle_scope: trio.CancelScope,
-                       build_audio: Callable[[bytes], str], approvals: McpApprovals) -> None:
+                       build_audio: Callable[[bytes], str], approvals: McpApprovals, queue: QueueGate) -> None:
     while True:
         frame = await browser.receive()
         now = trio.current_time()
@@ -107,7 +110,8 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
                                               "of bytes")
             traffic.audio_in_frames += 1
             traffic.audio_in_bytes += len(frame)
-            await agent.send(build_audio(frame))
+            if not queue.queued:  # the agent discards what it is sent while it holds us in its queue
+                await agent.send(build_audio(frame))
             continue
         if frame is None:
             continue  # an empty binary frame
@@ -139,24 +143,31 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
         raise ConversationOver.failed("protocol_error", step.message)
 
 
-def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, speech: SpeechRouter, approvals: McpApprovals) -> None:
+def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, speech: SpeechRouter, approvals: McpApprovals,
+                         queue: QueueGate) -> None:
     """The browser's frame for `event`, and what the avatar's speech must know of it (in the order the browser sees
     them: an interruption stops the speech before the browser hears of it)."""
     if isinstance(event, el.Interruption):
         speech.interrupt(event.event_id)
+    elif isinstance(event, el.QueueStatus):
+        queue.note(event.status)
     frame = browser_frame(event, approvals, trio.current_time())
     if frame is not None:
         outbox.send(frame)
     if isinstance(event, el.AgentResponse):
         speech.agent_text(event.text, event.event_id)
-    elif isinstance(event, el.UserTranscript) and not event.final:
-        speech.user_speaking()
+    elif isinstance(event, el.UserTranscript):
+        if event.final:
+            speech.user_stopped()
+        else:
+            speech.user_speaking()
 
 
 async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: SpeechRouter,
                                 silence_timeout: float = math.inf, *,
                                 on_event: Callable[[el.ServerEvent], None] | None = None,
                                 finish_timeout: float = 0.0, approvals: McpApprovals | None = None,
+                                queue: QueueGate | None = None,
                                 held: Iterable[el.ServerEvent] = ()) -> None:
     """Agent events -> browser messages and avatar speech, until the agent closes (AgentClosed) or sends nothing
     parseable for `silence_timeout` seconds (a stalled agent must not keep a billed avatar session open). Pings
@@ -165,11 +176,13 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: 
     duration), the speech it already sent is played out first — the avatar's queued and in-flight speech and the
     browser's queued frames — for at most `finish_timeout` seconds (the rest of the conversation goes on meanwhile:
     `stop` or the browser leaving still end it at once). `held`: events read before `ready` (set-up), handled
-    first. MCP calls awaiting approval are noted in `approvals`; `vad_score` is forwarded at most every
-    VAD_INTERVAL. Cancelled by the conversation's end; blocks on the agent's receive."""
+    first. MCP calls awaiting approval are noted in `approvals`, the agent's queue (after `ready`) in `queue`;
+    `vad_score` is forwarded at most every VAD_INTERVAL. Cancelled by the conversation's end; blocks on the
+    agent's receive."""
     last_error: el.AgentErrorEvent | None = None
     slack = timer_slack(silence_timeout)
     approvals = approvals or McpApprovals()
+    queue = queue or QueueGate()
     vad_gate = Interval(VAD_INTERVAL)
     pending = deque(held)
     try:
@@ -197,12 +210,13 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: 
                     log.log(level, "agent error event code=%s type=%s message=%s", event.code, event.error_type,
                             event.message)
                 else:
-                    _forward_agent_event(event, outbox, speech, approvals)
+                    _forward_agent_event(event, outbox, speech, approvals, queue)
         raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
     except el.AgentClosed as closed:
         ending = el.classify_close(closed.code, closed.reason, last_error)
         close_code, close_reason = closed.code, closed.reason
     if ending.normal:
+        avatar_ending.mark_agent_hung_up()
         with trio.move_on_after(finish_timeout) as finishing:
             await speech.wait_played_out()
             await outbox.wait_sent()

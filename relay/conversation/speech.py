@@ -6,17 +6,27 @@ cancelled through its own scope, then `interrupt` is sent. Audio-driven avatars 
 without audio for the turn (pipecat uses the same gap), or when the next turn's audio starts.
 
 `wait_played_out` is how an ending lets the avatar finish: it returns once every queued item has been given to
-the avatar, the open audio turn has been ended, and the speech given has had time to play — audio: its duration
-from the bytes sent and the rate, played back to back from when it was sent; text: the `duration_ms` the avatar
-announced (`avatar_speaking`). An interruption stops the avatar, so what was playing no longer counts.
+the avatar, the open audio turn has been ended, and the avatar has said it: an avatar that reports its speech
+(`avatar_state`, LITE `agent.speak_ended`) is waited for until it reports the end of the last turn it was given;
+for one that does not, the estimate stands in — audio: its duration from the bytes sent and the rate, played back
+to back from when it was sent; text: the `duration_ms` the avatar announced (`avatar_speaking`). An interruption
+stops the avatar, so what was playing no longer counts.
 
-Listening pose: the avatar is told the user is speaking (`set_listening(True)`) when the agent hears them (a
-tentative transcript, or a VAD score of at least VAD_SPEAKING), and to leave the pose (`False`) just before the
-agent's next turn reaches it, in the same queue, so the pose never lands in the middle of a reply.
+Held speech: a real avatar takes speech only once it says `connected`; until then what is given to it waits (the
+LITE socket holds it), and the router keeps a copy. If the avatar is not connected `hold_limit` seconds after the
+first held chunk (`hold_for_avatar`), the held turns go to the browser as voice instead (and the rest of those turns
+too: the avatar never says them); the avatar takes over from the next turn. If the avatar is dropped
+(`attach(None)`: never connected, died), what is still held goes to the browser first, in order, before newer speech.
+
+Listening pose (the LITE guide's turn cycle): the avatar takes its listening pose (`set_listening(True)`) when the
+agent hears the user (a tentative transcript, or a VAD score of at least VAD_SPEAKING), leaves it when the user's
+turn is final (`user_stopped`) or just before the agent's next turn reaches it, in the same queue, so the pose never
+lands in the middle of a reply, and takes it again when the avatar reports the end of its last turn.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import trio
@@ -32,6 +42,9 @@ TURN_AUDIO_GAP = 0.35
 # The agent's `vad_score` from which the user counts as speaking (the listening pose).
 VAD_SPEAKING = 0.5
 SPEECH_QUEUE_ITEMS = 2048
+# Held agent audio (agent format) beyond this many bytes goes to the browser at once, whatever `hold_limit` says.
+HELD_SPEECH_MAX_BYTES = 8 * 2**20
+_NO_TURN = -(2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +95,23 @@ class SpeechRouter:
         self._play_until = 0.0  # trio time at which the speech given so far has played out
         self._progress = trio.Event()  # set (and replaced) whenever `run` gets nearer to idle
         self._captions = bp.CaptionAligner()
+        self._connected = True  # False while a real avatar has not said `connected`: its speech is held (copied)
+        self._held: list[tuple[int, bytes]] = []
+        self._held_bytes = 0
+        self._held_at = math.inf  # trio time of the first chunk held now
+        self._held_arrived = trio.Event()
+        self._browser_through = _NO_TURN  # turns held too long: the browser says them, the avatar never does
+        self._reports_speech = False  # the avatar reports when it starts and stops speaking (`avatar_state`)
+        self._spoken_turn = _NO_TURN  # the newest turn whose audio the avatar accepted
+        self._ended_turn = _NO_TURN  # the newest turn the avatar reported finished
 
     def attach(self, session: AvatarSession | None) -> None:
+        if session is None:  # no avatar (any more): what was held for it goes to the browser first, in order
+            self._release_held()
         self.session = session
         self.voice_to_browser = session is None or session.info.simulated
-        if session is None:  # no avatar (any more): nothing it was given will be played, nothing to wait for
+        self._connected = self.voice_to_browser
+        if session is None:  # nothing it was given will be played, nothing to wait for
             while True:
                 try:
                     self._rx.receive_nowait()
@@ -94,6 +119,45 @@ class SpeechRouter:
                     break
             self._pending, self._open_turn, self._play_until = 0, None, 0.0
             self._notify()
+
+    def avatar_connected(self) -> None:
+        """The avatar said `connected`: what is held reaches it now; nothing more is held."""
+        self._connected = True
+        self._forget_held()
+
+    def _forget_held(self) -> None:
+        self._held, self._held_bytes, self._held_at = [], 0, math.inf
+        self._held_arrived = trio.Event()
+
+    def _hold(self, turn: int, audio: bytes) -> None:
+        if not self._held:
+            self._held_at = trio.current_time()
+            self._held_arrived.set()
+        self._held.append((turn, audio))
+        self._held_bytes += len(audio)
+        if self._held_bytes > HELD_SPEECH_MAX_BYTES:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """Give the held turns (not interrupted) to the browser as voice, and take them from the avatar."""
+        held = [(turn, audio) for turn, audio in self._held if turn >= self.watermark]
+        self._forget_held()
+        if not held:
+            return
+        for _, audio in held:
+            self._outbox.send_audio(to_pcm16(audio, self.agent_format))
+        self._browser_through = max(self._browser_through, max(turn for turn, _ in held))
+        if self._in_flight is not None and self._in_flight[0] <= self._browser_through:
+            self._in_flight[1].cancel()
+
+    async def hold_for_avatar(self, limit: float) -> None:
+        """Until cancelled: whenever speech is held for an avatar that has not said `connected`, give it to the
+        browser as voice once it has waited `limit` seconds (the first held chunk's wait). Blocks on the clock."""
+        while True:
+            await self._held_arrived.wait()
+            await trio.sleep_until(self._held_at + limit)
+            if not self._connected and self._held and trio.current_time() >= self._held_at + limit:
+                self._release_held()
 
     def _queue(self, item: _SpeechItem) -> None:
         try:
@@ -115,12 +179,36 @@ class SpeechRouter:
         if duration_ms:
             self._played(duration_ms / 1000.0)
 
+    def avatar_state(self, speaking: bool, turn: int | None) -> None:
+        """The avatar reports that it started (`speaking`) or finished saying `turn` (LITE `agent.speak_started`,
+        `agent.speak_ended`/`speak_interrupted`). After the end of its newest turn it takes the listening pose."""
+        self._reports_speech = True
+        if speaking or turn is None:
+            return
+        self._ended_turn = max(self._ended_turn, turn)
+        self._notify()
+        if (self.session is not None and turn == self._last_turn and turn >= self.watermark
+                and not self._listening):
+            self._listening = True
+            self._queue(_Listen(True))
+
+    def _avatar_still_speaking(self) -> bool:
+        """The avatar reports its speech and has not yet reported the end of the newest turn it accepted."""
+        return (self._reports_speech and self.session is not None and self._spoken_turn >= self.watermark
+                and self._spoken_turn > self._browser_through and self._ended_turn < self._spoken_turn)
+
     async def wait_played_out(self) -> None:
-        """Until the speech given so far (queued, in flight, and being played) has played out. Cancelled by the
-        caller's scope: bound it (RELAY_FINISH_SPEAKING_TIMEOUT)."""
+        """Until the speech given so far (queued, in flight, and being played) has played out: until the avatar
+        reports the end of its last turn when it reports its speech, else until the estimate says so. Cancelled by
+        the caller's scope: bound it (RELAY_FINISH_SPEAKING_TIMEOUT)."""
         while True:
             while self._pending or self._open_turn is not None:
                 await self._progress.wait()
+            if self._reports_speech and self.session is not None:
+                if not self._avatar_still_speaking():
+                    return
+                await self._progress.wait()
+                continue
             if self._play_until <= trio.current_time():
                 return
             await trio.sleep_until(self._play_until)
@@ -130,6 +218,12 @@ class SpeechRouter:
         if self.session is not None and not self._listening:
             self._listening = True
             self._queue(_Listen(True))
+
+    def user_stopped(self) -> None:
+        """The user's turn is final (the agent's final transcript): the avatar leaves its listening pose."""
+        if self.session is not None and self._listening:
+            self._listening = False
+            self._queue(_Listen(False))
 
     def vad_score(self, score: float) -> None:
         if score >= VAD_SPEAKING:
@@ -160,8 +254,12 @@ class SpeechRouter:
                                          duration_seconds(audio, self.agent_format) * 1000)
         if timed is not None:
             self._outbox.send_lossy(bp.agent_alignment(turn, timed[0], timed[1]))
-        if self.voice_to_browser:
+        if self.voice_to_browser or turn <= self._browser_through:
             self._outbox.send_audio(to_pcm16(audio, self.agent_format))
+            if turn <= self._browser_through:
+                return
+        elif not self._connected:
+            self._hold(turn, audio)
         if self.session is not None and self.session.takes_audio:
             self._agent_turn_starts()
             self._queue(_SpeakAudio(audio, turn))
@@ -213,7 +311,7 @@ class SpeechRouter:
         if isinstance(item, _Listen):
             await session.set_listening(item.listening)
             return
-        if item.turn < self.watermark:
+        if item.turn < self.watermark or item.turn <= self._browser_through:
             return
         with trio.CancelScope() as scope:
             self._in_flight = (item.turn, scope)
@@ -223,6 +321,7 @@ class SpeechRouter:
                 else:
                     await session.speak_audio(item.audio, self.agent_format, item.turn)
                     self._open_turn = item.turn
+                    self._spoken_turn = max(self._spoken_turn, item.turn)
                     self._played(duration_seconds(item.audio, self.agent_format))
             finally:
                 self._in_flight = None

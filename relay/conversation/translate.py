@@ -101,7 +101,8 @@ def browser_frame(event: el.ServerEvent, approvals: McpApprovals, now: float) ->
         return bp.tool_status(event.tool_call_id, event.tool_name, event.tool_type,
                               "failed" if event.is_error else "done")
     if isinstance(event, el.McpToolCall):
-        approvals.note(event, now)
+        if not approvals.note(event, now):
+            return None  # a repeated request for approval: refused, not shown again
         return bp.mcp_tool_call(
             tool_call_id=event.tool_call_id, service_id=event.service_id, tool_name=event.tool_name,
             tool_description=event.tool_description, parameters=event.parameters, state=event.state,
@@ -112,6 +113,8 @@ def browser_frame(event: el.ServerEvent, approvals: McpApprovals, now: float) ->
         return bp.queue_status(event.status)
     if isinstance(event, el.ExternalAgent):
         return bp.human_agent(event.connected)
+    if isinstance(event, el.GuardrailTriggered):
+        return bp.guardrail_triggered()
     if isinstance(event, el.AgentTyping):
         return bp.agent_typing(event.typing)
     if isinstance(event, el.ContextUsage):

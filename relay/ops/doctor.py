@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -83,8 +84,8 @@ def agent_findings(status: int, body: bytes, agent_id: str) -> list[Finding]:
         found.append(problem(service, f"the agent's user input format {input_name!r} is not one the relay knows."))
     else:
         if input_format.encoding != "pcm":
-            found.append(problem(service, f"the agent expects {input_name} input; the relay sends PCM only. Set the "
-                                          "agent's user input audio format to pcm_16000 (Voice / Advanced)."))
+            found.append(ok(service, f"user input format {input_name} (the page records at "
+                                     f"{input_format.sample_rate} Hz; the relay encodes it to {input_name})."))
         else:
             found.append(ok(service, f"user input format {input_name} (the page records at that rate)."))
     try:
@@ -96,6 +97,110 @@ def agent_findings(status: int, body: bytes, agent_id: str) -> list[Finding]:
     if dig(payload, "platform_settings", "auth", "enable_auth"):
         found.append(note(service, "the agent is private: every conversation needs a signed URL (the relay gets "
                                    "one per conversation with the API key)."))
+    found.extend(client_event_findings(dig(config, "conversation", "client_events")))
+    return found
+
+
+# The agent's `client_events` (Advanced → Client events): a real agent sends only these unless its list adds more
+# (asyncapi `ConversationConfigOverride.client_events`: "If not specified, defaults to ...").
+DEFAULT_CLIENT_EVENTS: tuple[str, ...] = ("audio", "interruption", "agent_response", "user_transcript",
+                                          "tentative_user_transcript", "conversation_initiation_metadata", "ping")
+
+
+@dataclass(frozen=True, slots=True)
+class EventFeature:
+    """A relay feature that needs agent events beyond the default list: any one of `events` is enough."""
+
+    events: tuple[str, ...]
+    feature: str
+    without: str
+
+
+# docs/deploy.md "The agent's client events" has the same table.
+EVENT_FEATURES: tuple[EventFeature, ...] = (
+    EventFeature(("agent_chat_response_part",), "streaming replies",
+                 "the reply's text appears whole, when the agent has finished composing it"),
+    EventFeature(("agent_tool_request", "agent_tool_response", "agent_tool_response_full_payload"), "tool status",
+                 "the page never shows that the agent is using a tool"),
+    EventFeature(("mcp_tool_call",), "MCP approvals",
+                 "the user is never asked to approve an MCP tool call"),
+    EventFeature(("agent_response_correction",), "corrections",
+                 "after an interruption the transcript keeps the words the agent did not say"),
+    EventFeature(("client_tool_call",), "client tools",
+                 "the page's client tools are never called"),
+    EventFeature(("vad_score",), "the listening pose",
+                 "the avatar starts listening only at the first tentative transcript, not when the user starts"),
+    EventFeature(("guardrail_triggered",), "guardrail notices",
+                 "the page is not told when a guardrail stops the agent"),
+)
+
+
+# Every event some relay feature uses (a demanding agent's list adds these to the defaults).
+ALL_FEATURE_EVENTS: tuple[str, ...] = tuple(dict.fromkeys(e for f in EVENT_FEATURES for e in f.events))
+
+
+def enabled_client_events(configured: Any) -> frozenset[str]:
+    """The events an agent sends: its `client_events` list, or the default list when it has none."""
+    if isinstance(configured, list) and configured:
+        return frozenset(str(event) for event in configured)
+    return frozenset(DEFAULT_CLIENT_EVENTS)
+
+
+def client_event_findings(configured: Any) -> list[Finding]:
+    """One note per relay feature the agent's `client_events` leave out, with the exact setting to change."""
+    events = enabled_client_events(configured)
+    missing = [f for f in EVENT_FEATURES if not events & set(f.events)]
+    if not missing:
+        return [ok("ElevenLabs", "the agent sends every client event the relay's features use.")]
+    return [note("ElevenLabs", f"{f.feature} — lost without {' or '.join(f.events)} in the agent's client events: "
+                               f"{f.without}. Add it in the agent's settings (Advanced → Client events; API: "
+                               "conversation_config.conversation.client_events).")
+            for f in missing]
+
+
+def mcp_server_ids(body: bytes) -> list[str]:
+    """The MCP servers an agent's prompt uses (`conversation_config.agent.prompt.mcp_server_ids`)."""
+    ids = dig(_json(body), "conversation_config", "agent", "prompt", "mcp_server_ids")
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
+def mcp_server_requires_approval(payload: Any) -> bool:
+    """`GET /v1/convai/mcp-servers/{id}`: whether any of its tools waits for the user's approval
+    (`config.approval_policy`: `require_approval_all`, or `require_approval_per_tool` with a tool marked
+    `requires_approval`)."""
+    policy = dig(payload, "config", "approval_policy")
+    if policy == "require_approval_all":
+        return True
+    if policy == "require_approval_per_tool":
+        hashes = dig(payload, "config", "tool_approval_hashes")
+        return any(isinstance(h, Mapping) and h.get("approval_policy") == "requires_approval"
+                   for h in (hashes if isinstance(hashes, list) else []))
+    return False
+
+
+def mcp_findings(agent_body: bytes, servers: Mapping[str, tuple[int, bytes]]) -> list[Finding]:
+    """An MCP server whose tools need approval while the agent does not send `mcp_tool_call` is a problem: the
+    agent would wait (300 s by default) for an approval nobody can give. `servers`: id -> (status, body)."""
+    service = "ElevenLabs"
+    events = enabled_client_events(dig(_json(agent_body), "conversation_config", "conversation", "client_events"))
+    found: list[Finding] = []
+    for server_id, (status, body) in servers.items():
+        payload = _json(body)
+        if status != 200 or not isinstance(payload, Mapping):
+            found.append(note(service, f"the agent's MCP server {server_id} could not be read (HTTP {status}); "
+                                       "its approval policy is unknown."))
+            continue
+        name = dig(payload, "config", "name") or server_id
+        if not mcp_server_requires_approval(payload):
+            continue
+        if "mcp_tool_call" in events:
+            found.append(ok(service, f"the MCP server {name} asks the user to approve tool calls; the agent sends "
+                                     "mcp_tool_call, so the page can ask."))
+        else:
+            found.append(problem(service, f"the MCP server {name} requires approval of its tool calls but the agent "
+                                          "does not send mcp_tool_call: every such call waits for an approval "
+                                          "nobody can give. Add mcp_tool_call to the agent's client events, or set "
+                                          "the server's approval policy to auto_approve_all."))
     return found
 
 
@@ -139,10 +244,13 @@ async def check_elevenlabs(settings: Settings, http: httpx2.AsyncClient, *, conn
         found.extend(agent_findings(response.status_code, response.content, agent_id))
         if not any(f.level == "ok" for f in found):
             return found  # the key or the agent is wrong: the signed URL would fail for the same reason
+        found.extend(await _check_mcp_servers(settings, http, key, response.content))
         error: el.AgentUnavailable | None = None
         try:
             with trio.fail_after(CHECK_TIMEOUT):
-                await fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id)
+                await fetch_signed_url(http, settings.elevenlabs_base_url, key, agent_id,
+                                       branch_id=settings.elevenlabs_branch_id,
+                                       environment=settings.elevenlabs_environment)
         except el.AgentUnavailable as exc:
             error = exc
         except trio.TooSlowError:
@@ -153,12 +261,29 @@ async def check_elevenlabs(settings: Settings, http: httpx2.AsyncClient, *, conn
     return found
 
 
+async def _check_mcp_servers(settings: Settings, http: httpx2.AsyncClient, key: str,
+                             agent_body: bytes) -> list[Finding]:
+    """Read each MCP server the agent uses (`GET /v1/convai/mcp-servers/{id}`) for its approval policy."""
+    servers: dict[str, tuple[int, bytes]] = {}
+    for server_id in mcp_server_ids(agent_body):
+        try:
+            answer = await _get(http, el.mcp_server_url(settings.elevenlabs_base_url, server_id), {"xi-api-key": key})
+        except httpx2.HTTPError as exc:
+            return [_unreachable("ElevenLabs", "ELEVENLABS_BASE_URL", exc)]
+        servers[server_id] = (answer.status_code, answer.content)
+    return mcp_findings(agent_body, servers)
+
+
 async def _try_conversation(settings: Settings, http: httpx2.AsyncClient, key: str | None) -> list[Finding]:
     service = "ElevenLabs"
     try:
+        # Opened exactly as the relay opens its conversations (relay.nursery `_hold_agent`): the same branch,
+        # environment, source and version, so a branch or environment mistake shows here.
         async with open_agent(http, base_url=settings.elevenlabs_base_url, agent_id=settings.elevenlabs_agent_id
-                                 or "", api_key=key, initiation=el.build_initiation(),
-                                 connect_timeout=settings.relay_setup_timeout) as agent:
+                                 or "", api_key=key, initiation=el.build_initiation(source_version=__version__),
+                                 connect_timeout=settings.relay_setup_timeout,
+                                 branch_id=settings.elevenlabs_branch_id, environment=settings.elevenlabs_environment,
+                                 version=__version__) as agent:
             metadata = agent.metadata
     except el.AgentUnavailable as exc:
         return [problem(service, f"a conversation could not be opened: {exc}.")]

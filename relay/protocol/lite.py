@@ -8,13 +8,19 @@ the session alive with `session.keep_alive`. The server answers with `agent.spea
 Frame builders, a parser that turns every server frame into a frozen dataclass (unknown types become `None`), and
 the chunking policy. The socket client around them is `relay.avatars.lite`.
 
-Chunking policy (`split_speak_audio`): the relay holds nothing back. Each chunk of agent audio is resampled
-to 24 kHz and sent at once as one `agent.speak` packet, so the relay adds no buffering latency: the first
-packet of a turn leaves as soon as the first agent chunk arrives. (pipecat holds 400 ms, livekit 600 ms, the
-web SDK sends ~15 ms pieces, so the server takes small packets; the docs' "about 1 s per packet" is advice,
-1 MB the hard limit.) A chunk longer than `MAX_SPEAK_PCM_BYTES` (1 s of audio, ~64 KB of base64) is split
-into 1 s packets, so no frame comes near the 1 MB limit and an `agent.interrupt` never waits behind a huge
-frame. This module must never do I/O or import trio.
+Packet cadence (`SpeakPacer`): the LITE guide's "let the avatar buffer" (heygen-com/liveavatar-agent-skills
+`lite-mode-guide.md`; livekit-agents' LiveAvatar plugin: `first_chunk_threshold = 0.6`, then 1 s): a turn's first
+packet carries about FIRST_PACKET_SECONDS (600 ms) of audio, the next ones up to 1 s, but none waits longer than
+PACKET_MAX_WAIT once it has audio (so an agent that speaks in real time never lets the avatar's 600 ms lead run
+out); the end of the turn sends what is left. RELAY_LITE_FIRST_PACKET_MS=0 sends every chunk as it comes (the web
+SDK sends ~20 ms pieces). What it costs: docs/performance.md "LITE packet cadence". No packet exceeds
+`MAX_SPEAK_PCM_BYTES` (1 s of audio, ~64 KB of base64; `split_speak_audio`), so no frame comes near the 1 MB limit
+and an `agent.interrupt` never waits behind a huge frame.
+
+Event ids: one per utterance, `turn-7`, ended by exactly one `agent.speak_end`. Agent audio of the same turn that
+comes after its `speak_end` (a pause inside a reply longer than the relay's turn gap) is a new utterance,
+`turn-7.1`: what the service does with speech under an id it has committed is not documented, so the relay never
+sends any (`turn_event_id(turn, segment)`). This module must never do I/O or import trio.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ LITE_BYTES_PER_SECOND = LITE_SAMPLE_RATE * 2
 # The server may close the connection on a frame over 1 MB; base64 grows data by 4/3.
 MAX_FRAME_BYTES = 1_000_000
 MAX_SPEAK_PCM_BYTES = LITE_BYTES_PER_SECOND  # 1 s per packet at most (~64 KB of base64)
+FIRST_PACKET_SECONDS = 0.6  # a turn's first packet (the guide; livekit-agents `first_chunk_threshold`)
+PACKET_MAX_WAIT = 0.25  # seconds a later packet's first audio may wait for more (under the first packet's lead)
 
 
 class LiteProtocolError(Exception):
@@ -76,19 +84,21 @@ def build_keep_alive(event_id: str) -> str:
     return _dumps({"type": "session.keep_alive", "event_id": event_id})
 
 
-def turn_event_id(turn: int, prefix: str = "turn") -> str:
-    """The `event_id` shared by every frame of agent turn `turn`: `turn-7`."""
-    return f"{prefix}-{turn}"
+def turn_event_id(turn: int, prefix: str = "turn", segment: int = 0) -> str:
+    """The `event_id` shared by every frame of one utterance of agent turn `turn`: `turn-7`, and `turn-7.1`,
+    `turn-7.2` for audio of the turn that comes after an utterance of it was ended (`agent.speak_end`)."""
+    return f"{prefix}-{turn}" if segment == 0 else f"{prefix}-{turn}.{segment}"
 
 
 def turn_from_event_id(event_id: str | None, prefix: str = "turn") -> int | None:
-    """Inverse of `turn_event_id`; None for an event id the relay did not make."""
+    """The agent turn of an event id made by `turn_event_id` (any segment); None for one the relay did not make."""
     if event_id is None:
         return None
     head, sep, tail = event_id.rpartition("-")
-    if not sep or head != prefix or not tail.isdigit():
+    number, dot, segment = tail.partition(".")
+    if not sep or head != prefix or not number.isdigit() or (dot and not segment.isdigit()):
         return None
-    return int(tail)
+    return int(number)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -244,6 +254,49 @@ def parse_server_event(frame: str | bytes) -> LiteEvent | None:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Chunking policy
+
+
+class SpeakPacer:
+    """The packet cadence of one utterance (see the module docstring), sans-I/O: `add(pcm, now)` takes resampled
+    audio and returns the packets to send now; `flush()` the rest (the utterance ends). `first_bytes` 0: every
+    `add` returns its audio at once."""
+
+    __slots__ = ("_buffer", "_since", "_started", "first_bytes", "max_wait", "packet_bytes")
+
+    def __init__(self, first_bytes: int, packet_bytes: int = MAX_SPEAK_PCM_BYTES,
+                 max_wait: float = PACKET_MAX_WAIT) -> None:
+        self.first_bytes = first_bytes - first_bytes % 2
+        self.packet_bytes = packet_bytes
+        self.max_wait = max_wait
+        self._buffer = bytearray()
+        self._since = 0.0
+        self._started = False  # a packet of this utterance has gone out
+
+    @staticmethod
+    def first_bytes_for(seconds: float) -> int:
+        """The first packet's size in bytes of 24 kHz PCM16 for `seconds` of audio."""
+        return int(seconds * LITE_BYTES_PER_SECOND)
+
+    def add(self, pcm24k: bytes, now: float) -> list[memoryview]:
+        if not pcm24k:
+            return []
+        if not self._buffer:
+            self._since = now
+        self._buffer += pcm24k
+        if self.first_bytes == 0:
+            due = True
+        elif self._started:
+            due = len(self._buffer) >= self.packet_bytes or now - self._since >= self.max_wait
+        else:
+            due = len(self._buffer) >= self.first_bytes
+        return self.flush() if due else []
+
+    def flush(self) -> list[memoryview]:
+        if not self._buffer:
+            return []
+        data, self._buffer = bytes(self._buffer), bytearray()
+        self._started = True
+        return list(split_speak_audio(data, self.packet_bytes))
 
 
 def split_speak_audio(pcm24k: bytes, max_bytes: int = MAX_SPEAK_PCM_BYTES) -> Iterator[memoryview]:

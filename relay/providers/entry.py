@@ -39,13 +39,17 @@ class SessionLimit:
 class ProviderSettings:
     """The provider's settings (fields of `relay.config.Settings`, named `<provider>_...`): its API key (`api_key`,
     a field ending in `_api_key`: demo mode is "no API key at all"), its base URL, what else must be set, its
-    session limit, and what demo mode fills in when unset (e.g. an avatar its simulator knows)."""
+    session limit, what demo mode fills in when unset (e.g. an avatar its simulator knows), and `retired` (see
+    there)."""
 
     api_key: str
     base_url: str
     required: tuple[Requirement, ...] = ()
     session_limit: SessionLimit | None = None
     demo: Mapping[str, str] = field(default_factory=dict)
+    # A retired API: chosen only by name (RELAY_AVATAR), never by its key alone; a deployment that sets only its
+    # key gets this one line at start-up (what happened, which settings move it).
+    retired: str | None = None
 
     @property
     def key_variable(self) -> str:

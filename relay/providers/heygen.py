@@ -82,7 +82,11 @@ PROVIDER = Provider(
     title=SERVICE,
     settings=ProviderSettings(api_key="heygen_api_key", base_url="heygen_base_url",
                               required=(Requirement("heygen_avatar_id", "HEYGEN_AVATAR_ID"),),
-                              demo={"heygen_avatar_id": DEMO_AVATAR}),
+                              demo={"heygen_avatar_id": DEMO_AVATAR},
+                              retired="HEYGEN_API_KEY is set but HeyGen retired its Streaming API v1 on 2026-03-31: "
+                                      "move to LiveAvatar (set LIVEAVATAR_API_KEY and LIVEAVATAR_AVATAR_ID; HeyGen "
+                                      "keys do not work there), or set RELAY_AVATAR=heygen to keep using the old "
+                                      "API while your account still answers, or RELAY_AVATAR=none for voice only"),
     make=heygen.HeyGenProvider,
     list_running_ids=heygen.list_running_ids,
     stop_by_id=heygen.stop_by_id,

@@ -59,8 +59,8 @@ def listed(settings: Settings) -> list[Provider]:
     the first that starts): RELAY_AVATAR, else the first (in table order) whose API key is set, else the first (in
     demo mode, on its simulator); [] for voice only. RELAY_AVATAR is valid (`settings_problem`)."""
     if settings.relay_avatar is None:
-        for entry in PROVIDERS.values():
-            if getattr(settings, entry.settings.api_key) is not None:
+        for entry in PROVIDERS.values():  # retired ones skipped: they are chosen only by name
+            if entry.settings.retired is None and getattr(settings, entry.settings.api_key) is not None:
                 return [entry]
         return [next(iter(PROVIDERS.values()))]
     names = _listed_names(settings.relay_avatar)
@@ -135,8 +135,14 @@ def settings_problem(settings: Settings) -> str | None:
     missing: list[str] = []
     if not settings.elevenlabs_agent_id:
         missing.append("ELEVENLABS_AGENT_ID")
-    keys = [entry.settings.api_key for entry in PROVIDERS.values()]
-    if settings.relay_avatar is None and all(getattr(settings, key) is None for key in keys):
+    keys = [entry.settings.api_key for entry in PROVIDERS.values() if entry.settings.retired is None]
+    retired = [entry.settings.retired for entry in PROVIDERS.values()
+               if entry.settings.retired is not None and getattr(settings, entry.settings.api_key) is not None]
+    if settings.relay_avatar is None and all(getattr(settings, key) is None for key in keys) and retired:
+        if not missing:
+            return retired[0]  # one line: the API is retired, and which settings move the deployment
+        missing.append(retired[0])
+    elif settings.relay_avatar is None and all(getattr(settings, key) is None for key in keys):
         missing.append(" or ".join(key.upper() for key in keys) + " (or RELAY_AVATAR=none for voice only)")
     else:
         for provider in listed(settings):

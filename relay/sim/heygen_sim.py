@@ -49,6 +49,8 @@ Control endpoints:
     the real status is unverified).
   - `withhold_connected` true: new realtime sockets stay `connecting` (commands dropped and counted) until
     `POST /_sim/connect`; never asking is a socket that never connects.
+  - `render_delay_ms` (default 300), `after_commit` ("drop"): the realtime socket's, as the LiveAvatar simulator's
+    (`relay.sim.lite_socket`).
 - `POST /_sim/connect`: send the withheld `session.state_updated: connected` on every open realtime socket.
 """
 
@@ -522,7 +524,9 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         session.realtime_connections += 1
         state.touch(session)
         sock = LiteSocketSimulator(session.realtime, on_activity=lambda: state.touch(session),
-                                   withhold_connected=bool(state.faults.get("withhold_connected")))
+                                   withhold_connected=bool(state.faults.get("withhold_connected")),
+                                   render_delay=float(state.faults.get("render_delay_ms", 300) or 0) / 1000,
+                                   after_commit=str(state.faults.get("after_commit", "drop")))
         state.sockets.add(sock)
         try:
             async with trio.open_nursery() as nursery:

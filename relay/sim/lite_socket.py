@@ -26,10 +26,11 @@ class EventRecord:
     chunks: int = 0
     audio_bytes: int = 0
     first_chunk_at: float | None = None
+    ended_at: float | None = None  # when agent.speak_ended was sent
 
     def to_json(self) -> dict[str, Any]:
         return {"chunks": self.chunks, "audio_seconds": self.audio_bytes / LITE_BYTES_PER_SECOND,
-                "first_chunk_at": self.first_chunk_at}
+                "first_chunk_at": self.first_chunk_at, "ended_at": self.ended_at}
 
 
 @dataclass(slots=True)
@@ -41,6 +42,9 @@ class LiteLedger:
     events: dict[str, EventRecord] = field(default_factory=dict)
     interrupts: list[str] = field(default_factory=list)
     chunks_after_interrupt: int = 0
+    chunks_after_commit: int = 0  # audio under an event id after its agent.speak_end (dropped unless the knob says)
+    underruns: int = 0  # chunks that came after the avatar had played everything before them: a stutter
+    repeated_speak_ends: int = 0  # agent.speak_end for an event id already ended
     keep_alives: int = 0
     speak_ends: int = 0
     dropped_before_connected: int = 0
@@ -56,6 +60,9 @@ class LiteLedger:
             "events": {event_id: record.to_json() for event_id, record in self.events.items()},
             "interrupts": list(self.interrupts),
             "chunks_after_interrupt": self.chunks_after_interrupt,
+            "chunks_after_commit": self.chunks_after_commit,
+            "underruns": self.underruns,
+            "repeated_speak_ends": self.repeated_speak_ends,
             "keep_alives": self.keep_alives,
             "speak_ends": self.speak_ends,
             "dropped_before_connected": self.dropped_before_connected,
@@ -72,16 +79,23 @@ class LiteSocketSimulator:
     """The server side of one LITE websocket connection, independent of the web framework.
 
     `run(receive, send)` drives it: `receive()` returns the next client frame (raising or being cancelled when
-    the client leaves), `send(text)` sends one frame. Speech "plays" in real time: `agent.speak_ended` comes
-    when the utterance's audio duration has elapsed since its `agent.speak_started` (not before its
-    `agent.speak_end`). `close()` ends `run` from outside (session expired or stopped); `run` returns then and
+    the client leaves), `send(text)` sends one frame. Speech "plays" in real time from its first chunk: a chunk
+    that arrives after everything before it has played is a stutter (`underruns`); `agent.speak_ended` comes when
+    the utterance's audio duration plus `render_delay` (the avatar's rendering and WebRTC delay, separate from the
+    bytes) has elapsed since its `agent.speak_started` (not before its `agent.speak_end`). Audio under an event id
+    after its `agent.speak_end` is dropped and counted (`after_commit` "drop"; "play": it extends the utterance).
+    `agent.interrupt` clears every scheduled speaking event, not only the one it names (the docs: "clears all
+    scheduled speaking events"). `close()` ends `run` from outside (session expired or stopped); `run` returns then and
     the caller closes the socket. Frames over 1 MB make `run` return `1009` (the caller closes with it).
     """
 
     def __init__(self, ledger: LiteLedger, *, on_activity: Callable[[], None] = lambda: None,
                  suppress_connected: bool = False, connected_delay: float = 0.0,
-                 withhold_connected: bool = False) -> None:
+                 withhold_connected: bool = False, render_delay: float = 0.3, after_commit: str = "drop") -> None:
         self.ledger = ledger
+        self._render_delay = render_delay
+        self._after_commit = after_commit
+        self._committed: set[str] = set()  # event ids that had their agent.speak_end
         self._on_activity = on_activity
         self._suppress_connected = suppress_connected
         self._connected_delay = connected_delay
@@ -210,6 +224,16 @@ class LiteSocketSimulator:
             # Still counted as received: the tests prove the relay never sends these.
             ledger.chunks_after_interrupt += 1
             return
+        if event_id in self._committed:
+            ledger.chunks_after_commit += 1
+            if self._after_commit != "play":
+                return
+            self._committed.discard(event_id)
+        started = self._started.get(event_id)
+        known = ledger.events.get(event_id)
+        if started is not None and known is not None and \
+                time.monotonic() > started + known.audio_bytes / LITE_BYTES_PER_SECOND:
+            ledger.underruns += 1
         ledger.chunks += 1
         ledger.audio_bytes += len(pcm)
         record = ledger.events.get(event_id)
@@ -230,12 +254,18 @@ class LiteSocketSimulator:
         self.ledger.speak_ends += 1
         if event_id in self._interrupted:
             return
+        if event_id in self._committed:
+            self.ledger.repeated_speak_ends += 1
+        self._committed.add(event_id)
         await self._emit({"type": "agent.audio_buffer_committed", "event_id": event_id})
         started = self._started.get(event_id)
         record = self.ledger.events.get(event_id)
-        if started is None or record is None or event_id in self._ended_timers:
+        if started is None or record is None:
             return
-        ends_at = started + record.audio_bytes / LITE_BYTES_PER_SECOND
+        previous = self._ended_timers.pop(event_id, None)
+        if previous is not None:  # more audio after a speak_end ("play"): the utterance ends later
+            previous.cancel()
+        ends_at = started + record.audio_bytes / LITE_BYTES_PER_SECOND + self._render_delay
         scope = trio.CancelScope()
         self._ended_timers[event_id] = scope
         assert self._nursery is not None
@@ -246,18 +276,24 @@ class LiteSocketSimulator:
             # Ledger times are time.monotonic(); trio's clock has its own origin, so sleep relative.
             await trio.sleep(max(0.0, ends_at - time.monotonic()))
             self._ended_timers.pop(event_id, None)
+            record = self.ledger.events.get(event_id)
+            if record is not None:
+                record.ended_at = time.monotonic()
             await self._emit({"type": "agent.speak_ended", "event_id": event_id, "task": {"id": event_id}})
             if not self._ended_timers:
                 await self._set_state("idle")
 
     async def _interrupt(self, event_id: str) -> None:
         self.ledger.interrupts.append(event_id)
-        self._interrupted.add(event_id)
-        timer = self._ended_timers.pop(event_id, None)
-        if timer is not None:
-            timer.cancel()
-        if event_id in self._started:
-            await self._emit({"type": "agent.speak_interrupted", "event_id": event_id,
-                              "task": {"id": event_id}})
+        # Every scheduled speaking event is cleared, the named one and any other still playing.
+        playing = [e for e in self._ended_timers if e != event_id]
+        for cleared in [event_id, *playing]:
+            self._interrupted.add(cleared)
+            timer = self._ended_timers.pop(cleared, None)
+            if timer is not None:
+                timer.cancel()
+            if cleared in self._started:
+                await self._emit({"type": "agent.speak_interrupted", "event_id": cleared,
+                                  "task": {"id": cleared}})
         await self._emit({"type": "agent.audio_buffer_cleared", "event_id": event_id})
         await self._set_state("idle")

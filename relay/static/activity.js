@@ -34,11 +34,13 @@ export class Activity {
     this.list = list;
     this.transcript = transcript;
     this.chips = new Map();
+    this.toolResponsesSeen = false;
   }
 
   clear() {
     for (const chip of this.chips.values()) clearTimeout(chip.timer);
     this.chips.clear();
+    this.toolResponsesSeen = false;
     this.list.replaceChildren();
   }
 
@@ -82,7 +84,20 @@ export class Activity {
     const [running, done, failed] = toolWords(name);
     const text = state === 'running' ? running : state === 'done' ? done : failed;
     this.chip(`tool:${id}`, text, 'tool', state, state === 'running' ? 0 : state === 'done' ? DONE_CHIP_MS : FAILED_CHIP_MS);
+    this.chips.get(`tool:${id}`).server = true;
+    if (state !== 'running') this.toolResponsesSeen = true;
     this.transcript.tool(id, `${name}: ${state === 'running' ? 'running…' : state}`, state);
+  }
+
+  /**
+   * The agent answered: a server tool still shown running has finished (an agent whose client events include
+   * `agent_tool_request` but neither response event never says so; docs/deploy.md "The agent's client events").
+   */
+  agentAnswered() {
+    if (this.toolResponsesSeen) return; // this agent reports its tools' ends: its chips end with them
+    for (const [key, chip] of this.chips) {
+      if (chip.item.dataset.kind === 'tool' && chip.item.dataset.state === 'running' && chip.server) this.remove(key);
+    }
   }
 
   /** `mcp_tool_call`: an MCP tool's progress (the approval itself is the dialog's). */

@@ -403,6 +403,7 @@ class Conversation {
       case 'agent_response':
         this.agentTurn(msg.event_id);
         captions.response(msg.event_id, String(msg.text ?? ''));
+        activity.agentAnswered();
         break;
       case 'agent_alignment':
         this.agentTurn(msg.event_id);
@@ -430,6 +431,10 @@ class Conversation {
         break;
       case 'queue_status':
         this.onQueueStatus(String(msg.status ?? ''));
+        break;
+      case 'guardrail_triggered':
+        debug.guardrails = (debug.guardrails ?? 0) + 1;
+        transcript.system('The agent stopped itself: one of its guardrails was triggered.');
         break;
       case 'human_agent':
         this.onHumanAgent(Boolean(msg.connected));

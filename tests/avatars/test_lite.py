@@ -22,6 +22,7 @@ from relay.protocol.lite import (
     SpeakEnded,
     SpeakInterrupted,
     SpeakStarted,
+    turn_from_event_id,
 )
 
 
@@ -51,9 +52,10 @@ class FakeSocket:
         self.sent.append(json.loads(message))
 
 
-def make_speaker(*, connected: bool = True) -> tuple[LiteAudioStream, FakeSocket]:
+def make_speaker(*, connected: bool = True, first_packet_seconds: float = 0.0) -> tuple[LiteAudioStream, FakeSocket]:
+    """A stream on a fake socket; `first_packet_seconds` 0 (the default here): every chunk goes out as it comes."""
     sock = FakeSocket()
-    speaker = LiteAudioStream(sock, "turn")  # type: ignore[arg-type]
+    speaker = LiteAudioStream(sock, "turn", first_packet_seconds)  # type: ignore[arg-type]
     if connected:
         speaker.connected.set()
     return speaker, sock
@@ -122,8 +124,8 @@ async def test_keep_alive_and_listening_frames_have_distinct_event_ids() -> None
     assert len({f["event_id"] for f in sock.sent}) == 4
 
 
-async def test_each_agent_chunk_goes_out_immediately_as_one_packet() -> None:
-    speaker, sock = make_speaker()
+async def test_with_no_first_packet_each_agent_chunk_goes_out_immediately_as_one_packet() -> None:
+    speaker, sock = make_speaker(first_packet_seconds=0)
     await speaker.speak_audio(b"\x00\x01" * 2400, PCM24K, 1)
     assert len(sock.sent) == 1
     await speaker.speak_audio(b"\x00\x01" * 240, PCM24K, 1)
@@ -146,3 +148,59 @@ async def test_frames_before_connected_are_held_in_order_and_sent_once_it_comes(
             speaker.connected.set()
     assert [(f["type"], f.get("event_id")) for f in sock.sent] == [
         ("agent.stop_listening", "listen-1"), ("agent.speak", "turn-1"), ("agent.speak_end", "turn-1")]
+
+
+def packet_ms(sock: FakeSocket) -> list[tuple[str, float]]:
+    """(event id, milliseconds of 24 kHz audio) of each `agent.speak` sent; ("end", id) for `agent.speak_end`."""
+    out: list[tuple[str, float]] = []
+    for frame in sock.sent:
+        if frame["type"] == "agent.speak":
+            out.append((str(frame["event_id"]), len(base64.b64decode(str(frame["audio"]))) / 48))
+        elif frame["type"] == "agent.speak_end":
+            out.append(("end", float(str(frame["event_id"]).count("."))))
+    return out
+
+
+CHUNK_250MS = b"\x00\x01" * 6000  # 250 ms at 24 kHz
+
+
+async def test_a_burst_goes_out_as_a_600ms_first_packet_then_packets_of_up_to_1s() -> None:
+    """L2, the LITE guide's cadence ("let the avatar buffer"; livekit-agents 0.6 s, then 1 s): the relay used to
+    send every agent chunk as it came."""
+    speaker, sock = make_speaker(first_packet_seconds=0.6)
+    for _ in range(12):  # 3 s of audio in one burst, as ElevenLabs sends a reply
+        await speaker.speak_audio(CHUNK_250MS, PCM24K, 1)
+    await speaker.end_turn(1)
+    assert [ms for _, ms in packet_ms(sock)] == [750, 1000, 1000, 250, 0]
+    assert sock.sent[-1] == {"type": "agent.speak_end", "event_id": "turn-1"}
+
+
+async def test_audio_that_comes_in_real_time_never_waits_longer_than_the_first_packets_lead(
+        autojump_clock: trio.testing.MockClock) -> None:
+    speaker, sock = make_speaker(first_packet_seconds=0.6)
+    sent_at: list[tuple[float, int]] = []
+    for _ in range(8):  # 2 s of audio, 250 ms apart
+        await speaker.speak_audio(CHUNK_250MS, PCM24K, 1)
+        sent_at.append((trio.current_time(), len(sock.sent)))
+        await trio.sleep(0.25)
+    await speaker.end_turn(1)
+    sizes = [ms for _, ms in packet_ms(sock)][:-1]
+    assert sizes[0] == 750 and sum(sizes) == 2000
+    assert all(size <= 500 for size in sizes[1:])  # later packets go out within PACKET_MAX_WAIT of their audio
+
+
+async def test_audio_after_a_turns_speak_end_is_a_new_utterance_with_its_own_speak_end() -> None:
+    """L3: one `agent.speak_end` per event id; a pause inside a reply (longer than the turn gap) used to send a
+    second `speak_end` for the same id, and audio under an id the service had already committed."""
+    speaker, sock = make_speaker()
+    await speaker.speak_audio(CHUNK_250MS, PCM24K, 3)
+    await speaker.end_turn(3)
+    await speaker.speak_audio(CHUNK_250MS, PCM24K, 3)
+    await speaker.end_turn(3)
+    await speaker.speak_audio(CHUNK_250MS, PCM24K, 3)
+    await speaker.interrupt(3)
+    assert [(f["type"], f["event_id"]) for f in sock.sent] == [
+        ("agent.speak", "turn-3"), ("agent.speak_end", "turn-3"),
+        ("agent.speak", "turn-3.1"), ("agent.speak_end", "turn-3.1"),
+        ("agent.speak", "turn-3.2"), ("agent.interrupt", "turn-3.2")]
+    assert [turn_from_event_id(str(f["event_id"])) for f in sock.sent] == [3] * 6

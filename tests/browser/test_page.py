@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from relay.sim.elevenlabs_sim import DEFAULT_CLIENT_EVENTS as AGENT_DEFAULT_CLIENT_EVENTS
 from relay.sim.elevenlabs_sim import DEFAULT_FAULTS as AGENT_DEFAULT_FAULTS
 from tests.browser.conftest import REPO, Relay, wait_until
 
@@ -349,3 +350,35 @@ def test_unavailable_avatar_is_announced_and_the_agent_is_still_heard(relays, op
     assert "voice only" in notice.inner_text()
     assert debug(page)["avatarMode"] == "voice"
     page.wait_for_function("() => window.__relayDebug.outputRms > 0.01")
+
+
+def test_a_default_agent_shows_no_half_feature_and_nothing_waits_for_an_opt_in_event(relays, open_page) -> None:
+    """A real agent sends only the default client events (no streamed parts, tool events, corrections, client tool
+    calls, VAD scores): the page still shows every reply whole and leaves nothing half-shown. An agent that sends
+    `agent_tool_request` but not the response: the tool's running chip ends with the agent's answer (it used to
+    stay for ever)."""
+    relay = relays("liveavatar")
+    with agent_faults(relay, agents={"demo-agent": {"overrides_allowed": True}}):
+        page = open_page(relay, mic="silence")
+        start(page)
+        send_text(page, "Where is order 5678?")
+        page.locator(".entry.agent", has_text="Your order 5678 has shipped").wait_for()
+        send_text(page, "Which tool tells the time?")
+        page.locator(".entry.agent", has_text="The get_time tool is not enabled for this client").wait_for()
+        send_text(page, "What is the weather in Oslo?")
+        page.locator(".entry.agent", has_text="You said: What is the weather in Oslo?").wait_for()
+        received = set(debug(page)["received"])
+        assert received.isdisjoint({"agent_response_part", "tool_status", "mcp_tool_call", "tool_call",
+                                    "agent_response_correction", "rich_content"}), received
+        assert page.locator("#activity li[data-kind=tool]").count() == 0
+        assert not page.locator("#approval").evaluate("d => d.open")
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_role("button", name="Start").wait_for()
+
+    request_only = [*AGENT_DEFAULT_CLIENT_EVENTS, "agent_tool_request"]
+    with agent_faults(relay, agents={"demo-agent": {"overrides_allowed": True, "client_events": request_only}}):
+        start(page)
+        send_text(page, "Where is order 1234?")
+        page.locator("#activity li", has_text="Looking up your order").wait_for()
+        page.locator(".entry.agent", has_text="Your order 1234 has shipped").wait_for()
+        page.wait_for_function("() => !document.querySelector('#activity li[data-kind=tool]')")

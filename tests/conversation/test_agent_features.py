@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
 
 from relay.nursery import QUEUE_NOTICE, Grant
 from relay.protocol import elevenlabs as el
-from tests.support.fakes import FakeProvider, Harness, start_and_ready, with_conversation
+from tests.support.fakes import FakeProvider, Harness, start_and_ready, wait_until, with_conversation
 
 
 def voice_only(**settings: Any) -> Harness:
@@ -131,10 +132,9 @@ async def test_a_late_mcp_approval_is_dropped(autojump_clock: trio.testing.MockC
         await h.browser.expect("mcp_tool_call")
         await trio.sleep(6)
         await h.browser.send_json(type="mcp_approval", tool_call_id="m1", approved=True)
-        await h.agent.emit(mcp("awaiting_approval", approval_timeout_secs=5))
+        await h.agent.emit(mcp("awaiting_approval", approval_timeout_secs=5))  # a repeat: refused, not shown
         await h.agent.emit(mcp("failure", error_message="timed out"))
-        await h.browser.expect("mcp_tool_call")
-        await h.browser.expect("mcp_tool_call")
+        assert (await h.browser.expect("mcp_tool_call"))["state"] == "failure"
         await h.browser.send_json(type="mcp_approval", tool_call_id="m1", approved=True)
         await h.browser.send_json(type="stop")
 
@@ -246,8 +246,9 @@ async def test_without_a_queue_ready_waits_at_most_the_queue_notice(autojump_clo
 
     async def greeting_first(h: Harness) -> None:
         await h.agent.emit(el.AgentResponse("Hello", 1))
+        await h.agent.emit(el.AgentAudio(b"\x00\x00" * 10, 1))
         t0 = trio.current_time()
-        await start_and_ready(h)  # the agent's first event ends the wait at once
+        await start_and_ready(h)  # the agent's first audio (a real reply: no queue notice can follow) ends the wait
         assert trio.current_time() == t0
         assert (await h.browser.next_message())["type"] == "agent_response"
         await h.browser.send_json(type="stop")
@@ -305,3 +306,51 @@ async def test_a_token_without_overrides_refuses_them_even_when_the_operator_all
     await with_conversation(h, body)
     assert h.agent.open_calls == 0
 
+
+
+async def test_a_queue_notice_after_ready_holds_back_the_browsers_audio_until_admitted(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """L1: the agent may queue the conversation after `ready` (its notice after the greeting's text): the browser's
+    audio is not forwarded while queued ("the orchestrator discards messages sent while held in the queue"), and
+    flows again once admitted (it used to be forwarded and lost)."""
+    h = voice_only()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.browser.send_raw(b"\x01\x00" * 160)
+        await wait_until(lambda: len(h.agent.sent_of("user_audio_chunk")) == 1)
+        await h.agent.emit(el.QueueStatus("waiting"))
+        assert (await h.browser.expect("queue_status"))["status"] == "waiting"
+        for _ in range(5):
+            await h.browser.send_raw(b"\x02\x00" * 160)
+        await h.agent.emit(el.QueueStatus("admitted"))
+        assert (await h.browser.expect("queue_status"))["status"] == "admitted"
+        await h.browser.send_raw(b"\x03\x00" * 160)
+        await wait_until(lambda: len(h.agent.sent_of("user_audio_chunk")) == 2)
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body)
+    assert b"\x02\x00" not in h.agent.audio_sent()
+
+
+async def test_a_guardrail_and_a_full_payload_tool_response_reach_the_browser() -> None:
+    """L6: `guardrail_triggered` and `agent_tool_response_full_payload` used to be dropped as unknown."""
+    h = voice_only()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        full = el.parse_server_event(orjson.dumps({"type": "agent_tool_response_full_payload",
+                                                   "agent_tool_response_full_payload": {
+                                                       "tool_name": "lookup", "tool_call_id": "t9",
+                                                       "tool_type": "webhook", "is_error": False, "is_called": True,
+                                                       "event_id": 4, "full_tool_result": {"secret": "x"}}}))
+        guardrail = el.parse_server_event(b'{"type":"guardrail_triggered"}')
+        await h.agent.emit(full)
+        await h.agent.emit(guardrail)
+        status = await h.browser.expect("tool_status")
+        assert status == {"type": "tool_status", "tool_call_id": "t9", "tool_name": "lookup", "tool_type": "webhook",
+                          "state": "done"}
+        await h.browser.expect("guardrail_triggered")
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body)

@@ -6,14 +6,29 @@ from relay.conversation.agent_queue import MAX_HELD, AgentQueue, AnswerPing, Sho
 from relay.protocol import elevenlabs as el
 
 
-def test_without_a_queue_the_first_other_event_settles_it_and_is_held() -> None:
+def test_without_a_queue_the_first_agent_audio_settles_it_and_everything_is_held() -> None:
     queue = AgentQueue()
     assert queue.receive(el.Ping(7, None)) == AnswerPing(7)
     assert queue.receive(el.MalformedEvent("audio", "no id")) is None
     assert not queue.settled
     reply = el.AgentResponse("Hello", 1)
     assert queue.receive(reply) is None
-    assert queue.settled and queue.held == [reply] and not queue.queued
+    assert not queue.settled  # text is not yet a real reply: a queue notice may still follow
+    audio = el.AgentAudio(b"\x00\x00", 1)
+    assert queue.receive(audio) is None
+    assert queue.settled and queue.held == [reply, audio] and not queue.queued
+
+
+def test_a_queue_notice_after_the_greetings_text_and_a_transcript_is_detected() -> None:
+    """L1: convai-widget-core's mock sends metadata, the greeting's agent_response, a user_transcript, then
+    queue_status waiting: the queue used to be missed (any first event but the notice settled it)."""
+    queue = AgentQueue()
+    greeting, heard = el.AgentResponse("Hi!", 1), el.UserTranscript("hello", 2, final=True)
+    assert queue.receive(greeting) is None and queue.receive(heard) is None
+    assert queue.receive(el.QueueStatus("waiting")) == ShowQueueStatus("waiting", "waiting")
+    assert queue.queued and not queue.settled
+    assert queue.receive(el.QueueStatus("admitted")) == ShowQueueStatus("admitted", "admitted")
+    assert queue.settled and queue.held == [greeting, heard]
 
 
 def test_waiting_then_admitted_is_shown_and_events_meanwhile_are_held() -> None:

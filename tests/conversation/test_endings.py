@@ -211,6 +211,24 @@ async def test_max_duration_ends_as_a_normal_end_with_its_own_reason() -> None:
     assert h.ended is not None and h.ended.error is None
 
 
+async def test_an_agent_hanging_up_on_an_idle_user_ends_as_a_timeout_not_a_failure() -> None:
+    """ElevenLabs closes 1002 `transport_receive_timeout` after a minute without user input (a text-only user who
+    stopped typing): the browser is told `timeout` and the socket closes 1000 (it used to be agent_error, 1011)."""
+    h = Harness()
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        await h.agent.emit(el.AgentErrorEvent(1002, "No user input for 60 seconds", "transport_receive_timeout"))
+        await h.agent.close_with(1002, "transport_receive_timeout")
+        error = await h.browser.next_message()
+        assert error["type"] == "error" and error["code"] == "timeout"
+        assert "without any input from the user" in error["message"]
+        assert await h.browser.next_message() == {"type": "ended", "reason": "timeout"}
+
+    await with_conversation(h, body)
+    assert h.browser.closed_with == (1000, "timeout")
+
+
 async def test_a_queue_timeout_says_the_agent_is_busy() -> None:
     h = Harness()
 

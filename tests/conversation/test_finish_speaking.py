@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from relay.avatars import AvatarStateChanged
 from relay.protocol import elevenlabs as el
 from tests.support.fakes import FakeProvider, Harness, start_and_ready, wait_until, with_conversation
 
@@ -132,3 +133,48 @@ async def test_nothing_is_waited_for_once_the_avatar_is_gone() -> None:
     speech.attach(None)
     with trio.fail_after(0.1):
         await speech.wait_played_out()
+
+
+async def test_the_session_is_stopped_only_after_the_avatar_says_it_finished_the_last_turn(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """M4: an avatar that reports its speech (LITE `agent.speak_ended`) renders with its own delay after the bytes:
+    the stop waits for its end of the last turn, not for the byte-count estimate (which would cut the tail)."""
+    h = Harness(provider=FakeProvider(takes_audio=True))
+    stopped_at: list[float] = []
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        session = h.provider.sessions[0]
+        session.on_event(AvatarStateChanged(speaking=True, turn=4))  # the avatar reports its speech
+        session.on_event(AvatarStateChanged(speaking=False, turn=4))
+        t0 = trio.current_time()
+        await burst_goodbye(h, 5.0)
+        await h.agent.close_with(1000, "")
+        await wait_until(lambda: session.turn_ends == [5])
+        await trio.sleep(6.5)  # the estimate (5 s) is long past: the avatar is still rendering
+        assert h.provider.stopped == []
+        session.on_event(AvatarStateChanged(speaking=False, turn=5))
+        await h.browser.expect("ended")
+        stopped_at.append(trio.current_time() - t0)
+        assert h.provider.stopped == ["s1"]
+
+    await with_conversation(h, body, limit=60)
+    assert 6.5 <= stopped_at[0] < 7.0
+
+
+async def test_an_avatar_that_never_reports_the_end_is_stopped_at_the_finish_timeout(
+        autojump_clock: trio.testing.MockClock) -> None:
+    h = Harness(provider=FakeProvider(takes_audio=True), relay_finish_speaking_timeout=9)
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        session = h.provider.sessions[0]
+        session.on_event(AvatarStateChanged(speaking=True, turn=4))
+        t0 = trio.current_time()
+        await burst_goodbye(h, 2.0)
+        await h.agent.close_with(1000, "")
+        await h.browser.expect("ended")
+        assert trio.current_time() - t0 == pytest.approx(9, abs=0.5)
+        assert h.provider.stopped == ["s1"]
+
+    await with_conversation(h, body, limit=60)

@@ -31,9 +31,22 @@ def test_an_approval_is_taken_once_and_only_while_awaited() -> None:
     assert not approvals.take("mcp_1", 0.0)  # never asked
     approvals.note(_call("mcp_1", "awaiting_approval", 30), now=10.0)
     assert not approvals.take("mcp_1", 40.5)  # too late
-    approvals.note(_call("mcp_1", "awaiting_approval", 30), now=10.0)
-    assert approvals.take("mcp_1", 39.0)
-    assert not approvals.take("mcp_1", 39.0)  # answered already
+    approvals.note(_call("mcp_2", "awaiting_approval", 30), now=10.0)
+    assert approvals.take("mcp_2", 39.0)
+    assert not approvals.take("mcp_2", 39.0)  # answered already
+
+
+def test_a_repeated_request_for_approval_is_refused_as_the_js_client_does() -> None:
+    """L5: a second `awaiting_approval` for a call already answered used to re-arm it, so a second, contradictory
+    answer could go out; the JS client ignores repeats (BaseConversation.ts `handleMCPToolCall`)."""
+    approvals = McpApprovals()
+    assert approvals.note(_call("mcp_1", "awaiting_approval", 30), now=0.0)
+    assert approvals.take("mcp_1", 1.0)
+    assert not approvals.note(_call("mcp_1", "awaiting_approval", 30), now=2.0)
+    assert not approvals.take("mcp_1", 3.0)
+    assert approvals.note(_call("mcp_3", "awaiting_approval", 30), now=2.0)
+    assert not approvals.note(_call("mcp_3", "awaiting_approval", 60), now=2.5)  # awaiting: not re-armed either
+    assert approvals.note(_call("mcp_3", "success"), now=3.0)
 
 
 def test_a_call_that_ends_is_no_longer_awaited_and_the_awaited_are_bounded() -> None:
@@ -42,6 +55,6 @@ def test_a_call_that_ends_is_no_longer_awaited_and_the_awaited_are_bounded() -> 
     approvals.note(_call("mcp_1", "failure"), now=1.0)
     assert not approvals.take("mcp_1", 2.0)
     for n in range(McpApprovals.MAX_AWAITING + 1):
-        approvals.note(_call(f"mcp_{n}", "awaiting_approval"), now=0.0)
-    assert not approvals.take("mcp_0", 1.0)  # the oldest was forgotten
-    assert approvals.take(f"mcp_{McpApprovals.MAX_AWAITING}", 299.0)
+        approvals.note(_call(f"call_{n}", "awaiting_approval"), now=0.0)
+    assert not approvals.take("call_0", 1.0)  # the oldest was forgotten
+    assert approvals.take(f"call_{McpApprovals.MAX_AWAITING}", 299.0)

@@ -53,9 +53,11 @@ async def test_what_fits_in_the_outbox_is_sent_in_order(autojump_clock: trio.tes
 
 
 def audio_session() -> FakeSession:
-    """A real (not simulated) avatar session that takes the agent's audio."""
-    return FakeSession(AvatarInfo("fake", "s1", None, None, False), takes_audio=True, keep_alive_interval=60,
-                       on_event=lambda event: None)
+    """A real (not simulated) avatar session that takes the agent's audio (connected)."""
+    session = FakeSession(AvatarInfo("fake", "s1", None, None, False), takes_audio=True, keep_alive_interval=60,
+                          on_event=lambda event: None)
+    session.connected.set()
+    return session
 
 
 def text_session() -> FakeSession:

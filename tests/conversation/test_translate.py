@@ -102,6 +102,7 @@ AGENT_EVENTS: dict[type, tuple[el.ServerEvent, dict[str, Any] | None]] = {
                              {"type": "mcp_connection_status", "integrations": [{"integration_id": "i"}]}),
     el.QueueStatus: (el.QueueStatus("waiting"), {"type": "queue_status", "status": "waiting"}),
     el.ExternalAgent: (el.ExternalAgent(True), {"type": "human_agent", "connected": True}),
+    el.GuardrailTriggered: (el.GuardrailTriggered(), {"type": "guardrail_triggered"}),
     el.AgentTyping: (el.AgentTyping(True, None), {"type": "agent_typing", "typing": True}),
     el.ContextUsage: (el.ContextUsage({"model": "m"}), {"type": "context_usage", "model": "m"}),
     el.RichContent: (el.RichContent({"rich_content_id": "r"}), {"type": "rich_content", "rich_content_id": "r"}),

@@ -132,13 +132,15 @@ def test_a_dot_env_file_is_read(tmp_path: Path) -> None:
                             env=clean_env(), capture_output=True, text=True, timeout=30)
     # an agent id alone is not a complete configuration: the .env file was read, and demo mode was not chosen
     assert result.returncode == 1
-    assert "LIVEAVATAR_API_KEY or HEYGEN_API_KEY" in result.stderr
+    assert "LIVEAVATAR_API_KEY or SIMLI_API_KEY (or RELAY_AVATAR=none" in result.stderr
 
 
 @pytest.mark.parametrize(("env", "named"), [
     ({"HEYGEN_API_KEY": "hg-secret-1234567890"}, "ELEVENLABS_AGENT_ID"),
     ({"ELEVENLABS_AGENT_ID": "a", "RELAY_AVATAR": "heygen", "HEYGEN_API_KEY": "hg-secret-1234567890"},
      "HEYGEN_AVATAR_ID"),
+    ({"ELEVENLABS_AGENT_ID": "a", "HEYGEN_API_KEY": "hg-secret-1234567890", "HEYGEN_AVATAR_ID": "Wayne"},
+     "retired its Streaming API v1 on 2026-03-31: move to LiveAvatar (set LIVEAVATAR_API_KEY and LIVEAVATAR_AVATAR_ID"),
     ({"RELAY_AVATAR": "puppet"}, "RELAY_AVATAR"),
     ({"RELAY_PORT": "eighty"}, "RELAY_PORT"),
     ({"HEYGEN_QUALITY": "ultra"}, "HEYGEN_QUALITY"),

@@ -673,3 +673,24 @@ async def test_an_approval_for_no_awaited_call_is_recorded_and_ignored(sim: Sim)
             assert (await collect(conn, of(el.AgentResponse)))[-1].text == "You said: still there?"  # type: ignore[union-attr]
     assert (await sim.only_conversation())["mcp_approvals"] == [{"tool_call_id": "mcp_nobody", "is_approved": True,
                                                                  "awaited": False}]
+
+
+async def test_rich_content_is_offered_only_to_the_widget(sim: Sim) -> None:
+    """The real service offers components only to its embedded widget (`@elevenlabs/client` 1.18.0): a relay
+    conversation gets none even when the agent enables `rich_content`; the knob `rich_content_sources` widens it."""
+    await sim.faults(**QUIET, client_events=list(ALL_CLIENT_EVENTS))
+
+    async def order_events(initiation: str) -> list[el.ServerEvent]:
+        with trio.fail_after(10):
+            async with sim.open(initiation=initiation) as conn:
+                await conn.send(el.build_user_message("where is order 5678"))
+                return await collect(conn, of(el.AgentResponse), within=8)
+
+    relay = await order_events(el.build_initiation(source_version="1.0"))
+    assert any(isinstance(e, el.AgentToolResponse) for e in relay)
+    assert not any(isinstance(e, el.RichContent) for e in relay)
+    widget = json.dumps({"type": "conversation_initiation_client_data",
+                         "source_info": {"source": "widget", "version": "0.9"}})
+    assert any(isinstance(e, el.RichContent) for e in await order_events(widget))
+    await sim.faults(rich_content_sources=None)
+    assert any(isinstance(e, el.RichContent) for e in await order_events(el.build_initiation()))

@@ -430,7 +430,9 @@ async def test_realtime_interrupt_reaches_the_avatar_and_no_later_chunk_of_that_
     fmt = AudioFormat("pcm", 16_000)
     chunk = sine_pcm16(0.1, 16_000)
     with trio.fail_after(10):
-        async with provider(sim, heygen_mode="realtime").open_session(on_event) as session:
+        # Every chunk goes out as it comes (no 600 ms first packet), so the interrupt meets a turn already speaking.
+        async with provider(sim, heygen_mode="realtime", relay_lite_first_packet_ms=0).open_session(on_event) \
+                as session:
             await session.speak_audio(chunk, fmt, turn=1)
             await session.interrupt(1)
             await session.speak_audio(chunk, fmt, turn=1)

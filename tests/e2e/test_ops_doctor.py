@@ -71,12 +71,54 @@ async def test_an_unknown_agent_is_named(sims: SimulatorURLs, http: httpx2.Async
     assert "ELEVENLABS_AGENT_ID=agent_e2e does not exist" in only
 
 
-async def test_an_agent_that_wants_mu_law_input_is_a_problem(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:
+async def test_an_agent_that_wants_mu_law_input_passes(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:
+    """The relay encodes mu-law for a telephony agent; the doctor used to call it a problem (exit status 1)."""
     await fault(http, sims.elevenlabs, user_input_audio_format="ulaw_8000", agent_output_audio_format="ulaw_8000")
     findings = await check(sims, http)
-    (only,) = problems(findings)
-    assert "expects ulaw_8000 input" in only
-    assert "agent output format ulaw_8000." in format_report(findings)
+    assert problems(findings) == []
+    report = format_report(findings)
+    assert "user input format ulaw_8000" in report and "agent output format ulaw_8000." in report
+
+
+async def test_a_default_agent_is_told_which_features_its_client_events_leave_out(sims: SimulatorURLs,
+                                                                                  http: httpx2.AsyncClient) -> None:
+    """A real agent sends only the default client events: the doctor reads the agent's list and names each relay
+    feature it loses, with the setting; the demo agent (every event) hears none of it."""
+    report = format_report(await check(sims, http, relay_avatar="none"))
+    assert "note    ElevenLabs: streaming replies — lost without agent_chat_response_part" in report
+    assert "tool status — lost" in report and "client tools — lost" in report
+    assert report.endswith("No problems found.")
+    demo = format_report(await check(sims, http, relay_avatar="none", elevenlabs_agent_id="demo-agent"))
+    assert " — lost without" not in demo
+    assert "the agent sends every client event the relay's features use" in demo
+
+
+async def test_an_mcp_tool_needing_approval_without_mcp_tool_call_is_a_problem(sims: SimulatorURLs,
+                                                                                 http: httpx2.AsyncClient) -> None:
+    await fault(http, sims.elevenlabs, mcp_server_ids=["sim-weather"])
+    (only,) = problems(await check(sims, http, relay_avatar="none"))
+    assert only.startswith("ElevenLabs: the MCP server Simulated weather requires approval")
+    await fault(http, sims.elevenlabs, mcp_approval_policy="auto_approve_all")
+    assert problems(await check(sims, http, relay_avatar="none")) == []
+    await fault(http, sims.elevenlabs, mcp_approval_policy="require_approval_all",
+                client_events=["audio", "agent_response", "mcp_tool_call"])
+    assert problems(await check(sims, http, relay_avatar="none")) == []
+
+
+async def test_the_test_conversation_opens_exactly_as_the_relays_do(sims: SimulatorURLs,
+                                                                    http: httpx2.AsyncClient) -> None:
+    """`doctor --connect` uses the relay's branch, environment, source and version (it used to send none)."""
+    settings = relay_settings(sims, relay_avatar="none", elevenlabs_branch_id="agtbrch_7",
+                              elevenlabs_environment="staging")
+    with trio.fail_after(10):
+        found = await run_checks(settings, http, connect=True)
+    assert problems(found) == []
+    ledger = (await http.get(sims.elevenlabs + "/_sim/ledger")).json()
+    assert ledger["signed_url_queries"][-1] == {"agent_id": "agent_e2e", "branch_id": "agtbrch_7",
+                                                "environment": "staging"}
+    (conversation,) = ledger["conversations"]
+    assert conversation["query"]["source"] == "avatar-relay" and conversation["query"]["version"]
+    assert conversation["initiation"]["source_info"]["source"] == "avatar-relay"
 
 
 async def test_a_refused_signed_url_is_a_problem(sims: SimulatorURLs, http: httpx2.AsyncClient) -> None:

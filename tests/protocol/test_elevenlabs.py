@@ -144,7 +144,7 @@ def test_vad_score_and_chat_response_part() -> None:
 
 @pytest.mark.parametrize(
     "event_type",
-    ["internal_tentative_agent_response", "agent_reasoning_response_part", "guardrail_triggered", "brand_new_type"],
+    ["internal_tentative_agent_response", "agent_reasoning_response_part", "asr_initiation_metadata", "brand_new_type"],
 )
 def test_unknown_event_types_are_returned_not_raised(event_type: str) -> None:
     assert el.parse_server_event(frame(something={"x": 1}, type=event_type)) == el.UnknownEvent(event_type)
@@ -257,6 +257,10 @@ def test_a_queue_timeout_says_the_agent_is_busy() -> None:
         ("override_error", "override_error", "does not allow the overrides"),
         ("missing_dynamic_variable", "missing_dynamic_variable", "dynamic variable"),
         (None, "override_error", "does not allow the overrides"),
+        ("telephony_agent_error", "", "telephony only"),
+        ("mcp_tool_error", "", "MCP tools has an invalid schema"),
+        ("mcp_https_error", "", "HTTPS"),
+        ("missing_dynamic_variable_transfer", "", "transferred to needs a dynamic variable"),
     ],
 )
 def test_set_up_refusals_keep_the_services_words(error_type: str | None, reason: str, words: str) -> None:
@@ -266,6 +270,20 @@ def test_set_up_refusals_keep_the_services_words(error_type: str | None, reason:
     assert words in ending.message
     if error is not None:
         assert "Missing required dynamic variable 'name'" in ending.message
+
+
+def test_refusal_names_are_the_asyncapis() -> None:
+    """`invalid_dynamic_variable` is no asyncapi ErrorType: it gets the generic refusal words."""
+    ending = el.classify_close(1008, "invalid_dynamic_variable", during_setup=True)
+    assert ending.message == "the agent refused the conversation's set-up: invalid_dynamic_variable"
+
+
+def test_no_user_input_for_a_minute_is_a_timeout_not_a_failure() -> None:
+    """asyncapi ErrorType `transport_receive_timeout`: "No user input for 60 seconds (code 1002)"."""
+    by_event = el.classify_close(1002, "", _error("transport_receive_timeout", 1002, "No user input"))
+    by_reason = el.classify_close(1002, "transport_receive_timeout")
+    assert by_event.kind == by_reason.kind == "timeout"
+    assert "without any input from the user" in by_reason.message
 
 
 @pytest.mark.parametrize("code", [1002, 1008, 1011, 3000, 1006, None])

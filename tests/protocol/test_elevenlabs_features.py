@@ -146,12 +146,25 @@ def test_initiation_carries_source_info_and_extra_body() -> None:
 
 
 def test_branch_environment_and_source_on_the_urls() -> None:
-    url = el.conversation_ws_url("https://api.elevenlabs.io", "ag 1", branch_id="b1", environment="staging",
-                                 version="0.1.0")
-    assert url == ("wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag%201&branch_id=b1"
+    url = el.conversation_ws_url("https://api.elevenlabs.io", "ag 1", environment="staging", version="0.1.0")
+    assert url == ("wss://api.elevenlabs.io/v1/convai/conversation?agent_id=ag%201"
                    "&environment=staging&source=avatar-relay&version=0.1.0")
     assert el.signed_url_request("https://api.elevenlabs.io", "a", branch_id="b", environment="prod") == \
         "https://api.elevenlabs.io/v1/convai/conversation/get-signed-url?agent_id=a&branch_id=b&environment=prod"
     assert el.conversation_ws_url("https://x", "a") == "wss://x/v1/convai/conversation?agent_id=a"
     assert el.with_source("wss://x/c?agent_id=a&conversation_signature=s", "0.1.0", "staging") == \
         "wss://x/c?agent_id=a&conversation_signature=s&source=avatar-relay&version=0.1.0&environment=staging"
+
+
+def test_a_signed_url_that_names_its_environment_does_not_get_a_second_one() -> None:
+    """The Python SDK asks get-signed-url for the environment, the JS client appends it: the relay does both, but
+    a signed URL that already names one is left alone (it used to get `environment` twice)."""
+    signed = "wss://x/c?agent_id=a&environment=staging&conversation_signature=s"
+    assert el.with_source(signed, "0.1.0", "staging") == signed + "&source=avatar-relay&version=0.1.0"
+
+
+def test_the_public_socket_url_never_carries_a_branch() -> None:
+    """Neither SDK puts branch_id on the socket URL (elevenlabs-python `_get_wss_url`, packages
+    WebSocketConnection.ts): a branch goes through the signed-URL request only."""
+    with pytest.raises(TypeError):
+        el.conversation_ws_url("https://x", "a", branch_id="b")  # type: ignore[call-arg]

@@ -167,6 +167,7 @@ class FakeSession:
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         self.speech_started.set()
+        await self.connected.wait()  # like the LITE socket: held until the avatar says `connected`
         await trio.sleep(self.speak_delay)
         self.audio.append((audio, turn))
 

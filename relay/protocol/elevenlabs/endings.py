@@ -64,17 +64,32 @@ class AgentClosed(Exception):
 # Close codes ElevenLabs documents (asyncapi `ErrorType` codes; convai-widget-core's queue mock for 3008).
 CLOSE_NORMAL: Final = 1000  # the agent ended the call (end_call), or max duration
 CLOSE_QUEUE_TIMEOUT: Final = 3008  # waited too long in the agent's concurrency queue
-_SETUP_REFUSALS: Final = {"override_error", "missing_dynamic_variable", "invalid_dynamic_variable"}
+# The asyncapi `ErrorType`s that refuse a conversation's set-up (all close 1008), each with what to do about it.
+_SETUP_REFUSALS: Final = {
+    "override_error": "the agent does not allow the overrides this page sent (enable them in the agent's security "
+                      "settings)",
+    "missing_dynamic_variable": "the agent needs a dynamic variable the page did not send (or sent with the wrong "
+                                "type)",
+    "missing_dynamic_variable_transfer": "the agent this conversation was transferred to needs a dynamic variable "
+                                         "the page did not send",
+    "telephony_agent_error": "the agent is set up for telephony only (an ASR-only agent cannot take this "
+                             "conversation)",
+    "mcp_tool_error": "one of the agent's MCP tools has an invalid schema (fix the tool in the agent's settings)",
+    "mcp_https_error": "one of the agent's MCP servers is not on an https:// URL (MCP servers must use HTTPS)",
+}
 MAX_DURATION: Final = "max_duration_exceeded"
+# No user input for 60 seconds (asyncapi `ErrorType`, code 1002): the agent hung up on an idle user.
+TRANSPORT_RECEIVE_TIMEOUT: Final = "transport_receive_timeout"
 
-EndingKind = Literal["agent_ended", "max_duration", "agent_refused", "agent_busy", "agent_error"]
+EndingKind = Literal["agent_ended", "max_duration", "timeout", "agent_refused", "agent_busy", "agent_error"]
 
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """What an agent's close means: `kind` "agent_ended"/"max_duration" are normal ends; "agent_refused" (a set-up
-    contract error: overrides not allowed, a missing dynamic variable), "agent_busy" (queue time-out) and
-    "agent_error" are failures, with a `message` for the user."""
+    """What an agent's close means: `kind` "agent_ended"/"max_duration" are normal ends; "timeout" (the agent hung
+    up on a user silent for a minute, `transport_receive_timeout`) ends like the relay's own idle time-out;
+    "agent_refused" (a set-up contract error: overrides not allowed, a missing dynamic variable), "agent_busy"
+    (queue time-out) and "agent_error" are failures, with a `message` for the user."""
 
     kind: EndingKind
     message: str
@@ -91,12 +106,7 @@ def is_normal_end(event: AgentErrorEvent) -> bool:
 
 
 def _refusal_message(error_type: str | None, detail: str) -> str:
-    if error_type == "override_error":
-        text = "the agent does not allow the overrides this page sent (enable them in the agent's security settings)"
-    elif error_type in ("missing_dynamic_variable", "invalid_dynamic_variable"):
-        text = "the agent needs a dynamic variable the page did not send (or sent with the wrong type)"
-    else:
-        text = "the agent refused the conversation's set-up"
+    text = _SETUP_REFUSALS.get(error_type or "", "the agent refused the conversation's set-up")
     return f"{text}: {detail}" if detail and detail != error_type else text
 
 
@@ -105,7 +115,8 @@ def classify_close(code: int | None, reason: str, error: AgentErrorEvent | None 
     """What the agent's close (`code`, `reason`), after the last `error` event it sent (if any), means.
 
     1000 is always a normal end (an earlier non-fatal error event does not taint it), `max_duration` when the
-    error event or the reason says max_duration_exceeded; 3008 is a busy agent (queue time-out); during set-up a
+    error event or the reason says max_duration_exceeded; `transport_receive_timeout` (1002, no user input for 60 s)
+    is a `timeout`, not a failure; 3008 is a busy agent (queue time-out); during set-up a
     1008 (or an error event) for overrides / dynamic variables is a refusal with the service's words; anything
     else (1002 operational, 1008 contract, 1011 internal, 3000, a lost connection) is a failure."""
     error_type = error.error_type if error is not None else None
@@ -117,6 +128,8 @@ def classify_close(code: int | None, reason: str, error: AgentErrorEvent | None 
     if code == CLOSE_QUEUE_TIMEOUT:
         return Ending("agent_busy", "the agent is busy: too many conversations at once, and the wait in its "
                                     "queue timed out; try again shortly")
+    if TRANSPORT_RECEIVE_TIMEOUT in (error_type, reason):
+        return Ending("timeout", "the agent ended the conversation after a minute without any input from the user")
     refusal_type = error_type if error_type in _SETUP_REFUSALS else (reason if reason in _SETUP_REFUSALS else None)
     if during_setup and (refusal_type is not None or code == 1008):
         return Ending("agent_refused", _refusal_message(refusal_type or error_type, detail))

@@ -137,7 +137,8 @@ class AgentToolRequest:
 
 @dataclass(frozen=True, slots=True)
 class AgentToolResponse:
-    """`agent_tool_response`: a tool finished (`is_error` when it failed)."""
+    """`agent_tool_response` (or `agent_tool_response_full_payload`, the same with the tool's full result, which the
+    relay does not keep): a tool finished (`is_error` when it failed)."""
 
     tool_name: str
     tool_call_id: str
@@ -178,6 +179,12 @@ class QueueStatus:
     (a close 3008 follows). Not in the asyncapi yet: convai-widget-core mocks/browser.ts, contexts/conversation.tsx."""
 
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailTriggered:
+    """`guardrail_triggered`: one of the agent's guardrails fired (the asyncapi payload carries nothing more; the JS
+    client's `onGuardrailTriggered`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +253,7 @@ ServerEvent = (
     | McpConnectionStatus
     | QueueStatus
     | ExternalAgent
+    | GuardrailTriggered
     | AgentTyping
     | ContextUsage
     | RichContent

@@ -31,6 +31,7 @@ from relay.protocol.elevenlabs.events import (
     ContextUsage,
     ConversationMetadata,
     ExternalAgent,
+    GuardrailTriggered,
     Interruption,
     MalformedEvent,
     McpConnectionStatus,
@@ -279,10 +280,10 @@ def _parse_tool_request(frame: dict[str, Any]) -> AgentToolRequest:
                             tool_type=_optional_str(event, "tool_type"), event_id=_loose_int(event, "event_id", where))
 
 
-@parses("agent_tool_response")
+@parses("agent_tool_response", "agent_tool_response_full_payload")
 def _parse_tool_response(frame: dict[str, Any]) -> AgentToolResponse:
-    where = "agent_tool_response"
-    event = _object(frame.get("agent_tool_response"), where)
+    where = str(frame["type"])  # the payload's key is the event's type (asyncapi AgentToolResponse[FullPayload])
+    event = _object(frame.get(where), where)
     return AgentToolResponse(tool_name=_str(event, "tool_name", where),
                              tool_call_id=_str(event, "tool_call_id", where),
                              tool_type=_optional_str(event, "tool_type"), is_error=event.get("is_error") is True,
@@ -357,6 +358,11 @@ def _parse_rich_content(frame: dict[str, Any]) -> RichContent:
         raise _Malformed("rich_content: missing or invalid 'rich_content_id'")
     return RichContent(fields)
 
+
+
+@parses("guardrail_triggered")
+def _parse_guardrail(frame: dict[str, Any]) -> GuardrailTriggered:
+    return GuardrailTriggered()
 
 
 @parses("external_agent_connected", "external_agent_disconnected")

@@ -35,15 +35,17 @@ def _agent_query(agent_id: str, **extra: str | None) -> str:
                     + [f"{key}={quote(value, safe='')}" for key, value in extra.items() if value])
 
 
-def conversation_ws_url(base_url: str, agent_id: str, *, branch_id: str | None = None,
-                        environment: str | None = None, version: str | None = None) -> str:
+def conversation_ws_url(base_url: str, agent_id: str, *, environment: str | None = None,
+                        version: str | None = None) -> str:
     """The public agent socket: `https://api.eu.residency.elevenlabs.io` ->
     `wss://api.eu.residency.elevenlabs.io/v1/convai/conversation?agent_id=...` (a path prefix is kept), with
-    `branch_id` and `environment` when set, and `source=avatar-relay&version=...` when `version` is given (the SDKs
-    add source and version: elevenlabs-python `_get_wss_url`, packages WebSocketConnection.ts)."""
+    `environment` when set, and `source=avatar-relay&version=...` when `version` is given (the SDKs add source and
+    version: elevenlabs-python `_get_wss_url`, packages WebSocketConnection.ts). No `branch_id`: neither SDK puts it
+    on the socket URL, only on the signed-URL request, so a branch is selected through a signed URL (the relay
+    refuses ELEVENLABS_BRANCH_ID without ELEVENLABS_API_KEY rather than risk the main branch; docs/protocol.md)."""
     return _join(base_url, _WS_SCHEMES, "/v1/convai/conversation",
-                 _agent_query(agent_id, branch_id=branch_id, environment=environment,
-                              source=SOURCE if version else None, version=version))
+                 _agent_query(agent_id, environment=environment, source=SOURCE if version else None,
+                              version=version))
 
 
 def signed_url_request(base_url: str, agent_id: str, *, branch_id: str | None = None,
@@ -55,10 +57,13 @@ def signed_url_request(base_url: str, agent_id: str, *, branch_id: str | None = 
 
 
 def with_source(signed_url: str, version: str, environment: str | None = None) -> str:
-    """A signed URL with `source=avatar-relay&version=...` (and `environment`) appended, as the SDKs do before
-    opening it (elevenlabs-python `_get_signed_url`; packages WebSocketConnection.ts)."""
+    """A signed URL with `source=avatar-relay&version=...` appended, as the SDKs do before opening it
+    (elevenlabs-python `_get_signed_url`; packages WebSocketConnection.ts), and `environment` as the JS client
+    appends it — unless the signed URL already names one (the Python SDK only asks `get-signed-url` for it; the
+    relay does both, and never sends the parameter twice)."""
     extra = f"source={SOURCE}&version={quote(version, safe='')}"
-    if environment:
+    query = urlsplit(signed_url).query
+    if environment and not any(part.split("=", 1)[0] == "environment" for part in query.split("&")):
         extra += f"&environment={quote(environment, safe='')}"
     return signed_url + ("&" if "?" in signed_url else "?") + extra
 
@@ -69,6 +74,14 @@ def agent_details_url(base_url: str, agent_id: str) -> str:
     if not agent_id:
         raise ValueError("agent_id is empty")
     return _join(base_url, _HTTP_SCHEMES, "/v1/convai/agents/" + quote(agent_id, safe=""), "")
+
+def mcp_server_url(base_url: str, server_id: str) -> str:
+    """`GET /v1/convai/mcp-servers/{id}` (with `xi-api-key`): an MCP server's configuration, incl. its
+    `approval_policy` (elevenlabs-python `conversational_ai/mcp_servers/raw_client.py`)."""
+    if not server_id:
+        raise ValueError("server_id is empty")
+    return _join(base_url, _HTTP_SCHEMES, "/v1/convai/mcp-servers/" + quote(server_id, safe=""), "")
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Signed-URL answers

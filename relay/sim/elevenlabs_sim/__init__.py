@@ -1,13 +1,14 @@
 """A simulated ElevenLabs Conversational AI agent: signed URLs, agent details, and the conversation socket.
 
-Faithful to `/work/shared/reference/elevenlabs-convai.md` (frames are sent with `type` last, like the real
-ones): the handshake (`conversation_initiation_client_data` -> `conversation_initiation_metadata`), pings
-answered by pongs (`ping_ms` is the measured round trip), an energy VAD on the user's audio producing
-`tentative_user_transcript` / `user_transcript`, then `agent_response` with the first chunk of a synthetic
-voice reply streamed ahead of real time, interruptions (`interruption` with the new turn's id, then
-`agent_response_correction` with the words actually spoken), typed messages, a client tool round trip, and the
-real close codes. It must never import the relay (a protocol bug must not hide in both sides), and must stay
-cheap per audio frame: hundreds of conversations run through it at once.
+Faithful to the public ElevenLabs sources (elevenlabs/packages `packages/types/schemas/agent.asyncapi.yaml` and the
+JS client `packages/client`; elevenlabs/elevenlabs-python `conversational_ai/conversation.py`; frames are sent with
+`type` last, like the real ones): the handshake (`conversation_initiation_client_data` ->
+`conversation_initiation_metadata`), pings answered by pongs (`ping_ms` is the measured round trip), an energy VAD
+on the user's audio producing `tentative_user_transcript` / `user_transcript`, then `agent_response` with the first
+chunk of a synthetic voice reply streamed ahead of real time, interruptions (`interruption` with the new turn's id,
+then `agent_response_correction` with the words actually spoken), typed messages, a client tool round trip, and the
+real close codes. It must never import the relay (a protocol bug must not hide in both sides), and must stay cheap
+per audio frame: hundreds of conversations run through it at once.
 
 Endpoints
 - `GET /v1/convai/conversation/get-signed-url?agent_id=` (header `xi-api-key`) -> `{"signed_url": ...}` with an HMAC
@@ -73,6 +74,12 @@ Faults (`POST /_sim/faults`; a conversation reads them once, when its socket ope
 - `queue_wait_ms` (0; `DEMO_FAULTS` 1200 in demo mode), `queue_times_out` (false): `queue_status` waiting →
   admitted, or timed_out and close 3008.
 - `server_tool_delay_ms` (600), `mcp_approval_timeout_s` (30), `human_typing_ms` (800): the demo features' timings.
+- `mcp_server_ids` ([], like a new agent; the demo agent has `["sim-weather"]`): the agent's MCP servers, in its
+  details (`conversation_config.agent.prompt.mcp_server_ids`); "weather" runs the MCP tool only with `sim-weather`.
+- `rich_content_sources` (["widget"]: like the real service, components only for ElevenLabs' embedded widget; null:
+  any client): the socket `source` (or initiation `source_info.source`) that may receive `rich_content`.
+- `mcp_approval_policy` ("require_approval_all"): `GET /v1/convai/mcp-servers/sim-weather`'s `config.approval_policy`
+  (`auto_approve_all`, `require_approval_all`, `require_approval_per_tool`).
 - `odd_fields` (false): known events with missing, extra or oddly typed fields, and one non-JSON frame.
 - `required_dynamic_variables` ([]): names the client must send (else an `error` event `missing_dynamic_variable`
   naming them, then close 1008).

@@ -17,6 +17,7 @@ from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
 from relay.net.http_keepalive import KeepAliveGuard
+from relay.sim.elevenlabs_sim import features
 from relay.sim.elevenlabs_sim.conversation import CLOSE_TIMEOUT, Conversation
 from relay.sim.elevenlabs_sim.defaults import DEFAULT_AGENTS, DEFAULT_CLIENT_EVENTS, DEFAULT_FAULTS, FORMATS
 
@@ -153,7 +154,8 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
                 "conversation_config": {
                     "asr": {"user_input_audio_format": faults["user_input_audio_format"]},
                     "tts": {"agent_output_audio_format": faults["agent_output_audio_format"]},
-                    "agent": {"first_message": faults["first_message"] or "", "language": "en"},
+                    "agent": {"first_message": faults["first_message"] or "", "language": "en",
+                              "prompt": {"mcp_server_ids": list(agent["mcp_server_ids"])}},
                     "conversation": {
                         "max_duration_seconds": faults["max_duration_s"],
                         "client_events": list(agent["client_events"] or DEFAULT_CLIENT_EVENTS),
@@ -173,6 +175,20 @@ def create_app(*, on_user_audio: Callable[[str, bytes, float], None] | None = No
                 },
             }
         )
+
+    @app.get("/v1/convai/mcp-servers/<server_id>")
+    async def mcp_server(server_id: str) -> Response:
+        """The demo's one MCP server, `sim-weather` (its `get_weather` tool), with the `mcp_approval_policy`."""
+        refused = api_key_error()
+        if refused is not None:
+            return refused
+        if server_id != features.WEATHER_SERVER_ID:
+            return _error(404, {"status": "mcp_server_not_found", "message": "MCP server not found"})
+        return _json({"id": server_id, "config": {
+            "name": "Simulated weather", "url": "https://mcp.invalid/weather", "transport": "SSE",
+            "approval_policy": faults["mcp_approval_policy"], "tool_approval_hashes": [
+                {"tool_name": "get_weather", "tool_hash": "0" * 64, "approval_policy": "requires_approval"}]},
+            "metadata": {"created_at": 0, "owner_user_id": "sim"}})
 
     def agent_faults(agent_id: str) -> dict[str, Any]:
         """The faults as this agent sees them: the global ones, then its own configuration (`agents`)."""

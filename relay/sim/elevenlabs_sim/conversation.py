@@ -118,7 +118,19 @@ class Conversation:
 
     def enabled(self, event_type: str) -> bool:
         """Whether the agent's `client_events` lets it send `event_type` (metadata and errors are always sent)."""
+        if event_type == "rich_content":
+            return event_type in self.client_events and self.offers_rich_content()
         return event_type in self.client_events
+
+    def offers_rich_content(self) -> bool:
+        """Components go only to the embedded widget (`@elevenlabs/client` CHANGELOG 1.18.0: "the only client the
+        server offers components to today"): the socket's `source` must be in `rich_content_sources` (null: any)."""
+        sources = self.faults["rich_content_sources"]
+        if sources is None:
+            return True
+        info = (self.record.get("initiation") or {}).get("source_info") or {}
+        source = self.record["query"].get("source") or info.get("source")
+        return source in sources
 
     # -- plumbing
     # ------------------------------------------------------------------------------------------------------------------
@@ -499,7 +511,7 @@ class Conversation:
         await self.interrupt_reply(turn_id)
         self.turns += 1
         self.record["turns"] = self.turns
-        if features.WEATHER.search(text):
+        if features.WEATHER.search(text) and features.WEATHER_SERVER_ID in self.faults["mcp_server_ids"]:
             city = features.CITY.search(text)
             self.start_reply("", prepare=partial(features.mcp_weather, self, city.group(1) if city else "Paris"))
         elif features.ORDER.search(text):

@@ -54,6 +54,9 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "agents": None,
     "server_tool_delay_ms": 600,
     "mcp_approval_timeout_s": 30,
+    "mcp_server_ids": [],
+    "rich_content_sources": ["widget"],
+    "mcp_approval_policy": "require_approval_all",
     "human_typing_ms": 800,
 }
 
@@ -80,6 +83,7 @@ ALL_CLIENT_EVENTS = (
     "agent_chat_response_part",
     "vad_score",
     "agent_tool_response",
+    "agent_tool_response_full_payload",
     "agent_tool_request",
     "mcp_tool_call",
     "mcp_connection_status",
@@ -88,11 +92,13 @@ ALL_CLIENT_EVENTS = (
     "external_agent_disconnected",
     "context_usage",
     "rich_content",
+    "guardrail_triggered",
 )
 # Per-agent configuration overriding the faults for that agent id (a fault `agents` replaces it). The demo agent is
 # configured like a real agent would be for the demo page: overrides allowed, every client event the page shows.
 DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
-    "demo-agent": {"overrides_allowed": True, "client_events": list(ALL_CLIENT_EVENTS)},
+    "demo-agent": {"overrides_allowed": True, "client_events": list(ALL_CLIENT_EVENTS),
+                   "mcp_server_ids": ["sim-weather"]},
 }
 
 FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")

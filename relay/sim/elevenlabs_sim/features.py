@@ -19,6 +19,8 @@ WEATHER = re.compile(r"weather", re.IGNORECASE)
 HUMAN = re.compile(r"\bhuman", re.IGNORECASE)
 TOOL = re.compile(r"\btool\b", re.IGNORECASE)
 CITY = re.compile(r"\bin ([A-Z][A-Za-z-]+)")
+# The MCP server of the weather tool: an agent has it when its `mcp_server_ids` name it (the demo agent does).
+WEATHER_SERVER_ID = "sim-weather"
 
 
 class AgentLine(Protocol):

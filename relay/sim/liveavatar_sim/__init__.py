@@ -1,6 +1,8 @@
 """A simulator of LiveAvatar (LITE mode): the REST API and the `ws_url` audio websocket.
 
-Faithful to `/work/shared/reference/liveavatar.md`: the `{code: 1000, data, message}` envelope, 201 on start,
+Faithful to the public LiveAvatar sources (docs.liveavatar.com API reference and `/docs/lite-mode/events`;
+heygen-com/liveavatar-web-sdk; heygen-com/liveavatar-agent-skills `lite-mode-guide.md`): the
+`{code: 1000, data, message}` envelope, 201 on start,
 422 `detail` lists, 401 `{"error": "bad api key"}`, no credits as HTTP 403 / code 4033, the LITE websocket's
 events, the 5-minute idle timeout, the one-minute sandbox. It imports nothing from `relay` (so a protocol bug
 cannot hide in both sides) and must never do heavy per-frame work or log per frame: benchmarks run hundreds of
@@ -21,7 +23,7 @@ Control endpoints:
   `created`, `started`, `stopped`, `expired` (time.monotonic() or null), `stop_reason`, `end_reason`,
   `is_sandbox`, `avatar_id`, `max_session_duration`, `rest_keep_alives`, `ws_connects`, `stop_calls` (stop requests
   answered for it), and `lite` (see
-  `LiteLedger.to_json`: `audio_seconds`, `chunks`, per event_id `{chunks, audio_seconds, first_chunk_at}`,
+  `LiteLedger.to_json`: `audio_seconds`, `chunks`, per event_id `{chunks, audio_seconds, first_chunk_at, ended_at}`,
   `interrupts` (event ids), `chunks_after_interrupt`, `keep_alives`, `speak_ends`, `dropped_before_connected`,
   `listening`: "start"/"stop" for each `agent.start_listening`/`agent.stop_listening`, in order).
 - `GET /_sim/audio/<session_id>/<event_id>`: the raw PCM16 24 kHz received for that event id (only when the
@@ -48,6 +50,16 @@ Control endpoints:
   - `connected_delay_ms`: send `connected` this late; commands before it are dropped silently (counted).
   - `withhold_connected`: true -> new sockets stay `connecting` (commands dropped and counted, as above) until
     `POST /_sim/connect`; never asking is an avatar that never connects.
+  - `livekit_url` (default null: `wss://livekit.simulated.invalid`, which the relay knows for a simulator and so
+    also sends the agent's voice to the page): another URL makes the relay treat the session as a real avatar
+    (tests of what a real deployment's browser hears; nothing is served there).
+  - `render_delay_ms` (default 300): the avatar's rendering and WebRTC delay: `agent.speak_ended` comes this long
+    after the utterance's audio duration (a relay that stops on the byte count alone cuts the last words; 0: the
+    byte count exactly).
+  - `after_commit` (default "drop"): audio under an event id after its `agent.speak_end` is dropped and counted
+    (`chunks_after_commit`); "play": it extends the utterance. (Unverified upstream; the relay never sends any.)
+  - Ledger `lite` also counts `underruns` (a chunk that came after the avatar had played everything before it: a
+    stutter, in real time from the utterance's first chunk) and `repeated_speak_ends`.
   - `tier_max_session_duration_s` (default 7200): the subscription tier's longest session; `sessions/token`
     refuses a longer `max_session_duration` with 422.
   - `record_audio`: true -> keep the received audio for `/_sim/audio/...` (tests only; costs memory).

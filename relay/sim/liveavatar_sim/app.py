@@ -61,6 +61,8 @@ def add_lite_socket_route(app: QuartTrio, state: SimState) -> None:
             suppress_connected=bool(state.faults["suppress_connected"]),
             connected_delay=float(state.faults["connected_delay_ms"] or 0) / 1000,
             withhold_connected=bool(state.faults["withhold_connected"]),
+            render_delay=float(state.faults["render_delay_ms"] or 0) / 1000,
+            after_commit=str(state.faults["after_commit"]),
         )
         session.sockets.add(sock)
         close_after = state.faults["close_ws_after_ms"]

@@ -138,7 +138,7 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
         scheme = "wss" if request.scheme in ("https", "wss") else "ws"
         return envelope({
             "session_id": session.session_id,
-            "livekit_url": SIMULATED_LIVEKIT_URL,
+            "livekit_url": state.faults["livekit_url"] or SIMULATED_LIVEKIT_URL,
             "livekit_client_token": f"sim-client.{secrets.token_urlsafe(16)}",
             "livekit_agent_token": f"sim-agent.{secrets.token_urlsafe(16)}",
             "max_session_duration": session.max_session_duration,

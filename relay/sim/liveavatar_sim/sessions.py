@@ -44,6 +44,9 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "suppress_connected": False,
     "connected_delay_ms": 0,
     "withhold_connected": False,
+    "render_delay_ms": 300,
+    "livekit_url": None,
+    "after_commit": "drop",
     "tier_max_session_duration_s": 7200,
     "record_audio": False,
 }
