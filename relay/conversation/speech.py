@@ -18,6 +18,11 @@ first held chunk (`hold_for_avatar`), the held turns go to the browser as voice 
 too: the avatar never says them); the avatar takes over from the next turn. If the avatar is dropped
 (`attach(None)`: never connected, died), what is still held goes to the browser first, in order, before newer speech.
 
+An avatar that dies mid-conversation (`avatar_lost`): the unsaid rest of the turn it was saying goes to the browser
+as voice — what was queued for it, what was in flight, and the part of what it was given that had not played yet by
+the estimate (the audio's duration, played back to back from when it was given) — then the rest of that turn too;
+a replacement avatar (`attach`) takes over from the next turn.
+
 Listening pose (the LITE guide's turn cycle): the avatar takes its listening pose (`set_listening(True)`) when the
 agent hears the user (a tentative transcript, or a VAD score of at least VAD_SPEAKING), leaves it when the user's
 turn is final (`user_stopped`) or just before the agent's next turn reaches it, in the same queue, so the pose never
@@ -104,6 +109,8 @@ class SpeechRouter:
         self._reports_speech = False  # the avatar reports when it starts and stops speaking (`avatar_state`)
         self._spoken_turn = _NO_TURN  # the newest turn whose audio the avatar accepted
         self._ended_turn = _NO_TURN  # the newest turn the avatar reported finished
+        self._given: list[tuple[int, bytes, float]] = []  # audio given to the avatar: (turn, audio, play start)
+        self._giving: tuple[int, bytes] | None = None  # the audio call in flight
 
     def attach(self, session: AvatarSession | None) -> None:
         if session is None:  # no avatar (any more): what was held for it goes to the browser first, in order
@@ -119,6 +126,37 @@ class SpeechRouter:
                     break
             self._pending, self._open_turn, self._play_until = 0, None, 0.0
             self._notify()
+
+    def avatar_lost(self) -> None:
+        """The avatar died mid-conversation: give the browser, as voice and in order, the unsaid rest of what it was
+        given (held, or not yet played by the estimate, in flight, queued), skipping interrupted turns; the rest of
+        the turn being spoken follows as voice; then no avatar is attached (`attach(None)`) until a replacement."""
+        rest: list[bytes] = []
+        if self._connected:
+            now, rate = trio.current_time(), self.agent_format.sample_rate
+            given = list(self._given)
+            if self._giving is not None:
+                given.append((*self._giving, max(self._play_until, now)))
+            for turn, audio, start in given:
+                if turn < self.watermark or turn <= self._browser_through:
+                    continue
+                pcm = to_pcm16(audio, self.agent_format)
+                if start + len(pcm) / 2 / rate <= now:
+                    continue  # played already
+                rest.append(pcm[int(max(0.0, now - start) * rate) * 2:])
+            while True:
+                try:
+                    item = self._rx.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if isinstance(item, _SpeakAudio) and item.turn >= self.watermark and item.turn > self._browser_through:
+                    rest.append(to_pcm16(item.audio, self.agent_format))
+            self._forget_held()
+        for pcm in rest:
+            self._outbox.send_audio(pcm)
+        self._given, self._giving = [], None
+        self.attach(None)  # what was held (an avatar not yet connected) goes to the browser here
+        self._browser_through = max(self._browser_through, self._last_turn)
 
     def avatar_connected(self) -> None:
         """The avatar said `connected`: what is held reaches it now; nothing more is held."""
@@ -319,9 +357,19 @@ class SpeechRouter:
                 if isinstance(item, _SpeakText):
                     await session.speak_text(item.text, item.turn)
                 else:
+                    self._giving = (item.turn, item.audio)
                     await session.speak_audio(item.audio, self.agent_format, item.turn)
                     self._open_turn = item.turn
                     self._spoken_turn = max(self._spoken_turn, item.turn)
+                    self._keep_given(item.turn, item.audio)
                     self._played(duration_seconds(item.audio, self.agent_format))
             finally:
                 self._in_flight = None
+                self._giving = None
+
+    def _keep_given(self, turn: int, audio: bytes) -> None:
+        """Remember audio given to the avatar until it has played (by the estimate), for `avatar_lost`."""
+        now = trio.current_time()
+        self._given = [(t, a, start) for t, a, start in self._given
+                       if t == turn and start + duration_seconds(a, self.agent_format) > now]
+        self._given.append((turn, audio, max(self._play_until, now)))
