@@ -32,6 +32,7 @@ from relay.avatars import (
     AvatarEvent,
     AvatarProvider,
     AvatarSession,
+    AvatarSessionEnded,
     AvatarSpeaking,
     AvatarStateChanged,
     AvatarUnavailable,
@@ -57,6 +58,9 @@ log = logging.getLogger("relay.conversation")
 # metadata; the avatar's set-up (seconds, for a real one) overlaps it, so it only delays a conversation whose avatar
 # was ready sooner and whose agent says nothing at first.
 QUEUE_NOTICE = 0.05
+# Avatar sessions that die mid-conversation are replaced at most this many times per conversation (a provider whose
+# sessions die at once would otherwise be asked again and again); then the conversation goes on voice-only.
+MAX_AVATAR_REPLACEMENTS = 5
 
 
 @dataclass(frozen=True)
@@ -367,34 +371,77 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
     """Open the avatar session, feed it from the speech router and keep it alive until the conversation's scope is
     cancelled; leaving the `open_session` context stops the session. The session is handed over as soon as it is
     started, not once the avatar says `connected` (speech is held until then, at most RELAY_AVATAR_SPEECH_HOLD
-    seconds: then the browser says it); if that does not come within RELAY_AVATAR_CONNECT_TIMEOUT after `ready`,
-    or the provider refuses a session, or the session dies, the conversation goes on voice-only (unless
-    RELAY_DEGRADE_TO_VOICE is off), and what was held for the avatar goes to the browser first."""
+    seconds: then the browser says it).
+
+    A session that dies mid-conversation (the provider ends it, its socket drops, it reports an error, it reaches
+    its maximum length: `AvatarSessionEnded`) is replaced: its context has stopped it; the unsaid rest of the turn
+    it was saying goes to the browser as voice (`SpeechRouter.avatar_lost`) while the provider (the first of the
+    list that starts) opens another within RELAY_SETUP_TIMEOUT; once it has, the browser is told `avatar_changed`
+    and the new avatar takes over from the next turn. At most MAX_AVATAR_REPLACEMENTS times per conversation.
+    If the provider refuses a session (at the start, or a replacement), the avatar does not say `connected` within
+    RELAY_AVATAR_CONNECT_TIMEOUT after `ready`, or replacements run out, the conversation goes on voice-only
+    (`avatar_unavailable`; unless RELAY_DEGRADE_TO_VOICE is off), what was held for the avatar going to the
+    browser first."""
     assert up.provider is not None
     started = False
-    try:
-        async with up.provider.open_session(on_event) as session:
-            speech.attach(session)
-            task_status.started(session)
-            started = True
-            async with trio.open_nursery() as avatar_tasks:
-                avatar_tasks.start_soon(speech.run, session)
-                avatar_tasks.start_soon(speech.hold_for_avatar, up.settings.relay_avatar_speech_hold)
-                avatar_tasks.start_soon(_keep_alive, session)
-                avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
-                                        up.settings.relay_avatar_connect_timeout)
-    except* AvatarError as group:
-        if not up.settings.relay_degrade_to_voice:
-            raise
-        exc = leaves(group)[0]
-        assert isinstance(exc, AvatarError)
-        reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
-        log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
-        record.degraded = True
-        outbox.send(bp.avatar_unavailable(reason, exc.message))
-        speech.attach(None)  # what was held for the avatar follows as voice, before newer speech
+    died: AvatarSessionEnded | None = None  # the session being replaced
+    replacements = 0
+    while True:
+        # Opening a replacement is bounded like a set-up (the first is bounded by the conversation's set-up scope).
+        opening = trio.CancelScope(deadline=trio.current_time() + up.settings.relay_setup_timeout if started
+                                   else math.inf)
+        try:
+            with opening:
+                async with up.provider.open_session(on_event) as session:
+                    opening.deadline = math.inf
+                    speech.attach(session)
+                    if not started:
+                        task_status.started(session)
+                        started = True
+                    else:
+                        await _announce_replacement(session, died, outbox, record, ready_sent)
+                    died = None
+                    async with trio.open_nursery() as avatar_tasks:
+                        avatar_tasks.start_soon(speech.run, session)
+                        avatar_tasks.start_soon(speech.hold_for_avatar, up.settings.relay_avatar_speech_hold)
+                        avatar_tasks.start_soon(_keep_alive, session)
+                        avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
+                                                up.settings.relay_avatar_connect_timeout)
+            if opening.cancelled_caught:
+                raise AvatarUnavailable("timeout", f"No avatar could be started again within "
+                                        f"{up.settings.relay_setup_timeout:g} s.")
+        except* AvatarError as group:
+            if not up.settings.relay_degrade_to_voice:
+                raise
+            exc = leaves(group)[0]
+            assert isinstance(exc, AvatarError)
+            speech.avatar_lost()  # the unsaid rest of the turn, and what was held, go to the browser as voice
+            if isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
+                replacements += 1
+                died = exc
+                log.warning("avatar session died, replacing it (the voice goes on in the browser meanwhile) "
+                            "reason=%s message=%s", exc.reason, exc.message)
+            else:
+                died = None
+                reason = exc.reason if isinstance(exc, AvatarUnavailable) else "session_ended"
+                log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
+                record.degraded = True
+                outbox.send(bp.avatar_unavailable(reason, exc.message))
+        if died is None:
+            break
     if not started:
         task_status.started(None)
+
+
+async def _announce_replacement(session: AvatarSession, died: AvatarSessionEnded | None, outbox: Outbox,
+                                record: ConversationRecord, ready_sent: trio.Event) -> None:
+    """Tell the browser the avatar changed (after `ready`, which named the one it replaces)."""
+    await ready_sent.wait()
+    record.avatar_provider = session.info.provider
+    record.avatar_session_id = session.info.session_id
+    reason = "session_ended" if died is None else died.reason
+    outbox.send(bp.avatar_changed(session.info, reason))
+    log.info("avatar replaced provider=%s reason=%s", session.info.provider, reason)
 
 
 async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,

@@ -236,18 +236,17 @@ class AvatarInfo:
     simulated: bool
 
 
+def _avatar(avatar: AvatarInfo) -> dict[str, Any]:
+    return {"provider": avatar.provider, "session_id": avatar.session_id, "livekit_url": avatar.livekit_url,
+            "access_token": avatar.access_token, "simulated": avatar.simulated}
+
+
 def ready(*, conversation_id: str, avatar: AvatarInfo | None, input_sample_rate: int,
           output_sample_rate: int) -> str:
     return _dump({
         "type": "ready",
         "conversation_id": conversation_id,
-        "avatar": None if avatar is None else {
-            "provider": avatar.provider,
-            "session_id": avatar.session_id,
-            "livekit_url": avatar.livekit_url,
-            "access_token": avatar.access_token,
-            "simulated": avatar.simulated,
-        },
+        "avatar": None if avatar is None else _avatar(avatar),
         "input_audio": {"encoding": "pcm_s16le", "sample_rate": input_sample_rate},
         "output_audio": {"encoding": "pcm_s16le", "sample_rate": output_sample_rate},
     })
@@ -307,6 +306,11 @@ def mcp_connection_status(integrations: list[dict[str, Any]]) -> str:
 
 def queue_status(status: str) -> str:
     return _dump({"type": "queue_status", "status": status})
+
+
+def guardrail_triggered() -> str:
+    """One of the agent's guardrails fired (ElevenLabs `guardrail_triggered`)."""
+    return _dump({"type": "guardrail_triggered"})
 
 
 def human_agent(connected: bool) -> str:
@@ -406,6 +410,12 @@ def agent_alignment(event_id: int, offset_ms: int, words: list[CaptionWord]) -> 
 
 def avatar_unavailable(reason: AvatarUnavailableReason, message: str) -> str:
     return _dump({"type": "avatar_unavailable", "reason": reason, "message": message})
+
+
+def avatar_changed(avatar: AvatarInfo, reason: str) -> str:
+    """The conversation's avatar was replaced (the previous one died: `reason`): `avatar` has the shape of
+    `ready.avatar`; the page leaves the previous room and joins this one."""
+    return _dump({"type": "avatar_changed", "avatar": _avatar(avatar), "reason": reason})
 
 
 def error(code: ErrorCode, message: str, **extra: Any) -> str:
