@@ -468,6 +468,9 @@ class Conversation {
       case 'avatar_unavailable':
         this.onAvatarUnavailable(msg);
         break;
+      case 'avatar_changed':
+        this.onAvatarChanged(msg);
+        break;
       case 'error': {
         this.errorMessage = String(msg.message ?? msg.code ?? 'error');
         debug.error = { code: msg.code ?? null, message: this.errorMessage };
@@ -581,6 +584,29 @@ class Conversation {
       showNotice(`The avatar video could not be loaded (${err?.message ?? err}).`, 'error');
       setStage('voice', 'Avatar video unavailable');
     }
+  }
+
+  /** `avatar_changed`: the avatar died and another replaced it (same shape as `ready.avatar`). Leave the old
+   * room and join the new one, without a reload; until its video shows, the agent's voice the relay sends plays
+   * here, and the captions go on. In demo mode the drawn face changes (the next face of the set). */
+  onAvatarChanged(msg) {
+    const avatar = msg.avatar;
+    if (!this.ready || this.finished || !avatar) return;
+    const reason = String(msg.reason ?? 'session_ended');
+    debug.avatarSessionId = avatar.session_id ?? null;
+    debug.avatarChanges = (debug.avatarChanges ?? 0) + 1;
+    transcript.system(`The avatar was replaced (${reason}); the conversation goes on.`);
+    const room = this.room;
+    this.room = null;
+    room?.leave().catch(() => {});
+    if (avatar.simulated) {
+      ui.face.dataset.variant = String(debug.avatarChanges % 3);
+      setStage('simulated', 'Demo mode · simulated avatar');
+      return;
+    }
+    this.pagePlaysAudio = false;
+    setStage('loading', 'Loading the new avatar…');
+    this.joinRoom(avatar);
   }
 
   onAvatarUnavailable(msg) {
