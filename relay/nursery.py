@@ -415,7 +415,6 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                 raise
             exc = leaves(group)[0]
             assert isinstance(exc, AvatarError)
-            speech.avatar_lost()  # the unsaid rest of the turn, and what was held, go to the browser as voice
             if isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
                 replacements += 1
                 died = exc
@@ -427,6 +426,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                 log.warning("avatar unavailable, continuing voice-only reason=%s message=%s", reason, exc.message)
                 record.degraded = True
                 outbox.send(bp.avatar_unavailable(reason, exc.message))
+            speech.avatar_lost()  # the unsaid rest of the turn, and what was held, go to the browser as voice
         if died is None:
             break
     if not started:

@@ -383,7 +383,9 @@ async def test_refused_avatar_without_degrading_ends_the_conversation() -> None:
     assert h.agent.closed or not h.agent.opened  # never left open (a refusal that fast can beat its opening)
 
 
-async def test_avatar_dying_mid_conversation_degrades_to_voice_only() -> None:
+async def test_an_avatar_dying_mid_conversation_is_replaced() -> None:
+    """#23 §3: the provider opens another session, the browser is told `avatar_changed`, the dead session is stopped
+    once, and the new one takes the next turn."""
     provider = FakeProvider()
     h = Harness(provider=provider)
 
@@ -394,8 +396,31 @@ async def test_avatar_dying_mid_conversation_degrades_to_voice_only() -> None:
         await start_and_ready(h)
         provider.sessions[0].speak_text = die  # type: ignore[method-assign, assignment]
         await h.agent.emit(el.AgentResponse("hello", 3))
+        notice = await h.browser.expect("avatar_changed")
+        assert notice["reason"] == "session_ended" and notice["avatar"]["session_id"] == "s2"
+        assert provider.stopped == ["s1"]
+        await h.agent.emit(el.AgentResponse("again", 4))
+        await wait_until(lambda: provider.sessions[1].spoken == [("again", 4)])
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body)
+    assert provider.stopped == ["s1", "s2"]
+
+
+async def test_avatar_dying_mid_conversation_degrades_to_voice_only_when_no_replacement_starts() -> None:
+    provider = FakeProvider()
+    h = Harness(provider=provider)
+
+    async def die(*_: Any) -> None:
+        provider.refuse = AvatarUnavailable("concurrent_limit", "no room for another session")
+        raise AvatarSessionEnded("session_ended", "the avatar session ended")
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        provider.sessions[0].speak_text = die  # type: ignore[method-assign, assignment]
+        await h.agent.emit(el.AgentResponse("hello", 3))
         notice = await h.browser.expect("avatar_unavailable")
-        assert notice["reason"] == "session_ended"
+        assert notice["reason"] == "concurrent_limit"
         await h.agent.emit(el.AgentAudio(b"\x07\x00" * 10, 4))
         assert await h.browser.next_message(skip_binary=False) == b"\x07\x00" * 10
         await h.browser.send_json(type="stop")

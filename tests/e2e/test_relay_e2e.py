@@ -243,7 +243,8 @@ async def test_concurrent_limit_without_degrading_is_upstream_unavailable() -> N
             assert "concurrent" in error["message"]
 
 
-async def test_heygen_dying_mid_conversation_degrades_to_voice() -> None:
+async def test_heygen_dying_mid_conversation_is_replaced() -> None:
+    """The session expired (idle): the relay finds it gone when it speaks, and replaces it (#23 §3)."""
     async with running_relay() as relay:
         await relay.faults("elevenlabs", first_message="")
         async with relay.browser() as browser:
@@ -252,8 +253,11 @@ async def test_heygen_dying_mid_conversation_degrades_to_voice() -> None:
             await relay.wait_for_ledger("heygen", lambda ledger: ledger["totals"]["expired"] == 1,
                                         "the simulator to expire the idle session")
             await browser.send(type="text", text="are you still there")
-            notice = await browser.expect("avatar_unavailable")
-            assert notice["reason"] == "session_ended"
+            notice = await browser.expect("avatar_changed")
+            assert notice["reason"] == "session_gone" and notice["avatar"]["provider"] == "heygen"
+            await relay.faults("heygen", idle_timeout_s=120)
+            await browser.send(type="text", text="and now")
+            await browser.expect("agent_response", where=lambda m: "and now" in m["text"])
             await browser.send(type="stop")
             await browser.expect("ended")
 

@@ -72,15 +72,17 @@ async def test_simli_interruption_clears_the_avatars_buffer() -> None:
         assert session["skips"] >= 2  # the interruption's, then the end's
 
 
-async def test_a_simli_socket_dropped_mid_reply_degrades_to_voice() -> None:
+async def test_a_simli_socket_dropped_mid_reply_degrades_to_voice_when_no_replacement_starts() -> None:
+    """The dropped session is still billed (until maxIdleTime), so the account's limit of one refuses the
+    replacement (#23 §3): voice only, with Simli's reason."""
     async with running_relay(relay_avatar="simli") as relay:
-        await relay.faults("simli", drop_ws_after_audio_bytes=32000)
+        await relay.faults("simli", drop_ws_after_audio_bytes=32000, concurrency_limit=1)
         await relay.faults("elevenlabs", first_message="")
         async with relay.browser() as browser:
             await browser.start()
             await browser.send(type="text", text="please say something of medium length")
             notice = await browser.expect("avatar_unavailable", timeout=15)
-            assert notice["reason"] == "session_ended"
+            assert notice["reason"] == "concurrent_limit"
             await browser.send(type="text", text="are you still there")
             await browser.expect("agent_response", where=lambda m: "still there" in m["text"])
             await browser.wait_for_audio()

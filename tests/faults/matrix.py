@@ -271,8 +271,9 @@ SCENARIOS: list[Scenario] = [
              expect_created=2, expect_ended="client_stop"),
     Scenario("list: browser gone while simli's socket opens after liveavatar refused", _vanish_during_setup,
              provider="liveavatar,simli",
-             faults={"liveavatar": {"concurrency_limit": 1}, "simli": {"latency_ms": {"ws_connect": 500}}},
-             expect_created=1),
+             faults={"liveavatar": {"concurrency_limit": 1}, "simli": {"latency_ms": {"ws_connect": 500}}}),
+    # (no expect_created: on a loaded machine the browser may leave before Simli's token is asked; either way
+    # nothing may be left running)
     Scenario("list: agent closes 1011 with simli's avatar", _start_and_wait_for_end, provider="liveavatar,simli",
              faults={"liveavatar": {"concurrency_limit": 1},
                      "elevenlabs": {"close_code": 1011, "close_reason": "fault", "close_after_ms": 300}},
