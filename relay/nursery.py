@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import httpx2
@@ -61,6 +61,14 @@ QUEUE_NOTICE = 0.05
 # Avatar sessions that die mid-conversation are replaced at most this many times per conversation (a provider whose
 # sessions die at once would otherwise be asked again and again); then the conversation goes on voice-only.
 MAX_AVATAR_REPLACEMENTS = 5
+# A session with a known limit is rotated this long before it at most (a quarter of a shorter limit), once the avatar
+# is between turns; at the latest ROTATION_DEADLINE before the limit, between turns or not.
+ROTATION_MARGIN = 15.0
+ROTATION_DEADLINE = 2.0
+
+
+class _Rotation(AvatarSessionEnded):
+    """The session is replaced before its known limit (not a death: it does not count as a replacement)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,9 @@ class Upstreams:
     provider: AvatarProvider | None
     open_agent: Callable[..., AbstractAsyncContextManager[AgentConnection]] = elevenlabs.open_agent
     hooks: ConversationHooks = ConversationHooks()
+    # The providers' known session limits in seconds, by provider name (relay.providers.table.session_limits): a
+    # session is rotated between turns before its limit.
+    session_limits: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +418,9 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                         avatar_tasks.start_soon(_keep_alive, session)
                         avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
                                                 up.settings.relay_avatar_connect_timeout)
+                        limit = up.session_limits.get(session.info.provider)
+                        if limit is not None:
+                            avatar_tasks.start_soon(_rotate_before, speech, trio.current_time() + limit, limit)
             if opening.cancelled_caught:
                 raise AvatarUnavailable("timeout", f"No avatar could be started again within "
                                         f"{up.settings.relay_setup_timeout:g} s.")
@@ -415,7 +429,10 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                 raise
             exc = leaves(group)[0]
             assert isinstance(exc, AvatarError)
-            if isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
+            if isinstance(exc, _Rotation):
+                died = exc
+                log.info("rotating the avatar session before its limit")
+            elif isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
                 replacements += 1
                 died = exc
                 log.warning("avatar session died, replacing it (the voice goes on in the browser meanwhile) "
@@ -439,9 +456,20 @@ async def _announce_replacement(session: AvatarSession, died: AvatarSessionEnded
     await ready_sent.wait()
     record.avatar_provider = session.info.provider
     record.avatar_session_id = session.info.session_id
-    reason = "session_ended" if died is None else died.reason
+    reason = "session_limit" if isinstance(died, _Rotation) else "session_ended" if died is None else died.reason
     outbox.send(bp.avatar_changed(session.info, reason))
     log.info("avatar replaced provider=%s reason=%s", session.info.provider, reason)
+
+
+async def _rotate_before(speech: SpeechRouter, limit_at: float, limit: float) -> None:
+    """Raise `_Rotation` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
+    ROTATION_MARGIN before it (a quarter of a shorter limit) once the avatar is between turns (its speech played
+    out), at the latest ROTATION_DEADLINE before it. Blocks on the clock and the speech router; cancelled with the
+    session's tasks."""
+    await trio.sleep_until(limit_at - min(ROTATION_MARGIN, limit / 4))
+    with trio.move_on_at(limit_at - ROTATION_DEADLINE):
+        await speech.wait_played_out()
+    raise _Rotation("session_ended", f"the avatar session reaches its limit of {limit:g} s")
 
 
 async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,

@@ -103,3 +103,6 @@ class Provider:
     doctor: AccountCheck
     simulator: Callable[..., Any]
     page: PageTransport
+    # The longest a session lives upstream with these settings (the sandbox's minute, the configured maximum), in
+    # seconds; None: no known limit. The conversation rotates to a fresh session between turns before it.
+    session_seconds: Callable[[Settings], float | None] | None = None

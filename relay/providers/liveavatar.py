@@ -26,6 +26,12 @@ from relay.sim import liveavatar_sim
 
 SERVICE = "LiveAvatar"
 DEMO_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"  # listed by the LiveAvatar simulator's /v1/avatars
+SANDBOX_SESSION_SECONDS = 60.0  # a sandbox session ends after about one minute (docs.liveavatar.com)
+
+
+def session_seconds(settings: Settings) -> float:
+    """How long a session lives: the sandbox's minute, else the length asked (LIVEAVATAR_MAX_SESSION_DURATION)."""
+    return SANDBOX_SESSION_SECONDS if settings.liveavatar_sandbox else float(settings.liveavatar_session_duration)
 
 
 def avatar_findings(status: int, body: bytes, avatar_id: str, sandbox: bool) -> list[Finding]:
@@ -113,4 +119,5 @@ PROVIDER = Provider(
     doctor=AccountCheck(steps=(avatar_step, running_sessions), go_on=lambda found: not key_refused(found)),
     simulator=liveavatar_sim.create_app,
     page=PageTransport("livekit", participant=AVATAR_PARTICIPANT),
+    session_seconds=session_seconds,
 )

@@ -78,4 +78,5 @@ PROVIDER = Provider(
     doctor=AccountCheck(steps=(face_step, running_sessions, token_step), go_on=_go_on),
     simulator=simli_sim.create_app,
     page=PageTransport("livekit"),  # the room holds only the avatar and the viewer (simli-client's LivekitTransport)
+    session_seconds=lambda settings: float(settings.simli_session_length),  # maxSessionLength
 )

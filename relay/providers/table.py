@@ -176,6 +176,16 @@ def make_provider(settings: Settings, http: httpx2.AsyncClient) -> AvatarProvide
     return None if entry is None else entry.make(settings, http)
 
 
+def session_limits(settings: Settings) -> dict[str, float]:
+    """The listed providers' known session limits in seconds (`Provider.session_seconds`), by name."""
+    limits: dict[str, float] = {}
+    for entry in listed(settings):
+        seconds = None if entry.session_seconds is None else entry.session_seconds(settings)
+        if seconds is not None:
+            limits[entry.name] = seconds
+    return limits
+
+
 def make_providers(settings: Settings, http: httpx2.AsyncClient) -> list[AvatarProvider]:
     """Every listed provider, in order; [] for voice only."""
     return [entry.make(settings, http) for entry in listed(settings)]
@@ -239,7 +249,25 @@ def page_config() -> dict[str, dict[str, Any]]:
             for entry in PROVIDERS.values()}
 
 
-__all__ = ["PROVIDERS", "SIMULATOR_APPS", "VOICE_ONLY", "at_base_url", "avatar_budgets", "base_url", "chosen",
-           "chosen_name", "entry_for", "list_running", "list_running_ids", "listed", "load_settings",
-           "make_provider", "make_providers", "page_config",
-           "serve_simulators", "settings_problem", "stop_by_id"]
+__all__ = [
+    "PROVIDERS",
+    "SIMULATOR_APPS",
+    "VOICE_ONLY",
+    "at_base_url",
+    "avatar_budgets",
+    "base_url",
+    "chosen",
+    "chosen_name",
+    "entry_for",
+    "list_running",
+    "list_running_ids",
+    "listed",
+    "load_settings",
+    "make_provider",
+    "make_providers",
+    "page_config",
+    "serve_simulators",
+    "session_limits",
+    "settings_problem",
+    "stop_by_id",
+]

@@ -84,7 +84,8 @@ async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper,
 
         await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
     state.upstreams = Upstreams(settings=effective, http=http, provider=provider,
-                                open_agent=metrics.observe_agent(open_agent), hooks=hooks)
+                                open_agent=metrics.observe_agent(open_agent), hooks=hooks,
+                                session_limits=providers.session_limits(effective))
     if own_shutdown:
         from relay.server.hosted import host_links, watch_host
 

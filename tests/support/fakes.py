@@ -268,6 +268,7 @@ class Harness:
         self.cancel_scope = trio.CancelScope()
         self.shutdown_scope = trio.CancelScope()
         self.browser_left: Callable[[], bool] | None = None  # as the web layer passes it (None: not known)
+        self.session_limits: dict[str, float] = {}  # the provider's known session limit, by provider name
 
     def upstreams(self) -> Upstreams:
         def on_end(record: ConversationRecord) -> None:
@@ -275,7 +276,7 @@ class Harness:
 
         return Upstreams(settings=self.settings, http=None, provider=self.provider,  # type: ignore[arg-type]
                          open_agent=self.agent.open,  # type: ignore[arg-type]
-                         hooks=ConversationHooks(on_end=on_end))
+                         hooks=ConversationHooks(on_end=on_end), session_limits=self.session_limits)
 
     async def run(self) -> None:
         with self.cancel_scope:
