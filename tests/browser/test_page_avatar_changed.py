@@ -44,6 +44,6 @@ def test_the_page_changes_faces_when_the_avatar_is_replaced_and_the_captions_go_
     assert page.locator("#sim-face").is_visible()
     page.locator(".entry.system", has_text="The avatar was replaced").wait_for()
     before = captioned_words(page)
-    send_text(page, "Tell me about the weather")
+    send_text(page, "What else can you do?")
     page.wait_for_function(f"() => window.__relayDebug.captionLog.length > {before}")
     assert debug(page)["conversationId"] == info["conversationId"]  # the same conversation, no reload
