@@ -37,6 +37,8 @@ export class Transcript {
 
   /** What the user said; `final: false` is tentative and replaced by the next transcript for that event. */
   user(eventId, text, final) {
+    // An empty transcript (the agent heard nothing it could write down) gets no bubble.
+    if (!text.trim() && !this.entries.has(`user:${eventId}`)) return;
     const entry = this.entry(`user:${eventId}`, 'user', 'You');
     entry.text.textContent = text;
     entry.item.classList.toggle('tentative', !final);

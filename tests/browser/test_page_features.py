@@ -464,6 +464,18 @@ def test_a_human_agent_taking_over_is_shown(fake_page) -> None:
     page.locator('#activity .chip[data-kind="human"]').wait_for(state="detached")
 
 
+def test_a_guardrail_is_noted_and_an_empty_user_transcript_gets_no_bubble(fake_page) -> None:
+    """Issue 22: `guardrail_triggered` (L6) is shown in the transcript; the simulator's queue order (the widget
+    mock's) can bring an empty `user_transcript`, which must not draw an empty bubble."""
+    fake = FakeRelay()
+    page = fake_page(fake)
+    fake.send(type="user_transcript", event_id=2, text="", final=True)
+    fake.send(type="guardrail_triggered")
+    page.locator(".entry.system", has_text="one of its guardrails was triggered").wait_for()
+    assert page.locator(".entry.user").count() == 0
+    assert debug(page)["guardrails"] == 1
+
+
 def test_vad_score_and_context_usage_reach_the_embedding_page(fake_page) -> None:
     fake = FakeRelay()
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(90)
 
 DEMO_AGENT = {"first_message": "", "client_events": list(ALL_CLIENT_EVENTS), "mcp_server_ids": ["sim-weather"],
               "rich_content_sources": None,  # forwarded if it ever comes: the real service offers it to the widget
+              "chat_parts_in_voice": True,
               "response_latency_ms": 0,
               "ping_interval_s": 0}
 

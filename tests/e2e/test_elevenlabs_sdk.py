@@ -164,7 +164,10 @@ def run_sdk_conversation(url: str, *, requires_auth: bool) -> dict[str, Any]:
 @pytest.mark.parametrize("requires_auth", [True, False], ids=["signed-url", "public"])
 async def test_official_sdk_completes_a_conversation_with_the_simulator(sim_url: str, requires_auth: bool) -> None:
     # Corrections and client tool calls are opt-in on a real agent (`client_events`): this agent enables them.
-    await sim_faults(sim_url, response_latency_ms=50, ping_interval_s=0.2, **SLOW_SPEECH,
+    # The SDK (2.78.0) still drops audio whose event id equals the last interruption's (its gate is `<=`,
+    # elevenlabs-python #829; the fix, #839, is not in a release yet), and the real service sends the reply under
+    # that id: the simulator's "next" reading lets the SDK hear the reply after its interruption.
+    await sim_faults(sim_url, response_latency_ms=50, ping_interval_s=0.2, **SLOW_SPEECH, reply_event_id="next",
                      client_events=[*elevenlabs_sim.DEFAULT_CLIENT_EVENTS, "agent_response_correction",
                                     "client_tool_call"])
     with trio.fail_after(45):

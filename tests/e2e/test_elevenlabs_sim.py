@@ -275,7 +275,7 @@ async def test_spoken_turn_gets_transcripts_then_a_reply_with_audio(sim: Sim) ->
     assert transcripts[-1] == el.UserTranscript("(1.2 s of speech)", transcripts[-1].event_id, final=True)
     response = next(e for e in events if isinstance(e, el.AgentResponse))
     assert "1.2 seconds" in response.text
-    assert response.event_id > transcripts[-1].event_id
+    assert response.event_id == transcripts[-1].event_id  # the reply carries the user's turn id (reply_event_id)
     assert events[-1].event_id == response.event_id
     assert rms(events[-1].audio) > 500
     record = await sim.only_conversation()
@@ -362,7 +362,7 @@ async def test_talking_over_the_reply_interrupts_it(sim: Sim) -> None:
     assert 0 < len(correction.corrected) < len(correction.original)
     stale = [e for e in events[events.index(interruption) :] if isinstance(e, el.AgentAudio)]
     assert all(e.event_id >= interruption.event_id for e in stale)
-    assert events[-1].event_id > interruption.event_id
+    assert events[-1].event_id == interruption.event_id  # the real service: the reply carries the interruption's id
     assert (await sim.only_conversation())["interruptions"] == 1
 
 
@@ -503,7 +503,7 @@ async def test_only_the_agents_client_events_are_sent(sim: Sim) -> None:
     assert not any(isinstance(e, el.ClientToolCall | el.AgentChatResponsePart | el.VadScore) for e in events)
     assert events[-1].text == "The get_time tool is not enabled for this client."  # type: ignore[union-attr]
 
-    await sim.faults(**QUIET, client_events=list(ALL_CLIENT_EVENTS))
+    await sim.faults(**QUIET, client_events=list(ALL_CLIENT_EVENTS), chat_parts_in_voice=True)
     with trio.fail_after(10):
         async with sim.open() as conn:
             await send_audio(conn, voice(16000, 0.5))
@@ -684,7 +684,8 @@ async def test_rich_content_is_offered_only_to_the_widget(sim: Sim) -> None:
         with trio.fail_after(10):
             async with sim.open(initiation=initiation) as conn:
                 await conn.send(el.build_user_message("where is order 5678"))
-                return await collect(conn, of(el.AgentResponse), within=8)
+                return await collect(conn, lambda e: isinstance(e, el.AgentResponse) and "shipped" in e.text,
+                                     within=8)
 
     relay = await order_events(el.build_initiation(source_version="1.0"))
     assert any(isinstance(e, el.AgentToolResponse) for e in relay)
@@ -694,3 +695,33 @@ async def test_rich_content_is_offered_only_to_the_widget(sim: Sim) -> None:
     assert any(isinstance(e, el.RichContent) for e in await order_events(widget))
     await sim.faults(rich_content_sources=None)
     assert any(isinstance(e, el.RichContent) for e in await order_events(el.build_initiation()))
+
+
+async def test_the_simulators_harder_orders_and_ids_and_their_knobs(sim: Sim) -> None:
+    """§6 of the re-audit: the queue notice after the greeting's text and a transcript (widget mock order), a tool
+    reply with two agent_response for one id, streamed text parts only in text-only conversations by default; each
+    with its knob for the other reading."""
+    await sim.faults(ping_interval_s=0, response_latency_ms=0, queue_wait_ms=200)
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            first = [await conn.receive() for _ in range(3)]
+    assert [type(e).__name__ for e in first] == ["AgentResponse", "UserTranscript", "QueueStatus"]
+    await sim.faults(queue_notice_after="metadata")
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            assert isinstance(await conn.receive(), el.QueueStatus)
+
+    await sim.faults(**QUIET, queue_wait_ms=0, client_events=list(ALL_CLIENT_EVENTS))
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            await conn.send(el.build_user_message("where is order 5678"))
+            events = await collect(conn, lambda e: isinstance(e, el.AgentResponse) and "shipped" in e.text, within=8)
+    responses = [e for e in events if isinstance(e, el.AgentResponse)]
+    assert len(responses) == 2 and responses[0].event_id == responses[1].event_id
+    assert not any(isinstance(e, el.AgentChatResponsePart) for e in events)  # a voice conversation
+    await sim.faults(repeat_agent_response=False, reply_event_id="next")
+    with trio.fail_after(10):
+        async with sim.open() as conn:
+            await conn.send(el.build_user_message("where is order 5678"))
+            events = await collect(conn, of(el.AgentResponse), within=8)
+    assert "shipped" in next(e for e in events if isinstance(e, el.AgentResponse)).text

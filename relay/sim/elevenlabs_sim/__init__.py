@@ -78,6 +78,14 @@ Faults (`POST /_sim/faults`; a conversation reads them once, when its socket ope
   details (`conversation_config.agent.prompt.mcp_server_ids`); "weather" runs the MCP tool only with `sim-weather`.
 - `rich_content_sources` (["widget"]: like the real service, components only for ElevenLabs' embedded widget; null:
   any client): the socket `source` (or initiation `source_info.source`) that may receive `rich_content`.
+- `queue_notice_after` ("greeting", convai-widget-core's mock order: the greeting's `agent_response` and a
+  `user_transcript` come before `queue_status` waiting; "metadata": the notice right after the metadata).
+- `reply_event_id` ("same", the real service: a reply to the user carries the user's turn id, the interruption's id
+  too, elevenlabs-python #829/#839; "next": a new id, one above).
+- `repeat_agent_response` (true, the widget mock's tool flow): a tool reply ("order", "weather") first sends an
+  interim `agent_response` ("One moment…") and later the final one, under the same `event_id`.
+- `chat_parts_in_voice` (false: the asyncapi calls `agent_chat_response_part` "text-only mode"; the demo agent
+  true): whether streamed text parts are sent in a voice conversation (always in a text-only one).
 - `mcp_approval_policy` ("require_approval_all"): `GET /v1/convai/mcp-servers/sim-weather`'s `config.approval_policy`
   (`auto_approve_all`, `require_approval_all`, `require_approval_per_tool`).
 - `odd_fields` (false): known events with missing, extra or oddly typed fields, and one non-JSON frame.

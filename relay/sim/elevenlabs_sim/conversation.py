@@ -353,6 +353,16 @@ class Conversation:
         )
         self.record["metadata_at"] = time.monotonic()
         if faults["queue_wait_ms"] or faults["queue_times_out"]:
+            if faults["queue_notice_after"] == "greeting":
+                # convai-widget-core's mock order: metadata, the greeting's agent_response, a user_transcript,
+                # then queue_status waiting (its audio follows once admitted).
+                if self.first_message and self.enabled("agent_response"):
+                    await self.send(frame("agent_response", "agent_response_event", {
+                        "agent_response": _substitute(self.first_message, self.dynamic_variables),
+                        "event_id": self.last_event_id + 1}))
+                if self.enabled("user_transcript"):
+                    await self.send(frame("user_transcript", "user_transcription_event",
+                                          {"user_transcript": "", "event_id": self.last_event_id + 1}))
             await self.wait_in_queue(float(faults["queue_wait_ms"]) / 1000.0, bool(faults["queue_times_out"]))
         if self.enabled("mcp_connection_status"):
             await self.send(frame("mcp_connection_status", "mcp_connection_status", {"integrations": [
@@ -491,12 +501,12 @@ class Conversation:
                 text = f"({ms / 1000:.1f} s of speech)"
                 await self.send_transcript("user_transcript", text)
                 self.record["user_transcripts"].append(text)
-                self.user_turn_id = None
+                turn_id, self.user_turn_id = self.user_turn_id, None
                 self.turns += 1
                 self.record["turns"] = self.turns
                 self.start_reply(
                     f"Turn {self.turns}: I heard about {ms / 1000:.1f} seconds of speech. "
-                    "Thanks for talking with the simulated agent."
+                    "Thanks for talking with the simulated agent.", event_id=self.reply_id(turn_id)
                 )
 
     async def send_transcript(self, event_type: str, text: str) -> None:
@@ -511,18 +521,27 @@ class Conversation:
         await self.interrupt_reply(turn_id)
         self.turns += 1
         self.record["turns"] = self.turns
+        reply_id = self.reply_id(turn_id)
         if features.WEATHER.search(text) and features.WEATHER_SERVER_ID in self.faults["mcp_server_ids"]:
             city = features.CITY.search(text)
-            self.start_reply("", prepare=partial(features.mcp_weather, self, city.group(1) if city else "Paris"))
+            self.start_reply("", prepare=partial(features.mcp_weather, self, city.group(1) if city else "Paris"),
+                             event_id=reply_id, interim="Let me check the weather for you.")
         elif features.ORDER.search(text):
             number = re.search(r"\d{3,}", text)
-            self.start_reply("", prepare=partial(features.lookup_order, self, number.group(0) if number else "1234"))
+            self.start_reply("", prepare=partial(features.lookup_order, self, number.group(0) if number else "1234"),
+                             event_id=reply_id, interim="One moment, let me look that up.")
         elif features.HUMAN.search(text):
-            self.start_reply("", prepare=partial(features.hand_off, self), after=partial(features.hand_back, self))
+            self.start_reply("", prepare=partial(features.hand_off, self), after=partial(features.hand_back, self),
+                             event_id=reply_id)
         elif features.TOOL.search(text):
-            self.start_reply("", prepare=partial(features.call_tool, self))
+            self.start_reply("", prepare=partial(features.call_tool, self), event_id=reply_id)
         else:
-            self.start_reply(f"You said: {text}")
+            self.start_reply(f"You said: {text}", event_id=reply_id)
+
+    def reply_id(self, turn_id: int | None) -> int | None:
+        """The event id of the reply to the user's turn `turn_id`: the same id (`reply_event_id` "same", the real
+        service: reply audio carries the interruption's id, elevenlabs-python #829/#839), or a new one ("next")."""
+        return turn_id if self.faults["reply_event_id"] == "same" else None
 
     async def interrupt_reply(self, new_event_id: int) -> None:
         reply = self.reply
@@ -558,22 +577,27 @@ class Conversation:
 
     def start_reply(self, text: str, *, prepare: Callable[[int], Awaitable[str]] | None = None,
                     after: Callable[[int], Awaitable[None]] | None = None, latency: float | None = None,
-                    to_user: bool = True) -> None:
+                    to_user: bool = True, event_id: int | None = None, interim: str | None = None) -> None:
         """Reply `text`, or what `prepare(event_id)` (a tool round trip) returns; `after(event_id)` runs once its
-        audio is sent."""
+        audio is sent. `event_id`: the reply's id (default: a new one). `interim`: with `repeat_agent_response`, an
+        `agent_response` sent before `prepare` under the same id (the agent's "let me check" before a tool)."""
         assert self.nursery is not None
         if self.reply is not None:
             self.reply.scope.cancel()  # a reply never overlaps the next one
-        reply = _Reply(event_id=self.next_event_id(), text=text, to_user=to_user)
+        reply = _Reply(event_id=self.next_event_id() if event_id is None else event_id, text=text, to_user=to_user)
         self.reply = reply
         delay = float(self.faults["response_latency_ms"]) / 1000.0 if latency is None else latency
-        self.nursery.start_soon(self.play_reply, reply, delay, prepare, after)
+        self.nursery.start_soon(self.play_reply, reply, delay, prepare, after, interim)
 
     async def play_reply(self, reply: _Reply, delay: float, prepare: Callable[[int], Awaitable[str]] | None,
-                         after: Callable[[int], Awaitable[None]] | None) -> None:
+                         after: Callable[[int], Awaitable[None]] | None, interim: str | None = None) -> None:
         with reply.scope:
             if delay:
                 await trio.sleep(delay)
+            if interim and self.faults["repeat_agent_response"] and self.enabled("agent_response"):
+                # convai-widget-core's mock tool flow: two agent_response for one event_id.
+                await self.send(frame("agent_response", "agent_response_event",
+                                      {"agent_response": interim, "event_id": reply.event_id}))
             if prepare is not None:
                 reply.text = await prepare(reply.event_id)
             faults = self.faults
@@ -600,7 +624,7 @@ class Conversation:
             # Benchmark timestamps (time.monotonic(), taken just before each send): see `reply_times`.
             times: list[Any] = [reply.event_id, time.monotonic(), None, reply.text]
             self.record["reply_times"].append(times)
-            if self.enabled("agent_chat_response_part"):
+            if self.enabled("agent_chat_response_part") and (self.text_only or faults["chat_parts_in_voice"]):
                 # Streamed like an LLM's tokens: a start, one delta per word (with its space), a stop.
                 deltas = re.findall(r"\S+\s*|\s+", reply.text)
                 for part_type, text in (("start", ""), *(("delta", d) for d in deltas), ("stop", "")):

@@ -56,6 +56,10 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "mcp_approval_timeout_s": 30,
     "mcp_server_ids": [],
     "rich_content_sources": ["widget"],
+    "queue_notice_after": "greeting",
+    "reply_event_id": "same",
+    "repeat_agent_response": True,
+    "chat_parts_in_voice": False,
     "mcp_approval_policy": "require_approval_all",
     "human_typing_ms": 800,
 }
@@ -98,7 +102,7 @@ ALL_CLIENT_EVENTS = (
 # configured like a real agent would be for the demo page: overrides allowed, every client event the page shows.
 DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
     "demo-agent": {"overrides_allowed": True, "client_events": list(ALL_CLIENT_EVENTS),
-                   "mcp_server_ids": ["sim-weather"]},
+                   "mcp_server_ids": ["sim-weather"], "chat_parts_in_voice": True},
 }
 
 FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
