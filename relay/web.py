@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 import trio
-from quart import Response, abort, websocket
+from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
 from relay import __version__
@@ -42,6 +42,7 @@ from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.ops.metrics import RelayMetrics
 from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
+from relay.server import embed
 from relay.server.admission import OVER_RATE, AdmissionRefused, Registry
 from relay.server.auth import Gate, TokenClaims, TokenError, auth_problem, identity
 from relay.server.demo import demo_settings
@@ -319,17 +320,31 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
 
     security_headers = page_headers(settings)
+    livekit_client = embed.local_livekit_client(settings, log.warning)
 
     @app.after_request
     async def add_security_headers(response: Response) -> Response:
         """The page's own defences on every HTTP answer (the page, its static files, the JSON endpoints)."""
         for name, value in security_headers.items():
             response.headers.setdefault(name, value)
+        if embed.embeddable(request.path):  # the widget on a foreign page loads these (docs/embedding.md)
+            response.headers.update(embed.CROSS_ORIGIN_HEADERS)
         return response
 
     @app.route("/")
     async def index() -> Response:
         return _static_response("index.html")
+
+    @app.route("/embed.js")
+    async def embed_module() -> Response:
+        return _static_response("embed.js")
+
+    @app.route("/vendor/<path:name>")
+    async def vendor_file(name: str) -> Response:
+        found = embed.vendor_file(livekit_client, name)
+        if found is None:
+            return Response("not found", status=404)
+        return Response(found[0], content_type=found[1], headers={"cache-control": "public, max-age=86400"})
 
     @app.route("/static/<path:name>")
     async def static_file(name: str) -> Response:
@@ -337,8 +352,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     @app.route("/client-config.json")
     async def client_config() -> dict[str, Any]:
-        return {"livekit_client_url": settings.relay_livekit_client_url, "ws_path": "/ws",
-                "frame_ms": settings.relay_client_frame_ms}
+        return embed.client_config(settings, livekit_client)
 
     @app.route("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -228,6 +228,8 @@ export async function loadPage({ config = { livekit_client_url: null } } = {}) {
     window,
     document,
     HTMLElement: dom.HTMLElement,
+    customElements: dom.customElements,
+    CustomEvent: dom.CustomEvent,
     location: { href: 'http://127.0.0.1:8000/', hash: '', protocol: 'http:' },
     navigator: { mediaDevices: { getUserMedia: async () => { throw Object.assign(new Error('refused'), { name: 'NotAllowedError' }); } } },
     WebSocket: FakeWebSocket,
@@ -246,12 +248,15 @@ export async function loadPage({ config = { livekit_client_url: null } } = {}) {
   pageCount += 1;
   await import(new URL(`app.js?page=${pageCount}`, STATIC).href);
   await settle();
-  const el = (id) => document.getElementById(id);
+  // The page is one <avatar-relay>: its controls are in its shadow root.
+  const widget = document.querySelector('avatar-relay');
+  const el = (id) => widget.shadowRoot.getElementById(id);
   const page = {
     clock,
     document,
     window,
     errors,
+    widget,
     el,
     get debug() {
       return window.__relayDebug;
