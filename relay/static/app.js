@@ -333,7 +333,7 @@ export class AvatarRelayElement extends BaseElement {
   /** The relay's base URL: the `relay` attribute, else the origin this module came from. */
   relayBase() {
     const attribute = this.getAttribute('relay');
-    return attribute ? new URL(attribute, document.baseURI).href : RELAY_BASE;
+    return attribute ? new URL(attribute, document.baseURI || globalThis.location?.href).href : RELAY_BASE;
   }
 
   /** The relay's client-config.json (fetched once per widget; the defaults if it cannot be read). */
@@ -355,7 +355,7 @@ export class AvatarRelayElement extends BaseElement {
     }
     const tokenUrl = this.getAttribute('token-url');
     if (!tokenUrl) return null;
-    const response = await fetch(new URL(tokenUrl, document.baseURI).href, {
+    const response = await fetch(new URL(tokenUrl, document.baseURI || globalThis.location?.href).href, {
       credentials: 'same-origin', cache: 'no-store', headers: { accept: 'application/json, text/plain' },
     });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
