@@ -399,7 +399,7 @@ def _grant(claims: TokenClaims) -> Grant:
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                   ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
-                  ".json": "application/json"}
+                  ".json": "application/json", ".ts": "text/plain; charset=utf-8"}
 
 
 def _static_response(name: str) -> Response:
