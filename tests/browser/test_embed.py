@@ -399,3 +399,36 @@ def test_the_widget_on_a_foreign_page_screenshots(visit, host: HostSite, viewpor
         take_screenshot(page, REPO / "docs" / f"embed-{viewport}.png", mouth_open=viewport == "desktop")
         w.get_by_role("button", name="Stop").click()
         wait_state(page, "ended")
+
+
+HIDE_PAGE = """(hidden) => {
+  Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+  Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def test_on_a_phone_the_screen_stays_on_and_a_hidden_page_pauses_the_microphone(visit) -> None:
+    page = visit(viewport={"width": 390, "height": 844}).page
+    w = widget(page)
+    w.get_by_role("button", name="Start").click()
+    wait_state(page, "live")
+    page.wait_for_function("() => document.getElementById('w1').debug.micState === 'on'")
+    page.wait_for_function("() => document.getElementById('w1').debug.wakeLock === true")
+    mic_enabled = "() => document.getElementById('w1').current.capture.stream.getAudioTracks().every((t) => t.enabled)"
+    assert page.evaluate(mic_enabled) is True
+    # The user switches to another app: the page is hidden.
+    page.evaluate(HIDE_PAGE, True)
+    assert page.evaluate("() => document.getElementById('w1').debug.paused") is True
+    assert page.evaluate(mic_enabled) is False
+    assert "microphone is paused" in w.get_by_role("alert").inner_text()
+    page.wait_for_function("() => document.getElementById('w1').debug.statusText.startsWith('Paused')")
+    assert state(page) == "live", "a hidden page pauses the microphone, not the conversation"
+    # And comes back.
+    page.evaluate(HIDE_PAGE, False)
+    assert page.evaluate(mic_enabled) is True
+    assert not w.get_by_role("alert").is_visible()
+    page.wait_for_function("() => document.getElementById('w1').debug.statusText.startsWith('Listening')")
+    w.get_by_role("button", name="Stop").click()
+    wait_state(page, "ended")
+    assert page.evaluate("() => document.getElementById('w1').debug.wakeLock") is False
