@@ -167,3 +167,12 @@ test('two widgets on one page keep their own conversations, words and controls',
   assert.equal(a.shadowRoot.getElementById('start').disabled, true);
   assert.equal(page.window.__relayDebug, a.debug, 'the page\'s first widget is the one window.__relayDebug shows');
 });
+
+test('voice-only: the voice orb instead of the avatar\'s picture, the agent still heard through the page', async () => {
+  page = await loadPage();
+  page.widget.setAttribute('voice-only', '');
+  await page.start({ avatar: { provider: 'liveavatar', session_id: 's', livekit_url: null, access_token: null, simulated: true } });
+  assert.equal(page.debug.avatarMode, 'voice');
+  assert.equal(page.el('sim-face').hasAttribute('hidden'), true);
+  assert.equal(page.el('stage').dataset.mode, 'voice');
+});
