@@ -259,9 +259,10 @@ export class AvatarRelayElement extends BaseElement {
     this.debug.lang = this.t.lang;
     const shadow = this.shadowRoot ?? this.attachShadow({ mode: 'open' });
     if ('adoptedStyleSheets' in shadow && typeof CSSStyleSheet === 'function') {
-      // Hidden until the stylesheet is there, so the host page never shows the widget unstyled.
+      // Transparent until the stylesheet is there, so the host page never shows the widget unstyled (but still in
+      // the tab order: a keyboard user's first Tab may come before the stylesheet).
       const hide = new CSSStyleSheet();
-      hide.replaceSync(':host { visibility: hidden; }');
+      hide.replaceSync(':host { opacity: 0; }');
       if (!shadow.adoptedStyleSheets.length) shadow.adoptedStyleSheets = [hide];
       widgetSheet().then((sheet) => { shadow.adoptedStyleSheets = [sheet]; }, (err) => {
         console.warn('avatar-relay: the widget stylesheet could not be loaded', err);
