@@ -402,7 +402,8 @@ def test_the_widget_on_a_foreign_page_screenshots(visit, host: HostSite, viewpor
 
 
 HIDE_PAGE = """(hidden) => {
-  Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+  const state = hidden ? 'hidden' : 'visible';
+  Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => state });
   Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
   document.dispatchEvent(new Event('visibilitychange'));
 }"""

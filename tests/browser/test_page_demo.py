@@ -235,7 +235,7 @@ def test_the_queue_and_a_human_taking_over_are_shown(relays, open_page, avatar: 
 def spoken(page: Any, has_text: str) -> None:
     """Until the reply containing `has_text` has been said (its caption complete, the voice silent)."""
     agent_bubble(page, has_text).wait_for()
-    page.wait_for_function("(t) => [...document.querySelectorAll('.entry.agent')].some((b) => "
+    page.wait_for_function("(t) => [...__relayRoot.querySelectorAll('.entry.agent')].some((b) => "
                            "b.textContent.includes(t) && b.dataset.caption === 'spoken')", arg=has_text, timeout=20_000)
     page.wait_for_function("() => window.__relayDebug.outputRms < 0.001")
 
@@ -256,8 +256,8 @@ def test_screenshots_of_the_whole_agent(relays, open_page, viewport: str) -> Non
         send_text(page, "Where is my order 1234?")
         if viewport == "desktop":
             agent_bubble(page, "Your order 1234").wait_for()
-            page.wait_for_function("() => Number([...document.querySelectorAll('.entry.agent')].pop().dataset.revealed)"
-                                   " >= 5")
+            page.wait_for_function("() => Number([...__relayRoot.querySelectorAll('.entry.agent')].pop()"
+                                   ".dataset.revealed) >= 5")
             take_screenshot(page, REPO / "docs" / "screenshot.png")
             return
         spoken(page, "Your order 1234")
