@@ -433,3 +433,41 @@ def test_on_a_phone_the_screen_stays_on_and_a_hidden_page_pauses_the_microphone(
     w.get_by_role("button", name="Stop").click()
     wait_state(page, "ended")
     assert page.evaluate("() => document.getElementById('w1').debug.wakeLock") is False
+
+
+def test_the_microphone_picker_moves_the_conversation_to_another_device(visit) -> None:
+    page = visit().page
+    w = widget(page)
+    w.get_by_role("button", name="Start").click()
+    wait_state(page, "live")
+    page.wait_for_function("() => document.getElementById('w1').debug.micState === 'on'")
+    picker = w.get_by_label("Microphone", exact=True)
+    picker.wait_for()  # Chromium's fake devices are two microphones
+    options = picker.evaluate("(s) => [...s.options].map((o) => o.value)")
+    assert len(options) >= 2
+    device = "() => document.getElementById('w1').current.capture.stream.getAudioTracks()[0].getSettings().deviceId"
+    before = page.evaluate(device)
+    other = next(value for value in options if value != before)
+    picker.select_option(other)
+    page.wait_for_function(f"() => ({device})() === {other!r}")
+    sent = page.evaluate("() => document.getElementById('w1').debug.framesSent")
+    page.wait_for_function("(n) => document.getElementById('w1').debug.framesSent > n + 5", arg=sent)
+    w.get_by_role("button", name="Stop").click()
+    wait_state(page, "ended")
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
+def test_every_control_has_a_name_a_screen_reader_can_say(visit, lang: str) -> None:
+    page = visit(lang=lang).page
+    unnamed = page.evaluate("""() => {
+      const root = document.getElementById('w1').shadowRoot;
+      const name = (el) => (el.getAttribute('aria-label') || [...(el.labels ?? [])].map((l) => l.textContent).join('')
+        || (el.getAttribute('aria-labelledby') || '').split(' ').map((id) => root.getElementById(id)?.textContent ?? '')
+          .join('') || el.textContent).trim();
+      return [...root.querySelectorAll('button, input, select, a[href], [role=meter], [role=status], dialog, section')]
+        .filter((el) => !name(el)).map((el) => el.outerHTML.slice(0, 80));
+    }""")
+    assert unnamed == []
+    live = page.evaluate("() => document.getElementById('w1').shadowRoot.getElementById('transcript')"
+                         ".getAttribute('aria-live')")
+    assert live == "polite"
