@@ -610,8 +610,8 @@ class Conversation {
       [this.config, token] = await Promise.all([this.w.config(), this.w.token()]);
     } catch (err) {
       if (this.finished) return;
-      this.errorMessage = t('notice.token_failed', { detail: err?.message ?? err });
-      this.w.showNotice(this.errorMessage, 'error');
+      this.errorMessage = String(err?.message ?? err);
+      this.w.showNotice(t('notice.token_failed', { detail: this.errorMessage }), 'error');
       this.finish('token_failed');
       return;
     }

@@ -97,7 +97,7 @@ test('a token endpoint that refuses ends the attempt in plain words, and nothing
   assert.equal(page.socket(), undefined, 'no socket was opened');
   assert.equal(page.debug.endedReason, 'token_failed');
   assert.equal(page.debug.notice, 'Could not get a pass for this conversation from the site (HTTP 401).');
-  assert.match(page.debug.statusText, /the site could not give this conversation a pass/);
+  assert.equal(page.debug.statusText, 'Conversation ended: the site could not give this conversation a pass — HTTP 401');
   assert.equal(page.el('start').disabled, false);
 });
 
