@@ -13,13 +13,15 @@ import trio
 
 from relay._util import leaves
 from relay.avatars import AvatarError
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from relay.ops.doctor import Finding
 
 def _settings_or_report() -> Settings | None:
     """The validated settings, or None after printing the configuration error (the command then exits 2)."""
+    from relay.providers.table import load_settings
+
     try:
         return load_settings()
     except ConfigError as exc:
@@ -40,37 +42,40 @@ def _workers_argument(value: str) -> int | str:
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
-    """`serve --workers N` with N > 1: check what the workers would refuse, once, then run them
-    (relay.server.workers)."""
+    """`serve --workers N` with N > 1: check what the workers would refuse, once (one line for a mistake, not one
+    per worker), then run them (relay.server.workers)."""
     from relay.ops.logs import configure_logging
-    from relay.server.auth import auth_problem
+    from relay.server.startup import STARTUP_FAILED, StartupFailure, check_configuration, print_failure
     from relay.server.workers import run_supervisor
 
     if settings.demo_mode:
-        print("avatar-relay: --workers needs real upstream settings: demo mode runs its simulators inside the one "
-              "relay process (run `avatar-relay serve` without --workers, or point it at `avatar-relay sim`)",
-              file=sys.stderr)
-        return 2
-    if (problem := auth_problem(settings)) is not None:
-        print(f"avatar-relay: invalid configuration: {problem}", file=sys.stderr)
-        return 2
-    if settings.relay_redis_url is not None:
-        from relay.ops.fleet_probe import startup_problem
-
-        if (redis_problem := trio.run(startup_problem, settings)) is not None:
-            print(f"avatar-relay: {redis_problem}", file=sys.stderr)  # before any worker starts
-            return 1
-    configure_logging(settings)
+        print_failure("RELAY_WORKERS / --workers needs real upstream settings: demo mode runs its simulators inside "
+                      "the one relay process (run `avatar-relay serve` without --workers, or point it at "
+                      "`avatar-relay sim`)")
+        return STARTUP_FAILED
+    configure_logging(settings)  # before the checks: moving a damaged journal aside is logged
+    try:
+        trio.run(check_configuration, settings)
+    except StartupFailure as exc:
+        print_failure(str(exc), exc, settings)
+        return STARTUP_FAILED
     return run_supervisor(settings, host, port, workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings_or_report()
-    if settings is None:
-        return 2
+    from relay.providers.table import load_settings
+    from relay.server.startup import STARTUP_FAILED, WORKER_STARTUP_FAILED, print_failure
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print_failure(str(exc))
+        return STARTUP_FAILED
+    from hypercorn.utils import LifespanFailureError
+
     from relay.server.serving import hypercorn_config, serve_app
     from relay.server.workers import role_from_args, wait_for_supervisor_exit
-    from relay.web import create_app, relay_state
+    from relay.web import create_app, relay_state, startup_guard
 
     host = args.host or settings.relay_host
     port = settings.relay_port if args.port is None else args.port
@@ -83,8 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings, worker=role)
     except ConfigError as exc:
-        print(f"avatar-relay: {exc}", file=sys.stderr)
-        return 2
+        print_failure(str(exc))
+        return STARTUP_FAILED if role is None else WORKER_STARTUP_FAILED
+    startup_guard(app).quiet_hypercorn()
     config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
     stop_when = None
     if role is not None:
@@ -98,8 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(serve)
     except* OSError as group:
-        print(f"avatar-relay: cannot listen on {host}:{port}: {_first_os_error(group).strerror}", file=sys.stderr)
-        status = 1
+        print_failure(f"cannot listen on {host}:{port}: {_first_os_error(group).strerror}: choose another "
+                      "--port / RELAY_PORT (or stop what listens there)", group)
+        status = STARTUP_FAILED
+    except* LifespanFailureError:  # the start-up guard printed its line (relay.server.startup)
+        status = STARTUP_FAILED if role is None else WORKER_STARTUP_FAILED
     return status
 
 
@@ -113,6 +122,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """`avatar-relay doctor [--connect]`: 0 when everything checks out, 1 on any problem, 2 for a bad
     configuration. In demo mode the checks run against freshly started simulators."""
     from relay.ops.doctor import diagnose, format_report
+    from relay.providers.table import load_settings
     from relay.server.demo import on_simulators
 
     try:
@@ -134,8 +144,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from relay.providers.table import PROVIDERS, SIMULATOR_APPS, serve_simulators
     from relay.server.serving import wait_for_signal
-    from relay.sim.runner import STARTUP_FAULTS, serve_simulators
+
+    startup_faults = sorted(PROVIDERS)  # the avatar simulators; the agent's takes its faults by POST /_sim/faults
 
     faults: dict[str, dict[str, object]] = {}
     for spec in args.faults:
@@ -144,8 +156,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             value = json.loads(text) if sep else None
         except ValueError:
             value = None
-        if name not in STARTUP_FAULTS or not isinstance(value, dict):
-            print(f"avatar-relay: --faults takes NAME=JSON-object with NAME one of {', '.join(sorted(STARTUP_FAULTS))}"
+        if name not in startup_faults or not isinstance(value, dict):
+            print(f"avatar-relay: --faults takes NAME=JSON-object with NAME one of {', '.join(startup_faults)}"
                   f", e.g. liveavatar='{{\"withhold_connected\": true}}' (got {spec!r})", file=sys.stderr)
             return 2
         faults.setdefault(name, {}).update(value)
@@ -153,11 +165,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(partial(serve_simulators, args.host, {
-                "elevenlabs": args.elevenlabs_port, "heygen": args.heygen_port,
-                "liveavatar": args.liveavatar_port}, faults=faults))
-            print(f"ELEVENLABS_BASE_URL={urls.elevenlabs}", flush=True)
-            print(f"HEYGEN_BASE_URL={urls.heygen}", flush=True)
-            print(f"LIVEAVATAR_BASE_URL={urls.liveavatar}", flush=True)
+                name: getattr(args, f"{name}_port") for name in SIMULATOR_APPS}, faults=faults))
+            for name, url in urls.items():
+                variable = PROVIDERS[name].settings.base_url_variable if name in PROVIDERS else "ELEVENLABS_BASE_URL"
+                print(f"{variable}={url}", flush=True)
             await wait_for_signal()
             nursery.cancel_scope.cancel()
 
@@ -178,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_options(serve)
     serve.set_defaults(func=cmd_serve)
-    sim = sub.add_parser("sim", help="run the ElevenLabs, HeyGen and LiveAvatar simulators and print their URLs")
+    from relay.providers.table import PROVIDERS, SIMULATOR_APPS
+
+    titles = ", ".join(["ElevenLabs", *(entry.title for entry in PROVIDERS.values())])
+    sim = sub.add_parser("sim", help=f"run the simulators ({titles}) and print their URLs")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--elevenlabs-port", type=int, default=0)
-    sim.add_argument("--heygen-port", type=int, default=0)
-    sim.add_argument("--liveavatar-port", type=int, default=0)
+    for name in SIMULATOR_APPS:
+        sim.add_argument(f"--{name}-port", type=int, default=0)
     sim.add_argument("--faults", action="append", default=[], metavar="NAME=JSON",
                      help="faults in force from the start, e.g. liveavatar='{\"withhold_connected\": true}' or "
                           "heygen='{\"retired\": 410}' (repeatable; docs/reliability.md lists them)")
@@ -209,11 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_reap(args: argparse.Namespace) -> int:
     import httpx2
 
-    from relay.avatars import registry
     from relay.ops import journal as jr
     from relay.ops import reaper
     from relay.ops.fleet import Fleet, FleetUnavailable
     from relay.ops.fleet_sessions import FleetSessions, SessionEntry
+    from relay.providers import table as providers
 
     settings = _settings_or_report()
     if settings is None:
@@ -223,7 +236,11 @@ def cmd_reap(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> int:
-        journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        try:
+            journal = await jr.open_journal_now(jr.state_dir(settings)) if settings.relay_journal else None
+        except jr.JournalUnusable as exc:
+            print(f"avatar-relay: {exc}", file=sys.stderr)
+            return 1
         try:
             async with httpx2.AsyncClient(timeout=10.0) as http:
                 fleet = Fleet.from_settings(settings)
@@ -237,8 +254,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
                         await nursery.start(fleet.serve)
 
                         async def stop(entry: SessionEntry) -> None:
-                            await registry.stop_by_id(settings, http, entry.provider, entry.session_id,
-                                                      entry.base_url)
+                            await providers.stop_by_id(settings, http, entry.provider, entry.session_id,
+                                                       entry.base_url)
 
                         status = await sweep(http, journal, FleetSessions(fleet, stop))
                         nursery.cancel_scope.cancel()

@@ -1,21 +1,29 @@
 """Settings from the environment and a `.env` file (pydantic-settings), validated once at start-up.
 
-Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`) and `RELAY_*` for the relay's own
-knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module decides
-demo mode and must never do I/O beyond reading the environment.
+Names follow the upstream services (`ELEVENLABS_*`, `HEYGEN_*`, `LIVEAVATAR_*`, `SIMLI_*`) and `RELAY_*` for the
+relay's own knobs. Secrets are `SecretStr`, so they never show in a repr, a log line or an error message. This module
+decides demo mode and must never do I/O beyond reading the environment. It holds the fields and knows no avatar
+provider: which one the settings choose and whether they are complete for it is `relay.providers.table` (`chosen`,
+`load_settings`); each provider's settings are named `<provider>_...`, its key `<provider>_api_key`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-AvatarChoice = Literal["liveavatar", "heygen", "none"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+_OVERRIDE_PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 
 
 class ConfigError(Exception):
@@ -53,8 +61,18 @@ class Settings(BaseSettings):
     # Seconds LiveAvatar keeps the session at most; default: RELAY_MAX_DURATION plus a minute (see the property).
     liveavatar_max_session_duration: int | None = Field(default=None, gt=0)
 
+    # Simli (docs/protocol.md "Simli")
+    simli_api_key: SecretStr | None = None
+    simli_base_url: str = "https://api.simli.ai"
+    simli_face_id: str | None = None  # a preset or own face id; "faceId/emotionId" for a Trinity face's emotion
+    # `maxSessionLength` asked of Simli; default: RELAY_MAX_DURATION plus a minute (see the property).
+    simli_max_session_length: int | None = Field(default=None, gt=0)
+    # `maxIdleTime`: Simli ends a session this long without audio. The relay feeds a quiet session silence three
+    # times per period; a crashed relay's sessions end within it (docs/deploy.md).
+    simli_max_idle_time: int = Field(default=120, ge=10, le=3600)
+
     # The relay itself
-    relay_avatar: AvatarChoice | None = None
+    relay_avatar: str | None = None  # a provider of relay.providers.table, or "none" (checked there)
     relay_host: str = "127.0.0.1"
     relay_port: int = Field(default=8000, ge=0, le=65535)
     relay_degrade_to_voice: bool = True
@@ -144,6 +162,70 @@ class Settings(BaseSettings):
                                  "does not work on LiveAvatar)") from None
         return value
 
+    # Settings whose mistakes would otherwise surface only at the first conversation (or never): refused at start-up
+    # with one line naming them (docs/operations.md, "When it will not start").
+
+    @field_validator("*")
+    @classmethod
+    def _is_a_web_url(cls, value: Any, info: ValidationInfo) -> Any:
+        # Every upstream's `*_base_url` (a provider's too, by its name) and the page's livekit-client URL.
+        if not (info.field_name or "").endswith("_base_url") and info.field_name != "relay_livekit_client_url":
+            return value
+        if info.field_name == "relay_livekit_client_url" and value == "":
+            return value  # the relay's own copy (relay.server.embed)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"an http(s):// URL is needed, like https://example.com, not {value[:80]!r}")
+        return value
+
+    @field_validator("relay_host")
+    @classmethod
+    def _is_a_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ValueError(f"an IP address or a host name to listen on (like 127.0.0.1, 0.0.0.0 or ::), not "
+                                 f"{value[:80]!r}; the port is RELAY_PORT") from None
+        return value
+
+    @field_validator("relay_log_level")
+    @classmethod
+    def _is_a_log_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"one of {', '.join(LOG_LEVELS)}, not {value[:40]!r}")
+        return value
+
+    @field_validator("relay_frame_ancestors", "relay_page_connect_src")
+    @classmethod
+    def _is_a_source_list(cls, value: str) -> str:
+        # A Content-Security-Policy source list, space-separated: a ";" or "," would end the directive and start
+        # another in the page's policy.
+        if any(c in value for c in ";,\"\r\n"):
+            raise ValueError(f"space-separated CSP sources (like 'self' https://shop.example), without ; , or "
+                             f"quotes other than the keywords', not {value[:80]!r}")
+        return value
+
+    @field_validator("relay_allowed_origins")
+    @classmethod
+    def _are_origins(cls, value: str) -> str:
+        for origin in (part.strip() for part in value.split(",") if part.strip()):
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname
+                                  or parts.path not in ("", "/") or parts.query or parts.fragment):
+                raise ValueError(f"comma-separated origins like https://shop.example (a scheme and a host, no path), "
+                                 f"or *, not {origin[:80]!r}")
+        return value
+
+    @field_validator("relay_client_overrides")
+    @classmethod
+    def _are_override_paths(cls, value: str) -> str:
+        for path in (part.strip() for part in value.split(",") if part.strip()):
+            if path != "*" and not _OVERRIDE_PATH.fullmatch(path):
+                raise ValueError(f"comma-separated dotted paths of `overrides` like agent.language,tts.voice_id "
+                                 f"(or *), not {path[:80]!r}")
+        return value
+
     @property
     def liveavatar_session_duration(self) -> int:
         """The `max_session_duration` asked of LiveAvatar: LIVEAVATAR_MAX_SESSION_DURATION, else RELAY_MAX_DURATION
@@ -153,62 +235,29 @@ class Settings(BaseSettings):
         return math.ceil(self.relay_max_duration) + 60
 
     @property
+    def simli_session_length(self) -> int:
+        """The `maxSessionLength` asked of Simli: SIMLI_MAX_SESSION_LENGTH, else RELAY_MAX_DURATION plus a minute
+        (set-up comes before the conversation's clock), so the avatar never ends first."""
+        if self.simli_max_session_length is not None:
+            return self.simli_max_session_length
+        return math.ceil(self.relay_max_duration) + 60
+
+    @property
     def demo_mode(self) -> bool:
-        """No upstream credentials or agent at all: run on the built-in simulators."""
-        return not (self.elevenlabs_agent_id or self.elevenlabs_api_key or self.heygen_api_key
-                    or self.liveavatar_api_key)
+        """No upstream credentials or agent at all (no ELEVENLABS_AGENT_ID, no `*_API_KEY` of any upstream): run on
+        the built-in simulators."""
+        return not (self.elevenlabs_agent_id or any(getattr(self, name)
+                                                    for name in type(self).model_fields if name.endswith("_api_key")))
 
     @property
     def workers(self) -> int:
         """How many worker processes `avatar-relay serve` runs: RELAY_WORKERS, `auto` meaning one per CPU."""
         return (os.cpu_count() or 1) if self.relay_workers == "auto" else self.relay_workers
 
-    @property
-    def avatar(self) -> AvatarChoice:
-        """The avatar provider in use: the explicit RELAY_AVATAR, else the one whose key is set, else LiveAvatar
-        (in demo mode, on its simulator)."""
-        if self.relay_avatar is not None:
-            return self.relay_avatar
-        if self.liveavatar_api_key is not None:
-            return "liveavatar"
-        if self.heygen_api_key is not None:
-            return "heygen"
-        return "liveavatar"
-
-    @model_validator(mode="after")
-    def _check_complete(self) -> Settings:
-        if self.liveavatar_max_session_duration is not None and \
-                self.liveavatar_max_session_duration < self.relay_max_duration:
-            raise ValueError(f"LIVEAVATAR_MAX_SESSION_DURATION ({self.liveavatar_max_session_duration} s) is shorter "
-                             f"than RELAY_MAX_DURATION ({self.relay_max_duration:g} s): the avatar would end before "
-                             "the conversation; raise it (within your LiveAvatar plan's limit), lower "
-                             "RELAY_MAX_DURATION, or unset it to follow RELAY_MAX_DURATION")
-        if self.demo_mode:
-            return self
-        missing: list[str] = []
-        if not self.elevenlabs_agent_id:
-            missing.append("ELEVENLABS_AGENT_ID")
-        if self.relay_avatar is None and self.heygen_api_key is None and self.liveavatar_api_key is None:
-            missing.append("LIVEAVATAR_API_KEY or HEYGEN_API_KEY (or RELAY_AVATAR=none for voice only)")
-        elif self.avatar == "heygen":
-            if self.heygen_api_key is None:
-                missing.append("HEYGEN_API_KEY")
-            if not self.heygen_avatar_id:
-                missing.append("HEYGEN_AVATAR_ID")
-        elif self.avatar == "liveavatar":
-            if self.liveavatar_api_key is None:
-                missing.append("LIVEAVATAR_API_KEY")
-            if not self.liveavatar_avatar_id and not self.liveavatar_sandbox:
-                missing.append("LIVEAVATAR_AVATAR_ID (or LIVEAVATAR_SANDBOX=true)")
-        if missing:
-            raise ValueError(
-                "some upstream settings are set but not all, so demo mode is off; missing: " + ", ".join(missing)
-            )
-        return self
-
 
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate settings; raise ConfigError with a message naming each bad variable (no secrets)."""
+    """Read and validate the settings' fields; raise ConfigError with a message naming each bad variable (no
+    secrets). Whether they are complete for the chosen provider is `relay.providers.table.load_settings`."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

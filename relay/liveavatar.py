@@ -29,7 +29,7 @@ from relay.avatars import (
     OnSessionCreated,
     OnStopFailed,
 )
-from relay.avatars.common import PLACEHOLDER_API_KEY, alongside, is_simulated, stop_shielded
+from relay.avatars.common import PLACEHOLDER_API_KEY, alongside, is_simulated, setup_deadline, stop_shielded
 from relay.avatars.lite import LiteAudioStream, open_lite_audio_stream
 from relay.config import Settings
 from relay.net.retry import Retryable, call_with_retries
@@ -305,9 +305,10 @@ class LiveAvatarProvider:
         """
         created: list[TokenAnswer] = []
         reason = "SERVER_ERROR"
+        deadline = setup_deadline(self._settings.relay_setup_timeout)
         try:
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._settings.relay_setup_timeout) as setup:
+                with trio.move_on_at(deadline) as setup:
                     start = await self._create(created, on_created)
             if setup.cancelled_caught:
                 raise AvatarUnavailable("timeout", "LiveAvatar did not create the session in time.")

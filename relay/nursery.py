@@ -37,15 +37,17 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.config import Settings
+from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
+from relay.conversation.gates import McpApprovals
 from relay.conversation.outbox import Outbox
-from relay.conversation.pumps import McpApprovals, pump_agent_to_browser, pump_browser_to_agent
+from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
 from relay.conversation.record import ConversationRecord, current_conversation
 from relay.conversation.speech import SpeechRouter
 from relay.elevenlabs import AgentConnection
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
-from relay.protocol.audio import parse_format
+from relay.protocol.audio import AudioFormat, parse_format
 
 log = logging.getLogger("relay.conversation")
 
@@ -223,20 +225,21 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             elif isinstance(event, AvatarStateChanged):
                 outbox.send(bp.avatar_state(event.speaking, event.turn))
 
-        admission = _Admission(outbox)
+        queue = AgentQueue()
+        notice_until = -math.inf  # until when a queue notice is awaited (set when the metadata arrives)
         # What watches the agent's queue while the avatar sets up ends exactly when the avatar's set-up does (its
         # `finally` cancels it, whatever ended it): shielded, so the set-up time-out alone never cuts it — an avatar
         # that degrades to voice right at RELAY_SETUP_TIMEOUT must not fail the conversation because of it.
         avatar_set_up = trio.CancelScope(shield=True)
 
         async def start_agent() -> None:
-            nonlocal agent
+            nonlocal agent, notice_until
             # The avatar is the slower path (two calls in a row upstream): its first request goes out first.
             await trio.lowlevel.checkpoint()
             agent = await conversation.start(_hold_agent, up, start)
-            admission.notice_until = trio.current_time() + QUEUE_NOTICE
+            notice_until = trio.current_time() + QUEUE_NOTICE
             with avatar_set_up:
-                await admission.watch(agent)
+                await _watch_queue(queue, agent, outbox)
 
         async def start_avatar() -> None:
             nonlocal session
@@ -252,30 +255,13 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
                 setup.start_soon(start_avatar)
                 setup.start_soon(start_agent)
         assert agent is not None
-        held = await admission.settle(agent, settings.relay_agent_silence_timeout)
-        metadata = agent.metadata
-        record.conversation_id = metadata.conversation_id
-        try:
-            input_format = parse_format(metadata.user_input_audio_format)
-            output_format = parse_format(metadata.agent_output_audio_format)
-        except ValueError as exc:
-            raise ConversationOver.failed("agent_error", f"the agent announced an unsupported format: {exc}") from None
-
+        held = await _settle_queue(queue, agent, outbox, notice_until, settings.relay_agent_silence_timeout)
+        record.conversation_id = agent.metadata.conversation_id
+        input_format, output_format = _formats(agent.metadata)
         speech.agent_format = output_format
         approvals = McpApprovals()
-        if session is not None:
-            record.avatar_provider = session.info.provider
-            record.avatar_session_id = session.info.session_id
-        record.ready_at = time.monotonic()
-        outbox.send(bp.ready(conversation_id=metadata.conversation_id,
-                             avatar=None if session is None else session.info,
-                             input_sample_rate=input_format.sample_rate,
-                             output_sample_rate=output_format.sample_rate))
+        _announce_ready(up, record, outbox, agent.metadata, session, input_format, output_format)
         ready_sent.set()
-        log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
-                 record.avatar_provider or "none")
-        if up.hooks.on_ready is not None:
-            up.hooks.on_ready(record)
 
         on_agent_event, on_user_text = up.hooks.on_agent_event, up.hooks.on_user_text
         conversation.start_soon(partial(
@@ -288,65 +274,69 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
             finish_timeout=settings.relay_finish_speaking_timeout, approvals=approvals, held=held))
 
 
-class _Admission:
-    """Before `ready`: the agent's concurrency queue (docs/decisions.md "Queue and billing"). While the avatar sets
-    up, `watch` reads the agent's first events: `queue_status` goes to the browser at once (before `ready`), pings
-    are answered, and any other event is held for the agent pump. Without a queue, watching ends at the agent's
-    first other event or when the avatar is set up, whichever comes first (no added latency); after "waiting",
-    `settle` keeps `ready` back until "admitted" — the agent's own queue time-out closes 3008 (`agent_busy`).
-    When the avatar was ready within QUEUE_NOTICE of the metadata, `settle` waits for the rest of it."""
+def _formats(metadata: el.ConversationMetadata) -> tuple[AudioFormat, AudioFormat]:
+    """The agent's (input, output) audio formats; an unsupported one ends the conversation (`agent_error`)."""
+    try:
+        return parse_format(metadata.user_input_audio_format), parse_format(metadata.agent_output_audio_format)
+    except ValueError as exc:
+        raise ConversationOver.failed("agent_error", f"the agent announced an unsupported format: {exc}") from None
 
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
-        self.held: list[el.ServerEvent] = []
-        self.queued = False
-        self.done = False
-        self.notice_until = -math.inf  # until when a queue notice is awaited (set when the metadata arrives)
 
-    async def _handle(self, agent: AgentConnection, event: el.ServerEvent) -> None:
-        if isinstance(event, el.MalformedEvent):
-            return
-        if isinstance(event, el.Ping):
-            with trio.CancelScope(shield=True):  # a frame is sent whole, even when the avatar's set-up ends now
-                await agent.send(el.build_pong(event.event_id))
-            return
-        if isinstance(event, el.QueueStatus):
-            self._outbox.send(bp.queue_status(event.status))
-            if event.status == "waiting" and not self.queued:
-                self.queued = True
-                log.info("waiting in the agent's queue")
-            elif event.status == "admitted":
-                if self.queued:
-                    log.info("admitted from the agent's queue")
-                self.done = True
-            return  # "timed_out": the close (3008) follows
-        self.held.append(event)
-        if not self.queued or len(self.held) > 512:  # an agent that talks while queued: stop holding, go on
-            self.done = True
+def _announce_ready(up: Upstreams, record: ConversationRecord, outbox: Outbox, metadata: el.ConversationMetadata,
+                    session: AvatarSession | None, input_format: AudioFormat, output_format: AudioFormat) -> None:
+    """Record the set-up's outcome and send `ready` (the avatar's info, the audio rates both ways)."""
+    if session is not None:
+        record.avatar_provider = session.info.provider
+        record.avatar_session_id = session.info.session_id
+    record.ready_at = time.monotonic()
+    outbox.send(bp.ready(conversation_id=metadata.conversation_id, avatar=None if session is None else session.info,
+                         input_sample_rate=input_format.sample_rate, output_sample_rate=output_format.sample_rate))
+    log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
+             record.avatar_provider or "none")
+    if up.hooks.on_ready is not None:
+        up.hooks.on_ready(record)
 
-    async def watch(self, agent: AgentConnection) -> None:
-        """Read until the queue question is settled; cancelled when the avatar is set up."""
-        while not self.done:
-            await self._handle(agent, await agent.receive())
 
-    async def settle(self, agent: AgentConnection, silence_timeout: float) -> list[el.ServerEvent]:
-        """After the set-up: the agent's first event is awaited until QUEUE_NOTICE after the metadata (what has
-        already arrived is read at once); when queued, wait for admission (at most `silence_timeout` between two
-        events). Returns the events held for the agent pump."""
-        while not self.done:
-            if self.queued:
-                with trio.move_on_after(silence_timeout) as window:
-                    event = await agent.receive()
-                if window.cancelled_caught:
-                    raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s "
-                                                  "while the conversation waited in its queue")
-            else:
-                with trio.move_on_at(self.notice_until) as nothing_waiting:
-                    event = await agent.receive()  # what was already received is returned at once
-                if nothing_waiting.cancelled_caught:
-                    break
-            await self._handle(agent, event)
-        return self.held
+async def _watch_queue(queue: AgentQueue, agent: AgentConnection, outbox: Outbox) -> None:
+    """While the avatar sets up, read the agent's first events until the queue question is settled (see
+    `relay.conversation.agent_queue`: without a queue, that is the agent's first other event). Cancelled when the
+    avatar is set up."""
+    while not queue.settled:
+        await _act_on_queue_step(queue.receive(await agent.receive()), agent, outbox)
+
+
+async def _settle_queue(queue: AgentQueue, agent: AgentConnection, outbox: Outbox, notice_until: float,
+                        silence_timeout: float) -> list[el.ServerEvent]:
+    """After the set-up: the agent's first event is awaited until `notice_until` (QUEUE_NOTICE after the metadata;
+    what has already arrived is read at once); when queued, `ready` is kept back until "admitted", with at most
+    `silence_timeout` between two events (the agent's own queue time-out closes 3008: `agent_busy`). Returns the
+    events held for the agent pump."""
+    while not queue.settled:
+        if queue.queued:
+            with trio.move_on_after(silence_timeout) as window:
+                event = await agent.receive()
+            if window.cancelled_caught:
+                raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s "
+                                              "while the conversation waited in its queue")
+        else:
+            with trio.move_on_at(notice_until) as nothing_waiting:
+                event = await agent.receive()  # what was already received is returned at once
+            if nothing_waiting.cancelled_caught:
+                break
+        await _act_on_queue_step(queue.receive(event), agent, outbox)
+    return queue.held
+
+
+async def _act_on_queue_step(step: QueueStep, agent: AgentConnection, outbox: Outbox) -> None:
+    if isinstance(step, AnswerPing):
+        with trio.CancelScope(shield=True):  # a frame is sent whole, even when the avatar's set-up ends now
+            await agent.send(el.build_pong(step.event_id))
+    elif isinstance(step, ShowQueueStatus):
+        outbox.send(bp.queue_status(step.status))
+        if step.change == "waiting":
+            log.info("waiting in the agent's queue")
+        elif step.change == "admitted":
+            log.info("admitted from the agent's queue")
 
 
 async def _hold_agent(up: Upstreams, start: bp.Start, *,

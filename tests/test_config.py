@@ -1,5 +1,6 @@
-"""Settings: demo mode is chosen only when nothing upstream is configured; a partial configuration is an error that
-names what is missing and never shows a secret."""
+"""Settings (relay/config.py, checked against the providers by relay/providers/table.py): demo mode is chosen only
+when nothing upstream is configured; a partial configuration is an error that names what is missing and never shows
+a secret."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, Settings
+from relay.providers.table import chosen_name, load_settings
 
 SIM_AVATAR = "6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01"
 
@@ -18,25 +20,26 @@ def settings(**values: Any) -> Settings:
 
 def test_nothing_set_is_demo_mode_on_liveavatar() -> None:
     s = settings()
-    assert s.demo_mode and s.avatar == "liveavatar"
+    assert s.demo_mode and chosen_name(s) == "liveavatar"
 
 
 def test_a_complete_liveavatar_configuration() -> None:
     s = settings(elevenlabs_agent_id="agent", liveavatar_api_key="la-key", liveavatar_avatar_id=SIM_AVATAR)
-    assert not s.demo_mode and s.avatar == "liveavatar"
+    assert not s.demo_mode and chosen_name(s) == "liveavatar"
 
 
 def test_a_complete_heygen_configuration_picks_heygen() -> None:
     s = settings(elevenlabs_agent_id="agent", heygen_api_key="hg-key", heygen_avatar_id="av")
-    assert s.avatar == "heygen"
+    assert chosen_name(s) == "heygen"
 
 
 def test_voice_only_needs_just_the_agent() -> None:
-    assert settings(elevenlabs_agent_id="agent", relay_avatar="none").avatar == "none"
+    assert chosen_name(settings(elevenlabs_agent_id="agent", relay_avatar="none")) == "none"
 
 
 def test_liveavatar_sandbox_needs_no_avatar_id() -> None:
-    assert settings(elevenlabs_agent_id="a", liveavatar_api_key="k", liveavatar_sandbox=True).avatar == "liveavatar"
+    chosen = settings(elevenlabs_agent_id="a", liveavatar_api_key="k", liveavatar_sandbox=True)
+    assert chosen_name(chosen) == "liveavatar"
 
 
 @pytest.mark.parametrize(("values", "missing"), [
@@ -98,4 +101,4 @@ def test_a_liveavatar_session_shorter_than_the_conversation_is_a_start_up_error(
 def test_liveavatar_is_the_default_whenever_its_key_is_set() -> None:
     s = settings(elevenlabs_agent_id="a", liveavatar_api_key="k", liveavatar_avatar_id=SIM_AVATAR,
                  heygen_api_key="h", heygen_avatar_id="Wayne_20240711")
-    assert s.avatar == "liveavatar"
+    assert chosen_name(s) == "liveavatar"

@@ -2,29 +2,40 @@
 functions, and under `if TYPE_CHECKING:` — a type-only import is still a dependency a reader follows, and mypy
 follows it too) and checked against the layer order in README.md "Layout":
 
-    base (relay, relay._util, relay.config, relay.sim)  ->  protocol  ->  net
-      ->  avatars (+ relay.elevenlabs, relay.heygen, relay.liveavatar)  ->  conversation (+ relay.nursery)
+    base (relay, relay._util, relay.config)  ->  protocol  ->  net  ->  sim
+      ->  avatars (+ relay.elevenlabs, relay.heygen, relay.liveavatar, relay.simli)  ->  providers (the provider table)
+      ->  conversation (+ relay.nursery)
       ->  ops  ->  server (+ relay.web)  ->  cli (+ relay.__main__)
 
 A module may import its own layer and the layers before it, never a later one. Besides: relay.protocol stays
 sans-I/O (no trio, httpx2, httpx, websockets, quart, quart_trio or hypercorn, directly or through any relay module
 it imports, package `__init__`s included); no two relay modules import each other, however indirectly; nothing
-imports relay.cli (but `python -m relay`'s `__main__`); the simulators import nothing from the relay.
+imports relay.cli (but `python -m relay`'s `__main__`); the simulators import nothing from the relay but the
+HTTP keep-alive guard they share with the relay's app (`relay.net.http_keepalive`, which imports nothing from the
+relay).
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+
+import pytest
 
 RELAY = Path(__file__).resolve().parents[1] / "relay"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("relay", "relay._util", "relay.config", "relay.sim")),
+    ("base", ("relay", "relay._util", "relay.config")),
     ("protocol", ("relay.protocol",)),
     ("net", ("relay.net",)),
-    ("avatars", ("relay.avatars", "relay.elevenlabs", "relay.heygen", "relay.liveavatar")),
+    ("sim", ("relay.sim",)),
+    ("avatars", ("relay.avatars", "relay.elevenlabs", "relay.heygen", "relay.liveavatar", "relay.simli")),
+    ("providers", ("relay.providers",)),
     ("conversation", ("relay.conversation", "relay.nursery")),
     ("ops", ("relay.ops",)),
     ("server", ("relay.server", "relay.web")),
@@ -52,7 +63,9 @@ def _owner(name: str) -> str | None:
 
 @cache
 def imports(module: str) -> tuple[frozenset[str], frozenset[str]]:
-    """(relay modules, top-level third-party packages) that `module` imports, wherever the import statement is."""
+    """(relay modules, top-level third-party packages) that `module` imports, wherever the import statement is, with
+    the package `__init__`s Python runs on the way (those of the targets' packages that are not `module`'s own):
+    every rule below holds for what is loaded, not only for what is named."""
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     ours: set[str] = set()
@@ -74,9 +87,11 @@ def imports(module: str) -> tuple[frozenset[str], frozenset[str]]:
                 owner = _owner(target)
                 if owner is not None and owner != module:
                     ours.add(owner)
+                    # Python runs the target's package `__init__`s first: what they import is loaded too.
+                    ours.update(p for p in _parents(owner) if p in MODULES and p not in _parents(module))
             else:
                 theirs.add(target.split(".")[0])
-    return frozenset(ours), frozenset(theirs)
+    return frozenset(ours - {module}), frozenset(theirs)
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -182,7 +197,51 @@ def test_nothing_imports_the_command_line() -> None:
         "need into the layer that owns it (e.g. relay.server.serving)"
 
 
+# The guard, and the package `__init__` Python runs to reach it: both must import nothing from the relay.
+SHARED_WITH_THE_SIMULATORS = frozenset({"relay.net.http_keepalive", "relay.net"})
+
+
 def test_simulators_import_nothing_from_the_relay() -> None:
-    problems = [f"{m} imports {t}" for m in MODULES if m.startswith("relay.sim")
-                for t in sorted(imports(m)[0]) if not t.startswith("relay.sim")]
+    def simulator(name: str) -> bool:  # relay.sim and its modules, not relay.simli (a provider)
+        return name == "relay.sim" or name.startswith("relay.sim.")
+
+    problems = [f"{m} imports {t}" for m in MODULES if simulator(m)
+                for t in sorted(imports(m)[0]) if not simulator(t) and t not in SHARED_WITH_THE_SIMULATORS]
     assert not problems, "the simulators must import nothing from the relay: " + "; ".join(problems)
+    shared = [f"{m} imports {t}" for m in SHARED_WITH_THE_SIMULATORS for t in sorted(imports(m)[0])]
+    assert not shared, "what the simulators share with the relay must import nothing from it: " + "; ".join(shared)
+
+
+# What importing one module loads at run time, package `__init__`s and all (a re-exporting `__init__` once made
+# `relay.conversation.record` load the pumps, the avatars and soxr, and `relay.protocol.browser` the ElevenLabs and
+# HeyGen wire modules): module -> (what it may load from the relay, libraries it must not load).
+PROVIDER_WIRE_MODULES = ("relay.protocol.elevenlabs", "relay.protocol.heygen", "relay.protocol.liveavatar",
+                         "relay.protocol.lite")
+LOADS: dict[str, tuple[Callable[[str], bool], frozenset[str]]] = {
+    # Our protocol: no provider's wire module, nothing above the protocol layer, no I/O library.
+    "relay.protocol.browser": (
+        lambda m: layer_of(m)[1] in ("base", "protocol") and not m.startswith(PROVIDER_WIRE_MODULES),
+        IO_LIBRARIES),
+    # Plain data that the ops read: nothing of the engine, no avatar, no wire format, no trio, no audio library.
+    "relay.conversation.record": (
+        lambda m: m in ("relay", "relay._util", "relay.conversation", "relay.conversation.record"),
+        IO_LIBRARIES | {"soxr", "numpy"}),
+    # The ops take records, not the engine: no conversation module but the record, no nursery, nothing served.
+    "relay.ops.metrics": (
+        lambda m: (not m.startswith("relay.conversation.") or m == "relay.conversation.record")
+        and layer_of(m)[1] not in ("server", "cli") and m != "relay.nursery",
+        frozenset({"quart", "quart_trio", "hypercorn"})),
+}
+
+
+@pytest.mark.parametrize("module", sorted(LOADS))
+def test_importing_a_module_loads_only_what_its_layer_rules_allow(module: str) -> None:
+    allowed, libraries = LOADS[module]
+    script = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                       cwd=RELAY.parent).stdout)
+    ours = [m for m in loaded if m == "relay" or m.startswith("relay.")]
+    assert module in ours
+    wrong = [m for m in ours if not allowed(m)] + sorted(set(loaded) & libraries)
+    assert not wrong, f"import {module} loads {', '.join(wrong)}: a package `__init__` re-exporting its modules, " \
+        "or an import the layer rules forbid at run time"

@@ -17,8 +17,8 @@ from typing import Any, get_args
 import pytest
 
 from relay.protocol import browser as bp
-from relay.protocol import elevenlabs as el
 from relay.protocol import vocab
+from relay.protocol.elevenlabs import parse as el
 
 STATIC = Path(__file__).resolve().parents[1] / "relay" / "static"
 DTS = (STATIC / "embed.d.ts").read_text()

@@ -3,9 +3,9 @@ their `Literal` reasons.
 
 The conversation nursery drives an avatar only through `AvatarProvider.open_session` and the `AvatarSession`
 methods below; it never knows which provider it drives. Each provider lives in its own module (`relay.heygen`,
-`relay.liveavatar`), listed once in `relay.avatars.registry`; "none" (voice only) is simply no provider. Alongside:
-`common` (what both providers share), `hooks` (`SessionHooks`), `lite` (the LITE audio socket). This module must
-never do I/O, and imports no trio.
+`relay.liveavatar`), declared once in `relay.providers` (listed by `relay.providers.table`); "none" (voice only) is
+simply no provider. Alongside: `common` (what both providers share), `hooks` (`SessionHooks`), `lite` (the LITE audio
+socket). This module must never do I/O, and imports no trio.
 """
 
 from __future__ import annotations

@@ -23,6 +23,13 @@ T = TypeVar("T")
 PLACEHOLDER_API_KEY = "demo-key"
 
 
+def setup_deadline(time_limit: float) -> float:
+    """When a provider's shielded creation step must give up: `time_limit` seconds from now, or the caller's own
+    deadline if sooner (a provider list gives each provider a share of the set-up time: relay.avatars.failover).
+    Read it before entering the shield, which hides the caller's deadline."""
+    return min(trio.current_time() + time_limit, trio.current_effective_deadline())
+
+
 def is_simulated(livekit_url: str) -> bool:
     """True when the LiveKit URL is on the reserved `.invalid` TLD (RFC 2606): the simulators' room, nothing to
     join."""

@@ -2,8 +2,9 @@
 avatar (pings answered at once, silence-timed). Each runs until something ends the conversation, which it says by
 raising `ConversationOver` (or an upstream error).
 
-This module must never parse or build a wire format itself (`relay.protocol.browser`, `relay.protocol.elevenlabs`),
-and never make a metrics or logging call per audio frame.
+What a message means on the other side is `relay.conversation.translate` (pure functions); the gates they pass are
+`relay.conversation.gates`. This module must never parse or build a wire format itself (`relay.protocol.browser`,
+`relay.protocol.elevenlabs`), and never make a metrics or logging call per audio frame.
 """
 
 from __future__ import annotations
@@ -18,81 +19,17 @@ import trio
 
 from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver
+from relay.conversation.gates import VAD_INTERVAL, FloodGate, Interval, McpApprovals
 from relay.conversation.outbox import Outbox
 from relay.conversation.record import Traffic
 from relay.conversation.speech import SpeechRouter
+from relay.conversation.translate import InterruptSpeech, StaleApproval, ToAgent, browser_frame, client_step
 from relay.elevenlabs import AgentConnection
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat, pcm16_to_ulaw
 
 log = logging.getLogger("relay.conversation")
-
-
-class FloodGate:
-    """Counts a conversation's client frames in one-second windows; `over(now)` is True once a window holds more
-    than `per_second` frames. A fixed window keeps the per-frame cost to one comparison and one addition (this
-    runs on the audio hot path); the bound it gives, at most 2 x per_second in any second, is enough to stop a
-    flood, and a well-behaved client (50 audio frames a second) is far below it."""
-
-    __slots__ = ("_count", "_window_end", "per_second")
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._window_end = 0.0
-        self._count = 0
-
-    def over(self, now: float) -> bool:
-        if now >= self._window_end:
-            self._window_end = now + 1.0
-            self._count = 1
-            return False
-        self._count += 1
-        return self._count > self.per_second
-
-
-class McpApprovals:
-    """The agent's MCP tool calls awaiting the user's approval, shared by the two pumps: a call is noted when the
-    agent says `awaiting_approval` (with its `approval_timeout_secs`) and forgotten when it succeeds, fails, is
-    answered or times out. Only an answer to a call awaiting approval is sent to the agent; anything else (a late
-    click, an unknown id) is dropped with a log line. Bounded: at most MAX_AWAITING at once."""
-
-    MAX_AWAITING = 32
-
-    def __init__(self) -> None:
-        self._deadlines: dict[str, float] = {}
-
-    def note(self, call: el.McpToolCall, now: float) -> None:
-        if call.state == "awaiting_approval":
-            if len(self._deadlines) >= self.MAX_AWAITING:
-                del self._deadlines[next(iter(self._deadlines))]
-            self._deadlines[call.tool_call_id] = now + float(call.approval_timeout_secs or 300)
-        else:
-            self._deadlines.pop(call.tool_call_id, None)
-
-    def take(self, tool_call_id: str, now: float) -> bool:
-        """Whether an answer for `tool_call_id` may go to the agent now (then it is no longer awaited)."""
-        deadline = self._deadlines.pop(tool_call_id, None)
-        return deadline is not None and now <= deadline
-
-
-VAD_INTERVAL = 0.1  # seconds between two `vad_score` frames to the browser (at most ~10 a second)
-
-
-class Interval:
-    """`due(now)`: True at most once per `seconds` (rate-limits a frequent, replaceable frame)."""
-
-    __slots__ = ("_next", "seconds")
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._next = -math.inf
-
-    def due(self, now: float) -> bool:
-        if now < self._next:
-            return False
-        self._next = now + self.seconds
-        return True
 
 
 def user_audio_builder(input_format: AudioFormat | None) -> Callable[[bytes], str]:
@@ -186,66 +123,34 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
 async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speech: SpeechRouter,
                                 on_user_text: Callable[[str], None] | None,
                                 build_audio: Callable[[bytes], str], approvals: McpApprovals) -> None:
-    if isinstance(event, bp.Audio):
-        await agent.send(build_audio(event.pcm))
-    elif isinstance(event, bp.Text):
-        if on_user_text is not None:
-            on_user_text(event.text)
-        await agent.send(el.build_user_message(event.text, event.rich_content_id))
-    elif isinstance(event, bp.Multimodal):
-        if on_user_text is not None:
-            on_user_text(event.text)
-        await agent.send(el.build_multimodal_message(event.text))
-    elif isinstance(event, bp.McpApproval):
-        if approvals.take(event.tool_call_id, trio.current_time()):
-            await agent.send(el.build_mcp_tool_approval_result(event.tool_call_id, event.approved))
-        else:
-            log.info("dropping an MCP approval answer: tool call %.64r is not awaiting approval (answered, timed "
-                     "out or unknown)", event.tool_call_id)
-    elif isinstance(event, bp.Context):
-        await agent.send(el.build_contextual_update(event.text, event.context_id))
-    elif isinstance(event, bp.Activity):
-        await agent.send(el.build_user_activity())
-    elif isinstance(event, bp.Interrupt):
+    step = client_step(event, build_audio, approvals, trio.current_time())
+    if isinstance(step, ToAgent):
+        if step.user_text is not None and on_user_text is not None:
+            on_user_text(step.user_text)
+        await agent.send(step.message)
+    elif isinstance(step, InterruptSpeech):
         speech.interrupt()
-    elif isinstance(event, bp.ToolResult):
-        await agent.send(el.build_client_tool_result(event.tool_call_id, bp.tool_result_text(event.result),
-                                                     event.is_error))
-    elif isinstance(event, bp.Feedback):
-        await agent.send(el.build_feedback(event.score, event.event_id))
-    elif isinstance(event, bp.Stop):
+    elif isinstance(step, StaleApproval):
+        log.info("dropping an MCP approval answer: tool call %.64r is not awaiting approval (answered, timed "
+                 "out or unknown)", step.tool_call_id)
+    elif step.reason == "client_stop":
         raise ConversationOver("client_stop")
-    elif isinstance(event, bp.Start):
-        raise ConversationOver.failed("protocol_error", "'start' was already received")
+    else:
+        raise ConversationOver.failed("protocol_error", step.message)
 
 
-def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, approvals: McpApprovals) -> None:
-    """The agent's events that the browser only needs to see (issue 11). Unknown types are not for the browser."""
-    if isinstance(event, el.AgentChatResponsePart):
-        outbox.send(bp.agent_response_part(event.part_type, event.text, event.event_id))
-    elif isinstance(event, el.AgentToolRequest):
-        outbox.send(bp.tool_status(event.tool_call_id, event.tool_name, event.tool_type, "running"))
-    elif isinstance(event, el.AgentToolResponse):
-        outbox.send(bp.tool_status(event.tool_call_id, event.tool_name, event.tool_type,
-                                   "failed" if event.is_error else "done"))
-    elif isinstance(event, el.McpToolCall):
-        approvals.note(event, trio.current_time())
-        outbox.send(bp.mcp_tool_call(
-            tool_call_id=event.tool_call_id, service_id=event.service_id, tool_name=event.tool_name,
-            tool_description=event.tool_description, parameters=event.parameters, state=event.state,
-            approval_timeout_secs=event.approval_timeout_secs, error_message=event.error_message))
-    elif isinstance(event, el.McpConnectionStatus):
-        outbox.send(bp.mcp_connection_status(list(event.integrations)))
-    elif isinstance(event, el.QueueStatus):
-        outbox.send(bp.queue_status(event.status))
-    elif isinstance(event, el.ExternalAgent):
-        outbox.send(bp.human_agent(event.connected))
-    elif isinstance(event, el.AgentTyping):
-        outbox.send(bp.agent_typing(event.typing))
-    elif isinstance(event, el.ContextUsage):
-        outbox.send(bp.context_usage(event.fields))
-    elif isinstance(event, el.RichContent):
-        outbox.send(bp.rich_content(event.fields))
+def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, speech: SpeechRouter, approvals: McpApprovals) -> None:
+    """The browser's frame for `event`, and what the avatar's speech must know of it (in the order the browser sees
+    them: an interruption stops the speech before the browser hears of it)."""
+    if isinstance(event, el.Interruption):
+        speech.interrupt(event.event_id)
+    frame = browser_frame(event, approvals, trio.current_time())
+    if frame is not None:
+        outbox.send(frame)
+    if isinstance(event, el.AgentResponse):
+        speech.agent_text(event.text, event.event_id)
+    elif isinstance(event, el.UserTranscript) and not event.final:
+        speech.user_speaking()
 
 
 async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: SpeechRouter,
@@ -282,31 +187,17 @@ async def pump_agent_to_browser(agent: AgentConnection, outbox: Outbox, speech: 
                     on_event(event)
                 if isinstance(event, el.Ping):
                     await agent.send(el.build_pong(event.event_id))
-                elif isinstance(event, el.AgentResponse):
-                    outbox.send(bp.agent_response(event.text, event.event_id))
-                    speech.agent_text(event.text, event.event_id)
-                elif isinstance(event, el.UserTranscript):
-                    outbox.send(bp.user_transcript(event.text, event.event_id, event.final))
-                    if not event.final:
-                        speech.user_speaking()
                 elif isinstance(event, el.VadScore):
                     speech.vad_score(event.score)
                     if vad_gate.due(trio.current_time()):
                         outbox.send_lossy(bp.vad_score(event.score))
-                elif isinstance(event, el.Interruption):
-                    speech.interrupt(event.event_id)
-                    outbox.send(bp.interruption(event.event_id))
-                elif isinstance(event, el.AgentResponseCorrection):
-                    outbox.send(bp.agent_response_correction(event.corrected, event.original, event.event_id))
-                elif isinstance(event, el.ClientToolCall):
-                    outbox.send(bp.tool_call(event.tool_call_id, event.tool_name, event.parameters))
                 elif isinstance(event, el.AgentErrorEvent):
                     last_error = event
                     level = logging.INFO if el.is_normal_end(event) else logging.WARNING
                     log.log(level, "agent error event code=%s type=%s message=%s", event.code, event.error_type,
                             event.message)
                 else:
-                    _forward_agent_event(event, outbox, approvals)
+                    _forward_agent_event(event, outbox, speech, approvals)
         raise ConversationOver.failed("agent_error", f"the agent sent nothing for {silence_timeout:g} s")
     except el.AgentClosed as closed:
         ending = el.classify_close(closed.code, closed.reason, last_error)

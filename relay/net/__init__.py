@@ -1,14 +1,4 @@
 """Network plumbing with no knowledge of any service: the Trio WebSocket client over the `websockets` sans-I/O
-protocol (`wsclient`), and retries with backoff for calls that are safe to repeat (`retry`)."""
-
-from relay.net.retry import Retryable, backoff_delay, call_with_retries
-from relay.net.wsclient import (
-    ClientWebSocket,
-    WebSocketClosed,
-    WebSocketConnectError,
-    WebSocketRejected,
-    open_websocket,
-)
-
-__all__ = ["ClientWebSocket", "Retryable", "WebSocketClosed", "WebSocketConnectError", "WebSocketRejected",
-           "backoff_delay", "call_with_retries", "open_websocket"]
+protocol (`wsclient`), retries with backoff for calls that are safe to repeat (`retry`), and the ASGI guard that
+keeps hypercorn's HTTP keep-alive working under quart-trio (`http_keepalive`, installed by the relay's app and by
+every simulator). Import the module you need: this package loads none of them."""

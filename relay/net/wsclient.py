@@ -89,6 +89,14 @@ class ClientWebSocket:
         protocol.send_text(text.encode())
         await self._flush()
 
+    async def send_bytes(self, data: bytes | memoryview) -> None:
+        """Send one binary message. Same blocking, cancellation and errors as `send_text`."""
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            raise self._closed_error()
+        protocol.send_binary(bytes(data))
+        await self._flush()
+
     async def _flush(self) -> None:
         chunks = self._protocol.data_to_send()
         if not chunks:

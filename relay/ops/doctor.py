@@ -3,57 +3,40 @@
 Checks, in order: ElevenLabs (the API key is accepted, the agent exists, its audio formats are ones the relay can
 use, a signed conversation URL can be had; with `--connect`, a real conversation opens and is hung up at once), then
 the configured avatar provider (the API key is accepted, the avatar exists and is active, how many sessions run on
-the account now), and with RELAY_REDIS_URL the fleet's Redis (reachable, version, round trip, the lease key
-writable). Each check gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note`
-(worth knowing). Any problem makes the exit status 1.
+the account now), with RELAY_REDIS_URL the fleet's Redis (reachable, version, round trip, the lease key
+writable), and the session journal's state directory (usable; any damaged journal moved aside there). Each check
+gives `Finding`s: `ok`, `problem` (the relay will not work as configured) or `note` (worth knowing). Any problem
+makes the exit status 1.
 
-The answers are read by plain functions (`agent_findings`, `heygen_avatar_findings`, ...) with no I/O, tested on
-their own; `run_checks` does the HTTP calls around them. Nothing here changes the account: it only reads, except
-`--connect`, which opens (and at once closes) one agent conversation. It must never print or log an API key.
+The answers are read by plain functions (`agent_findings` here, each provider's in its declaration,
+`relay.providers.<name>`) with no I/O, tested on their own; `run_checks` does the HTTP calls around them, the avatar
+provider's through one skeleton (`check_avatar`) that its declaration fills in. Nothing here changes the account:
+it only reads, except `--connect`, which opens (and at once closes) one agent conversation. It must never print
+or log an API key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+import os
+from collections.abc import Mapping
+from typing import Any
 
 import httpx2
 import orjson
 import trio
 
 from relay import __version__
-from relay.avatars import registry
 from relay.config import Settings
 from relay.elevenlabs import fetch_signed_url, open_agent
-from relay.heygen import list_sessions
 from relay.protocol import elevenlabs as el
-from relay.protocol import heygen as heygen_protocol
-from relay.protocol import liveavatar as liveavatar_protocol
 from relay.protocol.audio import parse_format
-from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
+from relay.providers.entry import Provider
+from relay.providers.findings import CHECK_TIMEOUT, Finding, Level, dig, note, ok, problem
+from relay.providers.table import chosen, chosen_name
 
-Level = Literal["ok", "problem", "note"]
-CHECK_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    level: Level
-    service: str  # "configuration", "ElevenLabs", "HeyGen", "LiveAvatar", "Redis"
-    text: str
-
-
-def ok(service: str, text: str) -> Finding:
-    return Finding("ok", service, text)
-
-
-def problem(service: str, text: str) -> Finding:
-    return Finding("problem", service, text)
-
-
-def note(service: str, text: str) -> Finding:
-    return Finding("note", service, text)
+__all__ = ["CHECK_TIMEOUT", "Finding", "Level", "agent_findings", "check_avatar", "check_elevenlabs", "check_redis",
+           "diagnose", "format_report", "journal_findings", "note", "ok", "problem", "run_checks",
+           "signed_url_findings"]
 
 
 def _json(body: bytes) -> Any:
@@ -69,14 +52,6 @@ def _detail(payload: Any) -> str:
     if isinstance(detail, Mapping):
         return str(detail.get("message") or detail.get("status") or "")
     return detail if isinstance(detail, str) else ""
-
-
-def _dig(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, Mapping):
-            return None
-        data = data.get(key)
-    return data
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -100,8 +75,8 @@ def agent_findings(status: int, body: bytes, agent_id: str) -> list[Finding]:
     found = [ok(service, f"the API key is accepted and the agent {agent_id} exists"
                          f"{' (' + str(payload['name']) + ')' if payload.get('name') else ''}.")]
     config = payload.get("conversation_config")
-    input_name = _dig(config, "asr", "user_input_audio_format") or "pcm_16000"
-    output_name = _dig(config, "tts", "agent_output_audio_format") or "pcm_16000"
+    input_name = dig(config, "asr", "user_input_audio_format") or "pcm_16000"
+    output_name = dig(config, "tts", "agent_output_audio_format") or "pcm_16000"
     try:
         input_format = parse_format(str(input_name))
     except ValueError:
@@ -118,7 +93,7 @@ def agent_findings(status: int, body: bytes, agent_id: str) -> list[Finding]:
         found.append(problem(service, f"the agent's output format {output_name!r} is not one the relay knows."))
     else:
         found.append(ok(service, f"agent output format {output_name}."))
-    if _dig(payload, "platform_settings", "auth", "enable_auth"):
+    if dig(payload, "platform_settings", "auth", "enable_auth"):
         found.append(note(service, "the agent is private: every conversation needs a signed URL (the relay gets "
                                    "one per conversation with the API key)."))
     return found
@@ -128,94 +103,6 @@ def signed_url_findings(error: el.AgentUnavailable | None) -> list[Finding]:
     if error is None:
         return [ok("ElevenLabs", "a signed conversation URL was issued.")]
     return [problem("ElevenLabs", f"no signed conversation URL: {error}.")]
-
-
-def heygen_avatar_findings(status: int, body: bytes, avatar_id: str | None) -> list[Finding]:
-    """`GET /v1/streaming/avatar.list`: key accepted? avatar among the account's streaming avatars, active?"""
-    service = "HeyGen"
-    try:
-        data = heygen_protocol.read_answer(status, body)
-    except heygen_protocol.ApiError as exc:
-        failure = exc.failure
-        if (failure.code in heygen_protocol.NOT_STREAMING_ENABLED_CODES | heygen_protocol.NO_API_ACCESS_CODES
-                or heygen_protocol.looks_retired(failure)):
-            return [problem(service, f"{heygen_protocol.plain_words(failure)} (HTTP {failure.status}: "
-                                     f"{failure.message}).")]
-        if failure.status == 401 or failure.code == 40102:
-            return [problem(service, f"HEYGEN_API_KEY was refused (HTTP {failure.status}: {failure.message}).")]
-        return [problem(service, f"listing the streaming avatars failed: HTTP {failure.status}, code "
-                                 f"{failure.code}: {failure.message}.")]
-    avatars = data if isinstance(data, list) else _dig(data, "avatars") or []
-    avatars = [a for a in avatars if isinstance(a, Mapping)]
-    found = [ok(service, f"the API key is accepted ({len(avatars)} streaming avatars available).")]
-    if not avatar_id:
-        return [*found, problem(service, "HEYGEN_AVATAR_ID is not set.")]
-    match = next((a for a in avatars if a.get("avatar_id") == avatar_id), None)
-    if match is None:
-        examples = ", ".join(str(a.get("avatar_id")) for a in avatars[:5])
-        return [*found, problem(service, f"HEYGEN_AVATAR_ID={avatar_id} is not among this account's streaming "
-                                         f"avatars{' (for example: ' + examples + ')' if examples else ''}.")]
-    status_text = str(match.get("status") or "ACTIVE")
-    if status_text.upper() != "ACTIVE":
-        return [*found, problem(service, f"the avatar {avatar_id} exists but its status is {status_text}, not "
-                                         "ACTIVE.")]
-    return [*found, ok(service, f"the avatar {avatar_id} exists and is active.")]
-
-
-def liveavatar_avatar_findings(status: int, body: bytes, avatar_id: str, sandbox: bool) -> list[Finding]:
-    """`GET /v1/avatars/{id}`: key accepted? avatar exists, active? sandbox constraints."""
-    service = "LiveAvatar"
-    found: list[Finding] = []
-    if sandbox and avatar_id != SANDBOX_AVATAR_ID:
-        found.append(problem(service, f"LIVEAVATAR_SANDBOX=true only works with the sandbox avatar "
-                                      f"{SANDBOX_AVATAR_ID}; unset LIVEAVATAR_AVATAR_ID or turn the sandbox off."))
-    try:
-        data = liveavatar_protocol.read_answer(status, body)
-    except liveavatar_protocol.ApiError as exc:
-        if exc.status == 401:
-            return [*found, problem(service, f"LIVEAVATAR_API_KEY was refused (HTTP 401: {exc.message}). A HeyGen "
-                                             "key does not work here: LiveAvatar has its own keys.")]
-        if exc.status == 404:
-            return [*found, problem(service, f"the avatar LIVEAVATAR_AVATAR_ID={avatar_id} does not exist (or is "
-                                             "not visible to this key).")]
-        return [*found, problem(service, f"reading the avatar failed: HTTP {exc.status}, code {exc.code}: "
-                                         f"{exc.message}.")]
-    found.append(ok(service, "the API key is accepted."))
-    state = str(_dig(data, "status") or "ACTIVE")
-    name = _dig(data, "name")
-    if state.upper() != "ACTIVE":
-        found.append(problem(service, f"the avatar {avatar_id} exists but its status is {state} (it must be ACTIVE; "
-                                      "INIT and DEPLOYING avatars are not ready yet)."))
-    else:
-        found.append(ok(service, f"the avatar {avatar_id}{' (' + str(name) + ')' if name else ''} exists and is "
-                                 "active."))
-    if sandbox:
-        found.append(note(service, "sandbox mode: sessions are free but end after about one minute."))
-    return found
-
-
-def liveavatar_sessions_findings(status: int, body: bytes) -> list[Finding]:
-    """`GET /v1/sessions?type=active`: how many sessions run on the account now."""
-    try:
-        data = liveavatar_protocol.read_answer(status, body)
-    except liveavatar_protocol.ApiError as exc:
-        return [problem("LiveAvatar", f"listing the active sessions failed: HTTP {exc.status}: {exc.message}.")]
-    count = _dig(data, "count")
-    if not isinstance(count, int):
-        results = _dig(data, "results")
-        count = len(results) if isinstance(results, list) else 0
-    return [_sessions_note("LiveAvatar", count, "a relay that is not running now should have none; "
-                                                "`avatar-relay reap` stops leftovers")]
-
-
-def _key_refused(found: list[Finding]) -> bool:
-    return any(f.level == "problem" and "_API_KEY was refused" in f.text for f in found)
-
-
-def _sessions_note(service: str, count: int, advice: str) -> Finding:
-    if count == 0:
-        return ok(service, "no sessions are running on the account now.")
-    return note(service, f"{count} session(s) are running on the account now ({advice}).")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -288,64 +175,22 @@ async def _try_conversation(settings: Settings, http: httpx2.AsyncClient, key: s
                         "hung up.")]
 
 
-async def check_heygen(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
-    service = "HeyGen"
-    if settings.heygen_api_key is None:
-        return [problem(service, "HEYGEN_API_KEY is not set.")]
-    headers = {"x-api-key": settings.heygen_api_key.get_secret_value()}
-    base = settings.heygen_base_url.rstrip("/")
-    retired = note(service, "HeyGen retired its Streaming API v1 on 2026-03-31 (public migration notes; HeyGen's "
-                            "own docs call it legacy) and LiveAvatar is its successor: plan the move (LiveAvatar has "
-                            "its own keys: LIVEAVATAR_API_KEY, LIVEAVATAR_AVATAR_ID; docs/deploy.md).")
-    try:
-        response = await _get(http, base + "/v1/streaming/avatar.list", headers)
-    except httpx2.HTTPError as exc:
-        return [retired, _unreachable(service, "HEYGEN_BASE_URL", exc)]
-    found = [retired, *heygen_avatar_findings(response.status_code, response.content, settings.heygen_avatar_id)]
-    if not any(f.level == "ok" for f in found):  # not even the key was accepted: listing would fail the same way
-        return found
-    try:
-        with trio.fail_after(CHECK_TIMEOUT * 2):
-            sessions = await list_sessions(settings, http)
-    except trio.TooSlowError:
-        found.append(problem(service, "listing the running sessions timed out."))
-    except Exception as exc:  # AvatarUnavailable, with a safe message
-        found.append(problem(service, f"listing the running sessions failed: {getattr(exc, 'message', exc)}"))
-    else:
-        found.append(_sessions_note(service, len(sessions), "HeyGen allows 100 at once on an API plan, 3 on a "
-                                                            "trial key; `avatar-relay reap` stops leftovers"))
+async def check_avatar(settings: Settings, http: httpx2.AsyncClient, provider: Provider) -> list[Finding]:
+    """The one skeleton of every provider's account check, filled in by its declaration (`AccountCheck`): the key
+    is set; the provider's notes; its steps in order, until one says stop or the base URL cannot be reached. Only
+    reads."""
+    service, check, names = provider.title, provider.doctor, provider.settings
+    if getattr(settings, names.api_key) is None:
+        return [problem(service, f"{names.key_variable} is not set.")]
+    found = list(check.notes)
+    for step in check.steps:
+        try:
+            found.extend(await step(settings, http))
+        except httpx2.HTTPError as exc:
+            return [*found, _unreachable(service, names.base_url_variable, exc)]
+        if not check.go_on(found):
+            break
     return found
-
-
-async def check_liveavatar(settings: Settings, http: httpx2.AsyncClient) -> list[Finding]:
-    service = "LiveAvatar"
-    if settings.liveavatar_api_key is None:
-        return [problem(service, "LIVEAVATAR_API_KEY is not set.")]
-    headers = {"X-API-KEY": settings.liveavatar_api_key.get_secret_value()}
-    base = settings.liveavatar_base_url.rstrip("/")
-    avatar_id = settings.liveavatar_avatar_id or SANDBOX_AVATAR_ID
-    try:
-        response = await _get(http, f"{base}/v1/avatars/{avatar_id}", headers)
-    except httpx2.HTTPError as exc:
-        return [_unreachable(service, "LIVEAVATAR_BASE_URL", exc)]
-    found = liveavatar_avatar_findings(response.status_code, response.content, avatar_id,
-                                       settings.liveavatar_sandbox)
-    if _key_refused(found):
-        return found
-    try:
-        response = await _get(http, base + "/v1/sessions", headers, {"type": "active", "page": 1, "page_size": 1})
-    except httpx2.HTTPError as exc:
-        return [*found, _unreachable(service, "LIVEAVATAR_BASE_URL", exc)]
-    found.extend(liveavatar_sessions_findings(response.status_code, response.content))
-    return found
-
-
-# The avatar checks, by the provider table's names (relay.avatars.registry): they speak the doctor's language
-# (findings), so they live here rather than in the table.
-AVATAR_CHECKS: dict[str, Callable[[Settings, httpx2.AsyncClient], Awaitable[list[Finding]]]] = {
-    "heygen": check_heygen,
-    "liveavatar": check_liveavatar,
-}
 
 
 async def check_redis(settings: Settings) -> list[Finding]:
@@ -375,21 +220,44 @@ async def check_redis(settings: Settings) -> list[Finding]:
     return result
 
 
+def journal_findings(settings: Settings) -> list[Finding]:
+    """The session journal's state directory (local, no I/O beyond listing it): damaged journals moved aside at a
+    start-up (each a problem until the operator has reaped and deleted it), a directory this user cannot write."""
+    from relay.ops.journal import damaged_journals, state_dir
+
+    if not settings.relay_journal or chosen(settings) is None or settings.demo_mode:
+        return []
+    directory = state_dir(settings)
+    found = [problem("journal", f"a damaged session journal was moved aside to {moved} at a start-up: avatar "
+                                "sessions it listed may still be running (and billing). Run `avatar-relay reap` "
+                                f"(it also asks the provider's own list), then delete {moved.name}.")
+             for moved in damaged_journals(directory)]
+    existing = next((d for d in (directory, *directory.parents) if d.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        found.append(problem("journal", f"the state directory {directory} (RELAY_STATE_DIR) cannot be created or "
+                                        "written by this user: the relay will not start."))
+    elif not found:
+        found.append(ok("journal", f"the session journal's directory {directory} is usable; no damaged journal "
+                                   "lies there."))
+    return found
+
+
 async def run_checks(settings: Settings, http: httpx2.AsyncClient, *, connect: bool = False) -> list[Finding]:
     """Every check for `settings`, ElevenLabs and the avatar provider concurrently. Only reads (see --connect)."""
     results: dict[str, list[Finding]] = {}
+    provider = chosen(settings)
 
     async def run(name: str, check: Any) -> None:
         results[name] = await check
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run, "elevenlabs", check_elevenlabs(settings, http, connect=connect))
-        if settings.avatar != "none":
-            nursery.start_soon(run, "avatar", AVATAR_CHECKS[registry.entry_for(settings.avatar).name](settings, http))
+        if provider is not None:
+            nursery.start_soon(run, "avatar", check_avatar(settings, http, provider))
         if settings.relay_redis_url is not None:
             nursery.start_soon(run, "redis", check_redis(settings))
-    found = results["elevenlabs"] + results.get("avatar", []) + results.get("redis", [])
-    if settings.avatar == "none":
+    found = results["elevenlabs"] + results.get("avatar", []) + results.get("redis", []) + journal_findings(settings)
+    if provider is None:
         found.append(note("configuration", "RELAY_AVATAR=none: voice only, no avatar is checked."))
     return found
 
@@ -417,5 +285,5 @@ async def diagnose(settings: Settings, *, connect: bool = False, demo: bool = Fa
                       "services.")
         else:
             header = (f"Checking ElevenLabs ({settings.elevenlabs_base_url}) and the avatar provider "
-                      f"({settings.avatar}).")
+                      f"({chosen_name(settings)}).")
         return header, await run_checks(settings, http, connect=connect)

@@ -18,11 +18,20 @@ never stop the same session twice; a failed stop gives the row back to its dead 
 Rows are written as soon as the upstream id exists (the providers' `on_created`, alongside `streaming.start` /
 `sessions/start`). The window it cannot cover: a process killed between the upstream answering the creation call
 and that write landing (a few milliseconds). `avatar-relay reap` finds those through the providers' list APIs.
+A journal that is damaged (SQLite: corrupt, or not a database, or a `sessions` table that is not ours) never keeps
+the relay down: it is renamed beside itself (`sessions.sqlite3.damaged-<UTC time>`), the rows SQLite can still read
+from it are copied into a fresh journal (so the reaper stops those whose process is gone; both in
+`relay.ops.journal_salvage`), and one ERROR line says what was moved where and that `avatar-relay reap` finds the
+rest. A journal that cannot be used for a reason the
+operator must fix (a directory that cannot be created or written) raises JournalUnusable, whose message is the one
+line the relay prints before it exits.
+
 This module must never store a secret: rows hold provider names, session ids and base URLs only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -37,11 +46,26 @@ import trio
 
 from relay.avatars.hooks import MakeHooks, SessionHooks, SessionOutcome
 from relay.config import Settings
+from relay.ops.journal_salvage import (
+    COLUMNS,
+    JOURNAL_FILE,
+    SQLITE_CORRUPT,
+    SQLITE_NOTADB,
+    JournalDamaged,
+    JournalUnusable,
+    MovedAside,
+    damaged_journals,
+    move_aside,
+    salvage,
+)
 
 log = logging.getLogger("relay.journal")
 
+__all__ = ["JOURNAL_FILE", "Journal", "JournalEntry", "JournalUnusable", "MovedAside", "damaged_journals",
+           "default_state_dir", "journal_hooks", "open_journal", "open_journal_now", "process_alive",
+           "process_start_marker", "state_dir"]
+
 T = TypeVar("T")
-JOURNAL_FILE = "sessions.sqlite3"
 WRITE_TIME_LIMIT = 2.0  # seconds a journal write may hold a conversation's cleanup
 
 _SCHEMA = """
@@ -122,6 +146,8 @@ class Journal:
     _pid: int = field(default_factory=os.getpid)
     _pid_started: str = ""
     write_seconds_max: float = 0.0
+    moved_aside: MovedAside | None = None  # this open moved a damaged journal aside
+    moved_aside_count: int = 0  # damaged journals lying in the state directory (`damaged_journals`)
 
     def __post_init__(self) -> None:
         self._pid_started = process_start_marker(self._pid)
@@ -181,6 +207,11 @@ class Journal:
         """Every row: sessions believed running, this process's and others'."""
         return await self._run(self._entries)
 
+    async def count_moved_aside(self) -> int:
+        """Count again the damaged journals lying beside this one (the operator deletes them once reaped)."""
+        self.moved_aside_count = len(await trio.to_thread.run_sync(damaged_journals, self.path.parent))
+        return self.moved_aside_count
+
     def close(self) -> None:
         self._db.close()
 
@@ -192,34 +223,143 @@ class Journal:
 WAL_SWITCH_ATTEMPTS = 20
 WAL_SWITCH_PAUSE = 0.05  # seconds, times the attempt number
 
-
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open the journal file in WAL mode with its table. Blocks (run it on a worker thread); raises sqlite3.Error
-    if the file cannot be used, or if it is still locked after WAL_SWITCH_ATTEMPTS tries."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open the journal file in WAL mode with its table, checked (`PRAGMA quick_check`, our columns). Blocks (run it
+    on a worker thread). Raises JournalDamaged for a file that is not a usable journal, sqlite3.Error if the file
+    cannot be used otherwise, or if it is still locked after WAL_SWITCH_ATTEMPTS tries."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
     try:
-        for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
-                    raise
-                time.sleep(WAL_SWITCH_PAUSE * attempt)
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, cheap to commit
-        db.execute(_SCHEMA)
+        try:
+            for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
+                        raise
+                    time.sleep(WAL_SWITCH_PAUSE * attempt)
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, cheap to commit
+            db.execute(_SCHEMA)
+            verdict = db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in (SQLITE_CORRUPT, SQLITE_NOTADB):
+                raise JournalDamaged(str(exc)) from exc
+            raise
+        if not verdict or verdict[0] != "ok":
+            raise JournalDamaged(f"integrity check: {str(verdict[0] if verdict else 'no answer')[:120]}")
+        try:
+            db.execute(f"SELECT {COLUMNS} FROM sessions LIMIT 0")
+        except sqlite3.OperationalError as exc:  # a `sessions` table that is not ours: another program's file
+            raise JournalDamaged(f"not a session journal: {exc}") from exc
     except BaseException:
         db.close()
         raise
     return db
 
 
+def _check_header(path: Path) -> None:
+    """JournalDamaged when the file is there but does not start as an SQLite database does. Checked before SQLite
+    opens it: closing a connection to such a file would delete its -wal, which may hold the latest rows."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # SQLite says why it cannot open it
+    if header and (len(header) < 100 or not header.startswith(b"SQLite format 3\x00")):
+        raise JournalDamaged("file is not a database")
+
+
+def _where(path: Path) -> str:
+    return f"the session journal's directory {path.parent} (RELAY_STATE_DIR)"
+
+
+_FIX = ("point RELAY_STATE_DIR at a directory this user can write (or set RELAY_JOURNAL=false to run without the "
+        "journal: a crash then leaves avatar sessions running until `avatar-relay reap`)")
+
+
+def _prepare_directory(path: Path) -> None:
+    """Create the journal's directory; JournalUnusable (one line) when it cannot be created or written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalUnusable(f"{_where(path)} cannot be created ({exc.strerror or type(exc).__name__}): "
+                              f"{_FIX}") from None
+    if not path.parent.is_dir():
+        raise JournalUnusable(f"{_where(path)} is not a directory: {_FIX}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise JournalUnusable(f"{_where(path)} is not writable by this user: {_FIX}")
+    if path.exists() and not path.is_file():
+        raise JournalUnusable(f"the session journal {path} is not a file: move it away (the relay creates the "
+                              "journal there)")
+
+
+LOCK_WAIT = 30.0  # seconds a start-up waits for another process opening (or recovering) the same journal
+
+
+def _open_or_recover(path: Path) -> tuple[sqlite3.Connection, MovedAside | None]:
+    """Open the journal at `path`; a damaged one is moved aside, what can be read of it is copied into a fresh one.
+    Processes opening the same journal take turns (a lock file beside it, held only while opening): two relays
+    starting together must not both find it damaged and the second move aside the fresh journal the first has just
+    made. Blocks (worker thread). Raises JournalUnusable."""
+    _prepare_directory(path)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise JournalUnusable(f"{_where(path)}: cannot create {lock_path.name} ({exc.strerror}): {_FIX}") from None
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise JournalUnusable(f"the session journal {path} stayed locked by another process for "
+                                          f"{LOCK_WAIT:g} s while opening it ({lock_path.name}): is a relay stuck "
+                                          "starting?") from None
+                time.sleep(0.05)
+        return _open_locked(path)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _open_locked(path: Path) -> tuple[sqlite3.Connection, MovedAside | None]:
+    moved: MovedAside | None = None
+    for _ in range(3):  # another process may be moving the same damaged file aside right now
+        try:
+            _check_header(path)
+            db = _connect(path)
+        except JournalDamaged as exc:
+            moved = move_aside(path, str(exc))
+            if moved is None:
+                continue  # someone else moved it first: open what is there now
+            db = _connect(path)
+            rows = salvage(moved.moved_to)
+            with db:
+                db.executemany(f"INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            return db, MovedAside(moved.original, moved.moved_to, moved.reason, len(rows))
+        except sqlite3.Error as exc:
+            raise JournalUnusable(f"the session journal {path} cannot be opened ({exc}): check the permissions of "
+                                  f"the file and of {path.parent}, or {_FIX}") from None
+        return db, moved
+    raise JournalUnusable(f"the session journal {path} kept changing while being opened: is another program "
+                          "replacing it?")
+
+
 async def open_journal_now(directory: Path) -> Journal:
-    """Open (creating if needed) the journal in `directory` for the caller to `close()`. Raises OSError or
-    sqlite3.Error if the directory or file cannot be used."""
-    db = await trio.to_thread.run_sync(_connect, directory / JOURNAL_FILE)
-    return Journal(directory / JOURNAL_FILE, db)
+    """Open (creating if needed) the journal in `directory` for the caller to `close()`. A damaged journal is moved
+    aside and replaced (the caller logs `journal.moved_aside.describe()`); raises JournalUnusable (one line naming
+    the directory or file and what to do) when the journal cannot be used at all."""
+    path = directory / JOURNAL_FILE
+    db, moved = await trio.to_thread.run_sync(_open_or_recover, path)
+    journal = Journal(path, db, moved_aside=moved)
+    if moved is not None:
+        log.error("%s", moved.describe())
+    journal.moved_aside_count = len(await trio.to_thread.run_sync(damaged_journals, directory))
+    return journal
 
 
 @asynccontextmanager

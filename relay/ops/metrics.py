@@ -41,6 +41,7 @@ from relay.avatars.hooks import SessionHooks, SessionOutcome
 from relay.conversation.record import ConversationRecord, Traffic, current_conversation
 from relay.elevenlabs import AgentConnection
 from relay.ops.fleet_sessions import FleetSessions
+from relay.ops.journal import Journal
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
 
@@ -197,6 +198,13 @@ class RelayMetrics:
                  "holds: its avatar sessions being created, running or stopping.", avatars_held)):
             if read is not None:
                 Gauge(name, doc, registry=r).set_function(read)
+
+    def watch_journal(self, journal: Journal) -> None:
+        """`avatar_relay_journals_moved_aside`: damaged session journals lying in the state directory, as last
+        counted (at start-up and at every sweep of the reaper; never I/O at scrape time)."""
+        Gauge("avatar_relay_journals_moved_aside", "Damaged session journals moved aside in the state directory "
+              "(sessions.sqlite3.damaged-*): sessions they listed may still run. Run `avatar-relay reap`, then "
+              "delete them.", registry=self.registry).set_function(lambda: float(journal.moved_aside_count))
 
     def upstream_error(self, upstream: str, kind: str, code: object = None, message: str = "") -> None:
         """Count one upstream error and log it (with the conversation's ids, from the logging context)."""

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import httpx2
 import trio
 
-from relay.avatars import AvatarError, registry
+from relay.avatars import AvatarError
 from relay.config import Settings
 from relay.ops.fleet import FleetUnavailable
 from relay.ops.fleet_sessions import FleetSessions
 from relay.ops.journal import Journal, JournalEntry
+from relay.providers import table as providers
 
 log = logging.getLogger("relay.journal")
 
@@ -62,7 +63,7 @@ async def reap_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
         if fleet is not None and not await fleet_gate(fleet, journal, entry):
             continue
         try:
-            await registry.stop_by_id(settings, http, entry.provider, entry.session_id, entry.base_url)
+            await providers.stop_by_id(settings, http, entry.provider, entry.session_id, entry.base_url)
         except (AvatarError, trio.TooSlowError) as exc:
             failed.append(entry.session_id)
             with suppress(sqlite3.Error, OSError):
@@ -119,6 +120,8 @@ async def reap_periodically(settings: Settings, http: httpx2.AsyncClient, journa
     app's shutdown); never raises."""
     while True:
         await reap_orphans(settings, http, journal, fleet)
+        with suppress(OSError):
+            await journal.count_moved_aside()  # for /metrics: the operator deletes them once reaped
         if settings.relay_reap_interval <= 0:
             return
         await trio.sleep(settings.relay_reap_interval)
@@ -163,8 +166,8 @@ async def find_orphans(settings: Settings, http: httpx2.AsyncClient, journal: Jo
             orphans.append(Orphan(session.entry.provider, session.entry.session_id, "fleet", session.entry.base_url))
             known.add(session.entry.session_id)
     if not journal_only:
-        orphans.extend(Orphan(settings.avatar, session_id, "list")
-                       for session_id in await registry.list_running_ids(settings, http) if session_id not in known)
+        orphans.extend(Orphan(providers.chosen_name(settings), session_id, "list")
+                       for session_id in await providers.list_running_ids(settings, http) if session_id not in known)
     return orphans
 
 
@@ -181,7 +184,7 @@ async def reap(settings: Settings, http: httpx2.AsyncClient, journal: Journal | 
                                                       session_id=orphan.session_id, base_url=orphan.base_url):
             continue  # stopped already, or held by a live relay of the fleet, or Redis is unreachable now
         try:
-            await registry.stop_by_id(settings, http, orphan.provider, orphan.session_id, orphan.base_url)
+            await providers.stop_by_id(settings, http, orphan.provider, orphan.session_id, orphan.base_url)
         except (AvatarError, trio.TooSlowError):
             failed.append(orphan.session_id)
             if journal is not None and orphan.entry is not None:

@@ -77,6 +77,10 @@ def _write_new_file(path: Path, content: bytes) -> None:
         out.write(content)
 
 
+class TranscriptsDirUnusable(Exception):
+    """RELAY_TRANSCRIPTS_DIR cannot be created or written; the message is one line saying what to do."""
+
+
 class TranscriptWriter:
     """Collects each conversation's turns and writes them to `directory` when it ends."""
 
@@ -85,8 +89,20 @@ class TranscriptWriter:
         self._started: dict[str, datetime] = {}
 
     async def prepare(self) -> None:
-        """Create the directory if needed (in a worker thread). Raises OSError if it cannot be made."""
-        await trio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+        """Create the directory if needed (in a worker thread). Raises TranscriptsDirUnusable (one line naming
+        RELAY_TRANSCRIPTS_DIR) if it cannot be made or written."""
+        await trio.to_thread.run_sync(self._prepare)
+
+    def _prepare(self) -> None:
+        fix = "point RELAY_TRANSCRIPTS_DIR at a directory this user can write, or unset it (no transcripts)"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TranscriptsDirUnusable(f"RELAY_TRANSCRIPTS_DIR={self.directory} cannot be created "
+                                         f"({exc.strerror or type(exc).__name__}): {fix}") from None
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise TranscriptsDirUnusable(f"RELAY_TRANSCRIPTS_DIR={self.directory} is not writable by this user: "
+                                         f"{fix}")
 
     def start(self, record: ConversationRecord) -> None:
         """Begin collecting `record`'s turns (a `ConversationHooks.on_start` hook)."""

@@ -4,9 +4,6 @@ the exact bytes that peer expects, with plain functions and frozen dataclasses.
 `browser` (our protocol), `elevenlabs` (the agent), `heygen` and `liveavatar` (the avatar REST APIs), `lite` (the
 LITE audio socket), `audio` (formats and resampling: numpy/soxr), `http` (shared HTTP details), `vocab` (the
 `Literal` vocabularies). No module here imports trio, httpx2, websockets, quart or hypercorn, nor any relay module
-outside this package except `relay._util` and `relay.config` (tests/test_layering.py).
+outside this package except `relay._util` and `relay.config` (tests/test_layering.py). Import the module you
+need: this package loads none of them (so `relay.protocol.browser` loads no provider's wire module).
 """
-
-from relay.protocol import audio, browser, elevenlabs, heygen, http, lite, liveavatar, vocab
-
-__all__ = ["audio", "browser", "elevenlabs", "heygen", "http", "lite", "liveavatar", "vocab"]

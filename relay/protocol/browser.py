@@ -115,17 +115,17 @@ class Audio:
     pcm: bytes
 
 
+# Adding a client message: its frame class above, a member of `TextFrame` (what arrives) and of `ClientEvent` (what
+# `parse_text_frame` returns; tests/protocol/test_browser.py fails when the two disagree). The known types follow.
+TextFrame = (Start | AudioText | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult
+             | Feedback | Stop)
+
 ClientEvent = (Start | Audio | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult | Feedback
                | Stop)
 
-_TextFrame = Annotated[
-    Start | AudioText | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult | Feedback
-    | Stop,
-    Field(discriminator="type"),
-]
-_text_frame_adapter: TypeAdapter[Any] = TypeAdapter(_TextFrame)
-_KNOWN_TYPES = ("start", "audio", "text", "context", "multimodal", "mcp_approval", "activity", "interrupt",
-                "tool_result", "feedback", "stop")
+_text_frame_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[TextFrame, Field(discriminator="type")])
+KNOWN_TYPES: Final[tuple[str, ...]] = tuple(get_args(frame.model_fields["type"].annotation)[0]
+                                            for frame in get_args(TextFrame))
 
 
 def _describe(exc: ValidationError) -> str:
@@ -147,7 +147,7 @@ def parse_text_frame(text: str) -> ClientEvent:
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("message has no string 'type'")
-    if kind not in _KNOWN_TYPES:
+    if kind not in KNOWN_TYPES:
         raise ProtocolError(f"unknown message type {kind[:40]!r}")
     try:
         frame = _text_frame_adapter.validate_python(raw)

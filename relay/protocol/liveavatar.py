@@ -17,6 +17,7 @@ from relay.protocol.http import parse_retry_after
 from relay.protocol.vocab import UnavailableReason
 
 SANDBOX_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"
+AVATAR_PARTICIPANT = "heygen"  # the avatar's identity in the session's LiveKit room (what the page subscribes to)
 SUCCESS_CODE = 1000
 NO_CREDITS_CODE = 4033
 # Undocumented upstream; our simulator's choice (see relay/sim/liveavatar_sim.py). Also recognised by message.

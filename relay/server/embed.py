@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Settings
+from relay.providers.table import chosen
 
 LIVEKIT_CLIENT_VERSION = "2.15.7"
 # SHA-384 of dist/livekit-client.esm.mjs in livekit-client 2.15.7 as npm ships it (the tarball's own sha512 is in
@@ -105,7 +106,7 @@ def local_livekit_client(settings: Settings, warn: Callable[[str], None]) -> Liv
     RELAY_LIVEKIT_CLIENT_URL) and it is missing or not the pinned release, `warn` gets one line saying what to do;
     demo mode and voice-only relays never load it, so they start quietly without it."""
     local = find_livekit_client(livekit_client_dir(settings))
-    needed = not settings.relay_livekit_client_url and not settings.demo_mode and settings.avatar != "none"
+    needed = not settings.relay_livekit_client_url and not settings.demo_mode and chosen(settings) is not None
     if needed and isinstance(local, LivekitClientProblem):
         warn(f"the widget cannot show the avatar's video: {local.message}")
     return local

@@ -1,6 +1,7 @@
 """Admission for a fleet of relays sharing one Redis (RELAY_REDIS_URL): the global cap, the per-client caps, the start
 rate and the avatar-account budget, each checked and taken in one Lua script (atomic across every relay), and
-`seat_keeper`, the one place where the app chooses between this and the embedded `LocalSeats`.
+`seat_keeper`, the one place where the app chooses between this and the embedded `LocalSeats`, and beside it
+`choose_seating`, which also chooses the avatar budget.
 
 Seats live in sorted sets scored by their expiry (Redis's own clock, `TIME`): `{prefix}:seats` (every open
 conversation of the fleet), `{prefix}:client:<client>` (one client's), `{prefix}:avatars` (the avatar sessions
@@ -20,14 +21,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 from coredis.commands.script import Script
 
+from relay.avatars.budget import AvatarBudget, LocalAvatarBudget
 from relay.config import Settings
 from relay.ops.fleet import Fleet, FleetUnavailable
-from relay.server.admission import AdmissionRefused, LocalSeats, SeatKeeper, SharedCap, full, over_cap
+from relay.ops.metrics import RelayMetrics
+from relay.server.admission import AdmissionRefused, LocalSeats, Registry, SeatKeeper, SharedCap, full, over_cap
+from relay.server.seats import SharedAvatarBudget
+
+if TYPE_CHECKING:
+    from relay.server.workers import WorkerRole
 
 log = logging.getLogger("relay.fleet")
 
@@ -325,4 +332,41 @@ def seat_keeper(settings: Settings, fleet: Fleet | None, shared: SharedCap | Non
                       settings.relay_max_starts_per_minute, shared=shared)
 
 
-__all__ = ["FleetSeats", "Limits", "OutagePolicy", "SeatKeeper", "seat_keeper"]
+@dataclass(frozen=True)
+class Seating:
+    """Who gets in, as chosen for one app: the `keeper` of the conversations' seats, the `registry` of the open
+    conversations that asks it, and the avatar budget (RELAY_MAX_AVATAR_SESSIONS; None without one)."""
+
+    keeper: LocalSeats | FleetSeats
+    registry: Registry
+    avatar_budget: AvatarBudget | None
+
+
+def choose_seating(settings: Settings, fleet: Fleet | None, worker: WorkerRole | None) -> Seating:
+    """The seats and the avatar budget for these settings: the fleet's in Redis with RELAY_REDIS_URL, else this
+    machine's shared by `serve --workers N`'s workers (`worker`), else this process's."""
+    keeper = seat_keeper(settings, fleet, None if fleet is not None or worker is None
+                         else worker.seats(settings.relay_max_conversations))
+    registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client, keeper=keeper)
+    budget: AvatarBudget | None = None
+    if (size := settings.relay_max_avatar_sessions) is not None:
+        budget = keeper if isinstance(keeper, FleetSeats) else \
+            LocalAvatarBudget(size) if worker is None else SharedAvatarBudget(worker.avatar_seats(size))
+    return Seating(keeper, registry, budget)
+
+
+def watch_seating(metrics: RelayMetrics, seating: Seating) -> None:
+    """Gauges of the seats and the avatar budget (read at scrape time): the fleet's, or this relay's budget."""
+    keeper, budget = seating.keeper, seating.avatar_budget
+    if isinstance(keeper, FleetSeats):
+        fleet_seats = keeper
+        metrics.watch_fleet(healthy=lambda: fleet_seats.fleet.healthy, seats=lambda: fleet_seats.fleet_taken,
+                            seats_held=lambda: len(fleet_seats.held), avatars=lambda: fleet_seats.fleet_avatars,
+                            avatars_held=lambda: len(fleet_seats.avatars))
+    elif isinstance(budget, LocalAvatarBudget | SharedAvatarBudget):
+        local_budget = budget
+        metrics.watch_fleet(avatars_held=lambda: len(local_budget.held))
+
+
+__all__ = ["FleetSeats", "Limits", "OutagePolicy", "SeatKeeper", "Seating", "choose_seating", "seat_keeper",
+           "watch_seating"]

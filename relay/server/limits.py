@@ -1,5 +1,5 @@
 """Rate limits that protect the relay and its owner's accounts: conversation starts per client address. (Client
-frames per second per conversation are the pump's `FloodGate`, relay.conversation.pumps; the kernel-level send
+frames per second per conversation are the pump's `FloodGate`, relay.conversation.gates; the kernel-level send
 timeout for browsers that stop reading is relay.server.serving.)
 
 The limiters are plain objects that take the time as an argument (no trio, no clock of their own), so tests drive

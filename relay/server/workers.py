@@ -6,8 +6,10 @@ single relay does, and restarts a worker that dies, backing off when one keeps d
 What the workers share: the listening socket (inherited descriptor, served by hypercorn as `fd://N`), the
 conversation cap (`relay.server.seats`), a private directory holding each worker's metrics socket
 (`relay.server.worker_metrics`), and the session journal (its rows are claimed one process at a time). The
-supervisor runs no app, opens no upstream connection and never reads a key; it must never block on a worker for
-longer than the drain bound.
+supervisor runs no app, opens no upstream connection and never reads a key (it checks Redis, the journal and the
+transcripts directory once before starting the workers; a worker that still cannot start exits
+WORKER_STARTUP_FAILED, and the supervisor stops the others and exits 1 instead of restarting it); it must never
+block on a worker for longer than the drain bound.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import trio
 from relay.config import Settings
 from relay.server.seats import AVATARS, Seats, create_seats_file
 from relay.server.serving import hypercorn_config
+from relay.server.startup import STARTUP_FAILED, WORKER_STARTUP_FAILED, print_failure
 
 log = logging.getLogger("relay.workers")
 
@@ -169,8 +172,9 @@ def run_supervisor(settings: Settings, host: str, port: int, workers: int) -> in
     try:
         listener = bind_listener(host, port, settings.relay_send_timeout)
     except OSError as exc:
-        print(f"avatar-relay: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return 1
+        print_failure(f"cannot listen on {host}:{port}: {exc.strerror}: choose another --port / RELAY_PORT (or stop "
+                      "what listens there)", exc, settings)
+        return STARTUP_FAILED
     seats_fd = create_seats_file(workers)
     directory = tempfile.mkdtemp(prefix="avatar-relay-")  # mode 0700: the metrics sockets are private
     bound = listener.getsockname()
@@ -191,6 +195,7 @@ class _Supervisor:
         self.stopping = trio.Event()
         self.slots_left = plan.workers
         self.all_gone = trio.Event()
+        self.start_failed = trio.Event()  # a worker could not start (it printed why): stop the others, exit 1
         self.status = 0
 
     async def run(self) -> int:
@@ -212,8 +217,16 @@ class _Supervisor:
                             await self.all_gone.wait()
                             race.cancel_scope.cancel()
 
+                        async def on_start_failed() -> None:
+                            await self.start_failed.wait()
+                            race.cancel_scope.cancel()
+
                         race.start_soon(on_signal)
                         race.start_soon(on_all_gone)
+                        race.start_soon(on_start_failed)
+                    if self.start_failed.is_set():
+                        await self._stop_all()
+                        return STARTUP_FAILED
                     if not signalled:
                         log.error("supervisor: no worker left running; exiting")
                         return 1
@@ -261,6 +274,9 @@ class _Supervisor:
                         log.error("supervisor: worker %d (pid %d) ended its drain with %s", index, process.pid,
                                   describe_exit(status))
                         self.status = 1
+                    return
+                if status == WORKER_STARTUP_FAILED:  # a mistake a restart would only repeat; the line is out
+                    self.start_failed.set()
                     return
                 now = trio.current_time()
                 delay = restart_delay(exits, now)

@@ -1,9 +1,8 @@
 """Simulators of the upstream services (ElevenLabs ConvAI, HeyGen Streaming v1, LiveAvatar).
 
-Each is an ASGI app that hypercorn can serve alone; `relay.sim.runner` serves them together. They import nothing
-from the relay itself, so a bug in the relay's protocol code cannot hide in both sides at once. `http_keepalive`
-is the one piece they share with the relay (which imports it from here): the ASGI guard that keeps quart-trio from
-cancelling hypercorn's connection recycling, without which a kept-alive connection can lose a request.
+Each is an ASGI app that hypercorn can serve alone; `relay.sim.runner` serves them together. `elevenlabs_sim` and
+`liveavatar_sim` are packages split by concern, `heygen_sim` one module; `lite_socket` is the LITE audio socket's
+server side (LiveAvatar's and HeyGen's), `faults` the forced failures the avatar simulators share. They import
+nothing from the relay itself (but the HTTP keep-alive guard every served app installs, `relay.net.http_keepalive`),
+so a bug in the relay's protocol code cannot hide in both sides at once.
 """
-
-__all__ = ["elevenlabs_sim", "faults", "heygen_sim", "http_keepalive", "liveavatar_sim", "runner"]

@@ -17,7 +17,7 @@ Control endpoints:
 - `GET /_sim/ledger`: `sessions` (by id: status, timestamps `created_at` / `started_at` / `connected_at` /
   `stopped_at` / `expired_at`, the `streaming.new` parameters, `tasks` [{text, task_type, task_mode,
   received_at, task_id, duration_ms}], `interrupts` and `keep_alives` {count, at} (REST), `stop_requests`,
-  and `realtime`: the LiveAvatar simulator's `LiteLedger.to_json()` (audio_seconds at 24 kHz, chunks, events
+  and `realtime`: `relay.sim.lite_socket.LiteLedger.to_json()` (audio_seconds at 24 kHz, chunks, events
   by event_id, interrupts, chunks_after_interrupt, keep_alives, speak_ends, errors_sent, ...) plus
   `connections`), `totals` {created, started, stopped, expired, open}, `requests` (count per endpoint name).
 - `POST /_sim/reset`: forget every session, token, count and fault.
@@ -64,11 +64,11 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
-# The LiveAvatar simulator's LITE socket: HeyGen's realtime endpoint speaks the same protocol. Another
-# simulator, not the relay, so the two sides of the protocol stay independent.
+from relay.net.http_keepalive import KeepAliveGuard
 from relay.sim.faults import take_forced_failure
-from relay.sim.http_keepalive import KeepAliveGuard
-from relay.sim.liveavatar_sim import LiteLedger, LiteSocketSimulator
+
+# HeyGen's realtime endpoint speaks LiveAvatar's LITE protocol: the simulators share its server side, not the relay's.
+from relay.sim.lite_socket import LiteLedger, LiteSocketSimulator
 
 OPEN_STATES = ("new", "connecting", "connected")
 STATE_CODES = {"new": 10001, "connecting": 10002, "connected": 10003, "closing": 10004, "closed": 10005}

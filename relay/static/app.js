@@ -29,7 +29,7 @@ export const RELAY_BASE = new URL('../', import.meta.url).href;
 /** The values of `element.state`, in the order a conversation goes through them. */
 export const STATES = Object.freeze(['idle', 'connecting', 'live', 'reconnecting', 'ended']);
 
-const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60 };
+const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60, avatars: {} };
 const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
 const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
 // Normal ends by the agent: the page plays out the agent's audio it already has before it tears down (voice-only and
@@ -949,8 +949,10 @@ class Conversation {
     }
     try {
       const room = await joinAvatarRoom({
-        moduleUrl: this.config.livekit_client_url,
+        // Relative to the relay (its own copy is `vendor/…`), not to the host page.
+        moduleUrl: new URL(this.config.livekit_client_url, this.w.relayBase()).href,
         avatar,
+        participant: this.config.avatars?.[avatar.provider]?.participant ?? null,
         video: this.w.ui.video,
         audio: this.w.ui.audio,
         onAudioBlocked: (blocked) => {

@@ -1,15 +1,17 @@
-// Joining the real avatar's LiveKit room (HeyGen v1 or LiveAvatar) and showing its video and audio.
+// Joining the real avatar's LiveKit room and showing its video and audio.
 //
 // livekit-client is loaded on demand from the URL the server configures (`client-config.json`), so the page
-// carries no copy of it and a deployment can self-host it. LiveAvatar's avatar joins as the participant `heygen`;
-// with HeyGen v1 the avatar is the only other participant, so any remote track is the avatar's. This module never
-// sends anything to the relay.
+// carries no copy of it and a deployment can self-host it. Which participant is the avatar comes from the same
+// configuration (`avatars[provider].participant`, from the relay's provider table): a name (LiveAvatar's avatar
+// joins as `heygen`), or null when the avatar is the room's only other participant. This module never sends
+// anything to the relay and names no provider.
 
 /**
  * Join the avatar's room.
  * @param {object} options
  * @param {string} options.moduleUrl where livekit-client's ES module is (absolute, or relative to the page)
  * @param {{provider: string, livekit_url: string, access_token: string}} options.avatar `ready.avatar`
+ * @param {string | null} options.participant the avatar's identity in the room (null: any remote participant)
  * @param {HTMLVideoElement} options.video
  * @param {HTMLAudioElement} options.audio
  * @param {(blocked: boolean) => void} options.onAudioBlocked the browser refused to play sound without a gesture
@@ -20,11 +22,12 @@
  * @returns {Promise<{leave: () => Promise<void>, startAudio: () => Promise<void>}>}
  */
 export async function joinAvatarRoom({
-  moduleUrl, avatar, video, audio, onAudioBlocked, onVideo, onDisconnected, onReconnecting = () => {}, onReconnected = () => {},
+  moduleUrl, avatar, participant = null, video, audio, onAudioBlocked, onVideo, onDisconnected,
+  onReconnecting = () => {}, onReconnected = () => {},
 }) {
   const { Room, RoomEvent, Track } = await import(new URL(moduleUrl, document.baseURI).href);
   const room = new Room({ adaptiveStream: true, dynacast: true });
-  const isAvatar = (participant) => avatar.provider !== 'liveavatar' || participant.identity === 'heygen';
+  const isAvatar = (remote) => participant === null || remote.identity === participant;
   let leaving = false;
 
   room.on(RoomEvent.TrackSubscribed, (track, _publication, participant) => {

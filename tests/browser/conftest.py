@@ -44,7 +44,7 @@ CHROMIUM_ARGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
-_UPSTREAM_ENV_PREFIXES = ("ELEVENLABS_", "HEYGEN_", "LIVEAVATAR_", "RELAY_")
+_UPSTREAM_ENV_PREFIXES = ("ELEVENLABS_", "HEYGEN_", "LIVEAVATAR_", "SIMLI_", "RELAY_")
 
 
 

@@ -9,7 +9,10 @@ import trio
 import trio.testing
 
 from relay.avatars import AvatarInfo
-from relay.conversation import ConversationOver, Outbox, SpeechRouter, speech
+from relay.conversation import speech
+from relay.conversation.endings import ConversationOver
+from relay.conversation.outbox import Outbox
+from relay.conversation.speech import SpeechRouter
 from relay.protocol.audio import AudioFormat
 from tests.support.fakes import FakeBrowser, FakeSession, wait_until
 

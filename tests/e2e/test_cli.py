@@ -131,7 +131,7 @@ def test_a_dot_env_file_is_read(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "relay", "serve", "--port", str(free_port())], cwd=tmp_path,
                             env=clean_env(), capture_output=True, text=True, timeout=30)
     # an agent id alone is not a complete configuration: the .env file was read, and demo mode was not chosen
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "LIVEAVATAR_API_KEY or HEYGEN_API_KEY" in result.stderr
 
 
@@ -147,7 +147,7 @@ def test_a_bad_configuration_is_refused_with_a_message_naming_the_variable(
         env: dict[str, str], named: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "relay", "serve"], cwd=tmp_path, env=clean_env(**env),
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert named in result.stderr
     assert "Traceback" not in result.stderr
     assert "hg-secret-1234567890" not in result.stderr
@@ -168,9 +168,9 @@ def test_serve_on_a_busy_port_says_so(tmp_path: Path) -> None:
 def test_sim_command_prints_the_simulator_urls(tmp_path: Path) -> None:
     with running([sys.executable, "-m", "relay", "sim"], tmp_path, clean_env()) as proc:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline().strip() for _ in range(3)]
+        lines = [proc.stdout.readline().strip() for _ in range(4)]
         urls = dict(line.split("=", 1) for line in lines)
-        assert set(urls) == {"ELEVENLABS_BASE_URL", "HEYGEN_BASE_URL", "LIVEAVATAR_BASE_URL"}
+        assert set(urls) == {"ELEVENLABS_BASE_URL", "HEYGEN_BASE_URL", "LIVEAVATAR_BASE_URL", "SIMLI_BASE_URL"}
         for url in urls.values():
             assert httpx2.get(url + "/_sim/ledger").status_code == 200
 

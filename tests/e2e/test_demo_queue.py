@@ -7,8 +7,8 @@ import httpx2
 import pytest
 import trio
 
+from relay.providers.table import serve_simulators
 from relay.sim.elevenlabs_sim import DEMO_FAULTS
-from relay.sim.runner import serve_simulators
 
 pytestmark = pytest.mark.timeout(60)
 

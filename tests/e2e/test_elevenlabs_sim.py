@@ -27,6 +27,7 @@ from relay.elevenlabs import AgentConnection, open_agent
 from relay.protocol import elevenlabs as el
 from relay.sim import elevenlabs_sim
 from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS, DEFAULT_CLIENT_EVENTS
+from relay.sim.elevenlabs_sim.voice import ULAW_DECODE
 from tests.support.simcontrol import SimControl
 
 pytestmark = pytest.mark.timeout(60)
@@ -246,7 +247,7 @@ async def test_formats_come_from_the_agent_and_ulaw_audio_is_a_voice(sim: Sim) -
             )
             audio = (await collect(conn, of(el.AgentAudio)))[-1]
     assert len(audio.audio) == 2000  # 250 ms at 8 kHz, one byte per sample
-    decoded = elevenlabs_sim._ULAW_DECODE[np.frombuffer(audio.audio, dtype=np.uint8)]
+    decoded = ULAW_DECODE[np.frombuffer(audio.audio, dtype=np.uint8)]
     assert rms(decoded.tobytes()) > 500
 
 

@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.support.harness import running_relay
 
 HANG_GUARD = 5.0  # generous: an answer takes milliseconds

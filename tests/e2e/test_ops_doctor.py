@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from relay.ops.doctor import Finding, format_report, run_checks
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.e2e.test_cli import clean_env, free_port
 from tests.support.harness import E2E_AVATAR, relay_settings
 

@@ -13,7 +13,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from relay.web import create_app
 from tests.support.harness import hold_and_record, poll_ledger, relay_settings, session_counts
 from tests.support.simcontrol import SimControl

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, connect_websocket_url, open_websocket_url
 
 from relay.ops.journal import open_journal
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
 from tests.support.processes import free_port
@@ -442,15 +443,15 @@ async def test_bad_configuration_and_a_busy_port_are_reported_once(tmp_path: Pat
         command = [sys.executable, "-m", "relay", "serve", "--workers", "2"]
         bad = await trio.run_process([*command, "--port", str(free_port())], cwd=tmp_path, check=False,
                                      env=relay_env(sims, tmp_path, RELAY_STOP_TIMEOUT="-1"), capture_stderr=True)
-        assert bad.returncode == 2
+        assert bad.returncode == 1
         assert bad.stderr.decode().strip().splitlines() == [
             "avatar-relay: invalid configuration: RELAY_STOP_TIMEOUT: Input should be greater than 0"]
         zero = await trio.run_process([*command[:-2], "--port", str(free_port())], cwd=tmp_path, check=False,
                                       env=relay_env(sims, tmp_path, RELAY_WORKERS="0"), capture_stderr=True)
-        assert zero.returncode == 2 and "RELAY_WORKERS" in zero.stderr.decode()
+        assert zero.returncode == 1 and "RELAY_WORKERS" in zero.stderr.decode()
         demo = await trio.run_process([*command, "--port", str(free_port())], cwd=tmp_path, check=False,
                                       env=base_env(), capture_stderr=True)
-        assert demo.returncode == 2 and "--workers needs real upstream settings" in demo.stderr.decode()
+        assert demo.returncode == 1 and "--workers needs real upstream settings" in demo.stderr.decode()
         with trio.socket.socket() as taken:
             await taken.bind(("127.0.0.1", 0))
             taken.listen(1)
@@ -459,7 +460,8 @@ async def test_bad_configuration_and_a_busy_port_are_reported_once(tmp_path: Pat
                                           env=relay_env(sims, tmp_path), capture_stderr=True)
         assert busy.returncode == 1
         assert busy.stderr.decode().strip().splitlines() == [
-            f"avatar-relay: cannot listen on 127.0.0.1:{port}: Address already in use"]
+            f"avatar-relay: cannot listen on 127.0.0.1:{port}: Address already in use: choose another --port / "
+            "RELAY_PORT (or stop what listens there)"]
 
 
 @pytest.mark.timeout(240)

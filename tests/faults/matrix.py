@@ -27,8 +27,9 @@ from quart_trio import QuartTrio
 from trio_websocket import ConnectionClosed
 
 from relay.config import Settings
+from relay.providers.table import serve_simulators
 from relay.server.serving import hypercorn_config
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.sim.runner import SimulatorURLs
 from relay.web import create_app, relay_state
 from tests.support.harness import BrowserClient, Relay, relay_settings
 
@@ -260,6 +261,20 @@ SCENARIOS: list[Scenario] = [
     Scenario("liveavatar 429 + Retry-After on stop", _stop_after_ready, provider="liveavatar",
              faults={"liveavatar": {"fail": {"stop": {"status": 429, "retry_after": 0.3, "times": 1}}}},
              expect_created=1, expect_requests={"stop": 3}),
+    # Simli: every way out ends the session with SKIP + DONE ("stopped" in its ledger); refusals degrade to voice.
+    Scenario("simli client stop", _stop_after_ready, provider="simli", expect_created=1, expect_ended="client_stop"),
+    Scenario("simli browser gone mid-speech", _vanish_mid_speech, provider="simli", faults=NO_GREETING,
+             expect_created=1),
+    Scenario("simli browser gone while its socket opens", _vanish_during_setup, provider="simli",
+             faults={"simli": {"latency_ms": {"ws_connect": 500}}}, expect_created=1),
+    Scenario("simli agent closes 1011", _start_and_wait_for_end, provider="simli",
+             faults={"elevenlabs": {"close_code": 1011, "close_reason": "fault", "close_after_ms": 300}},
+             expect_error="agent_error", expect_created=1),
+    Scenario("simli RATE (concurrency) on its socket", _talk_then_stop, provider="simli",
+             faults={"simli": {"concurrency_limit": 1}, **NO_GREETING}, expect_created=0, expect_degraded=True,
+             expect_ended="client_stop"),
+    Scenario("simli no credits", _talk_then_stop, provider="simli", faults={"simli": {"no_credits": True},
+             **NO_GREETING}, expect_created=0, expect_degraded=True, expect_ended="client_stop"),
 ]
 
 

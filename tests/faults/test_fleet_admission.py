@@ -19,8 +19,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from relay.providers.table import serve_simulators
 from relay.server.auth import mint_jwt
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env, relay_env
 from tests.support.harness import BrowserClient, session_counts
 from tests.support.processes import free_port, hypercorn_command, relay_process

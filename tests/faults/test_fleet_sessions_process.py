@@ -24,7 +24,8 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env, journal_rows
 from tests.support.harness import E2E_AVATAR, BrowserClient
 from tests.support.processes import relay_process

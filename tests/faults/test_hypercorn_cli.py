@@ -21,7 +21,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import ledger_of, relay_env
 from tests.support.harness import hold_and_record, poll_ledger, session_counts
 from tests.support.processes import free_port
@@ -100,14 +101,16 @@ def endings(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("options", [(), ("--graceful-timeout", "60"), ("-w", "2")],
-                         ids=["defaults", "graceful-timeout-60", "two-workers"])
+@pytest.mark.parametrize("options", [(), ("--graceful-timeout", "60"), ("-w", "2"), ("-w", "0")],
+                         ids=["defaults", "graceful-timeout-60", "two-workers", "in-process"])
 async def test_sigterm_to_hypercorn_tells_every_browser_and_stops_every_session(
         options: tuple[str, ...], tmp_path: Path) -> None:
     """Four conversations open, SIGTERM to the hypercorn process: every browser gets `error` `shutdown`,
     `ended` `shutdown` and close 1001, hypercorn exits 0, and every avatar session is stopped (the ledger). With
     `--graceful-timeout 60` the exit comes well before the grace period's end (hang guard 30 s): the app drains
-    itself as soon as hypercorn's shutdown begins. With `-w 2` each worker drains its own."""
+    itself as soon as hypercorn's shutdown begins. With `-w 2` each worker drains its own. With `-w 0` (the app in
+    hypercorn's own process: docs/deploy.md's setting for a start-up failure's exit status) the app drains on the
+    signal itself and ends the process with status 0."""
     async with trio.open_nursery() as outer:
         sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
         env = relay_env(sims, tmp_path, "heygen")

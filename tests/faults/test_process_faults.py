@@ -19,7 +19,8 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from relay.ops.journal import JOURNAL_FILE
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from tests.support.harness import BrowserClient, session_counts
 from tests.support.processes import relay_process
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from relay.ops.doctor import agent_findings, heygen_avatar_findings, liveavatar_avatar_findings
+from relay.ops.doctor import agent_findings
+from relay.providers.heygen import avatar_findings as heygen_avatar_findings
+from relay.providers.liveavatar import avatar_findings as liveavatar_avatar_findings
 
 
 def agent_body(input_format: str = "pcm_16000", output_format: str = "pcm_22050") -> bytes:

@@ -82,7 +82,7 @@ async def test_a_journal_that_stays_locked_fails_with_the_error_after_a_bounded_
 
     monkeypatch.setattr(journal_module, "WAL_SWITCH_PAUSE", 0.001)
     monkeypatch.setattr(journal_module.sqlite3, "connect", connect)
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+    with pytest.raises(journal_module.JournalUnusable, match="locked"):  # one line naming the file, at start-up
         async with open_journal(tmp_path):
             pass
     assert opened[0].wal_attempts == journal_module.WAL_SWITCH_ATTEMPTS

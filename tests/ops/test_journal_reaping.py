@@ -3,9 +3,9 @@ tests/faults/test_process_faults.py keeps the end-to-end path): a session whose 
 reaper's failed stop gives the row back, reaping repeats every RELAY_REAP_INTERVAL (autojump clock, so the period is
 asserted exactly), and a live process that reused a dead owner's pid does not keep its rows from being reaped.
 
-`registry.stop_by_id` is replaced by a fake that records the stops (and fails the first ones when asked); the
-journal is a real SQLite file. For the clock tests the journal's worker-thread hop is replaced by a direct call, so the
-autojump clock never jumps while a thread runs."""
+`relay.providers.table.stop_by_id` is replaced by a fake that records the stops (and fails the first ones when asked);
+the journal is a real SQLite file. For the clock tests the journal's worker-thread hop is replaced by a direct call,
+so the autojump clock never jumps while a thread runs."""
 
 from __future__ import annotations
 
@@ -21,17 +21,18 @@ import pytest
 import trio
 import trio.testing
 
-from relay.avatars import AvatarSession, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed, registry
+from relay.avatars import AvatarSession, AvatarUnavailable, OnAvatarEvent, OnSessionCreated, OnStopFailed
 from relay.avatars.hooks import HookedProvider
 from relay.ops.journal import Journal, journal_hooks, open_journal, process_start_marker
 from relay.ops.reaper import reap_orphans, reap_periodically
+from relay.providers import table as providers
 from tests.support.fakes import make_settings
 
 T = TypeVar("T")
 
 
 class Stops:
-    """The fake `registry.stop_by_id`: records (time, session id) of every attempt; the first `failures` fail."""
+    """The fake `providers.stop_by_id`: records (time, session id) of every attempt; the first `failures` fail."""
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
@@ -49,7 +50,7 @@ class Stops:
 @pytest.fixture
 def stops(monkeypatch: pytest.MonkeyPatch) -> Stops:
     fake = Stops()
-    monkeypatch.setattr(registry, "stop_by_id", fake)
+    monkeypatch.setattr(providers, "stop_by_id", fake)
     return fake
 
 

@@ -4,6 +4,7 @@ server frame has the exact shape docs/protocol.md promises."""
 from __future__ import annotations
 
 import base64
+from typing import get_args
 
 import orjson
 import pytest
@@ -14,6 +15,18 @@ from relay.protocol import browser as bp
 
 def parse(frame: object) -> bp.ClientEvent:
     return bp.parse_text_frame(orjson.dumps(frame).decode())
+
+
+def test_every_text_frame_is_a_client_event_and_every_known_type_is_parsed() -> None:
+    # Adding a client message is a frame class plus a member of TextFrame and of ClientEvent; the known types follow
+    # from TextFrame, so none can be forgotten (a forgotten one answered "unknown message type").
+    assert set(get_args(bp.TextFrame)) - {bp.AudioText} == set(get_args(bp.ClientEvent)) - {bp.Audio}
+    assert len(bp.KNOWN_TYPES) == len(get_args(bp.TextFrame))
+    for kind in bp.KNOWN_TYPES:
+        try:
+            parse({"type": kind})
+        except bp.ProtocolError as exc:
+            assert "unknown" not in str(exc)
 
 
 def test_start_with_every_field() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import get_args, get_type_hints
 
 import pytest
 
 from relay.protocol import elevenlabs as el
+from relay.protocol.elevenlabs import parse
 
 
 def frame(**fields: object) -> str:
@@ -16,6 +18,18 @@ def frame(**fields: object) -> str:
 
 
 # -- server events ------------------------------------------------------------------------------------------------
+
+
+def test_every_server_event_has_a_parser_and_every_parser_returns_a_server_event() -> None:
+    # Adding an agent event is a dataclass, a member of ServerEvent and an @parses parser: a member left without a
+    # parser would come out as UnknownEvent and be dropped unseen.
+    returned = {get_type_hints(parser)["return"] for parser in parse.PARSERS.values()}
+    assert returned == set(get_args(el.ServerEvent)) - {el.UnknownEvent, el.MalformedEvent}
+
+
+def test_a_second_parser_for_one_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="two parsers for 'ping'"):
+        parse.parses("ping")(lambda frame: el.UnknownEvent("ping"))
 
 
 def test_metadata_with_type_last_is_parsed() -> None:

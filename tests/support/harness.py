@@ -26,7 +26,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from relay.config import Settings
 from relay.ops.journal import JOURNAL_FILE
-from relay.sim.runner import SimulatorURLs, serve_simulators
+from relay.providers.table import serve_simulators
+from relay.sim.runner import SimulatorURLs
 from relay.web import create_app
 from tests.support.simcontrol import SimControl
 
@@ -149,6 +150,7 @@ class BrowserClient:
 
 # A LiveAvatar avatar id (a UUID, as the real API requires) the simulator does not list: sessions open with it.
 E2E_AVATAR = "00000000-0000-4000-8000-0000000000e2"
+E2E_SIMLI_FACE = "b9e5fba3-071a-4e35-896e-211c4d6eaa7b"  # a Simli preset face the simulator knows
 
 
 def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
@@ -160,6 +162,7 @@ def relay_settings(sims: SimulatorURLs, **overrides: Any) -> Settings:
         "elevenlabs_base_url": sims.elevenlabs, "elevenlabs_agent_id": "agent_e2e", "elevenlabs_api_key": "xi-test",
         "heygen_base_url": sims.heygen, "heygen_api_key": "hg-test", "heygen_avatar_id": "Wayne_20240711",
         "liveavatar_base_url": sims.liveavatar, "liveavatar_api_key": "la-test", "liveavatar_avatar_id": E2E_AVATAR,
+        "simli_base_url": sims.simli, "simli_api_key": "sm-test", "simli_face_id": E2E_SIMLI_FACE,
         "relay_avatar": "heygen", "relay_stop_timeout": 3.0,
         "relay_auth": "off",  # the security tests turn it on
     }

@@ -15,7 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import httpx2
 import trio
@@ -41,14 +41,16 @@ def hypercorn_command(port: int) -> list[str]:
 @asynccontextmanager
 async def relay_process(env: dict[str, str], cwd: Path, *, command: Callable[[int], list[str]] = serve_command,
                         up_path: str = "/healthz", start_timeout: float = 30.0, own_group: bool = False,
-                        end: Literal["kill", "term"] = "kill") -> AsyncIterator[tuple[trio.Process, str]]:
+                        end: Literal["kill", "term"] = "kill",
+                        stderr: IO[str] | None = None) -> AsyncIterator[tuple[trio.Process, str]]:
     """Start `command(port)` and wait (at most `start_timeout` s) until `up_path` answers 200; yields the process and
-    its base URL. `own_group`: a new session, so the test can kill the whole group. On the way out, a process still
+    its base URL (`stderr`: a file for its stderr, else the test's own). `own_group`: a new session, so the test
+    can kill the whole group. On the way out, a process still
     running is killed (`end="kill"`: SIGKILL, to the group with `own_group`) or asked to drain (`"term"`: SIGTERM,
     10 s, then SIGKILL)."""
     port = free_port()
     process = await trio.lowlevel.open_process(command(port), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                               start_new_session=own_group)
+                                               stderr=stderr, start_new_session=own_group)
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx2.AsyncClient(timeout=1.0) as http:

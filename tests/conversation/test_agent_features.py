@@ -1,4 +1,4 @@
-"""Issue 11 in the nursery, with fakes: every new agent event reaches the browser, alignment goes just before its
+"""The agent's features in the nursery, with fakes: every event reaches the browser, alignment goes just before its
 audio, MCP approvals reach the agent only while awaited, VAD scores are rate-limited, the queue is announced before
 `ready`, and the browser may only override what the operator allows."""
 

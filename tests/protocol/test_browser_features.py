@@ -1,4 +1,4 @@
-"""Issue 11: the browser frames both ways (docs/protocol.md) and the caption aligner, without sockets."""
+"""The feature frames of our browser protocol both ways (docs/protocol.md) and the caption aligner, without sockets."""
 
 from __future__ import annotations
 

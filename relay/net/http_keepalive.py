@@ -1,7 +1,8 @@
 """An ASGI middleware that keeps hypercorn's keep-alive connections working under quart-trio.
 
-It lives in `relay.sim` so that the relay's app (`relay.web`) and every simulator app install one copy: the
-simulators may import nothing from the relay, while the relay may import `relay.sim` (tests/test_layering.py).
+It lives in `relay.net` (network plumbing that knows no service) so that the relay's app (`relay.web`) and every
+simulator app install one copy, and the served app imports nothing from the simulators. It imports nothing from the
+relay: it is the one relay module the simulators may import (tests/test_layering.py).
 
 With quart-trio 0.12 on hypercorn 0.18's trio worker, when the response's last body message is sent, hypercorn
 finishes the HTTP/1.1 cycle inside that very `send`: it tells the app `http.disconnect`, then either recycles the

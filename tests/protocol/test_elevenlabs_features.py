@@ -1,4 +1,4 @@
-"""Issue 11: the ElevenLabs events the relay now passes on and the client messages it now builds, without sockets.
+"""The ElevenLabs events the relay passes on to the page and the messages it builds for them, without sockets.
 Field names from the asyncapi (elevenlabs/packages packages/types/schemas/agent.asyncapi.yaml) and, for
 queue_status, convai-widget-core's mocks/browser.ts."""
 

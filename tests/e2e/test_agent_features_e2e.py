@@ -1,4 +1,4 @@
-"""Issue 11 end to end: the real relay under hypercorn against the simulators, a WebSocket client as the browser.
+"""The agent's features end to end: the relay under hypercorn against the simulators, a WebSocket client as the browser.
 Streaming text, word timings before their audio (measured against the simulated voice), tool status, MCP approval
 answered by the client, queue state before `ready`, hand-off, the operator's overrides allow-list, and what the
 relay tells ElevenLabs about itself."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from relay.sim.http_keepalive import KeepAliveGuard
+from relay.net.http_keepalive import KeepAliveGuard
 
 
 def disconnecting_receive(messages: list[dict[str, Any]]) -> Any:

@@ -1,0 +1,146 @@
+"""Starting the upstream services for the app (its `before_serving`, through `relay.server.startup.StartupGuard`):
+the fleet, demo mode's simulators, the one shared HTTP client, the identity provider's keys, the avatar provider
+with its hooks (journal and reaper, the fleet's sessions, metrics) and budget, and what the conversations call
+(`Upstreams`). Also the conversations' own hooks (metrics, transcripts). Everything it starts runs in the app's
+nursery and ends with it; `stop_upstreams` closes what it opened.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import httpx2
+from quart_trio import QuartTrio
+
+from relay import __version__
+from relay.avatars import AvatarProvider
+from relay.avatars.budget import BudgetedProvider
+from relay.avatars.hooks import HookedProvider, MakeHooks
+from relay.config import Settings
+from relay.conversation.record import ConversationRecord
+from relay.elevenlabs import open_agent
+from relay.nursery import ConversationHooks, Upstreams
+from relay.ops.fleet_sessions import FleetSessions, SessionEntry
+from relay.ops.journal import journal_hooks, open_journal_now, state_dir
+from relay.ops.metrics import RelayMetrics
+from relay.ops.reaper import reap_periodically
+from relay.providers import table as providers
+from relay.server.demo import demo_settings
+from relay.server.fleet_admission import FleetSeats, SeatKeeper
+from relay.server.jwks import JwksCache, http_fetcher
+from relay.server.state import RelayState
+
+log = logging.getLogger("relay.web")
+
+
+def conversation_hooks(app: QuartTrio, state: RelayState, metrics: RelayMetrics) -> ConversationHooks:
+    """What each conversation tells the metrics and the transcripts (written in the app's nursery at its end)."""
+    transcripts = state.transcripts
+
+    def on_start(record: ConversationRecord) -> None:
+        metrics.conversation_started(record)
+        if transcripts is not None:
+            transcripts.start(record)
+
+    def on_end(record: ConversationRecord) -> None:
+        metrics.conversation_ended(record)
+        if transcripts is not None:
+            app.nursery.start_soon(transcripts.write, record)
+
+    return ConversationHooks(
+        on_start=on_start, on_ready=metrics.conversation_ready, on_end=on_end,
+        on_agent_event=None if transcripts is None else transcripts.agent_event,
+        on_user_text=None if transcripts is None else transcripts.user_text)
+
+
+async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper, hooks: ConversationHooks, *,
+                          own_shutdown: bool) -> None:
+    """Start everything the conversations need, in `app.nursery`, and set `state.upstreams` (the relay is then
+    `started`). Joins the fleet first (a Redis that does not answer stops the start-up before anything is
+    admitted). `own_shutdown`: also watch for hypercorn's shutdown (`relay.server.hosted`)."""
+    settings, metrics, worker = state.settings, state.metrics, state.worker
+    assert metrics is not None
+    if state.fleet is not None:
+        await app.nursery.start(state.fleet.serve)
+        if isinstance(keeper, FleetSeats):
+            await app.nursery.start(keeper.serve)
+    effective = await _effective_settings(app, state)
+    http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
+                              limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
+                              headers={"user-agent": f"avatar-relay/{__version__}"})
+    if settings.relay_auth_jwks_url and state.gate is not None:
+        state.gate.jwks = jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
+                                           min_interval=settings.relay_auth_jwks_min_interval,
+                                           url=settings.relay_auth_jwks_url)
+        if state.gate.required:
+            app.nursery.start_soon(jwks.fetch_at_startup)
+    provider = await _hooked_provider(app, state, effective, http, metrics)
+    if state.transcripts is not None:
+        await state.transcripts.prepare()
+    if worker is not None:
+        from relay.server.worker_metrics import serve_own_metrics
+
+        await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
+    state.upstreams = Upstreams(settings=effective, http=http, provider=provider,
+                                open_agent=metrics.observe_agent(open_agent), hooks=hooks)
+    if own_shutdown:
+        from relay.server.hosted import host_links, watch_host
+
+        app.nursery.start_soon(watch_host, state.registry, settings, host_links())
+
+
+async def _effective_settings(app: QuartTrio, state: RelayState) -> Settings:
+    """The settings the upstreams are called with: as configured, or in demo mode pointed at the simulators, which
+    start here."""
+    settings = state.settings
+    if not settings.demo_mode:
+        return settings
+    urls = await app.nursery.start(partial(providers.serve_simulators, "127.0.0.1", demo=True))
+    state.simulators = urls
+    effective = demo_settings(settings, urls)
+    log.info("demo mode: no API keys set, running on the built-in simulators (avatar=%s) %s",
+             providers.chosen_name(effective), " ".join(f"{name}={url}" for name, url in urls.items()))
+    return effective
+
+
+async def _hooked_provider(app: QuartTrio, state: RelayState, effective: Settings, http: httpx2.AsyncClient,
+                           metrics: RelayMetrics) -> AvatarProvider | None:
+    """The chosen avatar provider with its session hooks (the journal's row and its reaper, the fleet's sessions,
+    the metrics) and, outside them, the avatar budget; None for voice only. Demo sessions die with the in-process
+    simulators: nothing is journaled, reaped or shared with a fleet."""
+    settings = state.settings
+    provider = providers.make_provider(effective, http)
+    if provider is None:
+        return None
+    session_hooks: list[MakeHooks] = []
+    if state.fleet is not None and not settings.demo_mode:
+        async def stop_session(entry: SessionEntry) -> None:
+            await providers.stop_by_id(effective, http, entry.provider, entry.session_id, entry.base_url)
+
+        state.fleet_sessions = FleetSessions(state.fleet, stop_session)
+        metrics.observe_fleet_sessions(state.fleet_sessions)
+    if settings.relay_journal and not settings.demo_mode:
+        state.journal = await open_journal_now(state_dir(settings))
+        metrics.watch_journal(state.journal)
+        session_hooks.append(journal_hooks(state.journal, providers.base_url(effective, provider.name)))
+        app.nursery.start_soon(reap_periodically, effective, http, state.journal, state.fleet_sessions)
+    if state.fleet_sessions is not None:
+        # Registered alongside the creation call, right after the journal's row.
+        session_hooks.append(state.fleet_sessions.hooks(providers.base_url(effective, provider.name)))
+        app.nursery.start_soon(state.fleet_sessions.serve)
+    session_hooks.append(metrics.session_hooks)
+    hooked: AvatarProvider = HookedProvider(provider, session_hooks)
+    if state.avatar_budget is not None:
+        # Outside the hooks: a session refused for want of a seat was never asked of the provider.
+        hooked = BudgetedProvider(hooked, state.avatar_budget, settings.relay_avatar_seat_wait,
+                                  on_refused=lambda: metrics.admission_refused("avatar_budget"))
+    return hooked
+
+
+async def stop_upstreams(state: RelayState) -> None:
+    """The app's `after_serving`: close the shared HTTP client and the journal."""
+    if state.upstreams is not None:
+        await state.upstreams.http.aclose()
+    if state.journal is not None:
+        state.journal.close()
