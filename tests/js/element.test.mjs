@@ -176,3 +176,15 @@ test('voice-only: the voice orb instead of the avatar\'s picture, the agent stil
   assert.equal(page.el('sim-face').hasAttribute('hidden'), true);
   assert.equal(page.el('stage').dataset.mode, 'voice');
 });
+
+test('livekit-client\'s URL is resolved against the relay, not the host page (the relay\'s own copy is relative)', async () => {
+  page = await loadPage({ config: { livekit_client_url: 'fake-livekit.mjs' } });
+  // The relay is "where tests/js is": its relative livekit-client URL names tests/js/fake-livekit.mjs there, while
+  // against the page (http://127.0.0.1:8000/) it would name nothing.
+  page.widget.setAttribute('relay', new URL('./', import.meta.url).href);
+  await page.start({
+    avatar: { provider: 'liveavatar', session_id: 'la-2', livekit_url: 'wss://room.example', access_token: 't', simulated: false },
+  });
+  await until(() => globalThis.fakeLivekitRooms?.some((room) => room.token === 't' && room.connected), 'the avatar room');
+  assert.doesNotMatch(String(page.debug.notice), /avatar video could not be loaded/);
+});
