@@ -60,6 +60,8 @@ ANY_VALUE: dict[str, str] = {
     "relay_auth_secret": "any secret signs tokens (a short one is warned about at start-up)",
     "relay_auth_issuer": "any string a token's `iss` must equal",
     "relay_auth_audience": "any string a token's `aud` must hold",
+    "relay_livekit_client_dir": "a folder: a missing or changed livekit-client there is one start-up warning, where a "
+                                "real avatar needs it (relay.server.embed), not a refusal",
 }
 
 
