@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)
     relay_max_conversations: int = Field(default=500, gt=0)
     relay_max_conversations_per_client: int = Field(default=20, gt=0)
+    # Before `start` (docs/reliability.md "Before the token"): a socket holds no conversation seat, only one of at
+    # most RELAY_MAX_PENDING pre-start slots (when they are all taken the oldest waiting socket is closed to make
+    # room), at most RELAY_MAX_PENDING_PER_CLIENT per client, for at most RELAY_START_TIMEOUT seconds.
+    relay_start_timeout: float = Field(default=10.0, gt=0)
+    relay_max_pending: int = Field(default=256, gt=0)
+    relay_max_pending_per_client: int = Field(default=8, gt=0)
+    # IPv6 clients are counted per network of this prefix length (one household or host usually has a whole /64).
+    relay_client_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     relay_drain_timeout: float = Field(default=10.0, gt=0)
     relay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # `serve` processes on one socket (docs/deploy.md)
     relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"

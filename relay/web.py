@@ -30,10 +30,10 @@ from relay.avatars import registry as avatar_registry
 from relay.avatars.budget import AvatarBudget, BudgetedProvider, LocalAvatarBudget
 from relay.avatars.hooks import HookedProvider, MakeHooks
 from relay.config import ConfigError, Settings, load_settings
-from relay.conversation.endings import ConversationOver, tell_browser_and_close
+from relay.conversation.endings import ConversationOver
 from relay.conversation.record import ConversationRecord
 from relay.elevenlabs import open_agent
-from relay.nursery import ConversationHooks, Grant, Upstreams, run_conversation
+from relay.nursery import ConversationHooks, Upstreams
 from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.ops.fleet_sessions import FleetSessions, SessionEntry
 from relay.ops.journal import Journal, journal_hooks, open_journal_now, state_dir
@@ -42,13 +42,15 @@ from relay.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.ops.metrics import RelayMetrics
 from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
-from relay.server.admission import OVER_RATE, AdmissionRefused, Registry
-from relay.server.auth import Gate, TokenClaims, TokenError, auth_problem, identity
+from relay.server.admission import Registry
+from relay.server.auth import Gate, auth_problem
 from relay.server.demo import demo_settings
 from relay.server.departures import NoteDepartures, browser_left
 from relay.server.fleet_admission import FleetSeats, seat_keeper
 from relay.server.jwks import JwksCache, http_fetcher
+from relay.server.opening import Doorway
 from relay.server.page_headers import page_headers
+from relay.server.pending import PendingPool
 from relay.server.seats import SharedAvatarBudget
 from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
@@ -168,6 +170,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client, keeper=keeper)
     gate = Gate(settings)
     gate.allow_start = keeper.allow_start
+    pending = PendingPool(settings.relay_max_pending, settings.relay_max_pending_per_client)
+    registry.close_waiting = pending.close_all
     state = RelayState(settings, registry, gate=gate, worker=worker, fleet=fleet)
     if (budget_size := settings.relay_max_avatar_sessions) is not None:
         # The fleet's budget in Redis, else the machine's (shared by the workers), else this process's.
@@ -197,6 +201,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         if state.transcripts is not None:
             app.nursery.start_soon(state.transcripts.write, record)
 
+    doorway = Doorway(gate, registry, pending, metrics)
     transcripts = state.transcripts
     hooks = ConversationHooks(
         on_start=on_start, on_ready=metrics.conversation_ready, on_end=on_end,
@@ -290,33 +295,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
             abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
         if decision.claims is not None:
             log.info("client token accepted client=%s", decision.client)
-        browser = QuartBrowser(settings.relay_send_timeout)
-        try:
-            if decision.over_rate:
-                raise AdmissionRefused(OVER_RATE, why="start_rate")
-            async with state.registry.admit(decision.client) as shutdown_scope:
-                async def authorize(token: str | None) -> Grant:
-                    try:
-                        claims = await gate.verify(token)
-                    except TokenError as exc:
-                        raise ConversationOver.failed("unauthorized", str(exc)) from None
-                    try:
-                        await state.registry.reassign(shutdown_scope, identity(claims, decision.client))
-                    except AdmissionRefused as exc:
-                        metrics.admission_refused(exc.why)
-                        raise ConversationOver.failed(exc.code, str(exc)) from None
-                    log.info("client token accepted client=%s", identity(claims, decision.client))
-                    return _grant(claims)
-
-                await run_conversation(browser, state.upstreams, shutdown_scope,
-                                       authorize=authorize if decision.check_start else None,
-                                       grant=None if decision.claims is None else _grant(decision.claims),
-                                       browser_left=browser_left(websocket.scope))
-        except AdmissionRefused as exc:
-            metrics.conversation_refused(exc.code)
-            metrics.admission_refused(exc.why)
-            log.info("conversation refused: %s", exc)
-            await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
+        await doorway.serve(QuartBrowser(settings.relay_send_timeout), decision, state.upstreams,
+                            browser_left=browser_left(websocket.scope))
 
     security_headers = page_headers(settings)
 
@@ -376,10 +356,6 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         return {"elevenlabs": urls.elevenlabs, "heygen": urls.heygen, "liveavatar": urls.liveavatar}
 
     return app
-
-
-def _grant(claims: TokenClaims) -> Grant:
-    return Grant(max_duration=claims.max_duration, overrides=claims.overrides)
 
 
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

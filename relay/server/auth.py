@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import re
@@ -367,15 +368,34 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
 # Client address
 
 
-def client_address(remote_addr: str | None, forwarded_for: str | None, *, trust_forwarded_for: bool) -> str:
-    """The address a conversation is counted against. Behind a trusted proxy (RELAY_TRUST_FORWARDED_FOR), the
+def client_address(remote_addr: str | None, forwarded_for: str | None, *, trust_forwarded_for: bool,
+                   ipv6_prefix: int = 64) -> str:
+    """The client a conversation is counted against. Behind a trusted proxy (RELAY_TRUST_FORWARDED_FOR), the
     last address of X-Forwarded-For (the one that proxy saw and appended); the earlier ones are the client's to
-    forge, so they are ignored. Otherwise the socket's peer address."""
+    forge, so they are ignored. Otherwise the socket's peer address. An IPv6 address stands for its whole network
+    of `ipv6_prefix` bits (RELAY_CLIENT_IPV6_PREFIX: one host usually has a whole /64 to choose from), written
+    `2001:db8:1:2::/64`; an IPv4-mapped IPv6 address is its IPv4 address."""
+    address = remote_addr or "unknown"
     if trust_forwarded_for and forwarded_for:
         last = forwarded_for.split(",")[-1].strip()
         if last:
-            return last[:64]
-    return remote_addr or "unknown"
+            address = last[:64]
+    return client_network(address, ipv6_prefix)
+
+
+def client_network(address: str, ipv6_prefix: int) -> str:
+    """`address` as the client it counts as: an IPv6 address as its network of `ipv6_prefix` bits, anything else
+    (IPv4, a name, "unknown") as it is."""
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]").split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        if ipv6_prefix < 128:
+            return str(ipaddress.ip_network(f"{parsed}/{ipv6_prefix}", strict=False))
+    return str(parsed)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,6 +433,7 @@ class Gate:
         self.clock = clock
         self.origins = allowed_origins(settings)
         self.trust_forwarded_for = settings.relay_trust_forwarded_for
+        self.ipv6_prefix = settings.relay_client_ipv6_prefix
         self.starts = StartRateLimiter(settings.relay_max_starts_per_minute)
         # Takes one conversation start for a client address; the app points it at its seat keeper (the fleet's
         # shared rate with Redis).
@@ -437,7 +458,8 @@ class Gate:
     async def check_handshake(self, *, origin: str | None, host: str | None, remote_addr: str | None,
                               forwarded_for: str | None, query_token: str | None, now: float) -> HandshakeDecision:
         """Decide on one WebSocket upgrade before it is accepted (nothing upstream has been called)."""
-        client = client_address(remote_addr, forwarded_for, trust_forwarded_for=self.trust_forwarded_for)
+        client = client_address(remote_addr, forwarded_for, trust_forwarded_for=self.trust_forwarded_for,
+                                ipv6_prefix=self.ipv6_prefix)
         if not origin_allowed(origin, host, self.origins):
             return HandshakeDecision(client, refuse_status=403)
         if not await self.allow_start(client, now):  # before the token: guessing tokens costs starts too
