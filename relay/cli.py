@@ -85,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
         return 2
-    config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
+    config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout,
+                              settings.relay_max_frame_bytes)
     stop_when = None
     if role is not None:
         config.bind = [f"fd://{role.listen_fd}"]  # the supervisor's socket, shared by every worker

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     relay_max_duration: float = Field(default=1800.0, gt=0)
     relay_keep_alive_interval: float = Field(default=60.0, gt=0)
     relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)
+    # The largest `start` (a socket's first message, read before its token is checked): a token, the dynamic
+    # variables and overrides fit in a few KiB.
+    relay_max_start_bytes: int = Field(default=64 * 1024, ge=4096)
     relay_max_conversations: int = Field(default=500, gt=0)
     relay_max_conversations_per_client: int = Field(default=20, gt=0)
     # Before `start` (docs/reliability.md "Before the token"): a socket holds no conversation seat, only one of at

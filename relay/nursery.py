@@ -187,7 +187,7 @@ def _finish(record: ConversationRecord, up: Upstreams) -> None:
 
 
 async def receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
-    """Read the browser's first frame, which must be a `start` of at most RELAY_MAX_FRAME_BYTES, for at most
+    """Read the browser's first frame, which must be a `start` of at most RELAY_MAX_START_BYTES, for at most
     RELAY_START_TIMEOUT seconds. Raises ConversationOver (`timeout`, `protocol_error`) otherwise; cancelled by the
     caller's scope."""
     with trio.move_on_after(settings.relay_start_timeout) as scope:
@@ -197,8 +197,9 @@ async def receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
                                       f"{settings.relay_start_timeout:g} s")
     if not isinstance(frame, str):
         raise ConversationOver.failed("protocol_error", "the first message must be a 'start' text frame")
-    if len(frame) > settings.relay_max_frame_bytes:
-        raise ConversationOver.failed("protocol_error", f"frame larger than {settings.relay_max_frame_bytes} bytes")
+    limit = min(settings.relay_max_start_bytes, settings.relay_max_frame_bytes)
+    if len(frame) > limit:
+        raise ConversationOver.failed("protocol_error", f"'start' larger than {limit} bytes")
     try:
         event = bp.parse_text_frame(frame)
     except bp.ProtocolError as exc:

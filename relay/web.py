@@ -52,6 +52,7 @@ from relay.server.opening import Doorway
 from relay.server.page_headers import page_headers
 from relay.server.pending import PendingPool
 from relay.server.seats import SharedAvatarBudget
+from relay.server.ws_limits import limit_websocket_messages
 from relay.sim.http_keepalive import KeepAliveGuard
 from relay.sim.runner import SimulatorURLs
 
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     if (secret := settings.relay_auth_secret) is not None and len(secret.get_secret_value().encode()) < 32:
         log.warning("RELAY_AUTH_SECRET is shorter than 32 bytes, below what HS256 calls for (RFC 7518 3.2): "
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    limit_websocket_messages(settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
     fleet = Fleet.from_settings(settings)

@@ -16,7 +16,7 @@ from relay.server.auth import mint_jwt
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
 from tests.support.processes import relay_process
-from tests.support.wsframes import RawSocket, open_raw_socket
+from tests.support.wsframes import RawSocket, client_frame, deflated_zeros, open_raw_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "attack-tests-secret-0123456789abcdef"
@@ -77,3 +77,67 @@ async def test_idle_sockets_from_many_addresses_hold_no_seat_and_time_out(tmp_pa
                 await sock.aclose()
         assert set(codes) <= {"timeout", "capacity", None}, codes
         assert "timeout" in codes and "capacity" in codes
+
+
+def memory_of(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of process `pid`, in bytes: its resident memory now and at its peak."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0]) * 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+async def settled_peak(pid: int, http: httpx2.AsyncClient, url: str) -> int:
+    """The relay's peak resident memory once it has answered an HTTP request after the last frame was sent (so
+    it has read everything that reached it)."""
+    assert (await http.get(url + "/healthz")).status_code == 200
+    return memory_of(pid)[1]
+
+
+async def test_a_compressed_frame_cannot_inflate_past_the_frame_limit(tmp_path: Path) -> None:
+    """H2: one permessage-deflate frame of 64 MiB of zeros (65 KiB on the wire), before any token: refused with
+    1009 as soon as it inflates past RELAY_MAX_FRAME_BYTES, and the relay's peak memory hardly moves."""
+    async with relay_process(token_env(tmp_path), ROOT) as (process, url), httpx2.AsyncClient(timeout=5) as http:
+        before = await settled_peak(process.pid, http, url)
+        sock = await open_raw_socket(port_of(url), deflate=True)
+        assert sock.status == 101 and "permessage-deflate" in sock.headers.get("sec-websocket-extensions", "")
+        await sock.stream.send_all(client_frame(deflated_zeros(64 * 2**20), rsv1=True))
+        with trio.fail_after(15):
+            assert await sock.close_code() == 1009
+        await sock.aclose()
+        grew = await settled_peak(process.pid, http, url) - before
+        assert grew < 16 * 2**20, f"peak memory grew by {grew / 2**20:.0f} MiB"
+
+
+async def hostile(port: int, source: str, compressed: bool, limit: int) -> RawSocket:
+    """A socket that sends, before `start`, the most a pre-start socket can make the relay hold: an unfinished
+    text message of `limit` bytes less 1 KiB, or (compressed) an unfinished message of 8 MiB of zeros in 8 KiB."""
+    sock = await open_raw_socket(port, source=source, deflate=compressed)
+    if sock.status == 101:
+        try:
+            if compressed:
+                await sock.stream.send_all(client_frame(deflated_zeros(8 * 2**20), fin=False, rsv1=True))
+            else:
+                await sock.stream.send_all(client_frame(b"x" * (limit - 1024), fin=False))
+        except trio.BrokenResourceError:
+            pass  # closed by the relay already
+    return sock
+
+
+async def test_five_hundred_hostile_sockets_before_start_stay_under_100_mb(tmp_path: Path) -> None:
+    """H2: 500 sockets from 63 addresses, none with a token, half sending an unfinished maximal `start`
+    (RELAY_MAX_START_BYTES), half an unfinished compressed one: the relay's peak resident memory grows by less than
+    100 MB (docs/reliability.md has the numbers)."""
+    limit = 64 * 1024
+    async with relay_process(token_env(tmp_path), ROOT) as (process, url), httpx2.AsyncClient(timeout=5) as http:
+        before = await settled_peak(process.pid, http, url)
+        port = port_of(url)
+        socks = []
+        for n in range(500):
+            socks.append(await hostile(port, f"127.0.1.{2 + n // 8}", n % 2 == 1, limit))
+        grew = await settled_peak(process.pid, http, url) - before
+        for sock in socks:
+            await sock.aclose()
+        assert grew < 100 * 10**6, f"peak memory grew by {grew / 10**6:.0f} MB"
