@@ -132,7 +132,8 @@ class KeySet:
         public = settings.relay_auth_public_key
         return cls(secret=secret.get_secret_value() if secret is not None else None,
                    public_key=load_public_key(public) if public else None,
-                   issuer=settings.relay_auth_issuer or None, audience=settings.relay_auth_audience or None,
+                   issuer=settings.relay_auth_issuer or None,
+                   audience=None if settings.relay_auth_audience in (None, "", "*") else settings.relay_auth_audience,
                    leeway=settings.relay_auth_leeway, accept_v1=settings.relay_auth_v1)
 
 
@@ -320,6 +321,10 @@ def auth_problem(settings: Settings) -> str | None:
             load_public_key(settings.relay_auth_public_key)
         except ValueError as exc:
             return str(exc)
+    if (settings.relay_auth_jwks_url or settings.relay_auth_public_key) and not settings.relay_auth_audience:
+        return ("RELAY_AUTH_AUDIENCE is required with RELAY_AUTH_JWKS_URL or RELAY_AUTH_PUBLIC_KEY: without it any "
+                "token your identity provider signs for any application would open conversations (set it to the "
+                "`aud` your tokens for this relay carry, or to * for a key pair used by nothing else)")
     if url := settings.relay_auth_jwks_url:
         parts = urlsplit(url)
         if not (parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1",

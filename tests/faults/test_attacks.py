@@ -5,17 +5,21 @@ bound is memory."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import httpx2
 import orjson
+import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from trio_websocket import open_websocket_url
 
 from relay.server.auth import mint_jwt
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
-from tests.support.processes import relay_process
+from tests.support.processes import free_port, relay_process, serve_command
 from tests.support.wsframes import RawSocket, client_frame, deflated_zeros, open_raw_socket
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,3 +145,37 @@ async def test_five_hundred_hostile_sockets_before_start_stay_under_100_mb(tmp_p
         for sock in socks:
             await sock.aclose()
         assert grew < 100 * 10**6, f"peak memory grew by {grew / 10**6:.0f} MB"
+
+
+async def exit_of(env: dict[str, str]) -> tuple[int | None, str]:
+    """Run `avatar-relay serve` on a free port for at most 20 s: its exit status (None: still running, killed) and
+    its standard error."""
+    process = await trio.lowlevel.open_process(serve_command(free_port()), env=env, cwd=ROOT,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    errors = bytearray()
+    with trio.move_on_after(20):
+        while chunk := await process.stderr.receive_some():
+            errors += chunk
+        await process.wait()
+    if process.poll() is None:
+        process.kill()
+        await process.wait()
+        return None, errors.decode()
+    return process.returncode, errors.decode()
+
+
+@pytest.mark.parametrize("key", ["RELAY_AUTH_JWKS_URL", "RELAY_AUTH_PUBLIC_KEY"])
+async def test_identity_provider_keys_without_an_audience_refuse_to_start(tmp_path: Path, key: str) -> None:
+    """M1: with a JWKS or a public key, tokens minted for any other application of the same identity provider would
+    be accepted without an audience: the relay says so in one line and does not start."""
+    public = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    value = "http://127.0.0.1:9/jwks.json" if key == "RELAY_AUTH_JWKS_URL" else public
+    status, errors = await exit_of(base_env(RELAY_AUTH="token", XDG_STATE_HOME=str(tmp_path), **{key: value}))
+    assert status == 2, errors
+    lines = [line for line in errors.splitlines() if line.strip()]
+    assert len(lines) == 1 and "RELAY_AUTH_AUDIENCE" in lines[0], errors
+    async with relay_process(base_env(RELAY_AUTH="token", XDG_STATE_HOME=str(tmp_path),
+                                      RELAY_AUTH_AUDIENCE="relay.example", **{key: value}), ROOT):
+        pass  # with an audience it serves
