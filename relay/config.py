@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     # of `overrides` (`agent.language,tts.voice_id`; a parent allows its children; "*" any); empty: none.
     relay_client_overrides: str = ""
     relay_client_extra_body: bool = False  # whether a `start` may send `custom_llm_extra_body` to the agent's LLM
+    # Which `dynamic_variables` a browser's `start` may set (comma-separated names, "*" any; empty: none). A token's
+    # `relay_dynamic_variables` are set whatever this says, and win over the browser's.
+    relay_client_dynamic_variables: str = ""
+    # Conversations one client token opens over its life (one at a time); its `relay_max_conversations` claim wins.
+    relay_token_max_conversations: int = Field(default=1, ge=1, le=1000)
 
     # A fleet of relays sharing one state in Redis (docs/deploy.md, "A fleet on Redis"); unset: this machine only.
     # redis://, rediss://, unix://, redis+sentinel://host:port[,host:port]/service[/db], redis+cluster://host:port

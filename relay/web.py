@@ -46,7 +46,7 @@ from relay.server.admission import Registry
 from relay.server.auth import Gate, auth_problem
 from relay.server.demo import demo_settings
 from relay.server.departures import NoteDepartures, browser_left
-from relay.server.fleet_admission import FleetSeats, seat_keeper
+from relay.server.fleet_admission import FleetSeats, seat_keeper, token_uses
 from relay.server.jwks import JwksCache, http_fetcher
 from relay.server.opening import Doorway
 from relay.server.page_headers import page_headers
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         if state.transcripts is not None:
             app.nursery.start_soon(state.transcripts.write, record)
 
-    doorway = Doorway(gate, registry, pending, metrics)
+    doorway = Doorway(gate, registry, pending, metrics, token_uses(keeper, worker))
     transcripts = state.transcripts
     hooks = ConversationHooks(
         on_start=on_start, on_ready=metrics.conversation_ready, on_end=on_end,

@@ -20,7 +20,7 @@ import trio
 
 from relay.server.limits import StartRateLimiter
 
-RefusalCode = Literal["capacity", "shutdown", "upstream_unavailable"]
+RefusalCode = Literal["capacity", "shutdown", "upstream_unavailable", "unauthorized"]
 # Why a conversation was refused, finer than the browser's code: the label of the admission refusals metric.
 RefusalWhy = Literal["shutdown", "max_conversations", "per_client", "start_rate", "redis_unavailable", "pre_start",
                      "token_used"]

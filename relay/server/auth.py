@@ -29,6 +29,7 @@ import ipaddress
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from relay.config import Settings
 from relay.server.limits import StartRateLimiter
+from relay.server.token_uses import use_key
 
 VERSION = "v1"
 MAX_V1_TOKEN_CHARS = 256
@@ -57,14 +59,18 @@ class TokenError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
-    """A verified token: `subject` its `sub` (may be empty), `expires` its `exp`; `max_duration` (seconds, from
-    `relay_max_duration`) caps the conversation, `overrides` False (`relay_overrides: false`) forbids agent
-    overrides in `start`."""
+    """A verified token: `subject` its `sub` (may be empty; the agent's `user_id` when set), `expires` its `exp`;
+    `max_duration` (seconds, from `relay_max_duration`) caps the conversation, `overrides` False
+    (`relay_overrides: false`) forbids agent overrides in `start`; `dynamic_variables` are set by the token and win
+    over the browser's."""
 
     subject: str
     expires: int
     max_duration: float | None = None
     overrides: bool = True
+    use_key: str = ""  # what its uses are counted under (relay.server.token_uses.use_key)
+    max_conversations: int | None = None  # `relay_max_conversations`: conversations it buys (default: the setting)
+    dynamic_variables: Mapping[str, str | int | float | bool] | None = None  # `relay_dynamic_variables`
 
 
 def _signature(secret: str, payload: str) -> str:
@@ -98,7 +104,7 @@ def verify_token(secret: str, token: str | None, *, now: float | None = None) ->
     expires = int(parts[1])
     if expires <= (time.time() if now is None else now):
         raise TokenError("the client token has expired")
-    return TokenClaims(subject=parts[2], expires=expires)
+    return TokenClaims(subject=parts[2], expires=expires, use_key=use_key(token, None, None))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -214,8 +220,9 @@ def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_claims(claims: Mapping[str, Any], keys: KeySet, now: float) -> TokenClaims:
-    """The registered and relay claims of a token whose signature is verified (pure; `now` a Unix time)."""
+def check_claims(claims: Mapping[str, Any], keys: KeySet, now: float, token: str = "") -> TokenClaims:
+    """The registered and relay claims of a token (`token`, whose signature is verified; pure, `now` a Unix
+    time)."""
     exp = claims.get("exp")
     if not _number(exp):
         raise TokenError("the client token has no expiry (exp)")
@@ -247,8 +254,28 @@ def check_claims(claims: Mapping[str, Any], keys: KeySet, now: float) -> TokenCl
     overrides = claims.get("relay_overrides", True)
     if not isinstance(overrides, bool):
         raise TokenError("the client token's relay_overrides claim is not true or false")
+    conversations = claims.get("relay_max_conversations")
+    if conversations is not None and (not isinstance(conversations, int) or isinstance(conversations, bool)
+                                      or not 0 < conversations <= 1000):
+        raise TokenError("the client token's relay_max_conversations claim is not a whole number from 1 to 1000")
+    variables = claims.get("relay_dynamic_variables")
+    if variables is not None and not _dynamic_variables(variables):
+        raise TokenError("the client token's relay_dynamic_variables claim is not an object of names to strings, "
+                         "numbers or booleans")
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= 256):
+        raise TokenError("the client token's jti claim is not a string of 1-256 characters")
+    issuer = claims.get("iss")
     return TokenClaims(subject=subject, expires=int(exp), max_duration=None if max_duration is None else
-                       float(max_duration), overrides=overrides)
+                       float(max_duration), overrides=overrides,
+                       use_key=use_key(token, jti, issuer if isinstance(issuer, str) else None),
+                       max_conversations=conversations, dynamic_variables=variables)
+
+
+def _dynamic_variables(value: object) -> TypeGuard[Mapping[str, str | int | float | bool]]:
+    return isinstance(value, dict) and len(value) <= 128 and all(
+        isinstance(name, str) and 0 < len(name) <= 128 and isinstance(item, str | int | float | bool)
+        for name, item in value.items())
 
 
 _DECODE_OPTIONS: Any = {"verify_signature": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
@@ -283,18 +310,19 @@ def verify_jwt(token: str | None, keys: KeySet, *, now: float | None = None,
         raise TokenError("the client token is malformed") from None
     if not isinstance(claims, dict):
         raise TokenError("the client token is malformed")
-    return check_claims(claims, keys, time.time() if now is None else now)
+    return check_claims(claims, keys, time.time() if now is None else now, token)
 
 
 def mint_jwt(secret: str, *, ttl: float = 300.0, subject: str = "", now: float | None = None,
              **claims: Any) -> str:
-    """An HS256 JWT valid for `ttl` seconds from `now` for `subject` (`avatar-relay token`)."""
+    """An HS256 JWT valid for `ttl` seconds from `now` for `subject` (`avatar-relay token`), with a fresh `jti`
+    (its uses are counted by it)."""
     if not secret:
         raise ValueError("the token secret is empty")
     if subject and not _JWT_SUBJECT.fullmatch(subject):
         raise ValueError("subject must be 1-128 characters of A-Z a-z 0-9 _ . @ | : + = -")
     issued = int(time.time() if now is None else now)
-    payload: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), **claims}
+    payload: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), "jti": secrets.token_urlsafe(16), **claims}
     if subject:
         payload["sub"] = subject
     return jwt.encode(payload, secret, algorithm="HS256")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 from coredis.commands.script import Script
@@ -28,6 +28,10 @@ from coredis.commands.script import Script
 from relay.config import Settings
 from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.server.admission import AdmissionRefused, LocalSeats, SeatKeeper, SharedCap, full, over_cap
+from relay.server.token_uses import LocalTokenUses, SharedTokenUses, TokenUses, UseVerdict
+
+if TYPE_CHECKING:
+    from relay.server.workers import WorkerRole
 
 log = logging.getLogger("relay.fleet")
 
@@ -109,6 +113,30 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
 """
 
 
+# KEYS: the token's record (a hash: `opened`), its open conversation (a sorted set scored by lease expiry). ARGV:
+# member, lease ms, allowed conversations, the token's expiry (Unix ms). Returns 'ok', 'busy' or 'used'.
+_TOKEN_USE = _NOW_MS + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= 1 then return 'busy' end
+local opened = tonumber(redis.call('HGET', KEYS[1], 'opened')) or 0
+if opened >= tonumber(ARGV[3]) then return 'used' end
+redis.call('HINCRBY', KEYS[1], 'opened', 1)
+redis.call('PEXPIREAT', KEYS[1], math.max(tonumber(ARGV[4]), now + tonumber(ARGV[2])))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 'ok'
+"""
+
+# KEYS: the open-conversation sets of the tokens this relay holds. ARGV: lease ms, then one member per key.
+_TOKEN_RENEW = _NOW_MS + """
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[1 + i])
+  redis.call('PEXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The admission limits, from the settings."""
@@ -139,6 +167,8 @@ class FleetSeats:
     outage: OutagePolicy = "refuse"
     local: LocalSeats = field(init=False)
     avatars: set[str] = field(default_factory=set)  # avatar seats this relay holds
+    token_uses: dict[str, str] = field(default_factory=dict)  # use -> token key: the open conversations on tokens
+    local_tokens: LocalTokenUses = field(default_factory=LocalTokenUses)  # under the `local` outage policy
     fleet_taken: int = 0  # the fleet's seats, as Redis last said
     fleet_avatars: int = 0  # the fleet's avatar seats, as Redis last said
     _sync: trio.Lock = field(default_factory=trio.Lock)  # a renewal never re-adds a seat released meanwhile
@@ -148,7 +178,8 @@ class FleetSeats:
         self.local = LocalSeats(self.limits.max_conversations, self.limits.max_per_client,
                                 self.limits.starts_per_minute)
         for name, lua in (("admit", _ADMIT), ("move", _MOVE), ("release", _RELEASE), ("start", _START),
-                          ("avatar", _AVATAR), ("renew", _RENEW)):
+                          ("avatar", _AVATAR), ("renew", _RENEW), ("token_use", _TOKEN_USE),
+                          ("token_renew", _TOKEN_RENEW)):
             self._scripts[name] = Script(None, lua)
 
     @property
@@ -287,6 +318,38 @@ class FleetSeats:
                 return
             self.fleet_avatars = max(0, self.fleet_avatars - 1)
 
+    # -- client tokens (relay.server.token_uses) ---------------------------------------------------------------
+
+    def _token_keys(self, key: str) -> list[str]:
+        return [self.fleet.key("token", key), self.fleet.key("token-open", key)]
+
+    async def begin_use(self, use: str, key: str, expires: float, allowed: int) -> UseVerdict:
+        """One conversation on the token `key`, counted by the whole fleet."""
+        if self.fleet.healthy:
+            try:
+                verdict = await self._shielded("token_use", self._token_keys(key),
+                                               [self._member(use), self.fleet.lease_ms, allowed, int(expires * 1000)])
+            except FleetUnavailable:
+                pass
+            else:
+                if verdict == "ok":
+                    self.token_uses[use] = key
+                return verdict  # type: ignore[no-any-return]
+        if self.outage == "refuse":
+            raise _refused_by_outage()
+        return await self.local_tokens.begin_use(use, key, expires, allowed)
+
+    async def end_use(self, use: str) -> None:
+        await self.local_tokens.end_use(use)
+        async with self._sync:
+            key = self.token_uses.pop(use, None)
+            if key is None or not self.fleet.healthy:
+                return  # not renewed any more: the open mark expires with the lease
+            try:
+                await self._script("release", [self.fleet.key("token-open", key)], [self._member(use)])
+            except FleetUnavailable:
+                return
+
     # -- leases ----------------------------------------------------------------------------------------------------
 
     async def renew(self) -> None:
@@ -299,6 +362,10 @@ class FleetSeats:
             args += [self._member(seat) for seat, _ in seats]
             args += [self._member(seat) for seat in self.avatars]
             taken, avatars = await self._script("renew", keys, args)
+            if self.token_uses:
+                uses = list(self.token_uses.items())
+                await self._script("token_renew", [self.fleet.key("token-open", key) for _, key in uses],
+                                   [self.fleet.lease_ms, *(self._member(use) for use, _ in uses)])
         self.fleet_taken, self.fleet_avatars = int(taken), int(avatars)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -325,4 +392,14 @@ def seat_keeper(settings: Settings, fleet: Fleet | None, shared: SharedCap | Non
                       settings.relay_max_starts_per_minute, shared=shared)
 
 
-__all__ = ["FleetSeats", "Limits", "OutagePolicy", "SeatKeeper", "seat_keeper"]
+def token_uses(keeper: LocalSeats | FleetSeats, worker: WorkerRole | None) -> TokenUses:
+    """Who counts the client tokens' conversations, beside the seats: the fleet's keeper in Redis, else this
+    machine's workers' shared table, else this process."""
+    if isinstance(keeper, FleetSeats):
+        return keeper
+    if worker is not None:
+        return SharedTokenUses(worker.seats(0))
+    return LocalTokenUses()
+
+
+__all__ = ["FleetSeats", "Limits", "OutagePolicy", "SeatKeeper", "seat_keeper", "token_uses"]

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver, tell_browser_and_close
 from relay.nursery import Grant, Upstreams, receive_start, run_conversation
 from relay.ops.metrics import RelayMetrics
@@ -21,6 +22,7 @@ from relay.protocol import browser as bp
 from relay.server.admission import OVER_RATE, AdmissionRefused, Registry
 from relay.server.auth import Gate, HandshakeDecision, TokenClaims, TokenError, identity
 from relay.server.pending import PUSHED_OUT, PendingPool
+from relay.server.token_uses import TokenUses, token_use
 
 log = logging.getLogger("relay.web")
 
@@ -33,6 +35,35 @@ class Opening:
     start: bp.Start
     client: str
     claims: TokenClaims | None
+
+
+def allowed_names(setting: str) -> frozenset[str]:
+    """RELAY_CLIENT_DYNAMIC_VARIABLES -> the names a browser may set ("*": any)."""
+    return frozenset(name.strip() for name in setting.split(",") if name.strip())
+
+
+def with_identity(start: bp.Start, claims: TokenClaims | None, settings: Settings) -> bp.Start:
+    """The `start` as the agent gets it: everything in it but the token is the browser's to choose, so its
+    `dynamic_variables` must be allowed by the operator (RELAY_CLIENT_DYNAMIC_VARIABLES), a token's own
+    `relay_dynamic_variables` win over them, and a token's `sub` is the `user_id` (a `start` naming another user is
+    refused). Raises ConversationOver (`unauthorized`, naming what)."""
+    allowed = allowed_names(settings.relay_client_dynamic_variables)
+    if "*" not in allowed:
+        for name in start.dynamic_variables:
+            if name not in allowed:
+                raise ConversationOver.failed("unauthorized", f"the relay does not let a page set the dynamic "
+                                              f"variable {name[:100]!r} (RELAY_CLIENT_DYNAMIC_VARIABLES)")
+    if claims is None:
+        return start
+    update: dict[str, object] = {}
+    if claims.dynamic_variables:
+        update["dynamic_variables"] = {**start.dynamic_variables, **claims.dynamic_variables}
+    if claims.subject:
+        if start.user_id is not None and start.user_id != claims.subject:
+            raise ConversationOver.failed("unauthorized", "the start's user_id is not the client token's subject "
+                                          "(the token says who the user is; leave user_id out)")
+        update["user_id"] = claims.subject
+    return start.model_copy(update=update) if update else start
 
 
 def grant_of(claims: TokenClaims | None) -> Grant | None:
@@ -56,6 +87,7 @@ async def read_opening(browser: BrowserSocket, decision: HandshakeDecision, gate
                     claims = await gate.verify(start.token)
                 except TokenError as exc:
                     raise ConversationOver.failed("unauthorized", str(exc)) from None
+            start = with_identity(start, claims, up.settings)
         if slot.cancelled_caught:
             if pending.was_pushed_out(slot):
                 raise AdmissionRefused(PUSHED_OUT, why="pre_start")
@@ -72,6 +104,7 @@ class Doorway:
     registry: Registry
     pending: PendingPool
     metrics: RelayMetrics
+    uses: TokenUses
 
     async def serve(self, browser: BrowserSocket, decision: HandshakeDecision, up: Upstreams, *,
                     browser_left: Callable[[], bool] | None = None) -> None:
@@ -89,9 +122,13 @@ class Doorway:
                 return
             if opening.claims is not None and decision.claims is None:
                 log.info("client token accepted client=%s", opening.client)
-            async with self.registry.admit(opening.client) as shutdown_scope:
+            claims, settings = opening.claims, up.settings
+            async with self.registry.admit(opening.client) as shutdown_scope, token_use(
+                    self.uses, None if claims is None else claims.use_key,
+                    0.0 if claims is None else claims.expires + settings.relay_auth_leeway,
+                    (claims and claims.max_conversations) or settings.relay_token_max_conversations):
                 await run_conversation(browser, up, shutdown_scope, start=opening.start,
-                                       grant=grant_of(opening.claims), browser_left=browser_left)
+                                       grant=grant_of(claims), browser_left=browser_left)
         except AdmissionRefused as exc:
             self.metrics.conversation_refused(exc.code)
             self.metrics.admission_refused(exc.why)

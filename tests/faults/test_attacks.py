@@ -14,9 +14,10 @@ import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
-from relay.server.auth import mint_jwt
+from relay.server.auth import mint_jwt, mint_token
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
 from tests.support.processes import free_port, relay_process, serve_command
@@ -179,3 +180,78 @@ async def test_identity_provider_keys_without_an_audience_refuse_to_start(tmp_pa
     async with relay_process(base_env(RELAY_AUTH="token", XDG_STATE_HOME=str(tmp_path),
                                       RELAY_AUTH_AUDIENCE="relay.example", **{key: value}), ROOT):
         pass  # with an audience it serves
+
+
+async def answer_to(url: str, **start: object) -> dict[str, object]:
+    """Open a socket, send `start` with `start`'s fields, and return the relay's first answer (then leave)."""
+    async with open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+        user = BrowserClient(ws)
+        await user.send(type="start", **start)
+        return await first_answer(user)
+
+
+async def test_a_token_buys_one_conversation(tmp_path: Path) -> None:
+    """M2: a token opens one conversation at a time and, by default, one in all — a token with a subject or
+    without one, JWT or v1; another token for the same user opens its own."""
+    async with relay_process(token_env(tmp_path), ROOT) as (_, url), httpx2.AsyncClient(timeout=5) as http:
+        for token in (mint_jwt(SECRET, subject="alice"), mint_jwt(SECRET), mint_token(SECRET, subject="bob")):
+            ended = await conversations_ended(http, url)
+            async with open_websocket_url(url.replace("http", "ws") + "/ws") as ws:
+                first = BrowserClient(ws)
+                await first.send(type="start", token=token)
+                assert (await first_answer(first))["type"] == "ready"
+                again = await answer_to(url, token=token)
+                assert again["type"] == "error" and again["code"] == "unauthorized", again
+                assert "already in use" in str(again["message"])
+                await first.send(type="stop")
+                await first.expect("ended")
+            with trio.fail_after(10):  # ended on the relay too
+                while await conversations_ended(http, url) == ended:
+                    await trio.sleep(0.02)
+            later = await answer_to(url, token=token)
+            assert later["type"] == "error" and later["code"] == "unauthorized", later
+            assert "used for its conversation already" in str(later["message"])
+        assert (await answer_to(url, token=mint_jwt(SECRET, subject="alice")))["type"] == "ready"
+        more = mint_jwt(SECRET, subject="carol", relay_max_conversations=2)
+        answers = []
+        for _ in range(3):
+            ended = await conversations_ended(http, url)
+            answers.append((await answer_to(url, token=more))["type"])
+            with trio.fail_after(10):  # the conversation has ended (and released its token) on the relay
+                while answers[-1] == "ready" and await conversations_ended(http, url) == ended:
+                    await trio.sleep(0.02)
+        assert answers == ["ready", "ready", "error"]
+
+
+async def conversations_ended(http: httpx2.AsyncClient, url: str) -> float:
+    """How many conversations the relay has ended, by its /metrics."""
+    for family in text_string_to_metric_families((await http.get(url + "/metrics")).text):
+        if family.name == "avatar_relay_conversations_ended":
+            return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return 0.0
+
+
+async def initiations(http: httpx2.AsyncClient, url: str) -> list[dict[str, object]]:
+    """What the demo agent received from the relay for each conversation (`conversation_initiation_client_data`)."""
+    sims = (await http.get(url + "/_demo/simulators")).json()
+    ledger = (await http.get(sims["elevenlabs"] + "/_sim/ledger")).json()
+    return [c["initiation"] for c in ledger["conversations"] if c.get("initiation")]
+
+
+async def test_the_token_says_who_the_user_is(tmp_path: Path) -> None:
+    """M3: the token's subject is the agent's user_id and its dynamic variables win over the browser's; a browser
+    may set only the dynamic variables the operator allows, and may not name another user."""
+    env = token_env(tmp_path, RELAY_CLIENT_DYNAMIC_VARIABLES="topic,customer_id")
+    async with relay_process(env, ROOT) as (_, url), httpx2.AsyncClient(timeout=5) as http:
+        token = mint_jwt(SECRET, subject="alice", relay_dynamic_variables={"customer_id": "c-1"})
+        ready = await answer_to(url, token=token, dynamic_variables={"customer_id": "c-42", "topic": "shoes"})
+        assert ready["type"] == "ready", ready
+        with trio.fail_after(10):
+            while not (sent := await initiations(http, url)):
+                await trio.sleep(0.05)
+        assert sent[-1]["user_id"] == "alice"
+        assert sent[-1]["dynamic_variables"] == {"customer_id": "c-1", "topic": "shoes"}
+        for start in ({"user_id": "bob"}, {"dynamic_variables": {"is_admin": True}}):
+            refused = await answer_to(url, token=mint_jwt(SECRET, subject="alice"), **start)
+            assert refused["type"] == "error" and refused["code"] == "unauthorized", refused
+        assert len(await initiations(http, url)) == 1

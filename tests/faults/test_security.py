@@ -69,7 +69,7 @@ async def test_api_keys_never_reach_a_browser_a_page_or_the_logs(provider: str,
         await relay.faults(provider, invalid_keys="*")
         await relay.faults("elevenlabs", invalid_api_keys=[KEYS["elevenlabs_api_key"]])
         async with relay.browser() as browser:
-            await browser.send(type="start", token=token)
+            await browser.send(type="start", token=mint_token(KEYS["relay_auth_secret"], subject="second"))
             await _all_frames(browser, frames)
         for path in ("/", "/static/app.js", "/client-config.json", "/healthz", "/readyz", "/metrics",
                      "/_demo/simulators"):
@@ -135,7 +135,7 @@ async def test_without_a_valid_token_nothing_upstream_is_called() -> None:
         async with relay.browser() as browser:
             assert (await browser.start(token=mint_token(SECRET)))["type"] == "ready"
             await browser.send(type="stop")
-        async with open_websocket_url(relay.ws_url + "?token=" + mint_token(SECRET)) as ws:
+        async with open_websocket_url(relay.ws_url + "?token=" + mint_token(SECRET, subject="other")) as ws:
             assert (await BrowserClient(ws).start())["type"] == "ready"
 
 
