@@ -19,8 +19,8 @@ const DONE_CHIP_MS = 4000; // a finished tool's chip stays this long
 const FAILED_CHIP_MS = 8000;
 
 function toolWords(name) {
-  const known = TOOL_WORDS[name];
-  if (known) return known;
+  // A name is data: `toString` or `constructor` must not find Object.prototype's members.
+  if (typeof name === 'string' && Object.hasOwn(TOOL_WORDS, name)) return TOOL_WORDS[name];
   const spaced = String(name || 'tool').replaceAll('_', ' ');
   return [`Using ${spaced}…`, `Used ${spaced}`, `${spaced}: failed`];
 }
@@ -96,7 +96,7 @@ export class Activity {
       success: [done, 'done', DONE_CHIP_MS],
       failure: [msg.error_message ? `${failed}: ${msg.error_message}` : failed, 'failed', FAILED_CHIP_MS],
     };
-    const [text, state, ttl] = states[msg.state] ?? states.loading;
+    const [text, state, ttl] = Object.hasOwn(states, msg.state) ? states[msg.state] : states.loading;
     this.chip(`tool:${id}`, text, 'tool', state, ttl);
     this.transcript.tool(id, `${name} (MCP): ${state === 'running' ? 'running…' : state === 'waiting' ? 'waiting for your approval' : state}`, state);
   }

@@ -466,7 +466,7 @@ class Conversation {
       case 'error': {
         this.errorMessage = String(msg.message ?? msg.code ?? 'error');
         debug.error = { code: msg.code ?? null, message: this.errorMessage };
-        const words = ENDED_REASONS[msg.code] ?? 'something went wrong';
+        const words = (Object.hasOwn(ENDED_REASONS, msg.code) && ENDED_REASONS[msg.code]) || 'something went wrong';
         showNotice(`Problem: ${words}${this.errorMessage && this.errorMessage !== msg.code ? ` — ${this.errorMessage}` : ''}.`, 'error');
         break;
       }
@@ -755,7 +755,7 @@ class Conversation {
     captions.finishAll();
     approval.reset();
     activity.clear();
-    const label = ENDED_REASONS[reason] ?? reason.replaceAll('_', ' ');
+    const label = (Object.hasOwn(ENDED_REASONS, reason) && ENDED_REASONS[reason]) || String(reason).replaceAll('_', ' ');
     const failed = this.errorMessage !== null && reason !== 'client_stop' && !PLAY_OUT_REASONS.has(reason);
     if (failed) setStatus('error', `Conversation ended: ${label} — ${this.errorMessage}`);
     else setStatus('ended', `Conversation ended: ${label}.`);
