@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     # The page's media hosts (CSP connect-src besides its own origin): LiveKit's signalling and region lookup.
     relay_page_connect_src: str = "wss://*.livekit.cloud https://*.livekit.cloud"
     relay_allowed_origins: str = ""  # comma-separated Origins allowed on /ws besides the relay's own; "*" = any
+    # Host names the relay answers to besides IP addresses and localhost (and the hosts of RELAY_ALLOWED_ORIGINS):
+    # comma-separated, "*" any. Anything else gets 421 (DNS rebinding; docs/reliability.md).
+    relay_allowed_hosts: str = ""
+    relay_metrics_token: SecretStr | None = None  # when set, /metrics (and /_demo/simulators) need it as a bearer
     relay_trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (trusted proxy only)
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
     relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation

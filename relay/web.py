@@ -51,6 +51,7 @@ from relay.server.jwks import JwksCache, http_fetcher
 from relay.server.opening import Doorway
 from relay.server.page_headers import page_headers
 from relay.server.pending import PendingPool
+from relay.server.request_guard import GuardPolicy, RequestGuard
 from relay.server.seats import SharedAvatarBudget
 from relay.server.ws_limits import limit_websocket_messages
 from relay.sim.http_keepalive import KeepAliveGuard
@@ -164,7 +165,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     limit_websocket_messages(settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
     app = QuartTrio(__name__, static_folder=None)
-    app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
+    app.asgi_app = RequestGuard(NoteDepartures(KeepAliveGuard(app.asgi_app)),  # type: ignore[method-assign]
+                                GuardPolicy.from_settings(settings))
     fleet = Fleet.from_settings(settings)
     # The one place where admission is chosen: the fleet's seats in Redis, or this process's (and its workers').
     keeper = seat_keeper(settings, fleet, None if fleet is not None or worker is None

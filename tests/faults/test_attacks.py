@@ -255,3 +255,26 @@ async def test_the_token_says_who_the_user_is(tmp_path: Path) -> None:
             refused = await answer_to(url, token=mint_jwt(SECRET, subject="alice"), **start)
             assert refused["type"] == "error" and refused["code"] == "unauthorized", refused
         assert len(await initiations(http, url)) == 1
+
+
+async def test_dns_rebinding_and_path_variants_are_refused(tmp_path: Path) -> None:
+    """L1, L2, I2: a request naming a host the relay is not (a rebound name) is refused (421, and no WebSocket
+    opens even with a matching Origin); path spellings a proxy rule would not match are refused (400) instead of
+    served or redirected; /metrics wants its bearer token when RELAY_METRICS_TOKEN is set."""
+    env = token_env(tmp_path, RELAY_ALLOWED_HOSTS="relay.example", RELAY_METRICS_TOKEN="metrics-secret-123")
+    async with relay_process(env, ROOT) as (_, url), httpx2.AsyncClient(timeout=5) as http:
+        port = port_of(url)
+        rebound = await http.get(url + "/", headers={"host": f"evil.example:{port}"})
+        assert rebound.status_code == 421
+        assert (await http.get(url + "/static//app.js", headers={"host": "evil.example"})).status_code in (400, 421)
+        sock = await open_raw_socket(port, host=f"evil.example:{port}",
+                                     headers=(("Origin", f"http://evil.example:{port}"),))
+        assert sock.status != 101
+        await sock.aclose()
+        assert (await http.get(url + "/", headers={"host": "relay.example"})).status_code == 200
+        for path in ("//metrics", "/%6detrics", "//_demo/simulators", "/%5fdemo/simulators", "/_demo//simulators"):
+            assert (await http.get(url + path)).status_code == 400, path
+        assert (await http.get(url + "/metrics")).status_code == 401
+        assert (await http.get(url + "/_demo/simulators")).status_code == 401
+        scraped = await http.get(url + "/metrics", headers={"authorization": "Bearer metrics-secret-123"})
+        assert scraped.status_code == 200 and "avatar_relay" in scraped.text

@@ -88,7 +88,7 @@ class RawSocket:
 
 
 async def open_raw_socket(port: int, *, source: str = "127.0.0.1", path: str = "/ws", deflate: bool = False,
-                          headers: tuple[tuple[str, str], ...] = ()) -> RawSocket:
+                          headers: tuple[tuple[str, str], ...] = (), host: str | None = None) -> RawSocket:
     """Connect from `source` (any 127.0.0.0/8 address stands for another client) to the relay on 127.0.0.1:`port`
     and send the upgrade request (offering permessage-deflate with `deflate`); returns once the server's answer
     head has arrived (`status` 101 when accepted)."""
@@ -97,7 +97,7 @@ async def open_raw_socket(port: int, *, source: str = "127.0.0.1", path: str = "
     await sock.connect(("127.0.0.1", port))
     stream = trio.SocketStream(sock)
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket", "Connection: Upgrade",
              f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
     if deflate:
         lines.append("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits")
