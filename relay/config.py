@@ -7,6 +7,7 @@ demo mode and must never do I/O beyond reading the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import uuid
@@ -116,7 +117,10 @@ class Settings(BaseSettings):
     # comma-separated, "*" any. Anything else gets 421 (DNS rebinding; docs/reliability.md).
     relay_allowed_hosts: str = ""
     relay_metrics_token: SecretStr | None = None  # when set, /metrics (and /_demo/simulators) need it as a bearer
-    relay_trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (trusted proxy only)
+    # The proxies whose X-Forwarded-For names the client: addresses and networks, comma-separated
+    # (`10.0.0.0/8,192.0.2.7`); RELAY_TRUST_FORWARDED_FOR=true alone means a proxy on this machine (loopback).
+    relay_trusted_proxies: str = ""
+    relay_trust_forwarded_for: bool = False
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
     relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
@@ -159,6 +163,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"LiveAvatar avatar ids are UUIDs (like 6f1c1a52-9f0e-4d0c-8a51-2f6f0a3b1c01), "
                                  f"not {value[:64]!r}; copy the id from app.liveavatar.com (a HeyGen avatar name "
                                  "does not work on LiveAvatar)") from None
+        return value
+
+    @field_validator("relay_trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{part.strip()[:64]!r} is not an IP address or network (like 10.0.0.0/8)"
+                                     ) from None
         return value
 
     @property

@@ -401,18 +401,47 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
 # Client address
 
 
-def client_address(remote_addr: str | None, forwarded_for: str | None, *, trust_forwarded_for: bool,
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def trusted_proxies(settings: Settings) -> tuple[Network, ...]:
+    """Whose X-Forwarded-For is believed: RELAY_TRUSTED_PROXIES (addresses and networks), else, with
+    RELAY_TRUST_FORWARDED_FOR alone, a proxy on this machine (loopback peers); else nobody."""
+    listed = tuple(ipaddress.ip_network(part.strip(), strict=False)
+                   for part in settings.relay_trusted_proxies.split(",") if part.strip())
+    if listed:
+        return listed
+    return LOOPBACK if settings.relay_trust_forwarded_for else ()
+
+
+def _is_trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address.strip().strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return any(parsed in network for network in proxies)
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None, *, proxies: tuple[Network, ...] = (),
                    ipv6_prefix: int = 64) -> str:
-    """The client a conversation is counted against. Behind a trusted proxy (RELAY_TRUST_FORWARDED_FOR), the
-    last address of X-Forwarded-For (the one that proxy saw and appended); the earlier ones are the client's to
-    forge, so they are ignored. Otherwise the socket's peer address. An IPv6 address stands for its whole network
-    of `ipv6_prefix` bits (RELAY_CLIENT_IPV6_PREFIX: one host usually has a whole /64 to choose from), written
-    `2001:db8:1:2::/64`; an IPv4-mapped IPv6 address is its IPv4 address."""
+    """The client a conversation is counted against: the socket's peer address, unless that peer is a trusted
+    proxy (`proxies`, RELAY_TRUSTED_PROXIES): then the right-most X-Forwarded-For address that is not itself a
+    trusted proxy (each proxy appends the address it saw; everything left of the first untrusted one is the client's
+    to forge). An IPv6 address stands for its whole network of `ipv6_prefix` bits (RELAY_CLIENT_IPV6_PREFIX: one
+    host usually has a whole /64 to choose from), written `2001:db8:1:2::/64`; an IPv4-mapped IPv6 address is its
+    IPv4 address."""
     address = remote_addr or "unknown"
-    if trust_forwarded_for and forwarded_for:
-        last = forwarded_for.split(",")[-1].strip()
-        if last:
-            address = last[:64]
+    if forwarded_for and proxies and _is_trusted(address, proxies):
+        for hop in reversed(forwarded_for.split(",")):
+            hop = hop.strip()[:64]
+            if not hop:
+                continue
+            address = hop
+            if not _is_trusted(hop, proxies):
+                break
     return client_network(address, ipv6_prefix)
 
 
@@ -465,7 +494,7 @@ class Gate:
         self.jwks = jwks
         self.clock = clock
         self.origins = allowed_origins(settings)
-        self.trust_forwarded_for = settings.relay_trust_forwarded_for
+        self.proxies = trusted_proxies(settings)
         self.ipv6_prefix = settings.relay_client_ipv6_prefix
         self.starts = StartRateLimiter(settings.relay_max_starts_per_minute)
         # Takes one conversation start for a client address; the app points it at its seat keeper (the fleet's
@@ -491,8 +520,7 @@ class Gate:
     async def check_handshake(self, *, origin: str | None, host: str | None, remote_addr: str | None,
                               forwarded_for: str | None, query_token: str | None, now: float) -> HandshakeDecision:
         """Decide on one WebSocket upgrade before it is accepted (nothing upstream has been called)."""
-        client = client_address(remote_addr, forwarded_for, trust_forwarded_for=self.trust_forwarded_for,
-                                ipv6_prefix=self.ipv6_prefix)
+        client = client_address(remote_addr, forwarded_for, proxies=self.proxies, ipv6_prefix=self.ipv6_prefix)
         if not origin_allowed(origin, host, self.origins):
             return HandshakeDecision(client, refuse_status=403)
         if not await self.allow_start(client, now):  # before the token: guessing tokens costs starts too

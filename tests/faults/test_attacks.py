@@ -278,3 +278,32 @@ async def test_dns_rebinding_and_path_variants_are_refused(tmp_path: Path) -> No
         assert (await http.get(url + "/_demo/simulators")).status_code == 401
         scraped = await http.get(url + "/metrics", headers={"authorization": "Bearer metrics-secret-123"})
         assert scraped.status_code == 200 and "avatar_relay" in scraped.text
+
+
+async def error_after_start(port: int, source: str, forwarded_for: str) -> object:
+    """The `error` code a socket from `source` claiming X-Forwarded-For `forwarded_for` gets for a token-less start."""
+    sock = await open_raw_socket(port, source=source, headers=(("X-Forwarded-For", forwarded_for),))
+    try:
+        await sock.stream.send_all(client_frame(b'{"type":"start"}'))
+        with trio.fail_after(10):
+            error = await error_of(sock)
+        return None if error is None else error["code"]
+    finally:
+        await sock.aclose()
+
+
+async def test_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path: Path) -> None:
+    """L5: X-Forwarded-For names the client only when the socket's peer is one of RELAY_TRUSTED_PROXIES: a client
+    reaching the relay directly cannot spread its starts over made-up addresses."""
+    env = token_env(tmp_path, RELAY_TRUST_FORWARDED_FOR="true", RELAY_TRUSTED_PROXIES="127.0.0.2",
+                    RELAY_MAX_STARTS_PER_MINUTE="2")
+    async with relay_process(env, ROOT) as (_, url):
+        port = port_of(url)
+        direct = [await error_after_start(port, "127.0.0.5", f"203.0.113.{n}") for n in range(3)]
+        assert direct == ["unauthorized", "unauthorized", "capacity"]
+        proxied = [await error_after_start(port, "127.0.0.2", f"203.0.113.{n}") for n in range(3)]
+        assert proxied == ["unauthorized"] * 3
+        # What the client forges left of the address the proxy saw changes nothing: one client, 203.0.113.9.
+        spoofed = [await error_after_start(port, "127.0.0.2", f"198.51.100.{n}, 127.0.0.2, 203.0.113.9")
+                   for n in range(3)]
+        assert spoofed == ["unauthorized", "unauthorized", "capacity"]

@@ -85,9 +85,9 @@ async def test_when_every_slot_is_taken_the_oldest_waiting_socket_makes_room() -
     (None, "unknown"),
 ])
 def test_ipv6_clients_count_per_64(peer: str | None, counted_as: str) -> None:
-    assert client_address(peer, None, trust_forwarded_for=False) == counted_as
+    assert client_address(peer, None) == counted_as
 
 
 def test_the_ipv6_prefix_is_configurable() -> None:
-    assert client_address("2001:db8:1:2:3::1", None, trust_forwarded_for=False, ipv6_prefix=48) == "2001:db8:1::/48"
-    assert client_address("2001:db8::1", None, trust_forwarded_for=False, ipv6_prefix=128) == "2001:db8::1"
+    assert client_address("2001:db8:1:2:3::1", None, ipv6_prefix=48) == "2001:db8:1::/48"
+    assert client_address("2001:db8::1", None, ipv6_prefix=128) == "2001:db8::1"

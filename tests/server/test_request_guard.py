@@ -26,7 +26,8 @@ def test_one_spelling_per_path(path: bytes, ok: bool) -> None:
 def test_operator_endpoints_want_the_bearer_token_when_one_is_set() -> None:
     policy = GuardPolicy(frozenset(), "tok")
     headers = [(b"host", b"127.0.0.1")]
-    assert refusal("/metrics", b"/metrics", headers, policy) == (401, "a bearer token is required (RELAY_METRICS_TOKEN)")
+    assert refusal("/metrics", b"/metrics", headers, policy) == (401,
+                                                                 "a bearer token is required (RELAY_METRICS_TOKEN)")
     assert refusal("/metrics", b"/metrics", [*headers, (b"authorization", b"Bearer tok")], policy) is None
     assert refusal("/", b"/", headers, policy) is None
     assert refusal("/metrics", b"/metrics", headers, GuardPolicy(frozenset())) is None
