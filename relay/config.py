@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     relay_log_level: str = "INFO"
     # Operations (docs/operations.md)
     relay_transcripts_dir: str | None = None  # write each conversation's turns (JSON Lines, no audio) here
+    relay_transcript_max_bytes: int = Field(default=4 * 2**20, ge=1024)  # per conversation, then `truncated`
     relay_predrain_delay: float = Field(default=0.0, ge=0)  # on SIGTERM: seconds not-ready before the drain
 
     # Reliability and protection (docs/reliability.md)

@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         local_budget = budget
         metrics.watch_fleet(avatars_held=lambda: len(local_budget.held))
     if settings.relay_transcripts_dir:
-        state.transcripts = TranscriptWriter(settings.relay_transcripts_dir)
+        state.transcripts = TranscriptWriter(settings.relay_transcripts_dir, settings.relay_transcript_max_bytes)
 
     def on_start(record: ConversationRecord) -> None:
         metrics.conversation_started(record)
