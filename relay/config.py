@@ -17,6 +17,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 AvatarChoice = Literal["liveavatar", "heygen", "none"]
+# livekit-client's self-contained ES module build, as published on npm (jsDelivr serves npm files unchanged), and
+# the SHA-384 of that file (`npm pack livekit-client@2.15.7`, dist/livekit-client.esm.mjs).
+LIVEKIT_CLIENT_URL = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/dist/livekit-client.esm.mjs"
+LIVEKIT_CLIENT_INTEGRITY = "sha384-Fdl/3YF53OfPCw7/DOpOaBHl0jTR+alUeSH6OX/ThjI9KYpX8W5dLMKoeMm0lhSG"
 
 
 class ConfigError(Exception):
@@ -83,7 +87,10 @@ class Settings(BaseSettings):
     relay_client_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     relay_drain_timeout: float = Field(default=10.0, gt=0)
     relay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # `serve` processes on one socket (docs/deploy.md)
-    relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
+    relay_livekit_client_url: str = LIVEKIT_CLIENT_URL
+    # The module's Subresource Integrity (`sha384-…`): the page refuses any other content. Unset: the pinned hash of
+    # the default URL's file (none for another URL); empty: no check.
+    relay_livekit_client_integrity: str | None = None
     # Length of the microphone frames the page sends. The relay's CPU is per frame (docs/performance.md): longer
     # frames cost less and add their length to the capture latency.
     relay_client_frame_ms: int = Field(default=60, ge=20, le=250)
@@ -185,6 +192,13 @@ class Settings(BaseSettings):
         if self.liveavatar_max_session_duration is not None:
             return self.liveavatar_max_session_duration
         return math.ceil(self.relay_max_duration) + 60
+
+    @property
+    def livekit_client_integrity(self) -> str | None:
+        """The integrity the page checks livekit-client's module against (None: none)."""
+        if self.relay_livekit_client_integrity is not None:
+            return self.relay_livekit_client_integrity.strip() or None
+        return LIVEKIT_CLIENT_INTEGRITY if self.relay_livekit_client_url == LIVEKIT_CLIENT_URL else None
 
     @property
     def demo_mode(self) -> bool:

@@ -322,7 +322,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     @app.route("/client-config.json")
     async def client_config() -> dict[str, Any]:
         return {"livekit_client_url": settings.relay_livekit_client_url, "ws_path": "/ws",
-                "frame_ms": settings.relay_client_frame_ms}
+                "frame_ms": settings.relay_client_frame_ms,
+                "livekit_client_integrity": settings.livekit_client_integrity}
 
     @app.route("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -42,7 +42,7 @@ const ui = {
   approval: $('approval'),
 };
 
-const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60 };
+const DEFAULT_CONFIG = { livekit_client_url: null, livekit_client_integrity: null, ws_path: '/ws', frame_ms: 60 };
 const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
 const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
 // Normal ends by the agent: the page plays out the agent's audio it already has before it tears down (voice-only and
@@ -549,6 +549,7 @@ class Conversation {
     try {
       const room = await joinAvatarRoom({
         moduleUrl: this.config.livekit_client_url,
+        integrity: this.config.livekit_client_integrity || null,
         avatar,
         video: ui.video,
         audio: ui.audio,

@@ -9,6 +9,7 @@
  * Join the avatar's room.
  * @param {object} options
  * @param {string} options.moduleUrl where livekit-client's ES module is (absolute, or relative to the page)
+ * @param {string|null} options.integrity its Subresource Integrity (`sha384-…`), checked before it runs
  * @param {{provider: string, livekit_url: string, access_token: string}} options.avatar `ready.avatar`
  * @param {HTMLVideoElement} options.video
  * @param {HTMLAudioElement} options.audio
@@ -17,8 +18,10 @@
  * @param {(reason: string) => void} options.onDisconnected the room went away
  * @returns {Promise<{leave: () => Promise<void>, startAudio: () => Promise<void>}>}
  */
-export async function joinAvatarRoom({ moduleUrl, avatar, video, audio, onAudioBlocked, onVideo, onDisconnected }) {
-  const { Room, RoomEvent, Track } = await import(new URL(moduleUrl, document.baseURI).href);
+export async function joinAvatarRoom({
+  moduleUrl, integrity, avatar, video, audio, onAudioBlocked, onVideo, onDisconnected,
+}) {
+  const { Room, RoomEvent, Track } = await loadModule(new URL(moduleUrl, document.baseURI).href, integrity);
   const room = new Room({ adaptiveStream: true, dynacast: true });
   const isAvatar = (participant) => avatar.provider !== 'liveavatar' || participant.identity === 'heygen';
   let leaving = false;
@@ -54,4 +57,22 @@ export async function joinAvatarRoom({ moduleUrl, avatar, video, audio, onAudioB
       onAudioBlocked(!room.canPlaybackAudio);
     },
   };
+}
+
+/**
+ * Import livekit-client's ES module. With an integrity, the file is fetched with it (the browser refuses any other
+ * content) and run from a blob: URL, since import() itself takes no integrity; the module must be self-contained
+ * (the npm build is). Without one, it is imported directly.
+ */
+export async function loadModule(url, integrity) {
+  if (!integrity) return import(url);
+  const response = await fetch(url, { integrity, mode: 'cors', credentials: 'omit' });
+  if (!response.ok) throw new Error(`livekit-client: HTTP ${response.status}`);
+  const blob = new Blob([await response.text()], { type: 'text/javascript' });
+  const blobUrl = URL.createObjectURL(blob);
+  try {
+    return await import(blobUrl);
+  } finally {
+    URL.revokeObjectURL(blobUrl);
+  }
 }

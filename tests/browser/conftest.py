@@ -193,7 +193,7 @@ def relays(tmp_path_factory: pytest.TempPathFactory, livekit_client_url: str) ->
     def get(avatar: str, **settings: str) -> Relay:
         key = (avatar, tuple(sorted(settings.items())))
         if key not in started:
-            name = "-".join([avatar, *(f"{k}={v}" for k, v in key[1])])
+            name = "-".join([avatar, *(f"{k}={v}" for k, v in key[1])]).replace("/", "_")
             started[key] = _start_relay(avatar, livekit_client_url, folder / f"relay-{name}.log", settings)
         return started[key]
 
@@ -268,6 +268,7 @@ def open_page(browsers: Callable[[str], Any]) -> Iterator[Callable[..., Any]]:
         page.goto(relay.url + "/")
         return page
 
+    open_.problems = problems  # type: ignore[attr-defined]  # a test expecting an error takes it out of the list
     yield open_
     for context in contexts:
         context.close()
