@@ -43,7 +43,7 @@ from relay.ops.metrics import RelayMetrics
 from relay.ops.reaper import reap_periodically
 from relay.ops.transcripts import TranscriptWriter
 from relay.server.admission import Registry
-from relay.server.auth import Gate, auth_problem
+from relay.server.auth import Gate, auth_problem, chosen_protocol, protocol_token
 from relay.server.demo import demo_settings
 from relay.server.departures import NoteDepartures, browser_left
 from relay.server.fleet_admission import FleetSeats, seat_keeper, token_uses
@@ -291,14 +291,16 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         gate = state.gate
         decision = await gate.check_handshake(
             origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
-            forwarded_for=headers.get("x-forwarded-for"), query_token=websocket.args.get("token"),
-            now=trio.current_time())
+            forwarded_for=headers.get("x-forwarded-for"), now=trio.current_time(),
+            query_token=websocket.args.get("token") or protocol_token(headers.get("sec-websocket-protocol")))
         if decision.refuse_status is not None:
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
             metrics.conversation_refused(f"http_{decision.refuse_status}")
             abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
         if decision.claims is not None:
             log.info("client token accepted client=%s", decision.client)
+        if (protocol := chosen_protocol(headers.get("sec-websocket-protocol"))) is not None:
+            await websocket.accept(subprotocol=protocol)
         await doorway.serve(QuartBrowser(settings.relay_send_timeout), decision, state.upstreams,
                             browser_left=browser_left(websocket.scope))
 

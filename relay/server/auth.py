@@ -398,6 +398,31 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# A token in the WebSocket protocol header (never in a URL a proxy logs)
+
+PROTOCOL = "avatar-relay"
+_TOKEN_PROTOCOL = PROTOCOL + ".token."
+
+
+def offered_protocols(header: str | None) -> list[str]:
+    return [p.strip() for p in (header or "").split(",") if p.strip()]
+
+
+def protocol_token(header: str | None) -> str | None:
+    """The token a client offered as the subprotocol `avatar-relay.token.<token>` (Sec-WebSocket-Protocol), if any."""
+    for protocol in offered_protocols(header):
+        if protocol.startswith(_TOKEN_PROTOCOL):
+            return protocol[len(_TOKEN_PROTOCOL):]
+    return None
+
+
+def chosen_protocol(header: str | None) -> str | None:
+    """The subprotocol to accept the socket with: `avatar-relay` when the client offered it (a browser that offers
+    subprotocols drops a socket accepted without one), else none."""
+    return PROTOCOL if PROTOCOL in offered_protocols(header) else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Client address
 
 

@@ -208,15 +208,28 @@ function micProblem(err) {
   }
 }
 
+// A token in the URL fragment (#token=…, which browsers never send to a server) is taken out of the address bar
+// and the history as soon as it is seen, and kept in memory for this page's conversations.
+let fragmentToken = null;
+
+function takeFragmentToken() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (!params.has('token')) return;
+  fragmentToken = params.get('token') || fragmentToken;
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(history.state, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
+}
+takeFragmentToken();
+
 function startFrame() {
-  // An embedding page may set window.relayStart = {dynamic_variables, overrides, user_id, token} before Start; a
-  // token may also come in the URL fragment (#token=…), which browsers never send to a server.
+  // An embedding page may set window.relayStart = {dynamic_variables, overrides, user_id, token} before Start.
+  takeFragmentToken();
   const options = window.relayStart && typeof window.relayStart === 'object' ? window.relayStart : {};
   const frame = { type: 'start' };
   for (const key of ['dynamic_variables', 'overrides', 'user_id', 'token']) {
     if (options[key] !== undefined && options[key] !== null) frame[key] = options[key];
   }
-  const fragmentToken = new URLSearchParams(location.hash.slice(1)).get('token');
   if (fragmentToken && frame.token === undefined) frame.token = fragmentToken;
   return frame;
 }

@@ -537,3 +537,12 @@ def test_tool_names_are_data_even_when_they_are_object_keys(fake_page) -> None:
     dialog = page.get_by_role("dialog", name="Allow the agent to use a tool?")
     dialog.wait_for()
     assert "toString" in dialog.inner_text()
+
+
+def test_a_fragment_token_leaves_the_address_bar_and_still_starts_the_conversation(fake_page) -> None:
+    """L3 of the security review: `#token=…` is taken out of the URL (and its history entry) once read; the page
+    still sends it in `start`, and keeps the fragment's other parameters."""
+    fake = FakeRelay()
+    page = fake_page(fake, before_start=lambda page: page.evaluate("() => { location.hash = '#token=tok-1&lang=fr'; }"))
+    assert fake.sent_by_page("start")[0]["token"] == "tok-1"
+    assert page.evaluate("() => location.hash") == "#lang=fr"

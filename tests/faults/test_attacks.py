@@ -15,7 +15,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from relay.server.auth import mint_jwt, mint_token
 from tests.faults.test_process_faults import base_env
@@ -307,3 +307,20 @@ async def test_forwarded_for_counts_only_from_a_trusted_proxy(tmp_path: Path) ->
         spoofed = [await error_after_start(port, "127.0.0.2", f"198.51.100.{n}, 127.0.0.2, 203.0.113.9")
                    for n in range(3)]
         assert spoofed == ["unauthorized", "unauthorized", "capacity"]
+
+
+async def test_a_token_can_ride_in_the_websocket_protocol_header_instead_of_the_url(tmp_path: Path) -> None:
+    """L3: a client that cannot send the token in `start` puts it in Sec-WebSocket-Protocol (never logged by
+    proxies as a URL is): `avatar-relay` plus `avatar-relay.token.<token>`; the relay answers `avatar-relay`."""
+    async with relay_process(token_env(tmp_path), ROOT) as (_, url):
+        ws_url = url.replace("http", "ws") + "/ws"
+        token = mint_jwt(SECRET, subject="alice")
+        async with open_websocket_url(ws_url, subprotocols=["avatar-relay", f"avatar-relay.token.{token}"]) as ws:
+            assert ws.subprotocol == "avatar-relay"
+            user = BrowserClient(ws)
+            await user.send(type="start")
+            assert (await first_answer(user))["type"] == "ready"
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(ws_url, subprotocols=["avatar-relay", "avatar-relay.token.forged"]):
+                pass
+        assert refused.value.status_code == 401
