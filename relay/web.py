@@ -291,7 +291,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         gate = state.gate
         decision = await gate.check_handshake(
             origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
-            forwarded_for=headers.get("x-forwarded-for"), now=trio.current_time(),
+            forwarded_for=headers.get("x-forwarded-for"), forwarded_proto=headers.get("x-forwarded-proto"),
+            now=trio.current_time(),
             query_token=websocket.args.get("token") or protocol_token(headers.get("sec-websocket-protocol")))
         if decision.refuse_status is not None:
             log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)

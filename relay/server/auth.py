@@ -380,11 +380,12 @@ def _normalise_origin(origin: str) -> str:
     return origin
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str], scheme: str | None = None) -> bool:
     """May a WebSocket with this `Origin` header (sent by browsers) open on a relay reached as `host`?
 
     No Origin: not a browser, so not a hijacking risk (tokens still apply). The relay's own page (Origin host equal
-    to the Host header) is always allowed; otherwise the origin must be listed, or the list must hold "*".
+    to the Host header, and, when `scheme` is known — a trusted proxy's X-Forwarded-Proto — the same scheme) is
+    always allowed; otherwise the origin must be listed, or the list must hold "*".
     """
     if origin is None:
         return True
@@ -394,6 +395,8 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
     if normalised == "null" or host is None:
         return False
     parts = urlsplit(normalised)
+    if scheme is not None and parts.scheme != scheme:
+        return False
     return parts.scheme in ("http", "https") and parts.netloc == host.strip().lower()
 
 
@@ -543,10 +546,14 @@ class Gate:
         return verify_jwt(token, self.keys, now=self.clock(), public=public)
 
     async def check_handshake(self, *, origin: str | None, host: str | None, remote_addr: str | None,
-                              forwarded_for: str | None, query_token: str | None, now: float) -> HandshakeDecision:
+                              forwarded_for: str | None, query_token: str | None, now: float,
+                              forwarded_proto: str | None = None) -> HandshakeDecision:
         """Decide on one WebSocket upgrade before it is accepted (nothing upstream has been called)."""
         client = client_address(remote_addr, forwarded_for, proxies=self.proxies, ipv6_prefix=self.ipv6_prefix)
-        if not origin_allowed(origin, host, self.origins):
+        scheme = None
+        if forwarded_proto and remote_addr and _is_trusted(remote_addr, self.proxies):
+            scheme = forwarded_proto.split(",")[-1].strip().lower()
+        if not origin_allowed(origin, host, self.origins, scheme if scheme in ("http", "https") else None):
             return HandshakeDecision(client, refuse_status=403)
         if not await self.allow_start(client, now):  # before the token: guessing tokens costs starts too
             return HandshakeDecision(client, over_rate=True)

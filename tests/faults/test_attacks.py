@@ -324,3 +324,18 @@ async def test_a_token_can_ride_in_the_websocket_protocol_header_instead_of_the_
             async with open_websocket_url(ws_url, subprotocols=["avatar-relay", "avatar-relay.token.forged"]):
                 pass
         assert refused.value.status_code == 401
+
+
+async def test_behind_a_trusted_tls_proxy_a_plain_http_origin_is_refused(tmp_path: Path) -> None:
+    """I3: when a trusted proxy says the page came over https (X-Forwarded-Proto), the relay's own origin must be
+    https too: a page served over plain http under the relay's name (a network attacker's) cannot open sockets."""
+    env = token_env(tmp_path, RELAY_TRUSTED_PROXIES="127.0.0.2")
+    async with relay_process(env, ROOT) as (_, url):
+        port = port_of(url)
+        answers = {}
+        for scheme in ("http", "https"):
+            sock = await open_raw_socket(port, source="127.0.0.2", headers=(
+                ("Origin", f"{scheme}://127.0.0.1:{port}"), ("X-Forwarded-Proto", "https")))
+            answers[scheme] = sock.status
+            await sock.aclose()
+        assert answers == {"http": 403, "https": 101}

@@ -106,6 +106,8 @@ def test_origin_allow_list() -> None:
     assert not origin_allowed("https://evil.example", "relay.example", allowed)
     assert not origin_allowed("null", "relay.example", allowed)
     assert origin_allowed("http://relay.example:8000", "relay.example:8000", allowed)  # the relay's own page
+    assert origin_allowed("https://relay.example", "relay.example", allowed, "https")  # a trusted proxy said https
+    assert not origin_allowed("http://relay.example", "relay.example", allowed, "https")
     assert origin_allowed(None, "relay.example", allowed)  # not a browser
     assert origin_allowed("https://evil.example", "relay.example", frozenset({"*"}))
 
