@@ -163,8 +163,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     if (secret := settings.relay_auth_secret) is not None and len(secret.get_secret_value().encode()) < 32:
         log.warning("RELAY_AUTH_SECRET is shorter than 32 bytes, below what HS256 calls for (RFC 7518 3.2): "
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
-    limit_websocket_messages(settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
     app = QuartTrio(__name__, static_folder=None)
+    limit_websocket_messages(app, settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
     app.asgi_app = RequestGuard(NoteDepartures(KeepAliveGuard(app.asgi_app)),  # type: ignore[method-assign]
                                 GuardPolicy.from_settings(settings))
     fleet = Fleet.from_settings(settings)
@@ -403,6 +403,11 @@ class _AppOnFirstUse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._build()(scope, receive, send)
+
+    @property
+    def websocket_limits(self) -> Any:
+        """The built app's WebSocket message bounds, for hypercorn's streams (relay.server.ws_limits)."""
+        return getattr(self._app, "websocket_limits", None)
 
 
 app = _AppOnFirstUse()

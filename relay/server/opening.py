@@ -113,6 +113,8 @@ class Doorway:
         try:
             if decision.over_rate:
                 raise AdmissionRefused(OVER_RATE, why="start_rate")
+            if self.registry.shutting_down:  # at once, not after a `start` it would refuse anyway
+                raise AdmissionRefused("the relay is shutting down; try again shortly", "shutdown", "shutdown")
             try:
                 opening = await read_opening(browser, decision, self.gate, self.pending, up)
             except ConversationOver as refused:

@@ -3,19 +3,20 @@
 permessage-deflate payload with an unbounded `decompress()` before hypercorn compares the length with its limit; both
 happen before `start`, so before any token.
 
-`limit_websocket_messages(n)` makes every WebSocket hypercorn opens in this process (under `avatar-relay serve`,
-its workers and hypercorn's own command line alike) refuse, with close 1009, a message longer than `n` bytes
-(RELAY_MAX_FRAME_BYTES; a connection's first message, the `start`, RELAY_MAX_START_BYTES) — whatever hypercorn's
-own `websocket_max_message_size` — and inflate a compressed one only up to `n` + 1 bytes: the inflation of each
-chunk is bounded by what is left of the message's budget (`decompress(data, max_length)`), and a chunk that would
-inflate further ends the connection. The extension stays
-on (browsers always offer it; it saves the microphone's bandwidth nothing but the page's text), at no extra CPU:
-refusing a bomb costs the inflation of `n` bytes.
+`limit_websocket_messages(app, n, first)` makes every WebSocket hypercorn opens for `app` (the relay app, under
+`avatar-relay serve`, its workers and hypercorn's own command line alike; the simulators and any other app in the
+process keep hypercorn's behaviour) refuse, with close 1009, a message longer than `n` bytes (RELAY_MAX_FRAME_BYTES;
+a connection's first message, the `start`, `first`: RELAY_MAX_START_BYTES) — whatever hypercorn's own
+`websocket_max_message_size` — and inflate a compressed one only up to one byte past that: the inflation of each
+chunk is bounded by what is left of the message's budget (`decompress(data, max_length)`), and the rest is dropped
+with the inflater. The extension stays on (browsers always offer it), at no extra CPU: refusing a bomb costs the
+inflation of `n` bytes.
 
-hypercorn 0.18 has no setting for either, so this replaces two names hypercorn's WebSocket stream looks up when a
-socket opens (`PerMessageDeflate`, `WebsocketBuffer` in `hypercorn.protocol.ws_stream`) with bounded subclasses, and
-checks at start-up that they are still there (a hypercorn that renamed them stops the relay with a clear error rather
-than serving unbounded).
+hypercorn 0.18 has no setting for either, so this installs, once, bounded subclasses of the classes hypercorn's
+WebSocket stream instantiates (`PerMessageDeflate`, `WebsocketBuffer`, `Handshake` in
+`hypercorn.protocol.ws_stream`), which apply an app's limits only when the app carries them (`websocket_limits`),
+and checks that hypercorn still has those names (a hypercorn that renamed them stops the relay with a clear error
+rather than serving unbounded).
 """
 
 from __future__ import annotations
@@ -29,18 +30,23 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 
 
 class BoundedDeflate(PerMessageDeflate):
-    """permessage-deflate whose inbound inflation stops at one byte over the message's budget: `first_message_bytes`
-    for a connection's first message (the `start`), `max_message_bytes` for the others."""
-
-    max_message_bytes = 16 * 2**20
-    first_message_bytes = 16 * 2**20
+    """permessage-deflate whose inbound inflation, once `limit` has been called, stops at one byte over the
+    message's budget: `first` bytes for a connection's first message (the `start`), `most` for the others. Without
+    `limit`, wsproto's own behaviour."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._inflated = 0
-        self._budget = min(self.first_message_bytes, self.max_message_bytes)
+        self.max_message_bytes: int | None = None
+        self._budget = 0
+
+    def limit(self, most: int, first: int) -> None:
+        self.max_message_bytes = most
+        self._budget = min(most, first)
 
     def frame_inbound_payload_data(self, proto: FrameDecoder | FrameProtocol, data: bytes) -> bytes | CloseReason:
+        if self.max_message_bytes is None:
+            return super().frame_inbound_payload_data(proto, data)
         if not self._inbound_compressed or not self._inbound_is_compressible:
             return data
         assert self._decompressor is not None
@@ -63,6 +69,8 @@ class BoundedDeflate(PerMessageDeflate):
     def frame_inbound_complete(self, proto: FrameDecoder | FrameProtocol, fin: bool) -> bytes | CloseReason | None:
         # All input was inflated within the budget (or the connection is ending): what the final empty block
         # flushes is at most one match (258 bytes), and hypercorn's buffer counts it.
+        if self.max_message_bytes is None:
+            return super().frame_inbound_complete(proto, fin)
         if self._inflated > self._budget and self._inbound_compressed:
             # Refused (hypercorn's buffer got one byte too many): the uninflated rest is dropped, not flushed.
             if fin:
@@ -76,17 +84,13 @@ class BoundedDeflate(PerMessageDeflate):
 
 
 class BoundedBuffer(ws_stream.WebsocketBuffer):
-    """hypercorn's message buffer with its limit lowered to `first_message_bytes` for a connection's first message
-    (the `start`: before it, a socket holds nothing but its pre-start slot) and to `max_message_bytes` for the
-    others; a refused message's buffer is dropped at once (hypercorn keeps the stream until the close handshake
-    ends)."""
+    """hypercorn's message buffer with its limit lowered to `first` bytes for a connection's first message (the
+    `start`: before it, a socket holds nothing but its pre-start slot) and to `most` for the others; a refused
+    message's buffer is dropped at once (hypercorn keeps the stream until the close handshake ends)."""
 
-    max_message_bytes = 16 * 2**20
-    first_message_bytes = 16 * 2**20
-
-    def __init__(self, max_length: int) -> None:
-        self._later_limit = min(max_length, self.max_message_bytes)
-        super().__init__(min(self._later_limit, self.first_message_bytes))
+    def __init__(self, max_length: int, most: int, first: int) -> None:
+        self._later_limit = min(max_length, most)
+        super().__init__(min(self._later_limit, first))
 
     def extend(self, event: Any) -> None:
         try:
@@ -100,15 +104,66 @@ class BoundedBuffer(ws_stream.WebsocketBuffer):
         self.max_length = self._later_limit
 
 
-def limit_websocket_messages(max_bytes: int, first_bytes: int) -> None:
-    """Bound every WebSocket message hypercorn receives in this process to `max_bytes`, and each connection's
-    first one to `first_bytes` (close 1009 beyond), compressed or not. Raises RuntimeError when hypercorn no longer
-    has the names it replaces."""
-    for name in ("PerMessageDeflate", "WebsocketBuffer"):
+class LimitedHandshake(ws_stream.Handshake):
+    """hypercorn's handshake; when its stream's app carries limits (`limits`, stamped by the stream), the
+    connection it makes has its permessage-deflate bounded before any frame is read."""
+
+    limits: tuple[int, int] | None = None
+
+    def accept(self, *args: Any, **kwargs: Any) -> Any:
+        status, headers, connection = super().accept(*args, **kwargs)
+        if self.limits is not None:
+            for extension in connection._proto.extensions:
+                if isinstance(extension, BoundedDeflate):
+                    extension.limit(*self.limits)
+        return status, headers, connection
+
+
+def _limits_of(app: Any) -> tuple[int, int] | None:
+    """The limits of the app hypercorn serves (its wrapper holds it as `.app`), if it carries any."""
+    limits = getattr(getattr(app, "app", app), "websocket_limits", None)
+    return limits if isinstance(limits, tuple) else None
+
+
+_installed = False
+
+
+def _install() -> None:
+    """Put the bounded classes where hypercorn's WebSocket stream looks them up (once per process)."""
+    global _installed
+    if _installed:
+        return
+    for name in ("PerMessageDeflate", "WebsocketBuffer", "Handshake", "WSStream"):
         if not hasattr(ws_stream, name):
             raise RuntimeError(f"hypercorn.protocol.ws_stream has no {name}: this hypercorn version cannot be "
                                "bounded against compressed-message bombs; install the version pyproject.toml pins")
-    BoundedDeflate.max_message_bytes = BoundedBuffer.max_message_bytes = max_bytes
-    BoundedDeflate.first_message_bytes = BoundedBuffer.first_message_bytes = first_bytes
+    stream = ws_stream.WSStream
+    original_init = stream.__init__
+
+    def init(self: Any, app: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, app, config, *args, **kwargs)
+        self._relay_limits = _limits_of(app)
+        if self._relay_limits is not None:
+            self.buffer = BoundedBuffer(config.websocket_max_message_size, *self._relay_limits)
+
+    def get_handshake(self: Any) -> Any:
+        return self.__dict__["_relay_handshake"]
+
+    def set_handshake(self: Any, handshake: Any) -> None:
+        if isinstance(handshake, LimitedHandshake):
+            handshake.limits = getattr(self, "_relay_limits", None)
+        self.__dict__["_relay_handshake"] = handshake
+
+    stream.__init__ = init  # type: ignore[method-assign]
+    stream.handshake = property(get_handshake, set_handshake)  # type: ignore[assignment]
     setattr(ws_stream, "PerMessageDeflate", BoundedDeflate)  # noqa: B010 - names mypy cannot see assigned
-    setattr(ws_stream, "WebsocketBuffer", BoundedBuffer)  # noqa: B010
+    setattr(ws_stream, "Handshake", LimitedHandshake)  # noqa: B010
+    _installed = True
+
+
+def limit_websocket_messages(app: Any, max_bytes: int, first_bytes: int) -> None:
+    """Bound every WebSocket message hypercorn receives for `app` to `max_bytes`, and each connection's first one
+    to `first_bytes` (close 1009 beyond), compressed or not. Raises RuntimeError when hypercorn no longer has the
+    names it replaces."""
+    _install()
+    app.websocket_limits = (max_bytes, first_bytes)
