@@ -4,8 +4,8 @@ its modules need on a foreign page, livekit-client served by the relay itself, a
 livekit-client is the npm package pinned in relay/client/package.json and package-lock.json, installed next to the
 code by `npm ci --prefix relay/client` (or anywhere, named by RELAY_LIVEKIT_CLIENT_DIR). It is read once, at start-up,
 and served only if its ES module is byte for byte the pinned release (its SHA-384 below, the value a page's Subresource
-Integrity check uses); RELAY_LIVEKIT_CLIENT_URL, when set, loads it from there instead. Pure but for reading those
-two files (`find_livekit_client`).
+Integrity check uses); RELAY_LIVEKIT_CLIENT_URL, when set, loads it from there instead (checked against
+RELAY_LIVEKIT_CLIENT_INTEGRITY when that is set). Pure but for reading those two files (`find_livekit_client`).
 """
 
 from __future__ import annotations
@@ -91,10 +91,11 @@ def find_livekit_client(directory: Path) -> LivekitClient | LivekitClientProblem
 
 def client_config(settings: Settings, local: LivekitClient | LivekitClientProblem) -> dict[str, Any]:
     """`/client-config.json`: where the widget loads livekit-client from (a URL relative to the relay, or
-    RELAY_LIVEKIT_CLIENT_URL; null when there is none) with its integrity when it is the relay's copy, the WebSocket's
-    path and the microphone frame length."""
+    RELAY_LIVEKIT_CLIENT_URL; null when there is none) with its integrity (the relay's copy: its pinned SHA-384; an
+    operator's URL: RELAY_LIVEKIT_CLIENT_INTEGRITY, or null for no check), the WebSocket's path and the microphone
+    frame length."""
     url: str | None = settings.relay_livekit_client_url or None
-    checked: str | None = None
+    checked: str | None = settings.livekit_client_integrity
     if url is None and isinstance(local, LivekitClient):
         url, checked = LIVEKIT_CLIENT_PATH, local.integrity
     return {"livekit_client_url": url, "livekit_client_integrity": checked, "ws_path": "/ws",

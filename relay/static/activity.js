@@ -16,7 +16,8 @@ const DONE_CHIP_MS = 4000; // a finished tool's chip stays this long
 const FAILED_CHIP_MS = 8000;
 
 function toolWords(t, name) {
-  if (KNOWN_TOOLS.has(name)) return ['running', 'done', 'failed'].map((state) => t(`chip.${name}.${state}`));
+  // A name is data: `toString` or `constructor` must not find Object.prototype's members (KNOWN_TOOLS is a Set).
+  if (typeof name === 'string' && KNOWN_TOOLS.has(name)) return ['running', 'done', 'failed'].map((state) => t(`chip.${name}.${state}`));
   const spaced = String(name || 'tool').replaceAll('_', ' ');
   return [t('chip.using', { name: spaced }), t('chip.used', { name: spaced }), t('chip.tool_failed', { name: spaced })];
 }
@@ -96,7 +97,7 @@ export class Activity {
       failure: [msg.error_message ? this.t('chip.failed_detail', { text: failed, detail: msg.error_message }) : failed, 'failed',
         FAILED_CHIP_MS],
     };
-    const [text, state, ttl] = states[msg.state] ?? states.loading;
+    const [text, state, ttl] = Object.hasOwn(states, msg.state) ? states[msg.state] : states.loading;
     this.chip(`tool:${id}`, text, 'tool', state, ttl);
     const line = state === 'running' ? this.t('line.mcp_running', { name }) : state === 'waiting'
       ? this.t('line.mcp_waiting', { name }) : this.t('line.mcp_state', { name, state: this.t(`state.${state}`) });

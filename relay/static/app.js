@@ -28,8 +28,10 @@ import { Transcript } from './transcript.js';
 export const RELAY_BASE = new URL('../', import.meta.url).href;
 /** The values of `element.state`, in the order a conversation goes through them. */
 export const STATES = Object.freeze(['idle', 'connecting', 'live', 'reconnecting', 'ended']);
+/** Where the relay serves its own copy of livekit-client (relay.server.embed.LIVEKIT_CLIENT_PATH), relative to it. */
+const LIVEKIT_CLIENT_PATH = 'vendor/livekit-client.esm.mjs';
 
-const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60, avatars: {} };
+const DEFAULT_CONFIG = { livekit_client_url: null, livekit_client_integrity: null, ws_path: '/ws', frame_ms: 60, avatars: {} };
 const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
 const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
 // Normal ends by the agent: the page plays out the agent's audio it already has before it tears down (voice-only and
@@ -127,6 +129,22 @@ function unlockAudio(context) {
   } catch {
     // A context that cannot play even that reports it when the conversation's audio starts.
   }
+}
+
+// A token in the relay page's URL fragment (#token=…, which browsers never send to a server) is taken out of the
+// address bar and the history as soon as a widget of that relay sees it, and kept in memory for the page's
+// conversations.
+let fragmentToken = null;
+
+function takeFragmentToken() {
+  const location = globalThis.location;
+  const params = new URLSearchParams(String(location?.hash ?? '').slice(1));
+  if (!params.has('token')) return fragmentToken;
+  fragmentToken = params.get('token') || fragmentToken;
+  params.delete('token');
+  const rest = params.toString();
+  globalThis.history?.replaceState?.(globalThis.history.state, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
+  return fragmentToken;
 }
 
 /** The widget's stylesheet, fetched once per page and adopted by every widget's shadow root: a constructed
@@ -228,6 +246,7 @@ export class AvatarRelayElement extends BaseElement {
       globalThis.window.__relayDebug = this.debug;
       globalThis.window.__relayRoot = this.shadowRoot;
     }
+    if (this.onRelayPage()) takeFragmentToken(); // out of the address bar at once, not at Start
     document.addEventListener('visibilitychange', this.onVisibility);
     // `pagehide` fires on tab close, navigation and bfcache entry on every browser (unlike `unload`).
     globalThis.window.addEventListener('pagehide', this.onPageHide);
@@ -337,6 +356,18 @@ export class AvatarRelayElement extends BaseElement {
     return attribute ? new URL(attribute, document.baseURI || globalThis.location?.href).href : RELAY_BASE;
   }
 
+  /** Whether this widget is on its relay's own origin (the relay's page): only there is a #token= fragment meant
+   * for it. */
+  onRelayPage() {
+    return new URL(this.relayBase()).origin === globalThis.location?.origin;
+  }
+
+  /** Whether livekit-client's `url` (client-config.json's) is the relay's own copy (`vendor/…`, resolved against the
+   * relay) rather than an operator's RELAY_LIVEKIT_CLIENT_URL. */
+  relayCopy(url) {
+    return Boolean(url) && new URL(url, this.relayBase()).href === new URL(LIVEKIT_CLIENT_PATH, this.relayBase()).href;
+  }
+
   /** The relay's client-config.json (fetched once per widget; the defaults if it cannot be read). */
   config() {
     this.configPromise ??= fetch(new URL('client-config.json', this.relayBase()).href, { cache: 'no-store' })
@@ -396,9 +427,9 @@ export class AvatarRelayElement extends BaseElement {
       }
     }
     if (token) frame.token = token;
-    if (frame.token === undefined && new URL(this.relayBase()).origin === globalThis.location?.origin) {
-      const fragmentToken = new URLSearchParams(String(globalThis.location?.hash ?? '').slice(1)).get('token');
-      if (fragmentToken) frame.token = fragmentToken;
+    if (this.onRelayPage()) {
+      const fromFragment = takeFragmentToken();
+      if (frame.token === undefined && fromFragment) frame.token = fromFragment;
     }
     return frame;
   }
@@ -951,6 +982,9 @@ class Conversation {
       const room = await joinAvatarRoom({
         // Relative to the relay (its own copy is `vendor/…`), not to the host page.
         moduleUrl: new URL(this.config.livekit_client_url, this.w.relayBase()).href,
+        // An operator's URL (RELAY_LIVEKIT_CLIENT_URL) is checked against its integrity before it runs; the relay's
+        // own copy is checked by the relay at start-up and imported as it is (no blob: in the host page's CSP).
+        integrity: this.w.relayCopy(this.config.livekit_client_url) ? null : this.config.livekit_client_integrity || null,
         avatar,
         participant: this.config.avatars?.[avatar.provider]?.participant ?? null,
         video: this.w.ui.video,

@@ -313,12 +313,14 @@ export function pickLanguage(...candidates) {
 /** `t(key, vars)` for `lang`: the string with `{name}` filled from vars. A key missing from the table is a bug (the
  * tests keep the tables complete): it shows as the key itself rather than nothing. */
 export function translator(lang) {
-  const table = STRINGS[lang] ?? STRINGS.en;
+  // Keys, languages and placeholders are data (a relay's `code` ends up in a key): own properties only.
+  const known = Object.hasOwn(STRINGS, lang);
+  const table = known ? STRINGS[lang] : STRINGS.en;
   const t = (key, vars = {}) => {
-    const text = table[key] ?? STRINGS.en[key] ?? key;
-    return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+    const text = Object.hasOwn(table, key) ? table[key] : Object.hasOwn(STRINGS.en, key) ? STRINGS.en[key] : key;
+    return text.replace(/\{(\w+)\}/g, (whole, name) => (Object.hasOwn(vars, name) ? String(vars[name]) : whole));
   };
-  t.lang = lang in STRINGS ? lang : 'en';
+  t.lang = known ? lang : 'en';
   return t;
 }
 

@@ -269,6 +269,7 @@ def open_page(browsers: Callable[[str], Any]) -> Iterator[Callable[..., Any]]:
         page.goto(relay.url + "/")
         return page
 
+    open_.problems = problems  # type: ignore[attr-defined]  # a test expecting an error takes it out of the list
     yield open_
     for context in contexts:
         context.close()

@@ -523,3 +523,27 @@ def test_every_feature_fits_a_phone_screen_and_the_keyboard(fake_page) -> None:
     for name in ("Stop", "Send"):
         box = page.get_by_role("button", name=name).bounding_box()
         assert box is not None and box["x"] + box["width"] <= 390
+
+
+def test_tool_names_are_data_even_when_they_are_object_keys(fake_page) -> None:
+    """I1 of the security review: tools named like Object.prototype's members (`toString`, `constructor`) are shown
+    as names, and their MCP approval dialog opens."""
+    fake = FakeRelay()
+    page = fake_page(fake)
+    fake.send(type="tool_status", tool_call_id="t1", tool_name="constructor", tool_type="webhook", state="running")
+    chip = page.locator('#activity .chip[data-key="tool:t1"]')
+    chip.wait_for()
+    assert chip.inner_text() == "Using constructor…"
+    fake.send(**{**mcp_call("awaiting_approval", approval_timeout_secs=30), "tool_name": "toString"})
+    dialog = page.get_by_role("dialog", name="Allow the agent to use a tool?")
+    dialog.wait_for()
+    assert "toString" in dialog.inner_text()
+
+
+def test_a_fragment_token_leaves_the_address_bar_and_still_starts_the_conversation(fake_page) -> None:
+    """L3 of the security review: `#token=…` is taken out of the URL (and its history entry) once read; the page
+    still sends it in `start`, and keeps the fragment's other parameters."""
+    fake = FakeRelay()
+    page = fake_page(fake, before_start=lambda page: page.evaluate("() => { location.hash = '#token=tok-1&lang=fr'; }"))
+    assert fake.sent_by_page("start")[0]["token"] == "tok-1"
+    assert page.evaluate("() => location.hash") == "#lang=fr"

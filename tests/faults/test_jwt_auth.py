@@ -6,6 +6,7 @@ simulators' ledgers). Also: the page's security headers on every page and static
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ class Provider:
         private = self.private[kid]
         algorithm = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
         now = int(time.time())
-        payload = {"sub": "auth0|user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl, **claims}
+        payload = {"sub": "auth0|user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl,
+                   "jti": secrets.token_hex(8), **claims}  # each token buys one conversation: one per try
         return jwt.encode(payload, private, algorithm=algorithm, headers={"kid": kid})
 
 
@@ -116,7 +118,7 @@ async def test_the_providers_key_rotates_mid_run() -> None:
             for _ in range(3):
                 await converse(relay, provider.token("new"))
             assert provider.requests == 2  # the new kid, fetched once
-            await converse(relay, old_token)  # still valid until its exp
+            await converse(relay, provider.token("old"))  # the old key still verifies until it is unpublished
             async with open_websocket_url(relay.ws_url + "?token=" + provider.token("new")) as ws:
                 assert (await BrowserClient(ws).start())["type"] == "ready"
             assert provider.requests == 2

@@ -87,6 +87,11 @@ def test_client_config_points_at_the_relays_copy_unless_a_url_overrides_it(insta
     override = embed.client_config(settings(relay_livekit_client_url="https://cdn.example/lk.mjs"), local)
     assert override["livekit_client_url"] == "https://cdn.example/lk.mjs"
     assert override["livekit_client_integrity"] is None
+    pinned = "sha384-" + "A" * 64
+    checked = embed.client_config(settings(relay_livekit_client_url="https://cdn.example/lk.mjs",
+                                           relay_livekit_client_integrity=pinned), local)
+    assert checked["livekit_client_url"] == "https://cdn.example/lk.mjs"
+    assert checked["livekit_client_integrity"] == pinned
     none = embed.client_config(settings(), embed.find_livekit_client(tmp_path))
     assert none["livekit_client_url"] is None
 
