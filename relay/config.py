@@ -267,6 +267,9 @@ class Settings(BaseSettings):
     @classmethod
     def _are_host_names(cls, value: str) -> str:
         for host in (part.strip() for part in value.split(",") if part.strip()):
+            if "/" in host:
+                raise ValueError(f"comma-separated host names like relay.example.com (no scheme, no path), not "
+                                 f"{host[:80]!r}")
             name = host  # host, host:port, an IPv6 address, [v6]:port
             if host.startswith("[") and "]" in host:
                 name = host[1:host.find("]")]

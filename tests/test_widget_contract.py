@@ -55,7 +55,7 @@ SOMETIMES = {"context_usage": set(el._CONTEXT_USAGE_FIELDS),
              "rich_content": set(el._RICH_CONTENT_FIELDS) - {"rich_content_id"},
              "error": {"agent_error_type", "agent_close_code", "agent_close_reason"}}
 NOT_FRAME_BUILDERS = {"parse_text_frame", "check_audio", "parse_allowed_paths", "override_paths", "refused_override",
-                      "tool_result_text"}
+                      "tool_result_text", "nested_deeper_than"}
 CLIENT_MODELS = [bp.Start, bp.AudioText, bp.Text, bp.Context, bp.Multimodal, bp.McpApproval, bp.Activity,
                  bp.Interrupt, bp.ToolResult, bp.Feedback, bp.Stop]
 
