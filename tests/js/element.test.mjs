@@ -188,3 +188,33 @@ test('livekit-client\'s URL is resolved against the relay, not the host page (th
   await until(() => globalThis.fakeLivekitRooms?.some((room) => room.token === 't' && room.connected), 'the avatar room');
   assert.doesNotMatch(String(page.debug.notice), /avatar video could not be loaded/);
 });
+
+test('livekit-client: the relay\'s own copy is imported as it is; an operator\'s URL is fetched with its integrity', async () => {
+  // The relay's copy (`vendor/…`, checked by the relay at start-up): imported, no fetch, no blob: for the host's CSP.
+  const integrity = `sha384-${'A'.repeat(64)}`;
+  const fetched = [];
+  const siteFetch = async (url, init) => {
+    fetched.push({ url, integrity: init?.integrity });
+    return { ok: false, status: 404, text: async () => '' };
+  };
+  page = await loadPage({ config: { livekit_client_url: 'vendor/livekit-client.esm.mjs', livekit_client_integrity: integrity }, fetch: siteFetch });
+  page.widget.setAttribute('relay', new URL('./', import.meta.url).href);
+  await page.start({
+    avatar: { provider: 'liveavatar', session_id: 'la-3', livekit_url: 'wss://room.example', access_token: 't3', simulated: false },
+  });
+  await until(() => globalThis.fakeLivekitRooms?.some((room) => room.token === 't3' && room.connected), 'the avatar room');
+  assert.deepEqual(fetched, []);
+
+  // An operator's RELAY_LIVEKIT_CLIENT_URL with RELAY_LIVEKIT_CLIENT_INTEGRITY: fetched with that integrity (the
+  // browser refuses other content) before anything runs; here the server answers 404, so no room and a notice.
+  const override = new URL('./fake-livekit.mjs', import.meta.url).href;
+  page = await loadPage({ config: { livekit_client_url: override, livekit_client_integrity: integrity }, fetch: siteFetch });
+  const rooms = globalThis.fakeLivekitRooms?.length ?? 0;
+  await page.start({
+    avatar: { provider: 'liveavatar', session_id: 'la-4', livekit_url: 'wss://room.example', access_token: 't4', simulated: false },
+  });
+  await until(() => fetched.length === 1, 'the integrity-checked fetch');
+  assert.deepEqual(fetched, [{ url: override, integrity }]);
+  await until(() => /HTTP 404/.test(String(page.debug.notice)), 'the notice');
+  assert.equal(globalThis.fakeLivekitRooms?.length ?? 0, rooms, 'nothing of the unchecked module ran');
+});
