@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from relay.server.auth import mint_jwt, mint_token
+from relay.server.startup import STARTUP_FAILED
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
 from tests.support.processes import free_port, relay_process, serve_command
@@ -174,7 +175,7 @@ async def test_identity_provider_keys_without_an_audience_refuse_to_start(tmp_pa
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     value = "http://127.0.0.1:9/jwks.json" if key == "RELAY_AUTH_JWKS_URL" else public
     status, errors = await exit_of(base_env(RELAY_AUTH="token", XDG_STATE_HOME=str(tmp_path), **{key: value}))
-    assert status == 2, errors
+    assert status == STARTUP_FAILED, errors  # #28: every start-up failure is one line and status 1
     lines = [line for line in errors.splitlines() if line.strip()]
     assert len(lines) == 1 and "RELAY_AUTH_AUDIENCE" in lines[0], errors
     async with relay_process(base_env(RELAY_AUTH="token", XDG_STATE_HOME=str(tmp_path),
