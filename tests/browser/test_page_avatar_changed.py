@@ -41,6 +41,8 @@ def test_the_page_changes_faces_when_the_avatar_is_replaced_and_the_captions_go_
     state = debug(page)
     assert state["avatarSessionId"] not in (None, first)
     assert page.locator("#sim-face").get_attribute("data-variant") == "1"
+    # the face is the <avatar-relay> element's, in its shadow root (read directly, not through a locator)
+    assert page.evaluate("() => window.__relayRoot.getElementById('sim-face').dataset.variant") == "1"
     assert page.locator("#sim-face").is_visible()
     page.locator(".entry.system", has_text="The avatar was replaced").wait_for()
     before = captioned_words(page)
