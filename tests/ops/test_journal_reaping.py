@@ -161,3 +161,31 @@ async def test_reaping_repeats_every_reap_interval_while_serving(
         assert await journal.entries() == []
         nursery.cancel_scope.cancel()
     assert [round(t - started, 3) for t, _ in stops.attempts] == [0.0, 30.0, 60.0]
+
+
+class StuckJournal:
+    """A journal whose disk never answers (a hung NFS mount, a full disk stuck in a retry loop)."""
+
+    async def opened(self, provider: str, session_id: str, base_url: str) -> int:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def closed(self, row: int) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_journal_write_that_hangs_holds_the_conversation_at_most_its_time_limit(
+        autojump_clock: trio.testing.MockClock) -> None:
+    from relay.avatars.hooks import SessionOutcome
+    from relay.ops.journal import WRITE_TIME_LIMIT
+
+    hooks = journal_hooks(StuckJournal(), "http://la.example")("liveavatar")  # type: ignore[arg-type]
+    assert hooks.on_created is not None and hooks.on_closed is not None
+    t0 = trio.current_time()
+    with trio.CancelScope() as conversation:
+        conversation.cancel()  # even a cancelled conversation gives the write its time, and no more
+        await hooks.on_created("s-1")
+    assert WRITE_TIME_LIMIT == 2.0
+    assert trio.current_time() - t0 == 2.0
+    await hooks.on_closed(SessionOutcome(opened=True, error=None, stop_failed=False))  # no row: nothing to wait for
+    assert trio.current_time() - t0 == 2.0
