@@ -36,10 +36,12 @@ class Stops:
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.attempts: list[tuple[float, str]] = []
+        self.calls: list[tuple[Any, Any, str, str, str | None]] = []  # what stop_by_id was given
         self.changed = trio.Event()
 
     async def __call__(self, settings: Any, http: Any, name: str, session_id: str, base_url: str | None = None) -> None:
         self.attempts.append((trio.current_time(), session_id))
+        self.calls.append((settings, http, name, session_id, base_url))
         self.changed.set()
         self.changed = trio.Event()
         if len(self.attempts) <= self.failures:
@@ -189,3 +191,20 @@ async def test_a_journal_write_that_hangs_holds_the_conversation_at_most_its_tim
     assert trio.current_time() - t0 == 2.0
     await hooks.on_closed(SessionOutcome(opened=True, error=None, stop_failed=False))  # no row: nothing to wait for
     assert trio.current_time() - t0 == 2.0
+
+
+async def test_each_orphan_is_stopped_where_it_was_opened_and_one_failure_does_not_stop_the_sweep(
+        tmp_path: Path, stops: Stops, sleeper: subprocess.Popen[bytes]) -> None:
+    stops.failures = 1
+    settings, http = make_settings(), object()
+    async with open_journal(tmp_path) as journal:
+        ours = journal._pid, journal._pid_started
+        journal._pid, journal._pid_started = sleeper.pid, "gone"
+        await journal.opened("liveavatar", "s-a", "http://la-a.example")
+        await journal.opened("heygen", "s-b", "http://hg-b.example")
+        journal._pid, journal._pid_started = ours
+        result = await reap_orphans(settings, http, journal)  # type: ignore[arg-type]
+        assert (result.stopped, result.failed) == (["s-b"], ["s-a"])
+        assert [e.session_id for e in await journal.entries()] == ["s-a"]
+    assert stops.calls == [(settings, http, "liveavatar", "s-a", "http://la-a.example"),
+                           (settings, http, "heygen", "s-b", "http://hg-b.example")]
