@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from relay.config import Settings
 from relay.server.page_headers import page_headers
 
@@ -50,3 +52,32 @@ def test_a_wildcard_framer_may_frame_the_page_but_gets_no_microphone() -> None:
     assert got["Permissions-Policy"].startswith("microphone=(self),")
     mixed = headers(relay_frame_ancestors="https://*.shop.example https://shop.example")
     assert mixed["Permissions-Policy"].startswith('microphone=(self "https://shop.example"),')
+
+
+def test_every_directive_of_the_csp_is_exactly_what_the_page_needs() -> None:
+    csp = directives(headers(relay_livekit_client_url="https://cdn.example/npm/livekit-client@2/+esm")
+                     ["Content-Security-Policy"])
+    assert csp == {
+        "default-src": ["'none'"],
+        "script-src": ["'self'", "https://cdn.example"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "media-src": ["'self'", "blob:", "mediastream:"],
+        "connect-src": ["'self'", "wss://*.livekit.cloud", "https://*.livekit.cloud"],
+        "worker-src": ["'self'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "object-src": ["'none'"],
+        "frame-ancestors": ["'self'"],
+    }
+
+
+@pytest.mark.parametrize(("url", "scripts"), [
+    ("http://127.0.0.1:8123/livekit-client.esm.mjs", ["'self'", "http://127.0.0.1:8123"]),
+    ("static/livekit-client.esm.mjs", ["'self'"]),  # self-hosted beside the page: its own origin already
+    ("//cdn.example/livekit.mjs", ["'self'"]),  # no scheme: nothing added
+    ("ftp://cdn.example/livekit.mjs", ["'self'"]),
+])
+def test_the_module_origin_is_allowed_only_for_an_http_url(url: str, scripts: list[str]) -> None:
+    csp = directives(headers(relay_livekit_client_url=url)["Content-Security-Policy"])
+    assert csp["script-src"] == scripts
