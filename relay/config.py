@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     relay_max_conversations_per_client: int = Field(default=20, gt=0)
     relay_drain_timeout: float = Field(default=10.0, gt=0)
     relay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # `serve` processes on one socket (docs/deploy.md)
-    relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
+    # livekit-client's ES module for the widget: "" = the relay's own pinned copy (relay/client, `npm ci --prefix
+    # relay/client`; docs/embedding.md), or a URL to load it from instead.
+    relay_livekit_client_url: str = ""
+    relay_livekit_client_dir: str | None = None  # where that copy is; default relay/client/node_modules/livekit-client
     # Length of the microphone frames the page sends. The relay's CPU is per frame (docs/performance.md): longer
     # frames cost less and add their length to the capture latency.
     relay_client_frame_ms: int = Field(default=60, ge=20, le=250)
@@ -168,6 +171,8 @@ class Settings(BaseSettings):
         # Every upstream's `*_base_url` (a provider's too, by its name) and the page's livekit-client URL.
         if not (info.field_name or "").endswith("_base_url") and info.field_name != "relay_livekit_client_url":
             return value
+        if info.field_name == "relay_livekit_client_url" and value == "":
+            return value  # the relay's own copy (relay.server.embed)
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http(s):// URL is needed, like https://example.com, not {value[:80]!r}")

@@ -31,6 +31,7 @@ This module must never store a secret: rows hold provider names, session ids and
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -208,7 +209,8 @@ class Journal:
 
     async def count_moved_aside(self) -> int:
         """Count again the damaged journals lying beside this one (the operator deletes them once reaped)."""
-        self.moved_aside_count = len(await trio.to_thread.run_sync(damaged_journals, self.path.parent))
+        directory = self.path.parent
+        self.moved_aside_count = len(await self._run(lambda: damaged_journals(directory)))
         return self.moved_aside_count
 
     def close(self) -> None:
@@ -294,10 +296,38 @@ def _prepare_directory(path: Path) -> None:
                               "journal there)")
 
 
+LOCK_WAIT = 30.0  # seconds a start-up waits for another process opening (or recovering) the same journal
+
+
 def _open_or_recover(path: Path) -> tuple[sqlite3.Connection, MovedAside | None]:
     """Open the journal at `path`; a damaged one is moved aside, what can be read of it is copied into a fresh one.
-    Blocks (worker thread). Raises JournalUnusable."""
+    Processes opening the same journal take turns (a lock file beside it, held only while opening): two relays
+    starting together must not both find it damaged and the second move aside the fresh journal the first has just
+    made. Blocks (worker thread). Raises JournalUnusable."""
     _prepare_directory(path)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise JournalUnusable(f"{_where(path)}: cannot create {lock_path.name} ({exc.strerror}): {_FIX}") from None
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise JournalUnusable(f"the session journal {path} stayed locked by another process for "
+                                          f"{LOCK_WAIT:g} s while opening it ({lock_path.name}): is a relay stuck "
+                                          "starting?") from None
+                time.sleep(0.05)
+        return _open_locked(path)
+    finally:
+        os.close(lock)  # releases the lock
+
+
+def _open_locked(path: Path) -> tuple[sqlite3.Connection, MovedAside | None]:
     moved: MovedAside | None = None
     for _ in range(3):  # another process may be moving the same damaged file aside right now
         try:

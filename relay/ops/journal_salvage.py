@@ -62,7 +62,7 @@ def damaged_journals(directory: Path) -> list[Path]:
     except OSError:
         return []
     return sorted(directory / name for name in names
-                  if name.startswith(JOURNAL_FILE + DAMAGED_SUFFIX) and not name.endswith(("-wal", "-shm")))
+                  if name.startswith(JOURNAL_FILE + DAMAGED_SUFFIX) and not name.endswith(("-wal", "-shm", ".salvage")))
 
 
 def move_aside(path: Path, reason: str) -> MovedAside | None:

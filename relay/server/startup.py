@@ -34,7 +34,8 @@ from relay.providers.table import chosen
 STARTUP_FAILED = 1
 WORKER_STARTUP_FAILED = 3  # a worker of `serve --workers N` that could not start: not restarted
 PREFIX = "avatar-relay: "
-_CLEAR = (ConfigError, JournalUnusable, TranscriptsDirUnusable, FleetUnavailable)
+_CLEAR = (ConfigError, JournalUnusable, TranscriptsDirUnusable)
+REDIS_ADVICE = "; check that Redis runs and RELAY_REDIS_URL points at it (`avatar-relay doctor` tells more)"
 
 
 class StartupFailure(Exception):
@@ -45,6 +46,8 @@ def startup_line(exc: BaseException) -> str:
     """The one line (without the prefix) for an error raised while starting."""
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         return startup_line(exc.exceptions[0])
+    if isinstance(exc, FleetUnavailable):
+        return _one_line(f"{exc}{REDIS_ADVICE}")
     if isinstance(exc, (StartupFailure, *_CLEAR)):
         return _one_line(str(exc))
     if isinstance(exc, OSError):
@@ -135,7 +138,7 @@ async def check_before_workers(settings: Settings) -> None:
         from relay.ops.fleet_probe import startup_problem
 
         if (redis_problem := await startup_problem(settings)) is not None:
-            raise StartupFailure(redis_problem)
+            raise StartupFailure(redis_problem + REDIS_ADVICE)
     try:
         if settings.relay_journal and chosen(settings) is not None:
             (await jr.open_journal_now(jr.state_dir(settings))).close()

@@ -17,10 +17,13 @@
  * @param {(blocked: boolean) => void} options.onAudioBlocked the browser refused to play sound without a gesture
  * @param {() => void} options.onVideo the avatar's video is attached
  * @param {(reason: string) => void} options.onDisconnected the room went away
+ * @param {() => void} [options.onReconnecting] the room lost its connection and LiveKit is getting it back
+ * @param {() => void} [options.onReconnected] it got it back
  * @returns {Promise<{leave: () => Promise<void>, startAudio: () => Promise<void>}>}
  */
 export async function joinAvatarRoom({
   moduleUrl, avatar, participant = null, video, audio, onAudioBlocked, onVideo, onDisconnected,
+  onReconnecting = () => {}, onReconnected = () => {},
 }) {
   const { Room, RoomEvent, Track } = await import(new URL(moduleUrl, document.baseURI).href);
   const room = new Room({ adaptiveStream: true, dynacast: true });
@@ -38,6 +41,8 @@ export async function joinAvatarRoom({
   });
   room.on(RoomEvent.TrackUnsubscribed, (track) => track.detach());
   room.on(RoomEvent.AudioPlaybackStatusChanged, () => onAudioBlocked(!room.canPlaybackAudio));
+  room.on(RoomEvent.Reconnecting, () => onReconnecting());
+  room.on(RoomEvent.Reconnected, () => onReconnected());
   room.on(RoomEvent.Disconnected, (reason) => {
     if (!leaving) onDisconnected(String(reason ?? 'disconnected'));
   });

@@ -325,11 +325,11 @@ def test_page_fits_a_phone_screen(relays, open_page) -> None:
 def test_a_conversation_works_from_the_keyboard_alone(relays, open_page) -> None:
     page = open_page(relays("none"), mic="silence")
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.textContent") == "Skip to the captions"
+    assert page.evaluate("() => __relayRoot.activeElement?.textContent") == "Skip to the captions"
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "start"
+    assert page.evaluate("() => __relayRoot.activeElement?.id") == "start"
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.activeElement.id === 'text-input'")
+    page.wait_for_function("() => __relayRoot.activeElement?.id === 'text-input'")
     page.keyboard.type("Typed from the keyboard")
     page.keyboard.press("Enter")
     page.locator(".entry.agent", has_text="You said: Typed from the keyboard").wait_for()

@@ -178,7 +178,8 @@ def caption(page: Any, event_id: int) -> Any:
 
 def wait_caption(page: Any, event_id: int, condition: str, timeout: float = 15_000) -> None:
     """Until the bubble of agent turn `event_id` (`b` in the JavaScript `condition`) exists and meets `condition`."""
-    page.wait_for_function(f"() => {{ const b = document.querySelector('.entry.agent[data-event-id=\"{event_id}\"]');"
+    page.wait_for_function("() => { const b = __relayRoot.querySelector("
+                           f"'.entry.agent[data-event-id=\"{event_id}\"]');"
                            f" return Boolean(b) && ({condition}); }}", timeout=timeout)
 
 
@@ -201,7 +202,7 @@ def test_streamed_reply_grows_in_one_bubble_and_the_final_text_replaces_it(fake_
     for delta in ["Sure", ", here", " is a streamed", " reply."]:
         fake.send(type="agent_response_part", event_id=3, part="delta", text=delta)
         grown.append((grown[-1] if grown else "") + delta)
-        page.wait_for_function("([n, t]) => document.querySelector(`.entry.agent[data-event-id=\"${n}\"] .text`)"
+        page.wait_for_function("([n, t]) => __relayRoot.querySelector(`.entry.agent[data-event-id=\"${n}\"] .text`)"
                                "?.textContent === t", arg=[3, grown[-1]])
     bubble = caption(page, 3)
     assert bubble.get_attribute("data-final") == "false" and "streaming" in (bubble.get_attribute("class") or "")
@@ -389,9 +390,9 @@ def test_mcp_approval_dialog_answers_from_the_keyboard(fake_page) -> None:
     countdown = page.locator("#approval-countdown")
     page.wait_for_function("(el) => /^(29|30) s left to answer$/.test(el.textContent)", arg=countdown.element_handle())
     # Focus starts on the safer answer; Tab reaches Approve; Enter answers.
-    assert page.evaluate("() => document.activeElement.id") == "approval-deny"
+    assert page.evaluate("() => __relayRoot.activeElement?.id") == "approval-deny"
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "approval-approve"
+    assert page.evaluate("() => __relayRoot.activeElement?.id") == "approval-approve"
     page.keyboard.press("Enter")
     fake.wait_for(page, "mcp_approval")
     assert fake.sent_by_page("mcp_approval") == [{"type": "mcp_approval", "tool_call_id": "m1", "approved": True}]
@@ -426,7 +427,7 @@ def test_queue_state_shows_before_ready(fake_page) -> None:
     page = fake_page(fake)
     fake.wait_for(page, "start")
     fake.send(type="queue_status", status="waiting")
-    page.wait_for_function("() => document.getElementById('status').dataset.state === 'queued'")
+    page.wait_for_function("() => __relayRoot.getElementById('status').dataset.state === 'queued'")
     assert "Waiting in line" in page.locator("#status").inner_text()
     assert page.locator('#activity .chip[data-kind="queue"]').inner_text() == "Waiting in line for the agent…"
     fake.send(type="queue_status", status="admitted")

@@ -219,7 +219,7 @@ async def test_sub_is_the_client_for_the_per_client_cap_and_claims_limit_the_con
 @pytest.mark.timeout(60)
 async def test_every_page_and_static_file_carries_the_security_headers() -> None:
     async with running_fault_relay(relay_frame_ancestors="'self' https://shop.example") as relay:
-        for path in ("/", "/static/app.js", "/static/style.css", "/static/capture-worklet.js", "/client-config.json",
+        for path in ("/", "/static/app.js", "/static/widget.css", "/static/capture-worklet.js", "/client-config.json",
                      "/static/missing.js"):
             headers = (await relay.http.get(relay.url + path)).headers
             assert "frame-ancestors 'self' https://shop.example" in headers["content-security-policy"], path

@@ -7,15 +7,20 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
+import trio
 
+from relay.ops import journal as journal_module
 from relay.ops.journal import (
     JOURNAL_FILE,
+    Journal,
     JournalUnusable,
     damaged_journals,
     open_journal,
+    open_journal_now,
 )
 
 DEAD = (999_999, "gone")  # a row owner no process is
@@ -89,8 +94,8 @@ async def test_the_wal_of_a_damaged_journal_moves_with_it_and_its_index_is_dropp
         assert journal.moved_aside is not None
         moved = journal.moved_aside.moved_to
     assert (moved.parent / (moved.name + "-wal")).read_bytes() == b"the latest rows"
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        [JOURNAL_FILE, moved.name, moved.name + "-wal"])  # no -shm, no scratch copy left
+    assert sorted(os.listdir(tmp_path)) == sorted(  # no -shm, no scratch copy left
+        [JOURNAL_FILE, JOURNAL_FILE + ".lock", moved.name, moved.name + "-wal"])
 
 
 async def test_another_programs_database_under_that_name_is_moved_aside(tmp_path: Path) -> None:
@@ -135,3 +140,46 @@ async def test_a_damaged_wal_or_index_beside_a_healthy_journal_keeps_its_rows(si
     (tmp_path / (JOURNAL_FILE + sibling)).write_bytes(b"\xde\xad" * 20_000)
     async with open_journal(tmp_path) as journal:
         assert journal.moved_aside is None and len(await journal.entries()) == 3
+
+
+async def test_the_count_of_moved_aside_journals_follows_the_directory(tmp_path: Path) -> None:
+    """What /metrics shows: counted at open, counted again at each sweep (after the operator deleted the file)."""
+    (tmp_path / JOURNAL_FILE).write_bytes(b"not a database" * 10)
+    async with open_journal(tmp_path) as journal:
+        assert journal.moved_aside_count == 1
+        for moved in damaged_journals(tmp_path):
+            os.unlink(moved)
+        assert await journal.count_moved_aside() == 0 and journal.moved_aside_count == 0
+
+
+async def test_two_processes_opening_a_damaged_journal_together_move_it_aside_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second must not take the fresh journal the first has just made for damaged and move it aside too (the
+    first's connection would then write where no one reads). The second's check is slowed to open the window."""
+    real_check = journal_module._check_header
+    delays = [0.0, 0.4]  # the second to find it damaged acts after the first has made the fresh journal
+
+    def check_header(path: Path) -> None:
+        try:
+            real_check(path)
+        except journal_module.JournalDamaged:
+            time.sleep(delays.pop(0))
+            raise
+
+    monkeypatch.setattr(journal_module, "_check_header", check_header)
+    (tmp_path / JOURNAL_FILE).write_bytes(b"not a database" * 10)
+    opened: list[Journal] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(lambda: _open_into(tmp_path, opened))
+    try:
+        assert len(damaged_journals(tmp_path)) == 1
+        await opened[0].opened("heygen", "s-1", "http://h")
+        assert [e.session_id for e in await opened[1].entries()] == ["s-1"]  # one journal, seen by both
+    finally:
+        for journal in opened:
+            journal.close()
+
+
+async def _open_into(directory: Path, opened: list[Journal]) -> None:
+    opened.append(await open_journal_now(directory))
