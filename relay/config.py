@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     relay_avatar_connect_timeout: float = Field(default=20.0, gt=0)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
+    # Seconds a conversation whose browser connection dropped waits for a `resume` (0: never; docs/protocol.md).
+    relay_resume_window: float = Field(default=20.0, ge=0, le=600)
     relay_max_duration: float = Field(default=1800.0, gt=0)
     relay_keep_alive_interval: float = Field(default=60.0, gt=0)
     relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)

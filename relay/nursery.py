@@ -134,6 +134,9 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = classify(exc, record)
+        if outcome.reason == "shutdown" and browser_left is not None and browser_left():
+            # Held for a resume (relay.conversation.link) when the relay shuts down: nobody there to tell.
+            outcome = ConversationOver("client_gone", message="held for a resume when the relay shut down")
     except BaseException as exc:
         if browser_left is None or browser_left() or not _cancelled(exc):
             record.reason = "client_gone"

@@ -23,20 +23,23 @@ from quart import abort, websocket
 from quart_trio import QuartTrio
 
 from relay.config import ConfigError, Settings
-from relay.conversation.endings import ConversationOver, tell_browser_and_close
+from relay.conversation.endings import BrowserSocket, ConversationOver, tell_browser_and_close
+from relay.conversation.link import BrowserLink
 from relay.net.http_keepalive import KeepAliveGuard
 from relay.nursery import Grant, run_conversation
 from relay.ops.fleet import Fleet
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
+from relay.protocol import browser as bp
 from relay.providers import table as providers
 from relay.server.admission import OVER_RATE, AdmissionRefused
-from relay.server.auth import Gate, TokenClaims, TokenError, auth_problem, identity
-from relay.server.departures import NoteDepartures, browser_left
+from relay.server.auth import Gate, HandshakeDecision, TokenClaims, TokenError, auth_problem, identity
+from relay.server.departures import NoteDepartures, browser_left, left_cleanly
 from relay.server.fleet_admission import choose_seating, watch_seating
 from relay.server.page import add_page_routes
 from relay.server.probes import add_probe_routes
+from relay.server.resuming import held_table, resume_connection, serve_connection
 from relay.server.startup import StartupGuard, end_process
 from relay.server.state import RelayState, relay_state
 from relay.server.upstreams import conversation_hooks, start_upstreams, stop_upstreams
@@ -75,6 +78,9 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
                                            demo_mode=settings.demo_mode)
     watch_seating(metrics, seating)
+    state.held = held = held_table(state)
+    if held is not None:
+        metrics.watch_held(lambda: held.held_count)
     if settings.relay_transcripts_dir:
         state.transcripts = TranscriptWriter(settings.relay_transcripts_dir)
     hooks = conversation_hooks(app, state, metrics)
@@ -86,19 +92,21 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     @app.websocket("/ws", endpoint="conversation_socket")
     async def ws() -> None:
-        await conversation_socket(state)
+        await conversation_socket(state, app.nursery)
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
     return app
 
 
-async def conversation_socket(state: RelayState) -> None:
+async def conversation_socket(state: RelayState, nursery: trio.Nursery) -> None:
     """`/ws`: check the handshake (origin, token, start rate: refused before accepting, as plain HTTP), take a seat,
     and run one conversation on the socket until it ends; a refusal after accepting is told to the browser. Cancelled
-    when the browser leaves (quart cancels the handler) or by the drain."""
+    when the browser leaves (quart cancels the handler) or by the drain. With RELAY_RESUME_WINDOW > 0 the
+    conversation runs in `nursery` (the app's) so that a dropped connection does not end it, and a first frame
+    `resume` takes a held one over (`relay.server.resuming`)."""
     assert state.upstreams is not None and state.gate is not None and state.metrics is not None
-    upstreams, gate, metrics, registry = state.upstreams, state.gate, state.metrics, state.registry
+    gate, metrics = state.gate, state.metrics
     headers = websocket.headers
     decision = await gate.check_handshake(
         origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
@@ -111,6 +119,37 @@ async def conversation_socket(state: RelayState) -> None:
     if decision.claims is not None:
         log.info("client token accepted client=%s", decision.client)
     browser = QuartBrowser(state.settings.relay_send_timeout)
+    if state.held is None:
+        await _converse(state, decision, browser, browser_left(websocket.scope))
+        return
+    # Resuming on: the first frame says whether this connection starts a conversation or resumes one.
+    first: str | bytes | None = None
+    with trio.move_on_after(state.settings.relay_idle_timeout) as waiting:
+        first = await browser.receive()
+    try:
+        if waiting.cancelled_caught:
+            raise ConversationOver.failed("timeout", "no 'start' message received")
+        resume = bp.parse_resume(first)
+    except bp.ProtocolError as exc:
+        await tell_browser_and_close(browser, ConversationOver.failed("protocol_error", str(exc)))
+        return
+    except ConversationOver as over:
+        await tell_browser_and_close(browser, over)
+        return
+    subject = None if decision.claims is None else identity(decision.claims, decision.client)
+    if resume is not None:
+        await resume_connection(state, browser, resume, subject, left_cleanly(websocket.scope))
+        return
+    await serve_connection(state, nursery, browser, first, subject,
+                           lambda link, gone: _converse(state, decision, link, gone),
+                           left_cleanly(websocket.scope))
+
+
+async def _converse(state: RelayState, decision: HandshakeDecision, browser: BrowserSocket,
+                    left: Callable[[], bool]) -> None:
+    """Take a seat and run one conversation on `browser` until it ends; a refusal is told to the browser."""
+    assert state.upstreams is not None and state.gate is not None and state.metrics is not None
+    upstreams, gate, metrics, registry = state.upstreams, state.gate, state.metrics, state.registry
     try:
         if decision.over_rate:
             raise AdmissionRefused(OVER_RATE, why="start_rate")
@@ -126,12 +165,14 @@ async def conversation_socket(state: RelayState) -> None:
                     metrics.admission_refused(exc.why)
                     raise ConversationOver.failed(exc.code, str(exc)) from None
                 log.info("client token accepted client=%s", identity(claims, decision.client))
+                if isinstance(browser, BrowserLink):
+                    browser.subject = identity(claims, decision.client)  # a resume must come from the same
                 return _grant(claims)
 
             await run_conversation(browser, upstreams, shutdown_scope,
                                    authorize=authorize if decision.check_start else None,
                                    grant=None if decision.claims is None else _grant(decision.claims),
-                                   browser_left=browser_left(websocket.scope))
+                                   browser_left=left)
     except AdmissionRefused as exc:
         metrics.conversation_refused(exc.code)
         metrics.admission_refused(exc.why)

@@ -20,6 +20,7 @@ Send = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[[Any, Receive, Send], Awaitable[None]]
 
 _KEY = "relay.browser_left"
+_CODE_KEY = "relay.browser_close_code"
 
 
 class NoteDepartures:
@@ -37,6 +38,7 @@ class NoteDepartures:
         async def receive_noting_departure() -> Any:
             message = await receive()
             if message.get("type") == "websocket.disconnect":
+                scope[_CODE_KEY] = message.get("code", 1005)
                 left.set()
             return message
 
@@ -50,3 +52,17 @@ def browser_left(scope: Any) -> Callable[[], bool]:
     if not isinstance(left, trio.Event):
         return lambda: True
     return left.is_set
+
+
+def left_cleanly(scope: Any) -> Callable[[], bool | None]:
+    """For a WebSocket scope served through `NoteDepartures`: a check, None while the browser has not left (the
+    server cut the connection), True when it left with a close 1000, False when it left any other way (1001, 1006:
+    a reset, a lost network)."""
+    left = browser_left(scope)
+
+    def check() -> bool | None:
+        if not left():
+            return None
+        return bool(scope.get(_CODE_KEY) == 1000)
+
+    return check
