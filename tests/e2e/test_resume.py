@@ -8,6 +8,7 @@ from typing import Any
 import trio
 
 from relay.server.auth import mint_token
+from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS
 from tests.support.harness import Relay, running_relay
 from tests.support.resumable import ResumingBrowser
 
@@ -191,3 +192,58 @@ async def test_a_stop_ends_at_once_and_its_token_then_says_ended() -> None:
         again = ResumingBrowser(relay.url)
         answer = await again.resume(ready["resume_token"])
         assert (answer["code"], answer["reason"]) == ("resume_failed", "ended")
+
+
+DEMO_AGENT = {"first_message": "", "client_events": list(ALL_CLIENT_EVENTS), "response_latency_ms": 0,
+              "ping_interval_s": 0}
+
+
+async def test_a_connection_dropped_during_a_client_tool_call_resumes_and_answers_it() -> None:
+    async with running_relay() as relay:
+        await relay.faults("elevenlabs", **DEMO_AGENT)
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="use the tool please")
+        call = await browser.expect("tool_call")
+        browser.drop()
+        assert (await browser.resume(ready["resume_token"]))["type"] == "resumed"
+        await browser.send(type="tool_result", tool_call_id=call["tool_call_id"], result="12:00")
+        reply = await browser.expect("agent_response", where=lambda m: "12:00" in m["text"])
+        assert reply["seq"] > call["seq"]
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert_no_gap_no_duplicate(browser)
+        await one_conversation_one_session(relay)
+
+
+async def test_a_connection_dropped_during_an_mcp_approval_resumes_and_the_answer_reaches_the_agent() -> None:
+    async with running_relay() as relay:
+        await relay.faults("elevenlabs", **DEMO_AGENT)
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="What's the weather in Oslo?")
+        asking = await browser.expect("mcp_tool_call", where=lambda m: m["state"] == "loading")
+        browser.drop()  # the approval request is sent while nobody is there: it comes with the replay
+        resumed = await browser.resume(ready["resume_token"], last_seq=asking["seq"])
+        assert resumed["type"] == "resumed"
+        asking = await browser.expect("mcp_tool_call", where=lambda m: m["state"] == "awaiting_approval")
+        await browser.send(type="mcp_approval", tool_call_id=asking["tool_call_id"], approved=True)
+        await browser.expect("mcp_tool_call", where=lambda m: m["state"] in ("success", "failure"))
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert_no_gap_no_duplicate(browser)
+        agent = await relay.ledger("elevenlabs")
+        assert [a["is_approved"] for a in agent["conversations"][0]["mcp_approvals"]] == [True]
+        await one_conversation_one_session(relay)
+
+
+async def test_a_connection_dropped_before_ready_ends_the_conversation_and_stops_its_session() -> None:
+    async with running_relay() as relay:
+        await relay.faults("elevenlabs", queue_wait_ms=60_000)  # `ready` waits for the agent's queue
+        browser = ResumingBrowser(relay.url)
+        await browser.connect()
+        await browser.send(type="start")
+        await browser.expect("queue_status")
+        await relay.wait_for_ledger("heygen", lambda l: len(l["sessions"]) == 1, "the avatar session's creation")
+        browser.drop()  # no token yet: nothing to resume
+        ledger = await relay.wait_all_sessions_stopped("heygen")
+        assert len(ledger["sessions"]) == 1
+        await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
