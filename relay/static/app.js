@@ -68,6 +68,7 @@ const ENDED_REASONS = {
   shutdown: 'the relay is shutting down',
   internal: 'an internal error in the relay',
   connection_lost: 'the connection to the relay was lost',
+  resume_failed: 'the conversation could not be resumed',
   page_closed: 'the page was closed',
 };
 
@@ -251,6 +252,17 @@ class Conversation {
     this.playOutTimer = 0;
     this.playOutReason = null; // set while the agent's last words play out after a normal `ended`
     this.lastActivityAt = 0;
+    // Resuming (docs/protocol.md "Resuming"): the token and window from `ready`, the newest `seq` seen, and the
+    // reconnection under way after an unexpected close.
+    this.resumeToken = null;
+    this.resumeWindowS = 0;
+    this.lastSeq = 0;
+    this.reconnect = null; // { deadline, delay, timer } while reconnecting
+    this.onOnline = () => this.retryNow();
+    // The browser says the network is gone (Wi-Fi to mobile, a lid closed): the old connection cannot survive a new
+    // address, so stop waiting for TCP to notice and resume as soon as the network is back.
+    this.onOffline = () => this.connectionLost();
+    window.addEventListener('offline', this.onOffline);
   }
 
   async begin() {
@@ -262,15 +274,97 @@ class Conversation {
     });
     this.config = await configPromise;
     if (this.finished) return;
+    this.openSocket(startFrame());
+  }
+
+  /** Open the relay's WebSocket and send `first` (`start`, or `resume` when reconnecting) once it is open. */
+  openSocket(first) {
     const ws = new WebSocket(socketUrl(this.config.ws_path));
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
-    ws.onopen = () => this.sendJson(startFrame());
+    ws.onopen = () => {
+      if (ws === this.ws) this.sendJson(first);
+      else ws.close(1000); // a reconnection attempt that was given up
+    };
     ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
       if (typeof event.data === 'string') this.onText(event.data);
       else this.onAgentAudio(event.data);
     };
-    ws.onclose = (event) => this.onClose(event);
+    ws.onclose = (event) => {
+      if (ws === this.ws) this.onClose(event);
+    };
+  }
+
+  connectionLost() {
+    if (this.finished || this.stopping || this.reconnect || !this.resumable()) return;
+    const ws = this.ws;
+    this.startReconnecting();
+    try {
+      ws?.close(4001, 'offline'); // not 1000: the relay holds the conversation
+    } catch {
+      // already closed
+    }
+  }
+
+  resumable() {
+    return Boolean(this.ready && this.resumeToken && this.resumeWindowS > 0);
+  }
+
+  /** The connection dropped unexpectedly: keep the conversation (video, captions) and resume it within the window,
+   * retrying with back-off (and at once when the browser says it is online again). */
+  startReconnecting() {
+    this.reconnect = { deadline: performance.now() + this.resumeWindowS * 1000, delay: 250, timer: 0 };
+    debug.reconnecting = true;
+    setStatus('reconnecting', 'Reconnecting…');
+    window.addEventListener('online', this.onOnline);
+    this.player?.flush(); // the agent audio due in the gap is not replayed; its captions are
+    this.tryResume();
+  }
+
+  tryResume() {
+    const reconnect = this.reconnect;
+    if (!reconnect || this.finished) return;
+    clearTimeout(reconnect.timer);
+    if (performance.now() >= reconnect.deadline) {
+      this.stopReconnecting();
+      this.errorMessage ??= 'the connection could not be restored in time';
+      this.finish('connection_lost');
+      return;
+    }
+    if (navigator.onLine === false) {
+      // No network: wait for the `online` event (retryNow), or the end of the window.
+      reconnect.timer = setTimeout(() => this.tryResume(), Math.max(0, reconnect.deadline - performance.now()));
+      return;
+    }
+    this.openSocket({ type: 'resume', resume_token: this.resumeToken, last_seq: this.lastSeq });
+  }
+
+  retryNow() {
+    if (!this.reconnect || this.ws?.readyState === WebSocket.OPEN) return;
+    if (this.ws?.readyState === WebSocket.CONNECTING) this.ws.close(1000);
+    this.tryResume();
+  }
+
+  scheduleResume() {
+    const reconnect = this.reconnect;
+    const wait = Math.min(reconnect.delay, Math.max(0, reconnect.deadline - performance.now()));
+    reconnect.delay = Math.min(reconnect.delay * 2, 4000);
+    reconnect.timer = setTimeout(() => this.tryResume(), wait);
+  }
+
+  stopReconnecting() {
+    if (this.reconnect) clearTimeout(this.reconnect.timer);
+    this.reconnect = null;
+    debug.reconnecting = false;
+    window.removeEventListener('online', this.onOnline);
+  }
+
+  onResumed(msg) {
+    this.resumeToken = String(msg.resume_token ?? this.resumeToken);
+    this.stopReconnecting();
+    debug.resumes = (debug.resumes ?? 0) + 1;
+    this.refreshControls();
   }
 
   async openMicrophone() {
@@ -385,6 +479,15 @@ class Conversation {
       return;
     }
     if (!msg || typeof msg.type !== 'string') return;
+    if (msg.type === 'resumed') {
+      this.onResumed(msg);
+      return;
+    }
+    if (typeof msg.seq === 'number') {
+      if (msg.seq <= this.lastSeq) return; // seen before the connection dropped
+      this.lastSeq = msg.seq;
+      debug.lastSeq = msg.seq;
+    }
     if (!NOISY.has(msg.type)) record(debug.received, msg.type);
     switch (msg.type) {
       case 'ready':
@@ -521,6 +624,8 @@ class Conversation {
   onReady(msg) {
     if (this.ready || this.finished) return;
     this.ready = msg;
+    this.resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
+    this.resumeWindowS = typeof msg.resume_window === 'number' ? msg.resume_window : 0;
     debug.conversationId = msg.conversation_id ?? null;
     debug.avatarSessionId = msg.avatar?.session_id ?? null;
     this.player = new PcmPlayer(this.context, msg.output_audio?.sample_rate ?? 16000);
@@ -703,6 +808,14 @@ class Conversation {
       this.finish('client_stop');
       return;
     }
+    if (this.reconnect) {
+      this.scheduleResume(); // this attempt failed: the next one after the back-off
+      return;
+    }
+    if (this.resumable() && event.code !== 1000 && event.code !== 1008) {
+      this.startReconnecting();
+      return;
+    }
     // 1006: no close frame at all (network gone, relay crashed); the reason label says it already.
     if (event.code !== 1000 && event.code !== 1006 && event.reason) this.errorMessage ??= event.reason;
     this.finish('connection_lost');
@@ -737,6 +850,8 @@ class Conversation {
   finish(reason) {
     if (this.finished) return;
     this.finished = true;
+    this.stopReconnecting();
+    window.removeEventListener('offline', this.onOffline);
     clearTimeout(this.stopTimer);
     clearTimeout(this.playOutTimer);
     debug.playingOut = null;
@@ -768,7 +883,7 @@ class Conversation {
 
   /** Called on every animation frame while this conversation is live. */
   updateStatus() {
-    if (!this.ready || this.finished || this.stopping) return;
+    if (!this.ready || this.finished || this.stopping || this.reconnect) return;
     const speaking = (this.player?.playing ?? false) || face.speaking;
     if (speaking) setStatus('speaking', 'Agent speaking…');
     else if (this.micAvailable) setStatus('listening', this.muted ? 'Muted — the agent cannot hear you.' : 'Listening — speak any time.');
