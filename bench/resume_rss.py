@@ -1,9 +1,9 @@
 """What a held conversation costs in memory (issue 29): `python -m bench.resume_rss [N]`.
 
 Serves the simulators and a relay in this process (voice-only, so that no avatar simulator's state is counted; the
-agent simulator's per-conversation state is, so the per-conversation figures are an upper bound), opens N conversations, measures RSS, drops
-all N connections (TCP reset), waits until /metrics shows N held, measures again; then fills each held conversation's
-replay buffer to its bound and measures a third time. Prints the RSS per held conversation for each step.
+agent simulator's per-conversation state is, so the per-conversation figures are an upper bound), opens N
+conversations, measures RSS, drops all N connections (TCP reset), waits until /metrics shows N held, measures
+again; then fills N replay buffers to their bound and measures a third time (the RSS per conversation of each).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ async def main(n: int) -> None:
             open_rss = rss_kib()
             for browser in browsers:
                 browser.drop()
-            while await held_gauge(None, url) < n:
+            while await held_gauge(None, url) < n:  # noqa: ASYNC110 - polling another component's /metrics
                 await trio.sleep(0.05)
             gc.collect()
             held_rss = rss_kib()

@@ -35,7 +35,7 @@ from relay.protocol import browser as bp
 from relay.providers import table as providers
 from relay.server.admission import OVER_RATE, AdmissionRefused
 from relay.server.auth import Gate, HandshakeDecision, TokenClaims, TokenError, auth_problem, identity
-from relay.server.departures import NoteDepartures, browser_left, left_cleanly
+from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
 from relay.server.fleet_admission import choose_seating, watch_seating
 from relay.server.page import add_page_routes
 from relay.server.probes import add_probe_routes
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     app = QuartTrio(__name__, static_folder=None)
     app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
+    note_browser_close_codes()  # a clean close (1000) ends a resumable conversation; a dropped one is held
 
     fleet = Fleet.from_settings(settings)
     seating = choose_seating(settings, fleet, worker)
@@ -119,7 +120,7 @@ async def conversation_socket(state: RelayState, nursery: trio.Nursery) -> None:
     if decision.claims is not None:
         log.info("client token accepted client=%s", decision.client)
     browser = QuartBrowser(state.settings.relay_send_timeout)
-    if state.held is None:
+    if state.held is None or decision.over_rate:  # over the start rate: refused at once, as without resuming
         await _converse(state, decision, browser, browser_left(websocket.scope))
         return
     # Resuming on: the first frame says whether this connection starts a conversation or resumes one.

@@ -19,8 +19,8 @@ import trio
 
 from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver
-from relay.conversation.link import BrowserLink
 from relay.conversation.gates import VAD_INTERVAL, FloodGate, Interval, McpApprovals
+from relay.conversation.link import BrowserLink
 from relay.conversation.outbox import Outbox
 from relay.conversation.record import Traffic
 from relay.conversation.speech import SpeechRouter

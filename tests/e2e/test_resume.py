@@ -79,7 +79,7 @@ async def test_messages_sent_while_held_are_replayed_in_order() -> None:
         browser, ready = await started(relay)
         await browser.send(type="text", text="what are your opening hours?")
         browser.drop()  # before the reply: the reply is sent while nobody is there
-        await relay.wait_for_ledger("elevenlabs", lambda l: l["conversations"][0]["user_messages"],
+        await relay.wait_for_ledger("elevenlabs", lambda led: led["conversations"][0]["user_messages"],
                                     "the typed message reaching the agent")
         resumed = await browser.resume(ready["resume_token"], last_seq=0)
         assert resumed["type"] == "resumed", resumed
@@ -242,7 +242,7 @@ async def test_a_connection_dropped_before_ready_ends_the_conversation_and_stops
         await browser.connect()
         await browser.send(type="start")
         await browser.expect("queue_status")
-        await relay.wait_for_ledger("heygen", lambda l: len(l["sessions"]) == 1, "the avatar session's creation")
+        await relay.wait_for_ledger("heygen", lambda led: len(led["sessions"]) == 1, "the avatar session's creation")
         browser.drop()  # no token yet: nothing to resume
         ledger = await relay.wait_all_sessions_stopped("heygen")
         assert len(ledger["sessions"]) == 1

@@ -103,6 +103,7 @@ class DeflateClient:
                 if event.message_finished:
                     text, self._text = self._text, ""
                     message: dict[str, object] = orjson.loads(text)
+                    message.pop("seq", None)  # resuming's numbering (tests/e2e/test_resume.py checks it)
                     self.kinds.append(str(message["type"]))
                     return message
             elif isinstance(event, CloseConnection):
