@@ -3,14 +3,18 @@ browser's TCP connection is reset (no close frame) and a new connection resumes 
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import trio
 
 from relay.server.auth import mint_token
+from relay.server.state import relay_state
 from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS
+from tests.faults.matrix import running_fault_relay
 from tests.support.harness import Relay, running_relay
 from tests.support.resumable import ResumingBrowser
+from tests.support.wsframes import client_frame
 
 SECRET = "s" * 40
 
@@ -247,3 +251,24 @@ async def test_a_connection_dropped_before_ready_ends_the_conversation_and_stops
         ledger = await relay.wait_all_sessions_stopped("heygen")
         assert len(ledger["sessions"]) == 1
         await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+
+
+async def test_a_close_1000_without_stop_ends_at_once_not_held() -> None:
+    async with running_relay() as relay:  # a 20 s window: the wait below is far shorter
+        browser, _ = await started(relay)
+        assert browser.connection is not None
+        await browser.connection.stream.send_all(client_frame(struct.pack("!H", 1000), opcode=0x8))
+        await relay.wait_all_sessions_stopped("heygen", timeout=5)
+        await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+
+
+async def test_the_drain_ends_a_held_conversation_at_once_as_client_gone() -> None:
+    async with running_fault_relay() as relay:
+        browser, _ = await started(relay)
+        browser.drop()
+        await _wait_metric(relay, "avatar_relay_conversations_held 1.0")
+        still_open = await relay_state(relay.app).registry.drain(5.0)
+        assert still_open == 0
+        text = await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+        assert 'avatar_relay_conversations_ended_total{reason="shutdown"} 1.0' not in text
+        await relay.wait_all_sessions_stopped("heygen", timeout=5)
