@@ -34,7 +34,8 @@ def held_table(state: RelayState) -> HeldTable | None:
     settings = state.settings
     if settings.relay_resume_window <= 0:
         return None
-    base = state.fleet.relay_id if state.fleet is not None else "r" + secrets.token_hex(4)
+    base = settings.relay_resume_route or (state.fleet.relay_id if state.fleet is not None
+                                           else "r" + secrets.token_hex(4))
     if state.worker is not None:
         base += f"-w{state.worker.index}"
     route = re.sub(r"[^A-Za-z0-9_-]", "-", base)[-64:]

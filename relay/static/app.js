@@ -279,7 +279,10 @@ class Conversation {
 
   /** Open the relay's WebSocket and send `first` (`start`, or `resume` when reconnecting) once it is open. */
   openSocket(first) {
-    const ws = new WebSocket(socketUrl(this.config.ws_path));
+    const url = new URL(socketUrl(this.config.ws_path));
+    // A resume names the relay that holds the conversation (the token's readable route) for a proxy to route on.
+    if (first.type === 'resume') url.searchParams.set('relay', String(first.resume_token).split('.')[1] ?? '');
+    const ws = new WebSocket(url.href);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     ws.onopen = () => {
