@@ -486,6 +486,12 @@ class Conversation {
       this.onResumed(msg);
       return;
     }
+    if (this.reconnect && (this.reconnect.elsewhere || (msg.type === 'error' && msg.reason === 'elsewhere'))) {
+      // This attempt reached a relay process that does not hold the conversation (under `serve --workers N` the
+      // kernel picks the worker): its token still works, so the next attempt tries again (onClose).
+      this.reconnect.elsewhere = msg.type !== 'ended';
+      return;
+    }
     if (typeof msg.seq === 'number') {
       if (msg.seq <= this.lastSeq) return; // seen before the connection dropped
       this.lastSeq = msg.seq;
