@@ -91,7 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_failure(str(exc))
         return STARTUP_FAILED if role is None else WORKER_STARTUP_FAILED
     startup_guard(app).quiet_hypercorn()
-    config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout)
+    config = hypercorn_config(host, port, settings.relay_stop_timeout + 2.0, settings.relay_send_timeout,
+                              settings.relay_max_frame_bytes)
     stop_when = None
     if role is not None:
         config.bind = [f"fd://{role.listen_fd}"]  # the supervisor's socket, shared by every worker
@@ -213,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     reap.set_defaults(func=cmd_reap)
     token = sub.add_parser("token", help="mint a client token (an HS256 JWT) signed with RELAY_AUTH_SECRET")
     token.add_argument("--ttl", type=float, default=300.0, help="seconds of validity (default 300)")
-    token.add_argument("--subject", default="", help="who it is for, the `sub` claim (A-Z a-z 0-9 _ . @ | : + = -, "
-                       "at most 128)")
+    token.add_argument("--subject", default="", help="who it is for, the `sub` claim and the agent's user_id "
+                       "(A-Z a-z 0-9 _ . @ | : + = -, at most 128; default: a made-up anonymous-<hex>); every token "
+                       "also gets its own `jti` and buys one conversation (RELAY_TOKEN_MAX_CONVERSATIONS)")
     token.set_defaults(func=cmd_token)
     return parser
 
@@ -288,6 +290,8 @@ def cmd_reap(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    import secrets
+
     from relay.server.auth import mint_jwt
 
     settings = _settings_or_report()
@@ -298,7 +302,8 @@ def cmd_token(args: argparse.Namespace) -> int:
               "print(secrets.token_urlsafe(32))'`)", file=sys.stderr)
         return 2
     try:
-        print(mint_jwt(settings.relay_auth_secret.get_secret_value(), ttl=args.ttl, subject=args.subject))
+        print(mint_jwt(settings.relay_auth_secret.get_secret_value(), ttl=args.ttl,
+                       subject=args.subject or f"anonymous-{secrets.token_hex(8)}"))
     except ValueError as exc:
         print(f"avatar-relay: {exc}", file=sys.stderr)
         return 2

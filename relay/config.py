@@ -24,6 +24,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _OVERRIDE_PATH = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+_INTEGRITY = re.compile(r"sha(?:256|384|512)-[A-Za-z0-9+/]+={0,2}")
+_VARIABLE_NAME = re.compile(r"\*|[^\s{}\"']+")
 
 
 class ConfigError(Exception):
@@ -90,11 +92,28 @@ class Settings(BaseSettings):
     relay_max_duration: float = Field(default=1800.0, gt=0)
     relay_keep_alive_interval: float = Field(default=60.0, gt=0)
     relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)
+    # The largest `start` (a socket's first message, read before its token is checked): a token, the dynamic
+    # variables and overrides fit in a few KiB.
+    relay_max_start_bytes: int = Field(default=64 * 1024, ge=4096)
     relay_max_conversations: int = Field(default=500, gt=0)
     relay_max_conversations_per_client: int = Field(default=20, gt=0)
+    # Before `start` (docs/reliability.md "Before the token"): a socket holds no conversation seat, only one of at
+    # most RELAY_MAX_PENDING pre-start slots (when they are all taken the oldest waiting socket is closed to make
+    # room), at most RELAY_MAX_PENDING_PER_CLIENT per client, for at most RELAY_START_TIMEOUT seconds.
+    relay_start_timeout: float = Field(default=10.0, gt=0)
+    relay_max_pending: int = Field(default=256, gt=0)
+    relay_max_pending_per_client: int = Field(default=8, gt=0)
+    # IPv6 clients are counted per network of this prefix length (one household or host usually has a whole /64).
+    relay_client_ipv6_prefix: int = Field(default=64, ge=32, le=128)
     relay_drain_timeout: float = Field(default=10.0, gt=0)
     relay_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # `serve` processes on one socket (docs/deploy.md)
-    relay_livekit_client_url: str = "https://cdn.jsdelivr.net/npm/livekit-client@2.15.7/+esm"
+    # livekit-client's ES module for the widget: "" = the relay's own pinned copy (relay/client, `npm ci --prefix
+    # relay/client`; docs/embedding.md), or a URL to load it from instead.
+    relay_livekit_client_url: str = ""
+    relay_livekit_client_dir: str | None = None  # where that copy is; default relay/client/node_modules/livekit-client
+    # With RELAY_LIVEKIT_CLIENT_URL set: that file's Subresource Integrity (`sha384-…`); the page refuses any other
+    # content. Unset or empty: no check. The relay's own copy always carries its pinned hash (relay.server.embed).
+    relay_livekit_client_integrity: str | None = None
     # Length of the microphone frames the page sends. The relay's CPU is per frame (docs/performance.md): longer
     # frames cost less and add their length to the capture latency.
     relay_client_frame_ms: int = Field(default=60, ge=20, le=250)
@@ -102,6 +121,7 @@ class Settings(BaseSettings):
     relay_log_level: str = "INFO"
     # Operations (docs/operations.md)
     relay_transcripts_dir: str | None = None  # write each conversation's turns (JSON Lines, no audio) here
+    relay_transcript_max_bytes: int = Field(default=4 * 2**20, ge=1024)  # per conversation, then `truncated`
     relay_predrain_delay: float = Field(default=0.0, ge=0)  # on SIGTERM: seconds not-ready before the drain
 
     # Reliability and protection (docs/reliability.md)
@@ -124,7 +144,14 @@ class Settings(BaseSettings):
     # The page's media hosts (CSP connect-src besides its own origin): LiveKit's signalling and region lookup.
     relay_page_connect_src: str = "wss://*.livekit.cloud https://*.livekit.cloud"
     relay_allowed_origins: str = ""  # comma-separated Origins allowed on /ws besides the relay's own; "*" = any
-    relay_trust_forwarded_for: bool = False  # take the client address from X-Forwarded-For (trusted proxy only)
+    # Host names the relay answers to besides IP addresses and localhost (and the hosts of RELAY_ALLOWED_ORIGINS):
+    # comma-separated, "*" any. Anything else gets 421 (DNS rebinding; docs/reliability.md).
+    relay_allowed_hosts: str = ""
+    relay_metrics_token: SecretStr | None = None  # when set, /metrics (and /_demo/simulators) need it as a bearer
+    # The proxies whose X-Forwarded-For names the client: addresses and networks, comma-separated
+    # (`10.0.0.0/8,192.0.2.7`); RELAY_TRUST_FORWARDED_FOR=true alone means a proxy on this machine (loopback).
+    relay_trusted_proxies: str = ""
+    relay_trust_forwarded_for: bool = False
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
     relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
@@ -134,6 +161,11 @@ class Settings(BaseSettings):
     # of `overrides` (`agent.language,tts.voice_id`; a parent allows its children; "*" any); empty: none.
     relay_client_overrides: str = ""
     relay_client_extra_body: bool = False  # whether a `start` may send `custom_llm_extra_body` to the agent's LLM
+    # Which `dynamic_variables` a browser's `start` may set (comma-separated names, "*" any; empty: none). A token's
+    # `relay_dynamic_variables` are set whatever this says, and win over the browser's.
+    relay_client_dynamic_variables: str = ""
+    # Conversations one client token opens over its life (one at a time); its `relay_max_conversations` claim wins.
+    relay_token_max_conversations: int = Field(default=1, ge=1, le=1000)
 
     # A fleet of relays sharing one state in Redis (docs/deploy.md, "A fleet on Redis"); unset: this machine only.
     # redis://, rediss://, unix://, redis+sentinel://host:port[,host:port]/service[/db], redis+cluster://host:port
@@ -173,6 +205,8 @@ class Settings(BaseSettings):
         # Every upstream's `*_base_url` (a provider's too, by its name) and the page's livekit-client URL.
         if not (info.field_name or "").endswith("_base_url") and info.field_name != "relay_livekit_client_url":
             return value
+        if info.field_name == "relay_livekit_client_url" and value == "":
+            return value  # the relay's own copy (relay.server.embed)
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an http(s):// URL is needed, like https://example.com, not {value[:80]!r}")
@@ -226,6 +260,55 @@ class Settings(BaseSettings):
                                  f"(or *), not {path[:80]!r}")
         return value
 
+    @field_validator("relay_livekit_client_integrity")
+    @classmethod
+    def _is_an_integrity(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() and not _INTEGRITY.fullmatch(value.strip()):
+            raise ValueError(f"a Subresource Integrity value like sha384-<base64 of the file's SHA-384> (or empty), "
+                             f"not {value[:80]!r}")
+        return value
+
+    @field_validator("relay_allowed_hosts")
+    @classmethod
+    def _are_host_names(cls, value: str) -> str:
+        for host in (part.strip() for part in value.split(",") if part.strip()):
+            if "/" in host:
+                raise ValueError(f"comma-separated host names like relay.example.com (no scheme, no path), not "
+                                 f"{host[:80]!r}")
+            name = host  # host, host:port, an IPv6 address, [v6]:port
+            if host.startswith("[") and "]" in host:
+                name = host[1:host.find("]")]
+            elif host.count(":") == 1:
+                name = host.split(":")[0]
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                if host != "*" and not _HOSTNAME.fullmatch(name):
+                    raise ValueError(f"comma-separated host names like relay.example.com (no scheme, no path, no "
+                                     f"wildcard but * alone), not {host[:80]!r}") from None
+        return value
+
+    @field_validator("relay_client_dynamic_variables")
+    @classmethod
+    def _are_variable_names(cls, value: str) -> str:
+        for name in (part.strip() for part in value.split(",") if part.strip()):
+            if not _VARIABLE_NAME.fullmatch(name):
+                raise ValueError(f"comma-separated dynamic variable names like customer_name,plan (or *), not "
+                                 f"{name[:80]!r}")
+        return value
+
+    @field_validator("relay_trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{part.strip()[:64]!r} is not an IP address or network (like 10.0.0.0/8)"
+                                     ) from None
+        return value
+
     @property
     def liveavatar_session_duration(self) -> int:
         """The `max_session_duration` asked of LiveAvatar: LIVEAVATAR_MAX_SESSION_DURATION, else RELAY_MAX_DURATION
@@ -241,6 +324,14 @@ class Settings(BaseSettings):
         if self.simli_max_session_length is not None:
             return self.simli_max_session_length
         return math.ceil(self.relay_max_duration) + 60
+
+    @property
+    def livekit_client_integrity(self) -> str | None:
+        """The integrity the page checks an operator's RELAY_LIVEKIT_CLIENT_URL against (None: none, or the relay's
+        own copy, whose pinned integrity is relay.server.embed's)."""
+        if not self.relay_livekit_client_url or self.relay_livekit_client_integrity is None:
+            return None
+        return self.relay_livekit_client_integrity.strip() or None
 
     @property
     def demo_mode(self) -> bool:

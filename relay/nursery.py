@@ -17,10 +17,11 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import partial
+from typing import overload
 
 import httpx2
 import trio
@@ -93,7 +94,7 @@ class Grant:
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
                            shutdown_scope: trio.CancelScope | None = None, *,
-                           authorize: Callable[[str | None], Awaitable[Grant]] | None = None,
+                           start: bp.Start | None = None,
                            grant: Grant | None = None,
                            browser_left: Callable[[], bool] | None = None) -> ConversationRecord:
     """Hold one conversation from the browser's first frame to the close.
@@ -101,9 +102,9 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     Cancelled by the web layer when the browser disconnects; cancelling `shutdown_scope` (the registry's drain)
     ends it with `shutdown`. The avatar session is stopped in every case (shielded, bounded by RELAY_STOP_TIMEOUT)
     and, if the browser is still there, it is told why the conversation ended. Returns the record of what happened.
-    `authorize`, when given, checks the `start` message's token before anything upstream is called: it returns
-    what the token allows, or raises ConversationOver (`unauthorized`, `capacity`) to refuse it. `grant`: what the
-    token checked at the handshake allows.
+    `start`: the browser's `start`, when the caller has read it already (the web layer reads it, and verifies its
+    token, before the conversation takes a seat: `relay.server.opening`); otherwise it is read here, within
+    RELAY_START_TIMEOUT. `grant`: what the client's token allows.
 
     A cancellation from outside is the browser leaving when `browser_left()` says so (or when it is not given);
     otherwise the server cut the conversation (hypercorn's grace period ended, ...): the browser is told `shutdown`
@@ -119,9 +120,8 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
     shutdown_scope = shutdown_scope or trio.CancelScope()
     try:
         with shutdown_scope:
-            start = await _receive_start(browser, settings)
-            if authorize is not None:
-                grant = await authorize(start.token)
+            if start is None:
+                start = await receive_start(browser, settings)
             grant = grant or Grant()
             _check_overrides(start, grant, settings)
             with trio.move_on_after(min(settings.relay_max_duration, grant.max_duration or math.inf)) \
@@ -192,14 +192,29 @@ def _finish(record: ConversationRecord, up: Upstreams) -> None:
     current_conversation.set(None)
 
 
-async def _receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
-    with trio.move_on_after(settings.relay_idle_timeout) as scope:
+@overload
+async def receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start: ...
+@overload
+async def receive_start(browser: BrowserSocket, settings: Settings, *, resumable: bool) -> bp.Start | bp.Resume: ...
+
+
+async def receive_start(browser: BrowserSocket, settings: Settings, *, resumable: bool = False) -> bp.Start | bp.Resume:
+    """Read the browser's first frame, which must be a `start` (or, with `resumable`, a `resume`) of at most
+    RELAY_MAX_START_BYTES, for at most RELAY_START_TIMEOUT seconds. Raises ConversationOver (`timeout`,
+    `protocol_error`) otherwise; cancelled by the caller's scope."""
+    with trio.move_on_after(settings.relay_start_timeout) as scope:
         frame = await browser.receive()
     if scope.cancelled_caught:
-        raise ConversationOver.failed("timeout", "no 'start' message received")
+        raise ConversationOver.failed("timeout", f"no 'start' message received within "
+                                      f"{settings.relay_start_timeout:g} s")
     if not isinstance(frame, str):
         raise ConversationOver.failed("protocol_error", "the first message must be a 'start' text frame")
+    limit = min(settings.relay_max_start_bytes, settings.relay_max_frame_bytes)
+    if len(frame) > limit:
+        raise ConversationOver.failed("protocol_error", f"'start' larger than {limit} bytes")
     try:
+        if resumable and (resume := bp.parse_resume(frame)) is not None:
+            return resume
         event = bp.parse_text_frame(frame)
     except bp.ProtocolError as exc:
         raise ConversationOver.failed("protocol_error", f"the first message must be 'start': {exc}") from None

@@ -1,9 +1,11 @@
 """The QuartTrio app, read top to bottom: `create_app` builds it (settings, logging, the ASGI guards, who gets in, the
-state, the start-up of the upstreams, `/ws`, the page and the probes); `conversation_socket` is `/ws`, which hands the
-socket to `relay.nursery.run_conversation` (no conversation logic here). The parts live in `relay.server`: `state`
-(`RelayState`), `fleet_admission.choose_seating` (seats, registry, avatar budget), `upstreams` (what the lifespan
-starts and stops), `page` (the page, its files, `client-config.json`, its headers) and `probes` (health, readiness,
-metrics).
+state, the start-up of the upstreams, `/ws`, the page and the probes); `conversation_socket` is `/ws`, which checks
+the handshake and hands the socket to `relay.server.opening.Doorway` (its `start` and token read in a pre-start
+slot, then a seat and `relay.nursery.run_conversation`; no conversation logic here). The parts live in
+`relay.server`: `state` (`RelayState`), `fleet_admission.choose_seating` (seats, registry, avatar budget, token
+uses), `upstreams` (what the lifespan starts and stops), `page` (the page, its files, `client-config.json`, its
+headers), `probes` (health, readiness, metrics), `request_guard` and `ws_limits` (the ASGI guard and hypercorn's
+message bounds).
 
 `hypercorn -k trio relay.web:app` serves it; `app` builds the real app on first use, reading the environment and
 `.env` then, so a configuration error stops the server with a message instead of a traceback. That app also watches
@@ -23,26 +25,26 @@ from quart import abort, websocket
 from quart_trio import QuartTrio
 
 from relay.config import ConfigError, Settings
-from relay.conversation.endings import BrowserSocket, ConversationOver, tell_browser_and_close
-from relay.conversation.link import BrowserLink
+from relay.conversation.endings import ConversationOver
 from relay.net.http_keepalive import KeepAliveGuard
-from relay.nursery import Grant, run_conversation
 from relay.ops.fleet import Fleet
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
-from relay.protocol import browser as bp
 from relay.providers import table as providers
-from relay.server.admission import OVER_RATE, AdmissionRefused
-from relay.server.auth import Gate, HandshakeDecision, TokenClaims, TokenError, auth_problem, identity
+from relay.server.auth import Gate, auth_problem, chosen_protocol, identity, protocol_token
 from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
 from relay.server.fleet_admission import choose_seating, watch_seating
+from relay.server.opening import Doorway, ResumeDoor
 from relay.server.page import add_page_routes
+from relay.server.pending import PendingPool
 from relay.server.probes import add_probe_routes
+from relay.server.request_guard import GuardPolicy, RequestGuard
 from relay.server.resuming import held_table, resume_connection, serve_connection
 from relay.server.startup import StartupGuard, end_process
 from relay.server.state import RelayState, relay_state
 from relay.server.upstreams import conversation_hooks, start_upstreams, stop_upstreams
+from relay.server.ws_limits import limit_websocket_messages
 
 if TYPE_CHECKING:
     from relay.server.workers import WorkerRole
@@ -67,13 +69,19 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
         log.warning("RELAY_AUTH_SECRET is shorter than 32 bytes, below what HS256 calls for (RFC 7518 3.2): "
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     app = QuartTrio(__name__, static_folder=None)
-    app.asgi_app = NoteDepartures(KeepAliveGuard(app.asgi_app))  # type: ignore[method-assign]
+    # Message bounds inside hypercorn, then Host/path/metrics-token checks before anything else (relay.server.ws_limits,
+    # relay.server.request_guard).
+    limit_websocket_messages(app, settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
+    app.asgi_app = RequestGuard(NoteDepartures(KeepAliveGuard(app.asgi_app)),  # type: ignore[method-assign]
+                                GuardPolicy.from_settings(settings))
     note_browser_close_codes()  # a clean close (1000) ends a resumable conversation; a dropped one is held
 
     fleet = Fleet.from_settings(settings)
     seating = choose_seating(settings, fleet, worker)
     gate = Gate(settings)
     gate.allow_start = seating.keeper.allow_start
+    pending = PendingPool(settings.relay_max_pending, settings.relay_max_pending_per_client)  # sockets before `start`
+    seating.registry.close_waiting = pending.close_all
     state = app.extensions["relay"] = RelayState(settings, seating.registry, gate=gate, worker=worker, fleet=fleet,
                                                  avatar_budget=seating.avatar_budget)
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
@@ -83,7 +91,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     if held is not None:
         metrics.watch_held(lambda: held.held_count)
     if settings.relay_transcripts_dir:
-        state.transcripts = TranscriptWriter(settings.relay_transcripts_dir)
+        state.transcripts = TranscriptWriter(settings.relay_transcripts_dir, settings.relay_transcript_max_bytes)
     hooks = conversation_hooks(app, state, metrics)
 
     # A start-up failure is one line and exit status 1 under every entry point (relay.server.startup).
@@ -91,98 +99,51 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     guard.install(app, partial(start_upstreams, app, state, seating.keeper, hooks, own_shutdown=own_shutdown))
     app.after_serving(partial(stop_upstreams, state))
 
+    doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses)
+
     @app.websocket("/ws", endpoint="conversation_socket")
     async def ws() -> None:
-        await conversation_socket(state, app.nursery)
+        await conversation_socket(state, doorway, app.nursery)
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
     return app
 
 
-async def conversation_socket(state: RelayState, nursery: trio.Nursery) -> None:
-    """`/ws`: check the handshake (origin, token, start rate: refused before accepting, as plain HTTP), take a seat,
-    and run one conversation on the socket until it ends; a refusal after accepting is told to the browser. Cancelled
-    when the browser leaves (quart cancels the handler) or by the drain. With RELAY_RESUME_WINDOW > 0 the
-    conversation runs in `nursery` (the app's) so that a dropped connection does not end it, and a first frame
-    `resume` takes a held one over (`relay.server.resuming`)."""
+async def conversation_socket(state: RelayState, doorway: Doorway, nursery: trio.Nursery) -> None:
+    """`/ws`: check the handshake (origin, token — in `?token=` or Sec-WebSocket-Protocol —, start rate: refused
+    before accepting, as plain HTTP), then hand the socket to `doorway` (relay.server.opening: its first frame read in
+    a pre-start slot, a seat, the conversation). Cancelled when the browser leaves (quart cancels the handler) or by
+    the drain. With RELAY_RESUME_WINDOW > 0 the conversation runs in `nursery` (the app's) so that a dropped
+    connection does not end it, and a first frame `resume` takes a held one over (`relay.server.resuming`)."""
     assert state.upstreams is not None and state.gate is not None and state.metrics is not None
     gate, metrics = state.gate, state.metrics
     headers = websocket.headers
     decision = await gate.check_handshake(
         origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
-        forwarded_for=headers.get("x-forwarded-for"), query_token=websocket.args.get("token"),
-        now=trio.current_time())
+        forwarded_for=headers.get("x-forwarded-for"), forwarded_proto=headers.get("x-forwarded-proto"),
+        now=trio.current_time(),
+        query_token=websocket.args.get("token") or protocol_token(headers.get("sec-websocket-protocol")))
     if decision.refuse_status is not None:
         log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
         metrics.conversation_refused(f"http_{decision.refuse_status}")
         abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
     if decision.claims is not None:
         log.info("client token accepted client=%s", decision.client)
+    if (protocol := chosen_protocol(headers.get("sec-websocket-protocol"))) is not None:
+        await websocket.accept(subprotocol=protocol)
     browser = QuartBrowser(state.settings.relay_send_timeout)
-    if state.held is None or decision.over_rate:  # over the start rate: refused at once, as without resuming
-        await _converse(state, decision, browser, browser_left(websocket.scope))
-        return
-    # Resuming on: the first frame says whether this connection starts a conversation or resumes one.
-    first: str | bytes | None = None
-    with trio.move_on_after(state.settings.relay_idle_timeout) as waiting:
-        first = await browser.receive()
-    try:
-        if waiting.cancelled_caught:
-            raise ConversationOver.failed("timeout", "no 'start' message received")
-        resume = bp.parse_resume(first)
-    except bp.ProtocolError as exc:
-        await tell_browser_and_close(browser, ConversationOver.failed("protocol_error", str(exc)))
-        return
-    except ConversationOver as over:
-        await tell_browser_and_close(browser, over)
-        return
-    subject = None if decision.claims is None else identity(decision.claims, decision.client)
-    if resume is not None:
-        await resume_connection(state, browser, resume, subject, left_cleanly(websocket.scope))
-        return
-    await serve_connection(state, nursery, browser, first, subject,
-                           lambda link, gone: _converse(state, decision, link, gone),
-                           left_cleanly(websocket.scope))
-
-
-async def _converse(state: RelayState, decision: HandshakeDecision, browser: BrowserSocket,
-                    left: Callable[[], bool]) -> None:
-    """Take a seat and run one conversation on `browser` until it ends; a refusal is told to the browser."""
-    assert state.upstreams is not None and state.gate is not None and state.metrics is not None
-    upstreams, gate, metrics, registry = state.upstreams, state.gate, state.metrics, state.registry
-    try:
-        if decision.over_rate:
-            raise AdmissionRefused(OVER_RATE, why="start_rate")
-        async with registry.admit(decision.client) as shutdown_scope:
-            async def authorize(token: str | None) -> Grant:
-                try:
-                    claims = await gate.verify(token)
-                except TokenError as exc:
-                    raise ConversationOver.failed("unauthorized", str(exc)) from None
-                try:
-                    await registry.reassign(shutdown_scope, identity(claims, decision.client))
-                except AdmissionRefused as exc:
-                    metrics.admission_refused(exc.why)
-                    raise ConversationOver.failed(exc.code, str(exc)) from None
-                log.info("client token accepted client=%s", identity(claims, decision.client))
-                if isinstance(browser, BrowserLink):
-                    browser.subject = identity(claims, decision.client)  # a resume must come from the same
-                return _grant(claims)
-
-            await run_conversation(browser, upstreams, shutdown_scope,
-                                   authorize=authorize if decision.check_start else None,
-                                   grant=None if decision.claims is None else _grant(decision.claims),
-                                   browser_left=left)
-    except AdmissionRefused as exc:
-        metrics.conversation_refused(exc.code)
-        metrics.admission_refused(exc.why)
-        log.info("conversation refused: %s", exc)
-        await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
-
-
-def _grant(claims: TokenClaims) -> Grant:
-    return Grant(max_duration=claims.max_duration, overrides=claims.overrides)
+    resuming = None
+    if state.held is not None:
+        cleanly = left_cleanly(websocket.scope)
+        resuming = ResumeDoor(
+            resume=lambda socket, resume: resume_connection(
+                state, socket, resume, None if decision.claims is None else identity(decision.claims, decision.client),
+                cleanly),
+            start=lambda socket, subject, converse: serve_connection(state, nursery, socket, subject, converse,
+                                                                      cleanly))
+    await doorway.serve(browser, decision, state.upstreams, browser_left=browser_left(websocket.scope),
+                        resuming=resuming)
 
 
 class QuartBrowser:
@@ -255,6 +216,11 @@ class _AppOnFirstUse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._build()(scope, receive, send)
+
+    @property
+    def websocket_limits(self) -> Any:
+        """The built app's WebSocket message bounds, for hypercorn's streams (relay.server.ws_limits)."""
+        return getattr(self._app, "websocket_limits", None)
 
 
 app = _AppOnFirstUse()

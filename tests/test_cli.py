@@ -23,3 +23,16 @@ def test_the_token_command_mints_an_hs256_jwt(tmp_path: Path, monkeypatch: pytes
     claims = verify_jwt(token, KeySet(secret=SECRET))
     assert claims.subject == "auth0|user-7"
     assert main(["token", "--subject", "not allowed"]) == 2
+
+
+def test_every_token_has_a_subject_and_its_own_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """M2: a token is counted by its `jti` and names its user; without --subject one is made up for it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELAY_AUTH_SECRET", SECRET)
+    tokens = []
+    for _ in range(2):
+        assert main(["token"]) == 0
+        tokens.append(jwt.decode(capsys.readouterr().out.strip(), SECRET, algorithms=["HS256"]))
+    assert all(t["sub"] and t["jti"] for t in tokens)
+    assert tokens[0]["sub"] != tokens[1]["sub"] and tokens[0]["jti"] != tokens[1]["jti"]

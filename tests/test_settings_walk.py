@@ -45,6 +45,10 @@ INVALID: dict[str, str] = {
     "relay_redis_url": "localhost:6379",
     "relay_resume_route": "relay a.example",
     "relay_avatar": "puppet",  # not a provider of relay.providers.table, nor "none"
+    "relay_livekit_client_integrity": "sha384:not-base64!",
+    "relay_allowed_hosts": "https://relay.example",
+    "relay_trusted_proxies": "proxy.internal",
+    "relay_client_dynamic_variables": "customer name",
 }
 # ... or why any value is acceptable when the relay starts.
 ANY_VALUE: dict[str, str] = {
@@ -61,6 +65,9 @@ ANY_VALUE: dict[str, str] = {
     "relay_auth_secret": "any secret signs tokens (a short one is warned about at start-up)",
     "relay_auth_issuer": "any string a token's `iss` must equal",
     "relay_auth_audience": "any string a token's `aud` must hold",
+    "relay_metrics_token": "any secret a scraper sends as its bearer token",
+    "relay_livekit_client_dir": "a folder: a missing or changed livekit-client there is one start-up warning, where a "
+                                "real avatar needs it (relay.server.embed), not a refusal",
 }
 
 

@@ -228,19 +228,3 @@ class BrowserLink:
             receiving.cancel()
         self._detached.set()
         self._attached = trio.Event()
-
-
-class Prefaced:
-    """A connection whose first frame was read already (to see whether it is a `resume`): `receive` returns it
-    first."""
-
-    def __init__(self, socket: BrowserSocket, first: str | bytes | None) -> None:
-        self._socket, self._first, self._pending = socket, first, True
-        self.send = socket.send
-        self.close = socket.close
-
-    async def receive(self) -> str | bytes | None:
-        if self._pending:
-            self._pending = False
-            return self._first
-        return await self._socket.receive()

@@ -42,6 +42,7 @@ class ConversationRecord:
     traffic: Traffic = field(default_factory=Traffic)
     # Set by the transcript writer when RELAY_TRANSCRIPTS_DIR is on: the turns, in order (never audio).
     transcript: list[dict[str, Any]] | None = None
+    transcript_room: int = 4 * 2**20  # bytes the transcript may still grow by (RELAY_TRANSCRIPT_MAX_BYTES); < 0: cut
 
 
 current_conversation: ContextVar[ConversationRecord | None] = ContextVar("current_conversation", default=None)

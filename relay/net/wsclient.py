@@ -235,8 +235,8 @@ async def open_websocket(url: str, *, max_message_size: int = 2**20, subprotocol
     No timeout of its own: cancelled by the caller's scope at any point (the stream is closed)."""
     try:
         uri = parse_uri(url)
-    except InvalidURI as exc:
-        raise WebSocketConnectError(f"invalid WebSocket URL ({exc})") from None
+    except (InvalidURI, ValueError):  # ValueError: a port that is not a number
+        raise WebSocketConnectError("invalid WebSocket URL") from None  # never the URL: it carries a signature
     protocol = ClientProtocol(uri, subprotocols=subprotocols, max_size=max_message_size)  # type: ignore[arg-type]
     request = protocol.connect()
     for name, value in (extra_headers or {}).items():

@@ -3,7 +3,8 @@ Lines, one file per conversation, written once when it ends.
 
 A file holds a `conversation` line (ids, wall-clock start), then one line per turn in order — `user` (final
 transcript, or typed text), `agent` (reply text), `correction` (what was actually spoken of an interrupted reply),
-`interruption`, `tool_call` — each with `t`, seconds since the conversation opened, and last an `end` line
+`interruption`, `tool_call` — each with `t`, seconds since the conversation opened (at most
+RELAY_TRANSCRIPT_MAX_BYTES of them, then one `truncated` line), and last an `end` line
 (reason, error, message, duration, setup time, degraded). Never audio. The turns are collected in memory as the
 conversation goes (`note`, `note_agent_event`: plain functions, no I/O) and written in a worker thread at the end,
 so the trio loop never waits on the disk.
@@ -30,9 +31,19 @@ log = logging.getLogger("relay.transcripts")
 
 
 def note(record: ConversationRecord, kind: str, **fields: Any) -> None:
-    """Append one turn to the record's transcript (a no-op when transcripts are off)."""
-    if record.transcript is not None:
-        record.transcript.append({"type": kind, "t": round(time.monotonic() - record.started_at, 3), **fields})
+    """Append one turn to the record's transcript (a no-op when transcripts are off). A transcript holds at most
+    RELAY_TRANSCRIPT_MAX_BYTES (its JSON): the turn that would pass it is replaced by one `truncated` line, and
+    nothing more is collected."""
+    if record.transcript is None or record.transcript_room < 0:
+        return
+    turn = {"type": kind, "t": round(time.monotonic() - record.started_at, 3), **fields}
+    size = len(orjson.dumps(turn))
+    if size > record.transcript_room:
+        record.transcript.append({"type": "truncated", "t": turn["t"]})
+        record.transcript_room = -1
+        return
+    record.transcript_room -= size
+    record.transcript.append(turn)
 
 
 def note_agent_event(record: ConversationRecord, event: el.ServerEvent) -> None:
@@ -84,8 +95,9 @@ class TranscriptsDirUnusable(Exception):
 class TranscriptWriter:
     """Collects each conversation's turns and writes them to `directory` when it ends."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 4 * 2**20) -> None:
         self.directory = Path(directory)
+        self.max_bytes = max_bytes
         self._started: dict[str, datetime] = {}
 
     async def prepare(self) -> None:
@@ -107,6 +119,7 @@ class TranscriptWriter:
     def start(self, record: ConversationRecord) -> None:
         """Begin collecting `record`'s turns (a `ConversationHooks.on_start` hook)."""
         record.transcript = []
+        record.transcript_room = self.max_bytes
         self._started[record.relay_id] = datetime.now(UTC)
 
     def agent_event(self, record: ConversationRecord, event: el.ServerEvent) -> None:

@@ -45,10 +45,11 @@ DynamicValue = StrictStr | StrictInt | float | StrictBool
 
 class Start(_Frame):
     type: Literal["start"]
-    dynamic_variables: dict[str, DynamicValue] = Field(default_factory=dict)
+    dynamic_variables: dict[Annotated[str, Field(max_length=128)], DynamicValue] = Field(default_factory=dict,
+                                                                                         max_length=128)
     overrides: dict[str, Any] = Field(default_factory=dict)
     custom_llm_extra_body: dict[str, Any] | None = None
-    user_id: StrictStr | None = None
+    user_id: Annotated[StrictStr, Field(max_length=256)] | None = None
     token: StrictStr | None = None
 
 
@@ -162,6 +163,24 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+MAX_DEPTH: Final = 32  # JSON nesting of a client frame (overrides are a few levels deep)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests objects or arrays more than `limit` levels deep (walked without recursion,
+    so no depth can exhaust the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def parse_text_frame(text: str) -> ClientEvent:
     """Parse one client text frame. Raises ProtocolError naming what is wrong."""
     try:
@@ -170,6 +189,8 @@ def parse_text_frame(text: str) -> ClientEvent:
         raise ProtocolError("text frames must be JSON objects") from None
     if not isinstance(raw, dict):
         raise ProtocolError("text frames must be JSON objects")
+    if nested_deeper_than(raw, MAX_DEPTH):
+        raise ProtocolError(f"JSON nested more than {MAX_DEPTH} levels deep")
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("message has no string 'type'")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -20,9 +20,10 @@ import trio
 
 from relay.server.limits import StartRateLimiter
 
-RefusalCode = Literal["capacity", "shutdown", "upstream_unavailable"]
+RefusalCode = Literal["capacity", "shutdown", "upstream_unavailable", "unauthorized"]
 # Why a conversation was refused, finer than the browser's code: the label of the admission refusals metric.
-RefusalWhy = Literal["shutdown", "max_conversations", "per_client", "start_rate", "redis_unavailable"]
+RefusalWhy = Literal["shutdown", "max_conversations", "per_client", "start_rate", "redis_unavailable", "pre_start",
+                     "token_used"]
 
 
 class AdmissionRefused(Exception):
@@ -157,6 +158,7 @@ class Registry:
     shutting_down: bool = False
     shared: SharedCap | None = None
     keeper: SeatKeeper | None = None  # None: LocalSeats from the caps (and `shared`)
+    close_waiting: Callable[[], None] | None = None  # ends the sockets still waiting to start (PendingPool)
     _scopes: set[trio.CancelScope] = field(default_factory=set)
     _seat_of: dict[trio.CancelScope, tuple[str, str]] = field(default_factory=dict)  # scope -> (seat, client)
     _idle: trio.Event = field(default_factory=trio.Event)
@@ -220,6 +222,8 @@ class Registry:
         """Stop admitting, end every open conversation (each tells its browser `shutdown` and stops its avatar
         session) and wait up to `grace` seconds for them to finish. Returns how many were still open then."""
         self.shutting_down = True
+        if self.close_waiting is not None:
+            self.close_waiting()
         for scope in list(self._scopes):
             scope.cancel()
         with trio.move_on_after(grace):

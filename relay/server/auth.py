@@ -25,9 +25,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from relay.config import Settings
 from relay.server.limits import StartRateLimiter
+from relay.server.token_uses import use_key
 
 VERSION = "v1"
 MAX_V1_TOKEN_CHARS = 256
@@ -56,14 +59,18 @@ class TokenError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
-    """A verified token: `subject` its `sub` (may be empty), `expires` its `exp`; `max_duration` (seconds, from
-    `relay_max_duration`) caps the conversation, `overrides` False (`relay_overrides: false`) forbids agent
-    overrides in `start`."""
+    """A verified token: `subject` its `sub` (may be empty; the agent's `user_id` when set), `expires` its `exp`;
+    `max_duration` (seconds, from `relay_max_duration`) caps the conversation, `overrides` False
+    (`relay_overrides: false`) forbids agent overrides in `start`; `dynamic_variables` are set by the token and win
+    over the browser's."""
 
     subject: str
     expires: int
     max_duration: float | None = None
     overrides: bool = True
+    use_key: str = ""  # what its uses are counted under (relay.server.token_uses.use_key)
+    max_conversations: int | None = None  # `relay_max_conversations`: conversations it buys (default: the setting)
+    dynamic_variables: Mapping[str, str | int | float | bool] | None = None  # `relay_dynamic_variables`
 
 
 def _signature(secret: str, payload: str) -> str:
@@ -97,7 +104,7 @@ def verify_token(secret: str, token: str | None, *, now: float | None = None) ->
     expires = int(parts[1])
     if expires <= (time.time() if now is None else now):
         raise TokenError("the client token has expired")
-    return TokenClaims(subject=parts[2], expires=expires)
+    return TokenClaims(subject=parts[2], expires=expires, use_key=use_key(token, None, None))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -131,7 +138,8 @@ class KeySet:
         public = settings.relay_auth_public_key
         return cls(secret=secret.get_secret_value() if secret is not None else None,
                    public_key=load_public_key(public) if public else None,
-                   issuer=settings.relay_auth_issuer or None, audience=settings.relay_auth_audience or None,
+                   issuer=settings.relay_auth_issuer or None,
+                   audience=None if settings.relay_auth_audience in (None, "", "*") else settings.relay_auth_audience,
                    leeway=settings.relay_auth_leeway, accept_v1=settings.relay_auth_v1)
 
 
@@ -212,8 +220,9 @@ def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_claims(claims: Mapping[str, Any], keys: KeySet, now: float) -> TokenClaims:
-    """The registered and relay claims of a token whose signature is verified (pure; `now` a Unix time)."""
+def check_claims(claims: Mapping[str, Any], keys: KeySet, now: float, token: str = "") -> TokenClaims:
+    """The registered and relay claims of a token (`token`, whose signature is verified; pure, `now` a Unix
+    time)."""
     exp = claims.get("exp")
     if not _number(exp):
         raise TokenError("the client token has no expiry (exp)")
@@ -245,8 +254,28 @@ def check_claims(claims: Mapping[str, Any], keys: KeySet, now: float) -> TokenCl
     overrides = claims.get("relay_overrides", True)
     if not isinstance(overrides, bool):
         raise TokenError("the client token's relay_overrides claim is not true or false")
+    conversations = claims.get("relay_max_conversations")
+    if conversations is not None and (not isinstance(conversations, int) or isinstance(conversations, bool)
+                                      or not 0 < conversations <= 1000):
+        raise TokenError("the client token's relay_max_conversations claim is not a whole number from 1 to 1000")
+    variables = claims.get("relay_dynamic_variables")
+    if variables is not None and not _dynamic_variables(variables):
+        raise TokenError("the client token's relay_dynamic_variables claim is not an object of names to strings, "
+                         "numbers or booleans")
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= 256):
+        raise TokenError("the client token's jti claim is not a string of 1-256 characters")
+    issuer = claims.get("iss")
     return TokenClaims(subject=subject, expires=int(exp), max_duration=None if max_duration is None else
-                       float(max_duration), overrides=overrides)
+                       float(max_duration), overrides=overrides,
+                       use_key=use_key(token, jti, issuer if isinstance(issuer, str) else None),
+                       max_conversations=conversations, dynamic_variables=variables)
+
+
+def _dynamic_variables(value: object) -> TypeGuard[Mapping[str, str | int | float | bool]]:
+    return isinstance(value, dict) and len(value) <= 128 and all(
+        isinstance(name, str) and 0 < len(name) <= 128 and isinstance(item, str | int | float | bool)
+        for name, item in value.items())
 
 
 _DECODE_OPTIONS: Any = {"verify_signature": True, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
@@ -281,18 +310,19 @@ def verify_jwt(token: str | None, keys: KeySet, *, now: float | None = None,
         raise TokenError("the client token is malformed") from None
     if not isinstance(claims, dict):
         raise TokenError("the client token is malformed")
-    return check_claims(claims, keys, time.time() if now is None else now)
+    return check_claims(claims, keys, time.time() if now is None else now, token)
 
 
 def mint_jwt(secret: str, *, ttl: float = 300.0, subject: str = "", now: float | None = None,
              **claims: Any) -> str:
-    """An HS256 JWT valid for `ttl` seconds from `now` for `subject` (`avatar-relay token`)."""
+    """An HS256 JWT valid for `ttl` seconds from `now` for `subject` (`avatar-relay token`), with a fresh `jti`
+    (its uses are counted by it)."""
     if not secret:
         raise ValueError("the token secret is empty")
     if subject and not _JWT_SUBJECT.fullmatch(subject):
         raise ValueError("subject must be 1-128 characters of A-Z a-z 0-9 _ . @ | : + = -")
     issued = int(time.time() if now is None else now)
-    payload: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), **claims}
+    payload: dict[str, Any] = {"iat": issued, "exp": issued + int(ttl), "jti": secrets.token_urlsafe(16), **claims}
     if subject:
         payload["sub"] = subject
     return jwt.encode(payload, secret, algorithm="HS256")
@@ -319,6 +349,10 @@ def auth_problem(settings: Settings) -> str | None:
             load_public_key(settings.relay_auth_public_key)
         except ValueError as exc:
             return str(exc)
+    if (settings.relay_auth_jwks_url or settings.relay_auth_public_key) and not settings.relay_auth_audience:
+        return ("RELAY_AUTH_AUDIENCE is required with RELAY_AUTH_JWKS_URL or RELAY_AUTH_PUBLIC_KEY: without it any "
+                "token your identity provider signs for any application would open conversations (set it to the "
+                "`aud` your tokens for this relay carry, or to * for a key pair used by nothing else)")
     if url := settings.relay_auth_jwks_url:
         parts = urlsplit(url)
         if not (parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1",
@@ -346,11 +380,12 @@ def _normalise_origin(origin: str) -> str:
     return origin
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str], scheme: str | None = None) -> bool:
     """May a WebSocket with this `Origin` header (sent by browsers) open on a relay reached as `host`?
 
     No Origin: not a browser, so not a hijacking risk (tokens still apply). The relay's own page (Origin host equal
-    to the Host header) is always allowed; otherwise the origin must be listed, or the list must hold "*".
+    to the Host header, and, when `scheme` is known — a trusted proxy's X-Forwarded-Proto — the same scheme) is
+    always allowed; otherwise the origin must be listed, or the list must hold "*".
     """
     if origin is None:
         return True
@@ -360,22 +395,97 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
     if normalised == "null" or host is None:
         return False
     parts = urlsplit(normalised)
+    if scheme is not None and parts.scheme != scheme:
+        return False
     return parts.scheme in ("http", "https") and parts.netloc == host.strip().lower()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A token in the WebSocket protocol header (never in a URL a proxy logs)
+
+PROTOCOL = "avatar-relay"
+_TOKEN_PROTOCOL = PROTOCOL + ".token."
+
+
+def offered_protocols(header: str | None) -> list[str]:
+    return [p.strip() for p in (header or "").split(",") if p.strip()]
+
+
+def protocol_token(header: str | None) -> str | None:
+    """The token a client offered as the subprotocol `avatar-relay.token.<token>` (Sec-WebSocket-Protocol), if any."""
+    for protocol in offered_protocols(header):
+        if protocol.startswith(_TOKEN_PROTOCOL):
+            return protocol[len(_TOKEN_PROTOCOL):]
+    return None
+
+
+def chosen_protocol(header: str | None) -> str | None:
+    """The subprotocol to accept the socket with: `avatar-relay` when the client offered it (a browser that offers
+    subprotocols drops a socket accepted without one), else none."""
+    return PROTOCOL if PROTOCOL in offered_protocols(header) else None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Client address
 
 
-def client_address(remote_addr: str | None, forwarded_for: str | None, *, trust_forwarded_for: bool) -> str:
-    """The address a conversation is counted against. Behind a trusted proxy (RELAY_TRUST_FORWARDED_FOR), the
-    last address of X-Forwarded-For (the one that proxy saw and appended); the earlier ones are the client's to
-    forge, so they are ignored. Otherwise the socket's peer address."""
-    if trust_forwarded_for and forwarded_for:
-        last = forwarded_for.split(",")[-1].strip()
-        if last:
-            return last[:64]
-    return remote_addr or "unknown"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def trusted_proxies(settings: Settings) -> tuple[Network, ...]:
+    """Whose X-Forwarded-For is believed: RELAY_TRUSTED_PROXIES (addresses and networks), else, with
+    RELAY_TRUST_FORWARDED_FOR alone, a proxy on this machine (loopback peers); else nobody."""
+    listed = tuple(ipaddress.ip_network(part.strip(), strict=False)
+                   for part in settings.relay_trusted_proxies.split(",") if part.strip())
+    if listed:
+        return listed
+    return LOOPBACK if settings.relay_trust_forwarded_for else ()
+
+
+def _is_trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address.strip().strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        parsed = parsed.ipv4_mapped
+    return any(parsed in network for network in proxies)
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None, *, proxies: tuple[Network, ...] = (),
+                   ipv6_prefix: int = 64) -> str:
+    """The client a conversation is counted against: the socket's peer address, unless that peer is a trusted
+    proxy (`proxies`, RELAY_TRUSTED_PROXIES): then the right-most X-Forwarded-For address that is not itself a
+    trusted proxy (each proxy appends the address it saw; everything left of the first untrusted one is the client's
+    to forge). An IPv6 address stands for its whole network of `ipv6_prefix` bits (RELAY_CLIENT_IPV6_PREFIX: one
+    host usually has a whole /64 to choose from), written `2001:db8:1:2::/64`; an IPv4-mapped IPv6 address is its
+    IPv4 address."""
+    address = remote_addr or "unknown"
+    if forwarded_for and proxies and _is_trusted(address, proxies):
+        for hop in reversed(forwarded_for.split(",")):
+            hop = hop.strip()[:64]
+            if not hop:
+                continue
+            address = hop
+            if not _is_trusted(hop, proxies):
+                break
+    return client_network(address, ipv6_prefix)
+
+
+def client_network(address: str, ipv6_prefix: int) -> str:
+    """`address` as the client it counts as: an IPv6 address as its network of `ipv6_prefix` bits, anything else
+    (IPv4, a name, "unknown") as it is."""
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]").split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        if ipv6_prefix < 128:
+            return str(ipaddress.ip_network(f"{parsed}/{ipv6_prefix}", strict=False))
+    return str(parsed)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -412,7 +522,8 @@ class Gate:
         self.jwks = jwks
         self.clock = clock
         self.origins = allowed_origins(settings)
-        self.trust_forwarded_for = settings.relay_trust_forwarded_for
+        self.proxies = trusted_proxies(settings)
+        self.ipv6_prefix = settings.relay_client_ipv6_prefix
         self.starts = StartRateLimiter(settings.relay_max_starts_per_minute)
         # Takes one conversation start for a client address; the app points it at its seat keeper (the fleet's
         # shared rate with Redis).
@@ -435,10 +546,14 @@ class Gate:
         return verify_jwt(token, self.keys, now=self.clock(), public=public)
 
     async def check_handshake(self, *, origin: str | None, host: str | None, remote_addr: str | None,
-                              forwarded_for: str | None, query_token: str | None, now: float) -> HandshakeDecision:
+                              forwarded_for: str | None, query_token: str | None, now: float,
+                              forwarded_proto: str | None = None) -> HandshakeDecision:
         """Decide on one WebSocket upgrade before it is accepted (nothing upstream has been called)."""
-        client = client_address(remote_addr, forwarded_for, trust_forwarded_for=self.trust_forwarded_for)
-        if not origin_allowed(origin, host, self.origins):
+        client = client_address(remote_addr, forwarded_for, proxies=self.proxies, ipv6_prefix=self.ipv6_prefix)
+        scheme = None
+        if forwarded_proto and remote_addr and _is_trusted(remote_addr, self.proxies):
+            scheme = forwarded_proto.split(",")[-1].strip().lower()
+        if not origin_allowed(origin, host, self.origins, scheme if scheme in ("http", "https") else None):
             return HandshakeDecision(client, refuse_status=403)
         if not await self.allow_start(client, now):  # before the token: guessing tokens costs starts too
             return HandshakeDecision(client, over_rate=True)

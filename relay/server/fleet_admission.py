@@ -32,6 +32,7 @@ from relay.ops.fleet import Fleet, FleetUnavailable
 from relay.ops.metrics import RelayMetrics
 from relay.server.admission import AdmissionRefused, LocalSeats, Registry, SeatKeeper, SharedCap, full, over_cap
 from relay.server.seats import SharedAvatarBudget
+from relay.server.token_uses import LocalTokenUses, SharedTokenUses, TokenUses, UseVerdict
 
 if TYPE_CHECKING:
     from relay.server.workers import WorkerRole
@@ -116,6 +117,30 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
 """
 
 
+# KEYS: the token's record (a hash: `opened`), its open conversation (a sorted set scored by lease expiry). ARGV:
+# member, lease ms, allowed conversations, the token's expiry (Unix ms). Returns 'ok', 'busy' or 'used'.
+_TOKEN_USE = _NOW_MS + """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= 1 then return 'busy' end
+local opened = tonumber(redis.call('HGET', KEYS[1], 'opened')) or 0
+if opened >= tonumber(ARGV[3]) then return 'used' end
+redis.call('HINCRBY', KEYS[1], 'opened', 1)
+redis.call('PEXPIREAT', KEYS[1], math.max(tonumber(ARGV[4]), now + tonumber(ARGV[2])))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 'ok'
+"""
+
+# KEYS: the open-conversation sets of the tokens this relay holds. ARGV: lease ms, then one member per key.
+_TOKEN_RENEW = _NOW_MS + """
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[1 + i])
+  redis.call('PEXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The admission limits, from the settings."""
@@ -146,6 +171,8 @@ class FleetSeats:
     outage: OutagePolicy = "refuse"
     local: LocalSeats = field(init=False)
     avatars: set[str] = field(default_factory=set)  # avatar seats this relay holds
+    token_uses: dict[str, str] = field(default_factory=dict)  # use -> token key: the open conversations on tokens
+    local_tokens: LocalTokenUses = field(default_factory=LocalTokenUses)  # under the `local` outage policy
     fleet_taken: int = 0  # the fleet's seats, as Redis last said
     fleet_avatars: int = 0  # the fleet's avatar seats, as Redis last said
     _sync: trio.Lock = field(default_factory=trio.Lock)  # a renewal never re-adds a seat released meanwhile
@@ -155,7 +182,8 @@ class FleetSeats:
         self.local = LocalSeats(self.limits.max_conversations, self.limits.max_per_client,
                                 self.limits.starts_per_minute)
         for name, lua in (("admit", _ADMIT), ("move", _MOVE), ("release", _RELEASE), ("start", _START),
-                          ("avatar", _AVATAR), ("renew", _RENEW)):
+                          ("avatar", _AVATAR), ("renew", _RENEW), ("token_use", _TOKEN_USE),
+                          ("token_renew", _TOKEN_RENEW)):
             self._scripts[name] = Script(None, lua)
 
     @property
@@ -294,6 +322,38 @@ class FleetSeats:
                 return
             self.fleet_avatars = max(0, self.fleet_avatars - 1)
 
+    # -- client tokens (relay.server.token_uses) ---------------------------------------------------------------
+
+    def _token_keys(self, key: str) -> list[str]:
+        return [self.fleet.key("token", key), self.fleet.key("token-open", key)]
+
+    async def begin_use(self, use: str, key: str, expires: float, allowed: int) -> UseVerdict:
+        """One conversation on the token `key`, counted by the whole fleet."""
+        if self.fleet.healthy:
+            try:
+                verdict = await self._shielded("token_use", self._token_keys(key),
+                                               [self._member(use), self.fleet.lease_ms, allowed, int(expires * 1000)])
+            except FleetUnavailable:
+                pass
+            else:
+                if verdict == "ok":
+                    self.token_uses[use] = key
+                return verdict  # type: ignore[no-any-return]
+        if self.outage == "refuse":
+            raise _refused_by_outage()
+        return await self.local_tokens.begin_use(use, key, expires, allowed)
+
+    async def end_use(self, use: str) -> None:
+        await self.local_tokens.end_use(use)
+        async with self._sync:
+            key = self.token_uses.pop(use, None)
+            if key is None or not self.fleet.healthy:
+                return  # not renewed any more: the open mark expires with the lease
+            try:
+                await self._script("release", [self.fleet.key("token-open", key)], [self._member(use)])
+            except FleetUnavailable:
+                return
+
     # -- leases ----------------------------------------------------------------------------------------------------
 
     async def renew(self) -> None:
@@ -306,6 +366,10 @@ class FleetSeats:
             args += [self._member(seat) for seat, _ in seats]
             args += [self._member(seat) for seat in self.avatars]
             taken, avatars = await self._script("renew", keys, args)
+            if self.token_uses:
+                uses = list(self.token_uses.items())
+                await self._script("token_renew", [self.fleet.key("token-open", key) for _, key in uses],
+                                   [self.fleet.lease_ms, *(self._member(use) for use, _ in uses)])
         self.fleet_taken, self.fleet_avatars = int(taken), int(avatars)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -335,16 +399,18 @@ def seat_keeper(settings: Settings, fleet: Fleet | None, shared: SharedCap | Non
 @dataclass(frozen=True)
 class Seating:
     """Who gets in, as chosen for one app: the `keeper` of the conversations' seats, the `registry` of the open
-    conversations that asks it, and the avatar budget (RELAY_MAX_AVATAR_SESSIONS; None without one)."""
+    conversations that asks it, the avatar budget (RELAY_MAX_AVATAR_SESSIONS; None without one) and who counts the
+    client tokens' conversations (`uses`, beside the seats)."""
 
     keeper: LocalSeats | FleetSeats
     registry: Registry
     avatar_budget: AvatarBudget | None
+    uses: TokenUses
 
 
 def choose_seating(settings: Settings, fleet: Fleet | None, worker: WorkerRole | None) -> Seating:
-    """The seats and the avatar budget for these settings: the fleet's in Redis with RELAY_REDIS_URL, else this
-    machine's shared by `serve --workers N`'s workers (`worker`), else this process's."""
+    """The seats, the avatar budget and the token uses for these settings: the fleet's in Redis with
+    RELAY_REDIS_URL, else this machine's shared by `serve --workers N`'s workers (`worker`), else this process's."""
     keeper = seat_keeper(settings, fleet, None if fleet is not None or worker is None
                          else worker.seats(settings.relay_max_conversations))
     registry = Registry(settings.relay_max_conversations, settings.relay_max_conversations_per_client, keeper=keeper)
@@ -352,7 +418,7 @@ def choose_seating(settings: Settings, fleet: Fleet | None, worker: WorkerRole |
     if (size := settings.relay_max_avatar_sessions) is not None:
         budget = keeper if isinstance(keeper, FleetSeats) else \
             LocalAvatarBudget(size) if worker is None else SharedAvatarBudget(worker.avatar_seats(size))
-    return Seating(keeper, registry, budget)
+    return Seating(keeper, registry, budget, token_uses(keeper, worker))
 
 
 def watch_seating(metrics: RelayMetrics, seating: Seating) -> None:
@@ -368,5 +434,15 @@ def watch_seating(metrics: RelayMetrics, seating: Seating) -> None:
         metrics.watch_fleet(avatars_held=lambda: len(local_budget.held))
 
 
+def token_uses(keeper: LocalSeats | FleetSeats, worker: WorkerRole | None) -> TokenUses:
+    """Who counts the client tokens' conversations, beside the seats: the fleet's keeper in Redis, else this
+    machine's workers' shared table, else this process."""
+    if isinstance(keeper, FleetSeats):
+        return keeper
+    if worker is not None:
+        return SharedTokenUses(worker.seats(0))
+    return LocalTokenUses()
+
+
 __all__ = ["FleetSeats", "Limits", "OutagePolicy", "SeatKeeper", "Seating", "choose_seating", "seat_keeper",
-           "watch_seating"]
+           "token_uses", "watch_seating"]

@@ -2,7 +2,9 @@
 the settings. Pure (no I/O).
 
 The Content-Security-Policy allows exactly what the page uses: its own origin (its modules, styles, the audio
-worklet, `client-config.json` and its WebSocket), the livekit-client module's origin (RELAY_LIVEKIT_CLIENT_URL),
+worklet, `client-config.json` and its WebSocket, and by default livekit-client: the relay's own copy), an operator's
+livekit-client module's exact URL (RELAY_LIVEKIT_CLIENT_URL: fetched with its Subresource Integrity checked and run
+from a `blob:` URL, or, without an integrity, imported),
 the LiveKit hosts of RELAY_PAGE_CONNECT_SRC (signalling over wss:, region lookup over https:), media from
 MediaStreams; `frame-ancestors` is RELAY_FRAME_ANCESTORS (default 'self'). The microphone may be used by the page's
 origin and the origins allowed to frame it, nothing else.
@@ -22,11 +24,24 @@ def _origin(url: str) -> str | None:
     return None
 
 
+def _exact(url: str) -> str | None:
+    """`url` as a CSP source matching that one file (no query or fragment), or None if it is not absolute."""
+    parts = urlsplit(url)
+    if _origin(url) is None or any(c in url for c in " ;,'"):
+        return None
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
 def content_security_policy(settings: Settings) -> str:
     scripts = ["'self'"]
-    if (module := _origin(settings.relay_livekit_client_url)) is not None:
-        scripts.append(module)
     connect = ["'self'", *settings.relay_page_connect_src.split()]
+    if (module := _exact(settings.relay_livekit_client_url)) is not None:
+        if settings.livekit_client_integrity:
+            # Fetched with its integrity checked, then run from a blob: URL (relay/static/livekit.js).
+            connect.append(module)
+            scripts.append("blob:")
+        else:
+            scripts.append(module)
     ancestors = settings.relay_frame_ancestors.split() or ["'none'"]
     directives = [
         "default-src 'none'",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay.conversation.endings import BrowserSocket, ConversationOver, tell_browser_and_close
-from relay.conversation.link import BrowserLink, Prefaced
+from relay.conversation.link import BrowserLink
 from relay.protocol import browser as bp
 from relay.protocol.resume import ResumeRefused
 from relay.server.resume import HeldTable, Hold
@@ -43,20 +43,21 @@ def held_table(state: RelayState) -> HeldTable | None:
                      lifetime=settings.relay_max_duration + settings.relay_resume_window)
 
 
-async def serve_connection(state: RelayState, nursery: trio.Nursery, socket: BrowserSocket,
-                           first: str | bytes | None, subject: str | None,
+async def serve_connection(state: RelayState, nursery: trio.Nursery, socket: BrowserSocket, subject: str | None,
                            converse: Callable[[BrowserSocket, Callable[[], bool]], Awaitable[None]],
                            left_cleanly: Callable[[], bool | None]) -> None:
-    """Start a conversation on `socket` (whose first frame, already read, is `first`) in `nursery`, and serve it
-    until it ends or another connection takes it over. `converse(link, browser_left)` runs the conversation (seat
-    and all). Cancelled when the connection ends: `left_cleanly()` (True for the browser's close 1000, None when the
-    browser did not leave: the server cut the connection) says whether the conversation is held."""
+    """Start a conversation on `socket` (whose `start` the doorway has read and verified: `relay.server.opening`) in
+    `nursery`, and serve it until it ends or another connection takes it over. `converse(link, browser_left)` runs
+    the conversation (seat, token use and all); `subject` is who started it (a client token's identity), whom a
+    resume must come from too. Cancelled when the connection ends: `left_cleanly()` (True for the browser's close
+    1000, None when the browser did not leave: the server cut the connection) says whether the conversation is
+    held."""
     table = state.held
     assert table is not None
     link = BrowserLink(table.window, state.settings.relay_send_timeout, lambda: table.issue(hold))
     link.subject = subject
     hold = Hold(link)
-    connection = Prefaced(socket, first)
+    connection = socket
     link.attach_first(connection)
 
     async def conversation() -> None:

@@ -28,13 +28,23 @@ CONVERSATIONS, AVATARS = 0, 1
 _REGIONS = 2
 
 
+# After the counters: the machine's client-token uses (`TokenTable`), TOKEN_SLOTS slots of (key digest, expiry in
+# Unix seconds, conversations opened, the worker holding its open conversation + 1, or 0).
+_TOKEN = struct.Struct("<16sqii")
+TOKEN_SLOTS = 16384
+
+
+def _counters_size(workers: int) -> int:
+    return _SLOT.size * workers * _REGIONS
+
+
 def create_seats_file(workers: int) -> int:
-    """A fresh, unlinked, zeroed file with one counter per worker; returns its descriptor (inheritable, for the
-    workers). The caller closes it."""
+    """A fresh, unlinked, zeroed file with one counter per worker and the token table; returns its descriptor
+    (inheritable, for the workers). The caller closes it."""
     handle = tempfile.TemporaryFile()
     fd = os.dup(handle.fileno())
     handle.close()
-    os.ftruncate(fd, _SLOT.size * workers * _REGIONS)
+    os.ftruncate(fd, _counters_size(workers) + _TOKEN.size * TOKEN_SLOTS)
     os.set_inheritable(fd, True)
     return fd
 
@@ -49,7 +59,7 @@ class Seats:
         self._index = index
         self._base = region * workers
         self.limit = limit
-        self._map = mmap.mmap(fd, _SLOT.size * workers * _REGIONS)
+        self._map = mmap.mmap(fd, _counters_size(workers) + _TOKEN.size * TOKEN_SLOTS)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -87,10 +97,58 @@ class Seats:
             return self._total()
 
     def clear(self, index: int) -> None:
-        """Forget worker `index`'s seats of every kind (the supervisor, once that worker has exited)."""
+        """Forget worker `index`'s seats of every kind, and the open conversations it held on client tokens (the
+        supervisor, once that worker has exited)."""
         with self._locked():
             for region in range(_REGIONS):
                 _SLOT.pack_into(self._map, (region * self._workers + index) * _SLOT.size, 0)
+            base = _counters_size(self._workers)
+            for slot in range(TOKEN_SLOTS):
+                offset = base + slot * _TOKEN.size
+                digest, expires, uses, holder = _TOKEN.unpack_from(self._map, offset)
+                if holder == index + 1:
+                    _TOKEN.pack_into(self._map, offset, digest, expires, uses, 0)
+
+    def begin_token_use(self, digest: bytes, expires: int, allowed: int, now: int) -> str:
+        """Open one conversation on the token whose key is `digest` (16 bytes), valid until `expires` (Unix
+        seconds): "ok", "busy" (a conversation of it is open), "used" (`allowed` opened already) or "full" (the
+        table holds TOKEN_SLOTS live tokens). Open addressing; an expired slot is reused."""
+        with self._locked():
+            base = _counters_size(self._workers)
+            start = int.from_bytes(digest[:4], "little") % TOKEN_SLOTS
+            free: int | None = None
+            for step in range(TOKEN_SLOTS):
+                offset = base + ((start + step) % TOKEN_SLOTS) * _TOKEN.size
+                found, until, uses, holder = _TOKEN.unpack_from(self._map, offset)
+                if found == digest and until >= now:
+                    if holder:
+                        return "busy"
+                    if uses >= allowed:
+                        return "used"
+                    _TOKEN.pack_into(self._map, offset, digest, max(until, expires), uses + 1, self._index + 1)
+                    return "ok"
+                if until < now and not holder and free is None:
+                    free = offset
+                if until == 0 and not holder:
+                    break  # never used: the key is not further on
+            if free is None:
+                return "full"
+            _TOKEN.pack_into(self._map, free, digest, expires, 1, self._index + 1)
+            return "ok"
+
+    def end_token_use(self, digest: bytes) -> None:
+        """The conversation this worker opened on the token `digest` has ended."""
+        with self._locked():
+            base = _counters_size(self._workers)
+            start = int.from_bytes(digest[:4], "little") % TOKEN_SLOTS
+            for step in range(TOKEN_SLOTS):
+                offset = base + ((start + step) % TOKEN_SLOTS) * _TOKEN.size
+                found, until, uses, holder = _TOKEN.unpack_from(self._map, offset)
+                if found == digest and holder == self._index + 1:
+                    _TOKEN.pack_into(self._map, offset, digest, until, uses, 0)
+                    return
+                if until == 0 and not holder:
+                    return
 
     def close(self) -> None:
         self._map.close()

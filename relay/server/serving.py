@@ -57,8 +57,10 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> bool:
     return True
 
 
-def hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout: float = 10.0) -> Config:
-    """hypercorn's configuration for the relay: bound to `host:port`, no access log, 16 MiB WebSocket messages, and
+def hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout: float = 10.0,
+                     max_message_bytes: int = 256 * 1024) -> Config:
+    """hypercorn's configuration for the relay: bound to `host:port`, no access log, WebSocket messages of at most
+    `max_message_bytes` (RELAY_MAX_FRAME_BYTES; `relay.server.ws_limits` bounds compressed ones too), and
     TCP_USER_TIMEOUT = `send_timeout` on the listening socket (a browser that stops reading cannot pin a
     connection)."""
     config = GuardedConfig()
@@ -66,7 +68,7 @@ def hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
-    config.websocket_max_message_size = 16 * 2**20
+    config.websocket_max_message_size = max_message_bytes
     return config
 
 

@@ -6,32 +6,31 @@
 // the safer answer), Tab cycles its buttons, Enter answers the focused one, Escape denies. It counts down the
 // service's own time-out and closes by itself when the call is answered elsewhere, fails or times out.
 
-// Friendly names of well-known tools; any other tool shows as its name.
-const TOOL_WORDS = {
-  lookup_order: ['Looking up your order…', 'Order looked up', 'Could not look up the order'],
-  get_weather: ['Checking the weather…', 'Weather checked', 'Could not check the weather'],
-  end_call: ['Ending the call…', 'Call ended', 'Could not end the call'],
-  transfer_to_agent: ['Transferring you…', 'Transferred', 'Could not transfer you'],
-  transfer_to_number: ['Transferring your call…', 'Call transferred', 'Could not transfer the call'],
-  language_detection: ['Switching language…', 'Language switched', 'Could not switch language'],
-};
+import { english } from './i18n.js';
+
+// Well-known tools have friendly words of their own in the tables (chip.<tool>.running/done/failed); any other tool
+// shows as its name.
+const KNOWN_TOOLS = new Set(['lookup_order', 'get_weather', 'end_call', 'transfer_to_agent', 'transfer_to_number',
+  'language_detection']);
 const DONE_CHIP_MS = 4000; // a finished tool's chip stays this long
 const FAILED_CHIP_MS = 8000;
 
-function toolWords(name) {
-  const known = TOOL_WORDS[name];
-  if (known) return known;
+function toolWords(t, name) {
+  // A name is data: `toString` or `constructor` must not find Object.prototype's members (KNOWN_TOOLS is a Set).
+  if (typeof name === 'string' && KNOWN_TOOLS.has(name)) return ['running', 'done', 'failed'].map((state) => t(`chip.${name}.${state}`));
   const spaced = String(name || 'tool').replaceAll('_', ' ');
-  return [`Using ${spaced}…`, `Used ${spaced}`, `${spaced}: failed`];
+  return [t('chip.using', { name: spaced }), t('chip.used', { name: spaced }), t('chip.tool_failed', { name: spaced })];
 }
 
 export class Activity {
   /**
    * @param {HTMLUListElement} list the chips' aria-live list
    * @param {import('./transcript.js').Transcript} transcript where each tool call also leaves a line
+   * @param {(key: string, vars?: object) => string} t the widget's words (i18n.js)
    */
-  constructor(list, transcript) {
+  constructor(list, transcript, t = english) {
     this.list = list;
+    this.t = t;
     this.transcript = transcript;
     this.chips = new Map();
   }
@@ -79,31 +78,35 @@ export class Activity {
     const id = String(msg.tool_call_id ?? msg.tool_name ?? 'tool');
     const name = String(msg.tool_name ?? 'tool');
     const state = ['running', 'done', 'failed'].includes(msg.state) ? msg.state : 'running';
-    const [running, done, failed] = toolWords(name);
+    const [running, done, failed] = toolWords(this.t, name);
     const text = state === 'running' ? running : state === 'done' ? done : failed;
     this.chip(`tool:${id}`, text, 'tool', state, state === 'running' ? 0 : state === 'done' ? DONE_CHIP_MS : FAILED_CHIP_MS);
-    this.transcript.tool(id, `${name}: ${state === 'running' ? 'running…' : state}`, state);
+    this.transcript.tool(id, state === 'running' ? this.t('line.tool_running', { name })
+      : this.t('line.tool_state', { name, state: this.t(`state.${state}`) }), state);
   }
 
   /** `mcp_tool_call`: an MCP tool's progress (the approval itself is the dialog's). */
   mcpToolCall(msg) {
     const id = String(msg.tool_call_id ?? 'mcp');
     const name = String(msg.tool_name ?? 'tool');
-    const [running, done, failed] = toolWords(name);
+    const [running, done, failed] = toolWords(this.t, name);
     const states = {
       loading: [running, 'running', 0],
-      awaiting_approval: [`${name} is waiting for your approval`, 'waiting', 0],
+      awaiting_approval: [this.t('chip.awaiting_approval', { name }), 'waiting', 0],
       success: [done, 'done', DONE_CHIP_MS],
-      failure: [msg.error_message ? `${failed}: ${msg.error_message}` : failed, 'failed', FAILED_CHIP_MS],
+      failure: [msg.error_message ? this.t('chip.failed_detail', { text: failed, detail: msg.error_message }) : failed, 'failed',
+        FAILED_CHIP_MS],
     };
-    const [text, state, ttl] = states[msg.state] ?? states.loading;
+    const [text, state, ttl] = Object.hasOwn(states, msg.state) ? states[msg.state] : states.loading;
     this.chip(`tool:${id}`, text, 'tool', state, ttl);
-    this.transcript.tool(id, `${name} (MCP): ${state === 'running' ? 'running…' : state === 'waiting' ? 'waiting for your approval' : state}`, state);
+    const line = state === 'running' ? this.t('line.mcp_running', { name }) : state === 'waiting'
+      ? this.t('line.mcp_waiting', { name }) : this.t('line.mcp_state', { name, state: this.t(`state.${state}`) });
+    this.transcript.tool(id, line, state);
   }
 
   /** `human_agent`: a person took over (or left). */
   human(connected) {
-    if (connected) this.chip('human', 'A person has joined the conversation', 'human', 'on');
+    if (connected) this.chip('human', this.t('chip.human'), 'human', 'on');
     else {
       this.remove('human');
       this.remove('typing');
@@ -112,7 +115,7 @@ export class Activity {
 
   /** `agent_typing`: the person is typing. */
   typing(typing) {
-    if (typing) this.chip('typing', 'Typing…', 'typing', 'on');
+    if (typing) this.chip('typing', this.t('chip.typing'), 'typing', 'on');
     else this.remove('typing');
   }
 }
@@ -121,9 +124,11 @@ export class ApprovalDialog {
   /**
    * @param {HTMLDialogElement} dialog the <dialog> in index.html
    * @param {(toolCallId: string, approved: boolean, how: string) => boolean} answer sends `mcp_approval`
+   * @param {(key: string, vars?: object) => string} t the widget's words (i18n.js)
    */
-  constructor(dialog, answer) {
+  constructor(dialog, answer, t = english) {
     this.dialog = dialog;
+    this.t = t;
     this.answer = answer;
     this.tool = dialog.querySelector('#approval-tool');
     this.service = dialog.querySelector('#approval-service');
@@ -174,8 +179,8 @@ export class ApprovalDialog {
     }
     this.current = item;
     const { msg } = item;
-    this.tool.textContent = String(msg.tool_name ?? 'a tool');
-    this.service.textContent = msg.service_id ? `from ${msg.service_id}` : '';
+    this.tool.textContent = String(msg.tool_name ?? this.t('approval.a_tool'));
+    this.service.textContent = msg.service_id ? this.t('approval.from', { service: msg.service_id }) : '';
     this.description.textContent = msg.tool_description ? String(msg.tool_description) : '';
     this.description.hidden = !msg.tool_description;
     const rows = [];
@@ -202,13 +207,13 @@ export class ApprovalDialog {
     const item = this.current;
     if (!item) return;
     if (item.deadline === null) {
-      this.countdown.textContent = 'The agent is waiting for your answer.';
+      this.countdown.textContent = this.t('approval.waiting');
       this.bar.style.transform = 'scaleX(1)';
       return;
     }
     const left = Math.max(0, item.deadline - performance.now());
     const seconds = Math.ceil(left / 1000);
-    const text = `${seconds} s left to answer`;
+    const text = this.t('approval.left', { seconds });
     if (this.countdown.textContent !== text) this.countdown.textContent = text;
     this.bar.style.transform = `scaleX(${(left / item.total).toFixed(3)})`;
     if (left <= 0) {

@@ -1,48 +1,37 @@
-// The Avatar Relay page: one conversation at a time over the relay's WebSocket (docs/protocol.md).
+// <avatar-relay>: the relay's conversation widget, one custom element (docs/embedding.md). The relay's own page is
+// this same element (index.html), and any website embeds it with one tag through /embed.js.
 //
-// Start (a user gesture, so the browser lets us use the microphone and play sound) opens the socket, sends
-// `start`, and captures the microphone through an AudioWorklet that resamples to the agent's input rate. After
-// `ready` it sends PCM16 frames, shows the avatar (a LiveKit room, or the drawn face in demo mode, or nothing in
-// voice-only mode), plays the agent's audio frames gaplessly, and keeps live captions. Every way a conversation
-// ends leads to `finish()`, which releases the microphone, the audio graph and the room and leaves the page ready
-// to start again. The page never sends audio before `ready` and never shows raw HTML from the network.
-// `window.__relayDebug` exposes what the page is doing, for tests and for curious developers.
+// Start (a user gesture, so the browser lets us use the microphone and play sound) opens the socket to the relay,
+// sends `start` (with the host site's token, from `token-url` or `tokenProvider`), and captures the microphone through
+// an AudioWorklet that resamples to the agent's input rate. After `ready` it sends PCM16 frames, shows the avatar (a
+// LiveKit room, or the drawn face in demo mode, or the voice orb), plays the agent's audio frames gaplessly, and keeps
+// live captions. Every way a conversation ends leads to `finish()`, which releases the microphone, the audio graph,
+// the wake lock and the room and leaves the widget ready to start again. The widget never sends audio before `ready`
+// and never shows raw HTML from the network.
+//
+// Everything lives in the element's shadow root (its own ids, its own styles): two widgets on one page never meet,
+// the host page's CSS cannot break it and its CSS cannot leak out. Every relay message is re-dispatched on the element
+// as `relay:<type>` (bubbling, composed), and `relay:state` follows `state`: idle → connecting → live ⇄ reconnecting
+// → ended. Every word shown comes from i18n.js. `element.debug` (and `window.__relayDebug`, for the page's first
+// widget) exposes what the widget is doing, for tests and for curious developers.
 
 import { Activity, ApprovalDialog } from './activity.js';
 import { Captions } from './captions.js';
 import { SimulatedFace } from './face.js';
+import { pickLanguage, translator } from './i18n.js';
 import { joinAvatarRoom } from './livekit.js';
+import { widgetMarkup } from './markup.js';
 import { PcmPlayer } from './player.js';
 import { Transcript } from './transcript.js';
 
-const $ = (id) => document.getElementById(id);
-const ui = {
-  start: $('start'),
-  stop: $('stop'),
-  mute: $('mute'),
-  interrupt: $('interrupt'),
-  status: $('status'),
-  statusText: $('status-text'),
-  notice: $('notice'),
-  enableAudio: $('enable-audio'),
-  form: $('text-form'),
-  input: $('text-input'),
-  send: $('send'),
-  micMeter: $('mic-meter'),
-  outMeter: $('out-meter'),
-  stage: $('stage'),
-  stageLabel: $('stage-label'),
-  face: $('sim-face'),
-  orb: $('voice-orb'),
-  video: $('avatar-video'),
-  audio: $('avatar-audio'),
-  transcript: $('transcript'),
-  subtitle: $('subtitle'),
-  activity: $('activity'),
-  approval: $('approval'),
-};
+/** The relay this module was loaded from: the default of the `relay` attribute. */
+export const RELAY_BASE = new URL('../', import.meta.url).href;
+/** The values of `element.state`, in the order a conversation goes through them. */
+export const STATES = Object.freeze(['idle', 'connecting', 'live', 'reconnecting', 'ended']);
+/** Where the relay serves its own copy of livekit-client (relay.server.embed.LIVEKIT_CLIENT_PATH), relative to it. */
+const LIVEKIT_CLIENT_PATH = 'vendor/livekit-client.esm.mjs';
 
-const DEFAULT_CONFIG = { livekit_client_url: null, ws_path: '/ws', frame_ms: 60, avatars: {} };
+const DEFAULT_CONFIG = { livekit_client_url: null, livekit_client_integrity: null, ws_path: '/ws', frame_ms: 60, avatars: {} };
 const SEND_BUFFER_LIMIT = 256 * 1024; // bytes queued on the socket beyond which microphone frames are dropped
 const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
 // Normal ends by the agent: the page plays out the agent's audio it already has before it tears down (voice-only and
@@ -52,187 +41,571 @@ const PLAY_OUT_REASONS = new Set(['agent_ended', 'max_duration']);
 const PLAY_OUT_LIMIT_S = 15;
 const ACTIVITY_EVERY_MS = 2000;
 const MAX_DEBUG_MESSAGES = 400;
-
-const ENDED_REASONS = {
-  client_stop: 'you stopped it',
-  agent_ended: 'the agent ended the conversation',
-  max_duration: 'the agent\'s maximum conversation duration was reached',
-  agent_refused: 'the agent refused this conversation\'s settings',
-  agent_busy: 'the agent is busy (too many conversations at once), try again shortly',
-  protocol_error: 'the page and the relay disagreed (protocol error)',
-  unauthorized: 'not authorized',
-  capacity: 'the relay is busy, try again shortly',
-  upstream_unavailable: 'the agent or the avatar service could not be reached',
-  agent_error: 'the agent reported an error',
-  timeout: 'timed out',
-  shutdown: 'the relay is shutting down',
-  internal: 'an internal error in the relay',
-  connection_lost: 'the connection to the relay was lost',
-  resume_failed: 'the conversation could not be resumed',
-  page_closed: 'the page was closed',
-};
-
-const QUEUE_WORDS = {
-  waiting: 'Waiting in line — the agent is busy with other conversations…',
-  admitted: 'Your turn — the agent is joining…',
-  timed_out: 'The agent stayed busy too long and the wait timed out. Try again shortly.',
-};
 // Frames that are not kept in `received` one by one (they come up to ten times a second).
 const NOISY = new Set(['vad_score']);
 
-const debug = {
-  status: 'idle',
-  statusText: ui.statusText.textContent,
-  get wsState() {
-    const ws = current?.ws;
-    return ws ? ['connecting', 'open', 'closing', 'closed'][ws.readyState] : 'none';
-  },
-  conversationId: null,
-  avatarSessionId: null,
-  avatarMode: null,
-  micState: 'off',
-  micError: null,
-  muted: false,
-  framesSent: 0,
-  bytesSent: 0,
-  framesDropped: 0,
-  audioFramesReceived: 0,
-  mouthOpen: false,
-  mouthOpenness: 0,
-  lastMouthMoveAt: 0,
-  mouthMoves: 0,
-  outputRms: 0,
-  maxOutputRms: 0,
-  inputRms: 0,
-  received: [],
-  sent: [],
-  endedReason: null,
-  playingOut: null, // seconds of agent audio being played out after a normal `ended`, while it lasts
-  error: null,
-  notice: null,
-  toolResults: [],
-  captionLog: [], // every agent word revealed: {eventId, index, text, due, revealedAt, why} (performance.now() ms)
-  audioChunks: [], // every aligned agent audio chunk scheduled: {eventId, offsetMs, start, duration, heardAt}
-  queueStatus: null,
-  humanAgent: false,
-  agentTyping: false,
-  vadScore: null,
-  contextUsage: null,
-  mcpIntegrations: null,
-  approvals: [], // answers to MCP approval requests: {tool_call_id, approved, how, sent}
-};
-// The audio graph for measurements (not enumerable: JSON snapshots of the debug object leave it out).
-Object.defineProperty(debug, 'audio', {
-  enumerable: false,
-  get: () => (current?.player ? { context: current.context, analyser: current.player.analyser, player: current.player } : null),
-});
-window.__relayDebug = debug;
-
-const transcript = new Transcript(ui.transcript);
-transcript.onFeedback = (eventId, score) =>
-  Boolean(current && current.ready && !current.finished && current.sendJson({ type: 'feedback', score, event_id: eventId }));
-const face = new SimulatedFace(ui.face);
-const captions = new Captions(transcript, ui.subtitle, debug);
-const activity = new Activity(ui.activity, transcript);
-const approval = new ApprovalDialog(ui.approval, (toolCallId, approved, how) => {
-  const sent = approved !== null && Boolean(current && current.ready && !current.finished
-    && current.sendJson({ type: 'mcp_approval', tool_call_id: toolCallId, approved }));
-  debug.approvals.push({ tool_call_id: toolCallId, approved, how, sent });
-  if (approved !== null) transcript.system(`You ${approved ? 'approved' : 'denied'} the tool call.`, 'tool');
-  return sent;
-});
-const configPromise = fetch('client-config.json', { cache: 'no-store' })
-  .then((response) => (response.ok ? response.json() : DEFAULT_CONFIG))
-  .then((config) => ({ ...DEFAULT_CONFIG, ...config }))
-  .catch(() => DEFAULT_CONFIG);
-
-/** @type {Conversation | null} */
-let current = null;
-
-function setStatus(state, text) {
-  if (debug.status === state && debug.statusText === text) return;
-  debug.status = state;
-  debug.statusText = text;
-  ui.status.dataset.state = state;
-  ui.statusText.textContent = text;
+function freshDebug() {
+  return {
+    status: 'idle',
+    statusText: '',
+    state: 'idle',
+    lang: 'en',
+    conversationId: null,
+    avatarSessionId: null,
+    avatarMode: null,
+    micState: 'off',
+    micError: null,
+    microphones: 0,
+    muted: false,
+    paused: false,
+    wakeLock: false,
+    framesSent: 0,
+    bytesSent: 0,
+    framesDropped: 0,
+    audioFramesReceived: 0,
+    mouthOpen: false,
+    mouthOpenness: 0,
+    lastMouthMoveAt: 0,
+    mouthMoves: 0,
+    outputRms: 0,
+    maxOutputRms: 0,
+    inputRms: 0,
+    received: [],
+    sent: [],
+    states: [], // every state the widget went through
+    endedReason: null,
+    playingOut: null, // seconds of agent audio being played out after a normal `ended`, while it lasts
+    error: null,
+    notice: null,
+    toolResults: [],
+    captionLog: [], // every agent word revealed: {eventId, index, text, due, revealedAt, why} (performance.now() ms)
+    audioChunks: [], // every aligned agent audio chunk scheduled: {eventId, offsetMs, start, duration, heardAt}
+    queueStatus: null,
+    humanAgent: false,
+    agentTyping: false,
+    vadScore: null,
+    contextUsage: null,
+    mcpIntegrations: null,
+    approvals: [], // answers to MCP approval requests: {tool_call_id, approved, how, sent}
+    avatarUnavailable: null,
+  };
 }
 
-function showNotice(text, kind = 'warning') {
-  debug.notice = text;
-  ui.notice.textContent = text;
-  ui.notice.dataset.kind = kind;
-  ui.notice.hidden = false;
-}
-
-function hideNotice() {
-  debug.notice = null;
-  ui.notice.hidden = true;
-  ui.notice.textContent = '';
-}
-
-function setStage(mode, label = '') {
-  ui.stage.dataset.mode = mode;
-  // An <svg> is not an HTMLElement: it has no `hidden` property, only the attribute.
-  ui.face.toggleAttribute('hidden', mode !== 'simulated');
-  ui.video.hidden = mode !== 'video';
-  ui.stageLabel.textContent = label;
-  debug.avatarMode = mode;
-}
-
-function setControls({ running, ready, mic }) {
-  ui.start.disabled = running;
-  ui.stop.disabled = !running;
-  ui.interrupt.disabled = !ready;
-  ui.mute.disabled = !(ready && mic);
-  ui.input.disabled = !ready;
-  ui.send.disabled = !ready;
-}
+// What is reset at each Start (the rest — state, lang, microphones — carries over).
+const PER_CONVERSATION = ['conversationId', 'avatarSessionId', 'avatarMode', 'micState', 'micError', 'muted', 'paused',
+  'framesSent', 'bytesSent', 'framesDropped', 'audioFramesReceived', 'maxOutputRms', 'mouthMoves', 'received', 'sent',
+  'endedReason', 'error', 'toolResults', 'avatarUnavailable', 'captionLog', 'audioChunks', 'queueStatus', 'humanAgent',
+  'agentTyping', 'vadScore', 'contextUsage', 'mcpIntegrations', 'approvals'];
 
 function record(list, type) {
   list.push(type);
   if (list.length > MAX_DEBUG_MESSAGES) list.splice(0, list.length - MAX_DEBUG_MESSAGES);
 }
 
-function micProblem(err) {
+function micProblem(t, err) {
   switch (err?.name) {
     case 'NotAllowedError':
     case 'SecurityError':
-      return 'Microphone access was refused. Allow the microphone for this site to talk, or type your messages below.';
+      return t('notice.mic_refused');
     case 'NotFoundError':
     case 'OverconstrainedError':
-      return 'No microphone was found. Connect one and start again, or type your messages below.';
+      return t('notice.mic_missing');
     case 'NotReadableError':
     case 'AbortError':
-      return 'The microphone could not be opened (another application may be using it). You can type your messages below.';
+      return t('notice.mic_busy');
     default:
-      return `The microphone could not be opened (${err?.name || 'unknown error'}). You can type your messages below.`;
+      return t('notice.mic_other', { detail: err?.name || 'unknown error' });
   }
 }
 
-function startFrame() {
-  // An embedding page may set window.relayStart = {dynamic_variables, overrides, user_id, token} before Start; a
-  // token may also come in the URL fragment (#token=…), which browsers never send to a server.
-  const options = window.relayStart && typeof window.relayStart === 'object' ? window.relayStart : {};
-  const frame = { type: 'start' };
-  for (const key of ['dynamic_variables', 'overrides', 'user_id', 'token']) {
-    if (options[key] !== undefined && options[key] !== null) frame[key] = options[key];
+/** iOS Safari (and any browser with a strict autoplay policy) lets a page make sound only once audio has started
+ * inside a user gesture: play one silent sample now, synchronously in the tap that pressed Start. */
+function unlockAudio(context) {
+  try {
+    const source = context.createBufferSource();
+    source.buffer = context.createBuffer(1, 1, context.sampleRate);
+    source.connect(context.destination);
+    source.start(0);
+  } catch {
+    // A context that cannot play even that reports it when the conversation's audio starts.
   }
-  const fragmentToken = new URLSearchParams(location.hash.slice(1)).get('token');
-  if (fragmentToken && frame.token === undefined) frame.token = fragmentToken;
-  return frame;
 }
 
-function socketUrl(path) {
-  const url = new URL(path || '/ws', location.href);
-  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  return url.href;
+// A token in the relay page's URL fragment (#token=…, which browsers never send to a server) is taken out of the
+// address bar and the history as soon as a widget of that relay sees it, and kept in memory for the page's
+// conversations.
+let fragmentToken = null;
+
+function takeFragmentToken() {
+  const location = globalThis.location;
+  const params = new URLSearchParams(String(location?.hash ?? '').slice(1));
+  if (!params.has('token')) return fragmentToken;
+  fragmentToken = params.get('token') || fragmentToken;
+  params.delete('token');
+  const rest = params.toString();
+  globalThis.history?.replaceState?.(globalThis.history.state, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
+  return fragmentToken;
 }
 
-class Conversation {
+/** The widget's stylesheet, fetched once per page and adopted by every widget's shadow root: a constructed
+ * stylesheet needs no `style-src` in the host page's CSP (a <link> or <style> in the shadow root would). */
+let sharedSheet = null;
+function widgetSheet() {
+  sharedSheet ??= fetch(new URL('./widget.css', import.meta.url), { cache: 'no-cache' })
+    .then((response) => (response.ok ? response.text() : Promise.reject(new Error(`HTTP ${response.status}`))))
+    .then((text) => {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(text);
+      return sheet;
+    });
+  return sharedSheet;
+}
+
+function setMeter(meter, level) {
+  const value = Math.min(1, level * 4);
+  meter.firstElementChild.style.transform = `scaleX(${value.toFixed(3)})`;
+  const rounded = String(Math.round(value * 10) * 10);
+  if (meter.getAttribute('aria-valuenow') !== rounded) meter.setAttribute('aria-valuenow', rounded);
+}
+
+const BaseElement = globalThis.HTMLElement ?? class {};
+
+export class AvatarRelayElement extends BaseElement {
+  static observedAttributes = ['lang'];
+
   constructor() {
-    // Created inside the click handler: the user gesture is what lets the context play sound.
+    super();
+    /** A function returning a promise of a token, for sites that mint tokens their own way (wins over token-url). */
+    this.tokenProvider = null;
+    /** Client tools the agent may call: {name: async (parameters, {toolCallId, toolName}) => result}. */
+    this.tools = null;
+    /** @type {Conversation | null} */
+    this.current = null;
+    this.debug = freshDebug();
+    Object.defineProperty(this.debug, 'wsState', {
+      enumerable: true,
+      get: () => {
+        const ws = this.current?.ws;
+        return ws ? ['connecting', 'open', 'closing', 'closed'][ws.readyState] : 'none';
+      },
+    });
+    // The audio graph for measurements (not enumerable: JSON snapshots of the debug object leave it out).
+    Object.defineProperty(this.debug, 'audio', {
+      enumerable: false,
+      get: () => (this.current?.player ? { context: this.current.context, analyser: this.current.player.analyser, player: this.current.player } : null),
+    });
+    this.ui = null;
+    this.frame = 0;
+    this.wakeLock = null;
+    this.micDeviceId = null;
+    this.configPromise = null;
+    this.onVisibility = () => this.visibilityChanged();
+    this.onPageHide = () => this.current?.leavePage();
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // The public interface (docs/embedding.md, embed.d.ts)
+
+  /** `idle`, `connecting`, `live`, `reconnecting` or `ended`. */
+  get state() {
+    return this.debug.state;
+  }
+
+  /** Start a conversation (best from a user gesture: the browser then lets it use the microphone and play sound). */
+  start() {
+    this.startConversation();
+  }
+
+  /** End the conversation (the relay is told; the widget is ready to start again). */
+  stop() {
+    this.current?.stop();
+  }
+
+  /** Send a typed message; false when no conversation is live. */
+  sendText(text) {
+    const value = String(text ?? '').trim();
+    return Boolean(value && this.current?.sendText(value));
+  }
+
+  /** Cut the agent's reply short. */
+  interrupt() {
+    this.current?.interrupt();
+  }
+
+  /** Mute (true) or unmute (false) the microphone; the agent hears silence while muted. */
+  mute(on = true) {
+    if (this.current && !this.current.finished) this.current.setMuted(Boolean(on));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // Lifecycle
+
+  connectedCallback() {
+    if (!this.ui) this.render();
+    if (!globalThis.window.__relayDebug || this.hasAttribute('debug')) {
+      globalThis.window.__relayDebug = this.debug;
+      globalThis.window.__relayRoot = this.shadowRoot;
+    }
+    if (this.onRelayPage()) takeFragmentToken(); // out of the address bar at once, not at Start
+    document.addEventListener('visibilitychange', this.onVisibility);
+    // `pagehide` fires on tab close, navigation and bfcache entry on every browser (unlike `unload`).
+    globalThis.window.addEventListener('pagehide', this.onPageHide);
+    if (!this.frame) this.frame = requestAnimationFrame((now) => this.animate(now));
+  }
+
+  disconnectedCallback() {
+    document.removeEventListener('visibilitychange', this.onVisibility);
+    globalThis.window.removeEventListener('pagehide', this.onPageHide);
+    this.current?.leavePage();
+    if (this.frame) globalThis.cancelAnimationFrame?.(this.frame);
+    this.frame = 0;
+  }
+
+  attributeChangedCallback(name, previous, value) {
+    // A new language redraws the widget between conversations (a live one keeps its words until it ends).
+    if (name === 'lang' && this.ui && previous !== value && !(this.current && !this.current.finished)) this.render();
+  }
+
+  /** The widget's language: its `lang`, else the page's (the nearest `lang` around it), else the browser's. */
+  language() {
+    const around = this.parentElement?.closest?.('[lang]')?.getAttribute('lang');
+    const browser = globalThis.navigator?.languages ?? [globalThis.navigator?.language];
+    return pickLanguage(this.getAttribute('lang'), around, document.documentElement?.getAttribute('lang'), browser);
+  }
+
+  render() {
+    this.t = translator(this.language());
+    this.debug.lang = this.t.lang;
+    const shadow = this.shadowRoot ?? this.attachShadow({ mode: 'open' });
+    if ('adoptedStyleSheets' in shadow && typeof CSSStyleSheet === 'function') {
+      // Transparent until the stylesheet is there, so the host page never shows the widget unstyled (but still in
+      // the tab order: a keyboard user's first Tab may come before the stylesheet).
+      const hide = new CSSStyleSheet();
+      hide.replaceSync(':host { opacity: 0; }');
+      if (!shadow.adoptedStyleSheets.length) shadow.adoptedStyleSheets = [hide];
+      widgetSheet().then((sheet) => { shadow.adoptedStyleSheets = [sheet]; }, (err) => {
+        console.warn('avatar-relay: the widget stylesheet could not be loaded', err);
+        shadow.adoptedStyleSheets = [];
+      });
+    }
+    shadow.innerHTML = widgetMarkup(this.t);
+    const $ = (id) => shadow.getElementById(id);
+    const ui = {
+      start: $('start'), stop: $('stop'), mute: $('mute'), interrupt: $('interrupt'), status: $('status'),
+      statusText: $('status-text'), notice: $('notice'), enableAudio: $('enable-audio'), form: $('text-form'),
+      input: $('text-input'), send: $('send'), micMeter: $('mic-meter'), outMeter: $('out-meter'),
+      micChoice: $('mic-choice'), micSelect: $('mic-select'), stage: $('stage'), stageLabel: $('stage-label'),
+      face: $('sim-face'), orb: $('voice-orb'), video: $('avatar-video'), audio: $('avatar-audio'),
+      transcript: $('transcript'), subtitle: $('subtitle'), activity: $('activity'), approval: $('approval'),
+    };
+    this.ui = ui;
+    const t = this.t;
+    this.transcript = new Transcript(ui.transcript, t);
+    this.transcript.onFeedback = (eventId, score) => Boolean(this.current && this.current.ready && !this.current.finished
+      && this.current.sendJson({ type: 'feedback', score, event_id: eventId }));
+    this.face = new SimulatedFace(ui.face);
+    this.captions = new Captions(this.transcript, ui.subtitle, this.debug);
+    this.captions.label = t('who.agent');
+    this.activity = new Activity(ui.activity, this.transcript, t);
+    this.approval = new ApprovalDialog(ui.approval, (toolCallId, approved, how) => {
+      const sent = approved !== null && Boolean(this.current && this.current.ready && !this.current.finished
+        && this.current.sendJson({ type: 'mcp_approval', tool_call_id: toolCallId, approved }));
+      this.debug.approvals.push({ tool_call_id: toolCallId, approved, how, sent });
+      if (approved !== null) this.transcript.system(t(approved ? 'note.approved' : 'note.denied'), 'tool');
+      return sent;
+    }, t);
+    // The skip link's target is in the shadow root, where a fragment link cannot reach: move the focus there.
+    shadow.getElementById('skip-link').addEventListener('click', (event) => {
+      event.preventDefault();
+      shadow.getElementById('captions').focus();
+    });
+    ui.start.addEventListener('click', () => this.startConversation());
+    ui.stop.addEventListener('click', () => this.current?.stop());
+    ui.interrupt.addEventListener('click', () => this.current?.interrupt());
+    ui.mute.addEventListener('click', () => this.current?.setMuted(!this.current.muted));
+    ui.enableAudio.addEventListener('click', () => {
+      this.current?.context.resume().catch(() => {});
+      this.current?.room?.startAudio().catch(() => {});
+      if (!this.current?.room) ui.enableAudio.hidden = true;
+    });
+    ui.micSelect.addEventListener('change', () => {
+      this.micDeviceId = ui.micSelect.value || null;
+      this.current?.switchMicrophone(this.micDeviceId);
+    });
+    ui.form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const text = ui.input.value.trim();
+      if (text && this.current?.sendText(text)) ui.input.value = '';
+    });
+    ui.input.addEventListener('input', () => this.current?.noteTyping());
+    this.debug.status = '';
+    this.setStatus('idle', t('status.idle'));
+    this.setStage('idle', t('stage.idle'));
+  }
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // What the conversation needs from its widget
+
+  get voiceOnly() {
+    return this.hasAttribute('voice-only');
+  }
+
+  /** The relay's base URL: the `relay` attribute, else the origin this module came from. */
+  relayBase() {
+    const attribute = this.getAttribute('relay');
+    return attribute ? new URL(attribute, document.baseURI || globalThis.location?.href).href : RELAY_BASE;
+  }
+
+  /** Whether this widget is on its relay's own origin (the relay's page): only there is a #token= fragment meant
+   * for it. */
+  onRelayPage() {
+    return new URL(this.relayBase()).origin === globalThis.location?.origin;
+  }
+
+  /** Whether livekit-client's `url` (client-config.json's) is the relay's own copy (`vendor/…`, resolved against the
+   * relay) rather than an operator's RELAY_LIVEKIT_CLIENT_URL. */
+  relayCopy(url) {
+    return Boolean(url) && new URL(url, this.relayBase()).href === new URL(LIVEKIT_CLIENT_PATH, this.relayBase()).href;
+  }
+
+  /** The relay's client-config.json (fetched once per widget; the defaults if it cannot be read). */
+  config() {
+    this.configPromise ??= fetch(new URL('client-config.json', this.relayBase()).href, { cache: 'no-store' })
+      .then((response) => (response.ok ? response.json() : DEFAULT_CONFIG))
+      .then((config) => ({ ...DEFAULT_CONFIG, ...config }))
+      .catch(() => DEFAULT_CONFIG);
+    return this.configPromise;
+  }
+
+  /** The token for this conversation: `tokenProvider()`, else the `token-url` endpoint of the host site (fetched with
+   * the page's credentials; `{"token": "…"}` from a JSON answer, else the body as text), else none. */
+  async token() {
+    if (typeof this.tokenProvider === 'function') {
+      const token = await this.tokenProvider();
+      if (typeof token !== 'string' || !token) throw new Error('tokenProvider gave no token');
+      return token;
+    }
+    const tokenUrl = this.getAttribute('token-url');
+    if (!tokenUrl) return null;
+    const response = await fetch(new URL(tokenUrl, document.baseURI || globalThis.location?.href).href, {
+      credentials: 'same-origin', cache: 'no-store', headers: { accept: 'application/json, text/plain' },
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const body = await response.text();
+    let token = body.trim();
+    if ((response.headers?.get?.('content-type') ?? '').includes('json')) {
+      const parsed = JSON.parse(body);
+      token = typeof parsed === 'string' ? parsed : parsed?.token;
+    }
+    if (typeof token !== 'string' || !token) throw new Error('the answer held no token');
+    return token;
+  }
+
+  socketUrl(path) {
+    const url = new URL(path || '/ws', this.relayBase());
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    return url.href;
+  }
+
+  /** The `start` frame: `dynamic-variables` (JSON) and the token; a page may also set window.relayStart =
+   * {dynamic_variables, overrides, user_id, token} before Start, and the relay's own page takes a token from its URL
+   * fragment (#token=…, which browsers never send to a server). */
+  startFrame(token) {
+    const options = globalThis.window.relayStart && typeof globalThis.window.relayStart === 'object'
+      ? globalThis.window.relayStart : {};
+    const frame = { type: 'start' };
+    for (const key of ['dynamic_variables', 'overrides', 'user_id', 'token']) {
+      if (options[key] !== undefined && options[key] !== null) frame[key] = options[key];
+    }
+    const variables = this.getAttribute('dynamic-variables');
+    if (variables) {
+      try {
+        const parsed = JSON.parse(variables);
+        if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) frame.dynamic_variables = { ...frame.dynamic_variables, ...parsed };
+      } catch {
+        console.warn('avatar-relay: the dynamic-variables attribute is not JSON; ignored');
+      }
+    }
+    if (token) frame.token = token;
+    if (this.onRelayPage()) {
+      const fromFragment = takeFragmentToken();
+      if (frame.token === undefined && fromFragment) frame.token = fromFragment;
+    }
+    return frame;
+  }
+
+  clientTools() {
+    const tools = this.tools ?? globalThis.window.relayTools;
+    return tools && typeof tools === 'object' ? tools : {};
+  }
+
+  /** Words for a reason code (`ended.reason`, `error.code`), or `fallback`'s words (null: none). */
+  reasonWords(code, fallback) {
+    const key = `reason.${code}`;
+    const words = this.t(key);
+    if (words !== key) return words;
+    return fallback === null ? null : this.t(fallback);
+  }
+
+  setState(state) {
+    if (this.debug.state === state) return;
+    const previous = this.debug.state;
+    this.debug.state = state;
+    record(this.debug.states, state);
+    this.dataset.state = state;
+    this.dispatchEvent(new CustomEvent('relay:state', { detail: { state, previous }, bubbles: true, composed: true }));
+  }
+
+  setStatus(state, text) {
+    if (this.debug.status === state && this.debug.statusText === text) return;
+    this.debug.status = state;
+    this.debug.statusText = text;
+    this.ui.status.dataset.state = state;
+    this.ui.statusText.textContent = text;
+  }
+
+  showNotice(text, kind = 'warning') {
+    this.debug.notice = text;
+    this.ui.notice.textContent = text;
+    this.ui.notice.dataset.kind = kind;
+    this.ui.notice.hidden = false;
+  }
+
+  hideNotice() {
+    this.debug.notice = null;
+    this.ui.notice.hidden = true;
+    this.ui.notice.textContent = '';
+  }
+
+  setStage(mode, label = '') {
+    this.ui.stage.dataset.mode = mode;
+    // An <svg> is not an HTMLElement: it has no `hidden` property, only the attribute.
+    this.ui.face.toggleAttribute('hidden', mode !== 'simulated');
+    this.ui.video.hidden = mode !== 'video';
+    this.ui.stageLabel.textContent = label;
+    this.debug.avatarMode = mode;
+  }
+
+  setControls({ running, ready, mic }) {
+    const { ui } = this;
+    ui.start.disabled = running;
+    ui.stop.disabled = !running;
+    ui.interrupt.disabled = !ready;
+    ui.mute.disabled = !(ready && mic);
+    ui.input.disabled = !ready;
+    ui.send.disabled = !ready;
+  }
+
+  /** Show the microphone picker when the browser has more than one microphone (labels are known once one is open). */
+  async listMicrophones(track) {
+    const devices = await navigator.mediaDevices?.enumerateDevices?.().catch(() => []) ?? [];
+    const inputs = devices.filter((device) => device.kind === 'audioinput' && device.deviceId
+      && device.deviceId !== 'default' && device.deviceId !== 'communications');
+    this.debug.microphones = inputs.length;
+    const { micSelect, micChoice } = this.ui;
+    const using = track?.getSettings?.().deviceId ?? this.micDeviceId;
+    micSelect.replaceChildren(...inputs.map((device, index) => {
+      const option = document.createElement('option');
+      option.value = device.deviceId;
+      option.textContent = device.label || this.t('mic.unnamed', { n: index + 1 });
+      option.selected = device.deviceId === using;
+      return option;
+    }));
+    micChoice.hidden = inputs.length < 2;
+  }
+
+  /** Keep the screen on while a conversation is live (phones dim and lock otherwise); the browser drops the lock
+   * when the page is hidden, so it is asked again when the page comes back. */
+  async holdWakeLock() {
+    if (this.wakeLock || !navigator.wakeLock?.request || document.visibilityState === 'hidden') return;
+    try {
+      const lock = await navigator.wakeLock.request('screen');
+      if (!this.current || this.current.finished) {
+        lock.release().catch(() => {});
+        return;
+      }
+      this.wakeLock = lock;
+      this.debug.wakeLock = true;
+      lock.addEventListener('release', () => {
+        if (this.wakeLock === lock) this.wakeLock = null;
+        this.debug.wakeLock = Boolean(this.wakeLock);
+      });
+    } catch {
+      // Refused (battery saver, a frame without permission): the conversation goes on without it.
+    }
+  }
+
+  releaseWakeLock() {
+    const lock = this.wakeLock;
+    this.wakeLock = null;
+    this.debug.wakeLock = false;
+    lock?.release().catch(() => {});
+  }
+
+  visibilityChanged() {
+    const conversation = this.current && !this.current.finished ? this.current : null;
+    if (!conversation) return;
+    conversation.setPaused(document.visibilityState === 'hidden');
+    if (document.visibilityState === 'visible' && conversation.ready) this.holdWakeLock();
+  }
+
+  startConversation() {
+    if (this.current && !this.current.finished) return;
+    this.hideNotice();
+    this.transcript.clear();
+    this.captions.clear();
+    this.activity.clear();
+    this.captions.label = this.t('who.agent');
+    const fresh = freshDebug();
+    for (const key of PER_CONVERSATION) this.debug[key] = fresh[key];
+    let conversation;
+    try {
+      conversation = new Conversation(this);
+    } catch (err) {
+      this.setStatus('error', this.t('status.no_audio', { detail: err?.message ?? err }));
+      return;
+    }
+    this.current = conversation;
+    conversation.setMuted(false);
+    this.setState('connecting');
+    conversation.begin().catch((err) => {
+      conversation.errorMessage = this.t('notice.connect_failed', { detail: err?.message ?? err });
+      conversation.finish('connection_lost');
+    });
+  }
+
+  /** Called on every animation frame while the widget is on the page. */
+  animate(now) {
+    const conversation = this.current && !this.current.finished ? this.current : null;
+    const { debug, ui } = this;
+    const level = conversation?.player ? conversation.player.level() : 0;
+    debug.outputRms = level;
+    if (level > debug.maxOutputRms) debug.maxOutputRms = level;
+    const wasOpen = debug.mouthOpen;
+    this.face.tick(now, debug.avatarMode === 'simulated' ? level : 0);
+    debug.mouthOpen = this.face.mouthOpen;
+    debug.mouthOpenness = this.face.openness;
+    debug.lastMouthMoveAt = this.face.lastMouthMoveAt;
+    if (debug.mouthOpen && !wasOpen) debug.mouthMoves += 1;
+    ui.orb.style.setProperty('--level', Math.min(1, level * 5).toFixed(3));
+    setMeter(ui.outMeter, level);
+    setMeter(ui.micMeter, conversation ? debug.inputRms : 0);
+    conversation?.updateStatus();
+    this.captions.tick();
+    this.frame = requestAnimationFrame((time) => this.animate(time));
+  }
+}
+
+/** One conversation of a widget, from Start to `finish()`. */
+class Conversation {
+  /** @param {AvatarRelayElement} widget */
+  constructor(widget) {
+    this.w = widget;
+    // Created inside the click handler: the user gesture is what lets the context play sound (on iOS Safari only
+    // once something has started playing in that gesture: `unlockAudio`).
     this.context = new AudioContext({ latencyHint: 'interactive' });
     this.context.resume().catch(() => {});
+    unlockAudio(this.context);
     this.config = DEFAULT_CONFIG;
     this.ws = null;
     this.ready = null;
@@ -240,6 +613,7 @@ class Conversation {
     this.capture = null;
     this.room = null;
     this.muted = false;
+    this.paused = false; // the page is hidden: the microphone is paused (the agent hears silence)
     this.micAvailable = false;
     this.stopping = false;
     this.finished = false;
@@ -266,20 +640,30 @@ class Conversation {
   }
 
   async begin() {
-    setStatus('connecting', 'Connecting…');
-    setStage('idle', 'Connecting to the agent…');
-    setControls({ running: true, ready: false, mic: false });
+    const t = this.w.t;
+    this.w.setStatus('connecting', t('status.connecting'));
+    this.w.setStage('idle', t('stage.connecting'));
+    this.w.setControls({ running: true, ready: false, mic: false });
     this.openMicrophone().catch((err) => {
-      this.microphoneUnavailable(`The microphone could not be used (${err?.message ?? err}). You can type your messages below.`, err?.name ?? 'Error');
+      this.microphoneUnavailable(t('notice.mic_other', { detail: err?.message ?? err }), err?.name ?? 'Error');
     });
-    this.config = await configPromise;
+    let token;
+    try {
+      [this.config, token] = await Promise.all([this.w.config(), this.w.token()]);
+    } catch (err) {
+      if (this.finished) return;
+      this.errorMessage = String(err?.message ?? err);
+      this.w.showNotice(t('notice.token_failed', { detail: this.errorMessage }), 'error');
+      this.finish('token_failed');
+      return;
+    }
     if (this.finished) return;
-    this.openSocket(startFrame());
+    this.openSocket(this.w.startFrame(token));
   }
 
   /** Open the relay's WebSocket and send `first` (`start`, or `resume` when reconnecting) once it is open. */
   openSocket(first) {
-    const url = new URL(socketUrl(this.config.ws_path));
+    const url = new URL(this.w.socketUrl(this.config.ws_path));
     // A resume names the relay that holds the conversation (the token's readable route) for a proxy to route on.
     if (first.type === 'resume') url.searchParams.set('relay', String(first.resume_token).split('.')[1] ?? '');
     const ws = new WebSocket(url.href);
@@ -318,8 +702,9 @@ class Conversation {
    * retrying with back-off (and at once when the browser says it is online again). */
   startReconnecting() {
     this.reconnect = { deadline: performance.now() + this.resumeWindowS * 1000, delay: 250, timer: 0 };
-    debug.reconnecting = true;
-    setStatus('reconnecting', 'Reconnecting…');
+    this.w.debug.reconnecting = true;
+    this.w.setState('reconnecting');
+    this.w.setStatus('reconnecting', this.w.t('status.reconnecting_relay'));
     window.addEventListener('online', this.onOnline);
     this.player?.flush(); // the agent audio due in the gap is not replayed; its captions are
     this.tryResume();
@@ -331,7 +716,7 @@ class Conversation {
     clearTimeout(reconnect.timer);
     if (performance.now() >= reconnect.deadline) {
       this.stopReconnecting();
-      this.errorMessage ??= 'the connection could not be restored in time';
+      this.errorMessage ??= this.w.t('notice.resume_window_over');
       this.finish('connection_lost');
       return;
     }
@@ -359,30 +744,31 @@ class Conversation {
   stopReconnecting() {
     if (this.reconnect) clearTimeout(this.reconnect.timer);
     this.reconnect = null;
-    debug.reconnecting = false;
+    this.w.debug.reconnecting = false;
     window.removeEventListener('online', this.onOnline);
   }
 
   onResumed(msg) {
     this.resumeToken = String(msg.resume_token ?? this.resumeToken);
     this.stopReconnecting();
-    debug.resumes = (debug.resumes ?? 0) + 1;
+    this.w.debug.resumes = (this.w.debug.resumes ?? 0) + 1;
+    this.w.setState('live');
     this.refreshControls();
   }
 
   async openMicrophone() {
     if (!navigator.mediaDevices?.getUserMedia) {
-      this.microphoneUnavailable('This page cannot use the microphone here (it needs https or localhost). You can type your messages below.', 'Unsupported');
+      this.microphoneUnavailable(this.w.t('notice.mic_insecure'), 'Unsupported');
       return;
     }
-    debug.micState = 'asking';
+    this.w.debug.micState = 'asking';
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({
-        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+        audio: this.microphoneConstraints(this.w.micDeviceId),
       });
     } catch (err) {
-      this.microphoneUnavailable(micProblem(err), err?.name ?? 'Error');
+      this.microphoneUnavailable(micProblem(this.w.t, err), err?.name ?? 'Error');
       return;
     }
     if (this.finished) {
@@ -393,7 +779,7 @@ class Conversation {
       await this.context.audioWorklet.addModule(new URL('./capture-worklet.js', import.meta.url));
     } catch (err) {
       for (const track of stream.getTracks()) track.stop();
-      this.microphoneUnavailable(`The audio processor could not be loaded (${err?.message ?? err}). You can type your messages below.`, 'WorkletError');
+      this.microphoneUnavailable(this.w.t('notice.mic_worklet', { detail: err?.message ?? err }), 'WorkletError');
       return;
     }
     if (this.finished) {
@@ -411,14 +797,16 @@ class Conversation {
     // The processor outputs silence; connecting it keeps every browser pulling audio through it.
     node.connect(this.context.destination);
     this.capture = { stream, source, node };
+    this.w.listMicrophones(stream.getAudioTracks()[0]).catch(() => {});
+    if (this.paused) this.setPaused(true);
     this.micAvailable = true;
-    debug.micState = 'on';
+    this.w.debug.micState = 'on';
     for (const track of stream.getAudioTracks()) {
       track.addEventListener('ended', () => {
         if (this.finished) return;
-        debug.micState = 'lost';
+        this.w.debug.micState = 'lost';
         this.micAvailable = false;
-        showNotice('The microphone stopped (it was unplugged or disabled). You can type your messages below.');
+        this.w.showNotice(this.w.t('notice.mic_lost'));
         this.refreshControls();
       });
     }
@@ -428,9 +816,9 @@ class Conversation {
 
   microphoneUnavailable(message, name) {
     if (this.finished) return;
-    debug.micState = 'unavailable';
-    debug.micError = name;
-    showNotice(message, 'error');
+    this.w.debug.micState = 'unavailable';
+    this.w.debug.micError = name;
+    this.w.showNotice(message, 'error');
     this.refreshControls();
   }
 
@@ -442,35 +830,77 @@ class Conversation {
 
   refreshControls() {
     if (this.finished) return;
-    setControls({ running: true, ready: Boolean(this.ready) && !this.stopping, mic: this.micAvailable });
+    this.w.setControls({ running: true, ready: Boolean(this.ready) && !this.stopping, mic: this.micAvailable });
   }
 
   onCaptureMessage(msg) {
     if (msg.type === 'level') {
-      debug.inputRms = this.muted ? 0 : msg.rms;
+      this.w.debug.inputRms = this.muted || this.paused ? 0 : msg.rms;
     } else if (msg.type === 'frame') {
       this.sendAudio(msg.pcm);
     }
+  }
+
+  /** What the microphone is asked for: the browser's echo cancellation, noise suppression and gain control on (the
+   * agent's voice, played through this page, must not come back as the user's speech), from the chosen device. */
+  microphoneConstraints(deviceId) {
+    const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 };
+    if (deviceId) audio.deviceId = { exact: deviceId };
+    return audio;
+  }
+
+  /** The user picked another microphone: capture from it instead, through the same worklet. */
+  async switchMicrophone(deviceId) {
+    if (!this.capture || this.finished) return;
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: this.microphoneConstraints(deviceId) });
+    } catch (err) {
+      this.w.showNotice(micProblem(this.w.t, err), 'error');
+      return;
+    }
+    if (!this.capture || this.finished) {
+      for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    const old = this.capture;
+    old.source.disconnect();
+    for (const track of old.stream.getTracks()) track.stop();
+    const source = this.context.createMediaStreamSource(stream);
+    source.connect(old.node);
+    this.capture = { stream, source, node: old.node };
+    if (this.paused) this.setPaused(true);
+  }
+
+  /** The page was hidden (true) or shown again: the microphone pauses (its tracks are disabled, the agent hears
+   * silence, the widget says so) and comes back. */
+  setPaused(paused) {
+    if (this.finished) return;
+    this.paused = paused;
+    this.w.debug.paused = paused;
+    for (const track of this.capture?.stream.getAudioTracks() ?? []) track.enabled = !paused;
+    if (paused && this.capture) this.w.showNotice(this.w.t('notice.mic_paused'), 'info');
+    else if (!paused && this.w.debug.notice === this.w.t('notice.mic_paused')) this.w.hideNotice();
   }
 
   sendAudio(pcm) {
     const ws = this.ws;
     if (!this.ready || this.finished || this.stopping || !ws || ws.readyState !== WebSocket.OPEN) return;
     if (ws.bufferedAmount > SEND_BUFFER_LIMIT) {
-      debug.framesDropped += 1;
+      this.w.debug.framesDropped += 1;
       return;
     }
     // Muted still streams (silence), like ElevenLabs' own client: the agent's audio input never stalls.
-    ws.send(this.muted ? new ArrayBuffer(pcm.byteLength) : pcm);
-    debug.framesSent += 1;
-    debug.bytesSent += pcm.byteLength;
+    ws.send(this.muted || this.paused ? new ArrayBuffer(pcm.byteLength) : pcm);
+    this.w.debug.framesSent += 1;
+    this.w.debug.bytesSent += pcm.byteLength;
   }
 
   sendJson(message) {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(JSON.stringify(message));
-    record(debug.sent, message.type);
+    record(this.w.debug.sent, message.type);
     return true;
   }
 
@@ -495,50 +925,50 @@ class Conversation {
     if (typeof msg.seq === 'number') {
       if (msg.seq <= this.lastSeq) return; // seen before the connection dropped
       this.lastSeq = msg.seq;
-      debug.lastSeq = msg.seq;
+      this.w.debug.lastSeq = msg.seq;
     }
-    if (!NOISY.has(msg.type)) record(debug.received, msg.type);
+    if (!NOISY.has(msg.type)) record(this.w.debug.received, msg.type);
     switch (msg.type) {
       case 'ready':
         this.onReady(msg);
         break;
       case 'user_transcript': {
         const final = msg.final !== false;
-        transcript.user(msg.event_id, String(msg.text ?? ''), final);
+        this.w.transcript.user(msg.event_id, String(msg.text ?? ''), final);
         if (final) this.discardAgentAudio = false;
         break;
       }
       case 'agent_response_part':
         this.agentTurn(msg.event_id);
-        captions.part(msg.event_id, String(msg.part ?? 'delta'), String(msg.text ?? ''));
+        this.w.captions.part(msg.event_id, String(msg.part ?? 'delta'), String(msg.text ?? ''));
         break;
       case 'agent_response':
         this.agentTurn(msg.event_id);
-        captions.response(msg.event_id, String(msg.text ?? ''));
+        this.w.captions.response(msg.event_id, String(msg.text ?? ''));
         break;
       case 'agent_alignment':
         this.agentTurn(msg.event_id);
-        captions.alignment(msg);
+        this.w.captions.alignment(msg);
         if (this.pagePlaysAudio) this.pendingAlignment = msg;
         break;
       case 'agent_response_correction':
-        captions.correction(msg.event_id, String(msg.text ?? ''));
+        this.w.captions.correction(msg.event_id, String(msg.text ?? ''));
         break;
       case 'interruption':
         this.player?.flush();
         this.pendingAlignment = null;
-        face.silence();
-        captions.interruption(msg.event_id);
+        this.w.face.silence();
+        this.w.captions.interruption(msg.event_id);
         break;
       case 'tool_status':
-        activity.toolStatus(msg);
+        this.w.activity.toolStatus(msg);
         break;
       case 'mcp_tool_call':
-        activity.mcpToolCall(msg);
-        approval.update(msg);
+        this.w.activity.mcpToolCall(msg);
+        this.w.approval.update(msg);
         break;
       case 'mcp_connection_status':
-        debug.mcpIntegrations = Array.isArray(msg.integrations) ? msg.integrations : null;
+        this.w.debug.mcpIntegrations = Array.isArray(msg.integrations) ? msg.integrations : null;
         break;
       case 'queue_status':
         this.onQueueStatus(String(msg.status ?? ''));
@@ -547,14 +977,14 @@ class Conversation {
         this.onHumanAgent(Boolean(msg.connected));
         break;
       case 'agent_typing':
-        debug.agentTyping = Boolean(msg.typing);
-        activity.typing(debug.agentTyping);
+        this.w.debug.agentTyping = Boolean(msg.typing);
+        this.w.activity.typing(this.w.debug.agentTyping);
         break;
       case 'vad_score':
-        debug.vadScore = typeof msg.score === 'number' ? msg.score : null;
+        this.w.debug.vadScore = typeof msg.score === 'number' ? msg.score : null;
         break;
       case 'context_usage':
-        debug.contextUsage = msg;
+        this.w.debug.contextUsage = msg;
         break;
       case 'tool_call':
         this.onToolCall(msg);
@@ -563,23 +993,24 @@ class Conversation {
         const text = String(msg.text ?? '');
         const words = text.split(/\s+/).filter(Boolean).length;
         const duration = typeof msg.duration_ms === 'number' ? msg.duration_ms : words * 380;
-        face.speakFor(duration);
+        this.w.face.speakFor(duration);
         // The avatar speaks in its own voice: time the captions by it unless the page plays the agent's audio.
-        if (!this.pagePlaysAudio) captions.avatarSpeaking(msg.event_id ?? null, text, duration);
+        if (!this.pagePlaysAudio) this.w.captions.avatarSpeaking(msg.event_id ?? null, text, duration);
         break;
       }
       case 'avatar_state':
-        face.setSpeaking(Boolean(msg.speaking));
-        if (msg.speaking && !this.pagePlaysAudio) captions.avatarStarted(msg.event_id ?? null);
+        this.w.face.setSpeaking(Boolean(msg.speaking));
+        if (msg.speaking && !this.pagePlaysAudio) this.w.captions.avatarStarted(msg.event_id ?? null);
         break;
       case 'avatar_unavailable':
         this.onAvatarUnavailable(msg);
         break;
       case 'error': {
         this.errorMessage = String(msg.message ?? msg.code ?? 'error');
-        debug.error = { code: msg.code ?? null, message: this.errorMessage };
-        const words = ENDED_REASONS[msg.code] ?? 'something went wrong';
-        showNotice(`Problem: ${words}${this.errorMessage && this.errorMessage !== msg.code ? ` — ${this.errorMessage}` : ''}.`, 'error');
+        this.w.debug.error = { code: msg.code ?? null, message: this.errorMessage };
+        const words = this.w.reasonWords(msg.code, 'reason.other');
+        this.w.showNotice(this.errorMessage && this.errorMessage !== msg.code
+          ? this.w.t('notice.problem_detail', { words, detail: this.errorMessage }) : this.w.t('notice.problem', { words }), 'error');
         break;
       }
       case 'ended':
@@ -588,9 +1019,9 @@ class Conversation {
       default:
         break;
     }
-    // Embedding pages can follow everything the relay says (vad_score, context_usage, rich_content, …):
-    // window.addEventListener('relay:vad_score', (e) => e.detail.score).
-    window.dispatchEvent(new CustomEvent(`relay:${msg.type}`, { detail: msg }));
+    // The host page follows everything the relay says (vad_score, context_usage, rich_content, …) as DOM events on
+    // the element, bubbling out of the shadow root: element.addEventListener('relay:vad_score', (e) => e.detail.score).
+    this.w.dispatchEvent(new CustomEvent(`relay:${msg.type}`, { detail: msg, bubbles: true, composed: true }));
   }
 
   /** A frame of agent turn `eventId` arrived: a newer turn lets its audio through again after an Interrupt. */
@@ -602,32 +1033,32 @@ class Conversation {
   }
 
   onQueueStatus(status) {
-    debug.queueStatus = status;
+    this.w.debug.queueStatus = status;
     if (status === 'waiting') {
-      activity.chip('queue', 'Waiting in line for the agent…', 'queue', 'waiting');
+      this.w.activity.chip('queue', this.w.t('chip.queue_waiting'), 'queue', 'waiting');
       if (!this.ready) {
-        setStatus('queued', QUEUE_WORDS.waiting);
-        setStage('idle', 'Waiting in line…');
+        this.w.setStatus('queued', this.w.t('status.queue_waiting'));
+        this.w.setStage('idle', this.w.t('stage.queued'));
       }
     } else if (status === 'admitted') {
-      activity.chip('queue', 'Your turn — the agent is joining', 'queue', 'admitted', 3000);
+      this.w.activity.chip('queue', this.w.t('chip.queue_admitted'), 'queue', 'admitted', 3000);
       if (!this.ready) {
-        setStatus('connecting', QUEUE_WORDS.admitted);
-        setStage('idle', 'Connecting to the agent…');
+        this.w.setStatus('connecting', this.w.t('status.queue_admitted'));
+        this.w.setStage('idle', this.w.t('stage.connecting'));
       }
     } else if (status === 'timed_out') {
-      activity.remove('queue');
-      showNotice(QUEUE_WORDS.timed_out, 'error');
+      this.w.activity.remove('queue');
+      this.w.showNotice(this.w.t('notice.queue_timed_out'), 'error');
     }
   }
 
   onHumanAgent(connected) {
-    if (debug.humanAgent === connected) return;
-    debug.humanAgent = connected;
-    captions.label = connected ? 'Human agent' : 'Agent';
-    activity.human(connected);
-    if (!connected) debug.agentTyping = false;
-    transcript.system(connected ? 'A person has taken over the conversation.' : 'The person has left; the agent is back.', 'human');
+    if (this.w.debug.humanAgent === connected) return;
+    this.w.debug.humanAgent = connected;
+    this.w.captions.label = this.w.t(connected ? 'who.human_agent' : 'who.agent');
+    this.w.activity.human(connected);
+    if (!connected) this.w.debug.agentTyping = false;
+    this.w.transcript.system(this.w.t(connected ? 'note.human_joined' : 'note.human_left'), 'human');
   }
 
   onReady(msg) {
@@ -635,48 +1066,61 @@ class Conversation {
     this.ready = msg;
     this.resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
     this.resumeWindowS = typeof msg.resume_window === 'number' ? msg.resume_window : 0;
-    debug.conversationId = msg.conversation_id ?? null;
-    debug.avatarSessionId = msg.avatar?.session_id ?? null;
+    this.w.debug.conversationId = msg.conversation_id ?? null;
+    this.w.debug.avatarSessionId = msg.avatar?.session_id ?? null;
     this.player = new PcmPlayer(this.context, msg.output_audio?.sample_rate ?? 16000);
     if (this.capture) this.configureCapture();
     this.refreshControls();
+    this.w.setState('live');
+    this.w.holdWakeLock();
     const avatar = msg.avatar;
     if (!avatar) {
-      setStage('voice', 'Voice only');
+      this.w.setStage('voice', this.w.t('stage.voice'));
     } else if (avatar.simulated) {
-      setStage('simulated', 'Demo mode · simulated avatar');
+      this.w.setStage(this.w.voiceOnly ? 'voice' : 'simulated', this.w.t('stage.demo'));
     } else {
       // The avatar plays the agent's voice: captions follow its avatar_state / avatar_speaking.
       this.pagePlaysAudio = false;
-      setStage('loading', 'Loading the avatar…');
+      this.w.setStage(this.w.voiceOnly ? 'voice' : 'loading', this.w.t(this.w.voiceOnly ? 'stage.voice' : 'stage.loading'));
       this.joinRoom(avatar);
     }
-    ui.input.focus({ preventScroll: true });
+    this.w.ui.input.focus({ preventScroll: true });
   }
 
   async joinRoom(avatar) {
     if (!this.config.livekit_client_url) {
-      showNotice('The relay did not say where to load livekit-client from, so the avatar cannot be shown.', 'error');
-      setStage('voice', 'Avatar video unavailable');
+      this.w.showNotice(this.w.t('notice.no_livekit'), 'error');
+      this.w.setStage('voice', this.w.t('stage.video_unavailable'));
       return;
     }
     try {
       const room = await joinAvatarRoom({
-        moduleUrl: this.config.livekit_client_url,
+        // Relative to the relay (its own copy is `vendor/…`), not to the host page.
+        moduleUrl: new URL(this.config.livekit_client_url, this.w.relayBase()).href,
+        // An operator's URL (RELAY_LIVEKIT_CLIENT_URL) is checked against its integrity before it runs; the relay's
+        // own copy is checked by the relay at start-up and imported as it is (no blob: in the host page's CSP).
+        integrity: this.w.relayCopy(this.config.livekit_client_url) ? null : this.config.livekit_client_integrity || null,
         avatar,
         participant: this.config.avatars?.[avatar.provider]?.participant ?? null,
-        video: ui.video,
-        audio: ui.audio,
+        video: this.w.ui.video,
+        audio: this.w.ui.audio,
         onAudioBlocked: (blocked) => {
-          ui.enableAudio.hidden = !blocked || this.finished;
+          this.w.ui.enableAudio.hidden = !blocked || this.finished;
         },
         onVideo: () => {
-          if (!this.finished) setStage('video', '');
+          if (!this.finished && !this.w.voiceOnly) this.w.setStage('video', '');
+        },
+        onReconnecting: () => {
+          if (!this.finished) this.w.setState('reconnecting');
+        },
+        onReconnected: () => {
+          if (!this.finished && !this.reconnect) this.w.setState('live'); // not while the relay's socket resumes
         },
         onDisconnected: (reason) => {
           if (this.finished) return;
-          setStage('voice', 'Avatar disconnected');
-          showNotice(`The avatar's video connection closed (${reason}).`);
+          if (this.w.state === 'reconnecting' && !this.reconnect) this.w.setState('live');
+          this.w.setStage('voice', this.w.t('stage.avatar_disconnected'));
+          this.w.showNotice(this.w.t('notice.avatar_closed', { detail: reason }));
         },
       });
       if (this.finished) {
@@ -687,50 +1131,50 @@ class Conversation {
     } catch (err) {
       if (this.finished) return;
       console.warn('avatar room', err);
-      showNotice(`The avatar video could not be loaded (${err?.message ?? err}).`, 'error');
-      setStage('voice', 'Avatar video unavailable');
+      this.w.showNotice(this.w.t('notice.avatar_load_failed', { detail: err?.message ?? err }), 'error');
+      this.w.setStage('voice', this.w.t('stage.video_unavailable'));
     }
   }
 
   onAvatarUnavailable(msg) {
     const reason = String(msg.reason ?? 'upstream_error');
-    const message = String(msg.message ?? 'The avatar is unavailable.');
-    debug.avatarUnavailable = reason;
-    showNotice(`${message} The conversation continues with voice only.`);
-    transcript.system(`Avatar unavailable (${reason}); continuing with voice only.`);
-    face.silence();
+    const message = String(msg.message ?? '');
+    this.w.debug.avatarUnavailable = reason;
+    this.w.showNotice(this.w.t('notice.avatar_unavailable', { message }));
+    this.w.transcript.system(this.w.t('note.avatar_unavailable', { reason }));
+    this.w.face.silence();
     this.pagePlaysAudio = true;
-    setStage('voice', 'Voice only — the avatar is unavailable');
+    this.w.setStage('voice', this.w.t('stage.avatar_unavailable'));
     const room = this.room;
     this.room = null;
-    ui.enableAudio.hidden = true;
+    this.w.ui.enableAudio.hidden = true;
     room?.leave().catch(() => {});
   }
 
   onAgentAudio(data) {
-    debug.audioFramesReceived += 1;
+    this.w.debug.audioFramesReceived += 1;
     const alignment = this.pendingAlignment;
     this.pendingAlignment = null;
     if (!this.player || this.discardAgentAudio || this.finished || this.stopping) return;
     const scheduled = this.player.enqueue(data);
     if (!scheduled) return;
     if (alignment) {
-      captions.chunkScheduled(alignment, scheduled.heardAt);
-      debug.audioChunks.push({
+      this.w.captions.chunkScheduled(alignment, scheduled.heardAt);
+      this.w.debug.audioChunks.push({
         eventId: alignment.event_id, offsetMs: Number(alignment.offset_ms) || 0, start: scheduled.start,
         duration: scheduled.duration, heardAt: scheduled.heardAt,
       });
-      if (debug.audioChunks.length > MAX_DEBUG_MESSAGES) debug.audioChunks.splice(0, debug.audioChunks.length - MAX_DEBUG_MESSAGES);
+      if (this.w.debug.audioChunks.length > MAX_DEBUG_MESSAGES) this.w.debug.audioChunks.splice(0, this.w.debug.audioChunks.length - MAX_DEBUG_MESSAGES);
     } else {
-      captions.unaligned(this.lastAgentEventId);
+      this.w.captions.unaligned(this.lastAgentEventId);
     }
   }
 
   async onToolCall(msg) {
     const name = String(msg.tool_name ?? '');
     const parameters = msg.parameters && typeof msg.parameters === 'object' ? msg.parameters : {};
-    transcript.system(`Tool call: ${name}(${JSON.stringify(parameters)})`, 'tool');
-    const tools = window.relayTools && typeof window.relayTools === 'object' ? window.relayTools : {};
+    this.w.transcript.system(this.w.t('note.tool_call', { name, parameters: JSON.stringify(parameters) }), 'tool');
+    const tools = this.w.clientTools();
     const handler = Object.prototype.hasOwnProperty.call(tools, name) ? tools[name] : undefined;
     let result;
     let isError;
@@ -740,21 +1184,21 @@ class Conversation {
         if (result === undefined) result = '';
         isError = false;
       } catch (err) {
-        result = `The tool ${name} failed: ${err?.message ?? err}`;
+        result = this.w.t('tool.failed', { name, detail: err?.message ?? err });
         isError = true;
       }
     } else {
-      result = `This page has no client tool named "${name}".`;
+      result = this.w.t('tool.no_handler', { name });
       isError = true;
     }
-    debug.toolResults.push({ tool_call_id: msg.tool_call_id, tool_name: name, result, is_error: isError });
+    this.w.debug.toolResults.push({ tool_call_id: msg.tool_call_id, tool_name: name, result, is_error: isError });
     this.sendJson({ type: 'tool_result', tool_call_id: msg.tool_call_id, result, is_error: isError });
   }
 
   sendText(text) {
     if (!this.ready || this.finished) return false;
     if (!this.sendJson({ type: 'text', text })) return false;
-    transcript.typed(text);
+    this.w.transcript.typed(text);
     return true;
   }
 
@@ -770,27 +1214,27 @@ class Conversation {
     this.sendJson({ type: 'interrupt' });
     this.player?.flush();
     this.pendingAlignment = null;
-    captions.cutAll();
-    face.silence();
+    this.w.captions.cutAll();
+    this.w.face.silence();
     // Audio of the interrupted reply may still be in flight from the relay: drop it until the next turn starts.
     this.discardAgentAudio = true;
   }
 
   setMuted(muted) {
     this.muted = muted;
-    debug.muted = muted;
-    ui.mute.setAttribute('aria-pressed', String(muted));
-    ui.mute.textContent = muted ? 'Unmute' : 'Mute';
+    this.w.debug.muted = muted;
+    this.w.ui.mute.setAttribute('aria-pressed', String(muted));
+    this.w.ui.mute.textContent = this.w.t(muted ? 'button.unmute' : 'button.mute');
   }
 
   stop() {
     if (this.finished || this.stopping) return;
     this.stopping = true;
-    setStatus('ending', 'Ending the conversation…');
+    this.w.setStatus('ending', this.w.t('status.ending'));
     this.player?.flush();
-    face.silence();
+    this.w.face.silence();
     this.refreshControls();
-    ui.stop.disabled = true;
+    this.w.ui.stop.disabled = true;
     if (!this.sendJson({ type: 'stop' })) {
       this.ws?.close(1000);
       this.finish('client_stop');
@@ -839,9 +1283,9 @@ class Conversation {
       return;
     }
     this.playOutReason = reason;
-    debug.playingOut = left;
+    this.w.debug.playingOut = left;
     this.stopCapture();
-    setStatus('ending', 'The agent is finishing…');
+    this.w.setStatus('ending', this.w.t('status.finishing'));
     this.playOutTimer = setTimeout(() => this.finish(reason), left * 1000 + 100);
   }
 
@@ -863,111 +1307,53 @@ class Conversation {
     window.removeEventListener('offline', this.onOffline);
     clearTimeout(this.stopTimer);
     clearTimeout(this.playOutTimer);
-    debug.playingOut = null;
-    debug.endedReason = reason;
+    this.w.debug.playingOut = null;
+    this.w.debug.endedReason = reason;
     const ws = this.ws;
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     this.player?.close();
     this.stopCapture();
-    debug.micState = debug.micState === 'unavailable' ? 'unavailable' : 'off';
-    debug.inputRms = 0;
+    this.w.debug.micState = this.w.debug.micState === 'unavailable' ? 'unavailable' : 'off';
+    this.w.debug.inputRms = 0;
     this.room?.leave().catch(() => {});
     this.room = null;
-    ui.video.srcObject = null;
-    ui.enableAudio.hidden = true;
+    this.w.ui.video.srcObject = null;
+    this.w.releaseWakeLock();
+    this.w.ui.enableAudio.hidden = true;
     this.context.close().catch(() => {});
-    face.silence();
-    captions.finishAll();
-    approval.reset();
-    activity.clear();
-    const label = ENDED_REASONS[reason] ?? reason.replaceAll('_', ' ');
+    this.w.face.silence();
+    this.w.captions.finishAll();
+    this.w.approval.reset();
+    this.w.activity.clear();
+    const label = this.w.reasonWords(reason, null) ?? reason.replaceAll('_', ' ');
     const failed = this.errorMessage !== null && reason !== 'client_stop' && !PLAY_OUT_REASONS.has(reason);
-    if (failed) setStatus('error', `Conversation ended: ${label} — ${this.errorMessage}`);
-    else setStatus('ended', `Conversation ended: ${label}.`);
-    setStage('idle', 'Press Start to talk again.');
-    setControls({ running: false, ready: false, mic: false });
+    if (failed) this.w.setStatus('error', this.w.t('status.failed', { reason: label, detail: this.errorMessage }));
+    else this.w.setStatus('ended', this.w.t('status.ended', { reason: label }));
+    this.w.setStage('idle', this.w.t('stage.again'));
+    this.w.setState('ended');
+    this.w.setControls({ running: false, ready: false, mic: false });
     this.setMuted(false);
-    if (current === this) ui.start.focus({ preventScroll: true });
+    if (this.w.current === this) this.w.ui.start.focus({ preventScroll: true });
   }
 
   /** Called on every animation frame while this conversation is live. */
   updateStatus() {
-    if (!this.ready || this.finished || this.stopping || this.reconnect) return;
-    const speaking = (this.player?.playing ?? false) || face.speaking;
-    if (speaking) setStatus('speaking', 'Agent speaking…');
-    else if (this.micAvailable) setStatus('listening', this.muted ? 'Muted — the agent cannot hear you.' : 'Listening — speak any time.');
-    else setStatus('listening', 'Connected — type a message to the agent.');
+    if (!this.ready || this.finished || this.stopping) return;
+    if (this.reconnect) {
+      this.w.setStatus('reconnecting', this.w.t('status.reconnecting_relay'));
+      return;
+    }
+    if (this.w.state === 'reconnecting') {
+      this.w.setStatus('connecting', this.w.t('status.reconnecting'));
+      return;
+    }
+    const speaking = (this.player?.playing ?? false) || this.w.face.speaking;
+    const t = this.w.t;
+    if (speaking) this.w.setStatus('speaking', t('status.speaking'));
+    else if (this.micAvailable && this.paused) this.w.setStatus('listening', t('status.paused'));
+    else if (this.micAvailable) this.w.setStatus('listening', t(this.muted ? 'status.muted' : 'status.listening'));
+    else this.w.setStatus('listening', t('status.typing_only'));
   }
 }
 
-function startConversation() {
-  if (current && !current.finished) return;
-  hideNotice();
-  transcript.clear();
-  captions.clear();
-  activity.clear();
-  captions.label = 'Agent';
-  Object.assign(debug, {
-    conversationId: null, avatarSessionId: null, avatarMode: null, micState: 'off', micError: null, muted: false, framesSent: 0,
-    bytesSent: 0, framesDropped: 0, audioFramesReceived: 0, maxOutputRms: 0, mouthMoves: 0, received: [], sent: [],
-    endedReason: null, error: null, toolResults: [], avatarUnavailable: null, captionLog: [], audioChunks: [],
-    queueStatus: null, humanAgent: false, agentTyping: false, vadScore: null, contextUsage: null, mcpIntegrations: null,
-    approvals: [],
-  });
-  let conversation;
-  try {
-    conversation = new Conversation();
-  } catch (err) {
-    setStatus('error', `This browser cannot play or capture audio here (${err?.message ?? err}).`);
-    return;
-  }
-  current = conversation;
-  conversation.setMuted(false);
-  conversation.begin().catch((err) => {
-    conversation.errorMessage = `Could not connect to the relay (${err?.message ?? err}).`;
-    conversation.finish('connection_lost');
-  });
-}
-
-function setMeter(meter, level) {
-  const value = Math.min(1, level * 4);
-  meter.firstElementChild.style.transform = `scaleX(${value.toFixed(3)})`;
-  const rounded = String(Math.round(value * 10) * 10);
-  if (meter.getAttribute('aria-valuenow') !== rounded) meter.setAttribute('aria-valuenow', rounded);
-}
-
-function animate(now) {
-  const conversation = current && !current.finished ? current : null;
-  const level = conversation?.player ? conversation.player.level() : 0;
-  debug.outputRms = level;
-  if (level > debug.maxOutputRms) debug.maxOutputRms = level;
-  const wasOpen = debug.mouthOpen;
-  face.tick(now, debug.avatarMode === 'simulated' ? level : 0);
-  debug.mouthOpen = face.mouthOpen;
-  debug.mouthOpenness = face.openness;
-  debug.lastMouthMoveAt = face.lastMouthMoveAt;
-  if (debug.mouthOpen && !wasOpen) debug.mouthMoves += 1;
-  ui.orb.style.setProperty('--level', Math.min(1, level * 5).toFixed(3));
-  setMeter(ui.outMeter, level);
-  setMeter(ui.micMeter, conversation ? debug.inputRms : 0);
-  conversation?.updateStatus();
-  captions.tick();
-  requestAnimationFrame(animate);
-}
-
-ui.start.addEventListener('click', startConversation);
-ui.stop.addEventListener('click', () => current?.stop());
-ui.interrupt.addEventListener('click', () => current?.interrupt());
-ui.mute.addEventListener('click', () => current?.setMuted(!current.muted));
-ui.enableAudio.addEventListener('click', () => current?.room?.startAudio().catch(() => {}));
-ui.form.addEventListener('submit', (event) => {
-  event.preventDefault();
-  const text = ui.input.value.trim();
-  if (text && current?.sendText(text)) ui.input.value = '';
-});
-ui.input.addEventListener('input', () => current?.noteTyping());
-// `pagehide` fires on tab close, navigation and bfcache entry on every browser (unlike `unload`).
-window.addEventListener('pagehide', () => current?.leavePage());
-
-setStage('idle', 'The agent will appear here.');
-requestAnimationFrame(animate);
+if (globalThis.customElements && !customElements.get('avatar-relay')) customElements.define('avatar-relay', AvatarRelayElement);

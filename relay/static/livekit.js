@@ -10,6 +10,8 @@
  * Join the avatar's room.
  * @param {object} options
  * @param {string} options.moduleUrl where livekit-client's ES module is (absolute, or relative to the page)
+ * @param {string|null} options.integrity its Subresource Integrity (`sha384-…`), checked before it runs (an operator's
+ *   RELAY_LIVEKIT_CLIENT_URL; null for the relay's own copy, which the relay checks at start-up)
  * @param {{provider: string, livekit_url: string, access_token: string}} options.avatar `ready.avatar`
  * @param {string | null} options.participant the avatar's identity in the room (null: any remote participant)
  * @param {HTMLVideoElement} options.video
@@ -17,12 +19,15 @@
  * @param {(blocked: boolean) => void} options.onAudioBlocked the browser refused to play sound without a gesture
  * @param {() => void} options.onVideo the avatar's video is attached
  * @param {(reason: string) => void} options.onDisconnected the room went away
+ * @param {() => void} [options.onReconnecting] the room lost its connection and LiveKit is getting it back
+ * @param {() => void} [options.onReconnected] it got it back
  * @returns {Promise<{leave: () => Promise<void>, startAudio: () => Promise<void>}>}
  */
 export async function joinAvatarRoom({
-  moduleUrl, avatar, participant = null, video, audio, onAudioBlocked, onVideo, onDisconnected,
+  moduleUrl, integrity = null, avatar, participant = null, video, audio, onAudioBlocked, onVideo, onDisconnected,
+  onReconnecting = () => {}, onReconnected = () => {},
 }) {
-  const { Room, RoomEvent, Track } = await import(new URL(moduleUrl, document.baseURI).href);
+  const { Room, RoomEvent, Track } = await loadModule(new URL(moduleUrl, document.baseURI).href, integrity);
   const room = new Room({ adaptiveStream: true, dynacast: true });
   const isAvatar = (remote) => participant === null || remote.identity === participant;
   let leaving = false;
@@ -38,6 +43,8 @@ export async function joinAvatarRoom({
   });
   room.on(RoomEvent.TrackUnsubscribed, (track) => track.detach());
   room.on(RoomEvent.AudioPlaybackStatusChanged, () => onAudioBlocked(!room.canPlaybackAudio));
+  room.on(RoomEvent.Reconnecting, () => onReconnecting());
+  room.on(RoomEvent.Reconnected, () => onReconnected());
   room.on(RoomEvent.Disconnected, (reason) => {
     if (!leaving) onDisconnected(String(reason ?? 'disconnected'));
   });
@@ -58,4 +65,22 @@ export async function joinAvatarRoom({
       onAudioBlocked(!room.canPlaybackAudio);
     },
   };
+}
+
+/**
+ * Import livekit-client's ES module. With an integrity, the file is fetched with it (the browser refuses any other
+ * content) and run from a blob: URL, since import() itself takes no integrity; the module must be self-contained
+ * (the npm build is). Without one, it is imported directly.
+ */
+export async function loadModule(url, integrity) {
+  if (!integrity) return import(url);
+  const response = await fetch(url, { integrity, mode: 'cors', credentials: 'omit' });
+  if (!response.ok) throw new Error(`livekit-client: HTTP ${response.status}`);
+  const blob = new Blob([await response.text()], { type: 'text/javascript' });
+  const blobUrl = URL.createObjectURL(blob);
+  try {
+    return await import(blobUrl);
+  } finally {
+    URL.revokeObjectURL(blobUrl);
+  }
 }

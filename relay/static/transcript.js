@@ -5,6 +5,8 @@
 // been said: those are plain, the rest dimmed). The list is an aria-live region; it scrolls to the newest entry unless the reader
 // has scrolled up to read something older. Text is always set with textContent, never parsed as HTML.
 
+import { english } from './i18n.js';
+
 // Thumb icons drawn inline (emoji fonts are not everywhere). Paths from Feather icons (MIT).
 const THUMB_UP = 'M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3zM7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3';
 const THUMB_DOWN = 'M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3zm7-13h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17';
@@ -22,9 +24,13 @@ function icon(d) {
 }
 
 export class Transcript {
-  /** @param {HTMLOListElement} list */
-  constructor(list) {
+  /**
+   * @param {HTMLOListElement} list
+   * @param {(key: string, vars?: object) => string} t the widget's words (i18n.js)
+   */
+  constructor(list, t = english) {
     this.list = list;
+    this.t = t;
     this.entries = new Map();
     /** Set by the page: `(eventId, 'like' | 'dislike') => boolean` (true when the feedback was sent). */
     this.onFeedback = null;
@@ -37,7 +43,7 @@ export class Transcript {
 
   /** What the user said; `final: false` is tentative and replaced by the next transcript for that event. */
   user(eventId, text, final) {
-    const entry = this.entry(`user:${eventId}`, 'user', 'You');
+    const entry = this.entry(`user:${eventId}`, 'user', this.t('who.you'));
     entry.text.textContent = text;
     entry.item.classList.toggle('tentative', !final);
     this.scroll();
@@ -45,7 +51,7 @@ export class Transcript {
 
   /** A message the user typed (it has no event_id of its own). */
   typed(text) {
-    const entry = this.entry(null, 'user typed', 'You (typed)');
+    const entry = this.entry(null, 'user typed', this.t('who.you_typed'));
     entry.text.textContent = text;
     this.scroll();
   }
@@ -54,7 +60,7 @@ export class Transcript {
    * The agent's reply for turn `eventId`, drawn by the captions: `text[0:split]` has been said (shown plainly), the
    * rest is still to come (dimmed). The bubble carries what tests and styles need as data attributes.
    */
-  agentCaption(eventId, text, split, { label = 'Agent', state = 'spoken', revealed = 0, words = 0, final = true, interrupted = false } = {}) {
+  agentCaption(eventId, text, split, { label = this.t('who.agent'), state = 'spoken', revealed = 0, words = 0, final = true, interrupted = false } = {}) {
     const key = `agent:${eventId}`;
     const isNew = !this.entries.has(key);
     const entry = this.entry(key, 'agent', label);
@@ -82,7 +88,7 @@ export class Transcript {
 
   /** A server tool's or MCP tool's progress, one line per call that changes with its state. */
   tool(callId, text, state) {
-    const entry = this.entry(`tool:${callId}`, 'system tool', 'Tool');
+    const entry = this.entry(`tool:${callId}`, 'system tool', this.t('who.tool'));
     entry.text.textContent = text;
     entry.item.dataset.state = state;
     this.scroll();
@@ -92,8 +98,8 @@ export class Transcript {
     const group = document.createElement('div');
     group.className = 'feedback';
     group.setAttribute('role', 'group');
-    group.setAttribute('aria-label', 'Rate this reply');
-    const buttons = [['like', THUMB_UP, 'Good reply'], ['dislike', THUMB_DOWN, 'Bad reply']].map(([score, path, label]) => {
+    group.setAttribute('aria-label', this.t('feedback.label'));
+    const buttons = [['like', THUMB_UP, this.t('feedback.like')], ['dislike', THUMB_DOWN, this.t('feedback.dislike')]].map(([score, path, label]) => {
       const button = document.createElement('button');
       button.type = 'button';
       button.append(icon(path));
@@ -112,7 +118,7 @@ export class Transcript {
 
   /** A line from the page itself (a tool call, a notice). */
   system(text, kind = 'note') {
-    const entry = this.entry(null, `system ${kind}`, kind === 'tool' ? 'Tool' : 'Note');
+    const entry = this.entry(null, `system ${kind}`, this.t(kind === 'tool' ? 'who.tool' : 'who.note'));
     entry.text.textContent = text;
     this.scroll();
   }
@@ -122,7 +128,7 @@ export class Transcript {
     item.classList.add('interrupted');
     const badge = document.createElement('span');
     badge.className = 'badge';
-    badge.textContent = 'interrupted';
+    badge.textContent = this.t('badge.interrupted');
     item.querySelector('.who').append(' ', badge);
   }
 

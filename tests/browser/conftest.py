@@ -14,6 +14,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,7 +194,7 @@ def relays(tmp_path_factory: pytest.TempPathFactory, livekit_client_url: str) ->
     def get(avatar: str, **settings: str) -> Relay:
         key = (avatar, tuple(sorted(settings.items())))
         if key not in started:
-            name = "-".join([avatar, *(f"{k}={v}" for k, v in key[1])])
+            name = re.sub(r"[^A-Za-z0-9=_.-]+", "_", "-".join([avatar, *(f"{k}={v}" for k, v in key[1])]))
             started[key] = _start_relay(avatar, livekit_client_url, folder / f"relay-{name}.log", settings)
         return started[key]
 
@@ -268,6 +269,7 @@ def open_page(browsers: Callable[[str], Any]) -> Iterator[Callable[..., Any]]:
         page.goto(relay.url + "/")
         return page
 
+    open_.problems = problems  # type: ignore[attr-defined]  # a test expecting an error takes it out of the list
     yield open_
     for context in contexts:
         context.close()

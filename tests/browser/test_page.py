@@ -325,11 +325,11 @@ def test_page_fits_a_phone_screen(relays, open_page) -> None:
 def test_a_conversation_works_from_the_keyboard_alone(relays, open_page) -> None:
     page = open_page(relays("none"), mic="silence")
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.textContent") == "Skip to the captions"
+    assert page.evaluate("() => __relayRoot.activeElement?.textContent") == "Skip to the captions"
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "start"
+    assert page.evaluate("() => __relayRoot.activeElement?.id") == "start"
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.activeElement.id === 'text-input'")
+    page.wait_for_function("() => __relayRoot.activeElement?.id === 'text-input'")
     page.keyboard.type("Typed from the keyboard")
     page.keyboard.press("Enter")
     page.locator(".entry.agent", has_text="You said: Typed from the keyboard").wait_for()
@@ -349,3 +349,29 @@ def test_unavailable_avatar_is_announced_and_the_agent_is_still_heard(relays, op
     assert "voice only" in notice.inner_text()
     assert debug(page)["avatarMode"] == "voice"
     page.wait_for_function("() => window.__relayDebug.outputRms > 0.01")
+
+
+LIVEKIT_SHA384 = "sha384-Fdl/3YF53OfPCw7/DOpOaBHl0jTR+alUeSH6OX/ThjI9KYpX8W5dLMKoeMm0lhSG"  # npm's 2.15.7 build
+
+
+@pytest.mark.parametrize("integrity", [LIVEKIT_SHA384, "sha384-" + "A" * 64])
+def test_livekit_client_runs_only_with_its_pinned_integrity(relays, open_page, integrity: str) -> None:
+    """L4 of the security review: the page checks the module's Subresource Integrity before it runs (a CDN that
+    serves anything else gets nothing run), and the CSP names that one file, not the CDN."""
+    page = open_page(relays("none", RELAY_LIVEKIT_CLIENT_INTEGRITY=integrity), mic="silence")
+    result = page.evaluate("""async () => {
+        const config = await (await fetch('client-config.json')).json();
+        const { loadModule } = await import('./static/livekit.js');
+        try {
+            const module = await loadModule(config.livekit_client_url, config.livekit_client_integrity);
+            return typeof module.Room;
+        } catch (err) { return 'refused'; }
+    }""")
+    assert result == ("function" if integrity == LIVEKIT_SHA384 else "refused")
+    if integrity != LIVEKIT_SHA384:  # the browser says why it refused, as it should
+        errors = open_page.problems.errors
+        assert errors and all("integrity" in error.lower() for error in errors), errors
+        errors.clear()
+    csp = page.evaluate("async () => (await fetch('/')).headers.get('content-security-policy')")
+    script_src = next(d for d in csp.split("; ") if d.startswith("script-src")).split()[1:]
+    assert script_src == ["'self'", "blob:"]

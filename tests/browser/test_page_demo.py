@@ -79,14 +79,14 @@ def test_a_typed_message_gets_a_reply_that_grows_as_it_streams(relays, open_page
     page.evaluate("""() => {
       window.__grown = [];
       new MutationObserver(() => {
-        const text = document.querySelector('.entry.agent .text')?.textContent;
+        const text = __relayRoot.querySelector('.entry.agent .text')?.textContent;
         if (text !== undefined && text !== window.__grown[window.__grown.length - 1]) window.__grown.push(text);
-      }).observe(document.getElementById('transcript'), { subtree: true, childList: true, characterData: true });
+      }).observe(__relayRoot.getElementById('transcript'), { subtree: true, childList: true, characterData: true });
     }""")
     send_text(page, "Tell me about streaming replies please")
     reply = agent_bubble(page, "You said: Tell me about streaming replies please")
     reply.wait_for()
-    page.wait_for_function("() => document.querySelector('.entry.agent').dataset.final === 'true'")
+    page.wait_for_function("() => __relayRoot.querySelector('.entry.agent').dataset.final === 'true'")
     grown = page.evaluate("() => window.__grown")
     final = "You said: Tell me about streaming replies please"
     assert grown[-1] == final
@@ -127,10 +127,10 @@ def test_captions_are_revealed_in_step_with_the_simulated_voice(relays, open_pag
         bubble.wait_for()
         event_id = int(bubble.get_attribute("data-event-id"))
         # Mid-reply, the caption shows fewer words than the reply has: it follows the voice, not the text.
-        page.wait_for_function("(n) => { const b = document.querySelector(`.entry.agent[data-event-id=\"${n}\"]`);"
+        page.wait_for_function("(n) => { const b = __relayRoot.querySelector(`.entry.agent[data-event-id=\"${n}\"]`);"
                                " return Number(b.dataset.revealed) > 0 && b.dataset.caption === 'speaking'; }",
                                arg=event_id)
-        page.wait_for_function("(n) => document.querySelector(`.entry.agent[data-event-id=\"${n}\"]`)"
+        page.wait_for_function("(n) => __relayRoot.querySelector(`.entry.agent[data-event-id=\"${n}\"]`)"
                                ".dataset.caption === 'spoken'", arg=event_id, timeout=20_000)
         page.wait_for_function("() => window.__relayDebug.outputRms < 0.001")
         offsets += measure(page, event_id, text)
@@ -211,8 +211,8 @@ def test_the_queue_and_a_human_taking_over_are_shown(relays, open_page, avatar: 
         page = open_page(relay, mic="silence")
         page.evaluate("""() => {
           window.__states = [];
-          new MutationObserver(() => window.__states.push(document.getElementById('status').dataset.state))
-            .observe(document.getElementById('status'), { attributes: true });
+          new MutationObserver(() => window.__states.push(__relayRoot.getElementById('status').dataset.state))
+            .observe(__relayRoot.getElementById('status'), { attributes: true });
         }""")
         start(page)
     # The demo agent keeps each conversation briefly in its queue: the page said so before the agent was ready.
@@ -235,7 +235,7 @@ def test_the_queue_and_a_human_taking_over_are_shown(relays, open_page, avatar: 
 def spoken(page: Any, has_text: str) -> None:
     """Until the reply containing `has_text` has been said (its caption complete, the voice silent)."""
     agent_bubble(page, has_text).wait_for()
-    page.wait_for_function("(t) => [...document.querySelectorAll('.entry.agent')].some((b) => "
+    page.wait_for_function("(t) => [...__relayRoot.querySelectorAll('.entry.agent')].some((b) => "
                            "b.textContent.includes(t) && b.dataset.caption === 'spoken')", arg=has_text, timeout=20_000)
     page.wait_for_function("() => window.__relayDebug.outputRms < 0.001")
 
@@ -256,13 +256,13 @@ def test_screenshots_of_the_whole_agent(relays, open_page, viewport: str) -> Non
         send_text(page, "Where is my order 1234?")
         if viewport == "desktop":
             agent_bubble(page, "Your order 1234").wait_for()
-            page.wait_for_function("() => Number([...document.querySelectorAll('.entry.agent')].pop().dataset.revealed)"
-                                   " >= 5")
+            page.wait_for_function("() => Number([...__relayRoot.querySelectorAll('.entry.agent')].pop()"
+                                   ".dataset.revealed) >= 5")
             take_screenshot(page, REPO / "docs" / "screenshot.png")
             return
         spoken(page, "Your order 1234")
         send_text(page, "And the weather in Lisbon?")
         page.get_by_role("dialog").wait_for()
-        page.wait_for_function("() => document.getElementById('approval').open")
+        page.wait_for_function("() => __relayRoot.getElementById('approval').open")
         take_screenshot(page, REPO / "docs" / "screenshot-phone.png", mouth_open=False)
         page.get_by_role("button", name="Approve").click()

@@ -178,7 +178,8 @@ def caption(page: Any, event_id: int) -> Any:
 
 def wait_caption(page: Any, event_id: int, condition: str, timeout: float = 15_000) -> None:
     """Until the bubble of agent turn `event_id` (`b` in the JavaScript `condition`) exists and meets `condition`."""
-    page.wait_for_function(f"() => {{ const b = document.querySelector('.entry.agent[data-event-id=\"{event_id}\"]');"
+    page.wait_for_function("() => { const b = __relayRoot.querySelector("
+                           f"'.entry.agent[data-event-id=\"{event_id}\"]');"
                            f" return Boolean(b) && ({condition}); }}", timeout=timeout)
 
 
@@ -201,7 +202,7 @@ def test_streamed_reply_grows_in_one_bubble_and_the_final_text_replaces_it(fake_
     for delta in ["Sure", ", here", " is a streamed", " reply."]:
         fake.send(type="agent_response_part", event_id=3, part="delta", text=delta)
         grown.append((grown[-1] if grown else "") + delta)
-        page.wait_for_function("([n, t]) => document.querySelector(`.entry.agent[data-event-id=\"${n}\"] .text`)"
+        page.wait_for_function("([n, t]) => __relayRoot.querySelector(`.entry.agent[data-event-id=\"${n}\"] .text`)"
                                "?.textContent === t", arg=[3, grown[-1]])
     bubble = caption(page, 3)
     assert bubble.get_attribute("data-final") == "false" and "streaming" in (bubble.get_attribute("class") or "")
@@ -389,9 +390,9 @@ def test_mcp_approval_dialog_answers_from_the_keyboard(fake_page) -> None:
     countdown = page.locator("#approval-countdown")
     page.wait_for_function("(el) => /^(29|30) s left to answer$/.test(el.textContent)", arg=countdown.element_handle())
     # Focus starts on the safer answer; Tab reaches Approve; Enter answers.
-    assert page.evaluate("() => document.activeElement.id") == "approval-deny"
+    assert page.evaluate("() => __relayRoot.activeElement?.id") == "approval-deny"
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "approval-approve"
+    assert page.evaluate("() => __relayRoot.activeElement?.id") == "approval-approve"
     page.keyboard.press("Enter")
     fake.wait_for(page, "mcp_approval")
     assert fake.sent_by_page("mcp_approval") == [{"type": "mcp_approval", "tool_call_id": "m1", "approved": True}]
@@ -426,7 +427,7 @@ def test_queue_state_shows_before_ready(fake_page) -> None:
     page = fake_page(fake)
     fake.wait_for(page, "start")
     fake.send(type="queue_status", status="waiting")
-    page.wait_for_function("() => document.getElementById('status').dataset.state === 'queued'")
+    page.wait_for_function("() => __relayRoot.getElementById('status').dataset.state === 'queued'")
     assert "Waiting in line" in page.locator("#status").inner_text()
     assert page.locator('#activity .chip[data-kind="queue"]').inner_text() == "Waiting in line for the agent…"
     fake.send(type="queue_status", status="admitted")
@@ -522,3 +523,27 @@ def test_every_feature_fits_a_phone_screen_and_the_keyboard(fake_page) -> None:
     for name in ("Stop", "Send"):
         box = page.get_by_role("button", name=name).bounding_box()
         assert box is not None and box["x"] + box["width"] <= 390
+
+
+def test_tool_names_are_data_even_when_they_are_object_keys(fake_page) -> None:
+    """I1 of the security review: tools named like Object.prototype's members (`toString`, `constructor`) are shown
+    as names, and their MCP approval dialog opens."""
+    fake = FakeRelay()
+    page = fake_page(fake)
+    fake.send(type="tool_status", tool_call_id="t1", tool_name="constructor", tool_type="webhook", state="running")
+    chip = page.locator('#activity .chip[data-key="tool:t1"]')
+    chip.wait_for()
+    assert chip.inner_text() == "Using constructor…"
+    fake.send(**{**mcp_call("awaiting_approval", approval_timeout_secs=30), "tool_name": "toString"})
+    dialog = page.get_by_role("dialog", name="Allow the agent to use a tool?")
+    dialog.wait_for()
+    assert "toString" in dialog.inner_text()
+
+
+def test_a_fragment_token_leaves_the_address_bar_and_still_starts_the_conversation(fake_page) -> None:
+    """L3 of the security review: `#token=…` is taken out of the URL (and its history entry) once read; the page
+    still sends it in `start`, and keeps the fragment's other parameters."""
+    fake = FakeRelay()
+    page = fake_page(fake, before_start=lambda page: page.evaluate("() => { location.hash = '#token=tok-1&lang=fr'; }"))
+    assert fake.sent_by_page("start")[0]["token"] == "tok-1"
+    assert page.evaluate("() => location.hash") == "#lang=fr"

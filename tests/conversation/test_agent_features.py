@@ -293,10 +293,7 @@ async def test_what_the_operator_allows_reaches_the_agent() -> None:
 
 
 async def test_a_token_without_overrides_refuses_them_even_when_the_operator_allows_them() -> None:
-    async def authorize(token: str | None) -> Grant:
-        return Grant(overrides=False)
-
-    h = Harness(authorize=authorize, relay_client_overrides="*", relay_client_extra_body=True)
+    h = Harness(grant=Grant(overrides=False), relay_client_overrides="*", relay_client_extra_body=True)
 
     async def body(h: Harness) -> None:
         await h.browser.send_json(type="start", custom_llm_extra_body={"x": 1})

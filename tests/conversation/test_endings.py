@@ -12,9 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay.conversation.endings import ConversationOver
 from relay.conversation.outbox import OUTBOX_FRAMES
-from relay.nursery import Grant
 from relay.protocol import elevenlabs as el
 from tests.support.fakes import (
     FakeAgent,
@@ -81,15 +79,15 @@ async def test_an_agent_announcing_an_unknown_format_is_refused_before_ready(
 # ---- a browser that connects and never sends `start` (z2) ---------------------------------------------------------
 
 
-async def test_a_browser_that_never_sends_start_is_ended_after_the_idle_timeout(
+async def test_a_browser_that_never_sends_start_is_ended_after_the_start_timeout(
         autojump_clock: trio.testing.MockClock) -> None:
-    h = Harness(relay_idle_timeout=20)
+    h = Harness(relay_idle_timeout=600, relay_start_timeout=7)
     t0 = trio.current_time()
 
     async def body(h: Harness) -> None:
         error, ended = await expect_ending(h)
-        assert trio.current_time() - t0 == pytest.approx(20)
-        assert error == {"type": "error", "code": "timeout", "message": "no 'start' message received"}
+        assert trio.current_time() - t0 == pytest.approx(7)
+        assert error == {"type": "error", "code": "timeout", "message": "no 'start' message received within 7 s"}
         assert ended == {"type": "ended", "reason": "timeout"}
 
     await with_conversation(h, body, limit=100)
@@ -334,41 +332,7 @@ async def test_an_unexpected_failure_is_an_internal_error_and_logged(caplog: pyt
     assert [r.getMessage().startswith("internal error in conversation") for r in caplog.records] == [True]
 
 
-# ---- refused token (m4) --------------------------------------------------------------------------------------------
-
-
-async def only_token_good(token: str | None) -> Grant:
-    """An `authorize` that lets in the token "good" only."""
-    if token != "good":
-        raise ConversationOver.failed("unauthorized", "invalid or expired token")
-    return Grant()
-
-
-async def test_a_refused_token_ends_the_conversation_before_anything_upstream_is_called() -> None:
-    h = Harness(authorize=only_token_good)
-
-    async def body(h: Harness) -> None:
-        await h.browser.send_json(type="start", token="forged")
-        error, ended = await expect_ending(h)
-        assert error == {"type": "error", "code": "unauthorized", "message": "invalid or expired token"}
-        assert ended == {"type": "ended", "reason": "unauthorized"}
-
-    await with_conversation(h, body)
-    assert h.browser.closed_with == (1008, "unauthorized")
-    assert h.agent.open_calls == 0
-    assert h.provider.open_calls == 0
-
-
-async def test_an_accepted_token_lets_the_conversation_in() -> None:
-    h = Harness(authorize=only_token_good)
-
-    async def body(h: Harness) -> None:
-        await start_and_ready(h, token="good")
-        await h.browser.send_json(type="stop")
-
-    await with_conversation(h, body)
-    assert h.browser.closed_with == (1000, "client_stop")
-    assert h.agent.open_calls == 1 and h.provider.open_calls == 1
+# ---- refused token (m4): checked before the conversation exists, tests/server/test_opening.py ----------------------
 
 
 # ---- stale audio after an interruption (m3c) -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from trio_websocket import ConnectionClosed, connect_websocket_url, open_websock
 
 from relay.ops.journal import open_journal
 from relay.providers.table import serve_simulators
+from relay.server.auth import mint_jwt
 from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
@@ -436,6 +437,31 @@ async def test_the_conversation_cap_holds_for_the_whole_relay(tmp_path: Path) ->
             async with open_websocket_url(ws_url) as ws:
                 await BrowserClient(ws).start()
         print(f"cap 2 on 2 workers: {refusals} refusals until both workers had refused")
+
+
+@pytest.mark.timeout(150)
+async def test_a_token_buys_one_conversation_whichever_worker_it_reaches(tmp_path: Path) -> None:
+    """M2 under `serve --workers 2`: the token's records are the machine's (the shared seats file), so a token
+    used again is refused by whichever worker the kernel hands the socket to, until both workers have refused."""
+    secret = "workers-token-secret-0123456789abcdef"
+    async with simulators() as (sims, http):
+        env = relay_env(sims, tmp_path, RELAY_AUTH="token", RELAY_AUTH_SECRET=secret)
+        async with supervisor(env, tmp_path, http) as relay:
+            ws_url = relay.url.replace("http", "ws") + "/ws"
+            token = mint_jwt(secret, subject="alice")
+            async with open_websocket_url(ws_url) as ws:
+                await BrowserClient(ws).start(token=token)
+                with trio.fail_after(30):
+                    while True:  # until both workers have refused it (busy: the conversation is open)
+                        async with open_websocket_url(ws_url) as again:
+                            refused = BrowserClient(again)
+                            await refused.send(type="start", token=token)
+                            error = await refused.expect("error")
+                            assert error["code"] == "unauthorized" and "in use" in error["message"], error
+                        per_worker = await relay.per_worker("avatar_relay_conversations_refused_total",
+                                                            reason="unauthorized")
+                        if len(per_worker) == 2 and all(value >= 1 for value in per_worker.values()):
+                            break
 
 
 @pytest.mark.timeout(150)

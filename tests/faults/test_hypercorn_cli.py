@@ -59,7 +59,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def wait_healthy(url: str, process: trio.Process, seconds: float = 20) -> None:
+async def wait_healthy(url: str, process: trio.Process, seconds: float = 60) -> None:
     async with httpx2.AsyncClient(timeout=1.0) as http:
         with trio.fail_after(seconds):  # hang guard: start-up of hypercorn and of its worker
             while True:
@@ -100,7 +100,7 @@ def endings(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(m["type"], m.get("code") or m.get("reason")) for m in messages if m["type"] in ("error", "ended")]
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("options", [(), ("--graceful-timeout", "60"), ("-w", "2"), ("-w", "0")],
                          ids=["defaults", "graceful-timeout-60", "two-workers", "in-process"])
 async def test_sigterm_to_hypercorn_tells_every_browser_and_stops_every_session(

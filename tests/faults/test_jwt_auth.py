@@ -6,6 +6,7 @@ simulators' ledgers). Also: the page's security headers on every page and static
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ class Provider:
         private = self.private[kid]
         algorithm = "RS256" if isinstance(private, rsa.RSAPrivateKey) else "ES256"
         now = int(time.time())
-        payload = {"sub": "auth0|user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl, **claims}
+        payload = {"sub": "auth0|user-1", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl,
+                   "jti": secrets.token_hex(8), **claims}  # each token buys one conversation: one per try
         return jwt.encode(payload, private, algorithm=algorithm, headers={"kid": kid})
 
 
@@ -116,7 +118,7 @@ async def test_the_providers_key_rotates_mid_run() -> None:
             for _ in range(3):
                 await converse(relay, provider.token("new"))
             assert provider.requests == 2  # the new kid, fetched once
-            await converse(relay, old_token)  # still valid until its exp
+            await converse(relay, provider.token("old"))  # the old key still verifies until it is unpublished
             async with open_websocket_url(relay.ws_url + "?token=" + provider.token("new")) as ws:
                 assert (await BrowserClient(ws).start())["type"] == "ready"
             assert provider.requests == 2
@@ -219,7 +221,7 @@ async def test_sub_is_the_client_for_the_per_client_cap_and_claims_limit_the_con
 @pytest.mark.timeout(60)
 async def test_every_page_and_static_file_carries_the_security_headers() -> None:
     async with running_fault_relay(relay_frame_ancestors="'self' https://shop.example") as relay:
-        for path in ("/", "/static/app.js", "/static/style.css", "/static/capture-worklet.js", "/client-config.json",
+        for path in ("/", "/static/app.js", "/static/widget.css", "/static/capture-worklet.js", "/client-config.json",
                      "/static/missing.js"):
             headers = (await relay.http.get(relay.url + path)).headers
             assert "frame-ancestors 'self' https://shop.example" in headers["content-security-policy"], path

@@ -5,6 +5,7 @@
 export const RoomEvent = {
   TrackSubscribed: 'trackSubscribed', TrackUnsubscribed: 'trackUnsubscribed',
   AudioPlaybackStatusChanged: 'audioPlaybackStatusChanged', Disconnected: 'disconnected',
+  Reconnecting: 'reconnecting', Reconnected: 'reconnected',
 };
 export const Track = { Kind: { Video: 'video', Audio: 'audio' } };
 
@@ -33,4 +34,9 @@ export class Room {
   }
 
   async startAudio() {}
+
+  /** The test plays LiveKit: fire `event` at the page's handler. */
+  emit(event, ...args) {
+    this.handlers.get(event)?.(...args);
+  }
 }

@@ -217,9 +217,9 @@ let pageCount = 0;
  * (window.__relayDebug), `el(id)`, `click(id)`, `start()` (press Start and open the socket), `socket()` (the newest),
  * `errors` (console.error calls: a test fails on any).
  */
-export async function loadPage({ config = { livekit_client_url: null } } = {}) {
+export async function loadPage({ config = { livekit_client_url: null }, fetch: siteFetch = null, html = INDEX_HTML } = {}) {
   const clock = new FakeClock();
-  const { document, window: dom } = parseHTML(INDEX_HTML);
+  const { document, window: dom } = parseHTML(html);
   const window = new EventTarget();
   const errors = [];
   FakeWebSocket.instances = [];
@@ -228,11 +228,24 @@ export async function loadPage({ config = { livekit_client_url: null } } = {}) {
     window,
     document,
     HTMLElement: dom.HTMLElement,
+    customElements: dom.customElements,
+    // linkedom's CustomEvent, keeping `composed` (which it drops) so tests can check it.
+    CustomEvent: class extends dom.CustomEvent {
+      constructor(type, init = {}) {
+        super(type, init);
+        Object.defineProperty(this, 'composed', { value: Boolean(init.composed) });
+      }
+    },
     location: { href: 'http://127.0.0.1:8000/', hash: '', protocol: 'http:' },
     navigator: { mediaDevices: { getUserMedia: async () => { throw Object.assign(new Error('refused'), { name: 'NotAllowedError' }); } } },
     WebSocket: FakeWebSocket,
     AudioContext: class extends FakeAudioContext { constructor() { super(clock); } },
-    fetch: async () => ({ ok: true, json: async () => config }),
+    // client-config.json from the relay; anything else (a host site's token-url) from the test's `fetch`.
+    fetch: async (url, init) => {
+      if (String(url).endsWith('client-config.json')) return { ok: true, json: async () => config };
+      if (siteFetch) return siteFetch(String(url), init);
+      throw new Error(`no fetch for ${url} in this test`);
+    },
     performance: { now: () => clock.now },
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
@@ -246,12 +259,15 @@ export async function loadPage({ config = { livekit_client_url: null } } = {}) {
   pageCount += 1;
   await import(new URL(`app.js?page=${pageCount}`, STATIC).href);
   await settle();
-  const el = (id) => document.getElementById(id);
+  // The page is one <avatar-relay>: its controls are in its shadow root.
+  const widget = document.querySelector('avatar-relay');
+  const el = (id) => widget.shadowRoot.getElementById(id);
   const page = {
     clock,
     document,
     window,
     errors,
+    widget,
     el,
     get debug() {
       return window.__relayDebug;

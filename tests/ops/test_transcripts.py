@@ -25,3 +25,17 @@ def test_transcripts_keep_final_turns_and_never_audio() -> None:
     assert lines[1]["text"] == "hello" and lines[4]["text"] == "Hi"
     assert lines[-1]["reason"] == "client_stop" and lines[-1]["setup_s"] is None
     assert "audio" not in str(lines)
+
+
+def test_a_transcript_stops_growing_at_its_cap_and_says_so() -> None:
+    """L8 of the security review: a conversation's transcript is bounded in memory (RELAY_TRANSCRIPT_MAX_BYTES)."""
+    from relay.ops.transcripts import TranscriptWriter
+
+    record = ConversationRecord("r-10")
+    TranscriptWriter("/nonexistent", max_bytes=4096).start(record)
+    for n in range(100):
+        note_agent_event(record, el.AgentResponse("x" * 500, n))
+    assert record.transcript is not None
+    assert sum(len(orjson.dumps(turn)) for turn in record.transcript) <= 4096 + 100
+    assert record.transcript[-1]["type"] == "truncated"
+    assert [turn["type"] for turn in record.transcript].count("truncated") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 from typing import Any
 
 import pytest
@@ -105,16 +106,20 @@ def test_origin_allow_list() -> None:
     assert not origin_allowed("https://evil.example", "relay.example", allowed)
     assert not origin_allowed("null", "relay.example", allowed)
     assert origin_allowed("http://relay.example:8000", "relay.example:8000", allowed)  # the relay's own page
+    assert origin_allowed("https://relay.example", "relay.example", allowed, "https")  # a trusted proxy said https
+    assert not origin_allowed("http://relay.example", "relay.example", allowed, "https")
     assert origin_allowed(None, "relay.example", allowed)  # not a browser
     assert origin_allowed("https://evil.example", "relay.example", frozenset({"*"}))
 
 
 def test_forwarded_for_is_used_only_behind_a_trusted_proxy() -> None:
     header = "6.6.6.6, 203.0.113.7"
-    assert client_address("10.0.0.2", header, trust_forwarded_for=False) == "10.0.0.2"
-    assert client_address("10.0.0.2", header, trust_forwarded_for=True) == "203.0.113.7"
-    assert client_address("10.0.0.2", None, trust_forwarded_for=True) == "10.0.0.2"
-    assert client_address(None, None, trust_forwarded_for=False) == "unknown"
+    proxy = (ipaddress.ip_network("10.0.0.2/32"),)
+    assert client_address("10.0.0.2", header) == "10.0.0.2"
+    assert client_address("10.0.0.2", header, proxies=proxy) == "203.0.113.7"
+    assert client_address("10.0.0.9", header, proxies=proxy) == "10.0.0.9"  # not the proxy: its header is ignored
+    assert client_address("10.0.0.2", None, proxies=proxy) == "10.0.0.2"
+    assert client_address(None, None) == "unknown"
 
 
 async def test_gate_refuses_bad_origin_then_bad_handshake_token_and_defers_to_start() -> None:

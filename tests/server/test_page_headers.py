@@ -20,7 +20,7 @@ def test_the_csp_allows_exactly_what_the_page_needs() -> None:
     csp = directives(headers(relay_livekit_client_url="https://cdn.example/npm/livekit-client@2/+esm")
                      ["Content-Security-Policy"])
     assert csp["default-src"] == ["'none'"]
-    assert csp["script-src"] == ["'self'", "https://cdn.example"]
+    assert csp["script-src"] == ["'self'", "https://cdn.example/npm/livekit-client@2/+esm"]  # that file, not the CDN
     assert csp["connect-src"] == ["'self'", "wss://*.livekit.cloud", "https://*.livekit.cloud"]
     assert csp["frame-ancestors"] == ["'self'"]
     assert "'unsafe-inline'" not in " ".join(v for vs in csp.values() for v in vs)
@@ -50,3 +50,29 @@ def test_a_wildcard_framer_may_frame_the_page_but_gets_no_microphone() -> None:
     assert got["Permissions-Policy"].startswith("microphone=(self),")
     mixed = headers(relay_frame_ancestors="https://*.shop.example https://shop.example")
     assert mixed["Permissions-Policy"].startswith('microphone=(self "https://shop.example"),')
+
+
+def test_the_default_csp_names_no_cdn() -> None:
+    """#24 + L4: by default the widget loads the relay's own copy of livekit-client: scripts only from 'self'."""
+    csp = directives(headers()["Content-Security-Policy"])
+    assert csp["script-src"] == ["'self'"]
+    assert not any("jsdelivr" in source for source in csp["connect-src"])
+
+
+def test_an_override_url_with_an_integrity_is_fetched_and_pinned() -> None:
+    """L4: an operator's RELAY_LIVEKIT_CLIENT_URL with RELAY_LIVEKIT_CLIENT_INTEGRITY is fetched (connect-src: that
+    one URL) with its SHA-384 checked and run from blob:."""
+    url = "https://cdn.example/npm/livekit-client@2.15.7/dist/livekit-client.esm.mjs"
+    integrity = "sha384-Fdl/3YF53OfPCw7/DOpOaBHl0jTR+alUeSH6OX/ThjI9KYpX8W5dLMKoeMm0lhSG"
+    csp = directives(headers(relay_livekit_client_url=url,
+                             relay_livekit_client_integrity=integrity)["Content-Security-Policy"])
+    assert csp["script-src"] == ["'self'", "blob:"]
+    assert url in csp["connect-src"]
+    settings = Settings(_env_file=None, relay_livekit_client_url=url,  # type: ignore[call-arg]
+                        relay_livekit_client_integrity=integrity)
+    assert settings.livekit_client_integrity == integrity
+    other = Settings(_env_file=None, relay_livekit_client_url=url)  # type: ignore[call-arg]
+    assert other.livekit_client_integrity is None
+    local = Settings(_env_file=None, relay_livekit_client_integrity=integrity)  # type: ignore[call-arg]
+    assert local.livekit_client_integrity is None, "the relay's own copy carries its own pinned integrity"
+

@@ -256,12 +256,12 @@ class Harness:
     got (also set when the browser left and `run_conversation` returned nothing)."""
 
     def __init__(self, *, provider: FakeProvider | None = None, agent: FakeAgent | None = None,
-                 authorize: Callable[[str | None], Awaitable[Grant]] | None = None, **settings: Any) -> None:
+                 grant: Grant | None = None, **settings: Any) -> None:
         self.browser = FakeBrowser()
         self.agent = agent or FakeAgent(metadata())
         self.provider = provider if provider is not None else FakeProvider()
         self.settings = make_settings(**settings)
-        self.authorize = authorize
+        self.grant = grant
         self.record: ConversationRecord | None = None
         self.ended: ConversationRecord | None = None
         self.cancel_scope = trio.CancelScope()
@@ -279,7 +279,7 @@ class Harness:
     async def run(self) -> None:
         with self.cancel_scope:
             self.record = await run_conversation(self.browser, self.upstreams(), self.shutdown_scope,
-                                                 authorize=self.authorize, browser_left=self.browser_left)
+                                                 grant=self.grant, browser_left=self.browser_left)
 
 
 async def with_conversation(h: Harness, body: Callable[[Harness], Awaitable[None]], *, limit: float = 5) -> None:
