@@ -177,6 +177,29 @@ async def test_another_subjects_client_token_cannot_resume() -> None:
         assert (await browser.expect("ended"))["reason"] == "client_stop"
 
 
+async def test_a_resume_spends_no_use_of_a_one_conversation_client_token() -> None:
+    """Issue 29: resuming never counts as a new use. A client token good for one conversation (#30's default) resumes
+    it over a connection that carries the same token (its `resume` read by the doorway, in a pre-start slot), and the
+    token's one use is still the conversation's: a second `start` with it is refused."""
+    async with running_relay(relay_auth="token", relay_auth_secret=SECRET) as relay:
+        client_token = mint_token(SECRET, subject="alice")
+        browser = ResumingBrowser(relay.url)
+        await browser.connect(f"/ws?token={client_token}")
+        await browser.send(type="start")
+        ready = await browser.expect("ready")
+        browser.drop()
+        resumed = await browser.resume(ready["resume_token"], path=f"/ws?token={client_token}")
+        assert resumed["type"] == "resumed", resumed
+        other = ResumingBrowser(relay.url)
+        await other.connect(f"/ws?token={client_token}")
+        await other.send(type="start")
+        refused = await other.expect("error")
+        assert refused["code"] == "unauthorized" and "in use" in refused["message"], refused
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+        await one_conversation_one_session(relay)
+
+
 async def _resume_with_query_token(browser: ResumingBrowser, relay: Relay, client_token: str, resume_token: str, *,
                                    expect: str) -> None:
     from tests.support.resumable import Connection

@@ -89,8 +89,8 @@ class ResumingBrowser:
     def seqs(self) -> list[int]:
         return [m["seq"] for m in self.messages if "seq" in m]
 
-    async def connect(self) -> Connection:
-        self.connection = await Connection.open(self.url)
+    async def connect(self, path: str = "/ws") -> Connection:
+        self.connection = await Connection.open(self.url, path)
         return self.connection
 
     async def send(self, **message: Any) -> None:
@@ -129,9 +129,9 @@ class ResumingBrowser:
         self.connection.drop()
         self.connection = None
 
-    async def resume(self, token: str, last_seq: int | None = None) -> dict[str, Any]:
-        """A new connection that resumes with `token`; the relay's first answer (`resumed` or `error`)."""
-        await self.connect()
+    async def resume(self, token: str, last_seq: int | None = None, path: str = "/ws") -> dict[str, Any]:
+        """A new connection (to `path`) that resumes with `token`; the relay's first answer (`resumed` or `error`)."""
+        await self.connect(path)
         await self.send(type="resume", resume_token=token, last_seq=self.last_seq if last_seq is None else last_seq)
         assert self.connection is not None
         while True:
