@@ -914,6 +914,7 @@ class Conversation {
     if (!msg || typeof msg.type !== 'string') return;
     if (msg.type === 'resumed') {
       this.onResumed(msg);
+      this.w.dispatchEvent(new CustomEvent('relay:resumed', { detail: msg, bubbles: true, composed: true }));
       return;
     }
     if (this.reconnect && (this.reconnect.elsewhere || (msg.type === 'error' && msg.reason === 'elsewhere'))) {
