@@ -55,9 +55,3 @@ def sessions_note(service: str, count: int, advice: str) -> Finding:
 
 
 CHECK_TIMEOUT = 10.0  # seconds one of the doctor's requests may take
-
-
-def unreachable(service: str, variable: str, exc: Exception) -> Finding:
-    """A request to `variable` (a base URL setting) failed at the network level or timed out."""
-    kind = "timed out" if "Timeout" in type(exc).__name__ else f"failed ({type(exc).__name__})"
-    return problem(service, f"cannot reach {variable}: the request {kind}. Check the URL and the network.")

@@ -46,11 +46,14 @@ async def test_over_the_budget_is_capacity_without_a_create_call(autojump_clock:
     inner = FakeProvider()
     refused: list[int] = []
     provider = BudgetedProvider(inner, LocalAvatarBudget(1), on_refused=lambda: refused.append(1))
+    assert provider.name == "fake"  # metrics and logs name the provider, not the wrapper
     async with provider.open_session(lambda event: None):
+        t0 = trio.current_time()
         with pytest.raises(AvatarUnavailable) as caught:
             async with provider.open_session(lambda event: None):
                 raise AssertionError("opened over the budget")
         assert caught.value.reason == "capacity"
+        assert trio.current_time() == t0  # no wait unless one is configured
     assert inner.created == 1 and refused == [1]
     async with provider.open_session(lambda event: None):  # the seat came back with the stop
         pass

@@ -121,8 +121,9 @@ def host_port() -> int:
 @pytest.fixture
 def host(relays: Callable[..., Relay], host_port: int, relay_livekit_copy: None) -> Iterator[HostSite]:
     origin = f"http://localhost:{host_port}"
+    # The host's widgets set the dynamic variable `visitor`: the operator allows it (#30: none by default).
     relay = relays("liveavatar", RELAY_LIVEKIT_CLIENT_URL="", RELAY_ALLOWED_ORIGINS=origin, RELAY_AUTH="token",
-                   RELAY_AUTH_SECRET=SECRET)
+                   RELAY_AUTH_SECRET=SECRET, RELAY_CLIENT_DYNAMIC_VARIABLES="visitor")
     site = HostSite(origin=origin, relay=relay)
     lock = threading.Lock()
 

@@ -37,11 +37,14 @@ export class Room {
 }
 """
 
+# As the page does: the avatar's participant comes from client-config.json (the relay's provider table).
 JOIN = """async (provider) => {
   window.__attached = [];
+  const config = await (await fetch('client-config.json')).json();
   const { joinAvatarRoom } = await import('./static/livekit.js');
   await joinAvatarRoom({
     moduleUrl: './fake-livekit.mjs', avatar: { provider, livekit_url: 'wss://room.example', access_token: 't' },
+    participant: config.avatars[provider].participant,
     video: document.createElement('video'), audio: document.createElement('audio'),
     onAudioBlocked: () => {}, onVideo: () => {}, onDisconnected: () => {},
   });

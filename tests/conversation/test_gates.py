@@ -32,7 +32,7 @@ def test_an_approval_is_taken_once_and_only_while_awaited() -> None:
     approvals.note(_call("mcp_1", "awaiting_approval", 30), now=10.0)
     assert not approvals.take("mcp_1", 40.5)  # too late
     approvals.note(_call("mcp_1", "awaiting_approval", 30), now=10.0)
-    assert approvals.take("mcp_1", 39.0)
+    assert approvals.take("mcp_1", 40.0)  # the deadline itself is still in time
     assert not approvals.take("mcp_1", 39.0)  # answered already
 
 
@@ -44,4 +44,6 @@ def test_a_call_that_ends_is_no_longer_awaited_and_the_awaited_are_bounded() -> 
     for n in range(McpApprovals.MAX_AWAITING + 1):
         approvals.note(_call(f"mcp_{n}", "awaiting_approval"), now=0.0)
     assert not approvals.take("mcp_0", 1.0)  # the oldest was forgotten
-    assert approvals.take(f"mcp_{McpApprovals.MAX_AWAITING}", 299.0)
+    assert approvals.take(f"mcp_{McpApprovals.MAX_AWAITING}", 300.0)  # the asyncapi default: 300 s
+    approvals.note(_call("late", "awaiting_approval"), now=0.0)
+    assert not approvals.take("late", 300.5)

@@ -434,9 +434,11 @@ async def test_maximum_duration_ends_the_conversation(autojump_clock: trio.testi
     h = Harness(relay_max_duration=30, relay_idle_timeout=100)
 
     async def body(h: Harness) -> None:
+        t0 = trio.current_time()  # the duration counts from `start`
         await start_and_ready(h)
         error = await h.browser.expect("error")
         assert error == {"type": "error", "code": "timeout", "message": "maximum conversation duration reached"}
+        assert trio.current_time() - t0 == pytest.approx(30)
 
     await with_conversation(h, body, limit=60)
     assert h.provider.stopped == ["s1"]
@@ -448,11 +450,14 @@ async def test_keep_alive_runs_on_its_interval(autojump_clock: trio.testing.Mock
 
     async def body(h: Harness) -> None:
         await start_and_ready(h)
-        await trio.sleep(35)
+        t0 = trio.current_time()
+        await trio.sleep(29.9)
+        assert provider.sessions[0].keep_alives == 2  # at 10 s and 20 s, not yet the third
+        await trio.sleep_until(t0 + 30.1)
+        assert provider.sessions[0].keep_alives == 3
         await h.browser.send_json(type="stop")
 
     await with_conversation(h, body, limit=100)
-    assert provider.sessions[0].keep_alives == 3
 
 
 async def test_voice_only_without_a_provider() -> None:

@@ -41,6 +41,8 @@ def test_the_other_messages_become_their_agent_message() -> None:
     assert step({"type": "activity"}) == ToAgent(el.build_user_activity())
     assert step({"type": "tool_result", "tool_call_id": "c1", "result": {"t": 1}}) == \
         ToAgent(el.build_client_tool_result("c1", '{"t":1}', False))
+    assert step({"type": "tool_result", "tool_call_id": "c1", "result": "boom", "is_error": True}) == \
+        ToAgent(el.build_client_tool_result("c1", "boom", True))
     assert step({"type": "feedback", "score": "like", "event_id": 4}) == ToAgent(el.build_feedback("like", 4))
 
 
@@ -94,10 +96,10 @@ AGENT_EVENTS: dict[type, tuple[el.ServerEvent, dict[str, Any] | None]] = {
     el.AgentToolResponse: (el.AgentToolResponse("lookup", "t1", "webhook", True, 3),
                            {"type": "tool_status", "tool_call_id": "t1", "tool_name": "lookup",
                             "tool_type": "webhook", "state": "failed"}),
-    el.McpToolCall: (el.McpToolCall("m1", "svc", "w", None, {}, "loading", None, None),
+    el.McpToolCall: (el.McpToolCall("m1", "svc", "w", "Weather", {"city": "Oslo"}, "failure", None, "denied"),
                      {"type": "mcp_tool_call", "tool_call_id": "m1", "service_id": "svc", "tool_name": "w",
-                      "tool_description": None, "parameters": {}, "state": "loading",
-                      "approval_timeout_secs": None, "error_message": None}),
+                      "tool_description": "Weather", "parameters": {"city": "Oslo"}, "state": "failure",
+                      "approval_timeout_secs": None, "error_message": "denied"}),
     el.McpConnectionStatus: (el.McpConnectionStatus(({"integration_id": "i"},)),
                              {"type": "mcp_connection_status", "integrations": [{"integration_id": "i"}]}),
     el.QueueStatus: (el.QueueStatus("waiting"), {"type": "queue_status", "status": "waiting"}),

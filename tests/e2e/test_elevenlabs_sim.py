@@ -673,3 +673,17 @@ async def test_an_approval_for_no_awaited_call_is_recorded_and_ignored(sim: Sim)
             assert (await collect(conn, of(el.AgentResponse)))[-1].text == "You said: still there?"  # type: ignore[union-attr]
     assert (await sim.only_conversation())["mcp_approvals"] == [{"tool_call_id": "mcp_nobody", "is_approved": True,
                                                                  "awaited": False}]
+
+
+async def test_an_open_conversation_outlives_the_connect_timeout(sim: Sim) -> None:
+    """The connect timeout bounds the opening (handshake and metadata) only: a conversation opened with 0.3 s goes on
+    for seconds, answered and closed normally (pings every 0.25 s mark the time passing)."""
+    await sim.faults(first_message=None, response_latency_ms=0, ping_interval_s=0.25)
+    with trio.fail_after(15):
+        async with sim.open(connect_timeout=0.3) as conn:
+            await collect(conn, lambda e: isinstance(e, el.Ping) and e.event_id == 8)  # two seconds in
+            await conn.send(el.build_user_message("still there?"))
+            events = await collect(conn, of(el.AgentResponse))
+            assert "still there?" in events[-1].text  # type: ignore[attr-defined]
+    record = await wait_until_closed(sim)
+    assert record["closed_by"] == "client"  # we ended it, not the agent and not a time-out

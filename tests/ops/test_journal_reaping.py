@@ -37,10 +37,12 @@ class Stops:
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
         self.attempts: list[tuple[float, str]] = []
+        self.calls: list[tuple[Any, Any, str, str, str | None]] = []  # what stop_by_id was given
         self.changed = trio.Event()
 
     async def __call__(self, settings: Any, http: Any, name: str, session_id: str, base_url: str | None = None) -> None:
         self.attempts.append((trio.current_time(), session_id))
+        self.calls.append((settings, http, name, session_id, base_url))
         self.changed.set()
         self.changed = trio.Event()
         if len(self.attempts) <= self.failures:
@@ -162,3 +164,48 @@ async def test_reaping_repeats_every_reap_interval_while_serving(
         assert await journal.entries() == []
         nursery.cancel_scope.cancel()
     assert [round(t - started, 3) for t, _ in stops.attempts] == [0.0, 30.0, 60.0]
+
+
+class StuckJournal:
+    """A journal whose disk never answers (a hung NFS mount, a full disk stuck in a retry loop)."""
+
+    async def opened(self, provider: str, session_id: str, base_url: str) -> int:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def closed(self, row: int) -> None:
+        await trio.sleep_forever()
+
+
+async def test_a_journal_write_that_hangs_holds_the_conversation_at_most_its_time_limit(
+        autojump_clock: trio.testing.MockClock) -> None:
+    from relay.avatars.hooks import SessionOutcome
+    from relay.ops.journal import WRITE_TIME_LIMIT
+
+    hooks = journal_hooks(StuckJournal(), "http://la.example")("liveavatar")  # type: ignore[arg-type]
+    assert hooks.on_created is not None and hooks.on_closed is not None
+    t0 = trio.current_time()
+    with trio.CancelScope() as conversation:
+        conversation.cancel()  # even a cancelled conversation gives the write its time, and no more
+        await hooks.on_created("s-1")
+    assert WRITE_TIME_LIMIT == 2.0
+    assert trio.current_time() - t0 == 2.0
+    await hooks.on_closed(SessionOutcome(opened=True, error=None, stop_failed=False))  # no row: nothing to wait for
+    assert trio.current_time() - t0 == 2.0
+
+
+async def test_each_orphan_is_stopped_where_it_was_opened_and_one_failure_does_not_stop_the_sweep(
+        tmp_path: Path, stops: Stops, sleeper: subprocess.Popen[bytes]) -> None:
+    stops.failures = 1
+    settings, http = make_settings(), object()
+    async with open_journal(tmp_path) as journal:
+        ours = journal._pid, journal._pid_started
+        journal._pid, journal._pid_started = sleeper.pid, "gone"
+        await journal.opened("liveavatar", "s-a", "http://la-a.example")
+        await journal.opened("heygen", "s-b", "http://hg-b.example")
+        journal._pid, journal._pid_started = ours
+        result = await reap_orphans(settings, http, journal)  # type: ignore[arg-type]
+        assert (result.stopped, result.failed) == (["s-b"], ["s-a"])
+        assert [e.session_id for e in await journal.entries()] == ["s-a"]
+    assert stops.calls == [(settings, http, "liveavatar", "s-a", "http://la-a.example"),
+                           (settings, http, "heygen", "s-b", "http://hg-b.example")]

@@ -60,14 +60,36 @@ async def test_a_key_withdrawn_from_the_jwks_stops_verifying_once_the_cache_is_m
     cache = JwksCache(fetch, min_interval=1.0, max_age=60.0, fetch_timeout=5.0)
     gate = Gate(settings(relay_auth_jwks_url="https://id.example/.well-known/jwks.json"), jwks=cache,
                 clock=lambda: NOW)
+    await trio.sleep(100.0)  # the relay has been up a while before the first token
+    fetched_at = trio.current_time()
     assert (await gate.verify(token(OLD, "old"))).subject == "user_42"
     document = {"keys": [jwk(NEW, "new")]}  # the provider withdraws the old key
 
-    await trio.sleep(59.0)  # within max_age the cached set is still trusted, and not fetched again
+    await trio.sleep_until(fetched_at + 59.9)  # within max_age the cached set is still trusted, not fetched again
     assert (await gate.verify(token(OLD, "old"))).subject == "user_42"
     assert cache.fetches == 1
-    await trio.sleep(1.5)  # past max_age: the next token refreshes the set
+    await trio.sleep_until(fetched_at + 60.0)  # max_age old: the next token refreshes the set
     with pytest.raises(TokenError):
         await gate.verify(token(OLD, "old"))
     assert (await gate.verify(token(NEW, "new"))).subject == "user_42"
     assert cache.fetches == 2
+
+
+async def test_a_token_without_kid_verifies_only_against_a_set_of_one_key(
+        autojump_clock: trio.testing.MockClock) -> None:
+    def no_kid(private: Any) -> str:
+        return jwt.encode({"sub": "user_42", "exp": 2**40, "iat": int(NOW)}, private, algorithm="ES256")
+
+    for keys, ok in (([jwk(OLD, "only")], True), ([jwk(OLD, "a"), jwk(NEW, "b")], False)):
+        document = json.dumps({"keys": keys}).encode()
+
+        async def fetch(document: bytes = document) -> bytes:
+            return document
+
+        gate = Gate(settings(relay_auth_jwks_url="https://id.example/.well-known/jwks.json"),
+                    jwks=JwksCache(fetch, min_interval=1.0, max_age=60.0, fetch_timeout=5.0), clock=lambda: NOW)
+        if ok:
+            assert (await gate.verify(no_kid(OLD))).subject == "user_42"
+        else:
+            with pytest.raises(TokenError):  # which key? none is guessed
+                await gate.verify(no_kid(OLD))
