@@ -15,10 +15,11 @@ from relay.server.serving import drain, hypercorn_config
 from tests.support.fakes import make_settings
 
 
-def test_the_config_binds_one_address_logs_no_access_and_takes_16_mib_messages() -> None:
+def test_the_config_binds_one_address_logs_no_access_and_bounds_messages_by_relay_max_frame_bytes() -> None:
     config = hypercorn_config("127.0.0.1", 0, graceful_timeout=3.0, send_timeout=7.0)
     assert config.bind == ["127.0.0.1:0"] and config.graceful_timeout == 3.0
-    assert config.accesslog is None and config.websocket_max_message_size == 16 * 2**20
+    assert config.accesslog is None and config.websocket_max_message_size == make_settings().relay_max_frame_bytes
+    assert hypercorn_config("127.0.0.1", 0, 3.0, max_message_bytes=1234).websocket_max_message_size == 1234
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="no TCP_USER_TIMEOUT on this platform")
