@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     relay_lite_first_packet_ms: int = Field(default=600, ge=0, le=1000)
     relay_stop_timeout: float = Field(default=5.0, gt=0)
     relay_idle_timeout: float = Field(default=60.0, gt=0)
+    # Seconds a conversation whose browser connection dropped waits for a `resume` (0: never; docs/protocol.md).
+    relay_resume_window: float = Field(default=20.0, ge=0, le=600)
+    # What a resume token names this relay by, for a proxy to route a resume on (docs/deploy.md); empty: its fleet
+    # id with RELAY_REDIS_URL, a random one otherwise. `-w<index>` is added under `serve --workers N`.
+    relay_resume_route: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,56}$")
     relay_max_duration: float = Field(default=1800.0, gt=0)
     relay_keep_alive_interval: float = Field(default=60.0, gt=0)
     relay_max_frame_bytes: int = Field(default=256 * 1024, gt=0)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import overload
 
 import httpx2
 import trio
@@ -149,6 +150,9 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = classify(exc, record)
+        if outcome.reason == "shutdown" and browser_left is not None and browser_left():
+            # Held for a resume (relay.conversation.link) when the relay shuts down: nobody there to tell.
+            outcome = ConversationOver("client_gone", message="held for a resume when the relay shut down")
     except BaseException as exc:
         if browser_left is None or browser_left() or not _cancelled(exc):
             record.reason = "client_gone"
@@ -204,10 +208,16 @@ def _finish(record: ConversationRecord, up: Upstreams) -> None:
     current_conversation.set(None)
 
 
-async def receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
-    """Read the browser's first frame, which must be a `start` of at most RELAY_MAX_START_BYTES, for at most
-    RELAY_START_TIMEOUT seconds. Raises ConversationOver (`timeout`, `protocol_error`) otherwise; cancelled by the
-    caller's scope."""
+@overload
+async def receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start: ...
+@overload
+async def receive_start(browser: BrowserSocket, settings: Settings, *, resumable: bool) -> bp.Start | bp.Resume: ...
+
+
+async def receive_start(browser: BrowserSocket, settings: Settings, *, resumable: bool = False) -> bp.Start | bp.Resume:
+    """Read the browser's first frame, which must be a `start` (or, with `resumable`, a `resume`) of at most
+    RELAY_MAX_START_BYTES, for at most RELAY_START_TIMEOUT seconds. Raises ConversationOver (`timeout`,
+    `protocol_error`) otherwise; cancelled by the caller's scope."""
     with trio.move_on_after(settings.relay_start_timeout) as scope:
         frame = await browser.receive()
     if scope.cancelled_caught:
@@ -219,6 +229,8 @@ async def receive_start(browser: BrowserSocket, settings: Settings) -> bp.Start:
     if len(frame) > limit:
         raise ConversationOver.failed("protocol_error", f"'start' larger than {limit} bytes")
     try:
+        if resumable and (resume := bp.parse_resume(frame)) is not None:
+            return resume
         event = bp.parse_text_frame(frame)
     except bp.ProtocolError as exc:
         raise ConversationOver.failed("protocol_error", f"the first message must be 'start': {exc}") from None

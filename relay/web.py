@@ -32,14 +32,15 @@ from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
 from relay.providers import table as providers
-from relay.server.auth import Gate, auth_problem, chosen_protocol, protocol_token
-from relay.server.departures import NoteDepartures, browser_left
+from relay.server.auth import Gate, auth_problem, chosen_protocol, identity, protocol_token
+from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
 from relay.server.fleet_admission import choose_seating, watch_seating
-from relay.server.opening import Doorway
+from relay.server.opening import Doorway, ResumeDoor
 from relay.server.page import add_page_routes
 from relay.server.pending import PendingPool
 from relay.server.probes import add_probe_routes
 from relay.server.request_guard import GuardPolicy, RequestGuard
+from relay.server.resuming import held_table, resume_connection, serve_connection
 from relay.server.startup import StartupGuard, end_process
 from relay.server.state import RelayState, relay_state
 from relay.server.upstreams import conversation_hooks, start_upstreams, stop_upstreams
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     limit_websocket_messages(app, settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
     app.asgi_app = RequestGuard(NoteDepartures(KeepAliveGuard(app.asgi_app)),  # type: ignore[method-assign]
                                 GuardPolicy.from_settings(settings))
+    note_browser_close_codes()  # a clean close (1000) ends a resumable conversation; a dropped one is held
 
     fleet = Fleet.from_settings(settings)
     seating = choose_seating(settings, fleet, worker)
@@ -85,6 +87,9 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
                                            demo_mode=settings.demo_mode)
     watch_seating(metrics, seating)
+    state.held = held = held_table(state)
+    if held is not None:
+        metrics.watch_held(lambda: held.held_count)
     if settings.relay_transcripts_dir:
         state.transcripts = TranscriptWriter(settings.relay_transcripts_dir, settings.relay_transcript_max_bytes)
     hooks = conversation_hooks(app, state, metrics)
@@ -98,18 +103,19 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     @app.websocket("/ws", endpoint="conversation_socket")
     async def ws() -> None:
-        await conversation_socket(state, doorway)
+        await conversation_socket(state, doorway, app.nursery)
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
     return app
 
 
-async def conversation_socket(state: RelayState, doorway: Doorway) -> None:
+async def conversation_socket(state: RelayState, doorway: Doorway, nursery: trio.Nursery) -> None:
     """`/ws`: check the handshake (origin, token — in `?token=` or Sec-WebSocket-Protocol —, start rate: refused
-    before accepting, as plain HTTP), then hand the socket to `doorway` (relay.server.opening: its `start` read in a
-    pre-start slot, a seat, the conversation). Cancelled when the browser leaves (quart cancels the handler) or by
-    the drain."""
+    before accepting, as plain HTTP), then hand the socket to `doorway` (relay.server.opening: its first frame read in
+    a pre-start slot, a seat, the conversation). Cancelled when the browser leaves (quart cancels the handler) or by
+    the drain. With RELAY_RESUME_WINDOW > 0 the conversation runs in `nursery` (the app's) so that a dropped
+    connection does not end it, and a first frame `resume` takes a held one over (`relay.server.resuming`)."""
     assert state.upstreams is not None and state.gate is not None and state.metrics is not None
     gate, metrics = state.gate, state.metrics
     headers = websocket.headers
@@ -126,8 +132,18 @@ async def conversation_socket(state: RelayState, doorway: Doorway) -> None:
         log.info("client token accepted client=%s", decision.client)
     if (protocol := chosen_protocol(headers.get("sec-websocket-protocol"))) is not None:
         await websocket.accept(subprotocol=protocol)
-    await doorway.serve(QuartBrowser(state.settings.relay_send_timeout), decision, state.upstreams,
-                        browser_left=browser_left(websocket.scope))
+    browser = QuartBrowser(state.settings.relay_send_timeout)
+    resuming = None
+    if state.held is not None:
+        cleanly = left_cleanly(websocket.scope)
+        resuming = ResumeDoor(
+            resume=lambda socket, resume: resume_connection(
+                state, socket, resume, None if decision.claims is None else identity(decision.claims, decision.client),
+                cleanly),
+            start=lambda socket, subject, converse: serve_connection(state, nursery, socket, subject, converse,
+                                                                      cleanly))
+    await doorway.serve(browser, decision, state.upstreams, browser_left=browser_left(websocket.scope),
+                        resuming=resuming)
 
 
 class QuartBrowser:

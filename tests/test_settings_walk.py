@@ -43,6 +43,7 @@ INVALID: dict[str, str] = {
     "relay_allowed_origins": "shop.example",
     "relay_client_overrides": "agent language",
     "relay_redis_url": "localhost:6379",
+    "relay_resume_route": "relay a.example",
     "relay_avatar": "puppet",  # not a provider of relay.providers.table, nor "none"
     "relay_max_avatar_sessions": "liveavatar=lots",  # a number, or provider=number pairs
     "relay_livekit_client_integrity": "sha384:not-base64!",

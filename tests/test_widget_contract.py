@@ -16,9 +16,11 @@ from typing import Any, get_args
 
 import pytest
 
+from relay.conversation.link import BrowserLink
 from relay.protocol import browser as bp
 from relay.protocol import vocab
 from relay.protocol.elevenlabs import parse as el
+from relay.protocol.resume import ResumeFailure
 
 STATIC = Path(__file__).resolve().parents[1] / "relay" / "static"
 DTS = (STATIC / "embed.d.ts").read_text()
@@ -26,7 +28,9 @@ DTS = (STATIC / "embed.d.ts").read_text()
 # One call of every relay -> browser frame builder, with every optional part present.
 AVATAR = bp.AvatarInfo(provider="liveavatar", session_id="s", livekit_url="wss://x", access_token="t", simulated=False)
 SERVER_FRAMES: dict[str, str] = {
-    "ready": bp.ready(conversation_id="c", avatar=AVATAR, input_sample_rate=16000, output_sample_rate=16000),
+    # as sent with resuming on: the link adds the resume token and window (relay.conversation.link)
+    "ready": BrowserLink(20.0, 5.0, lambda: "rt1.r.k.1.m")._number(
+        bp.ready(conversation_id="c", avatar=AVATAR, input_sample_rate=16000, output_sample_rate=16000))[0],
     "user_transcript": bp.user_transcript("hi", 1, True),
     "agent_response": bp.agent_response("hi", 1),
     "agent_response_correction": bp.agent_response_correction("h", "hi", 1),
@@ -49,16 +53,19 @@ SERVER_FRAMES: dict[str, str] = {
     "avatar_unavailable": bp.avatar_unavailable("no_credits", "m"),
     "avatar_changed": bp.avatar_changed(AVATAR, "session_ended"),
     "guardrail_triggered": bp.guardrail_triggered(),
-    "error": bp.error("agent_refused", "m", agent_error_type="x", agent_close_code=1008, agent_close_reason="r"),
+    "error": bp.error("agent_refused", "m", agent_error_type="x", agent_close_code=1008, agent_close_reason="r",
+                      reason="expired"),
     "ended": bp.ended("client_stop"),
+    "resumed": bp.resumed(conversation_id="c", resume_token="rt1.r.k.1.m", seq=3),
 }
 # Fields the relay sends only sometimes (the agent's own optional fields; the agent's refusal details on `error`).
 SOMETIMES = {"context_usage": set(el._CONTEXT_USAGE_FIELDS),
              "rich_content": set(el._RICH_CONTENT_FIELDS) - {"rich_content_id"},
-             "error": {"agent_error_type", "agent_close_code", "agent_close_reason"}}
+             "error": {"agent_error_type", "agent_close_code", "agent_close_reason", "reason"},
+             "ready": {"resume_token", "resume_window"}}
 NOT_FRAME_BUILDERS = {"parse_text_frame", "check_audio", "parse_allowed_paths", "override_paths", "refused_override",
-                      "tool_result_text", "nested_deeper_than"}
-CLIENT_MODELS = [bp.Start, bp.AudioText, bp.Text, bp.Context, bp.Multimodal, bp.McpApproval, bp.Activity,
+                      "tool_result_text", "nested_deeper_than", "parse_resume"}
+CLIENT_MODELS = [bp.Start, bp.Resume, bp.AudioText, bp.Text, bp.Context, bp.Multimodal, bp.McpApproval, bp.Activity,
                  bp.Interrupt, bp.ToolResult, bp.Feedback, bp.Stop]
 
 
@@ -137,6 +144,7 @@ def test_the_vocabularies_are_the_relays() -> None:
     assert declared_union("AvatarUnavailableReason") == literals(vocab.AvatarUnavailableReason)
     assert set(re.findall(r"'(\w+)'", re.search(r"export type AvatarRelayState =(.*?);", DTS, re.S).group(1))) \
         == {"idle", "connecting", "live", "reconnecting", "ended"}  # type: ignore[union-attr]
+    assert declared_union("ResumeFailure") == literals(ResumeFailure)
 
 
 def test_every_reason_a_conversation_can_end_has_plain_words_in_every_language() -> None:

@@ -21,6 +21,7 @@ from relay.avatars import ending as avatar_ending
 from relay.config import Settings
 from relay.conversation.endings import BrowserSocket, ConversationOver
 from relay.conversation.gates import VAD_INTERVAL, FloodGate, Interval, McpApprovals, QueueGate
+from relay.conversation.link import BrowserLink
 from relay.conversation.outbox import Outbox
 from relay.conversation.record import Traffic
 from relay.conversation.speech import SpeechRouter
@@ -74,11 +75,15 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
     idle = settings.relay_idle_timeout
     flood = FloodGate(settings.relay_max_frames_per_second)
     slack = timer_slack(idle)
-    with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
-        try:
-            await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
-                               idle_scope, user_audio_builder(input_format), approvals, queue)
-        except el.AgentClosed:
+    agent_closed = False
+    while True:
+        with trio.CancelScope(deadline=trio.current_time() + idle + slack) as idle_scope:
+            try:
+                if not agent_closed:
+                    await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
+                                       idle_scope, user_audio_builder(input_format), approvals, queue)
+            except el.AgentClosed:
+                agent_closed = True
             # The agent's socket is closed: the other pump reads why and ends the conversation (after the agent's
             # last words on a normal end). Meanwhile only `stop` still matters.
             while True:
@@ -88,6 +93,10 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
                     with contextlib.suppress(bp.ProtocolError):
                         if isinstance(bp.parse_text_frame(frame), bp.Stop):
                             raise ConversationOver("client_stop") from None
+        # Idle: a resumable browser's connection is taken as silently lost (the conversation is held), and while it
+        # is held the idle time-out does not apply.
+        if not (isinstance(browser, BrowserLink) and browser.lost_to_idle(idle_scope.deadline - idle - slack)):
+            break
     raise ConversationOver.failed("timeout", f"no message from the browser for {idle:g} s")
 
 

@@ -208,6 +208,11 @@ class RelayMetrics:
             if read is not None:
                 Gauge(name, doc, registry=r).set_function(read)
 
+    def watch_held(self, held: Callable[[], int]) -> None:
+        """The conversations held for a resume now (their browser's connection dropped; each keeps its seats)."""
+        Gauge("avatar_relay_conversations_held", "Conversations held for a resume now: open, their browser's "
+              "connection dropped (RELAY_RESUME_WINDOW).", registry=self.registry).set_function(lambda: float(held()))
+
     def watch_journal(self, journal: Journal) -> None:
         """`avatar_relay_journals_moved_aside`: damaged session journals lying in the state directory, as last
         counted (at start-up and at every sweep of the reaper; never I/O at scrape time)."""

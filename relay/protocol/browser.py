@@ -53,6 +53,32 @@ class Start(_Frame):
     token: StrictStr | None = None
 
 
+class Resume(_Frame):
+    """The first frame of a connection that takes a held conversation over (not a `ClientEvent`: it never reaches a
+    conversation's pumps)."""
+
+    type: Literal["resume"]
+    resume_token: Annotated[StrictStr, Field(min_length=1, max_length=512)]
+    last_seq: Annotated[StrictInt, Field(ge=0)]
+
+
+def parse_resume(frame: str | bytes | None) -> Resume | None:
+    """The connection's first frame as a `resume`, or None when it is something else (a `start`, ...). Raises
+    ProtocolError for a `resume` that is malformed."""
+    if not isinstance(frame, str) or '"resume"' not in frame:
+        return None
+    try:
+        raw = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(raw, dict) or raw.get("type") != "resume":
+        return None
+    try:
+        return Resume.model_validate(raw)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid 'resume' message: {_describe(exc)}") from None
+
+
 class AudioText(_Frame):
     type: Literal["audio"]
     audio: StrictStr
@@ -242,6 +268,7 @@ CLOSE_CODE_FOR_ERROR: Final[dict[ErrorCode, int]] = {
     "timeout": 1000,
     "shutdown": 1001,
     "internal": 1011,
+    "resume_failed": 1008,  # a `resume` that cannot be honoured (its `reason` says why)
 }
 
 
@@ -441,6 +468,12 @@ def avatar_changed(avatar: AvatarInfo, reason: str) -> str:
 
 def error(code: ErrorCode, message: str, **extra: Any) -> str:
     return _dump({"type": "error", "code": code, "message": message, **extra})
+
+
+def resumed(*, conversation_id: str, resume_token: str, seq: int) -> str:
+    """The answer to a `resume`: the new token, and `seq`, the newest message number so far (the replay that
+    follows runs from the browser's `last_seq` + 1 to it)."""
+    return _dump({"type": "resumed", "conversation_id": conversation_id, "resume_token": resume_token, "seq": seq})
 
 
 def ended(reason: EndReason) -> str:

@@ -10,10 +10,12 @@ from typing import Literal
 
 # `error.code` for the browser; `CLOSE_CODE_FOR_ERROR` (relay.protocol.browser) maps each to its close code.
 ErrorCode = Literal["protocol_error", "unauthorized", "capacity", "upstream_unavailable", "agent_error", "timeout",
-                    "shutdown", "internal", "agent_refused", "agent_busy"]
+                    "shutdown", "internal", "agent_refused", "agent_busy", "resume_failed"]
 
 # `ended.reason`: an error code when the conversation failed, or one of the normal endings.
-EndReason = ErrorCode | Literal["client_stop", "agent_ended", "max_duration"]
+# `client_gone` never reaches a browser (none is there): the record's reason when it left first, or did not come back
+# within RELAY_RESUME_WINDOW.
+EndReason = ErrorCode | Literal["client_stop", "agent_ended", "max_duration", "client_gone"]
 
 # `AvatarUnavailable.reason`: why no avatar session could be opened.
 # `capacity`: the relay's own budget of avatar sessions (RELAY_MAX_AVATAR_SESSIONS) is used up; no call was made.

@@ -20,6 +20,7 @@ Send = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[[Any, Receive, Send], Awaitable[None]]
 
 _KEY = "relay.browser_left"
+_CODE_KEY = "relay.browser_close_code"
 
 
 class NoteDepartures:
@@ -37,6 +38,7 @@ class NoteDepartures:
         async def receive_noting_departure() -> Any:
             message = await receive()
             if message.get("type") == "websocket.disconnect":
+                scope.setdefault(_CODE_KEY, message.get("code", 1005))
                 left.set()
             return message
 
@@ -50,3 +52,48 @@ def browser_left(scope: Any) -> Callable[[], bool]:
     if not isinstance(left, trio.Event):
         return lambda: True
     return left.is_set
+
+
+def left_cleanly(scope: Any) -> Callable[[], bool | None]:
+    """For a WebSocket scope served through `NoteDepartures`: a check, None while the browser has not left (the
+    server cut the connection), True when it left with a close 1000, False when it left any other way (1001, 1006:
+    a reset, a lost network)."""
+    left = browser_left(scope)
+
+    def check() -> bool | None:
+        if not left():
+            return None
+        return bool(scope.get(_CODE_KEY) == 1000)
+
+    return check
+
+
+def note_browser_close_codes() -> None:
+    """hypercorn (0.18) tells the app `websocket.disconnect` with code 1006 for every browser-initiated end, a close
+    frame 1000 as well as a TCP reset: the browser's own code is lost, and a resumable conversation must tell a
+    browser that closed cleanly (ended at once) from one whose network dropped (held). This wraps hypercorn's
+    WebSocket stream so that the close frame's code is noted in the connection's scope first (where
+    `NoteDepartures` reads it). Idempotent; a hypercorn without that method is left alone."""
+    try:
+        from hypercorn.protocol.ws_stream import WSStream
+        from wsproto.events import CloseConnection
+    except ImportError:  # pragma: no cover - hypercorn's layout changed: codes stay as hypercorn says
+        return
+    original = getattr(WSStream, "_handle_events", None)
+    if original is None or getattr(original, "_relay_notes_close_codes", False):
+        return
+
+    async def handle_events(self: Any) -> None:
+        pending = list(self.connection.events())
+        for event in pending:
+            if isinstance(event, CloseConnection):
+                self.scope.setdefault(_CODE_KEY, event.code)
+        events = self.connection.events
+        self.connection.events = lambda: iter(pending)
+        try:
+            await original(self)
+        finally:
+            self.connection.events = events
+
+    handle_events._relay_notes_close_codes = True  # type: ignore[attr-defined]
+    WSStream._handle_events = handle_events  # type: ignore[method-assign]

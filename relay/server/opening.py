@@ -11,7 +11,7 @@ Nothing here blocks but the socket read (bounded by RELAY_START_TIMEOUT) and the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from relay.config import Settings
@@ -74,13 +74,18 @@ def grant_of(claims: TokenClaims | None) -> Grant | None:
 
 
 async def read_opening(browser: BrowserSocket, decision: HandshakeDecision, gate: Gate, pending: PendingPool,
-                       up: Upstreams) -> Opening:
-    """Hold a pre-start slot while the socket's `start` is read (RELAY_START_TIMEOUT) and its token verified.
-    Raises ConversationOver (`timeout`, `protocol_error`, `unauthorized`) or AdmissionRefused (`capacity`: too many
-    waiting sockets from this client, or this one pushed out by a newer one; `shutdown`)."""
+                       up: Upstreams, *, resumable: bool = False) -> Opening | bp.Resume:
+    """Hold a pre-start slot while the socket's `start` is read (RELAY_START_TIMEOUT) and its token verified; with
+    `resumable`, a first frame `resume` is returned as it is (read under the same slot, time-out and size bound; its
+    resume token is checked by `relay.server.resuming`, and it spends no token use). Raises ConversationOver
+    (`timeout`, `protocol_error`, `unauthorized`) or AdmissionRefused (`capacity`: too many waiting sockets from this
+    client, or this one pushed out by a newer one; `shutdown`)."""
     with pending.hold(decision.client) as slot:
         with slot:
-            start = await receive_start(browser, up.settings)
+            first = await receive_start(browser, up.settings, resumable=resumable)
+            if isinstance(first, bp.Resume):
+                return first
+            start = first
             claims = decision.claims
             if decision.check_start:
                 try:
@@ -95,6 +100,17 @@ async def read_opening(browser: BrowserSocket, decision: HandshakeDecision, gate
     return Opening(start, decision.client if claims is None else identity(claims, decision.client), claims)
 
 
+@dataclass(frozen=True)
+class ResumeDoor:
+    """How a connection goes on with resuming on (RELAY_RESUME_WINDOW > 0; `relay.server.resuming`): `resume` hands
+    the socket to the held conversation its `resume` names; `start(socket, subject, converse)` runs a new one in the
+    app's nursery, `converse(link, browser_left)` being the conversation itself (seat, token use and all)."""
+
+    resume: Callable[[BrowserSocket, bp.Resume], Awaitable[None]]
+    start: Callable[[BrowserSocket, str | None, Callable[[BrowserSocket, Callable[[], bool]], Awaitable[None]]],
+                    Awaitable[None]]
+
+
 @dataclass
 class Doorway:
     """Everything the way in needs, made once per app: `serve` runs one socket from its handshake decision to its
@@ -107,24 +123,48 @@ class Doorway:
     uses: TokenUses
 
     async def serve(self, browser: BrowserSocket, decision: HandshakeDecision, up: Upstreams, *,
-                    browser_left: Callable[[], bool] | None = None) -> None:
+                    browser_left: Callable[[], bool] | None = None, resuming: ResumeDoor | None = None) -> None:
         """Read the opening, take a seat, hold the conversation; any refusal is told to the browser. Cancelled when
-        the browser leaves (the conversation's own cleanup runs then, as in `run_conversation`)."""
+        the browser leaves (the conversation's own cleanup runs then, as in `run_conversation`). With `resuming`, a
+        first frame `resume` goes to `resuming.resume` — no new seat, no token use (a resume is the same
+        conversation) — and a new conversation runs through `resuming.start`."""
         try:
             if decision.over_rate:
                 raise AdmissionRefused(OVER_RATE, why="start_rate")
             if self.registry.shutting_down:  # at once, not after a `start` it would refuse anyway
                 raise AdmissionRefused("the relay is shutting down; try again shortly", "shutdown", "shutdown")
             try:
-                opening = await read_opening(browser, decision, self.gate, self.pending, up)
+                opening = await read_opening(browser, decision, self.gate, self.pending, up,
+                                             resumable=resuming is not None)
             except ConversationOver as refused:
                 self.metrics.conversation_refused(refused.reason)
                 log.info("conversation refused before start: %s client=%s", refused.message, decision.client)
                 await tell_browser_and_close(browser, refused)
                 return
-            if opening.claims is not None and decision.claims is None:
-                log.info("client token accepted client=%s", opening.client)
-            claims, settings = opening.claims, up.settings
+        except AdmissionRefused as exc:
+            await self._refuse(browser, exc)
+            return
+        if isinstance(opening, bp.Resume):
+            assert resuming is not None
+            await resuming.resume(browser, opening)
+            return
+        if opening.claims is not None and decision.claims is None:
+            log.info("client token accepted client=%s", opening.client)
+        if resuming is None:
+            await self._hold(browser, opening, up, browser_left)
+            return
+        held = opening
+
+        async def converse(link: BrowserSocket, gone: Callable[[], bool]) -> None:
+            await self._hold(link, held, up, gone)
+
+        await resuming.start(browser, None if opening.claims is None else opening.client, converse)
+
+    async def _hold(self, browser: BrowserSocket, opening: Opening, up: Upstreams,
+                    browser_left: Callable[[], bool] | None) -> None:
+        """Take a seat and one of the token's uses, and run the conversation until it ends."""
+        claims, settings = opening.claims, up.settings
+        try:
             async with self.registry.admit(opening.client) as shutdown_scope, token_use(
                     self.uses, None if claims is None else claims.use_key,
                     0.0 if claims is None else claims.expires + settings.relay_auth_leeway,
@@ -132,7 +172,10 @@ class Doorway:
                 await run_conversation(browser, up, shutdown_scope, start=opening.start,
                                        grant=grant_of(claims), browser_left=browser_left)
         except AdmissionRefused as exc:
-            self.metrics.conversation_refused(exc.code)
-            self.metrics.admission_refused(exc.why)
-            log.info("conversation refused: %s", exc)
-            await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))
+            await self._refuse(browser, exc)
+
+    async def _refuse(self, browser: BrowserSocket, exc: AdmissionRefused) -> None:
+        self.metrics.conversation_refused(exc.code)
+        self.metrics.admission_refused(exc.why)
+        log.info("conversation refused: %s", exc)
+        await tell_browser_and_close(browser, ConversationOver.failed(exc.code, str(exc)))

@@ -19,6 +19,7 @@ from relay.ops.transcripts import TranscriptWriter
 from relay.server.admission import Registry
 from relay.server.auth import Gate
 from relay.server.jwks import JwksCache
+from relay.server.resume import HeldTable
 from relay.sim.runner import SimulatorURLs
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class RelayState:
     fleet: Fleet | None = None  # with RELAY_REDIS_URL: this relay's membership of the fleet
     avatar_budgets: dict[str, AvatarBudget] = field(default_factory=dict)  # RELAY_MAX_AVATAR_SESSIONS, by provider
     fleet_sessions: FleetSessions | None = None  # with a fleet and an avatar: the fleet's session registry
+    held: HeldTable | None = None  # with RELAY_RESUME_WINDOW > 0: the conversations a new connection may resume
 
     @property
     def readiness(self) -> dict[str, bool]:

@@ -626,6 +626,17 @@ class Conversation {
     this.playOutTimer = 0;
     this.playOutReason = null; // set while the agent's last words play out after a normal `ended`
     this.lastActivityAt = 0;
+    // Resuming (docs/protocol.md "Resuming"): the token and window from `ready`, the newest `seq` seen, and the
+    // reconnection under way after an unexpected close.
+    this.resumeToken = null;
+    this.resumeWindowS = 0;
+    this.lastSeq = 0;
+    this.reconnect = null; // { deadline, delay, timer } while reconnecting
+    this.onOnline = () => this.retryNow();
+    // The browser says the network is gone (Wi-Fi to mobile, a lid closed): the old connection cannot survive a new
+    // address, so stop waiting for TCP to notice and resume as soon as the network is back.
+    this.onOffline = () => this.connectionLost();
+    window.addEventListener('offline', this.onOffline);
   }
 
   async begin() {
@@ -647,15 +658,102 @@ class Conversation {
       return;
     }
     if (this.finished) return;
-    const ws = new WebSocket(this.w.socketUrl(this.config.ws_path));
+    this.openSocket(this.w.startFrame(token));
+  }
+
+  /** Open the relay's WebSocket and send `first` (`start`, or `resume` when reconnecting) once it is open. */
+  openSocket(first) {
+    const url = new URL(this.w.socketUrl(this.config.ws_path));
+    // A resume names the relay that holds the conversation (the token's readable route) for a proxy to route on.
+    if (first.type === 'resume') url.searchParams.set('relay', String(first.resume_token).split('.')[1] ?? '');
+    const ws = new WebSocket(url.href);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
-    ws.onopen = () => this.sendJson(this.w.startFrame(token));
+    ws.onopen = () => {
+      if (ws === this.ws) this.sendJson(first);
+      else ws.close(1000); // a reconnection attempt that was given up
+    };
     ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
       if (typeof event.data === 'string') this.onText(event.data);
       else this.onAgentAudio(event.data);
     };
-    ws.onclose = (event) => this.onClose(event);
+    ws.onclose = (event) => {
+      if (ws === this.ws) this.onClose(event);
+    };
+  }
+
+  connectionLost() {
+    if (this.finished || this.stopping || this.reconnect || !this.resumable()) return;
+    const ws = this.ws;
+    this.startReconnecting();
+    try {
+      ws?.close(4001, 'offline'); // not 1000: the relay holds the conversation
+    } catch {
+      // already closed
+    }
+  }
+
+  resumable() {
+    return Boolean(this.ready && this.resumeToken && this.resumeWindowS > 0);
+  }
+
+  /** The connection dropped unexpectedly: keep the conversation (video, captions) and resume it within the window,
+   * retrying with back-off (and at once when the browser says it is online again). */
+  startReconnecting() {
+    this.reconnect = { deadline: performance.now() + this.resumeWindowS * 1000, delay: 250, timer: 0 };
+    this.w.debug.reconnecting = true;
+    this.w.setState('reconnecting');
+    this.w.setStatus('reconnecting', this.w.t('status.reconnecting_relay'));
+    window.addEventListener('online', this.onOnline);
+    this.player?.flush(); // the agent audio due in the gap is not replayed; its captions are
+    this.tryResume();
+  }
+
+  tryResume() {
+    const reconnect = this.reconnect;
+    if (!reconnect || this.finished) return;
+    clearTimeout(reconnect.timer);
+    if (performance.now() >= reconnect.deadline) {
+      this.stopReconnecting();
+      this.errorMessage ??= this.w.t('notice.resume_window_over');
+      this.finish('connection_lost');
+      return;
+    }
+    if (navigator.onLine === false) {
+      // No network: wait for the `online` event (retryNow), or the end of the window.
+      reconnect.timer = setTimeout(() => this.tryResume(), Math.max(0, reconnect.deadline - performance.now()));
+      return;
+    }
+    this.openSocket({ type: 'resume', resume_token: this.resumeToken, last_seq: this.lastSeq });
+  }
+
+  retryNow() {
+    if (!this.reconnect || this.ws?.readyState === WebSocket.OPEN) return;
+    if (this.ws?.readyState === WebSocket.CONNECTING) this.ws.close(1000);
+    this.tryResume();
+  }
+
+  scheduleResume() {
+    const reconnect = this.reconnect;
+    const wait = Math.min(reconnect.delay, Math.max(0, reconnect.deadline - performance.now()));
+    reconnect.delay = Math.min(reconnect.delay * 2, 4000);
+    reconnect.timer = setTimeout(() => this.tryResume(), wait);
+  }
+
+  stopReconnecting() {
+    if (this.reconnect) clearTimeout(this.reconnect.timer);
+    this.reconnect = null;
+    this.w.debug.reconnecting = false;
+    window.removeEventListener('online', this.onOnline);
+  }
+
+  onResumed(msg) {
+    this.resumeToken = String(msg.resume_token ?? this.resumeToken);
+    this.stopReconnecting();
+    this.w.debug.resumes = (this.w.debug.resumes ?? 0) + 1;
+    this.w.setState('live');
+    this.refreshControls();
   }
 
   async openMicrophone() {
@@ -814,6 +912,22 @@ class Conversation {
       return;
     }
     if (!msg || typeof msg.type !== 'string') return;
+    if (msg.type === 'resumed') {
+      this.onResumed(msg);
+      this.w.dispatchEvent(new CustomEvent('relay:resumed', { detail: msg, bubbles: true, composed: true }));
+      return;
+    }
+    if (this.reconnect && (this.reconnect.elsewhere || (msg.type === 'error' && msg.reason === 'elsewhere'))) {
+      // This attempt reached a relay process that does not hold the conversation (under `serve --workers N` the
+      // kernel picks the worker): its token still works, so the next attempt tries again (onClose).
+      this.reconnect.elsewhere = msg.type !== 'ended';
+      return;
+    }
+    if (typeof msg.seq === 'number') {
+      if (msg.seq <= this.lastSeq) return; // seen before the connection dropped
+      this.lastSeq = msg.seq;
+      this.w.debug.lastSeq = msg.seq;
+    }
     if (!NOISY.has(msg.type)) record(this.w.debug.received, msg.type);
     switch (msg.type) {
       case 'ready':
@@ -959,6 +1073,8 @@ class Conversation {
   onReady(msg) {
     if (this.ready || this.finished) return;
     this.ready = msg;
+    this.resumeToken = typeof msg.resume_token === 'string' ? msg.resume_token : null;
+    this.resumeWindowS = typeof msg.resume_window === 'number' ? msg.resume_window : 0;
     this.w.debug.conversationId = msg.conversation_id ?? null;
     this.w.debug.avatarSessionId = msg.avatar?.session_id ?? null;
     this.player = new PcmPlayer(this.context, msg.output_audio?.sample_rate ?? 16000);
@@ -1007,11 +1123,11 @@ class Conversation {
           if (!this.finished) this.w.setState('reconnecting');
         },
         onReconnected: () => {
-          if (!this.finished) this.w.setState('live');
+          if (!this.finished && !this.reconnect) this.w.setState('live'); // not while the relay's socket resumes
         },
         onDisconnected: (reason) => {
           if (this.finished) return;
-          if (this.w.state === 'reconnecting') this.w.setState('live');
+          if (this.w.state === 'reconnecting' && !this.reconnect) this.w.setState('live');
           this.w.setStage('voice', this.w.t('stage.avatar_disconnected'));
           this.w.showNotice(this.w.t('notice.avatar_closed', { detail: reason }));
         },
@@ -1178,6 +1294,14 @@ class Conversation {
       this.finish('client_stop');
       return;
     }
+    if (this.reconnect) {
+      this.scheduleResume(); // this attempt failed: the next one after the back-off
+      return;
+    }
+    if (this.resumable() && event.code !== 1000 && event.code !== 1008) {
+      this.startReconnecting();
+      return;
+    }
     // 1006: no close frame at all (network gone, relay crashed); the reason label says it already.
     if (event.code !== 1000 && event.code !== 1006 && event.reason) this.errorMessage ??= event.reason;
     this.finish('connection_lost');
@@ -1212,6 +1336,8 @@ class Conversation {
   finish(reason) {
     if (this.finished) return;
     this.finished = true;
+    this.stopReconnecting();
+    window.removeEventListener('offline', this.onOffline);
     clearTimeout(this.stopTimer);
     clearTimeout(this.playOutTimer);
     this.w.debug.playingOut = null;
@@ -1246,6 +1372,10 @@ class Conversation {
   /** Called on every animation frame while this conversation is live. */
   updateStatus() {
     if (!this.ready || this.finished || this.stopping) return;
+    if (this.reconnect) {
+      this.w.setStatus('reconnecting', this.w.t('status.reconnecting_relay'));
+      return;
+    }
     if (this.w.state === 'reconnecting') {
       this.w.setStatus('connecting', this.w.t('status.reconnecting'));
       return;

@@ -9,10 +9,14 @@
 /** Why the relay reports an error (`error.code`). */
 export type ErrorCode =
   | 'protocol_error' | 'unauthorized' | 'capacity' | 'upstream_unavailable' | 'agent_error' | 'timeout'
-  | 'shutdown' | 'internal' | 'agent_refused' | 'agent_busy';
+  | 'shutdown' | 'internal' | 'agent_refused' | 'agent_busy' | 'resume_failed';
 
 /** Why a conversation ended (`ended.reason`). */
-export type EndReason = ErrorCode | 'client_stop' | 'agent_ended' | 'max_duration';
+export type EndReason = ErrorCode | 'client_stop' | 'agent_ended' | 'max_duration' | 'client_gone';
+
+/** Why a `resume` was refused (`error.reason` when `error.code` is `resume_failed`): `elsewhere` (another relay
+ * process holds the conversation: try again) is the only one worth retrying. */
+export type ResumeFailure = 'expired' | 'unknown' | 'unauthorized' | 'ended' | 'elsewhere';
 
 /** Why the avatar is unavailable (`avatar_unavailable.reason`); the conversation goes on with voice only. */
 export type AvatarUnavailableReason =
@@ -48,6 +52,10 @@ export interface ReadyMessage {
   avatar: AvatarInfo | null;
   input_audio: AudioFormat;
   output_audio: AudioFormat;
+  /** With resuming on (RELAY_RESUME_WINDOW > 0): the single-use token a new connection's `resume` names. */
+  resume_token?: string;
+  /** How many seconds the relay holds the conversation after the connection drops. */
+  resume_window?: number;
 }
 
 export interface UserTranscriptMessage {
@@ -205,6 +213,23 @@ export interface ErrorMessage {
   agent_error_type?: string;
   agent_close_code?: number;
   agent_close_reason?: string;
+  /** When `code` is `resume_failed`: why. */
+  reason?: ResumeFailure;
+}
+
+/** The answer to a `resume`: the conversation goes on; the messages after `last_seq` follow (replayed), up to `seq`. */
+export interface ResumedMessage {
+  type: 'resumed';
+  conversation_id: string;
+  /** The next resume's token (each is single use). */
+  resume_token: string;
+  seq: number;
+}
+
+/** With resuming on, every message after `ready` carries `seq`, its number (1, 2, ...): after a resume the browser
+ * drops a replayed message whose `seq` it has seen already. */
+export interface Numbered {
+  seq?: number;
 }
 
 export interface EndedMessage {
@@ -213,12 +238,13 @@ export interface EndedMessage {
 }
 
 /** Every text frame the relay sends. */
-export type RelayMessage =
+export type RelayMessage = (
   | ReadyMessage | UserTranscriptMessage | AgentResponseMessage | AgentResponsePartMessage
   | AgentResponseCorrectionMessage | AgentAlignmentMessage | InterruptionMessage | ToolCallMessage | ToolStatusMessage
   | McpToolCallMessage | McpConnectionStatusMessage | QueueStatusMessage | HumanAgentMessage | AgentTypingMessage
   | VadScoreMessage | ContextUsageMessage | RichContentMessage | AvatarSpeakingMessage | AvatarStateMessage
-  | AvatarUnavailableMessage | AvatarChangedMessage | GuardrailTriggeredMessage | ErrorMessage | EndedMessage;
+  | AvatarUnavailableMessage | AvatarChangedMessage | GuardrailTriggeredMessage | ErrorMessage | EndedMessage
+  | ResumedMessage) & Numbered;
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Browser -> relay (text frames; binary frames are the microphone: PCM16 LE mono at ready.input_audio.sample_rate)
@@ -230,6 +256,14 @@ export interface StartMessage {
   custom_llm_extra_body?: Record<string, unknown> | null;
   user_id?: string | null;
   token?: string | null;
+}
+
+/** The first frame of a connection that takes a dropped conversation over (instead of `start`). */
+export interface ResumeMessage {
+  type: 'resume';
+  resume_token: string;
+  /** The newest `seq` the browser has (0: none). */
+  last_seq: number;
 }
 
 export interface AudioMessage {
@@ -288,7 +322,7 @@ export interface StopMessage {
 
 /** Every text frame a browser may send. */
 export type ClientMessage =
-  | StartMessage | AudioMessage | TextMessage | ContextMessage | MultimodalMessage | McpApprovalMessage
+  | StartMessage | ResumeMessage | AudioMessage | TextMessage | ContextMessage | MultimodalMessage | McpApprovalMessage
   | ActivityMessage | InterruptMessage | ToolResultMessage | FeedbackMessage | StopMessage;
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from tests.support.harness import Relay, running_relay
 
 SETTINGS = {"relay_avatar": "none", "relay_stop_timeout": 2.0, "relay_setup_timeout": 5.0,
             "relay_idle_timeout": 10.0, "relay_max_conversations_per_client": 500,
-            "relay_max_starts_per_minute": 100_000, "relay_journal": False}
+            "relay_max_starts_per_minute": 100_000, "relay_journal": False,
+            "relay_resume_window": 1.0}  # resuming on; the vanished ones are held 1 s, not 20
 # A fast agent: 20 ms audio frames streamed as soon as a reply starts, no greeting, replies a few seconds long.
 AGENT_FAULTS = {"chunk_duration_ms": 5, "response_latency_ms": 0, "first_message": None, "max_reply_s": 2.0,
                 "ping_interval_s": 0.5}
@@ -103,6 +104,7 @@ class DeflateClient:
                 if event.message_finished:
                     text, self._text = self._text, ""
                     message: dict[str, object] = orjson.loads(text)
+                    message.pop("seq", None)  # resuming's numbering (tests/e2e/test_resume.py checks it)
                     self.kinds.append(str(message["type"]))
                     return message
             elif isinstance(event, CloseConnection):

@@ -121,7 +121,9 @@ class BrowserClient:
             if isinstance(frame, bytes):
                 self.audio_received += len(frame)
                 continue
-            return orjson.loads(frame)  # type: ignore[no-any-return]
+            message: dict[str, Any] = orjson.loads(frame)
+            message.pop("seq", None)  # the numbering of a resumable conversation: tests/e2e/test_resume.py checks it
+            return message
 
     async def wait_for_audio(self, min_bytes: int = 1, *, timeout: float = 10.0) -> None:
         """Read frames until at least `min_bytes` of agent audio arrived in all (text frames are skipped)."""

@@ -1,0 +1,297 @@
+"""Issue 29: a conversation survives a dropped connection. The real relay (hypercorn) and the real simulators; the
+browser's TCP connection is reset (no close frame) and a new connection resumes with the token from `ready`."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import trio
+
+from relay.server.auth import mint_token
+from relay.server.state import relay_state
+from relay.sim.elevenlabs_sim import ALL_CLIENT_EVENTS
+from tests.faults.matrix import running_fault_relay
+from tests.support.harness import Relay, running_relay
+from tests.support.resumable import ResumingBrowser
+from tests.support.wsframes import client_frame
+
+SECRET = "s" * 40
+
+
+def assert_no_gap_no_duplicate(browser: ResumingBrowser) -> None:
+    seqs = browser.seqs
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+
+
+async def one_conversation_one_session(relay: Relay) -> None:
+    agent = await relay.ledger("elevenlabs")
+    assert len(agent["conversations"]) == 1
+    ledger = await relay.wait_all_sessions_stopped("heygen")
+    assert len(ledger["sessions"]) == 1
+
+
+async def started(relay: Relay, **start: Any) -> tuple[ResumingBrowser, dict[str, Any]]:
+    browser = ResumingBrowser(relay.url)
+    await browser.connect()
+    await browser.send(type="start", **start)
+    return browser, await browser.expect("ready")
+
+
+async def test_ready_carries_a_resume_token_and_every_later_message_a_seq() -> None:
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        assert 0 < len(ready["resume_token"]) <= 512 and ready["resume_window"] == 20
+        assert "seq" not in ready
+        await browser.send(type="text", text="what are your opening hours?")
+        await browser.expect("agent_response")
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert browser.messages[-1]["seq"] > 1
+        assert_no_gap_no_duplicate(browser)
+
+
+async def test_without_a_window_ready_has_no_token_and_messages_no_seq() -> None:
+    async with running_relay(relay_resume_window=0) as relay:
+        browser, ready = await started(relay)
+        assert "resume_token" not in ready and "resume_window" not in ready
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert browser.seqs == []
+
+
+async def test_a_dropped_connection_while_the_agent_speaks_resumes_the_same_conversation() -> None:
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="what are your opening hours?")
+        await browser.expect("agent_response")
+        browser.drop()  # while the avatar speaks the reply
+        resumed = await browser.resume(ready["resume_token"])
+        assert resumed["type"] == "resumed", resumed
+        assert resumed["conversation_id"] == ready["conversation_id"]
+        assert resumed["resume_token"] != ready["resume_token"]
+        await browser.send(type="text", text="and on sunday?")
+        await browser.expect("agent_response", where=lambda m: m["seq"] > resumed["seq"])
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+        assert_no_gap_no_duplicate(browser)
+        await one_conversation_one_session(relay)
+
+
+async def test_messages_sent_while_held_are_replayed_in_order() -> None:
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="what are your opening hours?")
+        browser.drop()  # before the reply: the reply is sent while nobody is there
+        await relay.wait_for_ledger("elevenlabs", lambda led: led["conversations"][0]["user_messages"],
+                                    "the typed message reaching the agent")
+        resumed = await browser.resume(ready["resume_token"], last_seq=0)
+        assert resumed["type"] == "resumed", resumed
+        await browser.expect("agent_response")
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert_no_gap_no_duplicate(browser)
+        await one_conversation_one_session(relay)
+
+
+async def test_a_conversation_nobody_comes_back_to_ends_client_gone_with_one_stop() -> None:
+    async with running_relay(relay_resume_window=0.5) as relay:
+        browser, ready = await started(relay)
+        browser.drop()
+        ledger = await relay.wait_all_sessions_stopped("heygen")
+        assert len(ledger["sessions"]) == 1
+        metrics = (await relay.http.get(relay.url + "/metrics")).text
+        await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+        assert "avatar_relay_conversations_held 0.0" in metrics or "avatar_relay_conversations_held" in metrics
+        late = await browser.resume(ready["resume_token"])
+        assert late == {"type": "error", "code": "resume_failed", "reason": "expired", "message": late["message"]}
+        assert (await browser.expect("ended"))["reason"] == "resume_failed"
+        assert await browser.read_to_close() == 1008
+
+
+async def _wait_metric(relay: Relay, line: str) -> str:
+    with trio.fail_after(10):
+        while True:
+            text = (await relay.http.get(relay.url + "/metrics")).text
+            if line in text:
+                return text
+            await trio.sleep(0.02)
+
+
+async def test_a_held_conversation_counts_as_held_and_keeps_its_seat() -> None:
+    async with running_relay(relay_max_conversations=1) as relay:
+        browser, ready = await started(relay)
+        browser.drop()
+        await _wait_metric(relay, "avatar_relay_conversations_held 1.0")
+        other, _ = ResumingBrowser(relay.url), None
+        await other.connect()
+        await other.send(type="start")
+        assert (await other.expect("error"))["code"] == "capacity"
+        resumed = await browser.resume(ready["resume_token"])
+        assert resumed["type"] == "resumed"
+        await _wait_metric(relay, "avatar_relay_conversations_held 0.0")
+        await browser.send(type="stop")
+        await browser.expect("ended")
+
+
+async def test_a_resume_token_works_once() -> None:
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        browser.drop()
+        assert (await browser.resume(ready["resume_token"]))["type"] == "resumed"
+        thief = ResumingBrowser(relay.url)
+        replayed = await thief.resume(ready["resume_token"])
+        assert (replayed["code"], replayed["reason"]) == ("resume_failed", "unknown")
+        assert await thief.read_to_close() == 1008
+        await browser.send(type="stop")  # the rightful browser goes on
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+
+
+async def test_a_forged_or_unreadable_token_is_unknown_and_a_foreign_route_elsewhere() -> None:
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        prefix, route, key, expires, mac = ready["resume_token"].split(".")
+        forged = ".".join((prefix, route, key, str(int(expires) + 3600), mac))
+        for token, reason in ((forged, "unknown"), ("garbage", "unknown"),
+                              (".".join((prefix, "another-relay", key, expires, mac)), "elsewhere")):
+            other = ResumingBrowser(relay.url)
+            answer = await other.resume(token)
+            assert (answer["code"], answer["reason"]) == ("resume_failed", reason)
+            assert route not in answer["message"] and key not in answer["message"]
+            assert await other.read_to_close() == 1008
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+
+
+async def test_another_subjects_client_token_cannot_resume() -> None:
+    async with running_relay(relay_auth="token", relay_auth_secret=SECRET) as relay:
+        browser, ready = await started(relay, token=mint_token(SECRET, subject="alice"))
+        browser.drop()
+        mallory = ResumingBrowser(relay.url)
+        mallory.connection = None
+        await _resume_with_query_token(mallory, relay, mint_token(SECRET, subject="mallory"), ready["resume_token"],
+                                       expect="unauthorized")
+        # Alice, even with no client token on the new connection: the resume token is the credential.
+        assert (await browser.resume(ready["resume_token"]))["type"] == "resumed"
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+
+
+async def test_a_resume_spends_no_use_of_a_one_conversation_client_token() -> None:
+    """Issue 29: resuming never counts as a new use. A client token good for one conversation (#30's default) resumes
+    it over a connection that carries the same token (its `resume` read by the doorway, in a pre-start slot), and the
+    token's one use is still the conversation's: a second `start` with it is refused."""
+    async with running_relay(relay_auth="token", relay_auth_secret=SECRET) as relay:
+        client_token = mint_token(SECRET, subject="alice")
+        browser = ResumingBrowser(relay.url)
+        await browser.connect(f"/ws?token={client_token}")
+        await browser.send(type="start")
+        ready = await browser.expect("ready")
+        browser.drop()
+        resumed = await browser.resume(ready["resume_token"], path=f"/ws?token={client_token}")
+        assert resumed["type"] == "resumed", resumed
+        other = ResumingBrowser(relay.url)
+        await other.connect(f"/ws?token={client_token}")
+        await other.send(type="start")
+        refused = await other.expect("error")
+        assert refused["code"] == "unauthorized" and "in use" in refused["message"], refused
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+        await one_conversation_one_session(relay)
+
+
+async def _resume_with_query_token(browser: ResumingBrowser, relay: Relay, client_token: str, resume_token: str, *,
+                                   expect: str) -> None:
+    from tests.support.resumable import Connection
+
+    browser.connection = await Connection.open(relay.url, path=f"/ws?token={client_token}")
+    await browser.send(type="resume", resume_token=resume_token, last_seq=0)
+    answer = await browser.expect("error")
+    assert (answer["code"], answer["reason"]) == ("resume_failed", expect)
+    assert await browser.read_to_close() == 1008
+
+
+async def test_a_stop_ends_at_once_and_its_token_then_says_ended() -> None:
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        again = ResumingBrowser(relay.url)
+        answer = await again.resume(ready["resume_token"])
+        assert (answer["code"], answer["reason"]) == ("resume_failed", "ended")
+
+
+DEMO_AGENT = {"first_message": "", "client_events": list(ALL_CLIENT_EVENTS), "response_latency_ms": 0,
+              "ping_interval_s": 0}
+
+
+async def test_a_connection_dropped_during_a_client_tool_call_resumes_and_answers_it() -> None:
+    async with running_relay() as relay:
+        await relay.faults("elevenlabs", **DEMO_AGENT)
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="use the tool please")
+        call = await browser.expect("tool_call")
+        browser.drop()
+        assert (await browser.resume(ready["resume_token"]))["type"] == "resumed"
+        await browser.send(type="tool_result", tool_call_id=call["tool_call_id"], result="12:00")
+        reply = await browser.expect("agent_response", where=lambda m: "12:00" in m["text"])
+        assert reply["seq"] > call["seq"]
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert_no_gap_no_duplicate(browser)
+        await one_conversation_one_session(relay)
+
+
+async def test_a_connection_dropped_during_an_mcp_approval_resumes_and_the_answer_reaches_the_agent() -> None:
+    async with running_relay() as relay:
+        await relay.faults("elevenlabs", **DEMO_AGENT)
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="What's the weather in Oslo?")
+        asking = await browser.expect("mcp_tool_call", where=lambda m: m["state"] == "loading")
+        browser.drop()  # the approval request is sent while nobody is there: it comes with the replay
+        resumed = await browser.resume(ready["resume_token"], last_seq=asking["seq"])
+        assert resumed["type"] == "resumed"
+        asking = await browser.expect("mcp_tool_call", where=lambda m: m["state"] == "awaiting_approval")
+        await browser.send(type="mcp_approval", tool_call_id=asking["tool_call_id"], approved=True)
+        await browser.expect("mcp_tool_call", where=lambda m: m["state"] in ("success", "failure"))
+        await browser.send(type="stop")
+        await browser.expect("ended")
+        assert_no_gap_no_duplicate(browser)
+        agent = await relay.ledger("elevenlabs")
+        assert [a["is_approved"] for a in agent["conversations"][0]["mcp_approvals"]] == [True]
+        await one_conversation_one_session(relay)
+
+
+async def test_a_connection_dropped_before_ready_ends_the_conversation_and_stops_its_session() -> None:
+    async with running_relay() as relay:
+        await relay.faults("elevenlabs", queue_wait_ms=60_000)  # `ready` waits for the agent's queue
+        browser = ResumingBrowser(relay.url)
+        await browser.connect()
+        await browser.send(type="start")
+        await browser.expect("queue_status")
+        await relay.wait_for_ledger("heygen", lambda led: len(led["sessions"]) == 1, "the avatar session's creation")
+        browser.drop()  # no token yet: nothing to resume
+        ledger = await relay.wait_all_sessions_stopped("heygen")
+        assert len(ledger["sessions"]) == 1
+        await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+
+
+async def test_a_close_1000_without_stop_ends_at_once_not_held() -> None:
+    async with running_relay() as relay:  # a 20 s window: the wait below is far shorter
+        browser, _ = await started(relay)
+        assert browser.connection is not None
+        await browser.connection.stream.send_all(client_frame(struct.pack("!H", 1000), opcode=0x8))
+        await relay.wait_all_sessions_stopped("heygen", timeout=5)
+        await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+
+
+async def test_the_drain_ends_a_held_conversation_at_once_as_client_gone() -> None:
+    async with running_fault_relay() as relay:
+        browser, _ = await started(relay)
+        browser.drop()
+        await _wait_metric(relay, "avatar_relay_conversations_held 1.0")
+        still_open = await relay_state(relay.app).registry.drain(5.0)
+        assert still_open == 0
+        text = await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
+        assert 'avatar_relay_conversations_ended_total{reason="shutdown"} 1.0' not in text
+        await relay.wait_all_sessions_stopped("heygen", timeout=5)
