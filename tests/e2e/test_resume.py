@@ -295,3 +295,32 @@ async def test_the_drain_ends_a_held_conversation_at_once_as_client_gone() -> No
         text = await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
         assert 'avatar_relay_conversations_ended_total{reason="shutdown"} 1.0' not in text
         await relay.wait_all_sessions_stopped("heygen", timeout=5)
+
+
+async def test_an_avatar_that_dies_while_held_is_replaced_and_its_avatar_changed_replayed() -> None:
+    """#23 §3 meets #29: the held conversation keeps its avatar loop; the replacement's `avatar_changed` is numbered
+    and kept like every message, so the browser that comes back learns of the new face, once, in order."""
+    async with running_relay(relay_avatar="liveavatar") as relay:
+        browser, ready = await started(relay)
+        first = ready["avatar"]
+        browser.drop()
+        await _wait_metric(relay, "avatar_relay_conversations_held 1.0")
+        stop = await relay.http.post(relay.sims.liveavatar + "/v1/sessions/stop", headers={"X-API-KEY": "la-test"},
+                                     json={"session_id": first["session_id"], "reason": "USER_CLOSED"})
+        assert stop.status_code == 200, stop.text
+        with trio.fail_after(10):
+            while [row[1] for row in relay.journal_rows()] in ([], [first["session_id"]]):
+                await trio.sleep(0.02)  # polling the journal for the replacement (a condition, not a timing)
+        resumed = await browser.resume(ready["resume_token"])
+        assert resumed["type"] == "resumed", resumed
+        notice = await browser.expect("avatar_changed")
+        assert notice["avatar"]["session_id"] == relay.journal_rows()[0][1] != first["session_id"]
+        assert notice["reason"] in ("session_ended", "session_gone") and "seq" in notice
+        await browser.send(type="text", text="are you still there")
+        await browser.expect("agent_response", where=lambda m: "are you still there" in m["text"])
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+        assert [m["type"] for m in browser.messages].count("avatar_changed") == 1
+        assert_no_gap_no_duplicate(browser)
+        ledger = await relay.wait_all_sessions_stopped("liveavatar")
+        assert len(ledger["sessions"]) == 2
