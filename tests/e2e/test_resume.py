@@ -221,7 +221,8 @@ async def test_a_stop_ends_at_once_and_its_token_then_says_ended() -> None:
         assert (answer["code"], answer["reason"]) == ("resume_failed", "ended")
 
 
-DEMO_AGENT = {"first_message": "", "client_events": list(ALL_CLIENT_EVENTS), "response_latency_ms": 0,
+DEMO_AGENT = {"first_message": "", "client_events": list(ALL_CLIENT_EVENTS), "mcp_server_ids": ["sim-weather"],
+              "response_latency_ms": 0,
               "ping_interval_s": 0}
 
 
