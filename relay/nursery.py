@@ -62,10 +62,9 @@ QUEUE_NOTICE = 0.05
 # Avatar sessions that die mid-conversation are replaced at most this many times per conversation (a provider whose
 # sessions die at once would otherwise be asked again and again); then the conversation goes on voice-only.
 MAX_AVATAR_REPLACEMENTS = 5
-# A session with a known limit is rotated this long before it at most (a quarter of a shorter limit), once the avatar
-# is between turns; at the latest ROTATION_DEADLINE before the limit, between turns or not.
-ROTATION_MARGIN = 15.0
-ROTATION_DEADLINE = 2.0
+# A session with a known limit is rotated up to ROTATION_MARGIN before it (a quarter of a shorter limit), between
+# turns; at the latest ROTATION_DEADLINE before it, between turns or not.
+ROTATION_MARGIN, ROTATION_DEADLINE = 15.0, 2.0
 
 
 class _Rotation(AvatarSessionEnded):

@@ -32,9 +32,10 @@ from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
 from relay.providers import table as providers
-from relay.server.auth import Gate, auth_problem, chosen_protocol, identity, protocol_token
+from relay.server.auth import Gate, auth_problem, identity
 from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
 from relay.server.fleet_admission import choose_seating, watch_seating
+from relay.server.handshake import chosen_protocol, protocol_token
 from relay.server.opening import Doorway, ResumeDoor
 from relay.server.page import add_page_routes
 from relay.server.pending import PendingPool
