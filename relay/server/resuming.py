@@ -9,6 +9,8 @@ around it is what ends it when the browser is gone for good (a clean close, or t
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -30,7 +32,8 @@ log = logging.getLogger("relay.web")
 
 def held_table(state: RelayState) -> HeldTable | None:
     """The process's table of resumable conversations, None with RELAY_RESUME_WINDOW=0. Its route names this relay
-    (its fleet id with RELAY_REDIS_URL) and, under `serve --workers N`, the worker."""
+    (its fleet id with RELAY_REDIS_URL) and, under `serve --workers N`, the worker (`-w<index>`); under hypercorn's
+    own workers, this process (`-p<pid in hex>`): docs/deploy.md "Resuming behind a proxy"."""
     settings = state.settings
     if settings.relay_resume_window <= 0:
         return None
@@ -38,6 +41,8 @@ def held_table(state: RelayState) -> HeldTable | None:
                                            else "r" + secrets.token_hex(4))
     if state.worker is not None:
         base += f"-w{state.worker.index}"
+    elif multiprocessing.parent_process() is not None:  # one of hypercorn's own workers (`hypercorn -w N`): they
+        base += f"-p{os.getpid():x}"  # share the route otherwise, and the other one's token would read as forged
     route = re.sub(r"[^A-Za-z0-9_-]", "-", base)[-64:]
     return HeldTable(route, settings.relay_resume_window,
                      lifetime=settings.relay_max_duration + settings.relay_resume_window)
