@@ -9,10 +9,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.proxy.fleet import relay, route_of, simulators, start
 from tests.support.simcontrol import SimControl
+
+pytestmark = pytest.mark.timeout(180)
 
 
 def hypercorn_workers(port: int) -> list[str]:
