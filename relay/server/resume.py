@@ -80,10 +80,3 @@ class HeldTable:
         self._tombstones[hold.key] = "expired" if expired else "ended"
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)
-
-    def end_all_held(self) -> int:
-        """The drain: every conversation waiting for its browser ends now (`client_gone`). Returns how many."""
-        held = [hold for hold in self._holds.values() if hold.link.held]
-        for hold in held:
-            hold.link.give_up()
-        return len(held)
