@@ -44,6 +44,22 @@ async def relay(sims: SimulatorURLs, tmp_path: Path, route: str, *,
             yield url
 
 
+def serve_workers(count: int) -> Callable[[int], list[str]]:
+    """`avatar-relay serve --workers count` on a port."""
+    return lambda port: [*serve_command(port), "--workers", str(count)]
+
+
+async def wait_workers_up(url: str, count: int) -> None:
+    """Until the merged /metrics of `serve --workers` says every one of `count` workers answers."""
+    async with httpx2.AsyncClient(timeout=2.0) as http:
+        with trio.fail_after(60):  # a hang guard: N Python processes importing on a busy machine
+            while True:
+                text = (await http.get(url + "/metrics")).text
+                if all(f'avatar_relay_worker_up{{worker="{i}"}} 1.0' in text for i in range(count)):
+                    return
+                await trio.sleep(0.05)
+
+
 def route_of(token: str) -> str:
     """The route a resume token names (its second dot-separated part: readable without the relay's secret)."""
     return token.split(".")[1]

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from tests.faults.test_process_faults import ledger_of
-from tests.proxy.fleet import port_of, relay, route_of, simulators, start
+from tests.proxy.fleet import port_of, relay, route_of, serve_workers, simulators, start, wait_workers_up
 from tests.proxy.proxies import CADDY_SNIPPET, NGINX_SNIPPET, ROOT, Proxy, caddy, nginx
 from tests.support.simcontrol import SimControl
 
@@ -71,6 +71,35 @@ async def test_a_resume_the_proxy_sends_to_the_other_relay_is_told_elsewhere_and
         await browser.send(type="stop")
         assert (await browser.expect("ended"))["reason"] == "client_stop"
         assert len((await SimControl(str(sims.elevenlabs), http).ledger())["conversations"]) == 1
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+async def test_behind_the_proxy_a_relay_with_two_workers_resumes_whichever_worker_the_resume_lands_on(
+        proxy: Proxy, tmp_path: Path) -> None:
+    """relay-a is `serve --workers 2`: its tokens name `relay-a-w0` or `relay-a-w1`, the proxy's pattern for relay-a
+    takes both, and the worker the kernel gives the resume to hands it to the holder."""
+    async with (simulators() as (sims, _), relay(sims, tmp_path, "relay-a", command=serve_workers(2)) as relay_a,
+                relay(sims, tmp_path, "relay-b") as relay_b,
+                proxy(port_of(relay_a), port_of(relay_b), tmp_path) as url):
+        await wait_workers_up(relay_a, 2)
+        with trio.fail_after(60):  # the proxy, not the test, picks the relay of a new conversation
+            while True:
+                browser, ready = await start(url)
+                if route_of(ready["resume_token"]).startswith("relay-a-w"):
+                    break
+                await browser.send(type="stop")
+                await browser.expect("ended")
+        token = ready["resume_token"]
+        for attempt in range(RESUMES):
+            browser.drop()
+            resumed = await browser.resume(token, path=f"/ws?relay={route_of(token)}")
+            assert resumed["type"] == "resumed", (attempt, resumed)
+            assert resumed["conversation_id"] == ready["conversation_id"]
+            token = resumed["resume_token"]
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+        seqs = browser.seqs
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
 
 
 def test_docs_deploy_quotes_the_tested_snippets_as_they_are() -> None:
