@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,6 +27,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from relay.ops.fleet import FleetUnavailable
+from relay.ops.fleet_roster import TICK as FLEET_TICK
+from relay.ops.fleet_roster import FleetRoster, Published
 from relay.ops.untracked import Held, RecordsUnavailable, UntrackedCheck
 from relay.server.worker_admin import admin_socket, ask_workers, serve_admin_socket
 
@@ -62,6 +65,7 @@ class Operator:
 
     def __init__(self, state: RelayState) -> None:
         self.state = state
+        self.fleet_roster: FleetRoster | None = None  # with a fleet: every relay's conversations
 
     # -- this process -----------------------------------------------------------------------------------------------
 
@@ -99,6 +103,9 @@ class Operator:
         return {"relay": None if fleet is None else fleet.relay_id}
 
     async def conversations(self) -> dict[str, Any]:
+        """This relay's conversations (every worker's) or, with a fleet, every live relay's."""
+        if self.fleet_roster is not None:
+            return await self._fleet_conversations(self.fleet_roster)
         answers = await self._everywhere({"op": "list"}, ASK_TIMEOUT)
         listed = [{**conversation, "worker": index} for index, answer in sorted(answers.items()) if answer
                   for conversation in answer.get("conversations", [])]
@@ -106,15 +113,54 @@ class Operator:
         return {**self._about(), "conversations": listed,
                 "workers": {str(index): answer is not None for index, answer in sorted(answers.items())}}
 
+    async def _fleet_conversations(self, roster: FleetRoster) -> dict[str, Any]:
+        own = roster.fleet.relay_id
+        listed = [{**conversation, "relay": own} for conversation in self.state.roster.summaries()]
+        relays, error = {own: True}, None
+        try:
+            wall = time.time()
+            for published in await roster.listing():
+                if published.relay_id != own:
+                    relays[published.relay_id] = True
+                    listed.extend(published.now(wall))
+        except FleetUnavailable as exc:
+            error = f"the other relays' conversations cannot be read ({exc})"
+        listed.sort(key=lambda c: c["started"])
+        return {**self._about(), "conversations": listed, "relays": relays, "error": error}
+
     async def end(self, wanted: str) -> dict[str, Any] | None:
-        """End the conversation `wanted` wherever it runs on this relay; None when none has that id."""
+        """End the conversation `wanted` wherever it runs on this relay — or, with a fleet, on whichever relay
+        holds it; None when none has that id. Raises FleetUnavailable when the fleet cannot be asked."""
         bound = self.state.settings.relay_stop_timeout + 2.0
         answers = await self._everywhere({"op": "end", "id": wanted}, bound + ASK_TIMEOUT)
         for index, answer in sorted(answers.items()):
             if answer and answer.get("ended"):
                 return {**self._about(), "ended": wanted, "reason": "admin", "worker": index,
                         "stopped": bool(answer.get("stopped"))}
-        return None
+        if self.fleet_roster is None:
+            return None
+        return await self._end_elsewhere(self.fleet_roster, wanted, bound)
+
+    async def _end_elsewhere(self, roster: FleetRoster, wanted: str, bound: float) -> dict[str, Any] | None:
+        """Ask the relay that published `wanted` to end it, and wait (up to `bound` seconds and two of its ticks)
+        until its publication no longer lists it."""
+        def holder(listing: list[Published]) -> str | None:
+            for published in listing:
+                if any(wanted in (c.get("id"), c.get("conversation_id")) for c in published.conversations):
+                    return published.relay_id
+            return None
+
+        owner = holder(await roster.listing())
+        if owner is None or owner == roster.fleet.relay_id:
+            return None
+        await roster.ask_end(owner, wanted)
+        stopped = False
+        with trio.move_on_after(bound + 2 * FLEET_TICK):
+            while not stopped:  # the owner publishes its conversations again once it has ended it
+                stopped = holder(await roster.listing()) != owner
+                await trio.sleep(0 if stopped else FLEET_TICK / 5)
+        log.info("conversation ended by the operator id=%s relay=%s", wanted, owner)
+        return {**self._about(), "ended": wanted, "reason": "admin", "relay": owner, "stopped": stopped}
 
     async def held_sessions(self) -> Held:
         """The relay's records of the avatar sessions it holds: every worker's open sessions, the session journal
@@ -173,7 +219,10 @@ def add_admin_routes(app: QuartTrio, state: RelayState) -> None:
     async def admin_end(conversation: str) -> Response:
         if (no := refused()) is not None:
             return no
-        ended = await operator.end(conversation[:200])
+        try:
+            ended = await operator.end(conversation[:200])
+        except FleetUnavailable as exc:
+            return _json({"error": f"the fleet cannot be asked ({exc})"}, 503)
         if ended is None:
             return _json({"error": "no live conversation of this relay has that id"}, 404)
         return _json(ended)
@@ -195,6 +244,11 @@ async def start_operator(app: QuartTrio, state: RelayState, operator: Operator) 
     worker = state.worker
     if worker is not None:
         await app.nursery.start(serve_admin_socket, admin_socket(worker.directory, worker.index), operator.answer)
+    if state.fleet is not None:
+        roster = state.roster
+        operator.fleet_roster = FleetRoster(state.fleet, roster.summaries,
+                                            lambda wanted: roster.end(wanted) is not None)
+        app.nursery.start_soon(operator.fleet_roster.serve)
     interval = state.settings.relay_untracked_check_interval
     check = operator.untracked_check()
     if check is None or interval <= 0 or (worker is not None and worker.index != 0):
