@@ -13,7 +13,7 @@ bookkeeping, no I/O, nothing here blocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -98,8 +98,9 @@ _entry: ContextVar[LiveConversation | None] = ContextVar("live_conversation", de
 class Roster:
     """This process's live conversations (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._live: set[LiveConversation] = set()
+        self._clock = clock  # monotonic seconds (the tests give their own)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -133,14 +134,14 @@ class Roster:
 
         async def created(session_id: str) -> None:
             nonlocal opened_at
-            opened_at = time.monotonic()
+            opened_at = self._clock()
             entry.provider, entry.session_id, entry.session_since = provider, session_id, opened_at
             entry.sessions += 1
 
         async def closed(outcome: SessionOutcome) -> None:
             if opened_at is None:
                 return
-            entry.avatar_seconds_closed += max(0.0, time.monotonic() - opened_at)
+            entry.avatar_seconds_closed += max(0.0, self._clock() - opened_at)
             if entry.session_since == opened_at:
                 entry.session_since = None
 
@@ -148,7 +149,7 @@ class Roster:
 
     def summaries(self) -> list[dict[str, Any]]:
         """Every live conversation, oldest first."""
-        now, wall = time.monotonic(), time.time()
+        now, wall = self._clock(), time.time()
         return [entry.summary(now, wall) for entry in sorted(self._live, key=lambda e: e.started)]
 
     def sessions(self) -> set[tuple[str, str]]:

@@ -17,6 +17,7 @@ from relay.config import Settings
 from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
 from relay.simli import SimliProvider
 from tests.support.harness import Relay, running_relay
+from tests.support.resumable import ResumingBrowser
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -166,3 +167,21 @@ async def test_a_simli_session_no_relay_holds_is_counted() -> None:
 def test_settings_refuse_a_short_admin_token() -> None:
     with pytest.raises(ValueError):
         Settings(_env_file=None, relay_admin_token="short")  # type: ignore[call-arg]
+
+
+async def test_a_held_conversation_is_shown_held_and_the_operator_can_end_it() -> None:
+    async with running_relay(relay_avatar="liveavatar", relay_admin_token=TOKEN, relay_resume_window=60) as relay:
+        browser = ResumingBrowser(relay.url)
+        await browser.connect()
+        await browser.send(type="start")
+        ready = await browser.expect("ready")
+        browser.drop()  # the connection is lost without a close: the conversation waits for a resume
+        [held] = await wait_listed(relay, lambda found: found and found[0]["state"] == "held", "a held one")
+        assert held["avatar_session_id"] == ready["avatar"]["session_id"]  # still billed while held
+        answer = await relay.http.post(relay.url + f"/admin/conversations/{held['id']}/end", headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["stopped"] is True
+        assert await listed(relay) == []
+        session = (await relay.ledger("liveavatar"))["sessions"][ready["avatar"]["session_id"]]
+        assert session["stopped"] is not None
+        refused = await browser.resume(ready["resume_token"])
+        assert refused["type"] == "error" and refused["reason"] == "ended"
