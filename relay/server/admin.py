@@ -8,8 +8,9 @@
   records — the fleet's with RELAY_REDIS_URL —, naming the sessions it bills that no relay holds
   (`relay.ops.untracked`).
 
-Only `Authorization: Bearer <RELAY_ADMIN_TOKEN>` is answered (compared in constant time); anything else is 401 with
-the same answer whatever was wrong, and a log line saying what (never the token presented). `Operator` is this
+Only direct requests (no forwarding header: a proxy's request gets 404, as if the endpoints were off) carrying
+`Authorization: Bearer <RELAY_ADMIN_TOKEN>` are answered (compared in constant time); anything else is 401 with the
+same answer whatever was wrong, and a log line saying what (never the token presented). `Operator` is this
 relay's side (the roster, the other workers' answers, the records the comparison reads); `start_operator` serves the
 worker's admin socket and runs the periodic untracked-session check, with or without the endpoints.
 """
@@ -39,6 +40,9 @@ log = logging.getLogger("relay.admin")
 
 ASK_TIMEOUT = 2.0  # seconds another worker may take to answer a listing
 UNAUTHORIZED = b'{"error":"unauthorized"}'
+# What nginx, Caddy, Traefik, HAProxy and the cloud load balancers add to what they forward (RFC 7239 and the de facto
+# X- headers); docs/deploy.md's proxies set the first three.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "via")
 
 
 def refusal(authorization: str | None, token: str) -> str | None:
@@ -51,6 +55,16 @@ def refusal(authorization: str | None, token: str) -> str | None:
         return "not a bearer token"
     if not hmac.compare_digest(presented.strip().encode(), token.encode()):
         return "wrong token"
+    return None
+
+
+def forwarded_by(headers: Any) -> str | None:
+    """The forwarding header a request carries (a proxy passed it on), None for a direct request. The operator's
+    endpoints answer direct requests only: whatever path rules the public proxy has, what it forwards never
+    reaches them."""
+    for name in FORWARDING_HEADERS:
+        if headers.get(name) is not None:
+            return name
     return None
 
 
@@ -203,6 +217,10 @@ def add_admin_routes(app: QuartTrio, state: RelayState) -> None:
     token = secret.get_secret_value()
 
     def refused() -> Response | None:
+        if (proxy := forwarded_by(request.headers)) is not None:
+            log.warning("admin request through a proxy refused (it carries %s) method=%s path=%s client=%s", proxy,
+                        request.method, request.path, request.remote_addr)
+            return Response(b'{"error":"not found"}', status=404, content_type="application/json")
         why = refusal(request.headers.get("authorization"), token)
         if why is None:
             return None

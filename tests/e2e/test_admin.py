@@ -185,3 +185,13 @@ async def test_a_held_conversation_is_shown_held_and_the_operator_can_end_it() -
         assert session["stopped"] is not None
         refused = await browser.resume(ready["resume_token"])
         assert refused["type"] == "error" and refused["reason"] == "ended"
+
+
+async def test_a_request_a_proxy_forwarded_never_reaches_the_endpoints(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="relay.admin")
+    async with running_relay(relay_avatar="liveavatar", relay_admin_token=TOKEN) as relay:
+        for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via"):
+            answer = await admin_get(relay, "/admin/conversations", **AUTH, **{header: "for=203.0.113.9"})
+            assert answer.status_code == 404, header  # with the right token: as if the endpoints were off
+        assert (await admin_get(relay, "/admin/conversations")).status_code == 200
+    assert caplog.text.count("admin request through a proxy refused") == 4 and TOKEN not in caplog.text
