@@ -121,6 +121,8 @@ class FleetRoster:
                     await self._tick()
                 except FleetUnavailable as exc:
                     log.debug("fleet: conversations not published now (%s)", exc)
+                except Exception:  # never out into the app's nursery (it would end the relay)
+                    log.exception("fleet: publishing this relay's conversations failed")
                 await trio.sleep(TICK)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(OP_TIMEOUT):

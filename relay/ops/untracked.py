@@ -159,29 +159,43 @@ class UntrackedCheck:
             return Report(checked_at, error=str(exc))
         return Report(checked_at, compare(accounts, before | after))
 
-    async def run_periodically(self, interval: float, registry: CollectorRegistry) -> None:
-        """`check` every `interval` seconds until cancelled, setting `relay_untracked_avatar_sessions{provider}`
-        to the sessions two checks in a row found untracked (a warning names them). Never raises."""
-        gauge = Gauge(METRIC, "Avatar sessions the provider's account has running (its own list call) that no relay "
-                      "holds, found by two checks in a row (RELAY_UNTRACKED_CHECK_INTERVAL); billed, and nobody "
-                      "will stop them.", ["provider"], registry=registry)
-        for entry in providers.listed(self.settings):
-            gauge.labels(entry.name).set(0)
+    async def run_periodically(self, interval: float, gauge: Gauge) -> None:
+        """`check` every `interval` seconds until cancelled, setting `gauge` (`untracked_gauge`) to the sessions two
+        checks in a row found untracked (a warning names them). Never raises: whatever goes wrong in one check is
+        logged and the next one runs."""
         while True:
             await trio.sleep(interval)
-            report = await self.check()
+            try:
+                report = await self.check()
+            except Exception:  # a damaged journal, ...: never out into the app's nursery (it would end the relay)
+                log.exception("untracked-session check failed")
+                continue
             if report.error is not None:
                 log.warning("untracked-session check skipped: %s", report.error)
                 continue
-            for provider, count in confirmed(self._previous, report.findings).items():
-                gauge.labels(provider).set(count)
-                finding = next(f for f in report.findings if f.provider == provider)
-                if count:
-                    named = f" ({', '.join(finding.untracked_ids[:20])})" if finding.listable else ""
-                    log.warning("%d %s session(s) running that no relay holds%s: billed, and nobody will stop "
-                                "them (docs/operations.md, \"Untracked avatar sessions\")", count, provider, named)
-            for finding in report.findings:
-                if finding.error is not None:
-                    log.warning("untracked-session check: %s", finding.error)
-                else:
-                    self._previous[finding.provider] = finding
+            self._record(report, gauge)
+
+    def _record(self, report: Report, gauge: Gauge) -> None:
+        for provider, count in confirmed(self._previous, report.findings).items():
+            gauge.labels(provider).set(count)
+            finding = next(f for f in report.findings if f.provider == provider)
+            if count:
+                named = f" ({', '.join(finding.untracked_ids[:20])})" if finding.listable else ""
+                log.warning("%d %s session(s) running that no relay holds%s: billed, and nobody will stop them "
+                            "(docs/operations.md, \"Untracked avatar sessions\")", count, provider, named)
+        for finding in report.findings:
+            if finding.error is not None:
+                log.warning("untracked-session check: %s", finding.error)
+            else:
+                self._previous[finding.provider] = finding
+
+
+def untracked_gauge(registry: CollectorRegistry, settings: Settings) -> Gauge:
+    """`relay_untracked_avatar_sessions{provider}` in `registry`, 0 for every listed provider until a check says
+    otherwise."""
+    gauge = Gauge(METRIC, "Avatar sessions the provider's account has running (its own list call) that no relay "
+                  "holds, found by two checks in a row (RELAY_UNTRACKED_CHECK_INTERVAL); billed, and nobody will "
+                  "stop them.", ["provider"], registry=registry)
+    for entry in providers.listed(settings):
+        gauge.labels(entry.name).set(0)
+    return gauge

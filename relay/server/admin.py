@@ -30,7 +30,7 @@ from quart_trio import QuartTrio
 from relay.ops.fleet import FleetUnavailable
 from relay.ops.fleet_roster import TICK as FLEET_TICK
 from relay.ops.fleet_roster import FleetRoster, Published
-from relay.ops.untracked import Held, RecordsUnavailable, UntrackedCheck
+from relay.ops.untracked import Held, RecordsUnavailable, UntrackedCheck, untracked_gauge
 from relay.server.worker_admin import admin_socket, ask_workers, serve_admin_socket
 
 if TYPE_CHECKING:
@@ -272,4 +272,5 @@ async def start_operator(app: QuartTrio, state: RelayState, operator: Operator) 
     if check is None or interval <= 0 or (worker is not None and worker.index != 0):
         return
     assert state.metrics is not None
-    app.nursery.start_soon(check.run_periodically, interval, state.metrics.registry)
+    gauge = untracked_gauge(state.metrics.registry, check.settings)  # in /metrics from the start
+    app.nursery.start_soon(check.run_periodically, interval, gauge)

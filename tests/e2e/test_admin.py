@@ -195,3 +195,8 @@ async def test_a_request_a_proxy_forwarded_never_reaches_the_endpoints(caplog: p
             assert answer.status_code == 404, header  # with the right token: as if the endpoints were off
         assert (await admin_get(relay, "/admin/conversations")).status_code == 200
     assert caplog.text.count("admin request through a proxy refused") == 4 and TOKEN not in caplog.text
+
+
+async def test_the_untracked_metric_is_there_from_the_start_for_each_listed_provider() -> None:
+    async with running_relay(relay_avatar="liveavatar,simli") as relay:  # the default interval: no check yet
+        assert await scrape_untracked(relay) == {"liveavatar": 0, "simli": 0}
