@@ -200,3 +200,18 @@ async def test_a_request_a_proxy_forwarded_never_reaches_the_endpoints(caplog: p
 async def test_the_untracked_metric_is_there_from_the_start_for_each_listed_provider() -> None:
     async with running_relay(relay_avatar="liveavatar,simli") as relay:  # the default interval: no check yet
         assert await scrape_untracked(relay) == {"liveavatar": 0, "simli": 0}
+
+
+async def test_a_conversation_whose_avatar_is_being_replaced_shows_replacing() -> None:
+    async with running_relay(relay_avatar="liveavatar", relay_admin_token=TOKEN) as relay:
+        async with relay.browser() as browser:
+            first = (await browser.start())["avatar"]
+            await wait_listed(relay, lambda found: found and found[0]["state"] == "live", "a live one")
+            await relay.faults("liveavatar", latency_ms={"token": 2000})  # the replacement takes a while to open
+            await relay.http.post(relay.sims.liveavatar + "/v1/sessions/stop", headers={"X-API-KEY": "la-test"},
+                                  json={"session_id": first["session_id"], "reason": "USER_CLOSED"})
+            [between] = await wait_listed(relay, lambda found: found[0]["state"] == "replacing", "replacing")
+            assert between["avatar_session_id"] is None and between["avatar_sessions"] == 1
+            second = (await browser.expect("avatar_changed"))["avatar"]
+            [after] = await wait_listed(relay, lambda found: found[0]["state"] == "live", "live again")
+            assert after["avatar_session_id"] == second["session_id"] and after["avatar_sessions"] == 2
