@@ -2,10 +2,11 @@
 every relay's conversations, and ends one whichever relay holds it.
 
 Every relay publishes its conversations' summaries (`relay.server.roster`: ids, start, subject, client address,
-provider, avatar session, state, seconds; never a key, a token or what was said) in one hash, `{prefix}:conversations`,
-field = its relay id, value `{"as_of": unix time, "conversations": [...]}`: at once when the set of its conversations
-or their states change (checked every TICK), else every third of RELAY_FLEET_LEASE. A reader counts the seconds on
-from `as_of` and reads only the relays whose lease is alive (a dead relay's field is deleted by the same script).
+provider, avatar session, state, seconds; never a key, a token or what was said) in one hash,
+`{prefix}:conversations`, field = its relay id, value `{"as_of": unix time, "conversations": [...]}`: when the set of
+its conversations or their states change (checked every TICK, written at most every MIN_REPUBLISH), else every third
+of RELAY_FLEET_LEASE. A reader counts the seconds on from `as_of` and reads only the relays whose lease is alive (a
+dead relay's field is deleted by the same script).
 
 An end asked of a conversation another relay holds is pushed onto that relay's list, `{prefix}:end:<relay id>`
 (expiring after END_REQUEST_TTL); the relay reads its list every TICK and ends what it names (reason `admin`), then
@@ -33,6 +34,7 @@ log = logging.getLogger("relay.fleet")
 TICK = 0.5  # seconds between two looks at this relay's conversations and at its end requests
 END_REQUEST_TTL = 60  # seconds an end request waits for a relay that does not read it
 MAX_ENDS = 100  # end requests read at once
+MIN_REPUBLISH = 1.0  # seconds between two publications on changes (a busy relay's conversations change all the time)
 
 # Every live relay's published conversations, deleting the fields of relays whose lease is gone.
 # KEYS[1] the hash; ARGV[1] the lease key prefix.
@@ -67,12 +69,6 @@ class Published:
                                          1)} for c in self.conversations]
 
 
-def signature(conversations: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
-    """What changes a relay's publication at once (its seconds alone do not)."""
-    return tuple((c.get("id"), c.get("conversation_id"), c.get("state"), c.get("avatar_session_id"))
-                 for c in conversations)
-
-
 @dataclass
 class FleetRoster:
     """This relay's side: `serve` publishes `summaries()` and ends what other relays ask of it (`end_here(id)`:
@@ -82,8 +78,9 @@ class FleetRoster:
     fleet: Fleet
     summaries: Callable[[], list[dict[str, Any]]]
     end_here: Callable[[str], bool]
+    signature: Callable[[], object]  # changes when the conversations or their states do (not with the clock)
     _script: Any = None
-    _published: tuple[tuple[Any, ...], ...] | None = None
+    _published: object = None
     _published_at: float = field(default=-1e9)
 
     @property
@@ -95,10 +92,10 @@ class FleetRoster:
 
     async def publish(self) -> None:
         """Write this relay's conversations now. Raises FleetUnavailable."""
-        conversations = self.summaries()
-        value = orjson.dumps({"as_of": time.time(), "conversations": conversations})
+        changed = self.signature()
+        value = orjson.dumps({"as_of": time.time(), "conversations": self.summaries()})
         await self.fleet.run(lambda r: r.hset(self._hash, {self.fleet.relay_id: value}))
-        self._published, self._published_at = signature(conversations), trio.current_time()
+        self._published, self._published_at = changed, trio.current_time()
 
     async def _tick(self) -> None:
         if not self.fleet.healthy:
@@ -108,8 +105,8 @@ class FleetRoster:
             name = wanted.decode() if isinstance(wanted, bytes) else str(wanted)
             if self.end_here(name):
                 log.info("conversation %s ended as another relay's operator asked", name)
-        if (signature(self.summaries()) != self._published
-                or trio.current_time() - self._published_at >= self.fleet.lease / 3):
+        since = trio.current_time() - self._published_at
+        if since >= self.fleet.lease / 3 or (since >= MIN_REPUBLISH and self.signature() != self._published):
             await self.publish()
 
     async def serve(self) -> None:

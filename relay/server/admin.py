@@ -265,7 +265,7 @@ async def start_operator(app: QuartTrio, state: RelayState, operator: Operator) 
     if state.fleet is not None:
         roster = state.roster
         operator.fleet_roster = FleetRoster(state.fleet, roster.summaries,
-                                            lambda wanted: roster.end(wanted) is not None)
+                                            lambda wanted: roster.end(wanted) is not None, roster.signature)
         app.nursery.start_soon(operator.fleet_roster.serve)
     interval = state.settings.relay_untracked_check_interval
     check = operator.untracked_check()

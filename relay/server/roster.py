@@ -152,6 +152,11 @@ class Roster:
         now, wall = self._clock(), time.time()
         return [entry.summary(now, wall) for entry in sorted(self._live, key=lambda e: e.started)]
 
+    def signature(self) -> frozenset[tuple[object, ...]]:
+        """What changes the listing other than the clock (ids, states, sessions): cheaper than `summaries`."""
+        return frozenset((id(entry), entry.record is not None and entry.record.conversation_id, entry.state,
+                          entry.session_since) for entry in self._live)
+
     def sessions(self) -> set[tuple[str, str]]:
         """(provider, session id) of every avatar session this process's conversations hold open now."""
         return {(entry.provider, entry.session_id) for entry in self._live
