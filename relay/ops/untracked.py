@@ -9,7 +9,7 @@ sessions (`GET /ratelimiter/sessions`): what it counts beyond the sessions the r
 
 `compare` and `confirmed` are plain functions. `UntrackedCheck.check` reads the relay's records before and after
 the providers' lists (a session created or stopped meanwhile is held in one of them) and blocks on those calls, each
-bounded by LIST_TIMEOUT; `run_periodically` sets the gauge `relay_untracked_avatar_sessions{provider}` from the
+bounded by LIST_TIMEOUT; `run_periodically` sets the gauge `avatar_relay_untracked_avatar_sessions{provider}` from the
 sessions found untracked by two checks in a row (one check may fall between a provider's answer and the relay's
 record of a session it just created). Nothing here stops a session: an untracked session may be another
 application's on the same account, and the operator decides (`avatar-relay reap` stops what the relay knows of).
@@ -34,7 +34,7 @@ from relay.providers import table as providers
 log = logging.getLogger("relay.untracked")
 
 LIST_TIMEOUT = 30.0  # seconds one provider's list (all its pages) may take
-METRIC = "relay_untracked_avatar_sessions"
+METRIC = "avatar_relay_untracked_avatar_sessions"
 
 Held = set[tuple[str, str]]  # (provider, session id) the relay holds
 
@@ -191,7 +191,7 @@ class UntrackedCheck:
 
 
 def untracked_gauge(registry: CollectorRegistry, settings: Settings) -> Gauge:
-    """`relay_untracked_avatar_sessions{provider}` in `registry`, 0 for every listed provider until a check says
+    """`avatar_relay_untracked_avatar_sessions{provider}` in `registry`, 0 for every listed provider until a check says
     otherwise."""
     gauge = Gauge(METRIC, "Avatar sessions the provider's account has running (its own list call) that no relay "
                   "holds, found by two checks in a row (RELAY_UNTRACKED_CHECK_INTERVAL); billed, and nobody will "

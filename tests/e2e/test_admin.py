@@ -1,7 +1,7 @@
 """The operator's endpoints on the real relay (hypercorn + the simulators on loopback): who gets in (no token, a
 wrong one), the live conversations as the operator sees them, ending one (`ended` `admin` in the browser, its
 avatar stopped at the provider), and the avatar sessions the provider bills that no relay holds — on demand and in
-`relay_untracked_avatar_sessions`."""
+`avatar_relay_untracked_avatar_sessions`."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ async def test_the_comparison_names_a_session_the_provider_bills_that_no_relay_h
 async def scrape_untracked(relay: Relay) -> dict[str, float]:
     text = (await relay.http.get(relay.url + "/metrics")).text
     return {sample.labels["provider"]: sample.value for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.name == "relay_untracked_avatar_sessions"}
+            for sample in family.samples if sample.name == "avatar_relay_untracked_avatar_sessions"}
 
 
 async def wait_untracked(relay: Relay, provider: str, expected: float) -> None:
@@ -136,7 +136,7 @@ async def wait_untracked(relay: Relay, provider: str, expected: float) -> None:
         while (await scrape_untracked(relay)).get(provider) != expected:
             await trio.sleep(0.05)
         return
-    raise AssertionError(f"relay_untracked_avatar_sessions: {await scrape_untracked(relay)}, wanted {expected}")
+    raise AssertionError(f"avatar_relay_untracked_avatar_sessions: {await scrape_untracked(relay)}, wanted {expected}")
 
 
 async def test_the_periodic_check_counts_an_untracked_session_until_it_is_stopped() -> None:

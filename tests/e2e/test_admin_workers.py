@@ -85,10 +85,10 @@ async def test_one_worker_runs_the_periodic_check_over_every_workers_sessions(tm
         async with supervisor(env, tmp_path, http) as relay, AsyncExitStack() as stack:
             await open_until_both_workers_hold_some(relay, stack)
             with trio.fail_after(20):
-                while await relay.per_worker("relay_untracked_avatar_sessions", provider="heygen") != {"0": 0.0}:
+                while await relay.per_worker("avatar_relay_untracked_avatar_sessions", provider="heygen") != {"0": 0.0}:
                     await trio.sleep(0.05)
                 await http.post(sims.heygen + "/v1/streaming.new", headers={"x-api-key": "hg-workers"},
                                 json={"version": "v2"})
                 # Worker 1's sessions are read over its admin socket: only the leaked one is counted, by worker 0.
-                while await relay.per_worker("relay_untracked_avatar_sessions", provider="heygen") != {"0": 1.0}:
+                while await relay.per_worker("avatar_relay_untracked_avatar_sessions", provider="heygen") != {"0": 1.0}:
                     await trio.sleep(0.05)
