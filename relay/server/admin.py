@@ -1,9 +1,10 @@
 """The operator's endpoints (docs/operations.md, "The operator's endpoints"), off unless RELAY_ADMIN_TOKEN is set:
 
 - `GET /admin/conversations`: the live conversations (id, start, subject, client address, provider, avatar session
-  id, state, seconds of avatar time so far) of this relay — every worker's under `serve --workers N`;
+  id, state, seconds of avatar time so far) of this relay — every worker's under `serve --workers N` —, or with
+  RELAY_REDIS_URL of the whole fleet (`relay.ops.fleet_roster`);
 - `POST /admin/conversations/<id>/end`: end one (reason `admin`, told to its browser in `ended`, its avatar
-  stopped); answered once it has ended, or 404 when no conversation of this relay has that id;
+  stopped), wherever it runs; answered once it has ended, or 404 when no live conversation has that id;
 - `GET /admin/avatar-sessions`: each avatar account's running sessions (its own list call) against the relay's
   records — the fleet's with RELAY_REDIS_URL —, naming the sessions it bills that no relay holds
   (`relay.ops.untracked`).
@@ -41,7 +42,7 @@ log = logging.getLogger("relay.admin")
 ASK_TIMEOUT = 2.0  # seconds another worker may take to answer a listing
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 # What nginx, Caddy, Traefik, HAProxy and the cloud load balancers add to what they forward (RFC 7239 and the de facto
-# X- headers); docs/deploy.md's proxies set the first three.
+# X- headers); the nginx and Caddy blocks of docs/deploy.md set X-Forwarded-For and X-Forwarded-Proto.
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "via")
 
 
@@ -112,7 +113,7 @@ class Operator:
         others = await ask_workers(worker.directory, worker.count, worker.index, asked, bound)
         return {worker.index: own, **others}
 
-    def _about(self) -> dict[str, Any]:
+    def about(self) -> dict[str, Any]:
         fleet = self.state.fleet
         return {"relay": None if fleet is None else fleet.relay_id}
 
@@ -124,7 +125,7 @@ class Operator:
         listed = [{**conversation, "worker": index} for index, answer in sorted(answers.items()) if answer
                   for conversation in answer.get("conversations", [])]
         listed.sort(key=lambda c: c["started"])
-        return {**self._about(), "conversations": listed,
+        return {**self.about(), "conversations": listed,
                 "workers": {str(index): answer is not None for index, answer in sorted(answers.items())}}
 
     async def _fleet_conversations(self, roster: FleetRoster) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class Operator:
         except FleetUnavailable as exc:
             error = f"the other relays' conversations cannot be read ({exc})"
         listed.sort(key=lambda c: c["started"])
-        return {**self._about(), "conversations": listed, "relays": relays, "error": error}
+        return {**self.about(), "conversations": listed, "relays": relays, "error": error}
 
     async def end(self, wanted: str) -> dict[str, Any] | None:
         """End the conversation `wanted` wherever it runs on this relay — or, with a fleet, on whichever relay
@@ -149,7 +150,7 @@ class Operator:
         answers = await self._everywhere({"op": "end", "id": wanted}, bound + ASK_TIMEOUT)
         for index, answer in sorted(answers.items()):
             if answer and answer.get("ended"):
-                return {**self._about(), "ended": wanted, "reason": "admin", "worker": index,
+                return {**self.about(), "ended": wanted, "reason": "admin", "worker": index,
                         "stopped": bool(answer.get("stopped"))}
         if self.fleet_roster is None:
             return None
@@ -174,7 +175,7 @@ class Operator:
                 stopped = holder(await roster.listing()) != owner
                 await trio.sleep(0 if stopped else FLEET_TICK / 5)
         log.info("conversation ended by the operator id=%s relay=%s", wanted, owner)
-        return {**self._about(), "ended": wanted, "reason": "admin", "relay": owner, "stopped": stopped}
+        return {**self.about(), "ended": wanted, "reason": "admin", "relay": owner, "stopped": stopped}
 
     async def held_sessions(self) -> Held:
         """The relay's records of the avatar sessions it holds: every worker's open sessions, the session journal
@@ -251,8 +252,8 @@ def add_admin_routes(app: QuartTrio, state: RelayState) -> None:
             return no
         check = operator.untracked_check()
         if check is None:
-            return _json({**operator._about(), "checked_at": None, "error": None, "providers": []})
-        return _json({**operator._about(), **(await check.check()).to_json()})
+            return _json({**operator.about(), "checked_at": None, "error": None, "providers": []})
+        return _json({**operator.about(), **(await check.check()).to_json()})
 
 
 async def start_operator(app: QuartTrio, state: RelayState, operator: Operator) -> None:
