@@ -84,6 +84,12 @@ async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper,
         from relay.server.worker_metrics import serve_own_metrics
 
         await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
+        if state.held is not None:
+            from relay.server.handover import serve_handovers
+            from relay.server.resuming import resume_connection
+
+            await app.nursery.start(serve_handovers, worker.handover_socket(worker.index),
+                                    partial(resume_connection, state, relayed=True), settings.relay_max_frame_bytes)
     state.upstreams = Upstreams(settings=effective, http=http, provider=provider,
                                 open_agent=metrics.observe_agent(open_agent), hooks=hooks,
                                 session_limits=providers.session_limits(effective))
