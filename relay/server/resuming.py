@@ -85,7 +85,7 @@ async def serve_connection(state: RelayState, nursery: trio.Nursery, socket: Bro
         except Exception:  # never out into the app's nursery: that would end the server
             log.exception("internal error around a conversation")
         finally:
-            table.end(hold, expired=link.held)
+            table.end(hold, expired=link.held and link.scope.cancelled_caught)  # not when cut while held (admin)
             link.finish()
 
     nursery.start_soon(conversation)

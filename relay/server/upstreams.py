@@ -41,6 +41,7 @@ def conversation_hooks(app: QuartTrio, state: RelayState, metrics: RelayMetrics)
 
     def on_start(record: ConversationRecord) -> None:
         metrics.conversation_started(record)
+        state.roster.on_start(record)
         if transcripts is not None:
             transcripts.start(record)
 
@@ -152,6 +153,7 @@ def _chain(provider: AvatarProvider, state: RelayState, effective: Settings, met
         # Registered alongside the creation call, right after the journal's row.
         session_hooks.append(state.fleet_sessions.hooks(url))
     session_hooks.append(metrics.session_hooks)
+    session_hooks.append(state.roster.session_hooks)  # which session each conversation holds, for how long (admin)
     hooked: AvatarProvider = HookedProvider(provider, session_hooks)
     budget = state.avatar_budgets.get(provider.name)
     if budget is not None:
