@@ -34,7 +34,7 @@ async def test_admin_is_refused_through_the_proxy_and_answered_on_the_relays_por
         bare = tmp_path / snippet.name
         bare.write_text(snippet.read_text().replace(rule, without))
         monkeypatch.setattr(proxies, "NGINX_SNIPPET" if proxy is nginx else "CADDY_SNIPPET", bare)
-    async with (simulators() as (sims, http), relay(sims, tmp_path, "relay-a", RELAY_ADMIN_TOKEN=TOKEN) as relay_a,
+    async with (simulators() as (sims, _), relay(sims, tmp_path, "relay-a", RELAY_ADMIN_TOKEN=TOKEN) as relay_a,
                 relay(sims, tmp_path, "relay-b", RELAY_ADMIN_TOKEN=TOKEN) as relay_b,
                 proxy(port_of(relay_a), port_of(relay_b), tmp_path) as url):
         async with httpx2.AsyncClient(timeout=10.0) as client:
