@@ -62,6 +62,7 @@ export class TurnMeter {
     this.ready = []; // turns finished, not reported yet
     this.freezes = []; // freezes seen since the last report (ms)
     this.lastSentAt = -Infinity;
+    this.newestAgentTurn = -1; // the newest agent turn heard of: what the user answers, not what answers them
     this.sendTimer = 0;
     this.closed = false;
   }
@@ -71,7 +72,8 @@ export class TurnMeter {
     if (this.closed) return;
     if (this.turn && (this.turn.audioAt !== null || this.turn.mouthAt !== null)) this.finishTurn();
     else if (this.turn) this.dropTurn(); // the user spoke again before any answer: time from their latest words
-    const turn = { stoppedAt: at, eventId: null, audioAt: null, mouthAt: null, settleTimer: 0, giveUpTimer: 0 };
+    const turn = { stoppedAt: at, after: this.newestAgentTurn, eventId: null, audioAt: null, mouthAt: null,
+      settleTimer: 0, giveUpTimer: 0 };
     turn.giveUpTimer = this.setTimer(() => {
       if (this.turn === turn) this.dropTurn();
     }, GIVE_UP_MS);
@@ -81,6 +83,7 @@ export class TurnMeter {
   /** The agent's audio of turn `eventId` is first heard at `heardAt` (performance.now() ms). */
   audioHeard(eventId, heardAt) {
     const turn = this.turn;
+    if (!this.answers(eventId)) return; // the rest of a reply that began before the user's turn ended
     if (!turn || turn.audioAt !== null || !(heardAt >= turn.stoppedAt)) return;
     turn.audioAt = heardAt;
     if (typeof eventId === 'number' && eventId >= 0) turn.eventId = eventId;
@@ -99,7 +102,16 @@ export class TurnMeter {
 
   /** The agent turn now answering (for the report's `event_id`, when the audio did not say). */
   agentTurn(eventId) {
+    if (!this.answers(eventId)) return;
     if (this.turn && this.turn.eventId === null && typeof eventId === 'number' && eventId >= 0) this.turn.eventId = eventId;
+  }
+
+  /** Whether agent turn `eventId` can be the answer to the turn being timed (a newer one than the user heard
+   * before they stopped; an unnumbered one may be); notes the newest agent turn. */
+  answers(eventId) {
+    if (typeof eventId !== 'number' || eventId < 0) return true;
+    this.newestAgentTurn = Math.max(this.newestAgentTurn, eventId);
+    return !this.turn || eventId > this.turn.after;
   }
 
   /** The avatar's video stood still for `ms` before its next frame. */

@@ -191,6 +191,7 @@ test('a typed message and a spoken turn are timed to the first agent audio heard
   await page.clock.advance(300);
   ws.message({ type: 'user_transcript', event_id: 4, text: 'and tomorrow', final: true });
   await page.clock.advance(450);
+  ws.message({ type: 'agent_response', event_id: 5, text: 'sunny' });
   ws.audio(pcm(200));
   await page.clock.advance(0);
   page.click('stop');

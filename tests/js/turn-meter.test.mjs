@@ -185,3 +185,16 @@ test('without requestVideoFrameCallback a frame is a new currentTime on an anima
   watch.tick(1700);
   assert.deepEqual(freezes, [684]);
 });
+
+test('the rest of a reply that began before the user stopped is not their answer', async () => {
+  meter.agentTurn(6);
+  meter.audioHeard(6, clock.now); // turn 6 plays
+  meter.userStopped();
+  await clock.advance(200);
+  meter.audioHeard(6, clock.now); // more of turn 6, not the answer
+  meter.agentTurn(6);
+  await clock.advance(500);
+  meter.audioHeard(7, clock.now); // the answer
+  meter.close();
+  assert.deepEqual(sent.map((m) => m.turns), [[{ event_id: 7, speech_to_audio_ms: 700, speech_to_mouth_ms: null, caption_offset_ms: null }]]);
+});
