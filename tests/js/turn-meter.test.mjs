@@ -198,3 +198,117 @@ test('the rest of a reply that began before the user stopped is not their answer
   meter.close();
   assert.deepEqual(sent.map((m) => m.turns), [[{ event_id: 7, speech_to_audio_ms: 700, speech_to_mouth_ms: null, caption_offset_ms: null }]]);
 });
+
+test('figures out of bounds are not reported; turn 0 and audio heard at the very moment of the stop count', async () => {
+  const odd = makeMeter({ 0: 120001, 1: Number.NaN, 2: 120000 });
+  odd.userStopped();
+  odd.agentTurn(0);
+  odd.audioHeard(0, clock.now); // at the moment the user stopped
+  odd.userStopped();
+  await clock.advance(10);
+  odd.mouthMoved(clock.now); // the mouth alone: the voice was not heard here (the page does not play it)
+  odd.agentTurn(1);
+  odd.userStopped();
+  odd.audioHeard(2, clock.now);
+  odd.close();
+  assert.deepEqual(sent.flatMap((m) => m.turns), [
+    { event_id: 0, speech_to_audio_ms: 0, speech_to_mouth_ms: null, caption_offset_ms: null },
+    { event_id: 1, speech_to_audio_ms: null, speech_to_mouth_ms: 10, caption_offset_ms: null },
+    { event_id: 2, speech_to_audio_ms: 0, speech_to_mouth_ms: null, caption_offset_ms: 120000 },
+  ]);
+  assert.deepEqual(debug.turnTimings.map((t) => t.event_id), [0, 1, 2]);
+});
+
+test('a freeze is 500 ms or more; nothing is taken after the end, and closing twice sends once', async () => {
+  meter.freeze(499);
+  meter.freeze(Number.NaN);
+  meter.freeze(500);
+  assert.deepEqual(sent.map((m) => m.freezes_ms), [[500]], 'the first report goes at once');
+  meter.close();
+  meter.close();
+  meter.freeze(900);
+  meter.userStopped();
+  meter.audioHeard(3, clock.now + 100);
+  await clock.advance(REPORT_EVERY_MS + SETTLE_MS);
+  assert.equal(sent.length, 1);
+});
+
+test('the next report goes exactly one interval after the last one, not before', async () => {
+  meter.freeze(600);
+  assert.equal(sent.length, 1);
+  await clock.advance(1000);
+  meter.freeze(700);
+  await clock.advance(REPORT_EVERY_MS - 1000 - 1);
+  assert.equal(sent.length, 1, 'not before the interval');
+  await clock.advance(1);
+  assert.deepEqual(sent.map((m) => m.freezes_ms), [[600], [700]]);
+  await clock.advance(REPORT_EVERY_MS);
+  meter.freeze(800); // a whole interval later: at once
+  assert.deepEqual(sent.map((m) => m.freezes_ms), [[600], [700], [800]]);
+});
+
+test('while nothing can be sent, the newest turns are kept, at most MAX_TURNS', async () => {
+  connected = false;
+  for (let i = 0; i < MAX_TURNS + 2; i++) {
+    meter.userStopped();
+    meter.audioHeard(i, clock.now + i);
+  }
+  meter.userStopped(); // the last one answered is finished by the next
+  connected = true;
+  meter.close();
+  assert.equal(sent.length, 1);
+  assert.deepEqual(sent[0].turns.map((t) => t.event_id), [2, 3, 4, 5, 6, 7, 8, 9]);
+  assert.equal(sent[0].turns.length, MAX_TURNS);
+});
+
+test('captions count only the words the speech clock revealed, each against its own due time', () => {
+  const log = [
+    { eventId: 3, why: 'speech', due: 100, revealedAt: 130 },
+    { eventId: 3, why: 'end', due: 100, revealedAt: 5000 }, // shown at the end, not by the clock
+    { eventId: 3, why: 'speech', due: null, revealedAt: 5000 },
+    { eventId: 3, why: 'speech', due: 300, revealedAt: 290 }, // never early: counted as 0
+  ];
+  assert.equal(captionOffset(log, 3), 15);
+});
+
+test('the video watch: a gap of exactly 500 ms is a freeze, a paused video\'s is not; after stop nothing waits', () => {
+  const callbacks = [];
+  const cancelled = [];
+  let handles = 0;
+  const video = { paused: false, currentTime: 0, requestVideoFrameCallback: (cb) => { callbacks.push(cb); return ++handles; },
+    cancelVideoFrameCallback: (handle) => cancelled.push(handle) };
+  const freezes = [];
+  const watch = new VideoWatch(video, (ms) => freezes.push(ms));
+  callbacks.shift()(1000);
+  callbacks.shift()(1500);
+  video.paused = true;
+  callbacks.shift()(3000);
+  video.paused = false;
+  watch.tick(9000); // frame-based: ticks do nothing
+  video.currentTime = 5;
+  watch.tick(9100);
+  callbacks.shift()(3040);
+  assert.deepEqual(freezes, [500]);
+  watch.stop();
+  assert.deepEqual(cancelled, [5]);
+  let called = false;
+  watch.nextFrame(() => { called = true; });
+  callbacks.shift()?.(4000);
+  assert.equal(called, false);
+  const polled = new VideoWatch({ paused: false, currentTime: 0 }, () => {});
+  polled.stop();
+  polled.tick(100);
+  assert.equal(polled.lastFrameAt, null, 'a stopped watch reads no frame');
+});
+
+test('audio of no known agent turn (-1 before any reply, or none) is the answer, with no event id', async () => {
+  meter.agentTurn(4); // an earlier reply
+  meter.userStopped();
+  meter.audioHeard(-1, clock.now + 300);
+  meter.userStopped();
+  meter.audioHeard(undefined, clock.now + 200);
+  meter.agentTurn(-1);
+  meter.agentTurn(null);
+  meter.close();
+  assert.deepEqual(sent.flatMap((m) => m.turns).map((t) => [t.event_id, t.speech_to_audio_ms]), [[null, 300], [null, 200]]);
+});
