@@ -39,6 +39,7 @@ from relay.avatars import (
     AvatarUnavailable,
 )
 from relay.avatars import ending as avatar_ending
+from relay.avatars.common import rotation_limit
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
@@ -435,7 +436,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                         avatar_tasks.start_soon(_keep_alive, session)
                         avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
                                                 up.settings.relay_avatar_connect_timeout)
-                        limit = up.session_limits.get(session.info.provider)
+                        limit = rotation_limit(session.info, up.session_limits)
                         if limit is not None:
                             avatar_tasks.start_soon(_rotate_before, speech, trio.current_time() + limit, limit)
             if opening.cancelled_caught:

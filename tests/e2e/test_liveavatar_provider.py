@@ -471,6 +471,20 @@ async def test_a_sandbox_session_ends_as_max_duration_reached(sim: str, http: ht
     assert (await only_session(http, sim))["end_reason"] == "MAX_DURATION_REACHED"
 
 
+async def test_the_start_answer_grants_the_sandbox_length_and_the_session_carries_it(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    # The relay rotates before the shorter of what it knows and what the start answer granted (a plan's limit, the
+    # sandbox's minute): the simulator's shortened sandbox (`avatar-relay sim --session-limit liveavatar=20`) too.
+    await faults(http, sim, sandbox_duration_s=20)
+    settings = make_settings(sim, liveavatar_sandbox=True, liveavatar_avatar_id=SANDBOX_AVATAR_ID)
+    with trio.fail_after(5):
+        async with LiveAvatarProvider(settings, http).open_session(lambda e: None) as session:
+            assert session.info.session_seconds == 20.0
+    async with LiveAvatarProvider(make_settings(sim, liveavatar_max_session_duration=900), http).open_session(
+            lambda e: None) as session:
+        assert session.info.session_seconds == 900.0  # not a sandbox session: the length asked
+
+
 async def test_the_socket_refuses_a_wrong_token(sim: str, http: httpx2.AsyncClient) -> None:
     session = await start_raw_session(http, sim)
     with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as caught:

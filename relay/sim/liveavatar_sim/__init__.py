@@ -44,7 +44,9 @@ Control endpoints:
   - `concurrency_limit`: int or null: `sessions/token` refuses when this many sessions are active.
   - `idle_timeout_s` (default 300): a started session with no activity (websocket command, REST or ws
     keep-alive) for this long expires (`end_reason` IDLE_TIMEOUT) and its socket is closed.
-  - `sandbox_duration_s` (default 60): a sandbox session then ends as MAX_DURATION_REACHED.
+  - `sandbox_duration_s` (default 60): a sandbox session then ends as MAX_DURATION_REACHED; the start answer's
+    `max_session_duration` is the length that applies (the sandbox's, when shorter than the one asked: unverified
+    upstream, whose schema has the field). `avatar-relay sim --session-limit liveavatar=SECONDS` sets it.
   - `close_ws_after_ms`: close every new websocket this long after it connects (the session stays active).
   - `suppress_connected`: true -> never send `session.state_updated: connected`.
   - `connected_delay_ms`: send `connected` this late; commands before it are dropped silently (counted).

@@ -4,6 +4,7 @@ catalogue."""
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 import uuid
@@ -34,16 +35,19 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
     bearer_session, body_json, session_for_key_or_bearer = (checks.bearer_session, checks.body_json,
                                                             checks.session_for_key_or_bearer)
 
+    def session_length(session: SimSession) -> float:
+        """How long a started session may run: what the token asked, at most the sandbox's minute."""
+        if session.is_sandbox:
+            return min(float(session.max_session_duration), float(state.faults["sandbox_duration_s"]))
+        return float(session.max_session_duration)
+
     async def watchdog(session: SimSession) -> None:
         """Expire a started session on idle timeout or when its duration is used up."""
         scope = trio.CancelScope()
         session.watchdog = scope
         with scope:
             assert session.started is not None
-            limit = float(session.max_session_duration)
-            if session.is_sandbox:
-                limit = min(limit, float(state.faults["sandbox_duration_s"]))
-            ends_at = session.started + limit
+            ends_at = session.started + session_length(session)
             while session.active:
                 idle_deadline = session.last_activity + float(state.faults["idle_timeout_s"])
                 now = time.monotonic()
@@ -141,7 +145,7 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
             "livekit_url": state.faults["livekit_url"] or SIMULATED_LIVEKIT_URL,
             "livekit_client_token": f"sim-client.{secrets.token_urlsafe(16)}",
             "livekit_agent_token": f"sim-agent.{secrets.token_urlsafe(16)}",
-            "max_session_duration": session.max_session_duration,
+            "max_session_duration": max(1, math.floor(session_length(session))),  # what applies (sandbox: its)
             "ws_url": f"{scheme}://{host}/v1/ws/{session.session_id}?token={session.ws_token}",
         }, status=201)
 
