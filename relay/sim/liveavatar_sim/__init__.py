@@ -64,6 +64,10 @@ Control endpoints:
     stutter, in real time from the utterance's first chunk) and `repeated_speak_ends`.
   - `tier_max_session_duration_s` (default 7200): the subscription tier's longest session; `sessions/token`
     refuses a longer `max_session_duration` with 422.
+  - `drop_ws_after_audio_bytes` (null): once a LITE socket has received this many bytes of audio (PCM16 24 kHz),
+    close it with 1011, mid-reply; the session stays active (and billed) until stopped. Read at each chunk.
+  - `unreported_max_duration_s` (null): every session started from now ends this long after its start
+    (MAX_DURATION_REACHED) while the start answer says the length asked: a plan's limit the relay cannot know.
   - `record_audio`: true -> keep the received audio for `/_sim/audio/...` (tests only; costs memory).
 """
 

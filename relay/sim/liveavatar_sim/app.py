@@ -63,6 +63,7 @@ def add_lite_socket_route(app: QuartTrio, state: SimState) -> None:
             withhold_connected=bool(state.faults["withhold_connected"]),
             render_delay=float(state.faults["render_delay_ms"] or 0) / 1000,
             after_commit=str(state.faults["after_commit"]),
+            drop_after_audio_bytes=lambda: state.faults["drop_ws_after_audio_bytes"],
         )
         session.sockets.add(sock)
         close_after = state.faults["close_ws_after_ms"]

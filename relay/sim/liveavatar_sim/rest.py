@@ -47,7 +47,11 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
         session.watchdog = scope
         with scope:
             assert session.started is not None
-            ends_at = session.started + session_length(session)
+            length = session_length(session)
+            unreported = state.faults["unreported_max_duration_s"]
+            if unreported is not None:  # a limit the start answer does not say
+                length = min(length, float(unreported))
+            ends_at = session.started + length
             while session.active:
                 idle_deadline = session.last_activity + float(state.faults["idle_timeout_s"])
                 now = time.monotonic()

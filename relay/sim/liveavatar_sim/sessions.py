@@ -49,6 +49,8 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "after_commit": "drop",
     "tier_max_session_duration_s": 7200,
     "record_audio": False,
+    "drop_ws_after_audio_bytes": None,
+    "unreported_max_duration_s": None,
 }
 
 
