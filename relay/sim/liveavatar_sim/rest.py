@@ -15,7 +15,8 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from relay.sim.liveavatar_sim.checks import RequestChecks, envelope, failure, json_response, validation_error
+from relay.sim.faults import json_response, validation_error
+from relay.sim.liveavatar_sim.checks import RequestChecks, envelope, failure
 from relay.sim.liveavatar_sim.sessions import (
     AVATARS,
     ENCODINGS,
@@ -31,7 +32,7 @@ from relay.sim.liveavatar_sim.sessions import (
 def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
     """`/v1/sessions/...` on `app`: token, start, stop, keep-alive, and the list."""
     state = checks.state
-    prelude, refuse, api_key_problem = checks.prelude, checks.refuse, checks.api_key_problem
+    prelude, gate, refuse = checks.prelude, checks.gate, checks.refuse
     bearer_session, body_json, session_for_key_or_bearer = (checks.bearer_session, checks.body_json,
                                                             checks.session_for_key_or_bearer)
 
@@ -65,12 +66,9 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
     @app.post("/v1/sessions/token")
     async def create_token() -> Response:
-        forced = await prelude("token")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("token")
-        if problem is not None:
-            return problem
+        refused = await gate("token")
+        if refused is not None:
+            return refused
         body = await body_json()
         if body is None:
             return validation_error([(["body"], "Input should be a valid dictionary", "dict_type")])
@@ -193,12 +191,9 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
     @app.get("/v1/sessions")
     async def list_sessions() -> Response:
-        forced = await prelude("list_sessions")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("list_sessions")
-        if problem is not None:
-            return problem
+        refused = await gate("list_sessions")
+        if refused is not None:
+            return refused
         kind = request.args.get("type", "active")
         if kind not in ("active", "historic"):
             return validation_error([(["query", "type"], "Input should be 'active' or 'historic'", "enum")])
@@ -222,7 +217,7 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
 def add_avatar_routes(app: QuartTrio, checks: RequestChecks) -> None:
     """`/v1/avatars`, `/v1/avatars/public` and `/v1/avatars/<id>` on `app`."""
-    prelude, api_key_problem = checks.prelude, checks.api_key_problem
+    gate = checks.gate
 
     def avatar_page() -> dict[str, Any]:
         return {"count": len(AVATARS), "next": None, "previous": None,
@@ -231,20 +226,14 @@ def add_avatar_routes(app: QuartTrio, checks: RequestChecks) -> None:
     @app.get("/v1/avatars", endpoint="list_avatars")
     @app.get("/v1/avatars/public", endpoint="list_public_avatars")
     async def list_avatars() -> Response:
-        forced = await prelude("avatars")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("avatars")
-        return problem if problem is not None else envelope(avatar_page())
+        refused = await gate("avatars")
+        return refused if refused is not None else envelope(avatar_page())
 
     @app.get("/v1/avatars/<avatar_id>")
     async def get_avatar(avatar_id: str) -> Response:
-        forced = await prelude("avatars")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("avatars")
-        if problem is not None:
-            return problem
+        refused = await gate("avatars")
+        if refused is not None:
+            return refused
         for avatar in AVATARS:
             if avatar["id"] == avatar_id:
                 return envelope({k: v for k, v in avatar.items() if k != "is_sandbox"})
