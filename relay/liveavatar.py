@@ -28,6 +28,7 @@ from relay.avatars import (
     OnAvatarEvent,
     OnSessionCreated,
     OnStopFailed,
+    SessionRotated,
 )
 from relay.avatars import ending as avatar_ending
 from relay.avatars.common import PLACEHOLDER_API_KEY, alongside, is_simulated, setup_deadline, stop_shielded
@@ -269,7 +270,8 @@ class LiveAvatarProvider:
         until its idle timeout). Raises AvatarUnavailable if no session could be opened (timeout included),
         AvatarSessionEnded out of the body if the server closes the LITE socket. The stop is sent with reason
         AGENT_HANG_UP when the agent ended the conversation (`relay.avatars.ending`), USER_DISCONNECTED on another
-        normal exit or cancellation, SERVER_ERROR on a failure.
+        normal exit or cancellation, MAX_DURATION_REACHED when the conversation rotates the session before its limit
+        (`SessionRotated`), SERVER_ERROR on a failure.
         """
         created: list[TokenAnswer] = []
         reason = "SERVER_ERROR"
@@ -301,9 +303,14 @@ class LiveAvatarProvider:
         except trio.Cancelled:
             reason = "USER_DISCONNECTED"
             raise
+        except SessionRotated:
+            reason = "MAX_DURATION_REACHED"
+            raise
         except BaseExceptionGroup as group:
             if group.split(trio.Cancelled)[1] is None:
                 reason = "USER_DISCONNECTED"
+            elif group.split((trio.Cancelled, SessionRotated))[1] is None:
+                reason = "MAX_DURATION_REACHED"  # rotated before its limit (`SessionRotated`)
             raise
         finally:
             if reason == "USER_DISCONNECTED" and avatar_ending.agent_hung_up():

@@ -37,6 +37,7 @@ from relay.avatars import (
     AvatarSpeaking,
     AvatarStateChanged,
     AvatarUnavailable,
+    SessionRotated,
 )
 from relay.avatars import ending as avatar_ending
 from relay.avatars.common import rotation_limit
@@ -68,7 +69,7 @@ MAX_AVATAR_REPLACEMENTS = 5
 ROTATION_MARGIN, ROTATION_DEADLINE = 15.0, 2.0
 
 
-class _Rotation(AvatarSessionEnded):
+class _Rotation(SessionRotated):
     """The session is replaced before its known limit (not a death: it does not count as a replacement)."""
 
 

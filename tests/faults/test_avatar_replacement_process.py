@@ -49,6 +49,7 @@ class Running:
     sims: SimulatorURLs
     http: httpx2.AsyncClient
     state: Path
+    url: str
 
     def sim(self, name: str) -> SimControl:
         return SimControl(self.sims[name], self.http)
@@ -98,7 +99,7 @@ async def conversation(tmp_path: Path, provider: str, *sim_args: str, agent: dic
                 ready = await browser.start()
                 assert ready["avatar"]["provider"] == provider.split(",")[0]
                 assert ready["avatar"]["simulated"] is False
-                yield Running(browser, ready, sims, http, state)
+                yield Running(browser, ready, sims, http, state, url)
 
 
 def room(provider: str) -> str:
@@ -174,6 +175,7 @@ async def test_the_relay_rotates_to_a_fresh_session_between_turns_before_a_known
         old, new = session(ledger, first), session(ledger, second)
         if provider == "liveavatar":
             assert stopped_once(old) and old["expired"] is None, old  # stopped before its limit, not ended by it
+            assert old["stop_reason"] == "MAX_DURATION_REACHED"  # what LiveAvatar's records say: not an error
             assert old["lite"]["audio_seconds"] >= 1.9  # it spoke the turn ...
             assert all(event["ended_at"] is not None for event in old["lite"]["events"].values()), old
             assert old["lite"]["events"] and max(e["ended_at"] for e in old["lite"]["events"].values()) <= \
@@ -187,6 +189,10 @@ async def test_the_relay_rotates_to_a_fresh_session_between_turns_before_a_known
         await run.browser.expect("agent_response", where=lambda m: "and then" in m["text"])
         await run.stop()
         assert run.voice_seconds == 0  # no voice-only gap: every word went to an avatar
+        metrics = (await run.http.get(run.url + "/metrics")).text
+        errors = [line for line in metrics.splitlines()
+                  if line.startswith("avatar_relay_upstream_errors_total{") and f'upstream="{provider}"' in line]
+        assert errors == []  # a rotation is no error
         ledger = await poll_ledger(sim.ledger, lambda led: led["active"] == 0, "every session stopped")
         assert len(ledger["sessions"]) == 2
         if provider == "liveavatar":
