@@ -31,7 +31,8 @@ Control endpoints:
   (DONE, IDLE_TIMEOUT, MAX_SESSION_LENGTH, JOIN_TIMEOUT, RATE_LIMITED, TERMINATED, AUDIO_CHUNK_TOO_LARGE),
   `billed_seconds`, `ws_connects`, `audio_seconds`, `frames`, `silent_frames`, `dropped_before_start`, `skips`, `dones`,
   `frames_after_done`, `segments` (audio seconds received between `SKIP`s: one more than `skips`), `speak_events`,
-  `last_audio` (time). Times are time.monotonic().
+  `last_audio` (time), `first_audio` (the first frame that is not silence: the avatar starts speaking). Times are
+  time.monotonic().
 - `GET /_sim/audio/<session_id>/<segment>`: the raw PCM16 16 kHz received in that segment (`record_audio` only).
 - `POST /_sim/join`: join every room that waits (`withhold_join`); answers `{"joined": n}`.
 - `POST /_sim/reset`: end every session, clear ledger and faults.
@@ -143,6 +144,7 @@ class SimSession:
     socket_closed: float | None = None
     end_reason: str | None = None
     last_audio: float | None = None
+    first_audio: float | None = None
     last_data: float = 0.0
     ws_connects: int = 0
     audio_bytes: int = 0
@@ -192,7 +194,7 @@ class SimSession:
             "dropped_before_start": self.dropped_before_start, "skips": self.skips, "dones": self.dones,
             "frames_after_done": self.frames_after_done,
             "segments": [size / BYTES_PER_SECOND for size in self.segments], "speak_events": self.speak_events,
-            "last_audio": self.last_audio, "open_socket": self.socket is not None,
+            "last_audio": self.last_audio, "first_audio": self.first_audio, "open_socket": self.socket is not None,
         }
 
 
@@ -339,6 +341,8 @@ class SimliSocket:
         session.audio_bytes += len(frame)
         session.segments[-1] += len(frame)
         session.last_audio = now
+        if session.first_audio is None and frame.count(0) != len(frame):
+            session.first_audio = now  # the avatar starts speaking (keep-alive silence is not speech)
         if session.record_audio:
             session.audio[-1].extend(frame)
         self._queued_until = max(self._queued_until, now) + len(frame) / BYTES_PER_SECOND
