@@ -69,10 +69,6 @@ MAX_AVATAR_REPLACEMENTS = 5
 ROTATION_MARGIN, ROTATION_DEADLINE = 15.0, 2.0
 
 
-class _Rotation(SessionRotated):
-    """The session is replaced before its known limit (not a death: it does not count as a replacement)."""
-
-
 @dataclass(frozen=True)
 class ConversationHooks:
     """What the process wants to know as a conversation goes (metrics, transcripts). Each is called inline and must
@@ -448,7 +444,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                 raise
             exc = leaves(group)[0]
             assert isinstance(exc, AvatarError)
-            if isinstance(exc, _Rotation):
+            if isinstance(exc, SessionRotated):
                 died = exc
                 log.info("rotating the avatar session before its limit")
             elif isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
@@ -475,20 +471,20 @@ async def _announce_replacement(session: AvatarSession, died: AvatarSessionEnded
     await ready_sent.wait()
     record.avatar_provider = session.info.provider
     record.avatar_session_id = session.info.session_id
-    reason = "session_limit" if isinstance(died, _Rotation) else "session_ended" if died is None else died.reason
+    reason = "session_limit" if isinstance(died, SessionRotated) else "session_ended" if died is None else died.reason
     outbox.send(bp.avatar_changed(session.info, reason))
     log.info("avatar replaced provider=%s reason=%s", session.info.provider, reason)
 
 
 async def _rotate_before(speech: SpeechRouter, limit_at: float, limit: float) -> None:
-    """Raise `_Rotation` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
+    """Raise `SessionRotated` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
     ROTATION_MARGIN before it (a quarter of a shorter limit) once the avatar is between turns (its speech played
     out), at the latest ROTATION_DEADLINE before it. Blocks on the clock and the speech router; cancelled with the
     session's tasks."""
     await trio.sleep_until(limit_at - min(ROTATION_MARGIN, limit / 4))
     with trio.move_on_at(limit_at - ROTATION_DEADLINE):
         await speech.wait_played_out()
-    raise _Rotation("session_ended", f"the avatar session reaches its limit of {limit:g} s")
+    raise SessionRotated("session_ended", f"the avatar session reaches its limit of {limit:g} s")
 
 
 async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,
