@@ -83,6 +83,18 @@ class SimLedger(Generic[S]):
             else:
                 self.faults[key] = value
 
+    def faults_update(self, update: dict[str, Any] | None) -> Response:
+        """`POST /_sim/faults` with the body `update` (None: not a JSON object): merged, answered with the faults now
+        in force; a key the simulator does not know (a typo would silently test nothing) -> 400 naming the known
+        ones, nothing merged."""
+        if update is None:
+            return json_response({"error": "faults must be a JSON object"}, 400)
+        unknown = sorted(set(update) - set(self._defaults))
+        if unknown:
+            return json_response({"error": f"unknown fault keys {unknown}", "known": sorted(self._defaults)}, 400)
+        self.merge_faults(update)
+        return json_response(self.faults, 200)
+
     def count(self, endpoint: str) -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
 

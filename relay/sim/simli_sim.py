@@ -561,14 +561,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
 
     @app.post("/_sim/faults")
     async def set_faults() -> Response:
-        update = await body_json()
-        if update is None:
-            return json_response({"error": "faults must be a JSON object"}, 400)
-        unknown = sorted(set(update) - set(DEFAULT_FAULTS))
-        if unknown:
-            return json_response({"error": f"unknown fault keys {unknown}", "known": sorted(DEFAULT_FAULTS)}, 400)
-        state.merge_faults(update)
-        return json_response(state.faults, 200)
+        return state.faults_update(await body_json())
 
     @app.post("/_sim/join")
     async def join_rooms() -> Response:

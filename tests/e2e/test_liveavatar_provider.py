@@ -489,3 +489,10 @@ async def test_the_default_session_outlasts_the_conversation(sim: str, http: htt
     async with provider.open_session(lambda event: None) as session:
         record = (await ledger(http, sim))["sessions"][session.info.session_id]
         assert record["max_session_duration"] >= 1800
+
+
+async def test_the_simulator_refuses_a_fault_it_does_not_know(sim: str, http: httpx2.AsyncClient) -> None:
+    answer = await http.post(f"{sim}/_sim/faults", json={"sandbox_duration": 5, "concurrency_limit": 0})
+    assert answer.status_code == 400  # a typo would otherwise test nothing
+    assert "sandbox_duration" in answer.json()["error"] and "sandbox_duration_s" in answer.json()["known"]
+    assert (await http.post(f"{sim}/_sim/faults", json={})).json()["concurrency_limit"] is None  # nothing merged

@@ -31,7 +31,8 @@ Control endpoints:
 - `POST /_sim/connect`: send the withheld `session.state_updated: connected` on every open socket (the
   `withhold_connected` fault); answers `{"released": n}`.
 - `POST /_sim/reset`: end every socket, clear ledger and faults.
-- `POST /_sim/faults` (JSON, merged into the current faults; nested dicts `latency_ms` and `fail` merge by key):
+- `POST /_sim/faults` (JSON, merged into the current faults; nested dicts `latency_ms` and `fail` merge by key; an
+  unknown key -> 400 naming the known ones, nothing merged):
   - `latency_ms`: `{endpoint: ms}` added before answering. Endpoints: `token`, `start`, `stop`, `keep_alive`,
     `list_sessions`, `avatars`, `ws_connect`. A slow stop is `{"latency_ms": {"stop": 3000}}`.
   - `fail`: `{endpoint: {"status": int, "code": int, "message": str, "retry_after": float, "times": int,

@@ -103,11 +103,7 @@ def add_control_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
     @app.post("/_sim/faults")
     async def faults() -> Response:
-        update = await body_json()
-        if update is None:
-            return json_response({"error": "faults must be a JSON object"}, 400)
-        state.merge_faults(update)
-        return json_response(state.faults, 200)
+        return state.faults_update(await body_json())
 
     @app.post("/_sim/connect")
     async def release_connected() -> Response:
