@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     # comma-separated, "*" any. Anything else gets 421 (DNS rebinding; docs/reliability.md).
     relay_allowed_hosts: str = ""
     relay_metrics_token: SecretStr | None = None  # when set, /metrics (and /_demo/simulators) need it as a bearer
+    # The operator's endpoints (`/admin/...`, docs/operations.md): off unless set, then only for this bearer token
+    # (at least 16 characters). Never route /admin/ through the public proxy.
+    relay_admin_token: SecretStr | None = Field(default=None, min_length=16)
+    # Seconds between two comparisons of the avatar accounts' running sessions with the relay's records (the metric
+    # avatar_relay_untracked_avatar_sessions); 0: never (the admin endpoint still compares on demand).
+    relay_untracked_check_interval: float = Field(default=60.0, ge=0, le=86400)
     # The proxies whose X-Forwarded-For names the client: addresses and networks, comma-separated
     # (`10.0.0.0/8,192.0.2.7`); RELAY_TRUST_FORWARDED_FOR=true alone means a proxy on this machine (loopback).
     relay_trusted_proxies: str = ""

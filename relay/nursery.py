@@ -43,7 +43,7 @@ from relay.avatars import ending as avatar_ending
 from relay.avatars.common import rotation_limit
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
-from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
+from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close, why_cut
 from relay.conversation.gates import McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
 from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
@@ -143,7 +143,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if duration_scope.cancelled_caught:
                 raise ConversationOver.failed("timeout", "maximum conversation duration reached")
         if shutdown_scope.cancelled_caught:
-            raise ConversationOver.failed("shutdown", "the relay is shutting down")
+            raise why_cut(shutdown_scope)  # the drain's `shutdown`, or an operator's `admin` (relay.server.roster)
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = classify(exc, record)

@@ -213,6 +213,9 @@ class RelayMetrics:
         """The conversations held for a resume now (their browser's connection dropped; each keeps its seats)."""
         Gauge("avatar_relay_conversations_held", "Conversations held for a resume now: open, their browser's "
               "connection dropped (RELAY_RESUME_WINDOW).", registry=self.registry).set_function(lambda: float(held()))
+        self.resume_handovers = Counter(
+            "avatar_relay_resume_handovers_total", "Resumes this worker took and relayed to the worker of `serve "
+            "--workers N` that holds their conversation (relay.server.handover).", registry=self.registry)
 
     def watch_journal(self, journal: Journal) -> None:
         """`avatar_relay_journals_moved_aside`: damaged session journals lying in the state directory, as last

@@ -12,7 +12,7 @@ export type ErrorCode =
   | 'shutdown' | 'internal' | 'agent_refused' | 'agent_busy' | 'resume_failed';
 
 /** Why a conversation ended (`ended.reason`). */
-export type EndReason = ErrorCode | 'client_stop' | 'agent_ended' | 'max_duration' | 'client_gone';
+export type EndReason = ErrorCode | 'client_stop' | 'agent_ended' | 'max_duration' | 'client_gone' | 'admin';
 
 /** Why a `resume` was refused (`error.reason` when `error.code` is `resume_failed`): `elsewhere` (another relay
  * process holds the conversation: try again) is the only one worth retrying. */

@@ -204,7 +204,7 @@ async def _resume_with_query_token(browser: ResumingBrowser, relay: Relay, clien
                                    expect: str) -> None:
     from tests.support.resumable import Connection
 
-    browser.connection = await Connection.open(relay.url, path=f"/ws?token={client_token}")
+    browser.connection = await Connection.connect(relay.url, path=f"/ws?token={client_token}")
     await browser.send(type="resume", resume_token=resume_token, last_seq=0)
     answer = await browser.expect("error")
     assert (answer["code"], answer["reason"]) == ("resume_failed", expect)
