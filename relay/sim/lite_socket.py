@@ -52,6 +52,7 @@ class LiteLedger:
     listening: list[str] = field(default_factory=list)  # "start" / "stop", in the order received
     record_audio: bool = False
     audio: dict[str, bytearray] = field(default_factory=dict)
+    dropped_at: float | None = None  # when the `drop_after_audio_bytes` fault closed a socket (1011)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class LiteLedger:
             "dropped_before_connected": self.dropped_before_connected,
             "listening": list(self.listening),
             "errors_sent": self.errors_sent,
+            "dropped_at": self.dropped_at,
         }
 
 
@@ -251,6 +253,7 @@ class LiteSocketSimulator:
         self._received += len(pcm)
         drop = self._drop_after_audio_bytes()
         if drop is not None and self._received >= drop:
+            ledger.dropped_at = time.monotonic()
             self.close(1011)  # the connection dies mid-reply; the session itself goes on, billed, until stopped
             return
         await self._emit({"type": "agent.audio_buffer_appended", "event_id": event_id})
