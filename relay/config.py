@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Operations (docs/operations.md)
     relay_transcripts_dir: str | None = None  # write each conversation's turns (JSON Lines, no audio) here
     relay_transcript_max_bytes: int = Field(default=4 * 2**20, ge=1024)  # per conversation, then `truncated`
+    # Avatar seconds per client subject too (avatar_relay_avatar_session_seconds_by_subject): the first N subjects
+    # get their own label, the rest share "~other" (bounded label cardinality). 0: off.
+    relay_metrics_subjects: int = Field(default=0, ge=0, le=1000)
     relay_predrain_delay: float = Field(default=0.0, ge=0)  # on SIGTERM: seconds not-ready before the drain
 
     # Reliability and protection (docs/reliability.md)

@@ -43,6 +43,7 @@ from relay.avatars import ending as avatar_ending
 from relay.avatars.common import rotation_limit
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
+from relay.conversation.client_reports import ClientReports, ReportHook
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close, why_cut
 from relay.conversation.gates import McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
@@ -79,6 +80,7 @@ class ConversationHooks:
     on_end: Callable[[ConversationRecord], None] | None = None  # ended, for whatever reason
     on_agent_event: Callable[[ConversationRecord, el.ServerEvent], None] | None = None  # every agent event but audio
     on_user_text: Callable[[ConversationRecord, str], None] | None = None  # a typed user message, as sent
+    on_client_metrics: ReportHook | None = None  # the page's measurements, or why a report was dropped
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,12 @@ class Upstreams:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What the client's token allows: `max_duration` (seconds) caps the conversation below RELAY_MAX_DURATION;
-    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`)."""
+    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`); `subject` is the token's
+    verified `sub` (None: no token, or one without a subject)."""
 
     max_duration: float | None = None
     overrides: bool = True
+    subject: str | None = None
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
@@ -136,6 +140,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if start is None:
                 start = await receive_start(browser, settings)
             grant = grant or Grant()
+            record.subject = grant.subject
             _check_overrides(start, grant, settings)
             with trio.move_on_after(min(settings.relay_max_duration, grant.max_duration or math.inf)) \
                     as duration_scope:
@@ -301,7 +306,8 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
             on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format,
-            approvals=approvals, queue=queue_gate))
+            approvals=approvals, queue=queue_gate,
+            on_client_metrics=ClientReports(record, up.hooks.on_client_metrics).take))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),

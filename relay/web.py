@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     state = app.extensions["relay"] = RelayState(settings, seating.registry, gate=gate, worker=worker, fleet=fleet,
                                                  avatar_budgets=seating.avatar_budgets)
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
-                                           demo_mode=settings.demo_mode)
+                                           demo_mode=settings.demo_mode, subjects=settings.relay_metrics_subjects)
     watch_seating(metrics, seating)
     state.held = held = held_table(state)
     if held is not None:

@@ -73,7 +73,7 @@ def grant_of(claims: TokenClaims | None) -> Grant | None:
     """What a verified token allows the conversation."""
     if claims is None:
         return None
-    return Grant(max_duration=claims.max_duration, overrides=claims.overrides)
+    return Grant(max_duration=claims.max_duration, overrides=claims.overrides, subject=claims.subject or None)
 
 
 async def read_opening(browser: BrowserSocket, decision: HandshakeDecision, gate: Gate, pending: PendingPool,

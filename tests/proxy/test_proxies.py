@@ -28,6 +28,8 @@ async def test_a_dropped_conversation_resumes_through_the_proxy_at_the_relay_tha
     async with (simulators() as (sims, http), relay(sims, tmp_path, "relay-a") as relay_a,
                 relay(sims, tmp_path, "relay-b") as relay_b,
                 proxy(port_of(relay_a), port_of(relay_b), tmp_path) as url):
+        for private in ("/metrics", "/admin/conversations", "/_demo/token"):  # the operator's, not the public's
+            assert (await http.get(url + private)).status_code == 403, private
         browser, ready = await start(url)
         token = ready["resume_token"]
         assert route_of(token) in ("relay-a", "relay-b"), token
