@@ -37,8 +37,10 @@ from relay.avatars import (
     AvatarSpeaking,
     AvatarStateChanged,
     AvatarUnavailable,
+    SessionRotated,
 )
 from relay.avatars import ending as avatar_ending
+from relay.avatars.common import rotation_limit
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.client_reports import ClientReports, ReportHook
@@ -66,10 +68,6 @@ MAX_AVATAR_REPLACEMENTS = 5
 # A session with a known limit is rotated up to ROTATION_MARGIN before it (a quarter of a shorter limit), between
 # turns; at the latest ROTATION_DEADLINE before it, between turns or not.
 ROTATION_MARGIN, ROTATION_DEADLINE = 15.0, 2.0
-
-
-class _Rotation(AvatarSessionEnded):
-    """The session is replaced before its known limit (not a death: it does not count as a replacement)."""
 
 
 @dataclass(frozen=True)
@@ -441,7 +439,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                         avatar_tasks.start_soon(_keep_alive, session)
                         avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
                                                 up.settings.relay_avatar_connect_timeout)
-                        limit = up.session_limits.get(session.info.provider)
+                        limit = rotation_limit(session.info, up.session_limits)
                         if limit is not None:
                             avatar_tasks.start_soon(_rotate_before, speech, trio.current_time() + limit, limit)
             if opening.cancelled_caught:
@@ -452,7 +450,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                 raise
             exc = leaves(group)[0]
             assert isinstance(exc, AvatarError)
-            if isinstance(exc, _Rotation):
+            if isinstance(exc, SessionRotated):
                 died = exc
                 log.info("rotating the avatar session before its limit")
             elif isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
@@ -479,20 +477,20 @@ async def _announce_replacement(session: AvatarSession, died: AvatarSessionEnded
     await ready_sent.wait()
     record.avatar_provider = session.info.provider
     record.avatar_session_id = session.info.session_id
-    reason = "session_limit" if isinstance(died, _Rotation) else "session_ended" if died is None else died.reason
+    reason = "session_limit" if isinstance(died, SessionRotated) else "session_ended" if died is None else died.reason
     outbox.send(bp.avatar_changed(session.info, reason))
     log.info("avatar replaced provider=%s reason=%s", session.info.provider, reason)
 
 
 async def _rotate_before(speech: SpeechRouter, limit_at: float, limit: float) -> None:
-    """Raise `_Rotation` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
+    """Raise `SessionRotated` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
     ROTATION_MARGIN before it (a quarter of a shorter limit) once the avatar is between turns (its speech played
     out), at the latest ROTATION_DEADLINE before it. Blocks on the clock and the speech router; cancelled with the
     session's tasks."""
     await trio.sleep_until(limit_at - min(ROTATION_MARGIN, limit / 4))
     with trio.move_on_at(limit_at - ROTATION_DEADLINE):
         await speech.wait_played_out()
-    raise _Rotation("session_ended", f"the avatar session reaches its limit of {limit:g} s")
+    raise SessionRotated("session_ended", f"the avatar session reaches its limit of {limit:g} s")
 
 
 async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,

@@ -36,6 +36,7 @@ from relay.avatars import (
     AvatarInfo,
     AvatarSession,
     AvatarSessionEnded,
+    SessionRotated,
 )
 from relay.avatars.hooks import SessionHooks, SessionOutcome
 from relay.conversation.record import ConversationRecord, Traffic, current_conversation
@@ -290,6 +291,8 @@ class RelayMetrics:
         async def closed(outcome: SessionOutcome) -> None:
             if outcome.error is not None:
                 for leaf in leaves(outcome.error):
+                    if isinstance(leaf, SessionRotated):  # replaced before its limit: not an error
+                        break
                     if isinstance(leaf, AvatarError):
                         kind = "session_ended" if isinstance(leaf, AvatarSessionEnded) else leaf.reason
                         self.upstream_error(provider, kind, leaf.upstream_code, leaf.message)

@@ -289,6 +289,9 @@ class AvatarInfo:
     livekit_url: str | None
     access_token: str | None
     simulated: bool
+    # The session's own limit in seconds when the provider said it (LiveAvatar's start answer): the relay rotates to a
+    # fresh session before it. Server-side only: not sent (`_avatar` names what the browser gets).
+    session_seconds: float | None = None
 
 
 def _avatar(avatar: AvatarInfo) -> dict[str, Any]:

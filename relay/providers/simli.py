@@ -80,4 +80,5 @@ PROVIDER = Provider(
     simulator=simli_sim.create_app,
     page=PageTransport("livekit"),  # the room holds only the avatar and the viewer (simli-client's LivekitTransport)
     session_seconds=lambda settings: float(settings.simli_session_length),  # maxSessionLength
+    simulator_session_limit="max_session_length_s",  # a cap on the maxSessionLength asked (the relay is not told)
 )

@@ -200,8 +200,10 @@ class FakeProvider:
 
     def __init__(self, *, takes_audio: bool = False, open_delay: float = 0.0, refuse: AvatarUnavailable | None = None,
                  simulated: bool = False, keep_alive_interval: float = 60.0, stop_delay: float = 0.0,
-                 shield_stop: bool = True, withhold_connected: bool = False) -> None:
+                 shield_stop: bool = True, withhold_connected: bool = False,
+                 session_seconds: float | None = None) -> None:
         self.takes_audio = takes_audio
+        self.session_seconds = session_seconds  # what the provider says each session was granted
         self.withhold_connected = withhold_connected
         self.open_delay = open_delay
         self.refuse = refuse
@@ -224,7 +226,8 @@ class FakeProvider:
         sid = f"s{len(self.sessions) + 1}"
         if on_created is not None:
             await on_created(sid)
-        session = FakeSession(AvatarInfo("fake", sid, "wss://room.example", "tok", self.simulated),
+        session = FakeSession(AvatarInfo("fake", sid, "wss://room.example", "tok", self.simulated,
+                                         self.session_seconds),
                               self.takes_audio, self.keep_alive_interval, on_event)
         if not self.withhold_connected:
             session.connected.set()
