@@ -355,3 +355,32 @@ async def test_a_connection_dropped_while_the_avatar_is_being_replaced_resumes_w
         ledger = await relay.wait_all_sessions_stopped("liveavatar")
         assert len(ledger["sessions"]) == 2
         assert len((await relay.ledger("elevenlabs"))["conversations"]) == 1
+
+
+async def test_a_resume_frame_is_held_to_the_start_frames_limits() -> None:
+    """A `resume` is read as a `start` is: over RELAY_MAX_START_BYTES it is refused as it arrives (close 1009);
+    malformed (a token over 512 characters, a negative `last_seq`) or late (RELAY_START_TIMEOUT) it gets the same
+    clear error and close 1008 as a `start` would; and the held conversation it names is not touched."""
+    async with running_relay(relay_max_start_bytes=4096, relay_start_timeout=0.5) as relay:
+        browser, ready = await started(relay)
+        browser.drop()
+        token = ready["resume_token"]
+        oversized = ResumingBrowser(relay.url)
+        await oversized.connect()
+        await oversized.send(type="resume", resume_token=token, last_seq=0, padding="x" * 4200)
+        assert await oversized.read_to_close() == 1009
+        for frame, words in (({"resume_token": "rt1." + "x" * 600, "last_seq": 0}, "resume"),
+                             ({"resume_token": token, "last_seq": -1}, "resume")):
+            other = ResumingBrowser(relay.url)
+            await other.connect()
+            await other.send(type="resume", **frame)
+            error = await other.expect("error")
+            assert error["code"] == "protocol_error" and words in error["message"], error
+            assert await other.read_to_close() == 1008
+        late = ResumingBrowser(relay.url)
+        await late.connect()  # and says nothing
+        assert (await late.expect("error"))["code"] == "timeout"
+        resumed = await browser.resume(token)  # the rightful browser's token still works
+        assert resumed["type"] == "resumed", resumed
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
