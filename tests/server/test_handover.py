@@ -130,3 +130,22 @@ async def test_a_peer_that_breaks_the_wire_is_cut_and_the_server_goes_on(tmp_pat
             await relay_resume(path, browser, RESUME, None, lambda: False, 1024)
         nursery.cancel_scope.cancel()
     assert browser.closed == (1008, "resume_failed")
+
+
+async def test_a_browser_whose_send_fails_is_a_dropped_connection_for_the_holder(tmp_path: Path) -> None:
+    """The accepting worker's send to the browser fails (stalled past RELAY_SEND_TIMEOUT, the socket gone bad):
+    the holder hears `dropped` (it holds the conversation), not that the relay cut it (which would end it)."""
+    path = tmp_path / "handover-0.sock"
+    holder, browser = Holder(), FakeBrowser()
+
+    async def failing_send(data: str | bytes) -> None:
+        raise RuntimeError("the browser stopped reading; conversation ended")
+
+    browser.send = failing_send  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_handovers, path, holder.take_over, 1024)
+        with trio.fail_after(5):
+            await relay_resume(path, browser, RESUME, None, lambda: None, 1024)  # the browser is still "there"
+            await holder.done.wait()
+        nursery.cancel_scope.cancel()
+    assert holder.left is False
