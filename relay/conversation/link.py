@@ -162,14 +162,23 @@ class BrowserLink:
 
     async def send(self, data: str | bytes) -> None:
         """Send one frame. After `ready` a JSON message is numbered and kept; while held it is only kept, and audio
-        is dropped. A connection whose send fails or blocks for the send time-out is taken as lost. Raises
-        ConversationOver (`client_gone`) when the replay buffer is over its bound."""
+        is dropped. A connection whose send fails or blocks for the send time-out is taken as lost. A numbered
+        message whose send was cancelled before it was written (the conversation ending) goes out before the next
+        one, so the browser's `seq` run has no hole. Raises ConversationOver (`client_gone`) when the replay buffer
+        is over its bound."""
         async with self._send_lock:
             seq = 0
             if isinstance(data, str):
                 data, seq = self._number(data)
             socket = self._socket
-            if socket is not None and await self._send_now(socket, data) and seq:
+            if socket is None:
+                return
+            if seq > self.buffer.last_written + 1:  # a send cut short (the conversation ending) wrote nothing
+                for numbered in self.buffer.since(self.buffer.last_written)[:-1]:
+                    if not await self._send_now(socket, numbered.frame):
+                        return
+                    self.buffer.written(numbered.seq)
+            if await self._send_now(socket, data) and seq:
                 self.buffer.written(seq)
 
     async def _send_now(self, socket: BrowserSocket, data: str | bytes) -> bool:

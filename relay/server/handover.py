@@ -33,6 +33,7 @@ log = logging.getLogger("relay.web")
 
 CONNECT_TIMEOUT = 2.0  # a live worker accepts at once; past this it is dead or wedged
 HELLO_TIMEOUT = 5.0
+WRITE_BOUND = 10.0  # one message to the accepting worker; it bounds its own browser's sends (RELAY_SEND_TIMEOUT)
 _READ = 65536
 _JSON_ROOM = 4096  # the bound of one wire frame beyond RELAY_MAX_FRAME_BYTES (a hand-over's JSON, a close reason)
 
@@ -186,8 +187,15 @@ class HandedBrowser:
         return await self._received.receive()
 
     async def send(self, data: str | bytes) -> None:
+        """Write one message whole: a write cut in the middle would break the wire, so it is shielded from the
+        caller's cancellation and bounded by WRITE_BOUND instead (the accepting worker stopped reading: its browser
+        stalled, which it reports itself); past that the wire is closed and the connection taken as lost."""
         async with self._sending:
-            await self._stream.send_all(wire.message(data))
+            with trio.CancelScope(deadline=trio.current_time() + WRITE_BOUND, shield=True) as writing:
+                await self._stream.send_all(wire.message(data))
+            if writing.cancelled_caught:
+                self._stream.socket.close()
+                raise trio.BrokenResourceError("the accepting worker stopped reading")
 
     async def close(self, code: int, reason: str = "") -> None:
         with trio.move_on_after(1.0, shield=True), suppress(trio.BrokenResourceError, trio.ClosedResourceError):
