@@ -41,7 +41,8 @@ from relay.avatars import (
 from relay.avatars import ending as avatar_ending
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
-from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
+from relay.conversation.client_reports import ClientReports, ReportHook
+from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close, why_cut
 from relay.conversation.gates import McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
 from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
@@ -81,6 +82,7 @@ class ConversationHooks:
     on_end: Callable[[ConversationRecord], None] | None = None  # ended, for whatever reason
     on_agent_event: Callable[[ConversationRecord, el.ServerEvent], None] | None = None  # every agent event but audio
     on_user_text: Callable[[ConversationRecord, str], None] | None = None  # a typed user message, as sent
+    on_client_metrics: ReportHook | None = None  # the page's measurements, or why a report was dropped
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,12 @@ class Upstreams:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What the client's token allows: `max_duration` (seconds) caps the conversation below RELAY_MAX_DURATION;
-    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`)."""
+    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`); `subject` is the token's
+    verified `sub` (None: no token, or one without a subject)."""
 
     max_duration: float | None = None
     overrides: bool = True
+    subject: str | None = None
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
@@ -138,6 +142,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if start is None:
                 start = await receive_start(browser, settings)
             grant = grant or Grant()
+            record.subject = grant.subject
             _check_overrides(start, grant, settings)
             with trio.move_on_after(min(settings.relay_max_duration, grant.max_duration or math.inf)) \
                     as duration_scope:
@@ -145,7 +150,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if duration_scope.cancelled_caught:
                 raise ConversationOver.failed("timeout", "maximum conversation duration reached")
         if shutdown_scope.cancelled_caught:
-            raise ConversationOver.failed("shutdown", "the relay is shutting down")
+            raise why_cut(shutdown_scope)  # the drain's `shutdown`, or an operator's `admin` (relay.server.roster)
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = classify(exc, record)
@@ -303,7 +308,8 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
             on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format,
-            approvals=approvals, queue=queue_gate))
+            approvals=approvals, queue=queue_gate,
+            on_client_metrics=ClientReports(record, up.hooks.on_client_metrics).take))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),

@@ -171,15 +171,22 @@ class BrowserLink:
             if isinstance(data, str):
                 data, seq = self._number(data)
             socket = self._socket
-            if socket is None:
+            if socket is None or (seq > self.buffer.last_written + 1 and not await self._send_unwritten(socket, seq)):
                 return
-            if seq > self.buffer.last_written + 1:  # a send cut short (the conversation ending) wrote nothing
-                for numbered in self.buffer.since(self.buffer.last_written)[:-1]:
-                    if not await self._send_now(socket, numbered.frame):
-                        return
-                    self.buffer.written(numbered.seq)
             if await self._send_now(socket, data) and seq:
                 self.buffer.written(seq)
+
+    async def _send_unwritten(self, socket: BrowserSocket, before: int) -> bool:
+        """Write the messages numbered before `before` that never went out on a connection (their send was
+        cancelled: the conversation ending mid-send), in order, so the browser's `seq` run has no gap. False when
+        the connection was lost meanwhile (a resume replays them)."""
+        for numbered in self.buffer.since(self.buffer.last_written):
+            if numbered.seq >= before:
+                break
+            if not await self._send_now(socket, numbered.frame):
+                return False
+            self.buffer.written(numbered.seq)
+        return True
 
     async def _send_now(self, socket: BrowserSocket, data: str | bytes) -> bool:
         with trio.move_on_after(self._send_timeout) as stalled:

@@ -9,6 +9,8 @@ around it is what ends it when the browser is gone for good (a clean close, or t
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -34,7 +36,8 @@ def held_table(state: RelayState) -> HeldTable | None:
     """The process's table of resumable conversations, None with RELAY_RESUME_WINDOW=0. Its route names this relay
     (RELAY_RESUME_ROUTE, else its fleet id with RELAY_REDIS_URL, else a random id) and, under `serve --workers N`,
     the worker: `<relay>-w<index>`, the relay part shared by every worker (RELAY_RESUME_ROUTE, else the host and the
-    supervisor's private directory's random name), so that each knows the others' routes (`siblings`)."""
+    supervisor's private directory's random name), so that each knows the others' routes (`siblings`); under
+    hypercorn's own workers, this process (`-p<pid in hex>`): docs/deploy.md "Resuming behind a proxy"."""
     settings = state.settings
     if settings.relay_resume_window <= 0:
         return None
@@ -45,6 +48,8 @@ def held_table(state: RelayState) -> HeldTable | None:
         base = f"{gethostname()[:24]}-{Path(worker.directory).name.rsplit('-', 1)[-1]}"
     else:
         base = state.fleet.relay_id if state.fleet is not None else "r" + secrets.token_hex(4)
+    if worker is None and multiprocessing.parent_process() is not None:  # one of hypercorn's own workers (`hypercorn
+        base += f"-p{os.getpid():x}"  # -w N`): they share the route otherwise, and the other's token reads as forged
 
     def route_of(index: int | None) -> str:
         return re.sub(r"[^A-Za-z0-9_-]", "-", base if index is None else f"{base}-w{index}")[-64:]
@@ -80,7 +85,7 @@ async def serve_connection(state: RelayState, nursery: trio.Nursery, socket: Bro
         except Exception:  # never out into the app's nursery: that would end the server
             log.exception("internal error around a conversation")
         finally:
-            table.end(hold, expired=link.held)
+            table.end(hold, expired=link.held and link.scope.cancelled_caught)  # not when cut while held (admin)
             link.finish()
 
     nursery.start_soon(conversation)

@@ -527,3 +527,23 @@ async def test_the_default_session_outlasts_the_conversation(sim: str, http: htt
     async with provider.open_session(lambda event: None) as session:
         record = (await ledger(http, sim))["sessions"][session.info.session_id]
         assert record["max_session_duration"] >= 1800
+
+
+async def test_the_list_call_pages_and_refuses_what_the_reference_refuses(sim: str, http: httpx2.AsyncClient) -> None:
+    """`GET /v1/sessions` as the reference's OpenAPI has it: `type` required, 1 <= page_size <= 100, page >= 1."""
+    headers = {"X-API-KEY": API_KEY}
+    body = {"mode": "LITE", "avatar_id": SANDBOX_AVATAR_ID}
+    made = [(await http.post(f"{sim}/v1/sessions/token", json=body, headers=headers)).json()["data"]["session_id"]
+            for _ in range(3)]
+    for params, field in (({}, "type"), ({"type": "running"}, "type"), ({"type": "active", "page_size": 101},
+                                                                           "page_size"),
+                          ({"type": "active", "page_size": 0}, "page_size"), ({"type": "active", "page": 0}, "page")):
+        refused = await http.get(f"{sim}/v1/sessions", params=params, headers=headers)
+        assert refused.status_code == 422, params
+        assert refused.json()["detail"][0]["loc"] == ["query", field]
+    first = (await http.get(f"{sim}/v1/sessions", params={"type": "active", "page_size": 2},
+                            headers=headers)).json()["data"]
+    second = (await http.get(f"{sim}/v1/sessions", params={"type": "active", "page_size": 2, "page": 2},
+                             headers=headers)).json()["data"]
+    assert first["count"] == 3 and first["next"] and second["next"] is None
+    assert sorted(r["id"] for r in first["results"] + second["results"]) == sorted(made)

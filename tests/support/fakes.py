@@ -269,6 +269,7 @@ class Harness:
         self.shutdown_scope = trio.CancelScope()
         self.browser_left: Callable[[], bool] | None = None  # as the web layer passes it (None: not known)
         self.session_limits: dict[str, float] = {}  # the provider's known session limit, by provider name
+        self.client_reports: list[Any] = []  # what `on_client_metrics` got: reports taken, and those dropped
 
     def upstreams(self) -> Upstreams:
         def on_end(record: ConversationRecord) -> None:
@@ -276,7 +277,9 @@ class Harness:
 
         return Upstreams(settings=self.settings, http=None, provider=self.provider,  # type: ignore[arg-type]
                          open_agent=self.agent.open,  # type: ignore[arg-type]
-                         hooks=ConversationHooks(on_end=on_end), session_limits=self.session_limits)
+                         hooks=ConversationHooks(on_end=on_end, on_client_metrics=lambda _, report:
+                                                 self.client_reports.append(report)),
+                         session_limits=self.session_limits)
 
     async def run(self) -> None:
         with self.cancel_scope:

@@ -191,14 +191,27 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
         problem = api_key_problem("list_sessions")
         if problem is not None:
             return problem
-        kind = request.args.get("type", "active")
+        # As the reference's OpenAPI (`list_sessions_v1_sessions_get`) has it: `type` required, `page` >= 1,
+        # 1 <= `page_size` <= 100 (default 20); anything else is FastAPI's 422.
+        kind = request.args.get("type")
+        if kind is None:
+            return validation_error([(["query", "type"], "Field required", "missing")])
         if kind not in ("active", "historic"):
             return validation_error([(["query", "type"], "Input should be 'active' or 'historic'", "enum")])
-        try:
-            page = max(1, int(request.args.get("page", "1")))
-            page_size = min(100, max(1, int(request.args.get("page_size", "20"))))
-        except ValueError:
-            return validation_error([(["query", "page"], "Input should be a valid integer", "int_parsing")])
+        bounds = {"page": (1, None, "1"), "page_size": (1, 100, "20")}
+        numbers: dict[str, int] = {}
+        for name, (least, most, default) in bounds.items():
+            try:
+                numbers[name] = int(request.args.get(name, default))
+            except ValueError:
+                return validation_error([(["query", name], "Input should be a valid integer", "int_parsing")])
+            if numbers[name] < least:
+                return validation_error([(["query", name], f"Input should be greater than or equal to {least}",
+                                          "greater_than_equal")])
+            if most is not None and numbers[name] > most:
+                return validation_error([(["query", name], f"Input should be less than or equal to {most}",
+                                          "less_than_equal")])
+        page, page_size = numbers["page"], numbers["page_size"]
         chosen = [s for s in state.sessions.values() if s.active == (kind == "active")]
         chosen.sort(key=lambda s: s.created, reverse=True)
         start = (page - 1) * page_size
