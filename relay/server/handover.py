@@ -3,7 +3,9 @@ worker accepts first): the accepting worker relays the connection to the worker 
 route the resume token names (`<relay>-w<index>`), over that worker's private Unix socket `handover-<index>.sock` in
 the supervisor's 0700 directory (wire: relay.protocol.handover). The holding worker takes the relayed connection over
 exactly as it takes a direct one (`relay.server.resuming.resume_connection`): same token checks, same replay, same
-hold when it drops. Why relaying rather than passing the socket: docs/decisions.md ("resume across workers").
+hold when it drops. The holder trusts what the hand-over says (the resume frame as read, the subject of the client
+token the accepting worker verified): only the relay's own user can reach a socket in that directory. Why relaying
+rather than passing the socket: docs/decisions.md ("Resume across workers").
 
 `relay_resume` (accepting side) runs for as long as the browser's connection does; `serve_handovers` (holding side)
 runs in the app's nursery until shutdown. Neither blocks on the other worker without a bound: a holder that does not
