@@ -162,8 +162,10 @@ class BrowserLink:
 
     async def send(self, data: str | bytes) -> None:
         """Send one frame. After `ready` a JSON message is numbered and kept; while held it is only kept, and audio
-        is dropped. A connection whose send fails or blocks for the send time-out is taken as lost. Raises
-        ConversationOver (`client_gone`) when the replay buffer is over its bound."""
+        is dropped. A connection whose send fails or blocks for the send time-out is taken as lost. A numbered
+        message whose send was cancelled before it was written (the conversation ending) goes out before the next
+        one, so the browser's `seq` run has no hole. Raises ConversationOver (`client_gone`) when the replay buffer
+        is over its bound."""
         async with self._send_lock:
             seq = 0
             if isinstance(data, str):

@@ -3,7 +3,9 @@ worker accepts first): the accepting worker relays the connection to the worker 
 route the resume token names (`<relay>-w<index>`), over that worker's private Unix socket `handover-<index>.sock` in
 the supervisor's 0700 directory (wire: relay.protocol.handover). The holding worker takes the relayed connection over
 exactly as it takes a direct one (`relay.server.resuming.resume_connection`): same token checks, same replay, same
-hold when it drops. Why relaying rather than passing the socket: docs/decisions.md ("resume across workers").
+hold when it drops. The holder trusts what the hand-over says (the resume frame as read, the subject of the client
+token the accepting worker verified): only the relay's own user can reach a socket in that directory. Why relaying
+rather than passing the socket: docs/decisions.md ("Resume across workers").
 
 `relay_resume` (accepting side) runs for as long as the browser's connection does; `serve_handovers` (holding side)
 runs in the app's nursery until shutdown. Neither blocks on the other worker without a bound: a holder that does not
@@ -33,6 +35,7 @@ log = logging.getLogger("relay.web")
 
 CONNECT_TIMEOUT = 2.0  # a live worker accepts at once; past this it is dead or wedged
 HELLO_TIMEOUT = 5.0
+WRITE_BOUND = 10.0  # one message to the accepting worker; it bounds its own browser's sends (RELAY_SEND_TIMEOUT)
 _READ = 65536
 _JSON_ROOM = 4096  # the bound of one wire frame beyond RELAY_MAX_FRAME_BYTES (a hand-over's JSON, a close reason)
 
@@ -57,58 +60,81 @@ async def relay_resume(path: Path, browser: BrowserSocket, resume: bp.Resume, su
             stream = await trio.open_unix_socket(str(path))
     except (OSError, trio.TooSlowError):
         raise _holder_gone() from None
-    reader = wire.FrameReader(max_frame_bytes + _JSON_ROOM)
     async with stream:
         try:
             await stream.send_all(wire.hello(resume.model_dump(), subject))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _holder_gone() from None
-        sending = trio.Lock()
+        relayed = _Relayed(browser, stream, wire.FrameReader(max_frame_bytes + _JSON_ROOM))
         try:
             async with trio.open_nursery() as both:
-                both.start_soon(_browser_to_holder, browser, stream, sending)
-                await _holder_to_browser(browser, stream, reader)
-                both.cancel_scope.cancel()
+                both.start_soon(relayed.pump, relayed.browser_to_holder, both.cancel_scope)
+                both.start_soon(relayed.pump, relayed.holder_to_browser, both.cancel_scope)
         except BaseException:  # the browser's connection ended (or was cut): the holder decides what that means
-            with trio.move_on_after(1.0, shield=True), suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                async with sending:
-                    await stream.send_all(wire.ended(left_cleanly()))
+            await relayed.tell_holder(left_cleanly())
             raise
 
 
-async def _browser_to_holder(browser: BrowserSocket, stream: trio.SocketStream, sending: trio.Lock) -> None:
-    while True:
-        data = await browser.receive()
-        if data is None:
-            continue
-        try:
-            async with sending:
-                await stream.send_all(wire.message(data))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.sleep_forever()  # the holder is gone: `_holder_to_browser` sees its end and closes
+class _Relayed:
+    """The two pumps of one relayed connection, and the one `ended` frame that tells the holder how it ended."""
 
+    def __init__(self, browser: BrowserSocket, stream: trio.SocketStream, reader: wire.FrameReader) -> None:
+        self.browser, self.stream, self.reader = browser, stream, reader
+        self.sending = trio.Lock()
+        self.told = False
 
-async def _holder_to_browser(browser: BrowserSocket, stream: trio.SocketStream, reader: wire.FrameReader) -> None:
-    """Forward the holder's frames to the browser until its close (or its end: 1011)."""
-    while True:
+    async def pump(self, run: Callable[[], Awaitable[None]], both: trio.CancelScope) -> None:
+        """Run one direction; when it ends, both do. A failure on the browser's socket (a send stalled past
+        RELAY_SEND_TIMEOUT, a socket gone bad) is a dropped connection: the holder holds the conversation."""
         try:
-            data = await stream.receive_some(_READ)
-            frames = reader.feed(data) if data else None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, wire.HandoverError):
-            frames = None
-        if frames is None:
-            log.warning("the worker holding a handed-over conversation stopped answering")
-            with trio.move_on_after(1.0, shield=True), suppress(Exception):
-                await browser.close(1011, "the relay worker holding this conversation stopped")
+            await run()
+        except Exception:
+            log.info("a relayed browser connection failed; taken as dropped", exc_info=True)
+            await self.tell_holder(False)
+        both.cancel()
+
+    async def tell_holder(self, left: wire.Left) -> None:
+        if self.told:
             return
-        for kind, payload in frames:
-            if kind == wire.CLOSE:
-                code, reason = wire.read_close(payload)
+        self.told = True
+        with trio.move_on_after(1.0, shield=True), suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async with self.sending:
+                await self.stream.send_all(wire.ended(left))
+
+    async def browser_to_holder(self) -> None:
+        while True:
+            data = await self.browser.receive()
+            if data is None:
+                continue
+            try:
+                async with self.sending:
+                    await self.stream.send_all(wire.message(data))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.sleep_forever()  # the holder is gone: `holder_to_browser` sees its end and closes
+
+    async def holder_to_browser(self) -> None:
+        """Forward the holder's frames to the browser until its close (or its end: 1011)."""
+        while True:
+            try:
+                data = await self.stream.receive_some(_READ)
+                frames = self.reader.feed(data) if data else None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, wire.HandoverError):
+                frames = None
+            if frames is None:
+                log.warning("the worker holding a handed-over conversation stopped answering")
+                self.told = True  # nobody to tell
                 with trio.move_on_after(1.0, shield=True), suppress(Exception):
-                    await browser.close(code, reason)
+                    await self.browser.close(1011, "the relay worker holding this conversation stopped")
                 return
-            if kind in (wire.TEXT, wire.BINARY):
-                await browser.send(payload.decode() if kind == wire.TEXT else payload)
+            for kind, payload in frames:
+                if kind == wire.CLOSE:
+                    code, reason = wire.read_close(payload)
+                    self.told = True  # the holder ended it
+                    with trio.move_on_after(1.0, shield=True), suppress(Exception):
+                        await self.browser.close(code, reason)
+                    return
+                if kind in (wire.TEXT, wire.BINARY):
+                    await self.browser.send(payload.decode() if kind == wire.TEXT else payload)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -139,7 +165,10 @@ class HandedBrowser:
         while frames is not None:
             for kind, payload in frames:
                 if kind == wire.ENDED:
-                    self._end(wire.read_ended(payload))
+                    try:
+                        self._end(wire.read_ended(payload))
+                    except wire.HandoverError:
+                        self._end(False)
                     return
                 if kind in (wire.TEXT, wire.BINARY):
                     await self._to_receive.send(payload.decode() if kind == wire.TEXT else payload)
@@ -160,8 +189,15 @@ class HandedBrowser:
         return await self._received.receive()
 
     async def send(self, data: str | bytes) -> None:
+        """Write one message whole: a write cut in the middle would break the wire, so it is shielded from the
+        caller's cancellation and bounded by WRITE_BOUND instead (the accepting worker stopped reading: its browser
+        stalled, which it reports itself); past that the wire is closed and the connection taken as lost."""
         async with self._sending:
-            await self._stream.send_all(wire.message(data))
+            with trio.CancelScope(deadline=trio.current_time() + WRITE_BOUND, shield=True) as writing:
+                await self._stream.send_all(wire.message(data))
+            if writing.cancelled_caught:
+                self._stream.socket.close()
+                raise trio.BrokenResourceError("the accepting worker stopped reading")
 
     async def close(self, code: int, reason: str = "") -> None:
         with trio.move_on_after(1.0, shield=True), suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -192,6 +228,13 @@ async def serve_handovers(path: Path, take_over: TakeOver, max_frame_bytes: int,
 
 
 async def _take_handed(take_over: TakeOver, max_frame_bytes: int, stream: trio.SocketStream) -> None:
+    try:
+        await _take_handed_over(take_over, max_frame_bytes, stream)
+    except Exception:  # never out into serve_listeners: that would end this worker's hand-overs
+        log.exception("internal error around a handed-over connection")
+
+
+async def _take_handed_over(take_over: TakeOver, max_frame_bytes: int, stream: trio.SocketStream) -> None:
     reader = wire.FrameReader(max_frame_bytes + _JSON_ROOM)
     async with stream:
         frames: list[tuple[bytes, bytes]] = []
