@@ -138,8 +138,10 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
                                 build_audio: Callable[[bytes], str], approvals: McpApprovals) -> None:
     step = client_step(event, build_audio, approvals, trio.current_time())
     if isinstance(step, ToAgent):
-        if step.user_text is not None and on_user_text is not None:
-            on_user_text(step.user_text)
+        if step.user_text is not None:
+            speech.user_typed()
+            if on_user_text is not None:
+                on_user_text(step.user_text)
         await agent.send(step.message)
     elif isinstance(step, InterruptSpeech):
         speech.interrupt()
@@ -167,7 +169,7 @@ def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, speech: SpeechRo
         speech.agent_text(event.text, event.event_id)
     elif isinstance(event, el.UserTranscript):
         if event.final:
-            speech.user_stopped()
+            speech.user_stopped(said=bool(event.text.strip()))
         else:
             speech.user_speaking()
 

@@ -1,0 +1,180 @@
+"""OpenTelemetry traces of real conversations (issue #25 §1): `avatar-relay serve` in demo mode (its simulators) as a
+separate process, turned on by the standard OTEL_* variables alone, exporting OTLP/HTTP to a receiver this test runs
+on loopback (decoded with opentelemetry-proto). One conversation is one trace with the spans and attributes an
+operator needs, nothing secret in any attribute, and its log lines carry the trace id; a website's `traceparent`
+in `start` makes the conversation a child of the website's trace."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from relay.avatars.common import PLACEHOLDER_API_KEY
+from relay.server.auth import mint_token
+from tests.support.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tests.support.processes import relay_process
+
+pytestmark = pytest.mark.timeout(90)
+
+AUTH_SECRET = "trace-test-" + "s" * 40
+SUBJECT = "user-42"
+UPSTREAM_PREFIXES = ("ELEVENLABS_", "HEYGEN_", "LIVEAVATAR_", "SIMLI_", "RELAY_", "OTEL_")
+WEBSITE_TRACE, WEBSITE_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def relay_env(endpoint: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(UPSTREAM_PREFIXES)}
+    env.update({"RELAY_AUTH": "token", "RELAY_AUTH_SECRET": AUTH_SECRET, "RELAY_LOG_FORMAT": "json",
+                "RELAY_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"})
+    if endpoint is not None:
+        env.update({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                    "OTEL_SERVICE_NAME": "relay-under-test", "OTEL_TRACES_SAMPLER": "always_on",
+                    "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    env.update(extra)
+    return env
+
+
+async def converse(base: str, token: str, typed: str, **start: Any) -> list[dict[str, Any]]:
+    """A conversation as a page holds it: start, a typed message, the agent's answer and the avatar speaking it, an
+    interruption, stop. Returns the messages seen."""
+    seen: list[dict[str, Any]] = []
+    async with open_websocket_url(base.replace("http://", "ws://") + "/ws", message_queue_size=1000) as ws:
+        await ws.send_message(orjson.dumps({"type": "start", "token": token, **start}).decode())
+        answer: int | None = None
+        stopping = False
+        with trio.fail_after(30):
+            while True:
+                frame = await ws.get_message()
+                if isinstance(frame, bytes):
+                    continue
+                message = orjson.loads(frame)
+                seen.append(message)
+                kind = message["type"]
+                if kind == "ready":
+                    await ws.send_message(orjson.dumps({"type": "text", "text": typed}).decode())
+                elif kind == "agent_response" and typed in message["text"]:
+                    answer = message["event_id"]
+                elif kind == "avatar_state" and message["speaking"] and message["event_id"] == answer and \
+                        answer is not None and not stopping:
+                    stopping = True
+                    await ws.send_message('{"type":"interrupt"}')
+                    await ws.send_message('{"type":"stop"}')
+                elif kind == "ended":
+                    return seen
+
+
+def by_name(spans: list[ReceivedSpan]) -> dict[str, list[ReceivedSpan]]:
+    named: dict[str, list[ReceivedSpan]] = {}
+    for span in spans:
+        named.setdefault(span.name, []).append(span)
+    return named
+
+
+def every_attribute_text(spans: list[ReceivedSpan]) -> str:
+    values: list[Any] = []
+    for span in spans:
+        values += [span.name, span.status_message, *span.attributes.items(), *span.resource.items()]
+        values += [event for event in span.events]
+    return repr(values)
+
+
+async def traced_conversation(tmp_path: Path, **start: Any) -> tuple[OtlpReceiver, list[dict[str, Any]], str,
+                                                                      ReceivedSpan, list[dict[str, Any]], str]:
+    """One conversation through a traced relay: (receiver, messages, token, root span, JSON log lines, typed)."""
+    token = mint_token(AUTH_SECRET, subject=SUBJECT)
+    typed = "my card number is 4111-" + secrets.token_hex(4)
+    log_path = tmp_path / "relay.log"
+    with otlp_receiver() as (receiver, endpoint), log_path.open("w") as log_file:
+        async with relay_process(relay_env(endpoint), tmp_path, stderr=log_file) as (_, base):
+            messages = await converse(base, token, typed, **start)
+            root = await receiver.wait_for("conversation", where=lambda s: "relay.end_reason" in s.attributes)
+    lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return receiver, messages, token, root, lines, typed
+
+
+async def test_a_conversation_is_one_trace_with_its_spans_attributes_and_log_lines(tmp_path: Path) -> None:
+    receiver, messages, token, root, lines, typed = await traced_conversation(tmp_path)
+    ready = next(m for m in messages if m["type"] == "ready")
+    assert messages[-1]["reason"] == "client_stop"
+
+    spans = [s for s in receiver.snapshot() if s.trace_id == root.trace_id]
+    assert {s.trace_id for s in receiver.snapshot()} == {root.trace_id}, "one conversation, one trace"
+    assert root.parent_span_id == "" and root.resource["service.name"] == "relay-under-test"
+    assert root.attributes["relay.conversation_id"] == ready["conversation_id"]
+    assert root.attributes["elevenlabs.conversation_id"] == ready["conversation_id"]
+    assert root.attributes["avatar.provider"] == ready["avatar"]["provider"] == "liveavatar"
+    assert root.attributes["avatar.session_id"] == ready["avatar"]["session_id"]
+    assert root.attributes["relay.end_reason"] == "client_stop"
+    assert root.attributes["relay.client.subject"] == SUBJECT
+    assert "ready" in root.event_names()
+
+    named = by_name(spans)
+    ids = {s.span_id: s for s in spans}
+
+    def parent(span: ReceivedSpan) -> str:
+        return ids[span.parent_span_id].name if span.parent_span_id in ids else "?"
+
+    for name in ("admission", "agent connection", "avatar set-up", "avatar connected", "ending"):
+        assert [parent(s) for s in named.get(name, [])] == ["conversation"], (name, sorted(named))
+    # the agent's (it stops what it was saying when the user types), then the browser's
+    assert [(parent(s), s.attributes["interruption.source"]) for s in named["interruption"]][-1] == \
+        ("conversation", "browser")
+    assert [parent(s) for s in named["signed URL"]] == ["agent connection"]
+    assert "GET /v1/convai/conversation/get-signed-url" in {s.name for s in spans if parent(s) == "signed URL"}
+    websockets = {parent(s) for s in named["websocket connect"]}
+    assert websockets == {"agent connection", "avatar set-up"}, websockets  # the agent's socket, the LITE socket
+    setup_calls = sorted(s.name for s in spans if parent(s) == "avatar set-up")
+    assert "POST /v1/sessions/token" in setup_calls and "POST /v1/sessions/start" in setup_calls, setup_calls
+    assert named["avatar set-up"][0].attributes["avatar.session_id"] == ready["avatar"]["session_id"]
+    [stop] = named["avatar stop"]
+    assert parent(stop) == "ending" and stop.attributes["avatar.stop_cause"] == "conversation_ended"
+    assert "POST /v1/sessions/stop" in {s.name for s in spans if s.parent_span_id == stop.span_id}
+    for http_span in (s for s in spans if s.name.startswith(("GET ", "POST "))):
+        assert http_span.kind == 3 and http_span.attributes["http.response.status_code"] in (200, 201)  # CLIENT
+
+    text_turns = [s for s in named["turn"] if s.attributes["turn.trigger"] == "text"]
+    assert len(text_turns) == 1 and parent(text_turns[0]) == "conversation"
+    turn = text_turns[0]
+    assert turn.event_names()[:3] == ["agent.first_audio", "avatar.first_audio", "avatar.speaking"], turn.events
+    assert 0 <= turn.attributes["turn.agent_first_audio_ms"] <= turn.attributes["turn.avatar_first_audio_ms"] \
+        <= turn.attributes["turn.avatar_speaking_ms"]
+    assert turn.attributes["turn.outcome"] == "spoken"
+
+    text = every_attribute_text(spans)
+    for secret in (AUTH_SECRET, token, PLACEHOLDER_API_KEY, ready["avatar"]["access_token"], typed,
+                   "conversation_signature", "xi-api-key"):
+        assert secret not in text, f"{secret!r} is in a span"
+
+    mine = [line for line in lines if line.get("relay_id") == root.attributes["relay.relay_id"]]
+    assert mine and all(line.get("trace_id") == root.trace_id for line in mine), mine[:3]
+    assert {line["span_id"] for line in mine} <= set(ids), "log lines name spans of the trace"
+    assert any(line["message"] == "conversation opened" and line["span_id"] == root.span_id for line in mine)
+
+
+async def test_a_website_traceparent_makes_the_conversation_its_child(tmp_path: Path) -> None:
+    receiver, messages, _, root, _, _ = await traced_conversation(
+        tmp_path, traceparent=f"00-{WEBSITE_TRACE}-{WEBSITE_SPAN}-01")
+    assert messages[-1]["reason"] == "client_stop"
+    assert (root.trace_id, root.parent_span_id) == (WEBSITE_TRACE, WEBSITE_SPAN)
+    assert {s.trace_id for s in receiver.snapshot()} == {WEBSITE_TRACE}
+
+
+async def test_a_malformed_traceparent_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    token = mint_token(AUTH_SECRET, subject=SUBJECT)
+    with otlp_receiver() as (_, endpoint):
+        async with relay_process(relay_env(endpoint), tmp_path, stderr=sys.stderr) as (_, base):
+            async with open_websocket_url(base.replace("http://", "ws://") + "/ws") as ws:
+                await ws.send_message(orjson.dumps({"type": "start", "token": token,
+                                                    "traceparent": f"00-{WEBSITE_TRACE.upper()}-{WEBSITE_SPAN}-01"}
+                                                   ).decode())
+                with trio.fail_after(10):
+                    error = orjson.loads(await ws.get_message())
+    assert error["type"] == "error" and error["code"] == "protocol_error" and "traceparent" in error["message"]
