@@ -256,6 +256,8 @@ export interface StartMessage {
   custom_llm_extra_body?: Record<string, unknown> | null;
   user_id?: string | null;
   token?: string | null;
+  /** The website's trace (W3C `traceparent`, version 00): the conversation's trace becomes its child. */
+  traceparent?: string | null;
 }
 
 /** The first frame of a connection that takes a dropped conversation over (instead of `start`). */
@@ -347,6 +349,8 @@ export declare class AvatarRelayElement extends HTMLElement {
   /** `lang` (attribute): `en` or `es`; default: the page's language, then the browser's. */
   /** `voice-only` (attribute): no avatar picture (a voice orb instead); the agent is still heard. */
   /** `dynamic-variables` (attribute): a JSON object of the agent's dynamic variables. */
+  /** `traceparent` (attribute): the website's trace (W3C, version 00), sent in `start`: the relay's trace of the
+   * conversation becomes its child (docs/operations.md "Traces"). Also `window.relayStart.traceparent`. */
   readonly state: AvatarRelayState;
   /** For sites that mint tokens their own way; wins over `token-url`. */
   tokenProvider: (() => Promise<string>) | null;
