@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import orjson
 import pytest
 import trio
@@ -178,3 +179,29 @@ async def test_a_malformed_traceparent_is_refused_with_a_clear_error(tmp_path: P
                 with trio.fail_after(10):
                     error = orjson.loads(await ws.get_message())
     assert error["type"] == "error" and error["code"] == "protocol_error" and "traceparent" in error["message"]
+
+
+async def test_a_failover_is_in_the_trace(tmp_path: Path) -> None:
+    token = mint_token(AUTH_SECRET, subject=SUBJECT)
+    with otlp_receiver() as (receiver, endpoint):
+        async with relay_process(relay_env(endpoint, RELAY_AVATAR="liveavatar,simli"), tmp_path,
+                                 stderr=sys.stderr) as (_, base):
+            async with httpx2.AsyncClient(timeout=5) as http:
+                sims = (await http.get(base + "/_demo/simulators")).json()
+                (await http.post(sims["liveavatar"] + "/_sim/faults", json={"concurrency_limit": 0})).raise_for_status()
+            async with open_websocket_url(base.replace("http://", "ws://") + "/ws") as ws:
+                await ws.send_message(orjson.dumps({"type": "start", "token": token}).decode())
+                with trio.fail_after(20):
+                    while (message := orjson.loads(await ws.get_message()))["type"] != "ready":
+                        pass
+                    await ws.send_message('{"type":"stop"}')
+            root = await receiver.wait_for("conversation", where=lambda s: "relay.end_reason" in s.attributes)
+    assert message["avatar"]["provider"] == root.attributes["avatar.provider"] == "simli"
+    spans = [s for s in receiver.snapshot() if s.trace_id == root.trace_id]
+    setups = sorted((s for s in spans if s.name == "avatar set-up"), key=lambda s: s.start_ns)
+    assert [(s.attributes["avatar.provider"], s.status_code) for s in setups] == [("liveavatar", 2), ("simli", 0)]
+    assert setups[0].status_message.startswith("AvatarUnavailable: ")
+    [failover] = [s for s in spans if s.name == "failover"]
+    assert failover.parent_span_id == root.span_id
+    assert failover.attributes["avatar.provider"] == "liveavatar"
+    assert failover.attributes["avatar.failover_reason"] == setups[0].status_message.removeprefix("AvatarUnavailable: ")
