@@ -21,7 +21,7 @@ user said.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Protocol
@@ -35,6 +35,9 @@ from opentelemetry.util.types import AttributeValue
 from relay.net import spans as net_spans
 
 tracer = trace.get_tracer("relay.conversation")
+
+TURNS_KEPT = 16  # turns whose start is remembered for the page's own measures of them (`client_turn`)
+CLIENT_MEASURES = 16  # at most this many measures per `client turn` span
 
 
 class ConversationRecord(Protocol):
@@ -69,6 +72,7 @@ class TurnTrace:
         self._after = -1  # the open user turn is answered by an agent turn above this one
         self.audio_turn: int | None = None  # the agent turn whose first audio was seen last (read per chunk)
         self._interruption: Span | None = None
+        self.started: dict[int, int] = {}  # agent turn -> its turn span's start (ns), the last TURNS_KEPT turns
 
     def _open(self, trigger: str) -> None:
         self._close("superseded")
@@ -103,6 +107,9 @@ class TurnTrace:
             self._open("agent")  # the agent speaks on its own (its first message)
         assert self._span is not None
         self._event_id = turn
+        self.started[turn] = self._started_ns
+        if len(self.started) > TURNS_KEPT:
+            del self.started[min(self.started)]
         self._span.set_attribute("turn.event_id", turn)
         self._mark("agent.first_audio")
         if not avatar:
@@ -283,6 +290,24 @@ def finished(record: ConversationRecord) -> None:
     held = current_trace.get()
     if held is not None:
         held.finish(record)
+
+
+def client_turn(event_id: int | None, measures: Mapping[str, float]) -> None:
+    """The page's own measures of the agent's turn `event_id` (issue #25 §2, `client_metrics`: arriving seconds
+    after the turn's span has ended): a `client turn` span beside it, from that turn's start to now, with
+    `turn.event_id` and each measure as `client.<name>` (names of `[a-z0-9_]`, at most CLIENT_MEASURES of them;
+    the caller has validated the values)."""
+    held = current_trace.get()
+    if held is None:
+        return
+    attributes: dict[str, AttributeValue] = {f"client.{name}": float(value) for name, value in
+                                             list(measures.items())[:CLIENT_MEASURES]
+                                             if 0 < len(name) <= 64 and name.isascii()
+                                             and all(c.isalnum() or c == "_" for c in name) and name == name.lower()}
+    if event_id is not None:
+        attributes["turn.event_id"] = event_id
+    start = None if event_id is None else held.turns.started.get(event_id)
+    held.child("client turn", attributes, start_time=start).end()
 
 
 def avatar_opened(provider: str, session_id: str) -> None:

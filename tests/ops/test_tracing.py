@@ -158,3 +158,18 @@ def test_a_turn_runs_from_the_users_end_to_the_avatar_speaking(tracing_on: InMem
                if s.name == "interruption"]
     assert sources == ["agent", "browser", "agent"]
     assert conversation_spans.current_trace.get() is None
+
+
+def test_the_pages_measures_of_a_turn_are_a_span_beside_it(tracing_on: InMemorySpanExporter) -> None:
+    with conversation_trace(None, None) as held:
+        assert held is not None
+        held.turns.user_ended("text", last_agent_turn=0)
+        held.turns.agent_audio(3, avatar=False)
+        conversation_spans.client_turn(3, {"first_audio_heard": 812.5, "mouth_moving": 1020.0, "Bad-Name": 1.0})
+        conversation_spans.client_turn(None, {"video_freezes": 2})
+    [turn] = [s for s in tracing_on.get_finished_spans() if s.name == "turn"]
+    measured, loose = [s for s in tracing_on.get_finished_spans() if s.name == "client turn"]
+    assert dict(measured.attributes or {}) == {"client.first_audio_heard": 812.5, "client.mouth_moving": 1020.0,
+                                                "turn.event_id": 3}
+    assert measured.start_time == turn.start_time and measured.parent == turn.parent
+    assert dict(loose.attributes or {}) == {"client.video_freezes": 2.0}
