@@ -381,8 +381,10 @@ export class AvatarRelayElement extends BaseElement {
   }
 
   /** The token for this conversation: `tokenProvider()`, else the `token-url` endpoint of the host site (fetched with
-   * the page's credentials; `{"token": "…"}` from a JSON answer, else the body as text), else none. */
+   * the page's credentials; `{"token": "…"}` from a JSON answer, else the body as text), else none. A JSON answer's
+   * `traceparent` (the site's trace of minting it) is kept for `start`. */
   async token() {
+    this.tokenTraceparent = null;
     if (typeof this.tokenProvider === 'function') {
       const token = await this.tokenProvider();
       if (typeof token !== 'string' || !token) throw new Error('tokenProvider gave no token');
@@ -399,6 +401,7 @@ export class AvatarRelayElement extends BaseElement {
     if ((response.headers?.get?.('content-type') ?? '').includes('json')) {
       const parsed = JSON.parse(body);
       token = typeof parsed === 'string' ? parsed : parsed?.token;
+      if (typeof parsed?.traceparent === 'string') this.tokenTraceparent = parsed.traceparent;
     }
     if (typeof token !== 'string' || !token) throw new Error('the answer held no token');
     return token;
@@ -413,7 +416,8 @@ export class AvatarRelayElement extends BaseElement {
   /** The `start` frame: `dynamic-variables` (JSON), `traceparent` (the website's trace: the conversation's trace
    * becomes its child) and the token; a page may also set window.relayStart = {dynamic_variables, overrides, user_id,
    * token, traceparent} before Start, and the relay's own page takes a token from its URL fragment (#token=…, which
-   * browsers never send to a server). A traceparent that is not W3C's version 00 is left out, with a warning. */
+   * browsers never send to a server). The token endpoint's `traceparent` wins over the attribute, which wins over
+   * relayStart's. A traceparent that is not W3C's version 00 is left out, with a warning. */
   startFrame(token) {
     const options = globalThis.window.relayStart && typeof globalThis.window.relayStart === 'object'
       ? globalThis.window.relayStart : {};
@@ -430,7 +434,7 @@ export class AvatarRelayElement extends BaseElement {
         console.warn('avatar-relay: the dynamic-variables attribute is not JSON; ignored');
       }
     }
-    const traceparent = this.getAttribute('traceparent');
+    const traceparent = this.tokenTraceparent || this.getAttribute('traceparent');
     if (traceparent) frame.traceparent = traceparent;
     if (frame.traceparent !== undefined && !TRACEPARENT.test(String(frame.traceparent))) {
       console.warn('avatar-relay: traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>); left out');

@@ -345,7 +345,8 @@ export type ClientTool = (parameters: Record<string, unknown>, call: { toolCallI
 
 export declare class AvatarRelayElement extends HTMLElement {
   /** `relay` (attribute): the relay's base URL; default: the origin embed.js was loaded from. */
-  /** `token-url` (attribute): an endpoint of the host site answering `{"token": "…"}` (JSON) or the token as text. */
+  /** `token-url` (attribute): an endpoint of the host site answering `{"token": "…"}` (JSON) or the token as text; a
+   * JSON answer may add `"traceparent"` (the site's trace of minting it), which then goes in `start`. */
   /** `lang` (attribute): `en` or `es`; default: the page's language, then the browser's. */
   /** `voice-only` (attribute): no avatar picture (a voice orb instead); the agent is still heard. */
   /** `dynamic-variables` (attribute): a JSON object of the agent's dynamic variables. */

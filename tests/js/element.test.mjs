@@ -95,6 +95,15 @@ test('traceparent: the website\'s trace goes in `start`; one that is not W3C\'s 
   assert.match(warnings.join('\n'), /traceparent is not a W3C traceparent/);
 });
 
+test('token-url answering {"token", "traceparent"}: the site\'s trace of minting it goes in `start`', async () => {
+  const minted = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+  page = await loadPage({ fetch: async () => jsonAnswer({ token: 'tok', traceparent: minted }) });
+  page.widget.setAttribute('token-url', '/avatar-token');
+  page.widget.setAttribute('traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01');
+  const ws = await page.start(null);
+  assert.equal(ws.sentOf('start')[0].traceparent, minted);
+});
+
 test('token-url answering with plain text: the body is the token', async () => {
   page = await loadPage({
     fetch: async () => ({ ok: true, status: 200, headers: { get: () => 'text/plain' }, text: async () => 'plain-token\n' }),
