@@ -45,7 +45,7 @@ DynamicValue = StrictStr | StrictInt | float | StrictBool
 
 
 
-def valid_traceparent(value: str) -> str:
+def _valid_traceparent(value: str) -> str:
     """A W3C Trace Context `traceparent` of version 00, exactly as the specification writes it: lowercase hex, a
     trace id and a parent id that are not all zeros (https://www.w3.org/TR/trace-context/#traceparent-header).
     Raises ValueError (a safe message: never the value) otherwise."""
@@ -58,7 +58,7 @@ def valid_traceparent(value: str) -> str:
     return value
 
 
-Traceparent = Annotated[StrictStr, Field(max_length=55), AfterValidator(valid_traceparent)]
+Traceparent = Annotated[StrictStr, Field(max_length=55), AfterValidator(_valid_traceparent)]
 
 
 class Start(_Frame):
