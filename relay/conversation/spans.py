@@ -259,17 +259,11 @@ def conversation_trace(traceparent: str | None, subject: str | None) -> Iterator
         root.end()
 
 
-def step(held: ConversationTrace | None, name: str) -> Span | None:
-    """A child span `name` of the conversation started now (None without a trace); end it with `step_done`."""
-    return None if held is None else held.child(name)
-
-
-def step_done(span: Span | None, failure: str | None = None) -> None:
-    """End a `step` (a no-op once ended); `failure`: why it failed (an error code)."""
-    if span is not None and span.is_recording():
-        if failure is not None:
-            span.set_status(StatusCode.ERROR, failure)
-        span.end()
+def refused(code: str) -> None:
+    """The conversation was refused a seat (`code`: the browser's error code)."""
+    held = current_trace.get()
+    if held is not None:
+        held.refused(code)
 
 
 def turns() -> TurnTrace | None:

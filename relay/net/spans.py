@@ -45,8 +45,8 @@ def recording() -> bool:
 
 
 def failed(span: Span, exc: BaseException) -> None:
-    """Mark `span` failed by `exc`: its class and `reason` code (never its message, never a traceback)."""
-    reason = getattr(exc, "reason", None)
+    """Mark `span` failed by `exc`: its class and `reason` (or `code`) (never its message, never a traceback)."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "code", None)
     span.set_status(StatusCode.ERROR, type(exc).__name__ if not isinstance(reason, str)
                     else f"{type(exc).__name__}: {reason}")
 

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 
 import httpx2
 import trio
+from dotenv import dotenv_values
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -68,14 +69,20 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
     return OTLPSpanExporter()
 
 
-def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
+def configure_tracing(environ: Mapping[str, str] | None = None, env_file: str = ".env") -> bool:
     """Set up tracing in this process from the OTEL_* variables (see the module docstring), once: later calls return
-    what the first decided. True when tracing is on. Starts the batch span processor's export thread (which the
-    SDK flushes and ends at the process's exit); blocks on nothing."""
+    what the first decided. True when tracing is on. Without `environ`: the process's environment, where the OTEL_*
+    lines of `env_file` (the relay's .env, as for its own settings) are added first, the real environment winning
+    (the SDK reads `os.environ` itself). Starts the batch span processor's export thread (which the SDK flushes and
+    ends at the process's exit); blocks on nothing."""
     global _provider
     if _provider is not None:
         return True
-    environ = os.environ if environ is None else environ
+    if environ is None:
+        for name, value in dotenv_values(env_file).items():
+            if name.startswith("OTEL_") and value is not None:
+                os.environ.setdefault(name, value)
+        environ = os.environ
     exporters = [exporter for name in exporter_names(environ) if (exporter := _exporter(name, environ)) is not None]
     if not exporters:
         return False

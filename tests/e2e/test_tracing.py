@@ -87,14 +87,21 @@ def every_attribute_text(spans: list[ReceivedSpan]) -> str:
     return repr(values)
 
 
-async def traced_conversation(tmp_path: Path, **start: Any) -> tuple[OtlpReceiver, list[dict[str, Any]], str,
-                                                                      ReceivedSpan, list[dict[str, Any]], str]:
-    """One conversation through a traced relay: (receiver, messages, token, root span, JSON log lines, typed)."""
+Traced = tuple[OtlpReceiver, list[dict[str, Any]], str, ReceivedSpan, list[dict[str, Any]], str]
+
+
+async def traced_conversation(tmp_path: Path, *, dotenv: bool = False, **start: Any) -> Traced:
+    """One conversation through a traced relay: (receiver, messages, token, root span, JSON log lines, typed).
+    `dotenv`: the OTEL_* variables are in the relay's .env, not its environment."""
     token = mint_token(AUTH_SECRET, subject=SUBJECT)
     typed = "my card number is 4111-" + secrets.token_hex(4)
     log_path = tmp_path / "relay.log"
     with otlp_receiver() as (receiver, endpoint), log_path.open("w") as log_file:
-        async with relay_process(relay_env(endpoint), tmp_path, stderr=log_file) as (_, base):
+        env = relay_env(endpoint)
+        if dotenv:
+            otel = {name: env.pop(name) for name in list(env) if name.startswith("OTEL_")}
+            (tmp_path / ".env").write_text("".join(f"{name}={value}\n" for name, value in otel.items()))
+        async with relay_process(env, tmp_path, stderr=log_file) as (_, base):
             messages = await converse(base, token, typed, **start)
             root = await receiver.wait_for("conversation", where=lambda s: "relay.end_reason" in s.attributes)
     lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
@@ -161,8 +168,8 @@ async def test_a_conversation_is_one_trace_with_its_spans_attributes_and_log_lin
 
 
 async def test_a_website_traceparent_makes_the_conversation_its_child(tmp_path: Path) -> None:
-    receiver, messages, _, root, _, _ = await traced_conversation(
-        tmp_path, traceparent=f"00-{WEBSITE_TRACE}-{WEBSITE_SPAN}-01")
+    receiver, messages, _, root, _, _ = await traced_conversation(  # configured in .env, as the relay's settings can be
+        tmp_path, dotenv=True, traceparent=f"00-{WEBSITE_TRACE}-{WEBSITE_SPAN}-01")
     assert messages[-1]["reason"] == "client_stop"
     assert (root.trace_id, root.parent_span_id) == (WEBSITE_TRACE, WEBSITE_SPAN)
     assert {s.trace_id for s in receiver.snapshot()} == {WEBSITE_TRACE}
