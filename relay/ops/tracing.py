@@ -95,9 +95,21 @@ def configure_tracing(environ: Mapping[str, str] | None = None, env_file: str = 
     trace.set_tracer_provider(provider)
     _provider = provider
     spans.enable()
+    _log_like_the_relay(logging.getLogger("opentelemetry"))
     log.info("tracing on: exporting with %s as service %s", ",".join(exporter_names(environ)),
              resource.attributes.get(SERVICE_NAME))
     return True
+
+
+def _log_like_the_relay(logger: logging.Logger) -> None:
+    """The SDK's own lines (an export that failed, a full queue) through the relay's handler: the same format (JSON
+    lines stay JSON) and level."""
+    relay = logging.getLogger("relay")
+    handlers = [handler for handler in relay.handlers if getattr(handler, "_relay", False)]
+    if handlers:
+        logger.handlers = handlers
+        logger.setLevel(relay.level)
+        logger.propagate = False
 
 
 class TracingTransport(httpx2.AsyncBaseTransport):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from trio_websocket import open_websocket_url
 from relay.avatars.common import PLACEHOLDER_API_KEY
 from relay.server.auth import mint_token
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
-from tests.support.processes import relay_process
+from tests.support.processes import free_port, relay_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -212,3 +213,20 @@ async def test_a_failover_is_in_the_trace(tmp_path: Path) -> None:
     assert failover.parent_span_id == root.span_id
     assert failover.attributes["avatar.provider"] == "liveavatar"
     assert failover.attributes["avatar.failover_reason"] == setups[0].status_message.removeprefix("AvatarUnavailable: ")
+
+
+async def test_a_collector_that_does_not_answer_harms_no_conversation(tmp_path: Path) -> None:
+    log_path = tmp_path / "relay.log"
+    env = relay_env(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with log_path.open("w") as log_file:
+        async with relay_process(env, tmp_path, stderr=log_file) as (process, base):
+            for _ in range(2):
+                messages = await converse(base, mint_token(AUTH_SECRET, subject=SUBJECT), "are you open on sundays")
+                assert messages[-1]["reason"] == "client_stop"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):  # the SDK retries the last export for up to OTEL_EXPORTER_OTLP_TIMEOUT (10 s)
+                assert await process.wait() == 0
+    lines = log_path.read_text().splitlines()
+    exporter = [orjson.loads(line) for line in lines if "opentelemetry" in line]
+    assert exporter, "the failed exports are logged"
+    assert all(line["logger"].startswith("opentelemetry.") for line in exporter)  # JSON lines, like the relay's
