@@ -21,6 +21,7 @@ from trio_websocket import open_websocket_url
 
 from relay.avatars.common import PLACEHOLDER_API_KEY
 from relay.server.auth import mint_token
+from tests.support.harness import silence, spoken_sentence
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support.processes import free_port, relay_process
 
@@ -44,15 +45,17 @@ def relay_env(endpoint: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
-async def converse(base: str, token: str, typed: str, **start: Any) -> list[dict[str, Any]]:
-    """A conversation as a page holds it: start, a typed message, the agent's answer and the avatar speaking it, an
-    interruption, stop. Returns the messages seen."""
+async def converse(base: str, token: str, typed: str, *, speak: bool = False, **start: Any) -> list[dict[str, Any]]:
+    """A conversation as a page holds it: start, a typed message, the agent's answer and the avatar speaking it; with
+    `speak`, then a spoken question and the same; an interruption, stop. Returns the messages seen."""
     seen: list[dict[str, Any]] = []
-    async with open_websocket_url(base.replace("http://", "ws://") + "/ws", message_queue_size=1000) as ws:
+    async with open_websocket_url(base.replace("http://", "ws://") + "/ws", message_queue_size=1000) as ws, \
+            trio.open_nursery() as nursery:
         await ws.send_message(orjson.dumps({"type": "start", "token": token, **start}).decode())
+        rate = 16000
         answer: int | None = None
-        stopping = False
-        with trio.fail_after(30):
+        phase = "text"
+        with trio.fail_after(40):
             while True:
                 frame = await ws.get_message()
                 if isinstance(frame, bytes):
@@ -61,16 +64,32 @@ async def converse(base: str, token: str, typed: str, **start: Any) -> list[dict
                 seen.append(message)
                 kind = message["type"]
                 if kind == "ready":
+                    rate = message["input_audio"]["sample_rate"]
                     await ws.send_message(orjson.dumps({"type": "text", "text": typed}).decode())
-                elif kind == "agent_response" and typed in message["text"]:
+                elif kind == "agent_response" and answer is None and (
+                        typed in message["text"] if phase == "text" else phase == "heard"):
                     answer = message["event_id"]
-                elif kind == "avatar_state" and message["speaking"] and message["event_id"] == answer and \
-                        answer is not None and not stopping:
-                    stopping = True
-                    await ws.send_message('{"type":"interrupt"}')
-                    await ws.send_message('{"type":"stop"}')
+                elif kind == "user_transcript" and message["final"] and message["text"] and phase == "speech":
+                    phase = "heard"
+                elif kind == "avatar_state" and message["speaking"] and answer is not None and \
+                        message["event_id"] == answer:
+                    answer = None
+                    if phase == "text" and speak:
+                        phase = "speech"
+                        nursery.start_soon(_speak, ws, rate)
+                    elif phase != "stopping":
+                        phase = "stopping"
+                        await ws.send_message('{"type":"interrupt"}')
+                        await ws.send_message('{"type":"stop"}')
                 elif kind == "ended":
                     return seen
+
+
+async def _speak(ws: Any, rate: int) -> None:
+    audio = spoken_sentence(rate) + silence(1.0, rate)
+    for i in range(0, len(audio), 3200):
+        await ws.send_message(audio[i:i + 3200])
+        await trio.sleep(0.005)
 
 
 def by_name(spans: list[ReceivedSpan]) -> dict[str, list[ReceivedSpan]]:
@@ -103,7 +122,7 @@ async def traced_conversation(tmp_path: Path, *, dotenv: bool = False, **start: 
             otel = {name: env.pop(name) for name in list(env) if name.startswith("OTEL_")}
             (tmp_path / ".env").write_text("".join(f"{name}={value}\n" for name, value in otel.items()))
         async with relay_process(env, tmp_path, stderr=log_file) as (_, base):
-            messages = await converse(base, token, typed, **start)
+            messages = await converse(base, token, typed, speak=True, **start)
             root = await receiver.wait_for("conversation", where=lambda s: "relay.end_reason" in s.attributes)
     lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     return receiver, messages, token, root, lines, typed
@@ -149,13 +168,13 @@ async def test_a_conversation_is_one_trace_with_its_spans_attributes_and_log_lin
     for http_span in (s for s in spans if s.name.startswith(("GET ", "POST "))):
         assert http_span.kind == 3 and http_span.attributes["http.response.status_code"] in (200, 201)  # CLIENT
 
-    text_turns = [s for s in named["turn"] if s.attributes["turn.trigger"] == "text"]
-    assert len(text_turns) == 1 and parent(text_turns[0]) == "conversation"
-    turn = text_turns[0]
-    assert turn.event_names()[:3] == ["agent.first_audio", "avatar.first_audio", "avatar.speaking"], turn.events
-    assert 0 <= turn.attributes["turn.agent_first_audio_ms"] <= turn.attributes["turn.avatar_first_audio_ms"] \
-        <= turn.attributes["turn.avatar_speaking_ms"]
-    assert turn.attributes["turn.outcome"] == "spoken"
+    for trigger in ("text", "speech"):  # the typed question, then the spoken one
+        [turn] = [s for s in named["turn"] if s.attributes["turn.trigger"] == trigger]
+        assert parent(turn) == "conversation"
+        assert turn.event_names() == ["agent.first_audio", "avatar.first_audio", "avatar.speaking"], turn.events
+        assert 0 <= turn.attributes["turn.agent_first_audio_ms"] <= turn.attributes["turn.avatar_first_audio_ms"] \
+            <= turn.attributes["turn.avatar_speaking_ms"]
+        assert turn.attributes["turn.outcome"] == "spoken"
 
     text = every_attribute_text(spans)
     for secret in (AUTH_SECRET, token, PLACEHOLDER_API_KEY, ready["avatar"]["access_token"], typed,
