@@ -33,6 +33,7 @@ from relay.ops.metrics import RelayMetrics
 from relay.ops.tracing import configure_tracing
 from relay.ops.transcripts import TranscriptWriter
 from relay.providers import table as providers
+from relay.server.admin import add_admin_routes
 from relay.server.auth import Gate, auth_problem, identity
 from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
 from relay.server.fleet_admission import choose_seating, watch_seating
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     state = app.extensions["relay"] = RelayState(settings, seating.registry, gate=gate, worker=worker, fleet=fleet,
                                                  avatar_budgets=seating.avatar_budgets)
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
-                                           demo_mode=settings.demo_mode)
+                                           demo_mode=settings.demo_mode, subjects=settings.relay_metrics_subjects)
     watch_seating(metrics, seating)
     state.held = held = held_table(state)
     if held is not None:
@@ -102,7 +103,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     guard.install(app, partial(start_upstreams, app, state, seating.keeper, hooks, own_shutdown=own_shutdown))
     app.after_serving(partial(stop_upstreams, state))
 
-    doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses)
+    doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses, roster=state.roster)
 
     @app.websocket("/ws", endpoint="conversation_socket")
     async def ws() -> None:
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
+    add_admin_routes(app, state)  # /admin/... with RELAY_ADMIN_TOKEN; the untracked-session check either way
     return app
 
 

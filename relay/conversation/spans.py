@@ -33,6 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from relay.net import spans as net_spans
+from relay.protocol.client_metrics import ClientMetrics
 
 tracer = trace.get_tracer("relay.conversation")
 
@@ -302,6 +303,19 @@ def client_turn(event_id: int | None, measures: Mapping[str, float]) -> None:
         attributes["turn.event_id"] = event_id
     start = None if event_id is None else held.turns.started.get(event_id)
     held.child("client turn", attributes, start_time=start).end()
+
+
+def client_report(report: ClientMetrics) -> None:
+    """A `client_metrics` report the conversation took: each turn's measures as a `client turn` span
+    (`client_turn`), each video freeze as a `client.video_freeze` event on the root (`client.freeze_ms`)."""
+    held = current_trace.get()
+    if held is None:
+        return
+    for turn in report.turns:
+        client_turn(turn.event_id, {name: value for name, value in turn.model_dump(exclude={"event_id"}).items()
+                                    if value is not None})
+    for freeze in report.freezes_ms:
+        held.root.add_event("client.video_freeze", {"client.freeze_ms": freeze})
 
 
 def avatar_opened(provider: str, session_id: str) -> None:

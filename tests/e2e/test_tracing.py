@@ -79,6 +79,9 @@ async def converse(base: str, token: str, typed: str, *, speak: bool = False, **
                         nursery.start_soon(_speak, ws, rate)
                     elif phase != "stopping":
                         phase = "stopping"
+                        await ws.send_message(orjson.dumps({"type": "client_metrics", "turns": [
+                            {"event_id": message["event_id"], "speech_to_audio_ms": 812.5,
+                             "speech_to_mouth_ms": 1020.0}], "freezes_ms": [250.0]}).decode())
                         await ws.send_message('{"type":"interrupt"}')
                         await ws.send_message('{"type":"stop"}')
                 elif kind == "ended":
@@ -175,6 +178,14 @@ async def test_a_conversation_is_one_trace_with_its_spans_attributes_and_log_lin
         assert 0 <= turn.attributes["turn.agent_first_audio_ms"] <= turn.attributes["turn.avatar_first_audio_ms"] \
             <= turn.attributes["turn.avatar_speaking_ms"]
         assert turn.attributes["turn.outcome"] == "spoken"
+
+    # the page's own measures of the last turn it heard: a span beside that turn, from its start
+    [measured] = named["client turn"]
+    [spoken] = [s for s in named["turn"] if s.attributes.get("turn.event_id") == measured.attributes["turn.event_id"]]
+    assert measured.start_ns == spoken.start_ns and parent(measured) == "conversation"
+    assert (measured.attributes["client.speech_to_audio_ms"], measured.attributes["client.speech_to_mouth_ms"]) \
+        == (812.5, 1020.0)
+    assert ("client.video_freeze", {"client.freeze_ms": 250.0}) in root.events
 
     text = every_attribute_text(spans)
     for secret in (AUTH_SECRET, token, PLACEHOLDER_API_KEY, ready["avatar"]["access_token"], typed,
