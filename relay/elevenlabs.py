@@ -17,6 +17,7 @@ from typing import Final
 import httpx2
 import trio
 
+from relay.net import spans
 from relay.net.wsclient import (
     ClientWebSocket,
     WebSocketClosed,
@@ -81,8 +82,9 @@ async def fetch_signed_url(http: httpx2.AsyncClient, base_url: str, api_key: str
     Raises `AgentUnavailable` (see `read_signed_url_answer`; network errors upstream_error, timeouts timeout).
     Cancelled by the caller's scope; bounded by `http`'s timeouts."""
     try:
-        response = await http.get(signed_url_request(base_url, agent_id, branch_id=branch_id,
-                                                     environment=environment), headers={"xi-api-key": api_key})
+        with spans.child("signed URL"):
+            response = await http.get(signed_url_request(base_url, agent_id, branch_id=branch_id,
+                                                         environment=environment), headers={"xi-api-key": api_key})
     except httpx2.TimeoutException:
         raise AgentUnavailable("timeout", "timed out fetching the ElevenLabs signed URL") from None
     except httpx2.TransportError as exc:

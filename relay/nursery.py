@@ -42,6 +42,7 @@ from relay.avatars import (
 from relay.avatars import ending as avatar_ending
 from relay.avatars.common import rotation_limit
 from relay.config import Settings
+from relay.conversation import spans
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
 from relay.conversation.client_reports import ClientReports, ReportHook
 from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close, why_cut
@@ -51,6 +52,7 @@ from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agen
 from relay.conversation.record import ConversationRecord, current_conversation
 from relay.conversation.speech import SpeechRouter
 from relay.elevenlabs import AgentConnection
+from relay.net.spans import entering
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat, parse_format
@@ -205,6 +207,7 @@ def _finish(record: ConversationRecord, up: Upstreams) -> None:
     duration = time.monotonic() - record.started_at
     log.info("conversation ended reason=%s error=%s duration=%.1fs degraded=%s message=%s", record.reason,
              record.error, duration, record.degraded, record.message or "-")
+    spans.finished(record)
     if up.hooks.on_end is not None:
         up.hooks.on_end(record)
     current_conversation.set(None)
@@ -253,6 +256,7 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         agent: AgentConnection | None = None
         session: AvatarSession | None = None
         speech = SpeechRouter(outbox)
+        speech.turns = spans.turns()  # None unless traced
         ready_sent = trio.Event()  # the avatar's `connected` is awaited from here on, bounded
 
         def on_avatar_event(event: AvatarEvent) -> None:
@@ -334,6 +338,7 @@ def _announce_ready(up: Upstreams, record: ConversationRecord, outbox: Outbox, m
                          input_sample_rate=input_format.sample_rate, output_sample_rate=output_format.sample_rate))
     log.info("conversation ready setup=%.3fs avatar=%s", record.ready_at - record.started_at,
              record.avatar_provider or "none")
+    spans.ready(record)
     if up.hooks.on_ready is not None:
         up.hooks.on_ready(record)
 
@@ -388,11 +393,12 @@ async def _hold_agent(up: Upstreams, start: bp.Start, *,
                                      overrides=start.overrides or None, user_id=start.user_id,
                                      custom_llm_extra_body=start.custom_llm_extra_body, source_version=__version__)
     api_key = settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None
-    async with up.open_agent(up.http, base_url=settings.elevenlabs_base_url,
-                             agent_id=settings.elevenlabs_agent_id or "", api_key=api_key,
-                             initiation=initiation, connect_timeout=settings.relay_setup_timeout,
-                             branch_id=settings.elevenlabs_branch_id, environment=settings.elevenlabs_environment,
-                             version=__version__) as agent:
+    async with entering(up.open_agent(up.http, base_url=settings.elevenlabs_base_url,
+                                      agent_id=settings.elevenlabs_agent_id or "", api_key=api_key,
+                                      initiation=initiation, connect_timeout=settings.relay_setup_timeout,
+                                      branch_id=settings.elevenlabs_branch_id,
+                                      environment=settings.elevenlabs_environment, version=__version__),
+                        "agent connection") as agent:
         task_status.started(agent)
         await trio.sleep_forever()
 
@@ -506,6 +512,7 @@ async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_s
         raise AvatarUnavailable("timeout", f"The avatar did not report that it was connected within {bound:g} s."
                                 ) from None
     speech.avatar_connected()
+    spans.avatar_connected()
     log.info("avatar connected")
 
 

@@ -30,6 +30,7 @@ from relay.net.http_keepalive import KeepAliveGuard
 from relay.ops.fleet import Fleet
 from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import RelayMetrics
+from relay.ops.tracing import configure_tracing
 from relay.ops.transcripts import TranscriptWriter
 from relay.providers import table as providers
 from relay.server.admin import add_admin_routes
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     if worker is not None:
         set_worker(worker.index)
     configure_logging(settings)
+    configure_tracing()  # off unless OTEL_TRACES_EXPORTER names an exporter (relay.ops.tracing)
     if (secret := settings.relay_auth_secret) is not None and len(secret.get_secret_value().encode()) < 32:
         log.warning("RELAY_AUTH_SECRET is shorter than 32 bytes, below what HS256 calls for (RFC 7518 3.2): "
                     "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")

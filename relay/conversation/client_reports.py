@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from relay.conversation import spans
 from relay.conversation.record import ConversationRecord
 from relay.protocol.client_metrics import ClientMetrics, DroppedClientMetrics, ReportGate
 
@@ -42,5 +43,7 @@ class ClientReports:
             if self.dropped <= LOGGED_DROPS or self.dropped % LOG_EVERY == 0:
                 log.info("client_metrics dropped reason=%s detail=%s dropped_so_far=%d", report.reason,
                          report.detail or "-", self.dropped)
+        else:
+            spans.client_report(report)
         if self._hook is not None:
             self._hook(self._record, report)

@@ -155,8 +155,10 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
     now = trio.current_time()
     step = client_step(event, build_audio, approvals, now)
     if isinstance(step, ToAgent):
-        if step.user_text is not None and on_user_text is not None:
-            on_user_text(step.user_text)
+        if step.user_text is not None:
+            speech.user_typed()
+            if on_user_text is not None:
+                on_user_text(step.user_text)
         await agent.send(step.message)
     elif isinstance(step, InterruptSpeech):
         speech.interrupt()
@@ -187,7 +189,7 @@ def _forward_agent_event(event: el.ServerEvent, outbox: Outbox, speech: SpeechRo
         speech.agent_text(event.text, event.event_id)
     elif isinstance(event, el.UserTranscript):
         if event.final:
-            speech.user_stopped()
+            speech.user_stopped(said=bool(event.text.strip()))
         else:
             speech.user_speaking()
 

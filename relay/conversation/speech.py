@@ -38,6 +38,7 @@ import trio
 
 from relay.avatars import AvatarSession
 from relay.conversation.outbox import Outbox
+from relay.conversation.spans import TurnTrace
 from relay.protocol import browser as bp
 from relay.protocol.audio import AudioFormat, duration_seconds, to_pcm16
 from relay.protocol.elevenlabs import Alignment
@@ -111,6 +112,7 @@ class SpeechRouter:
         self._ended_turn = _NO_TURN  # the newest turn the avatar reported finished
         self._given: list[tuple[int, bytes, float]] = []  # audio given to the avatar: (turn, audio, play start)
         self._giving: tuple[int, bytes] | None = None  # the audio call in flight
+        self.turns: TurnTrace | None = None  # the conversation's turn spans, when it is traced
 
     def attach(self, session: AvatarSession | None) -> None:
         if session is None:  # no avatar (any more): what was held for it goes to the browser first, in order
@@ -214,6 +216,8 @@ class SpeechRouter:
 
     def avatar_speaking(self, duration_ms: int | None) -> None:
         """The avatar accepted a text task that lasts `duration_ms` (HeyGen's streaming.task answer)."""
+        if self.turns is not None:
+            self.turns.avatar_speaking(None)
         if duration_ms:
             self._played(duration_ms / 1000.0)
 
@@ -221,6 +225,8 @@ class SpeechRouter:
         """The avatar reports that it started (`speaking`) or finished saying `turn` (LITE `agent.speak_started`,
         `agent.speak_ended`/`speak_interrupted`). After the end of its newest turn it takes the listening pose."""
         self._reports_speech = True
+        if speaking and self.turns is not None:
+            self.turns.avatar_speaking(turn)
         if speaking or turn is None:
             return
         self._ended_turn = max(self._ended_turn, turn)
@@ -257,11 +263,19 @@ class SpeechRouter:
             self._listening = True
             self._queue(_Listen(True))
 
-    def user_stopped(self) -> None:
-        """The user's turn is final (the agent's final transcript): the avatar leaves its listening pose."""
+    def user_stopped(self, *, said: bool = True) -> None:
+        """The user's turn is final (the agent's final transcript; `said`: not empty — the agent sends an empty one
+        after its first message): the avatar leaves its listening pose."""
+        if said and self.turns is not None:
+            self.turns.user_ended("speech", self._last_turn)
         if self.session is not None and self._listening:
             self._listening = False
             self._queue(_Listen(False))
+
+    def user_typed(self) -> None:
+        """The user sent a typed message (its turn ends there)."""
+        if self.turns is not None:
+            self.turns.user_ended("text", self._last_turn)
 
     def vad_score(self, score: float) -> None:
         if score >= VAD_SPEAKING:
@@ -283,6 +297,8 @@ class SpeechRouter:
         goes to the browser just before it, whoever plays it; then the audio to the browser and/or the avatar."""
         if turn < self.watermark:
             return
+        if self.turns is not None and self.turns.audio_turn != turn:
+            self.turns.agent_audio(turn, self.session is not None)
         self._last_turn = max(self._last_turn, turn)
         if alignment is None:
             timed = self._captions.chunk(turn, None, None, None, duration_seconds(audio, self.agent_format) * 1000)
@@ -306,6 +322,10 @@ class SpeechRouter:
         """Drop every turn before `new_turn` (default: everything said so far) and stop the avatar."""
         interrupted = self._last_turn
         self.watermark = max(self.watermark, new_turn if new_turn is not None else self._last_turn + 1)
+        if self.turns is not None:
+            self.turns.interrupted("agent" if new_turn is not None else "browser", self.watermark)
+            if self.session is None:
+                self.turns.interrupt_sent()
         if self._in_flight is not None and self._in_flight[0] < self.watermark:
             self._in_flight[1].cancel()
         self._play_until = 0.0  # the avatar is told to stop: what it was playing no longer counts
@@ -345,6 +365,8 @@ class SpeechRouter:
         if isinstance(item, _Interrupt):
             self._open_turn = None
             await session.interrupt(item.turn)
+            if self.turns is not None:
+                self.turns.interrupt_sent()
             return
         if isinstance(item, _Listen):
             await session.set_listening(item.listening)
@@ -356,10 +378,14 @@ class SpeechRouter:
             try:
                 if isinstance(item, _SpeakText):
                     await session.speak_text(item.text, item.turn)
+                    if self.turns is not None:
+                        self.turns.avatar_given(item.turn)
                 else:
                     self._giving = (item.turn, item.audio)
                     await session.speak_audio(item.audio, self.agent_format, item.turn)
                     self._open_turn = item.turn
+                    if self.turns is not None:
+                        self.turns.avatar_given(item.turn)
                     self._spoken_turn = max(self._spoken_turn, item.turn)
                     self._keep_given(item.turn, item.audio)
                     self._played(duration_seconds(item.audio, self.agent_format))

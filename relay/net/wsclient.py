@@ -31,6 +31,8 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from relay.net import spans
+
 _RECEIVE_BYTES: Final = 65536
 _ABNORMAL_CLOSURE: Final = 1006
 
@@ -241,23 +243,25 @@ async def open_websocket(url: str, *, max_message_size: int = 2**20, subprotocol
     request = protocol.connect()
     for name, value in (extra_headers or {}).items():
         request.headers[name] = value
-    protocol.send_request(request)
-    try:
-        stream = await _open_stream(uri.host, uri.port, uri.secure)
-    except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-        raise WebSocketConnectError(f"could not connect ({type(exc).__name__})") from None
-    ws: ClientWebSocket | None = None
-    try:
-        ws = await _upgrade(stream, protocol)
-        yield ws
-    finally:
-        if ws is None:
+    with spans.child("websocket connect", {"server.address": uri.host, "server.port": uri.port}):
+        spans.inject_traceparent(request.headers)
+        protocol.send_request(request)
+        try:
+            stream = await _open_stream(uri.host, uri.port, uri.secure)
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise WebSocketConnectError(f"could not connect ({type(exc).__name__})") from None
+        try:
+            ws = await _upgrade(stream, protocol)
+        except BaseException:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-        else:
-            cancelled = trio.current_effective_deadline() == -math.inf
-            with trio.CancelScope(shield=True):
-                await ws.aclose(1000, "", 0.05 if cancelled else close_timeout)
+            raise
+    try:
+        yield ws
+    finally:
+        cancelled = trio.current_effective_deadline() == -math.inf
+        with trio.CancelScope(shield=True):
+            await ws.aclose(1000, "", 0.05 if cancelled else close_timeout)
 
 
 async def _upgrade(stream: trio.abc.Stream, protocol: ClientProtocol) -> ClientWebSocket:

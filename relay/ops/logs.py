@@ -5,7 +5,9 @@ Every line written while a conversation runs carries its ids — `relay_id` (our
 lines from modules that know nothing of conversations (the providers, the agent client). They come from
 `relay.conversation.record.current_conversation`, a context variable the conversation sets once: trio copies the
 context into every task the conversation starts, so its pumps, speech router and avatar session all log under its
-ids. In text the ids follow the message in brackets; in JSON they are fields.
+ids. In text the ids follow the message in brackets; in JSON they are fields. A traced conversation's lines
+(`relay.ops.tracing`) also carry its `trace_id` and the current `span_id` (the root `conversation` span's, or the
+step's being recorded), so a line can be found from its trace and back.
 
 Under `avatar-relay serve --workers N` each worker process calls `set_worker(index)` first: every line it writes then
 carries `worker` (a JSON field; `[worker N]` after the logger name in text). A single relay's lines are unchanged.
@@ -23,8 +25,10 @@ import orjson
 
 from relay.config import Settings
 from relay.conversation.record import current_conversation
+from relay.conversation.spans import current_trace
 
 ID_FIELDS = ("relay_id", "conversation_id", "avatar_session_id")
+TRACE_FIELDS = ("trace_id", "span_id")  # only in lines of a traced conversation (relay.ops.tracing)
 
 _worker: int | None = None
 
@@ -43,15 +47,23 @@ class ConversationIdsFilter(logging.Filter):
         record.worker = _worker
         record.worker_tag = "" if _worker is None else f" [worker {_worker}]"
         ids = current_conversation.get()
+        traced = current_trace.get()
+        if traced is None:
+            record.trace_id = record.span_id = None
+            trace_suffix = ""
+        else:
+            trace_id, span_id = traced.log_ids()
+            record.trace_id, record.span_id = trace_id, span_id
+            trace_suffix = f" trace_id={trace_id} span_id={span_id}"
         if ids is None:
             record.relay_id = record.conversation_id = record.avatar_session_id = None
-            record.conversation_ids = ""
+            record.conversation_ids = f" [{trace_suffix.strip()}]" if trace_suffix else ""
         else:
             record.relay_id = ids.relay_id
             record.conversation_id = ids.conversation_id
             record.avatar_session_id = ids.avatar_session_id
             record.conversation_ids = (f" [relay_id={ids.relay_id} conversation_id={ids.conversation_id} "
-                                       f"avatar_session_id={ids.avatar_session_id}]")
+                                       f"avatar_session_id={ids.avatar_session_id}{trace_suffix}]")
         return True
 
 
@@ -67,6 +79,9 @@ class JsonFormatter(logging.Formatter):
                                     "logger": record.name, "message": record.getMessage()}
         for name in ID_FIELDS:
             entry[name] = getattr(record, name, None)
+        for name in TRACE_FIELDS:
+            if (value := getattr(record, name, None)) is not None:
+                entry[name] = value
         worker = getattr(record, "worker", None)
         if worker is not None:
             entry["worker"] = worker

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -46,6 +47,23 @@ class _Frame(BaseModel):
 DynamicValue = StrictStr | StrictInt | float | StrictBool
 
 
+
+def _valid_traceparent(value: str) -> str:
+    """A W3C Trace Context `traceparent` of version 00, exactly as the specification writes it: lowercase hex, a
+    trace id and a parent id that are not all zeros (https://www.w3.org/TR/trace-context/#traceparent-header).
+    Raises ValueError (a safe message: never the value) otherwise."""
+    parts = value.split("-")
+    if (len(value) != 55 or len(parts) != 4 or parts[0] != "00" or [len(p) for p in parts] != [2, 32, 16, 2]
+            or not all(c in "0123456789abcdef" for c in value.replace("-", ""))):
+        raise ValueError("traceparent must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>, lowercase")
+    if parts[1] == "0" * 32 or parts[2] == "0" * 16:
+        raise ValueError("traceparent has an all-zero trace id or parent id")
+    return value
+
+
+Traceparent = Annotated[StrictStr, Field(max_length=55), AfterValidator(_valid_traceparent)]
+
+
 class Start(_Frame):
     type: Literal["start"]
     dynamic_variables: dict[Annotated[str, Field(max_length=128)], DynamicValue] = Field(default_factory=dict,
@@ -54,6 +72,8 @@ class Start(_Frame):
     custom_llm_extra_body: dict[str, Any] | None = None
     user_id: Annotated[StrictStr, Field(max_length=256)] | None = None
     token: StrictStr | None = None
+    # The website's trace (W3C `traceparent`): the conversation's trace becomes its child (relay.ops.tracing).
+    traceparent: Traceparent | None = None
 
 
 class Resume(_Frame):

@@ -16,7 +16,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from relay.config import Settings
+from relay.conversation import spans
 from relay.conversation.endings import BrowserSocket, ConversationOver, tell_browser_and_close
+from relay.net.spans import entering
 from relay.nursery import Grant, Upstreams, receive_start, run_conversation
 from relay.ops.metrics import RelayMetrics
 from relay.protocol import browser as bp
@@ -167,10 +169,18 @@ class Doorway:
 
     async def _hold(self, browser: BrowserSocket, opening: Opening, up: Upstreams,
                     browser_left: Callable[[], bool] | None) -> None:
+        """`_seated`, as one trace when tracing is on (relay.conversation.spans): a child of the website's when its
+        `start` named one."""
+        claims = opening.claims
+        with spans.conversation_trace(opening.start.traceparent, claims.subject or None if claims else None):
+            await self._seated(browser, opening, up, browser_left)
+
+    async def _seated(self, browser: BrowserSocket, opening: Opening, up: Upstreams,
+                      browser_left: Callable[[], bool] | None) -> None:
         """Take a seat and one of the token's uses, and run the conversation until it ends."""
         claims, settings = opening.claims, up.settings
         try:
-            async with self.registry.admit(opening.client) as shutdown_scope, token_use(
+            async with entering(self.registry.admit(opening.client), "admission") as shutdown_scope, token_use(
                     self.uses, None if claims is None else claims.use_key,
                     0.0 if claims is None else claims.expires + settings.relay_auth_leeway,
                     (claims and claims.max_conversations) or settings.relay_token_max_conversations):
@@ -179,6 +189,7 @@ class Doorway:
                     await run_conversation(browser, up, shutdown_scope, start=opening.start,
                                            grant=grant_of(claims), browser_left=browser_left)
         except AdmissionRefused as exc:
+            spans.refused(exc.code)
             await self._refuse(browser, exc)
 
     async def _refuse(self, browser: BrowserSocket, exc: AdmissionRefused) -> None:

@@ -14,14 +14,16 @@ import httpx2
 from quart_trio import QuartTrio
 
 from relay import __version__
-from relay.avatars import AvatarProvider
+from relay.avatars import AvatarProvider, UnavailableReason
 from relay.avatars.budget import BudgetedProvider
 from relay.avatars.failover import FailoverProvider
 from relay.avatars.hooks import HookedProvider, MakeHooks
 from relay.config import Settings
 from relay.conversation.record import ConversationRecord
+from relay.conversation.spans import avatar_failover
 from relay.elevenlabs import open_agent
 from relay.nursery import ConversationHooks, Upstreams
+from relay.ops import tracing
 from relay.ops.fleet_sessions import FleetSessions, SessionEntry
 from relay.ops.journal import journal_hooks, open_journal_now, state_dir
 from relay.ops.metrics import RelayMetrics
@@ -69,9 +71,10 @@ async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper,
         if isinstance(keeper, FleetSeats):
             await app.nursery.start(keeper.serve)
     effective = await _effective_settings(app, state)
-    http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0),
-                              limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
-                              headers={"user-agent": f"avatar-relay/{__version__}"})
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
+    http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0), limits=limits,
+                              headers={"user-agent": f"avatar-relay/{__version__}"},
+                              transport=tracing.http_transport(limits))  # traced: OTEL_TRACES_EXPORTER
     if settings.relay_auth_jwks_url and state.gate is not None:
         state.gate.jwks = jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
                                            min_interval=settings.relay_auth_jwks_min_interval,
@@ -136,10 +139,15 @@ async def _hooked_provider(app: QuartTrio, state: RelayState, effective: Setting
         app.nursery.start_soon(reap_periodically, effective, http, state.journal, state.fleet_sessions)
     if state.fleet_sessions is not None:
         app.nursery.start_soon(state.fleet_sessions.serve)
-    chains = [_chain(provider, state, effective, metrics) for provider in made]
+    chains = [tracing.traced(_chain(provider, state, effective, metrics)) for provider in made]
     if len(chains) == 1:
         return chains[0]
-    return FailoverProvider(chains, settings.relay_setup_timeout, on_moved_on=metrics.avatar_failover)
+
+    def moved_on(name: str, reason: UnavailableReason) -> None:
+        metrics.avatar_failover(name, reason)
+        avatar_failover(name, reason)
+
+    return FailoverProvider(chains, settings.relay_setup_timeout, on_moved_on=moved_on)
 
 
 def _chain(provider: AvatarProvider, state: RelayState, effective: Settings, metrics: RelayMetrics

@@ -134,6 +134,9 @@ function unlockAudio(context) {
   }
 }
 
+// A W3C Trace Context `traceparent` as the relay accepts it (version 00, lowercase hex, ids not all zeros).
+const TRACEPARENT = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/;
+
 // A token in the relay page's URL fragment (#token=…, which browsers never send to a server) is taken out of the
 // address bar and the history as soon as a widget of that relay sees it, and kept in memory for the page's
 // conversations.
@@ -381,8 +384,10 @@ export class AvatarRelayElement extends BaseElement {
   }
 
   /** The token for this conversation: `tokenProvider()`, else the `token-url` endpoint of the host site (fetched with
-   * the page's credentials; `{"token": "…"}` from a JSON answer, else the body as text), else none. */
+   * the page's credentials; `{"token": "…"}` from a JSON answer, else the body as text), else none. A JSON answer's
+   * `traceparent` (the site's trace of minting it) is kept for `start`. */
   async token() {
+    this.tokenTraceparent = null;
     if (typeof this.tokenProvider === 'function') {
       const token = await this.tokenProvider();
       if (typeof token !== 'string' || !token) throw new Error('tokenProvider gave no token');
@@ -399,6 +404,7 @@ export class AvatarRelayElement extends BaseElement {
     if ((response.headers?.get?.('content-type') ?? '').includes('json')) {
       const parsed = JSON.parse(body);
       token = typeof parsed === 'string' ? parsed : parsed?.token;
+      if (typeof parsed?.traceparent === 'string') this.tokenTraceparent = parsed.traceparent;
     }
     if (typeof token !== 'string' || !token) throw new Error('the answer held no token');
     return token;
@@ -410,14 +416,16 @@ export class AvatarRelayElement extends BaseElement {
     return url.href;
   }
 
-  /** The `start` frame: `dynamic-variables` (JSON) and the token; a page may also set window.relayStart =
-   * {dynamic_variables, overrides, user_id, token} before Start, and the relay's own page takes a token from its URL
-   * fragment (#token=…, which browsers never send to a server). */
+  /** The `start` frame: `dynamic-variables` (JSON), `traceparent` (the website's trace: the conversation's trace
+   * becomes its child) and the token; a page may also set window.relayStart = {dynamic_variables, overrides, user_id,
+   * token, traceparent} before Start, and the relay's own page takes a token from its URL fragment (#token=…, which
+   * browsers never send to a server). The token endpoint's `traceparent` wins over the attribute, which wins over
+   * relayStart's. A traceparent that is not W3C's version 00 is left out, with a warning. */
   startFrame(token) {
     const options = globalThis.window.relayStart && typeof globalThis.window.relayStart === 'object'
       ? globalThis.window.relayStart : {};
     const frame = { type: 'start' };
-    for (const key of ['dynamic_variables', 'overrides', 'user_id', 'token']) {
+    for (const key of ['dynamic_variables', 'overrides', 'user_id', 'token', 'traceparent']) {
       if (options[key] !== undefined && options[key] !== null) frame[key] = options[key];
     }
     const variables = this.getAttribute('dynamic-variables');
@@ -428,6 +436,12 @@ export class AvatarRelayElement extends BaseElement {
       } catch {
         console.warn('avatar-relay: the dynamic-variables attribute is not JSON; ignored');
       }
+    }
+    const traceparent = this.tokenTraceparent || this.getAttribute('traceparent');
+    if (traceparent) frame.traceparent = traceparent;
+    if (frame.traceparent !== undefined && !TRACEPARENT.test(String(frame.traceparent))) {
+      console.warn('avatar-relay: traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>); left out');
+      delete frame.traceparent;
     }
     if (token) frame.token = token;
     if (this.onRelayPage()) {

@@ -256,6 +256,8 @@ export interface StartMessage {
   custom_llm_extra_body?: Record<string, unknown> | null;
   user_id?: string | null;
   token?: string | null;
+  /** The website's trace (W3C `traceparent`, version 00): the conversation's trace becomes its child. */
+  traceparent?: string | null;
 }
 
 /** The first frame of a connection that takes a dropped conversation over (instead of `start`). */
@@ -362,10 +364,13 @@ export type ClientTool = (parameters: Record<string, unknown>, call: { toolCallI
 
 export declare class AvatarRelayElement extends HTMLElement {
   /** `relay` (attribute): the relay's base URL; default: the origin embed.js was loaded from. */
-  /** `token-url` (attribute): an endpoint of the host site answering `{"token": "…"}` (JSON) or the token as text. */
+  /** `token-url` (attribute): an endpoint of the host site answering `{"token": "…"}` (JSON) or the token as text; a
+   * JSON answer may add `"traceparent"` (the site's trace of minting it), which then goes in `start`. */
   /** `lang` (attribute): `en` or `es`; default: the page's language, then the browser's. */
   /** `voice-only` (attribute): no avatar picture (a voice orb instead); the agent is still heard. */
   /** `dynamic-variables` (attribute): a JSON object of the agent's dynamic variables. */
+  /** `traceparent` (attribute): the website's trace (W3C, version 00), sent in `start`: the relay's trace of the
+   * conversation becomes its child (docs/operations.md "Traces"). Also `window.relayStart.traceparent`. */
   readonly state: AvatarRelayState;
   /** For sites that mint tokens their own way; wins over `token-url`. */
   tokenProvider: (() => Promise<string>) | null;

@@ -72,6 +72,38 @@ test('token-url: fetched with the page\'s credentials, its {"token"} goes in `st
   assert.deepEqual(asked, [{ url: 'http://127.0.0.1:8000/avatar-token', credentials: 'same-origin' }]);
 });
 
+test('traceparent: the website\'s trace goes in `start`; one that is not W3C\'s is left out with a warning', async () => {
+  const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+  page = await loadPage();
+  page.widget.setAttribute('traceparent', traceparent);
+  let ws = await page.start();
+  assert.equal(ws.sentOf('start')[0].traceparent, traceparent);
+  page.widget.stop();
+  await page.clock.advance(0);
+  ws.message({ type: 'ended', reason: 'client_stop' });
+  await page.clock.advance(0);
+  const warnings = [];
+  const warn = console.warn;
+  console.warn = (...args) => warnings.push(args.join(' '));
+  try {
+    page.widget.setAttribute('traceparent', traceparent.toUpperCase());
+    ws = await page.start();
+  } finally {
+    console.warn = warn;
+  }
+  assert.equal('traceparent' in ws.sentOf('start')[0], false);
+  assert.match(warnings.join('\n'), /traceparent is not a W3C traceparent/);
+});
+
+test('token-url answering {"token", "traceparent"}: the site\'s trace of minting it goes in `start`', async () => {
+  const minted = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+  page = await loadPage({ fetch: async () => jsonAnswer({ token: 'tok', traceparent: minted }) });
+  page.widget.setAttribute('token-url', '/avatar-token');
+  page.widget.setAttribute('traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01');
+  const ws = await page.start(null);
+  assert.equal(ws.sentOf('start')[0].traceparent, minted);
+});
+
 test('token-url answering with plain text: the body is the token', async () => {
   page = await loadPage({
     fetch: async () => ({ ok: true, status: 200, headers: { get: () => 'text/plain' }, text: async () => 'plain-token\n' }),

@@ -40,6 +40,29 @@ def test_start_with_every_field() -> None:
     assert (event.user_id, event.token) == ("u-1", "t")
 
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_start_takes_a_w3c_traceparent() -> None:
+    event = parse({"type": "start", "traceparent": TRACEPARENT})
+    assert isinstance(event, bp.Start) and event.traceparent == TRACEPARENT
+
+
+@pytest.mark.parametrize("traceparent", [
+    TRACEPARENT.upper(),  # the specification's hex is lowercase
+    TRACEPARENT.replace("00-", "01-", 1),  # only version 00 is known
+    "ff" + TRACEPARENT[2:],
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # all-zero parent id
+    TRACEPARENT + "-extra", TRACEPARENT[:-1], TRACEPARENT.replace("-", "_"), " " + TRACEPARENT[1:],
+    "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", "", 1, None.__class__.__name__ * 20,
+])
+def test_start_refuses_a_malformed_traceparent_clearly(traceparent: object) -> None:
+    with pytest.raises(bp.ProtocolError, match="traceparent") as refused:
+        parse({"type": "start", "traceparent": traceparent})
+    assert len(str(traceparent)) < 2 or str(traceparent) not in str(refused.value)  # never echoed
+
+
 def test_start_with_no_fields_and_unknown_extra_fields() -> None:
     event = parse({"type": "start", "future_field": 1})
     assert isinstance(event, bp.Start)
