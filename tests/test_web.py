@@ -1,7 +1,7 @@
-"""`ASGIWebSocket.send_whole` (relay.server.asgi_ws), the send used when the browser offered permessage-deflate, with a fake socket send (no
-sockets): a send that has started finishes even when its caller is cancelled meanwhile, and a send that cannot
-finish within RELAY_SEND_TIMEOUT ends the conversation and leaves nothing more to be sent on that socket
-(a compressed frame may be lost, so any later frame would be corrupt). The process tests are
+"""`ASGIWebSocket.send_whole` (relay.server.asgi_ws), the send used when the browser offered permessage-deflate,
+with a fake socket send (no sockets): a send that has started finishes even when its caller is cancelled meanwhile,
+and a send that cannot finish within RELAY_SEND_TIMEOUT ends the conversation and leaves nothing more to be sent on
+that socket (a compressed frame may be lost, so any later frame would be corrupt). The process tests are
 tests/faults/test_deflate_endings.py and the `deflate` cases of tests/faults/test_stalled_browser.py."""
 
 from __future__ import annotations
