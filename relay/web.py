@@ -45,6 +45,7 @@ from relay.server.state import RelayState, relay_state
 from relay.server.tcp_close import serialise_tcp_close
 from relay.server.upstreams import conversation_hooks, start_upstreams, stop_upstreams
 from relay.server.ws_limits import limit_websocket_messages
+from relay.server.wsproto_mask import use_c_unmasking
 
 if TYPE_CHECKING:
     from relay.server.workers import WorkerRole
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     note_browser_close_codes()  # a clean close (1000) ends a resumable conversation; a dropped one is held
     install_departure_notice()  # the browser leaving cancels `/ws`'s handler at once, as under quart-trio
     serialise_tcp_close()  # hypercorn's close races a write: relay.server.tcp_close
+    use_c_unmasking()  # the browser's frames unmasked in C, not wsproto's Python: relay.server.wsproto_mask
 
     fleet = Fleet.from_settings(settings)
     seating = choose_seating(settings, fleet, worker)
