@@ -43,6 +43,14 @@ def user_audio_builder(input_format: AudioFormat | None) -> Callable[[bytes], st
     return lambda pcm: build(pcm16_to_ulaw(pcm))
 
 
+def user_audio_frame_builder(input_format: AudioFormat | None) -> Callable[[bytes], bytes]:
+    """`user_audio_builder` for the binary frames of the audio path: the message as its UTF-8 bytes."""
+    build = el.build_user_audio_chunk_utf8
+    if input_format is None or input_format.encoding == "pcm":
+        return build
+    return lambda pcm: build(pcm16_to_ulaw(pcm))
+
+
 def timer_slack(timeout: float) -> float:
     """How late an inactivity timeout may fire, so that its deadline is moved at most once per slack instead of
     on every frame (moving a Trio deadline re-registers it: measurable at ten frames a second per conversation)."""
@@ -81,7 +89,8 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
             try:
                 if not agent_closed:
                     await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
-                                       idle_scope, user_audio_builder(input_format), approvals, queue)
+                                       idle_scope, user_audio_builder(input_format),
+                                       user_audio_frame_builder(input_format), approvals, queue)
             except el.AgentClosed:
                 agent_closed = True
             # The agent's socket is closed: the other pump reads why and ends the conversation (after the agent's
@@ -103,7 +112,8 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
 async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: SpeechRouter, traffic: Traffic,
                        on_user_text: Callable[[str], None] | None, max_frame: int, idle: float, flood: FloodGate,
                        slack: float, idle_scope: trio.CancelScope,
-                       build_audio: Callable[[bytes], str], approvals: McpApprovals, queue: QueueGate) -> None:
+                       build_audio: Callable[[bytes], str], build_frame: Callable[[bytes], bytes],
+                       approvals: McpApprovals, queue: QueueGate) -> None:
     while True:
         frame = await browser.receive()
         now = trio.current_time()
@@ -120,7 +130,7 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
             traffic.audio_in_frames += 1
             traffic.audio_in_bytes += len(frame)
             if not queue.queued:  # the agent discards what it is sent while it holds us in its queue
-                await agent.send(build_audio(frame))
+                await agent.send(build_frame(frame))
             continue
         if frame is None:
             continue  # an empty binary frame
