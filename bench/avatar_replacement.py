@@ -1,13 +1,17 @@
 """How long a dying avatar leaves the user without it (issue #23 §3): from the moment the avatar's socket drops
 mid-reply (the Simli simulator's `drop_ws_after_audio_bytes`, its `socket_closed` time) to (1) the browser receiving
 the agent's voice again (the unsaid rest of the turn), (2) the new session started upstream (the simulator's
-`started`: it takes speech from then on), and (3) the browser being told `avatar_changed` (the page then joins the
-new room; the new avatar speaks from the agent's next turn).
+`started`: it takes speech from then on), (3) the browser being told `avatar_changed` (the page then joins the
+new room; the new avatar speaks from the agent's next turn), and (4) the new avatar speaking: the next turn is asked
+as soon as `avatar_changed` arrives, and (4) is its first audio at the new session (the simulator's `first_audio`),
+so it includes the agent's own reply time (the ElevenLabs simulator's `response_latency_ms`, 300 ms).
 
-`python -m bench.avatar_replacement [--runs 20]`: the real relay (create_app under hypercorn) and the simulators in
-this process, on loopback; the Simli simulator answers a LiveKit URL that is not `.invalid`, so the relay treats its
-avatar as real (the voice goes to the avatar, not the browser, until it dies). The simulators add no latency of
-their own: the figures are the relay's and the loopback's. Prints one JSON report. All times from time.monotonic().
+`python -m bench.avatar_replacement [--runs 20] [--setup-latency-ms 0]`: the real relay (create_app under hypercorn)
+and the simulators in this process, on loopback; the Simli simulator answers a LiveKit URL that is not `.invalid`, so
+the relay treats its avatar as real (the voice goes to the avatar, not the browser, until it dies).
+`--setup-latency-ms N` makes the Simli simulator answer `compose/token` and open its socket N ms late each (a real
+provider's set-up time); with 0 the figures are the relay's and the loopback's. Prints one JSON report. All times
+from time.monotonic().
 """
 
 from __future__ import annotations
@@ -58,21 +62,31 @@ async def one_run(relay_url: str, simli: str, http: httpx2.AsyncClient) -> dict[
             elif msg["type"] == "avatar_changed":
                 changed_at = at
                 await http.post(simli + "/_sim/faults", json={"drop_ws_after_audio_bytes": None})
-        ledger = (await http.get(simli + "/_sim/ledger")).json()
+        second = msg["avatar"]["session_id"]
+        await ws.send_message(orjson.dumps({"type": "text", "text": "and then"}).decode())
+        while True:
+            ledger = (await http.get(simli + "/_sim/ledger")).json()
+            if ledger["sessions"].get(second, {}).get("first_audio") is not None:
+                break
+            await trio.sleep(0.01)
         died = ledger["sessions"][first]["socket_closed"]
         voice_at = min((t for t in after_drop if t >= died), default=None)
-        started = min(s["started"] for s in ledger["sessions"].values() if (s["started"] or 0) > died)
+        started = ledger["sessions"][second]["started"]
+        speaking = ledger["sessions"][second]["first_audio"]
         await ws.send_message(orjson.dumps({"type": "stop"}).decode())
     return {"death_to_voice_ms": (voice_at - died) * 1000 if voice_at is not None else float("nan"),
             "death_to_new_session_started_ms": (started - died) * 1000,
-            "death_to_avatar_changed_ms": (changed_at - died) * 1000}
+            "death_to_avatar_changed_ms": (changed_at - died) * 1000,
+            "death_to_new_avatar_speaking_ms": (speaking - died) * 1000}
 
 
-async def main(runs: int) -> dict[str, Any]:
+async def main(runs: int, setup_latency_ms: int = 0) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         sims = await nursery.start(serve_simulators, "127.0.0.1")
         async with httpx2.AsyncClient(timeout=10.0) as http:
-            await http.post(sims.simli + "/_sim/faults", json={"livekit_url": "wss://livekit.bench.example"})
+            await http.post(sims.simli + "/_sim/faults", json={
+                "livekit_url": "wss://livekit.bench.example",
+                "latency_ms": {"token": setup_latency_ms, "ws_connect": setup_latency_ms}})
             with tempfile.TemporaryDirectory(prefix="bench-replace-") as state:
                 settings = Settings(_env_file=None, elevenlabs_base_url=sims.elevenlabs,  # type: ignore[call-arg]
                                     elevenlabs_agent_id="agent_bench", elevenlabs_api_key="xi-bench",
@@ -84,7 +98,9 @@ async def main(runs: int) -> dict[str, Any]:
                 binds = await nursery.start(serve, create_app(settings), config)
                 results = [await one_run(binds[0], sims.simli, http) for _ in range(runs)]
         nursery.cancel_scope.cancel()
-    report: dict[str, Any] = {"runs": runs, "simulator_latency_ms": 0}
+    report: dict[str, Any] = {"runs": runs, "simli_setup_latency_ms": {"token": setup_latency_ms,
+                                                                       "ws_connect": setup_latency_ms},
+                              "agent_response_latency_ms": 300}
     for key in results[0]:
         values = sorted(r[key] for r in results)
         report[key] = {"median": round(statistics.median(values), 1), "max": round(values[-1], 1)}
@@ -94,5 +110,8 @@ async def main(runs: int) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--setup-latency-ms", type=int, default=0,
+                        help="the Simli simulator's latency for compose/token and for opening its socket, each")
     args = parser.parse_args()
-    sys.stdout.write(orjson.dumps(trio.run(main, args.runs), option=orjson.OPT_INDENT_2).decode() + "\n")
+    report = trio.run(main, args.runs, args.setup_latency_ms)
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -162,6 +162,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
                   f", e.g. liveavatar='{{\"withhold_connected\": true}}' (got {spec!r})", file=sys.stderr)
             return 2
         faults.setdefault(name, {}).update(value)
+    limited = sorted(name for name, entry in PROVIDERS.items() if entry.simulator_session_limit)
+    for spec in args.session_limit:
+        name, _, text = spec.partition("=")
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = -1.0
+        fault = PROVIDERS[name].simulator_session_limit if name in PROVIDERS else None
+        if fault is None or not 0 < seconds < float("inf"):
+            print(f"avatar-relay: --session-limit takes NAME=SECONDS with NAME one of {', '.join(limited)} and a "
+                  f"positive number of seconds, e.g. liveavatar=20 (got {spec!r})", file=sys.stderr)
+            return 2
+        faults.setdefault(name, {})[fault] = seconds
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -200,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--faults", action="append", default=[], metavar="NAME=JSON",
                      help="faults in force from the start, e.g. liveavatar='{\"withhold_connected\": true}' or "
                           "heygen='{\"retired\": 410}' (repeatable; docs/reliability.md lists them)")
+    sim.add_argument("--session-limit", action="append", default=[], metavar="NAME=SECONDS",
+                     help="end the provider's sessions at this length: liveavatar (its sandbox's minute) or simli (a "
+                          "cap on maxSessionLength), e.g. liveavatar=20 (repeatable; docs/simulators.md)")
     sim.set_defaults(func=cmd_sim)
     doctor = sub.add_parser("doctor", help="check the configuration against the real services (in demo mode, "
                                            "against fresh simulators) and say in plain words what is wrong")

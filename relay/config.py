@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Operations (docs/operations.md)
     relay_transcripts_dir: str | None = None  # write each conversation's turns (JSON Lines, no audio) here
     relay_transcript_max_bytes: int = Field(default=4 * 2**20, ge=1024)  # per conversation, then `truncated`
+    # Avatar seconds per client subject too (avatar_relay_avatar_session_seconds_by_subject): the first N subjects
+    # get their own label, the rest share "~other" (bounded label cardinality). 0: off.
+    relay_metrics_subjects: int = Field(default=0, ge=0, le=1000)
     relay_predrain_delay: float = Field(default=0.0, ge=0)  # on SIGTERM: seconds not-ready before the drain
 
     # Reliability and protection (docs/reliability.md)
@@ -154,6 +157,12 @@ class Settings(BaseSettings):
     # comma-separated, "*" any. Anything else gets 421 (DNS rebinding; docs/reliability.md).
     relay_allowed_hosts: str = ""
     relay_metrics_token: SecretStr | None = None  # when set, /metrics (and /_demo/simulators) need it as a bearer
+    # The operator's endpoints (`/admin/...`, docs/operations.md): off unless set, then only for this bearer token
+    # (at least 16 characters). Never route /admin/ through the public proxy.
+    relay_admin_token: SecretStr | None = Field(default=None, min_length=16)
+    # Seconds between two comparisons of the avatar accounts' running sessions with the relay's records (the metric
+    # avatar_relay_untracked_avatar_sessions); 0: never (the admin endpoint still compares on demand).
+    relay_untracked_check_interval: float = Field(default=60.0, ge=0, le=86400)
     # The proxies whose X-Forwarded-For names the client: addresses and networks, comma-separated
     # (`10.0.0.0/8,192.0.2.7`); RELAY_TRUST_FORWARDED_FOR=true alone means a proxy on this machine (loopback).
     relay_trusted_proxies: str = ""

@@ -1,7 +1,7 @@
 """LiveAvatar (LITE mode): the `AvatarProvider` named "liveavatar" (I/O), the twin of `relay.heygen`.
 
 The REST calls that create, start and stop a session, and the session the conversation drives
-(`LiveAvatarSession`), which speaks the agent's audio over the LITE `ws_url` socket (`relay.avatars.lite`); two
+(a `StreamedAudioSession`), which speaks the agent's audio over the LITE `ws_url` socket (`relay.avatars.lite`); two
 operator calls (`list_running_ids`, `stop_by_id`) for reaping orphans. Bodies, the envelope and what a refusal means
 are `relay.protocol.liveavatar`.
 
@@ -28,13 +28,14 @@ from relay.avatars import (
     OnAvatarEvent,
     OnSessionCreated,
     OnStopFailed,
+    SessionRotated,
 )
 from relay.avatars import ending as avatar_ending
 from relay.avatars.common import PLACEHOLDER_API_KEY, alongside, is_simulated, setup_deadline, stop_shielded
-from relay.avatars.lite import LiteAudioStream, open_lite_audio_stream
+from relay.avatars.lite import open_lite_audio_stream
+from relay.avatars.streamed import StreamedAudioSession
 from relay.config import Settings
 from relay.net.retry import Retryable, call_with_retries
-from relay.protocol.audio import AudioFormat
 from relay.protocol.liveavatar import (
     ApiError,
     StartAnswer,
@@ -69,9 +70,11 @@ def to_unavailable(error: ApiError) -> AvatarUnavailable:
 
 
 def avatar_info(start: StartAnswer) -> AvatarInfo:
-    """What the browser gets: the LiveKit URL and the viewer's (client) token, never the agent token."""
+    """What the browser gets: the LiveKit URL and the viewer's (client) token, never the agent token; and the length
+    the start answer granted (`session_seconds`, kept server-side)."""
     return AvatarInfo(provider="liveavatar", session_id=start.session_id, livekit_url=start.livekit_url,
-                      access_token=start.livekit_client_token, simulated=is_simulated(start.livekit_url))
+                      access_token=start.livekit_client_token, simulated=is_simulated(start.livekit_url),
+                      session_seconds=None if start.max_session_duration is None else float(start.max_session_duration))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -180,58 +183,6 @@ async def stop_by_id(settings: Settings, http: httpx2.AsyncClient, session_id: s
 # Sessions and the provider
 
 
-class LiveAvatarSession:
-    """One running LITE session (an `AvatarSession`): audio goes to the LITE socket, keep-alives to both the
-    socket and the REST API."""
-
-    def __init__(self, info: AvatarInfo, stream: LiteAudioStream, keep_alive_interval: float,
-                 rest_keep_alive: Callable[[], Awaitable[None]]) -> None:
-        self._info = info
-        self._stream = stream
-        self._keep_alive_interval = keep_alive_interval
-        self._rest_keep_alive = rest_keep_alive
-        self._warned_text = False
-
-    @property
-    def info(self) -> AvatarInfo:
-        return self._info
-
-    @property
-    def takes_audio(self) -> bool:
-        return True
-
-    @property
-    def keep_alive_interval(self) -> float:
-        return self._keep_alive_interval
-
-    async def speak_text(self, text: str, turn: int) -> None:
-        """LITE lip-syncs audio only; text has no way to the avatar. Logged once, then ignored."""
-        if not self._warned_text:
-            self._warned_text = True
-            log.warning("liveavatar LITE sessions take audio, not text; ignoring speak_text")
-
-    async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
-        await self._stream.speak_audio(audio, audio_format, turn)
-
-    async def end_turn(self, turn: int) -> None:
-        await self._stream.end_turn(turn)
-
-    async def interrupt(self, turn: int) -> None:
-        await self._stream.interrupt(turn)
-
-    async def wait_connected(self) -> None:
-        await self._stream.wait_connected()
-
-    async def set_listening(self, listening: bool) -> None:
-        await self._stream.set_listening(listening)
-
-    async def keep_alive(self) -> None:
-        """`session.keep_alive` on the socket, then the REST keep-alive (clients disagree on which one the
-        server counts; both are cheap at one per interval). Failures are logged, never raised."""
-        await self._stream.keep_alive()
-        await self._rest_keep_alive()
-
-
 class LiveAvatarProvider:
     """`AvatarProvider` for LiveAvatar LITE. One per process; sessions share the process's HTTP client."""
 
@@ -311,7 +262,7 @@ class LiveAvatarProvider:
 
     @asynccontextmanager
     async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
-                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[LiveAvatarSession]:
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[StreamedAudioSession]:
         """Create (token, start) and connect a LITE session; yield it; stop it on every way out.
 
         The create step is shielded from cancellation and bounded by RELAY_SETUP_TIMEOUT: a token answered
@@ -319,7 +270,8 @@ class LiveAvatarProvider:
         until its idle timeout). Raises AvatarUnavailable if no session could be opened (timeout included),
         AvatarSessionEnded out of the body if the server closes the LITE socket. The stop is sent with reason
         AGENT_HANG_UP when the agent ended the conversation (`relay.avatars.ending`), USER_DISCONNECTED on another
-        normal exit or cancellation, SERVER_ERROR on a failure.
+        normal exit or cancellation, MAX_DURATION_REACHED when the conversation rotates the session before its limit
+        (`SessionRotated`), SERVER_ERROR on a failure.
         """
         created: list[TokenAnswer] = []
         reason = "SERVER_ERROR"
@@ -338,22 +290,27 @@ class LiveAvatarProvider:
                         self._settings.liveavatar_sandbox, info.simulated)
             granted = start.max_session_duration
             if granted is not None and granted < self._settings.relay_max_duration:
-                log.warning("liveavatar granted a %d s session, shorter than RELAY_MAX_DURATION (%g s): the avatar "
-                            "may end before the conversation (the plan's limit?)", granted,
+                log.warning("liveavatar granted a %d s session, shorter than RELAY_MAX_DURATION (%g s) (the plan's "
+                            "limit?): the conversation rotates to a fresh session between turns before it", granted,
                             self._settings.relay_max_duration)
             # Not waiting for `connected` here: the stream holds speech until then, the conversation bounds it.
             async with open_lite_audio_stream(
                     start.ws_url, on_event, connect_timeout=min(10.0, self._settings.relay_setup_timeout),
                     first_packet_seconds=self._settings.relay_lite_first_packet_ms / 1000) as stream:
-                yield LiveAvatarSession(info, stream, self._settings.relay_keep_alive_interval,
-                                        self._rest_keep_alive(token))
+                yield StreamedAudioSession(info, stream, self._settings.relay_keep_alive_interval,
+                                           also_keep_alive=self._rest_keep_alive(token))
             reason = "USER_DISCONNECTED"
         except trio.Cancelled:
             reason = "USER_DISCONNECTED"
             raise
+        except SessionRotated:
+            reason = "MAX_DURATION_REACHED"
+            raise
         except BaseExceptionGroup as group:
             if group.split(trio.Cancelled)[1] is None:
                 reason = "USER_DISCONNECTED"
+            elif group.split((trio.Cancelled, SessionRotated))[1] is None:
+                reason = "MAX_DURATION_REACHED"  # rotated before its limit (`SessionRotated`)
             raise
         finally:
             if reason == "USER_DISCONNECTED" and avatar_ending.agent_hung_up():

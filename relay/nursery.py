@@ -37,11 +37,14 @@ from relay.avatars import (
     AvatarSpeaking,
     AvatarStateChanged,
     AvatarUnavailable,
+    SessionRotated,
 )
 from relay.avatars import ending as avatar_ending
+from relay.avatars.common import rotation_limit
 from relay.config import Settings
 from relay.conversation.agent_queue import AgentQueue, AnswerPing, QueueStep, ShowQueueStatus
-from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close
+from relay.conversation.client_reports import ClientReports, ReportHook
+from relay.conversation.endings import BrowserSocket, ConversationOver, classify, tell_browser_and_close, why_cut
 from relay.conversation.gates import McpApprovals, QueueGate
 from relay.conversation.outbox import Outbox
 from relay.conversation.pumps import pump_agent_to_browser, pump_browser_to_agent
@@ -67,10 +70,6 @@ MAX_AVATAR_REPLACEMENTS = 5
 ROTATION_MARGIN, ROTATION_DEADLINE = 15.0, 2.0
 
 
-class _Rotation(AvatarSessionEnded):
-    """The session is replaced before its known limit (not a death: it does not count as a replacement)."""
-
-
 @dataclass(frozen=True)
 class ConversationHooks:
     """What the process wants to know as a conversation goes (metrics, transcripts). Each is called inline and must
@@ -81,6 +80,7 @@ class ConversationHooks:
     on_end: Callable[[ConversationRecord], None] | None = None  # ended, for whatever reason
     on_agent_event: Callable[[ConversationRecord, el.ServerEvent], None] | None = None  # every agent event but audio
     on_user_text: Callable[[ConversationRecord, str], None] | None = None  # a typed user message, as sent
+    on_client_metrics: ReportHook | None = None  # the page's measurements, or why a report was dropped
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,12 @@ class Upstreams:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """What the client's token allows: `max_duration` (seconds) caps the conversation below RELAY_MAX_DURATION;
-    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`)."""
+    `overrides` False refuses a `start` that carries agent overrides (`unauthorized`); `subject` is the token's
+    verified `sub` (None: no token, or one without a subject)."""
 
     max_duration: float | None = None
     overrides: bool = True
+    subject: str | None = None
 
 
 async def run_conversation(browser: BrowserSocket, up: Upstreams,
@@ -138,6 +140,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if start is None:
                 start = await receive_start(browser, settings)
             grant = grant or Grant()
+            record.subject = grant.subject
             _check_overrides(start, grant, settings)
             with trio.move_on_after(min(settings.relay_max_duration, grant.max_duration or math.inf)) \
                     as duration_scope:
@@ -145,7 +148,7 @@ async def run_conversation(browser: BrowserSocket, up: Upstreams,
             if duration_scope.cancelled_caught:
                 raise ConversationOver.failed("timeout", "maximum conversation duration reached")
         if shutdown_scope.cancelled_caught:
-            raise ConversationOver.failed("shutdown", "the relay is shutting down")
+            raise why_cut(shutdown_scope)  # the drain's `shutdown`, or an operator's `admin` (relay.server.roster)
         raise AssertionError("a conversation only ends by ConversationOver or an upstream error")
     except Exception as exc:
         outcome = classify(exc, record)
@@ -303,7 +306,8 @@ async def _converse(browser: BrowserSocket, up: Upstreams, start: bp.Start, reco
         conversation.start_soon(partial(
             pump_browser_to_agent, browser, agent, speech, settings, record.traffic,
             on_user_text=None if on_user_text is None else partial(on_user_text, record), input_format=input_format,
-            approvals=approvals, queue=queue_gate))
+            approvals=approvals, queue=queue_gate,
+            on_client_metrics=ClientReports(record, up.hooks.on_client_metrics).take))
         conversation.start_soon(partial(
             pump_agent_to_browser, agent, outbox, speech, settings.relay_agent_silence_timeout,
             on_event=None if on_agent_event is None else partial(on_agent_event, record),
@@ -435,7 +439,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                         avatar_tasks.start_soon(_keep_alive, session)
                         avatar_tasks.start_soon(_await_connected, session, speech, ready_sent,
                                                 up.settings.relay_avatar_connect_timeout)
-                        limit = up.session_limits.get(session.info.provider)
+                        limit = rotation_limit(session.info, up.session_limits)
                         if limit is not None:
                             avatar_tasks.start_soon(_rotate_before, speech, trio.current_time() + limit, limit)
             if opening.cancelled_caught:
@@ -446,7 +450,7 @@ async def _hold_avatar(up: Upstreams, on_event: Callable[[AvatarEvent], None], o
                 raise
             exc = leaves(group)[0]
             assert isinstance(exc, AvatarError)
-            if isinstance(exc, _Rotation):
+            if isinstance(exc, SessionRotated):
                 died = exc
                 log.info("rotating the avatar session before its limit")
             elif isinstance(exc, AvatarSessionEnded) and started and replacements < MAX_AVATAR_REPLACEMENTS:
@@ -473,20 +477,20 @@ async def _announce_replacement(session: AvatarSession, died: AvatarSessionEnded
     await ready_sent.wait()
     record.avatar_provider = session.info.provider
     record.avatar_session_id = session.info.session_id
-    reason = "session_limit" if isinstance(died, _Rotation) else "session_ended" if died is None else died.reason
+    reason = "session_limit" if isinstance(died, SessionRotated) else "session_ended" if died is None else died.reason
     outbox.send(bp.avatar_changed(session.info, reason))
     log.info("avatar replaced provider=%s reason=%s", session.info.provider, reason)
 
 
 async def _rotate_before(speech: SpeechRouter, limit_at: float, limit: float) -> None:
-    """Raise `_Rotation` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
+    """Raise `SessionRotated` before the session's known limit (`limit_at`, `limit` seconds after it opened): from
     ROTATION_MARGIN before it (a quarter of a shorter limit) once the avatar is between turns (its speech played
     out), at the latest ROTATION_DEADLINE before it. Blocks on the clock and the speech router; cancelled with the
     session's tasks."""
     await trio.sleep_until(limit_at - min(ROTATION_MARGIN, limit / 4))
     with trio.move_on_at(limit_at - ROTATION_DEADLINE):
         await speech.wait_played_out()
-    raise _Rotation("session_ended", f"the avatar session reaches its limit of {limit:g} s")
+    raise SessionRotated("session_ended", f"the avatar session reaches its limit of {limit:g} s")
 
 
 async def _await_connected(session: AvatarSession, speech: SpeechRouter, ready_sent: trio.Event,

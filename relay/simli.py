@@ -38,6 +38,7 @@ from relay.avatars import (
     OnStopFailed,
 )
 from relay.avatars.common import PLACEHOLDER_API_KEY, is_simulated, setup_deadline
+from relay.avatars.streamed import StreamedAudioSession
 from relay.config import Settings
 from relay.net.wsclient import (
     ClientWebSocket,
@@ -208,10 +209,13 @@ class SimliStream:
                 reason, text = socket_refusal(message)
                 raise AvatarUnavailable(reason, text, upstream_code=message.kind)
 
-    async def wait_started(self) -> None:
+    async def wait_connected(self) -> None:
         """Return once the server said `START` (or the socket closed: the reader then raises). Cancelled by the
         caller's scope."""
         await self.started.wait()
+
+    async def set_listening(self, listening: bool) -> None:
+        """Simli has no listening pose."""
 
     async def _send(self, data: bytes | memoryview | str) -> bool:
         await self.started.wait()
@@ -318,52 +322,6 @@ class SimliStream:
 # Sessions and the provider
 
 
-class SimliSession:
-    """One running Simli session (an `AvatarSession`): the agent's audio goes to the socket."""
-
-    def __init__(self, info: AvatarInfo, stream: SimliStream, keep_alive_interval: float) -> None:
-        self._info = info
-        self._stream = stream
-        self._keep_alive_interval = keep_alive_interval
-        self._warned_text = False
-
-    @property
-    def info(self) -> AvatarInfo:
-        return self._info
-
-    @property
-    def takes_audio(self) -> bool:
-        return True
-
-    @property
-    def keep_alive_interval(self) -> float:
-        return self._keep_alive_interval
-
-    async def speak_text(self, text: str, turn: int) -> None:
-        """Simli lip-syncs audio only; text has no way to the avatar. Logged once, then ignored."""
-        if not self._warned_text:
-            self._warned_text = True
-            log.warning("simli sessions take audio, not text; ignoring speak_text")
-
-    async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
-        await self._stream.speak_audio(audio, audio_format, turn)
-
-    async def end_turn(self, turn: int) -> None:
-        await self._stream.end_turn(turn)
-
-    async def interrupt(self, turn: int) -> None:
-        await self._stream.interrupt(turn)
-
-    async def keep_alive(self) -> None:
-        await self._stream.keep_alive()
-
-    async def wait_connected(self) -> None:
-        await self._stream.wait_started()
-
-    async def set_listening(self, listening: bool) -> None:
-        """Simli has no listening pose."""
-
-
 @dataclass(slots=True)
 class _Opened:
     stream: SimliStream
@@ -413,7 +371,7 @@ class SimliProvider:
 
     @asynccontextmanager
     async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
-                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[SimliSession]:
+                           on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[StreamedAudioSession]:
         """Create a token, open the socket, read the room; yield the session; end it on every way out.
 
         The start-up is shielded from cancellation and bounded by RELAY_SETUP_TIMEOUT (or the caller's deadline, if
@@ -449,7 +407,7 @@ class SimliProvider:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(stream.read_events, on_event)
                         try:
-                            yield SimliSession(info, stream, keep_alive_interval(settings))
+                            yield StreamedAudioSession(info, stream, keep_alive_interval(settings))
                         finally:
                             nursery.cancel_scope.cancel()
                 except BaseExceptionGroup as group:

@@ -29,6 +29,7 @@ from relay.ops.logs import configure_logging, set_worker
 from relay.ops.metrics import RelayMetrics
 from relay.ops.transcripts import TranscriptWriter
 from relay.providers import table as providers
+from relay.server.admin import add_admin_routes
 from relay.server.asgi_ws import ASGIWebSocket, WebSocketFront, install_departure_notice, serve_websocket
 from relay.server.auth import Gate, auth_problem, identity
 from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     state = app.extensions["relay"] = RelayState(settings, seating.registry, gate=gate, worker=worker, fleet=fleet,
                                                  avatar_budgets=seating.avatar_budgets)
     metrics = state.metrics = RelayMetrics(ready=lambda: state.ready, avatar=providers.chosen_name(settings),
-                                           demo_mode=settings.demo_mode)
+                                           demo_mode=settings.demo_mode, subjects=settings.relay_metrics_subjects)
     watch_seating(metrics, seating)
     state.held = held = held_table(state)
     if held is not None:
@@ -104,7 +105,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     guard.install(app, partial(start_upstreams, app, state, seating.keeper, hooks, own_shutdown=own_shutdown))
     app.after_serving(partial(stop_upstreams, state))
 
-    doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses)
+    doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses, roster=state.roster)
 
     async def ws(scope: Any, receive: Any, send: Any) -> None:
         await serve_websocket(scope, receive, send, settings.relay_send_timeout,
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
+    add_admin_routes(app, state)  # /admin/... with RELAY_ADMIN_TOKEN; the untracked-session check either way
     return app
 
 

@@ -50,6 +50,7 @@ INVALID: dict[str, str] = {
     "relay_allowed_hosts": "https://relay.example",
     "relay_trusted_proxies": "proxy.internal",
     "relay_client_dynamic_variables": "customer name",
+    "relay_admin_token": "too-short",  # at least 16 characters
 }
 # ... or why any value is acceptable when the relay starts.
 ANY_VALUE: dict[str, str] = {

@@ -66,7 +66,7 @@ SOMETIMES = {"context_usage": set(el._CONTEXT_USAGE_FIELDS),
 NOT_FRAME_BUILDERS = {"parse_text_frame", "check_audio", "parse_allowed_paths", "override_paths", "refused_override",
                       "tool_result_text", "nested_deeper_than", "parse_resume"}
 CLIENT_MODELS = [bp.Start, bp.Resume, bp.AudioText, bp.Text, bp.Context, bp.Multimodal, bp.McpApproval, bp.Activity,
-                 bp.Interrupt, bp.ToolResult, bp.Feedback, bp.Stop]
+                 bp.Interrupt, bp.ToolResult, bp.Feedback, bp.Stop, bp.ClientMetrics]
 
 
 def declared_interfaces() -> dict[str, dict[str, bool]]:

@@ -85,6 +85,12 @@ class AvatarSessionEnded(AvatarError):
         super().__init__(reason, message, upstream_code=upstream_code)
 
 
+class SessionRotated(AvatarSessionEnded):
+    """A healthy session the conversation replaces before its known limit (the LiveAvatar sandbox's minute, the length
+    granted): raised inside the session's context by the conversation, not by a provider. Not a failure: a provider
+    whose stop takes a reason says the maximum length, and no upstream error is counted."""
+
+
 class AvatarSession(Protocol):
     """One running avatar session. All methods may block on the network; cancelling the calling scope cancels
     them. None of them raise for a transient failure of a single utterance: they log it and return."""
@@ -167,5 +173,6 @@ __all__ = [
     "OnSessionCreated",
     "OnStopFailed",
     "SessionEndedReason",
+    "SessionRotated",
     "UnavailableReason",
 ]

@@ -1,5 +1,6 @@
 """What both avatar providers share: running bookkeeping alongside a start-up step, the shielded, bounded, retried
-stop, the simulators' reserved host and the placeholder key sent when none is configured.
+stop, the simulators' reserved host, the placeholder key sent when none is configured, and a session's limit to rotate
+before.
 
 I/O helpers (trio); no provider-specific knowledge. This module must never swallow a cancellation of the caller
 except where it says it shields.
@@ -7,13 +8,13 @@ except where it says it shields.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import trio
 
-from relay.avatars import AvatarUnavailable, OnSessionCreated
+from relay.avatars import AvatarInfo, AvatarUnavailable, OnSessionCreated
 
 T = TypeVar("T")
 
@@ -69,3 +70,12 @@ async def stop_shielded(stop: Callable[[], Awaitable[None]], time_limit: float) 
             return exc
         return None
     return AvatarUnavailable("timeout", f"the stop did not finish within {time_limit:.1f} s")
+
+
+def rotation_limit(info: AvatarInfo, known: Mapping[str, float]) -> float | None:
+    """The seconds a session lives upstream, to rotate before: the shorter of what its provider's declaration knows
+    from the settings (`known`, by provider: the sandbox's minute, the length asked) and what the provider granted
+    this session (`info.session_seconds`: LiveAvatar's start answer, which may be a plan's shorter limit); None when
+    neither is known."""
+    limits = [limit for limit in (known.get(info.provider), info.session_seconds) if limit is not None]
+    return min(limits) if limits else None

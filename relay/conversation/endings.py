@@ -9,6 +9,7 @@ gone: telling it is shielded and bounded.
 from __future__ import annotations
 
 import logging
+import weakref
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -93,3 +94,19 @@ async def tell_browser_and_close(browser: BrowserSocket, outcome: ConversationOv
                 await browser.send(bp.error(outcome.error, outcome.message, **outcome.extra))
             await browser.send(bp.ended(outcome.reason))
             await browser.close(outcome.close_code, outcome.reason)
+
+
+# Why a conversation's shutdown scope was cancelled, when it was not the drain: `cut_short` records it, the
+# conversation reads it back (`why_cut`) as it ends. Weak keys: a scope nobody cut leaves nothing behind.
+_cuts: weakref.WeakKeyDictionary[trio.CancelScope, ConversationOver] = weakref.WeakKeyDictionary()
+
+
+def cut_short(scope: trio.CancelScope, outcome: ConversationOver) -> None:
+    """End the conversation running in `scope` (its shutdown scope) with `outcome` instead of `shutdown`."""
+    _cuts.setdefault(scope, outcome)
+    scope.cancel()
+
+
+def why_cut(scope: trio.CancelScope) -> ConversationOver:
+    """How a conversation whose shutdown scope was cancelled ends: as `cut_short` said, else `shutdown`."""
+    return _cuts.pop(scope, None) or ConversationOver.failed("shutdown", "the relay is shutting down")

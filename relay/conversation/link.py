@@ -163,19 +163,33 @@ class BrowserLink:
     async def send(self, data: str | bytes) -> None:
         """Send one frame. After `ready` a JSON message is numbered and kept; while held it is only kept, and audio
         is dropped. A connection whose send fails or blocks for the send time-out is taken as lost. A numbered
-        message, once numbered, is written whole even if the caller is cancelled meanwhile (bounded by the send
-        time-out): otherwise the conversation's end could leave a gap in the browser's `seq` run. Raises
-        ConversationOver (`client_gone`) when the replay buffer is over its bound."""
+        message whose send was cancelled before it was written (the conversation ending) goes out before the next
+        one, so the browser's `seq` run has no hole. Raises ConversationOver (`client_gone`) when the replay buffer
+        is over its bound."""
         async with self._send_lock:
             seq = 0
             if isinstance(data, str):
                 data, seq = self._number(data)
             socket = self._socket
-            if socket is not None and await self._send_now(socket, data, whole=seq > 0) and seq:
+            if socket is None or (seq > self.buffer.last_written + 1 and not await self._send_unwritten(socket, seq)):
+                return
+            if await self._send_now(socket, data) and seq:
                 self.buffer.written(seq)
 
-    async def _send_now(self, socket: BrowserSocket, data: str | bytes, *, whole: bool = False) -> bool:
-        with trio.move_on_after(self._send_timeout, shield=whole) as stalled:
+    async def _send_unwritten(self, socket: BrowserSocket, before: int) -> bool:
+        """Write the messages numbered before `before` that never went out on a connection (their send was
+        cancelled: the conversation ending mid-send), in order, so the browser's `seq` run has no gap. False when
+        the connection was lost meanwhile (a resume replays them)."""
+        for numbered in self.buffer.since(self.buffer.last_written):
+            if numbered.seq >= before:
+                break
+            if not await self._send_now(socket, numbered.frame):
+                return False
+            self.buffer.written(numbered.seq)
+        return True
+
+    async def _send_now(self, socket: BrowserSocket, data: str | bytes) -> bool:
+        with trio.move_on_after(self._send_timeout) as stalled:
             try:
                 await socket.send(data)
             except Exception:

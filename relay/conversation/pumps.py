@@ -25,7 +25,14 @@ from relay.conversation.link import BrowserLink
 from relay.conversation.outbox import Outbox
 from relay.conversation.record import Traffic
 from relay.conversation.speech import SpeechRouter
-from relay.conversation.translate import InterruptSpeech, StaleApproval, ToAgent, browser_frame, client_step
+from relay.conversation.translate import (
+    InterruptSpeech,
+    ReportClientMetrics,
+    StaleApproval,
+    ToAgent,
+    browser_frame,
+    client_step,
+)
 from relay.elevenlabs import AgentConnection
 from relay.protocol import browser as bp
 from relay.protocol import elevenlabs as el
@@ -68,14 +75,18 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
                                 settings: Settings, traffic: Traffic | None = None, *,
                                 on_user_text: Callable[[str], None] | None = None,
                                 input_format: AudioFormat | None = None,
-                                approvals: McpApprovals | None = None, queue: QueueGate | None = None) -> None:
+                                approvals: McpApprovals | None = None, queue: QueueGate | None = None,
+                                on_client_metrics: Callable[[bp.ClientMetrics | bp.DroppedClientMetrics, float], None]
+                                | None = None) -> None:
     """Browser frames -> agent messages, until the browser sends `stop` (ConversationOver) or goes idle for
     RELAY_IDLE_TIMEOUT. Audio (PCM16 at the agent's input rate) is forwarded without parsing, μ-law encoded first
     for a `ulaw_8000` agent (`input_format`), and counted in `traffic`; everything else is
     validated first; `on_user_text` (must not block) sees each typed user message. Cancelled by the conversation's
     end; blocks on the browser's receive and on the agent's send
     (backpressure). `mcp_approval` answers go to the agent only for calls `approvals` has awaiting approval; audio is
-    not forwarded while `queue` says the agent holds the conversation in its queue."""
+    not forwarded while `queue` says the agent holds the conversation in its queue. `client_metrics` reports (and
+    the ones dropped as malformed or oversized) go to `on_client_metrics` with the time (must not block), never to
+    the agent."""
     traffic = traffic or Traffic()
     approvals = approvals or McpApprovals()
     queue = queue or QueueGate()
@@ -90,7 +101,8 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
                 if not agent_closed:
                     await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
                                        idle_scope, user_audio_builder(input_format),
-                                       user_audio_frame_builder(input_format), approvals, queue)
+                                       user_audio_frame_builder(input_format), approvals, queue,
+                                       on_client_metrics)
             except el.AgentClosed:
                 agent_closed = True
             # The agent's socket is closed: the other pump reads why and ends the conversation (after the agent's
@@ -113,7 +125,9 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
                        on_user_text: Callable[[str], None] | None, max_frame: int, idle: float, flood: FloodGate,
                        slack: float, idle_scope: trio.CancelScope,
                        build_audio: Callable[[bytes], str], build_frame: Callable[[bytes], bytes],
-                       approvals: McpApprovals, queue: QueueGate) -> None:
+                       approvals: McpApprovals, queue: QueueGate,
+                       on_client_metrics: Callable[[bp.ClientMetrics | bp.DroppedClientMetrics, float], None] | None
+                       ) -> None:
     while True:
         frame = await browser.receive()
         now = trio.current_time()
@@ -140,19 +154,25 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
             event = bp.parse_text_frame(frame)
         except bp.ProtocolError as exc:
             raise ConversationOver.failed("protocol_error", str(exc)) from None
-        await _forward_client_event(event, agent, speech, on_user_text, build_audio, approvals)
+        await _forward_client_event(event, agent, speech, on_user_text, build_audio, approvals, on_client_metrics)
 
 
 async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speech: SpeechRouter,
                                 on_user_text: Callable[[str], None] | None,
-                                build_audio: Callable[[bytes], str], approvals: McpApprovals) -> None:
-    step = client_step(event, build_audio, approvals, trio.current_time())
+                                build_audio: Callable[[bytes], str], approvals: McpApprovals,
+                                on_client_metrics: Callable[[bp.ClientMetrics | bp.DroppedClientMetrics, float], None]
+                                | None = None) -> None:
+    now = trio.current_time()
+    step = client_step(event, build_audio, approvals, now)
     if isinstance(step, ToAgent):
         if step.user_text is not None and on_user_text is not None:
             on_user_text(step.user_text)
         await agent.send(step.message)
     elif isinstance(step, InterruptSpeech):
         speech.interrupt()
+    elif isinstance(step, ReportClientMetrics):
+        if on_client_metrics is not None:
+            on_client_metrics(step.report, now)
     elif isinstance(step, StaleApproval):
         log.info("dropping an MCP approval answer: tool call %.64r is not awaiting approval (answered, timed "
                  "out or unknown)", step.tool_call_id)

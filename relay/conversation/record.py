@@ -32,6 +32,7 @@ class ConversationRecord:
     relay_id: str
     started_at: float = field(default_factory=time.monotonic)
     conversation_id: str | None = None
+    subject: str | None = None  # the client token's verified `sub` (never a page's own user_id); None without
     avatar_provider: str | None = None
     avatar_session_id: str | None = None
     degraded: bool = False

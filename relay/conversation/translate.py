@@ -46,7 +46,15 @@ class EndConversation:
     message: str = ""
 
 
-ClientStep = ToAgent | InterruptSpeech | StaleApproval | EndConversation
+@dataclass(frozen=True, slots=True)
+class ReportClientMetrics:
+    """The page's measurements (`client_metrics`), or why they are dropped: for the conversation's hook, not the
+    agent."""
+
+    report: bp.ClientMetrics | bp.DroppedClientMetrics
+
+
+ClientStep = ToAgent | InterruptSpeech | StaleApproval | EndConversation | ReportClientMetrics
 
 
 def client_step(event: bp.ClientEvent, build_audio: Callable[[bytes], str], approvals: McpApprovals,
@@ -76,6 +84,8 @@ def client_step(event: bp.ClientEvent, build_audio: Callable[[bytes], str], appr
         return ToAgent(el.build_feedback(event.score, event.event_id))
     if isinstance(event, bp.Stop):
         return EndConversation("client_stop")
+    if isinstance(event, bp.ClientMetrics | bp.DroppedClientMetrics):
+        return ReportClientMetrics(event)
     return EndConversation("protocol_error", "'start' was already received")
 
 

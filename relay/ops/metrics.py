@@ -36,6 +36,7 @@ from relay.avatars import (
     AvatarInfo,
     AvatarSession,
     AvatarSessionEnded,
+    SessionRotated,
 )
 from relay.avatars.hooks import SessionHooks, SessionOutcome
 from relay.conversation.record import ConversationRecord, Traffic, current_conversation
@@ -44,6 +45,7 @@ from relay.ops.fleet_sessions import FleetSessions
 from relay.ops.journal import Journal
 from relay.protocol import elevenlabs as el
 from relay.protocol.audio import AudioFormat
+from relay.protocol.client_metrics import ClientMetrics, DroppedClientMetrics
 
 log = logging.getLogger("relay.metrics")
 
@@ -85,7 +87,7 @@ class RelayMetrics:
     """Every metric of one relay app, in its own registry. `render()` is the `/metrics` body."""
 
     def __init__(self, *, ready: Callable[[], bool] | None = None, avatar: str = "none",
-                 demo_mode: bool = False) -> None:
+                 demo_mode: bool = False, subjects: int = 0) -> None:
         self.registry = CollectorRegistry()
         self._live: dict[str, _Live] = {}
         self._ended_traffic = Traffic()
@@ -139,6 +141,8 @@ class RelayMetrics:
                                  "upstream_error, timeout; unauthorized and bad_config: its configuration).",
                                  ["provider", "reason"], registry=r)
         r.register(_TrafficCollector(self))
+        self.experience = ClientExperience(r)  # the page's timings (`client_metrics`); `subjects`: AvatarTime's
+        self.avatar_time = AvatarTime(r, subjects)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Scrape
@@ -212,6 +216,9 @@ class RelayMetrics:
         """The conversations held for a resume now (their browser's connection dropped; each keeps its seats)."""
         Gauge("avatar_relay_conversations_held", "Conversations held for a resume now: open, their browser's "
               "connection dropped (RELAY_RESUME_WINDOW).", registry=self.registry).set_function(lambda: float(held()))
+        self.resume_handovers = Counter(
+            "avatar_relay_resume_handovers_total", "Resumes this worker took and relayed to the worker of `serve "
+            "--workers N` that holds their conversation (relay.server.handover).", registry=self.registry)
 
     def watch_journal(self, journal: Journal) -> None:
         """`avatar_relay_journals_moved_aside`: damaged session journals lying in the state directory, as last
@@ -284,6 +291,8 @@ class RelayMetrics:
         async def closed(outcome: SessionOutcome) -> None:
             if outcome.error is not None:
                 for leaf in leaves(outcome.error):
+                    if isinstance(leaf, SessionRotated):  # replaced before its limit: not an error
+                        break
                     if isinstance(leaf, AvatarError):
                         kind = "session_ended" if isinstance(leaf, AvatarSessionEnded) else leaf.reason
                         self.upstream_error(provider, kind, leaf.upstream_code, leaf.message)
@@ -443,3 +452,158 @@ class _ObservedSession:
             heard = self._live.audio_heard.pop(turn, None)
             if heard is not None:
                 self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Where the user is (issue 25 §2) and avatar time (§3): the page's own timings, and the seconds avatar sessions run
+
+# The page's turn timings: a reply heard within a second feels live, beyond three it feels broken.
+CLIENT_TURN_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0)
+CAPTION_OFFSET_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0, 2.0, 5.0)
+FREEZE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+OTHER_SUBJECTS = "~other"  # the subject label of the subjects beyond RELAY_METRICS_SUBJECTS ("~" is in no subject)
+
+
+class ClientExperience:
+    """The page's `client_metrics` reports as histograms per avatar provider (the conversation's, as the relay
+    knows it: "none" for voice only), and the reports dropped, by reason. Never sees anything of a report but its
+    bounded numbers (relay.protocol.client_metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.speech_to_audio = Histogram(
+            "avatar_relay_client_speech_to_audio_seconds", "Measured by the page: from the end of the user's speech "
+            "(final user_transcript, or a typed message sent) to the agent's first audio heard.", ["provider"],
+            buckets=CLIENT_TURN_BUCKETS, registry=r)
+        self.speech_to_mouth = Histogram(
+            "avatar_relay_client_speech_to_mouth_seconds", "Measured by the page: from the end of the user's speech "
+            "to the first avatar video frame after the avatar's speaking signal (its mouth moving).", ["provider"],
+            buckets=CLIENT_TURN_BUCKETS, registry=r)
+        self.caption_offset = Histogram(
+            "avatar_relay_client_caption_offset_seconds", "Measured by the page: how late a turn's captions are "
+            "shown after the words are said (mean over the turn's words).", ["provider"],
+            buckets=CAPTION_OFFSET_BUCKETS, registry=r)
+        self.freezes = Histogram(
+            "avatar_relay_client_video_freeze_seconds", "Measured by the page: each stall of the avatar's video "
+            "(no new frame for 500 ms or more while it plays), by its length.", ["provider"],
+            buckets=FREEZE_BUCKETS, registry=r)
+        self.reports = Counter("avatar_relay_client_metrics_reports", "client_metrics reports taken from pages.",
+                               registry=r)
+        self.dropped = Counter("avatar_relay_client_metrics_dropped", "client_metrics reports dropped, by reason: "
+                               "oversized, malformed, too_frequent (the relay's rate limit).", ["reason"], registry=r)
+
+    def report(self, record: ConversationRecord, report: ClientMetrics | DroppedClientMetrics) -> None:
+        """`ConversationHooks.on_client_metrics`: observe a taken report's figures, count a dropped one."""
+        if isinstance(report, DroppedClientMetrics):
+            self.dropped.labels(report.reason).inc()
+            return
+        self.reports.inc()
+        provider = record.avatar_provider or "none"
+        for turn in report.turns:
+            for histogram, value in ((self.speech_to_audio, turn.speech_to_audio_ms),
+                                     (self.speech_to_mouth, turn.speech_to_mouth_ms),
+                                     (self.caption_offset, turn.caption_offset_ms)):
+                if value is not None:
+                    histogram.labels(provider).observe(value / 1000.0)
+        for freeze_ms in report.freezes_ms:
+            self.freezes.labels(provider).observe(freeze_ms / 1000.0)
+
+
+@dataclass
+class _RunningSession:
+    provider: str
+    subject: str
+    since: float
+
+
+class AvatarTime:
+    """Seconds of avatar sessions, per provider — what the providers bill — counted from the session's creation
+    upstream (or its hand-over, for a provider that does not say) to its close, and read at scrape time (running
+    sessions included, so the counter is current and exact). With `subjects` > 0 (RELAY_METRICS_SUBJECTS) also per
+    client subject (the token's verified `sub`; "" without one): the first `subjects` subjects seen get their own
+    label, the rest share OTHER_SUBJECTS, so the label set stays bounded whatever the clients."""
+
+    def __init__(self, registry: CollectorRegistry, subjects: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.subjects = subjects
+        self._clock = clock
+        self._running: dict[int, _RunningSession] = {}
+        self._ended: dict[tuple[str, str], float] = {}
+        self._labelled: set[str] = set()
+        self._next = 0
+        registry.register(_AvatarTimeCollector(self))
+
+    def _subject_label(self, subject: str | None) -> str:
+        if self.subjects <= 0:
+            return ""
+        label = subject or ""
+        if label in self._labelled:
+            return label
+        if len(self._labelled) < self.subjects:
+            self._labelled.add(label)
+            return label
+        return OTHER_SUBJECTS
+
+    def session_hooks(self, provider: str) -> SessionHooks:
+        """Hooks for one avatar session (`MakeHooks`): its clock runs from creation (or hand-over) to close."""
+        record = current_conversation.get()
+        subject = self._subject_label(record.subject if isinstance(record, ConversationRecord) else None)
+        key = self._next
+        self._next += 1
+
+        def begin() -> None:
+            if key not in self._running:
+                self._running[key] = _RunningSession(provider, subject, self._clock())
+
+        async def created(session_id: str) -> None:
+            begin()
+
+        def opened(session: AvatarSession) -> AvatarSession:
+            begin()
+            return session
+
+        async def closed(outcome: SessionOutcome) -> None:
+            running = self._running.pop(key, None)
+            if running is not None:
+                ended = (running.provider, running.subject)
+                self._ended[ended] = self._ended.get(ended, 0.0) + self._clock() - running.since
+
+        return SessionHooks(on_created=created, on_opened=opened, on_closed=closed)
+
+    def totals(self) -> dict[tuple[str, str], float]:
+        """Seconds so far by (provider, subject label): ended sessions plus the running ones, read now."""
+        totals = dict(self._ended)
+        now = self._clock()
+        for running in self._running.values():
+            key = (running.provider, running.subject)
+            totals[key] = totals.get(key, 0.0) + now - running.since
+        return totals
+
+
+class _AvatarTimeCollector:
+    def __init__(self, time_: AvatarTime) -> None:
+        self._time = time_
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        totals = self._time.totals()
+        by_provider: dict[str, float] = {}
+        for (provider, _), ran in totals.items():
+            by_provider[provider] = by_provider.get(provider, 0.0) + ran
+        seconds = CounterMetricFamily("avatar_relay_avatar_session_seconds", "Seconds avatar sessions ran (what "
+                                      "the providers bill), by provider: from creation upstream to stop, running "
+                                      "sessions included.", labels=["provider"])
+        for provider, value in sorted(by_provider.items()):
+            seconds.add_metric([provider], value)
+        families: list[Metric] = [seconds]
+        if self._time.subjects > 0:
+            per_subject = CounterMetricFamily("avatar_relay_avatar_session_seconds_by_subject", "Seconds avatar "
+                                              "sessions ran, by provider and client subject (RELAY_METRICS_SUBJECTS "
+                                              f"subjects, then {OTHER_SUBJECTS!r}; \"\": no subject).",
+                                              labels=["provider", "subject"])
+            for (provider, subject), value in sorted(totals.items()):
+                per_subject.add_metric([provider, subject], value)
+            families.append(per_subject)
+        return families

@@ -26,6 +26,9 @@ from pydantic import (
 )
 
 from relay._util import dumps as _dump
+from relay.protocol.client_metrics import ClientMetrics as ClientMetrics  # re-exported: part of ClientEvent
+from relay.protocol.client_metrics import DroppedClientMetrics as DroppedClientMetrics
+from relay.protocol.client_metrics import read_report
 from relay.protocol.vocab import AvatarUnavailableReason, EndReason, ErrorCode
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -144,11 +147,13 @@ class Audio:
 
 # Adding a client message: its frame class above, a member of `TextFrame` (what arrives) and of `ClientEvent` (what
 # `parse_text_frame` returns; tests/protocol/test_browser.py fails when the two disagree). The known types follow.
+# `client_metrics` (relay.protocol.client_metrics) is the one message a bad copy of which is not a protocol error: it
+# is read as `DroppedClientMetrics` (the conversation logs and counts it) instead.
 TextFrame = (Start | AudioText | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult
-             | Feedback | Stop)
+             | Feedback | Stop | ClientMetrics)
 
 ClientEvent = (Start | Audio | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult | Feedback
-               | Stop)
+               | Stop | ClientMetrics | DroppedClientMetrics)
 
 _text_frame_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[TextFrame, Field(discriminator="type")])
 KNOWN_TYPES: Final[tuple[str, ...]] = tuple(get_args(frame.model_fields["type"].annotation)[0]
@@ -189,6 +194,8 @@ def parse_text_frame(text: str) -> ClientEvent:
         raise ProtocolError("text frames must be JSON objects") from None
     if not isinstance(raw, dict):
         raise ProtocolError("text frames must be JSON objects")
+    if raw.get("type") == "client_metrics":  # measurements: a bad one is dropped, never the conversation's end
+        return read_report(raw, len(text))
     if nested_deeper_than(raw, MAX_DEPTH):
         raise ProtocolError(f"JSON nested more than {MAX_DEPTH} levels deep")
     kind = raw.get("type")
@@ -282,6 +289,9 @@ class AvatarInfo:
     livekit_url: str | None
     access_token: str | None
     simulated: bool
+    # The session's own limit in seconds when the provider said it (LiveAvatar's start answer): the relay rotates to a
+    # fresh session before it. Server-side only: not sent (`_avatar` names what the browser gets).
+    session_seconds: float | None = None
 
 
 def _avatar(avatar: AvatarInfo) -> dict[str, Any]:

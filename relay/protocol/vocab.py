@@ -14,8 +14,8 @@ ErrorCode = Literal["protocol_error", "unauthorized", "capacity", "upstream_unav
 
 # `ended.reason`: an error code when the conversation failed, or one of the normal endings.
 # `client_gone` never reaches a browser (none is there): the record's reason when it left first, or did not come back
-# within RELAY_RESUME_WINDOW.
-EndReason = ErrorCode | Literal["client_stop", "agent_ended", "max_duration", "client_gone"]
+# within RELAY_RESUME_WINDOW. `admin`: an operator ended it (`POST /admin/conversations/<id>/end`).
+EndReason = ErrorCode | Literal["client_stop", "agent_ended", "max_duration", "client_gone", "admin"]
 
 # `AvatarUnavailable.reason`: why no avatar session could be opened.
 # `capacity`: the relay's own budget of avatar sessions (RELAY_MAX_AVATAR_SESSIONS) is used up; no call was made.

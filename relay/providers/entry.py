@@ -106,3 +106,9 @@ class Provider:
     # The longest a session lives upstream with these settings (the sandbox's minute, the configured maximum), in
     # seconds; None: no known limit. The conversation rotates to a fresh session between turns before it.
     session_seconds: Callable[[Settings], float | None] | None = None
+    # The simulator's fault that shortens its sessions' limit (`avatar-relay sim --session-limit NAME=SECONDS`), so
+    # that a test sees a session end at its limit, or the relay rotate before it, in seconds rather than minutes.
+    simulator_session_limit: str | None = None
+    # A provider that cannot list its sessions but counts them (`count_running(settings, http)`): the
+    # untracked-session check compares that count (relay.ops.untracked). None: `list_running_ids` names them.
+    count_running: Callable[[Settings, httpx2.AsyncClient], Awaitable[int]] | None = None

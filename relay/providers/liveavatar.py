@@ -120,4 +120,5 @@ PROVIDER = Provider(
     simulator=liveavatar_sim.create_app,
     page=PageTransport("livekit", participant=AVATAR_PARTICIPANT),
     session_seconds=session_seconds,
+    simulator_session_limit="sandbox_duration_s",  # the sandbox's minute (the simulator reports it at start)
 )

@@ -74,9 +74,11 @@ PROVIDER = Provider(
         demo={"simli_face_id": DEMO_FACE}),
     make=simli.SimliProvider,
     list_running_ids=simli.list_running_ids,
+    count_running=simli.active_session_count,  # Simli has no list call, only this count
     stop_by_id=simli.stop_by_id,
     doctor=AccountCheck(steps=(face_step, running_sessions, token_step), go_on=_go_on),
     simulator=simli_sim.create_app,
     page=PageTransport("livekit"),  # the room holds only the avatar and the viewer (simli-client's LivekitTransport)
     session_seconds=lambda settings: float(settings.simli_session_length),  # maxSessionLength
+    simulator_session_limit="max_session_length_s",  # a cap on the maxSessionLength asked (the relay is not told)
 )

@@ -21,6 +21,7 @@ ASGIApp = Callable[[Any, Receive, Send], Awaitable[None]]
 
 _KEY = "relay.browser_left"
 _CODE_KEY = "relay.browser_close_code"
+_RELAY_CLOSED_KEY = "relay.closed_by_relay"
 
 
 class NoteDepartures:
@@ -68,14 +69,15 @@ def browser_left(scope: Any) -> Callable[[], bool]:
 
 def left_cleanly(scope: Any) -> Callable[[], bool | None]:
     """For a WebSocket scope served through `NoteDepartures`: a check, None while the browser has not left (the
-    server cut the connection), True when it left with a close 1000, False when it left any other way (1001, 1006:
-    a reset, a lost network)."""
+    server cut the connection), True when it left with a close 1000 or after the relay's own close (hypercorn's 1009
+    for a frame over RELAY_MAX_FRAME_BYTES: the browser was told why, it did not drop), False when it left any other
+    way (1001, 1006: a reset, a lost network)."""
     left = browser_left(scope)
 
     def check() -> bool | None:
         if not left():
             return None
-        return bool(scope.get(_CODE_KEY) == 1000)
+        return bool(scope.get(_CODE_KEY) == 1000 or scope.get(_RELAY_CLOSED_KEY))
 
     return check
 
@@ -85,9 +87,12 @@ def note_browser_close_codes() -> None:
     frame 1000 as well as a TCP reset: the browser's own code is lost, and a resumable conversation must tell a
     browser that closed cleanly (ended at once) from one whose network dropped (held). This wraps hypercorn's
     WebSocket stream so that the close frame's code is noted in the connection's scope first (where
-    `NoteDepartures` reads it). Idempotent; a hypercorn without that method is left alone."""
+    `NoteDepartures` reads it). A close frame that answers the server's own close (hypercorn's 1009 for an oversized
+    frame, which the browser echoes or answers with a reset) is noted as the relay's close, not the browser's code:
+    the connection was ended on purpose, not dropped. Idempotent; a hypercorn without that method is left alone."""
     try:
         from hypercorn.protocol.ws_stream import WSStream
+        from wsproto.connection import ConnectionState
         from wsproto.events import CloseConnection
     except ImportError:  # pragma: no cover - hypercorn's layout changed: codes stay as hypercorn says
         return
@@ -96,16 +101,21 @@ def note_browser_close_codes() -> None:
         return
 
     async def handle_events(self: Any) -> None:
-        pending = list(self.connection.events())
+        pending = list(self.connection.events())  # parsed up to and including a close frame
         for event in pending:
             if isinstance(event, CloseConnection):
-                self.scope.setdefault(_CODE_KEY, event.code)
+                if self.connection.state is ConnectionState.REMOTE_CLOSING:  # the browser closed first
+                    self.scope.setdefault(_CODE_KEY, event.code)
+                else:  # its answer to a close the server sent first
+                    self.scope[_RELAY_CLOSED_KEY] = True
         events = self.connection.events
         self.connection.events = lambda: iter(pending)
         try:
             await original(self)
         finally:
             self.connection.events = events
+            if self.connection.state is ConnectionState.LOCAL_CLOSING:  # the server closed it (hypercorn's 1009)
+                self.scope[_RELAY_CLOSED_KEY] = True
 
     handle_events._relay_notes_close_codes = True  # type: ignore[attr-defined]
     WSStream._handle_events = handle_events  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from relay.config import Settings
@@ -22,6 +23,7 @@ from relay.protocol import browser as bp
 from relay.server.admission import OVER_RATE, AdmissionRefused, Registry
 from relay.server.auth import Gate, HandshakeDecision, TokenClaims, TokenError, identity
 from relay.server.pending import PUSHED_OUT, PendingPool
+from relay.server.roster import Roster
 from relay.server.token_uses import TokenUses, token_use
 
 log = logging.getLogger("relay.web")
@@ -35,6 +37,7 @@ class Opening:
     start: bp.Start
     client: str
     claims: TokenClaims | None
+    address: str = ""  # the client's address (what `client` is without a token's `sub`)
 
 
 def allowed_names(setting: str) -> frozenset[str]:
@@ -70,7 +73,7 @@ def grant_of(claims: TokenClaims | None) -> Grant | None:
     """What a verified token allows the conversation."""
     if claims is None:
         return None
-    return Grant(max_duration=claims.max_duration, overrides=claims.overrides)
+    return Grant(max_duration=claims.max_duration, overrides=claims.overrides, subject=claims.subject or None)
 
 
 async def read_opening(browser: BrowserSocket, decision: HandshakeDecision, gate: Gate, pending: PendingPool,
@@ -97,7 +100,8 @@ async def read_opening(browser: BrowserSocket, decision: HandshakeDecision, gate
             if pending.was_pushed_out(slot):
                 raise AdmissionRefused(PUSHED_OUT, why="pre_start")
             raise AdmissionRefused("the relay is shutting down; try again shortly", "shutdown", "shutdown")
-    return Opening(start, decision.client if claims is None else identity(claims, decision.client), claims)
+    return Opening(start, decision.client if claims is None else identity(claims, decision.client), claims,
+                   decision.client)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Doorway:
     pending: PendingPool
     metrics: RelayMetrics
     uses: TokenUses
+    roster: Roster | None = None  # the live conversations an operator lists and ends (relay.server.admin)
 
     async def serve(self, browser: BrowserSocket, decision: HandshakeDecision, up: Upstreams, *,
                     browser_left: Callable[[], bool] | None = None, resuming: ResumeDoor | None = None) -> None:
@@ -169,8 +174,10 @@ class Doorway:
                     self.uses, None if claims is None else claims.use_key,
                     0.0 if claims is None else claims.expires + settings.relay_auth_leeway,
                     (claims and claims.max_conversations) or settings.relay_token_max_conversations):
-                await run_conversation(browser, up, shutdown_scope, start=opening.start,
-                                       grant=grant_of(claims), browser_left=browser_left)
+                with nullcontext() if self.roster is None else self.roster.seat(
+                        shutdown_scope, opening.address, None if claims is None else claims.subject, browser):
+                    await run_conversation(browser, up, shutdown_scope, start=opening.start,
+                                           grant=grant_of(claims), browser_left=browser_left)
         except AdmissionRefused as exc:
             await self._refuse(browser, exc)
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from relay.conversation.link import BrowserLink
-from relay.protocol.resume import ResumeFailure, ResumeRefused, issue_token, new_key, read_token
+from relay.protocol.resume import ResumeFailure, ResumeRefused, issue_token, new_key, read_token, token_route
 
 TOMBSTONES = 10_000  # ended holds remembered (a key and a word each)
 
@@ -37,6 +37,13 @@ class HeldTable:
         self._secret = secret or secrets.token_bytes(32)
         self._holds: dict[str, Hold] = {}
         self._tombstones: OrderedDict[str, ResumeFailure] = OrderedDict()
+        self.siblings: dict[str, int] = {}  # under `serve --workers N`: the other workers' routes -> their index
+
+    def sibling_holding(self, token: str) -> int | None:
+        """The index of the other worker of this relay whose route `token` names (it holds the conversation), or
+        None (this worker's token, another relay's, or no token at all)."""
+        route = token_route(token)
+        return None if route is None else self.siblings.get(route)
 
     @property
     def held_count(self) -> int:
@@ -73,10 +80,3 @@ class HeldTable:
         self._tombstones[hold.key] = "expired" if expired else "ended"
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)
-
-    def end_all_held(self) -> int:
-        """The drain: every conversation waiting for its browser ends now (`client_gone`). Returns how many."""
-        held = [hold for hold in self._holds.values() if hold.link.held]
-        for hold in held:
-            hold.link.give_up()
-        return len(held)

@@ -9,9 +9,13 @@ around it is what ends it when the browser is gone for good (a clean close, or t
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from socket import gethostname
 from typing import TYPE_CHECKING
 
 import trio
@@ -30,17 +34,31 @@ log = logging.getLogger("relay.web")
 
 def held_table(state: RelayState) -> HeldTable | None:
     """The process's table of resumable conversations, None with RELAY_RESUME_WINDOW=0. Its route names this relay
-    (its fleet id with RELAY_REDIS_URL) and, under `serve --workers N`, the worker."""
+    (RELAY_RESUME_ROUTE, else its fleet id with RELAY_REDIS_URL, else a random id) and, under `serve --workers N`,
+    the worker: `<relay>-w<index>`, the relay part shared by every worker (RELAY_RESUME_ROUTE, else the host and the
+    supervisor's private directory's random name), so that each knows the others' routes (`siblings`); under
+    hypercorn's own workers, this process (`-p<pid in hex>`): docs/deploy.md "Resuming behind a proxy"."""
     settings = state.settings
     if settings.relay_resume_window <= 0:
         return None
-    base = settings.relay_resume_route or (state.fleet.relay_id if state.fleet is not None
-                                           else "r" + secrets.token_hex(4))
-    if state.worker is not None:
-        base += f"-w{state.worker.index}"
-    route = re.sub(r"[^A-Za-z0-9_-]", "-", base)[-64:]
-    return HeldTable(route, settings.relay_resume_window,
-                     lifetime=settings.relay_max_duration + settings.relay_resume_window)
+    worker = state.worker
+    if settings.relay_resume_route:
+        base = settings.relay_resume_route
+    elif worker is not None:
+        base = f"{gethostname()[:24]}-{Path(worker.directory).name.rsplit('-', 1)[-1]}"
+    else:
+        base = state.fleet.relay_id if state.fleet is not None else "r" + secrets.token_hex(4)
+    if worker is None and multiprocessing.parent_process() is not None:  # one of hypercorn's own workers (`hypercorn
+        base += f"-p{os.getpid():x}"  # -w N`): they share the route otherwise, and the other's token reads as forged
+
+    def route_of(index: int | None) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "-", base if index is None else f"{base}-w{index}")[-64:]
+
+    table = HeldTable(route_of(None if worker is None else worker.index), settings.relay_resume_window,
+                      lifetime=settings.relay_max_duration + settings.relay_resume_window)
+    if worker is not None:
+        table.siblings = {route_of(index): index for index in range(worker.count) if index != worker.index}
+    return table
 
 
 async def serve_connection(state: RelayState, nursery: trio.Nursery, socket: BrowserSocket, subject: str | None,
@@ -67,7 +85,7 @@ async def serve_connection(state: RelayState, nursery: trio.Nursery, socket: Bro
         except Exception:  # never out into the app's nursery: that would end the server
             log.exception("internal error around a conversation")
         finally:
-            table.end(hold, expired=link.held)
+            table.end(hold, expired=link.held and link.scope.cancelled_caught)  # not when cut while held (admin)
             link.finish()
 
     nursery.start_soon(conversation)
@@ -90,13 +108,25 @@ async def _serve(link: BrowserLink, connection: BrowserSocket, left_cleanly: Cal
 
 
 async def resume_connection(state: RelayState, socket: BrowserSocket, resume: bp.Resume, subject: str | None,
-                            left_cleanly: Callable[[], bool | None]) -> None:
+                            left_cleanly: Callable[[], bool | None], *, relayed: bool = False) -> None:
     """Hand `socket` to the conversation `resume` names, and serve it as `serve_connection` does; a resume that
-    cannot be honoured is answered `resume_failed` (reason), `ended`, close 1008."""
+    cannot be honoured is answered `resume_failed` (reason), `ended`, close 1008. Under `serve --workers N` a
+    resume for a conversation another worker holds is relayed there (`relay.server.handover`; `relayed`: this
+    connection was relayed here by another worker, and goes no further)."""
     table = state.held
     try:
         if table is None:
             raise ResumeRefused("unknown", "this relay does not resume conversations")
+        sibling = None if relayed else table.sibling_holding(resume.resume_token)
+        if sibling is not None and state.worker is not None:
+            from relay.server.handover import relay_resume
+
+            log.info("resume for worker %d: relaying the connection there", sibling)
+            if state.metrics is not None:
+                state.metrics.resume_handovers.inc()
+            await relay_resume(state.worker.handover_socket(sibling), socket, resume, subject, left_cleanly,
+                               state.settings.relay_max_frame_bytes)
+            return
         hold = table.claim(resume.resume_token, subject)
         link = hold.link
 

@@ -20,6 +20,7 @@ from relay.server.admission import Registry
 from relay.server.auth import Gate
 from relay.server.jwks import JwksCache
 from relay.server.resume import HeldTable
+from relay.server.roster import Roster
 from relay.sim.runner import SimulatorURLs
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class RelayState:
     avatar_budgets: dict[str, AvatarBudget] = field(default_factory=dict)  # RELAY_MAX_AVATAR_SESSIONS, by provider
     fleet_sessions: FleetSessions | None = None  # with a fleet and an avatar: the fleet's session registry
     held: HeldTable | None = None  # with RELAY_RESUME_WINDOW > 0: the conversations a new connection may resume
+    roster: Roster = field(default_factory=Roster)  # the live conversations, as the operator sees them (admin)
 
     @property
     def readiness(self) -> dict[str, bool]:

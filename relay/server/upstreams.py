@@ -41,6 +41,7 @@ def conversation_hooks(app: QuartTrio, state: RelayState, metrics: RelayMetrics)
 
     def on_start(record: ConversationRecord) -> None:
         metrics.conversation_started(record)
+        state.roster.on_start(record)
         if transcripts is not None:
             transcripts.start(record)
 
@@ -52,7 +53,8 @@ def conversation_hooks(app: QuartTrio, state: RelayState, metrics: RelayMetrics)
     return ConversationHooks(
         on_start=on_start, on_ready=metrics.conversation_ready, on_end=on_end,
         on_agent_event=None if transcripts is None else transcripts.agent_event,
-        on_user_text=None if transcripts is None else transcripts.user_text)
+        on_user_text=None if transcripts is None else transcripts.user_text,
+        on_client_metrics=metrics.experience.report)
 
 
 async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper, hooks: ConversationHooks, *,
@@ -83,6 +85,12 @@ async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper,
         from relay.server.worker_metrics import serve_own_metrics
 
         await app.nursery.start(serve_own_metrics, worker.metrics_socket(worker.index), metrics.render)
+        if state.held is not None:
+            from relay.server.handover import serve_handovers
+            from relay.server.resuming import resume_connection
+
+            await app.nursery.start(serve_handovers, worker.handover_socket(worker.index),
+                                    partial(resume_connection, state, relayed=True), settings.relay_max_frame_bytes)
     state.upstreams = Upstreams(settings=effective, http=http, provider=provider,
                                 open_agent=metrics.observe_agent(open_agent), hooks=hooks,
                                 session_limits=providers.session_limits(effective))
@@ -146,6 +154,8 @@ def _chain(provider: AvatarProvider, state: RelayState, effective: Settings, met
         # Registered alongside the creation call, right after the journal's row.
         session_hooks.append(state.fleet_sessions.hooks(url))
     session_hooks.append(metrics.session_hooks)
+    session_hooks.append(state.roster.session_hooks)  # which session each conversation holds, for how long (admin)
+    session_hooks.append(metrics.avatar_time.session_hooks)
     hooked: AvatarProvider = HookedProvider(provider, session_hooks)
     budget = state.avatar_budgets.get(provider.name)
     if budget is not None:

@@ -60,6 +60,10 @@ class WorkerRole:
     def metrics_socket(self, index: int) -> Path:
         return Path(self.directory) / f"metrics-{index}.sock"
 
+    def handover_socket(self, index: int) -> Path:
+        """Where worker `index` takes over resumes that landed on another worker (relay.server.handover)."""
+        return Path(self.directory) / f"handover-{index}.sock"
+
     def seats(self, limit: int) -> Seats:
         return Seats(self.seats_fd, self.count, self.index, limit)
 

@@ -52,6 +52,7 @@ class LiteLedger:
     listening: list[str] = field(default_factory=list)  # "start" / "stop", in the order received
     record_audio: bool = False
     audio: dict[str, bytearray] = field(default_factory=dict)
+    dropped_at: float | None = None  # when the `drop_after_audio_bytes` fault closed a socket (1011)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class LiteLedger:
             "dropped_before_connected": self.dropped_before_connected,
             "listening": list(self.listening),
             "errors_sent": self.errors_sent,
+            "dropped_at": self.dropped_at,
         }
 
 
@@ -86,13 +88,18 @@ class LiteSocketSimulator:
     after its `agent.speak_end` is dropped and counted (`after_commit` "drop"; "play": it extends the utterance).
     `agent.interrupt` clears every scheduled speaking event, not only the one it names (the docs: "clears all
     scheduled speaking events"). `close()` ends `run` from outside (session expired or stopped); `run` returns then and
-    the caller closes the socket. Frames over 1 MB make `run` return `1009` (the caller closes with it).
+    the caller closes the socket. Frames over 1 MB make `run` return `1009` (the caller closes with it). Once the
+    connection has received `drop_after_audio_bytes()` bytes of audio, `run` returns `1011` (a socket that dies
+    mid-reply).
     """
 
     def __init__(self, ledger: LiteLedger, *, on_activity: Callable[[], None] = lambda: None,
                  suppress_connected: bool = False, connected_delay: float = 0.0,
-                 withhold_connected: bool = False, render_delay: float = 0.3, after_commit: str = "drop") -> None:
+                 withhold_connected: bool = False, render_delay: float = 0.3, after_commit: str = "drop",
+                 drop_after_audio_bytes: Callable[[], int | None] = lambda: None) -> None:
         self.ledger = ledger
+        self._drop_after_audio_bytes = drop_after_audio_bytes  # read at each chunk: a test may change it
+        self._received = 0  # audio bytes on this connection
         self._render_delay = render_delay
         self._after_commit = after_commit
         self._committed: set[str] = set()  # event ids that had their agent.speak_end
@@ -243,6 +250,12 @@ class LiteSocketSimulator:
         record.audio_bytes += len(pcm)
         if ledger.record_audio:
             ledger.audio.setdefault(event_id, bytearray()).extend(pcm)
+        self._received += len(pcm)
+        drop = self._drop_after_audio_bytes()
+        if drop is not None and self._received >= drop:
+            ledger.dropped_at = time.monotonic()
+            self.close(1011)  # the connection dies mid-reply; the session itself goes on, billed, until stopped
+            return
         await self._emit({"type": "agent.audio_buffer_appended", "event_id": event_id})
         if event_id not in self._started:
             self._started[event_id] = time.monotonic()

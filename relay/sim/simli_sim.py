@@ -31,7 +31,8 @@ Control endpoints:
   (DONE, IDLE_TIMEOUT, MAX_SESSION_LENGTH, JOIN_TIMEOUT, RATE_LIMITED, TERMINATED, AUDIO_CHUNK_TOO_LARGE),
   `billed_seconds`, `ws_connects`, `audio_seconds`, `frames`, `silent_frames`, `dropped_before_start`, `skips`, `dones`,
   `frames_after_done`, `segments` (audio seconds received between `SKIP`s: one more than `skips`), `speak_events`,
-  `last_audio` (time). Times are time.monotonic().
+  `last_audio` (time), `first_audio` (the first frame that is not silence: the avatar starts speaking). Times are
+  time.monotonic().
 - `GET /_sim/audio/<session_id>/<segment>`: the raw PCM16 16 kHz received in that segment (`record_audio` only).
 - `POST /_sim/join`: join every room that waits (`withhold_join`); answers `{"joined": n}`.
 - `POST /_sim/reset`: end every session, clear ledger and faults.
@@ -68,8 +69,7 @@ import trio
 from quart import Response, abort, request, websocket
 from quart_trio import QuartTrio
 
-from relay.net.http_keepalive import KeepAliveGuard
-from relay.sim.faults import take_forced_failure
+from relay.sim.faults import SimLedger, json_response, simulator_app, take_forced_failure, validation_error
 
 SIMULATED_LIVEKIT_URL = "wss://livekit.simulated.invalid"
 BYTES_PER_SECOND = 32_000  # PCM16 mono 16 kHz
@@ -103,21 +103,19 @@ DEFAULT_FAULTS: dict[str, Any] = {
 }
 
 
-def _fresh_faults() -> dict[str, Any]:
-    return {key: (dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value)
-            for key, value in DEFAULT_FAULTS.items()}
-
-
-def _json(payload: Any, status: int) -> Response:
-    return Response(orjson.dumps(payload), status=status, content_type="application/json")
-
-
 def _refusal_body(status: int, detail: str) -> Response:
-    return _json({"session_token": FAIL_TOKEN, "detail": detail}, status)
+    return json_response({"session_token": FAIL_TOKEN, "detail": detail}, status)
 
 
-def _validation_error(problems: list[tuple[list[Any], str, str]]) -> Response:
-    return _json({"detail": [{"loc": loc, "msg": msg, "type": kind} for loc, msg, kind in problems]}, 422)
+def _forced_answer(fail: dict[str, Any]) -> tuple[Response, dict[str, Any]]:
+    """A forced failure's answer (`fail`: status, detail, retry_after, or a whole `body`) and what the refusals
+    record of it."""
+    status = int(fail.get("status", 500))
+    detail = str(fail.get("detail", "UNKNOWN_ERROR"))
+    response = json_response(fail["body"], status) if "body" in fail else _refusal_body(status, detail)
+    if fail.get("retry_after") is not None:
+        response.headers["Retry-After"] = str(math.ceil(fail["retry_after"]))
+    return response, {"detail": detail}
 
 
 def _is_positive_int(value: object) -> bool:
@@ -146,6 +144,7 @@ class SimSession:
     socket_closed: float | None = None
     end_reason: str | None = None
     last_audio: float | None = None
+    first_audio: float | None = None
     last_data: float = 0.0
     ws_connects: int = 0
     audio_bytes: int = 0
@@ -195,7 +194,7 @@ class SimSession:
             "dropped_before_start": self.dropped_before_start, "skips": self.skips, "dones": self.dones,
             "frames_after_done": self.frames_after_done,
             "segments": [size / BYTES_PER_SECOND for size in self.segments], "speak_events": self.speak_events,
-            "last_audio": self.last_audio, "open_socket": self.socket is not None,
+            "last_audio": self.last_audio, "first_audio": self.first_audio, "open_socket": self.socket is not None,
         }
 
 
@@ -342,6 +341,8 @@ class SimliSocket:
         session.audio_bytes += len(frame)
         session.segments[-1] += len(frame)
         session.last_audio = now
+        if session.first_audio is None and frame.count(0) != len(frame):
+            session.first_audio = now  # the avatar starts speaking (keep-alive silence is not speech)
         if session.record_audio:
             session.audio[-1].extend(frame)
         self._queued_until = max(self._queued_until, now) + len(frame) / BYTES_PER_SECOND
@@ -358,29 +359,14 @@ class SimliSocket:
             self.close(1011)  # the connection dies mid-reply; the session itself goes on
 
 
-class SimState:
+class SimState(SimLedger[SimSession]):
     def __init__(self) -> None:
-        self.faults = _fresh_faults()
-        self.sessions: dict[str, SimSession] = {}
-        self.by_token: dict[str, str] = {}
-        self.requests: dict[str, int] = {}
-        self.refusals: list[dict[str, Any]] = []
+        super().__init__(DEFAULT_FAULTS)
 
     def reset(self) -> None:
         for session in self.sessions.values():
             session.end("RESET", "CLOSING RESET")
-        self.faults = _fresh_faults()
-        self.sessions = {}
-        self.by_token = {}
-        self.requests = {}
-        self.refusals = []
-
-    def merge_faults(self, update: dict[str, Any]) -> None:
-        for key, value in update.items():
-            if key in ("latency_ms", "fail") and isinstance(value, dict):
-                self.faults[key].update(value)
-            else:
-                self.faults[key] = value
+        self.clear()
 
     def billed_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.billed)
@@ -389,11 +375,8 @@ class SimState:
 def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     """The Simli simulator as an ASGI app (see the module docstring for endpoints and faults); `start_faults` are
     merged into the defaults at start (`avatar-relay sim --faults simli=JSON`; `/_sim/reset` forgets them)."""
-    app = QuartTrio(__name__)
-    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]  # never lose a kept-alive request
     state = SimState()
-    if start_faults:
-        state.merge_faults(start_faults)
+    app = simulator_app(__name__, state, start_faults)
 
     def fault(name: str) -> float:
         """A numeric fault, its default when unset (null)."""
@@ -401,31 +384,17 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         return float(DEFAULT_FAULTS[name] if value is None else value)
 
     def refuse(endpoint: str, response: Response, detail: str | None) -> Response:
-        state.refusals.append({"endpoint": endpoint, "status": response.status_code, "detail": detail,
-                               "at": time.monotonic()})
-        return response
-
-    async def prelude(endpoint: str) -> Response | None:
-        """Count the request, apply injected latency and forced failures."""
-        state.requests[endpoint] = state.requests.get(endpoint, 0) + 1
-        latency = state.faults["latency_ms"].get(endpoint)
-        if latency:
-            await trio.sleep(latency / 1000)
-        fail = take_forced_failure(state.faults["fail"], endpoint)
-        if fail is None:
-            return None
-        status = int(fail.get("status", 500))
-        detail = str(fail.get("detail", "UNKNOWN_ERROR"))
-        response = _json(fail["body"], status) if "body" in fail else _refusal_body(status, detail)
-        if fail.get("retry_after") is not None:
-            response.headers["Retry-After"] = str(math.ceil(fail["retry_after"]))
-        return refuse(endpoint, response, detail)
+        return state.refuse(endpoint, response, detail=detail)
 
     def api_key_problem(endpoint: str) -> Response | None:
         key = request.headers.get("x-simli-api-key")
         if not key or key in (state.faults["invalid_keys"] or ()):
             return refuse(endpoint, _refusal_body(401, "INVALID_API_KEY"), "INVALID_API_KEY")
         return None
+
+    async def gate(endpoint: str) -> Response | None:
+        """Count the request, apply injected latency and forced failures, check the API key. None: go on."""
+        return await state.gate(endpoint, _forced_answer, api_key_problem)
 
     async def body_json() -> dict[str, Any] | None:
         raw = await request.get_data()
@@ -457,15 +426,12 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
 
     @app.post("/compose/token")
     async def compose_token() -> Response:
-        forced = await prelude("token")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("token")
-        if problem is not None:
-            return problem
+        refused = await gate("token")
+        if refused is not None:
+            return refused
         body = await body_json()
         if body is None:
-            return refuse("token", _validation_error([(["body"], "Input should be a valid dictionary",
+            return refuse("token", validation_error([(["body"], "Input should be a valid dictionary",
                                                        "dict_type")]), "validation")
         problems: list[tuple[list[Any], str, str]] = []
         face = body.get("faceId")
@@ -483,7 +449,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         if audio_format != "pcm16":
             problems.append((["body", "audioInputFormat"], "Input should be 'pcm16'", "literal_error"))
         if problems:
-            return refuse("token", _validation_error(problems), "validation")
+            return refuse("token", validation_error(problems), "validation")
         assert isinstance(face, str)
         face_part, _, emotion = face.partition("/")
         if face_part not in PRESET_FACES and face_part not in ACCOUNT_FACES:
@@ -506,26 +472,20 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
         )
         state.sessions[session.session_id] = session
         state.by_token[session.session_token] = session.session_id
-        return _json({"session_token": session.session_token}, 200)
+        return json_response({"session_token": session.session_token}, 200)
 
     @app.get("/ratelimiter/sessions")
     async def session_count() -> Response:
-        forced = await prelude("sessions")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("sessions")
-        return problem if problem is not None else _json({"currentUsage": state.billed_count()}, 200)
+        refused = await gate("sessions")
+        return refused if refused is not None else json_response({"currentUsage": state.billed_count()}, 200)
 
     @app.get("/faces")
     async def faces() -> Response:
-        forced = await prelude("faces")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("faces")
-        if problem is not None:
-            return problem
+        refused = await gate("faces")
+        if refused is not None:
+            return refused
         stamp = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
-        return _json([{"id": face, "owner_id": "sim-owner", "simli_version": 1, "created_at": stamp,
+        return json_response([{"id": face, "owner_id": "sim-owner", "simli_version": 1, "created_at": stamp,
                        "updated_at": stamp} for face in ACCOUNT_FACES], 200)
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -533,7 +493,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
 
     @app.websocket("/compose/webrtc/livekit")
     async def livekit_socket() -> None:
-        state.requests["ws_connect"] = state.requests.get("ws_connect", 0) + 1
+        state.count("ws_connect")
         latency = state.faults["latency_ms"].get("ws_connect")
         if latency:
             await trio.sleep(latency / 1000)
@@ -583,7 +543,7 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     @app.get("/_sim/ledger")
     async def ledger() -> Response:
         now = time.monotonic()
-        return _json({
+        return json_response({
             "sessions": {sid: s.to_ledger(now) for sid, s in state.sessions.items() if s.started is not None},
             "tokens": len(state.sessions),
             "requests": dict(state.requests),
@@ -596,19 +556,12 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     async def recorded_audio(session_id: str, segment: int) -> Response:
         session = state.sessions.get(session_id)
         if session is None or not session.record_audio or not 0 <= segment < len(session.audio):
-            return _json({"error": "no recorded audio"}, 404)
+            return json_response({"error": "no recorded audio"}, 404)
         return Response(bytes(session.audio[segment]), status=200, content_type="application/octet-stream")
 
     @app.post("/_sim/faults")
     async def set_faults() -> Response:
-        update = await body_json()
-        if update is None:
-            return _json({"error": "faults must be a JSON object"}, 400)
-        unknown = sorted(set(update) - set(DEFAULT_FAULTS))
-        if unknown:
-            return _json({"error": f"unknown fault keys {unknown}", "known": sorted(DEFAULT_FAULTS)}, 400)
-        state.merge_faults(update)
-        return _json(state.faults, 200)
+        return state.faults_update(await body_json())
 
     @app.post("/_sim/join")
     async def join_rooms() -> Response:
@@ -617,11 +570,11 @@ def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
             if session.socket is not None and not session.join_released.is_set():
                 session.join_released.set()
                 joined += 1
-        return _json({"joined": joined}, 200)
+        return json_response({"joined": joined}, 200)
 
     @app.post("/_sim/reset")
     async def reset() -> Response:
         state.reset()
-        return _json({"ok": True}, 200)
+        return json_response({"ok": True}, 200)
 
     return app

@@ -23,6 +23,7 @@ import { joinAvatarRoom } from './livekit.js';
 import { widgetMarkup } from './markup.js';
 import { PcmPlayer } from './player.js';
 import { Transcript } from './transcript.js';
+import { TurnMeter, VideoWatch, captionOffset } from './turn-meter.js';
 
 /** The relay this module was loaded from: the default of the `relay` attribute. */
 export const RELAY_BASE = new URL('../', import.meta.url).href;
@@ -88,6 +89,8 @@ function freshDebug() {
     mcpIntegrations: null,
     approvals: [], // answers to MCP approval requests: {tool_call_id, approved, how, sent}
     avatarUnavailable: null,
+    turnTimings: [], // every turn the page reported in `client_metrics` (turn-meter.js)
+    clientMetricsSent: 0,
   };
 }
 
@@ -95,7 +98,7 @@ function freshDebug() {
 const PER_CONVERSATION = ['conversationId', 'avatarSessionId', 'avatarMode', 'micState', 'micError', 'muted', 'paused',
   'framesSent', 'bytesSent', 'framesDropped', 'audioFramesReceived', 'maxOutputRms', 'mouthMoves', 'received', 'sent',
   'endedReason', 'error', 'toolResults', 'avatarUnavailable', 'captionLog', 'audioChunks', 'queueStatus', 'humanAgent',
-  'agentTyping', 'vadScore', 'contextUsage', 'mcpIntegrations', 'approvals'];
+  'agentTyping', 'vadScore', 'contextUsage', 'mcpIntegrations', 'approvals', 'turnTimings', 'clientMetricsSent'];
 
 function record(list, type) {
   list.push(type);
@@ -546,6 +549,7 @@ export class AvatarRelayElement extends BaseElement {
     const conversation = this.current && !this.current.finished ? this.current : null;
     if (!conversation) return;
     conversation.setPaused(document.visibilityState === 'hidden');
+    conversation.video?.reset(); // a hidden page draws no frames: not a freeze
     if (document.visibilityState === 'visible' && conversation.ready) this.holdWakeLock();
   }
 
@@ -586,7 +590,11 @@ export class AvatarRelayElement extends BaseElement {
     debug.mouthOpen = this.face.mouthOpen;
     debug.mouthOpenness = this.face.openness;
     debug.lastMouthMoveAt = this.face.lastMouthMoveAt;
-    if (debug.mouthOpen && !wasOpen) debug.mouthMoves += 1;
+    if (debug.mouthOpen && !wasOpen) {
+      debug.mouthMoves += 1;
+      if (debug.avatarMode === 'simulated') conversation?.meter.mouthMoved(now); // the drawn face's mouth
+    }
+    conversation?.video?.tick(now);
     ui.orb.style.setProperty('--level', Math.min(1, level * 5).toFixed(3));
     setMeter(ui.outMeter, level);
     setMeter(ui.micMeter, conversation ? debug.inputRms : 0);
@@ -637,6 +645,10 @@ class Conversation {
     // address, so stop waiting for TCP to notice and resume as soon as the network is back.
     this.onOffline = () => this.connectionLost();
     window.addEventListener('offline', this.onOffline);
+    // What each turn felt like here (turn-meter.js), reported to the relay as `client_metrics`.
+    this.meter = new TurnMeter({ send: (message) => this.sendJson(message), debug: widget.debug,
+      captionOffset: (eventId) => captionOffset(widget.debug.captionLog, eventId) });
+    this.video = null; // the avatar's <video> watched for freezes and its first frame of a turn (VideoWatch)
   }
 
   async begin() {
@@ -937,6 +949,7 @@ class Conversation {
         const final = msg.final !== false;
         this.w.transcript.user(msg.event_id, String(msg.text ?? ''), final);
         if (final) this.discardAgentAudio = false;
+        if (final) this.meter.userStopped(); // the end of the user's speech, as the relay's transcript says
         break;
       }
       case 'agent_response_part':
@@ -945,6 +958,7 @@ class Conversation {
         break;
       case 'agent_response':
         this.agentTurn(msg.event_id);
+        this.meter.agentTurn(msg.event_id);
         this.w.captions.response(msg.event_id, String(msg.text ?? ''));
         this.w.activity.agentAnswered();
         break;
@@ -1000,12 +1014,14 @@ class Conversation {
         const words = text.split(/\s+/).filter(Boolean).length;
         const duration = typeof msg.duration_ms === 'number' ? msg.duration_ms : words * 380;
         this.w.face.speakFor(duration);
+        this.avatarSpeaks();
         // The avatar speaks in its own voice: time the captions by it unless the page plays the agent's audio.
         if (!this.pagePlaysAudio) this.w.captions.avatarSpeaking(msg.event_id ?? null, text, duration);
         break;
       }
       case 'avatar_state':
         this.w.face.setSpeaking(Boolean(msg.speaking));
+        if (msg.speaking) this.avatarSpeaks();
         if (msg.speaking && !this.pagePlaysAudio) this.w.captions.avatarStarted(msg.event_id ?? null);
         break;
       case 'avatar_unavailable':
@@ -1118,6 +1134,7 @@ class Conversation {
         },
         onVideo: () => {
           if (!this.finished && !this.w.voiceOnly) this.w.setStage('video', '');
+          if (!this.finished && !this.video) this.video = new VideoWatch(this.w.ui.video, (ms) => this.meter.freeze(ms));
         },
         onReconnecting: () => {
           if (!this.finished) this.w.setState('reconnecting');
@@ -1184,6 +1201,12 @@ class Conversation {
     room?.leave().catch(() => {});
   }
 
+  /** The avatar's speaking signal: the next video frame it presents is its mouth moving (it speaks in its own video:
+   * that is when the user hears it too). The drawn face of demo mode is timed by the widget's animation instead. */
+  avatarSpeaks() {
+    if (!this.pagePlaysAudio) this.video?.nextFrame((at) => this.meter.mouthMoved(at, true));
+  }
+
   onAgentAudio(data) {
     this.w.debug.audioFramesReceived += 1;
     const alignment = this.pendingAlignment;
@@ -1191,6 +1214,7 @@ class Conversation {
     if (!this.player || this.discardAgentAudio || this.finished || this.stopping) return;
     const scheduled = this.player.enqueue(data);
     if (!scheduled) return;
+    this.meter.audioHeard(alignment ? alignment.event_id : this.lastAgentEventId, scheduled.heardAt);
     if (alignment) {
       this.w.captions.chunkScheduled(alignment, scheduled.heardAt);
       this.w.debug.audioChunks.push({
@@ -1231,6 +1255,7 @@ class Conversation {
   sendText(text) {
     if (!this.ready || this.finished) return false;
     if (!this.sendJson({ type: 'text', text })) return false;
+    this.meter.userStopped(); // a typed message ends the user's turn as it is sent
     this.w.transcript.typed(text);
     return true;
   }
@@ -1268,6 +1293,7 @@ class Conversation {
     this.w.face.silence();
     this.refreshControls();
     this.w.ui.stop.disabled = true;
+    this.meter.close(); // the last timings go before `stop`
     if (!this.sendJson({ type: 'stop' })) {
       this.ws?.close(1000);
       this.finish('client_stop');
@@ -1283,6 +1309,7 @@ class Conversation {
   /** The tab is going away: tell the relay (best effort) and close. */
   leavePage() {
     if (this.finished) return;
+    this.meter.close();
     this.sendJson({ type: 'stop' });
     this.ws?.close(1000);
     this.finish('page_closed');
@@ -1336,6 +1363,8 @@ class Conversation {
   finish(reason) {
     if (this.finished) return;
     this.finished = true;
+    this.meter.close(); // sent if the socket is still open (an `ended` from the relay), else dropped
+    this.video?.stop();
     this.stopReconnecting();
     window.removeEventListener('offline', this.onOffline);
     clearTimeout(this.stopTimer);

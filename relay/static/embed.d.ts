@@ -12,7 +12,7 @@ export type ErrorCode =
   | 'shutdown' | 'internal' | 'agent_refused' | 'agent_busy' | 'resume_failed';
 
 /** Why a conversation ended (`ended.reason`). */
-export type EndReason = ErrorCode | 'client_stop' | 'agent_ended' | 'max_duration' | 'client_gone';
+export type EndReason = ErrorCode | 'client_stop' | 'agent_ended' | 'max_duration' | 'client_gone' | 'admin';
 
 /** Why a `resume` was refused (`error.reason` when `error.code` is `resume_failed`): `elsewhere` (another relay
  * process holds the conversation: try again) is the only one worth retrying. */
@@ -320,10 +320,29 @@ export interface StopMessage {
   type: 'stop';
 }
 
+/** One turn as the user lived it, in ms from the end of their speech; null: not measured. */
+export interface TurnTimings {
+  /** The agent turn (its `agent_response.event_id`). */
+  event_id?: number | null;
+  speech_to_audio_ms?: number | null;
+  speech_to_mouth_ms?: number | null;
+  /** How late the turn's captions were shown after their words were said (mean). */
+  caption_offset_ms?: number | null;
+}
+
+/** The page's measurements (the widget sends them itself, at most every 5 s): at most 8 turns, 16 freezes, 2048
+ * characters, each figure 0-120000 ms; anything else is dropped by the relay, never an error. */
+export interface ClientMetricsMessage {
+  type: 'client_metrics';
+  turns?: TurnTimings[];
+  /** Each stall of the avatar's video (500 ms or more without a new frame), by its length. */
+  freezes_ms?: number[];
+}
+
 /** Every text frame a browser may send. */
 export type ClientMessage =
   | StartMessage | ResumeMessage | AudioMessage | TextMessage | ContextMessage | MultimodalMessage | McpApprovalMessage
-  | ActivityMessage | InterruptMessage | ToolResultMessage | FeedbackMessage | StopMessage;
+  | ActivityMessage | InterruptMessage | ToolResultMessage | FeedbackMessage | StopMessage | ClientMetricsMessage;
 
 // ---------------------------------------------------------------------------------------------------------------------
 // The element

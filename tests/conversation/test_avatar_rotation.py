@@ -45,3 +45,24 @@ async def test_without_a_known_limit_the_avatar_is_never_rotated(autojump_clock:
         await h.browser.send_json(type="stop")
 
     await with_conversation(h, body, limit=400)
+
+
+async def test_a_session_granted_less_than_its_provider_is_known_for_is_rotated_before_the_grant(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # LiveAvatar's start answer says the length the plan granted (or the sandbox's): the shorter limit wins.
+    provider = FakeProvider(session_seconds=40.0)
+    h = Harness(provider=provider)
+    h.session_limits = {"fake": 600.0}
+
+    async def body(h: Harness) -> None:
+        await start_and_ready(h)
+        opened = trio.current_time()
+        notice = await h.browser.expect("avatar_changed")
+        assert notice["reason"] == "session_limit"
+        assert 20 <= trio.current_time() - opened < 40
+        assert "session_seconds" not in notice["avatar"]  # server-side only
+        assert provider.stopped == ["s1"]
+        await h.browser.send_json(type="stop")
+
+    await with_conversation(h, body, limit=200)
+    assert provider.stopped == ["s1", "s2"]

@@ -61,7 +61,8 @@ def test_the_parser_answers_every_text_frame_with_an_event_or_a_protocol_error()
                 assert 0 < len(str(exc)) < 600  # clear, and bounded whatever the input
                 continue
             assert isinstance(event, bp.Start | bp.Audio | bp.Text | bp.Context | bp.Multimodal | bp.McpApproval
-                              | bp.Activity | bp.Interrupt | bp.ToolResult | bp.Feedback | bp.Stop)
+                              | bp.Activity | bp.Interrupt | bp.ToolResult | bp.Feedback | bp.Stop
+                              | bp.ClientMetrics | bp.DroppedClientMetrics)
 
     parse()
     print(f"parser: {tried} frames tried")

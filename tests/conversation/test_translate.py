@@ -64,7 +64,8 @@ def test_an_mcp_answer_reaches_the_agent_only_while_the_call_awaits_approval() -
 
 
 def test_every_browser_message_but_start_means_something_for_the_conversation() -> None:
-    samples = {bp.Audio: bp.Audio(b"\0\0")}
+    samples: dict[type, bp.ClientEvent] = {bp.Audio: bp.Audio(b"\0\0"),
+                                           bp.DroppedClientMetrics: bp.DroppedClientMetrics("malformed")}
     for kind in bp.KNOWN_TYPES:
         frame = {"start": {}, "audio": {"audio": ""}, "text": {"text": "x"}, "context": {"text": "x"},
                  "multimodal": {"text": "x"}, "mcp_approval": {"tool_call_id": "c", "approved": False},

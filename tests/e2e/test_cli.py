@@ -190,6 +190,25 @@ def test_sim_command_takes_start_up_faults(tmp_path: Path) -> None:
         assert retired.status_code == 410
 
 
+def test_sim_command_shortens_the_simulators_session_limits(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "relay", "sim", "--session-limit", "liveavatar=20", "--session-limit",
+               "simli=8.5"]
+    with running(command, tmp_path, clean_env()) as proc:
+        assert proc.stdout is not None
+        urls = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(4))
+        liveavatar = httpx2.post(urls["LIVEAVATAR_BASE_URL"] + "/_sim/faults", json={}).json()
+        simli = httpx2.post(urls["SIMLI_BASE_URL"] + "/_sim/faults", json={}).json()
+        assert liveavatar["sandbox_duration_s"] == 20 and simli["max_session_length_s"] == 8.5
+
+
+@pytest.mark.parametrize("spec", ["heygen=20", "liveavatar=0", "simli=soon", "liveavatar"])
+def test_sim_command_refuses_a_session_limit_it_cannot_use(tmp_path: Path, spec: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "relay", "sim", "--session-limit", spec], cwd=tmp_path,
+                            env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--session-limit takes NAME=SECONDS" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_sim_command_refuses_faults_it_cannot_read(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "relay", "sim", "--faults", "liveavatar=nope"], cwd=tmp_path,
                             env=clean_env(), capture_output=True, text=True, timeout=60)

@@ -3,16 +3,12 @@ to Simli, a Simli that hangs gives LiveAvatar its share of the set-up time, and 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 import httpx2
 import pytest
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from pydantic import SecretStr
 
 from relay.avatars.failover import FailoverProvider
@@ -20,27 +16,16 @@ from relay.config import Settings
 from relay.liveavatar import LiveAvatarProvider
 from relay.sim import liveavatar_sim, simli_sim
 from relay.simli import SimliProvider
+from tests.support.simserver import served
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _serve(nursery: trio.Nursery, app: Any) -> tuple[str, trio.Event]:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.test")
-    shutdown = trio.Event()
-    urls = await nursery.start(partial(serve, app, config, shutdown_trigger=shutdown.wait))
-    return urls[0], shutdown
-
-
 @pytest.fixture
 async def sims(nursery: trio.Nursery) -> AsyncIterator[dict[str, str]]:
-    liveavatar, stop_la = await _serve(nursery, liveavatar_sim.create_app())
-    simli, stop_simli = await _serve(nursery, simli_sim.create_app())
-    yield {"liveavatar": liveavatar, "simli": simli}
-    stop_la.set()
-    stop_simli.set()
+    async with served(nursery, liveavatar_sim.create_app()) as liveavatar, \
+            served(nursery, simli_sim.create_app()) as simli:
+        yield {"liveavatar": liveavatar, "simli": simli}
 
 
 def settings(sims: dict[str, str], **overrides: Any) -> Settings:

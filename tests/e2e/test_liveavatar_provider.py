@@ -8,10 +8,8 @@ running, and a server-side close ends the session with AvatarSessionEnded.
 from __future__ import annotations
 
 import base64
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any
 
 import httpx2
@@ -20,8 +18,6 @@ import orjson
 import pytest
 import trio
 import trio_websocket
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from pydantic import SecretStr
 
 from relay.avatars import AvatarEvent, AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable
@@ -31,6 +27,7 @@ from relay.protocol.audio import AudioFormat
 from relay.protocol.liveavatar import SANDBOX_AVATAR_ID
 from relay.sim import liveavatar_sim
 from tests.support.harness import poll_ledger
+from tests.support.simserver import cancel_while_slow, chunks_of, faults, ledger, refusal, served, settings, sine_wave
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,15 +38,8 @@ ULAW8K = AudioFormat("ulaw", 8000)
 
 @pytest.fixture
 async def sim(nursery: trio.Nursery) -> AsyncIterator[str]:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.test")
-    shutdown = trio.Event()
-    urls = await nursery.start(partial(serve, liveavatar_sim.create_app(), config,
-                                       shutdown_trigger=shutdown.wait))
-    yield urls[0]
-    shutdown.set()
+    async with served(nursery, liveavatar_sim.create_app()) as url:
+        yield url
 
 
 def make_settings(base_url: str, **overrides: Any) -> Settings:
@@ -59,17 +49,7 @@ def make_settings(base_url: str, **overrides: Any) -> Settings:
         "relay_setup_timeout": 5.0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-async def faults(http: httpx2.AsyncClient, base: str, **update: Any) -> None:
-    (await http.post(f"{base}/_sim/faults", json=update)).raise_for_status()
-
-
-async def ledger(http: httpx2.AsyncClient, base: str) -> dict[str, Any]:
-    response = await http.get(f"{base}/_sim/ledger")
-    response.raise_for_status()
-    return response.json()  # type: ignore[no-any-return]
+    return settings(**values)
 
 
 async def wait_for_lite(http: httpx2.AsyncClient, base: str, condition: Callable[[dict[str, Any]], bool],
@@ -89,25 +69,9 @@ async def only_session(http: httpx2.AsyncClient, base: str) -> dict[str, Any]:
     return next(iter(sessions.values()))  # type: ignore[no-any-return]
 
 
-def sine_wave(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
-    """The ideal sine, amplitude 12000, as floats."""
-    t = np.arange(int(seconds * rate)) / rate
-    return np.sin(2 * np.pi * freq * t) * 12000  # type: ignore[no-any-return]
-
-
 def sine(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
     """The sine as PCM16 LE samples."""
     return sine_wave(seconds, rate, freq).astype("<i2")
-
-
-def chunks_of(data: bytes, sizes: list[int]) -> list[bytes]:
-    out, start, i = [], 0, 0
-    while start < len(data):
-        size = sizes[i % len(sizes)]
-        out.append(data[start:start + size])
-        start += size
-        i += 1
-    return out
 
 
 async def test_a_turn_of_16khz_audio_arrives_as_24khz_with_its_duration_and_no_seams(
@@ -231,22 +195,8 @@ async def test_the_session_is_stopped_when_the_caller_is_cancelled(sim: str, htt
 @pytest.mark.parametrize("slow_endpoint", ["token", "start"])
 async def test_a_session_created_while_the_caller_is_cancelled_is_still_stopped(
         sim: str, http: httpx2.AsyncClient, slow_endpoint: str) -> None:
-    await faults(http, sim, latency_ms={slow_endpoint: 1000})
-    entered = False
-
-    async def open_it() -> None:
-        nonlocal entered
-        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
-            entered = True
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(open_it)
-            # Cancelled while the slow call is in flight (the simulator counts it, then waits before answering).
-            await poll_ledger(lambda: ledger(http, sim), lambda state: state["requests"].get(slow_endpoint) == 1,
-                              f"the {slow_endpoint} request")
-            nursery.cancel_scope.cancel()
-    assert not entered
+    assert not await cancel_while_slow(
+        http, sim, slow_endpoint, lambda: LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None))
     record = await only_session(http, sim)
     assert record["stopped"] is not None
     assert (await ledger(http, sim))["active"] == 0
@@ -277,12 +227,10 @@ async def test_stop_is_retried_after_server_errors(sim: str, http: httpx2.AsyncC
 async def test_a_refused_session_raises_unavailable_with_its_reason_and_leaves_nothing_running(
         sim: str, http: httpx2.AsyncClient, fault: dict[str, Any], reason: str) -> None:
     await faults(http, sim, **fault)
-    with trio.fail_after(10), pytest.raises(AvatarUnavailable) as caught:
-        async with LiveAvatarProvider(make_settings(sim), http).open_session(lambda e: None):
-            pytest.fail("the body must not run")
-    assert caught.value.reason == reason
-    assert API_KEY not in caught.value.message
-    assert (await ledger(http, sim))["active"] == 0
+    provider = LiveAvatarProvider(make_settings(sim), http)
+    refused = await refusal(http, sim, lambda: provider.open_session(lambda e: None))
+    assert refused.reason == reason
+    assert API_KEY not in refused.message
 
 
 async def test_the_concurrency_limit_refuses_the_next_session_with_concurrent_limit(
@@ -471,6 +419,20 @@ async def test_a_sandbox_session_ends_as_max_duration_reached(sim: str, http: ht
     assert (await only_session(http, sim))["end_reason"] == "MAX_DURATION_REACHED"
 
 
+async def test_the_start_answer_grants_the_sandbox_length_and_the_session_carries_it(
+        sim: str, http: httpx2.AsyncClient) -> None:
+    # The relay rotates before the shorter of what it knows and what the start answer granted (a plan's limit, the
+    # sandbox's minute): the simulator's shortened sandbox (`avatar-relay sim --session-limit liveavatar=20`) too.
+    await faults(http, sim, sandbox_duration_s=20)
+    settings = make_settings(sim, liveavatar_sandbox=True, liveavatar_avatar_id=SANDBOX_AVATAR_ID)
+    with trio.fail_after(5):
+        async with LiveAvatarProvider(settings, http).open_session(lambda e: None) as session:
+            assert session.info.session_seconds == 20.0
+    async with LiveAvatarProvider(make_settings(sim, liveavatar_max_session_duration=900), http).open_session(
+            lambda e: None) as session:
+        assert session.info.session_seconds == 900.0  # not a sandbox session: the length asked
+
+
 async def test_the_socket_refuses_a_wrong_token(sim: str, http: httpx2.AsyncClient) -> None:
     session = await start_raw_session(http, sim)
     with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as caught:
@@ -527,3 +489,30 @@ async def test_the_default_session_outlasts_the_conversation(sim: str, http: htt
     async with provider.open_session(lambda event: None) as session:
         record = (await ledger(http, sim))["sessions"][session.info.session_id]
         assert record["max_session_duration"] >= 1800
+
+
+async def test_the_simulator_refuses_a_fault_it_does_not_know(sim: str, http: httpx2.AsyncClient) -> None:
+    answer = await http.post(f"{sim}/_sim/faults", json={"sandbox_duration": 5, "concurrency_limit": 0})
+    assert answer.status_code == 400  # a typo would otherwise test nothing
+    assert "sandbox_duration" in answer.json()["error"] and "sandbox_duration_s" in answer.json()["known"]
+    assert (await http.post(f"{sim}/_sim/faults", json={})).json()["concurrency_limit"] is None  # nothing merged
+
+
+async def test_the_list_call_pages_and_refuses_what_the_reference_refuses(sim: str, http: httpx2.AsyncClient) -> None:
+    """`GET /v1/sessions` as the reference's OpenAPI has it: `type` required, 1 <= page_size <= 100, page >= 1."""
+    headers = {"X-API-KEY": API_KEY}
+    body = {"mode": "LITE", "avatar_id": SANDBOX_AVATAR_ID}
+    made = [(await http.post(f"{sim}/v1/sessions/token", json=body, headers=headers)).json()["data"]["session_id"]
+            for _ in range(3)]
+    for params, field in (({}, "type"), ({"type": "running"}, "type"), ({"type": "active", "page_size": 101},
+                                                                           "page_size"),
+                          ({"type": "active", "page_size": 0}, "page_size"), ({"type": "active", "page": 0}, "page")):
+        refused = await http.get(f"{sim}/v1/sessions", params=params, headers=headers)
+        assert refused.status_code == 422, params
+        assert refused.json()["detail"][0]["loc"] == ["query", field]
+    first = (await http.get(f"{sim}/v1/sessions", params={"type": "active", "page_size": 2},
+                            headers=headers)).json()["data"]
+    second = (await http.get(f"{sim}/v1/sessions", params={"type": "active", "page_size": 2, "page": 2},
+                             headers=headers)).json()["data"]
+    assert first["count"] == 3 and first["next"] and second["next"] is None
+    assert sorted(r["id"] for r in first["results"] + second["results"]) == sorted(made)

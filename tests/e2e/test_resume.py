@@ -100,6 +100,7 @@ async def test_a_conversation_nobody_comes_back_to_ends_client_gone_with_one_sto
         browser.drop()
         ledger = await relay.wait_all_sessions_stopped("heygen")
         assert len(ledger["sessions"]) == 1
+        assert ledger["requests"].get("streaming.stop") == 1, ledger["requests"]  # one stop call, no more
         metrics = (await relay.http.get(relay.url + "/metrics")).text
         await _wait_metric(relay, 'avatar_relay_conversations_ended_total{reason="client_gone"} 1.0')
         assert "avatar_relay_conversations_held 0.0" in metrics or "avatar_relay_conversations_held" in metrics
@@ -204,7 +205,7 @@ async def _resume_with_query_token(browser: ResumingBrowser, relay: Relay, clien
                                    expect: str) -> None:
     from tests.support.resumable import Connection
 
-    browser.connection = await Connection.open(relay.url, path=f"/ws?token={client_token}")
+    browser.connection = await Connection.connect(relay.url, path=f"/ws?token={client_token}")
     await browser.send(type="resume", resume_token=resume_token, last_seq=0)
     answer = await browser.expect("error")
     assert (answer["code"], answer["reason"]) == ("resume_failed", expect)
@@ -325,3 +326,61 @@ async def test_an_avatar_that_dies_while_held_is_replaced_and_its_avatar_changed
         assert_no_gap_no_duplicate(browser)
         ledger = await relay.wait_all_sessions_stopped("liveavatar")
         assert len(ledger["sessions"]) == 2
+
+
+async def test_a_connection_dropped_while_the_avatar_is_being_replaced_resumes_with_the_new_avatar() -> None:
+    """The drop lands in the middle of a replacement (the new session's start call held by the simulator): the
+    replacement completes while the conversation is held, and the browser that comes back hears of it once."""
+    async with running_relay(relay_avatar="liveavatar") as relay:
+        browser, ready = await started(relay)
+        first = ready["avatar"]
+        await relay.faults("liveavatar", latency_ms={"start": 1500})  # the replacement's start is slow
+        stop = await relay.http.post(relay.sims.liveavatar + "/v1/sessions/stop", headers={"X-API-KEY": "la-test"},
+                                     json={"session_id": first["session_id"], "reason": "USER_CLOSED"})
+        assert stop.status_code == 200, stop.text
+        await relay.wait_for_ledger("liveavatar", lambda led: led["requests"].get("start", 0) == 2,
+                                    "the replacement's start call arriving")
+        browser.drop()  # while that start call is in flight
+        resumed = await browser.resume(ready["resume_token"])
+        assert resumed["type"] == "resumed" and resumed["conversation_id"] == ready["conversation_id"], resumed
+        notice = await browser.expect("avatar_changed")
+        assert notice["avatar"]["session_id"] != first["session_id"]
+        await relay.faults("liveavatar", latency_ms={"start": 0})
+        await browser.send(type="text", text="are you still there")
+        await browser.expect("agent_response", where=lambda m: "are you still there" in m["text"])
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"
+        assert [m["type"] for m in browser.messages].count("avatar_changed") == 1
+        assert_no_gap_no_duplicate(browser)
+        ledger = await relay.wait_all_sessions_stopped("liveavatar")
+        assert len(ledger["sessions"]) == 2
+        assert len((await relay.ledger("elevenlabs"))["conversations"]) == 1
+
+
+async def test_a_resume_frame_is_held_to_the_start_frames_limits() -> None:
+    """A `resume` is read as a `start` is: over RELAY_MAX_START_BYTES it is refused as it arrives (close 1009);
+    malformed (a token over 512 characters, a negative `last_seq`) or late (RELAY_START_TIMEOUT) it gets the same
+    clear error and close 1008 as a `start` would; and the held conversation it names is not touched."""
+    async with running_relay(relay_max_start_bytes=4096, relay_start_timeout=0.5) as relay:
+        browser, ready = await started(relay)
+        browser.drop()
+        token = ready["resume_token"]
+        oversized = ResumingBrowser(relay.url)
+        await oversized.connect()
+        await oversized.send(type="resume", resume_token=token, last_seq=0, padding="x" * 4200)
+        assert await oversized.read_to_close() == 1009
+        for frame, words in (({"resume_token": "rt1." + "x" * 600, "last_seq": 0}, "resume"),
+                             ({"resume_token": token, "last_seq": -1}, "resume")):
+            other = ResumingBrowser(relay.url)
+            await other.connect()
+            await other.send(type="resume", **frame)
+            error = await other.expect("error")
+            assert error["code"] == "protocol_error" and words in error["message"], error
+            assert await other.read_to_close() == 1008
+        late = ResumingBrowser(relay.url)
+        await late.connect()  # and says nothing
+        assert (await late.expect("error"))["code"] == "timeout"
+        resumed = await browser.resume(token)  # the rightful browser's token still works
+        assert resumed["type"] == "resumed", resumed
+        await browser.send(type="stop")
+        assert (await browser.expect("ended"))["reason"] == "client_stop"

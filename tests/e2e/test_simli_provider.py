@@ -9,9 +9,7 @@ surface as AvatarSessionEnded, and a session whose socket is gone is bounded by 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any
 
 import httpx2
@@ -21,8 +19,6 @@ import pytest
 import trio
 import trio.lowlevel
 import trio_websocket
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from pydantic import SecretStr
 
 from relay.avatars import AvatarEvent, AvatarSessionEnded, AvatarStateChanged, AvatarUnavailable
@@ -31,6 +27,7 @@ from relay.protocol.audio import AudioFormat
 from relay.sim import simli_sim
 from relay.simli import SimliProvider, active_session_count, list_running_ids, stop_by_id
 from tests.support.harness import poll_ledger
+from tests.support.simserver import cancel_while_slow, chunks_of, faults, ledger, refusal, served, settings, sine_wave
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,14 +40,8 @@ ULAW8K = AudioFormat("ulaw", 8000)
 
 @pytest.fixture
 async def sim(nursery: trio.Nursery) -> AsyncIterator[str]:
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.test")
-    shutdown = trio.Event()
-    urls = await nursery.start(partial(serve, simli_sim.create_app(), config, shutdown_trigger=shutdown.wait))
-    yield urls[0]
-    shutdown.set()
+    async with served(nursery, simli_sim.create_app()) as url:
+        yield url
 
 
 def make_settings(base_url: str, **overrides: Any) -> Settings:
@@ -59,17 +50,7 @@ def make_settings(base_url: str, **overrides: Any) -> Settings:
         "simli_face_id": FACE, "relay_avatar": "simli", "relay_stop_timeout": 3.0, "relay_setup_timeout": 5.0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-async def faults(http: httpx2.AsyncClient, base: str, **update: Any) -> None:
-    (await http.post(f"{base}/_sim/faults", json=update)).raise_for_status()
-
-
-async def ledger(http: httpx2.AsyncClient, base: str) -> dict[str, Any]:
-    response = await http.get(f"{base}/_sim/ledger")
-    response.raise_for_status()
-    return response.json()  # type: ignore[no-any-return]
+    return settings(**values)
 
 
 async def wait_for_session(http: httpx2.AsyncClient, base: str, condition: Callable[[dict[str, Any]], bool],
@@ -87,21 +68,6 @@ async def only_session(http: httpx2.AsyncClient, base: str) -> tuple[str, dict[s
     sessions = (await ledger(http, base))["sessions"]
     assert len(sessions) == 1
     return next(iter(sessions.items()))  # type: ignore[no-any-return]
-
-
-def sine_wave(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return np.sin(2 * np.pi * freq * t) * 12000  # type: ignore[no-any-return]
-
-
-def chunks_of(data: bytes, sizes: list[int]) -> list[bytes]:
-    out, start, i = [], 0, 0
-    while start < len(data):
-        size = sizes[i % len(sizes)]
-        out.append(data[start:start + size])
-        start += size
-        i += 1
-    return out
 
 
 def ended_by_the_relay(record: dict[str, Any]) -> bool:
@@ -301,21 +267,8 @@ async def test_the_session_is_ended_when_the_caller_is_cancelled(sim: str, http:
 @pytest.mark.parametrize("slow_endpoint", ["token", "ws_connect"])
 async def test_a_session_opened_while_the_caller_is_cancelled_is_still_ended(
         sim: str, http: httpx2.AsyncClient, slow_endpoint: str) -> None:
-    await faults(http, sim, latency_ms={slow_endpoint: 1000})
-    entered = False
-
-    async def open_it() -> None:
-        nonlocal entered
-        async with SimliProvider(make_settings(sim), http).open_session(lambda e: None):
-            entered = True
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(open_it)
-            await poll_ledger(lambda: ledger(http, sim), lambda s: s["requests"].get(slow_endpoint) == 1,
-                              f"the {slow_endpoint} request")
-            nursery.cancel_scope.cancel()
-    assert not entered
+    assert not await cancel_while_slow(
+        http, sim, slow_endpoint, lambda: SimliProvider(make_settings(sim), http).open_session(lambda e: None))
     _, record = await only_session(http, sim)
     assert ended_by_the_relay(record)
     assert (await ledger(http, sim))["active"] == 0
@@ -355,12 +308,10 @@ async def test_a_refused_session_raises_unavailable_with_its_reason_and_leaves_n
         sim: str, http: httpx2.AsyncClient, fault: dict[str, Any], settings_update: dict[str, Any],
         reason: str) -> None:
     await faults(http, sim, **fault)
-    with trio.fail_after(10), pytest.raises(AvatarUnavailable) as caught:
-        async with SimliProvider(make_settings(sim, **settings_update), http).open_session(lambda e: None):
-            pytest.fail("the body must not run")
-    assert caught.value.reason == reason
-    assert API_KEY not in caught.value.message
-    assert (await ledger(http, sim))["active"] == 0
+    provider = SimliProvider(make_settings(sim, **settings_update), http)
+    refused = await refusal(http, sim, lambda: provider.open_session(lambda e: None))
+    assert refused.reason == reason
+    assert API_KEY not in refused.message
 
 
 async def test_the_concurrency_limit_refuses_the_next_session_on_its_socket(

@@ -12,6 +12,7 @@ registry, no extra task in the app's nursery). `tests/faults/test_fault_matrix.p
 from __future__ import annotations
 
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from relay.server.serving import hypercorn_config
 from relay.sim.runner import SimulatorURLs
 from relay.web import create_app, relay_state
 from tests.support.harness import BrowserClient, Relay, relay_settings
+from tests.support.resumable import ResumingBrowser
 
 FAST = {"relay_stop_timeout": 2.0, "relay_setup_timeout": 2.0, "relay_idle_timeout": 3.0,
         "relay_agent_silence_timeout": 3.0}  # above the agent simulator's 2 s ping interval
@@ -137,6 +139,52 @@ async def _vanish_after_ready(b: BrowserClient, r: FaultRelay) -> float:
     return t
 
 
+async def _reset(b: BrowserClient) -> None:
+    """Drop the browser's TCP connection (a reset, no close frame): a lost network, which resuming holds."""
+    stream = b.ws._stream  # trio-websocket's own stream: nothing public resets it
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+    with trio.fail_after(5):
+        while b.ws.closed is None:  # until trio-websocket's reader has seen its stream closed
+            await trio.sleep(0.01)
+
+
+async def _dropped_during_setup(b: BrowserClient, r: FaultRelay) -> float:
+    await b.send(type="start")
+    await trio.sleep(0.2)
+    t = time.monotonic()
+    await _reset(b)
+    return t
+
+
+async def _dropped_mid_speech(b: BrowserClient, r: FaultRelay) -> float:
+    """Dropped while the agent speaks, and nobody comes back: held for the window, then `client_gone`."""
+    await b.start()
+    await b.send(type="text", text="tell me something long about the sea please")
+    await b.expect("agent_response")
+    t = time.monotonic()
+    await _reset(b)
+    return t
+
+
+async def _dropped_then_resumed(b: BrowserClient, r: FaultRelay) -> float:
+    """Dropped while the agent speaks, resumed on a new connection, then stopped there."""
+    ready = await b.start()
+    await b.send(type="text", text="tell me something long about the sea please")
+    await b.expect("agent_response")
+    await _reset(b)
+    again = ResumingBrowser(r.url)
+    resumed = await again.resume(ready["resume_token"], last_seq=0)
+    assert resumed["type"] == "resumed", resumed
+    t = time.monotonic()
+    await again.send(type="stop")
+    assert (await again.expect("ended"))["reason"] == "client_stop"
+    await again.read_to_close()
+    assert again.connection is not None
+    await again.connection.stream.aclose()
+    return t
+
+
 async def _stop_after_ready(b: BrowserClient, r: FaultRelay) -> float:
     await b.start()
     t = time.monotonic()
@@ -200,6 +248,15 @@ SCENARIOS: list[Scenario] = [
     Scenario("browser gone mid-speech", _vanish_mid_speech, faults=NO_GREETING, expect_created=1),
     Scenario("browser gone, slow stop", _vanish_after_ready,
              faults={"heygen": {"latency_ms": {"streaming.stop": 800}}}, expect_created=1),
+    # The browser's connection drops (a TCP reset: resuming holds the conversation) at each phase.
+    Scenario("browser dropped during streaming.new", _dropped_during_setup,
+             faults={"heygen": {"latency_ms": {"streaming.new": 500}}}, expect_created=1),
+    Scenario("browser dropped mid-speech, nobody comes back", _dropped_mid_speech, faults=NO_GREETING,
+             expect_created=1, settings={"relay_resume_window": 1.0}),
+    Scenario("browser dropped mid-speech, resumed, stopped", _dropped_then_resumed, faults=NO_GREETING,
+             expect_created=1),
+    Scenario("liveavatar browser dropped mid-speech, nobody comes back", _dropped_mid_speech, provider="liveavatar",
+             faults=NO_GREETING, expect_created=1, settings={"relay_resume_window": 1.0}),
     # ElevenLabs misbehaves.
     Scenario("agent refuses handshake (403)", _start_and_wait_for_end,
              faults={"elevenlabs": {"refuse_handshake_status": 403}}, expect_error="upstream_unavailable"),

@@ -57,10 +57,11 @@ async def fleet(envs: list[dict[str, str]], cwd: Path, *, hypercorn_last: bool =
 async def open_one(url: str, outcome: list[dict[str, Any]], *, token: str | None = None, address: str | None = None,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """One browser (from `address`, through X-Forwarded-For): `start` (with `token`), then record every message up to
-    `ready` or `error` (the outcome, last); a ready one is held open until cancelled."""
+    `ready` or `error` (the outcome, last); a ready one is held open until cancelled, and then leaves as a page does
+    when its user ends the conversation: a close 1000 (a connection merely dropped would be held for a resume)."""
     headers = [("X-Forwarded-For", address)] if address else None
     async with open_websocket_url(url.replace("http", "ws") + "/ws", message_queue_size=1000,
-                                  extra_headers=headers) as ws:
+                                  extra_headers=headers) as ws, leaving_cleanly(ws):
         browser = BrowserClient(ws)
         await browser.send(type="start", **({"token": token} if token else {}))
         try:
@@ -78,6 +79,17 @@ async def open_one(url: str, outcome: list[dict[str, Any]], *, token: str | None
                     outcome.append(await browser.next_message())
             except ConnectionClosed:
                 return
+
+
+@asynccontextmanager
+async def leaving_cleanly(ws: Any) -> AsyncIterator[None]:
+    """Close `ws` with 1000 on the way out, even when cancelled (trio-websocket's own close is cut short by the
+    cancellation: the relay would see the connection drop)."""
+    try:
+        yield
+    finally:
+        with trio.move_on_after(5, shield=True):
+            await ws.aclose(1000)
 
 
 def first(outcome: list[dict[str, Any]]) -> dict[str, Any]:

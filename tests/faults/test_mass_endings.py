@@ -13,9 +13,7 @@ abort are under our control, no client library's close handshake).
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ import pytest
 import trio
 
 from tests.support.harness import Relay, running_relay
-from tests.support.wsframes import client_frame
+from tests.support.wsframes import FramedClient, client_frame
 
 MASS = 48  # plus 2 bystanders: 50 conversations open at once
 KINDS = ("stop_read", "stop_abort", "stop_close_frame", "close_frame_mid_audio", "abort_mid_audio", "close_frame_abort")
@@ -44,54 +42,13 @@ AUDIO_20MS = client_frame(bytes(640), opcode=0x2)
 CLOSE_1000 = client_frame(struct.pack("!H", 1000), opcode=0x8)
 
 
-class RawClient:
+class RawClient(FramedClient):
     """A WebSocket client on a bare trio socket: frames parsed by hand, so it can abort the TCP connection at any
     byte (closing the stream sends FIN/RST with no close handshake)."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
+        super().__init__(stream)
         self.audio_frames = 0
-
-    @classmethod
-    async def connect(cls, relay: Relay) -> RawClient:
-        host, port = relay.url.removeprefix("http://").split(":")
-        stream = await trio.open_tcp_stream(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await stream.send_all((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        client = cls(stream)
-        while b"\r\n\r\n" not in client.buffer:
-            client.buffer += await client._receive()
-        head, client.buffer = client.buffer.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return client
-
-    async def _receive(self) -> bytes:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            raise EOFError
-        return data
-
-    async def _need(self, n: int) -> None:
-        while len(self.buffer) < n:
-            self.buffer += await self._receive()
-
-    async def frame(self) -> tuple[int, bytes]:
-        """The next server frame: (opcode, payload). Raises EOFError when the relay closed the TCP connection."""
-        await self._need(2)
-        opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-        offset = 2
-        if length == 126:
-            await self._need(4)
-            length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif length == 127:
-            await self._need(10)
-            length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        await self._need(offset + length)
-        payload, self.buffer = self.buffer[offset:offset + length], self.buffer[offset + length:]
-        return opcode, payload
 
     async def expect(self, kind: str) -> dict[str, object]:
         while True:
@@ -202,7 +159,7 @@ async def run_storm(relay: Relay, kinds: tuple[str, ...]) -> None:
     clients: list[tuple[str, RawClient]] = []
 
     async def open_one(kind: str) -> None:
-        client = await RawClient.connect(relay)
+        client = await RawClient.connect(relay.url)
         await client.send(client_frame(b'{"type":"start"}'))
         await client.expect("ready")
         clients.append((kind, client))

@@ -160,3 +160,85 @@ test('a tentative user transcript is replaced by the final one in the same bubbl
   assert.deepEqual(page.bubbles('user').map((b) => [b.text, b.classes.includes('tentative')]),
     [['what are your opening hours?', false], ['and', true]]);
 });
+
+// ------------------------------------------------------------------------------------------------------------------
+// What each turn felt like (turn-meter.js), as the page reports it in `client_metrics`
+
+test('a typed message and a spoken turn are timed to the first agent audio heard, and reported to the relay', async () => {
+  page = await loadPage();
+  const ws = await page.start();
+  page.widget.sendText('what time is it');
+  await page.clock.advance(700);
+  ws.message({ type: 'agent_response', event_id: 3, text: 'nine' });
+  ws.message({ type: 'agent_alignment', event_id: 3, offset_ms: 0, words: [{ text: 'nine', start_ms: 0, end_ms: 300 }] });
+  ws.audio(pcm(300));
+  await page.clock.advance(0);
+  const heardAfter = page.debug.audioChunks[0].heardAt - 1020; // the message went at 1020 (after `ready`)
+  assert.equal(ws.sentOf('client_metrics').length, 0, 'a turn is reported once it settles');
+  await page.clock.advance(4100);
+  const [report] = ws.sentOf('client_metrics');
+  assert.deepEqual(Object.keys(report).sort(), ['freezes_ms', 'turns', 'type']);
+  assert.equal(report.turns.length, 1);
+  const [turn] = report.turns;
+  assert.equal(turn.event_id, 3);
+  assert.ok(Math.abs(turn.speech_to_audio_ms - heardAfter) < 1, `${turn.speech_to_audio_ms} vs ${heardAfter}`);
+  assert.ok(turn.speech_to_audio_ms >= 700);
+  assert.equal(turn.speech_to_mouth_ms, null, 'voice only: no mouth');
+  assert.equal(typeof turn.caption_offset_ms, 'number');
+
+  // Spoken: the relay's final transcript is the end of the user's speech; Stop sends the turn before `stop`.
+  ws.message({ type: 'user_transcript', event_id: 4, text: 'and tomorrow', final: false });
+  await page.clock.advance(300);
+  ws.message({ type: 'user_transcript', event_id: 4, text: 'and tomorrow', final: true });
+  await page.clock.advance(450);
+  ws.message({ type: 'agent_response', event_id: 5, text: 'sunny' });
+  ws.audio(pcm(200));
+  await page.clock.advance(0);
+  page.click('stop');
+  await page.clock.advance(0);
+  const reports = ws.sentOf('client_metrics');
+  assert.equal(reports.length, 2);
+  assert.ok(reports[1].turns[0].speech_to_audio_ms >= 450 && reports[1].turns[0].speech_to_audio_ms < 600);
+  const order = ws.sent.filter((frame) => frame?.type).map((frame) => frame.type);
+  assert.deepEqual(order.slice(-2), ['client_metrics', 'stop']);
+});
+
+test('a real avatar: its mouth is its first video frame after it says it speaks; its video\'s freezes are reported', async () => {
+  const livekit = new URL('./fake-livekit.mjs', import.meta.url).href;
+  page = await loadPage({ config: { livekit_client_url: livekit } });
+  const ws = await page.start({
+    avatar: { provider: 'liveavatar', session_id: 'la-1', livekit_url: 'wss://room.example', access_token: 't', simulated: false },
+  });
+  await until(() => globalThis.fakeLivekitRooms?.at(-1)?.connected, 'the avatar room');
+  await settle();
+  const video = page.el('avatar-video');
+  const frames = [];
+  video.requestVideoFrameCallback = (callback) => frames.push(callback);
+  const present = () => frames.shift()?.(page.clock.now);
+  globalThis.fakeLivekitRooms.at(-1).emit('trackSubscribed', { kind: 'video', attach() {} }, {}, { identity: 'x' });
+  await page.clock.advance(0);
+  assert.equal(page.debug.avatarMode, 'video');
+  present();
+  await page.clock.advance(40);
+  present();
+
+  const play = async (ms) => { // the avatar's video goes on at 25 frames a second
+    for (let t = 0; t < ms; t += 40) {
+      await page.clock.advance(40);
+      present();
+    }
+  };
+  page.widget.sendText('hello');
+  await play(880);
+  ws.message({ type: 'agent_response', event_id: 5, text: 'hi there' });
+  ws.message({ type: 'avatar_state', speaking: true, event_id: 5 });
+  await page.clock.advance(30);
+  present(); // the avatar's first frame since it said it speaks
+  await page.clock.advance(700);
+  present(); // 700 ms without a frame: a freeze
+  page.click('stop');
+  await page.clock.advance(0);
+  const reports = ws.sentOf('client_metrics');
+  assert.deepEqual(reports.map((r) => r.freezes_ms), [[700], []], 'a freeze goes at once (the first report)');
+  assert.deepEqual(reports.map((r) => r.turns), [[], [{ event_id: 5, speech_to_audio_ms: 910, speech_to_mouth_ms: 910, caption_offset_ms: null }]]);
+});

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.avatars import (
@@ -188,3 +189,87 @@ async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_
     assert sample(metrics, "avatar_relay_upstream_errors_total", upstream="elevenlabs", kind="closed",
                   code="1011") == 1
     assert record.avatar_session_id == "sess-42"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Where the user is (client_metrics) and avatar time (issue 25)
+
+
+def test_the_pages_timings_land_in_histograms_per_provider_and_drops_are_counted() -> None:
+    from relay.protocol.client_metrics import ClientMetrics, DroppedClientMetrics, TurnTimings
+
+    metrics = RelayMetrics()
+    avatar, voice = ConversationRecord("r-1", avatar_provider="liveavatar"), ConversationRecord("r-2")
+    metrics.experience.report(avatar, ClientMetrics(type="client_metrics", freezes_ms=(600.0, 2500.0), turns=(
+        TurnTimings(event_id=1, speech_to_audio_ms=800.0, speech_to_mouth_ms=1200.0, caption_offset_ms=20.0),
+        TurnTimings(event_id=2, speech_to_audio_ms=2600.0))))
+    metrics.experience.report(voice, ClientMetrics(type="client_metrics", turns=(
+        TurnTimings(speech_to_audio_ms=400.0),)))
+    metrics.experience.report(voice, DroppedClientMetrics("too_frequent"))
+    name = "avatar_relay_client_speech_to_audio_seconds"
+    assert sample(metrics, name + "_count", provider="liveavatar") == 2
+    assert sample(metrics, name + "_sum", provider="liveavatar") == pytest.approx(3.4)
+    assert sample(metrics, name + "_bucket", provider="liveavatar", le="1.0") == 1
+    assert sample(metrics, name + "_count", provider="none") == 1
+    assert sample(metrics, "avatar_relay_client_speech_to_mouth_seconds_sum", provider="liveavatar") == 1.2
+    assert sample(metrics, "avatar_relay_client_speech_to_mouth_seconds_count", provider="liveavatar") == 1
+    assert sample(metrics, "avatar_relay_client_caption_offset_seconds_sum", provider="liveavatar") == 0.02
+    assert sample(metrics, "avatar_relay_client_video_freeze_seconds_count", provider="liveavatar") == 2
+    assert sample(metrics, "avatar_relay_client_metrics_reports_total") == 2
+    assert sample(metrics, "avatar_relay_client_metrics_dropped_total", reason="too_frequent") == 1
+
+
+async def _run_session(time_: Any, provider: str, *, created: bool = True) -> Any:
+    hooks = time_.session_hooks(provider)
+    if created:
+        await hooks.on_created("s")
+    hooks.on_opened(FakeSession())
+    return hooks
+
+
+async def test_avatar_seconds_count_running_sessions_and_stay_bounded_per_subject() -> None:
+    from relay.avatars.hooks import SessionOutcome
+    from relay.ops.metrics import OTHER_SUBJECTS, AvatarTime
+
+    now = [1000.0]
+    time_ = AvatarTime(CollectorRegistry(), subjects=2, clock=lambda: now[0])
+    done = SessionOutcome(opened=True, error=None, stop_failed=False)
+
+    def seconds(**labels: str) -> float:
+        return sum(v for (p, s), v in time_.totals().items()
+                   if labels.get("provider", p) == p and labels.get("subject", s) == s)
+
+    token = current_conversation.set(ConversationRecord("r-1", subject="alice"))
+    first = await _run_session(time_, "liveavatar")
+    current_conversation.reset(token)
+    now[0] += 30
+    assert seconds(provider="liveavatar") == 30  # running: counted as it goes
+    await first.on_closed(done)
+    now[0] += 100
+    assert seconds(provider="liveavatar") == 30  # stopped: no more
+    for subject, provider in (("bob", "simli"), ("carol", "simli"), (None, "simli")):
+        token = current_conversation.set(ConversationRecord("r-x", subject=subject))
+        hooks = await _run_session(time_, provider, created=provider != "simli")
+        current_conversation.reset(token)
+        now[0] += 10
+        await hooks.on_closed(done)
+    assert seconds(provider="simli") == 30
+    assert seconds(subject="alice") == 30 and seconds(subject="bob") == 10
+    assert seconds(subject=OTHER_SUBJECTS) == 20  # carol and the anonymous one: past the two subjects labelled
+    assert {s for _, s in time_.totals()} == {"alice", "bob", OTHER_SUBJECTS}
+
+
+async def test_avatar_seconds_appear_in_metrics_per_provider_and_per_subject_only_when_asked() -> None:
+    from relay.avatars.hooks import SessionOutcome
+
+    plain, by_subject = RelayMetrics(), RelayMetrics(subjects=5)
+    for metrics in (plain, by_subject):
+        token = current_conversation.set(ConversationRecord("r-1", subject="alice"))
+        hooks = metrics.avatar_time.session_hooks("liveavatar")
+        current_conversation.reset(token)
+        hooks.on_opened(FakeSession())
+        await hooks.on_closed(SessionOutcome(opened=True, error=None, stop_failed=False))
+        assert 'avatar_relay_avatar_session_seconds_total{provider="liveavatar"}' in metrics.render().decode()
+    assert "avatar_relay_avatar_session_seconds_by_subject" not in plain.render().decode()
+    assert ('avatar_relay_avatar_session_seconds_by_subject_total{provider="liveavatar",subject="alice"}'
+            in by_subject.render().decode())

@@ -200,8 +200,10 @@ class FakeProvider:
 
     def __init__(self, *, takes_audio: bool = False, open_delay: float = 0.0, refuse: AvatarUnavailable | None = None,
                  simulated: bool = False, keep_alive_interval: float = 60.0, stop_delay: float = 0.0,
-                 shield_stop: bool = True, withhold_connected: bool = False) -> None:
+                 shield_stop: bool = True, withhold_connected: bool = False,
+                 session_seconds: float | None = None) -> None:
         self.takes_audio = takes_audio
+        self.session_seconds = session_seconds  # what the provider says each session was granted
         self.withhold_connected = withhold_connected
         self.open_delay = open_delay
         self.refuse = refuse
@@ -224,7 +226,8 @@ class FakeProvider:
         sid = f"s{len(self.sessions) + 1}"
         if on_created is not None:
             await on_created(sid)
-        session = FakeSession(AvatarInfo("fake", sid, "wss://room.example", "tok", self.simulated),
+        session = FakeSession(AvatarInfo("fake", sid, "wss://room.example", "tok", self.simulated,
+                                         self.session_seconds),
                               self.takes_audio, self.keep_alive_interval, on_event)
         if not self.withhold_connected:
             session.connected.set()
@@ -269,6 +272,7 @@ class Harness:
         self.shutdown_scope = trio.CancelScope()
         self.browser_left: Callable[[], bool] | None = None  # as the web layer passes it (None: not known)
         self.session_limits: dict[str, float] = {}  # the provider's known session limit, by provider name
+        self.client_reports: list[Any] = []  # what `on_client_metrics` got: reports taken, and those dropped
 
     def upstreams(self) -> Upstreams:
         def on_end(record: ConversationRecord) -> None:
@@ -276,7 +280,9 @@ class Harness:
 
         return Upstreams(settings=self.settings, http=None, provider=self.provider,  # type: ignore[arg-type]
                          open_agent=self.agent.open,  # type: ignore[arg-type]
-                         hooks=ConversationHooks(on_end=on_end), session_limits=self.session_limits)
+                         hooks=ConversationHooks(on_end=on_end, on_client_metrics=lambda _, report:
+                                                 self.client_reports.append(report)),
+                         session_limits=self.session_limits)
 
     async def run(self) -> None:
         with self.cancel_scope:

@@ -76,3 +76,38 @@ async def relay_process(env: dict[str, str], cwd: Path, *, command: Callable[[in
                 process.kill()
         with trio.move_on_after(5):
             await process.wait()
+
+
+@asynccontextmanager
+async def sim_process(cwd: Path, *args: str, start_timeout: float = 30.0) -> AsyncIterator[dict[str, str]]:
+    """`avatar-relay sim ARGS` as a separate process, as a user runs it; yields each simulator's base URL by name
+    ("elevenlabs", "liveavatar", ...: the `<NAME>_BASE_URL=` lines it prints, waited for at most `start_timeout`
+    s). SIGTERM on the way out (then SIGKILL after 10 s)."""
+    from relay.providers.table import SIMULATOR_APPS
+
+    process = await trio.lowlevel.open_process([sys.executable, "-m", "relay", "sim", *args], cwd=cwd,
+                                               stdout=subprocess.PIPE, stderr=None)
+    assert process.stdout is not None
+    urls: dict[str, str] = {}
+    try:
+        printed = b""
+        with trio.fail_after(start_timeout):
+            while len(urls) < len(SIMULATOR_APPS):
+                data = await process.stdout.receive_some()
+                assert data, f"avatar-relay sim exited at start-up (printed {printed!r})"
+                printed += data
+                *lines, rest = printed.split(b"\n")
+                for line in lines:
+                    variable, _, url = line.decode().strip().partition("=")
+                    urls[variable.removesuffix("_BASE_URL").lower()] = url
+                printed = rest
+        yield urls
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                await process.wait()
+        if process.poll() is None:
+            process.kill()
+            with trio.move_on_after(5):
+                await process.wait()

@@ -4,63 +4,17 @@ message it read across connections, so a test can check the `seq` run for gaps a
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 import struct
 from typing import Any
 
 import orjson
-import trio
 
-from tests.support.wsframes import client_frame
+from tests.support.wsframes import FramedClient, client_frame
 
 
-class Connection:
+class Connection(FramedClient):
     """One WebSocket connection to the relay's /ws (frames parsed by hand)."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    @classmethod
-    async def open(cls, url: str, path: str = "/ws") -> Connection:
-        host, port = url.removeprefix("http://").split(":")
-        stream = await trio.open_tcp_stream(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await stream.send_all((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        connection = cls(stream)
-        while b"\r\n\r\n" not in connection.buffer:
-            connection.buffer += await connection._receive()
-        head, connection.buffer = connection.buffer.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return connection
-
-    async def _receive(self) -> bytes:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            raise EOFError
-        return data
-
-    async def _need(self, n: int) -> None:
-        while len(self.buffer) < n:
-            self.buffer += await self._receive()
-
-    async def frame(self) -> tuple[int, bytes]:
-        await self._need(2)
-        opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-        offset = 2
-        if length == 126:
-            await self._need(4)
-            length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif length == 127:
-            await self._need(10)
-            length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        await self._need(offset + length)
-        payload, self.buffer = self.buffer[offset:offset + length], self.buffer[offset + length:]
-        return opcode, payload
 
     async def send(self, **message: Any) -> None:
         await self.stream.send_all(client_frame(orjson.dumps(message)))
@@ -90,7 +44,7 @@ class ResumingBrowser:
         return [m["seq"] for m in self.messages if "seq" in m]
 
     async def connect(self, path: str = "/ws") -> Connection:
-        self.connection = await Connection.open(self.url, path)
+        self.connection = await Connection.connect(self.url, path)
         return self.connection
 
     async def send(self, **message: Any) -> None:

@@ -7,6 +7,7 @@ import base64
 import os
 import struct
 import zlib
+from typing import Self
 
 import trio
 
@@ -85,6 +86,57 @@ class RawSocket:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+class FramedClient:
+    """A client WebSocket on a bare trio stream whose TCP connection the test controls byte by byte (it can abort
+    or reset it at any point, no client library's close handshake): `connect` does the upgrade by hand, `frame`
+    reads the server's frames (uncompressed) and raises EOFError once the server closed the TCP connection."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    @classmethod
+    async def connect(cls, url: str, path: str = "/ws") -> Self:
+        """Connect to `url` (http://host:port) and upgrade `path`; returns once the server answered 101."""
+        host, port = url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await stream.send_all((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        client = cls(stream)
+        while b"\r\n\r\n" not in client.buffer:
+            client.buffer += await client._receive()
+        head, client.buffer = client.buffer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return client
+
+    async def _receive(self) -> bytes:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError
+        return data
+
+    async def _need(self, n: int) -> None:
+        while len(self.buffer) < n:
+            self.buffer += await self._receive()
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next server frame: (opcode, payload). Raises EOFError when the server closed the TCP connection."""
+        await self._need(2)
+        opcode, length = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
+        offset = 2
+        if length == 126:
+            await self._need(4)
+            length, offset = struct.unpack("!H", self.buffer[2:4])[0], 4
+        elif length == 127:
+            await self._need(10)
+            length, offset = struct.unpack("!Q", self.buffer[2:10])[0], 10
+        await self._need(offset + length)
+        payload, self.buffer = self.buffer[offset:offset + length], self.buffer[offset + length:]
+        return opcode, payload
 
 
 async def open_raw_socket(port: int, *, source: str = "127.0.0.1", path: str = "/ws", deflate: bool = False,

@@ -31,7 +31,8 @@ Control endpoints:
 - `POST /_sim/connect`: send the withheld `session.state_updated: connected` on every open socket (the
   `withhold_connected` fault); answers `{"released": n}`.
 - `POST /_sim/reset`: end every socket, clear ledger and faults.
-- `POST /_sim/faults` (JSON, merged into the current faults; nested dicts `latency_ms` and `fail` merge by key):
+- `POST /_sim/faults` (JSON, merged into the current faults; nested dicts `latency_ms` and `fail` merge by key; an
+  unknown key -> 400 naming the known ones, nothing merged):
   - `latency_ms`: `{endpoint: ms}` added before answering. Endpoints: `token`, `start`, `stop`, `keep_alive`,
     `list_sessions`, `avatars`, `ws_connect`. A slow stop is `{"latency_ms": {"stop": 3000}}`.
   - `fail`: `{endpoint: {"status": int, "code": int, "message": str, "retry_after": float, "times": int,
@@ -44,7 +45,9 @@ Control endpoints:
   - `concurrency_limit`: int or null: `sessions/token` refuses when this many sessions are active.
   - `idle_timeout_s` (default 300): a started session with no activity (websocket command, REST or ws
     keep-alive) for this long expires (`end_reason` IDLE_TIMEOUT) and its socket is closed.
-  - `sandbox_duration_s` (default 60): a sandbox session then ends as MAX_DURATION_REACHED.
+  - `sandbox_duration_s` (default 60): a sandbox session then ends as MAX_DURATION_REACHED; the start answer's
+    `max_session_duration` is the length that applies (the sandbox's, when shorter than the one asked: unverified
+    upstream, whose schema has the field). `avatar-relay sim --session-limit liveavatar=SECONDS` sets it.
   - `close_ws_after_ms`: close every new websocket this long after it connects (the session stays active).
   - `suppress_connected`: true -> never send `session.state_updated: connected`.
   - `connected_delay_ms`: send `connected` this late; commands before it are dropped silently (counted).
@@ -62,6 +65,10 @@ Control endpoints:
     stutter, in real time from the utterance's first chunk) and `repeated_speak_ends`.
   - `tier_max_session_duration_s` (default 7200): the subscription tier's longest session; `sessions/token`
     refuses a longer `max_session_duration` with 422.
+  - `drop_ws_after_audio_bytes` (null): once a LITE socket has received this many bytes of audio (PCM16 24 kHz),
+    close it with 1011, mid-reply; the session stays active (and billed) until stopped. Read at each chunk.
+  - `unreported_max_duration_s` (null): every session started from now ends this long after its start
+    (MAX_DURATION_REACHED) while the start answer says the length asked: a plan's limit the relay cannot know.
   - `record_audio`: true -> keep the received audio for `/_sim/audio/...` (tests only; costs memory).
 """
 

@@ -10,9 +10,9 @@ import trio
 from quart import Response, abort, websocket
 from quart_trio import QuartTrio
 
-from relay.net.http_keepalive import KeepAliveGuard
+from relay.sim.faults import json_response, simulator_app, take_forced_failure
 from relay.sim.lite_socket import LiteSocketSimulator, dumps
-from relay.sim.liveavatar_sim.checks import RequestChecks, json_response
+from relay.sim.liveavatar_sim.checks import RequestChecks
 from relay.sim.liveavatar_sim.rest import add_avatar_routes, add_session_routes
 from relay.sim.liveavatar_sim.sessions import SimState
 
@@ -20,11 +20,8 @@ from relay.sim.liveavatar_sim.sessions import SimState
 def create_app(*, start_faults: dict[str, Any] | None = None) -> QuartTrio:
     """The LiveAvatar simulator as an ASGI app (see the package docstring for endpoints and faults); `start_faults` are
     merged into the defaults at start (`avatar-relay sim --faults liveavatar=JSON`; `/_sim/reset` forgets them)."""
-    app = QuartTrio(__name__)
-    app.asgi_app = KeepAliveGuard(app.asgi_app)  # type: ignore[method-assign]  # never lose a kept-alive request
     state = SimState()
-    if start_faults:
-        state.merge_faults(start_faults)
+    app = simulator_app(__name__, state, start_faults)
     checks = RequestChecks(state)
     add_session_routes(app, checks)
     add_avatar_routes(app, checks)
@@ -38,14 +35,12 @@ def add_lite_socket_route(app: QuartTrio, state: SimState) -> None:
 
     @app.websocket("/v1/ws/<session_id>")
     async def lite_socket(session_id: str) -> None:
-        state.requests["ws_connect"] = state.requests.get("ws_connect", 0) + 1
+        state.count("ws_connect")
         latency = state.faults["latency_ms"].get("ws_connect")
         if latency:
             await trio.sleep(latency / 1000)
-        fail = state.faults["fail"].get("ws_connect")
-        if fail and (fail.get("times") is None or fail["times"] > 0):
-            if fail.get("times") is not None:
-                fail["times"] -= 1
+        fail = take_forced_failure(state.faults["fail"], "ws_connect")
+        if fail is not None:
             abort(int(fail.get("status", 500)))
         session = state.sessions.get(session_id)
         token = websocket.args.get("token")
@@ -63,6 +58,7 @@ def add_lite_socket_route(app: QuartTrio, state: SimState) -> None:
             withhold_connected=bool(state.faults["withhold_connected"]),
             render_delay=float(state.faults["render_delay_ms"] or 0) / 1000,
             after_commit=str(state.faults["after_commit"]),
+            drop_after_audio_bytes=lambda: state.faults["drop_ws_after_audio_bytes"],
         )
         session.sockets.add(sock)
         close_after = state.faults["close_ws_after_ms"]
@@ -107,11 +103,7 @@ def add_control_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
     @app.post("/_sim/faults")
     async def faults() -> Response:
-        update = await body_json()
-        if update is None:
-            return json_response({"error": "faults must be a JSON object"}, 400)
-        state.merge_faults(update)
-        return json_response(state.faults, 200)
+        return state.faults_update(await body_json())
 
     @app.post("/_sim/connect")
     async def release_connected() -> Response:

@@ -5,14 +5,12 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import orjson
-import trio
 from quart import Response, request
 
-from relay.sim.faults import take_forced_failure
+from relay.sim.faults import json_response, validation_error
 from relay.sim.liveavatar_sim.sessions import SimSession, SimState
 
 
@@ -29,12 +27,18 @@ def failure(status: int, code: int, message: str, *, retry_after: float | None =
     return response
 
 
-def json_response(payload: Any, status: int) -> Response:
-    return Response(orjson.dumps(payload), status=status, content_type="application/json")
-
-
-def validation_error(problems: list[tuple[list[Any], str, str]]) -> Response:
-    return json_response({"detail": [{"loc": loc, "msg": msg, "type": kind} for loc, msg, kind in problems]}, 422)
+def _forced_answer(fail: dict[str, Any]) -> tuple[Response, dict[str, Any]]:
+    """A forced failure's answer (`fail`: status, code, message, retry_after, or a whole `body`) and what the
+    refusals record of it."""
+    status = int(fail.get("status", 500))
+    if "body" in fail:
+        response = json_response(fail["body"], status)
+        if fail.get("retry_after") is not None:
+            response.headers["Retry-After"] = str(math.ceil(fail["retry_after"]))
+    else:
+        response = failure(status, int(fail.get("code", 5000)), str(fail.get("message", "Internal error")),
+                           retry_after=fail.get("retry_after"))
+    return response, {"code": fail.get("code")}
 
 
 class RequestChecks:
@@ -45,28 +49,14 @@ class RequestChecks:
 
     async def prelude(self, endpoint: str) -> Response | None:
         """Count the request, apply injected latency and forced failures."""
-        self.state.requests[endpoint] = self.state.requests.get(endpoint, 0) + 1
-        latency = self.state.faults["latency_ms"].get(endpoint)
-        if latency:
-            await trio.sleep(latency / 1000)
-        fail = take_forced_failure(self.state.faults["fail"], endpoint)
-        if fail is None:
-            return None
-        status = int(fail.get("status", 500))
-        self.state.refusals.append({"endpoint": endpoint, "status": status, "code": fail.get("code"),
-                               "at": time.monotonic()})
-        if "body" in fail:
-            response = json_response(fail["body"], status)
-            if fail.get("retry_after") is not None:
-                response.headers["Retry-After"] = str(math.ceil(fail["retry_after"]))
-            return response
-        return failure(status, int(fail.get("code", 5000)), str(fail.get("message", "Internal error")),
-                        retry_after=fail.get("retry_after"))
+        return await self.state.gate(endpoint, _forced_answer)
+
+    async def gate(self, endpoint: str) -> Response | None:
+        """`prelude`, then the API key (`api_key_problem`). None: go on."""
+        return await self.state.gate(endpoint, _forced_answer, self.api_key_problem)
 
     def refuse(self, endpoint: str, response: Response, code: int | None) -> Response:
-        self.state.refusals.append({"endpoint": endpoint, "status": response.status_code, "code": code,
-                               "at": time.monotonic()})
-        return response
+        return self.state.refuse(endpoint, response, code=code)
 
     def api_key_problem(self, endpoint: str) -> Response | None:
         key = request.headers.get("X-API-KEY")

@@ -4,6 +4,7 @@ catalogue."""
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 import uuid
@@ -14,7 +15,8 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from relay.sim.liveavatar_sim.checks import RequestChecks, envelope, failure, json_response, validation_error
+from relay.sim.faults import json_response, validation_error
+from relay.sim.liveavatar_sim.checks import RequestChecks, envelope, failure
 from relay.sim.liveavatar_sim.sessions import (
     AVATARS,
     ENCODINGS,
@@ -30,9 +32,15 @@ from relay.sim.liveavatar_sim.sessions import (
 def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
     """`/v1/sessions/...` on `app`: token, start, stop, keep-alive, and the list."""
     state = checks.state
-    prelude, refuse, api_key_problem = checks.prelude, checks.refuse, checks.api_key_problem
+    prelude, gate, refuse = checks.prelude, checks.gate, checks.refuse
     bearer_session, body_json, session_for_key_or_bearer = (checks.bearer_session, checks.body_json,
                                                             checks.session_for_key_or_bearer)
+
+    def session_length(session: SimSession) -> float:
+        """How long a started session may run: what the token asked, at most the sandbox's minute."""
+        if session.is_sandbox:
+            return min(float(session.max_session_duration), float(state.faults["sandbox_duration_s"]))
+        return float(session.max_session_duration)
 
     async def watchdog(session: SimSession) -> None:
         """Expire a started session on idle timeout or when its duration is used up."""
@@ -40,10 +48,11 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
         session.watchdog = scope
         with scope:
             assert session.started is not None
-            limit = float(session.max_session_duration)
-            if session.is_sandbox:
-                limit = min(limit, float(state.faults["sandbox_duration_s"]))
-            ends_at = session.started + limit
+            length = session_length(session)
+            unreported = state.faults["unreported_max_duration_s"]
+            if unreported is not None:  # a limit the start answer does not say
+                length = min(length, float(unreported))
+            ends_at = session.started + length
             while session.active:
                 idle_deadline = session.last_activity + float(state.faults["idle_timeout_s"])
                 now = time.monotonic()
@@ -57,12 +66,9 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
     @app.post("/v1/sessions/token")
     async def create_token() -> Response:
-        forced = await prelude("token")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("token")
-        if problem is not None:
-            return problem
+        refused = await gate("token")
+        if refused is not None:
+            return refused
         body = await body_json()
         if body is None:
             return validation_error([(["body"], "Input should be a valid dictionary", "dict_type")])
@@ -141,7 +147,7 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
             "livekit_url": state.faults["livekit_url"] or SIMULATED_LIVEKIT_URL,
             "livekit_client_token": f"sim-client.{secrets.token_urlsafe(16)}",
             "livekit_agent_token": f"sim-agent.{secrets.token_urlsafe(16)}",
-            "max_session_duration": session.max_session_duration,
+            "max_session_duration": max(1, math.floor(session_length(session))),  # what applies (sandbox: its)
             "ws_url": f"{scheme}://{host}/v1/ws/{session.session_id}?token={session.ws_token}",
         }, status=201)
 
@@ -185,20 +191,30 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
     @app.get("/v1/sessions")
     async def list_sessions() -> Response:
-        forced = await prelude("list_sessions")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("list_sessions")
-        if problem is not None:
-            return problem
-        kind = request.args.get("type", "active")
+        refused = await gate("list_sessions")
+        if refused is not None:
+            return refused
+        # As the reference's OpenAPI (`list_sessions_v1_sessions_get`) has it: `type` required, `page` >= 1,
+        # 1 <= `page_size` <= 100 (default 20); anything else is FastAPI's 422.
+        kind = request.args.get("type")
+        if kind is None:
+            return validation_error([(["query", "type"], "Field required", "missing")])
         if kind not in ("active", "historic"):
             return validation_error([(["query", "type"], "Input should be 'active' or 'historic'", "enum")])
-        try:
-            page = max(1, int(request.args.get("page", "1")))
-            page_size = min(100, max(1, int(request.args.get("page_size", "20"))))
-        except ValueError:
-            return validation_error([(["query", "page"], "Input should be a valid integer", "int_parsing")])
+        bounds = {"page": (1, None, "1"), "page_size": (1, 100, "20")}
+        numbers: dict[str, int] = {}
+        for name, (least, most, default) in bounds.items():
+            try:
+                numbers[name] = int(request.args.get(name, default))
+            except ValueError:
+                return validation_error([(["query", name], "Input should be a valid integer", "int_parsing")])
+            if numbers[name] < least:
+                return validation_error([(["query", name], f"Input should be greater than or equal to {least}",
+                                          "greater_than_equal")])
+            if most is not None and numbers[name] > most:
+                return validation_error([(["query", name], f"Input should be less than or equal to {most}",
+                                          "less_than_equal")])
+        page, page_size = numbers["page"], numbers["page_size"]
         chosen = [s for s in state.sessions.values() if s.active == (kind == "active")]
         chosen.sort(key=lambda s: s.created, reverse=True)
         start = (page - 1) * page_size
@@ -214,7 +230,7 @@ def add_session_routes(app: QuartTrio, checks: RequestChecks) -> None:
 
 def add_avatar_routes(app: QuartTrio, checks: RequestChecks) -> None:
     """`/v1/avatars`, `/v1/avatars/public` and `/v1/avatars/<id>` on `app`."""
-    prelude, api_key_problem = checks.prelude, checks.api_key_problem
+    gate = checks.gate
 
     def avatar_page() -> dict[str, Any]:
         return {"count": len(AVATARS), "next": None, "previous": None,
@@ -223,20 +239,14 @@ def add_avatar_routes(app: QuartTrio, checks: RequestChecks) -> None:
     @app.get("/v1/avatars", endpoint="list_avatars")
     @app.get("/v1/avatars/public", endpoint="list_public_avatars")
     async def list_avatars() -> Response:
-        forced = await prelude("avatars")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("avatars")
-        return problem if problem is not None else envelope(avatar_page())
+        refused = await gate("avatars")
+        return refused if refused is not None else envelope(avatar_page())
 
     @app.get("/v1/avatars/<avatar_id>")
     async def get_avatar(avatar_id: str) -> Response:
-        forced = await prelude("avatars")
-        if forced is not None:
-            return forced
-        problem = api_key_problem("avatars")
-        if problem is not None:
-            return problem
+        refused = await gate("avatars")
+        if refused is not None:
+            return refused
         for avatar in AVATARS:
             if avatar["id"] == avatar_id:
                 return envelope({k: v for k, v in avatar.items() if k != "is_sandbox"})

@@ -12,6 +12,7 @@ from typing import Any
 
 import trio
 
+from relay.sim.faults import SimLedger
 from relay.sim.lite_socket import LiteLedger, LiteSocketSimulator
 
 SANDBOX_AVATAR_ID = "dd73ea75-1218-4ef3-92ce-606d5f7fbc0a"
@@ -49,6 +50,8 @@ DEFAULT_FAULTS: dict[str, Any] = {
     "after_commit": "drop",
     "tier_max_session_duration_s": 7200,
     "record_audio": False,
+    "drop_ws_after_audio_bytes": None,
+    "unreported_max_duration_s": None,
 }
 
 
@@ -58,12 +61,6 @@ def is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def fresh_faults() -> dict[str, Any]:
-    return {key: (dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value)
-            for key, value in DEFAULT_FAULTS.items()}
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -143,30 +140,15 @@ class SimSession:
         return item
 
 
-class SimState:
+class SimState(SimLedger[SimSession]):
     def __init__(self) -> None:
-        self.faults = fresh_faults()
-        self.sessions: dict[str, SimSession] = {}
-        self.by_token: dict[str, str] = {}
-        self.requests: dict[str, int] = {}
-        self.refusals: list[dict[str, Any]] = []
+        super().__init__(DEFAULT_FAULTS)
 
     def reset(self) -> None:
         for session in self.sessions.values():
             if session.active:
                 session.end("UNKNOWN", expired=True)
-        self.faults = fresh_faults()
-        self.sessions = {}
-        self.by_token = {}
-        self.requests = {}
-        self.refusals = []
-
-    def merge_faults(self, update: dict[str, Any]) -> None:
-        for key, value in update.items():
-            if key in ("latency_ms", "fail") and isinstance(value, dict):
-                self.faults[key].update(value)
-            else:
-                self.faults[key] = value
+        self.clear()
 
     def active_count(self) -> int:
         return sum(1 for s in self.sessions.values() if s.active)
