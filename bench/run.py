@@ -128,12 +128,22 @@ def _stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
+# `--relay-src NAME=DIR`: the implementation NAME is the relay as the source tree DIR has it (e.g. an earlier
+# commit's `git archive`), for before/after runs interleaved in one invocation.
+RELAY_SOURCES: dict[str, Path] = {}
+
+
+def is_relay(impl: str) -> bool:
+    return impl == "relay" or impl in RELAY_SOURCES
+
+
 @contextlib.contextmanager
 def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: int = 1) -> Iterator[tuple[str, int]]:
     """Start the relay (with `workers` processes) or a yardstick; yields (ws URL, pid of the process started)."""
     port = _free_port()
     log = open(log_path, "w")
-    if impl == "relay":
+    source = RELAY_SOURCES.get(impl, ROOT)
+    if is_relay(impl):
         env = {**os.environ,
                "ELEVENLABS_BASE_URL": sims.urls["elevenlabs"], "ELEVENLABS_AGENT_ID": "bench-agent",
                "ELEVENLABS_API_KEY": "bench-key", "HEYGEN_BASE_URL": sims.urls["heygen"],
@@ -158,12 +168,12 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
         command = [PYTHON, "-m", "bench.baseline", "--port", str(port), "--avatar", avatar,
                    "--elevenlabs", sims.urls["elevenlabs"], "--heygen", sims.urls["heygen"],
                    "--liveavatar", sims.urls["liveavatar"]]
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                preexec_fn=_pinned("impl"))
     try:
         _wait_for_port(port, process)
-        if impl == "relay":
+        if is_relay(impl):
             _wait_for_workers(port, workers)
         yield f"ws://127.0.0.1:{port}/ws", process.pid
     finally:
@@ -237,8 +247,9 @@ def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_
 
 def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, args: argparse.Namespace,
             out_dir: Path) -> dict[str, Any]:
-    workers = args.relay_workers if impl == "relay" else 1
-    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers) as (url, pid):
+    workers = args.relay_workers if is_relay(impl) else 1
+    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers) as (url, pid), \
+            _profiling(args, impl, clients, pid, out_dir):
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
              "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid),
@@ -285,6 +296,32 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
     return out
 
 
+@contextlib.contextmanager
+def _profiling(args: argparse.Namespace, impl: str, clients: int, pid: int, out_dir: Path) -> Iterator[None]:
+    """`--py-spy FORMAT`: a py-spy sampling profile (100 Hz, idle samples left out) of the relay process over the
+    run's steady streaming time (from the end of the ramp plus a third of the run, at most 10 s), written next to
+    the run's log as `<impl>-<N>.py-spy.<svg|txt>` (`flamegraph` or `raw`: collapsed stacks, one line per stack with
+    its count)."""
+    if args.py_spy is None or not is_relay(impl):
+        yield
+        return
+    settle = min(5.0, clients / 200) + min(10.0, args.duration / 3)  # the ramp, then the set-ups' queue
+    suffix = "svg" if args.py_spy == "flamegraph" else "txt"
+    path = out_dir / f"{impl}-{clients}.py-spy.{suffix}"
+    spy = subprocess.Popen(
+        ["sh", "-c", f"sleep {settle}; exec {Path(PYTHON).parent / 'py-spy'} record --pid {pid} --rate 100 "
+                     f"--duration {max(1, int(args.duration - settle))} --format {args.py_spy} --nonblocking "
+                     f"-o {path}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        try:
+            spy.wait(timeout=args.duration + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+
+
 def ratios(relay: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else round(a / b, 3)
@@ -315,13 +352,39 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         s, f, a = r["setup"], r["forwarding"], r["to_avatar"]
         lines.append(" | ".join([
-            r["impl"] + (f" x{r['workers']}" if r.get("workers", 1) > 1 else ""), str(r["clients"]),
+            r["impl"] + (f" x{r['workers']}" if r.get("workers", 1) > 1 else "")
+            + (f" #{r['run']}" if r.get("run", 1) > 1 else ""), str(r["clients"]),
             f"{_fmt(s['p50'])}/{_fmt(s['p99'])} ({_fmt(r['setup_over_upstream_p50'])})",
             f"{_fmt(f['p50'])}/{_fmt(f['p99'])}/{_fmt(f['max'])}",
             f"{_fmt(a['p50'])}/{_fmt(a['p99'])}/{_fmt(a['max'])}",
             _fmt(r["cpu_ms_per_conversation_second"]), _fmt(r.get("cpu_core_share")),
             _fmt(r["rss_mb_per_conversation"]), str(r["errors"]),
             str(r["leaked_agents"] + r["leaked_avatar_sessions"]), str(r["frames_lost"])]))
+    return "\n".join(lines)
+
+
+def ranges(rows: list[dict[str, Any]]) -> str:
+    """Per implementation and N, over the runs: CPU per conversation-second and p99 forwarding as min..max, and each
+    relay's CPU as a ratio to the Trio floor's and the baseline's of the same run (min..max)."""
+    def span(values: list[float]) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "-"
+        low, high = min(values), max(values)
+        return _fmt(low) if low == high else f"{_fmt(low)}..{_fmt(high)}"
+
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["impl"], r["clients"]), []).append(r)
+    lines = ["impl | N | runs | CPU ms/conv-s | p99 fwd ms | CPU / Trio floor | CPU / baseline | load avg",
+             "---|---|---|---|---|---|---|---"]
+    for (impl, clients), group in groups.items():
+        lines.append(" | ".join([
+            impl, str(clients), str(len(group)), span([r["cpu_ms_per_conversation_second"] for r in group]),
+            span([r["forwarding"]["p99"] for r in group]),
+            span([r.get("ratio_to_trio_floor", {}).get("cpu") for r in group]),
+            span([r.get("ratio_to_baseline", {}).get("cpu") for r in group]),
+            span([round(r.get("load_average", 0.0), 1) for r in group])]))
     return "\n".join(lines)
 
 
@@ -356,6 +419,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="pin the implementation to CPU 0 and the simulators and load generator to the others")
     parser.add_argument("--upstream-tries", type=int, default=5,
                         help="direct measurements of the avatar's start-up per run (median; default 5)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole grid this many times, interleaved (run 1 of every N and impl, then run 2, "
+                             "...), so that ranges over runs share the machine's load (default 1)")
+    parser.add_argument("--relay-src", action="append", default=[], metavar="NAME=DIR",
+                        help="an implementation NAME (for --impl) that is the relay as the source tree DIR has it")
+    parser.add_argument("--py-spy", choices=("flamegraph", "raw"), default=None,
+                        help="record a py-spy profile of every relay run's streaming time (needs py-spy)")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -370,6 +440,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if len(cpus) < 2:
             raise SystemExit("--pin needs at least two CPUs")
         PINNING.update({"impl": {cpus[0]}, "rig": set(cpus[1:])})
+    RELAY_SOURCES.clear()
+    for spec in args.relay_src:
+        name, _, directory = spec.partition("=")
+        if not name or not directory or name in ("relay", "baseline", "naive", "trio_floor"):
+            parser.error(f"--relay-src {spec!r}: NAME=DIR with a new name")
+        RELAY_SOURCES[name] = Path(directory).resolve()
     impls = [i.strip() for i in args.impl.split(",")]
     out_path = Path(args.out) if args.out else RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,20 +453,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
-    for clients in counts:
-        for impl in impls:
-            print(f"running {impl} N={clients} ({args.avatar}, {args.chunk_ms} ms chunks, {args.duration:g} s)",
-                  file=sys.stderr, flush=True)
-            rows.append(run_one(impl, args.avatar, clients, args, log_dir))
-    by_key = {(r["impl"], r["clients"]): r for r in rows}
-    for clients in counts:
-        relay, baseline = by_key.get(("relay", clients)), by_key.get(("baseline", clients))
-        if relay is not None and baseline is not None:
+    for run in range(1, args.repeat + 1):
+        for clients in counts:
+            for impl in impls:
+                print(f"running {impl} N={clients} ({args.avatar}, {args.chunk_ms} ms chunks, {args.duration:g} s)"
+                      + (f", run {run}/{args.repeat}" if args.repeat > 1 else ""), file=sys.stderr, flush=True)
+                run_dir = log_dir / f"run{run}" if args.repeat > 1 else log_dir
+                run_dir.mkdir(exist_ok=True)
+                row = run_one(impl, args.avatar, clients, args, run_dir)
+                row["run"] = run
+                row["load_average"] = os.getloadavg()[0]
+                rows.append(row)
+    by_key = {(r["impl"], r["clients"], r["run"]): r for r in rows}
+    for (impl, clients, run), relay in by_key.items():
+        if is_relay(impl) and (baseline := by_key.get(("baseline", clients, run))) is not None:
             relay["ratio_to_baseline"] = ratios(relay, baseline)
+        if is_relay(impl) and (floor := by_key.get(("trio_floor", clients, run))) is not None:
+            relay["ratio_to_trio_floor"] = ratios(relay, floor)
     upstream = UPSTREAM_MS[args.avatar]
     report = {
         "machine": machine(), "pinned": bool(args.pin), "browser_deflate": bool(args.browser_deflate),
-        "avatar": args.avatar, "chunk_ms": args.chunk_ms,
+        "avatar": args.avatar, "chunk_ms": args.chunk_ms, "repeat": args.repeat,
         "duration_s": args.duration,
         "injected_latency_ms": {"elevenlabs_handshake": 150, "heygen_new": 300, "heygen_start": 200,
                                 "liveavatar_token": 300, "liveavatar_start": 200},
@@ -402,6 +485,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     out_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(table(rows))
+    if args.repeat > 1 or len(impls) > 1:
+        print("\n" + ranges(rows))
     direct = sorted(r["upstream_direct_ms"] for r in rows)
     print(f"\nset-up reference: slower upstream {report['setup_reference_ms']['slower']} ms injected, "
           f"{direct[len(direct) // 2]} ms as a client sees it (median; '(over upstream)' is set-up p50 minus "

@@ -110,9 +110,10 @@ class AgentConnection:
         self.metadata = metadata
         self._malformed = MalformedLog()
 
-    async def send(self, text: str) -> None:
-        """Send one message built by a `build_*` function. Blocks while the socket's send buffer is full;
-        cancelled by the caller's scope. Raises `AgentClosed` if the socket is closed."""
+    async def send(self, text: str | bytes) -> None:
+        """Send one message built by a `build_*` function (bytes: a `*_utf8` one's UTF-8 JSON text). Blocks while
+        the socket's send buffer is full; cancelled by the caller's scope. Raises `AgentClosed` if the socket is
+        closed."""
         try:
             await self._ws.send_text(text)
         except WebSocketClosed as exc:

@@ -16,16 +16,13 @@ drains the app it serves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
-from quart import abort, websocket
 from quart_trio import QuartTrio
 
 from relay.config import ConfigError, Settings
-from relay.conversation.endings import ConversationOver
 from relay.net.http_keepalive import KeepAliveGuard
 from relay.ops.fleet import Fleet
 from relay.ops.logs import configure_logging, set_worker
@@ -34,6 +31,7 @@ from relay.ops.tracing import configure_tracing
 from relay.ops.transcripts import TranscriptWriter
 from relay.providers import table as providers
 from relay.server.admin import add_admin_routes
+from relay.server.asgi_ws import ASGIWebSocket, WebSocketFront, install_departure_notice, serve_websocket
 from relay.server.auth import Gate, auth_problem, identity
 from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
 from relay.server.fleet_admission import choose_seating, watch_seating
@@ -46,15 +44,17 @@ from relay.server.request_guard import GuardPolicy, RequestGuard
 from relay.server.resuming import held_table, resume_connection, serve_connection
 from relay.server.startup import StartupGuard, end_process
 from relay.server.state import RelayState, relay_state
+from relay.server.tcp_close import serialise_tcp_close
 from relay.server.upstreams import conversation_hooks, start_upstreams, stop_upstreams
 from relay.server.ws_limits import limit_websocket_messages
+from relay.server.wsproto_mask import use_c_unmasking
 
 if TYPE_CHECKING:
     from relay.server.workers import WorkerRole
 
 log = logging.getLogger("relay.web")
 
-__all__ = ["QuartBrowser", "RelayState", "app", "create_app", "relay_state", "startup_guard"]
+__all__ = ["RelayState", "app", "create_app", "relay_state", "startup_guard"]
 
 
 def create_app(settings: Settings | None = None, worker: WorkerRole | None = None, *,
@@ -76,9 +76,13 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     # Message bounds inside hypercorn, then Host/path/metrics-token checks before anything else (relay.server.ws_limits,
     # relay.server.request_guard).
     limit_websocket_messages(app, settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
-    app.asgi_app = RequestGuard(NoteDepartures(KeepAliveGuard(app.asgi_app)),  # type: ignore[method-assign]
-                                GuardPolicy.from_settings(settings))
+    # `/ws` goes straight to `ws` below on hypercorn's callables, everything else to Quart (relay.server.asgi_ws).
+    front = WebSocketFront(NoteDepartures(KeepAliveGuard(app.asgi_app)), "/ws", _not_yet)
+    app.asgi_app = RequestGuard(front, GuardPolicy.from_settings(settings))  # type: ignore[method-assign]
     note_browser_close_codes()  # a clean close (1000) ends a resumable conversation; a dropped one is held
+    install_departure_notice()  # the browser leaving cancels `/ws`'s handler at once, as under quart-trio
+    serialise_tcp_close()  # hypercorn's close races a write: relay.server.tcp_close
+    use_c_unmasking()  # the browser's frames unmasked in C, not wsproto's Python: relay.server.wsproto_mask
 
     fleet = Fleet.from_settings(settings)
     seating = choose_seating(settings, fleet, worker)
@@ -105,9 +109,11 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses, roster=state.roster)
 
-    @app.websocket("/ws", endpoint="conversation_socket")
-    async def ws() -> None:
-        await conversation_socket(state, doorway, app.nursery)
+    async def ws(scope: Any, receive: Any, send: Any) -> None:
+        await serve_websocket(scope, receive, send, settings.relay_send_timeout,
+                              lambda connection: conversation_socket(state, doorway, app.nursery, connection))
+
+    front.handler = ws
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
@@ -115,88 +121,46 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     return app
 
 
-async def conversation_socket(state: RelayState, doorway: Doorway, nursery: trio.Nursery) -> None:
+async def _not_yet(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("/ws served before create_app finished")
+
+
+async def conversation_socket(state: RelayState, doorway: Doorway, nursery: trio.Nursery,
+                              connection: ASGIWebSocket) -> None:
     """`/ws`: check the handshake (origin, token — in `?token=` or Sec-WebSocket-Protocol —, start rate: refused
     before accepting, as plain HTTP), then hand the socket to `doorway` (relay.server.opening: its first frame read in
-    a pre-start slot, a seat, the conversation). Cancelled when the browser leaves (quart cancels the handler) or by
+    a pre-start slot, a seat, the conversation). Cancelled when the browser leaves (`serve_websocket`) or by
     the drain. With RELAY_RESUME_WINDOW > 0 the conversation runs in `nursery` (the app's) so that a dropped
     connection does not end it, and a first frame `resume` takes a held one over (`relay.server.resuming`)."""
     assert state.upstreams is not None and state.gate is not None and state.metrics is not None
     gate, metrics = state.gate, state.metrics
-    headers = websocket.headers
+    headers = connection.headers
     decision = await gate.check_handshake(
-        origin=headers.get("origin"), host=headers.get("host"), remote_addr=websocket.remote_addr,
+        origin=headers.get("origin"), host=headers.get("host"), remote_addr=connection.remote_addr,
         forwarded_for=headers.get("x-forwarded-for"), forwarded_proto=headers.get("x-forwarded-proto"),
         now=trio.current_time(),
-        query_token=websocket.args.get("token") or protocol_token(headers.get("sec-websocket-protocol")))
+        query_token=connection.args.get("token") or protocol_token(headers.get("sec-websocket-protocol")))
     if decision.refuse_status is not None:
         log.info("websocket refused status=%d client=%s", decision.refuse_status, decision.client)
         metrics.conversation_refused(f"http_{decision.refuse_status}")
-        abort(decision.refuse_status)  # before accepting: a plain HTTP answer, nothing upstream was called
+        await connection.refuse(decision.refuse_status)  # before accepting: plain HTTP, nothing upstream called
+        return
     if decision.claims is not None:
         log.info("client token accepted client=%s", decision.client)
     if (protocol := chosen_protocol(headers.get("sec-websocket-protocol"))) is not None:
-        await websocket.accept(subprotocol=protocol)
-    browser = QuartBrowser(state.settings.relay_send_timeout)
+        await connection.accept(protocol)
+    browser = connection
     resuming = None
     if state.held is not None:
-        cleanly = left_cleanly(websocket.scope)
+        cleanly = left_cleanly(connection.scope)
         resuming = ResumeDoor(
             resume=lambda socket, resume: resume_connection(
                 state, socket, resume, None if decision.claims is None else identity(decision.claims, decision.client),
                 cleanly),
             start=lambda socket, subject, converse: serve_connection(state, nursery, socket, subject, converse,
                                                                       cleanly))
-    await doorway.serve(browser, decision, state.upstreams, browser_left=browser_left(websocket.scope),
+    await doorway.serve(browser, decision, state.upstreams, browser_left=browser_left(connection.scope),
                         resuming=resuming)
-
-
-class QuartBrowser:
-    """The `BrowserSocket` seam over quart's websocket. Made inside the `/ws` handler: it holds that connection's
-    own Websocket object and its bound methods, so a frame costs no context-local proxy lookups (the audio hot
-    path; docs/performance.md).
-
-    With permessage-deflate, which every browser offers and hypercorn 0.18 always accepts, every send runs to its
-    end once started (`send_whole`): wsproto compresses a frame into the connection's shared LZ77 window inside
-    hypercorn's `send`, *before* hypercorn takes the socket's send lock and writes it. A send cancelled in between
-    (the conversation ending while its outbox sends, the lock held by hypercorn's own pong or close reply) leaves a
-    frame compressed but never written, and the browser fails to decompress every later frame (`ended` first): it
-    closes with 1002/1007 instead of reading why the conversation ended (docs/reliability.md). Without the
-    extension a cancelled send writes nothing at all, so `send` is quart's own (no cancel scope per frame)."""
-
-    __slots__ = ("_raw_send", "_send_timeout", "_ws", "receive", "send")
-
-    def __init__(self, send_timeout: float) -> None:
-        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
-        self.receive: Callable[[], Coroutine[Any, Any, str | bytes | None]] = self._ws.receive
-        self._raw_send: Callable[[str | bytes], Coroutine[Any, Any, None]] = self._ws.send
-        self._send_timeout = send_timeout
-        offers = ",".join(self._ws.headers.getlist("Sec-WebSocket-Extensions")).lower()
-        self.send: Callable[[str | bytes], Coroutine[Any, Any, None]] = (
-            self.send_whole if "permessage-deflate" in offers else self._raw_send)
-
-    async def send_whole(self, data: str | bytes) -> None:
-        """Send one frame whole: shielded from the caller's cancellation (which takes effect at the caller's next
-        checkpoint, after the frame is written) and bounded by RELAY_SEND_TIMEOUT. A send still waiting for the
-        socket after that long may have been compressed already, so nothing more can be sent on this socket but
-        its close: the conversation ends (`timeout`, as with the send watchdog). A write that has begun cannot be
-        interrupted anyway (hypercorn shields it; TCP_USER_TIMEOUT breaks a stalled one)."""
-        with trio.CancelScope(deadline=trio.current_time() + self._send_timeout, shield=True) as scope:
-            await self._raw_send(data)
-        if scope.cancelled_caught:
-            self.send = self._raw_send = _refuse_after_abandoned_send
-            raise _abandoned_send()
-
-    async def close(self, code: int, reason: str = "") -> None:
-        await self._ws.close(code, reason)
-
-
-def _abandoned_send() -> ConversationOver:
-    return ConversationOver.failed("timeout", "the browser stopped reading; conversation ended")
-
-
-async def _refuse_after_abandoned_send(data: str | bytes) -> None:
-    raise _abandoned_send()
 
 
 def startup_guard(app: QuartTrio) -> StartupGuard:

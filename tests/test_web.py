@@ -1,7 +1,7 @@
-"""`QuartBrowser.send_whole`, the send used when the browser offered permessage-deflate, with a fake socket send (no
-sockets): a send that has started finishes even when its caller is cancelled meanwhile, and a send that cannot
-finish within RELAY_SEND_TIMEOUT ends the conversation and leaves nothing more to be sent on that socket
-(a compressed frame may be lost, so any later frame would be corrupt). The process tests are
+"""`ASGIWebSocket.send_whole` (relay.server.asgi_ws), the send used when the browser offered permessage-deflate,
+with a fake socket send (no sockets): a send that has started finishes even when its caller is cancelled meanwhile,
+and a send that cannot finish within RELAY_SEND_TIMEOUT ends the conversation and leaves nothing more to be sent on
+that socket (a compressed frame may be lost, so any later frame would be corrupt). The process tests are
 tests/faults/test_deflate_endings.py and the `deflate` cases of tests/faults/test_stalled_browser.py."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import trio
 
 from relay.conversation.endings import ConversationOver
-from relay.web import QuartBrowser
+from relay.server.asgi_ws import ASGIWebSocket
 
 
-def browser_with(raw_send: object, send_timeout: float) -> QuartBrowser:
-    browser = QuartBrowser.__new__(QuartBrowser)  # no quart request context: the sends are what is tested
+def browser_with(raw_send: object, send_timeout: float) -> ASGIWebSocket:
+    browser = ASGIWebSocket.__new__(ASGIWebSocket)  # no ASGI connection: the sends are what is tested
     browser._raw_send = raw_send  # type: ignore[assignment]
     browser._send_timeout = send_timeout
     browser.send = browser.send_whole

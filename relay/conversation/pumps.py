@@ -50,6 +50,14 @@ def user_audio_builder(input_format: AudioFormat | None) -> Callable[[bytes], st
     return lambda pcm: build(pcm16_to_ulaw(pcm))
 
 
+def user_audio_frame_builder(input_format: AudioFormat | None) -> Callable[[bytes], bytes]:
+    """`user_audio_builder` for the binary frames of the audio path: the message as its UTF-8 bytes."""
+    build = el.build_user_audio_chunk_utf8
+    if input_format is None or input_format.encoding == "pcm":
+        return build
+    return lambda pcm: build(pcm16_to_ulaw(pcm))
+
+
 def timer_slack(timeout: float) -> float:
     """How late an inactivity timeout may fire, so that its deadline is moved at most once per slack instead of
     on every frame (moving a Trio deadline re-registers it: measurable at ten frames a second per conversation)."""
@@ -92,7 +100,8 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
             try:
                 if not agent_closed:
                     await _pump_frames(browser, agent, speech, traffic, on_user_text, max_frame, idle, flood, slack,
-                                       idle_scope, user_audio_builder(input_format), approvals, queue,
+                                       idle_scope, user_audio_builder(input_format),
+                                       user_audio_frame_builder(input_format), approvals, queue,
                                        on_client_metrics)
             except el.AgentClosed:
                 agent_closed = True
@@ -115,7 +124,8 @@ async def pump_browser_to_agent(browser: BrowserSocket, agent: AgentConnection, 
 async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: SpeechRouter, traffic: Traffic,
                        on_user_text: Callable[[str], None] | None, max_frame: int, idle: float, flood: FloodGate,
                        slack: float, idle_scope: trio.CancelScope,
-                       build_audio: Callable[[bytes], str], approvals: McpApprovals, queue: QueueGate,
+                       build_audio: Callable[[bytes], str], build_frame: Callable[[bytes], bytes],
+                       approvals: McpApprovals, queue: QueueGate,
                        on_client_metrics: Callable[[bp.ClientMetrics | bp.DroppedClientMetrics, float], None] | None
                        ) -> None:
     while True:
@@ -134,7 +144,7 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
             traffic.audio_in_frames += 1
             traffic.audio_in_bytes += len(frame)
             if not queue.queued:  # the agent discards what it is sent while it holds us in its queue
-                await agent.send(build_audio(frame))
+                await agent.send(build_frame(frame))
             continue
         if frame is None:
             continue  # an empty binary frame

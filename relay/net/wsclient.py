@@ -81,14 +81,14 @@ class ClientWebSocket:
     # ------------------------------------------------------------------------------------------------------------------
     # Sending
 
-    async def send_text(self, text: str) -> None:
-        """Send one text message. Blocks while the socket's send buffer is full (backpressure); cancelled by the
-        caller's scope (a write cut short leaves the connection unusable). Raises `WebSocketClosed` once a close
-        frame was sent or received, or the stream is broken."""
+    async def send_text(self, text: str | bytes) -> None:
+        """Send one text message (`bytes`: its UTF-8 encoding, sent as it is). Blocks while the socket's send
+        buffer is full (backpressure); cancelled by the caller's scope (a write cut short leaves the connection
+        unusable). Raises `WebSocketClosed` once a close frame was sent or received, or the stream is broken."""
         protocol = self._protocol
         if protocol.state is not State.OPEN:
             raise self._closed_error()
-        protocol.send_text(text.encode())
+        protocol.send_text(text if type(text) is bytes else text.encode())  # type: ignore[union-attr]
         await self._flush()
 
     async def send_bytes(self, data: bytes | memoryview) -> None:

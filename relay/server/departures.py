@@ -34,16 +34,28 @@ class NoteDepartures:
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
-        left = scope[_KEY] = trio.Event()
+        watch_departure(scope)
 
         async def receive_noting_departure() -> Any:
             message = await receive()
             if message.get("type") == "websocket.disconnect":
-                scope.setdefault(_CODE_KEY, message.get("code", 1005))
-                left.set()
+                note_departure(scope, message.get("code", 1005))
             return message
 
         await self.app(scope, receive_noting_departure, send)
+
+
+def watch_departure(scope: Any) -> None:
+    """Make `browser_left(scope)` a check that `note_departure` turns true (false until then)."""
+    scope[_KEY] = trio.Event()
+
+
+def note_departure(scope: Any, code: int) -> None:
+    """The browser of the WebSocket `scope` has left with close `code` (the first code noted stands)."""
+    scope.setdefault(_CODE_KEY, code)
+    left = scope.get(_KEY)
+    if isinstance(left, trio.Event):
+        left.set()
 
 
 def browser_left(scope: Any) -> Callable[[], bool]:

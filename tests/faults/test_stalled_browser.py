@@ -72,7 +72,7 @@ async def _stall(*, tcp_send_timeout: float, wait_for_free: bool, deflate: bool)
         return stopped, freed
 
 
-# With permessage-deflate every send the relay starts is shielded (relay.web.QuartBrowser): still bounded.
+# With permessage-deflate every send the relay starts is shielded (relay.server.asgi_ws.ASGIWebSocket): still bounded.
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
 async def test_the_send_watchdog_stops_the_session_of_a_browser_that_stopped_reading(deflate: bool) -> None:

@@ -303,6 +303,11 @@ def test_user_audio_chunk_is_exact_and_has_no_type() -> None:
     }
 
 
+def test_user_audio_chunk_as_utf8_is_the_same_text() -> None:
+    for pcm in (b"", b"\x00\x01\xff", bytes(range(256)) * 13):
+        assert el.build_user_audio_chunk_utf8(pcm) == el.build_user_audio_chunk(pcm).encode()
+
+
 def test_initiation_omits_absent_fields() -> None:
     assert el.build_initiation() == '{"type":"conversation_initiation_client_data"}'
 

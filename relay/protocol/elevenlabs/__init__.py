@@ -20,6 +20,7 @@ from relay.protocol.elevenlabs.build import (
     build_pong,
     build_user_activity,
     build_user_audio_chunk,
+    build_user_audio_chunk_utf8,
     build_user_message,
 )
 from relay.protocol.elevenlabs.endings import (
@@ -124,6 +125,7 @@ __all__ = [
     "build_pong",
     "build_user_activity",
     "build_user_audio_chunk",
+    "build_user_audio_chunk_utf8",
     "build_user_message",
     "classify_close",
     "conversation_ws_url",

@@ -49,6 +49,13 @@ def build_user_audio_chunk(pcm: bytes) -> str:
     return '{"user_audio_chunk":"' + base64.b64encode(pcm).decode("ascii") + '"}'
 
 
+def build_user_audio_chunk_utf8(pcm: bytes) -> bytes:
+    """`build_user_audio_chunk` as the UTF-8 bytes of the same JSON text, for a socket that sends a text message
+    from bytes (`AgentConnection.send`): the base64 goes straight into the output, without a str built and encoded
+    again (the browser's audio path, every frame: ~10 µs of a ~25 µs build at 100 ms frames)."""
+    return b'{"user_audio_chunk":"' + base64.b64encode(pcm) + b'"}'
+
+
 def build_pong(event_id: int) -> str:
     """The answer to `Ping(event_id)`; send it at once."""
     return '{"type":"pong","event_id":' + str(int(event_id)) + "}"
