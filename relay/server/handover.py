@@ -15,8 +15,6 @@ answer within CONNECT_TIMEOUT is a dead one (its conversations died with it), a 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from functools import partial
@@ -27,6 +25,7 @@ import trio
 from pydantic import ValidationError
 
 from relay.conversation.endings import BrowserSocket
+from relay.net.unix_server import serve_unix_socket
 from relay.protocol import browser as bp
 from relay.protocol import handover as wire
 from relay.protocol.resume import ResumeRefused
@@ -214,17 +213,8 @@ async def serve_handovers(path: Path, take_over: TakeOver, max_frame_bytes: int,
     `take_over(browser, resume, subject, left_cleanly)` (`relay.server.resuming.resume_connection`, which hands it
     to the held conversation) until it ends. Runs until cancelled (the app's nursery, at shutdown); removes the
     socket file then."""
-    with suppress(FileNotFoundError):
-        os.unlink(path)  # left by a worker that died in this slot
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    sock.listen(64)
-    try:
-        task_status.started()
-        await trio.serve_listeners(partial(_take_handed, take_over, max_frame_bytes), [trio.SocketListener(sock)])
-    finally:
-        with suppress(OSError):
-            os.unlink(path)
+    await serve_unix_socket(path, partial(_take_handed, take_over, max_frame_bytes), backlog=64,
+                            task_status=task_status)
 
 
 async def _take_handed(take_over: TakeOver, max_frame_bytes: int, stream: trio.SocketStream) -> None:

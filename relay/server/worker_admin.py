@@ -10,8 +10,6 @@ answer in time is reported as such, never waited for longer.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import orjson
 import trio
+
+from relay.net.unix_server import serve_unix_socket
 
 log = logging.getLogger("relay.admin")
 
@@ -35,12 +35,6 @@ async def serve_admin_socket(path: Path, answer: Callable[[dict[str, Any]], Awai
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer each connection on the Unix socket `path`: read its request line, send `answer(request)`, close.
     Runs until cancelled (the app's nursery, at shutdown); removes the socket file then."""
-    with suppress(FileNotFoundError):
-        os.unlink(path)  # left by a worker that died in this slot
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    sock.listen(16)
-
     async def serve(stream: trio.SocketStream) -> None:
         async with stream:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -56,12 +50,7 @@ async def serve_admin_socket(path: Path, answer: Callable[[dict[str, Any]], Awai
                 if isinstance(asked, dict):
                     await stream.send_all(orjson.dumps(await answer(asked)) + b"\n")
 
-    try:
-        task_status.started()
-        await trio.serve_listeners(serve, [trio.SocketListener(sock)])
-    finally:
-        with suppress(OSError):
-            os.unlink(path)
+    await serve_unix_socket(path, serve, task_status=task_status)
 
 
 async def _read_line(stream: trio.SocketStream, limit: int) -> bytes | None:

@@ -11,8 +11,6 @@ worker for longer than SCRAPE_TIMEOUT.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
@@ -22,6 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.net.unix_server import serve_unix_socket
+
 SCRAPE_TIMEOUT = 2.0
 UP_METRIC = "avatar_relay_worker_up"
 
@@ -30,23 +30,12 @@ async def serve_own_metrics(path: Path, render: Callable[[], bytes], *,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer each connection on the Unix socket `path` with `render()`, then close it. Runs until cancelled (the
     app's nursery, at shutdown); removes the socket file then."""
-    with suppress(FileNotFoundError):
-        os.unlink(path)  # left by a worker that died in this slot
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    sock.listen(16)
-
     async def answer(stream: trio.SocketStream) -> None:
         async with stream:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(render())
 
-    try:
-        task_status.started()
-        await trio.serve_listeners(answer, [trio.SocketListener(sock)])
-    finally:
-        with suppress(OSError):
-            os.unlink(path)
+    await serve_unix_socket(path, answer, task_status=task_status)
 
 
 async def read_exposition(path: Path) -> bytes | None:
