@@ -165,7 +165,27 @@ class BrowserLink:
         is dropped. A connection whose send fails or blocks for the send time-out is taken as lost. A numbered
         message whose send was cancelled before it was written (the conversation ending) goes out before the next
         one, so the browser's `seq` run has no hole. Raises ConversationOver (`client_gone`) when the replay buffer
-        is over its bound."""
+        is over its bound.
+
+        Agent audio (bytes) takes a fast path: it is neither numbered nor replayed, so it needs the lock only to stay
+        out of a resume's take-over (taken without a trip through the scheduler; while a take-over holds it, audio
+        waits like any frame and follows the replay), and no time-out scope of its own: every browser socket bounds
+        or shields its own write (RELAY_SEND_TIMEOUT, TCP_USER_TIMEOUT, the hand-over's bound), and a failed write
+        takes the connection as lost, as below."""
+        audio_to = self._socket if type(data) is bytes else None
+        if audio_to is not None:
+            try:
+                self._send_lock.acquire_nowait()
+            except trio.WouldBlock:
+                pass  # a take-over is under way: the full path below waits for it
+            else:
+                try:
+                    await audio_to.send(data)
+                except Exception:
+                    self.connection_lost(audio_to, clean=False)
+                finally:
+                    self._send_lock.release()
+                return
         async with self._send_lock:
             seq = 0
             if isinstance(data, str):
