@@ -13,8 +13,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from tests.e2e.test_workers import open_until_both_workers_hold_some, relay_env, simulators, supervisor
+from tests.e2e.test_workers import open_until_both_workers_hold_some, relay_env, supervisor
 from tests.support.harness import BrowserClient
+from tests.support.simcontrol import simulators
 
 pytestmark = pytest.mark.timeout(120)
 

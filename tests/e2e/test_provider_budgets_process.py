@@ -15,10 +15,11 @@ import trio
 
 from relay.providers.table import serve_simulators
 from relay.sim.runner import SimulatorURLs
-from tests.e2e.test_workers import open_until_both_workers_hold_some, relay_env, simulators, supervisor
+from tests.e2e.test_workers import open_until_both_workers_hold_some, relay_env, supervisor
 from tests.faults.test_fleet_admission import first, fleet, fleet_env, open_one, verdict
 from tests.support.harness import E2E_AVATAR, E2E_SIMLI_FACE, session_counts
 from tests.support.redis import RedisServer
+from tests.support.simcontrol import simulators
 
 BUDGETS = "liveavatar=1,simli=1"
 

@@ -16,8 +16,9 @@ import pytest
 import trio
 
 from relay.sim.runner import SimulatorURLs
-from tests.e2e.test_workers import Supervisor, heygen_ledger, relay_env, simulators, supervisor, wait_for_stops
+from tests.e2e.test_workers import Supervisor, heygen_ledger, relay_env, supervisor, wait_for_stops
 from tests.support.resumable import ResumingBrowser
+from tests.support.simcontrol import simulators
 
 
 async def handovers(relay: Supervisor) -> float:

@@ -24,12 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, connect_websocket_url, open_websocket_url
 
 from relay.ops.journal import open_journal
-from relay.providers.table import serve_simulators
 from relay.server.auth import mint_jwt
 from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import base_env
 from tests.support.harness import BrowserClient
 from tests.support.processes import free_port
+from tests.support.simcontrol import simulators
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,15 +119,6 @@ def relay_env(sims: SimulatorURLs, tmp_path: Path, **values: str) -> dict[str, s
                        "RELAY_AUTH": "off", "RELAY_STATE_DIR": str(tmp_path / "state"), "RELAY_STOP_TIMEOUT": "3",
                        "RELAY_DRAIN_TIMEOUT": "5", "RELAY_MAX_CONVERSATIONS_PER_CLIENT": "1000",
                        "RELAY_MAX_STARTS_PER_MINUTE": "1000", **values})
-
-
-@asynccontextmanager
-async def simulators() -> AsyncIterator[tuple[SimulatorURLs, httpx2.AsyncClient]]:
-    async with trio.open_nursery() as nursery:
-        sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
-        async with httpx2.AsyncClient(timeout=5.0) as http:
-            yield sims, http
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

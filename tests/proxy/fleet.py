@@ -11,21 +11,10 @@ from typing import Any
 import httpx2
 import trio
 
-from relay.providers.table import serve_simulators
 from relay.sim.runner import SimulatorURLs
 from tests.faults.test_process_faults import relay_env
 from tests.support.processes import relay_process, serve_command
 from tests.support.resumable import ResumingBrowser
-
-
-@asynccontextmanager
-async def simulators() -> AsyncIterator[tuple[SimulatorURLs, httpx2.AsyncClient]]:
-    """Every upstream's simulator on loopback in this process, and an HTTP client for their ledgers."""
-    async with trio.open_nursery() as nursery:
-        sims: SimulatorURLs = await nursery.start(serve_simulators, "127.0.0.1")
-        async with httpx2.AsyncClient(timeout=5.0) as http:
-            yield sims, http
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

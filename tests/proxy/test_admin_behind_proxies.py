@@ -11,8 +11,9 @@ import httpx2
 import pytest
 
 from tests.proxy import proxies
-from tests.proxy.fleet import port_of, relay, simulators
+from tests.proxy.fleet import port_of, relay
 from tests.proxy.proxies import CADDY_SNIPPET, NGINX_SNIPPET, Proxy, caddy, nginx
+from tests.support.simcontrol import simulators
 
 pytestmark = pytest.mark.timeout(180)
 

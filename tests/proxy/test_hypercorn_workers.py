@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.proxy.fleet import relay, route_of, simulators, start
-from tests.support.simcontrol import SimControl
+from tests.proxy.fleet import relay, route_of, start
+from tests.support.simcontrol import SimControl, simulators
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from tests.faults.test_process_faults import ledger_of
-from tests.proxy.fleet import port_of, relay, route_of, serve_workers, simulators, start, wait_workers_up
+from tests.proxy.fleet import port_of, relay, route_of, serve_workers, start, wait_workers_up
 from tests.proxy.proxies import CADDY_SNIPPET, NGINX_SNIPPET, ROOT, Proxy, caddy, nginx
-from tests.support.simcontrol import SimControl
+from tests.support.simcontrol import SimControl, simulators
 
 pytestmark = pytest.mark.timeout(180)
 
