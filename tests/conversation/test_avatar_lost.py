@@ -40,13 +40,19 @@ def chunk(index: int) -> bytes:
     return index.to_bytes(2, "little") * (CHUNK // 2)
 
 
-async def test_the_unsaid_rest_of_the_turn_reaches_the_browser_once(autojump_clock: trio.testing.MockClock) -> None:
+def connected_router() -> tuple[Outbox, SpeechRouter, FakeSession]:
+    """An outbox, a speech router on 16 kHz PCM and the avatar session `s1` attached to it and connected."""
     outbox = Outbox()
     speech = SpeechRouter(outbox)
     speech.agent_format = AudioFormat("pcm", 16000)
     first = session("s1")
     speech.attach(first)
     speech.avatar_connected()  # as the conversation's `_await_connected` says
+    return outbox, speech, first
+
+
+async def test_the_unsaid_rest_of_the_turn_reaches_the_browser_once(autojump_clock: trio.testing.MockClock) -> None:
+    outbox, speech, first = connected_router()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(speech.run, first)
         start = trio.current_time()  # no time passes while `run` gives the chunks to the avatar
@@ -81,12 +87,7 @@ async def test_the_unsaid_rest_of_the_turn_reaches_the_browser_once(autojump_clo
 
 
 async def test_an_interrupted_turn_is_not_said_after_the_avatar_died(autojump_clock: trio.testing.MockClock) -> None:
-    outbox = Outbox()
-    speech = SpeechRouter(outbox)
-    speech.agent_format = AudioFormat("pcm", 16000)
-    first = session("s1")
-    speech.attach(first)
-    speech.avatar_connected()  # as the conversation's `_await_connected` says
+    outbox, speech, first = connected_router()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(speech.run, first)
         speech.agent_audio(chunk(1), 1)
