@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     relay_max_starts_per_minute: int = Field(default=30, gt=0)  # new conversations per client address
     relay_max_frames_per_second: int = Field(default=500, gt=0)  # client frames per conversation
     relay_send_timeout: float = Field(default=10.0, gt=0)  # a browser send blocked this long ends the conversation
+    # `/ws` over plain TCP served on its own socket (relay.server.direct_ws: no hypercorn reader task, C-parsed frames,
+    # permessage-deflate declined); false: through hypercorn's ASGI callables, as TLS connections always are.
+    relay_direct_websocket: bool = True
     relay_agent_silence_timeout: float = Field(default=60.0, gt=0)  # no frame at all from the agent this long ends it
     relay_finish_speaking_timeout: float = Field(default=15.0, ge=0)  # agent ended: let the last words play this long
     # What a browser's `start` may change in the agent (docs/protocol.md "Overrides"): comma-separated dotted paths

@@ -34,6 +34,7 @@ from relay.server.admin import add_admin_routes
 from relay.server.asgi_ws import ASGIWebSocket, WebSocketFront, install_departure_notice, serve_websocket
 from relay.server.auth import Gate, auth_problem, identity
 from relay.server.departures import NoteDepartures, browser_left, left_cleanly, note_browser_close_codes
+from relay.server.direct_ws import DirectWebSocket, serve_websocket_directly
 from relay.server.fleet_admission import choose_seating, watch_seating
 from relay.server.handshake import chosen_protocol, protocol_token
 from relay.server.opening import Doorway, ResumeDoor
@@ -114,6 +115,13 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
                               lambda connection: conversation_socket(state, doorway, app.nursery, connection))
 
     front.handler = ws
+    # Plain-TCP upgrades of `/ws` are served on their own socket, without hypercorn's reader task and wsproto
+    # (relay.server.direct_ws); TLS and everything else stay on hypercorn's callables above.
+    if settings.relay_direct_websocket:
+        serve_websocket_directly(app, "/ws",
+                                 lambda connection: conversation_socket(state, doorway, app.nursery, connection),
+                                 settings.relay_max_frame_bytes, settings.relay_max_start_bytes,
+                                 GuardPolicy.from_settings(settings))
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)
@@ -126,7 +134,7 @@ async def _not_yet(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def conversation_socket(state: RelayState, doorway: Doorway, nursery: trio.Nursery,
-                              connection: ASGIWebSocket) -> None:
+                              connection: ASGIWebSocket | DirectWebSocket) -> None:
     """`/ws`: check the handshake (origin, token — in `?token=` or Sec-WebSocket-Protocol —, start rate: refused
     before accepting, as plain HTTP), then hand the socket to `doorway` (relay.server.opening: its first frame read in
     a pre-start slot, a seat, the conversation). Cancelled when the browser leaves (`serve_websocket`) or by
@@ -185,6 +193,11 @@ class _AppOnFirstUse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._build()(scope, receive, send)
+
+    @property
+    def direct_websocket(self) -> Any:
+        """The built app's `/ws` on its own socket, for hypercorn's connection handler (relay.server.direct_ws)."""
+        return getattr(self._app, "direct_websocket", None)
 
     @property
     def websocket_limits(self) -> Any:

@@ -196,6 +196,22 @@ class BrowserLink:
             if await self._send_now(socket, data) and seq:
                 self.buffer.written(seq)
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Agent audio written at once (the Outbox's write-through), when the current connection can take it without
+        waiting (its own `send_nowait`) and no take-over holds the link; False when it was not written (the Outbox
+        queues it). A connection whose write fails is taken as lost, as in `send`."""
+        socket = self._socket
+        if socket is None or self._send_lock.locked():
+            return False
+        nowait: Callable[[bytes], bool] | None = getattr(socket, "send_nowait", None)
+        if nowait is None:
+            return False
+        try:
+            return nowait(data)
+        except Exception:
+            self.connection_lost(socket, clean=False)
+            return True
+
     async def _send_unwritten(self, socket: BrowserSocket, before: int) -> bool:
         """Write the messages numbered before `before` that never went out on a connection (their send was
         cancelled: the conversation ending mid-send), in order, so the browser's `seq` run has no gap. False when

@@ -7,6 +7,8 @@ reading"); a send blocked for RELAY_SEND_TIMEOUT ends it too (`watch_sender`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from relay.conversation.endings import BrowserSocket, ConversationOver
@@ -21,6 +23,9 @@ class Outbox:
         self.sending_since: float | None = None
         self._unsent = 0  # queued or being sent
         self._all_sent = trio.Event()
+        # The browser socket's `send_nowait` while the sender runs, if it has one (relay.server.direct_ws): agent
+        # audio is written at once when nothing is queued and the socket takes it without waiting.
+        self._write_through: Callable[[bytes], bool] | None = None
 
     def send(self, frame: str) -> None:
         """Queue a control frame. A full queue means the browser stopped reading: the conversation ends."""
@@ -41,7 +46,11 @@ class Outbox:
         self._unsent += 1
 
     def send_audio(self, pcm: bytes) -> None:
-        """Queue agent audio for the browser; dropped (and counted) when the browser is behind."""
+        """Queue agent audio for the browser; dropped (and counted) when the browser is behind. With nothing queued
+        and a socket that takes the frame without waiting, it is written at once, without the sender task's
+        wake-up (order is kept: only an empty queue with no send under way lets a frame past it)."""
+        if not self._unsent and self._write_through is not None and self._write_through(pcm):
+            return
         try:
             self._tx.send_nowait(pcm)
         except trio.WouldBlock:
@@ -58,14 +67,18 @@ class Outbox:
         """Send queued frames in order until cancelled (by the conversation's end). A send to a browser that stopped
         reading may not be cancellable (hypercorn writes inside a shielded scope): `watch_sender` ends the
         conversation around it, and the socket's TCP_USER_TIMEOUT (relay.server.limits) finally breaks the write."""
-        async for frame in self._rx:
-            self.sending_since = trio.current_time()
-            await browser.send(frame)
-            self.sending_since = None
-            self._unsent -= 1
-            if not self._unsent:
-                self._all_sent.set()
-                self._all_sent = trio.Event()
+        self._write_through = getattr(browser, "send_nowait", None)
+        try:
+            async for frame in self._rx:
+                self.sending_since = trio.current_time()
+                await browser.send(frame)
+                self.sending_since = None
+                self._unsent -= 1
+                if not self._unsent:
+                    self._all_sent.set()
+                    self._all_sent = trio.Event()
+        finally:
+            self._write_through = None
 
     async def watch_sender(self, send_timeout: float) -> None:
         """End the conversation (`timeout`) when one send has been blocked for `send_timeout` seconds, so the avatar

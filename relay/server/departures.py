@@ -58,6 +58,12 @@ def note_departure(scope: Any, code: int) -> None:
         left.set()
 
 
+def mark_closed_by_relay(scope: Any) -> None:
+    """The WebSocket `scope` ended by the relay's own close (its close, or its 1002/1007/1009 for a bad frame): the
+    browser was told why, it did not drop (`left_cleanly`)."""
+    scope[_RELAY_CLOSED_KEY] = True
+
+
 def browser_left(scope: Any) -> Callable[[], bool]:
     """For a WebSocket scope served through `NoteDepartures`: a check, true once the browser has disconnected.
     A scope that did not pass through it counts as left (nothing is sent on a socket not known to be there)."""
