@@ -1,5 +1,7 @@
 """The browser's socket alone: what one audio frame costs the server between the wire and the handler's `receive`,
-for the relay's `/ws` as served today (`asgi`: hypercorn's trio worker, `relay.server.asgi_ws` in front of Quart,
+for the relay's `/ws` as served today (`direct`: hypercorn's trio worker handing the upgrade to
+`relay.server.direct_ws`, the handler reading the socket itself; issue 26 round 6), as served in rounds 4-5
+(`asgi`: hypercorn's trio worker, `relay.server.asgi_ws` in front of Quart,
 frames unmasked in C by `relay.server.wsproto_mask`; `asgi_pymask`: the same with wsproto's own unmasking), as it
 was served before issue 26 (`quart`: a quart-trio websocket route, its reader task and channel), and the Trio
 floor's browser socket (`floor`: `bench.trio_floor.BrowserSocket`, `websockets`' sans-I/O protocol on a bare
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("asgi", "asgi_pymask", "quart", "floor")
+MODES = ("direct", "asgi", "asgi_pymask", "quart", "floor")
 
 
 def _free_port() -> int:
@@ -84,7 +86,15 @@ def serve(mode: str, port: int) -> None:
     from relay.server.wsproto_mask import use_c_unmasking
 
     app = QuartTrio(__name__)
-    if mode.startswith("asgi"):
+    if mode == "direct":
+        from relay.server.direct_ws import DirectWebSocket, serve_websocket_directly
+        from relay.server.request_guard import GuardPolicy
+
+        async def on_direct_socket(connection: DirectWebSocket) -> None:
+            await count_until_asked(connection.receive, connection.send)
+
+        serve_websocket_directly(app, "/ws", on_direct_socket, 2**20, 2**20, GuardPolicy(frozenset({"*"})))
+    elif mode.startswith("asgi"):
         install_departure_notice()
         serialise_tcp_close()
         if mode == "asgi":
@@ -192,12 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     options = parser.parse_args(args)
     modes = options.modes.split(",")
-    print("run | " + " | ".join(f"{m} µs/frame" for m in modes) + " | asgi/floor | quart/floor | load avg")
+    print("run | " + " | ".join(f"{m} µs/frame" for m in modes)
+          + " | direct/floor | asgi/floor | quart/floor | load avg")
     for run in range(1, options.runs + 1):
         results = {m: run_mode(m, options.clients, options.seconds, options.chunk_ms, options.deflate)
                    for m in modes}
         print(f"{run} | " + " | ".join(str(results[m]["cpu_us_per_frame"]) for m in modes)
-              + f" | {_ratio(results, 'asgi')} | {_ratio(results, 'quart')} | "
+              + f" | {_ratio(results, 'direct')} | {_ratio(results, 'asgi')} | {_ratio(results, 'quart')} | "
               + ",".join(str(results[m]["load_average"]) for m in modes), flush=True)
 
 
