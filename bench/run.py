@@ -1,11 +1,12 @@
 """The benchmark: the real relay and the baseline, each under N synthetic browsers, on loopback.
 
-For every N and every implementation (the relay: `avatar-relay serve`, hypercorn trio worker; the baseline:
-`bench/baseline.py`) it starts fresh processes — simulators (`bench/sims.py`), the implementation, the load
-generator (`bench/load.py`) — so one run's memory or leftovers never colour the next, then reads the simulators'
-ledgers and reports set-up time, audio forwarding latency, text-to-avatar (HeyGen) or first-audio-to-avatar
-(LiveAvatar) latency, relay CPU per conversation-second, resident memory per open conversation, errors and leaked
-sessions, with every relay figure also given as a ratio to the baseline.
+For every N and every implementation (the relay: `avatar-relay serve`, hypercorn trio worker; the yardsticks:
+`bench/baseline.py`, `bench/naive.py`, `bench/trio_floor.py`, each in HeyGen or LiveAvatar mode) it starts fresh
+processes — simulators (`bench/sims.py`), the implementation, the load generator (`bench/load.py`) — so one run's
+memory or leftovers never colour the next, then reads the simulators' ledgers and reports set-up time, audio
+forwarding latency, text-to-avatar (HeyGen) or first-audio-to-avatar (LiveAvatar) latency, relay CPU per
+conversation-second, resident memory per open conversation, errors and leaked sessions, with every relay figure also
+given as a ratio to the baseline's and the Trio floor's (those that ran).
 
 `python -m bench` (see `docs/performance.md`); `--quick` for a short run. Results: a table on stdout and JSON in
 `bench/results/`. Only loopback addresses; nothing here is imported by the relay or the test suite's timing.
@@ -157,15 +158,10 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
         env["RELAY_STATE_DIR"] = cwd
         env["RELAY_WORKERS"] = str(workers)
         command = [PYTHON, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    elif impl in ("naive", "trio_floor"):
-        if avatar != "heygen":
-            raise SystemExit(f"bench/{impl}.py speaks HeyGen text mode only")
+    else:  # a yardstick: bench/baseline.py, bench/naive.py or bench/trio_floor.py, the same command line
         env, cwd = dict(os.environ), str(ROOT)
-        command = [PYTHON, "-m", f"bench.{impl}", "--port", str(port), "--elevenlabs", sims.urls["elevenlabs"],
-                   "--heygen", sims.urls["heygen"]]
-    else:
-        env, cwd = dict(os.environ), str(ROOT)
-        command = [PYTHON, "-m", "bench.baseline", "--port", str(port), "--avatar", avatar,
+        module = f"bench.{impl}" if impl in ("naive", "trio_floor") else "bench.baseline"
+        command = [PYTHON, "-m", module, "--port", str(port), "--avatar", avatar,
                    "--elevenlabs", sims.urls["elevenlabs"], "--heygen", sims.urls["heygen"],
                    "--liveavatar", sims.urls["liveavatar"]]
     env["PYTHONPATH"] = str(source)
@@ -406,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--chunk-ms", type=int, default=100, help="browser frame duration, 20..250 ms")
     parser.add_argument("--avatar", choices=("heygen", "liveavatar"), default="heygen")
     parser.add_argument("--impl", default="relay,baseline",
-                        help="comma-separated: relay, baseline, naive, trio_floor (default relay,baseline)")
+                        help="comma-separated: relay, baseline, naive, trio_floor (default relay,baseline); every "
+                             "one speaks both --avatar modes")
     parser.add_argument("--quick", action="store_true", help="N=1,20 for 5 s each")
     parser.add_argument("--relay-workers", type=int, default=1,
                         help="processes of the relay (`avatar-relay serve --workers`; default 1)")

@@ -2,12 +2,13 @@
 socket is a `websockets` sans-I/O `ServerProtocol` (C unmasking) on a bare `trio.serve_tcp` stream, the agent socket
 `relay.wsclient`, one task per direction and no channel between them. It is a measurement, not a server: it tells
 what Trio itself costs per conversation-second, i.e. how much of the relay's CPU a different server layer could
-remove (docs/performance.md). HeyGen text mode only; no admission, timeouts, validation or clean handling of bad
-input; a connection's failure is contained to that connection.
+remove (docs/performance.md). HeyGen text mode or LiveAvatar (the LITE socket `relay.wsclient` too, agent audio
+resampled to 24 kHz as bench/baseline.py does); no admission, timeouts, validation or clean handling of bad input; a
+connection's failure is contained to that connection.
 
 The conversation itself is `bench.naive.converse`, the same code as the naive relay's: only the sockets differ.
 
-`python -m bench.trio_floor --port P --elevenlabs URL --heygen URL`
+`python -m bench.trio_floor --port P --avatar heygen|liveavatar --elevenlabs URL --heygen URL --liveavatar URL`
 """
 
 from __future__ import annotations
@@ -94,11 +95,13 @@ async def open_agent(url: str) -> AsyncIterator[Pipe]:
         yield Pipe(connection.receive, send)
 
 
-def handler(elevenlabs: str, heygen: str, http: httpx2.AsyncClient) -> Any:
+def handler(elevenlabs: str, heygen: str, http: httpx2.AsyncClient, avatar: str = "heygen",
+            liveavatar: str = "") -> Any:
     async def handle(stream: trio.SocketStream) -> None:
         try:
             browser = await BrowserSocket.accept(stream)
-            await converse(Pipe(browser.receive, browser.send), open_agent, http, elevenlabs, heygen)
+            await converse(Pipe(browser.receive, browser.send), open_agent, http, elevenlabs, heygen,
+                           avatar=avatar, liveavatar=liveavatar)
             browser.protocol.send_close(1000)
             await browser.send_raw(b"".join(browser.protocol.data_to_send()))
         except EOFError:
@@ -111,17 +114,17 @@ def handler(elevenlabs: str, heygen: str, http: httpx2.AsyncClient) -> Any:
     return handle
 
 
-async def serve(port: int, elevenlabs: str, heygen: str) -> None:
+async def serve(port: int, elevenlabs: str, heygen: str, avatar: str = "heygen", liveavatar: str = "") -> None:
     async with httpx2.AsyncClient(timeout=10.0, headers=KEY, limits=httpx2.Limits(
             max_connections=2000, max_keepalive_connections=500)) as http:
         listeners = await trio.open_tcp_listeners(port, host="127.0.0.1", backlog=4096)
-        await trio.serve_listeners(handler(elevenlabs, heygen, http), listeners)
+        await trio.serve_listeners(handler(elevenlabs, heygen, http, avatar, liveavatar), listeners)
 
 
 def main() -> None:
     args = yardstick_args()
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve, args.port, args.elevenlabs, args.heygen)
+        trio.run(serve, args.port, args.elevenlabs, args.heygen, args.avatar, args.liveavatar)
 
 
 if __name__ == "__main__":

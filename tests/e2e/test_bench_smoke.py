@@ -1,7 +1,7 @@
 """A few seconds of the benchmark (N=2: the relay, the baseline and the two Trio yardsticks), so its machinery never
 rots: simulators, the real relay under hypercorn, the baseline, the naive quart-trio relay, the bare Trio floor, the
-load generator, the ledger matching and the report. The numbers are not
-judged here (the machine is shared), only that every measurement is present and nothing failed or leaked."""
+load generator, the ledger matching and the report; and the Trio floor once more in LiveAvatar mode. The numbers
+are not judged here (the machine is shared), only that every measurement is present and nothing failed or leaked."""
 
 from __future__ import annotations
 
@@ -46,3 +46,21 @@ def test_benchmark_measures_every_implementation_with_no_errors_or_leaks(tmp_pat
     assert rows["relay"]["setup"]["p50"] >= 500
     assert rows["relay"]["ratio_to_baseline"]["cpu"] is not None
     assert (tmp_path / "smoke.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_the_trio_floor_measures_liveavatar_mode_with_no_errors_or_leaks(tmp_path: Path) -> None:
+    """The Trio floor in LiveAvatar mode (token, start, the LITE socket, agent audio resampled to 24 kHz as
+    `agent.speak`, stop on exit): its first-audio-to-avatar turns are matched in the LiveAvatar ledger."""
+    report = main(["--avatar", "liveavatar", "--clients", "2", "--duration", "4", "--impl", "trio_floor",
+                   "--upstream-tries", "1", "--out", str(tmp_path / "smoke.json")])
+    (row,) = report["rows"]
+    assert row["impl"] == "trio_floor" and row["avatar"] == "liveavatar"
+    assert row["ready"] == 2, row
+    assert row["errors"] == 0, row["error_samples"]
+    assert row["leaked_agents"] == 0 and row["leaked_avatar_sessions"] == 0
+    assert row["frames_lost"] == 0 and row["unstamped_frames"] == 0
+    assert row["forwarding"]["count"] == row["frames_sent"] > 0
+    assert row["cpu_ms_per_conversation_second"] is not None
+    # Each browser's first turn (1.5 s of speech, then the agent's 300 ms) is answered well within 4 s.
+    assert row["to_avatar"]["count"] >= 1
