@@ -38,7 +38,9 @@ from tests.support.harness import Relay, running_relay
 SETTINGS = {"relay_avatar": "none", "relay_stop_timeout": 2.0, "relay_setup_timeout": 5.0,
             "relay_idle_timeout": 10.0, "relay_max_conversations_per_client": 500,
             "relay_max_starts_per_minute": 100_000, "relay_journal": False,
-            "relay_resume_window": 1.0}  # resuming on; the vanished ones are held 1 s, not 20
+            "relay_resume_window": 1.0,  # resuming on; the vanished ones are held 1 s, not 20
+            # hypercorn's path, which accepts permessage-deflate (the direct socket declines it: test_direct_ws.py)
+            "relay_direct_websocket": False}
 # A fast agent: 20 ms audio frames streamed as soon as a reply starts, no greeting, replies a few seconds long.
 AGENT_FAULTS = {"chunk_duration_ms": 5, "response_latency_ms": 0, "first_message": None, "max_reply_s": 2.0,
                 "ping_interval_s": 0.5}

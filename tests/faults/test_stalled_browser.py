@@ -48,8 +48,10 @@ async def _stall(*, tcp_send_timeout: float, wait_for_free: bool, deflate: bool)
     until its avatar session is stopped and, if `wait_for_free`, its conversation's slot is freed, for at most
     BOUND seconds; returns (stopped, freed). The stalled socket is closed on every way out, so the write hypercorn
     cannot cancel ends and the relay's teardown cannot hang."""
+    # With `deflate`, hypercorn's path (the direct socket declines the extension: relay.server.direct_ws).
     async with running_fault_relay(relay_send_timeout=1.0, tcp_send_timeout=tcp_send_timeout,
-                                   tcp_send_buffer=16384, relay_idle_timeout=30.0) as relay:
+                                   tcp_send_buffer=16384, relay_idle_timeout=30.0,
+                                   relay_direct_websocket=not deflate) as relay:
         await relay.faults("elevenlabs", max_reply_s=6.0)
         host, port = relay.url.removeprefix("http://").split(":")
         stream = await stalled_client(host, int(port), deflate=deflate)
