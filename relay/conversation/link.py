@@ -196,21 +196,30 @@ class BrowserLink:
             if await self._send_now(socket, data) and seq:
                 self.buffer.written(seq)
 
-    def send_nowait(self, data: bytes) -> bool:
-        """Agent audio written at once (the Outbox's write-through), when the current connection can take it without
-        waiting (its own `send_nowait`) and no take-over holds the link; False when it was not written (the Outbox
-        queues it). A connection whose write fails is taken as lost, as in `send`."""
+    def send_nowait(self, data: str | bytes) -> bool:
+        """Write one frame at once (the Outbox's write-through) when the current connection can take it without
+        waiting (its `ready_to_send()`), no take-over holds the link and no numbered message is still unwritten:
+        a JSON message is numbered and kept as in `send`. False when it was not written (nothing numbered: the
+        Outbox queues it). Raises ConversationOver (`client_gone`) as `send` does when the replay buffer is full."""
         socket = self._socket
         if socket is None or self._send_lock.locked():
             return False
-        nowait: Callable[[bytes], bool] | None = getattr(socket, "send_nowait", None)
-        if nowait is None:
+        ready: Callable[[], bool] | None = getattr(socket, "ready_to_send", None)
+        if ready is None or not ready():
             return False
+        seq = 0
+        if type(data) is str:
+            if self.buffer.last_written != self.buffer.last_seq:
+                return False  # a numbered message whose send was cancelled goes out first (`send`)
+            data, seq = self._number(data)
         try:
-            return nowait(data)
+            socket.send_nowait(data)  # type: ignore[attr-defined]
         except Exception:
             self.connection_lost(socket, clean=False)
             return True
+        if seq:
+            self.buffer.written(seq)
+        return True
 
     async def _send_unwritten(self, socket: BrowserSocket, before: int) -> bool:
         """Write the messages numbered before `before` that never went out on a connection (their send was

@@ -1,5 +1,7 @@
 """The outbox: everything the relay sends to the browser goes through one bounded queue and one sender task, so a
-slow browser never blocks the agent pump (which must keep answering pings).
+slow browser never blocks the agent pump (which must keep answering pings). A socket that can write a frame without
+waiting (`send_nowait`, relay.server.direct_ws) gets it at once while nothing is queued: no wake-up of the sender task
+per frame, and still never a wait in the pump.
 
 A full queue drops agent audio (counted) and ends the conversation for control frames ("the browser stopped
 reading"); a send blocked for RELAY_SEND_TIMEOUT ends it too (`watch_sender`).
@@ -25,10 +27,13 @@ class Outbox:
         self._all_sent = trio.Event()
         # The browser socket's `send_nowait` while the sender runs, if it has one (relay.server.direct_ws): agent
         # audio is written at once when nothing is queued and the socket takes it without waiting.
-        self._write_through: Callable[[bytes], bool] | None = None
+        self._write_through: Callable[[str | bytes], bool] | None = None
 
     def send(self, frame: str) -> None:
-        """Queue a control frame. A full queue means the browser stopped reading: the conversation ends."""
+        """Queue a control frame (or write it at once, as `send_audio` does). A full queue means the browser stopped
+        reading: the conversation ends."""
+        if not self._unsent and self._write_through is not None and self._write_through(frame):
+            return
         try:
             self._tx.send_nowait(frame)
         except trio.WouldBlock:
@@ -38,6 +43,8 @@ class Outbox:
     def send_lossy(self, frame: str) -> None:
         """Queue a control frame that may be lost when the browser is behind, like the audio it goes with
         (caption timings, VAD scores): dropped and counted with the audio, never an end."""
+        if not self._unsent and self._write_through is not None and self._write_through(frame):
+            return
         try:
             self._tx.send_nowait(frame)
         except trio.WouldBlock:

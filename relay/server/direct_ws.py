@@ -338,18 +338,24 @@ class DirectWebSocket:
             self._protocol.send_binary(data)  # type: ignore[arg-type]
         await self._flush()
 
-    def send_nowait(self, data: bytes) -> bool:
-        """Write one binary frame now, without waiting, if nothing else is being sent: True when it was written (or
-        the connection turned out broken: it is then gone, as after a failed `send`), False when it could not start
-        (a send under way, not open, not accepted yet): the caller sends it the ordinary way. A frame the kernel
-        takes only in part is finished by a task of the connection, which holds the send lock until then."""
-        if not self._accepted or self._tasks is None or self._protocol.state is not State.OPEN:
+    def ready_to_send(self) -> bool:
+        """Whether `send_nowait` would start now: open, accepted, and no send under way."""
+        return (self._accepted and self._tasks is not None and self._protocol.state is State.OPEN
+                and self._send_lock.value == 1)
+
+    def send_nowait(self, data: str | bytes) -> bool:
+        """Write one frame now, without waiting, if nothing else is being sent: True when it was written (or the
+        connection turned out broken: it is then gone, as after a failed `send`), False when it could not start
+        (see `ready_to_send`): the caller sends it the ordinary way. A frame the kernel takes only in part is
+        finished by a task of the connection, which holds the send lock until then."""
+        if not self.ready_to_send():
             return False
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            return False
-        self._protocol.send_binary(data)
+        assert self._tasks is not None
+        self._send_lock.acquire_nowait()
+        if type(data) is str:
+            self._protocol.send_text(data.encode())
+        else:
+            self._protocol.send_binary(data)  # type: ignore[arg-type]
         frame = b"".join(self._protocol.data_to_send())
         try:
             written = os.write(self._fd, frame)

@@ -105,3 +105,43 @@ async def test_audio_to_a_broken_connection_holds_the_conversation_and_later_aud
     await link.send('{"type":"agent_response","text":"kept for the resume"}')
     assert socket.kinds() == ["ready"]
     assert [numbered.seq for numbered in link.buffer.since(0)] == [1]
+
+
+class WriteThroughSocket(RecordingSocket):
+    """A connection that can write at once while `ready` (the direct socket's `ready_to_send`/`send_nowait`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ready = True
+
+    def ready_to_send(self) -> bool:
+        return self.ready
+
+    def send_nowait(self, data: str | bytes) -> bool:
+        assert self.ready
+        self.sent.append(data)
+        return True
+
+
+async def test_a_json_message_written_at_once_is_numbered_and_kept_like_any_other() -> None:
+    socket = WriteThroughSocket()
+    link = await started_link(socket)
+    assert link.send_nowait('{"type":"agent_response","text":"hi"}')
+    assert orjson.loads(socket.sent[-1])["seq"] == link.buffer.last_seq == link.buffer.last_written
+    socket.ready = False  # a send is under way on the connection: nothing is numbered, the Outbox queues it
+    last = link.buffer.last_seq
+    assert not link.send_nowait('{"type":"agent_response","text":"later"}')
+    assert link.buffer.last_seq == last
+    socket.ready = True
+    link.buffer.push('{"type":"agent_response","text":"cancelled before it was written"}')
+    assert not link.send_nowait('{"type":"agent_response","text":"after"}')  # the unwritten one goes first (`send`)
+    assert [frame["seq"] for frame in map(orjson.loads, socket.sent[1:])] == [1]
+
+
+async def test_nothing_is_written_at_once_while_a_take_over_holds_the_link() -> None:
+    old = WriteThroughSocket()
+    link = await started_link(old)
+    async with link._send_lock:
+        assert not link.send_nowait(PCM)
+        assert not link.send_nowait('{"type":"agent_response","text":"x"}')
+    assert link.send_nowait(PCM)

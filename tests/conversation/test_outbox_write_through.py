@@ -1,5 +1,5 @@
-"""The Outbox writes agent audio through a socket's `send_nowait` when nothing is queued (no wake-up of its sender
-task per frame), and never lets a frame pass one queued or being sent before it."""
+"""The Outbox writes frames (audio and JSON) through a socket's `send_nowait` when nothing is queued (no wake-up of its
+sender task per frame), and never lets a frame pass one queued or being sent before it."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class WriteThroughSocket:
         await self.open.wait()
         self.wire.append(("send", data))
 
-    def send_nowait(self, data: bytes) -> bool:
+    def send_nowait(self, data: str | bytes) -> bool:
         if self.takes:
             self.wire.append(("nowait", data))
         return self.takes
@@ -43,13 +43,18 @@ async def test_audio_goes_through_at_once_when_nothing_waits_and_queues_behind_w
         outbox.send_audio(b"a1")
         assert socket.wire == [("nowait", b"a1")]  # written before this task yielded
 
-        socket.open = trio.Event()  # the browser is behind: a control frame's send waits
+        outbox.send('{"type":"user_transcript"}')  # control frames too
+        assert socket.wire[-1] == ("nowait", '{"type":"user_transcript"}')
+
+        socket.open, socket.takes = trio.Event(), False  # the browser is behind: a control frame's send waits
         outbox.send('{"type":"agent_response"}')
         await trio.testing.wait_all_tasks_blocked()
+        socket.takes = True
         outbox.send_audio(b"a2")  # must not overtake the frame being sent
         socket.open.set()
         await outbox.wait_sent()
-        assert socket.wire == [("nowait", b"a1"), ("send", '{"type":"agent_response"}'), ("send", b"a2")]
+        assert socket.wire[1:] == [("nowait", '{"type":"user_transcript"}'), ("send", '{"type":"agent_response"}'),
+                                   ("send", b"a2")]
 
         socket.takes = False  # the socket cannot take it without waiting: queued, sent by the sender task
         outbox.send_audio(b"a3")
