@@ -294,11 +294,11 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
 
 @contextlib.contextmanager
 def _profiling(args: argparse.Namespace, impl: str, clients: int, pid: int, out_dir: Path) -> Iterator[None]:
-    """`--py-spy FORMAT`: a py-spy sampling profile (100 Hz, idle samples left out) of the relay process over the
+    """`--py-spy FORMAT`: a py-spy sampling profile (100 Hz, idle samples left out) of the process under test over the
     run's steady streaming time (from the end of the ramp plus a third of the run, at most 10 s), written next to
     the run's log as `<impl>-<N>.py-spy.<svg|txt>` (`flamegraph` or `raw`: collapsed stacks, one line per stack with
     its count)."""
-    if args.py_spy is None or not is_relay(impl):
+    if args.py_spy is None:
         yield
         return
     settle = min(5.0, clients / 200) + min(10.0, args.duration / 3)  # the ramp, then the set-ups' queue
@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--relay-src", action="append", default=[], metavar="NAME=DIR",
                         help="an implementation NAME (for --impl) that is the relay as the source tree DIR has it")
     parser.add_argument("--py-spy", choices=("flamegraph", "raw"), default=None,
-                        help="record a py-spy profile of every relay run's streaming time (needs py-spy)")
+                        help="record a py-spy profile of every run's streaming time, whichever implementation "
+                             "(needs py-spy)")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)

@@ -223,3 +223,33 @@ async def test_after_kill_9_of_hypercorn_its_worker_drains_and_exits_and_a_resta
         assert endings(messages) == [("error", "shutdown"), ("ended", "shutdown")], messages
     assert closes == [1001, 1001]
     assert session_counts(ledger) == (2, 2)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("options", [(), ("-w", "2")], ids=["one-worker", "two-workers"])
+async def test_hypercorns_command_line_serves_ws_on_its_own_socket_too(options: tuple[str, ...],
+                                                                       tmp_path: Path) -> None:
+    """relay.server.direct_ws under `hypercorn -k trio relay.web:app` (the app is built in the worker at its
+    lifespan start-up, before hypercorn takes its connection handler): a browser's deflate offer is declined, as
+    only the direct socket does, and the conversation works; with RELAY_DIRECT_WEBSOCKET=false hypercorn accepts it."""
+    from tests.support.wsframes import client_frame, open_raw_socket
+
+    async with trio.open_nursery() as outer:
+        sims: SimulatorURLs = await outer.start(serve_simulators, "127.0.0.1")
+        for direct in (True, False):
+            env = relay_env(sims, tmp_path, "heygen")
+            env["RELAY_DIRECT_WEBSOCKET"] = str(direct).lower()
+            port = free_port()
+            async with hypercorn(env, tmp_path, port, *options):
+                sock = await open_raw_socket(port, deflate=True)
+                assert sock.status == 101
+                assert ("permessage-deflate" in sock.headers.get("sec-websocket-extensions", "")) is not direct
+                if direct:
+                    await sock.stream.send_all(client_frame(b'{"type":"start"}'))
+                    with trio.fail_after(20):
+                        while (frame := await sock.receive_frame()) is not None:
+                            if frame[0] == 0x1 and orjson.loads(frame[1])["type"] == "ready":
+                                break
+                        assert frame is not None, "the connection ended before ready"
+                await sock.aclose()
+        outer.cancel_scope.cancel()
