@@ -43,7 +43,6 @@ from relay.server.pending import PendingPool
 from relay.server.probes import add_probe_routes
 from relay.server.request_guard import GuardPolicy, RequestGuard
 from relay.server.resuming import held_table, resume_connection, serve_connection
-from relay.server.serving import tune_garbage_collection
 from relay.server.startup import StartupGuard, end_process
 from relay.server.state import RelayState, relay_state
 from relay.server.tcp_close import serialise_tcp_close
@@ -190,7 +189,6 @@ class _AppOnFirstUse:
                 self._app = create_app(own_shutdown=True)
             except ConfigError as exc:
                 end_process(str(exc), exc)  # not SystemExit: hypercorn would report it from inside its task group
-            tune_garbage_collection()  # as `avatar-relay serve` does (relay.server.serving)
         return self._app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

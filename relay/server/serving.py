@@ -8,7 +8,6 @@ is bounded by RELAY_DRAIN_TIMEOUT, hypercorn's graceful timeout by RELAY_STOP_TI
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import socket
@@ -73,24 +72,6 @@ def hypercorn_config(host: str, port: int, graceful_timeout: float, send_timeout
     return config
 
 
-# The cyclic garbage collector's first-generation threshold (CPython's default: 700 allocations). A conversation
-# allocates a few dozen container objects per frame, so at 100 conversations the default ran ~70 young collections a
-# second, and every so often a full one over every live object, a pause every conversation waits through (p99
-# forwarding; docs/performance.md "Round 6").
-YOUNG_COLLECTION_THRESHOLD = 10_000
-
-
-def tune_garbage_collection() -> None:
-    """For a serving process, once its app is built: what start-up made (modules, the app, settings) is moved out of
-    the collector's reach (`gc.freeze`, after a collection so no garbage is kept), and young collections run every
-    YOUNG_COLLECTION_THRESHOLD allocations instead of 700. Objects freed by reference counting, nearly all of them,
-    are unaffected; only cyclic garbage waits longer."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
-
-
 async def wait_for_signal() -> None:
     """Return at the first SIGINT or SIGTERM. Cancelled by the caller's scope."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -120,7 +101,6 @@ async def serve_app(app: Framework, config: Config, registry: Registry, settings
                     also_stop_when: Callable[[], Awaitable[object]] | None = None) -> None:
     """Serve `app` until SIGINT/SIGTERM (or `also_stop_when()` returns: a worker whose supervisor is gone), then
     drain and let hypercorn finish. Raises OSError when the address cannot be used."""
-    tune_garbage_collection()
     if also_stop_when is None:
         async def drain_on_signal() -> None:
             await wait_for_signal()
