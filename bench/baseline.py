@@ -20,11 +20,11 @@ import contextlib
 from typing import Any
 
 import httpx2
-import numpy as np
 import orjson
-import soxr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
+
+from bench.wire import LiteSpeech
 
 AGENT_ID = "bench-agent"
 KEY = "bench-key"
@@ -84,16 +84,11 @@ class Baseline:
                         break
                 drain = asyncio.create_task(_drain(lite))
                 await browser.send(_ready(metadata, token["session_id"]))
-                resamplers: dict[int, soxr.ResampleStream] = {}
+                speech = LiteSpeech()
 
                 async def speak_audio(pcm: bytes, event_id: int) -> None:
-                    stream = resamplers.get(event_id)
-                    if stream is None:
-                        stream = resamplers[event_id] = soxr.ResampleStream(16000, 24000, 1, dtype="int16")
-                    out = stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
-                    if out:
-                        await lite.send(orjson.dumps({"type": "agent.speak", "event_id": f"turn-{event_id}",
-                                                      "audio": base64.b64encode(out).decode()}).decode())
+                    if (message := speech.message(pcm, event_id)) is not None:
+                        await lite.send(message)
 
                 try:
                     await self._pump(browser, agent, on_text=None, on_audio=speak_audio)

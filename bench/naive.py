@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-import numpy as np
 import orjson
-import soxr  # type: ignore[import-untyped]
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart import websocket
 from quart_trio import QuartTrio
 from trio_websocket import open_websocket_url
+
+from bench.wire import LiteSpeech
 
 KEY = {"xi-api-key": "bench-key", "x-api-key": "bench-key"}  # x-api-key: HeyGen's and LiveAvatar's `token`
 LIVEAVATAR_AVATAR = "00000000-0000-4000-8000-0000000000e2"
@@ -105,16 +105,11 @@ async def _liveavatar(browser: Pipe, agent: Pipe, open_socket: OpenAgent, http: 
                 if isinstance(frame, str) and '"connected"' in frame:
                     break
             await browser.send(_ready(metadata, token["session_id"]))
-            resamplers: dict[int, soxr.ResampleStream] = {}
+            speech = LiteSpeech()
 
             async def speak_audio(pcm: bytes, event_id: int) -> None:
-                stream = resamplers.get(event_id)
-                if stream is None:
-                    stream = resamplers[event_id] = soxr.ResampleStream(16000, 24000, 1, dtype="int16")
-                out = stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
-                if out:
-                    await lite.send(orjson.dumps({"type": "agent.speak", "event_id": f"turn-{event_id}",
-                                                  "audio": base64.b64encode(out).decode()}).decode())
+                if (message := speech.message(pcm, event_id)) is not None:
+                    await lite.send(message)
 
             async def drain() -> None:  # the LITE socket's own messages; its pings answered (relay.net.wsclient)
                 with contextlib.suppress(Exception):

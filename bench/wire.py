@@ -9,12 +9,15 @@ a header is still silence. On Linux `time.monotonic()` is CLOCK_MONOTONIC, the s
 
 from __future__ import annotations
 
+import base64
 import math
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
+import soxr  # type: ignore[import-untyped]
 
 SAMPLE_RATE = 16_000
 HEADER_SAMPLES = 8
@@ -98,3 +101,23 @@ def first_audio_latencies(el_ledger: dict[str, Any], liveavatar_ledger: dict[str
             if received is not None and first_audio_at is not None and received["first_chunk_at"] is not None:
                 out.append(received["first_chunk_at"] - first_audio_at)
     return out
+
+
+class LiteSpeech:
+    """The LiveAvatar LITE `agent.speak` messages for the agent's 16 kHz PCM: resampled to 24 kHz by one soxr stream
+    per turn, base64 in JSON, `event_id` `turn-<id>` — what the asyncio baseline and the Trio floor send, built here
+    once for both. No I/O."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, soxr.ResampleStream] = {}
+
+    def message(self, pcm: bytes, event_id: int) -> str | None:
+        """The message for one chunk of turn `event_id`, or None while the resampler holds it all back."""
+        stream = self._streams.get(event_id)
+        if stream is None:
+            stream = self._streams[event_id] = soxr.ResampleStream(16000, 24000, 1, dtype="int16")
+        out = stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
+        if not out:
+            return None
+        return orjson.dumps({"type": "agent.speak", "event_id": f"turn-{event_id}",
+                             "audio": base64.b64encode(out).decode()}).decode()

@@ -99,7 +99,32 @@ class Args:
         return self._values.get(name, default)
 
 
-class ASGIWebSocket:
+class UpgradeRequest:
+    """A browser's WebSocket upgrade as the handshake checks read it — `scope` (ASGI-shaped), `headers`, `args`,
+    `remote_addr` — and whether the socket has been accepted or closed: what `ASGIWebSocket` (hypercorn's callables)
+    and `relay.server.direct_ws.DirectWebSocket` (its own socket) have in common."""
+
+    __slots__ = ("_accepted", "_closed", "args", "headers", "remote_addr", "scope")
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        self.headers = Headers(scope.get("headers", ()))
+        self.args = Args(scope.get("query_string", b""))
+        client = scope.get("client")
+        self.remote_addr: str = client[0] if client else "<local>"
+        self._accepted = False
+        self._closed = False
+
+    @property
+    def accepted(self) -> bool:
+        return self._accepted
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class ASGIWebSocket(UpgradeRequest):
     """One browser's WebSocket on hypercorn's `receive`/`send`; see the module docstring. `send` is one ASGI send per
     frame (no cancel scope), or `send_whole` when the browser offered permessage-deflate.
 
@@ -111,32 +136,17 @@ class ASGIWebSocket:
     closes with 1002/1007 instead of reading why the conversation ended (docs/reliability.md). Without the
     extension a cancelled send writes nothing at all."""
 
-    __slots__ = ("_accepted", "_asgi_receive", "_asgi_send", "_closed", "_raw_send", "_send_timeout", "args",
-                 "headers", "remote_addr", "scope", "send")
+    __slots__ = ("_asgi_receive", "_asgi_send", "_raw_send", "_send_timeout", "send")
 
     def __init__(self, scope: Any, receive: Receive, send: Send, send_timeout: float) -> None:
-        self.scope = scope
-        self.headers = Headers(scope.get("headers", ()))
-        self.args = Args(scope.get("query_string", b""))
-        client = scope.get("client")
-        self.remote_addr: str = client[0] if client else "<local>"
+        super().__init__(scope)
         self._asgi_receive = receive
         self._asgi_send = send
-        self._accepted = False
-        self._closed = False
         self._send_timeout = send_timeout
         self._raw_send: Callable[[str | bytes], Coroutine[Any, Any, None]] = self._send_frame
         offers = ",".join(self.headers.getlist("sec-websocket-extensions")).lower()
         self.send: Callable[[str | bytes], Coroutine[Any, Any, None]] = (
             self.send_whole if "permessage-deflate" in offers else self._send_frame)
-
-    @property
-    def accepted(self) -> bool:
-        return self._accepted
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     async def accept(self, subprotocol: str | None = None) -> None:
         """Complete the upgrade (idempotent), naming `subprotocol` when given."""

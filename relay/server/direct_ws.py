@@ -45,7 +45,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.server.asgi_ws import Args, Headers, departed
+from relay.server.asgi_ws import UpgradeRequest, departed
 from relay.server.departures import mark_closed_by_relay, note_departure, watch_departure
 from relay.server.request_guard import GuardPolicy, refusal
 
@@ -145,27 +145,20 @@ def upgrade_target(head: bytes, path: str, root_path: str) -> bool:
 # One browser's socket
 
 
-class DirectWebSocket:
+class DirectWebSocket(UpgradeRequest):
     """One browser's WebSocket on its own TCP stream; see the module docstring. One task receives at a time (the
     doorway, then the conversation's pump); any task may send."""
 
-    __slots__ = ("_accepted", "_arm", "_closed", "_fd", "_fragments", "_gone", "_gone_code", "_limits", "_messages",
-                 "_protocol", "_receiving", "_response", "_send_lock", "_stream", "_takeover", "_tasks", "_text",
-                 "_watching", "args", "headers", "remote_addr", "scope")
+    __slots__ = ("_arm", "_fd", "_fragments", "_gone", "_gone_code", "_limits", "_messages", "_protocol",
+                 "_receiving", "_response", "_send_lock", "_stream", "_takeover", "_tasks", "_text", "_watching")
 
     def __init__(self, stream: trio.SocketStream, protocol: ServerProtocol, response: Response, scope: dict[str, Any],
                  most_bytes: int) -> None:
-        self.scope = scope
-        self.headers = Headers(scope["headers"])
-        self.args = Args(scope["query_string"])
-        client = scope.get("client")
-        self.remote_addr: str = client[0] if client else "<local>"
+        super().__init__(scope)
         self._stream = stream
         self._protocol = protocol
         self._response = response  # the 101 answer, sent by `accept`
         self._limits = most_bytes  # the bound of every message after the first
-        self._accepted = False
-        self._closed = False
         self._send_lock = trio.Semaphore(1)  # a semaphore: `send_nowait`'s flusher releases what it acquired
         self._fd = stream.socket.fileno()
         self._tasks: trio.Nursery | None = None  # the connection's nursery (`serve_direct`), for `send_nowait`
@@ -178,14 +171,6 @@ class DirectWebSocket:
         self._arm = trio.CancelScope()  # the watcher's sleep; its deadline is pushed by each `receive`
         self._watching: trio.CancelScope | None = None  # the watcher's read, while it reads
         self._takeover: trio.Event | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self._accepted
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     # -- the handshake ------------------------------------------------------------------------------------------------
 
