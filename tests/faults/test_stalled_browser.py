@@ -1,13 +1,17 @@
 """A browser that stops reading (a real TCP client with a tiny receive buffer that never reads again) must not keep
-its avatar session alive nor pin the relay: the send watchdog ends the conversation and stops the session within
-RELAY_SEND_TIMEOUT (plus the stop), and TCP_USER_TIMEOUT breaks the write hypercorn cannot cancel, so the
-conversation's slot is freed too. Memory stays bounded meanwhile: the Outbox is a bounded queue and audio beyond it
-is dropped. The relay runs with the socket options `avatar-relay serve` sets
+its avatar session alive nor pin the relay. On the relay's own `/ws` socket (relay.server.direct_ws) a send that
+waits RELAY_SEND_TIMEOUT takes the connection as lost, as a dropped one: the conversation is held for the resume
+window (a phone in a tunnel stops acknowledging exactly like this), then ended and its session stopped. On
+hypercorn's path (permessage-deflate, RELAY_DIRECT_WEBSOCKET=false), whose write cannot be cancelled, the send
+watchdog ends the conversation within RELAY_SEND_TIMEOUT. Either way TCP_USER_TIMEOUT breaks the stuck write, so the
+conversation's slot is freed too, and memory stays bounded meanwhile: the Outbox is a bounded queue and audio beyond
+it is dropped. The relay runs with the socket options `avatar-relay serve` sets
 (`relay.server.serving.hypercorn_config`)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 
@@ -50,7 +54,7 @@ async def _stall(*, tcp_send_timeout: float, wait_for_free: bool, deflate: bool)
     cannot cancel ends and the relay's teardown cannot hang."""
     # With `deflate`, hypercorn's path (the direct socket declines the extension: relay.server.direct_ws).
     async with running_fault_relay(relay_send_timeout=1.0, tcp_send_timeout=tcp_send_timeout,
-                                   tcp_send_buffer=16384, relay_idle_timeout=30.0,
+                                   tcp_send_buffer=16384, relay_idle_timeout=30.0, relay_resume_window=3.0,
                                    relay_direct_websocket=not deflate) as relay:
         await relay.faults("elevenlabs", max_reply_s=6.0)
         host, port = relay.url.removeprefix("http://").split(":")
@@ -63,7 +67,8 @@ async def _stall(*, tcp_send_timeout: float, wait_for_free: bool, deflate: bool)
                 await stream.send_all(client_frame(orjson.dumps({"type": "text", "text": "a long story please " * 8})))
                 while not (stopped and (freed or not wait_for_free)):
                     # Still active (so no idle timeout) while the long reply's audio piles up unread.
-                    with trio.move_on_after(0.2):
+                    # (TCP_USER_TIMEOUT, once it fires, resets the connection: the stalled browser is gone then.)
+                    with trio.move_on_after(0.2), contextlib.suppress(trio.BrokenResourceError):
                         await stream.send_all(client_frame(b'{"type":"activity"}'))
                     await trio.sleep(0.1)
                     sessions = (await relay.ledger("heygen"))["sessions"]
