@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
     limit_websocket_messages(app, settings.relay_max_frame_bytes, settings.relay_max_start_bytes)
     # `/ws` goes straight to `ws` below on hypercorn's callables, everything else to Quart (relay.server.asgi_ws).
     front = WebSocketFront(NoteDepartures(KeepAliveGuard(app.asgi_app)), "/ws", _not_yet)
-    app.asgi_app = RequestGuard(front, GuardPolicy.from_settings(settings))  # type: ignore[method-assign]
+    guard_policy = GuardPolicy.from_settings(settings)
+    app.asgi_app = RequestGuard(front, guard_policy)  # type: ignore[method-assign]
     note_browser_close_codes()  # a clean close (1000) ends a resumable conversation; a dropped one is held
     install_departure_notice()  # the browser leaving cancels `/ws`'s handler at once, as under quart-trio
     serialise_tcp_close()  # hypercorn's close races a write: relay.server.tcp_close
@@ -110,18 +111,18 @@ def create_app(settings: Settings | None = None, worker: WorkerRole | None = Non
 
     doorway = Doorway(gate, seating.registry, pending, metrics, seating.uses, roster=state.roster)
 
+    async def converse(connection: ASGIWebSocket | DirectWebSocket) -> None:
+        await conversation_socket(state, doorway, app.nursery, connection)
+
     async def ws(scope: Any, receive: Any, send: Any) -> None:
-        await serve_websocket(scope, receive, send, settings.relay_send_timeout,
-                              lambda connection: conversation_socket(state, doorway, app.nursery, connection))
+        await serve_websocket(scope, receive, send, settings.relay_send_timeout, converse)
 
     front.handler = ws
     # Plain-TCP upgrades of `/ws` are served on their own socket, without hypercorn's reader task and wsproto
     # (relay.server.direct_ws); TLS and everything else stay on hypercorn's callables above.
     if settings.relay_direct_websocket:
-        serve_websocket_directly(app, "/ws",
-                                 lambda connection: conversation_socket(state, doorway, app.nursery, connection),
-                                 settings.relay_max_frame_bytes, settings.relay_max_start_bytes,
-                                 GuardPolicy.from_settings(settings))
+        serve_websocket_directly(app, "/ws", converse, settings.relay_max_frame_bytes, settings.relay_max_start_bytes,
+                                 guard_policy)
 
     add_page_routes(app, settings)
     add_probe_routes(app, state)

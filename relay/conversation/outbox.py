@@ -25,8 +25,8 @@ class Outbox:
         self.sending_since: float | None = None
         self._unsent = 0  # queued or being sent
         self._all_sent = trio.Event()
-        # The browser socket's `send_nowait` while the sender runs, if it has one (relay.server.direct_ws): agent
-        # audio is written at once when nothing is queued and the socket takes it without waiting.
+        # The browser socket's `send_nowait` while the sender runs, if it has one (relay.server.direct_ws): a frame
+        # (audio or JSON) is written at once when nothing is queued and the socket takes it without waiting.
         self._write_through: Callable[[str | bytes], bool] | None = None
 
     def send(self, frame: str) -> None:

@@ -234,18 +234,25 @@ async def serve_websocket(scope: Any, receive: Receive, send: Send, send_timeout
     is cancelled then, whether or not it is reading). Then, as quart did: a socket accepted and not closed is closed
     1000; an exception from the handler is logged and answered 500 (not accepted yet) or close 1000."""
     socket = ASGIWebSocket(scope, receive, send, send_timeout)
+    await run_until_departed(socket, handler, route_path(scope))
+    if socket.accepted and not socket.closed:
+        await socket.close(1000)
+
+
+async def run_until_departed(socket: Any, handler: Callable[[Any], Awaitable[None]], path: str) -> None:
+    """Run `handler(socket)` until it returns or the browser leaves (`departed` cancels it then, whether or not it
+    is reading). An exception from the handler is logged and, before accepting, answered 500 (`socket.refuse`).
+    Shared by hypercorn's callables (`serve_websocket`) and the relay's own socket (`relay.server.direct_ws`)."""
+    scope = socket.scope
     watch_departure(scope)
     with trio.CancelScope() as gone:
         scope[_DEPARTURE] = gone.cancel
         try:
             await handler(socket)
         except Exception:
-            log.exception("internal error on the browser's socket %s", route_path(scope))
+            log.exception("internal error on the browser's socket %s", path)
             if not socket.accepted and not socket.closed:
                 await socket.refuse(500)
-                return
-        if socket.accepted and not socket.closed:
-            await socket.close(1000)
 
 
 _notice_installed = False

@@ -45,8 +45,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.server.asgi_ws import UpgradeRequest, departed
-from relay.server.departures import mark_closed_by_relay, note_departure, watch_departure
+from relay.server.asgi_ws import UpgradeRequest, departed, run_until_departed
+from relay.server.departures import mark_closed_by_relay, note_departure
 from relay.server.request_guard import GuardPolicy, refusal
 
 log = logging.getLogger("relay.web")
@@ -54,7 +54,6 @@ log = logging.getLogger("relay.web")
 _protocol_log = logging.getLogger("relay.server.direct_ws.protocol")
 _protocol_log.setLevel(logging.WARNING)
 
-_DEPARTURE = "relay.on_departure"  # the same key relay.server.asgi_ws.departed calls
 WATCH_AFTER = 0.05  # seconds without a `receive` after which the watcher reads for the handler
 BUFFERED = 10  # messages the watcher holds for the handler before it stops reading (hypercorn's app queue)
 CLOSE_WAIT = 5.0  # seconds to wait for the browser's answer to the relay's close before cutting the connection
@@ -64,8 +63,7 @@ _READ = 65536
 @dataclass(frozen=True, slots=True)
 class DirectRoute:
     """What an app serves on its own socket: WebSocket upgrades of `path` run `handler(socket)`. `first_bytes` and
-    `most_bytes` bound the first message and the others; `guard` is the request guard's policy;
-    `send_timeout` bounds nothing here (the Outbox's watchdog does) but is kept for the handler's interface."""
+    `most_bytes` bound the first message and the others; `guard` is the request guard's policy."""
 
     path: str
     handler: Callable[[DirectWebSocket], Awaitable[None]]
@@ -317,11 +315,15 @@ class DirectWebSocket(UpgradeRequest):
         if self._protocol.state is not State.OPEN:  # closing or gone: nothing more is written (as on hypercorn)
             await trio.lowlevel.checkpoint()
             return
+        self._frame(data)
+        await self._flush()
+
+    def _frame(self, data: str | bytes) -> None:
+        """Frame one message into the protocol's output (text for str, binary for bytes); nothing is written."""
         if type(data) is str:
             self._protocol.send_text(data.encode())
         else:
             self._protocol.send_binary(data)  # type: ignore[arg-type]
-        await self._flush()
 
     def ready_to_send(self) -> bool:
         """Whether `send_nowait` would start now: open, accepted, and no send under way."""
@@ -337,10 +339,7 @@ class DirectWebSocket(UpgradeRequest):
             return False
         assert self._tasks is not None
         self._send_lock.acquire_nowait()
-        if type(data) is str:
-            self._protocol.send_text(data.encode())
-        else:
-            self._protocol.send_binary(data)  # type: ignore[arg-type]
+        self._frame(data)
         frame = b"".join(self._protocol.data_to_send())
         try:
             written = os.write(self._fd, frame)
@@ -457,7 +456,6 @@ async def serve_direct(stream: trio.SocketStream, head: bytes, route: DirectRout
         return
     scope = websocket_scope(request, stream, root_path)
     socket = DirectWebSocket(stream, protocol, response, scope, route.most_bytes)
-    watch_departure(scope)
     try:
         if refusal(scope["path"], scope["raw_path"], scope["headers"], route.guard) is not None:
             await socket.refuse(403)  # the request guard's answer to a WebSocket, as on hypercorn's path
@@ -465,14 +463,7 @@ async def serve_direct(stream: trio.SocketStream, head: bytes, route: DirectRout
         async with trio.open_nursery() as watcher:
             socket._tasks = watcher
             watcher.start_soon(socket.watch)
-            with trio.CancelScope() as gone:
-                scope[_DEPARTURE] = gone.cancel
-                try:
-                    await route.handler(socket)
-                except Exception:
-                    log.exception("internal error on the browser's socket %s", route.path)
-                    if not socket.accepted and not socket.closed:
-                        await socket.refuse(500)
+            await run_until_departed(socket, route.handler, route.path)
             socket._tasks = None
             watcher.cancel_scope.cancel()
         if socket.accepted and not socket.closed:
