@@ -10,17 +10,17 @@ reads the connection's request head: a plain-TCP WebSocket upgrade for the route
 `h11_max_incomplete_size` bytes) goes to hypercorn's `TCPServer` with what was read put back in front of the stream, and
 is served exactly as before. Under `avatar-relay serve`, its workers and `hypercorn -k trio relay.web:app` alike.
 
-`DirectWebSocket` is the same small interface `relay.server.asgi_ws.ASGIWebSocket` gives the handler (`headers`,
-`args`, `remote_addr`, `scope`, `accept`, `refuse`, `receive`, `send`, `close`) and keeps every rule of that path:
-the request guard (Host, canonical path: refused 403 before accepting), the first message bounded by
-RELAY_MAX_START_BYTES and the others by RELAY_MAX_FRAME_BYTES (close 1009), an empty binary frame read as None, the
-browser's close code noted for `relay.server.departures` (a close the relay started, or its 1002/1007/1009 for a bad
-frame, noted as the relay's), and the browser leaving cancels the handler at once, even while nothing reads: when no
-`receive` has run for `WATCH_AFTER` seconds (an avatar's set-up, a seat's wait), the connection's watcher task reads
-on the handler's behalf — it buffers at most `BUFFERED` messages, as hypercorn's queue did — and gives the socket back
-the moment a `receive` starts. While the conversation reads, the watcher sleeps on a deadline that each `receive`
-pushes: no wake-up per frame. A frame to the browser is written whole (shielded, under the connection's send lock, as
-hypercorn wrote it: a cancelled send writes nothing, a begun one cannot be cut short; TCP_USER_TIMEOUT breaks a
+`DirectWebSocket` is the same small interface `relay.server.asgi_ws.ASGIWebSocket` gives the handler (`headers`, `args`,
+`remote_addr`, `scope`, `accept`, `refuse`, `receive`, `send`, `close`) and keeps every rule of that path: the request
+guard (Host, canonical path: refused 403 before accepting), the first message bounded by RELAY_MAX_START_BYTES and the
+others by RELAY_MAX_FRAME_BYTES (close 1009), an empty binary frame read as None, the browser's close code noted for
+`relay.server.departures` (a close the relay started, or its 1002/1007/1009 for a bad frame, noted as the relay's), and
+the browser leaving cancels the handler, even while nothing reads: once no `receive` has run for `WATCH_AFTER` to twice
+that (an avatar's set-up, a seat's wait), the connection's watcher task reads on the handler's behalf — it buffers at
+most `BUFFERED` messages, as hypercorn's queue did — and gives the socket back the moment a `receive` starts. While the
+conversation reads, the watcher sleeps on a deadline that the end of a `receive` moves at most once per `WATCH_AFTER`:
+no wake-up and no timer change per frame. A frame to the browser is written whole (shielded, under the connection's send
+lock, as hypercorn wrote it: a cancelled send writes nothing, a begun one cannot be cut short; TCP_USER_TIMEOUT breaks a
 stalled one). permessage-deflate is declined (audio does not compress; the extension costs ~0.27 MB of zlib state per
 conversation; decisions.md); hypercorn's path keeps it, bounded (`relay.server.ws_limits`).
 
@@ -30,7 +30,6 @@ Nothing here decides who may connect (`relay.server.auth`) or knows the browser 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -54,7 +53,7 @@ log = logging.getLogger("relay.web")
 _protocol_log = logging.getLogger("relay.server.direct_ws.protocol")
 _protocol_log.setLevel(logging.WARNING)
 
-WATCH_AFTER = 0.05  # seconds without a `receive` after which the watcher reads for the handler
+WATCH_AFTER = 0.25  # the watcher reads for the handler 1-2 x this many seconds after the last `receive` ended
 BUFFERED = 10  # messages the watcher holds for the handler before it stops reading (hypercorn's app queue)
 CLOSE_WAIT = 5.0  # seconds to wait for the browser's answer to the relay's close before cutting the connection
 _READ = 65536
@@ -200,7 +199,6 @@ class DirectWebSocket(UpgradeRequest):
         if not self._accepted:
             await self.accept()
         self._receiving = True
-        self._arm.deadline = math.inf
         try:
             if self._watching is not None:  # the watcher is reading for us: take the socket back
                 self._takeover = taken = trio.Event()
@@ -214,17 +212,24 @@ class DirectWebSocket(UpgradeRequest):
             return self._messages.popleft()
         finally:
             self._receiving = False
-            self._arm.deadline = trio.current_time() + WATCH_AFTER
+            arm = self._arm
+            now = trio.current_time()
+            if arm.deadline - now < WATCH_AFTER:  # moved at most once per WATCH_AFTER, not per frame
+                arm.deadline = now + 2 * WATCH_AFTER
 
     async def watch(self) -> None:
         """The connection's watcher (a task of `serve_direct`, cancelled when the handler ends): reads for the
-        handler whenever no `receive` has run for WATCH_AFTER seconds, so that a browser leaving is seen at once;
-        stops reading with BUFFERED messages held, and gives the socket back when a `receive` starts."""
-        self._arm.deadline = trio.current_time() + WATCH_AFTER
+        handler once no `receive` has run for WATCH_AFTER to 2 x WATCH_AFTER seconds, so that a browser leaving is
+        seen then; stops reading with BUFFERED messages held, and gives the socket back when a `receive` starts.
+        It sleeps on `_arm`, whose deadline the end of a `receive` moves when it is less than WATCH_AFTER away (the
+        deadline is then always at least WATCH_AFTER after the last `receive` ended); a `receive` still running
+        when it passes is looked at again WATCH_AFTER later (a browser sending nothing for a while)."""
+        self._arm.deadline = trio.current_time() + 2 * WATCH_AFTER
         while not self._gone:
             with self._arm:
                 await trio.sleep_forever()
-            self._arm = trio.CancelScope(deadline=math.inf if self._receiving else trio.current_time() + WATCH_AFTER)
+            self._arm = trio.CancelScope(deadline=trio.current_time() + (WATCH_AFTER if self._receiving
+                                                                           else 2 * WATCH_AFTER))
             if self._receiving:
                 continue
             with trio.CancelScope() as watching:
