@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import orjson
 import trio
@@ -44,7 +45,7 @@ class BrowserLink:
         self._attached_at = -math.inf
         self._attached = trio.Event()
         self._detached = trio.Event()  # set when the current connection is let go
-        self._receiving: set[trio.CancelScope] = set()
+        self._reading: trio.CancelScope | None = None  # the scope of a wait for the next frame, while one waits
         self._numbering = False  # after `ready`
         self._gone = False
         self._send_lock = trio.Lock()
@@ -145,20 +146,50 @@ class BrowserLink:
 
     async def receive(self) -> str | bytes | None:
         """The next frame of the current connection; while held, waits for the next one. Cancelled by the
+        conversation. One task receives at a time (as from a socket)."""
+        while True:
+            socket = self._socket
+            if socket is None:
+                await self._attached.wait()
+                continue
+            with trio.CancelScope() as reading:
+                self._reading = reading  # cancelled if the connection is let go meanwhile
+                try:
+                    return await socket.receive()
+                except Exception:
+                    self.connection_lost(socket, clean=False)
+                finally:
+                    self._reading = None
+
+    async def each_frame(self, handle: Callable[[str | bytes | None], Awaitable[None]]) -> NoReturn:
+        """`handle(frame)` for every frame, in order, across connections: what a loop of `receive` does, with one
+        cancel scope per connection instead of one per frame (entering and leaving a scope was ~6 µs of every
+        browser frame). A connection let go while a frame is awaited stops the wait; one let go while `handle` runs
+        does not interrupt it (the next frame comes from the next connection), and a frame received as the
+        connection was let go is handled outside its scope. Exceptions from `handle` propagate; cancelled by the
         conversation."""
         while True:
             socket = self._socket
             if socket is None:
                 await self._attached.wait()
                 continue
-            with trio.CancelScope() as receiving:
-                self._receiving.add(receiving)
-                try:
-                    return await socket.receive()
-                except Exception:
-                    self.connection_lost(socket, clean=False)
-                finally:
-                    self._receiving.discard(receiving)
+            caught: list[str | bytes | None] = []  # a frame that came as the connection was let go
+            with trio.CancelScope() as reading:
+                while self._socket is socket:
+                    self._reading = reading
+                    try:
+                        frame = await socket.receive()
+                    except Exception:
+                        self.connection_lost(socket, clean=False)
+                        break
+                    finally:
+                        self._reading = None
+                    if reading.cancel_called:
+                        caught.append(frame)
+                        break
+                    await handle(frame)
+            if caught:
+                await handle(caught[0])
 
     async def send(self, data: str | bytes) -> None:
         """Send one frame. After `ready` a JSON message is numbered and kept; while held it is only kept, and audio
@@ -285,7 +316,7 @@ class BrowserLink:
 
     def _let_go(self) -> None:
         self._socket = None
-        for receiving in self._receiving:
-            receiving.cancel()
+        if self._reading is not None:  # a wait for the current connection's next frame: it stops
+            self._reading.cancel()
         self._detached.set()
         self._attached = trio.Event()

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn
 
 import trio
 
@@ -128,8 +129,7 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
                        approvals: McpApprovals, queue: QueueGate,
                        on_client_metrics: Callable[[bp.ClientMetrics | bp.DroppedClientMetrics, float], None] | None
                        ) -> None:
-    while True:
-        frame = await browser.receive()
+    async def forward(frame: str | bytes | None) -> None:
         now = trio.current_time()
         push_deadline(idle_scope, now, idle, slack)
         if flood.over(now):
@@ -145,9 +145,9 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
             traffic.audio_in_bytes += len(frame)
             if not queue.queued:  # the agent discards what it is sent while it holds us in its queue
                 await agent.send(build_frame(frame))
-            continue
+            return
         if frame is None:
-            continue  # an empty binary frame
+            return  # an empty binary frame
         if len(frame) > max_frame:
             raise ConversationOver.failed("protocol_error", f"frame larger than {max_frame} bytes")
         try:
@@ -155,6 +155,17 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
         except bp.ProtocolError as exc:
             raise ConversationOver.failed("protocol_error", str(exc)) from None
         await _forward_client_event(event, agent, speech, on_user_text, build_audio, approvals, on_client_metrics)
+
+    await each_frame(browser, forward)
+
+
+async def each_frame(browser: BrowserSocket, handle: Callable[[str | bytes | None], Awaitable[None]]) -> NoReturn:
+    """`handle(frame)` for every frame the browser sends: `BrowserLink.each_frame` (across connections), or a loop
+    of `receive` on a plain socket. Blocks on the receive and on `handle`; cancelled by the caller's scope."""
+    if isinstance(browser, BrowserLink):
+        await browser.each_frame(handle)
+    while True:
+        await handle(await browser.receive())
 
 
 async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, speech: SpeechRouter,
