@@ -14,17 +14,12 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-import tempfile
 import tracemalloc
 from collections import Counter
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
-from relay.providers.table import serve_simulators
-from relay.web import create_app
-from tests.support.harness import relay_settings
+from tests.support.harness import running_relay
 from tests.support.resumable import ResumingBrowser
 
 GROUPS = [("relay/sim/", None), ("tests/", None), ("tracemalloc", None),
@@ -41,52 +36,44 @@ def group_of(filename: str) -> str | None:
 
 
 async def main(n: int) -> None:
-    with tempfile.TemporaryDirectory() as state:
-        async with trio.open_nursery() as nursery:
-            sims = await nursery.start(serve_simulators, "127.0.0.1")
-            config = Config()
-            config.bind = ["127.0.0.1:0"]
-            config.accesslog = None
-            settings = relay_settings(sims, relay_state_dir=state, relay_max_conversations=n + 10,
-                                      relay_max_conversations_per_client=n + 10, relay_max_starts_per_minute=10 * n,
-                                      relay_log_level="WARNING")
-            url = (await nursery.start(serve, create_app(settings), config))[0]
-            warm = ResumingBrowser(url)  # one conversation first, so that start-up allocations are not counted
-            await warm.connect()
-            await warm.send(type="start")
-            await warm.expect("ready")
-            gc.collect()
-            tracemalloc.start(1)
-            before = tracemalloc.take_snapshot()
-            browsers = []
-            for _ in range(n):
-                browser = ResumingBrowser(url)
-                await browser.connect()
-                await browser.send(type="start")
-                await browser.expect("ready")
-                await browser.send(type="text", text="what are your opening hours?")
-                await browser.expect("agent_response")
-                browsers.append(browser)
-            gc.collect()
-            after = tracemalloc.take_snapshot()
-            by_group: Counter[str] = Counter()
-            by_site: Counter[str] = Counter()
-            for stat in after.compare_to(before, "lineno"):
-                frame = stat.traceback[0]
-                group = group_of(frame.filename)
-                if group is None:
-                    continue
-                by_group[group] += stat.size_diff
-                by_site[f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}"] += stat.size_diff
-            total = sum(by_group.values())
-            print(f"N={n}: the relay's Python heap grew {total / n / 1024:.1f} KiB per open conversation")
-            for group, size in by_group.most_common():
-                print(f"  {size / n / 1024:7.1f} KiB  {group}")
-            print("largest allocation sites (KiB per conversation):")
-            for site, size in by_site.most_common(12):
-                print(f"  {size / n / 1024:7.1f}  {site}")
-            logging.disable(logging.CRITICAL)  # the simulators go down with the relay: its stop calls fail, unheard
-            nursery.cancel_scope.cancel()
+    async with running_relay(relay_max_conversations=n + 10, relay_max_conversations_per_client=n + 10,
+                             relay_max_starts_per_minute=10 * n, relay_log_level="WARNING") as relay:
+        url = relay.url
+        warm = ResumingBrowser(url)  # one conversation first, so that start-up allocations are not counted
+        await warm.connect()
+        await warm.send(type="start")
+        await warm.expect("ready")
+        gc.collect()
+        tracemalloc.start(1)
+        before = tracemalloc.take_snapshot()
+        browsers = []
+        for _ in range(n):
+            browser = ResumingBrowser(url)
+            await browser.connect()
+            await browser.send(type="start")
+            await browser.expect("ready")
+            await browser.send(type="text", text="what are your opening hours?")
+            await browser.expect("agent_response")
+            browsers.append(browser)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        by_group: Counter[str] = Counter()
+        by_site: Counter[str] = Counter()
+        for stat in after.compare_to(before, "lineno"):
+            frame = stat.traceback[0]
+            group = group_of(frame.filename)
+            if group is None:
+                continue
+            by_group[group] += stat.size_diff
+            by_site[f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}"] += stat.size_diff
+        total = sum(by_group.values())
+        print(f"N={n}: the relay's Python heap grew {total / n / 1024:.1f} KiB per open conversation")
+        for group, size in by_group.most_common():
+            print(f"  {size / n / 1024:7.1f} KiB  {group}")
+        print("largest allocation sites (KiB per conversation):")
+        for site, size in by_site.most_common(12):
+            print(f"  {size / n / 1024:7.1f}  {site}")
+        logging.disable(logging.CRITICAL)  # the simulators go down with the relay: its stop calls fail, unheard
 
 
 if __name__ == "__main__":

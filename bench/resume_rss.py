@@ -11,16 +11,11 @@ from __future__ import annotations
 import gc
 import re
 import sys
-import tempfile
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from relay.protocol.resume import REPLAY_BYTES, REPLAY_MESSAGES, ReplayBuffer
-from relay.providers.table import serve_simulators
-from relay.web import create_app
-from tests.support.harness import relay_settings
+from tests.support.harness import running_relay
 from tests.support.resumable import ResumingBrowser
 
 
@@ -41,52 +36,43 @@ async def held_gauge(http_get: object, url: str) -> float:
 
 
 async def main(n: int) -> None:
-    with tempfile.TemporaryDirectory() as state:
-        async with trio.open_nursery() as nursery:
-            sims = await nursery.start(serve_simulators, "127.0.0.1")
-            config = Config()
-            config.bind = ["127.0.0.1:0"]
-            config.accesslog = None
-            settings = relay_settings(sims, relay_avatar="none", relay_state_dir=state, relay_journal=False,
-                                      relay_max_conversations=n + 10, relay_max_conversations_per_client=n + 10,
-                                      relay_max_starts_per_minute=10 * n, relay_resume_window=600,
-                                      relay_log_level="WARNING")
-            binds = await nursery.start(serve, create_app(settings), config)
-            url = binds[0]
-            browsers = []
-            gc.collect()
-            idle_rss = rss_kib()
-            for _ in range(n):
-                browser = ResumingBrowser(url)
-                await browser.connect()
-                await browser.send(type="start")
-                await browser.expect("ready")
-                browsers.append(browser)
-            gc.collect()
-            open_rss = rss_kib()
-            for browser in browsers:
-                browser.drop()
-            while await held_gauge(None, url) < n:  # noqa: ASYNC110 - polling another component's /metrics
-                await trio.sleep(0.05)
-            gc.collect()
-            held_rss = rss_kib()
-            print(f"N={n}: RSS idle {idle_rss} KiB; an open conversation {(open_rss - idle_rss) / n:.1f} KiB each")
-            print(f"N={n}: RSS with N open {open_rss} KiB, with N held {held_rss} KiB: "
-                  f"{(held_rss - open_rss) / n:+.1f} KiB per conversation for holding it")
-            # The worst case: each held buffer at its bound (messages of REPLAY_BYTES / REPLAY_MESSAGES bytes).
-            buffers = []
-            size = REPLAY_BYTES // REPLAY_MESSAGES - 20
-            for _ in range(n):
-                buffer = ReplayBuffer()
-                for _ in range(REPLAY_MESSAGES):
-                    buffer.push('{"type":"agent_response","text":"' + "x" * (size - 40) + '"}')
-                    buffer.written(buffer.last_seq)
-                buffers.append(buffer)
-            gc.collect()
-            full_rss = rss_kib()
-            print(f"a full replay buffer ({REPLAY_MESSAGES} messages, {buffers[0].bytes} bytes): "
-                  f"{(full_rss - held_rss) / n:.0f} KiB each")
-            nursery.cancel_scope.cancel()
+    async with running_relay(relay_avatar="none", relay_journal=False, relay_max_conversations=n + 10,
+                             relay_max_conversations_per_client=n + 10, relay_max_starts_per_minute=10 * n,
+                             relay_resume_window=600, relay_log_level="WARNING") as relay:
+        url = relay.url
+        browsers = []
+        gc.collect()
+        idle_rss = rss_kib()
+        for _ in range(n):
+            browser = ResumingBrowser(url)
+            await browser.connect()
+            await browser.send(type="start")
+            await browser.expect("ready")
+            browsers.append(browser)
+        gc.collect()
+        open_rss = rss_kib()
+        for browser in browsers:
+            browser.drop()
+        while await held_gauge(None, url) < n:  # noqa: ASYNC110 - polling another component's /metrics
+            await trio.sleep(0.05)
+        gc.collect()
+        held_rss = rss_kib()
+        print(f"N={n}: RSS idle {idle_rss} KiB; an open conversation {(open_rss - idle_rss) / n:.1f} KiB each")
+        print(f"N={n}: RSS with N open {open_rss} KiB, with N held {held_rss} KiB: "
+              f"{(held_rss - open_rss) / n:+.1f} KiB per conversation for holding it")
+        # The worst case: each held buffer at its bound (messages of REPLAY_BYTES / REPLAY_MESSAGES bytes).
+        buffers = []
+        size = REPLAY_BYTES // REPLAY_MESSAGES - 20
+        for _ in range(n):
+            buffer = ReplayBuffer()
+            for _ in range(REPLAY_MESSAGES):
+                buffer.push('{"type":"agent_response","text":"' + "x" * (size - 40) + '"}')
+                buffer.written(buffer.last_seq)
+            buffers.append(buffer)
+        gc.collect()
+        full_rss = rss_kib()
+        print(f"a full replay buffer ({REPLAY_MESSAGES} messages, {buffers[0].bytes} bytes): "
+              f"{(full_rss - held_rss) / n:.0f} KiB each")
 
 
 if __name__ == "__main__":

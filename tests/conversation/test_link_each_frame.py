@@ -5,6 +5,8 @@ go is still handled; a connection that fails is taken as lost (the conversation 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 import trio.testing
 
@@ -44,6 +46,17 @@ def resumed(token: str, seq: int) -> str:
     return '{"type":"resumed"}'
 
 
+def recorder() -> tuple[list[str | bytes | None], Callable[[str | bytes | None], Awaitable[None]]]:
+    """What `each_frame` handled, in order, and the handler that records it."""
+    handled: list[str | bytes | None] = []
+
+    async def handle(frame: str | bytes | None) -> None:
+        handled.append(frame)
+        await trio.lowlevel.checkpoint()
+
+    return handled, handle
+
+
 async def started_link(socket: FrameSocket) -> BrowserLink:
     link = BrowserLink(window=20, send_timeout=5, issue_token=lambda: "token")
     link.attach_first(socket)
@@ -54,11 +67,7 @@ async def started_link(socket: FrameSocket) -> BrowserLink:
 async def test_a_connection_taken_over_while_a_frame_is_awaited_stops_the_wait() -> None:
     old, new = FrameSocket("old"), FrameSocket("new")
     link = await started_link(old)
-    handled: list[str | bytes | None] = []
-
-    async def handle(frame: str | bytes | None) -> None:
-        handled.append(frame)
-        await trio.lowlevel.checkpoint()
+    handled, handle = recorder()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(link.each_frame, handle)
@@ -121,7 +130,7 @@ async def test_a_frame_that_came_as_its_connection_was_let_go_is_handled() -> No
     handled: list[str | bytes | None] = []
 
     async def handle(frame: str | bytes | None) -> None:
-        await trio.sleep(0)  # would raise Cancelled inside the let-go connection's scope
+        await trio.lowlevel.checkpoint()  # would raise Cancelled inside the let-go connection's scope
         handled.append(frame)
 
     async with trio.open_nursery() as nursery:
@@ -139,11 +148,7 @@ async def test_a_frame_that_came_as_its_connection_was_let_go_is_handled() -> No
 async def test_a_connection_that_fails_is_lost_and_the_next_one_read() -> None:
     old, new = FrameSocket("old"), FrameSocket("new")
     link = await started_link(old)
-    handled: list[str | bytes | None] = []
-
-    async def handle(frame: str | bytes | None) -> None:
-        handled.append(frame)
-        await trio.lowlevel.checkpoint()
+    handled, handle = recorder()
 
     async with trio.open_nursery() as nursery:
         old.fail = True
