@@ -173,7 +173,7 @@ class BrowserLink:
             if socket is None:
                 await self._attached.wait()
                 continue
-            caught: list[str | bytes | None] = []  # a frame that came as the connection was let go
+            late = False  # `frame` came as the connection was let go
             with trio.CancelScope() as reading:
                 while self._socket is socket:
                     self._reading = reading
@@ -185,11 +185,11 @@ class BrowserLink:
                     finally:
                         self._reading = None
                     if reading.cancel_called:
-                        caught.append(frame)
+                        late = True
                         break
                     await handle(frame)
-            if caught:
-                await handle(caught[0])
+            if late:
+                await handle(frame)
 
     async def send(self, data: str | bytes) -> None:
         """Send one frame. After `ready` a JSON message is numbered and kept; while held it is only kept, and audio
