@@ -22,6 +22,7 @@ from relay.net.wsclient import (
     WebSocketConnectError,
     WebSocketRejected,
     open_websocket,
+    take_lock,
 )
 from relay.protocol.audio import AudioFormat, StreamingResampler
 from relay.protocol.lite import (
@@ -104,7 +105,8 @@ class LiteAudioStream:
         # LiveAvatar's docs say to wait for `connected` before sending any command (livekit-agents' plugin holds
         # its audio until then; the web SDK does not wait). Held here, in order: nothing said before `connected`
         # is lost, and the conversation bounds the wait (RELAY_AVATAR_CONNECT_TIMEOUT).
-        await self.connected.wait()
+        if not self.connected.is_set():  # (once set, no scheduling point: the send is one)
+            await self.connected.wait()
         try:
             await self._ws.send_text(frame)
         except WebSocketClosed:
@@ -117,11 +119,14 @@ class LiteAudioStream:
         if not packet:
             return
         frame = build_speak(self.event_id(turn), packet)
-        async with self._send_lock:
+        await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
+        try:
             if self._is_interrupted(turn):
                 return
             if await self._send(frame):
                 self._spoken_turns.add(turn)
+        finally:
+            self._send_lock.release()
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         """Resample one chunk of turn `turn` to 24 kHz and send what the packet cadence says is due (see

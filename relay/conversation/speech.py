@@ -341,9 +341,12 @@ class SpeechRouter:
             if open_turn is None:
                 item = await self._rx.receive()
             else:
-                item = None
-                with trio.move_on_after(TURN_AUDIO_GAP):
-                    item = await self._rx.receive()
+                try:  # the agent sends a turn's audio in bursts: no timer for an item already queued
+                    item = self._rx.receive_nowait()
+                except trio.WouldBlock:
+                    item = None
+                    with trio.move_on_after(TURN_AUDIO_GAP):
+                        item = await self._rx.receive()
                 if item is None or (isinstance(item, _SpeakAudio) and item.turn != open_turn):
                     try:
                         if open_turn >= self.watermark:

@@ -59,6 +59,16 @@ class WebSocketClosed(Exception):
         self.reason = reason
 
 
+async def take_lock(lock: trio.StrictFIFOLock) -> None:
+    """`lock.acquire()`, without its scheduling point when the lock is free: for a caller whose next step is a send
+    (itself a scheduling point), one task switch less per message. Blocks while another task holds the lock;
+    cancelled by the caller's scope (only while it waits). Release it with `lock.release()`."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 class ClientWebSocket:
     """An open client connection. Made by `open_websocket`."""
 
@@ -106,12 +116,14 @@ class ClientWebSocket:
         data = b"".join(chunks)  # b"" marks "half-close": the stream is closed at the end anyway
         if not data:
             return
-        async with self._write_lock:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._lost()
-                raise self._closed_error() from None
+        await take_lock(self._write_lock)
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lost()
+            raise self._closed_error() from None
+        finally:
+            self._write_lock.release()
 
     # ------------------------------------------------------------------------------------------------------------------
     # Receiving

@@ -8,12 +8,12 @@ a precise message.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, get_args
 
 import orjson
+import pybase64
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -229,7 +229,7 @@ def parse_text_frame(text: str) -> ClientEvent:
         raise ProtocolError(f"invalid {kind!r} message: {_describe(exc)}") from None
     if isinstance(frame, AudioText):
         try:
-            pcm = base64.b64decode(frame.audio, validate=True)
+            pcm = pybase64.b64decode(frame.audio, validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("'audio' must be base64") from None
         return check_audio(pcm)

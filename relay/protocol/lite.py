@@ -25,12 +25,12 @@ sends any (`turn_event_id(turn, segment)`). This module must never do I/O or imp
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pybase64
 
 from relay._util import dumps as _dumps
 
@@ -55,7 +55,7 @@ def build_speak(event_id: str, pcm24k: bytes | memoryview) -> str:
     """`agent.speak`: one packet of PCM16 LE mono 24 kHz audio for the utterance `event_id`."""
     if len(pcm24k) % 2:
         raise ValueError("PCM16 audio must have an even number of bytes")
-    audio = base64.b64encode(pcm24k).decode("ascii")
+    audio = pybase64.b64encode_as_string(pcm24k)
     return _dumps({"type": "agent.speak", "event_id": event_id, "audio": audio})
 
 

@@ -29,7 +29,10 @@ def test_audio_alignment_is_kept() -> None:
 @pytest.mark.parametrize("alignment", [None, "x", {"chars": "Hi"}, {"chars": [], "char_start_times_ms": [],
                                                                      "char_durations_ms": []},
                                        {"chars": [1], "char_start_times_ms": [0], "char_durations_ms": [1]},
-                                       {"chars": ["a"], "char_start_times_ms": ["0"], "char_durations_ms": [1]}])
+                                       {"chars": ["a"], "char_start_times_ms": ["0"], "char_durations_ms": [1]},
+                                       {"chars": ["a"], "char_start_times_ms": [True], "char_durations_ms": [1]},
+                                       {"chars": ["a"], "char_start_times_ms": [0], "char_durations_ms": [-5]},
+                                       {"chars": ["a"], "char_start_times_ms": [0], "char_durations_ms": [None]}])
 def test_an_odd_alignment_is_dropped_and_the_audio_kept(alignment: Any) -> None:
     raw = frame(type="audio", audio_event={"audio_base_64": "AAA=", "event_id": 1, "alignment": alignment})
     event = el.parse_server_event(raw)
@@ -41,6 +44,13 @@ def test_a_ragged_alignment_is_cut_to_the_shortest() -> None:
         "chars": ["a", "b", "c"], "char_start_times_ms": [0, 10], "char_durations_ms": [10, 10, 10]}})
     event = el.parse_server_event(raw)
     assert isinstance(event, el.AgentAudio) and event.alignment == el.Alignment(("a", "b"), (0, 10), (10, 10))
+
+
+def test_alignment_times_in_fractions_of_a_millisecond_are_rounded() -> None:
+    raw = frame(type="audio", audio_event={"audio_base_64": "AAA=", "event_id": 1, "alignment": {
+        "chars": ["a", "b"], "char_start_times_ms": [0.4, 10.6], "char_durations_ms": [10.5, 9.49]}})
+    event = el.parse_server_event(raw)
+    assert isinstance(event, el.AgentAudio) and event.alignment == el.Alignment(("a", "b"), (0, 11), (10, 9))
 
 
 def test_tool_request_and_response() -> None:

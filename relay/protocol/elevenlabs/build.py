@@ -6,8 +6,9 @@ module must never do I/O or import trio, httpx2 or websockets.
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Final
+
+import pybase64
 
 from relay._util import dumps as _dumps
 
@@ -46,14 +47,14 @@ def build_initiation(
 def build_user_audio_chunk(pcm: bytes) -> str:
     """`{"user_audio_chunk": "<base64>"}` (no `type` field) for audio already in `user_input_audio_format`.
     Called for every audio frame: string concatenation only (base64 never needs JSON escaping)."""
-    return '{"user_audio_chunk":"' + base64.b64encode(pcm).decode("ascii") + '"}'
+    return '{"user_audio_chunk":"' + pybase64.b64encode_as_string(pcm) + '"}'
 
 
 def build_user_audio_chunk_utf8(pcm: bytes) -> bytes:
     """`build_user_audio_chunk` as the UTF-8 bytes of the same JSON text, for a socket that sends a text message
     from bytes (`AgentConnection.send`): the base64 goes straight into the output, without a str built and encoded
-    again (the browser's audio path, every frame: ~10 µs of a ~25 µs build at 100 ms frames)."""
-    return b'{"user_audio_chunk":"' + base64.b64encode(pcm) + b'"}'
+    again (the browser's audio path, every frame)."""
+    return b'{"user_audio_chunk":"' + pybase64.b64encode(pcm) + b'"}'
 
 
 def build_pong(event_id: int) -> str:

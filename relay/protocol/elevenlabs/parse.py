@@ -9,13 +9,13 @@ This module must never do I/O or import trio, httpx2 or websockets.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
+import pybase64
 
 from relay.protocol.elevenlabs.events import (
     AgentAudio,
@@ -121,7 +121,7 @@ def _parse_audio(frame: dict[str, Any]) -> AgentAudio:
     event = _object(frame.get("audio_event"), "audio")
     encoded = _str(event, "audio_base_64", "audio")
     try:
-        audio = base64.b64decode(encoded, validate=True)
+        audio = pybase64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise _Malformed("audio: 'audio_base_64' is not valid base64") from None
     return AgentAudio(audio=audio, event_id=_int(event, "event_id", "audio"),
@@ -132,19 +132,20 @@ def _parse_alignment(value: object) -> Alignment | None:
     """A usable alignment or None (absent, odd, or empty: the audio is still played, only the captions lose it)."""
     if not isinstance(value, dict):
         return None
-    chars, starts, durations = (value.get(k) for k in ("chars", "char_start_times_ms", "char_durations_ms"))
-    if not (isinstance(chars, list) and isinstance(starts, list) and isinstance(durations, list)):
+    chars, starts, durations = value.get("chars"), value.get("char_start_times_ms"), value.get("char_durations_ms")
+    if not (type(chars) is list and type(starts) is list and type(durations) is list):  # what orjson makes
         return None
     size = min(len(chars), len(starts), len(durations))
     if not size:
         return None
-    if not all(isinstance(c, str) for c in chars[:size]):
-        return None
-    numbers = starts[:size] + durations[:size]
-    if not all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers):
-        return None
-    return Alignment(tuple(chars[:size]), tuple(round(n) for n in starts[:size]),
-                     tuple(round(n) for n in durations[:size]))
+    chars, starts, durations = chars[:size], starts[:size], durations[:size]
+    for char in chars:
+        if type(char) is not str:
+            return None
+    for number in starts + durations:  # a number, not a bool (an int subclass), and not negative
+        if (type(number) is not int and type(number) is not float) or number < 0:
+            return None
+    return Alignment(tuple(chars), tuple(map(round, starts)), tuple(map(round, durations)))
 
 
 @parses("user_transcript")
