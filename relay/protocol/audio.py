@@ -114,11 +114,7 @@ class StreamingResampler:
         self.out_rate = out_rate
         self._carry = b""
         self._passthrough = in_format.sample_rate == out_rate
-        self._stream = (
-            None
-            if self._passthrough
-            else soxr.ResampleStream(in_format.sample_rate, out_rate, 1, dtype="int16", quality="HQ")
-        )
+        self._stream: soxr.ResampleStream | None = None  # made for the first audio after creation or a flush
 
     def process(self, data: bytes) -> bytes:
         pcm = to_pcm16(data, self.in_format)
@@ -128,16 +124,22 @@ class StreamingResampler:
         if len(pcm) % 2:
             self._carry = pcm[-1:]
             pcm = pcm[:-1]
-        if self._stream is None:
+        if self._passthrough:
             return pcm
         if not pcm:
             return b""
-        out: bytes = self._stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = soxr.ResampleStream(self.in_format.sample_rate, self.out_rate, 1, dtype="int16",
+                                                        quality="HQ")
+        out: bytes = stream.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
         return out
 
     def flush(self) -> bytes:
-        if self._stream is None:
+        """The filter's tail; the next `process` starts a new stream (made then: a turn's resampler is usually
+        dropped after its flush, and making a soxr stream costs more than resampling a chunk)."""
+        stream, self._stream = self._stream, None
+        if stream is None:
             return b""
-        tail: bytes = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).tobytes()
-        self._stream = soxr.ResampleStream(self.in_format.sample_rate, self.out_rate, 1, dtype="int16", quality="HQ")
+        tail: bytes = stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).tobytes()
         return tail

@@ -3,6 +3,8 @@ standard (not from the module's bit tricks), numpy's sine, and soxr called direc
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import soxr  # type: ignore[import-untyped]
@@ -204,3 +206,25 @@ def test_flush_ends_a_turn_and_the_next_turn_starts_clean() -> None:
         got = np.frombuffer(feed(resampler, source, [640]), dtype="<i2").astype(np.int32)
         assert len(got) == len(whole) == 2400
         assert np.abs(got - whole).max() <= 2
+
+
+def test_a_turn_makes_one_soxr_stream_and_its_flush_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A soxr stream costs more to make than a chunk to resample, and a turn's resampler is dropped after its flush:
+    the stream is made for the turn's first audio, not again by the flush (only when audio follows it)."""
+    made: list[object] = []
+    real = soxr.ResampleStream
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(soxr, "ResampleStream", counting)
+    resampler = StreamingResampler(AudioFormat("pcm", 16000), 24000)
+    assert made == []
+    source = sine(16000, 0.1).astype("<i2").tobytes()
+    feed(resampler, source, [640])  # process in chunks, then flush
+    assert len(made) == 1
+    assert resampler.flush() == b""  # nothing since the last flush: no tail, no stream
+    assert len(made) == 1
+    feed(resampler, source, [640])  # audio after a flush starts a new stream
+    assert len(made) == 2
