@@ -65,3 +65,14 @@ def test_the_trio_floor_measures_liveavatar_mode_with_no_errors_or_leaks(tmp_pat
     assert_clean(row)
     # Each browser's first turn (1.5 s of speech, then the agent's 300 ms) is answered well within 4 s.
     assert row["to_avatar"]["count"] >= 1
+
+
+@pytest.mark.timeout(120)
+def test_the_agent_path_measures_the_relay_and_the_floor_chunk_by_chunk() -> None:
+    """bench.agent_path (docs/performance.md round 8): both paths carry every turn to the browser and the fake LITE
+    server (it waits for each turn's audio and, for the relay, its `agent.speak_end`), and each gets a figure."""
+    from bench.agent_path import main as agent_path
+
+    results = agent_path(["--turns", "5", "--runs", "1"])
+    assert set(results) == {"relay", "floor"}
+    assert all(len(values) == 1 and values[0] > 0 for values in results.values())

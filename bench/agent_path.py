@@ -1,0 +1,269 @@
+"""The agent's side of LiveAvatar alone, in one process: what one agent audio chunk costs between the agent's socket
+and the browser's and the avatar's (issue 26, round 8; docs/performance.md).
+
+`relay`: the relay's own path — `AgentConnection` -> `pump_agent_to_browser` -> `SpeechRouter` ->
+`StreamedAudioSession` / `LiteAudioStream` (resampled to 24 kHz, the packet cadence, `agent.speak_end`, the listening
+pose), the browser's frames (the caption timing, then the audio) written by `relay.server.direct_ws`. `floor`: the
+Trio floor's `down` (bench/naive.py: orjson, base64, `BrowserSocket.send`, `bench.wire.LiteSpeech`,
+`ClientWebSocket`). Both are fed the same frames over socket pairs: turns of 8 chunks of 250 ms at 16 kHz with their
+alignment, sent in a burst (the benchmark's ElevenLabs simulator: burst pacing, alignment on); a fake LITE server
+answers as the simulator does (`agent.audio_buffer_appended` per packet, `speak_started` / `speak_ended` per
+utterance). Trio's `MockClock` jumps the turn gap instead of waiting it; a Trio instrument sums the time of the tasks
+under test, not the fake ends', so the figure is CPU µs per agent chunk of the path itself.
+
+`python -m bench.agent_path [--turns 300] [--runs 3] [--impl relay,floor] [--relay-src DIR]`: each run, each
+implementation in turn (interleaved); `--relay-src` measures the relay as the source tree DIR has it (its
+`relay.net.wsclient` serves both implementations, as in the benchmark). No network: socket pairs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+import trio
+import trio.testing
+
+CHUNKS_PER_TURN = 8
+CHUNK_SAMPLES = 4000  # 250 ms at 16 kHz
+WARM_UP_TURNS = 20
+HARNESS_TASKS = ("agent_path.measure", "agent_path.browser_side", "agent_path.lite_side")
+
+
+class TaskTime(trio.abc.Instrument):
+    """The time each task's steps take, by task name, while `on`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.on = False
+        self._started = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.on:
+            self.seconds[task.name] = self.seconds.get(task.name, 0.0) + time.perf_counter() - self._started
+
+    def under_test(self) -> float:
+        return sum(t for name, t in self.seconds.items() if not name.endswith(HARNESS_TASKS))
+
+
+def turn_frames(turn: int) -> list[str]:
+    """One turn's agent audio frames as the simulator writes them (relay.sim.elevenlabs_sim.wire)."""
+    from relay.sim.elevenlabs_sim.wire import alignment_field, audio_frame
+
+    t = np.arange(CHUNK_SAMPLES) / 16000
+    pcm = (np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes()
+    return [audio_frame(pcm, turn, alignment_field("abcd", 60.0, 10.0)) for _ in range(CHUNKS_PER_TURN)]
+
+
+def _server_bytes(frames: list[str]) -> bytes:
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    protocol = ServerProtocol(state=State.OPEN, max_size=None)
+    for frame in frames:
+        protocol.send_text(frame.encode())
+    return b"".join(protocol.data_to_send())
+
+
+def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+async def measure(kind: str, turns: int, census: TaskTime) -> float:
+    """CPU µs per agent chunk of `kind`'s path over `turns` turns (after WARM_UP_TURNS). Runs under a MockClock."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Opcode
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+    from websockets.uri import parse_uri
+
+    from relay.net.wsclient import ClientWebSocket
+
+    browser_server, browser_client = _pair()
+    agent_near, agent_far = _pair()
+    lite_near, lite_far = _pair()
+    opening = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), max_size=None)
+    opening.send_request(opening.connect())
+    upgrade = b"".join(opening.data_to_send())
+    browser = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), state=State.OPEN, max_size=None)
+    agent_ws = ClientWebSocket(agent_near, ClientProtocol(parse_uri("ws://agent/"), state=State.OPEN,
+                                                          max_size=None), None)
+    lite_ws = ClientWebSocket(lite_near, ClientProtocol(parse_uri("ws://lite/"), state=State.OPEN,
+                                                        max_size=None), None)
+    seen = {"audio": 0, "speak": 0, "speak_end": 0}
+    changed = [trio.Event()]
+
+    def note(key: str) -> None:
+        seen[key] += 1
+        changed[0].set()
+        changed[0] = trio.Event()
+
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            await changed[0].wait()
+
+    async def browser_side() -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await browser_client.receive_some(65536)
+        browser.receive_data(data[data.index(b"\r\n\r\n") + 4:])
+        while True:
+            for event in browser.events_received():
+                if event.opcode is Opcode.BINARY:
+                    note("audio")
+            browser.receive_data(await browser_client.receive_some(65536))
+
+    async def lite_side() -> None:
+        server = ServerProtocol(state=State.OPEN, max_size=None)
+        started: set[str] = set()
+        while True:
+            server.receive_data(await lite_far.receive_some(65536))
+            for event in server.events_received():
+                if event.opcode is not Opcode.TEXT:
+                    continue
+                message = orjson.loads(event.data)
+                event_id = message.get("event_id")
+                if message["type"] == "agent.speak":
+                    server.send_text(orjson.dumps({"type": "agent.audio_buffer_appended", "event_id": event_id}))
+                    if event_id not in started:
+                        started.add(event_id)
+                        server.send_text(orjson.dumps({"type": "agent.speak_started", "event_id": event_id,
+                                                       "task": {"id": event_id}}))
+                    note("speak")
+                elif message["type"] == "agent.speak_end":
+                    server.send_text(orjson.dumps({"type": "agent.speak_ended", "event_id": event_id,
+                                                   "task": {"id": event_id}}))
+                    note("speak_end")
+            answer = b"".join(server.data_to_send())
+            if answer:
+                await lite_far.send_all(answer)
+
+    result: list[float] = []
+
+    async def feed() -> None:
+        for turn in range(1, WARM_UP_TURNS + turns + 1):
+            if turn == WARM_UP_TURNS + 1:
+                census.seconds.clear()
+                census.on = True
+            audio, speak, ends = seen["audio"], seen["speak"], seen["speak_end"]
+            await agent_far.send_all(_server_bytes(turn_frames(turn)))
+            await until(lambda audio=audio: seen["audio"] >= audio + CHUNKS_PER_TURN)
+            if kind == "relay":  # its turn ends after the gap (jumped): the tail and `agent.speak_end`
+                await until(lambda ends=ends: seen["speak_end"] > ends)
+            else:
+                await until(lambda speak=speak: seen["speak"] >= speak + CHUNKS_PER_TURN)
+        census.on = False
+        result.append(census.under_test() / (turns * CHUNKS_PER_TURN) * 1e6)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(browser_side, name="agent_path.browser_side")
+        nursery.start_soon(lite_side, name="agent_path.lite_side")
+        if kind == "relay":
+            nursery.start_soon(_relay_path, browser_server, upgrade, agent_ws, lite_ws)
+        else:
+            await browser_client.send_all(upgrade)
+            nursery.start_soon(_floor_path, browser_server, agent_ws, lite_ws)
+        await _named(feed, "agent_path.measure")
+        nursery.cancel_scope.cancel()
+    return result[0]
+
+
+async def _named(fn: Callable[[], Awaitable[None]], name: str) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fn, name=name)
+
+
+async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, lite_ws: Any) -> None:
+    from relay import elevenlabs as el
+    from relay.avatars import AvatarInfo
+    from relay.avatars.lite import LiteAudioStream
+    from relay.avatars.streamed import StreamedAudioSession
+    from relay.conversation.outbox import Outbox
+    from relay.conversation.pumps import pump_agent_to_browser
+    from relay.conversation.speech import SpeechRouter
+    from relay.protocol.elevenlabs.events import ConversationMetadata
+    from relay.server.direct_ws import DirectRoute, serve_direct
+    from relay.server.request_guard import GuardPolicy
+
+    agent = el.AgentConnection(agent_ws, ConversationMetadata("c", "pcm_16000", "pcm_16000"))
+
+    async def conversation(socket: Any) -> None:
+        await socket.accept()
+        outbox = Outbox()
+        speech = SpeechRouter(outbox)
+        lite = LiteAudioStream(lite_ws)
+        lite.connected.set()
+        session = StreamedAudioSession(AvatarInfo("liveavatar", "s", "ws://sim", "token", True), lite, 3600.0)
+        speech.attach(session)
+        speech.avatar_connected()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run_sender, socket)
+            nursery.start_soon(speech.run, session)
+            nursery.start_soon(lite.read_events, lambda event: speech.avatar_state(event.speaking, event.turn))
+            await pump_agent_to_browser(agent, outbox, speech)
+
+    route = DirectRoute("/ws", conversation, 2**20, 2**20, GuardPolicy(frozenset({"*"})))
+    await serve_direct(stream, upgrade, route, "")
+
+
+async def _floor_path(stream: trio.SocketStream, agent_ws: Any, lite_ws: Any) -> None:
+    from bench.trio_floor import BrowserSocket
+    from bench.wire import LiteSpeech
+
+    browser = await BrowserSocket.accept(stream)
+    speech = LiteSpeech()
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:
+            while True:
+                await lite_ws.receive()
+
+        nursery.start_soon(drain)
+        while True:  # bench/naive.py's `down`, LiveAvatar mode
+            event = orjson.loads(await agent_ws.receive())
+            if event.get("type") == "audio":
+                audio_event = event["audio_event"]
+                pcm = base64.b64decode(audio_event["audio_base_64"])
+                await browser.send(pcm)
+                message = speech.message(pcm, audio_event["event_id"])
+                if message is not None:
+                    await lite_ws.send_text(message)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--turns", type=int, default=300, help="measured turns of 8 chunks per run (default 300)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--impl", default="relay,floor", help="comma-separated: relay, floor")
+    parser.add_argument("--relay-src", default=None, help="measure the relay as the source tree DIR has it")
+    args = parser.parse_args(argv)
+    if args.relay_src:
+        sys.path.insert(0, args.relay_src)
+        for name in [m for m in sys.modules if m == "relay" or m.startswith("relay.")]:
+            del sys.modules[name]
+    kinds = args.impl.split(",")
+    results: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(args.runs):
+        for kind in kinds:
+            census = TaskTime()
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            results[kind].append(trio.run(measure, kind, args.turns, census, clock=clock, instruments=[census]))
+    for kind, values in results.items():
+        print(f"{kind:6} CPU µs per agent chunk: median {statistics.median(values):.1f}, "
+              f"min {min(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
