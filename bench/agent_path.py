@@ -4,12 +4,13 @@ and the browser's and the avatar's (issue 26, round 8; docs/performance.md).
 `relay`: the relay's own path — `AgentConnection` -> `pump_agent_to_browser` -> `SpeechRouter` ->
 `StreamedAudioSession` / `LiteAudioStream` (resampled to 24 kHz, the packet cadence, `agent.speak_end`, the listening
 pose), the browser's frames (the caption timing, then the audio) written by `relay.server.direct_ws`. `floor`: the
-Trio floor's `down` (bench/naive.py: orjson, base64, `BrowserSocket.send`, `bench.wire.LiteSpeech`,
-`ClientWebSocket`). Both are fed the same frames over socket pairs: turns of 8 chunks of 250 ms at 16 kHz with their
-alignment, sent in a burst (the benchmark's ElevenLabs simulator: burst pacing, alignment on); a fake LITE server
-answers as the simulator does (`agent.audio_buffer_appended` per packet, `speak_started` / `speak_ended` per
-utterance). Trio's `MockClock` jumps the turn gap instead of waiting it; a Trio instrument sums the time of the tasks
-under test, not the fake ends', so the figure is CPU µs per agent chunk of the path itself.
+Trio floor's own pumps (bench/naive.py `_pump` as its LiveAvatar mode wires them: orjson, base64,
+`BrowserSocket.send`, `bench.wire.LiteSpeech`, `ClientWebSocket`). Both are fed the same frames over socket pairs:
+turns of 8 chunks of 250 ms at 16 kHz with their alignment, sent in a burst (the benchmark's ElevenLabs simulator:
+burst pacing, alignment on); a fake LITE server answers as the simulator does (`agent.audio_buffer_appended` per
+packet, `speak_started` / `speak_ended` per utterance). Trio's `MockClock` jumps the turn gap instead of waiting it; a
+Trio instrument sums the time of the tasks under test, not the fake ends', so the figure is CPU µs per agent chunk of
+the path itself.
 
 `python -m bench.agent_path [--turns 300] [--runs 3] [--impl relay,floor] [--relay-src DIR]`: each run, each
 implementation in turn (interleaved); `--relay-src` measures the relay as the source tree DIR has it (its
@@ -19,11 +20,11 @@ implementation in turn (interleaved); `--relay-src` measures the relay as the so
 from __future__ import annotations
 
 import argparse
-import base64
+import functools
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,13 +57,18 @@ class TaskTime(trio.abc.Instrument):
         return sum(t for name, t in self.seconds.items() if not name.endswith(HARNESS_TASKS))
 
 
+@functools.cache
+def _chunk_pcm() -> bytes:
+    """250 ms of a 220 Hz tone at 16 kHz, PCM16 LE: every chunk's audio."""
+    t = np.arange(CHUNK_SAMPLES) / 16000
+    return (np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes()
+
+
 def turn_frames(turn: int) -> list[str]:
     """One turn's agent audio frames as the simulator writes them (relay.sim.elevenlabs_sim.wire)."""
     from relay.sim.elevenlabs_sim.wire import alignment_field, audio_frame
 
-    t = np.arange(CHUNK_SAMPLES) / 16000
-    pcm = (np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes()
-    return [audio_frame(pcm, turn, alignment_field("abcd", 60.0, 10.0)) for _ in range(CHUNKS_PER_TURN)]
+    return [audio_frame(_chunk_pcm(), turn, alignment_field("abcd", 60.0, 10.0)) for _ in range(CHUNKS_PER_TURN)]
 
 
 def _server_bytes(frames: list[str]) -> bytes:
@@ -165,6 +171,7 @@ async def measure(kind: str, turns: int, census: TaskTime) -> float:
                 await until(lambda speak=speak: seen["speak"] >= speak + CHUNKS_PER_TURN)
         census.on = False
         result.append(census.under_test() / (turns * CHUNKS_PER_TURN) * 1e6)
+        nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(browser_side, name="agent_path.browser_side")
@@ -174,14 +181,8 @@ async def measure(kind: str, turns: int, census: TaskTime) -> float:
         else:
             await browser_client.send_all(upgrade)
             nursery.start_soon(_floor_path, browser_server, agent_ws, lite_ws)
-        await _named(feed, "agent_path.measure")
-        nursery.cancel_scope.cancel()
+        nursery.start_soon(feed, name="agent_path.measure")
     return result[0]
-
-
-async def _named(fn: Callable[[], Awaitable[None]], name: str) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(fn, name=name)
 
 
 async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, lite_ws: Any) -> None:
@@ -218,27 +219,24 @@ async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, 
 
 
 async def _floor_path(stream: trio.SocketStream, agent_ws: Any, lite_ws: Any) -> None:
+    """The floor's own pumps (bench/naive.py `_pump`), wired as its `_liveavatar` wires them."""
+    from bench.naive import Pipe, _pump
     from bench.trio_floor import BrowserSocket
     from bench.wire import LiteSpeech
 
     browser = await BrowserSocket.accept(stream)
     speech = LiteSpeech()
-    async with trio.open_nursery() as nursery:
 
-        async def drain() -> None:
-            while True:
-                await lite_ws.receive()
+    async def speak_audio(pcm: bytes, event_id: int) -> None:
+        if (message := speech.message(pcm, event_id)) is not None:
+            await lite_ws.send_text(message)
 
-        nursery.start_soon(drain)
-        while True:  # bench/naive.py's `down`, LiveAvatar mode
-            event = orjson.loads(await agent_ws.receive())
-            if event.get("type") == "audio":
-                audio_event = event["audio_event"]
-                pcm = base64.b64decode(audio_event["audio_base_64"])
-                await browser.send(pcm)
-                message = speech.message(pcm, audio_event["event_id"])
-                if message is not None:
-                    await lite_ws.send_text(message)
+    async def drain() -> None:
+        while True:
+            await lite_ws.receive()
+
+    await _pump(Pipe(browser.receive, browser.send), Pipe(agent_ws.receive, agent_ws.send_text),
+                on_audio=speak_audio, background=drain)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
