@@ -227,11 +227,12 @@ class BrowserLink:
             if await self._send_now(socket, data) and seq:
                 self.buffer.written(seq)
 
-    def send_nowait(self, data: str | bytes) -> bool:
-        """Write one frame at once (the Outbox's write-through) when the current connection can take it without
-        waiting (its `ready_to_send()`), no take-over holds the link and no numbered message is still unwritten:
-        a JSON message is numbered and kept as in `send`. False when it was not written (nothing numbered: the
-        Outbox queues it). Raises ConversationOver (`client_gone`) as `send` does when the replay buffer is full."""
+    def send_nowait(self, *frames: str | bytes) -> bool:
+        """Write `frames` at once, in order and in one write (the Outbox's write-through), when the current
+        connection can take them without waiting (its `ready_to_send()`), no take-over holds the link and no
+        numbered message is still unwritten: JSON messages are numbered and kept as in `send`. False when nothing
+        was written (nothing numbered: the Outbox queues them). Raises ConversationOver (`client_gone`) as `send`
+        does when the replay buffer is full."""
         socket = self._socket
         if socket is None or self._send_lock.locked():
             return False
@@ -239,12 +240,15 @@ class BrowserLink:
         if ready is None or not ready():
             return False
         seq = 0
-        if type(data) is str:
-            if self.buffer.last_written != self.buffer.last_seq:
-                return False  # a numbered message whose send was cancelled goes out first (`send`)
-            data, seq = self._number(data)
+        written: list[str | bytes] = []
+        for data in frames:
+            if type(data) is str:
+                if not seq and self.buffer.last_written != self.buffer.last_seq:
+                    return False  # a numbered message whose send was cancelled goes out first (`send`)
+                data, seq = self._number(data)
+            written.append(data)
         try:
-            socket.send_nowait(data)  # type: ignore[attr-defined]
+            socket.send_nowait(*written)  # type: ignore[attr-defined]
         except Exception:
             self.connection_lost(socket, clean=False)
             return True

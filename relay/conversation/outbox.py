@@ -25,9 +25,10 @@ class Outbox:
         self.sending_since: float | None = None
         self._unsent = 0  # queued or being sent
         self._all_sent = trio.Event()
+        self._sender_busy = trio.Event()  # set when the sender task starts a send: `watch_sender` wakes
         # The browser socket's `send_nowait` while the sender runs, if it has one (relay.server.direct_ws): a frame
         # (audio or JSON) is written at once when nothing is queued and the socket takes it without waiting.
-        self._write_through: Callable[[str | bytes], bool] | None = None
+        self._write_through: Callable[..., bool] | None = None  # `send_nowait(*frames)`
 
     def send(self, frame: str) -> None:
         """Queue a control frame (or write it at once, as `send_audio` does). A full queue means the browser stopped
@@ -52,10 +53,15 @@ class Outbox:
             return
         self._unsent += 1
 
-    def send_audio(self, pcm: bytes) -> None:
-        """Queue agent audio for the browser; dropped (and counted) when the browser is behind. With nothing queued
-        and a socket that takes the frame without waiting, it is written at once, without the sender task's
-        wake-up (order is kept: only an empty queue with no send under way lets a frame past it)."""
+    def send_audio(self, pcm: bytes, caption: str | None = None) -> None:
+        """Queue agent audio for the browser, after `caption` (its caption timing, lossy like it) when given; each
+        is dropped (and counted) when the browser is behind. With nothing queued and a socket that takes frames
+        without waiting, they are written at once, without the sender task's wake-up, the two in one write (order
+        is kept: only an empty queue with no send under way lets a frame past it)."""
+        if caption is not None:
+            if not self._unsent and self._write_through is not None and self._write_through(caption, pcm):
+                return
+            self.send_lossy(caption)
         if not self._unsent and self._write_through is not None and self._write_through(pcm):
             return
         try:
@@ -78,6 +84,7 @@ class Outbox:
         try:
             async for frame in self._rx:
                 self.sending_since = trio.current_time()
+                self._sender_busy.set()  # (a no-op while the watcher is already awake)
                 await browser.send(frame)
                 self.sending_since = None
                 self._unsent -= 1
@@ -90,8 +97,12 @@ class Outbox:
     async def watch_sender(self, send_timeout: float) -> None:
         """End the conversation (`timeout`) when one send has been blocked for `send_timeout` seconds, so the avatar
         session is stopped promptly even though that send cannot be interrupted. Cancelled by the conversation's
-        end; checks four times per `send_timeout`."""
+        end. Sleeps while the sender task sends nothing (frames written through never wake it), and checks four
+        times per `send_timeout` while it does."""
         while True:
+            if self.sending_since is None:
+                self._sender_busy = trio.Event()
+                await self._sender_busy.wait()
             await trio.sleep(send_timeout / 4)
             since = self.sending_since
             if since is not None and trio.current_time() - since >= send_timeout:

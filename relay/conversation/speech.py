@@ -306,12 +306,13 @@ class SpeechRouter:
             timed = self._captions.chunk(turn, alignment.chars, alignment.char_start_times_ms,
                                          alignment.char_durations_ms,
                                          duration_seconds(audio, self.agent_format) * 1000)
-        if timed is not None:
-            self._outbox.send_lossy(bp.agent_alignment(turn, timed[0], timed[1]))
+        caption = None if timed is None else bp.agent_alignment(turn, timed[0], timed[1])
         if self.voice_to_browser or turn <= self._browser_through:
-            self._outbox.send_audio(to_pcm16(audio, self.agent_format))
+            self._outbox.send_audio(to_pcm16(audio, self.agent_format), caption)  # one write for both
             if turn <= self._browser_through:
                 return
+        elif caption is not None:
+            self._outbox.send_lossy(caption)
         elif not self._connected:
             self._hold(turn, audio)
         if self.session is not None and self.session.takes_audio:

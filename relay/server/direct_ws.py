@@ -335,16 +335,19 @@ class DirectWebSocket(UpgradeRequest):
         return (self._accepted and self._tasks is not None and self._protocol.state is State.OPEN
                 and self._send_lock.value == 1)
 
-    def send_nowait(self, data: str | bytes) -> bool:
-        """Write one frame now, without waiting, if nothing else is being sent: True when it was written (or the
-        connection turned out broken: it is then gone, as after a failed `send`), False when it could not start
-        (see `ready_to_send`): the caller sends it the ordinary way. A frame the kernel takes only in part is
-        finished by a task of the connection, which holds the send lock until then."""
+    def send_nowait(self, *frames: str | bytes) -> bool:
+        """Write `frames` now, in order and in one write, without waiting, if nothing else is being sent: True when
+        they were written (or the connection turned out broken: it is then gone, as after a failed `send`), False
+        when it could not start (see `ready_to_send`): the caller sends them the ordinary way. What the kernel takes
+        only in part is finished by a task of the connection, which holds the send lock until then. (One write for
+        frames that leave together, such as a chunk's caption timing and its audio: one system call and one
+        wake-up of the browser's side instead of two.)"""
         if not self.ready_to_send():
             return False
         assert self._tasks is not None
         self._send_lock.acquire_nowait()
-        self._frame(data)
+        for data in frames:
+            self._frame(data)
         frame = b"".join(self._protocol.data_to_send())
         try:
             written = os.write(self._fd, frame)

@@ -113,13 +113,15 @@ class WriteThroughSocket(RecordingSocket):
     def __init__(self) -> None:
         super().__init__()
         self.ready = True
+        self.writes = 0
 
     def ready_to_send(self) -> bool:
         return self.ready
 
-    def send_nowait(self, data: str | bytes) -> bool:
+    def send_nowait(self, *frames: str | bytes) -> bool:
         assert self.ready
-        self.sent.append(data)
+        self.sent.extend(frames)
+        self.writes += 1
         return True
 
 
@@ -145,3 +147,18 @@ async def test_nothing_is_written_at_once_while_a_take_over_holds_the_link() -> 
         assert not link.send_nowait(PCM)
         assert not link.send_nowait('{"type":"agent_response","text":"x"}')
     assert link.send_nowait(PCM)
+
+
+async def test_a_caption_and_its_audio_go_out_in_one_write_the_caption_numbered() -> None:
+    socket = WriteThroughSocket()
+    link = await started_link(socket)
+    before, writes = len(socket.sent), socket.writes
+    caption = '{"type":"agent_alignment","turn":1,"words":[]}'
+    assert link.send_nowait(caption, PCM)
+    assert socket.writes == writes + 1
+    assert socket.sent[before + 1] == PCM
+    assert orjson.loads(socket.sent[before])["seq"] == link.buffer.last_seq == link.buffer.last_written
+    link.buffer.push('{"type":"agent_response","text":"cancelled before it was written"}')
+    last = link.buffer.last_seq
+    assert not link.send_nowait(caption, PCM)  # the unwritten one goes first (`send`): nothing numbered, no write
+    assert link.buffer.last_seq == last and socket.writes == writes + 1

@@ -72,6 +72,8 @@ class Browser:
         await self.stream.send_all(b"".join(self.protocol.data_to_send()))
 
     async def frame(self) -> Frame:
+        # (frames that came with the handshake's answer are already parsed: taken first)
+        self.frames += [e for e in self.protocol.events_received() if isinstance(e, Frame)]
         while not self.frames:
             data = await self.stream.receive_some(65536)
             if not data:
@@ -197,3 +199,31 @@ async def test_a_frame_the_kernel_takes_in_part_is_finished_before_the_next() ->
 
     await serving(handler, test)
 
+
+
+async def test_frames_sent_together_leave_in_one_write_in_order() -> None:
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    async def handler(socket: DirectWebSocket) -> None:
+        await socket.accept()
+        os.write = counting_write  # what `send_nowait` writes with, for this one call
+        try:
+            assert socket.send_nowait('{"type":"agent_alignment","turn":1}', b"\x01\x02" * 800)
+        finally:
+            os.write = real_write
+        await socket.receive()
+
+    async def test(browser: Browser) -> None:
+        with trio.fail_after(20):
+            caption = await browser.frame()
+            audio = await browser.frame()
+        assert (caption.opcode, caption.data) == (Opcode.TEXT, b'{"type":"agent_alignment","turn":1}')
+        assert (audio.opcode, audio.data) == (Opcode.BINARY, b"\x01\x02" * 800)
+
+    await serving(handler, test)
+    assert len(writes) == 1
