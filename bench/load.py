@@ -5,7 +5,8 @@ Each client connects at its slot of the ramp, sends `start`, waits for `ready` (
 PCM16 16 kHz in `chunk_ms` frames on an absolute schedule (late frames are sent at once, never skipped), speaking
 `speech_s` then staying silent `silence_s` so the simulated agent answers each turn; every frame carries its send
 time (`bench.wire.stamp`). At the end it sends `stop` and waits for `ended`. It also samples the relay process's
-CPU time and resident memory (from /proc) at the start and the end of the steady window (every client ready).
+CPU time and resident memory (from /proc) at the start and the end of the steady window: from every client ready,
+a whole number of the synthetic user's turns (`speech_s + silence_s`; the time left when a run is shorter than one).
 
 `python -m bench.load --url ws://... --clients N --duration S --chunk-ms 100 --relay-pid PID` prints one JSON
 object with the results.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable
@@ -162,6 +164,16 @@ async def run_client(url: str, start_at: float, stop_at: float, frames: list[byt
             settled()
 
 
+def steady_window(available: float, period: float) -> tuple[float, int]:
+    """The CPU window's length within `available` seconds, and how many turns it holds: a whole number of `period`s
+    (every client repeats its load once per turn of its synthetic user: speech, then the agent's reply as a burst),
+    so that it holds exactly that many turns of every client whatever their phase — a window of any other length
+    holds a part of one more reply burst, more or less of it by when the set-ups ended. Shorter than one turn: all
+    of `available` (at least 0.5 s), 0 turns."""
+    turns = math.floor(available / period) if period > 0 else 0
+    return (turns * period, turns) if turns else (max(0.5, available), 0)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     chunk_s = args.chunk_ms / 1000.0
@@ -188,14 +200,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     window: dict[str, Any] = {}
     others = {"simulators": args.sims_pid, "load": os.getpid()} if args.sims_pid else {"load": os.getpid()}
 
+    period = args.speech_s + args.silence_s  # each client's load repeats once per turn of its synthetic user
+
     async def sample_window() -> None:
         await all_ready.wait()
+        begun = loop.time()
         started, cpu0 = time.monotonic(), process_cpu_seconds(args.relay_pid)
         others0 = {name: process_cpu_seconds(pid) for name, pid in others.items()}
-        remaining = stop_at - loop.time() - 0.5
-        await asyncio.sleep(max(0.5, remaining / 2))
+        length, turns = steady_window(stop_at - begun - 0.5, period)
+        await asyncio.sleep(length / 2)
         window["rss_open"] = process_rss_bytes(args.relay_pid)
-        await asyncio.sleep(max(0.0, stop_at - loop.time() - 0.5))
+        await asyncio.sleep(max(0.0, begun + length - loop.time()))
+        window["turns"] = turns
         window["seconds"] = time.monotonic() - started
         window["cpu_seconds"] = process_cpu_seconds(args.relay_pid) - cpu0
         window["other_core_share"] = {name: round((process_cpu_seconds(pid) - others0[name]) / window["seconds"], 3)

@@ -285,6 +285,7 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
     }
     if window is not None and clients:
         out["window_s"] = round(window["seconds"], 2)
+        out["window_turns"] = window.get("turns")
         out["cpu_ms_per_conversation_second"] = round(window["cpu_seconds"] * 1000 / (clients * window["seconds"]), 3)
         out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"], 3)
         out["other_core_share"] = window["other_core_share"]

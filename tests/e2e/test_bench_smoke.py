@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bench.load import steady_window
 from bench.run import main
 from bench.wire import read_stamp, speech_cycle, stamp
 
@@ -22,6 +23,13 @@ def test_a_frame_stamp_survives_and_keeps_silence_silent() -> None:
     samples = memoryview(bytes(silent)).cast("h")
     assert max(abs(s) for s in samples) <= 255  # far below the simulated agent's VAD threshold
     assert read_stamp(frames[0]) is None  # loud speech without a stamp is not mistaken for one
+
+
+def test_the_cpu_window_holds_whole_turns_whatever_time_is_left() -> None:
+    assert steady_window(13.6, 5.0) == (10.0, 2)  # not 13.6 s: that would hold part of a third reply burst
+    assert steady_window(15.0, 5.0) == (15.0, 3)
+    assert steady_window(4.2, 5.0) == (4.2, 0)  # a run shorter than a turn (`--quick`): all of it
+    assert steady_window(0.1, 5.0) == (0.5, 0)
 
 
 def assert_clean(row: dict[str, Any]) -> None:
