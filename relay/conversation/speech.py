@@ -311,10 +311,11 @@ class SpeechRouter:
             self._outbox.send_audio(to_pcm16(audio, self.agent_format), caption)  # one write for both
             if turn <= self._browser_through:
                 return
-        elif caption is not None:
-            self._outbox.send_lossy(caption)
-        elif not self._connected:
-            self._hold(turn, audio)
+        else:
+            if caption is not None:
+                self._outbox.send_lossy(caption)
+            if not self._connected:
+                self._hold(turn, audio)
         if self.session is not None and self.session.takes_audio:
             self._agent_turn_starts()
             self._queue(_SpeakAudio(audio, turn))

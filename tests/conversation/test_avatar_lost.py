@@ -5,6 +5,7 @@ takes over from the next turn."""
 
 from __future__ import annotations
 
+import orjson
 import trio
 import trio.testing
 
@@ -12,6 +13,7 @@ from relay.conversation.outbox import Outbox
 from relay.conversation.speech import SpeechRouter
 from relay.protocol.audio import AudioFormat
 from relay.protocol.browser import AvatarInfo
+from relay.protocol.elevenlabs import Alignment
 from tests.support.fakes import FakeSession
 
 CHUNK = 16000  # bytes of PCM16 at 16 kHz: 0.5 s
@@ -98,3 +100,25 @@ async def test_an_interrupted_turn_is_not_said_after_the_avatar_died(autojump_cl
         nursery.cancel_scope.cancel()
     speech.avatar_lost()
     assert browser_audio(outbox) == b""
+
+
+async def test_speech_with_its_caption_timing_is_held_for_an_avatar_not_yet_connected(
+        autojump_clock: trio.testing.MockClock) -> None:
+    outbox = Outbox()
+    speech = SpeechRouter(outbox)
+    speech.agent_format = AudioFormat("pcm", 16000)
+    speech.attach(session("s1"))  # started, not yet `connected`
+    timing = Alignment(("h", "i"), (0, 200), (200, 200))
+    speech.agent_audio(chunk(1), 1, timing)
+    frames = []
+    while True:
+        try:
+            frames.append(outbox._rx.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert [orjson.loads(frame)["type"] for frame in frames] == ["agent_alignment"]  # the caption, not the voice
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(speech.hold_for_avatar, 1.0)
+        await trio.sleep(1.5)  # the avatar never said `connected`: the held speech goes to the browser as voice
+        assert browser_audio(outbox) == chunk(1)
+        nursery.cancel_scope.cancel()
