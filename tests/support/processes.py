@@ -28,6 +28,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def _answers(process: trio.Process, url: str, timeout: float) -> bool:
+    """Whether `process` answers 200 at `url` within `timeout` seconds (False as soon as it has exited; fails the
+    test if it is still running but silent)."""
+    async with httpx2.AsyncClient(timeout=1.0) as http:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    if (await http.get(url)).status_code == 200:
+                        return True
+                except httpx2.TransportError:
+                    pass
+                if process.poll() is not None:
+                    return False
+                await trio.sleep(0.05)
+
+
 def serve_command(port: int) -> list[str]:
     """`avatar-relay serve` on `port`."""
     return [sys.executable, "-m", "relay", "serve", "--port", str(port)]
@@ -47,35 +63,34 @@ async def relay_process(env: dict[str, str], cwd: Path, *, command: Callable[[in
     its base URL (`stderr`: a file for its stderr, else the test's own). `own_group`: a new session, so the test
     can kill the whole group. On the way out, a process still
     running is killed (`end="kill"`: SIGKILL, to the group with `own_group`) or asked to drain (`"term"`: SIGTERM,
-    10 s, then SIGKILL)."""
-    port = free_port()
-    process = await trio.lowlevel.open_process(command(port), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                               stderr=stderr, start_new_session=own_group)
-    url = f"http://127.0.0.1:{port}"
+    10 s, then SIGKILL). A relay that exits at start-up is started again on another port, twice at most: the port was
+    free when `free_port` looked, but another process's outgoing connection can take it before the relay binds it
+    (`cannot listen on ...: Address already in use`, seen once in a full run); a relay that cannot start fails all
+    three."""
+    process: trio.Process | None = None
     try:
-        async with httpx2.AsyncClient(timeout=1.0) as http:
-            with trio.fail_after(start_timeout):
-                while True:
-                    try:
-                        if (await http.get(url + up_path)).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        pass
-                    assert process.poll() is None, "the relay exited at start-up"
-                    await trio.sleep(0.05)
+        for attempt in range(3):  # (an earlier attempt's process has exited: nothing to end)
+            port = free_port()
+            process = await trio.lowlevel.open_process(command(port), env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                                       stderr=stderr, start_new_session=own_group)
+            url = f"http://127.0.0.1:{port}"
+            if await _answers(process, url + up_path, start_timeout) or attempt == 2:
+                break
+        assert process is not None and process.poll() is None, "the relay exited at start-up"
         yield process, url
     finally:
-        if process.poll() is None and end == "term":
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
+        if process is not None:
+            if process.poll() is None and end == "term":
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(10):
+                    await process.wait()
+            if process.poll() is None:
+                if own_group:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
+            with trio.move_on_after(5):
                 await process.wait()
-        if process.poll() is None:
-            if own_group:
-                os.killpg(process.pid, signal.SIGKILL)
-            else:
-                process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
 
 
 @asynccontextmanager
