@@ -109,7 +109,7 @@ def relay_env(sims: SimulatorURLs, tmp_path: Path, **values: str) -> dict[str, s
     """The supervisor's environment: the simulators of this process, the journal in `tmp_path`, and `values`.
 
     Every conversation of these tests comes from 127.0.0.1 and the kernel, not the test, picks the worker that
-    accepts it: `open_until_both_workers_hold_some` may open up to 24 before both workers hold one, and all of them
+    accepts it: `open_until_both_workers_hold_some` may open up to 48 before both workers hold one, and all of them
     can land on one worker. The per-client limits (20 open, 30 starts a minute; counted per worker) would then refuse
     one with 1013 `capacity` (seen 3 times in 43 runs), so they are raised far beyond what any test here opens; the
     whole-relay cap has its own test."""
@@ -154,12 +154,12 @@ async def supervisor(env: dict[str, str], tmp_path: Path, http: httpx2.AsyncClie
 
 
 async def open_until_both_workers_hold_some(relay: Supervisor, stack: AsyncExitStack, *, at_least: int = 2,
-                                            most: int = 24) -> list[BrowserClient]:
+                                            most: int = 48) -> list[BrowserClient]:
     """Open conversations (each up to `ready`) until each worker holds one and `at_least` are open. The kernel
-    decides which worker accepts a connection, so this opens as many as it takes (at most `most`), three at a time:
-    opened one by one, the two idle workers' wake-up order can hand every connection to the same one (seen once in a
-    loaded full run: 24 of 24), while a worker busy setting one up leaves the next to the other. The sockets close
-    when `stack` unwinds."""
+    decides which worker accepts a connection, so this opens as many as it takes (at most `most`), six at a time:
+    opened one by one, the two idle workers' wake-up order can hand every connection to the same one, while a worker
+    busy setting some up leaves the next to the other (three at a time still gave one worker 24 of 24, twice in
+    loaded full runs). The sockets close when `stack` unwinds."""
     nursery = await stack.enter_async_context(trio.open_nursery())
     browsers: list[BrowserClient] = []
 
@@ -172,7 +172,7 @@ async def open_until_both_workers_hold_some(relay: Supervisor, stack: AsyncExitS
 
     while len(browsers) < most:
         async with trio.open_nursery() as batch:
-            for _ in range(min(3, most - len(browsers))):
+            for _ in range(min(6, most - len(browsers))):
                 batch.start_soon(open_one)
         held = await relay.per_worker("avatar_relay_conversations_open")
         if len(browsers) >= at_least and len(held) == 2 and all(value >= 1 for value in held.values()):
