@@ -240,13 +240,15 @@ class BrowserLink:
         if ready is None or not ready():
             return False
         seq = 0
-        written: list[str | bytes] = []
-        for data in frames:
-            if type(data) is str:
-                if not seq and self.buffer.last_written != self.buffer.last_seq:
-                    return False  # a numbered message whose send was cancelled goes out first (`send`)
-                data, seq = self._number(data)
-            written.append(data)
+        written: tuple[str | bytes, ...] | list[str | bytes] = frames
+        if len(frames) != 1 or type(frames[0]) is not bytes:  # (one audio frame, the hot path: sent as it is)
+            written = []
+            for data in frames:
+                if type(data) is str:
+                    if not seq and self.buffer.last_written != self.buffer.last_seq:
+                        return False  # a numbered message whose send was cancelled goes out first (`send`)
+                    data, seq = self._number(data)
+                written.append(data)
         try:
             socket.send_nowait(*written)  # type: ignore[attr-defined]
         except Exception:

@@ -30,10 +30,15 @@ class Outbox:
         # (audio or JSON) is written at once when nothing is queued and the socket takes it without waiting.
         self._write_through: Callable[..., bool] | None = None  # `send_nowait(*frames)`
 
+    def _written_through(self, *frames: str | bytes) -> bool:
+        """Whether `frames` were written at once, in one write (nothing queued or being sent, and a socket that
+        takes them without waiting); False: the caller queues them."""
+        return not self._unsent and self._write_through is not None and self._write_through(*frames)
+
     def send(self, frame: str) -> None:
         """Queue a control frame (or write it at once, as `send_audio` does). A full queue means the browser stopped
         reading: the conversation ends."""
-        if not self._unsent and self._write_through is not None and self._write_through(frame):
+        if self._written_through(frame):
             return
         try:
             self._tx.send_nowait(frame)
@@ -44,8 +49,11 @@ class Outbox:
     def send_lossy(self, frame: str) -> None:
         """Queue a control frame that may be lost when the browser is behind, like the audio it goes with
         (caption timings, VAD scores): dropped and counted with the audio, never an end."""
-        if not self._unsent and self._write_through is not None and self._write_through(frame):
-            return
+        if not self._written_through(frame):
+            self._queue_lossy(frame)
+
+    def _queue_lossy(self, frame: str | bytes) -> None:
+        """Queue a frame that may be lost: dropped and counted when the queue is full."""
         try:
             self._tx.send_nowait(frame)
         except trio.WouldBlock:
@@ -58,18 +66,13 @@ class Outbox:
         is dropped (and counted) when the browser is behind. With nothing queued and a socket that takes frames
         without waiting, they are written at once, without the sender task's wake-up, the two in one write (order
         is kept: only an empty queue with no send under way lets a frame past it)."""
-        if caption is not None:
-            if not self._unsent and self._write_through is not None and self._write_through(caption, pcm):
-                return
-            self.send_lossy(caption)
-        if not self._unsent and self._write_through is not None and self._write_through(pcm):
-            return
-        try:
-            self._tx.send_nowait(pcm)
-        except trio.WouldBlock:
-            self.dropped_audio += 1
-            return
-        self._unsent += 1
+        if caption is None:
+            if not self._written_through(pcm):
+                self._queue_lossy(pcm)
+        elif not self._written_through(caption, pcm):
+            # Refused together, refused apart (the same socket, the same moment): both are queued, in order.
+            self._queue_lossy(caption)
+            self._queue_lossy(pcm)
 
     async def wait_sent(self) -> None:
         """Until everything queued so far has been written to the browser (cancelled by the caller's scope)."""

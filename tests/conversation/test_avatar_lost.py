@@ -25,16 +25,19 @@ def session(name: str) -> FakeSession:
     return fake
 
 
-def browser_audio(outbox: Outbox) -> bytes:
-    """Every audio frame queued for the browser so far."""
-    audio = b""
+def queued_frames(outbox: Outbox) -> list[str | bytes]:
+    """Every frame queued for the browser so far (taken off the queue)."""
+    frames: list[str | bytes] = []
     while True:
         try:
-            frame = outbox._rx.receive_nowait()
+            frames.append(outbox._rx.receive_nowait())
         except trio.WouldBlock:
-            return audio
-        if isinstance(frame, bytes):
-            audio += frame
+            return frames
+
+
+def browser_audio(outbox: Outbox) -> bytes:
+    """Every audio frame queued for the browser so far (taken off the queue)."""
+    return b"".join(frame for frame in queued_frames(outbox) if isinstance(frame, bytes))
 
 
 def chunk(index: int) -> bytes:
@@ -110,12 +113,7 @@ async def test_speech_with_its_caption_timing_is_held_for_an_avatar_not_yet_conn
     speech.attach(session("s1"))  # started, not yet `connected`
     timing = Alignment(("h", "i"), (0, 200), (200, 200))
     speech.agent_audio(chunk(1), 1, timing)
-    frames = []
-    while True:
-        try:
-            frames.append(outbox._rx.receive_nowait())
-        except trio.WouldBlock:
-            break
+    frames = queued_frames(outbox)
     assert [orjson.loads(frame)["type"] for frame in frames] == ["agent_alignment"]  # the caption, not the voice
     async with trio.open_nursery() as nursery:
         nursery.start_soon(speech.hold_for_avatar, 1.0)
