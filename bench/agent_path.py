@@ -12,8 +12,15 @@ packet, `speak_started` / `speak_ended` per utterance). Trio's `MockClock` jumps
 Trio instrument sums the time of the tasks under test, not the fake ends', so the figure is CPU µs per agent chunk of
 the path itself.
 
-`python -m bench.agent_path [--turns 300] [--runs 3] [--impl relay,floor] [--relay-src DIR]`: each run, each
-implementation in turn (interleaved); `--relay-src` measures the relay as the source tree DIR has it (its
+`--turn full` (round 10) puts before each reply what the benchmark's turn has besides its audio: three tentative
+user transcripts, the final one and the agent's response, each read alone; the relay then forwards the avatar's
+speaking state to the browser as its conversation does (the floor, as in the benchmark, forwards only the response).
+`--cold MB` sends every agent message alone, each after the harness wrote MB megabytes (more than a core's L2), so
+that every step of the path starts with cold caches, as in a loaded server.
+
+`python -m bench.agent_path [--turns 300] [--runs 3] [--impl relay,floor] [--relay-src DIR] [--turn audio|full]
+[--cold MB]`:
+each run, each implementation in turn (interleaved); `--relay-src` measures the relay as the source tree DIR has it (its
 `relay.net.wsclient` serves both implementations, as in the benchmark). No network: socket pairs only.
 """
 
@@ -71,6 +78,20 @@ def turn_frames(turn: int) -> list[str]:
     return [audio_frame(_chunk_pcm(), turn, alignment_field("abcd", 60.0, 10.0)) for _ in range(CHUNKS_PER_TURN)]
 
 
+def user_turn_frames(turn: int) -> list[str]:
+    """What comes before a turn's reply in the benchmark (`--turn full`), as the simulator writes it: three tentative
+    transcripts of the user's speech, the final one, the agent's response text."""
+    from relay.sim.elevenlabs_sim.wire import frame
+
+    tentative = [frame("tentative_user_transcript", "tentative_user_transcription_event",
+                       {"user_transcript": f"({seconds:.1f} s of speech…)", "event_id": turn})
+                 for seconds in (0.5, 1.0, 1.5)]
+    return [*tentative,
+            frame("user_transcript", "user_transcription_event", {"user_transcript": "hello there", "event_id": turn}),
+            frame("agent_response", "agent_response_event", {"agent_response": "Hi! How can I help?",
+                                                              "event_id": turn})]
+
+
 def _server_bytes(frames: list[str]) -> bytes:
     from websockets.protocol import State
     from websockets.server import ServerProtocol
@@ -86,8 +107,20 @@ def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(a), trio.SocketStream(b)
 
 
-async def measure(kind: str, turns: int, census: TaskTime) -> float:
-    """CPU µs per agent chunk of `kind`'s path over `turns` turns (after WARM_UP_TURNS). Runs under a MockClock."""
+def _evict_caches(scratch: bytearray) -> None:
+    """Write every byte of `scratch` (larger than a core's L2): what the next step touches comes from memory, as in
+    a loaded server whose core ran other work since (`--cold`)."""
+    scratch[:] = bytes(len(scratch))
+
+
+async def measure(kind: str, turns: int, census: TaskTime, full: bool = False,
+                  received: dict[str, int] | None = None, cold_mb: int = 0) -> float:
+    """CPU µs per agent chunk of `kind`'s path over `turns` turns (after WARM_UP_TURNS). Runs under a MockClock.
+    `full`: each turn's user transcripts and response come first, one at a time (`user_turn_frames`), and the
+    relay forwards the avatar's speaking state to the browser as its conversation does. `received`, if given,
+    counts the browser's JSON messages by type. `cold_mb` > 0: every agent message is sent alone, after the caches
+    were flushed by writing that many MB (in the harness's task, not counted)."""
+    scratch = bytearray(cold_mb << 20)
     from websockets.client import ClientProtocol
     from websockets.frames import Opcode
     from websockets.protocol import State
@@ -128,6 +161,9 @@ async def measure(kind: str, turns: int, census: TaskTime) -> float:
             for event in browser.events_received():
                 if event.opcode is Opcode.BINARY:
                     note("audio")
+                elif received is not None:
+                    kind_of = orjson.loads(event.data).get("type", "?")
+                    received[kind_of] = received.get(kind_of, 0) + 1
             browser.receive_data(await browser_client.receive_some(65536))
 
     async def lite_side() -> None:
@@ -163,7 +199,19 @@ async def measure(kind: str, turns: int, census: TaskTime) -> float:
                 census.seconds.clear()
                 census.on = True
             audio, speak, ends = seen["audio"], seen["speak"], seen["speak_end"]
-            await agent_far.send_all(_server_bytes(turn_frames(turn)))
+            if full:
+                for message in user_turn_frames(turn):  # each read alone, as they come apart in time
+                    if scratch:
+                        _evict_caches(scratch)
+                    await agent_far.send_all(_server_bytes([message]))
+                    await trio.sleep(0.1)
+            if scratch:  # the reply's chunks one by one, each after a flush
+                for message in turn_frames(turn):
+                    _evict_caches(scratch)
+                    await agent_far.send_all(_server_bytes([message]))
+                    await trio.sleep(0.01)
+            else:
+                await agent_far.send_all(_server_bytes(turn_frames(turn)))
             await until(lambda audio=audio: seen["audio"] >= audio + CHUNKS_PER_TURN)
             if kind == "relay":  # its turn ends after the gap (jumped): the tail and `agent.speak_end`
                 await until(lambda ends=ends: seen["speak_end"] > ends)
@@ -177,7 +225,7 @@ async def measure(kind: str, turns: int, census: TaskTime) -> float:
         nursery.start_soon(browser_side, name="agent_path.browser_side")
         nursery.start_soon(lite_side, name="agent_path.lite_side")
         if kind == "relay":
-            nursery.start_soon(_relay_path, browser_server, upgrade, agent_ws, lite_ws)
+            nursery.start_soon(_relay_path, browser_server, upgrade, agent_ws, lite_ws, full)
         else:
             await browser_client.send_all(upgrade)
             nursery.start_soon(_floor_path, browser_server, agent_ws, lite_ws)
@@ -185,7 +233,8 @@ async def measure(kind: str, turns: int, census: TaskTime) -> float:
     return result[0]
 
 
-async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, lite_ws: Any) -> None:
+async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, lite_ws: Any,
+                      full: bool = False) -> None:
     from relay import elevenlabs as el
     from relay.avatars import AvatarInfo
     from relay.avatars.lite import LiteAudioStream
@@ -193,6 +242,7 @@ async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, 
     from relay.conversation.outbox import Outbox
     from relay.conversation.pumps import pump_agent_to_browser
     from relay.conversation.speech import SpeechRouter
+    from relay.protocol import browser as bp
     from relay.protocol.elevenlabs.events import ConversationMetadata
     from relay.server.direct_ws import DirectRoute, serve_direct
     from relay.server.request_guard import GuardPolicy
@@ -208,10 +258,16 @@ async def _relay_path(stream: trio.SocketStream, upgrade: bytes, agent_ws: Any, 
         session = StreamedAudioSession(AvatarInfo("liveavatar", "s", "ws://sim", "token", True), lite, 3600.0)
         speech.attach(session)
         speech.avatar_connected()
+
+        def on_avatar_event(event: Any) -> None:  # relay.nursery's, for the LITE socket's events
+            speech.avatar_state(event.speaking, event.turn)
+            if full:
+                outbox.send(bp.avatar_state(event.speaking, event.turn))
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(outbox.run_sender, socket)
             nursery.start_soon(speech.run, session)
-            nursery.start_soon(lite.read_events, lambda event: speech.avatar_state(event.speaking, event.turn))
+            nursery.start_soon(lite.read_events, on_avatar_event)
             await pump_agent_to_browser(agent, outbox, speech)
 
     route = DirectRoute("/ws", conversation, 2**20, 2**20, GuardPolicy(frozenset({"*"})))
@@ -245,6 +301,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--impl", default="relay,floor", help="comma-separated: relay, floor")
     parser.add_argument("--relay-src", default=None, help="measure the relay as the source tree DIR has it")
+    parser.add_argument("--turn", choices=("audio", "full"), default="audio",
+                        help="audio: a turn is its 8 chunks (rounds 8-9); full: the user's transcripts and the "
+                             "agent's response come first, and the relay forwards the avatar's state (round 10)")
+    parser.add_argument("--cold", type=int, default=0, metavar="MB",
+                        help="send every agent message alone, after writing MB megabytes to flush the caches "
+                             "(more than a core's L2): each step starts cold, as in a loaded server (round 10)")
     args = parser.parse_args(argv)
     if args.relay_src:
         sys.path.insert(0, args.relay_src)
@@ -256,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         for kind in kinds:
             census = TaskTime()
             clock = trio.testing.MockClock(autojump_threshold=0)
-            results[kind].append(trio.run(measure, kind, args.turns, census, clock=clock, instruments=[census]))
+            results[kind].append(trio.run(measure, kind, args.turns, census, args.turn == "full", None, args.cold,
+                                          clock=clock, instruments=[census]))
     for kind, values in results.items():
         print(f"{kind:6} CPU µs per agent chunk: median {statistics.median(values):.1f}, "
               f"min {min(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})", flush=True)

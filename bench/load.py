@@ -212,7 +212,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         window["rss_open"] = process_rss_bytes(args.relay_pid)
         await asyncio.sleep(max(0.0, begun + length - loop.time()))
         window["turns"] = turns
-        window["seconds"] = time.monotonic() - started
+        window["start"], window["end"] = started, time.monotonic()  # for the census (bench.census)
+        window["seconds"] = window["end"] - started
         window["cpu_seconds"] = process_cpu_seconds(args.relay_pid) - cpu0
         window["other_core_share"] = {name: round((process_cpu_seconds(pid) - others0[name]) / window["seconds"], 3)
                                       for name, pid in others.items()}

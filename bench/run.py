@@ -31,6 +31,7 @@ from typing import Any
 import httpx2
 import orjson
 
+from bench.census import read_lines, summary_line, window_rates
 from bench.wire import first_audio_latencies, summary, text_to_avatar_latencies
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,8 +140,10 @@ def is_relay(impl: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: int = 1) -> Iterator[tuple[str, int]]:
-    """Start the relay (with `workers` processes) or a yardstick; yields (ws URL, pid of the process started)."""
+def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: int = 1,
+                 census: Path | None = None) -> Iterator[tuple[str, int]]:
+    """Start the relay (with `workers` processes) or a yardstick; yields (ws URL, pid of the process started).
+    `census`: the file its census of task steps goes to (bench.census; a Trio implementation only)."""
     port = _free_port()
     log = open(log_path, "w")
     source = RELAY_SOURCES.get(impl, ROOT)
@@ -165,6 +168,10 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
                    "--elevenlabs", sims.urls["elevenlabs"], "--heygen", sims.urls["heygen"],
                    "--liveavatar", sims.urls["liveavatar"]]
     env["PYTHONPATH"] = str(source)
+    if census is not None:  # the hook first; `bench` from this tree, after the implementation's own source
+        census.unlink(missing_ok=True)
+        env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "bench" / "census_hook"), str(source), str(ROOT)))
+        env["BENCH_CENSUS"] = str(census)
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                preexec_fn=_pinned("impl"))
     try:
@@ -244,7 +251,8 @@ def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_
 def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, args: argparse.Namespace,
             out_dir: Path) -> dict[str, Any]:
     workers = args.relay_workers if is_relay(impl) else 1
-    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers) as (url, pid), \
+    census_path = out_dir / f"{impl}-{clients}.census.jsonl" if args.census else None
+    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers, census_path) as (url, pid), \
             _profiling(args, impl, clients, pid, out_dir):
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
@@ -290,6 +298,10 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
         out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"], 3)
         out["other_core_share"] = window["other_core_share"]
         out["rss_mb_per_conversation"] = round((window["rss_open"] - result["rss_idle"]) / clients / 2**20, 4)
+    if census_path is not None and window is not None and census_path.exists():
+        out["census"] = window_rates(read_lines(census_path.read_text()), window["start"], window["end"])
+        if out["census"] is not None:
+            print(f"  {impl} N={clients} {summary_line(out['census'])}", file=sys.stderr, flush=True)
     return out
 
 
@@ -425,6 +437,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--py-spy", choices=("flamegraph", "raw"), default=None,
                         help="record a py-spy profile of every run's streaming time, whichever implementation "
                              "(needs py-spy)")
+    parser.add_argument("--census", action="store_true",
+                        help="a census of task steps in every Trio implementation (bench.census): ms per second, "
+                             "steps and µs per step by task name, and the garbage collector, over the CPU window; "
+                             "in the JSON (`census`) and one line per run")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)

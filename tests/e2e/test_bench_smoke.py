@@ -84,3 +84,30 @@ def test_the_agent_path_measures_the_relay_and_the_floor_chunk_by_chunk() -> Non
     results = agent_path(["--turns", "5", "--runs", "1"])
     assert set(results) == {"relay", "floor"}
     assert all(len(values) == 1 and values[0] > 0 for values in results.values())
+
+
+@pytest.mark.timeout(120)
+def test_the_agent_path_measures_a_full_turn_and_the_relay_forwards_what_it_drives() -> None:
+    """`--turn full` (round 10): the user's transcripts and the agent's response before each reply; both paths
+    still carry every turn, and the relay's browser gets the transcripts and the avatar's state besides."""
+    import trio
+    import trio.testing
+
+    from bench.agent_path import TaskTime, measure, user_turn_frames
+    from bench.agent_path import main as agent_path
+
+    assert [frame.split('"type":"')[1].split('"')[0] for frame in user_turn_frames(3)] == [
+        "tentative_user_transcript", "tentative_user_transcript", "tentative_user_transcript", "user_transcript",
+        "agent_response"]
+    for cold in ([], ["--cold", "4"]):  # `--cold`: every message alone, after the caches were flushed
+        results = agent_path(["--turns", "5", "--runs", "1", "--turn", "full", *cold])
+        assert set(results) == {"relay", "floor"}
+        assert all(len(values) == 1 and values[0] > 0 for values in results.values())
+    received: dict[str, int] = {}
+    census = TaskTime()
+    trio.run(measure, "relay", 5, census, True, received, clock=trio.testing.MockClock(autojump_threshold=0),
+             instruments=[census])
+    turns = 20 + 5  # WARM_UP_TURNS and the measured ones
+    assert received["user_transcript"] == 4 * turns  # three partial and the final one, every turn
+    assert received["agent_response"] == turns
+    assert received["avatar_state"] >= turns  # at least the avatar's "speaking" of every turn
