@@ -153,13 +153,41 @@ async def supervisor(env: dict[str, str], tmp_path: Path, http: httpx2.AsyncClie
             os.kill(pid, signal.SIGKILL)
 
 
+def process_state(pid: int) -> str:
+    """The one-letter state of `pid` in /proc (R, S, T for stopped, Z...); "" when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rfind(")") + 2:].split()[0]
+
+
+async def open_one_elsewhere(relay: Supervisor, holding: list[str], open_one: Any) -> None:
+    """`open_one()` while the workers `holding` (indexes) are stopped — SIGSTOP, seen stopped in /proc before the
+    connection is made — so that only another worker can accept it; they are continued whatever happens."""
+    pids = worker_pids(relay.process.pid)
+    frozen = [pids[int(worker)] for worker in holding]
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        with trio.fail_after(10):
+            while not all(process_state(pid) in ("T", "") for pid in frozen):
+                await trio.sleep(0.01)
+        with trio.fail_after(30):
+            await open_one()
+    finally:
+        for pid in frozen:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 async def open_until_both_workers_hold_some(relay: Supervisor, stack: AsyncExitStack, *, at_least: int = 2,
-                                            most: int = 48) -> list[BrowserClient]:
+                                            most: int = 48, batch: int = 6) -> list[BrowserClient]:
     """Open conversations (each up to `ready`) until each worker holds one and `at_least` are open. The kernel
-    decides which worker accepts a connection, so this opens as many as it takes (at most `most`), six at a time:
-    opened one by one, the two idle workers' wake-up order can hand every connection to the same one, while a worker
-    busy setting some up leaves the next to the other (three at a time still gave one worker 24 of 24, twice in
-    loaded full runs). The sockets close when `stack` unwinds."""
+    decides which worker accepts a connection: `batch` at a time (opened one by one, the two idle workers' wake-up
+    order can hand every connection to the same one; six at a time still gave one worker 48 of 48 in a loaded full
+    run), and when the kernel gave every one so far to one worker, one more is opened while that worker is stopped
+    (`open_one_elsewhere`): only the other can accept it. At most `most`. The sockets close when `stack` unwinds."""
     nursery = await stack.enter_async_context(trio.open_nursery())
     browsers: list[BrowserClient] = []
 
@@ -170,14 +198,19 @@ async def open_until_both_workers_hold_some(relay: Supervisor, stack: AsyncExitS
         await browser.start()
         browsers.append(browser)
 
-    while len(browsers) < most:
-        async with trio.open_nursery() as batch:
-            for _ in range(min(6, most - len(browsers))):
-                batch.start_soon(open_one)
+    while True:
         held = await relay.per_worker("avatar_relay_conversations_open")
-        if len(browsers) >= at_least and len(held) == 2 and all(value >= 1 for value in held.values()):
+        holding = [worker for worker, value in held.items() if value >= 1]
+        if len(browsers) >= at_least and len(holding) == 2:
             return browsers
-    raise AssertionError(f"{most} conversations never reached both workers")
+        if len(browsers) >= most:
+            raise AssertionError(f"{most} conversations never reached both workers")
+        if len(holding) == 1 and len(browsers) >= batch:
+            await open_one_elsewhere(relay, holding, open_one)
+        else:
+            async with trio.open_nursery() as opening:
+                for _ in range(min(batch, most - len(browsers))):
+                    opening.start_soon(open_one)
 
 
 async def still_talking(browser: BrowserClient) -> bool:
@@ -264,6 +297,22 @@ def unix_socket_listening(path: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_the_helper_steers_a_conversation_to_the_idle_worker(tmp_path: Path) -> None:
+    """`open_until_both_workers_hold_some` one at a time: the first conversation lands where the kernel puts it, the
+    second is opened while that worker is stopped, so two conversations always reach both workers; the stopped
+    worker's conversation goes on once it is continued."""
+    async with simulators() as (sims, http), supervisor(relay_env(sims, tmp_path), tmp_path, http) as relay:
+        async with AsyncExitStack() as stack:
+            browsers = await open_until_both_workers_hold_some(relay, stack, batch=1, most=2)
+            assert len(browsers) == 2
+            held = await relay.per_worker("avatar_relay_conversations_open")
+            assert sorted(held.values()) == [1.0, 1.0]
+            assert all(process_state(pid) != "T" for pid in worker_pids(relay.process.pid).values())
+            for browser in browsers:
+                assert await still_talking(browser)
 
 
 @pytest.mark.timeout(150)
