@@ -96,13 +96,18 @@ def worker_directory(pid: int) -> Path:
     return Path(argv[argv.index(b"--worker-dir") + 1].decode())
 
 
-def running(pid: int) -> bool:
-    """Is `pid` a live process (not gone, not a zombie)?"""
+def process_state(pid: int) -> str:
+    """The one-letter state of `pid` in /proc (R, S, T for stopped, Z...); "" when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
+        return ""
+    return stat[stat.rfind(")") + 2:].split()[0]
+
+
+def running(pid: int) -> bool:
+    """Is `pid` a live process (not gone, not a zombie)?"""
+    return process_state(pid) not in ("", "Z")
 
 
 def relay_env(sims: SimulatorURLs, tmp_path: Path, **values: str) -> dict[str, str]:
@@ -151,15 +156,6 @@ async def supervisor(env: dict[str, str], tmp_path: Path, http: httpx2.AsyncClie
             await process.wait()
         for pid in worker_pids(process.pid).values():
             os.kill(pid, signal.SIGKILL)
-
-
-def process_state(pid: int) -> str:
-    """The one-letter state of `pid` in /proc (R, S, T for stopped, Z...); "" when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat[stat.rfind(")") + 2:].split()[0]
 
 
 async def open_one_elsewhere(relay: Supervisor, holding: list[str], open_one: Any) -> None:
