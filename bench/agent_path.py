@@ -193,6 +193,15 @@ async def measure(kind: str, turns: int, census: TaskTime, full: bool = False,
 
     result: list[float] = []
 
+    async def send_alone(messages: list[str], gap: float) -> None:
+        """Each message in a read of its own, `gap` seconds (of the mock clock) apart; with `--cold`, each after the
+        caches were flushed."""
+        for message in messages:
+            if scratch:
+                _evict_caches(scratch)
+            await agent_far.send_all(_server_bytes([message]))
+            await trio.sleep(gap)
+
     async def feed() -> None:
         for turn in range(1, WARM_UP_TURNS + turns + 1):
             if turn == WARM_UP_TURNS + 1:
@@ -200,16 +209,9 @@ async def measure(kind: str, turns: int, census: TaskTime, full: bool = False,
                 census.on = True
             audio, speak, ends = seen["audio"], seen["speak"], seen["speak_end"]
             if full:
-                for message in user_turn_frames(turn):  # each read alone, as they come apart in time
-                    if scratch:
-                        _evict_caches(scratch)
-                    await agent_far.send_all(_server_bytes([message]))
-                    await trio.sleep(0.1)
+                await send_alone(user_turn_frames(turn), 0.1)  # as they come apart in time
             if scratch:  # the reply's chunks one by one, each after a flush
-                for message in turn_frames(turn):
-                    _evict_caches(scratch)
-                    await agent_far.send_all(_server_bytes([message]))
-                    await trio.sleep(0.01)
+                await send_alone(turn_frames(turn), 0.01)
             else:
                 await agent_far.send_all(_server_bytes(turn_frames(turn)))
             await until(lambda audio=audio: seen["audio"] >= audio + CHUNKS_PER_TURN)
