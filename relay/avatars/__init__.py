@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relay.protocol.audio import AudioFormat
 from relay.protocol.browser import AvatarInfo
@@ -93,7 +93,8 @@ class SessionRotated(AvatarSessionEnded):
 
 class AvatarSession(Protocol):
     """One running avatar session. All methods may block on the network; cancelling the calling scope cancels
-    them. None of them raise for a transient failure of a single utterance: they log it and return."""
+    them. None of them raise for a transient failure of a single utterance: they log it and return. A session that
+    takes audio may also offer an `audio_taker` (`AudioTaker`), the speech router's inline path."""
 
     @property
     def info(self) -> AvatarInfo: ...
@@ -140,6 +141,23 @@ class AvatarSession(Protocol):
         ...
 
 
+@runtime_checkable
+class AudioTaker(Protocol):
+    """The inline audio path a session whose avatar takes the agent's audio may offer as its `audio_taker`
+    attribute (`relay.avatars.lite.LiteAudioStream`; None or absent: it has none). The speech router then takes
+    each chunk in the agent pump's own step — resampled and paced, no I/O — and queues only the packets that are
+    due for its task to send, so a chunk the avatar need not hear yet costs no task switch (issue 26)."""
+
+    def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
+        """Take one chunk (no I/O, never blocks): the utterance's event id and the packets due now, for
+        `send_packets` in order."""
+        ...
+
+    async def send_packets(self, turn: int, event_id: str, packets: list[memoryview]) -> None:
+        """Send packets `take_audio` returned. May block on the socket; cancelled by the caller's scope."""
+        ...
+
+
 class AvatarProvider(Protocol):
     """Opens avatar sessions. Constructed once per process with the settings and the shared HTTP client."""
 
@@ -160,6 +178,7 @@ class AvatarProvider(Protocol):
 
 
 __all__ = [
+    "AudioTaker",
     "AvatarError",
     "AvatarEvent",
     "AvatarInfo",

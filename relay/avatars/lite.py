@@ -2,7 +2,8 @@
 session's agent audio, used by LiveAvatar LITE sessions and HeyGen's realtime sessions.
 
 A thin `relay.net.wsclient` layer around the sans-I/O `relay.protocol.lite` (frames, events, chunking policy).
-This module must never log or put into an exception the `ws_url` (its query string carries the session's token),
+`LiteAudioStream` is an `AudioTaker`: `take_audio` is `speak_audio`'s part without I/O (the speech router calls it
+inline), `send_packets` the rest. This module must never log or put into an exception the `ws_url` (its query string carries the session's token),
 never send two frames interleaved, and never send a chunk of an interrupted turn after its `agent.interrupt`.
 """
 
@@ -115,10 +116,10 @@ class LiteAudioStream:
             return False
         return True
 
-    async def _send_speak(self, turn: int, packet: memoryview) -> None:
+    async def _send_speak(self, turn: int, packet: memoryview, event_id: str) -> None:
         if not packet:
             return
-        frame = build_speak(self.event_id(turn), packet)
+        frame = build_speak(event_id, packet)
         await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
         try:
             if self._is_interrupted(turn):
@@ -128,46 +129,63 @@ class LiteAudioStream:
         finally:
             self._send_lock.release()
 
-    async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
-        """Resample one chunk of turn `turn` to 24 kHz and send what the packet cadence says is due (see
-        `relay.protocol.lite`). Chunks of a turn that was interrupted are dropped; audio of a turn whose utterance
-        was ended starts its next utterance (a new event id)."""
+    def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
+        """The part of `speak_audio` that does no I/O: resample one chunk of turn `turn` to 24 kHz and return the
+        utterance's event id with the packets the cadence says are due now (often none: the pacer holds the
+        chunk), to be sent in order by `send_packets`. A chunk of an interrupted turn gives no packet; audio of a
+        turn whose utterance was ended starts its next utterance (a new event id)."""
         if self._is_interrupted(turn):
-            return
+            return "", []
         if turn in self._committed:
             self._committed.discard(turn)
             self._segments[turn] = self._segments.get(turn, 0) + 1
+        event_id = self.event_id(turn)
         pacer = self._pacers.get(turn)
         if pacer is None:
             pacer = self._pacers[turn] = SpeakPacer(self._first_packet_bytes)
         resampler = self._resamplers.get(turn)
         now = trio.current_time()
         if resampler is None or resampler.in_format != audio_format:
+            packets: list[memoryview] = []
             if resampler is not None:
                 # A format change mid-turn: finish the old stream so its tail is not lost.
-                for packet in pacer.add(resampler.flush(), now):
-                    await self._send_speak(turn, packet)
+                packets = pacer.add(resampler.flush(), now)
             resampler = self._resamplers[turn] = StreamingResampler(audio_format, LITE_SAMPLE_RATE)
-        for packet in pacer.add(resampler.process(audio), now):
-            await self._send_speak(turn, packet)
+            return event_id, packets + pacer.add(resampler.process(audio), now)
+        return event_id, pacer.add(resampler.process(audio), now)
+
+    async def send_packets(self, turn: int, event_id: str, packets: list[memoryview]) -> None:
+        """Send the packets `take_audio` returned, in order (none of them once `turn` is interrupted)."""
+        for packet in packets:
+            await self._send_speak(turn, packet, event_id)
+
+    async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
+        """Resample one chunk of turn `turn` to 24 kHz and send what the packet cadence says is due (see
+        `relay.protocol.lite`): `take_audio`, then `send_packets`."""
+        event_id, packets = self.take_audio(audio, audio_format, turn)
+        await self.send_packets(turn, event_id, packets)
 
     async def end_turn(self, turn: int) -> None:
         """Send what is left of the utterance (the resampler's tail, the packet held back), then its one
-        `agent.speak_end`. Nothing is sent for a turn that was interrupted or never had audio."""
+        `agent.speak_end`. Nothing is sent for a turn that was interrupted or never had audio. Audio of `turn`
+        taken from the moment this is called on starts the turn's next utterance (a new event id)."""
         resampler = self._resamplers.pop(turn, None)
         pacer = self._pacers.pop(turn, None)
         if self._is_interrupted(turn):
             return
+        event_id = self.event_id(turn)
         packets: list[memoryview] = []
         if pacer is not None:
             if resampler is not None:
                 packets += pacer.add(resampler.flush(), trio.current_time())
             packets += pacer.flush()
+        if packets or turn in self._spoken_turns:
+            self._committed.add(turn)  # from now on, more audio of `turn` starts its next utterance
         for packet in packets:
-            await self._send_speak(turn, packet)
+            await self._send_speak(turn, packet, event_id)
         if turn not in self._spoken_turns:
             return
-        frame = build_speak_end(self.event_id(turn))
+        frame = build_speak_end(event_id)
         async with self._send_lock:
             if self._is_interrupted(turn):
                 return

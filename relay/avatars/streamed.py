@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from relay.avatars import AvatarInfo
+from relay.avatars import AudioTaker, AvatarInfo
 from relay.protocol.audio import AudioFormat
 
 log = logging.getLogger("relay.avatars")
@@ -46,6 +46,8 @@ class StreamedAudioSession:
         self._keep_alive_interval = keep_alive_interval
         self._also_keep_alive = also_keep_alive
         self._warned_text = False
+        # The stream itself, when it can take audio inline (LITE): see `relay.avatars.AudioTaker`.
+        self.audio_taker: AudioTaker | None = stream if isinstance(stream, AudioTaker) else None
 
     @property
     def info(self) -> AvatarInfo:

@@ -23,6 +23,13 @@ as voice — what was queued for it, what was in flight, and the part of what it
 the estimate (the audio's duration, played back to back from when it was given) — then the rest of that turn too;
 a replacement avatar (`attach`) takes over from the next turn.
 
+Inline audio (issue 26): when the session offers an `AudioTaker` (LITE), the avatar is connected and no audio item
+waits in the queue, `agent_audio` has the taker resample and pace the chunk in the caller's (the agent pump's) step
+and queues only what needs the socket — the packets due, the turn's first chunk (which opens the turn in `run`), the
+end of the previous turn — so a chunk the pacer holds costs no task switch. The turn gap runs from the newest audio
+taken; the rules above (order, watermark, in-flight scope, `avatar_lost`'s estimate) are unchanged: audio taken
+inline counts as given to the avatar from then on.
+
 Listening pose (the LITE guide's turn cycle): the avatar takes its listening pose (`set_listening(True)`) when the
 agent hears the user (a tentative transcript, or a VAD score of at least VAD_SPEAKING), leaves it when the user's
 turn is final (`user_stopped`) or just before the agent's next turn reaches it, in the same queue, so the pose never
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.avatars import AvatarSession
+from relay.avatars import AudioTaker, AvatarSession
 from relay.conversation.outbox import Outbox
 from relay.conversation.spans import TurnTrace
 from relay.protocol import browser as bp
@@ -65,6 +72,23 @@ class _SpeakAudio:
     turn: int
 
 
+class _SendPackets:
+    """Packets of turn `turn` that the avatar's `AudioTaker` took inline and says are due (none: the turn's first
+    chunk, which tells `run` the turn is open)."""
+
+    __slots__ = ("event_id", "packets", "turn")
+
+    def __init__(self, turn: int, event_id: str, packets: list[memoryview]) -> None:
+        self.turn = turn
+        self.event_id = event_id
+        self.packets = packets
+
+
+@dataclass(frozen=True, slots=True)
+class _EndTurn:
+    turn: int
+
+
 @dataclass(frozen=True, slots=True)
 class _Interrupt:
     turn: int
@@ -75,7 +99,7 @@ class _Listen:
     listening: bool
 
 
-_SpeechItem = _SpeakText | _SpeakAudio | _Interrupt | _Listen
+_SpeechItem = _SpeakText | _SpeakAudio | _SendPackets | _EndTurn | _Interrupt | _Listen
 
 
 class SpeechRouter:
@@ -98,6 +122,9 @@ class SpeechRouter:
         self._listening = False
         self._pending = 0  # items queued and not yet handled by `run`
         self._open_turn: int | None = None  # the audio turn `run` has not ended yet
+        self._audio_at = 0.0  # trio time the open turn's latest audio was given (its gap runs from there)
+        self._taker: AudioTaker | None = None  # the session's inline audio path, if it has one
+        self._queued_audio = 0  # `_SpeakAudio` items queued or in flight (audio is taken inline only when none)
         self._play_until = 0.0  # trio time at which the speech given so far has played out
         self._progress = trio.Event()  # set (and replaced) whenever `run` gets nearer to idle
         self._captions = bp.CaptionAligner()
@@ -118,6 +145,7 @@ class SpeechRouter:
         if session is None:  # no avatar (any more): what was held for it goes to the browser first, in order
             self._release_held()
         self.session = session
+        self._taker = getattr(session, "audio_taker", None)
         self.voice_to_browser = session is None or session.info.simulated
         self._connected = self.voice_to_browser
         if session is None:  # nothing it was given will be played, nothing to wait for
@@ -126,7 +154,7 @@ class SpeechRouter:
                     self._rx.receive_nowait()
                 except trio.WouldBlock:
                     break
-            self._pending, self._open_turn, self._play_until = 0, None, 0.0
+            self._pending, self._open_turn, self._play_until, self._queued_audio = 0, None, 0.0, 0
             self._notify()
 
     def avatar_lost(self) -> None:
@@ -318,7 +346,25 @@ class SpeechRouter:
                 self._hold(turn, audio)
         if self.session is not None and self.session.takes_audio:
             self._agent_turn_starts()
-            self._queue(_SpeakAudio(audio, turn))
+            if self._taker is not None and self._connected and not self._queued_audio:
+                self._take_inline(self._taker, audio, turn)
+            else:
+                self._queued_audio += 1
+                self._queue(_SpeakAudio(audio, turn))
+
+    def _take_inline(self, taker: AudioTaker, audio: bytes, turn: int) -> None:
+        """Give a chunk to the avatar without `run`'s step: the taker resamples and paces it here; only the packets
+        due (and the first chunk of a turn, which opens it in `run`) are queued, after what was queued before. The
+        previous open turn is ended first, in the queue."""
+        opening = turn != self._open_turn
+        if opening and self._open_turn is not None:
+            self._queue(_EndTurn(self._open_turn))
+        event_id, packets = taker.take_audio(audio, self.agent_format, turn)
+        self._open_turn = turn
+        self._audio_at = trio.current_time()
+        if packets or opening:
+            self._queue(_SendPackets(turn, event_id, packets))
+        self._given_now(turn, audio)
 
     def interrupt(self, new_turn: int | None = None) -> None:
         """Drop every turn before `new_turn` (default: everything said so far) and stop the avatar."""
@@ -347,28 +393,52 @@ class SpeechRouter:
                     item = self._rx.receive_nowait()
                 except trio.WouldBlock:
                     item = None
-                    with trio.move_on_after(TURN_AUDIO_GAP):
+                    with trio.move_on_at(self._audio_at + TURN_AUDIO_GAP):
                         item = await self._rx.receive()
-                if item is None or (isinstance(item, _SpeakAudio) and item.turn != open_turn):
+                if item is None:
+                    if self._open_turn != open_turn or trio.current_time() < self._audio_at + TURN_AUDIO_GAP:
+                        continue  # audio was taken inline meanwhile: the gap starts again from it
+                    self._open_turn = None
+                    self._pending += 1  # the turn's end counts as queued until it is sent
+                    try:
+                        if open_turn >= self.watermark:
+                            await session.end_turn(open_turn)
+                    finally:
+                        self._pending -= 1
+                        self._notify()
+                    continue
+                if isinstance(item, _SpeakAudio) and item.turn != open_turn:
                     try:
                         if open_turn >= self.watermark:
                             await session.end_turn(open_turn)
                     finally:
                         self._open_turn = None
-                        if item is None:
-                            self._notify()
-                if item is None:
-                    continue
-            assert item is not None
             try:
                 await self._handle(session, item)
             finally:
                 self._pending -= 1
+                if type(item) is _SpeakAudio:
+                    self._queued_audio -= 1
                 self._notify()
 
     async def _handle(self, session: AvatarSession, item: _SpeechItem) -> None:
+        if isinstance(item, _SendPackets):
+            if item.packets and item.turn >= self.watermark and item.turn > self._browser_through:
+                assert self._taker is not None
+                with trio.CancelScope() as scope:
+                    self._in_flight = (item.turn, scope)
+                    try:
+                        await self._taker.send_packets(item.turn, item.event_id, item.packets)
+                    finally:
+                        self._in_flight = None
+            return
+        if isinstance(item, _EndTurn):
+            if item.turn >= self.watermark:
+                await session.end_turn(item.turn)
+            return
         if isinstance(item, _Interrupt):
-            self._open_turn = None
+            if self._open_turn is not None and self._open_turn <= item.turn:
+                self._open_turn = None
             await session.interrupt(item.turn)
             if self.turns is not None:
                 self.turns.interrupt_sent()
@@ -389,14 +459,20 @@ class SpeechRouter:
                     self._giving = (item.turn, item.audio)
                     await session.speak_audio(item.audio, self.agent_format, item.turn)
                     self._open_turn = item.turn
-                    if self.turns is not None:
-                        self.turns.avatar_given(item.turn)
-                    self._spoken_turn = max(self._spoken_turn, item.turn)
-                    self._keep_given(item.turn, item.audio)
-                    self._played(duration_seconds(item.audio, self.agent_format))
+                    self._audio_at = trio.current_time()
+                    self._given_now(item.turn, item.audio)
             finally:
                 self._in_flight = None
                 self._giving = None
+
+    def _given_now(self, turn: int, audio: bytes) -> None:
+        """Audio of `turn` was given to the avatar: the turn's trace, the newest turn spoken, the copy kept for
+        `avatar_lost` and the play-out estimate."""
+        if self.turns is not None:
+            self.turns.avatar_given(turn)
+        self._spoken_turn = max(self._spoken_turn, turn)
+        self._keep_given(turn, audio)
+        self._played(duration_seconds(audio, self.agent_format))
 
     def _keep_given(self, turn: int, audio: bytes) -> None:
         """Remember audio given to the avatar until it has played (by the estimate), for `avatar_lost`."""

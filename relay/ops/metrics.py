@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from relay import __version__
 from relay._util import leaves
 from relay.avatars import (
+    AudioTaker,
     AvatarError,
     AvatarInfo,
     AvatarSession,
@@ -439,6 +440,8 @@ class _ObservedSession:
         self.keep_alive = session.keep_alive
         self.wait_connected = session.wait_connected
         self.set_listening = session.set_listening
+        taker: AudioTaker | None = getattr(session, "audio_taker", None)
+        self.audio_taker: AudioTaker | None = None if taker is None else _ObservedTaker(taker, live, metrics)
 
     async def speak_text(self, text: str, turn: int) -> None:
         await self._session.speak_text(text, turn)
@@ -452,6 +455,25 @@ class _ObservedSession:
             heard = self._live.audio_heard.pop(turn, None)
             if heard is not None:
                 self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
+
+
+class _ObservedTaker:
+    """An `AudioTaker` (the inline audio path) that times a turn's first chunk reaching the avatar, as
+    `_ObservedSession.speak_audio` does for the queued path."""
+
+    def __init__(self, taker: AudioTaker, live: _Live, metrics: RelayMetrics) -> None:
+        self._take = taker.take_audio
+        self._live = live
+        self._metrics = metrics
+        self.send_packets = taker.send_packets
+
+    def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
+        taken = self._take(audio, audio_format, turn)
+        if self._live.audio_heard:
+            heard = self._live.audio_heard.pop(turn, None)
+            if heard is not None:
+                self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
+        return taken
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -80,18 +80,38 @@ class FakeSession:
     async def set_listening(self, listening: bool) -> None: ...
 
 
+class FakeTaker:
+    """An inline audio path (`relay.avatars.AudioTaker`) that records the turns it took."""
+
+    def __init__(self) -> None:
+        self.taken: list[int] = []
+
+    def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
+        self.taken.append(turn)
+        return f"turn-{turn}", []
+
+    async def send_packets(self, turn: int, event_id: str, packets: list[memoryview]) -> None: ...
+
+
+class FakeTakerSession(FakeSession):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio_taker = FakeTaker()
+
+
 class FakeProvider:
     name = "fake"
 
-    def __init__(self, *, refuse: bool = False, stop_fails: bool = False, ends: bool = False) -> None:
-        self.refuse, self.stop_fails, self.ends = refuse, stop_fails, ends
+    def __init__(self, *, refuse: bool = False, stop_fails: bool = False, ends: bool = False,
+                 inline: bool = False) -> None:
+        self.refuse, self.stop_fails, self.ends, self.inline = refuse, stop_fails, ends, inline
 
     @asynccontextmanager
     async def open_session(self, on_event: OnAvatarEvent, *, on_created: OnSessionCreated | None = None,
                            on_stop_failed: OnStopFailed | None = None) -> AsyncIterator[FakeSession]:
         if self.refuse:
             raise AvatarUnavailable("concurrent_limit", "at the cap", upstream_code=10007)
-        session = FakeSession()
+        session = FakeTakerSession() if self.inline else FakeSession()
         if on_created is not None and session.info.session_id:
             await on_created(session.info.session_id)
         try:
@@ -153,7 +173,8 @@ class FakeAgent:
     async def aclose(self, code: int = 1000, reason: str = "") -> None: ...
 
 
-async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_avatar() -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["speak_audio", "audio_taker"])
+async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_avatar(inline: bool) -> None:
     metrics = RelayMetrics()
     record = ConversationRecord("r-1")
     metrics.conversation_started(record)
@@ -173,11 +194,16 @@ async def test_the_observed_agent_counts_audio_pings_and_times_each_turn_to_the_
                 await agent.receive()
             with pytest.raises(el.AgentClosed):
                 await agent.receive()
-            provider = HookedProvider(FakeProvider(), [metrics.session_hooks])
+            provider = HookedProvider(FakeProvider(inline=inline), [metrics.session_hooks])
             assert provider is not None
             async with provider.open_session(lambda event: None) as session:
-                for _ in range(2):  # only the turn's first chunk is timed
-                    await session.speak_audio(b"\x00" * 800, AudioFormat("pcm", 16000), 3)
+                taker = getattr(session, "audio_taker", None)
+                assert (taker is not None) is inline  # the observed session offers the inline path it wraps
+                for _ in range(2):  # only the turn's first chunk is timed, whichever path gives it
+                    if taker is not None:
+                        taker.take_audio(b"\x00" * 800, AudioFormat("pcm", 16000), 3)
+                    else:
+                        await session.speak_audio(b"\x00" * 800, AudioFormat("pcm", 16000), 3)
     finally:
         current_conversation.reset(token)
     assert record.traffic.audio_out_frames == 2 and record.traffic.audio_out_bytes == 1600
