@@ -3,8 +3,9 @@ session's agent audio, used by LiveAvatar LITE sessions and HeyGen's realtime se
 
 A thin `relay.net.wsclient` layer around the sans-I/O `relay.protocol.lite` (frames, events, chunking policy).
 `LiteAudioStream` is an `AudioTaker`: `take_audio` is `speak_audio`'s part without I/O (the speech router calls it
-inline), `send_packets` the rest. This module must never log or put into an exception the `ws_url` (its query string carries the session's token),
-never send two frames interleaved, and never send a chunk of an interrupted turn after its `agent.interrupt`.
+inline), `send_packets` the rest. This module must never log or put into an exception the `ws_url` (its query
+string carries the session's token), never send two frames interleaved, and never send a chunk of an interrupted
+turn after its `agent.interrupt`.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class LiteAudioStream:
             pacer = self._pacers[turn] = SpeakPacer(self._first_packet_bytes)
         resampler = self._resamplers.get(turn)
         now = trio.current_time()
-        if resampler is None or resampler.in_format != audio_format:
+        if resampler is None or (resampler.in_format is not audio_format and resampler.in_format != audio_format):
             packets: list[memoryview] = []
             if resampler is not None:
                 # A format change mid-turn: finish the old stream so its tail is not lost.

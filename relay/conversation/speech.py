@@ -124,6 +124,7 @@ class SpeechRouter:
         self._open_turn: int | None = None  # the audio turn `run` has not ended yet
         self._audio_at = 0.0  # trio time the open turn's latest audio was given (its gap runs from there)
         self._taker: AudioTaker | None = None  # the session's inline audio path, if it has one
+        self._takes_audio = False  # the session takes the agent's audio (`AvatarSession.takes_audio`)
         self._queued_audio = 0  # `_SpeakAudio` items queued or in flight (audio is taken inline only when none)
         self._play_until = 0.0  # trio time at which the speech given so far has played out
         self._progress = trio.Event()  # set (and replaced) whenever `run` gets nearer to idle
@@ -137,7 +138,8 @@ class SpeechRouter:
         self._reports_speech = False  # the avatar reports when it starts and stops speaking (`avatar_state`)
         self._spoken_turn = _NO_TURN  # the newest turn whose audio the avatar accepted
         self._ended_turn = _NO_TURN  # the newest turn the avatar reported finished
-        self._given: list[tuple[int, bytes, float]] = []  # audio given to the avatar: (turn, audio, play start)
+        # Audio given to the avatar, played back to back by the estimate: (turn, audio, play start, play end).
+        self._given: list[tuple[int, bytes, float, float]] = []
         self._giving: tuple[int, bytes] | None = None  # the audio call in flight
         self.turns: TurnTrace | None = None  # the conversation's turn spans, when it is traced
 
@@ -146,6 +148,7 @@ class SpeechRouter:
             self._release_held()
         self.session = session
         self._taker = getattr(session, "audio_taker", None)
+        self._takes_audio = session is not None and session.takes_audio
         self.voice_to_browser = session is None or session.info.simulated
         self._connected = self.voice_to_browser
         if session is None:  # nothing it was given will be played, nothing to wait for
@@ -166,8 +169,8 @@ class SpeechRouter:
             now, rate = trio.current_time(), self.agent_format.sample_rate
             given = list(self._given)
             if self._giving is not None:
-                given.append((*self._giving, max(self._play_until, now)))
-            for turn, audio, start in given:
+                given.append((*self._giving, max(self._play_until, now), 0.0))
+            for turn, audio, start, _ in given:
                 if turn < self.watermark or turn <= self._browser_through:
                     continue
                 pcm = to_pcm16(audio, self.agent_format)
@@ -327,13 +330,14 @@ class SpeechRouter:
             return
         if self.turns is not None and self.turns.audio_turn != turn:
             self.turns.agent_audio(turn, self.session is not None)
-        self._last_turn = max(self._last_turn, turn)
+        if turn > self._last_turn:
+            self._last_turn = turn
+        seconds = duration_seconds(audio, self.agent_format)
         if alignment is None:
-            timed = self._captions.chunk(turn, None, None, None, duration_seconds(audio, self.agent_format) * 1000)
+            timed = self._captions.chunk(turn, None, None, None, seconds * 1000)
         else:
             timed = self._captions.chunk(turn, alignment.chars, alignment.char_start_times_ms,
-                                         alignment.char_durations_ms,
-                                         duration_seconds(audio, self.agent_format) * 1000)
+                                         alignment.char_durations_ms, seconds * 1000)
         caption = None if timed is None else bp.agent_alignment(turn, timed[0], timed[1])
         if self.voice_to_browser or turn <= self._browser_through:
             self._outbox.send_audio(to_pcm16(audio, self.agent_format), caption)  # one write for both
@@ -344,15 +348,16 @@ class SpeechRouter:
                 self._outbox.send_lossy(caption)
             if not self._connected:
                 self._hold(turn, audio)
-        if self.session is not None and self.session.takes_audio:
-            self._agent_turn_starts()
+        if self._takes_audio and self.session is not None:
+            if self._listening:
+                self._agent_turn_starts()
             if self._taker is not None and self._connected and not self._queued_audio:
-                self._take_inline(self._taker, audio, turn)
+                self._take_inline(self._taker, audio, turn, seconds)
             else:
                 self._queued_audio += 1
                 self._queue(_SpeakAudio(audio, turn))
 
-    def _take_inline(self, taker: AudioTaker, audio: bytes, turn: int) -> None:
+    def _take_inline(self, taker: AudioTaker, audio: bytes, turn: int, seconds: float) -> None:
         """Give a chunk to the avatar without `run`'s step: the taker resamples and paces it here; only the packets
         due (and the first chunk of a turn, which opens it in `run`) are queued, after what was queued before. The
         previous open turn is ended first, in the queue."""
@@ -361,10 +366,10 @@ class SpeechRouter:
             self._queue(_EndTurn(self._open_turn))
         event_id, packets = taker.take_audio(audio, self.agent_format, turn)
         self._open_turn = turn
-        self._audio_at = trio.current_time()
+        self._audio_at = now = trio.current_time()
         if packets or opening:
             self._queue(_SendPackets(turn, event_id, packets))
-        self._given_now(turn, audio)
+        self._given_now(turn, audio, seconds, now)
 
     def interrupt(self, new_turn: int | None = None) -> None:
         """Drop every turn before `new_turn` (default: everything said so far) and stop the avatar."""
@@ -459,24 +464,24 @@ class SpeechRouter:
                     self._giving = (item.turn, item.audio)
                     await session.speak_audio(item.audio, self.agent_format, item.turn)
                     self._open_turn = item.turn
-                    self._audio_at = trio.current_time()
-                    self._given_now(item.turn, item.audio)
+                    self._audio_at = now = trio.current_time()
+                    self._given_now(item.turn, item.audio, duration_seconds(item.audio, self.agent_format), now)
             finally:
                 self._in_flight = None
                 self._giving = None
 
-    def _given_now(self, turn: int, audio: bytes) -> None:
-        """Audio of `turn` was given to the avatar: the turn's trace, the newest turn spoken, the copy kept for
-        `avatar_lost` and the play-out estimate."""
+    def _given_now(self, turn: int, audio: bytes, seconds: float, now: float) -> None:
+        """`seconds` of audio of `turn` were given to the avatar at `now`: the turn's trace, the newest turn spoken,
+        the copy kept for `avatar_lost` until it has played (by the estimate) and the play-out estimate."""
         if self.turns is not None:
             self.turns.avatar_given(turn)
-        self._spoken_turn = max(self._spoken_turn, turn)
-        self._keep_given(turn, audio)
-        self._played(duration_seconds(audio, self.agent_format))
-
-    def _keep_given(self, turn: int, audio: bytes) -> None:
-        """Remember audio given to the avatar until it has played (by the estimate), for `avatar_lost`."""
-        now = trio.current_time()
-        self._given = [(t, a, start) for t, a, start in self._given
-                       if t == turn and start + duration_seconds(a, self.agent_format) > now]
-        self._given.append((turn, audio, max(self._play_until, now)))
+        if turn > self._spoken_turn:
+            self._spoken_turn = turn
+        start = max(self._play_until, now)
+        given = self._given
+        # Kept in order of play, so the first entry is the oldest: when it is of this turn and still playing, so is
+        # every other one and nothing is to be dropped.
+        if given and (given[0][0] != turn or given[0][3] <= now):
+            self._given = given = [entry for entry in given if entry[0] == turn and entry[3] > now]
+        given.append((turn, audio, start, start + seconds))
+        self._play_until = start + seconds

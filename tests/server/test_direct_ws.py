@@ -16,7 +16,15 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from relay.server.direct_ws import DirectRoute, DirectWebSocket, ReplayedStream, read_head, serve_direct, upgrade_target
+from relay.server.direct_ws import (
+    DirectRoute,
+    DirectWebSocket,
+    ReplayedStream,
+    encode_frame,
+    read_head,
+    serve_direct,
+    upgrade_target,
+)
 from relay.server.request_guard import GuardPolicy
 
 HEAD = (b"GET /ws?token=abc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -227,3 +235,17 @@ async def test_frames_sent_together_leave_in_one_write_in_order() -> None:
 
     await serving(handler, test)
     assert len(writes) == 1
+
+
+def test_a_frame_is_encoded_as_websockets_protocol_writes_it() -> None:
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+        for data in ("é" * (size // 2) + "a" * (size % 2), bytes(range(256)) * (size // 256) + bytes(size % 256)):
+            protocol = ServerProtocol(state=State.OPEN, max_size=None)
+            if isinstance(data, str):
+                protocol.send_text(data.encode())
+            else:
+                protocol.send_binary(data)
+            assert encode_frame(data) == b"".join(protocol.data_to_send()), (type(data), size)

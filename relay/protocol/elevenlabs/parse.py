@@ -118,14 +118,22 @@ def _parse_metadata(frame: dict[str, Any]) -> ConversationMetadata:
 
 @parses("audio")
 def _parse_audio(frame: dict[str, Any]) -> AgentAudio:
-    event = _object(frame.get("audio_event"), "audio")
-    encoded = _str(event, "audio_base_64", "audio")
+    event = frame.get("audio_event")
+    if type(event) is not dict:  # what orjson makes; anything else goes the checking way
+        event = _object(event, "audio")
+    encoded = event.get("audio_base_64")
+    if type(encoded) is not str:
+        encoded = _str(event, "audio_base_64", "audio")
     try:
         audio = pybase64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise _Malformed("audio: 'audio_base_64' is not valid base64") from None
-    return AgentAudio(audio=audio, event_id=_int(event, "event_id", "audio"),
-                      alignment=_parse_alignment(event.get("alignment")))
+    event_id = event.get("event_id")
+    if type(event_id) is not int:  # (a bool is not an int here: `type`, not `isinstance`)
+        event_id = _int(event, "event_id", "audio")
+    alignment = event.get("alignment")
+    return AgentAudio(audio=audio, event_id=event_id,
+                      alignment=None if alignment is None else _parse_alignment(alignment))
 
 
 def _parse_alignment(value: object) -> Alignment | None:
