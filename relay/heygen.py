@@ -23,6 +23,7 @@ import orjson
 import trio
 
 from relay.avatars import (
+    AudioTaker,
     AvatarInfo,
     AvatarSession,
     AvatarSessionEnded,
@@ -291,6 +292,7 @@ class _RealtimeSession(_SessionBase):
                  stream: LiteAudioStream) -> None:
         super().__init__(api, new, settings, on_event)
         self._stream = stream
+        self.audio_taker: AudioTaker | None = stream  # the speech router's inline path (`relay.avatars.AudioTaker`)
 
     @property
     def takes_audio(self) -> bool:
