@@ -4,7 +4,6 @@ fake socket."""
 from __future__ import annotations
 
 import base64
-import json
 
 import trio
 import trio.testing
@@ -24,6 +23,7 @@ from relay.protocol.lite import (
     SpeakStarted,
     turn_from_event_id,
 )
+from tests.support.fakes import FakeLiteSocket
 
 
 def test_speak_started_and_ended_become_avatar_state_changes() -> None:
@@ -39,22 +39,10 @@ def test_speak_started_and_ended_become_avatar_state_changes() -> None:
 # LiteAudioStream ordering, with a fake socket (no network)
 
 
-class FakeSocket:
-    """Records sent frames; `gate` (when set) holds every send until opened, like a peer that reads slowly."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
-        self.gate: trio.Event | None = None
-
-    async def send_text(self, message: str) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
-        self.sent.append(json.loads(message))
-
-
-def make_speaker(*, connected: bool = True, first_packet_seconds: float = 0.0) -> tuple[LiteAudioStream, FakeSocket]:
+def make_speaker(*, connected: bool = True,
+                 first_packet_seconds: float = 0.0) -> tuple[LiteAudioStream, FakeLiteSocket]:
     """A stream on a fake socket; `first_packet_seconds` 0 (the default here): every chunk goes out as it comes."""
-    sock = FakeSocket()
+    sock = FakeLiteSocket()
     speaker = LiteAudioStream(sock, "turn", first_packet_seconds)  # type: ignore[arg-type]
     if connected:
         speaker.connected.set()
@@ -150,7 +138,7 @@ async def test_frames_before_connected_are_held_in_order_and_sent_once_it_comes(
         ("agent.stop_listening", "listen-1"), ("agent.speak", "turn-1"), ("agent.speak_end", "turn-1")]
 
 
-def packet_ms(sock: FakeSocket) -> list[tuple[str, float]]:
+def packet_ms(sock: FakeLiteSocket) -> list[tuple[str, float]]:
     """(event id, milliseconds of 24 kHz audio) of each `agent.speak` sent; ("end", id) for `agent.speak_end`."""
     out: list[tuple[str, float]] = []
     for frame in sock.sent:

@@ -7,7 +7,8 @@ after an utterance's end under the next id."""
 from __future__ import annotations
 
 import base64
-import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
@@ -18,21 +19,9 @@ from relay.avatars.streamed import StreamedAudioSession
 from relay.conversation.outbox import Outbox
 from relay.conversation.speech import TURN_AUDIO_GAP, SpeechRouter
 from relay.protocol.audio import AudioFormat
+from tests.support.fakes import FakeLiteSocket
 
 CHUNK = b"\x01\x00" * 4000  # 250 ms at 16 kHz
-
-
-class FakeSocket:
-    """Records sent frames; `gate` (when set) holds every send until opened, like a peer that reads slowly."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, object]] = []
-        self.gate: trio.Event | None = None
-
-    async def send_text(self, message: str) -> None:
-        if self.gate is not None:
-            await self.gate.wait()
-        self.sent.append(json.loads(message))
 
 
 class Steps(trio.abc.Instrument):
@@ -47,8 +36,8 @@ class Steps(trio.abc.Instrument):
             self.count += 1
 
 
-def lite_router(first_packet_seconds: float = 0.6) -> tuple[SpeechRouter, StreamedAudioSession, FakeSocket]:
-    sock = FakeSocket()
+def lite_router(first_packet_seconds: float = 0.6) -> tuple[SpeechRouter, StreamedAudioSession, FakeLiteSocket]:
+    sock = FakeLiteSocket()
     stream = LiteAudioStream(sock, "turn", first_packet_seconds)  # type: ignore[arg-type]
     stream.connected.set()
     session = StreamedAudioSession(AvatarInfo("liveavatar", "s1", None, None, False), stream, 60.0)
@@ -59,7 +48,18 @@ def lite_router(first_packet_seconds: float = 0.6) -> tuple[SpeechRouter, Stream
     return router, session, sock
 
 
-def frames(sock: FakeSocket) -> list[tuple[object, object]]:
+@asynccontextmanager
+async def speaking(first_packet_seconds: float = 0.0) -> AsyncIterator[tuple[SpeechRouter, FakeLiteSocket]]:
+    """A router on a LITE stream with its task running; on leaving, once the speech has played out, it is stopped."""
+    router, session, sock = lite_router(first_packet_seconds)
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(router.run, session)
+        yield router, sock
+        await router.wait_played_out()
+        tasks.cancel_scope.cancel()
+
+
+def frames(sock: FakeLiteSocket) -> list[tuple[object, object]]:
     return [(f["type"], f["event_id"]) for f in sock.sent]
 
 
@@ -103,9 +103,7 @@ async def test_a_burst_taken_inline_reaches_the_avatar_as_the_queued_path_sends_
 
 async def test_audio_of_a_turn_whose_end_is_being_sent_goes_out_as_its_next_utterance(
         autojump_clock: trio.testing.MockClock) -> None:
-    router, session, sock = lite_router(first_packet_seconds=0.0)
-    async with trio.open_nursery() as tasks:
-        tasks.start_soon(router.run, session)
+    async with speaking() as (router, sock):
         router.agent_audio(CHUNK, 1)
         await trio.testing.wait_all_tasks_blocked()
         sock.gate = trio.Event()  # the avatar stops reading: the turn's end (its tail, then speak_end) is stuck
@@ -115,8 +113,6 @@ async def test_audio_of_a_turn_whose_end_is_being_sent_goes_out_as_its_next_utte
         gate = sock.gate
         sock.gate = None
         gate.set()
-        await router.wait_played_out()
-        tasks.cancel_scope.cancel()
     assert frames(sock) == [("agent.speak", "turn-1"), ("agent.speak", "turn-1"), ("agent.speak_end", "turn-1"),
                             ("agent.speak", "turn-1.1"), ("agent.speak", "turn-1.1"),
                             ("agent.speak_end", "turn-1.1")]
@@ -124,30 +120,22 @@ async def test_audio_of_a_turn_whose_end_is_being_sent_goes_out_as_its_next_utte
 
 async def test_a_turn_taken_inline_right_after_an_interruption_still_ends(
         autojump_clock: trio.testing.MockClock) -> None:
-    router, session, sock = lite_router(first_packet_seconds=0.0)
-    async with trio.open_nursery() as tasks:
-        tasks.start_soon(router.run, session)
+    async with speaking() as (router, sock):
         router.agent_audio(CHUNK, 1)
         await trio.testing.wait_all_tasks_blocked()
         # The agent interrupts turn 1 and its next turn's audio follows before the router has run.
         router.interrupt(2)
         router.agent_audio(CHUNK, 2)
         router.agent_audio(CHUNK, 1)  # late audio of the interrupted turn: dropped
-        await router.wait_played_out()
-        tasks.cancel_scope.cancel()
     assert frames(sock) == [("agent.speak", "turn-1"), ("agent.interrupt", "turn-1"), ("agent.speak", "turn-2"),
                             ("agent.speak", "turn-2"), ("agent.speak_end", "turn-2")]
 
 
 async def test_the_next_turns_audio_ends_the_open_turn_first(autojump_clock: trio.testing.MockClock) -> None:
-    router, session, sock = lite_router()
-    async with trio.open_nursery() as tasks:
-        tasks.start_soon(router.run, session)
+    async with speaking(first_packet_seconds=0.6) as (router, sock):
         for turn in (1, 2):  # no gap between the turns
             for _ in range(3):
                 router.agent_audio(CHUNK, turn)
-        await router.wait_played_out()
-        tasks.cancel_scope.cancel()
     assert frames(sock) == [("agent.speak", "turn-1"), ("agent.speak", "turn-1"), ("agent.speak_end", "turn-1"),
                             ("agent.speak", "turn-2"), ("agent.speak", "turn-2"), ("agent.speak_end", "turn-2")]
 

@@ -143,6 +143,20 @@ class FakeAgent:
             self.closed = True
 
 
+class FakeLiteSocket:
+    """The LITE audio socket a `LiteAudioStream` writes to: records the frames sent (parsed); `gate` (when set) holds
+    every send until opened, like a peer that reads slowly."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.gate: trio.Event | None = None
+
+    async def send_text(self, message: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append(orjson.loads(message))
+
+
 @dataclass
 class FakeSession:
     info: AvatarInfo
