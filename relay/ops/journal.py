@@ -35,6 +35,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -291,7 +292,14 @@ def _prepare_directory(path: Path) -> None:
         raise JournalUnusable(f"{_where(path)} is not a directory: {_FIX}")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise JournalUnusable(f"{_where(path)} is not writable by this user: {_FIX}")
-    if path.exists() and not path.is_file():
+    try:  # one look: another relay may be renaming a damaged journal aside right now (`exists` then `is_file` saw
+        mode = path.stat().st_mode  # the file, then nothing, and called it "not a file")
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a symlink loop, say
+        raise JournalUnusable(f"the session journal {path} cannot be looked at ({exc.strerror or type(exc).__name__})"
+                              ": move it away (the relay creates the journal there)") from None
+    if not stat.S_ISREG(mode):
         raise JournalUnusable(f"the session journal {path} is not a file: move it away (the relay creates the "
                               "journal there)")
 

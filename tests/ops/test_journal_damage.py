@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from relay.ops.journal import (
     JOURNAL_FILE,
     Journal,
     JournalUnusable,
+    _prepare_directory,
     damaged_journals,
     open_journal,
     open_journal_now,
@@ -183,3 +185,40 @@ async def test_two_processes_opening_a_damaged_journal_together_move_it_aside_on
 
 async def _open_into(directory: Path, opened: list[Journal]) -> None:
     opened.append(await open_journal_now(directory))
+
+
+def test_a_journal_moved_aside_while_the_directory_is_checked_is_not_taken_for_something_else(tmp_path: Path) -> None:
+    """Another relay renames a damaged journal aside while this one checks the directory (before taking the lock): the
+    name is then briefly free. Seen once in a full run as "is not a file" — `exists()` saw the file, `is_file()` no
+    longer did. The check must read the path once: a file, nothing, or something else."""
+    path = tmp_path / "sessions.sqlite3"
+    path.write_bytes(b"not a database")
+    aside = tmp_path / "sessions.sqlite3.damaged"
+    done = threading.Event()
+
+    def move_back_and_forth() -> None:
+        while not done.is_set():
+            os.rename(path, aside)
+            os.rename(aside, path)
+
+    mover = threading.Thread(target=move_back_and_forth)
+    mover.start()
+    refused = 0
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                _prepare_directory(path)
+            except JournalUnusable:
+                refused += 1
+    finally:
+        done.set()
+        mover.join()
+    assert refused == 0
+    (tmp_path / "a_directory").mkdir()
+    with pytest.raises(JournalUnusable, match="is not a file"):
+        _prepare_directory(tmp_path / "a_directory")
+    loop = tmp_path / "a_loop"
+    loop.symlink_to(loop)
+    with pytest.raises(JournalUnusable, match="cannot be looked at"):  # one line, not a traceback
+        _prepare_directory(loop)
