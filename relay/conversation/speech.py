@@ -403,21 +403,10 @@ class SpeechRouter:
                 if item is None:
                     if self._open_turn != open_turn or trio.current_time() < self._audio_at + TURN_AUDIO_GAP:
                         continue  # audio was taken inline meanwhile: the gap starts again from it
-                    self._open_turn = None
-                    self._pending += 1  # the turn's end counts as queued until it is sent
-                    try:
-                        if open_turn >= self.watermark:
-                            await session.end_turn(open_turn)
-                    finally:
-                        self._pending -= 1
-                        self._notify()
+                    await self._end_open_turn(session, open_turn)
                     continue
                 if isinstance(item, _SpeakAudio) and item.turn != open_turn:
-                    try:
-                        if open_turn >= self.watermark:
-                            await session.end_turn(open_turn)
-                    finally:
-                        self._open_turn = None
+                    await self._end_open_turn(session, open_turn)
             try:
                 await self._handle(session, item)
             finally:
@@ -425,6 +414,19 @@ class SpeechRouter:
                 if type(item) is _SpeakAudio:
                     self._queued_audio -= 1
                 self._notify()
+
+    async def _end_open_turn(self, session: AvatarSession, turn: int) -> None:
+        """End the open audio turn `turn` (its gap passed, or the next turn's audio came through the queue): no
+        longer open from now on (audio of it taken inline after this starts its next utterance), counted as queued
+        until its end is sent. Nothing is sent for an interrupted turn."""
+        self._open_turn = None
+        self._pending += 1
+        try:
+            if turn >= self.watermark:
+                await session.end_turn(turn)
+        finally:
+            self._pending -= 1
+            self._notify()
 
     async def _handle(self, session: AvatarSession, item: _SpeechItem) -> None:
         if isinstance(item, _SendPackets):

@@ -451,10 +451,15 @@ class _ObservedSession:
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         await self._session.speak_audio(audio, audio_format, turn)
-        if self._live.audio_heard:
-            heard = self._live.audio_heard.pop(turn, None)
-            if heard is not None:
-                self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
+        _observe_first_audio(self._live, self._metrics, turn)
+
+
+def _observe_first_audio(live: _Live, metrics: RelayMetrics, turn: int) -> None:
+    """Audio of `turn` reached the avatar: the time from its first chunk's arrival, once per turn."""
+    if live.audio_heard:
+        heard = live.audio_heard.pop(turn, None)
+        if heard is not None:
+            metrics.audio_to_avatar.observe(time.monotonic() - heard)
 
 
 class _ObservedTaker:
@@ -469,10 +474,7 @@ class _ObservedTaker:
 
     def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
         taken = self._take(audio, audio_format, turn)
-        if self._live.audio_heard:
-            heard = self._live.audio_heard.pop(turn, None)
-            if heard is not None:
-                self._metrics.audio_to_avatar.observe(time.monotonic() - heard)
+        _observe_first_audio(self._live, self._metrics, turn)
         return taken
 
 
