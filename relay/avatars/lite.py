@@ -53,6 +53,9 @@ from relay.protocol.lite import (
 log = logging.getLogger("relay.lite")
 
 
+_STOPPED = (SpeakEnded, SpeakInterrupted)
+
+
 def avatar_event_for(event: LiteEvent, prefix: str = "turn") -> AvatarStateChanged | None:
     """The provider-neutral event the conversation cares about, if any.
 
@@ -61,7 +64,7 @@ def avatar_event_for(event: LiteEvent, prefix: str = "turn") -> AvatarStateChang
     """
     if isinstance(event, SpeakStarted):
         return AvatarStateChanged(speaking=True, turn=turn_from_event_id(event.event_id, prefix))
-    if isinstance(event, SpeakEnded | SpeakInterrupted):
+    if isinstance(event, _STOPPED):
         return AvatarStateChanged(speaking=False, turn=turn_from_event_id(event.event_id, prefix))
     return None
 
@@ -103,32 +106,23 @@ class LiteAudioStream:
         then raises AvatarSessionEnded). Cancelled by the caller's scope."""
         await self.connected.wait()
 
-    async def _send(self, frame: str) -> bool:
+    async def _send(self, *frames: str) -> bool:
+        """Send `frames` in order, in one write. Call it holding `_send_lock`."""
         # LiveAvatar's docs say to wait for `connected` before sending any command (livekit-agents' plugin holds
         # its audio until then; the web SDK does not wait). Held here, in order: nothing said before `connected`
         # is lost, and the conversation bounds the wait (RELAY_AVATAR_CONNECT_TIMEOUT).
         if not self.connected.is_set():  # (once set, no scheduling point: the send is one)
             await self.connected.wait()
         try:
-            await self._ws.send_text(frame)
+            if len(frames) == 1:
+                await self._ws.send_text(frames[0])
+            else:
+                await self._ws.send_texts(frames)
         except WebSocketClosed:
             # The reader task turns the close into AvatarSessionEnded; a caller mid-turn just stops here.
             log.debug("lite socket closed while sending")
             return False
         return True
-
-    async def _send_speak(self, turn: int, packet: memoryview, event_id: str) -> None:
-        if not packet:
-            return
-        frame = build_speak(event_id, packet)
-        await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
-        try:
-            if self._is_interrupted(turn):
-                return
-            if await self._send(frame):
-                self._spoken_turns.add(turn)
-        finally:
-            self._send_lock.release()
 
     def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
         """The part of `speak_audio` that does no I/O: resample one chunk of turn `turn` to 24 kHz and return the
@@ -156,9 +150,19 @@ class LiteAudioStream:
         return event_id, pacer.add(resampler.process(audio), now)
 
     async def send_packets(self, turn: int, event_id: str, packets: list[memoryview]) -> None:
-        """Send the packets `take_audio` returned, in order (none of them once `turn` is interrupted)."""
-        for packet in packets:
-            await self._send_speak(turn, packet, event_id)
+        """Send the packets `take_audio` returned, in order and in one write (none of them once `turn` is
+        interrupted, even if it was interrupted while this waited for the socket)."""
+        frames = [build_speak(event_id, packet) for packet in packets if packet]
+        if not frames:
+            return
+        await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
+        try:
+            if self._is_interrupted(turn):
+                return
+            if await self._send(*frames):
+                self._spoken_turns.add(turn)
+        finally:
+            self._send_lock.release()
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         """Resample one chunk of turn `turn` to 24 kHz and send what the packet cadence says is due (see
@@ -180,19 +184,19 @@ class LiteAudioStream:
             if resampler is not None:
                 packets += pacer.add(resampler.flush(), trio.current_time())
             packets += pacer.flush()
-        if packets or turn in self._spoken_turns:
-            self._committed.add(turn)  # from now on, more audio of `turn` starts its next utterance
-        for packet in packets:
-            await self._send_speak(turn, packet, event_id)
-        if turn not in self._spoken_turns:
+        frames = [build_speak(event_id, packet) for packet in packets if packet]
+        if not frames and turn not in self._spoken_turns:
             return
-        frame = build_speak_end(event_id)
-        async with self._send_lock:
+        self._committed.add(turn)  # from now on, more audio of `turn` starts its next utterance
+        frames.append(build_speak_end(event_id))
+        await take_lock(self._send_lock)
+        try:
             if self._is_interrupted(turn):
                 return
             self._spoken_turns.discard(turn)
-            self._committed.add(turn)
-            await self._send(frame)
+            await self._send(*frames)  # the utterance's tail and its end: one write
+        finally:
+            self._send_lock.release()
 
     async def interrupt(self, turn: int) -> None:
         """`agent.interrupt` for `turn`. From this call on, no chunk of `turn` or an older turn is sent, even

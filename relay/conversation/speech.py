@@ -398,6 +398,7 @@ class SpeechRouter:
                     item = self._rx.receive_nowait()
                 except trio.WouldBlock:
                     item = None
+                if item is None:  # (waited for outside the `except`: the exception is not kept alive meanwhile)
                     with trio.move_on_at(self._audio_at + TURN_AUDIO_GAP):
                         item = await self._rx.receive()
                 if item is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Final
 
@@ -99,6 +99,17 @@ class ClientWebSocket:
         if protocol.state is not State.OPEN:
             raise self._closed_error()
         protocol.send_text(text if type(text) is bytes else text.encode())  # type: ignore[union-attr]
+        await self._flush()
+
+    async def send_texts(self, texts: Sequence[str | bytes]) -> None:
+        """Send several text messages, in order, in one write (one system call and one wake-up of the peer instead
+        of one per message). Same blocking, cancellation and errors as `send_text`; if the connection is closed
+        none of them is sent."""
+        protocol = self._protocol
+        if protocol.state is not State.OPEN:
+            raise self._closed_error()
+        for text in texts:
+            protocol.send_text(text if type(text) is bytes else text.encode())  # type: ignore[union-attr]
         await self._flush()
 
     async def send_bytes(self, data: bytes | memoryview) -> None:

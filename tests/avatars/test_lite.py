@@ -55,16 +55,30 @@ PCM24K = AudioFormat("pcm", 24000)
 async def test_a_chunk_queued_behind_an_interrupt_is_never_sent() -> None:
     speaker, sock = make_speaker()
     sock.gate = trio.Event()
-    three_packets = b"\x01\x00" * (MAX_SPEAK_PCM_BYTES * 3 // 2)
+    chunk = b"\x01\x00" * 2400
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(speaker.speak_audio, three_packets, PCM24K, 1)
-            await trio.testing.wait_all_tasks_blocked()  # the first packet is stuck in send
+            nursery.start_soon(speaker.speak_audio, chunk, PCM24K, 1)
+            await trio.testing.wait_all_tasks_blocked()  # the first chunk is stuck in send
+            nursery.start_soon(speaker.speak_audio, chunk, PCM24K, 1)  # the next one waits for the socket
+            await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(speaker.interrupt, 1)
             await trio.testing.wait_all_tasks_blocked()
             sock.gate.set()
     assert [(f["type"], f["event_id"]) for f in sock.sent] == [("agent.speak", "turn-1"),
                                                                ("agent.interrupt", "turn-1")]
+
+
+async def test_the_packets_due_at_once_and_an_utterance_s_end_go_out_in_one_write_each() -> None:
+    speaker, sock = make_speaker()
+    three_packets = b"\x01\x00" * (MAX_SPEAK_PCM_BYTES * 3 // 2)
+    await speaker.speak_audio(three_packets, PCM24K, 1)
+    await speaker.end_turn(1)
+    assert sock.writes == [["agent.speak"] * 3, ["agent.speak_end"]]
+    pcm16k = b"\x10\x00" * 1600  # resampled: the filter's tail and the end leave together
+    await speaker.speak_audio(pcm16k, AudioFormat("pcm", 16000), 2)
+    await speaker.end_turn(2)
+    assert sock.writes[2:] == [["agent.speak"], ["agent.speak", "agent.speak_end"]]
 
 
 async def test_after_an_interrupt_older_turns_are_dropped_and_newer_ones_flow() -> None:

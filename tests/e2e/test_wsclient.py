@@ -154,6 +154,36 @@ async def test_sent_text_arrives_and_leaving_closes_with_1000(serve: Serve) -> N
     assert seen[2][0] is Opcode.CLOSE and seen[2][1][:2] == (1000).to_bytes(2, "big")
 
 
+async def test_several_texts_sent_together_go_out_in_order_in_one_write(serve: Serve) -> None:
+    reads: list[list[bytes]] = []
+    read = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        data = await peer.stream.receive_some(65536)  # one small write is one read on loopback
+        peer.protocol.receive_data(data)
+        reads.append([bytes(e.data) for e in peer.protocol.events_received() if isinstance(e, Frame)])
+        read.set()
+        with trio.move_on_after(3):
+            while (await peer.next_frame()).opcode is not Opcode.CLOSE:
+                pass
+
+    url = await serve(handler)
+    with trio.fail_after(5):
+        async with open_websocket(url) as ws:
+            writes: list[bytes] = []
+            stream_send_all = ws._stream.send_all
+
+            async def counted_send_all(data: bytes) -> None:
+                writes.append(bytes(data))
+                await stream_send_all(data)
+
+            ws._stream.send_all = counted_send_all  # type: ignore[method-assign,assignment]
+            await ws.send_texts(["one", b"two", "three"])
+            await read.wait()  # (the close frame comes after)
+    assert reads == [[b"one", b"two", b"three"]]
+    assert len(writes[0]) == 3 * (2 + 4) + len("onetwothree")  # one write: three masked frames' headers and data
+
+
 async def test_closing_while_another_task_receives_is_prompt(serve: Serve) -> None:
     # "Prompt" without a wall-clock threshold: the close may wait 30 s for the peer's answer, and the peer would
     # hold the connection 30 s; a close that did not see the answer the receiving task got would take that long,

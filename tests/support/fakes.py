@@ -7,7 +7,7 @@ They let the conversation nursery run in tests with no sockets at all. Each fake
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,12 +149,18 @@ class FakeLiteSocket:
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.writes: list[list[str]] = []  # the frames' types, one list per write
         self.gate: trio.Event | None = None
 
     async def send_text(self, message: str) -> None:
+        await self.send_texts([message])
+
+    async def send_texts(self, messages: Sequence[str]) -> None:
         if self.gate is not None:
             await self.gate.wait()
-        self.sent.append(orjson.loads(message))
+        frames = [orjson.loads(message) for message in messages]
+        self.sent += frames
+        self.writes.append([frame["type"] for frame in frames])
 
 
 @dataclass
