@@ -341,7 +341,9 @@ class DirectWebSocket(UpgradeRequest):
         await self._flush()
 
     def _frame(self, data: str | bytes) -> None:
-        """Frame one message into the protocol's output (text for str, binary for bytes); nothing is written."""
+        """Frame one message into the protocol's output (text for str, binary for bytes); nothing is written. (Not
+        `encode_frame`: framed here, at the call, the message keeps its place ahead of a close frame another task
+        queues while this one waits for the send lock, so a last message before a close is never dropped.)"""
         if type(data) is str:
             self._protocol.send_text(data.encode())
         else:
