@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import re
 import secrets
 from collections import deque
@@ -114,11 +115,15 @@ class ReplayBuffer:
     `max_bytes`. `push` numbers a message; `written(seq)` notes it went out on a connection; on a resume,
     `since(last_seq)` is what the browser has not seen. A message is dropped from the buffer only once written
     (and older than the bound); `push` raises ReplayOverflow when the bound can only be kept by dropping one that
-    never was, and `since` raises ResumeRefused("expired") when the browser missed one already dropped."""
+    never was, and `since` raises ResumeRefused("expired") when the browser missed one already dropped.
+
+    Kept as the numbered frames' text only (their numbers run without a gap up to `last_seq`): a string is not an
+    object the garbage collector tracks, so a buffer that grows with every message does not fill the collector's
+    young generation (docs/performance.md, round 12)."""
 
     def __init__(self, max_messages: int = REPLAY_MESSAGES, max_bytes: int = REPLAY_BYTES) -> None:
         self.max_messages, self.max_bytes = max_messages, max_bytes
-        self._kept: deque[Numbered] = deque()
+        self._kept: deque[str] = deque()  # the frames numbered last_seq - len + 1 ... last_seq
         self.bytes = 0
         self.last_seq = 0  # the newest number given
         self.last_written = 0  # the newest number written on a connection
@@ -129,25 +134,28 @@ class ReplayBuffer:
     def push(self, frame: str) -> Numbered:
         """Number `frame` (the next seq) and keep it. Raises ReplayOverflow (and keeps nothing) when the bound would
         need a never-written message dropped."""
-        numbered = Numbered(self.last_seq + 1, with_seq(frame, self.last_seq + 1))
-        size = len(numbered.frame)
+        kept = self._kept
+        seq = self.last_seq + 1
+        numbered = with_seq(frame, seq)
+        size = len(numbered)
+        first = seq - len(kept)  # the number of kept[0]
         drop = 0
-        count, total = len(self._kept) + 1, self.bytes + size
-        while drop < len(self._kept) and (count > self.max_messages or total > self.max_bytes):
-            if self._kept[drop].seq > self.last_written:
+        count, total = len(kept) + 1, self.bytes + size
+        while drop < len(kept) and (count > self.max_messages or total > self.max_bytes):
+            if first + drop > self.last_written:
                 raise ReplayOverflow(f"more than {self.max_messages} messages or {self.max_bytes} bytes waited "
                                      "for the browser to come back")
             count -= 1
-            total -= len(self._kept[drop].frame)
+            total -= len(kept[drop])
             drop += 1
         if count > self.max_messages or total > self.max_bytes:
             raise ReplayOverflow(f"one message of {size} bytes is over the replay bound of {self.max_bytes} bytes")
         for _ in range(drop):
-            self.bytes -= len(self._kept.popleft().frame)
-        self._kept.append(numbered)
+            self.bytes -= len(kept.popleft())
+        kept.append(numbered)
         self.bytes += size
-        self.last_seq = numbered.seq
-        return numbered
+        self.last_seq = seq
+        return Numbered(seq, numbered)
 
     def written(self, seq: int) -> None:
         """`seq` (and everything before it) went out on a connection."""
@@ -158,7 +166,9 @@ class ReplayBuffer:
         of them is no longer kept, or "unknown" for a `last_seq` the relay never sent."""
         if last_seq > self.last_seq or last_seq < 0:
             raise ResumeRefused("unknown", f"last_seq {last_seq} was never sent")
-        first_kept = self._kept[0].seq if self._kept else self.last_seq + 1
+        first_kept = self.last_seq - len(self._kept) + 1
         if last_seq + 1 < first_kept:
             raise ResumeRefused("expired", "the messages since last_seq are no longer kept")
-        return [numbered for numbered in self._kept if numbered.seq > last_seq]
+        skip = last_seq + 1 - first_kept
+        return [Numbered(first_kept + skip + i, frame)
+                for i, frame in enumerate(itertools.islice(self._kept, skip, None))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -119,3 +121,22 @@ def test_any_drops_and_resumes_deliver_every_message_once_in_order(ops: list[tup
         assert refused.reason == "expired" and expired_is_explained()
         return
     assert read == sent
+
+
+def test_the_kept_messages_are_no_objects_the_garbage_collector_tracks() -> None:
+    # Every JSON message after `ready` is kept: were each kept as an object the collector tracks, a growing buffer
+    # would fill its young generation and make the whole process collect more often (docs/performance.md, round 12).
+    buffer = ReplayBuffer()
+    for _ in range(200):  # the deque's first blocks
+        buffer.written(buffer.push('{"type":"caption"}').seq)
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for _ in range(1000):
+            buffer.written(buffer.push('{"type":"caption","text":"hello"}').seq)
+        grown = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert len(buffer) == 1200
+    assert grown < 50  # a deque block now and then, not one object per message
+    assert [numbered.seq for numbered in buffer.since(1198)] == [1199, 1200]
