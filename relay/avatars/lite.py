@@ -114,15 +114,22 @@ class LiteAudioStream:
         if not self.connected.is_set():  # (once set, no scheduling point: the send is one)
             await self.connected.wait()
         try:
-            if len(frames) == 1:
-                await self._ws.send_text(frames[0])
-            else:
-                await self._ws.send_texts(frames)
+            await self._ws.send_texts(frames)
         except WebSocketClosed:
             # The reader task turns the close into AvatarSessionEnded; a caller mid-turn just stops here.
             log.debug("lite socket closed while sending")
             return False
         return True
+
+    async def _send_of_turn(self, turn: int, frames: list[str]) -> bool:
+        """Send `frames` of turn `turn` in one write, unless the turn is interrupted by the time the socket is this
+        call's (checked under the send lock: a call waiting behind a stuck write sees an `agent.interrupt` that went
+        ahead of it). True when they were written."""
+        await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
+        try:
+            return not self._is_interrupted(turn) and await self._send(*frames)
+        finally:
+            self._send_lock.release()
 
     def take_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> tuple[str, list[memoryview]]:
         """The part of `speak_audio` that does no I/O: resample one chunk of turn `turn` to 24 kHz and return the
@@ -153,16 +160,8 @@ class LiteAudioStream:
         """Send the packets `take_audio` returned, in order and in one write (none of them once `turn` is
         interrupted, even if it was interrupted while this waited for the socket)."""
         frames = [build_speak(event_id, packet) for packet in packets if packet]
-        if not frames:
-            return
-        await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
-        try:
-            if self._is_interrupted(turn):
-                return
-            if await self._send(*frames):
-                self._spoken_turns.add(turn)
-        finally:
-            self._send_lock.release()
+        if frames and await self._send_of_turn(turn, frames):
+            self._spoken_turns.add(turn)
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
         """Resample one chunk of turn `turn` to 24 kHz and send what the packet cadence says is due (see
@@ -189,14 +188,8 @@ class LiteAudioStream:
             return
         self._committed.add(turn)  # from now on, more audio of `turn` starts its next utterance
         frames.append(build_speak_end(event_id))
-        await take_lock(self._send_lock)
-        try:
-            if self._is_interrupted(turn):
-                return
-            self._spoken_turns.discard(turn)
-            await self._send(*frames)  # the utterance's tail and its end: one write
-        finally:
-            self._send_lock.release()
+        await self._send_of_turn(turn, frames)  # the utterance's tail and its end: one write
+        self._spoken_turns.discard(turn)
 
     async def interrupt(self, turn: int) -> None:
         """`agent.interrupt` for `turn`. From this call on, no chunk of `turn` or an older turn is sent, even

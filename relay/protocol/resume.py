@@ -136,8 +136,8 @@ class ReplayBuffer:
         need a never-written message dropped."""
         kept = self._kept
         seq = self.last_seq + 1
-        numbered = with_seq(frame, seq)
-        size = len(numbered)
+        text = with_seq(frame, seq)
+        size = len(text)
         first = seq - len(kept)  # the number of kept[0]
         drop = 0
         count, total = len(kept) + 1, self.bytes + size
@@ -152,10 +152,10 @@ class ReplayBuffer:
             raise ReplayOverflow(f"one message of {size} bytes is over the replay bound of {self.max_bytes} bytes")
         for _ in range(drop):
             self.bytes -= len(kept.popleft())
-        kept.append(numbered)
+        kept.append(text)
         self.bytes += size
         self.last_seq = seq
-        return Numbered(seq, numbered)
+        return Numbered(seq, text)
 
     def written(self, seq: int) -> None:
         """`seq` (and everything before it) went out on a connection."""
@@ -169,6 +169,5 @@ class ReplayBuffer:
         first_kept = self.last_seq - len(self._kept) + 1
         if last_seq + 1 < first_kept:
             raise ResumeRefused("expired", "the messages since last_seq are no longer kept")
-        skip = last_seq + 1 - first_kept
-        return [Numbered(first_kept + skip + i, frame)
-                for i, frame in enumerate(itertools.islice(self._kept, skip, None))]
+        missed = itertools.islice(self._kept, last_seq + 1 - first_kept, None)
+        return [Numbered(seq, text) for seq, text in enumerate(missed, start=last_seq + 1)]
