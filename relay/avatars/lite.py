@@ -125,9 +125,18 @@ class LiteAudioStream:
         """Send `frames` of turn `turn` in one write, unless the turn is interrupted by the time the socket is this
         call's (checked under the send lock: a call waiting behind a stuck write sees an `agent.interrupt` that went
         ahead of it). True when they were written."""
-        await take_lock(self._send_lock)  # the audio path: no task switch of its own when the lock is free
+        await take_lock(self._send_lock)  # no task switch of its own when the lock is free: the write is one
         try:
             return not self._is_interrupted(turn) and await self._send(*frames)
+        finally:
+            self._send_lock.release()
+
+    async def _send_control(self, frame: str) -> None:
+        """Send one control frame (interrupt, keep-alive, listening pose) under the send lock, taken without a task
+        switch of its own when it is free (the write is one)."""
+        await take_lock(self._send_lock)
+        try:
+            await self._send(frame)
         finally:
             self._send_lock.release()
 
@@ -201,9 +210,7 @@ class LiteAudioStream:
         for old in [t for t in self._pacers if t <= turn]:
             del self._pacers[old]
         self._spoken_turns = {t for t in self._spoken_turns if t > turn}
-        frame = build_interrupt(self.event_id(turn))
-        async with self._send_lock:
-            await self._send(frame)
+        await self._send_control(build_interrupt(self.event_id(turn)))
 
     def _control_id(self, kind: str) -> str:
         self._control_counter += 1
@@ -211,16 +218,12 @@ class LiteAudioStream:
 
     async def keep_alive(self) -> None:
         """`session.keep_alive`: reset the server's idle timer."""
-        frame = build_keep_alive(self._control_id("keep-alive"))
-        async with self._send_lock:
-            await self._send(frame)
+        await self._send_control(build_keep_alive(self._control_id("keep-alive")))
 
     async def set_listening(self, listening: bool) -> None:
         """`agent.start_listening` (True: the avatar shows its listening pose) or `agent.stop_listening`."""
         build = build_start_listening if listening else build_stop_listening
-        frame = build(self._control_id("listen"))
-        async with self._send_lock:
-            await self._send(frame)
+        await self._send_control(build(self._control_id("listen")))
 
     async def read_events(self, on_event: OnAvatarEvent) -> None:
         """Reader task: deliver speaking/stopped events through `on_event`, log errors and warnings, and raise

@@ -115,6 +115,51 @@ async def test_a_turn_without_audio_sends_no_speak_end() -> None:
     assert sock.sent == []
 
 
+class _StepsOf(trio.abc.Instrument):
+    """Counts the steps of the task named `name`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.count = 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.count += 1
+
+
+async def test_control_frames_take_the_free_send_lock_without_a_task_switch_of_their_own() -> None:
+    """The listening pose (two a turn), keep-alives and interrupts: the write is the only scheduling point (the
+    fake socket has none, so the calling task runs to the end in one step); a stuck write still holds them back."""
+    speaker, sock = make_speaker()
+
+    async def controls() -> None:
+        await speaker.set_listening(True)
+        await speaker.set_listening(False)
+        await speaker.keep_alive()
+        await speaker.interrupt(1)
+
+    steps = _StepsOf("controls")
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(controls, name="controls")
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert steps.count == 1
+    assert sock.writes == [["agent.start_listening"], ["agent.stop_listening"],
+                                        ["session.keep_alive"], ["agent.interrupt"]]
+    sock.gate = trio.Event()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(speaker.keep_alive)
+            await trio.testing.wait_all_tasks_blocked()  # stuck in its write, holding the lock
+            nursery.start_soon(speaker.set_listening, True)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(sock.writes) == 4
+            sock.gate.set()
+    assert sock.writes[4:] == [["session.keep_alive"], ["agent.start_listening"]]
+
+
 async def test_keep_alive_and_listening_frames_have_distinct_event_ids() -> None:
     speaker, sock = make_speaker()
     await speaker.keep_alive()
