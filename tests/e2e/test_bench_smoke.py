@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.load import steady_window
-from bench.run import main, ratios
+from bench.run import main, ranges, ratios
 from bench.wire import read_stamp, speech_cycle, stamp
 
 
@@ -52,6 +52,20 @@ def test_the_ratios_divide_and_leave_out_what_was_not_measured() -> None:
     assert ratios(row(4.5, 510.0), row(1.5, 680.0))["setup_p50"] == 0.75
     assert ratios(row(4.5, 510.0), row(0.0, 680.0))["cpu"] is None  # nothing to divide by: not a ratio
     assert ratios(row(None, 510.0), row(1.5, 680.0))["cpu"] is None
+
+
+def test_the_summary_lists_each_run_s_ratio_to_the_floor_and_counts_those_within_the_goal() -> None:
+    def row(impl: str, cpu: float, to_floor: float | None) -> dict[str, Any]:
+        measured = {"ratio_to_trio_floor": {"cpu": to_floor}} if to_floor is not None else {}
+        return {"impl": impl, "clients": 100, "cpu_ms_per_conversation_second": cpu, "forwarding": {"p99": 20.0},
+                "load_average": 1.0, **measured}
+
+    table = ranges([row("relay", 2.5, 1.11), row("trio_floor", 2.2, None), row("relay", 2.9, 1.26),
+                    row("trio_floor", 2.3, None), row("relay", 2.4, 1.2)])
+    relay_line = next(line for line in table.splitlines() if line.startswith("relay |"))
+    assert "| 1.11, 1.26, 1.20 (2/3) |" in relay_line
+    floor_line = next(line for line in table.splitlines() if line.startswith("trio_floor |"))
+    assert floor_line.split(" | ")[6] == "-"
 
 
 @pytest.mark.timeout(200)
