@@ -24,6 +24,7 @@ from relay.protocol.lite import (
     turn_from_event_id,
 )
 from tests.support.fakes import FakeLiteSocket
+from tests.support.steps import TaskSteps
 
 
 def test_speak_started_and_ended_become_avatar_state_changes() -> None:
@@ -115,18 +116,6 @@ async def test_a_turn_without_audio_sends_no_speak_end() -> None:
     assert sock.sent == []
 
 
-class _StepsOf(trio.abc.Instrument):
-    """Counts the steps of the task named `name`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.count = 0
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name == self.name:
-            self.count += 1
-
-
 async def test_control_frames_take_the_free_send_lock_without_a_task_switch_of_their_own() -> None:
     """The listening pose (two a turn), keep-alives and interrupts: the write is the only scheduling point (the
     fake socket has none, so the calling task runs to the end in one step); a stuck write still holds them back."""
@@ -138,7 +127,7 @@ async def test_control_frames_take_the_free_send_lock_without_a_task_switch_of_t
         await speaker.keep_alive()
         await speaker.interrupt(1)
 
-    steps = _StepsOf("controls")
+    steps = TaskSteps("controls")
     trio.lowlevel.add_instrument(steps)
     try:
         async with trio.open_nursery() as nursery:

@@ -20,20 +20,9 @@ from relay.conversation.outbox import Outbox
 from relay.conversation.speech import TURN_AUDIO_GAP, SpeechRouter
 from relay.protocol.audio import AudioFormat
 from tests.support.fakes import FakeLiteSocket
+from tests.support.steps import TaskSteps
 
 CHUNK = b"\x01\x00" * 4000  # 250 ms at 16 kHz
-
-
-class Steps(trio.abc.Instrument):
-    """Counts the steps of the task named `name`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.count = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name == self.name:
-            self.count += 1
 
 
 def lite_router(first_packet_seconds: float = 0.6) -> tuple[SpeechRouter, StreamedAudioSession, FakeLiteSocket]:
@@ -69,7 +58,7 @@ async def burst(inline: bool) -> tuple[list[dict[str, object]], int]:
     router, session, sock = lite_router()
     if not inline:
         router._taker = None
-    steps = Steps("router")
+    steps = TaskSteps("router")
     trio.lowlevel.add_instrument(steps)
     try:
         async with trio.open_nursery() as tasks:
