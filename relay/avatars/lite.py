@@ -121,22 +121,14 @@ class LiteAudioStream:
             return False
         return True
 
-    async def _send_of_turn(self, turn: int, frames: list[str]) -> bool:
-        """Send `frames` of turn `turn` in one write, unless the turn is interrupted by the time the socket is this
-        call's (checked under the send lock: a call waiting behind a stuck write sees an `agent.interrupt` that went
-        ahead of it). True when they were written."""
-        await take_lock(self._send_lock)  # no task switch of its own when the lock is free: the write is one
-        try:
-            return not self._is_interrupted(turn) and await self._send(*frames)
-        finally:
-            self._send_lock.release()
-
-    async def _send_control(self, frame: str) -> None:
-        """Send one control frame (interrupt, keep-alive, listening pose) under the send lock, taken without a task
-        switch of its own when it is free (the write is one)."""
+    async def _send_locked(self, frames: list[str], turn: int | None = None) -> bool:
+        """Send `frames` in one write under the send lock, taken without a task switch of its own when it is free
+        (the write is one). With `turn` (audio): not once that turn is interrupted by the time the socket is this
+        call's (checked under the lock: a call waiting behind a stuck write sees an `agent.interrupt` that went ahead
+        of it). True when they were written."""
         await take_lock(self._send_lock)
         try:
-            await self._send(frame)
+            return (turn is None or not self._is_interrupted(turn)) and await self._send(*frames)
         finally:
             self._send_lock.release()
 
@@ -169,7 +161,7 @@ class LiteAudioStream:
         """Send the packets `take_audio` returned, in order and in one write (none of them once `turn` is
         interrupted, even if it was interrupted while this waited for the socket)."""
         frames = [build_speak(event_id, packet) for packet in packets if packet]
-        if frames and await self._send_of_turn(turn, frames):
+        if frames and await self._send_locked(frames, turn):
             self._spoken_turns.add(turn)
 
     async def speak_audio(self, audio: bytes, audio_format: AudioFormat, turn: int) -> None:
@@ -197,7 +189,7 @@ class LiteAudioStream:
             return
         self._committed.add(turn)  # from now on, more audio of `turn` starts its next utterance
         frames.append(build_speak_end(event_id))
-        await self._send_of_turn(turn, frames)  # the utterance's tail and its end: one write
+        await self._send_locked(frames, turn)  # the utterance's tail and its end: one write
         self._spoken_turns.discard(turn)
 
     async def interrupt(self, turn: int) -> None:
@@ -210,7 +202,7 @@ class LiteAudioStream:
         for old in [t for t in self._pacers if t <= turn]:
             del self._pacers[old]
         self._spoken_turns = {t for t in self._spoken_turns if t > turn}
-        await self._send_control(build_interrupt(self.event_id(turn)))
+        await self._send_locked([build_interrupt(self.event_id(turn))])
 
     def _control_id(self, kind: str) -> str:
         self._control_counter += 1
@@ -218,12 +210,12 @@ class LiteAudioStream:
 
     async def keep_alive(self) -> None:
         """`session.keep_alive`: reset the server's idle timer."""
-        await self._send_control(build_keep_alive(self._control_id("keep-alive")))
+        await self._send_locked([build_keep_alive(self._control_id("keep-alive"))])
 
     async def set_listening(self, listening: bool) -> None:
         """`agent.start_listening` (True: the avatar shows its listening pose) or `agent.stop_listening`."""
         build = build_start_listening if listening else build_stop_listening
-        await self._send_control(build(self._control_id("listen")))
+        await self._send_locked([build(self._control_id("listen"))])
 
     async def read_events(self, on_event: OnAvatarEvent) -> None:
         """Reader task: deliver speaking/stopped events through `on_event`, log errors and warnings, and raise

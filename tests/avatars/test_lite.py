@@ -135,8 +135,8 @@ async def test_control_frames_take_the_free_send_lock_without_a_task_switch_of_t
     finally:
         trio.lowlevel.remove_instrument(steps)
     assert steps.count == 1
-    assert sock.writes == [["agent.start_listening"], ["agent.stop_listening"],
-                                        ["session.keep_alive"], ["agent.interrupt"]]
+    assert sock.writes == [["agent.start_listening"], ["agent.stop_listening"], ["session.keep_alive"],
+                           ["agent.interrupt"]]
     sock.gate = trio.Event()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
