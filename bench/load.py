@@ -164,6 +164,18 @@ async def run_client(url: str, start_at: float, stop_at: float, frames: list[byt
             settled()
 
 
+async def callgrind_control(pid: int, command: str) -> float:
+    """Run `callgrind_control COMMAND PID` (the process runs under valgrind's callgrind; `--callgrind`) and wait for
+    the process to have carried it out; the seconds it took."""
+    began = time.monotonic()
+    process = await asyncio.create_subprocess_exec("callgrind_control", command, str(pid),
+                                                   stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    if await process.wait() != 0:
+        raise RuntimeError(f"callgrind_control {command} {pid} failed")
+    return time.monotonic() - began
+
+
 def steady_window(available: float, period: float) -> tuple[float, int]:
     """The CPU window's length within `available` seconds, and how many turns it holds: a whole number of `period`s
     (every client repeats its load once per turn of its synthetic user: speech, then the agent's reply as a burst),
@@ -204,6 +216,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     async def sample_window() -> None:
         await all_ready.wait()
+        if args.callgrind:  # instrumented from now on (the switch flushes valgrind's code cache: a second's settling)
+            await callgrind_control(args.relay_pid, "--instr=on")
+            await asyncio.sleep(1.0)
+            await callgrind_control(args.relay_pid, "--zero")
         begun = loop.time()
         started, cpu0 = time.monotonic(), process_cpu_seconds(args.relay_pid)
         others0 = {name: process_cpu_seconds(pid) for name, pid in others.items()}
@@ -217,6 +233,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         window["cpu_seconds"] = process_cpu_seconds(args.relay_pid) - cpu0
         window["other_core_share"] = {name: round((process_cpu_seconds(pid) - others0[name]) / window["seconds"], 3)
                                       for name, pid in others.items()}
+        if args.callgrind:  # the counts since `--zero`, dumped; the dump's own delay bounds the window's overrun
+            window["callgrind_dump_s"] = round(await callgrind_control(args.relay_pid, "--dump"), 3)
 
     sampler = asyncio.create_task(sample_window())
     await asyncio.gather(*tasks)
@@ -260,6 +278,9 @@ def main() -> None:
     parser.add_argument("--relay-pid", type=int, required=True)
     parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
     parser.add_argument("--sims-pid", type=int, default=None, help="also report the simulators' CPU share")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="the relay runs under callgrind: instrument it and zero its counts at the window's "
+                             "start, dump them at its end")
     args = parser.parse_args()
     global COMPRESSION
     COMPRESSION = "deflate" if args.deflate else None

@@ -141,9 +141,11 @@ def is_relay(impl: str) -> bool:
 
 @contextlib.contextmanager
 def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: int = 1,
-                 census: Path | None = None) -> Iterator[tuple[str, int]]:
+                 census: Path | None = None, callgrind: Path | None = None) -> Iterator[tuple[str, int]]:
     """Start the relay (with `workers` processes) or a yardstick; yields (ws URL, pid of the process started).
-    `census`: the file its census of task steps goes to (bench.census; a Trio implementation only)."""
+    `census`: the file its census of task steps goes to (bench.census; a Trio implementation only). `callgrind`:
+    run it under valgrind's callgrind, not instrumented until the load generator switches it on, its counts
+    written to that path (`callgrind_counts`)."""
     port = _free_port()
     log = open(log_path, "w")
     source = RELAY_SOURCES.get(impl, ROOT)
@@ -172,12 +174,18 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
         census.unlink(missing_ok=True)
         env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "bench" / "census_hook"), str(source), str(ROOT)))
         env["BENCH_CENSUS"] = str(census)
+    slow = 1.0
+    if callgrind is not None:  # PYTHON is the interpreter itself (a shell-script shim would run untraced)
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
+                   f"--callgrind-out-file={callgrind}", *command]
+        env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run: counts that repeat
+        slow = 10.0  # valgrind's start-up, uninstrumented, is still several times slower
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                preexec_fn=_pinned("impl"))
     try:
-        _wait_for_port(port, process)
+        _wait_for_port(port, process, 20.0 * slow)
         if is_relay(impl):
-            _wait_for_workers(port, workers)
+            _wait_for_workers(port, workers, 30.0 * slow)
         yield f"ws://127.0.0.1:{port}/ws", process.pid
     finally:
         _stop(process)
@@ -241,6 +249,36 @@ def _wait_for_no_leaks(http: httpx2.Client, sims: Sims, avatar: str, timeout: fl
         time.sleep(0.2)
 
 
+# callgrind's cycle estimate (the one KCachegrind shows): an L1 miss costs ~10 instructions' time, a last-level
+# miss ~100. Deterministic, like the count; where the relay and the floor differ in how much memory they touch, it
+# differs from the count as their CPU time does.
+L1_MISS_CYCLES, LL_MISS_CYCLES = 10, 100
+
+
+def callgrind_counts(path: Path) -> dict[str, int] | None:
+    """What callgrind counted between the load generator's `--zero` and its `--dump` (the run's first dump,
+    `<path>.1`): its `events:` and `summary:` lines as {event: count} (Ir, and with the cache simulation Dr, Dw,
+    I1mr, D1mr, D1mw, ILmr, DLmr, DLmw), or None if there is no dump."""
+    dump = path.with_name(path.name + ".1")
+    events: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("summary:"):
+                return dict(zip(events, (int(n) for n in line.split()[1:]), strict=True))
+    return None
+
+
+def estimated_cycles(counts: dict[str, int]) -> int | None:
+    """callgrind's cycle estimate from a dump's counts (None without the cache simulation's events)."""
+    if "I1mr" not in counts:
+        return None
+    l1 = counts["I1mr"] + counts["D1mr"] + counts["D1mw"]
+    last = counts["ILmr"] + counts["DLmr"] + counts["DLmw"]
+    return counts["Ir"] + L1_MISS_CYCLES * l1 + LL_MISS_CYCLES * last
+
+
 def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     with running_sims(avatar) as sims:
         direct_ms = direct_avatar_setup_ms(avatar, sims, args.upstream_tries)
@@ -252,12 +290,14 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
             out_dir: Path) -> dict[str, Any]:
     workers = args.relay_workers if is_relay(impl) else 1
     census_path = out_dir / f"{impl}-{clients}.census.jsonl" if args.census else None
-    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers, census_path) as (url, pid), \
+    callgrind_path = out_dir / f"{impl}-{clients}.callgrind" if args.callgrind else None
+    with running_impl(impl, avatar, sims, out_dir / f"{impl}-{clients}.log", workers, census_path,
+                      callgrind_path) as (url, pid), \
             _profiling(args, impl, clients, pid, out_dir):
         load = subprocess.run(
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
              "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid),
-             *(["--deflate"] if args.browser_deflate else [])],
+             *(["--deflate"] if args.browser_deflate else []), *(["--callgrind"] if args.callgrind else [])],
             cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120,
             preexec_fn=_pinned("rig"))
         if load.returncode != 0:
@@ -290,6 +330,7 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
         "leaked_agents": ledgers["open_agents"], "leaked_avatar_sessions": ledgers["open_avatars"],
         "ready": result["ready"], "messages": result["messages"],
         "cpu_ms_per_conversation_second": None, "rss_mb_per_conversation": None, "window_s": None,
+        "instructions_m_per_conversation_second": None, "cycles_m_per_conversation_second": None,
     }
     if window is not None and clients:
         out["window_s"] = round(window["seconds"], 2)
@@ -298,6 +339,13 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
         out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"], 3)
         out["other_core_share"] = window["other_core_share"]
         out["rss_mb_per_conversation"] = round((window["rss_open"] - result["rss_idle"]) / clients / 2**20, 4)
+        if callgrind_path is not None and (counted := callgrind_counts(callgrind_path)) is not None:
+            per = 1e6 * clients * window["seconds"]
+            out["instructions_m_per_conversation_second"] = round(counted["Ir"] / per, 3)
+            if (cycles := estimated_cycles(counted)) is not None:
+                out["cycles_m_per_conversation_second"] = round(cycles / per, 3)
+            out["callgrind"] = counted
+            out["callgrind_dump_s"] = window.get("callgrind_dump_s")
     if census_path is not None and window is not None and census_path.exists():
         out["census"] = window_rates(read_lines(census_path.read_text()), window["start"], window["end"])
         if out["census"] is not None:
@@ -342,6 +390,10 @@ def ratios(relay: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
         "to_avatar_p50": ratio(relay["to_avatar"]["p50"], baseline["to_avatar"]["p50"]),
         "to_avatar_p99": ratio(relay["to_avatar"]["p99"], baseline["to_avatar"]["p99"]),
         "cpu": ratio(relay["cpu_ms_per_conversation_second"], baseline["cpu_ms_per_conversation_second"]),
+        "instructions": ratio(relay.get("instructions_m_per_conversation_second"),
+                              baseline.get("instructions_m_per_conversation_second")),
+        "cycles": ratio(relay.get("cycles_m_per_conversation_second"),
+                        baseline.get("cycles_m_per_conversation_second")),
         "rss": ratio(relay["rss_mb_per_conversation"], baseline["rss_mb_per_conversation"]),
     }
 
@@ -387,7 +439,9 @@ def each_run(ratios: list[float | None]) -> str:
 def ranges(rows: list[dict[str, Any]]) -> str:
     """Per implementation and N, over the runs: CPU per conversation-second and p99 forwarding as min..max, and each
     relay's CPU as a ratio to the Trio floor's and the baseline's of the same run (min..max; to the floor also run
-    by run, with how many runs are within GOAL_TO_TRIO_FLOOR)."""
+    by run, with how many runs are within GOAL_TO_TRIO_FLOOR). Under `--callgrind`, three more columns: instructions
+    per conversation-second (millions) and, run by run, their ratio and the estimated cycles' ratio to the
+    floor's."""
     def span(values: list[float]) -> str:
         values = [v for v in values if v is not None]
         if not values:
@@ -398,15 +452,24 @@ def ranges(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["impl"], r["clients"]), []).append(r)
+    counted = any(r.get("instructions_m_per_conversation_second") is not None for r in rows)
     lines = ["impl | N | runs | CPU ms/conv-s | p99 fwd ms | CPU / Trio floor | each run (≤ 1.2x) | CPU / baseline "
-             "| load avg", "---|---|---|---|---|---|---|---|---"]
+             "| load avg" + (" | M instr/conv-s | instr / Trio floor, each run | est. cycles / Trio floor, each run"
+                             if counted else ""),
+             "---|---|---|---|---|---|---|---|---" + ("|---|---|---" if counted else "")]
     for (impl, clients), group in groups.items():
         to_floor = [r.get("ratio_to_trio_floor", {}).get("cpu") for r in group]
-        lines.append(" | ".join([
+        columns = [
             impl, str(clients), str(len(group)), span([r["cpu_ms_per_conversation_second"] for r in group]),
             span([r["forwarding"]["p99"] for r in group]), span(to_floor), each_run(to_floor),
             span([r.get("ratio_to_baseline", {}).get("cpu") for r in group]),
-            span([round(r.get("load_average", 0.0), 1) for r in group])]))
+            span([round(r.get("load_average", 0.0), 1) for r in group])]
+        if counted:
+            listed = [", ".join(f"{v:.3f}" for r in group
+                                if (v := r.get("ratio_to_trio_floor", {}).get(key)) is not None) or "-"
+                      for key in ("instructions", "cycles")]
+            columns += [span([r.get("instructions_m_per_conversation_second") for r in group]), *listed]
+        lines.append(" | ".join(columns))
     return "\n".join(lines)
 
 
@@ -454,6 +517,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="a census of task steps in every Trio implementation (bench.census): ms per second, "
                              "steps and µs per step by task name, and the garbage collector, over the CPU window; "
                              "in the JSON (`census`) and one line per run")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="run each implementation under valgrind's callgrind with its cache simulation, counting "
+                             "over the CPU window only (`PYTHONHASHSEED=0`): millions of instructions and of "
+                             "estimated cycles per conversation-second, the same from run to run where CPU time is "
+                             "not; ~100x slower, so N of a few only")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)

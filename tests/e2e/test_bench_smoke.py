@@ -141,3 +141,68 @@ def test_the_agent_path_measures_a_full_turn_and_the_relay_forwards_what_it_driv
     assert received["user_transcript"] == 4 * turns  # three partial and the final one, every turn
     assert received["agent_response"] == turns
     assert received["avatar_state"] >= turns  # at least the avatar's "speaking" of every turn
+
+
+@pytest.mark.timeout(120)
+def test_the_browser_path_carries_every_frame_of_the_relay_and_the_floor_to_the_agent() -> None:
+    """bench.browser_path (round 14): each path carries every masked browser frame to the fake agent as a
+    `user_audio_chunk` (the run ends only when the agent has read each one), each gets a figure, and the steps of
+    the tasks under test are counted: a read, then the agent's send, for each frame."""
+    import trio
+    import trio.testing
+
+    from bench.browser_path import StepCount, measure
+
+    for kind in ("relay", "floor"):
+        census = StepCount()
+        figure = trio.run(measure, kind, 20, census, clock=trio.testing.MockClock(autojump_threshold=0),
+                          instruments=[census])
+        assert figure > 0
+        assert sum(census.steps.values()) == 2 * 20, (kind, census.steps)
+
+
+def test_callgrind_counts_are_read_from_the_window_s_dump_and_compared_with_the_floor(tmp_path: Path) -> None:
+    """`--callgrind`: the counts are the first dump's `summary:` by its `events:` (what the load generator zeroed
+    and dumped around the window), none without a dump; the cycle estimate weighs an L1 miss 10 and a last-level
+    miss 100; the relay's figures divided by the floor's of the same run, listed run by run."""
+    from bench.run import callgrind_counts, estimated_cycles
+
+    path = tmp_path / "relay-2.callgrind"
+    assert callgrind_counts(path) is None
+    (tmp_path / "relay-2.callgrind.1").write_text(
+        "version: 1\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 1000 400 200 5 20 3 1 2 0\n"
+        "totals: 1000 400 200 5 20 3 1 2 0\n")
+    counts = callgrind_counts(path)
+    assert counts == {"Ir": 1000, "Dr": 400, "Dw": 200, "I1mr": 5, "D1mr": 20, "D1mw": 3, "ILmr": 1, "DLmr": 2,
+                      "DLmw": 0}
+    assert estimated_cycles(counts) == 1000 + 10 * 28 + 100 * 3
+    assert estimated_cycles({"Ir": 1000}) is None  # no cache simulation: no estimate
+
+    def row(impl: str, instructions: float, cycles: float, run: int) -> dict[str, Any]:
+        timing = {"p50": 1.0, "p99": 1.0}
+        return {"impl": impl, "clients": 2, "run": run, "setup": timing, "forwarding": timing, "to_avatar": timing,
+                "cpu_ms_per_conversation_second": 70.0, "rss_mb_per_conversation": 5.0, "load_average": 1.0,
+                "instructions_m_per_conversation_second": instructions, "cycles_m_per_conversation_second": cycles}
+
+    rows = [row("relay", 5.64, 9.0, 1), row("trio_floor", 6.34, 10.0, 1), row("relay", 5.70, 9.9, 2),
+            row("trio_floor", 6.30, 9.0, 2)]
+    rows[0]["ratio_to_trio_floor"] = ratios(rows[0], rows[1])
+    rows[2]["ratio_to_trio_floor"] = ratios(rows[2], rows[3])
+    assert rows[0]["ratio_to_trio_floor"]["instructions"] == 0.89
+    relay_line = next(line for line in ranges(rows).splitlines() if line.startswith("relay |"))
+    assert relay_line.endswith("| 5.64..5.7 | 0.890, 0.905 | 0.900, 1.100")
+
+
+@pytest.mark.timeout(240)
+def test_the_benchmark_counts_the_relay_s_instructions_over_its_window_under_callgrind(tmp_path: Path) -> None:
+    """`python -m bench --callgrind`: the relay runs under valgrind, instrumented only over the CPU window (the load
+    generator switches it on, zeroes and dumps it): a count per conversation-second, the dump's own delay with it,
+    and the conversation as clean as without valgrind."""
+    report = main(["--clients", "2", "--duration", "6", "--impl", "relay", "--avatar", "liveavatar", "--callgrind",
+                   "--upstream-tries", "1", "--out", str(tmp_path / "callgrind.json")])
+    (row,) = report["rows"]
+    assert_clean(row)
+    # A conversation-second of the relay is a few million instructions (5.6 M in round 14's runs).
+    assert 0.5 < row["instructions_m_per_conversation_second"] < 100
+    assert row["cycles_m_per_conversation_second"] > row["instructions_m_per_conversation_second"]
+    assert row["callgrind_dump_s"] is not None and row["callgrind_dump_s"] < 5
