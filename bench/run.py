@@ -176,7 +176,7 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
         env["BENCH_CENSUS"] = str(census)
     slow = 1.0
     if callgrind is not None:  # PYTHON is the interpreter itself (a shell-script shim would run untraced)
-        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CALLGRIND_CACHES,
                    f"--callgrind-out-file={callgrind}", *command]
         env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run: counts that repeat
         slow = 10.0  # valgrind's start-up, uninstrumented, is still several times slower
@@ -251,8 +251,11 @@ def _wait_for_no_leaks(http: httpx2.Client, sims: Sims, avatar: str, timeout: fl
 
 # callgrind's cycle estimate (the one KCachegrind shows): an L1 miss costs ~10 instructions' time, a last-level
 # miss ~100. Deterministic, like the count; where the relay and the floor differ in how much memory they touch, it
-# differs from the count as their CPU time does.
+# differs from the count as their CPU time does. The simulated caches are one core's own, the same on every machine
+# (not the host's, which valgrind would read from a virtual machine's CPUID): 32 KiB 8-way L1s and a 1 MiB 8-way
+# L2 as the last level (a Zen 4 core's; a shared L3 is not simulated).
 L1_MISS_CYCLES, LL_MISS_CYCLES = 10, 100
+CALLGRIND_CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=1048576,8,64")
 
 
 def callgrind_counts(path: Path) -> dict[str, int] | None:

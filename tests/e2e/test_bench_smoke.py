@@ -206,3 +206,27 @@ def test_the_benchmark_counts_the_relay_s_instructions_over_its_window_under_cal
     assert 0.5 < row["instructions_m_per_conversation_second"] < 100
     assert row["cycles_m_per_conversation_second"] > row["instructions_m_per_conversation_second"]
     assert row["callgrind_dump_s"] is not None and row["callgrind_dump_s"] < 5
+
+
+def test_a_dump_s_share_is_split_by_function_name_with_bare_and_empty_columns_read() -> None:
+    """bench.callgrind_share reads callgrind_annotate's columns as they come — "1,234 (5.6%)", a bare "0", "." —
+    and splits the totals into the functions matching a pattern and the rest, instructions and estimated cycles."""
+    from bench.callgrind_share import function_counts, share
+
+    rule = "-" * 80
+    annotated = "\n".join([
+        "Events shown:     Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw", rule,
+        "  ".join(["1,000 (100.0%)", "400 (100.0%)", "200 (100.0%)", "10 (100.0%)", "20 (100.0%)", "5 (100.0%)",
+                   "2 (100.0%)", "3 (100.0%)", "4 (100.0%)", "PROGRAM TOTALS"]), rule,
+        "  ".join(["300 (30.00%)", "40 (10.00%)", "20 (10.00%)", "1 (10.00%)", "2 (10.00%)", "0        ", ".",
+                   "1 (33.33%)", "1 (25.00%)", "/x/Modules/binascii.c:binascii_b2a_base64"]),
+        "  ".join(["600 (60.00%)", "300 (75.00%)", "100 (50.00%)", "8 (80.00%)", "15 (75.00%)", "4 (80.00%)",
+                   "2 (100.0%)", "1 (33.33%)", ".         ", "/x/Python/ceval.c:_PyEval_EvalFrameDefault"]), ""])
+    totals, functions = function_counts(annotated)
+    assert totals["Ir"] == 1000 and totals["DLmw"] == 4
+    assert [name.rsplit(":", 1)[1] for name, _ in functions] == ["binascii_b2a_base64", "_PyEval_EvalFrameDefault"]
+    assert functions[0][1]["D1mw"] == 0 and functions[0][1]["ILmr"] == 0 and functions[1][1]["DLmw"] == 0
+    split = share(annotated, "base64")
+    assert split["matched_instructions"] * 1e6 == 300
+    assert round(split["matched_cycles"] * 1e6) == 300 + 10 * 3 + 100 * 2
+    assert round(split["rest_cycles"] * 1e6) == (1000 + 10 * 35 + 100 * 9) - (300 + 10 * 3 + 100 * 2)
