@@ -98,6 +98,11 @@ class BrowserLink:
         self.ended.set()
         self._let_go()
 
+    def acknowledge(self, seq: int) -> bool:
+        """The browser's `ack`: it has every JSON message up to `seq`, so the replay buffer forgets them. False for a
+        `seq` never sent (nothing is forgotten)."""
+        return self.buffer.acknowledge(seq)
+
     def lost_to_idle(self, idle_started: float) -> bool:
         """The idle time-out fired for a wait that began at `idle_started`: True when the conversation goes on (the
         connection is taken as silently lost and the conversation held, or it is held already, or a new connection
@@ -121,6 +126,7 @@ class BrowserLink:
             raise ResumeRefused("ended", "this conversation has ended")
         async with self._send_lock:
             missed = self.buffer.since(last_seq)
+            self.buffer.acknowledge(last_seq)  # the browser has those: a resume's last_seq is an ack too
             old = self._socket
             if old is not None:
                 self._let_go()

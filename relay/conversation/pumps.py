@@ -27,6 +27,7 @@ from relay.conversation.outbox import Outbox
 from relay.conversation.record import Traffic
 from relay.conversation.speech import SpeechRouter
 from relay.conversation.translate import (
+    Acknowledge,
     InterruptSpeech,
     ReportClientMetrics,
     StaleApproval,
@@ -154,9 +155,16 @@ async def _pump_frames(browser: BrowserSocket, agent: AgentConnection, speech: S
             event = bp.parse_text_frame(frame)
         except bp.ProtocolError as exc:
             raise ConversationOver.failed("protocol_error", str(exc)) from None
-        await _forward_client_event(event, agent, speech, on_user_text, build_audio, approvals, on_client_metrics)
+        await _forward_client_event(event, agent, speech, on_user_text, build_audio, approvals, on_client_metrics,
+                                    acknowledge)
 
+    acknowledge = browser.acknowledge if isinstance(browser, BrowserLink) else _nothing_numbered
     await each_frame(browser, forward)
+
+
+def _nothing_numbered(seq: int) -> bool:
+    """A connection that cannot be resumed numbers nothing: only `ack` 0 is not a lie."""
+    return seq == 0
 
 
 async def each_frame(browser: BrowserSocket, handle: Callable[[str | bytes | None], Awaitable[None]]) -> NoReturn:
@@ -172,7 +180,7 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
                                 on_user_text: Callable[[str], None] | None,
                                 build_audio: Callable[[bytes], str], approvals: McpApprovals,
                                 on_client_metrics: Callable[[bp.ClientMetrics | bp.DroppedClientMetrics, float], None]
-                                | None = None) -> None:
+                                | None = None, acknowledge: Callable[[int], bool] = _nothing_numbered) -> None:
     now = trio.current_time()
     step = client_step(event, build_audio, approvals, now)
     if isinstance(step, ToAgent):
@@ -186,6 +194,9 @@ async def _forward_client_event(event: bp.ClientEvent, agent: AgentConnection, s
     elif isinstance(step, ReportClientMetrics):
         if on_client_metrics is not None:
             on_client_metrics(step.report, now)
+    elif isinstance(step, Acknowledge):
+        if not acknowledge(step.seq):
+            raise ConversationOver.failed("protocol_error", f"'ack' of seq {step.seq}, which was never sent")
     elif isinstance(step, StaleApproval):
         log.info("dropping an MCP approval answer: tool call %.64r is not awaiting approval (answered, timed "
                  "out or unknown)", step.tool_call_id)

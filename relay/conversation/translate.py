@@ -54,7 +54,14 @@ class ReportClientMetrics:
     report: bp.ClientMetrics | bp.DroppedClientMetrics
 
 
-ClientStep = ToAgent | InterruptSpeech | StaleApproval | EndConversation | ReportClientMetrics
+@dataclass(frozen=True, slots=True)
+class Acknowledge:
+    """The page has every numbered message up to `seq`: the replay buffer may forget them."""
+
+    seq: int
+
+
+ClientStep = ToAgent | InterruptSpeech | StaleApproval | EndConversation | ReportClientMetrics | Acknowledge
 
 
 def client_step(event: bp.ClientEvent, build_audio: Callable[[bytes], str], approvals: McpApprovals,
@@ -86,6 +93,8 @@ def client_step(event: bp.ClientEvent, build_audio: Callable[[bytes], str], appr
         return EndConversation("client_stop")
     if isinstance(event, bp.ClientMetrics | bp.DroppedClientMetrics):
         return ReportClientMetrics(event)
+    if isinstance(event, bp.Ack):
+        return Acknowledge(event.seq)
     return EndConversation("protocol_error", "'start' was already received")
 
 

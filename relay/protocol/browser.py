@@ -158,6 +158,13 @@ class Stop(_Frame):
     type: Literal["stop"]
 
 
+class Ack(_Frame):
+    """The page has every numbered message up to `seq` (docs/protocol.md "Resuming"): the relay need not keep them."""
+
+    type: Literal["ack"]
+    seq: Annotated[StrictInt, Field(ge=0)]
+
+
 @dataclass(frozen=True, slots=True)
 class Audio:
     """PCM16 LE mono at the announced input rate (from a binary frame or a base64 `audio` message)."""
@@ -170,10 +177,10 @@ class Audio:
 # `client_metrics` (relay.protocol.client_metrics) is the one message a bad copy of which is not a protocol error: it
 # is read as `DroppedClientMetrics` (the conversation logs and counts it) instead.
 TextFrame = (Start | AudioText | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult
-             | Feedback | Stop | ClientMetrics)
+             | Feedback | Stop | Ack | ClientMetrics)
 
 ClientEvent = (Start | Audio | Text | Context | Multimodal | McpApproval | Activity | Interrupt | ToolResult | Feedback
-               | Stop | ClientMetrics | DroppedClientMetrics)
+               | Stop | Ack | ClientMetrics | DroppedClientMetrics)
 
 _text_frame_adapter: TypeAdapter[Any] = TypeAdapter(Annotated[TextFrame, Field(discriminator="type")])
 KNOWN_TYPES: Final[tuple[str, ...]] = tuple(get_args(frame.model_fields["type"].annotation)[0]

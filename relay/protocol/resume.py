@@ -161,6 +161,17 @@ class ReplayBuffer:
         """`seq` (and everything before it) went out on a connection."""
         self.last_written = max(self.last_written, seq)
 
+    def acknowledge(self, seq: int) -> bool:
+        """The browser has every message up to `seq` (its `ack`, or a resume's `last_seq`): forget them (only those
+        written). False, forgetting nothing, for a `seq` never given."""
+        if seq > self.last_seq:
+            return False
+        kept = self._kept
+        through = min(seq, self.last_written)
+        for _ in range(through - (self.last_seq - len(kept))):
+            self.bytes -= len(kept.popleft())
+        return True
+
     def since(self, last_seq: int) -> list[Numbered]:
         """What follows `last_seq` (the newest the browser has), in order. Raises ResumeRefused("expired") when one
         of them is no longer kept, or "unknown" for a `last_seq` the relay never sent."""

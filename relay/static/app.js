@@ -41,6 +41,9 @@ const STOP_GRACE_MS = 6000; // how long to wait for `ended` after sending `stop`
 const PLAY_OUT_REASONS = new Set(['agent_ended', 'max_duration']);
 const PLAY_OUT_LIMIT_S = 15;
 const ACTIVITY_EVERY_MS = 2000;
+// How long after a numbered message the page tells the relay it has it (`ack`): the relay then forgets it instead of
+// keeping it for a resume (up to 1 MiB per conversation otherwise). At most one `ack` per this interval.
+const ACK_AFTER_MS = 1000;
 const MAX_DEBUG_MESSAGES = 400;
 // Frames that are not kept in `received` one by one (they come up to ten times a second).
 const NOISY = new Set(['vad_score']);
@@ -653,6 +656,8 @@ class Conversation {
     this.resumeToken = null;
     this.resumeWindowS = 0;
     this.lastSeq = 0;
+    this.ackedSeq = 0; // the newest `seq` the relay was told the page has
+    this.ackTimer = 0;
     this.reconnect = null; // { deadline, delay, timer } while reconnecting
     this.onOnline = () => this.retryNow();
     // The browser says the network is gone (Wi-Fi to mobile, a lid closed): the old connection cannot survive a new
@@ -922,6 +927,16 @@ class Conversation {
     this.w.debug.bytesSent += pcm.byteLength;
   }
 
+  /** Tell the relay, ACK_AFTER_MS from now, the newest `seq` the page has then (one `ack` for whatever arrives
+   *  meanwhile). Not sent while the socket is not open (reconnecting): the next message tries again. */
+  ackSoon() {
+    if (this.ackTimer) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = 0;
+      if (this.lastSeq > this.ackedSeq && this.sendJson({ type: 'ack', seq: this.lastSeq })) this.ackedSeq = this.lastSeq;
+    }, ACK_AFTER_MS);
+  }
+
   sendJson(message) {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
@@ -953,6 +968,7 @@ class Conversation {
       if (msg.seq <= this.lastSeq) return; // seen before the connection dropped
       this.lastSeq = msg.seq;
       this.w.debug.lastSeq = msg.seq;
+      this.ackSoon();
     }
     if (!NOISY.has(msg.type)) record(this.w.debug.received, msg.type);
     switch (msg.type) {
@@ -1383,6 +1399,7 @@ class Conversation {
     window.removeEventListener('offline', this.onOffline);
     clearTimeout(this.stopTimer);
     clearTimeout(this.playOutTimer);
+    clearTimeout(this.ackTimer);
     this.w.debug.playingOut = null;
     this.w.debug.endedReason = reason;
     const ws = this.ws;

@@ -322,6 +322,13 @@ export interface StopMessage {
   type: 'stop';
 }
 
+/** The client has every numbered message up to `seq`: the relay forgets them instead of keeping them for a resume
+ *  (optional; the page sends one a second after news). A `seq` never sent is a protocol error. */
+export interface AckMessage {
+  type: 'ack';
+  seq: number;
+}
+
 /** One turn as the user lived it, in ms from the end of their speech; null: not measured. */
 export interface TurnTimings {
   /** The agent turn (its `agent_response.event_id`). */
@@ -344,7 +351,8 @@ export interface ClientMetricsMessage {
 /** Every text frame a browser may send. */
 export type ClientMessage =
   | StartMessage | ResumeMessage | AudioMessage | TextMessage | ContextMessage | MultimodalMessage | McpApprovalMessage
-  | ActivityMessage | InterruptMessage | ToolResultMessage | FeedbackMessage | StopMessage | ClientMetricsMessage;
+  | ActivityMessage | InterruptMessage | ToolResultMessage | FeedbackMessage | StopMessage | AckMessage
+  | ClientMetricsMessage;
 
 // ---------------------------------------------------------------------------------------------------------------------
 // The element

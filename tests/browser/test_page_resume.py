@@ -1,6 +1,6 @@
 """Issue 29 in real Chromium: the network cut (offline emulation) in the middle of a reply. For 3 s the page says
-"reconnecting…", resumes the same conversation and goes on; for longer than the window it says the conversation
-ended and offers a new one."""
+"reconnecting…", resumes the same conversation and goes on (acking what it has); for longer than the window it says
+the conversation ended and offers a new one."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def test_a_three_second_network_cut_mid_reply_resumes_the_same_conversation(rela
     assert page.locator(".entry.agent", has_text="You said").count() == 1  # the captions stayed, not doubled
     send_text(page, "And after the cut?")
     page.locator(".entry.agent", has_text="After the cut").first.wait_for()
+    # The page acks what it has (the relay then forgets it): a second after the answer, and the relay takes it.
+    page.wait_for_function("() => window.__relayDebug.sent.includes('ack')")
     page.get_by_role("button", name="Stop").click()
     page.wait_for_function("() => window.__relayDebug.endedReason === 'client_stop'")
     ledger = relay.ledger("elevenlabs")

@@ -33,7 +33,7 @@ json_values = st.recursive(
 )
 field_names = st.sampled_from(["text", "audio", "dynamic_variables", "overrides", "user_id", "token", "score",
                                "event_id", "tool_call_id", "result", "is_error", "approved", "rich_content_id",
-                               "context_id", "custom_llm_extra_body"]) | st.text(max_size=8)
+                               "context_id", "custom_llm_extra_body", "seq"]) | st.text(max_size=8)
 message_types = st.sampled_from([*bp.KNOWN_TYPES, "", "START", "launch"]) | st.text(max_size=10) | json_values
 json_messages = st.builds(lambda kind, rest: {"type": kind, **rest}, message_types,
                           st.dictionaries(field_names, json_values, max_size=4))

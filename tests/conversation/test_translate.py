@@ -11,6 +11,7 @@ import pytest
 
 from relay.conversation.gates import McpApprovals
 from relay.conversation.translate import (
+    Acknowledge,
     EndConversation,
     InterruptSpeech,
     StaleApproval,
@@ -69,13 +70,15 @@ def test_every_browser_message_but_start_means_something_for_the_conversation() 
     for kind in bp.KNOWN_TYPES:
         frame = {"start": {}, "audio": {"audio": ""}, "text": {"text": "x"}, "context": {"text": "x"},
                  "multimodal": {"text": "x"}, "mcp_approval": {"tool_call_id": "c", "approved": False},
-                 "tool_result": {"tool_call_id": "c"}, "feedback": {"score": None, "event_id": 1}}.get(kind, {})
+                 "tool_result": {"tool_call_id": "c"}, "feedback": {"score": None, "event_id": 1},
+                 "ack": {"seq": 3}}.get(kind, {})
         event = bp.parse_text_frame(orjson.dumps({"type": kind, **frame}).decode())
         samples[type(event)] = event
     assert set(samples) == set(get_args(bp.ClientEvent))
     for kind, event in samples.items():
         result = client_step(event, lambda pcm: "audio", McpApprovals(), 0.0)
         assert (result == EndConversation("protocol_error", "'start' was already received")) == (kind is bp.Start)
+    assert client_step(samples[bp.Ack], lambda pcm: "audio", McpApprovals(), 0.0) == Acknowledge(3)
 
 
 AGENT_EVENTS: dict[type, tuple[el.ServerEvent, dict[str, Any] | None]] = {

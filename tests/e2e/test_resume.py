@@ -384,3 +384,44 @@ async def test_a_resume_frame_is_held_to_the_start_frames_limits() -> None:
         assert resumed["type"] == "resumed", resumed
         await browser.send(type="stop")
         assert (await browser.expect("ended"))["reason"] == "client_stop"
+
+
+async def test_an_acked_message_is_forgotten_and_a_resume_from_after_the_ack_still_replays_the_rest() -> None:
+    """The page's `ack` (docs/protocol.md "Resuming"): the relay forgets what the browser says it has, so a resume
+    from after the ack replays the rest with no gap, and one from before it finds those messages gone (`expired`,
+    the conversation then ends as `client_gone` and its avatar session is stopped)."""
+    async with running_relay() as relay:
+        browser, ready = await started(relay)
+        await browser.send(type="text", text="what are your opening hours?")
+        await browser.expect("agent_response")
+        acked = browser.last_seq
+        assert acked >= 1
+        await browser.send(type="ack", seq=acked)
+        await browser.send(type="text", text="and on sunday?")  # read after the ack: its answer proves the ack read
+        await browser.expect("agent_response", where=lambda m: m["seq"] > acked)
+        browser.drop()
+        before = len(browser.messages)
+        resumed = await browser.resume(ready["resume_token"], last_seq=acked)  # as if the rest was lost in flight
+        assert resumed["type"] == "resumed", resumed
+        await browser.send(type="ack", seq=resumed["seq"])
+        await browser.send(type="text", text="thanks")
+        await browser.expect("agent_response", where=lambda m: m["seq"] > resumed["seq"])
+        replayed = [m["seq"] for m in browser.messages[before:]]
+        assert replayed == list(range(acked + 1, acked + 1 + len(replayed))) and resumed["seq"] in replayed
+        browser.drop()
+        late = await browser.resume(resumed["resume_token"], last_seq=acked)  # before what it acked since
+        assert (late["code"], late["reason"]) == ("resume_failed", "expired"), late
+        assert await browser.read_to_close() == 1008
+        ledger = await relay.wait_all_sessions_stopped("heygen")
+        assert len(ledger["sessions"]) == 1
+
+
+async def test_an_ack_of_a_message_never_sent_is_a_protocol_error() -> None:
+    async with running_relay() as relay:
+        browser, _ = await started(relay)
+        await browser.send(type="ack", seq=browser.last_seq + 50)
+        error = await browser.expect("error")
+        assert error["code"] == "protocol_error" and "'ack' of seq" in error["message"], error
+        assert (await browser.expect("ended"))["reason"] == "protocol_error"
+        assert await browser.read_to_close() == 1008
+        await relay.wait_all_sessions_stopped("heygen")

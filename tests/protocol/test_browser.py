@@ -75,6 +75,7 @@ def test_start_with_no_fields_and_unknown_extra_fields() -> None:
     ({"type": "activity"}, bp.Activity(type="activity")),
     ({"type": "interrupt"}, bp.Interrupt(type="interrupt")),
     ({"type": "stop"}, bp.Stop(type="stop")),
+    ({"type": "ack", "seq": 12}, bp.Ack(type="ack", seq=12)),
     ({"type": "feedback", "score": "dislike", "event_id": 4},
      bp.Feedback(type="feedback", score="dislike", event_id=4)),
     ({"type": "tool_result", "tool_call_id": "c1", "result": {"a": 1}, "is_error": True},
@@ -107,6 +108,9 @@ def test_base64_audio_message_is_audio() -> None:
     ('{"type": "tool_result", "result": 1}', "invalid 'tool_result' message: tool_call_id: Field required"),
     ('{"type": "audio", "audio": "***"}', "'audio' must be base64"),
     ('{"type": "audio", "audio": "AA=="}', "an even number of bytes"),
+    ('{"type": "ack"}', "invalid 'ack' message: seq: Field required"),
+    ('{"type": "ack", "seq": -1}', "invalid 'ack' message: seq: Input should be greater than or equal to 0"),
+    ('{"type": "ack", "seq": "3"}', "invalid 'ack' message: seq: Input should be a valid integer"),
 ])
 def test_bad_frames_get_a_message_saying_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(bp.ProtocolError) as caught:

@@ -65,7 +65,8 @@ def test_seq_is_the_first_member_of_the_json_object() -> None:
 Op = st.one_of(st.tuples(st.just("push"), st.integers(min_value=0, max_value=300)),
                st.tuples(st.just("deliver"), st.integers(min_value=0, max_value=5)),
                st.tuples(st.just("drop"), st.just(0)),
-               st.tuples(st.just("resume"), st.just(0)))
+               st.tuples(st.just("resume"), st.just(0)),
+               st.tuples(st.just("ack"), st.just(0)))
 
 
 @settings(max_examples=400, deadline=None)
@@ -101,12 +102,15 @@ def test_any_drops_and_resumes_deliver_every_message_once_in_order(ops: list[tup
             del in_flight[:n]
         elif op == "drop" and attached:
             attached, in_flight = False, []  # what was in flight is lost with the connection
+        elif op == "ack" and attached:  # the page's `ack` of the newest it read
+            assert buffer.acknowledge(read[-1] if read else 0)
         elif op == "resume":
             try:
                 missed = buffer.since(read[-1] if read else 0)
             except ResumeRefused as refused:
                 assert refused.reason == "expired" and expired_is_explained()
                 return
+            assert buffer.acknowledge(read[-1] if read else 0)  # as `BrowserLink.take_over` does
             in_flight = [numbered.frame for numbered in missed]
             for numbered in missed:
                 buffer.written(numbered.seq)
@@ -121,6 +125,27 @@ def test_any_drops_and_resumes_deliver_every_message_once_in_order(ops: list[tup
         assert refused.reason == "expired" and expired_is_explained()
         return
     assert read == sent
+
+
+def test_an_ack_forgets_what_the_browser_has_and_only_what_was_written() -> None:
+    buffer = ReplayBuffer()
+    for _ in range(100):
+        buffer.written(buffer.push('{"type":"caption","text":"0123456789"}').seq)
+    assert buffer.acknowledge(60)
+    assert len(buffer) == 40 and buffer.bytes == sum(len(numbered.frame) for numbered in buffer.since(60))
+    assert [numbered.seq for numbered in buffer.since(60)] == list(range(61, 101))
+    with pytest.raises(ResumeRefused) as refused:
+        buffer.since(59)  # the browser said it had 60: it cannot miss 60
+    assert refused.value.reason == "expired"
+    assert buffer.acknowledge(30)  # an older ack: nothing more to forget
+    assert len(buffer) == 40
+    assert not buffer.acknowledge(101)  # never sent: refused, nothing forgotten
+    assert len(buffer) == 40
+    for _ in range(10):
+        buffer.push('{"type":"caption","text":"0123456789"}')  # 101..110, never written (the connection is gone)
+    assert buffer.acknowledge(105)  # only what went out can be forgotten
+    assert [numbered.seq for numbered in buffer.since(100)] == list(range(101, 111))
+    assert buffer.acknowledge(100) and len(buffer) == 10
 
 
 def test_the_kept_messages_are_no_objects_the_garbage_collector_tracks() -> None:
