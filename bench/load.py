@@ -4,7 +4,8 @@ cheapest client this machine has, so the relay keeps most of the CPU).
 Each client connects at its slot of the ramp, sends `start`, waits for `ready` (set-up time), then streams real-time
 PCM16 16 kHz in `chunk_ms` frames on an absolute schedule (late frames are sent at once, never skipped), speaking
 `speech_s` then staying silent `silence_s` so the simulated agent answers each turn; every frame carries its send
-time (`bench.wire.stamp`). At the end it sends `stop` and waits for `ended`. It also samples the relay process's
+time (`bench.wire.stamp`); like the page, it acks the numbered messages it reads a second after news (`Acks`). At
+the end it sends `stop` and waits for `ended`. It also samples the relay process's
 CPU time and resident memory (from /proc) at the start and the end of the steady window: from every client ready,
 a whole number of the synthetic user's turns (`speech_s + silence_s`; the time left when a run is shorter than one).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -95,6 +97,40 @@ class ClientResult:
     ended: str | None = None
 
 
+ACK_AFTER_S = 1.0  # as the page (relay/static/app.js ACK_AFTER_MS)
+
+
+class Acks:
+    """The page's `ack`: ACK_AFTER_S after a numbered message, the newest `seq` the client has then (docs/protocol.md
+    "Resuming"), so the relay forgets what the client has as it does for a real page."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws, self.seq, self.acked = ws, 0, 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.sending: set[asyncio.Task[None]] = set()
+
+    def note(self, seq: int) -> None:
+        self.seq = max(self.seq, seq)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(ACK_AFTER_S, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.seq > self.acked:
+            self.acked = self.seq
+            task = asyncio.create_task(self._send(self.seq))
+            self.sending.add(task)
+            task.add_done_callback(self.sending.discard)
+
+    async def _send(self, seq: int) -> None:
+        with contextlib.suppress(Exception):  # the connection closing meanwhile: nothing left to ack
+            await self.ws.send(f'{{"type":"ack","seq":{seq}}}')
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 async def run_client(url: str, start_at: float, stop_at: float, frames: list[bytes], chunk_s: float,
                      phase: float, result: ClientResult, settled: Callable[[], None]) -> None:
     """One synthetic browser; `settled()` is called once it is ready or has failed before being ready."""
@@ -120,17 +156,23 @@ async def run_client(url: str, start_at: float, stop_at: float, frames: list[byt
             result.session_id = (event.get("avatar") or {}).get("session_id")
             settled()
 
+            acks = Acks(ws)
+
             async def read() -> None:
                 async for frame in ws:
                     if isinstance(frame, bytes):
                         result.audio_bytes_received += len(frame)
                         continue
-                    kind = orjson.loads(frame).get("type", "?")
+                    event = orjson.loads(frame)
+                    kind = event.get("type", "?")
                     result.messages[kind] = result.messages.get(kind, 0) + 1
+                    if "seq" in event:
+                        acks.note(event["seq"])
                     if kind == "error":
                         result.errors.append(frame[:200])
                     elif kind == "ended":
                         result.ended = frame
+                        acks.close()
                         return
 
             reader = asyncio.create_task(read())
