@@ -65,8 +65,8 @@ SOMETIMES = {"context_usage": set(el._CONTEXT_USAGE_FIELDS),
              "ready": {"resume_token", "resume_window"}}
 NOT_FRAME_BUILDERS = {"parse_text_frame", "check_audio", "parse_allowed_paths", "override_paths", "refused_override",
                       "tool_result_text", "nested_deeper_than", "parse_resume"}
-CLIENT_MODELS = [bp.Start, bp.Resume, bp.AudioText, bp.Text, bp.Context, bp.Multimodal, bp.McpApproval, bp.Activity,
-                 bp.Interrupt, bp.ToolResult, bp.Feedback, bp.Stop, bp.ClientMetrics]
+# Every frame the relay parses (a new one joins `bp.TextFrame`, and so this list), and `resume`, read before it.
+CLIENT_MODELS = [bp.Resume, *get_args(bp.TextFrame)]
 
 
 def declared_interfaces() -> dict[str, dict[str, bool]]:
