@@ -109,6 +109,29 @@ def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(a), trio.SocketStream(b)
 
 
+def browser_upgrade() -> tuple[bytes, Any]:
+    """A browser's upgrade request for /ws, and the (open) client protocol that frames its messages afterwards."""
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    opening = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), max_size=None)
+    opening.send_request(opening.connect())
+    return (b"".join(opening.data_to_send()),
+            ClientProtocol(parse_uri("ws://127.0.0.1/ws"), state=State.OPEN, max_size=None))
+
+
+def open_client_socket(stream: trio.SocketStream, uri: str) -> Any:
+    """`relay.net.wsclient.ClientWebSocket` over `stream`, already open (the handshake is not measured)."""
+    from websockets.client import ClientProtocol
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    from relay.net.wsclient import ClientWebSocket
+
+    return ClientWebSocket(stream, ClientProtocol(parse_uri(uri), state=State.OPEN, max_size=None), None)
+
+
 def _evict_caches(scratch: bytearray) -> None:
     """Write every byte of `scratch` (larger than a core's L2): what the next step touches comes from memory, as in
     a loaded server whose core ran other work since (`--cold`)."""
@@ -123,25 +146,16 @@ async def measure(kind: str, turns: int, census: TaskTime, full: bool = False,
     counts the browser's JSON messages by type. `cold_mb` > 0: every agent message is sent alone, after the caches
     were flushed by writing that many MB (in the harness's task, not counted)."""
     scratch = bytearray(cold_mb << 20)
-    from websockets.client import ClientProtocol
     from websockets.frames import Opcode
     from websockets.protocol import State
     from websockets.server import ServerProtocol
-    from websockets.uri import parse_uri
-
-    from relay.net.wsclient import ClientWebSocket
 
     browser_server, browser_client = _pair()
     agent_near, agent_far = _pair()
     lite_near, lite_far = _pair()
-    opening = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), max_size=None)
-    opening.send_request(opening.connect())
-    upgrade = b"".join(opening.data_to_send())
-    browser = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), state=State.OPEN, max_size=None)
-    agent_ws = ClientWebSocket(agent_near, ClientProtocol(parse_uri("ws://agent/"), state=State.OPEN,
-                                                          max_size=None), None)
-    lite_ws = ClientWebSocket(lite_near, ClientProtocol(parse_uri("ws://lite/"), state=State.OPEN,
-                                                        max_size=None), None)
+    upgrade, browser = browser_upgrade()
+    agent_ws = open_client_socket(agent_near, "ws://agent/")
+    lite_ws = open_client_socket(lite_near, "ws://lite/")
     seen = {"audio": 0, "speak": 0, "speak_end": 0}
     changed = [trio.Event()]
 
@@ -301,12 +315,50 @@ async def _floor_path(stream: trio.SocketStream, agent_ws: Any, lite_ws: Any) ->
                 on_audio=speak_audio, background=drain)
 
 
-def main(argv: list[str] | None = None) -> dict[str, list[float]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--turns", type=int, default=300, help="measured turns of 8 chunks per run (default 300)")
+def path_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every one-process path benchmark (this one, bench.browser_path) takes: --runs, --impl,
+    --relay-src."""
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--impl", default="relay,floor", help="comma-separated: relay, floor")
     parser.add_argument("--relay-src", default=None, help="measure the relay as the source tree DIR has it")
+
+
+def use_relay_source(directory: str | None) -> None:
+    """`--relay-src`: import `relay` from `directory` from now on (the modules already imported are forgotten)."""
+    if directory:
+        sys.path.insert(0, directory)
+        for name in [m for m in sys.modules if m == "relay" or m.startswith("relay.")]:
+            del sys.modules[name]
+
+
+def interleaved(kinds: list[str], runs: int, one_run: Callable[[str], float]) -> dict[str, list[float]]:
+    """`one_run(kind)` for each implementation in turn, `runs` times (interleaved, so the machine's load is shared):
+    every figure by implementation."""
+    results: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(runs):
+        for kind in kinds:
+            results[kind].append(one_run(kind))
+    return results
+
+
+def on_mock_clock(census: trio.abc.Instrument, measure: Callable[..., Any], *args: Any) -> float:
+    """`trio.run(measure, *args)` with `census` and a MockClock that jumps whenever every task waits."""
+    result: float = trio.run(measure, *args, clock=trio.testing.MockClock(autojump_threshold=0),
+                             instruments=[census])
+    return result
+
+
+def print_medians(results: dict[str, list[float]], per: str) -> None:
+    """One line per implementation: the median, the minimum and every run's figure (CPU µs per `per`)."""
+    for kind, values in results.items():
+        print(f"{kind:6} CPU µs per {per}: median {statistics.median(values):.1f}, "
+              f"min {min(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--turns", type=int, default=300, help="measured turns of 8 chunks per run (default 300)")
+    path_arguments(parser)
     parser.add_argument("--turn", choices=("audio", "full"), default="audio",
                         help="audio: a turn is its 8 chunks (rounds 8-9); full: the user's transcripts and the "
                              "agent's response come first, and the relay forwards the avatar's state (round 10)")
@@ -314,21 +366,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                         help="send every agent message alone, after writing MB megabytes to flush the caches "
                              "(more than a core's L2): each step starts cold, as in a loaded server (round 10)")
     args = parser.parse_args(argv)
-    if args.relay_src:
-        sys.path.insert(0, args.relay_src)
-        for name in [m for m in sys.modules if m == "relay" or m.startswith("relay.")]:
-            del sys.modules[name]
-    kinds = args.impl.split(",")
-    results: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for _ in range(args.runs):
-        for kind in kinds:
-            census = TaskTime()
-            clock = trio.testing.MockClock(autojump_threshold=0)
-            results[kind].append(trio.run(measure, kind, args.turns, census, args.turn == "full", None, args.cold,
-                                          clock=clock, instruments=[census]))
-    for kind, values in results.items():
-        print(f"{kind:6} CPU µs per agent chunk: median {statistics.median(values):.1f}, "
-              f"min {min(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})", flush=True)
+    use_relay_source(args.relay_src)
+
+    def one_run(kind: str) -> float:
+        census = TaskTime()
+        return on_mock_clock(census, measure, kind, args.turns, census, args.turn == "full", None, args.cold)
+
+    results = interleaved(args.impl.split(","), args.runs, one_run)
+    print_medians(results, "agent chunk")
     return results
 
 

@@ -19,16 +19,23 @@ difference divided by the frames between them).
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import trio
-import trio.testing
 
-from bench.agent_path import TaskTime, _pair
+from bench.agent_path import (
+    TaskTime,
+    _pair,
+    browser_upgrade,
+    interleaved,
+    on_mock_clock,
+    open_client_socket,
+    path_arguments,
+    print_medians,
+    use_relay_source,
+)
 
 FRAME_SAMPLES = 1600  # 100 ms at 16 kHz
 WARM_UP_FRAMES = 200
@@ -56,22 +63,14 @@ def _frame_pcm() -> bytes:
 async def measure(kind: str, frames: int, census: StepCount) -> float:
     """CPU µs per browser frame of `kind`'s path over `frames` frames (after WARM_UP_FRAMES), each sent alone and
     read by the fake agent before the next is sent. Runs under a MockClock."""
-    from websockets.client import ClientProtocol
     from websockets.frames import Opcode
     from websockets.protocol import State
     from websockets.server import ServerProtocol
-    from websockets.uri import parse_uri
-
-    from relay.net.wsclient import ClientWebSocket
 
     browser_server, browser_client = _pair()
     agent_near, agent_far = _pair()
-    opening = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), max_size=None)
-    opening.send_request(opening.connect())
-    upgrade = b"".join(opening.data_to_send())
-    browser = ClientProtocol(parse_uri("ws://127.0.0.1/ws"), state=State.OPEN, max_size=None)
-    agent_ws = ClientWebSocket(agent_near, ClientProtocol(parse_uri("ws://agent/"), state=State.OPEN,
-                                                          max_size=None), None)
+    upgrade, browser = browser_upgrade()
+    agent_ws = open_client_socket(agent_near, "ws://agent/")
     pcm = _frame_pcm()
     received = [0]
     changed = [trio.Event()]
@@ -163,29 +162,22 @@ async def _floor_path(stream: trio.SocketStream, agent_ws: Any) -> None:
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--frames", type=int, default=3000, help="measured browser frames per run (default 3000)")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--impl", default="relay,floor", help="comma-separated: relay, floor")
-    parser.add_argument("--relay-src", default=None, help="measure the relay as the source tree DIR has it")
+    path_arguments(parser)
     parser.add_argument("--steps", action="store_true", help="print the steps per frame of each task under test")
     args = parser.parse_args(argv)
-    if args.relay_src:
-        sys.path.insert(0, args.relay_src)
-        for name in [m for m in sys.modules if m == "relay" or m.startswith("relay.")]:
-            del sys.modules[name]
-    kinds = args.impl.split(",")
-    results: dict[str, list[float]] = {kind: [] for kind in kinds}
-    for _ in range(args.runs):
-        for kind in kinds:
-            census = StepCount()
-            clock = trio.testing.MockClock(autojump_threshold=0)
-            results[kind].append(trio.run(measure, kind, args.frames, census, clock=clock, instruments=[census]))
-            if args.steps:
-                print(f"{kind:6} steps per frame: " + ", ".join(
-                    f"{name.rsplit('.', 1)[-1]} {count / args.frames:.2f}" for name, count in
-                    sorted(census.steps.items())), flush=True)
-    for kind, values in results.items():
-        print(f"{kind:6} CPU µs per browser frame: median {statistics.median(values):.1f}, "
-              f"min {min(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})", flush=True)
+    use_relay_source(args.relay_src)
+
+    def one_run(kind: str) -> float:
+        census = StepCount()
+        figure = on_mock_clock(census, measure, kind, args.frames, census)
+        if args.steps:
+            print(f"{kind:6} steps per frame: " + ", ".join(
+                f"{name.rsplit('.', 1)[-1]} {count / args.frames:.2f}" for name, count in
+                sorted(census.steps.items())), flush=True)
+        return figure
+
+    results = interleaved(args.impl.split(","), args.runs, one_run)
+    print_medians(results, "browser frame")
     return results
 
 
