@@ -89,7 +89,14 @@ async def measure(kind: str, frames: int, census: StepCount) -> float:
                     changed[0].set()
                     changed[0] = trio.Event()
 
-    async def drain_browser() -> None:  # the relay's page messages and pongs, read and dropped
+    upgraded = trio.Event()
+
+    async def drain_browser() -> None:
+        """The upgrade's answer (then `upgraded`), and whatever else the server sends the browser, dropped."""
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await browser_client.receive_some(65536)
+        upgraded.set()
         while await browser_client.receive_some(65536):
             pass
 
@@ -98,6 +105,9 @@ async def measure(kind: str, frames: int, census: StepCount) -> float:
     async def feed() -> None:
         if kind == "floor":  # the relay's route is handed the request head, as hypercorn hands it over
             await browser_client.send_all(upgrade)
+        # The first frame only once the server answered the upgrade, as a browser sends it (the floor's `accept`
+        # drops whatever came in the read that held the request).
+        await upgraded.wait()
         for n in range(1, WARM_UP_FRAMES + frames + 1):
             if n == WARM_UP_FRAMES + 1:
                 census.seconds.clear()
