@@ -4,7 +4,7 @@ cheapest client this machine has, so the relay keeps most of the CPU).
 Each client connects at its slot of the ramp, sends `start`, waits for `ready` (set-up time), then streams real-time
 PCM16 16 kHz in `chunk_ms` frames on an absolute schedule (late frames are sent at once, never skipped), speaking
 `speech_s` then staying silent `silence_s` so the simulated agent answers each turn; every frame carries its send
-time (`bench.wire.stamp`); like the page, it acks the numbered messages it reads a second after news (`Acks`). At
+time (`bench.wire.stamp`); like the page, it acks the numbered messages it reads 5 s after news (`Acks`). At
 the end it sends `stop` and waits for `ended`. It also samples the relay process's
 CPU time and resident memory (from /proc) at the start and the end of the steady window: from every client ready,
 a whole number of the synthetic user's turns (`speech_s + silence_s`; the time left when a run is shorter than one).
@@ -97,7 +97,7 @@ class ClientResult:
     ended: str | None = None
 
 
-ACK_AFTER_S = 1.0  # as the page (relay/static/app.js ACK_AFTER_MS)
+ACK_AFTER_S = 5.0  # as the page (relay/static/app.js ACK_AFTER_MS)
 
 
 class Acks:

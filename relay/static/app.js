@@ -42,8 +42,9 @@ const PLAY_OUT_REASONS = new Set(['agent_ended', 'max_duration']);
 const PLAY_OUT_LIMIT_S = 15;
 const ACTIVITY_EVERY_MS = 2000;
 // How long after a numbered message the page tells the relay it has it (`ack`): the relay then forgets it instead of
-// keeping it for a resume (up to 1 MiB per conversation otherwise). At most one `ack` per this interval.
-const ACK_AFTER_MS = 1000;
+// keeping it for a resume (up to 1 MiB per conversation otherwise). At most one `ack` per this interval: each costs
+// the relay a frame's parse (at 1 s, 2-3% of a conversation's CPU; docs/performance.md round 14).
+const ACK_AFTER_MS = 5000;
 const MAX_DEBUG_MESSAGES = 400;
 // Frames that are not kept in `received` one by one (they come up to ten times a second).
 const NOISY = new Set(['vad_score']);

@@ -323,7 +323,7 @@ export interface StopMessage {
 }
 
 /** The client has every numbered message up to `seq`: the relay forgets them instead of keeping them for a resume
- *  (optional; the page sends one a second after news). A `seq` never sent is a protocol error. */
+ *  (optional; the page sends one 5 s after news). A `seq` never sent is a protocol error. */
 export interface AckMessage {
   type: 'ack';
   seq: number;

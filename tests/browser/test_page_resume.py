@@ -29,7 +29,7 @@ def test_a_three_second_network_cut_mid_reply_resumes_the_same_conversation(rela
     assert page.locator(".entry.agent", has_text="You said").count() == 1  # the captions stayed, not doubled
     send_text(page, "And after the cut?")
     page.locator(".entry.agent", has_text="After the cut").first.wait_for()
-    # The page acks what it has (the relay then forgets it): a second after the answer, and the relay takes it.
+    # The page acks what it has (the relay then forgets it): 5 s after the answer, and the relay takes it.
     page.wait_for_function("() => window.__relayDebug.sent.includes('ack')")
     page.get_by_role("button", name="Stop").click()
     page.wait_for_function("() => window.__relayDebug.endedReason === 'client_stop'")
