@@ -67,9 +67,10 @@ class TaskTime(trio.abc.Instrument):
 
 
 @functools.cache
-def _chunk_pcm() -> bytes:
-    """250 ms of a 220 Hz tone at 16 kHz, PCM16 LE: every chunk's audio."""
-    t = np.arange(CHUNK_SAMPLES) / 16000
+def tone_pcm(samples: int) -> bytes:
+    """`samples` of a 220 Hz tone at 16 kHz, PCM16 LE: the audio of every agent chunk here (CHUNK_SAMPLES) and of
+    every browser frame in bench.browser_path."""
+    t = np.arange(samples) / 16000
     return (np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes()
 
 
@@ -77,7 +78,8 @@ def turn_frames(turn: int) -> list[str]:
     """One turn's agent audio frames as the simulator writes them (relay.sim.elevenlabs_sim.wire)."""
     from relay.sim.elevenlabs_sim.wire import alignment_field, audio_frame
 
-    return [audio_frame(_chunk_pcm(), turn, alignment_field("abcd", 60.0, 10.0)) for _ in range(CHUNKS_PER_TURN)]
+    return [audio_frame(tone_pcm(CHUNK_SAMPLES), turn, alignment_field("abcd", 60.0, 10.0))
+            for _ in range(CHUNKS_PER_TURN)]
 
 
 def user_turn_frames(turn: int) -> list[str]:

@@ -22,7 +22,6 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import trio
 
 from bench.agent_path import (
@@ -34,6 +33,7 @@ from bench.agent_path import (
     open_client_socket,
     path_arguments,
     print_medians,
+    tone_pcm,
     use_relay_source,
 )
 
@@ -55,11 +55,6 @@ class StepCount(TaskTime):
             self.steps[task.name] = self.steps.get(task.name, 0) + 1
 
 
-def _frame_pcm() -> bytes:
-    t = np.arange(FRAME_SAMPLES) / 16000
-    return (np.sin(2 * np.pi * 220 * t) * 8000).astype("<i2").tobytes()
-
-
 async def measure(kind: str, frames: int, census: StepCount) -> float:
     """CPU µs per browser frame of `kind`'s path over `frames` frames (after WARM_UP_FRAMES), each sent alone and
     read by the fake agent before the next is sent. Runs under a MockClock."""
@@ -71,7 +66,7 @@ async def measure(kind: str, frames: int, census: StepCount) -> float:
     agent_near, agent_far = _pair()
     upgrade, browser = browser_upgrade()
     agent_ws = open_client_socket(agent_near, "ws://agent/")
-    pcm = _frame_pcm()
+    pcm = tone_pcm(FRAME_SAMPLES)
     received = [0]
     changed = [trio.Event()]
 
