@@ -38,6 +38,11 @@ from relay.server.state import RelayState
 
 log = logging.getLogger("relay.web")
 
+# Below the 5 s idle timeout of Node's, uvicorn's and hypercorn's HTTP servers (and so of our simulators): httpx's
+# own default is exactly 5 s, and a request sent as the server closes the connection is lost with it, unanswered
+# (docs/decisions.md "Upstream keep-alive").
+UPSTREAM_KEEPALIVE_EXPIRY = 4.0
+
 
 def conversation_hooks(app: QuartTrio, state: RelayState, metrics: RelayMetrics) -> ConversationHooks:
     """What each conversation tells the metrics and the transcripts (written in the app's nursery at its end)."""
@@ -61,6 +66,17 @@ def conversation_hooks(app: QuartTrio, state: RelayState, metrics: RelayMetrics)
         on_client_metrics=metrics.experience.report)
 
 
+def upstream_http_client() -> httpx2.AsyncClient:
+    """The process's one HTTP client to the avatar APIs, ElevenLabs' REST calls and the identity provider (traced
+    when OTEL_TRACES_EXPORTER is set). Connections are kept; one idle longer than UPSTREAM_KEEPALIVE_EXPIRY
+    seconds is not reused but closed."""
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=200,
+                           keepalive_expiry=UPSTREAM_KEEPALIVE_EXPIRY)
+    return httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0), limits=limits,
+                              headers={"user-agent": f"avatar-relay/{__version__}"},
+                              transport=tracing.http_transport(limits))
+
+
 async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper, hooks: ConversationHooks, *,
                           own_shutdown: bool) -> None:
     """Start everything the conversations need, in `app.nursery`, and set `state.upstreams` (the relay is then
@@ -73,10 +89,7 @@ async def start_upstreams(app: QuartTrio, state: RelayState, keeper: SeatKeeper,
         if isinstance(keeper, FleetSeats):
             await app.nursery.start(keeper.serve)
     effective = await _effective_settings(app, state)
-    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=200)
-    http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, pool=5.0), limits=limits,
-                              headers={"user-agent": f"avatar-relay/{__version__}"},
-                              transport=tracing.http_transport(limits))  # traced: OTEL_TRACES_EXPORTER
+    http = upstream_http_client()
     if settings.relay_auth_jwks_url and state.gate is not None:
         state.gate.jwks = jwks = JwksCache(http_fetcher(http, settings.relay_auth_jwks_url),
                                            min_interval=settings.relay_auth_jwks_min_interval,
