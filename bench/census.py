@@ -1,7 +1,7 @@
 """A census of task steps: where a Trio implementation's CPU goes, task by task (`python -m bench --census`).
 
 The process under test (the relay, `bench.trio_floor`, `bench.naive`) gets a Trio instrument through
-`bench/census_hook/sitecustomize.py` (put first on its PYTHONPATH by the benchmark, with BENCH_CENSUS naming the file
+`bench/process_hook/sitecustomize.py` (put first on its PYTHONPATH by the benchmark, with BENCH_CENSUS naming the file
 to write): it times every task step by the task's name and the garbage collector's runs, and appends its running
 totals as one JSON line every DUMP_EVERY seconds (`CensusRecorder`). The instrument costs a few µs per task step:
 compare census runs with census runs. After the run, `window_rates` takes the lines around the

@@ -65,6 +65,23 @@ def _free_port() -> int:
 PINNING: dict[str, set[int]] = {}
 
 
+# `--time-rate R`: the environment that slows time R-fold in every process of a run (bench.slow_time), through
+# the process hook; empty: real time. `TIME_RATE[0]`: R (1.0 when empty).
+SLOW_TIME: dict[str, str] = {}
+TIME_RATE = [1.0]
+HOOK = ROOT / "bench" / "process_hook"
+
+
+def _slowed(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the slowed-time variables and the process hook first on PYTHONPATH, under `--time-rate`."""
+    if not SLOW_TIME:
+        return env
+    path = env.get("PYTHONPATH", "")
+    if not path.startswith(str(HOOK)):
+        path = os.pathsep.join(p for p in (str(HOOK), path, str(ROOT)) if p)
+    return {**env, **SLOW_TIME, "PYTHONPATH": path}
+
+
 def _pinned(role: str) -> Any:
     """A `preexec_fn` that pins the child to its role's CPUs under `--pin` (None otherwise)."""
     cpus = PINNING.get(role)
@@ -106,7 +123,7 @@ def _wait_for_workers(port: int, workers: int, timeout: float = 30.0) -> None:
 @contextlib.contextmanager
 def running_sims(avatar: str) -> Iterator[Sims]:
     process = subprocess.Popen([PYTHON, "-m", "bench.sims"], cwd=ROOT, stdin=subprocess.PIPE,
-                               preexec_fn=_pinned("rig"),
+                               preexec_fn=_pinned("rig"), env=_slowed(dict(os.environ)),
                                stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -172,7 +189,7 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
     env["PYTHONPATH"] = str(source)
     if census is not None:  # the hook first; `bench` from this tree, after the implementation's own source
         census.unlink(missing_ok=True)
-        env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "bench" / "census_hook"), str(source), str(ROOT)))
+        env["PYTHONPATH"] = os.pathsep.join((str(HOOK), str(source), str(ROOT)))
         env["BENCH_CENSUS"] = str(census)
     slow = 1.0
     if callgrind is not None:  # PYTHON is the interpreter itself (a shell-script shim would run untraced)
@@ -180,7 +197,7 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
                    f"--callgrind-out-file={callgrind}", *command]
         env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run: counts that repeat
         slow = 10.0  # valgrind's start-up, uninstrumented, is still several times slower
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, cwd=cwd, env=_slowed(env), stdout=log, stderr=subprocess.STDOUT,
                                preexec_fn=_pinned("impl"))
     try:
         _wait_for_port(port, process, 20.0 * slow)
@@ -192,11 +209,14 @@ def running_impl(impl: str, avatar: str, sims: Sims, log_path: Path, workers: in
         log.close()
 
 
-def direct_avatar_setup_ms(avatar: str, sims: Sims, repeat: int = 5) -> float:
+def direct_avatar_setup_ms(avatar: str, sims: Sims, repeat: int = 5) -> float | None:
     """The slower upstream path as a client sees it: the avatar's start-up (HeyGen `streaming.new` +
     `streaming.start`; LiveAvatar `token` + `start` + its LITE socket's `connected`) made directly against the
     same simulators with the relay's client (httpx2 on Trio): the median of `repeat` tries, in ms. What the
-    set-up exceeds this by is the relay's own share; the simulators' own HTTP handling counts as upstream time."""
+    set-up exceeds this by is the relay's own share; the simulators' own HTTP handling counts as upstream time.
+    None under `--time-rate` (set-up times are not what a slowed run is for)."""
+    if SLOW_TIME:
+        return None
     import trio
 
     from relay.net.wsclient import open_websocket
@@ -289,7 +309,7 @@ def run_one(impl: str, avatar: str, clients: int, args: argparse.Namespace, out_
     return out
 
 
-def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, args: argparse.Namespace,
+def _run_on(sims: Sims, direct_ms: float | None, impl: str, avatar: str, clients: int, args: argparse.Namespace,
             out_dir: Path) -> dict[str, Any]:
     workers = args.relay_workers if is_relay(impl) else 1
     census_path = out_dir / f"{impl}-{clients}.census.jsonl" if args.census else None
@@ -301,13 +321,13 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
              "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid),
              *(["--deflate"] if args.browser_deflate else []), *(["--callgrind"] if args.callgrind else [])],
-            cwd=ROOT, capture_output=True, text=True, check=False, timeout=args.duration + 120,
-            preexec_fn=_pinned("rig"))
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=(args.duration + 120) / TIME_RATE[0],
+            preexec_fn=_pinned("rig"), env=_slowed(dict(os.environ)))
         if load.returncode != 0:
             raise RuntimeError(f"load generator failed: {load.stderr[-2000:]}")
         result = orjson.loads(load.stdout)
         with httpx2.Client(timeout=30.0) as http:
-            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=args.leak_wait)
+            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=args.leak_wait / TIME_RATE[0])
             forwarding = http.get(sims.urls["control"] + "/forwarding").json()
     log_text = (out_dir / f"{impl}-{clients}.log").read_text(errors="replace")
     pairs = [(c, s) for c, s in result.pop("pairs") if c and s]
@@ -320,7 +340,7 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
     out: dict[str, Any] = {
         "impl": impl, "workers": workers, "avatar": avatar, "clients": clients, "chunk_ms": args.chunk_ms,
         "setup": result["setup"], "upstream_direct_ms": direct_ms,
-        "setup_over_upstream_p50": None if result["setup"]["p50"] is None
+        "setup_over_upstream_p50": None if result["setup"]["p50"] is None or direct_ms is None
         else round(result["setup"]["p50"] - direct_ms, 1),
         "forwarding": summary(forwarding["latencies"]), "to_avatar": summary(to_avatar),
         "frames_sent": result["frames_sent"], "frames_received": received,
@@ -339,8 +359,9 @@ def _run_on(sims: Sims, direct_ms: float, impl: str, avatar: str, clients: int, 
         out["window_s"] = round(window["seconds"], 2)
         out["window_turns"] = window.get("turns")
         out["cpu_ms_per_conversation_second"] = round(window["cpu_seconds"] * 1000 / (clients * window["seconds"]), 3)
-        out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"], 3)
-        out["other_core_share"] = window["other_core_share"]
+        rate = TIME_RATE[0]  # the window's seconds are slowed ones: a core's share is over real seconds
+        out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"] * rate, 3)
+        out["other_core_share"] = {name: round(share * rate, 3) for name, share in window["other_core_share"].items()}
         out["rss_mb_per_conversation"] = round((window["rss_open"] - result["rss_idle"]) / clients / 2**20, 4)
         if callgrind_path is not None and (counted := callgrind_counts(callgrind_path)) is not None:
             per = 1e6 * clients * window["seconds"]
@@ -525,6 +546,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "over the CPU window only (`PYTHONHASHSEED=0`): millions of instructions and of "
                              "estimated cycles per conversation-second, the same from run to run where CPU time is "
                              "not; ~100x slower, so N of a few only")
+    parser.add_argument("--time-rate", type=float, default=1.0, metavar="R",
+                        help="slow time R-fold (0 < R <= 1) in every process of a run (the simulators, the "
+                             "implementation, the load generator: bench.slow_time), so that a run slowed by "
+                             "--callgrind still keeps its pace at N in the tens (R ~ 2/N); figures stay per "
+                             "conversation-second of the conversations' own (slowed) time; no set-up reference")
     parser.add_argument("--out", default=None, help="JSON output path (default bench/results/<time>.json)")
     parser.add_argument("--plot", default=None, help="also draw the plot to this PNG (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -539,6 +565,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if len(cpus) < 2:
             raise SystemExit("--pin needs at least two CPUs")
         PINNING.update({"impl": {cpus[0]}, "rig": set(cpus[1:])})
+    if not 0 < args.time_rate <= 1:
+        parser.error("--time-rate must be in (0, 1]")
+    SLOW_TIME.clear()
+    TIME_RATE[0] = args.time_rate
+    if args.time_rate < 1:
+        SLOW_TIME.update({"BENCH_TIME_RATE": repr(args.time_rate), "BENCH_TIME_BASE": repr(time.monotonic())})
     RELAY_SOURCES.clear()
     for spec in args.relay_src:
         name, _, directory = spec.partition("=")
@@ -573,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "machine": machine(), "pinned": bool(args.pin), "browser_deflate": bool(args.browser_deflate),
         "avatar": args.avatar, "chunk_ms": args.chunk_ms, "repeat": args.repeat,
-        "duration_s": args.duration,
+        "duration_s": args.duration, "time_rate": args.time_rate,
         "injected_latency_ms": {"elevenlabs_handshake": 150, "heygen_new": 300, "heygen_start": 200,
                                 "liveavatar_token": 300, "liveavatar_start": 200},
         "setup_reference_ms": {"slower": max(upstream.values()), "sum": sum(upstream.values())},
@@ -586,10 +618,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(rows))
     if args.repeat > 1 or len(impls) > 1:
         print("\n" + ranges(rows))
-    direct = sorted(r["upstream_direct_ms"] for r in rows)
-    print(f"\nset-up reference: slower upstream {report['setup_reference_ms']['slower']} ms injected, "
-          f"{direct[len(direct) // 2]} ms as a client sees it (median; '(over upstream)' is set-up p50 minus "
-          f"that run's own measure), sum {report['setup_reference_ms']['sum']} ms injected")
+    direct = sorted(r["upstream_direct_ms"] for r in rows if r["upstream_direct_ms"] is not None)
+    if direct:
+        print(f"\nset-up reference: slower upstream {report['setup_reference_ms']['slower']} ms injected, "
+              f"{direct[len(direct) // 2]} ms as a client sees it (median; '(over upstream)' is set-up p50 minus "
+              f"that run's own measure), sum {report['setup_reference_ms']['sum']} ms injected")
     print(f"largest N with p99 forwarding < 50 ms: {report['max_clients_p99_forwarding_under_50ms']}")
     print(f"results: {out_path}")
     if args.plot:
