@@ -66,10 +66,14 @@ PINNING: dict[str, set[int]] = {}
 
 
 # `--time-rate R`: the environment that slows time R-fold in every process of a run (bench.slow_time), through
-# the process hook; empty: real time. `TIME_RATE[0]`: R (1.0 when empty).
+# the process hook; empty: real time.
 SLOW_TIME: dict[str, str] = {}
-TIME_RATE = [1.0]
 HOOK = ROOT / "bench" / "process_hook"
+
+
+def _time_rate() -> float:
+    """R under `--time-rate`, else 1.0: real seconds are slowed ones / R."""
+    return float(SLOW_TIME.get("BENCH_TIME_RATE", 1.0))
 
 
 def _slowed(env: dict[str, str]) -> dict[str, str]:
@@ -321,13 +325,13 @@ def _run_on(sims: Sims, direct_ms: float | None, impl: str, avatar: str, clients
             [PYTHON, "-m", "bench.load", "--url", url, "--clients", str(clients), "--duration", str(args.duration),
              "--chunk-ms", str(args.chunk_ms), "--relay-pid", str(pid), "--sims-pid", str(sims.process.pid),
              *(["--deflate"] if args.browser_deflate else []), *(["--callgrind"] if args.callgrind else [])],
-            cwd=ROOT, capture_output=True, text=True, check=False, timeout=(args.duration + 120) / TIME_RATE[0],
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=(args.duration + 120) / _time_rate(),
             preexec_fn=_pinned("rig"), env=_slowed(dict(os.environ)))
         if load.returncode != 0:
             raise RuntimeError(f"load generator failed: {load.stderr[-2000:]}")
         result = orjson.loads(load.stdout)
         with httpx2.Client(timeout=30.0) as http:
-            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=args.leak_wait / TIME_RATE[0])
+            ledgers = _wait_for_no_leaks(http, sims, avatar, timeout=args.leak_wait / _time_rate())
             forwarding = http.get(sims.urls["control"] + "/forwarding").json()
     log_text = (out_dir / f"{impl}-{clients}.log").read_text(errors="replace")
     pairs = [(c, s) for c, s in result.pop("pairs") if c and s]
@@ -359,7 +363,7 @@ def _run_on(sims: Sims, direct_ms: float | None, impl: str, avatar: str, clients
         out["window_s"] = round(window["seconds"], 2)
         out["window_turns"] = window.get("turns")
         out["cpu_ms_per_conversation_second"] = round(window["cpu_seconds"] * 1000 / (clients * window["seconds"]), 3)
-        rate = TIME_RATE[0]  # the window's seconds are slowed ones: a core's share is over real seconds
+        rate = _time_rate()  # the window's seconds are slowed ones: a core's share is over real seconds
         out["cpu_core_share"] = round(window["cpu_seconds"] / window["seconds"] * rate, 3)
         out["other_core_share"] = {name: round(share * rate, 3) for name, share in window["other_core_share"].items()}
         out["rss_mb_per_conversation"] = round((window["rss_open"] - result["rss_idle"]) / clients / 2**20, 4)
@@ -568,7 +572,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not 0 < args.time_rate <= 1:
         parser.error("--time-rate must be in (0, 1]")
     SLOW_TIME.clear()
-    TIME_RATE[0] = args.time_rate
     if args.time_rate < 1:
         SLOW_TIME.update({"BENCH_TIME_RATE": repr(args.time_rate), "BENCH_TIME_BASE": repr(time.monotonic())})
     RELAY_SOURCES.clear()

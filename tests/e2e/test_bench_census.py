@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.census import DUMP_EVERY, CensusRecorder, read_lines, summary_line, window_rates
-from bench.run import ROOT, main
+from bench.run import HOOK, ROOT, main
 
 
 class FakeClock:
@@ -83,7 +83,7 @@ def test_the_hook_counts_the_tasks_of_a_real_trio_process(tmp_path: Path) -> Non
                "        nursery.start_soon(busy, name='pumps.busy')\n"
                "trio.run(main)\n")
     env = {**os.environ, "BENCH_CENSUS": str(out),
-           "PYTHONPATH": os.pathsep.join((str(ROOT / "bench" / "process_hook"), str(ROOT)))}
+           "PYTHONPATH": os.pathsep.join((str(HOOK), str(ROOT)))}
     subprocess.run([sys.executable, "-c", program], env=env, check=True, timeout=60)
     lines = read_lines(out.read_text())
     assert lines and lines[-1]["steps"]["busy"] >= 100

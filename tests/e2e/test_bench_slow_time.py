@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import main
+from bench.run import HOOK, ROOT, main
 from tests.e2e.test_bench_smoke import assert_clean
-
-ROOT = Path(__file__).resolve().parents[2]
-HOOK = ROOT / "bench" / "process_hook"
 
 CLOCKS = """
 import asyncio, json, time, trio
